@@ -1,0 +1,120 @@
+//! weft's domain: the four resources of the config service (projects, virtual networks,
+//! security groups, ports), their validation, and Kubernetes label selectors.
+//!
+//! Everything here is plain data and pure functions, shared by the store, the API, the client
+//! and (later) the compiler:
+//!
+//! ```text
+//!   JSON body ──serde──► Project / VirtualNetwork / SecurityGroup / Port ──validate()──► store
+//!                                                      │
+//!                                      LabelSelector::matches(labels)
+//! ```
+
+mod resource;
+mod rule;
+pub mod selector;
+pub mod syntax;
+pub mod validation;
+
+pub use resource::{
+    DEFAULT_GROUP, Kind, MAX_PORT_IPS, MAX_RULES, NamedPort, Port, Project, SecurityGroup, Subnet, VirtualNetwork,
+    both_directions,
+};
+pub use rule::{Direction, Ethertype, IcmpMatch, PortMatch, Protocol, Remote, Rule, canonical_net, port_number};
+pub use selector::{LabelSelector, Labels, Operator, Requirement};
+pub use validation::{FieldError, ValidationErrors, Validator};
+
+/// Entries in a list field (subnets, ports of a rule, except prefixes, groups of a port).
+pub const MAX_LIST_LEN: usize = 256;
+
+/// A reference to a project-scoped object: `name` (in the referrer's project) or
+/// `project/name` (Tungsten Fabric's fq_name, in another project).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObjectRef<'a> {
+    pub project: Option<&'a str>,
+    pub name: &'a str,
+}
+
+impl<'a> ObjectRef<'a> {
+    pub fn parse(s: &'a str) -> Result<Self, String> {
+        let (project, name) = match s.split_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, s),
+        };
+        if let Some(p) = project {
+            syntax::dns_subdomain(p).map_err(|e| format!("project part of {s:?}: {e}"))?;
+        }
+        syntax::dns_subdomain(name).map_err(|e| format!("reference {s:?}: {e}"))?;
+        Ok(ObjectRef { project, name })
+    }
+
+    /// The project the reference points into, given the referrer's.
+    pub fn project_or(&self, own: &'a str) -> &'a str {
+        self.project.unwrap_or(own)
+    }
+}
+
+/// The host-side interface name of a port that does not name one (DESIGN.md §7): `weft` and
+/// 11 hex digits of a 64-bit FNV-1a hash of `project/name`, 15 characters in all (Linux's
+/// limit). FNV is used because it is tiny, stable across releases and platforms, and a CNI
+/// plugin in any language can compute it.
+pub fn default_interface(project: &str, name: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in project.bytes().chain(std::iter::once(b'/')).chain(name.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("weft{:011x}", hash >> 20)
+}
+
+/// Applies an RFC 7396 JSON merge patch to `target`.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    if let Value::Object(map) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                map.remove(key);
+            } else {
+                merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_refs() {
+        assert_eq!(ObjectRef::parse("web").unwrap(), ObjectRef { project: None, name: "web" });
+        assert_eq!(ObjectRef::parse("k8s-a/web").unwrap().project_or("x"), "k8s-a");
+        assert!(ObjectRef::parse("a/b/c").is_err());
+        assert!(ObjectRef::parse("/web").is_err());
+    }
+
+    #[test]
+    fn default_interface_is_short_and_stable() {
+        let a = default_interface("k8s-default", "yelb-ui");
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("weft"));
+        assert_eq!(a, default_interface("k8s-default", "yelb-ui"));
+        assert_ne!(a, default_interface("k8s-default", "yelb-db"));
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let mut doc = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut doc, &serde_json::json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(doc, serde_json::json!({"a": "z", "c": {"d": "e"}}));
+        merge_patch(&mut doc, &serde_json::json!({"c": ["x"]}));
+        assert_eq!(doc["c"], serde_json::json!(["x"]));
+    }
+}

@@ -1,0 +1,400 @@
+//! The four resources of DESIGN.md §3. One struct per resource serves as request body and
+//! response: server-assigned fields (`id`, `revision`, timestamps) are ignored on input, so
+//! that a client can GET, edit and PUT an object back.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::rule::{Direction, Ethertype, Protocol, Remote, Rule, canonical_net, port_number};
+use crate::selector::{LabelSelector, Labels};
+use crate::syntax;
+use crate::validation::{ValidationErrors, Validator};
+use crate::{MAX_LIST_LEN, ObjectRef};
+
+/// Rules per security group. Kubernetes has no limit; this one keeps one group's compiled form
+/// and one request body reasonable.
+pub const MAX_RULES: usize = 4096;
+/// Addresses per port.
+pub const MAX_PORT_IPS: usize = 16;
+
+/// The kinds of resource, in the order their parents must exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Project,
+    VirtualNetwork,
+    SecurityGroup,
+    Port,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Project, Kind::VirtualNetwork, Kind::SecurityGroup, Kind::Port];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Project => "project",
+            Kind::VirtualNetwork => "virtual-network",
+            Kind::SecurityGroup => "security-group",
+            Kind::Port => "port",
+        }
+    }
+
+    /// The collection's path segment under `/v1/`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Project => "projects",
+            Kind::VirtualNetwork => "virtual-networks",
+            Kind::SecurityGroup => "security-groups",
+            Kind::Port => "ports",
+        }
+    }
+
+    pub fn from_plural(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.plural() == s)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Fields every resource has, checked the same way everywhere.
+fn validate_common(v: &mut Validator, name: &str, labels: &Labels, annotations: &BTreeMap<String, String>) {
+    v.check("name", syntax::dns_subdomain(name));
+    v.at("labels", |v| {
+        for (key, value) in labels {
+            v.at(key, |v| {
+                if let Err(e) = syntax::qualified_key(key).and_then(|()| syntax::label_value(value)) {
+                    v.error(e);
+                }
+            });
+        }
+    });
+    v.at("annotations", |v| {
+        let mut size = 0;
+        for (key, value) in annotations {
+            size += key.len() + value.len();
+            v.check(key, syntax::qualified_key(key));
+        }
+        if size > syntax::MAX_ANNOTATIONS_BYTES {
+            v.error(format!("annotations total {size} bytes, more than the {} allowed", syntax::MAX_ANNOTATIONS_BYTES));
+        }
+    });
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Project {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        validate_common(&mut v, &self.name, &self.labels, &self.annotations);
+        v.finish()
+    }
+}
+
+/// A subnet of a virtual network; ports on the network get addresses from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Subnet {
+    #[schema(value_type = String, example = "10.10.0.0/24")]
+    pub cidr: IpNet,
+    /// Never allocated to a port. Absent: the subnet's first host address is still handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10.10.0.1")]
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualNetwork {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    pub name: String,
+    pub project: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub subnets: Vec<Subnet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl VirtualNetwork {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        validate_common(&mut v, &self.name, &self.labels, &self.annotations);
+        v.check("project", syntax::dns_subdomain(&self.project));
+        if self.subnets.len() > MAX_LIST_LEN {
+            v.at("subnets", |v| v.error(format!("at most {MAX_LIST_LEN} subnets")));
+        }
+        v.at("subnets", |v| {
+            for (i, subnet) in self.subnets.iter().enumerate() {
+                v.at(i, |v| {
+                    v.check("cidr", canonical_net(&subnet.cidr));
+                    if let Some(gw) = subnet.gateway {
+                        v.check("gateway", gateway(&subnet.cidr, gw));
+                    }
+                    let overlap = self.subnets[..i]
+                        .iter()
+                        .position(|s| s.cidr.contains(&subnet.cidr) || subnet.cidr.contains(&s.cidr));
+                    if let Some(j) = overlap {
+                        v.at("cidr", |v| {
+                            v.error(format!("{} overlaps subnet {} ({})", subnet.cidr, j, self.subnets[j].cidr))
+                        });
+                    }
+                });
+            }
+        });
+        v.finish()
+    }
+}
+
+fn gateway(cidr: &IpNet, gw: IpAddr) -> Result<(), String> {
+    if !cidr.contains(&gw) {
+        return Err(format!("gateway {gw} is not inside {cidr}"));
+    }
+    if gw == cidr.network() && cidr.prefix_len() < cidr.max_prefix_len() - 1 {
+        return Err(format!("gateway {gw} is the network address of {cidr}"));
+    }
+    if matches!(cidr, IpNet::V4(_)) && gw == cidr.broadcast() && cidr.prefix_len() < 31 {
+        return Err(format!("gateway {gw} is the broadcast address of {cidr}"));
+    }
+    Ok(())
+}
+
+/// Directions a group isolates; Kubernetes' `policyTypes`.
+pub fn both_directions() -> Vec<Direction> {
+    vec![Direction::Ingress, Direction::Egress]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    pub name: String,
+    pub project: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Which directions the group isolates the ports it applies to.
+    #[serde(default = "both_directions")]
+    pub policy_types: Vec<Direction>,
+    /// Absent: the group applies only to ports that name it. `{}`: every port of the project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The name of the group every project gets at creation.
+pub const DEFAULT_GROUP: &str = "default";
+
+impl SecurityGroup {
+    /// A project's `default` group, as Tungsten Fabric and OpenStack make it: ingress from the
+    /// group's own members, all egress, both families.
+    pub fn default_for(project: &str) -> Self {
+        let rule = |direction, remote| Rule {
+            id: Some(Uuid::new_v4()),
+            direction,
+            ethertype: Some(Ethertype::Any),
+            protocol: Protocol::Any,
+            ports: vec![],
+            icmp: None,
+            remote,
+        };
+        SecurityGroup {
+            id: None,
+            name: DEFAULT_GROUP.to_string(),
+            project: project.to_string(),
+            labels: Labels::new(),
+            annotations: BTreeMap::new(),
+            policy_types: both_directions(),
+            selector: None,
+            rules: vec![
+                rule(Direction::Ingress, Remote::SecurityGroup { security_group: DEFAULT_GROUP.to_string() }),
+                rule(Direction::Egress, Remote::Any),
+            ],
+            revision: None,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        validate_common(&mut v, &self.name, &self.labels, &self.annotations);
+        v.check("project", syntax::dns_subdomain(&self.project));
+        v.at("policy_types", |v| {
+            for (i, d) in self.policy_types.iter().enumerate() {
+                if self.policy_types[..i].contains(d) {
+                    v.at(i, |v| v.error(format!("{d} is listed twice")));
+                }
+            }
+        });
+        if let Some(selector) = &self.selector {
+            v.at("selector", |v| selector.validate(v));
+        }
+        if self.rules.len() > MAX_RULES {
+            v.at("rules", |v| v.error(format!("at most {MAX_RULES} rules per group, got {}", self.rules.len())));
+        }
+        v.at("rules", |v| {
+            for (i, rule) in self.rules.iter().enumerate() {
+                v.at(i, |v| {
+                    rule.validate(v);
+                    if let Some(id) = rule.id
+                        && self.rules[..i].iter().any(|r| r.id == Some(id))
+                    {
+                        v.at("id", |v| v.error(format!("rule id {id} is used twice")));
+                    }
+                });
+            }
+        });
+        v.finish()
+    }
+}
+
+/// A named container port (Kubernetes `containerPort` with a name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPort {
+    pub protocol: Protocol,
+    pub port: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    pub name: String,
+    pub project: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The node the port is bound to; absent for a port not (yet) placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// A virtual network of the same project; addresses not given are allocated from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub ips: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Host-side interface; absent: derived from the port's identity (DESIGN.md §7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Groups named explicitly (`name` or `project/name`). Omitted on create: `[default]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub named_ports: BTreeMap<String, NamedPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Port {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        validate_common(&mut v, &self.name, &self.labels, &self.annotations);
+        v.check("project", syntax::dns_subdomain(&self.project));
+        if let Some(node) = &self.node {
+            v.check("node", syntax::dns_subdomain(node));
+        }
+        if let Some(network) = &self.network {
+            v.check("network", syntax::dns_subdomain(network));
+        }
+        if self.ips.len() > MAX_PORT_IPS {
+            v.at("ips", |v| v.error(format!("at most {MAX_PORT_IPS} addresses")));
+        }
+        v.at("ips", |v| {
+            for (i, ip) in self.ips.iter().enumerate() {
+                if self.ips[..i].contains(ip) {
+                    v.at(i, |v| v.error(format!("{ip} is listed twice")));
+                } else if ip.is_unspecified() || ip.is_multicast() {
+                    v.at(i, |v| v.error(format!("{ip} cannot be a port's address")));
+                }
+            }
+        });
+        if let Some(mac) = &self.mac {
+            v.check("mac", syntax::mac_address(mac));
+        }
+        if let Some(interface) = &self.interface {
+            v.check("interface", syntax::interface_name(interface));
+        }
+        if let Some(groups) = &self.security_groups {
+            if groups.len() > MAX_LIST_LEN {
+                v.at("security_groups", |v| v.error(format!("at most {MAX_LIST_LEN} groups")));
+            }
+            v.at("security_groups", |v| {
+                for (i, g) in groups.iter().enumerate() {
+                    if groups[..i].contains(g) {
+                        v.at(i, |v| v.error(format!("{g} is listed twice")));
+                    } else {
+                        v.check(i, ObjectRef::parse(g).map(|_| ()));
+                    }
+                }
+            });
+        }
+        v.at("named_ports", |v| {
+            for (name, np) in &self.named_ports {
+                v.at(name, |v| {
+                    if let Err(e) = syntax::service_name(name) {
+                        v.error(e);
+                    }
+                    if !np.protocol.has_ports() {
+                        v.at("protocol", |v| v.error(format!("named ports are tcp, udp or sctp, not {}", np.protocol)));
+                    }
+                    v.check("port", port_number(np.port));
+                });
+            }
+        });
+        v.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;
