@@ -398,3 +398,77 @@ impl Port {
 
 #[cfg(test)]
 mod tests;
+
+/// Any one of the four resources, as a write carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Resource {
+    Project(Project),
+    VirtualNetwork(VirtualNetwork),
+    SecurityGroup(SecurityGroup),
+    Port(Port),
+}
+
+macro_rules! each_resource {
+    ($self:expr, $r:ident => $e:expr) => {
+        match $self {
+            Resource::Project($r) => $e,
+            Resource::VirtualNetwork($r) => $e,
+            Resource::SecurityGroup($r) => $e,
+            Resource::Port($r) => $e,
+        }
+    };
+}
+
+impl Resource {
+    /// Decodes a body of the given kind, rejecting unknown fields.
+    pub fn from_json(kind: Kind, value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        Ok(match kind {
+            Kind::Project => Resource::Project(serde_json::from_value(value)?),
+            Kind::VirtualNetwork => Resource::VirtualNetwork(serde_json::from_value(value)?),
+            Kind::SecurityGroup => Resource::SecurityGroup(serde_json::from_value(value)?),
+            Kind::Port => Resource::Port(serde_json::from_value(value)?),
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Project(_) => Kind::Project,
+            Resource::VirtualNetwork(_) => Kind::VirtualNetwork,
+            Resource::SecurityGroup(_) => Kind::SecurityGroup,
+            Resource::Port(_) => Kind::Port,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        each_resource!(self, r => &r.name)
+    }
+
+    /// The owning project's name; `None` for a project.
+    pub fn project(&self) -> Option<&str> {
+        match self {
+            Resource::Project(_) => None,
+            Resource::VirtualNetwork(r) => Some(&r.project),
+            Resource::SecurityGroup(r) => Some(&r.project),
+            Resource::Port(r) => Some(&r.project),
+        }
+    }
+
+    pub fn labels(&self) -> &Labels {
+        each_resource!(self, r => &r.labels)
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        each_resource!(self, r => r.validate())
+    }
+
+    /// Clears the server-assigned fields, leaving what the store keeps as the body.
+    pub fn clear_meta(&mut self) {
+        each_resource!(self, r => {
+            r.id = None;
+            r.revision = None;
+            r.created_at = None;
+            r.updated_at = None;
+        })
+    }
+}

@@ -1,0 +1,86 @@
+//! What can go wrong in the store, in terms the API maps to HTTP statuses one to one.
+
+use weft_model::{Kind, ValidationErrors};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Why a write conflicts with what is stored; each becomes a stable problem `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// Another object of the kind already has the name in that scope.
+    Duplicate,
+    /// Other objects still reference the one being deleted.
+    InUse,
+    /// A project or network still has children and `cascade` was not asked for.
+    HasChildren,
+    /// An address asked for is already held by another port.
+    AddressInUse,
+    /// A network's subnets have no free address left.
+    AddressesExhausted,
+}
+
+impl ConflictKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictKind::Duplicate => "duplicate",
+            ConflictKind::InUse => "in-use",
+            ConflictKind::HasChildren => "has-children",
+            ConflictKind::AddressInUse => "address-in-use",
+            ConflictKind::AddressesExhausted => "addresses-exhausted",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object fails validation, or names something that does not exist.
+    #[error("invalid object: {0}")]
+    Invalid(ValidationErrors),
+    #[error("{kind} {key} not found")]
+    NotFound { kind: Kind, key: String },
+    #[error("{detail}")]
+    Conflict { kind: ConflictKind, detail: String },
+    /// `If-Match` named a revision other than the object's.
+    #[error("the object is at revision {current}, not {expected}")]
+    PreconditionFailed { expected: i64, current: i64 },
+    /// A change-log read asked for entries that compaction removed.
+    #[error("revision {requested} is compacted: the change log starts after revision {compacted}")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored body no longer decodes: a bug or a hand-edited row.
+    #[error("corrupt stored object {id}: {source}")]
+    Corrupt { id: uuid::Uuid, source: serde_json::Error },
+}
+
+impl StoreError {
+    pub(crate) fn invalid(pointer: &str, detail: impl Into<String>) -> Self {
+        StoreError::Invalid(ValidationErrors::single(pointer, detail))
+    }
+
+    pub(crate) fn conflict(kind: ConflictKind, detail: impl Into<String>) -> Self {
+        StoreError::Conflict { kind, detail: detail.into() }
+    }
+
+    /// Maps constraint violations raised by concurrent writers (which checks done before the
+    /// write cannot see) to conflicts; everything else stays a database error.
+    pub(crate) fn from_db(e: sqlx::Error, what: impl FnOnce() -> String) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            match db.code().as_deref() {
+                Some("23505") => {
+                    return StoreError::conflict(ConflictKind::Duplicate, format!("{} already exists", what()));
+                }
+                Some("23503") => {
+                    return StoreError::conflict(
+                        ConflictKind::InUse,
+                        format!("{} is referenced by or references an object changed concurrently", what()),
+                    );
+                }
+                _ => {}
+            }
+        }
+        StoreError::Database(e)
+    }
+}

@@ -1,0 +1,817 @@
+//! Reads and writes of objects. A [`Txn`] is one API request (or one batch): every write in it
+//! is validated and checked against what is stored, and `commit` gives it one revision.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+use weft_model::{
+    Kind, LabelSelector, ObjectRef, Operator, Port, Remote, Resource, SecurityGroup, ValidationErrors, VirtualNetwork,
+};
+
+use crate::changes::ChangeOp;
+use crate::error::{ConflictKind, Result, StoreError};
+use crate::ipam;
+use crate::{CHANGES_CHANNEL, ObjectKey, Store, StoredObject};
+
+/// Columns every object read selects, in the order [`from_row`] expects.
+macro_rules! object_columns {
+    () => {
+        "id, kind, project_id, revision, created_at, updated_at, body::text AS body"
+    };
+}
+
+/// An object row with its owning project, as read inside a transaction.
+#[derive(Debug)]
+pub(crate) struct ObjectRow {
+    pub(crate) object: StoredObject,
+    pub(crate) project_id: Option<Uuid>,
+}
+
+fn from_row(row: &sqlx::postgres::PgRow) -> Result<ObjectRow> {
+    let kind: String = row.try_get("kind")?;
+    let kind = Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or_else(|| StoreError::Database(sqlx::Error::Decode(format!("unknown object kind {kind:?}").into())))?;
+    Ok(ObjectRow {
+        object: StoredObject {
+            id: row.try_get("id")?,
+            kind,
+            revision: row.try_get("revision")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            body: row.try_get("body")?,
+        },
+        project_id: row.try_get("project_id")?,
+    })
+}
+
+/// The nil UUID is the naming scope of projects; every other object's scope is its project.
+fn scope_of(project_id: Option<Uuid>) -> Uuid {
+    project_id.unwrap_or(Uuid::nil())
+}
+
+/// A write waiting for its revision.
+#[derive(Debug)]
+struct Pending {
+    kind: Kind,
+    id: Uuid,
+    op: ChangeOp,
+    body: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// One write transaction. Dropping it without `commit` rolls everything back.
+#[derive(Debug)]
+pub struct Txn {
+    tx: sqlx::Transaction<'static, Postgres>,
+    pending: Vec<Pending>,
+    /// Taken once per transaction: every write in it has the same timestamp, as it has the
+    /// same revision.
+    now: DateTime<Utc>,
+}
+
+impl Store {
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Txn> {
+        // PostgreSQL keeps microseconds: round here so that what a write returns equals what a read gives.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        Ok(Txn { tx: self.pool.begin().await?, pending: Vec::new(), now })
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, kind: Kind, key: &ObjectKey) -> Result<Option<StoredObject>> {
+        let row = match key {
+            ObjectKey::Id(id) => {
+                sqlx::query(concat!("SELECT ", object_columns!(), " FROM objects WHERE id = $1 AND kind = $2"))
+                    .bind(id)
+                    .bind(kind.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            ObjectKey::Name { project, name } => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    object_columns!(),
+                    " FROM objects WHERE kind = $1 AND name = $2 AND scope = \
+                     CASE WHEN $3::text IS NULL THEN '00000000-0000-0000-0000-000000000000'::uuid \
+                     ELSE (SELECT id FROM objects WHERE kind = 'project' AND scope = \
+                     '00000000-0000-0000-0000-000000000000' AND name = $3) END"
+                ))
+                .bind(kind.as_str())
+                .bind(name)
+                .bind(project.as_deref())
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.map(|r| from_row(&r).map(|o| o.object)).transpose()
+    }
+
+    /// Lists objects of one kind in (project, name) order, a page at a time.
+    pub async fn list(&self, kind: Kind, query: &ListQuery) -> Result<ListPage> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let mut q = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            object_columns!(),
+            ", scope, name, (SELECT revision FROM revision_state) AS current FROM objects o WHERE kind = "
+        ));
+        q.push_bind(kind.as_str());
+        if let Some(project) = &query.project {
+            if kind == Kind::Project {
+                q.push(" AND name = ").push_bind(project.clone());
+            } else {
+                q.push(" AND project_id = (SELECT id FROM objects WHERE kind = 'project' AND scope = ")
+                    .push_bind(Uuid::nil())
+                    .push(" AND name = ")
+                    .push_bind(project.clone())
+                    .push(")");
+            }
+        }
+        if let Some(allowed) = &query.allowed_projects {
+            if kind == Kind::Project {
+                q.push(" AND name = ANY(").push_bind(allowed.clone()).push(")");
+            } else {
+                q.push(" AND project_id IN (SELECT id FROM objects WHERE kind = 'project' AND name = ANY(")
+                    .push_bind(allowed.clone())
+                    .push("))");
+            }
+        }
+        if let Some(name) = &query.name {
+            q.push(" AND name = ").push_bind(name.clone());
+        }
+        if let Some(selector) = &query.selector {
+            push_selector(&mut q, selector);
+        }
+        if let Some(token) = &query.continue_after {
+            let (scope, name) = decode_continue(token)?;
+            q.push(" AND (scope, name) > (").push_bind(scope).push(", ").push_bind(name).push(")");
+        }
+        q.push(" ORDER BY scope, name LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let revision = match rows.first() {
+            Some(row) => row.try_get("current")?,
+            None => self.current_revision().await?,
+        };
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut last = None;
+        for row in rows.iter().take(limit as usize) {
+            items.push(from_row(row)?.object);
+            last = Some((row.try_get::<Uuid, _>("scope")?, row.try_get::<String, _>("name")?));
+        }
+        let continue_token = if more { last.map(|(scope, name)| encode_continue(scope, &name)) } else { None };
+        Ok(ListPage { items, continue_token, revision })
+    }
+}
+
+/// The largest page a list returns, whatever `limit` asks.
+pub const MAX_PAGE: u32 = 1000;
+
+/// What a list asks for.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Only objects of this project (for projects: only this project).
+    pub project: Option<String>,
+    pub selector: Option<LabelSelector>,
+    pub name: Option<String>,
+    /// Only objects of these projects: what the caller may read. `None`: everything.
+    pub allowed_projects: Option<Vec<String>>,
+    pub limit: u32,
+    /// The `continue` token of the previous page.
+    pub continue_after: Option<String>,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            project: None,
+            selector: None,
+            name: None,
+            allowed_projects: None,
+            limit: 500,
+            continue_after: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ListPage {
+    pub items: Vec<StoredObject>,
+    /// Present when more objects follow; pass it back as `continue`.
+    pub continue_token: Option<String>,
+    /// The revision the page reflects: watch from here to see what changes after it.
+    pub revision: i64,
+}
+
+fn encode_continue(scope: Uuid, name: &str) -> String {
+    hex::encode(format!("{scope}/{name}"))
+}
+
+fn decode_continue(token: &str) -> Result<(Uuid, String)> {
+    let bad = || StoreError::invalid("/continue", "not a continue token returned by a previous page");
+    let text = hex::decode(token).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+    let (scope, name) = text.split_once('/').ok_or_else(bad)?;
+    Ok((scope.parse().map_err(|_| bad())?, name.to_string()))
+}
+
+/// Translates a label selector into conditions on the `labels` column (GIN-indexed for `@>`).
+fn push_selector(q: &mut QueryBuilder<Postgres>, selector: &LabelSelector) {
+    if !selector.match_labels.is_empty() {
+        let json = serde_json::to_value(&selector.match_labels).unwrap_or_default();
+        q.push(" AND labels @> ").push_bind(json);
+    }
+    for r in &selector.match_expressions {
+        match r.operator {
+            Operator::In => {
+                q.push(" AND labels->>").push_bind(r.key.clone()).push(" = ANY(").push_bind(r.values.clone()).push(")");
+            }
+            Operator::NotIn => {
+                q.push(" AND (NOT labels ? ")
+                    .push_bind(r.key.clone())
+                    .push(" OR labels->>")
+                    .push_bind(r.key.clone())
+                    .push(" <> ALL(")
+                    .push_bind(r.values.clone())
+                    .push("))");
+            }
+            Operator::Exists => {
+                q.push(" AND labels ? ").push_bind(r.key.clone());
+            }
+            Operator::DoesNotExist => {
+                q.push(" AND NOT labels ? ").push_bind(r.key.clone());
+            }
+        }
+    }
+}
+
+impl Txn {
+    /// Creates an object. The returned object's `revision` is set by `commit`.
+    pub async fn create(&mut self, mut resource: Resource) -> Result<StoredObject> {
+        resource.validate().map_err(StoreError::Invalid)?;
+        resource.clear_meta();
+        let id = Uuid::new_v4();
+        let project_id = match resource.project() {
+            Some(project) => Some(self.require_project(project).await?),
+            None => None,
+        };
+        match &mut resource {
+            Resource::Project(_) | Resource::VirtualNetwork(_) => {}
+            Resource::SecurityGroup(sg) => assign_rule_ids(sg),
+            Resource::Port(port) => {
+                if port.security_groups.is_none() {
+                    port.security_groups = Some(vec![weft_model::DEFAULT_GROUP.to_string()]);
+                }
+                if let Some(project_id) = project_id {
+                    self.prepare_port_addresses(project_id, port, None).await?;
+                }
+            }
+        }
+        let object = self.insert(id, project_id, &resource).await?;
+        self.write_refs(id, project_id, &resource, false).await?;
+        if let (Resource::Port(port), Some(project_id)) = (&resource, project_id) {
+            self.hold_port_addresses(project_id, id, port).await?;
+        }
+        if let Resource::Project(project) = &resource {
+            Box::pin(self.create(Resource::SecurityGroup(SecurityGroup::default_for(&project.name)))).await?;
+        }
+        Ok(object)
+    }
+
+    /// Replaces an object's body. The name and project cannot change.
+    pub async fn replace(
+        &mut self,
+        kind: Kind,
+        key: &ObjectKey,
+        mut resource: Resource,
+        if_match: Option<i64>,
+    ) -> Result<StoredObject> {
+        let current = self.lock(kind, key).await?;
+        check_if_match(&current.object, if_match)?;
+        if resource.kind() != kind {
+            return Err(StoreError::invalid("", format!("expected a {kind}, got a {}", resource.kind())));
+        }
+        let old = current.object.decode()?;
+        let mut immutable = ValidationErrors::default();
+        if old.name() != resource.name() {
+            immutable.errors.push(weft_model::FieldError {
+                pointer: "/name".into(),
+                detail: format!("a name cannot change (it is {:?})", old.name()),
+            });
+        }
+        if old.project() != resource.project() {
+            immutable.errors.push(weft_model::FieldError {
+                pointer: "/project".into(),
+                detail: format!("an object cannot move to another project (it is in {:?})", old.project()),
+            });
+        }
+        if !immutable.is_empty() {
+            return Err(StoreError::Invalid(immutable));
+        }
+        resource.validate().map_err(StoreError::Invalid)?;
+        resource.clear_meta();
+        let id = current.object.id;
+        match (&mut resource, &old) {
+            (Resource::SecurityGroup(sg), _) => assign_rule_ids(sg),
+            (Resource::VirtualNetwork(vn), _) => self.check_network_holds_allocations(id, vn).await?,
+            (Resource::Port(port), Resource::Port(old)) => {
+                if port.security_groups.is_none() {
+                    port.security_groups = Some(vec![weft_model::DEFAULT_GROUP.to_string()]);
+                }
+                sqlx::query("DELETE FROM ip_allocations WHERE port_id = $1").bind(id).execute(&mut *self.tx).await?;
+                if let Some(project_id) = current.project_id {
+                    self.prepare_port_addresses(project_id, port, Some(old)).await?;
+                }
+            }
+            _ => {}
+        }
+        let body = body_of(&resource);
+        sqlx::query("UPDATE objects SET labels = $2, body = $3::json, updated_at = $4 WHERE id = $1")
+            .bind(id)
+            .bind(labels_json(&resource))
+            .bind(&body)
+            .bind(self.now)
+            .execute(&mut *self.tx)
+            .await?;
+        self.write_refs(id, current.project_id, &resource, true).await?;
+        if let (Resource::Port(port), Some(project_id)) = (&resource, current.project_id) {
+            self.hold_port_addresses(project_id, id, port).await?;
+        }
+        let object = StoredObject {
+            id,
+            kind,
+            revision: 0,
+            created_at: current.object.created_at,
+            updated_at: self.now,
+            body: body.clone(),
+        };
+        self.record(&object, ChangeOp::Put);
+        Ok(object)
+    }
+
+    /// Reads an object and locks it until the transaction ends (for read-modify-write).
+    pub async fn get_for_update(&mut self, kind: Kind, key: &ObjectKey) -> Result<StoredObject> {
+        Ok(self.lock(kind, key).await?.object)
+    }
+
+    /// Deletes an object. A project or network with children needs `cascade`; an object that
+    /// others still reference cannot be deleted.
+    pub async fn delete(&mut self, kind: Kind, key: &ObjectKey, cascade: bool, if_match: Option<i64>) -> Result<()> {
+        let current = self.lock(kind, key).await?;
+        check_if_match(&current.object, if_match)?;
+        let id = current.object.id;
+        let dependents: Vec<Uuid> = match kind {
+            Kind::Project => {
+                let children: Vec<(Uuid, String, String)> =
+                    sqlx::query_as("SELECT id, kind, name FROM objects WHERE project_id = $1 ORDER BY kind, name")
+                        .bind(id)
+                        .fetch_all(&mut *self.tx)
+                        .await?;
+                let real: Vec<String> = children
+                    .iter()
+                    .filter(|(_, k, n)| !(k == "security-group" && n == weft_model::DEFAULT_GROUP))
+                    .map(|(_, k, n)| format!("{k} {n}"))
+                    .collect();
+                if !real.is_empty() && !cascade {
+                    return Err(StoreError::conflict(
+                        ConflictKind::HasChildren,
+                        format!(
+                            "project still has {} object(s) ({}); delete them first or use cascade=true",
+                            real.len(),
+                            summarize(&real)
+                        ),
+                    ));
+                }
+                children.into_iter().map(|(id, _, _)| id).collect()
+            }
+            Kind::VirtualNetwork => {
+                let ports: Vec<(Uuid, String)> = sqlx::query_as(
+                    "SELECT o.id, o.name FROM refs r JOIN objects o ON o.id = r.from_id \
+                     WHERE r.to_id = $1 AND o.kind = 'port' ORDER BY o.name",
+                )
+                .bind(id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                if !ports.is_empty() && !cascade {
+                    let names: Vec<String> = ports.iter().map(|(_, n)| format!("port {n}")).collect();
+                    return Err(StoreError::conflict(
+                        ConflictKind::HasChildren,
+                        format!(
+                            "network still has {} port(s) ({}); delete them first or use cascade=true",
+                            ports.len(),
+                            summarize(&names)
+                        ),
+                    ));
+                }
+                ports.into_iter().map(|(id, _)| id).collect()
+            }
+            Kind::SecurityGroup | Kind::Port => Vec::new(),
+        };
+        let mut doomed = dependents.clone();
+        doomed.push(id);
+        let referrers: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT DISTINCT o.kind, o.name, p.name FROM refs r JOIN objects o ON o.id = r.from_id \
+             LEFT JOIN objects p ON p.id = o.project_id \
+             WHERE r.to_id = ANY($1) AND NOT r.from_id = ANY($1) ORDER BY 1, 3, 2 LIMIT 6",
+        )
+        .bind(&doomed)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        if !referrers.is_empty() {
+            let names: Vec<String> = referrers
+                .iter()
+                .map(|(k, n, p)| match p {
+                    Some(p) => format!("{k} {p}/{n}"),
+                    None => format!("{k} {n}"),
+                })
+                .collect();
+            return Err(StoreError::conflict(
+                ConflictKind::InUse,
+                format!("{kind} {key} is still referenced by {}", summarize(&names)),
+            ));
+        }
+        if !dependents.is_empty() {
+            // Remove the dependents' references and addresses first: PostgreSQL may check a
+            // foreign key to a doomed object before it runs the cascade that frees it.
+            sqlx::query("DELETE FROM refs WHERE from_id = ANY($1)").bind(&dependents).execute(&mut *self.tx).await?;
+            sqlx::query("DELETE FROM ip_allocations WHERE port_id = ANY($1)")
+                .bind(&dependents)
+                .execute(&mut *self.tx)
+                .await?;
+            let rows = sqlx::query(concat!("DELETE FROM objects WHERE id = ANY($1) RETURNING ", object_columns!()))
+                .bind(&dependents)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::from_db(e, || format!("{kind} {key}")))?;
+            let mut deleted = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+            deleted.sort_by_key(|o| (o.object.kind != Kind::Port, o.object.id));
+            for o in deleted {
+                self.record(&o.object, ChangeOp::Delete);
+            }
+        }
+        sqlx::query("DELETE FROM objects WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::from_db(e, || format!("{kind} {key}")))?;
+        self.record(&current.object, ChangeOp::Delete);
+        Ok(())
+    }
+
+    /// Commits with the next revision: the last, serialised step (see the crate docs). A
+    /// transaction that wrote nothing commits without a revision and returns the current one.
+    pub async fn commit(mut self) -> Result<i64> {
+        if self.pending.is_empty() {
+            let revision = sqlx::query_scalar("SELECT revision FROM revision_state").fetch_one(&mut *self.tx).await?;
+            self.tx.commit().await?;
+            return Ok(revision);
+        }
+        let mut seqs = Vec::with_capacity(self.pending.len());
+        let mut kinds = Vec::with_capacity(self.pending.len());
+        let mut ids = Vec::with_capacity(self.pending.len());
+        let mut ops = Vec::with_capacity(self.pending.len());
+        let mut bodies = Vec::with_capacity(self.pending.len());
+        let mut created = Vec::with_capacity(self.pending.len());
+        let mut updated = Vec::with_capacity(self.pending.len());
+        for (seq, p) in self.pending.iter().enumerate() {
+            seqs.push(seq as i32);
+            kinds.push(p.kind.as_str());
+            ids.push(p.id);
+            ops.push(p.op.as_str());
+            bodies.push(p.body.as_str());
+            created.push(p.created_at);
+            updated.push(p.updated_at);
+        }
+        let revision: i64 = sqlx::query_scalar(
+            "WITH r AS (UPDATE revision_state SET revision = revision + 1 RETURNING revision), \
+             o AS (UPDATE objects SET revision = (SELECT revision FROM r) WHERE id = ANY($3)), \
+             c AS (INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
+                   SELECT (SELECT revision FROM r), * FROM UNNEST($1::int[], $2::text[], $3::uuid[], $4::text[], \
+                   $5::text[]::json[], $6::timestamptz[], $7::timestamptz[])) \
+             SELECT revision FROM r, pg_notify($8, r.revision::text)",
+        )
+        .bind(&seqs)
+        .bind(&kinds)
+        .bind(&ids)
+        .bind(&ops)
+        .bind(&bodies)
+        .bind(&created)
+        .bind(&updated)
+        .bind(CHANGES_CHANNEL)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        Ok(revision)
+    }
+
+    async fn lock(&mut self, kind: Kind, key: &ObjectKey) -> Result<ObjectRow> {
+        let row = match key {
+            ObjectKey::Id(id) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    object_columns!(),
+                    " FROM objects WHERE id = $1 AND kind = $2 FOR UPDATE"
+                ))
+                .bind(id)
+                .bind(kind.as_str())
+                .fetch_optional(&mut *self.tx)
+                .await?
+            }
+            ObjectKey::Name { project, name } => {
+                let scope = match project {
+                    Some(p) => match self.project_id(p).await? {
+                        Some(id) => id,
+                        None => return Err(StoreError::NotFound { kind, key: key.to_string() }),
+                    },
+                    None => Uuid::nil(),
+                };
+                sqlx::query(concat!(
+                    "SELECT ",
+                    object_columns!(),
+                    " FROM objects WHERE kind = $1 AND scope = $2 AND name = $3 FOR UPDATE"
+                ))
+                .bind(kind.as_str())
+                .bind(scope)
+                .bind(name)
+                .fetch_optional(&mut *self.tx)
+                .await?
+            }
+        };
+        match row {
+            Some(row) => from_row(&row),
+            None => Err(StoreError::NotFound { kind, key: key.to_string() }),
+        }
+    }
+
+    async fn insert(&mut self, id: Uuid, project_id: Option<Uuid>, resource: &Resource) -> Result<StoredObject> {
+        let kind = resource.kind();
+        let body = body_of(resource);
+        sqlx::query(
+            "INSERT INTO objects (id, kind, project_id, scope, name, labels, body, revision, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7::json, 0, $8, $8)",
+        )
+        .bind(id)
+        .bind(kind.as_str())
+        .bind(project_id)
+        .bind(scope_of(project_id))
+        .bind(resource.name())
+        .bind(labels_json(resource))
+        .bind(&body)
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| StoreError::from_db(e, || describe(resource)))?;
+        let object = StoredObject { id, kind, revision: 0, created_at: self.now, updated_at: self.now, body };
+        self.record(&object, ChangeOp::Put);
+        Ok(object)
+    }
+
+    fn record(&mut self, object: &StoredObject, op: ChangeOp) {
+        self.pending.push(Pending {
+            kind: object.kind,
+            id: object.id,
+            op,
+            body: object.body.clone(),
+            created_at: object.created_at,
+            updated_at: object.updated_at,
+        });
+    }
+
+    async fn project_id(&mut self, name: &str) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar("SELECT id FROM objects WHERE kind = 'project' AND scope = $1 AND name = $2")
+            .bind(Uuid::nil())
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await?)
+    }
+
+    async fn require_project(&mut self, name: &str) -> Result<Uuid> {
+        self.project_id(name)
+            .await?
+            .ok_or_else(|| StoreError::invalid("/project", format!("project {name:?} does not exist")))
+    }
+
+    async fn lookup(&mut self, kind: Kind, scope: Uuid, name: &str) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar("SELECT id FROM objects WHERE kind = $1 AND scope = $2 AND name = $3")
+            .bind(kind.as_str())
+            .bind(scope)
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await?)
+    }
+
+    /// Resolves `name` or `project/name` to an object id, or an invalid-field error at `pointer`.
+    async fn resolve(
+        &mut self,
+        kind: Kind,
+        own_project: Uuid,
+        own_project_name: &str,
+        reference: &str,
+        pointer: &str,
+    ) -> Result<Uuid> {
+        let r = ObjectRef::parse(reference).map_err(|e| StoreError::invalid(pointer, e))?;
+        let scope = match r.project {
+            Some(p) if p != own_project_name => self
+                .project_id(p)
+                .await?
+                .ok_or_else(|| StoreError::invalid(pointer, format!("project {p:?} does not exist")))?,
+            _ => own_project,
+        };
+        self.lookup(kind, scope, r.name)
+            .await?
+            .ok_or_else(|| StoreError::invalid(pointer, format!("{kind} {reference:?} does not exist")))
+    }
+
+    /// Rewrites the references an object holds (to networks and security groups).
+    async fn write_refs(
+        &mut self,
+        id: Uuid,
+        project_id: Option<Uuid>,
+        resource: &Resource,
+        replace: bool,
+    ) -> Result<()> {
+        if replace {
+            sqlx::query("DELETE FROM refs WHERE from_id = $1").bind(id).execute(&mut *self.tx).await?;
+        }
+        let (Some(project_id), Some(project)) = (project_id, resource.project()) else {
+            return Ok(());
+        };
+        let project = project.to_string();
+        let mut targets = BTreeSet::new();
+        match resource {
+            Resource::Project(_) | Resource::VirtualNetwork(_) => {}
+            Resource::SecurityGroup(sg) => {
+                for (i, rule) in sg.rules.iter().enumerate() {
+                    if let Remote::SecurityGroup { security_group } = &rule.remote {
+                        let pointer = format!("/rules/{i}/remote/security_group");
+                        targets.insert(
+                            self.resolve(Kind::SecurityGroup, project_id, &project, security_group, &pointer).await?,
+                        );
+                    }
+                }
+            }
+            Resource::Port(port) => {
+                if let Some(network) = &port.network {
+                    targets
+                        .insert(self.resolve(Kind::VirtualNetwork, project_id, &project, network, "/network").await?);
+                }
+                for (i, g) in port.security_groups.iter().flatten().enumerate() {
+                    let pointer = format!("/security_groups/{i}");
+                    targets.insert(self.resolve(Kind::SecurityGroup, project_id, &project, g, &pointer).await?);
+                }
+            }
+        }
+        if !targets.is_empty() {
+            let targets: Vec<Uuid> = targets.into_iter().collect();
+            sqlx::query("INSERT INTO refs (from_id, to_id) SELECT $1, unnest($2::uuid[])")
+                .bind(id)
+                .bind(&targets)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| StoreError::from_db(e, || describe(resource)))?;
+        }
+        Ok(())
+    }
+
+    /// Fills in a port's addresses from its network before the port row is written: checks the
+    /// addresses it names, or allocates one per family of the network's subnets. The network
+    /// row stays locked until commit, which serialises allocations on one network.
+    async fn prepare_port_addresses(&mut self, project_id: Uuid, port: &mut Port, old: Option<&Port>) -> Result<()> {
+        let Some(network) = port.network.clone() else {
+            return Ok(());
+        };
+        let project = port.project.clone();
+        let network_id = self.resolve(Kind::VirtualNetwork, project_id, &project, &network, "/network").await?;
+        let body: String = sqlx::query_scalar("SELECT body::text FROM objects WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(network_id)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        let vn: VirtualNetwork =
+            serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id: network_id, source })?;
+        if port.ips.is_empty()
+            && let Some(old) = old.filter(|o| o.network.as_deref() == Some(network.as_str()))
+        {
+            port.ips = old.ips.clone();
+        }
+        if port.ips.is_empty() {
+            port.ips = ipam::allocate(&mut self.tx, network_id, &vn).await?;
+        } else {
+            for (i, ip) in port.ips.iter().enumerate() {
+                if !vn.subnets.iter().any(|s| s.cidr.contains(ip)) {
+                    return Err(StoreError::invalid(
+                        &format!("/ips/{i}"),
+                        format!("{ip} is not in any subnet of network {network:?}"),
+                    ));
+                }
+                if vn.subnets.iter().any(|s| s.gateway == Some(*ip)) {
+                    return Err(StoreError::invalid(
+                        &format!("/ips/{i}"),
+                        format!("{ip} is the gateway of its subnet"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the port's addresses as held on its network, once the port row exists.
+    async fn hold_port_addresses(&mut self, project_id: Uuid, port_id: Uuid, port: &Port) -> Result<()> {
+        let Some(network) = &port.network else {
+            return Ok(());
+        };
+        let network_id = self.resolve(Kind::VirtualNetwork, project_id, &port.project, network, "/network").await?;
+        let held: Vec<IpAddr> = sqlx::query_scalar(
+            "INSERT INTO ip_allocations (network_id, address, port_id) SELECT $1, unnest($2::inet[]), $3 \
+             ON CONFLICT DO NOTHING RETURNING address",
+        )
+        .bind(network_id)
+        .bind(port.ips.iter().map(|ip| ipnet::IpNet::from(*ip)).collect::<Vec<_>>())
+        .bind(port_id)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .into_iter()
+        .map(|n: ipnet::IpNet| n.addr())
+        .collect();
+        if let Some(taken) = port.ips.iter().find(|ip| !held.contains(ip)) {
+            return Err(StoreError::conflict(
+                ConflictKind::AddressInUse,
+                format!("address {taken} on network {network:?} is already held by another port"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A network's new subnets must still contain every address its ports hold.
+    async fn check_network_holds_allocations(&mut self, network_id: Uuid, vn: &VirtualNetwork) -> Result<()> {
+        let held: Vec<(ipnet::IpNet, String)> = sqlx::query_as(
+            "SELECT a.address, o.name FROM ip_allocations a JOIN objects o ON o.id = a.port_id WHERE a.network_id = $1",
+        )
+        .bind(network_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for (address, port) in held {
+            let ip = address.addr();
+            if !vn.subnets.iter().any(|s| s.cidr.contains(&ip)) {
+                return Err(StoreError::conflict(
+                    ConflictKind::InUse,
+                    format!("port {port:?} holds {ip}, which the new subnets no longer contain"),
+                ));
+            }
+            if vn.subnets.iter().any(|s| s.gateway == Some(ip)) {
+                return Err(StoreError::conflict(
+                    ConflictKind::InUse,
+                    format!("port {port:?} holds {ip}, which the new subnets make a gateway"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives new rules an id; rules sent back with their id keep it.
+fn assign_rule_ids(sg: &mut SecurityGroup) {
+    for rule in &mut sg.rules {
+        if rule.id.is_none() {
+            rule.id = Some(Uuid::new_v4());
+        }
+    }
+}
+
+fn check_if_match(object: &StoredObject, if_match: Option<i64>) -> Result<()> {
+    match if_match {
+        Some(expected) if expected != object.revision => {
+            Err(StoreError::PreconditionFailed { expected, current: object.revision })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn body_of(resource: &Resource) -> String {
+    // Serialising plain data with string keys cannot fail.
+    serde_json::to_string(resource).unwrap_or_else(|_| "{}".to_string())
+}
+
+fn labels_json(resource: &Resource) -> serde_json::Value {
+    serde_json::to_value(resource.labels()).unwrap_or_default()
+}
+
+fn describe(resource: &Resource) -> String {
+    match resource.project() {
+        Some(p) => format!("{} {p}/{}", resource.kind(), resource.name()),
+        None => format!("{} {}", resource.kind(), resource.name()),
+    }
+}
+
+/// The first few names of a list, for an error message.
+fn summarize(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}

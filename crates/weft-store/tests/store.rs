@@ -1,0 +1,480 @@
+//! The store against a real PostgreSQL: a fresh, migrated database per test (`#[sqlx::test]`).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use serde_json::json;
+use sqlx::PgPool;
+use weft_model::{Kind, Resource};
+use weft_store::tokens::Role;
+use weft_store::{ChangeOp, ConflictKind, ListQuery, ObjectKey, Store, StoreError};
+
+fn resource(kind: Kind, body: serde_json::Value) -> Resource {
+    Resource::from_json(kind, body).expect("test body decodes")
+}
+
+fn by_name(project: Option<&str>, name: &str) -> ObjectKey {
+    ObjectKey::Name { project: project.map(String::from), name: name.to_string() }
+}
+
+async fn create(store: &Store, kind: Kind, body: serde_json::Value) -> Result<weft_store::StoredObject, StoreError> {
+    let mut txn = store.begin().await?;
+    let mut object = txn.create(resource(kind, body)).await?;
+    object.revision = txn.commit().await?;
+    Ok(object)
+}
+
+async fn project(store: &Store, name: &str) {
+    create(store, Kind::Project, json!({"name": name})).await.expect("project created");
+}
+
+fn conflict(e: StoreError) -> ConflictKind {
+    match e {
+        StoreError::Conflict { kind, .. } => kind,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+fn invalid_pointers(e: StoreError) -> Vec<String> {
+    match e {
+        StoreError::Invalid(v) => v.errors.into_iter().map(|e| e.pointer).collect(),
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn project_comes_with_its_default_group(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    project(&store, "k8s-default").await;
+    let sg = store.get(Kind::SecurityGroup, &by_name(Some("k8s-default"), "default")).await.unwrap().unwrap();
+    let Resource::SecurityGroup(sg) = sg.decode().unwrap() else { panic!("not a group") };
+    assert_eq!(sg.rules.len(), 2);
+    assert!(sg.rules.iter().all(|r| r.id.is_some()));
+    // One transaction, one revision: the project and its group share it.
+    let page = store.changes_since(0, 100).await.unwrap();
+    assert_eq!(page.changes.len(), 2);
+    assert!(page.changes.iter().all(|c| c.revision == 1));
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn crud_of_every_resource(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    project(&store, "p").await;
+    let net = create(
+        &store,
+        Kind::VirtualNetwork,
+        json!({"name": "net", "project": "p", "subnets": [{"cidr": "10.0.0.0/24", "gateway": "10.0.0.1"}]}),
+    )
+    .await
+    .unwrap();
+    let sg = create(&store, Kind::SecurityGroup, json!({"name": "web", "project": "p", "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [80], "remote": {"type": "security_group", "security_group": "web"}}]})).await.unwrap();
+    let port = create(
+        &store,
+        Kind::Port,
+        json!({"name": "vm1", "project": "p", "network": "net", "node": "node-1", "security_groups": ["web"]}),
+    )
+    .await
+    .unwrap();
+    let Resource::Port(p) = port.decode().unwrap() else { panic!() };
+    assert_eq!(p.ips, vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+
+    // get by id and by name agree
+    let by_id = store.get(Kind::Port, &ObjectKey::Id(port.id)).await.unwrap().unwrap();
+    assert_eq!(by_id, store.get(Kind::Port, &by_name(Some("p"), "vm1")).await.unwrap().unwrap());
+    assert_eq!(by_id.revision, port.revision);
+    // a kind mismatch is not found
+    assert!(store.get(Kind::SecurityGroup, &ObjectKey::Id(port.id)).await.unwrap().is_none());
+
+    // replace keeps id, created_at and the allocated address, moves the revision
+    let mut txn = store.begin().await.unwrap();
+    let replaced = txn
+        .replace(
+            Kind::Port,
+            &ObjectKey::Id(port.id),
+            resource(Kind::Port, json!({"name": "vm1", "project": "p", "network": "net", "labels": {"app": "x"}})),
+            Some(port.revision),
+        )
+        .await
+        .unwrap();
+    let rev = txn.commit().await.unwrap();
+    let now = store.get(Kind::Port, &ObjectKey::Id(port.id)).await.unwrap().unwrap();
+    assert_eq!(now.revision, rev);
+    assert_eq!(now.created_at, port.created_at);
+    let Resource::Port(p) = now.decode().unwrap() else { panic!() };
+    assert_eq!(p.ips, vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(p.security_groups, Some(vec!["default".to_string()]), "omitted groups mean [default]");
+    assert_eq!(replaced.id, port.id);
+
+    // name changes are refused
+    let mut txn = store.begin().await.unwrap();
+    let e = txn
+        .replace(
+            Kind::VirtualNetwork,
+            &ObjectKey::Id(net.id),
+            resource(Kind::VirtualNetwork, json!({"name": "other", "project": "p"})),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/name"]);
+    drop(txn);
+
+    // a stale If-Match is refused
+    let mut txn = store.begin().await.unwrap();
+    let e = txn.delete(Kind::Port, &ObjectKey::Id(port.id), false, Some(port.revision)).await.unwrap_err();
+    assert!(matches!(e, StoreError::PreconditionFailed { current, .. } if current == rev));
+    drop(txn);
+
+    // delete everything, children first
+    for (kind, id) in [(Kind::Port, port.id), (Kind::SecurityGroup, sg.id), (Kind::VirtualNetwork, net.id)] {
+        let mut txn = store.begin().await.unwrap();
+        txn.delete(kind, &ObjectKey::Id(id), false, None).await.unwrap();
+        txn.commit().await.unwrap();
+        assert!(store.get(kind, &ObjectKey::Id(id)).await.unwrap().is_none());
+    }
+    let mut txn = store.begin().await.unwrap();
+    txn.delete(Kind::Project, &by_name(None, "p"), false, None).await.unwrap();
+    txn.commit().await.unwrap();
+    let page = store.list(Kind::SecurityGroup, &ListQuery::default()).await.unwrap();
+    assert!(page.items.is_empty(), "the default group goes with its project");
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn duplicates_and_missing_references(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    project(&store, "p").await;
+    let e = create(&store, Kind::Project, json!({"name": "p"})).await.unwrap_err();
+    assert_eq!(conflict(e), ConflictKind::Duplicate);
+    let e = create(&store, Kind::VirtualNetwork, json!({"name": "n", "project": "nope"})).await.unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/project"]);
+    let e = create(&store, Kind::Port, json!({"name": "x", "project": "p", "security_groups": ["default", "missing"]}))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/security_groups/1"]);
+    let e = create(&store, Kind::Port, json!({"name": "x", "project": "p", "network": "missing"})).await.unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/network"]);
+    let e = create(&store, Kind::SecurityGroup, json!({"name": "g", "project": "p", "rules": [{"direction": "ingress"}, {"direction": "egress", "remote": {"type": "security_group", "security_group": "q/x"}}]})).await.unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/rules/1/remote/security_group"]);
+    // nothing of the failed writes was kept
+    assert_eq!(store.current_revision().await.unwrap(), 1);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn referenced_objects_cannot_be_deleted(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    project(&store, "a").await;
+    project(&store, "b").await;
+    create(&store, Kind::SecurityGroup, json!({"name": "db", "project": "a"})).await.unwrap();
+    create(&store, Kind::SecurityGroup, json!({"name": "app", "project": "b", "rules": [{"direction": "egress", "remote": {"type": "security_group", "security_group": "a/db"}}]})).await.unwrap();
+    let mut txn = store.begin().await.unwrap();
+    let e = txn.delete(Kind::SecurityGroup, &by_name(Some("a"), "db"), false, None).await.unwrap_err();
+    assert!(e.to_string().contains("security-group b/app"), "{e}");
+    assert_eq!(conflict(e), ConflictKind::InUse);
+    drop(txn);
+    // nor can a project whose group another project references, even with cascade
+    let mut txn = store.begin().await.unwrap();
+    let e = txn.delete(Kind::Project, &by_name(None, "a"), true, None).await.unwrap_err();
+    assert_eq!(conflict(e), ConflictKind::InUse);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn projects_and_networks_with_children_need_cascade(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    project(&store, "p").await;
+    create(&store, Kind::VirtualNetwork, json!({"name": "net", "project": "p", "subnets": [{"cidr": "10.0.0.0/24"}]}))
+        .await
+        .unwrap();
+    create(&store, Kind::Port, json!({"name": "vm1", "project": "p", "network": "net"})).await.unwrap();
+    let before = store.current_revision().await.unwrap();
+
+    let mut txn = store.begin().await.unwrap();
+    let e = txn.delete(Kind::VirtualNetwork, &by_name(Some("p"), "net"), false, None).await.unwrap_err();
+    assert!(e.to_string().contains("port vm1"), "{e}");
+    assert_eq!(conflict(e), ConflictKind::HasChildren);
+    drop(txn);
+    let mut txn = store.begin().await.unwrap();
+    let e = txn.delete(Kind::Project, &by_name(None, "p"), false, None).await.unwrap_err();
+    assert_eq!(conflict(e), ConflictKind::HasChildren);
+    drop(txn);
+
+    let mut txn = store.begin().await.unwrap();
+    txn.delete(Kind::Project, &by_name(None, "p"), true, None).await.unwrap();
+    let rev = txn.commit().await.unwrap();
+    let page = store.changes_since(before, 10).await.unwrap();
+    let mut kinds: Vec<Kind> = page.changes.iter().map(|c| c.object.kind).collect();
+    kinds.sort();
+    assert_eq!(kinds, [Kind::Project, Kind::VirtualNetwork, Kind::SecurityGroup, Kind::Port]);
+    assert!(page.changes.iter().all(|c| c.revision == rev && c.op == ChangeOp::Delete));
+    assert_eq!(page.changes.first().map(|c| c.object.kind), Some(Kind::Port), "ports go first");
+    assert_eq!(page.changes.last().map(|c| c.object.kind), Some(Kind::Project), "the project goes last");
+    for kind in Kind::ALL {
+        assert!(store.list(kind, &ListQuery::default()).await.unwrap().items.is_empty(), "{kind} left behind");
+    }
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn ipam_hands_out_first_free_addresses_concurrently(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    project(&store, "p").await;
+    // 10.0.0.0/24 with a gateway: 253 allocatable IPv4 addresses; plus an IPv6 subnet.
+    create(
+        &store,
+        Kind::VirtualNetwork,
+        json!({"name": "net", "project": "p", "subnets": [
+        {"cidr": "10.0.0.0/24", "gateway": "10.0.0.1"}, {"cidr": "fd00::/120", "gateway": "fd00::1"}]}),
+    )
+    .await
+    .unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                create(&store, Kind::Port, json!({"name": format!("vm{i}"), "project": "p", "network": "net"})).await
+            })
+        })
+        .collect();
+    let mut v4 = BTreeSet::new();
+    let mut v6 = BTreeSet::new();
+    for t in tasks {
+        let Resource::Port(port) = t.await.unwrap().unwrap().decode().unwrap() else { panic!() };
+        assert_eq!(port.ips.len(), 2, "one address per family");
+        for ip in port.ips {
+            let fresh = match ip {
+                IpAddr::V4(a) => v4.insert(u32::from(a)),
+                IpAddr::V6(a) => v6.insert(u128::from(a)),
+            };
+            assert!(fresh, "{ip} handed out twice");
+        }
+    }
+    // no duplicate and no gap: exactly .2 to .201
+    let first4 = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 2));
+    assert_eq!(v4, (first4..first4 + 200).collect());
+    let first6 = u128::from("fd00::2".parse::<std::net::Ipv6Addr>().unwrap());
+    assert_eq!(v6, (first6..first6 + 200).collect());
+
+    // deleting a port releases its addresses for the next one
+    let Resource::Port(vm7) =
+        store.get(Kind::Port, &by_name(Some("p"), "vm7")).await.unwrap().unwrap().decode().unwrap()
+    else {
+        panic!()
+    };
+    let mut txn = store.begin().await.unwrap();
+    txn.delete(Kind::Port, &by_name(Some("p"), "vm7"), false, None).await.unwrap();
+    txn.commit().await.unwrap();
+    let Resource::Port(port) = create(&store, Kind::Port, json!({"name": "again", "project": "p", "network": "net"}))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(port.ips, vm7.ips);
+
+    // an address asked for explicitly must be free and inside the network
+    let e = create(&store, Kind::Port, json!({"name": "taken", "project": "p", "network": "net", "ips": ["10.0.0.2"]}))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict(e), ConflictKind::AddressInUse);
+    let e =
+        create(&store, Kind::Port, json!({"name": "outside", "project": "p", "network": "net", "ips": ["10.9.0.2"]}))
+            .await
+            .unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/ips/0"]);
+    let e = create(&store, Kind::Port, json!({"name": "gw", "project": "p", "network": "net", "ips": ["10.0.0.1"]}))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/ips/0"]);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn ipam_reports_exhaustion(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    project(&store, "p").await;
+    // a /30 has two hosts; one is the gateway
+    create(
+        &store,
+        Kind::VirtualNetwork,
+        json!({"name": "tiny", "project": "p", "subnets": [{"cidr": "10.0.0.0/30", "gateway": "10.0.0.1"}]}),
+    )
+    .await
+    .unwrap();
+    create(&store, Kind::Port, json!({"name": "a", "project": "p", "network": "tiny"})).await.unwrap();
+    let e = create(&store, Kind::Port, json!({"name": "b", "project": "p", "network": "tiny"})).await.unwrap_err();
+    assert!(e.to_string().contains("no free IPv4 address"), "{e}");
+    assert_eq!(conflict(e), ConflictKind::AddressesExhausted);
+    // shrinking a network below what its ports hold is refused
+    let mut txn = store.begin().await.unwrap();
+    let e = txn
+        .replace(
+            Kind::VirtualNetwork,
+            &by_name(Some("p"), "tiny"),
+            resource(
+                Kind::VirtualNetwork,
+                json!({"name": "tiny", "project": "p", "subnets": [{"cidr": "10.1.0.0/30"}]}),
+            ),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(conflict(e), ConflictKind::InUse);
+}
+
+/// Many writers commit concurrently while a follower reads the change log: the follower sees
+/// every revision exactly once, in order, with no gap. A revision committed after the follower
+/// passed it would show up as a gap, since the follower only ever asks for `revision > seen`.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn change_log_never_skips_under_concurrent_writers(pool: PgPool) {
+    const WRITERS: usize = 8;
+    const WRITES_EACH: usize = 40;
+    let store = Store::from_pool(pool);
+    project(&store, "p").await;
+    let start = store.current_revision().await.unwrap();
+
+    let follower = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut since = start;
+            let target = start + (WRITERS * WRITES_EACH) as i64;
+            while since < target {
+                let page = store.changes_since(since, 7).await.unwrap();
+                for c in &page.changes {
+                    if seen.last() != Some(&c.revision) {
+                        seen.push(c.revision);
+                    }
+                }
+                since = page.last_revision(since);
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..WRITES_EACH {
+                    // a slow writer: its transaction stays open while others commit
+                    let mut txn = store.begin().await.unwrap();
+                    txn.create(resource(Kind::SecurityGroup, json!({"name": format!("g{w}-{i}"), "project": "p"})))
+                        .await
+                        .unwrap();
+                    if i % 3 == 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    txn.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = follower.await.unwrap();
+    let expected: Vec<i64> = (start + 1..=start + (WRITERS * WRITES_EACH) as i64).collect();
+    assert_eq!(seen, expected);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn compaction_removes_old_entries_and_refuses_old_readers(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    for i in 0..5 {
+        project(&store, &format!("p{i}")).await;
+    }
+    assert_eq!(store.compact_through(3).await.unwrap(), 3);
+    match store.changes_since(2, 10).await {
+        Err(StoreError::Compacted { requested: 2, compacted: 3 }) => {}
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    let page = store.changes_since(3, 10).await.unwrap();
+    assert_eq!(page.changes.iter().map(|c| c.revision).collect::<BTreeSet<_>>(), BTreeSet::from([4, 5]));
+    // the current revision is never compacted, and the mark never moves back
+    assert_eq!(store.compact_through(100).await.unwrap(), 4);
+    assert_eq!(store.compact_through(1).await.unwrap(), 4);
+    // nothing is older than an hour
+    assert_eq!(store.compact_older_than(std::time::Duration::from_secs(3600)).await.unwrap(), 4);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn lists_filter_by_project_labels_and_page(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    project(&store, "a").await;
+    project(&store, "b").await;
+    for i in 0..25 {
+        let tier = if i % 2 == 0 { "web" } else { "db" };
+        create(
+            &store,
+            Kind::Port,
+            json!({"name": format!("p{i:02}"), "project": "a", "labels": {"tier": tier, "i": i.to_string()}}),
+        )
+        .await
+        .unwrap();
+    }
+    create(&store, Kind::Port, json!({"name": "other", "project": "b", "labels": {"tier": "web"}})).await.unwrap();
+
+    let all = |q: ListQuery| {
+        let store = store.clone();
+        async move {
+            let mut q = q;
+            let mut names = Vec::new();
+            loop {
+                let page = store.list(Kind::Port, &q).await.unwrap();
+                names.extend(page.items.iter().map(|o| {
+                    let Resource::Port(p) = o.decode().unwrap() else { panic!() };
+                    format!("{}/{}", p.project, p.name)
+                }));
+                match page.continue_token {
+                    Some(t) => q.continue_after = Some(t),
+                    None => return names,
+                }
+            }
+        }
+    };
+    let paged = all(ListQuery { limit: 4, ..Default::default() }).await;
+    assert_eq!(paged.len(), 26);
+    let unpaged = all(ListQuery::default()).await;
+    assert_eq!(paged, unpaged, "pages concatenate to the whole list");
+
+    let web_in_a = all(ListQuery {
+        project: Some("a".into()),
+        selector: Some(weft_model::LabelSelector::parse("tier=web").unwrap()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(web_in_a.len(), 13);
+    let sel = weft_model::LabelSelector::parse("tier in (web),i notin (0,2),!missing").unwrap();
+    let some = all(ListQuery { selector: Some(sel), ..Default::default() }).await;
+    assert_eq!(some.len(), 12, "{some:?}");
+    let only_b = all(ListQuery { allowed_projects: Some(vec!["b".into()]), ..Default::default() }).await;
+    assert_eq!(only_b, ["b/other"]);
+    let named = all(ListQuery { name: Some("p03".into()), ..Default::default() }).await;
+    assert_eq!(named, ["a/p03"]);
+    let e = store
+        .list(Kind::Port, &ListQuery { continue_after: Some("zz".into()), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/continue"]);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn tokens_are_stored_as_digests_and_can_expire_or_be_revoked(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let first = store.bootstrap_admin_token().await.unwrap().expect("first start creates an admin token");
+    assert!(store.bootstrap_admin_token().await.unwrap().is_none(), "only once");
+    assert_eq!(first.token.role, Role::Admin);
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT digest FROM tokens").fetch_all(store.pool()).await.unwrap();
+    assert!(!stored.iter().any(|d| d == first.secret.as_bytes()), "the secret itself is never stored");
+
+    let now = chrono::Utc::now();
+    let reader =
+        store.create_token(Role::Reader, Some("p"), "ci", Some(now + chrono::Duration::hours(1))).await.unwrap();
+    let found = store.find_token(&reader.secret).await.unwrap().unwrap();
+    assert!(found.is_active(now));
+    assert!(!found.is_active(now + chrono::Duration::hours(2)), "expired later");
+    assert!(store.revoke_token(found.id).await.unwrap());
+    assert!(!store.find_token(&reader.secret).await.unwrap().unwrap().is_active(now));
+    assert!(store.find_token("weft_nope").await.unwrap().is_none());
+    assert!(store.create_token(Role::Writer, None, "", None).await.is_err());
+    assert!(store.create_token(Role::Admin, Some("p"), "", None).await.is_err());
+}
