@@ -1,1 +1,146 @@
-//! placeholder
+//! weft's REST service: the config API over the store, with bearer-token authentication,
+//! problem+json errors, a streaming watch of the change log, health and Prometheus metrics.
+//!
+//! ```text
+//!  request ─► metrics ─► /healthz /readyz /metrics (open)
+//!                    └─► authenticate ─► /v1/... handlers ─► weft_store::Txn ─► PostgreSQL
+//!                                             └─► /v1/changes ◄─ revision watch (LISTEN/NOTIFY)
+//! ```
+
+pub mod auth;
+mod batch;
+mod body;
+mod changes;
+mod metrics;
+pub mod openapi;
+pub mod problem;
+mod resources;
+mod tokens;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Router, middleware};
+use tokio::sync::watch;
+use weft_model::Kind;
+use weft_store::Store;
+
+pub use batch::{BatchRequest, Operation};
+pub use problem::{ApiError, InvalidField, Problem};
+
+/// How the API process is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `false` only with `--insecure-no-auth`.
+    pub auth_enabled: bool,
+    /// The gRPC address agents should use, as `/v1/info` reports it.
+    pub grpc_address: Option<String>,
+    /// How often followers poll for new revisions when no notification arrives.
+    pub poll_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { auth_enabled: true, grpc_address: None, poll_interval: Duration::from_secs(1) }
+    }
+}
+
+/// What every handler shares; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub auth_enabled: bool,
+    pub tokens: Arc<auth::TokenCache>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// The latest committed revision, kept current by LISTEN/NOTIFY and polling.
+    pub revisions: watch::Receiver<i64>,
+    pub grpc_address: Option<String>,
+}
+
+impl AppState {
+    pub async fn new(store: Store, config: Config) -> Result<AppState, weft_store::StoreError> {
+        let revisions = store.revision_watch(config.poll_interval).await?;
+        Ok(AppState {
+            store,
+            auth_enabled: config.auth_enabled,
+            tokens: Arc::default(),
+            metrics: Arc::default(),
+            revisions,
+            grpc_address: config.grpc_address,
+        })
+    }
+}
+
+/// The whole REST service.
+pub fn router(state: AppState) -> Router {
+    let mut v1 = Router::new()
+        .route("/v1/batch", post(batch::batch))
+        .route("/v1/changes", get(changes::changes))
+        .route("/v1/info", get(info))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}", delete(tokens::revoke));
+    for kind in Kind::ALL {
+        v1 = v1.merge(resources::routes(kind));
+    }
+    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics::render))
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/info and api/openapi.yaml") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Info {
+    pub version: String,
+    /// The last committed revision.
+    pub revision: i64,
+    /// Change-log entries up to this revision are compacted away.
+    pub compacted: i64,
+    /// Where agents connect (gRPC), when this server runs the controller.
+    pub grpc_address: Option<String>,
+}
+
+async fn info(State(state): State<AppState>) -> Result<axum::Json<Info>, ApiError> {
+    Ok(axum::Json(Info {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        revision: state.store.current_revision().await?,
+        compacted: state.store.compacted_revision().await?,
+        grpc_address: state.grpc_address.clone(),
+    }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "the database does not answer").into_response()
+        }
+    }
+}

@@ -44,7 +44,7 @@ use weft_model::Kind;
 
 pub use changes::{Change, ChangeOp, ChangePage};
 pub use error::{ConflictKind, Result, StoreError};
-pub use objects::{ListPage, ListQuery, Txn};
+pub use objects::{ListPage, ListQuery, MAX_PAGE, Txn};
 
 /// The migrations in the workspace's `migrations/` folder, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

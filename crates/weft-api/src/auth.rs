@@ -1,0 +1,158 @@
+//! Bearer-token authentication and project-scoped authorization.
+//!
+//! Every `/v1` request names a token; the token's role decides what it may touch: `admin`
+//! everything, `writer` and `reader` one project's objects. Checking a token costs one SHA-256
+//! and, at most every [`CACHE_TTL`], one indexed lookup; a revocation made through this
+//! process takes effect at once, one made through another API process within `CACHE_TTL`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use weft_store::tokens::{Role, Token, digest};
+
+use crate::AppState;
+use crate::problem::{ApiError, ApiResult};
+
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Who is calling, as the handlers see it.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Authentication is off (`--insecure-no-auth`): full access.
+    Unauthenticated,
+    Token(Token),
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Caller::Unauthenticated => true,
+            Caller::Token(t) => t.role == Role::Admin,
+        }
+    }
+
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.is_admin() { Ok(()) } else { Err(ApiError::forbidden("this needs an admin token")) }
+    }
+
+    fn project(&self) -> Option<&str> {
+        match self {
+            Caller::Token(t) => t.project.as_deref(),
+            Caller::Unauthenticated => None,
+        }
+    }
+
+    pub fn can_read(&self, project: &str) -> bool {
+        self.is_admin() || self.project() == Some(project)
+    }
+
+    pub fn can_write(&self, project: &str) -> bool {
+        self.is_admin()
+            || matches!(self, Caller::Token(t) if t.role == Role::Writer && t.project.as_deref() == Some(project))
+    }
+
+    pub fn require_read(&self, project: &str) -> ApiResult<()> {
+        if self.can_read(project) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this token may not read project {project:?}")))
+        }
+    }
+
+    pub fn require_write(&self, project: &str) -> ApiResult<()> {
+        if self.can_write(project) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this token may not change project {project:?}")))
+        }
+    }
+
+    /// The projects a list may show; `None` means all.
+    pub fn readable_projects(&self) -> Option<Vec<String>> {
+        if self.is_admin() { None } else { Some(self.project().map(String::from).into_iter().collect()) }
+    }
+}
+
+/// Verified tokens by digest, so that most requests skip the database.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<Vec<u8>, (Token, Instant)>>,
+}
+
+impl TokenCache {
+    fn get(&self, digest: &[u8]) -> Option<Token> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(digest).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(t, _)| t.clone())
+    }
+
+    fn put(&self, digest: Vec<u8>, token: Token) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 10_000 {
+            entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        }
+        entries.insert(digest, (token, Instant::now()));
+    }
+
+    /// Forgets a token at once (after a revocation through this process).
+    pub fn forget(&self, id: uuid::Uuid) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (t, _)| t.id != id);
+    }
+}
+
+/// Middleware: resolves the caller or answers 401.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if !state.auth_enabled {
+        request.extensions_mut().insert(Caller::Unauthenticated);
+        return next.run(request).await;
+    }
+    match resolve(&state, request.headers().get(header::AUTHORIZATION)).await {
+        Ok(token) => {
+            request.extensions_mut().insert(Caller::Token(token));
+            next.run(request).await
+        }
+        Err(e) => {
+            let mut response = e.into_response();
+            if response.status() == axum::http::StatusCode::UNAUTHORIZED {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"weft\""));
+            }
+            response
+        }
+    }
+}
+
+async fn resolve(state: &AppState, header: Option<&HeaderValue>) -> ApiResult<Token> {
+    let Some(value) = header else {
+        return Err(ApiError::unauthorized("no bearer token: send Authorization: Bearer <token>"));
+    };
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header is not a bearer token"))?;
+    let key = digest(secret);
+    let token = match state.tokens.get(&key) {
+        Some(t) => t,
+        None => {
+            let found = state.store.find_token(secret).await?;
+            let t = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+            state.tokens.put(key, t.clone());
+            t
+        }
+    };
+    let now = chrono::Utc::now();
+    if token.revoked_at.is_some() {
+        return Err(ApiError::unauthorized("this token was revoked"));
+    }
+    if !token.is_active(now) {
+        return Err(ApiError::unauthorized("this token has expired"));
+    }
+    Ok(token)
+}

@@ -1,0 +1,361 @@
+//! The four resources' endpoints: list, create, get, replace, patch, delete, and the batch
+//! endpoint built from the same operations. Every write is one store transaction.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use uuid::Uuid;
+use weft_model::{Kind, LabelSelector, Resource, Validator};
+use weft_store::{ListQuery, ObjectKey, StoredObject, Txn};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::body;
+use crate::problem::{ApiError, ApiResult};
+
+/// Routes of one kind: `/v1/<kind>`, `/v1/<kind>/{id}` and, below a project,
+/// `/v1/<kind>/{project}/{name}`.
+pub fn routes(kind: Kind) -> Router<AppState> {
+    let collection = format!("/v1/{}", kind.plural());
+    let mut router = Router::new()
+        .route(&collection, get(move |s, c, q| list(kind, s, c, q)).post(move |s, c, h, b| create(kind, s, c, h, b)));
+    router = router.route(
+        &format!("{collection}/{{key}}"),
+        get(move |s, c, Path(k): Path<String>| async move { get_one(kind, single_key(kind, k), s, c).await })
+            .put(move |s, c, h, Path(k): Path<String>, b| async move {
+                replace(kind, single_key(kind, k), s, c, h, b).await
+            })
+            .patch(move |s, c, h, Path(k): Path<String>, b| async move {
+                patch(kind, single_key(kind, k), s, c, h, b).await
+            })
+            .delete(move |s, c, h, Path(k): Path<String>, q| async move {
+                delete(kind, single_key(kind, k), s, c, h, q).await
+            }),
+    );
+    if kind != Kind::Project {
+        router = router.route(
+            &format!("{collection}/{{project}}/{{name}}"),
+            get(move |s, c, Path(k): Path<(String, String)>| async move { get_one(kind, named_key(k), s, c).await })
+                .put(move |s, c, h, Path(k): Path<(String, String)>, b| async move {
+                    replace(kind, named_key(k), s, c, h, b).await
+                })
+                .patch(move |s, c, h, Path(k): Path<(String, String)>, b| async move {
+                    patch(kind, named_key(k), s, c, h, b).await
+                })
+                .delete(move |s, c, h, Path(k): Path<(String, String)>, q| async move {
+                    delete(kind, named_key(k), s, c, h, q).await
+                }),
+        );
+    }
+    router
+}
+
+/// `/v1/projects/{name-or-id}`; `/v1/<child-kind>/{id}`.
+fn single_key(kind: Kind, key: String) -> ApiResult<ObjectKey> {
+    if let Ok(id) = key.parse::<Uuid>() {
+        return Ok(ObjectKey::Id(id));
+    }
+    if kind == Kind::Project {
+        Ok(ObjectKey::Name { project: None, name: key })
+    } else {
+        Err(ApiError::not_found(format!(
+            "{key:?} is not an id: address a {kind} by /v1/{}/<id> or /v1/{}/<project>/<name>",
+            kind.plural(),
+            kind.plural()
+        )))
+    }
+}
+
+fn named_key((project, name): (String, String)) -> ApiResult<ObjectKey> {
+    Ok(ObjectKey::Name { project: Some(project), name })
+}
+
+/// The project that owns a stored object (a project owns itself).
+pub(crate) fn owner(object: &StoredObject) -> ApiResult<String> {
+    #[derive(Deserialize)]
+    struct Owner {
+        name: String,
+        project: Option<String>,
+    }
+    let o: Owner = serde_json::from_str(&object.body).map_err(|e| {
+        tracing::error!(id = %object.id, error = %e, "stored object without a name");
+        ApiError::internal()
+    })?;
+    Ok(o.project.unwrap_or(o.name))
+}
+
+/// `If-Match: "12"` (or `W/"12"`, or `12`); `*` and absence mean no condition.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let unquoted = text.trim_start_matches("W/").trim_matches('"');
+    unquoted.parse().map(Some).map_err(|_| {
+        ApiError::bad_request(format!("If-Match must be an ETag this API returned, like \"12\"; got {text:?}"))
+    })
+}
+
+pub(crate) fn etag(revision: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+fn object_response(status: StatusCode, object: &StoredObject) -> Response {
+    let mut response = json_response(status, object.to_json());
+    response.headers_mut().insert(header::ETAG, etag(object.revision));
+    if status == StatusCode::CREATED
+        && let Ok(location) = HeaderValue::from_str(&format!("/v1/{}/{}", object.kind.plural(), object.id))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Query parameters of a list, checked one by one so that a bad one is named.
+fn list_query(caller: &Caller, params: HashMap<String, String>) -> ApiResult<ListQuery> {
+    let mut query = ListQuery::default();
+    for (name, value) in params {
+        match name.as_str() {
+            "project" => query.project = Some(value),
+            "name" => query.name = Some(value),
+            "labelSelector" => {
+                let selector = LabelSelector::parse(&value)
+                    .map_err(|e| ApiError::invalid_parameter("labelSelector", e.to_string()))?;
+                let mut v = Validator::new();
+                selector.validate(&mut v);
+                v.finish().map_err(|e| ApiError::invalid_parameter("labelSelector", e.to_string()))?;
+                query.selector = Some(selector);
+            }
+            "limit" => {
+                query.limit =
+                    value.parse().ok().filter(|l| (1..=weft_store::MAX_PAGE).contains(l)).ok_or_else(|| {
+                        ApiError::invalid_parameter(
+                            "limit",
+                            format!("must be a number from 1 to {}", weft_store::MAX_PAGE),
+                        )
+                    })?
+            }
+            "continue" => query.continue_after = Some(value),
+            other => {
+                return Err(ApiError::invalid_parameter(
+                    other,
+                    "unknown parameter; lists take project, labelSelector, name, limit and continue",
+                ));
+            }
+        }
+    }
+    if let Some(project) = &query.project {
+        caller.require_read(project)?;
+    }
+    query.allowed_projects = caller.readable_projects();
+    Ok(query)
+}
+
+async fn list(
+    kind: Kind,
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let query = list_query(&caller, params)?;
+    let page = state.store.list(kind, &query).await.map_err(|e| match e {
+        weft_store::StoreError::Invalid(_) => {
+            ApiError::invalid_parameter("continue", "not a continue token returned by a previous page")
+        }
+        e => e.into(),
+    })?;
+    let mut body = String::with_capacity(page.items.iter().map(|o| o.body.len() + 160).sum::<usize>() + 64);
+    body.push_str("{\"items\":[");
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&item.to_json());
+    }
+    body.push_str(&format!("],\"revision\":{}", page.revision));
+    if let Some(token) = &page.continue_token {
+        body.push_str(&format!(",\"continue\":\"{token}\""));
+    }
+    body.push('}');
+    Ok(json_response(StatusCode::OK, body))
+}
+
+async fn get_one(
+    kind: Kind,
+    key: ApiResult<ObjectKey>,
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let key = key?;
+    let object = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
+    caller.require_read(&owner(&object)?)?;
+    Ok(object_response(StatusCode::OK, &object))
+}
+
+fn not_found(kind: Kind, key: &ObjectKey) -> ApiError {
+    ApiError::not_found(format!("{kind} {key} does not exist"))
+}
+
+async fn create(
+    kind: Kind,
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    body::check_json_content_type(&headers)?;
+    let value = body::parse_value(&body::bytes(body)?)?;
+    let mut txn = state.store.begin().await?;
+    let mut object = op_create(&mut txn, &caller, kind, value).await?;
+    object.revision = txn.commit().await?;
+    Ok(object_response(StatusCode::CREATED, &object))
+}
+
+async fn replace(
+    kind: Kind,
+    key: ApiResult<ObjectKey>,
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let key = key?;
+    body::check_json_content_type(&headers)?;
+    let value = body::parse_value(&body::bytes(body)?)?;
+    let if_match = if_match(&headers)?;
+    let mut txn = state.store.begin().await?;
+    let mut object = op_replace(&mut txn, &caller, kind, &key, value, if_match).await?;
+    object.revision = txn.commit().await?;
+    Ok(object_response(StatusCode::OK, &object))
+}
+
+async fn patch(
+    kind: Kind,
+    key: ApiResult<ObjectKey>,
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let key = key?;
+    body::check_json_content_type(&headers)?;
+    let value = body::parse_value(&body::bytes(body)?)?;
+    let if_match = if_match(&headers)?;
+    let mut txn = state.store.begin().await?;
+    let mut object = op_patch(&mut txn, &caller, kind, &key, &value, if_match).await?;
+    object.revision = txn.commit().await?;
+    Ok(object_response(StatusCode::OK, &object))
+}
+
+async fn delete(
+    kind: Kind,
+    key: ApiResult<ObjectKey>,
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let key = key?;
+    let mut cascade = false;
+    for (name, value) in params {
+        match (name.as_str(), value.as_str()) {
+            ("cascade", "true" | "") => cascade = true,
+            ("cascade", "false") => cascade = false,
+            ("cascade", _) => return Err(ApiError::invalid_parameter("cascade", "must be true or false")),
+            (other, _) => return Err(ApiError::invalid_parameter(other, "unknown parameter; delete takes cascade")),
+        }
+    }
+    let if_match = if_match(&headers)?;
+    let mut txn = state.store.begin().await?;
+    op_delete(&mut txn, &caller, kind, &key, cascade, if_match).await?;
+    let revision = txn.commit().await?;
+    let mut response = json_response(StatusCode::OK, format!("{{\"revision\":{revision}}}"));
+    response.headers_mut().insert(header::ETAG, etag(revision));
+    Ok(response)
+}
+
+/// Decodes a body as `kind`, naming any bad field.
+fn decode(kind: Kind, value: serde_json::Value) -> ApiResult<Resource> {
+    Ok(match kind {
+        Kind::Project => Resource::Project(body::decode(value)?),
+        Kind::VirtualNetwork => Resource::VirtualNetwork(body::decode(value)?),
+        Kind::SecurityGroup => Resource::SecurityGroup(body::decode(value)?),
+        Kind::Port => Resource::Port(body::decode(value)?),
+    })
+}
+
+fn require_write(caller: &Caller, kind: Kind, project: &str) -> ApiResult<()> {
+    if kind == Kind::Project { caller.require_admin() } else { caller.require_write(project) }
+}
+
+pub(crate) async fn op_create(
+    txn: &mut Txn,
+    caller: &Caller,
+    kind: Kind,
+    value: serde_json::Value,
+) -> ApiResult<StoredObject> {
+    let resource = decode(kind, value)?;
+    require_write(caller, kind, resource.project().unwrap_or(resource.name()))?;
+    Ok(txn.create(resource).await?)
+}
+
+pub(crate) async fn op_replace(
+    txn: &mut Txn,
+    caller: &Caller,
+    kind: Kind,
+    key: &ObjectKey,
+    value: serde_json::Value,
+    if_match: Option<i64>,
+) -> ApiResult<StoredObject> {
+    let resource = decode(kind, value)?;
+    let current = txn.get_for_update(kind, key).await?;
+    require_write(caller, kind, &owner(&current)?)?;
+    Ok(txn.replace(kind, key, resource, if_match).await?)
+}
+
+pub(crate) async fn op_patch(
+    txn: &mut Txn,
+    caller: &Caller,
+    kind: Kind,
+    key: &ObjectKey,
+    patch: &serde_json::Value,
+    if_match: Option<i64>,
+) -> ApiResult<StoredObject> {
+    if !patch.is_object() {
+        return Err(ApiError::invalid(weft_model::ValidationErrors::single("", "a merge patch is a JSON object")));
+    }
+    let current = txn.get_for_update(kind, key).await?;
+    require_write(caller, kind, &owner(&current)?)?;
+    let mut value: serde_json::Value = serde_json::from_str(&current.to_json()).map_err(|e| {
+        tracing::error!(id = %current.id, error = %e, "stored object is not JSON");
+        ApiError::internal()
+    })?;
+    weft_model::merge_patch(&mut value, patch);
+    let resource = decode(kind, value)?;
+    Ok(txn.replace(kind, key, resource, if_match).await?)
+}
+
+pub(crate) async fn op_delete(
+    txn: &mut Txn,
+    caller: &Caller,
+    kind: Kind,
+    key: &ObjectKey,
+    cascade: bool,
+    if_match: Option<i64>,
+) -> ApiResult<()> {
+    let current = txn.get_for_update(kind, key).await?;
+    require_write(caller, kind, &owner(&current)?)?;
+    Ok(txn.delete(kind, key, cascade, if_match).await?)
+}

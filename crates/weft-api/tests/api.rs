@@ -1,0 +1,489 @@
+//! The REST API end to end through the router (`oneshot`), on a fresh PostgreSQL database per
+//! test.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+use weft_api::{AppState, Config, router};
+use weft_store::Store;
+use weft_store::tokens::Role;
+
+struct Api {
+    router: Router,
+    store: Store,
+    admin: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn problem_type(&self) -> &str {
+        self.body["type"].as_str().unwrap_or("")
+    }
+
+    fn pointers(&self) -> Vec<&str> {
+        self.body["errors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["pointer"].as_str()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Api {
+    async fn new(pool: PgPool) -> Api {
+        let store = Store::from_pool(pool);
+        let admin = store.bootstrap_admin_token().await.unwrap().unwrap().secret;
+        let state = AppState::new(store.clone(), Config::default()).await.unwrap();
+        Api { router: router(state), store, admin }
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = self.router.clone().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        Reply { status, headers, body }
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        self.as_token(&self.admin.clone(), method, uri, body).await
+    }
+
+    async fn as_token(&self, token: &str, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+        self.raw(method, uri, Some(token), &[("content-type", "application/json")], bytes).await
+    }
+
+    async fn revision(&self) -> i64 {
+        self.store.current_revision().await.unwrap()
+    }
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn crud_over_http(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let r = api.call(Method::POST, "/v1/projects", Some(json!({"name": "k8s-default", "labels": {"team": "a"}}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let project_id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.headers[header::ETAG], format!("\"{}\"", r.body["revision"]));
+    assert_eq!(r.headers[header::LOCATION], format!("/v1/projects/{project_id}"));
+
+    let r = api.call(Method::POST, "/v1/security-groups", Some(json!({"name": "db", "project": "k8s-default",
+        "selector": {"matchLabels": {"app": "db"}}, "policy_types": ["ingress"],
+        "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [5432], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "api"}}}}]}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let sg_id = r.body["id"].as_str().unwrap().to_string();
+    let rule_id = r.body["rules"][0]["id"].as_str().unwrap().to_string();
+
+    // by id, by project/name and (for projects) by name
+    let by_id = api.call(Method::GET, &format!("/v1/security-groups/{sg_id}"), None).await;
+    let by_name = api.call(Method::GET, "/v1/security-groups/k8s-default/db", None).await;
+    assert_eq!(by_id.status, StatusCode::OK);
+    assert_eq!(by_id.body, by_name.body);
+    assert_eq!(api.call(Method::GET, "/v1/projects/k8s-default", None).await.body["id"], project_id.as_str());
+
+    // merge patch keeps rule ids and what it does not mention
+    let etag = by_id.headers[header::ETAG].to_str().unwrap().to_string();
+    let patch = serde_json::to_vec(&json!({"labels": {"tier": "backend"}})).unwrap();
+    let r = api
+        .raw(
+            Method::PATCH,
+            &format!("/v1/security-groups/{sg_id}"),
+            Some(&api.admin),
+            &[("content-type", "application/merge-patch+json"), ("if-match", &etag)],
+            patch.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["labels"], json!({"tier": "backend"}));
+    assert_eq!(r.body["rules"][0]["id"], rule_id.as_str());
+    assert_eq!(r.body["selector"], json!({"matchLabels": {"app": "db"}}));
+    // the same If-Match again is stale now
+    let r = api
+        .raw(Method::PATCH, &format!("/v1/security-groups/{sg_id}"), Some(&api.admin), &[("if-match", &etag)], patch)
+        .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.body);
+    assert_eq!(r.problem_type(), "urn:weft:problem:precondition-failed");
+
+    // replace
+    let mut body = api.call(Method::GET, "/v1/security-groups/k8s-default/db", None).await.body;
+    body["rules"] = json!([]);
+    let r = api.call(Method::PUT, "/v1/security-groups/k8s-default/db", Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["rules"], json!([]));
+
+    // networks and ports
+    let r = api.call(Method::POST, "/v1/virtual-networks", Some(json!({"name": "pods", "project": "k8s-default", "subnets": [{"cidr": "10.32.0.0/24", "gateway": "10.32.0.1"}]}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.call(Method::POST, "/v1/ports", Some(json!({"name": "db-0", "project": "k8s-default", "network": "pods", "node": "node-1", "labels": {"app": "db"}, "security_groups": []}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["ips"], json!(["10.32.0.2"]));
+    let port_id = r.body["id"].as_str().unwrap().to_string();
+
+    // delete protection, then cascade
+    let r = api.call(Method::DELETE, "/v1/projects/k8s-default", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.problem_type(), "urn:weft:problem:has-children");
+    let r = api.call(Method::DELETE, &format!("/v1/ports/{port_id}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(api.call(Method::GET, &format!("/v1/ports/{port_id}"), None).await.status, StatusCode::NOT_FOUND);
+    let r = api.call(Method::DELETE, "/v1/projects/k8s-default?cascade=true", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["revision"].as_i64(), Some(api.revision().await));
+    assert_eq!(api.call(Method::GET, "/v1/projects/k8s-default", None).await.status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn bad_input_gets_a_clear_error_and_writes_nothing(pool: PgPool) {
+    let api = Api::new(pool).await;
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
+    api.call(Method::POST, "/v1/virtual-networks", Some(json!({"name": "net", "project": "p"}))).await;
+    let before = api.revision().await;
+    let sg = |rule: Value| json!({"name": "g", "project": "p", "rules": [rule]});
+    // (path, body, status, problem type, pointers)
+    let cases: Vec<(&str, Value, u16, &str, Vec<&str>)> = vec![
+        ("/v1/projects", json!({"name": "Bad_Name"}), 422, "invalid", vec!["/name"]),
+        ("/v1/projects", json!({"name": "p"}), 409, "duplicate", vec![]),
+        ("/v1/projects", json!({"name": "q", "colour": "red"}), 422, "invalid", vec!["/colour"]),
+        ("/v1/projects", json!({"name": 7}), 422, "invalid", vec!["/name"]),
+        ("/v1/projects", json!({"labels": {}}), 422, "invalid", vec![""]),
+        ("/v1/projects", json!({"name": "q", "labels": {"app": "a b"}}), 422, "invalid", vec!["/labels/app"]),
+        (
+            "/v1/virtual-networks",
+            json!({"name": "n2", "project": "p", "subnets": [{"cidr": "10.0.0.1/24"}]}),
+            422,
+            "invalid",
+            vec!["/subnets/0/cidr"],
+        ),
+        (
+            "/v1/virtual-networks",
+            json!({"name": "n2", "project": "p", "subnets": [{"cidr": "10.0.0.0/16"}, {"cidr": "10.0.1.0/24"}]}),
+            422,
+            "invalid",
+            vec!["/subnets/1/cidr"],
+        ),
+        (
+            "/v1/virtual-networks",
+            json!({"name": "n2", "project": "p", "subnets": [{"cidr": "10.0.0/24"}]}),
+            422,
+            "invalid",
+            vec!["/subnets/0/cidr"],
+        ),
+        ("/v1/virtual-networks", json!({"name": "n2", "project": "missing"}), 422, "invalid", vec!["/project"]),
+        (
+            "/v1/security-groups",
+            sg(json!({"direction": "ingress", "protocol": "tcp", "ports": [70000]})),
+            422,
+            "invalid",
+            vec!["/rules/0/ports/0"],
+        ),
+        (
+            "/v1/security-groups",
+            sg(json!({"direction": "ingress", "protocol": "tcp", "ports": [{"from": 9, "to": 1}]})),
+            422,
+            "invalid",
+            vec!["/rules/0/ports/0"],
+        ),
+        ("/v1/security-groups", sg(json!({"direction": "sideways"})), 422, "invalid", vec!["/rules/0/direction"]),
+        (
+            "/v1/security-groups",
+            sg(json!({"direction": "ingress", "protocol": "icmp", "icmp": {"type": 300}})),
+            422,
+            "invalid",
+            vec!["/rules/0/icmp/type"],
+        ),
+        (
+            "/v1/security-groups",
+            sg(json!({"direction": "egress", "ethertype": "IPv6", "remote": {"type": "cidr", "cidr": "10.0.0.0/8"}})),
+            422,
+            "invalid",
+            vec!["/rules/0/remote"],
+        ),
+        (
+            "/v1/security-groups",
+            sg(
+                json!({"direction": "egress", "remote": {"type": "selector", "ports": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}}}),
+            ),
+            422,
+            "invalid",
+            vec!["/rules/0/remote/ports/matchExpressions/0/values"],
+        ),
+        ("/v1/ports", json!({"name": "x", "project": "p", "network": "net"}), 422, "invalid", vec!["/network"]),
+        (
+            "/v1/ports",
+            json!({"name": "x", "project": "p", "named_ports": {"http": {"protocol": "tcp", "port": 0}}}),
+            422,
+            "invalid",
+            vec!["/named_ports/http/port"],
+        ),
+        ("/v1/ports", json!({"name": "x", "project": "p", "ips": ["10.0.0.300"]}), 422, "invalid", vec!["/ips/0"]),
+    ];
+    for (path, body, status, slug, pointers) in cases {
+        let r = api.call(Method::POST, path, Some(body.clone())).await;
+        assert_eq!(r.status.as_u16(), status, "{body}: {}", r.body);
+        assert_eq!(r.problem_type(), format!("urn:weft:problem:{slug}"), "{body}");
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/problem+json");
+        assert!(!r.body["detail"].as_str().unwrap_or("").is_empty());
+        if !pointers.is_empty() {
+            assert_eq!(r.pointers(), pointers, "{body}: {}", r.body);
+        }
+    }
+    // malformed JSON, a wrong media type and an oversized body
+    let r = api.raw(Method::POST, "/v1/projects", Some(&api.admin), &[], b"{\"name\": ".to_vec()).await;
+    assert_eq!((r.status, r.problem_type()), (StatusCode::BAD_REQUEST, "urn:weft:problem:malformed-json"));
+    let r = api
+        .raw(Method::POST, "/v1/projects", Some(&api.admin), &[("content-type", "text/plain")], b"{}".to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = serde_json::to_vec(&json!({"name": "big", "annotations": {"a": "x".repeat(5 * 1024 * 1024)}})).unwrap();
+    let r = api.raw(Method::POST, "/v1/projects", Some(&api.admin), &[("content-type", "application/json")], big).await;
+    assert_eq!((r.status, r.problem_type()), (StatusCode::PAYLOAD_TOO_LARGE, "urn:weft:problem:payload-too-large"));
+    // bad query parameters
+    let r = api.call(Method::GET, "/v1/ports?labelSelector=app%20in%20(a", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["errors"][0]["parameter"], "labelSelector");
+    let r = api.call(Method::GET, "/v1/ports?limit=0", None).await;
+    assert_eq!(r.body["errors"][0]["parameter"], "limit");
+    let r = api.call(Method::GET, "/v1/ports?colour=red", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // and none of it was written
+    assert_eq!(api.revision().await, before);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn authentication_and_authorization(pool: PgPool) {
+    let api = Api::new(pool).await;
+    for p in ["a", "b"] {
+        assert_eq!(api.call(Method::POST, "/v1/projects", Some(json!({"name": p}))).await.status, StatusCode::CREATED);
+    }
+    // no token, a malformed header, an unknown token
+    let r = api.raw(Method::GET, "/v1/projects", None, &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.headers.contains_key(header::WWW_AUTHENTICATE));
+    let r = api.raw(Method::GET, "/v1/projects", None, &[("authorization", "Basic eDp5")], vec![]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.as_token("weft_bogus", Method::GET, "/v1/projects", None).await.status, StatusCode::UNAUTHORIZED);
+    // health and metrics need no token
+    assert_eq!(api.raw(Method::GET, "/healthz", None, &[], vec![]).await.status, StatusCode::OK);
+    assert_eq!(api.raw(Method::GET, "/readyz", None, &[], vec![]).await.status, StatusCode::OK);
+
+    // tokens through the API
+    let r = api.call(Method::POST, "/v1/tokens", Some(json!({"role": "writer", "project": "a"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let writer = r.body["token"].as_str().unwrap().to_string();
+    let writer_id = r.body["id"].as_str().unwrap().to_string();
+    let reader = api.store.create_token(Role::Reader, Some("a"), "", None).await.unwrap().secret;
+    let expired = api
+        .store
+        .create_token(Role::Reader, Some("a"), "", Some(chrono::Utc::now() - chrono::Duration::seconds(1)))
+        .await
+        .unwrap()
+        .secret;
+    let r = api.as_token(&expired, Method::GET, "/v1/projects", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body["detail"].as_str().unwrap().contains("expired"));
+
+    // a writer of a changes a, not b, and cannot create projects or tokens
+    let sg = |p: &str| json!({"name": "g", "project": p});
+    assert_eq!(
+        api.as_token(&writer, Method::POST, "/v1/security-groups", Some(sg("a"))).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.as_token(&writer, Method::POST, "/v1/security-groups", Some(sg("b"))).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.as_token(&writer, Method::POST, "/v1/projects", Some(json!({"name": "c"}))).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(api.as_token(&writer, Method::GET, "/v1/tokens", None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.as_token(&writer, Method::GET, "/v1/security-groups/b/default", None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // a reader reads a, writes nothing
+    assert_eq!(api.as_token(&reader, Method::GET, "/v1/security-groups/a/g", None).await.status, StatusCode::OK);
+    assert_eq!(
+        api.as_token(&reader, Method::DELETE, "/v1/security-groups/a/g", None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(api.as_token(&reader, Method::GET, "/v1/ports?project=b", None).await.status, StatusCode::FORBIDDEN);
+    // lists only show what the token may read
+    let r = api.as_token(&reader, Method::GET, "/v1/security-groups", None).await;
+    let projects: Vec<&str> =
+        r.body["items"].as_array().unwrap().iter().map(|o| o["project"].as_str().unwrap()).collect();
+    assert_eq!(projects, ["a", "a"]);
+    let r = api.as_token(&reader, Method::GET, "/v1/projects", None).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    // the change log too
+    let r = api.as_token(&reader, Method::GET, "/v1/changes?since=0&watch=false", None).await;
+    let text = r.body.as_str().unwrap().to_string();
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("\"object\""))
+            .all(|l| !l.contains("\"project\":\"b\"") && !l.contains("\"name\":\"b\"")),
+        "{text}"
+    );
+
+    // revocation takes effect at once
+    let r = api.call(Method::DELETE, &format!("/v1/tokens/{writer_id}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api.as_token(&writer, Method::GET, "/v1/projects", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body["detail"].as_str().unwrap().contains("revoked"));
+    let r = api.call(Method::GET, "/v1/tokens", None).await;
+    assert!(r.body["items"].as_array().unwrap().iter().all(|t| t.get("token").is_none()), "secrets are never listed");
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn batch_is_all_or_nothing_with_one_revision(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let before = api.revision().await;
+    let bad = json!({"operations": [
+        {"op": "create", "kind": "project", "object": {"name": "p"}},
+        {"op": "create", "kind": "port", "object": {"name": "x", "project": "p", "ips": ["10.0.0.1"]}},
+        {"op": "create", "kind": "security-group", "object": {"name": "g", "project": "p", "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [0]}]}}
+    ]});
+    let r = api.call(Method::POST, "/v1/batch", Some(bad)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.pointers(), ["/operations/2/object/rules/0/ports/0"]);
+    assert_eq!(api.revision().await, before);
+    assert_eq!(
+        api.call(Method::GET, "/v1/projects/p", None).await.status,
+        StatusCode::NOT_FOUND,
+        "the first op was rolled back"
+    );
+
+    let good = json!({"operations": [
+        {"op": "create", "kind": "project", "object": {"name": "p"}},
+        {"op": "create", "kind": "port", "object": {"name": "x", "project": "p", "ips": ["10.0.0.1"], "labels": {"a": "1"}}},
+        {"op": "replace", "kind": "port", "object": {"name": "x", "project": "p", "ips": ["10.0.0.2"]}},
+        {"op": "patch", "kind": "port", "project": "p", "name": "x", "patch": {"labels": {"b": "2"}}},
+        {"op": "create", "kind": "security-group", "object": {"name": "g", "project": "p"}},
+        {"op": "delete", "kind": "security-group", "project": "p", "name": "g"}
+    ]});
+    let r = api.call(Method::POST, "/v1/batch", Some(good)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let revision = r.body["revision"].as_i64().unwrap();
+    assert_eq!(revision, before + 1, "one revision for the whole batch");
+    assert_eq!(r.body["results"].as_array().unwrap().len(), 6);
+    let port = api.call(Method::GET, "/v1/ports/p/x", None).await.body;
+    assert_eq!(port["ips"], json!(["10.0.0.2"]));
+    assert_eq!(port["labels"], json!({"b": "2"}));
+    assert_eq!(port["revision"].as_i64(), Some(revision));
+    // unknown op and missing target are named
+    let r = api.call(Method::POST, "/v1/batch", Some(json!({"operations": [{"op": "explode", "kind": "port"}]}))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = api
+        .call(Method::POST, "/v1/batch", Some(json!({"operations": [{"op": "delete", "kind": "port", "name": "x"}]})))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.pointers(), ["/operations/0"]);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn lists_page_and_select(pool: PgPool) {
+    let api = Api::new(pool).await;
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
+    let ops: Vec<Value> = (0..30)
+        .map(|i| json!({"op": "create", "kind": "port", "object": {"name": format!("pod-{i:02}"), "project": "p", "labels": {"app": if i < 10 { "db" } else { "web" }}}}))
+        .collect();
+    assert_eq!(api.call(Method::POST, "/v1/batch", Some(json!({"operations": ops}))).await.status, StatusCode::OK);
+    let mut names = Vec::new();
+    let mut uri = "/v1/ports?project=p&limit=7".to_string();
+    loop {
+        let r = api.call(Method::GET, &uri, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        names.extend(r.body["items"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_string()));
+        match r.body["continue"].as_str() {
+            Some(c) => uri = format!("/v1/ports?project=p&limit=7&continue={c}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..30).map(|i| format!("pod-{i:02}")).collect();
+    assert_eq!(names, expected);
+    let r = api.call(Method::GET, "/v1/ports?labelSelector=app%3Ddb", None).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 10);
+    let r = api.call(Method::GET, "/v1/ports?labelSelector=app%20notin%20(db)&name=pod-15", None).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["revision"].as_i64(), Some(api.revision().await));
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn change_log_watch_streams_and_reports_compaction(pool: PgPool) {
+    let api = Api::new(pool).await;
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
+    // replay without watching
+    let r = api.call(Method::GET, "/v1/changes?since=0&watch=false", None).await;
+    let text = r.body.as_str().unwrap().to_string();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0]["kind"], "project");
+    assert_eq!(lines[1]["kind"], "security-group");
+    assert_eq!(lines[2], json!({"op": "bookmark", "revision": 1}));
+
+    // a live watch sees a write committed after it started
+    let request = Request::get("/v1/changes?since=1")
+        .header(header::AUTHORIZATION, format!("Bearer {}", api.admin))
+        .body(Body::empty())
+        .unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(std::str::from_utf8(&first).unwrap(), "{\"op\":\"bookmark\",\"revision\":1}\n");
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "q"}))).await;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
+    let text = String::from_utf8(next.into_data().unwrap().to_vec()).unwrap();
+    let change: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (change["revision"].as_i64(), change["op"].as_str(), change["object"]["name"].as_str()),
+        (Some(2), Some("put"), Some("q"))
+    );
+
+    // after compaction an old `since` is refused with 410
+    api.store.compact_through(1).await.unwrap();
+    let r = api.call(Method::GET, "/v1/changes?since=0", None).await;
+    assert_eq!(r.status, StatusCode::GONE);
+    assert_eq!(r.problem_type(), "urn:weft:problem:compacted");
+    let r = api.call(Method::GET, "/v1/info", None).await;
+    assert_eq!((r.body["revision"].as_i64(), r.body["compacted"].as_i64()), (Some(2), Some(1)));
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
+    let api = Api::new(pool).await;
+    api.call(Method::GET, "/v1/projects/nope", None).await;
+    api.call(Method::GET, "/v1/projects/nope", None).await;
+    let r = api.raw(Method::GET, "/metrics", None, &[], vec![]).await;
+    let text = r.body.as_str().unwrap();
+    assert!(
+        text.contains("weft_api_http_requests_total{method=\"GET\",route=\"/v1/projects/{key}\",status=\"404\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("weft_api_http_request_duration_seconds_bucket"), "{text}");
+}
