@@ -15,6 +15,8 @@ mod metrics;
 pub mod openapi;
 pub mod problem;
 mod resources;
+pub mod server;
+pub mod tls;
 mod tokens;
 
 use std::future::Future;

@@ -1,6 +1,8 @@
 //! The REST API end to end through the router (`oneshot`), on a fresh PostgreSQL database per
 //! test.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};

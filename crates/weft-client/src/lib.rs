@@ -1,1 +1,441 @@
-//! placeholder
+//! A typed async client for weft's REST API, used by the `weft` CLI and (later) kube-manager.
+//!
+//! ```text
+//!   Client::create(&Port{..}) ─► POST /v1/ports ─► Port (with id, revision)
+//!   Client::changes(since)    ─► GET /v1/changes ─► Stream<ChangeEvent>
+//! ```
+//!
+//! Errors from the server arrive as [`ClientError::Api`] with the problem's `type`, `detail`
+//! and invalid fields.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use reqwest::{Method, StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
+
+/// A problem+json error body, as the server sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    #[serde(default)]
+    pub title: String,
+    pub status: u16,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub errors: Vec<InvalidField>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidField {
+    #[serde(default)]
+    pub pointer: Option<String>,
+    #[serde(default)]
+    pub parameter: Option<String>,
+    pub detail: String,
+}
+
+impl Problem {
+    /// The last segment of the type URN: `invalid`, `duplicate`, `not-found`, ...
+    pub fn slug(&self) -> &str {
+        self.problem_type.rsplit(':').next().unwrap_or(&self.problem_type)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{}", .0.detail)]
+    Api(Problem),
+    #[error("cannot reach the server: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("unexpected answer from the server ({status}): {detail}")]
+    Unexpected { status: u16, detail: String },
+    #[error("cannot read {path}: {detail}")]
+    Config { path: String, detail: String },
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// A resource the API serves.
+pub trait Resource: Serialize + DeserializeOwned {
+    const KIND: Kind;
+}
+
+impl Resource for Project {
+    const KIND: Kind = Kind::Project;
+}
+impl Resource for VirtualNetwork {
+    const KIND: Kind = Kind::VirtualNetwork;
+}
+impl Resource for SecurityGroup {
+    const KIND: Kind = Kind::SecurityGroup;
+}
+impl Resource for Port {
+    const KIND: Kind = Kind::Port;
+}
+
+/// How to address one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Id(Uuid),
+    /// A project by name.
+    Project(String),
+    /// A project's object by name.
+    Named {
+        project: String,
+        name: String,
+    },
+}
+
+impl Key {
+    /// Parses `id`, `name` (projects) or `project/name` (everything else).
+    pub fn parse(kind: Kind, s: &str) -> Key {
+        if let Ok(id) = s.parse() {
+            return Key::Id(id);
+        }
+        match (kind, s.split_once('/')) {
+            (Kind::Project, _) | (_, None) => Key::Project(s.to_string()),
+            (_, Some((project, name))) => Key::Named { project: project.to_string(), name: name.to_string() },
+        }
+    }
+
+    fn path(&self, kind: Kind) -> String {
+        match self {
+            Key::Id(id) => format!("/v1/{}/{id}", kind.plural()),
+            Key::Project(name) => format!("/v1/{}/{}", kind.plural(), enc(name)),
+            Key::Named { project, name } => format!("/v1/{}/{}/{}", kind.plural(), enc(project), enc(name)),
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    // Names are DNS subdomains; anything else is escaped so that it cannot change the path.
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// What a list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub project: Option<String>,
+    pub label_selector: Option<String>,
+    pub name: Option<String>,
+    pub limit: Option<u32>,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub revision: i64,
+    #[serde(rename = "continue", default)]
+    pub continue_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub version: String,
+    pub revision: i64,
+    pub compacted: i64,
+    pub grpc_address: Option<String>,
+}
+
+/// One line of the change-log watch.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ChangeEvent {
+    pub op: String,
+    pub revision: i64,
+    #[serde(default)]
+    pub kind: Option<Kind>,
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    #[serde(default)]
+    pub object: Option<serde_json::Value>,
+    /// For `op: "error"`: the stream ended with this problem.
+    #[serde(default)]
+    pub error: Option<Problem>,
+}
+
+/// A write inside `POST /v1/batch`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum BatchOp {
+    Create {
+        kind: Kind,
+        object: serde_json::Value,
+    },
+    Replace {
+        kind: Kind,
+        object: serde_json::Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        if_match: Option<i64>,
+    },
+    Patch {
+        kind: Kind,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Uuid>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        patch: serde_json::Value,
+    },
+    Delete {
+        kind: Kind,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Uuid>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        cascade: bool,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchResult {
+    pub revision: i64,
+    pub results: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub role: String,
+    pub project: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    /// Only when just created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for the server at `base` (`http://127.0.0.1:8080`), authenticating with `token`.
+    /// `ca` is a PEM file of the CA that signed an https server's certificate.
+    pub fn new(base: &str, token: Option<String>, ca: Option<&Path>) -> Result<Client> {
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).pool_max_idle_per_host(64);
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| ClientError::Config { path: ca.display().to_string(), detail: e.to_string() })?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| ClientError::Config { path: ca.display().to_string(), detail: e.to_string() })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        Ok(Client { http: builder.build()?, base: base.trim_end_matches('/').to_string(), token })
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+        let response = check(request.send().await?).await?;
+        Ok(response.json().await?)
+    }
+
+    pub async fn info(&self) -> Result<Info> {
+        self.send(self.request(Method::GET, "/v1/info")).await
+    }
+
+    pub async fn create<R: Resource>(&self, object: &R) -> Result<R> {
+        self.send(self.request(Method::POST, &format!("/v1/{}", R::KIND.plural())).json(object)).await
+    }
+
+    pub async fn get<R: Resource>(&self, key: &Key) -> Result<R> {
+        self.send(self.request(Method::GET, &key.path(R::KIND))).await
+    }
+
+    pub async fn replace<R: Resource>(&self, key: &Key, object: &R, if_match: Option<i64>) -> Result<R> {
+        let mut request = self.request(Method::PUT, &key.path(R::KIND)).json(object);
+        if let Some(rev) = if_match {
+            request = request.header(header::IF_MATCH, format!("\"{rev}\""));
+        }
+        self.send(request).await
+    }
+
+    /// A JSON merge patch (RFC 7396).
+    pub async fn patch<R: Resource>(&self, key: &Key, patch: &serde_json::Value, if_match: Option<i64>) -> Result<R> {
+        let mut request = self
+            .request(Method::PATCH, &key.path(R::KIND))
+            .header(header::CONTENT_TYPE, "application/merge-patch+json")
+            .body(patch.to_string());
+        if let Some(rev) = if_match {
+            request = request.header(header::IF_MATCH, format!("\"{rev}\""));
+        }
+        self.send(request).await
+    }
+
+    /// Deletes and returns the revision of the deletion.
+    pub async fn delete(&self, kind: Kind, key: &Key, cascade: bool) -> Result<i64> {
+        let mut path = key.path(kind);
+        if cascade {
+            path.push_str("?cascade=true");
+        }
+        #[derive(Deserialize)]
+        struct Deleted {
+            revision: i64,
+        }
+        let d: Deleted = self.send(self.request(Method::DELETE, &path)).await?;
+        Ok(d.revision)
+    }
+
+    pub async fn list<R: Resource>(&self, options: &ListOptions) -> Result<Page<R>> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(p) = &options.project {
+            query.push(("project", p.clone()));
+        }
+        if let Some(s) = &options.label_selector {
+            query.push(("labelSelector", s.clone()));
+        }
+        if let Some(n) = &options.name {
+            query.push(("name", n.clone()));
+        }
+        if let Some(l) = options.limit {
+            query.push(("limit", l.to_string()));
+        }
+        if let Some(c) = &options.continue_token {
+            query.push(("continue", c.clone()));
+        }
+        self.send(self.request(Method::GET, &format!("/v1/{}", R::KIND.plural())).query(&query)).await
+    }
+
+    /// Every object a list matches, following `continue` tokens.
+    pub async fn list_all<R: Resource>(&self, options: &ListOptions) -> Result<Vec<R>> {
+        let mut options = options.clone();
+        let mut all = Vec::new();
+        loop {
+            let page = self.list::<R>(&options).await?;
+            all.extend(page.items);
+            match page.continue_token {
+                Some(c) => options.continue_token = Some(c),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    pub async fn batch(&self, operations: &[BatchOp]) -> Result<BatchResult> {
+        self.send(self.request(Method::POST, "/v1/batch").json(&serde_json::json!({ "operations": operations }))).await
+    }
+
+    /// Streams the change log after `since`; with `watch`, keeps streaming new revisions.
+    pub async fn changes(&self, since: i64, watch: bool) -> Result<impl Stream<Item = Result<ChangeEvent>> + use<>> {
+        let request = self
+            .request(Method::GET, "/v1/changes")
+            .query(&[("since", since.to_string()), ("watch", watch.to_string())]);
+        let response = check(request.send().await?).await?;
+        let bytes = response.bytes_stream();
+        Ok(lines(bytes).map(|line| {
+            let line = line?;
+            serde_json::from_str(&line).map_err(|e| ClientError::Unexpected { status: 200, detail: e.to_string() })
+        }))
+    }
+
+    pub async fn create_token(
+        &self,
+        role: &str,
+        project: Option<&str>,
+        description: &str,
+        expires_in: Option<Duration>,
+    ) -> Result<TokenInfo> {
+        let body = serde_json::json!({
+            "role": role,
+            "project": project,
+            "description": description,
+            "expires_in_seconds": expires_in.map(|d| d.as_secs()),
+        });
+        self.send(self.request(Method::POST, "/v1/tokens").json(&body)).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        #[derive(Deserialize)]
+        struct Items {
+            items: Vec<TokenInfo>,
+        }
+        let items: Items = self.send(self.request(Method::GET, "/v1/tokens")).await?;
+        Ok(items.items)
+    }
+
+    pub async fn revoke_token(&self, id: Uuid) -> Result<()> {
+        let _: serde_json::Value = self.send(self.request(Method::DELETE, &format!("/v1/tokens/{id}"))).await?;
+        Ok(())
+    }
+}
+
+/// Turns an error status into [`ClientError::Api`] (or `Unexpected` when the body is not a
+/// problem).
+async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<Problem>(&text) {
+        Ok(problem) => Err(ClientError::Api(problem)),
+        Err(_) => Err(ClientError::Unexpected { status: status.as_u16(), detail: text }),
+    }
+}
+
+/// Splits a byte stream into lines.
+fn lines(
+    bytes: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+) -> impl Stream<Item = Result<String>> + Unpin {
+    Box::pin(futures::stream::unfold((bytes, Vec::<u8>::new(), false), |(mut bytes, mut buf, mut done)| async move {
+        loop {
+            if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                if text.trim().is_empty() {
+                    continue;
+                }
+                return Some((Ok(text), (bytes, buf, done)));
+            }
+            if done {
+                return None;
+            }
+            match bytes.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some((Err(ClientError::Http(e)), (bytes, buf, true))),
+                None => {
+                    // A last line without its newline still counts.
+                    if !buf.is_empty() {
+                        buf.push(b'\n');
+                    }
+                    done = true;
+                }
+            }
+        }
+    }))
+}
+
+/// Whether an error is the server saying "not found".
+pub fn is_not_found(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api(p) if p.status == StatusCode::NOT_FOUND.as_u16())
+}

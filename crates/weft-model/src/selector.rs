@@ -169,10 +169,14 @@ impl Parser<'_> {
         } else if rest.starts_with("==") || rest.starts_with('=') {
             self.pos += if rest.starts_with("==") { 2 } else { 1 };
             let value = self.value()?;
-            if selector.match_labels.contains_key(&key) {
-                selector.match_expressions.push(Requirement { key, operator: Operator::In, values: vec![value] });
-            } else {
-                selector.match_labels.insert(key, value);
+            match selector.match_labels.entry(key) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(value);
+                }
+                std::collections::btree_map::Entry::Occupied(e) => {
+                    let key = e.key().clone();
+                    selector.match_expressions.push(Requirement { key, operator: Operator::In, values: vec![value] });
+                }
             }
         } else if self.keyword("notin") {
             let values = self.value_list()?;

@@ -29,6 +29,7 @@
 //! object writes themselves are not. `weft bench api` measures the throughput against pgbench.
 
 mod changes;
+pub mod embedded;
 mod error;
 mod ipam;
 mod objects;

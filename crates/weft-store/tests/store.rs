@@ -1,5 +1,7 @@
 //! The store against a real PostgreSQL: a fresh, migrated database per test (`#[sqlx::test]`).
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 

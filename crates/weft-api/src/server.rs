@@ -1,0 +1,152 @@
+//! `weft server`'s API side as a library: database (configured or private), migrations, the
+//! first admin token, change-log compaction, and the REST listener with optional TLS, all
+//! stopped by one shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use weft_store::Store;
+use weft_store::embedded::{EmbeddedError, PrivatePostgres};
+
+use crate::{AppState, Config, router, tls};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `None`: start a private PostgreSQL for `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub tls: Option<tls::TlsFiles>,
+    pub auth_enabled: bool,
+    pub grpc_address: Option<String>,
+    /// How long the change log keeps an entry.
+    pub change_retention: Duration,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("database: {0}")]
+    Store(#[from] weft_store::StoreError),
+    #[error("private PostgreSQL: {0}")]
+    Embedded(#[from] EmbeddedError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let context = context.into();
+    move |source| ServerError::Io { context, source }
+}
+
+/// Runs until `shutdown` completes. `ready` receives the bound address once the listener is up
+/// (tests bind port 0).
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), ServerError> {
+    let private = match &config.database_url {
+        Some(_) => None,
+        None => Some(PrivatePostgres::start(&config.data_dir).await?),
+    };
+    let url = config.database_url.clone().or_else(|| private.as_ref().map(PrivatePostgres::url)).unwrap_or_default();
+    let result = serve_with_database(&config, &url, shutdown, ready).await;
+    if let Some(pg) = private {
+        tracing::info!("stopping the private PostgreSQL");
+        if let Err(e) = pg.stop().await {
+            tracing::warn!(error = %e, "could not stop the private PostgreSQL");
+        }
+    }
+    result
+}
+
+async fn serve_with_database(
+    config: &ServerConfig,
+    url: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), ServerError> {
+    let store = Store::connect(url, config.max_connections).await?;
+    store.migrate().await?;
+    if config.auth_enabled {
+        bootstrap_admin_token(&store, &config.data_dir).await?;
+    } else {
+        tracing::warn!("authentication is OFF (--insecure-no-auth): anyone who reaches the API can change everything");
+    }
+    let state = AppState::new(
+        store.clone(),
+        Config { auth_enabled: config.auth_enabled, grpc_address: config.grpc_address.clone(), ..Config::default() },
+    )
+    .await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let compactor = tokio::spawn(compact_periodically(store.clone(), config.change_retention, stop_rx));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io(format!("cannot listen on {}", config.listen)))?;
+    let local = listener.local_addr().map_err(io("local address"))?;
+    let app = router(state);
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %format!("{scheme}://{local}"), "REST API listening");
+    if let Some(ready) = ready {
+        let _ = ready.send(local);
+    }
+    let served = match &config.tls {
+        Some(files) => {
+            let listener = tls::TlsListener::new(listener, files)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    };
+    let _ = stop_tx.send(true);
+    let _ = compactor.await;
+    store.pool().close().await;
+    served.map_err(io("serving HTTP"))
+}
+
+/// On a database without tokens, creates the admin token and writes it to
+/// `<data-dir>/admin.token` (mode 0600). The token itself is never logged.
+async fn bootstrap_admin_token(store: &Store, data_dir: &Path) -> Result<(), ServerError> {
+    let Some(created) = store.bootstrap_admin_token().await? else { return Ok(()) };
+    std::fs::create_dir_all(data_dir).map_err(io(format!("cannot create {}", data_dir.display())))?;
+    let path = data_dir.join("admin.token");
+    write_secret(&path, &format!("{}\n", created.secret)).map_err(io(format!("cannot write {}", path.display())))?;
+    tracing::info!(path = %path.display(), "created the first admin token");
+    Ok(())
+}
+
+fn write_secret(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(content.as_bytes())
+}
+
+async fn compact_periodically(store: Store, retention: Duration, mut stop: watch::Receiver<bool>) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        match store.compact_older_than(retention).await {
+            Ok(mark) => tracing::debug!(compacted = mark, "change log compacted"),
+            Err(e) => tracing::warn!(error = %e, "change-log compaction failed"),
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The command line: clap definitions and dispatch. Every flag can also come from a `WEFT_*`
+//! environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client_cmds;
+
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about = "weft: an SDN controller for Kubernetes NetworkPolicy and security groups")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `weft_api=debug`.
+    #[arg(long, env = "WEFT_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// Where weft keeps its state: the first admin token, a private database's location.
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = ".weft", global = true)]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The REST API's address.
+    #[arg(long, env = "WEFT_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// API token; defaults to the contents of <data-dir>/admin.token.
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (https).
+    #[arg(long, env = "WEFT_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Output format of client commands.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the config service (REST API) on PostgreSQL.
+    Server(ServerArgs),
+    /// Projects (tenants; a Kubernetes namespace becomes one).
+    Project {
+        #[command(subcommand)]
+        command: ObjectCommand<ProjectCreate>,
+    },
+    /// Virtual networks and their subnets.
+    Network {
+        #[command(subcommand)]
+        command: ObjectCommand<NetworkCreate>,
+    },
+    /// Security groups and their rules.
+    Sg {
+        #[command(subcommand)]
+        command: SgCommand,
+    },
+    /// Ports (virtual machine interfaces, pods).
+    Port {
+        #[command(subcommand)]
+        command: ObjectCommand<PortCreate>,
+    },
+    /// API tokens (admin only).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The server's version, current revision and agent address.
+    Info,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address of the REST API.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL; without one, weft starts a private PostgreSQL for its data dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// TLS certificate chain (PEM) for the REST API.
+    #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the REST API.
+    #[arg(long, env = "WEFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Turn authentication off. Anyone who reaches the API can change everything.
+    #[arg(long, env = "WEFT_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// The gRPC address agents should use, as /v1/info reports it.
+    #[arg(long, env = "WEFT_GRPC_ADDRESS")]
+    pub grpc_address: Option<String>,
+    /// How long the change log keeps entries (e.g. 1h, 30m, 7d).
+    #[arg(long, env = "WEFT_CHANGE_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub change_retention: Duration,
+    /// Database connections in the pool.
+    #[arg(long, env = "WEFT_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    pub db_max_connections: u32,
+}
+
+/// Parses `90s`, `30m`, `12h`, `7d` (or plain seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 15m, 12h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// The verbs every kind has.
+#[derive(Debug, Subcommand)]
+pub enum ObjectCommand<C: Args> {
+    /// Create one (from flags, or from a JSON/YAML file with -f).
+    Create(C),
+    /// Show one.
+    Get { key: String },
+    /// List them.
+    List(ListArgs),
+    /// Change labels, or replace the whole object from a file with -f.
+    Update(UpdateArgs),
+    /// Delete one.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this project's.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Kubernetes label selector, e.g. `app=db,tier in (a,b),!legacy`.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// `name` (projects) or `project/name`, or an id.
+    pub key: String,
+    /// Replace the object with this file's content (JSON or YAML).
+    #[arg(short = 'f', long, conflicts_with_all = ["label", "remove_label"])]
+    pub file: Option<PathBuf>,
+    /// Set a label (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Remove a label (repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub remove_label: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub key: String,
+    /// Also delete what the object contains (a project's objects, a network's ports).
+    #[arg(long)]
+    pub cascade: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectCreate {
+    pub name: Option<String>,
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NetworkCreate {
+    /// `project/name`.
+    pub key: Option<String>,
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// A subnet, optionally with its gateway: `10.0.0.0/24` or `10.0.0.0/24,gateway=10.0.0.1`.
+    #[arg(long)]
+    pub subnet: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SgCreate {
+    /// `project/name`.
+    pub key: Option<String>,
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Apply to the project's ports matching this selector (`""` for all of them).
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Directions the group isolates (default both).
+    #[arg(long, value_delimiter = ',')]
+    pub policy_types: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortCreate {
+    /// `project/name`.
+    pub key: Option<String>,
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A virtual network of the project; addresses not given are allocated from it.
+    #[arg(long)]
+    pub network: Option<String>,
+    #[arg(long)]
+    pub ip: Vec<std::net::IpAddr>,
+    #[arg(long)]
+    pub mac: Option<String>,
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Security groups (repeatable); without any, the port gets the project's `default`.
+    #[arg(long = "sg")]
+    pub security_groups: Vec<String>,
+    /// Give the port no security group at all.
+    #[arg(long, conflicts_with = "security_groups")]
+    pub no_security_groups: bool,
+    /// A named port: `http=tcp/80` (repeatable).
+    #[arg(long)]
+    pub named_port: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SgCommand {
+    #[command(flatten)]
+    Object(ObjectCommand<SgCreate>),
+    /// Add or remove rules.
+    Rule {
+        #[command(subcommand)]
+        command: RuleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Add a rule to a group.
+    Add(Box<RuleAdd>),
+    /// Remove a rule by its id.
+    Remove { group: String, rule_id: uuid::Uuid },
+}
+
+#[derive(Debug, Args)]
+pub struct RuleAdd {
+    /// The group: `project/name` or an id.
+    pub group: String,
+    #[arg(long, value_parser = ["ingress", "egress"])]
+    pub direction: String,
+    /// any, tcp, udp, sctp, icmp, icmpv6 or a protocol number.
+    #[arg(long, default_value = "any")]
+    pub protocol: String,
+    /// Ports: `80`, `8000-8080` or a port name (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub ports: Vec<String>,
+    /// IPv4, IPv6 or any.
+    #[arg(long)]
+    pub ethertype: Option<String>,
+    /// ICMP type[/code].
+    #[arg(long)]
+    pub icmp: Option<String>,
+    /// Remote: a CIDR.
+    #[arg(long, group = "remote")]
+    pub remote_cidr: Option<String>,
+    /// Prefixes excepted from --remote-cidr (comma-separated).
+    #[arg(long, value_delimiter = ',', requires = "remote_cidr")]
+    pub except: Vec<String>,
+    /// Remote: members of a security group (`name` or `project/name`).
+    #[arg(long, group = "remote")]
+    pub remote_sg: Option<String>,
+    /// Remote: ports matching a label selector.
+    #[arg(long, group = "remote")]
+    pub remote_selector: Option<String>,
+    /// With --remote-selector: in projects matching this selector.
+    #[arg(long, requires = "remote_selector")]
+    pub remote_projects: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        #[arg(long, value_parser = ["admin", "reader", "writer"])]
+        role: String,
+        /// The project of a reader or writer token.
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Lifetime, e.g. 12h or 30d; without it the token lives until revoked.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token.
+    Revoke { id: uuid::Uuid },
+}
+
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server(args) => server(args, cli.data_dir).await,
+        command => client_cmds::run(command, &cli.client, &cli.data_dir).await,
+    }
+}
+
+async fn server(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(weft_api::tls::TlsFiles { cert, key }),
+        _ => None,
+    };
+    let config = weft_api::server::ServerConfig {
+        listen: args.listen,
+        database_url: args.database_url,
+        data_dir,
+        tls,
+        auth_enabled: !args.insecure_no_auth,
+        grpc_address: args.grpc_address,
+        change_retention: args.change_retention,
+        max_connections: args.db_max_connections,
+    };
+    weft_api::server::run(config, shutdown_signal(), None).await.context("weft server")
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,351 @@
+//! The client verbs: build a request from flags or a file, call the API through weft-client,
+//! print the answer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use weft_client::{Client, Key, ListOptions};
+use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
+
+use crate::cli::{
+    ClientArgs, Command, DeleteArgs, ListArgs, NetworkCreate, ObjectCommand, PortCreate, ProjectCreate, RuleAdd,
+    RuleCommand, SgCommand, SgCreate, TokenCommand, UpdateArgs,
+};
+use crate::output;
+
+fn client(args: &ClientArgs, data_dir: &Path) -> anyhow::Result<Client> {
+    let token = match &args.token {
+        Some(t) => Some(t.clone()),
+        None => {
+            let path = data_dir.join("admin.token");
+            std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string())
+        }
+    };
+    Ok(Client::new(&args.server, token, args.ca.as_deref())?)
+}
+
+pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let c = client(args, data_dir)?;
+    let out = args.output;
+    match command {
+        Command::Server(_) => unreachable!("handled by the caller"),
+        Command::Info => output::show(out, &serde_json::to_value(c.info().await?)?, None),
+        Command::Project { command } => object::<Project, _>(&c, out, command, project_body).await,
+        Command::Network { command } => object::<VirtualNetwork, _>(&c, out, command, network_body).await,
+        Command::Port { command } => object::<Port, _>(&c, out, command, port_body).await,
+        Command::Sg { command: SgCommand::Object(command) } => {
+            object::<SecurityGroup, _>(&c, out, command, sg_body).await
+        }
+        Command::Sg { command: SgCommand::Rule { command } } => rule(&c, out, command).await,
+        Command::Token { command } => token(&c, out, command).await,
+    }
+}
+
+/// Common handling of create/get/list/update/delete for one kind.
+async fn object<R, C>(
+    c: &Client,
+    out: crate::cli::Output,
+    command: ObjectCommand<C>,
+    body: fn(&C) -> anyhow::Result<Value>,
+) -> anyhow::Result<()>
+where
+    R: weft_client::Resource,
+    C: clap::Args,
+{
+    let kind = R::KIND;
+    match command {
+        ObjectCommand::Create(args) => {
+            let value = body(&args)?;
+            let object: R = serde_json::from_value(value).context("the object is not valid")?;
+            let created = c.create(&object).await?;
+            output::show(out, &serde_json::to_value(created)?, Some(kind))
+        }
+        ObjectCommand::Get { key } => {
+            let object: R = c.get(&Key::parse(kind, &key)).await?;
+            output::show(out, &serde_json::to_value(object)?, Some(kind))
+        }
+        ObjectCommand::List(ListArgs { project, selector }) => {
+            let items: Vec<R> =
+                c.list_all(&ListOptions { project, label_selector: selector, ..ListOptions::default() }).await?;
+            output::show_list(out, &serde_json::to_value(items)?, kind)
+        }
+        ObjectCommand::Update(UpdateArgs { key, file, label, remove_label }) => {
+            let key = Key::parse(kind, &key);
+            let updated: R = match file {
+                Some(file) => {
+                    let mut value = read_file(&file)?;
+                    fill_identity(&mut value, &key);
+                    let object: R = serde_json::from_value(value).context("the file is not a valid object")?;
+                    c.replace(&key, &object, None).await?
+                }
+                None => {
+                    if label.is_empty() && remove_label.is_empty() {
+                        bail!("nothing to update: give --label, --remove-label or -f FILE");
+                    }
+                    let mut labels = serde_json::Map::new();
+                    for (k, v) in parse_pairs(&label)? {
+                        labels.insert(k, Value::String(v));
+                    }
+                    for k in remove_label {
+                        labels.insert(k, Value::Null);
+                    }
+                    c.patch(&key, &json!({ "labels": labels }), None).await?
+                }
+            };
+            output::show(out, &serde_json::to_value(updated)?, Some(kind))
+        }
+        ObjectCommand::Delete(DeleteArgs { key, cascade }) => {
+            let revision = c.delete(kind, &Key::parse(kind, &key), cascade).await?;
+            output::show(out, &json!({ "deleted": key, "revision": revision }), None)
+        }
+    }
+}
+
+/// A replace body needs the object's name (and project): take them from the key when the file
+/// leaves them out.
+fn fill_identity(value: &mut Value, key: &Key) {
+    let Value::Object(map) = value else { return };
+    match key {
+        Key::Project(name) => {
+            map.entry("name").or_insert_with(|| Value::String(name.clone()));
+        }
+        Key::Named { project, name } => {
+            map.entry("name").or_insert_with(|| Value::String(name.clone()));
+            map.entry("project").or_insert_with(|| Value::String(project.clone()));
+        }
+        Key::Id(_) => {}
+    }
+}
+
+fn read_file(path: &PathBuf) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match serde_json::from_str(&text) {
+        Ok(v) => Ok(v),
+        Err(_) => serde_yaml::from_str(&text).with_context(|| format!("{} is neither JSON nor YAML", path.display())),
+    }
+}
+
+fn parse_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => bail!("{p:?} is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// `project/name` → (project, name).
+fn split_key(key: &str) -> anyhow::Result<(String, String)> {
+    match key.split_once('/') {
+        Some((p, n)) => Ok((p.to_string(), n.to_string())),
+        None => bail!("{key:?}: name it as project/name"),
+    }
+}
+
+/// The body from -f, or from the positional key and flags.
+fn base_body(
+    file: &Option<PathBuf>,
+    key: Option<&str>,
+    project_scoped: bool,
+    labels: &[String],
+) -> anyhow::Result<Value> {
+    let mut value = match file {
+        Some(f) => read_file(f)?,
+        None => json!({}),
+    };
+    if let Some(key) = key {
+        let map = value.as_object_mut().context("the file must hold one object")?;
+        if project_scoped {
+            let (project, name) = split_key(key)?;
+            map.insert("project".into(), Value::String(project));
+            map.insert("name".into(), Value::String(name));
+        } else {
+            map.insert("name".into(), Value::String(key.to_string()));
+        }
+    } else if file.is_none() {
+        bail!("give the object's name or -f FILE");
+    }
+    if !labels.is_empty() {
+        value["labels"] = serde_json::to_value(parse_pairs(labels)?)?;
+    }
+    Ok(value)
+}
+
+fn project_body(a: &ProjectCreate) -> anyhow::Result<Value> {
+    base_body(&a.file, a.name.as_deref(), false, &a.label)
+}
+
+fn network_body(a: &NetworkCreate) -> anyhow::Result<Value> {
+    let mut v = base_body(&a.file, a.key.as_deref(), true, &a.label)?;
+    if !a.subnet.is_empty() {
+        let subnets: Vec<Value> = a
+            .subnet
+            .iter()
+            .map(|s| {
+                let mut parts = s.split(',');
+                let cidr = parts.next().unwrap_or_default();
+                let mut subnet = json!({ "cidr": cidr });
+                for part in parts {
+                    match part.split_once('=') {
+                        Some(("gateway", gw)) => subnet["gateway"] = Value::String(gw.to_string()),
+                        _ => bail!("{part:?} in --subnet: only gateway=IP may follow the CIDR"),
+                    }
+                }
+                Ok(subnet)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        v["subnets"] = Value::Array(subnets);
+    }
+    Ok(v)
+}
+
+fn sg_body(a: &SgCreate) -> anyhow::Result<Value> {
+    let mut v = base_body(&a.file, a.key.as_deref(), true, &a.label)?;
+    if let Some(s) = &a.selector {
+        let selector = weft_model::LabelSelector::parse(s)?;
+        v["selector"] = serde_json::to_value(selector)?;
+    }
+    if !a.policy_types.is_empty() {
+        v["policy_types"] = serde_json::to_value(&a.policy_types)?;
+    }
+    Ok(v)
+}
+
+fn port_body(a: &PortCreate) -> anyhow::Result<Value> {
+    let mut v = base_body(&a.file, a.key.as_deref(), true, &a.label)?;
+    for (field, value) in [("node", &a.node), ("network", &a.network), ("mac", &a.mac), ("interface", &a.interface)] {
+        if let Some(value) = value {
+            v[field] = Value::String(value.clone());
+        }
+    }
+    if !a.ip.is_empty() {
+        v["ips"] = serde_json::to_value(&a.ip)?;
+    }
+    if a.no_security_groups {
+        v["security_groups"] = json!([]);
+    } else if !a.security_groups.is_empty() {
+        v["security_groups"] = serde_json::to_value(&a.security_groups)?;
+    }
+    if !a.named_port.is_empty() {
+        let mut named = serde_json::Map::new();
+        for np in &a.named_port {
+            let parsed = np
+                .split_once('=')
+                .and_then(|(name, rest)| rest.split_once('/').map(|(proto, port)| (name, proto, port)))
+                .and_then(|(name, proto, port)| port.parse::<i64>().ok().map(|p| (name, proto, p)));
+            let Some((name, proto, port)) = parsed else { bail!("{np:?} is not NAME=PROTOCOL/PORT, like http=tcp/80") };
+            named.insert(name.to_string(), json!({ "protocol": proto, "port": port }));
+        }
+        v["named_ports"] = Value::Object(named);
+    }
+    Ok(v)
+}
+
+/// An edit of a group's rules, applied to the group as read.
+type RuleEdit = Box<dyn Fn(&mut SecurityGroup) -> anyhow::Result<()>>;
+
+async fn rule(c: &Client, out: crate::cli::Output, command: RuleCommand) -> anyhow::Result<()> {
+    let (group_key, edit): (String, RuleEdit) = match command {
+        RuleCommand::Add(add) => {
+            let rule = rule_from_flags(&add)?;
+            (
+                add.group.clone(),
+                Box::new(move |sg: &mut SecurityGroup| {
+                    sg.rules.push(rule.clone());
+                    Ok(())
+                }),
+            )
+        }
+        RuleCommand::Remove { group, rule_id } => (
+            group,
+            Box::new(move |sg: &mut SecurityGroup| {
+                let before = sg.rules.len();
+                sg.rules.retain(|r| r.id != Some(rule_id));
+                if sg.rules.len() == before {
+                    bail!("the group has no rule {rule_id}");
+                }
+                Ok(())
+            }),
+        ),
+    };
+    let key = Key::parse(Kind::SecurityGroup, &group_key);
+    // Read, edit, write back with If-Match; retry when someone else changed the group between.
+    for _ in 0..5 {
+        let mut sg: SecurityGroup = c.get(&key).await?;
+        let revision = sg.revision;
+        edit(&mut sg)?;
+        match c.replace(&key, &sg, revision).await {
+            Ok(updated) => return output::show(out, &serde_json::to_value(updated)?, Some(Kind::SecurityGroup)),
+            Err(weft_client::ClientError::Api(p)) if p.status == 412 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("the group kept changing while the rule was being edited; try again")
+}
+
+fn rule_from_flags(a: &RuleAdd) -> anyhow::Result<weft_model::Rule> {
+    let mut rule = json!({ "direction": a.direction, "protocol": a.protocol });
+    if let Some(e) = &a.ethertype {
+        rule["ethertype"] = Value::String(e.clone());
+    }
+    if !a.ports.is_empty() {
+        let ports: Vec<Value> = a
+            .ports
+            .iter()
+            .map(|p| {
+                if let Ok(n) = p.parse::<i64>() {
+                    json!(n)
+                } else if let Some((from, to)) =
+                    p.split_once('-').and_then(|(f, t)| Some((f.parse::<i64>().ok()?, t.parse::<i64>().ok()?)))
+                {
+                    json!({ "from": from, "to": to })
+                } else {
+                    json!(p)
+                }
+            })
+            .collect();
+        rule["ports"] = Value::Array(ports);
+    }
+    if let Some(icmp) = &a.icmp {
+        let (t, code) = match icmp.split_once('/') {
+            Some((t, c)) => (t, Some(c)),
+            None => (icmp.as_str(), None),
+        };
+        let t: i64 = t.parse().context("--icmp takes TYPE or TYPE/CODE")?;
+        rule["icmp"] = match code {
+            Some(c) => json!({ "type": t, "code": c.parse::<i64>().context("--icmp takes TYPE or TYPE/CODE")? }),
+            None => json!({ "type": t }),
+        };
+    }
+    rule["remote"] = if let Some(cidr) = &a.remote_cidr {
+        json!({ "type": "cidr", "cidr": cidr, "except": a.except })
+    } else if let Some(sg) = &a.remote_sg {
+        json!({ "type": "security_group", "security_group": sg })
+    } else if let Some(sel) = &a.remote_selector {
+        let mut remote = json!({ "type": "selector", "ports": weft_model::LabelSelector::parse(sel)? });
+        if let Some(p) = &a.remote_projects {
+            remote["projects"] = serde_json::to_value(weft_model::LabelSelector::parse(p)?)?;
+        }
+        remote
+    } else {
+        json!({ "type": "any" })
+    };
+    Ok(serde_json::from_value(rule)?)
+}
+
+async fn token(c: &Client, out: crate::cli::Output, command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { role, project, description, expires_in } => {
+            let created = c.create_token(&role, project.as_deref(), &description, expires_in).await?;
+            output::show(out, &serde_json::to_value(created)?, None)
+        }
+        TokenCommand::List => output::show_tokens(out, &serde_json::to_value(c.list_tokens().await?)?),
+        TokenCommand::Revoke { id } => {
+            c.revoke_token(id).await?;
+            output::show(out, &json!({ "revoked": id }), None)
+        }
+    }
+}

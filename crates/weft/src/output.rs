@@ -1,0 +1,222 @@
+//! Printing answers: a readable table by default, or JSON / YAML; errors as the problem's
+//! detail and its invalid fields.
+
+use serde_json::Value;
+use weft_model::Kind;
+
+use crate::cli::Output;
+
+pub fn print_error(e: &anyhow::Error) {
+    if let Some(weft_client::ClientError::Api(problem)) = e.downcast_ref::<weft_client::ClientError>() {
+        eprintln!("error: {} ({})", problem.detail, problem.slug());
+        for field in &problem.errors {
+            let at =
+                field.pointer.clone().or_else(|| field.parameter.as_ref().map(|p| format!("?{p}"))).unwrap_or_default();
+            eprintln!("  {}: {}", if at.is_empty() { "/" } else { &at }, field.detail);
+        }
+        return;
+    }
+    eprintln!("error: {e:#}");
+}
+
+fn structured(out: Output, value: &Value) -> anyhow::Result<bool> {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        Output::Table => return Ok(false),
+    }
+    Ok(true)
+}
+
+pub fn show(out: Output, value: &Value, kind: Option<Kind>) -> anyhow::Result<()> {
+    if structured(out, value)? {
+        return Ok(());
+    }
+    match kind {
+        Some(kind) => {
+            table(&columns(kind), std::slice::from_ref(value), kind);
+            if kind == Kind::SecurityGroup {
+                println!();
+                rules_table(value);
+            }
+        }
+        None => {
+            if let Value::Object(map) = value {
+                let width = map.keys().map(String::len).max().unwrap_or(0);
+                for (k, v) in map {
+                    println!("{k:width$}  {}", scalar(v));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn show_list(out: Output, items: &Value, kind: Kind) -> anyhow::Result<()> {
+    if structured(out, items)? {
+        return Ok(());
+    }
+    table(&columns(kind), items.as_array().map(Vec::as_slice).unwrap_or(&[]), kind);
+    Ok(())
+}
+
+pub fn show_tokens(out: Output, items: &Value) -> anyhow::Result<()> {
+    if structured(out, items)? {
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|t| {
+            ["id", "role", "project", "expires_at", "revoked_at", "description"]
+                .iter()
+                .map(|f| scalar(&t[*f]))
+                .collect()
+        })
+        .collect();
+    print_rows(&["ID", "ROLE", "PROJECT", "EXPIRES", "REVOKED", "DESCRIPTION"], rows);
+    Ok(())
+}
+
+fn columns(kind: Kind) -> Vec<(&'static str, &'static str)> {
+    match kind {
+        Kind::Project => vec![("NAME", "name"), ("LABELS", "labels"), ("REVISION", "revision"), ("ID", "id")],
+        Kind::VirtualNetwork => {
+            vec![("PROJECT", "project"), ("NAME", "name"), ("SUBNETS", "subnets"), ("REVISION", "revision")]
+        }
+        Kind::SecurityGroup => vec![
+            ("PROJECT", "project"),
+            ("NAME", "name"),
+            ("SELECTOR", "selector"),
+            ("POLICY-TYPES", "policy_types"),
+            ("RULES", "rules"),
+            ("REVISION", "revision"),
+        ],
+        Kind::Port => vec![
+            ("PROJECT", "project"),
+            ("NAME", "name"),
+            ("NODE", "node"),
+            ("IPS", "ips"),
+            ("GROUPS", "security_groups"),
+            ("LABELS", "labels"),
+        ],
+    }
+}
+
+fn cell(kind: Kind, field: &str, value: &Value) -> String {
+    match (kind, field) {
+        (Kind::SecurityGroup, "rules") => value.as_array().map_or(0, Vec::len).to_string(),
+        (Kind::SecurityGroup, "selector") => match value {
+            Value::Null => "(ports that name it)".to_string(),
+            v => serde_json::from_value::<weft_model::LabelSelector>(v.clone())
+                .map(|s| if s.is_empty() { "(all ports)".to_string() } else { s.to_string() })
+                .unwrap_or_default(),
+        },
+        (Kind::VirtualNetwork, "subnets") => value
+            .as_array()
+            .map(|a| a.iter().map(|s| scalar(&s["cidr"])).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
+        _ => scalar(value),
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(scalar).collect::<Vec<_>>().join(","),
+        Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", scalar(v))).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn table(columns: &[(&str, &str)], items: &[Value], kind: Kind) {
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows = items.iter().map(|item| columns.iter().map(|(_, f)| cell(kind, f, &item[*f])).collect()).collect();
+    print_rows(&headers, rows);
+}
+
+fn rules_table(sg: &Value) {
+    let rows = sg["rules"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|r| {
+            let remote = &r["remote"];
+            let remote = match remote["type"].as_str() {
+                Some("cidr") => {
+                    let except = scalar(&remote["except"]);
+                    if except == "-" || except.is_empty() {
+                        scalar(&remote["cidr"])
+                    } else {
+                        format!("{} except {except}", scalar(&remote["cidr"]))
+                    }
+                }
+                Some("security_group") => format!("group {}", scalar(&remote["security_group"])),
+                Some("selector") => {
+                    let ports = serde_json::from_value::<weft_model::LabelSelector>(remote["ports"].clone())
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    match remote.get("projects").filter(|p| !p.is_null()) {
+                        Some(p) => format!(
+                            "ports [{ports}] in projects [{}]",
+                            serde_json::from_value::<weft_model::LabelSelector>(p.clone())
+                                .map(|s| s.to_string())
+                                .unwrap_or_default()
+                        ),
+                        None => format!("ports [{ports}]"),
+                    }
+                }
+                _ => "any".to_string(),
+            };
+            let ports = r["ports"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| match p {
+                            Value::Object(_) => format!("{}-{}", scalar(&p["from"]), scalar(&p["to"])),
+                            p => scalar(p),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "-".to_string());
+            vec![
+                scalar(&r["id"]),
+                scalar(&r["direction"]),
+                scalar(&r["ethertype"]),
+                scalar(&r["protocol"]),
+                ports,
+                remote,
+            ]
+        })
+        .collect();
+    print_rows(&["RULE", "DIRECTION", "ETHERTYPE", "PROTOCOL", "PORTS", "REMOTE"], rows);
+}
+
+fn print_rows(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs weft's whole test suite. Tests need a PostgreSQL server (each test gets a fresh database
+# on it): DATABASE_URL when set, else the local server on 127.0.0.1:5432 when it answers, else
+# a private server started here (and stopped at the end) with the installed initdb/pg_ctl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+private_pg=""
+cleanup() {
+  if [ -n "$private_pg" ]; then
+    run_pg "$PGBIN/pg_ctl" -D "$private_pg/data" -m fast -w stop >/dev/null 2>&1 || true
+    rm -rf "$private_pg"
+  fi
+}
+trap cleanup EXIT
+
+run_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432 -U postgres; then
+    export DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres
+  else
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -x "$PGBIN/initdb" ] || { echo "no PostgreSQL: set DATABASE_URL or install postgresql" >&2; exit 1; }
+    private_pg=$(mktemp -d /tmp/weft-test-pg.XXXXXX)
+    chmod 755 "$private_pg"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$private_pg"
+    port=55432
+    run_pg "$PGBIN/initdb" -D "$private_pg/data" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >/dev/null
+    run_pg "$PGBIN/pg_ctl" -D "$private_pg/data" -l "$private_pg/log" -w \
+      -o "-p $port -k $private_pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+    export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres
+  fi
+fi
+echo "tests use PostgreSQL at ${DATABASE_URL%%\?*}" >&2
+
+cargo test --workspace --all-targets "$@"
