@@ -1,1 +1,351 @@
-pub fn openapi() {}
+//! The OpenAPI description of the REST API, built from the code: schemas come from the model
+//! types' `ToSchema` derives, paths from the same list of kinds the router serves. The checked-in
+//! `api/openapi.yaml` is this document; a test fails when they drift (regenerate with
+//! `UPDATE_OPENAPI=1 cargo test -p weft-api --test openapi`).
+
+use utoipa::ToSchema;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::response::{ResponseBuilder, ResponsesBuilder};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
+};
+use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
+
+use crate::problem::Problem;
+use crate::tokens::{CreateToken, CreatedToken, TokenInfo};
+use crate::{BatchRequest, Info};
+
+const JSON: &str = "application/json";
+
+fn schema_ref(name: &str) -> RefOr<Schema> {
+    RefOr::Ref(Ref::from_schema_name(name))
+}
+
+fn collect<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+    schemas.push((T::name().to_string(), T::schema()));
+    T::schemas(schemas);
+}
+
+fn schema_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Project => "Project",
+        Kind::VirtualNetwork => "VirtualNetwork",
+        Kind::SecurityGroup => "SecurityGroup",
+        Kind::Port => "Port",
+    }
+}
+
+fn json_response(description: &str, schema: RefOr<Schema>) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(JSON, ContentBuilder::new().schema(Some(schema)).build())
+        .build()
+}
+
+fn problem(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(crate::problem::CONTENT_TYPE, ContentBuilder::new().schema(Some(schema_ref("Problem"))).build())
+        .build()
+}
+
+fn param(name: &str, location: ParameterIn, required: bool, description: &str) -> utoipa::openapi::path::Parameter {
+    let ty = if matches!(name, "limit" | "since") { Type::Integer } else { Type::String };
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(location)
+        .required(if required { Required::True } else { Required::False })
+        .description(Some(description))
+        .schema(Some(ObjectBuilder::new().schema_type(SchemaType::new(ty))))
+        .build()
+}
+
+fn body(schema: RefOr<Schema>, content_type: &str) -> utoipa::openapi::request_body::RequestBody {
+    RequestBodyBuilder::new()
+        .required(Some(Required::True))
+        .content(content_type, ContentBuilder::new().schema(Some(schema)).build())
+        .build()
+}
+
+/// The errors every `/v1` operation may answer.
+fn with_common_errors(op: OperationBuilder) -> OperationBuilder {
+    op.response("401", problem("No, unknown, expired or revoked token"))
+        .response("403", problem("The token may not touch this project"))
+        .response("500", problem("Internal error (details only in the server log)"))
+}
+
+fn item_operations(kind: Kind, key_params: &[(&str, &str)]) -> PathItem {
+    let name = schema_name(kind);
+    let tag = kind.plural();
+    let params = || key_params.iter().map(|(n, d)| param(n, ParameterIn::Path, true, d)).collect::<Vec<_>>();
+    let if_match =
+        || param("If-Match", ParameterIn::Header, false, "Only if the object is still at this ETag (else 412)");
+    let suffix = if key_params.len() == 2 { "ByName" } else { "" };
+    let object = || json_response(&format!("The {kind}, with ETag"), schema_ref(name));
+    let get = with_common_errors(
+        OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(format!("get{name}{suffix}")))
+            .parameters(Some(params()))
+            .response("200", object())
+            .response("404", problem("No such object")),
+    );
+    let put = with_common_errors(
+        OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(format!("replace{name}{suffix}")))
+            .parameters(Some(params().into_iter().chain([if_match()])))
+            .request_body(Some(body(schema_ref(name), JSON)))
+            .response("200", object())
+            .response("404", problem("No such object"))
+            .response("409", problem("Conflicts with stored objects"))
+            .response("412", problem("If-Match names another revision"))
+            .response("422", problem("Invalid fields (each named by a JSON pointer)")),
+    );
+    let patch = with_common_errors(
+        OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(format!("patch{name}{suffix}")))
+            .summary(Some("JSON merge patch (RFC 7396)"))
+            .parameters(Some(params().into_iter().chain([if_match()])))
+            .request_body(Some(body(ObjectBuilder::new().into(), "application/merge-patch+json")))
+            .response("200", object())
+            .response("404", problem("No such object"))
+            .response("409", problem("Conflicts with stored objects"))
+            .response("412", problem("If-Match names another revision"))
+            .response("422", problem("Invalid fields")),
+    );
+    let mut delete_params = params();
+    delete_params.push(if_match());
+    if matches!(kind, Kind::Project | Kind::VirtualNetwork) {
+        delete_params.push(param("cascade", ParameterIn::Query, false, "Also delete the children"));
+    }
+    let delete = with_common_errors(
+        OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(format!("delete{name}{suffix}")))
+            .parameters(Some(delete_params))
+            .response("200", json_response("Deleted; the revision of the deletion", schema_ref("Revision")))
+            .response("404", problem("No such object"))
+            .response("409", problem("Still referenced, or has children and no cascade"))
+            .response("412", problem("If-Match names another revision")),
+    );
+    let mut item = PathItem::new(HttpMethod::Get, get.build());
+    item.put = Some(put.build());
+    item.patch = Some(patch.build());
+    item.delete = Some(delete.build());
+    item
+}
+
+fn collection_operations(kind: Kind) -> PathItem {
+    let name = schema_name(kind);
+    let tag = kind.plural();
+    let list_schema = ObjectBuilder::new()
+        .property("items", ArrayBuilder::new().items(schema_ref(name)))
+        .required("items")
+        .property("revision", ObjectBuilder::new().schema_type(SchemaType::new(Type::Integer)))
+        .required("revision")
+        .property("continue", ObjectBuilder::new().schema_type(SchemaType::new(Type::String)))
+        .build();
+    let list = with_common_errors(
+        OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(format!("list{name}s")))
+            .parameters(Some([
+                param("project", ParameterIn::Query, false, "Only this project's objects"),
+                param("labelSelector", ParameterIn::Query, false, "Kubernetes label selector syntax"),
+                param("name", ParameterIn::Query, false, "Only objects with this name"),
+                param("limit", ParameterIn::Query, false, "Page size (1-1000, default 500)"),
+                param("continue", ParameterIn::Query, false, "The continue token of the previous page"),
+            ]))
+            .response("200", json_response("A page of objects and the revision it reflects", list_schema.into()))
+            .response("400", problem("A bad query parameter")),
+    );
+    let create = with_common_errors(
+        OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(format!("create{name}")))
+            .request_body(Some(body(schema_ref(name), JSON)))
+            .response("201", json_response(&format!("The created {kind}, with ETag and Location"), schema_ref(name)))
+            .response("400", problem("Malformed JSON"))
+            .response("409", problem("Duplicate name, address in use or exhausted"))
+            .response("413", problem("Body too large"))
+            .response("415", problem("Not JSON"))
+            .response("422", problem("Invalid fields (each named by a JSON pointer)")),
+    );
+    let mut item = PathItem::new(HttpMethod::Get, list.build());
+    item.post = Some(create.build());
+    item
+}
+
+fn simple(method: HttpMethod, tag: &str, id: &str, summary: &str, response: utoipa::openapi::Response) -> PathItem {
+    PathItem::new(
+        method,
+        OperationBuilder::new()
+            .tag(tag)
+            .operation_id(Some(id))
+            .summary(Some(summary))
+            .responses(ResponsesBuilder::new().response("200", response).build())
+            .security(SecurityRequirement::default())
+            .build(),
+    )
+}
+
+pub fn openapi() -> OpenApi {
+    let mut schemas = Vec::new();
+    collect::<Project>(&mut schemas);
+    collect::<VirtualNetwork>(&mut schemas);
+    collect::<SecurityGroup>(&mut schemas);
+    collect::<Port>(&mut schemas);
+    collect::<Problem>(&mut schemas);
+    collect::<Info>(&mut schemas);
+    collect::<BatchRequest>(&mut schemas);
+    collect::<CreateToken>(&mut schemas);
+    collect::<TokenInfo>(&mut schemas);
+    collect::<CreatedToken>(&mut schemas);
+    schemas.push((
+        "Revision".to_string(),
+        ObjectBuilder::new()
+            .property("revision", ObjectBuilder::new().schema_type(SchemaType::new(Type::Integer)))
+            .required("revision")
+            .into(),
+    ));
+    schemas.sort_by(|a, b| a.0.cmp(&b.0));
+    schemas.dedup_by(|a, b| a.0 == b.0);
+
+    let mut paths = PathsBuilder::new();
+    for kind in Kind::ALL {
+        paths = paths.path(format!("/v1/{}", kind.plural()), collection_operations(kind));
+        if kind == Kind::Project {
+            paths = paths.path("/v1/projects/{key}", item_operations(kind, &[("key", "The project's id or name")]));
+        } else {
+            paths = paths
+                .path(format!("/v1/{}/{{key}}", kind.plural()), item_operations(kind, &[("key", "The object's id")]))
+                .path(
+                    format!("/v1/{}/{{project}}/{{name}}", kind.plural()),
+                    item_operations(kind, &[("project", "The project's name"), ("name", "The object's name")]),
+                );
+        }
+    }
+    let batch = with_common_errors(
+        OperationBuilder::new()
+            .tag("batch")
+            .operation_id(Some("batch"))
+            .summary(Some("Many writes in one transaction and one revision, all or nothing"))
+            .request_body(Some(body(schema_ref("BatchRequest"), JSON)))
+            .response("200", json_response("The revision and each operation's result", ObjectBuilder::new().into()))
+            .response("409", problem("An operation conflicts; nothing was written"))
+            .response("422", problem("An operation is invalid (pointer under /operations/N); nothing was written")),
+    );
+    let changes = with_common_errors(
+        OperationBuilder::new()
+            .tag("changes")
+            .operation_id(Some("watchChanges"))
+            .summary(Some("The change log after `since`, as newline-delimited JSON, then live"))
+            .parameters(Some([
+                param("since", ParameterIn::Query, false, "Revision to read after (default 0)"),
+                param("watch", ParameterIn::Query, false, "Keep streaming (default true)"),
+            ]))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("One JSON object per line: changes and bookmarks")
+                    .content("application/x-ndjson", ContentBuilder::new().build())
+                    .build(),
+            )
+            .response("410", problem("`since` was compacted: list again and watch from the list's revision")),
+    );
+    let token_create = with_common_errors(
+        OperationBuilder::new()
+            .tag("tokens")
+            .operation_id(Some("createToken"))
+            .request_body(Some(body(schema_ref("CreateToken"), JSON)))
+            .response("201", json_response("The token; its secret is shown only here", schema_ref("CreatedToken"))),
+    );
+    let token_list = with_common_errors(
+        OperationBuilder::new()
+            .tag("tokens")
+            .operation_id(Some("listTokens"))
+            .response("200", json_response("Tokens, without secrets", ObjectBuilder::new().into())),
+    );
+    let token_revoke = with_common_errors(
+        OperationBuilder::new()
+            .tag("tokens")
+            .operation_id(Some("revokeToken"))
+            .parameters(Some([param("id", ParameterIn::Path, true, "The token's id")]))
+            .response("200", json_response("Revoked", ObjectBuilder::new().into()))
+            .response("404", problem("No such token")),
+    );
+    let mut tokens = PathItem::new(HttpMethod::Post, token_create.build());
+    tokens.get = Some(token_list.build());
+    paths = paths
+        .path("/v1/batch", PathItem::new(HttpMethod::Post, batch.build()))
+        .path("/v1/changes", PathItem::new(HttpMethod::Get, changes.build()))
+        .path(
+            "/v1/info",
+            PathItem::new(
+                HttpMethod::Get,
+                with_common_errors(OperationBuilder::new().tag("info").operation_id(Some("info")).response(
+                    "200",
+                    json_response("Version, revisions and the agents' gRPC address", schema_ref("Info")),
+                ))
+                .build(),
+            ),
+        )
+        .path("/v1/tokens", tokens)
+        .path("/v1/tokens/{id}", PathItem::new(HttpMethod::Delete, token_revoke.build()))
+        .path(
+            "/healthz",
+            simple(
+                HttpMethod::Get,
+                "health",
+                "healthz",
+                "The process is up",
+                ResponseBuilder::new().description("ok").build(),
+            ),
+        )
+        .path(
+            "/readyz",
+            simple(
+                HttpMethod::Get,
+                "health",
+                "readyz",
+                "The database answers (else 503)",
+                ResponseBuilder::new().description("ready").build(),
+            ),
+        )
+        .path(
+            "/metrics",
+            simple(
+                HttpMethod::Get,
+                "health",
+                "metrics",
+                "Prometheus metrics",
+                ResponseBuilder::new().description("OpenMetrics text").build(),
+            ),
+        );
+
+    let components = ComponentsBuilder::new()
+        .schemas_from_iter(schemas)
+        .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
+        .build();
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("weft config API")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some("Projects, virtual networks, security groups and ports; see README.md")),
+        )
+        .paths(paths.build())
+        .components(Some(components))
+        .security(Some([SecurityRequirement::new("bearer", Vec::<String>::new())]))
+        .build()
+}
+
+/// The document as YAML, as checked in at `api/openapi.yaml`.
+pub fn yaml() -> String {
+    openapi().to_yaml().unwrap_or_default()
+}

@@ -261,6 +261,11 @@ impl Client {
         Ok(response.json().await?)
     }
 
+    /// Whether the server answers `/readyz` with success (its database is reachable).
+    pub async fn ready(&self) -> Result<bool> {
+        Ok(self.request(Method::GET, "/readyz").send().await?.status().is_success())
+    }
+
     pub async fn info(&self) -> Result<Info> {
         self.send(self.request(Method::GET, "/v1/info")).await
     }

@@ -1,0 +1,253 @@
+//! `weft server` and the client verbs as a user runs them: real processes, real PostgreSQL.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_testkit::TestDatabase;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-it-{tag}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `weft server` and waits until /readyz answers.
+    async fn start(database_url: Option<&str>, data_dir: &Path, extra: &[&str], scheme: &str) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(WEFT);
+        cmd.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("DATABASE_URL")
+            .env("WEFT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(data_dir.join("server.log")).unwrap()));
+        if let Some(url) = database_url {
+            cmd.args(["--database-url", url]);
+        }
+        let child = cmd.spawn().unwrap();
+        let server = Server { child, url: format!("{scheme}://127.0.0.1:{port}"), data_dir: data_dir.to_path_buf() };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let ca = self.data_dir.join("ca.pem");
+        let client = weft_client::Client::new(&self.url, None, ca.exists().then_some(ca.as_path())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if client.ready().await.unwrap_or(false) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server not ready in 60 s:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs a client verb against this server.
+    fn weft(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(WEFT);
+        cmd.args(args).arg("--data-dir").arg(&self.data_dir).env("WEFT_SERVER", &self.url).env_remove("WEFT_TOKEN");
+        let ca = self.data_dir.join("ca.pem");
+        if ca.exists() {
+            cmd.arg("--ca").arg(ca);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test]
+async fn server_runs_its_own_postgres_and_stops_it() {
+    let data_dir = temp_dir("private");
+    let server = Server::start(None, &data_dir, &[], "http").await;
+    let log = server.log();
+    assert!(log.contains("private PostgreSQL is up"), "{log}");
+
+    // the first admin token: in the data dir, owner-only, never in the log
+    let token_path = data_dir.join("admin.token");
+    let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
+    assert!(token.starts_with("weft_") && token.len() > 60);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert!(!log.contains(&token), "the token leaked into the log");
+    let out = server.weft(&["project", "create", "demo"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let cluster = PathBuf::from(std::fs::read_to_string(data_dir.join("postgres.location")).unwrap().trim());
+    assert!(cluster.join("data/postmaster.pid").exists(), "the private PostgreSQL runs");
+    let status = server.stop();
+    assert!(status.success(), "exit status {status}");
+    assert!(!cluster.join("data/postmaster.pid").exists(), "the private PostgreSQL was stopped");
+
+    // a restart finds the same database, and creates no second token
+    let server = Server::start(None, &data_dir, &[], "http").await;
+    let out = server.weft(&["project", "get", "demo", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&token_path).unwrap().trim(), token);
+    assert!(server.stop().success());
+
+    let _ = std::fs::remove_dir_all(&cluster);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn client_verbs_round_trip_and_report_errors() {
+    let db = TestDatabase::create().await;
+    let data_dir = temp_dir("cli");
+    let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
+    let ok = |args: &[&str]| {
+        let out = server.weft(args);
+        assert!(out.status.success(), "weft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&["project", "create", "shop", "--label", "team=web"]);
+    ok(&["network", "create", "shop/pods", "--subnet", "10.32.0.0/24,gateway=10.32.0.1"]);
+    ok(&["sg", "create", "shop/db-in", "--selector", "app=db", "--policy-types", "ingress"]);
+    ok(&[
+        "sg",
+        "rule",
+        "add",
+        "shop/db-in",
+        "--direction",
+        "ingress",
+        "--protocol",
+        "tcp",
+        "--ports",
+        "5432,8000-8080",
+        "--remote-selector",
+        "app=api",
+    ]);
+    let table = ok(&[
+        "port",
+        "create",
+        "shop/db-0",
+        "--network",
+        "pods",
+        "--node",
+        "node-1",
+        "--label",
+        "app=db",
+        "--named-port",
+        "pg=tcp/5432",
+    ]);
+    assert!(table.contains("10.32.0.2"), "{table}");
+    let sg: serde_json::Value = serde_json::from_str(&ok(&["sg", "get", "shop/db-in", "-o", "json"])).unwrap();
+    assert_eq!(sg["rules"][0]["ports"], serde_json::json!([5432, {"from": 8000, "to": 8080}]));
+    let rule_id = sg["rules"][0]["id"].as_str().unwrap().to_string();
+    ok(&["sg", "rule", "remove", "shop/db-in", &rule_id]);
+    let yaml = ok(&["sg", "get", "shop/db-in", "-o", "yaml"]);
+    assert!(yaml.contains("rules: []"), "{yaml}");
+    let listed = ok(&["port", "list", "-l", "app=db"]);
+    assert!(listed.lines().count() == 2 && listed.contains("db-0"), "{listed}");
+    ok(&["project", "update", "shop", "--label", "tier=gold", "--remove-label", "team"]);
+    let project: serde_json::Value = serde_json::from_str(&ok(&["project", "get", "shop", "-o", "json"])).unwrap();
+    assert_eq!(project["labels"], serde_json::json!({"tier": "gold"}));
+
+    // errors: the problem's detail on stderr, the invalid field, a non-zero exit
+    let out = server.weft(&["network", "create", "shop/bad", "--subnet", "10.0.0.1/24"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/subnets/0/cidr") && err.contains("host bits"), "{err}");
+    let out = server.weft(&["project", "delete", "shop"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cascade"), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&["project", "delete", "shop", "--cascade"]);
+
+    // a reader token can read its project and nothing else
+    ok(&["project", "create", "shop"]);
+    let created: serde_json::Value = serde_json::from_str(&ok(&[
+        "token",
+        "create",
+        "--role",
+        "reader",
+        "--project",
+        "shop",
+        "--expires-in",
+        "1h",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let secret = created["token"].as_str().unwrap();
+    let out = server.weft(&["--token", secret, "project", "create", "other"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("forbidden"));
+    let out = server.weft(&["--token", secret, "project", "get", "shop"]);
+    assert!(out.status.success());
+    ok(&["token", "revoke", created["id"].as_str().unwrap()]);
+    let out = server.weft(&["--token", secret, "project", "get", "shop"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("revoked"));
+
+    assert!(server.stop().success());
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn rest_api_over_tls() {
+    let db = TestDatabase::create().await;
+    let data_dir = temp_dir("tls");
+    let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    std::fs::write(data_dir.join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(data_dir.join("key.pem"), ca.signing_key.serialize_pem()).unwrap();
+    let cert = data_dir.join("ca.pem").to_string_lossy().into_owned();
+    let key = data_dir.join("key.pem").to_string_lossy().into_owned();
+    let server = Server::start(Some(&db.url), &data_dir, &["--tls-cert", &cert, "--tls-key", &key], "https").await;
+    let out = server.weft(&["info", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // without the CA the certificate is not trusted
+    let out = Command::new(WEFT)
+        .args(["info", "--data-dir"])
+        .arg(&data_dir)
+        .env("WEFT_SERVER", &server.url)
+        .env_remove("WEFT_CA")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // plain HTTP to the TLS port gets no answer
+    let plain = weft_client::Client::new(&server.url.replace("https://", "http://"), None, None).unwrap();
+    assert!(!plain.ready().await.unwrap_or(false));
+    assert!(server.stop().success());
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
