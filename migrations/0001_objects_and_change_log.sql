@@ -1,16 +1,17 @@
 -- weft's configuration: one table for the four resources, the references between them, the
--- change log, IPAM allocations and API tokens. See crates/weft-store/src/lib.rs for why the
--- change log is ordered by a single counter row.
+-- change log, IPAM allocations and API tokens. crates/weft-store/src/lib.rs explains how
+-- revisions are assigned and how followers read the change log without ever skipping one.
 
--- The revision counter. Taking its row lock is the last step of every write transaction, so
--- transactions commit in revision order (see weft-store's lib.rs).
+-- Revision numbers: one per write transaction, taken as its last step. Rolled-back
+-- transactions leave gaps.
+CREATE SEQUENCE revisions AS bigint MINVALUE 1;
+
 CREATE TABLE revision_state (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    revision    bigint NOT NULL,
     -- Entries with revision <= compacted are gone from `changes`.
     compacted   bigint NOT NULL
 );
-INSERT INTO revision_state (singleton, revision, compacted) VALUES (true, 0, 0);
+INSERT INTO revision_state (singleton, compacted) VALUES (true, 0);
 
 CREATE TABLE objects (
     id          uuid PRIMARY KEY,

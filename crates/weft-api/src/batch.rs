@@ -144,7 +144,11 @@ pub async fn batch(
         };
         results.push(result?);
     }
-    let revision = txn.commit().await?;
+    let revision = match txn.commit().await? {
+        // Nothing was written: report how far the configuration is.
+        0 => *state.revisions.borrow(),
+        r => r,
+    };
     let mut body = format!("{{\"revision\":{revision},\"results\":[");
     for (i, result) in results.into_iter().enumerate() {
         if i > 0 {

@@ -53,7 +53,7 @@ pub async fn changes(
     let first = state.store.changes_since(since, PAGE_REVISIONS).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
-        if let Err(e) = stream(state, caller, since, watch, first, &tx).await {
+        if let Err(e) = stream(state, caller, watch, first, &tx).await {
             let problem = ApiError::from(e).to_problem();
             let line = serde_json::json!({"op": "error", "error": problem}).to_string() + "\n";
             let _ = tx.send(Ok(Bytes::from(line))).await;
@@ -69,7 +69,6 @@ pub async fn changes(
 async fn stream(
     state: AppState,
     caller: Caller,
-    mut since: i64,
     watch: bool,
     first: weft_store::ChangePage,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -84,8 +83,8 @@ async fn stream(
                 lines.push('\n');
             }
         }
-        since = page.last_revision(since);
-        let caught_up = page.changes.is_empty();
+        let since = page.up_to;
+        let caught_up = page.caught_up();
         if caught_up {
             lines.push_str(&format!("{{\"op\":\"bookmark\",\"revision\":{since}}}\n"));
         }

@@ -59,7 +59,8 @@ pub struct AppState {
     pub auth_enabled: bool,
     pub tokens: Arc<auth::TokenCache>,
     pub metrics: Arc<metrics::Metrics>,
-    /// The latest committed revision, kept current by LISTEN/NOTIFY and polling.
+    /// The change log's safe horizon (every revision up to it is visible), kept current by
+    /// this process's commits, LISTEN/NOTIFY and polling.
     pub revisions: watch::Receiver<i64>,
     pub grpc_address: Option<String>,
 }
@@ -120,7 +121,7 @@ pub async fn serve(
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Info {
     pub version: String,
-    /// The last committed revision.
+    /// The last revision every reader can see (the change log's safe horizon).
     pub revision: i64,
     /// Change-log entries up to this revision are compacted away.
     pub compacted: i64,
@@ -131,7 +132,7 @@ pub struct Info {
 async fn info(State(state): State<AppState>) -> Result<axum::Json<Info>, ApiError> {
     Ok(axum::Json(Info {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        revision: state.store.current_revision().await?,
+        revision: state.store.safe_horizon().await?,
         compacted: state.store.compacted_revision().await?,
         grpc_address: state.grpc_address.clone(),
     }))

@@ -170,6 +170,9 @@ async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let query = list_query(&caller, params)?;
+    // Read before listing: every revision up to it is in the page. Computed afresh rather
+    // than taken from the follower, so that a list after a write reports that write.
+    let revision = state.store.safe_horizon().await?;
     let page = state.store.list(kind, &query).await.map_err(|e| match e {
         weft_store::StoreError::Invalid(_) => {
             ApiError::invalid_parameter("continue", "not a continue token returned by a previous page")
@@ -184,7 +187,7 @@ async fn list(
         }
         body.push_str(&item.to_json());
     }
-    body.push_str(&format!("],\"revision\":{}", page.revision));
+    body.push_str(&format!("],\"revision\":{revision}"));
     if let Some(token) = &page.continue_token {
         body.push_str(&format!(",\"continue\":\"{token}\""));
     }

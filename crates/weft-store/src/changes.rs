@@ -59,27 +59,71 @@ impl Change {
 #[derive(Debug)]
 pub struct ChangePage {
     pub changes: Vec<Change>,
-    /// The last committed revision when the page was read. When `changes` is empty the reader
-    /// is up to date with it.
-    pub revision: i64,
+    /// The page covers every revision up to here (revisions without entries were rolled back):
+    /// the next read starts after it.
+    pub up_to: i64,
+    /// The safe horizon when the page was read; `up_to == horizon` means caught up.
+    pub horizon: i64,
 }
 
 impl ChangePage {
-    /// The revision a follower has reached after this page.
-    pub fn last_revision(&self, since: i64) -> i64 {
-        self.changes.last().map_or(since, |c| c.revision)
+    pub fn caught_up(&self) -> bool {
+        self.up_to >= self.horizon
     }
 }
 
+/// How long a horizon computation waits, between checks, for in-flight transactions to end.
+const IN_FLIGHT_CHECK: Duration = Duration::from_micros(200);
+
 impl Store {
-    /// The changes after `since`, at most `max_revisions` whole revisions of them. Fails with
-    /// [`StoreError::Compacted`] when compaction has removed entries the caller has not seen.
+    /// The safe horizon: the highest revision H such that every revision <= H is committed and
+    /// visible, or was rolled back. See the crate docs for why this is correct.
+    pub async fn safe_horizon(&self) -> Result<i64> {
+        let mut conn = self.pool.acquire().await?;
+        // 1. The last revision handed out (0 before the first).
+        let last: i64 = sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM revisions")
+            .fetch_one(&mut *conn)
+            .await?;
+        // 2. Then: the transactions of this database still running, by session and xid.
+        let running: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT pid, backend_xid::text FROM pg_stat_activity \
+             WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        if running.is_empty() {
+            return Ok(last);
+        }
+        // 3. Wait until each has ended: its session no longer holds that xid.
+        let (pids, xids): (Vec<i32>, Vec<String>) = running.into_iter().unzip();
+        let mut pause = IN_FLIGHT_CHECK;
+        loop {
+            let still: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity a JOIN unnest($1::int[], $2::text[]) AS r(pid, xid) \
+                 ON a.pid = r.pid AND a.backend_xid::text = r.xid",
+            )
+            .bind(&pids)
+            .bind(&xids)
+            .fetch_one(&mut *conn)
+            .await?;
+            if still == 0 {
+                return Ok(last);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// The changes after `since` up to the safe horizon, at most `max_revisions` revisions'
+    /// worth. Fails with [`StoreError::Compacted`] when compaction has removed entries the
+    /// caller has not seen.
     pub async fn changes_since(&self, since: i64, max_revisions: i64) -> Result<ChangePage> {
+        let horizon = self.safe_horizon().await?;
+        let up_to = horizon.min(since.saturating_add(max_revisions.max(1))).max(since);
         // One snapshot for the compaction mark and the rows, so that a compaction running
         // between the two cannot hide entries.
         let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let (revision, compacted): (i64, i64) =
-            sqlx::query_as("SELECT revision, compacted FROM revision_state").fetch_one(&mut *tx).await?;
+        let compacted: i64 = sqlx::query_scalar("SELECT compacted FROM revision_state").fetch_one(&mut *tx).await?;
         if since < compacted {
             return Err(StoreError::Compacted { requested: since, compacted });
         }
@@ -88,7 +132,7 @@ impl Store {
              WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq",
         )
         .bind(since)
-        .bind(since.saturating_add(max_revisions.max(1)))
+        .bind(up_to)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -114,7 +158,7 @@ impl Store {
                 },
             });
         }
-        Ok(ChangePage { changes, revision })
+        Ok(ChangePage { changes, up_to, horizon })
     }
 
     /// The revision below which the change log has been compacted (entries <= it are gone).
@@ -122,15 +166,15 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT compacted FROM revision_state").fetch_one(&self.pool).await?)
     }
 
-    /// Removes the entries with revision <= `through` (never the current revision's) and
-    /// returns the new compaction mark.
+    /// Removes the entries with revision <= `through` (never beyond the safe horizon, never the
+    /// latest revision's) and returns the new compaction mark.
     pub async fn compact_through(&self, through: i64) -> Result<i64> {
+        let horizon = self.safe_horizon().await?;
         let mut tx = self.pool.begin().await?;
-        // Lock the counter row: a compaction and a commit never interleave, and the mark only
-        // moves forward.
-        let (revision, compacted): (i64, i64) =
-            sqlx::query_as("SELECT revision, compacted FROM revision_state FOR UPDATE").fetch_one(&mut *tx).await?;
-        let through = through.min(revision - 1);
+        // The row lock orders compactions; the mark only moves forward.
+        let compacted: i64 =
+            sqlx::query_scalar("SELECT compacted FROM revision_state FOR UPDATE").fetch_one(&mut *tx).await?;
+        let through = through.min(horizon - 1);
         if through <= compacted {
             tx.commit().await?;
             return Ok(compacted);
@@ -154,55 +198,72 @@ impl Store {
         }
     }
 
-    /// Follows the latest committed revision: woken by NOTIFY on every commit, and polling every
-    /// `poll` as well, so that a lost notification or connection only delays followers. The
-    /// task ends when every receiver is dropped.
+    /// Follows the safe horizon. It is recomputed when this process commits, when another
+    /// process announces a commit (NOTIFY, which this task also sends for this process's
+    /// commits, coalesced) and every `poll`, so that a lost notification only delays followers.
+    /// The task ends when every receiver is dropped.
     pub async fn revision_watch(&self, poll: Duration) -> Result<watch::Receiver<i64>> {
-        let (tx, rx) = watch::channel(self.current_revision().await?);
+        let (tx, rx) = watch::channel(self.safe_horizon().await?);
         let store = self.clone();
+        let mut local = self.local_commits();
         tokio::spawn(async move {
             let mut listener: Option<PgListener> = None;
+            let mut announced = 0;
             loop {
                 if listener.is_none() {
-                    listener = match PgListener::connect_with(&store.pool).await {
-                        Ok(mut l) => match l.listen(CHANGES_CHANNEL).await {
-                            Ok(()) => Some(l),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot LISTEN for changes; polling");
-                                None
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot connect a change listener; polling");
-                            None
-                        }
-                    };
+                    listener = connect_listener(&store).await;
                 }
-                let woken = async {
+                let remote = async {
                     match listener.as_mut() {
                         Some(l) => l.try_recv().await.map(|n| n.is_some()).unwrap_or(false),
                         None => std::future::pending().await,
                     }
                 };
                 tokio::select! {
-                    ok = woken => if !ok { listener = None },
+                    ok = remote => if !ok { listener = None },
+                    changed = local.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(poll) => {},
                     _ = tx.closed() => return,
                 }
-                match store.current_revision().await {
-                    Ok(r) => {
+                let latest_local = *local.borrow_and_update();
+                if latest_local > announced {
+                    announced = latest_local;
+                    let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(CHANGES_CHANNEL)
+                        .bind(latest_local.to_string())
+                        .execute(&store.pool)
+                        .await;
+                }
+                match store.safe_horizon().await {
+                    Ok(h) => {
                         tx.send_if_modified(|cur| {
-                            let newer = r > *cur;
+                            let newer = h > *cur;
                             if newer {
-                                *cur = r;
+                                *cur = h;
                             }
                             newer
                         });
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot read the current revision"),
+                    Err(e) => tracing::warn!(error = %e, "cannot compute the change log's horizon"),
                 }
             }
         });
         Ok(rx)
+    }
+}
+
+async fn connect_listener(store: &Store) -> Option<PgListener> {
+    match PgListener::connect_with(&store.pool).await {
+        Ok(mut l) => match l.listen(CHANGES_CHANNEL).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for changes; polling");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot connect a change listener; polling");
+            None
+        }
     }
 }

@@ -14,7 +14,7 @@ use weft_model::{
 use crate::changes::ChangeOp;
 use crate::error::{ConflictKind, Result, StoreError};
 use crate::ipam;
-use crate::{CHANGES_CHANNEL, ObjectKey, Store, StoredObject};
+use crate::{ObjectKey, Store, StoredObject};
 
 /// Columns every object read selects, in the order [`from_row`] expects.
 macro_rules! object_columns {
@@ -68,6 +68,7 @@ struct Pending {
 /// One write transaction. Dropping it without `commit` rolls everything back.
 #[derive(Debug)]
 pub struct Txn {
+    store: Store,
     tx: sqlx::Transaction<'static, Postgres>,
     pending: Vec<Pending>,
     /// Taken once per transaction: every write in it has the same timestamp, as it has the
@@ -80,7 +81,7 @@ impl Store {
     pub async fn begin(&self) -> Result<Txn> {
         // PostgreSQL keeps microseconds: round here so that what a write returns equals what a read gives.
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-        Ok(Txn { tx: self.pool.begin().await?, pending: Vec::new(), now })
+        Ok(Txn { store: self.clone(), tx: self.pool.begin().await?, pending: Vec::new(), now })
     }
 
     /// Reads one object.
@@ -112,20 +113,22 @@ impl Store {
         row.map(|r| from_row(&r).map(|o| o.object)).transpose()
     }
 
-    /// Lists objects of one kind in (project, name) order, a page at a time.
+    /// Lists objects of one kind in (project, name) order, a page at a time. A caller that needs
+    /// the revision a page reflects reads [`Store::safe_horizon`] first: every revision up to it
+    /// is in the page (later ones may be too; replaying them from a watch is harmless).
     pub async fn list(&self, kind: Kind, query: &ListQuery) -> Result<ListPage> {
         let limit = query.limit.clamp(1, MAX_PAGE);
         let mut q = QueryBuilder::<Postgres>::new(concat!(
             "SELECT ",
             object_columns!(),
-            ", scope, name, (SELECT revision FROM revision_state) AS current FROM objects o WHERE kind = "
+            ", scope, name FROM objects o WHERE kind = "
         ));
         q.push_bind(kind.as_str());
         if let Some(project) = &query.project {
             if kind == Kind::Project {
                 q.push(" AND name = ").push_bind(project.clone());
             } else {
-                q.push(" AND project_id = (SELECT id FROM objects WHERE kind = 'project' AND scope = ")
+                q.push(" AND scope = (SELECT id FROM objects WHERE kind = 'project' AND scope = ")
                     .push_bind(Uuid::nil())
                     .push(" AND name = ")
                     .push_bind(project.clone())
@@ -153,10 +156,6 @@ impl Store {
         }
         q.push(" ORDER BY scope, name LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let revision = match rows.first() {
-            Some(row) => row.try_get("current")?,
-            None => self.current_revision().await?,
-        };
         let more = rows.len() > limit as usize;
         let mut items = Vec::with_capacity(rows.len().min(limit as usize));
         let mut last = None;
@@ -165,7 +164,7 @@ impl Store {
             last = Some((row.try_get::<Uuid, _>("scope")?, row.try_get::<String, _>("name")?));
         }
         let continue_token = if more { last.map(|(scope, name)| encode_continue(scope, &name)) } else { None };
-        Ok(ListPage { items, continue_token, revision })
+        Ok(ListPage { items, continue_token })
     }
 }
 
@@ -204,8 +203,6 @@ pub struct ListPage {
     pub items: Vec<StoredObject>,
     /// Present when more objects follow; pass it back as `continue`.
     pub continue_token: Option<String>,
-    /// The revision the page reflects: watch from here to see what changes after it.
-    pub revision: i64,
 }
 
 fn encode_continue(scope: Uuid, name: &str) -> String {
@@ -462,13 +459,12 @@ impl Txn {
         Ok(())
     }
 
-    /// Commits with the next revision: the last, serialised step (see the crate docs). A
-    /// transaction that wrote nothing commits without a revision and returns the current one.
+    /// Commits with the next revision, taken as the last step (see the crate docs). A
+    /// transaction that wrote nothing commits without a revision and returns 0.
     pub async fn commit(mut self) -> Result<i64> {
         if self.pending.is_empty() {
-            let revision = sqlx::query_scalar("SELECT revision FROM revision_state").fetch_one(&mut *self.tx).await?;
             self.tx.commit().await?;
-            return Ok(revision);
+            return Ok(0);
         }
         let mut seqs = Vec::with_capacity(self.pending.len());
         let mut kinds = Vec::with_capacity(self.pending.len());
@@ -486,13 +482,14 @@ impl Txn {
             created.push(p.created_at);
             updated.push(p.updated_at);
         }
+        // A CTE with a volatile function is evaluated once: one revision for every row.
         let revision: i64 = sqlx::query_scalar(
-            "WITH r AS (UPDATE revision_state SET revision = revision + 1 RETURNING revision), \
+            "WITH r AS (SELECT nextval('revisions') AS revision), \
              o AS (UPDATE objects SET revision = (SELECT revision FROM r) WHERE id = ANY($3)), \
              c AS (INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
                    SELECT (SELECT revision FROM r), * FROM UNNEST($1::int[], $2::text[], $3::uuid[], $4::text[], \
                    $5::text[]::json[], $6::timestamptz[], $7::timestamptz[])) \
-             SELECT revision FROM r, pg_notify($8, r.revision::text)",
+             SELECT revision FROM r",
         )
         .bind(&seqs)
         .bind(&kinds)
@@ -501,10 +498,10 @@ impl Txn {
         .bind(&bodies)
         .bind(&created)
         .bind(&updated)
-        .bind(CHANGES_CHANNEL)
         .fetch_one(&mut *self.tx)
         .await?;
         self.tx.commit().await?;
+        self.store.committed(revision);
         Ok(revision)
     }
 

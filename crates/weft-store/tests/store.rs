@@ -346,7 +346,7 @@ async fn change_log_never_skips_under_concurrent_writers(pool: PgPool) {
                         seen.push(c.revision);
                     }
                 }
-                since = page.last_revision(since);
+                since = page.up_to;
                 tokio::task::yield_now().await;
             }
             seen
@@ -357,15 +357,29 @@ async fn change_log_never_skips_under_concurrent_writers(pool: PgPool) {
             let store = store.clone();
             tokio::spawn(async move {
                 for i in 0..WRITES_EACH {
-                    // a slow writer: its transaction stays open while others commit
-                    let mut txn = store.begin().await.unwrap();
-                    txn.create(resource(Kind::SecurityGroup, json!({"name": format!("g{w}-{i}"), "project": "p"})))
+                    if w % 2 == 0 {
+                        let mut txn = store.begin().await.unwrap();
+                        txn.create(resource(Kind::SecurityGroup, json!({"name": format!("g{w}-{i}"), "project": "p"})))
+                            .await
+                            .unwrap();
+                        txn.commit().await.unwrap();
+                    } else {
+                        // The worst case for a follower: a writer that stalls between taking its
+                        // revision and committing, while others commit higher revisions.
+                        let mut tx = store.pool().begin().await.unwrap();
+                        let r: i64 =
+                            sqlx::query_scalar("SELECT nextval('revisions')").fetch_one(&mut *tx).await.unwrap();
+                        sqlx::query(
+                            "INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
+                             VALUES ($1, 0, 'project', gen_random_uuid(), 'put', '{}', now(), now())",
+                        )
+                        .bind(r)
+                        .execute(&mut *tx)
                         .await
                         .unwrap();
-                    if i % 3 == 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        tokio::time::sleep(std::time::Duration::from_millis(1 + (i % 3) as u64)).await;
+                        tx.commit().await.unwrap();
                     }
-                    txn.commit().await.unwrap();
                 }
             })
         })
@@ -479,4 +493,50 @@ async fn tokens_are_stored_as_digests_and_can_expire_or_be_revoked(pool: PgPool)
     assert!(store.find_token("weft_nope").await.unwrap().is_none());
     assert!(store.create_token(Role::Writer, None, "", None).await.is_err());
     assert!(store.create_token(Role::Admin, Some("p"), "", None).await.is_err());
+}
+
+/// A transaction that has taken a revision and not yet committed holds every follower back:
+/// the revision after it, already visible, is not handed out until it ends.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn followers_wait_for_a_transaction_holding_a_lower_revision(pool: PgPool) {
+    let store = Store::from_pool(pool.clone());
+    project(&store, "p").await;
+    let before = store.current_revision().await.unwrap();
+
+    // A writer takes revision `slow` and stalls before COMMIT.
+    let mut slow_tx = pool.begin().await.unwrap();
+    let slow: i64 = sqlx::query_scalar("SELECT nextval('revisions')").fetch_one(&mut *slow_tx).await.unwrap();
+    sqlx::query(
+        "INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
+         VALUES ($1, 0, 'project', gen_random_uuid(), 'put', '{\"name\":\"slow\"}', now(), now())",
+    )
+    .bind(slow)
+    .execute(&mut *slow_tx)
+    .await
+    .unwrap();
+
+    // Another commits after it, with a higher revision.
+    let fast = create(&store, Kind::Project, json!({"name": "fast"})).await.unwrap().revision;
+    assert!(fast > slow);
+
+    // The horizon does not move past the stalled writer while it runs...
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(300), store.safe_horizon()).await;
+    assert!(waiting.is_err(), "the horizon passed a transaction still in flight: {waiting:?}");
+    // ...and once it commits, a follower gets both, in revision order.
+    slow_tx.commit().await.unwrap();
+    let page = store.changes_since(before, 100).await.unwrap();
+    let revisions: Vec<i64> = page.changes.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions.first(), Some(&slow));
+    assert_eq!(revisions.last(), Some(&fast));
+    assert!(page.caught_up());
+
+    // A writer that rolls back leaves a gap that followers step over.
+    let mut doomed = pool.begin().await.unwrap();
+    let gap: i64 = sqlx::query_scalar("SELECT nextval('revisions')").fetch_one(&mut *doomed).await.unwrap();
+    doomed.rollback().await.unwrap();
+    let after = create(&store, Kind::Project, json!({"name": "after"})).await.unwrap().revision;
+    let page = store.changes_since(fast, 100).await.unwrap();
+    assert!(page.changes.iter().all(|c| c.revision != gap));
+    assert_eq!(page.changes.last().map(|c| c.revision), Some(after));
+    assert_eq!(page.up_to, after);
 }

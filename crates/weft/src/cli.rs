@@ -88,6 +88,30 @@ pub enum Command {
     },
     /// The server's version, current revision and agent address.
     Info,
+    /// Benchmarks that print figures (never pass/fail).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// REST API throughput and latency beside pgbench's on the same PostgreSQL.
+    Api {
+        /// A PostgreSQL server; the bench creates and drops its own databases there.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Concurrent clients (for weft and for pgbench alike).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// How long each workload runs.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Ports stored for the list and start-up figures.
+        #[arg(long, default_value_t = 100_000)]
+        ports: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -337,6 +361,18 @@ pub fn init_logging(filter: &str, format: LogFormat) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server(args, cli.data_dir).await,
+        Command::Bench { command: BenchCommand::Api { database_url, clients, duration, ports } } => {
+            let config = weft_bench::ApiBenchConfig {
+                database_url,
+                clients,
+                duration,
+                ports,
+                weft_exe: std::env::current_exe().ok(),
+            };
+            let report = weft_bench::api(config).await?;
+            print!("{report}");
+            Ok(())
+        }
         command => client_cmds::run(command, &cli.client, &cli.data_dir).await,
     }
 }

@@ -1,0 +1,399 @@
+//! `weft bench api`: the REST API's throughput and latency, each figure next to the physical
+//! limit pgbench shows on the same PostgreSQL with the same number of clients.
+//!
+//! ```text
+//!   fresh database ─► in-process `weft server` (auth on) ◄─ N client tasks (keep-alive HTTP)
+//!        │                                                      GET by id / create group / list page
+//!        └─► pgbench -S -M prepared, and pgbench with "insert one row + one change-log row"
+//! ```
+//!
+//! The load generator runs in the same process as the server, as pgbench runs beside
+//! PostgreSQL: on a 2-core machine both share the cores with what they measure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::json;
+use sqlx::Connection;
+use weft_client::{Client, ListOptions};
+use weft_model::{Port, SecurityGroup};
+
+#[derive(Debug, Clone)]
+pub struct ApiBenchConfig {
+    /// A PostgreSQL server URL (its database is used to create and drop the bench databases).
+    pub database_url: String,
+    pub clients: usize,
+    pub duration: Duration,
+    /// Ports stored for the list and start-up figures.
+    pub ports: usize,
+    /// The `weft` executable, to time a real server's start.
+    pub weft_exe: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("store: {0}")]
+    Store(#[from] weft_store::StoreError),
+    #[error("client: {0}")]
+    Client(#[from] weft_client::ClientError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Throughput and latency of one workload.
+#[derive(Debug, Clone)]
+pub struct Rate {
+    pub requests: usize,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Rate {
+    pub fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn rate(mut latencies: Vec<Duration>, elapsed: Duration) -> Rate {
+    latencies.sort();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Rate { requests: latencies.len(), elapsed, p50: at(0.50), p99: at(0.99) }
+}
+
+/// Runs `clients` loops of `op` for `duration`; `op` gets (client, iteration).
+async fn load<F, Fut>(clients: usize, duration: Duration, op: F) -> Result<Rate, BenchError>
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), BenchError>> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks = (0..clients).map(|c| {
+        let op = op.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                op(c, i).await?;
+                latencies.push(t.elapsed());
+                i += 1;
+            }
+            Ok::<_, BenchError>(latencies)
+        })
+    });
+    let mut all = Vec::new();
+    for r in join_all(tasks).await {
+        all.extend(r.map_err(|e| BenchError::Other(e.to_string()))??);
+    }
+    Ok(rate(all, start.elapsed()))
+}
+
+/// A database created for the bench and dropped at the end.
+struct BenchDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    async fn create(admin_url: &str, tag: &str) -> Result<BenchDb, BenchError> {
+        let name = format!("weft_bench_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+        Ok(BenchDb { admin_url: admin_url.to_string(), url: with_database(admin_url, &name), name })
+    }
+
+    async fn drop(self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    match query {
+        Some(q) => format!("{}/{name}?{q}", &base[..host_end]),
+        None => format!("{}/{name}", &base[..host_end]),
+    }
+}
+
+/// Parses pgbench's "tps = N (without initial connection time)".
+fn pgbench_tps(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+}
+
+/// pgbench's connection options for a URL: pgbench takes a URI as its dbname argument.
+async fn pgbench(url: &str, args: &[&str], script: Option<&str>) -> Result<f64, BenchError> {
+    let mut cmd = tokio::process::Command::new("pgbench");
+    cmd.args(args);
+    let script_file;
+    if let Some(script) = script {
+        script_file = std::env::temp_dir().join(format!("weft-bench-{}.sql", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&script_file, script).map_err(|e| BenchError::Other(e.to_string()))?;
+        cmd.arg("-f").arg(&script_file);
+    }
+    cmd.arg(url);
+    let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| BenchError::Other(format!("pgbench: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    pgbench_tps(&text).ok_or_else(|| BenchError::Other(format!("pgbench gave no tps:\n{text}")))
+}
+
+/// Every figure of one run.
+#[derive(Debug)]
+pub struct ApiReport {
+    pub clients: usize,
+    pub get_by_id: Rate,
+    pub pgbench_select: f64,
+    pub create_group: Rate,
+    pub pgbench_insert: f64,
+    pub list_page: Rate,
+    pub ports: usize,
+    pub ready_after: Option<Duration>,
+}
+
+impl std::fmt::Display for ApiReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        writeln!(f, "weft bench api: {} clients", self.clients)?;
+        writeln!(f, "{:<44} {:>10} {:>10} {:>10} {:>12}", "workload", "req/s", "p50 ms", "p99 ms", "vs pgbench")?;
+        writeln!(
+            f,
+            "{:<44} {:>10.0} {:>10.2} {:>10.2} {:>11.0}%",
+            "GET /v1/security-groups/{id}",
+            self.get_by_id.per_second(),
+            ms(self.get_by_id.p50),
+            ms(self.get_by_id.p99),
+            100.0 * self.get_by_id.per_second() / self.pgbench_select
+        )?;
+        writeln!(f, "{:<44} {:>10.0}", "  pgbench -S -M prepared (same clients)", self.pgbench_select)?;
+        writeln!(
+            f,
+            "{:<44} {:>10.0} {:>10.2} {:>10.2} {:>11.0}%",
+            "POST /v1/security-groups",
+            self.create_group.per_second(),
+            ms(self.create_group.p50),
+            ms(self.create_group.p99),
+            100.0 * self.create_group.per_second() / self.pgbench_insert
+        )?;
+        writeln!(f, "{:<44} {:>10.0}", "  pgbench: insert row + change-log row", self.pgbench_insert)?;
+        writeln!(
+            f,
+            "{:<44} {:>10.0} {:>10.2} {:>10.2}",
+            format!("GET /v1/ports?limit=500 (of {})", self.ports),
+            self.list_page.per_second(),
+            ms(self.list_page.p50),
+            ms(self.list_page.p99)
+        )?;
+        if let Some(ready) = self.ready_after {
+            writeln!(
+                f,
+                "{:<44} {:>10.2} s",
+                format!("weft server ready, {} ports stored", self.ports),
+                ready.as_secs_f64()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn api(config: ApiBenchConfig) -> Result<ApiReport, BenchError> {
+    let db = BenchDb::create(&config.database_url, "api").await?;
+    let result = api_on(&config, &db).await;
+    db.drop().await;
+    result
+}
+
+async fn start_server(url: &str) -> Result<(SocketAddr, String, tokio::sync::oneshot::Sender<()>), BenchError> {
+    let store = weft_store::Store::connect(url, 32).await?;
+    store.migrate().await?;
+    let token = store
+        .bootstrap_admin_token()
+        .await?
+        .ok_or_else(|| BenchError::Other("the bench database already has tokens".into()))?
+        .secret;
+    let state = weft_api::AppState::new(store, weft_api::Config::default()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| BenchError::Other(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| BenchError::Other(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(weft_api::serve(listener, weft_api::router(state), async move {
+        let _ = stopped.await;
+    }));
+    Ok((addr, token, stop))
+}
+
+async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, BenchError> {
+    let (addr, token, stop) = start_server(&db.url).await?;
+    let client = Client::new(&format!("http://{addr}"), Some(token), None)?;
+    let n = config.clients;
+
+    client.create(&weft_model::Project { name: "bench".into(), ..Default::default() }).await?;
+    let group: SecurityGroup =
+        client.get(&weft_client::Key::Named { project: "bench".into(), name: "default".into() }).await?;
+    let id = group.id.ok_or_else(|| BenchError::Other("group without id".into()))?;
+    tracing::info!("GET by id");
+    let get_by_id = load(n, config.duration, {
+        let client = client.clone();
+        move |_, _| {
+            let client = client.clone();
+            async move {
+                let _: SecurityGroup = client.get(&weft_client::Key::Id(id)).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+
+    tracing::info!("create security group");
+    let create_group = load(n, config.duration, {
+        let client = client.clone();
+        move |c, i| {
+            let client = client.clone();
+            async move {
+                let sg: SecurityGroup =
+                    serde_json::from_value(json!({"name": format!("g-{c}-{i}"), "project": "bench"}))
+                        .map_err(|e| BenchError::Other(e.to_string()))?;
+                client.create(&sg).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+
+    tracing::info!(ports = config.ports, "storing ports");
+    const BATCH: usize = 2000;
+    const TIERS: [&str; 3] = ["web", "api", "db"];
+    for start in (0..config.ports).step_by(BATCH) {
+        let ops: Vec<weft_client::BatchOp> = (start..(start + BATCH).min(config.ports))
+            .map(|i| weft_client::BatchOp::Create {
+                kind: weft_model::Kind::Port,
+                object: json!({
+                    "name": format!("pod-{i:06}"), "project": "bench", "node": format!("node-{}", i % 50),
+                    "ips": [format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)],
+                    "labels": {"app": format!("app-{}", i % 1000), "tier": TIERS[i % 3], "pod-template-hash": "abc123"},
+                    "security_groups": [],
+                }),
+            })
+            .collect();
+        client.batch(&ops).await?;
+    }
+    tracing::info!("list pages");
+    // Walk the whole list page by page with the continue tokens, as a client does, over and
+    // over until the time is up: pages from every position of the list.
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let mut token = None;
+    while started.elapsed() < config.duration.min(Duration::from_secs(10)) {
+        let t = Instant::now();
+        let page = client
+            .list::<Port>(&ListOptions {
+                project: Some("bench".into()),
+                limit: Some(500),
+                continue_token: token.take(),
+                ..ListOptions::default()
+            })
+            .await?;
+        latencies.push(t.elapsed());
+        token = page.continue_token;
+    }
+    let list_page = rate(latencies, started.elapsed());
+    let _ = stop.send(());
+
+    let ready_after = match &config.weft_exe {
+        Some(exe) => Some(time_ready(exe, &db.url).await?),
+        None => None,
+    };
+
+    tracing::info!("pgbench");
+    let (pgbench_select, pgbench_insert) = pgbench_figures(&config.database_url, n, config.duration).await?;
+    Ok(ApiReport {
+        clients: n,
+        get_by_id,
+        pgbench_select,
+        create_group,
+        pgbench_insert,
+        list_page,
+        ports: config.ports,
+        ready_after,
+    })
+}
+
+async fn time_ready(exe: &PathBuf, url: &str) -> Result<Duration, BenchError> {
+    let data_dir = std::env::temp_dir().join(format!("weft-bench-{}", uuid::Uuid::new_v4().simple()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Other(e.to_string()))?;
+    let port = listener.local_addr().map_err(|e| BenchError::Other(e.to_string()))?.port();
+    drop(listener);
+    let start = Instant::now();
+    let mut child = tokio::process::Command::new(exe)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--database-url", url, "--data-dir"])
+        .arg(&data_dir)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::Other(format!("cannot start {}: {e}", exe.display())))?;
+    let probe = Client::new(&format!("http://127.0.0.1:{port}"), None, None)?;
+    let ready = loop {
+        if probe.ready().await.unwrap_or(false) {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill().await;
+            return Err(BenchError::Other("weft server was not ready within 60 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(ready)
+}
+
+async fn pgbench_figures(admin_url: &str, clients: usize, duration: Duration) -> Result<(f64, f64), BenchError> {
+    let db = BenchDb::create(admin_url, "pgbench").await?;
+    let result = async {
+        let c = clients.to_string();
+        let t = duration.as_secs().max(1).to_string();
+        pgbench(&db.url, &["-i", "-q", "-s", "10"], None).await.ok();
+        let select = pgbench(&db.url, &["-S", "-M", "prepared", "-c", &c, "-j", "2", "-T", &t, "-n"], None).await?;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await?;
+        sqlx::raw_sql(
+            "CREATE TABLE bench_objects (id uuid PRIMARY KEY, name text NOT NULL, body json NOT NULL); \
+             CREATE TABLE bench_changes (revision bigserial PRIMARY KEY, id uuid NOT NULL, body json NOT NULL);",
+        )
+        .execute(&mut conn)
+        .await?;
+        let script = "\\set n random(1, 1000000000)\n\
+            BEGIN;\n\
+            INSERT INTO bench_objects VALUES (gen_random_uuid(), 'g-' || :n || '-' || :client_id, '{\"name\":\"g\",\"project\":\"bench\",\"rules\":[]}');\n\
+            INSERT INTO bench_changes (id, body) VALUES (gen_random_uuid(), '{\"name\":\"g\",\"project\":\"bench\",\"rules\":[]}');\n\
+            END;\n";
+        let insert = pgbench(&db.url, &["-M", "prepared", "-c", &c, "-j", "2", "-T", &t, "-n"], Some(script)).await?;
+        Ok::<_, BenchError>((select, insert))
+    }
+    .await;
+    db.drop().await;
+    result
+}
