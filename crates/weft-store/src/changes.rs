@@ -72,6 +72,10 @@ impl ChangePage {
     }
 }
 
+/// The shortest time between two rounds of the horizon follower: the most it adds to a
+/// follower's delay, and what bounds its cost under load.
+const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(5);
+
 /// How long a horizon computation waits, between checks, for in-flight transactions to end.
 const IN_FLIGHT_CHECK: Duration = Duration::from_micros(200);
 
@@ -225,6 +229,9 @@ impl Store {
                     _ = tokio::time::sleep(poll) => {},
                     _ = tx.closed() => return,
                 }
+                // Under a stream of commits, one round per interval covers all of them: each
+                // round costs a NOTIFY transaction and a look at pg_stat_activity.
+                tokio::time::sleep(MIN_ROUND_INTERVAL).await;
                 let latest_local = *local.borrow_and_update();
                 if latest_local > announced {
                     announced = latest_local;

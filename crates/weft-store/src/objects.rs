@@ -11,7 +11,6 @@ use weft_model::{
     Kind, LabelSelector, ObjectRef, Operator, Port, Remote, Resource, SecurityGroup, ValidationErrors, VirtualNetwork,
 };
 
-use crate::changes::ChangeOp;
 use crate::error::{ConflictKind, Result, StoreError};
 use crate::ipam;
 use crate::{ObjectKey, Store, StoredObject};
@@ -49,28 +48,19 @@ fn from_row(row: &sqlx::postgres::PgRow) -> Result<ObjectRow> {
     })
 }
 
-/// The nil UUID is the naming scope of projects; every other object's scope is its project.
-fn scope_of(project_id: Option<Uuid>) -> Uuid {
-    project_id.unwrap_or(Uuid::nil())
-}
-
-/// A write waiting for its revision.
-#[derive(Debug)]
-struct Pending {
-    kind: Kind,
-    id: Uuid,
-    op: ChangeOp,
-    body: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
 /// One write transaction. Dropping it without `commit` rolls everything back.
+///
+/// Each write statement appends its own change-log rows in the same statement (a data-modifying
+/// CTE), and the first one takes the transaction's revision (`COALESCE($revision,
+/// nextval('revisions'))`): a create is one statement between BEGIN and COMMIT.
 #[derive(Debug)]
 pub struct Txn {
     store: Store,
     tx: sqlx::Transaction<'static, Postgres>,
-    pending: Vec<Pending>,
+    /// Taken by the first write.
+    revision: Option<i64>,
+    /// The next change-log row's position within the revision.
+    seq: i32,
     /// Taken once per transaction: every write in it has the same timestamp, as it has the
     /// same revision.
     now: DateTime<Utc>,
@@ -81,7 +71,7 @@ impl Store {
     pub async fn begin(&self) -> Result<Txn> {
         // PostgreSQL keeps microseconds: round here so that what a write returns equals what a read gives.
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-        Ok(Txn { store: self.clone(), tx: self.pool.begin().await?, pending: Vec::new(), now })
+        Ok(Txn { store: self.clone(), tx: self.pool.begin().await?, revision: None, seq: 0, now })
     }
 
     /// Reads one object.
@@ -247,15 +237,11 @@ fn push_selector(q: &mut QueryBuilder<Postgres>, selector: &LabelSelector) {
 }
 
 impl Txn {
-    /// Creates an object. The returned object's `revision` is set by `commit`.
+    /// Creates an object.
     pub async fn create(&mut self, mut resource: Resource) -> Result<StoredObject> {
         resource.validate().map_err(StoreError::Invalid)?;
         resource.clear_meta();
         let id = Uuid::new_v4();
-        let project_id = match resource.project() {
-            Some(project) => Some(self.require_project(project).await?),
-            None => None,
-        };
         match &mut resource {
             Resource::Project(_) | Resource::VirtualNetwork(_) => {}
             Resource::SecurityGroup(sg) => assign_rule_ids(sg),
@@ -263,12 +249,13 @@ impl Txn {
                 if port.security_groups.is_none() {
                     port.security_groups = Some(vec![weft_model::DEFAULT_GROUP.to_string()]);
                 }
-                if let Some(project_id) = project_id {
+                if port.network.is_some() {
+                    let project_id = self.require_project(&port.project.clone()).await?;
                     self.prepare_port_addresses(project_id, port, None).await?;
                 }
             }
         }
-        let object = self.insert(id, project_id, &resource).await?;
+        let (object, project_id) = self.insert(id, &resource).await?;
         self.write_refs(id, project_id, &resource, false).await?;
         if let (Resource::Port(port), Some(project_id)) = (&resource, project_id) {
             self.hold_port_addresses(project_id, id, port).await?;
@@ -327,27 +314,28 @@ impl Txn {
             _ => {}
         }
         let body = body_of(&resource);
-        sqlx::query("UPDATE objects SET labels = $2, body = $3::json, updated_at = $4 WHERE id = $1")
-            .bind(id)
-            .bind(labels_json(&resource))
-            .bind(&body)
-            .bind(self.now)
-            .execute(&mut *self.tx)
-            .await?;
+        let revision: i64 = sqlx::query_scalar(
+            "WITH r AS (SELECT COALESCE($1::bigint, nextval('revisions')) AS revision), \
+             o AS (UPDATE objects SET labels = $3, body = $4::json, updated_at = $5, revision = (SELECT revision FROM r) \
+                   WHERE id = $2 RETURNING kind, created_at), \
+             c AS (INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
+                   SELECT r.revision, $6, o.kind, $2, 'put', $4::json, o.created_at, $5 FROM r, o) \
+             SELECT revision FROM r",
+        )
+        .bind(self.revision)
+        .bind(id)
+        .bind(labels_json(&resource))
+        .bind(&body)
+        .bind(self.now)
+        .bind(self.next_seq(1))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        self.revision = Some(revision);
         self.write_refs(id, current.project_id, &resource, true).await?;
         if let (Resource::Port(port), Some(project_id)) = (&resource, current.project_id) {
             self.hold_port_addresses(project_id, id, port).await?;
         }
-        let object = StoredObject {
-            id,
-            kind,
-            revision: 0,
-            created_at: current.object.created_at,
-            updated_at: self.now,
-            body: body.clone(),
-        };
-        self.record(&object, ChangeOp::Put);
-        Ok(object)
+        Ok(StoredObject { id, kind, revision, created_at: current.object.created_at, updated_at: self.now, body })
     }
 
     /// Reads an object and locks it until the transaction ends (for read-modify-write).
@@ -439,69 +427,48 @@ impl Txn {
                 .bind(&dependents)
                 .execute(&mut *self.tx)
                 .await?;
-            let rows = sqlx::query(concat!("DELETE FROM objects WHERE id = ANY($1) RETURNING ", object_columns!()))
-                .bind(&dependents)
-                .fetch_all(&mut *self.tx)
-                .await
-                .map_err(|e| StoreError::from_db(e, || format!("{kind} {key}")))?;
-            let mut deleted = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
-            deleted.sort_by_key(|o| (o.object.kind != Kind::Port, o.object.id));
-            for o in deleted {
-                self.record(&o.object, ChangeOp::Delete);
-            }
+            self.delete_rows(&dependents, &format!("{kind} {key}")).await?;
         }
-        sqlx::query("DELETE FROM objects WHERE id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| StoreError::from_db(e, || format!("{kind} {key}")))?;
-        self.record(&current.object, ChangeOp::Delete);
+        self.delete_rows(&[id], &format!("{kind} {key}")).await?;
         Ok(())
     }
 
-    /// Commits with the next revision, taken as the last step (see the crate docs). A
-    /// transaction that wrote nothing commits without a revision and returns 0.
-    pub async fn commit(mut self) -> Result<i64> {
-        if self.pending.is_empty() {
-            self.tx.commit().await?;
-            return Ok(0);
-        }
-        let mut seqs = Vec::with_capacity(self.pending.len());
-        let mut kinds = Vec::with_capacity(self.pending.len());
-        let mut ids = Vec::with_capacity(self.pending.len());
-        let mut ops = Vec::with_capacity(self.pending.len());
-        let mut bodies = Vec::with_capacity(self.pending.len());
-        let mut created = Vec::with_capacity(self.pending.len());
-        let mut updated = Vec::with_capacity(self.pending.len());
-        for (seq, p) in self.pending.iter().enumerate() {
-            seqs.push(seq as i32);
-            kinds.push(p.kind.as_str());
-            ids.push(p.id);
-            ops.push(p.op.as_str());
-            bodies.push(p.body.as_str());
-            created.push(p.created_at);
-            updated.push(p.updated_at);
-        }
-        // A CTE with a volatile function is evaluated once: one revision for every row.
-        let revision: i64 = sqlx::query_scalar(
-            "WITH r AS (SELECT nextval('revisions') AS revision), \
-             o AS (UPDATE objects SET revision = (SELECT revision FROM r) WHERE id = ANY($3)), \
+    /// Deletes objects and records their last state in the change log, ports first.
+    async fn delete_rows(&mut self, ids: &[Uuid], what: &str) -> Result<()> {
+        let seq = self.seq;
+        let (revision, deleted): (i64, i64) = sqlx::query_as(
+            "WITH r AS (SELECT COALESCE($1::bigint, nextval('revisions')) AS revision), \
+             d AS (DELETE FROM objects WHERE id = ANY($2) RETURNING id, kind, body, created_at, updated_at), \
              c AS (INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
-                   SELECT (SELECT revision FROM r), * FROM UNNEST($1::int[], $2::text[], $3::uuid[], $4::text[], \
-                   $5::text[]::json[], $6::timestamptz[], $7::timestamptz[])) \
-             SELECT revision FROM r",
+                   SELECT r.revision, $3 + (row_number() OVER (ORDER BY d.kind <> 'port', d.id))::int - 1, \
+                          d.kind, d.id, 'delete', d.body, d.created_at, d.updated_at FROM r, d) \
+             SELECT r.revision, (SELECT count(*) FROM d) FROM r",
         )
-        .bind(&seqs)
-        .bind(&kinds)
-        .bind(&ids)
-        .bind(&ops)
-        .bind(&bodies)
-        .bind(&created)
-        .bind(&updated)
+        .bind(self.revision)
+        .bind(ids)
+        .bind(seq)
         .fetch_one(&mut *self.tx)
-        .await?;
+        .await
+        .map_err(|e| StoreError::from_db(e, || what.to_string()))?;
+        self.revision = Some(revision);
+        self.next_seq(deleted as i32);
+        Ok(())
+    }
+
+    /// Reserves `n` change-log positions and returns the first.
+    fn next_seq(&mut self, n: i32) -> i32 {
+        let first = self.seq;
+        self.seq += n;
+        first
+    }
+
+    /// Commits, and returns the transaction's revision; one that wrote nothing has none (0).
+    pub async fn commit(self) -> Result<i64> {
         self.tx.commit().await?;
-        self.store.committed(revision);
+        let revision = self.revision.unwrap_or(0);
+        if revision > 0 {
+            self.store.committed(revision);
+        }
         Ok(revision)
     }
 
@@ -544,38 +511,50 @@ impl Txn {
         }
     }
 
-    async fn insert(&mut self, id: Uuid, project_id: Option<Uuid>, resource: &Resource) -> Result<StoredObject> {
+    /// Inserts an object and its change-log row in one statement. The project is looked up by
+    /// name in the same statement: no row back means it does not exist.
+    async fn insert(&mut self, id: Uuid, resource: &Resource) -> Result<(StoredObject, Option<Uuid>)> {
         let kind = resource.kind();
         let body = body_of(resource);
-        sqlx::query(
-            "INSERT INTO objects (id, kind, project_id, scope, name, labels, body, revision, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7::json, 0, $8, $8)",
-        )
-        .bind(id)
-        .bind(kind.as_str())
-        .bind(project_id)
-        .bind(scope_of(project_id))
-        .bind(resource.name())
-        .bind(labels_json(resource))
-        .bind(&body)
-        .bind(self.now)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| StoreError::from_db(e, || describe(resource)))?;
-        let object = StoredObject { id, kind, revision: 0, created_at: self.now, updated_at: self.now, body };
-        self.record(&object, ChangeOp::Put);
-        Ok(object)
-    }
-
-    fn record(&mut self, object: &StoredObject, op: ChangeOp) {
-        self.pending.push(Pending {
-            kind: object.kind,
-            id: object.id,
-            op,
-            body: object.body.clone(),
-            created_at: object.created_at,
-            updated_at: object.updated_at,
-        });
+        let project_source = match resource.project() {
+            // A project's own row: no owner, the nil scope.
+            None => "(SELECT NULL::uuid AS id, $9::text AS unused) p",
+            Some(_) => {
+                "(SELECT id, $9::text AS unused FROM objects WHERE kind = 'project' \
+                 AND scope = '00000000-0000-0000-0000-000000000000' AND name = $9) p"
+            }
+        };
+        let sql = format!(
+            "WITH r AS (SELECT COALESCE($1::bigint, nextval('revisions')) AS revision), \
+             o AS (INSERT INTO objects (id, kind, project_id, scope, name, labels, body, revision, created_at, updated_at) \
+                   SELECT $2, $3, p.id, COALESCE(p.id, '00000000-0000-0000-0000-000000000000'), $4, $5, $6::json, \
+                          r.revision, $7, $7 FROM r, {project_source} RETURNING project_id), \
+             c AS (INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
+                   SELECT r.revision, $8, $3, $2, 'put', $6::json, $7, $7 FROM r, o) \
+             SELECT r.revision, o.project_id FROM r, o"
+        );
+        let seq = self.seq;
+        let row: Option<(i64, Option<Uuid>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.revision)
+            .bind(id)
+            .bind(kind.as_str())
+            .bind(resource.name())
+            .bind(labels_json(resource))
+            .bind(&body)
+            .bind(self.now)
+            .bind(seq)
+            .bind(resource.project().unwrap_or_default())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::from_db(e, || describe(resource)))?;
+        let Some((revision, project_id)) = row else {
+            let project = resource.project().unwrap_or_default();
+            return Err(StoreError::invalid("/project", format!("project {project:?} does not exist")));
+        };
+        self.revision = Some(revision);
+        self.next_seq(1);
+        let object = StoredObject { id, kind, revision, created_at: self.now, updated_at: self.now, body };
+        Ok((object, project_id))
     }
 
     async fn project_id(&mut self, name: &str) -> Result<Option<Uuid>> {
@@ -631,9 +610,6 @@ impl Txn {
         resource: &Resource,
         replace: bool,
     ) -> Result<()> {
-        if replace {
-            sqlx::query("DELETE FROM refs WHERE from_id = $1").bind(id).execute(&mut *self.tx).await?;
-        }
         let (Some(project_id), Some(project)) = (project_id, resource.project()) else {
             return Ok(());
         };
@@ -662,15 +638,22 @@ impl Txn {
                 }
             }
         }
-        if !targets.is_empty() {
-            let targets: Vec<Uuid> = targets.into_iter().collect();
-            sqlx::query("INSERT INTO refs (from_id, to_id) SELECT $1, unnest($2::uuid[])")
-                .bind(id)
-                .bind(&targets)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| StoreError::from_db(e, || describe(resource)))?;
-        }
+        let targets: Vec<Uuid> = targets.into_iter().collect();
+        let sql = if replace {
+            // The deleted and the inserted keys are disjoint, so one statement can do both.
+            "WITH gone AS (DELETE FROM refs WHERE from_id = $1 AND NOT to_id = ANY($2)) \
+             INSERT INTO refs (from_id, to_id) SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING"
+        } else if targets.is_empty() {
+            return Ok(());
+        } else {
+            "INSERT INTO refs (from_id, to_id) SELECT $1, unnest($2::uuid[])"
+        };
+        sqlx::query(sql)
+            .bind(id)
+            .bind(&targets)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::from_db(e, || describe(resource)))?;
         Ok(())
     }
 
