@@ -166,6 +166,8 @@ async fn pgbench(url: &str, args: &[&str], script: Option<&str>) -> Result<f64, 
 #[derive(Debug)]
 pub struct ApiReport {
     pub clients: usize,
+    /// `wrk` or the built-in client.
+    pub load_generator: &'static str,
     pub get_by_id: Rate,
     pub pgbench_select: f64,
     pub create_group: Rate,
@@ -178,7 +180,7 @@ pub struct ApiReport {
 impl std::fmt::Display for ApiReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        writeln!(f, "weft bench api: {} clients", self.clients)?;
+        writeln!(f, "weft bench api: {} clients, load from {}", self.clients, self.load_generator)?;
         writeln!(f, "{:<44} {:>10} {:>10} {:>10} {:>12}", "workload", "req/s", "p50 ms", "p99 ms", "vs pgbench")?;
         writeln!(
             f,
@@ -247,41 +249,69 @@ async fn start_server(url: &str) -> Result<(SocketAddr, String, tokio::sync::one
 
 async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, BenchError> {
     let (addr, token, stop) = start_server(&db.url).await?;
-    let client = Client::new(&format!("http://{addr}"), Some(token), None)?;
+    let client = Client::new(&format!("http://{addr}"), Some(token.clone()), None)?;
     let n = config.clients;
 
     client.create(&weft_model::Project { name: "bench".into(), ..Default::default() }).await?;
     let group: SecurityGroup =
         client.get(&weft_client::Key::Named { project: "bench".into(), name: "default".into() }).await?;
     let id = group.id.ok_or_else(|| BenchError::Other("group without id".into()))?;
-    tracing::info!("GET by id");
-    let get_by_id = load(n, config.duration, {
-        let client = client.clone();
-        move |_, _| {
-            let client = client.clone();
-            async move {
-                let _: SecurityGroup = client.get(&weft_client::Key::Id(id)).await?;
-                Ok(())
-            }
+    let wrk = which_wrk();
+    let base = format!("http://{addr}");
+    tracing::info!(wrk = wrk.is_some(), "GET by id");
+    let get_by_id = match &wrk {
+        Some(wrk) => {
+            wrk_rate(wrk, &format!("{base}/v1/security-groups/{id}"), &token, None, n, config.duration).await?
         }
-    })
-    .await?;
+        None => {
+            load(n, config.duration, {
+                let client = client.clone();
+                move |_, _| {
+                    let client = client.clone();
+                    async move {
+                        let _: SecurityGroup = client.get(&weft_client::Key::Id(id)).await?;
+                        Ok(())
+                    }
+                }
+            })
+            .await?
+        }
+    };
 
     tracing::info!("create security group");
-    let create_group = load(n, config.duration, {
-        let client = client.clone();
-        move |c, i| {
-            let client = client.clone();
-            async move {
-                let sg: SecurityGroup =
-                    serde_json::from_value(json!({"name": format!("g-{c}-{i}"), "project": "bench"}))
-                        .map_err(|e| BenchError::Other(e.to_string()))?;
-                client.create(&sg).await?;
-                Ok(())
-            }
+    let create_group = match &wrk {
+        Some(wrk) => {
+            // Every request a new name: per wrk thread and per request.
+            let script = format!(
+                "local threads = 0\n\
+                 function setup(thread) threads = threads + 1; thread:set(\"tid\", threads) end\n\
+                 counter = 0\n\
+                 request = function()\n\
+                   counter = counter + 1\n\
+                   local body = '{{\"name\":\"w' .. tid .. '-' .. counter .. '\",\"project\":\"bench\"}}'\n\
+                   return wrk.format(\"POST\", \"/v1/security-groups\", \
+                     {{[\"Content-Type\"] = \"application/json\", [\"Authorization\"] = \"Bearer {token}\"}}, body)\n\
+                 end\n"
+            );
+            wrk_rate(wrk, &base, &token, Some(&script), n, config.duration).await?
         }
-    })
-    .await?;
+        None => {
+            load(n, config.duration, {
+                let client = client.clone();
+                move |c, i| {
+                    let client = client.clone();
+                    async move {
+                        let sg: SecurityGroup =
+                            serde_json::from_value(json!({"name": format!("g-{c}-{i}"), "project": "bench"}))
+                                .map_err(|e| BenchError::Other(e.to_string()))?;
+                        client.create(&sg).await?;
+                        Ok(())
+                    }
+                }
+            })
+            .await?
+        }
+    };
 
     tracing::info!(ports = config.ports, "storing ports");
     const BATCH: usize = 2000;
@@ -331,6 +361,7 @@ async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, Benc
     let (pgbench_select, pgbench_insert) = pgbench_figures(&config.database_url, n, config.duration).await?;
     Ok(ApiReport {
         clients: n,
+        load_generator: if wrk.is_some() { "wrk (2 threads)" } else { "the built-in client" },
         get_by_id,
         pgbench_select,
         create_group,
@@ -339,6 +370,71 @@ async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, Benc
         ports: config.ports,
         ready_after,
     })
+}
+
+/// wrk, when installed: a load generator in C, as lean as pgbench, so that the two figures are
+/// measured alike. Without it the bench falls back to its own Rust client.
+fn which_wrk() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).map(|d| d.join("wrk")).find(|p| p.is_file()))
+}
+
+/// Runs wrk with `clients` connections on two threads and reads its figures. Any non-2xx
+/// answer fails the bench: it would measure errors, not work.
+async fn wrk_rate(
+    wrk: &PathBuf,
+    url: &str,
+    token: &str,
+    script: Option<&str>,
+    clients: usize,
+    duration: Duration,
+) -> Result<Rate, BenchError> {
+    let mut cmd = tokio::process::Command::new(wrk);
+    cmd.args(["-t", "2", "-c", &clients.to_string(), "-d", &format!("{}s", duration.as_secs().max(1)), "--latency"]);
+    let script_file = std::env::temp_dir().join(format!("weft-bench-{}.lua", uuid::Uuid::new_v4().simple()));
+    match script {
+        Some(script) => {
+            std::fs::write(&script_file, script).map_err(|e| BenchError::Other(e.to_string()))?;
+            cmd.arg("-s").arg(&script_file);
+        }
+        None => {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+    }
+    let out = cmd.arg(url).stdin(Stdio::null()).output().await.map_err(|e| BenchError::Other(format!("wrk: {e}")));
+    let _ = std::fs::remove_file(&script_file);
+    let text = String::from_utf8_lossy(&out?.stdout).into_owned();
+    if text.contains("Non-2xx") {
+        return Err(BenchError::Other(format!("wrk saw error answers:\n{text}")));
+    }
+    let ms = |label: &str| -> Option<Duration> {
+        let value = text.lines().find(|l| l.trim_start().starts_with(label))?.split_whitespace().nth(1)?.to_string();
+        let (number, factor) = if let Some(v) = value.strip_suffix("us") {
+            (v, 1e-6)
+        } else if let Some(v) = value.strip_suffix("ms") {
+            (v, 1e-3)
+        } else if let Some(v) = value.strip_suffix('s') {
+            (v, 1.0)
+        } else {
+            return None;
+        };
+        number.parse::<f64>().ok().map(|n| Duration::from_secs_f64(n * factor))
+    };
+    let requests: usize = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| BenchError::Other(format!("cannot read wrk's output:\n{text}")))?;
+    let elapsed = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split(" requests in ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|d| d.trim().strip_suffix('s'))
+        .and_then(|d| d.parse::<f64>().ok())
+        .map(Duration::from_secs_f64)
+        .unwrap_or(duration);
+    Ok(Rate { requests, elapsed, p50: ms("50%").unwrap_or_default(), p99: ms("99%").unwrap_or_default() })
 }
 
 async fn time_ready(exe: &PathBuf, url: &str) -> Result<Duration, BenchError> {
