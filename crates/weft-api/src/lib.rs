@@ -10,6 +10,7 @@
 pub mod auth;
 mod batch;
 mod body;
+pub mod cache;
 mod changes;
 mod metrics;
 pub mod openapi;
@@ -62,13 +63,18 @@ pub struct AppState {
     /// The change log's safe horizon (every revision up to it is visible), kept current by
     /// this process's commits, LISTEN/NOTIFY and polling.
     pub revisions: watch::Receiver<i64>,
+    /// Every object, for GETs without a database round trip.
+    pub cache: Arc<cache::ObjectCache>,
     pub grpc_address: Option<String>,
 }
 
 impl AppState {
     pub async fn new(store: Store, config: Config) -> Result<AppState, weft_store::StoreError> {
         let revisions = store.revision_watch(config.poll_interval).await?;
+        let cache = Arc::new(cache::ObjectCache::default());
+        cache.spawn_follower(store.clone(), revisions.clone());
         Ok(AppState {
+            cache,
             store,
             auth_enabled: config.auth_enabled,
             tokens: Arc::default(),

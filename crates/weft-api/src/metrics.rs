@@ -28,6 +28,9 @@ pub struct Metrics {
     pub registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
+    /// GETs answered from the object cache, and those that had to ask PostgreSQL.
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -39,7 +42,11 @@ impl Default for Metrics {
         });
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         registry.register("http_request_duration_seconds", "Time to answer an HTTP request", latency.clone());
-        Metrics { registry, requests, latency }
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        registry.register("object_cache_hits", "GETs answered from the object cache", cache_hits.clone());
+        registry.register("object_cache_misses", "GETs answered by PostgreSQL", cache_misses.clone());
+        Metrics { registry, requests, latency, cache_hits, cache_misses }
     }
 }
 

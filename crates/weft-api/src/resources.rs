@@ -18,6 +18,7 @@ use weft_store::{ListQuery, ObjectKey, StoredObject, Txn};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::body;
+use crate::cache::Lookup;
 use crate::problem::{ApiError, ApiResult};
 
 /// Routes of one kind: `/v1/<kind>`, `/v1/<kind>/{id}` and, below a project,
@@ -202,6 +203,24 @@ async fn get_one(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Response> {
     let key = key?;
+    // The cache answers once it has applied everything this process has committed.
+    let committed_here = *state.store.local_commits().borrow();
+    match state.cache.get(kind, &key, committed_here) {
+        Lookup::Found(cached) => {
+            state.metrics.cache_hits.inc();
+            caller.require_read(&cached.owner)?;
+            let mut response = json_response(StatusCode::OK, cached.json.to_string());
+            response.headers_mut().insert(header::ETAG, etag(cached.revision));
+            return Ok(response);
+        }
+        Lookup::Absent => {
+            state.metrics.cache_hits.inc();
+            return Err(not_found(kind, &key));
+        }
+        Lookup::Unknown => {
+            state.metrics.cache_misses.inc();
+        }
+    }
     let object = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
     caller.require_read(&owner(&object)?)?;
     Ok(object_response(StatusCode::OK, &object))

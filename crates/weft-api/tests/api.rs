@@ -17,6 +17,7 @@ use weft_store::tokens::Role;
 struct Api {
     router: Router,
     store: Store,
+    state: AppState,
     admin: String,
 }
 
@@ -44,7 +45,7 @@ impl Api {
         let store = Store::from_pool(pool);
         let admin = store.bootstrap_admin_token().await.unwrap().unwrap().secret;
         let state = AppState::new(store.clone(), Config::default()).await.unwrap();
-        Api { router: router(state), store, admin }
+        Api { router: router(state.clone()), store, state, admin }
     }
 
     async fn raw(
@@ -495,4 +496,68 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
         "{text}"
     );
     assert!(text.contains("weft_api_http_request_duration_seconds_bucket"), "{text}");
+}
+
+/// Waits (bounded) until `check` holds for the reply to a GET.
+async fn eventually(api: &Api, uri: &str, check: impl Fn(&Reply) -> bool) -> Reply {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = api.call(Method::GET, uri, None).await;
+        if check(&r) {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{uri} never satisfied the check; last: {} {}", r.status, r.body);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn gets_follow_writes_made_through_another_api_process(pool: PgPool) {
+    let api = Api::new(pool.clone()).await;
+    // Another API process on the same database: its commits do not wake this one directly.
+    let other = Store::from_pool(pool);
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
+    // Once the cache has caught up with this process's writes, GETs come from it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while api.state.cache.revision().unwrap_or(0) < *api.store.local_commits().borrow() {
+        assert!(std::time::Instant::now() < deadline, "the cache never caught up");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    let write = |body: serde_json::Value| {
+        let other = other.clone();
+        async move {
+            let mut txn = other.begin().await.unwrap();
+            let resource = weft_model::Resource::from_json(weft_model::Kind::SecurityGroup, body.clone()).unwrap();
+            let key = weft_store::ObjectKey::Name { project: Some("p".into()), name: "x".into() };
+            let exists = other.get(weft_model::Kind::SecurityGroup, &key).await.unwrap().is_some();
+            if exists {
+                txn.replace(weft_model::Kind::SecurityGroup, &key, resource, None).await.unwrap();
+            } else {
+                txn.create(resource).await.unwrap();
+            }
+            txn.commit().await.unwrap()
+        }
+    };
+    let created = write(json!({"name": "x", "project": "p", "labels": {"v": "1"}})).await;
+    let hits_before = api.state.metrics.cache_hits.get();
+    let r = eventually(&api, "/v1/security-groups/p/x", |r| r.status == StatusCode::OK).await;
+    assert_eq!(r.body["revision"].as_i64(), Some(created));
+    assert_eq!(r.headers[header::ETAG], format!("\"{created}\""));
+
+    write(json!({"name": "x", "project": "p", "labels": {"v": "2"}})).await;
+    eventually(&api, "/v1/security-groups/p/x", |r| r.body["labels"]["v"] == "2").await;
+
+    let mut txn = other.begin().await.unwrap();
+    let key = weft_store::ObjectKey::Name { project: Some("p".into()), name: "x".into() };
+    txn.delete(weft_model::Kind::SecurityGroup, &key, false, None).await.unwrap();
+    txn.commit().await.unwrap();
+    eventually(&api, "/v1/security-groups/p/x", |r| r.status == StatusCode::NOT_FOUND).await;
+    assert!(api.state.metrics.cache_hits.get() > hits_before, "the GETs were answered from the cache");
+
+    // and a write through this process is read back at once, whatever the cache knows
+    let r = api.call(Method::POST, "/v1/security-groups", Some(json!({"name": "y", "project": "p"}))).await;
+    let got = api.call(Method::GET, "/v1/security-groups/p/y", None).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["revision"], r.body["revision"]);
 }

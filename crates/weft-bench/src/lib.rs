@@ -162,6 +162,16 @@ async fn pgbench(url: &str, args: &[&str], script: Option<&str>) -> Result<f64, 
     pgbench_tps(&text).ok_or_else(|| BenchError::Other(format!("pgbench gave no tps:\n{text}")))
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct PgbenchFigures {
+    /// `pgbench -S -M prepared`: a primary-key select per transaction.
+    pub select: f64,
+    /// Insert one row and one change-log row, into two bare tables.
+    pub insert_minimal: f64,
+    /// The same two rows into weft's own `objects` and `changes` tables.
+    pub insert_same_tables: f64,
+}
+
 /// Every figure of one run.
 #[derive(Debug)]
 pub struct ApiReport {
@@ -169,9 +179,8 @@ pub struct ApiReport {
     /// `wrk` or the built-in client.
     pub load_generator: &'static str,
     pub get_by_id: Rate,
-    pub pgbench_select: f64,
     pub create_group: Rate,
-    pub pgbench_insert: f64,
+    pub pgbench: PgbenchFigures,
     pub list_page: Rate,
     pub ports: usize,
     pub ready_after: Option<Duration>,
@@ -181,30 +190,22 @@ impl std::fmt::Display for ApiReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         writeln!(f, "weft bench api: {} clients, load from {}", self.clients, self.load_generator)?;
-        writeln!(f, "{:<44} {:>10} {:>10} {:>10} {:>12}", "workload", "req/s", "p50 ms", "p99 ms", "vs pgbench")?;
+        writeln!(f, "{:<48} {:>10} {:>10} {:>10} {:>12}", "workload", "req/s", "p50 ms", "p99 ms", "weft/pgbench")?;
+        let pg = &self.pgbench;
+        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, r: &Rate| {
+            writeln!(f, "{:<48} {:>10.0} {:>10.2} {:>10.2}", name, r.per_second(), ms(r.p50), ms(r.p99))
+        };
+        let vs = |f: &mut std::fmt::Formatter<'_>, name: &str, tps: f64, r: &Rate| {
+            writeln!(f, "  {:<46} {:>10.0} {:>21} {:>11.0}%", name, tps, "", 100.0 * r.per_second() / tps)
+        };
+        row(f, "GET /v1/security-groups/{id}", &self.get_by_id)?;
+        vs(f, "pgbench -S -M prepared", pg.select, &self.get_by_id)?;
+        row(f, "POST /v1/security-groups", &self.create_group)?;
+        vs(f, "pgbench: object + change rows, weft's tables", pg.insert_same_tables, &self.create_group)?;
+        vs(f, "pgbench: object + change rows, bare tables", pg.insert_minimal, &self.create_group)?;
         writeln!(
             f,
-            "{:<44} {:>10.0} {:>10.2} {:>10.2} {:>11.0}%",
-            "GET /v1/security-groups/{id}",
-            self.get_by_id.per_second(),
-            ms(self.get_by_id.p50),
-            ms(self.get_by_id.p99),
-            100.0 * self.get_by_id.per_second() / self.pgbench_select
-        )?;
-        writeln!(f, "{:<44} {:>10.0}", "  pgbench -S -M prepared (same clients)", self.pgbench_select)?;
-        writeln!(
-            f,
-            "{:<44} {:>10.0} {:>10.2} {:>10.2} {:>11.0}%",
-            "POST /v1/security-groups",
-            self.create_group.per_second(),
-            ms(self.create_group.p50),
-            ms(self.create_group.p99),
-            100.0 * self.create_group.per_second() / self.pgbench_insert
-        )?;
-        writeln!(f, "{:<44} {:>10.0}", "  pgbench: insert row + change-log row", self.pgbench_insert)?;
-        writeln!(
-            f,
-            "{:<44} {:>10.0} {:>10.2} {:>10.2}",
+            "{:<48} {:>10.0} {:>10.2} {:>10.2}",
             format!("GET /v1/ports?limit=500 (of {})", self.ports),
             self.list_page.per_second(),
             ms(self.list_page.p50),
@@ -358,14 +359,13 @@ async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, Benc
     };
 
     tracing::info!("pgbench");
-    let (pgbench_select, pgbench_insert) = pgbench_figures(&config.database_url, n, config.duration).await?;
+    let pgbench = pgbench_figures(&config.database_url, n, config.duration).await?;
     Ok(ApiReport {
         clients: n,
         load_generator: if wrk.is_some() { "wrk (2 threads)" } else { "the built-in client" },
         get_by_id,
-        pgbench_select,
         create_group,
-        pgbench_insert,
+        pgbench,
         list_page,
         ports: config.ports,
         ready_after,
@@ -467,11 +467,15 @@ async fn time_ready(exe: &PathBuf, url: &str) -> Result<Duration, BenchError> {
     Ok(ready)
 }
 
-async fn pgbench_figures(admin_url: &str, clients: usize, duration: Duration) -> Result<(f64, f64), BenchError> {
+/// pgbench's figures on fresh databases: `-S -M prepared`, a minimal "insert one row and one
+/// change-log row" on two bare tables, and the same two rows written into weft's own tables
+/// (every index weft's schema has): the last isolates what the API adds on top of PostgreSQL.
+async fn pgbench_figures(admin_url: &str, clients: usize, duration: Duration) -> Result<PgbenchFigures, BenchError> {
     let db = BenchDb::create(admin_url, "pgbench").await?;
     let result = async {
         let c = clients.to_string();
         let t = duration.as_secs().max(1).to_string();
+        let run = ["-M", "prepared", "-c", &c, "-j", "2", "-T", &t, "-n"];
         pgbench(&db.url, &["-i", "-q", "-s", "10"], None).await.ok();
         let select = pgbench(&db.url, &["-S", "-M", "prepared", "-c", &c, "-j", "2", "-T", &t, "-n"], None).await?;
         let mut conn = sqlx::PgConnection::connect(&db.url).await?;
@@ -481,13 +485,35 @@ async fn pgbench_figures(admin_url: &str, clients: usize, duration: Duration) ->
         )
         .execute(&mut conn)
         .await?;
-        let script = "\\set n random(1, 1000000000)\n\
+        let minimal = "\\set n random(1, 1000000000)\n\
             BEGIN;\n\
             INSERT INTO bench_objects VALUES (gen_random_uuid(), 'g-' || :n || '-' || :client_id, '{\"name\":\"g\",\"project\":\"bench\",\"rules\":[]}');\n\
             INSERT INTO bench_changes (id, body) VALUES (gen_random_uuid(), '{\"name\":\"g\",\"project\":\"bench\",\"rules\":[]}');\n\
             END;\n";
-        let insert = pgbench(&db.url, &["-M", "prepared", "-c", &c, "-j", "2", "-T", &t, "-n"], Some(script)).await?;
-        Ok::<_, BenchError>((select, insert))
+        let insert_minimal = pgbench(&db.url, &run, Some(minimal)).await?;
+        drop(conn);
+
+        let schema = BenchDb::create(admin_url, "schema").await?;
+        let store = weft_store::Store::connect(&schema.url, 2).await?;
+        store.migrate().await?;
+        let mut txn = store.begin().await?;
+        txn.create(weft_model::Resource::Project(weft_model::Project { name: "bench".into(), ..Default::default() }))
+            .await?;
+        txn.commit().await?;
+        let project: uuid::Uuid = sqlx::query_scalar("SELECT id FROM objects WHERE kind = 'project'")
+            .fetch_one(store.pool())
+            .await?;
+        store.pool().close().await;
+        let same_tables = format!(
+            "\\set n random(1, 1000000000)\n\
+            BEGIN;\n\
+            INSERT INTO objects (id, kind, project_id, scope, name, labels, body, revision, created_at, updated_at) VALUES (gen_random_uuid(), 'security-group', '{project}', '{project}', 'g-' || :n || '-' || :client_id, '{{}}', '{{\"name\":\"g\",\"project\":\"bench\",\"rules\":[]}}', nextval('revisions'), now(), now());\n\
+            INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) VALUES (currval('revisions'), 0, 'security-group', gen_random_uuid(), 'put', '{{\"name\":\"g\",\"project\":\"bench\",\"rules\":[]}}', now(), now());\n\
+            END;\n"
+        );
+        let insert_same_tables = pgbench(&schema.url, &run, Some(&same_tables)).await;
+        schema.drop().await;
+        Ok::<_, BenchError>(PgbenchFigures { select, insert_minimal, insert_same_tables: insert_same_tables? })
     }
     .await;
     db.drop().await;

@@ -123,28 +123,36 @@ impl Store {
     /// caller has not seen.
     pub async fn changes_since(&self, since: i64, max_revisions: i64) -> Result<ChangePage> {
         let horizon = self.safe_horizon().await?;
+        self.changes_until(since, horizon, max_revisions).await
+    }
+
+    /// As [`Store::changes_since`], for a caller that already knows a safe horizon (from
+    /// [`Store::revision_watch`]).
+    pub async fn changes_until(&self, since: i64, horizon: i64, max_revisions: i64) -> Result<ChangePage> {
         let up_to = horizon.min(since.saturating_add(max_revisions.max(1))).max(since);
-        // One snapshot for the compaction mark and the rows, so that a compaction running
-        // between the two cannot hide entries.
-        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let compacted: i64 = sqlx::query_scalar("SELECT compacted FROM revision_state").fetch_one(&mut *tx).await?;
-        if since < compacted {
-            return Err(StoreError::Compacted { requested: since, compacted });
-        }
+        // One statement, so one snapshot for the compaction mark and the rows: a compaction
+        // running meanwhile cannot hide entries. The mark comes on every row, or alone.
         let rows = sqlx::query(
-            "SELECT revision, seq, kind, id, op, body::text AS body, created_at, updated_at FROM changes \
-             WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq",
+            "SELECT m.compacted, c.revision, c.seq, c.kind, c.id, c.op, c.body::text AS body, c.created_at, c.updated_at \
+             FROM revision_state m LEFT JOIN changes c ON c.revision > $1 AND c.revision <= $2 \
+             ORDER BY c.revision, c.seq",
         )
         .bind(since)
         .bind(up_to)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
+        let compacted: i64 = match rows.first() {
+            Some(row) => row.try_get("compacted")?,
+            None => 0,
+        };
+        if since < compacted {
+            return Err(StoreError::Compacted { requested: since, compacted });
+        }
         let mut changes = Vec::with_capacity(rows.len());
         for row in rows {
+            let Some(revision) = row.try_get::<Option<i64>, _>("revision")? else { continue };
             let kind: String = row.try_get("kind")?;
             let op: String = row.try_get("op")?;
-            let revision: i64 = row.try_get("revision")?;
             let id: Uuid = row.try_get("id")?;
             changes.push(Change {
                 revision,
