@@ -100,42 +100,7 @@ where
     Ok(rate(all, start.elapsed()))
 }
 
-/// A database created for the bench and dropped at the end.
-struct BenchDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl BenchDb {
-    async fn create(admin_url: &str, tag: &str) -> Result<BenchDb, BenchError> {
-        let name = format!("weft_bench_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
-        Ok(BenchDb { admin_url: admin_url.to_string(), url: with_database(admin_url, &name), name })
-    }
-
-    async fn drop(self) {
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-                .execute(&mut conn)
-                .await;
-        }
-    }
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
-    match query {
-        Some(q) => format!("{}/{name}?{q}", &base[..host_end]),
-        None => format!("{}/{name}", &base[..host_end]),
-    }
-}
+use weft_store::admin::ScratchDatabase as BenchDb;
 
 /// Parses pgbench's "tps = N (without initial connection time)".
 fn pgbench_tps(output: &str) -> Option<f64> {
@@ -224,9 +189,9 @@ impl std::fmt::Display for ApiReport {
 }
 
 pub async fn api(config: ApiBenchConfig) -> Result<ApiReport, BenchError> {
-    let db = BenchDb::create(&config.database_url, "api").await?;
+    let db = BenchDb::create(&config.database_url, "weft_bench_api").await?;
     let result = api_on(&config, &db).await;
-    db.drop().await;
+    db.drop_database().await;
     result
 }
 
@@ -471,7 +436,7 @@ async fn time_ready(exe: &PathBuf, url: &str) -> Result<Duration, BenchError> {
 /// change-log row" on two bare tables, and the same two rows written into weft's own tables
 /// (every index weft's schema has): the last isolates what the API adds on top of PostgreSQL.
 async fn pgbench_figures(admin_url: &str, clients: usize, duration: Duration) -> Result<PgbenchFigures, BenchError> {
-    let db = BenchDb::create(admin_url, "pgbench").await?;
+    let db = BenchDb::create(admin_url, "weft_bench_pgbench").await?;
     let result = async {
         let c = clients.to_string();
         let t = duration.as_secs().max(1).to_string();
@@ -493,7 +458,7 @@ async fn pgbench_figures(admin_url: &str, clients: usize, duration: Duration) ->
         let insert_minimal = pgbench(&db.url, &run, Some(minimal)).await?;
         drop(conn);
 
-        let schema = BenchDb::create(admin_url, "schema").await?;
+        let schema = BenchDb::create(admin_url, "weft_bench_schema").await?;
         let store = weft_store::Store::connect(&schema.url, 2).await?;
         store.migrate().await?;
         let mut txn = store.begin().await?;
@@ -512,10 +477,10 @@ async fn pgbench_figures(admin_url: &str, clients: usize, duration: Duration) ->
             END;\n"
         );
         let insert_same_tables = pgbench(&schema.url, &run, Some(&same_tables)).await;
-        schema.drop().await;
+        schema.drop_database().await;
         Ok::<_, BenchError>(PgbenchFigures { select, insert_minimal, insert_same_tables: insert_same_tables? })
     }
     .await;
-    db.drop().await;
+    db.drop_database().await;
     result
 }

@@ -38,6 +38,7 @@
 //! other processes through one coalesced NOTIFY sent after the commit (and polling, should a
 //! notification be lost).
 
+pub mod admin;
 mod changes;
 pub mod embedded;
 mod error;

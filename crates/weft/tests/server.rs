@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_testkit::TestDatabase;
-
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 fn free_port() -> u16 {
@@ -128,7 +126,7 @@ async fn server_runs_its_own_postgres_and_stops_it() {
 
 #[tokio::test]
 async fn client_verbs_round_trip_and_report_errors() {
-    let db = TestDatabase::create().await;
+    let db = weft_testkit::fresh_database().await;
     let data_dir = temp_dir("cli");
     let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
     let ok = |args: &[&str]| {
@@ -220,7 +218,7 @@ async fn client_verbs_round_trip_and_report_errors() {
 
 #[tokio::test]
 async fn rest_api_over_tls() {
-    let db = TestDatabase::create().await;
+    let db = weft_testkit::fresh_database().await;
     let data_dir = temp_dir("tls");
     let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     std::fs::write(data_dir.join("ca.pem"), ca.cert.pem()).unwrap();
