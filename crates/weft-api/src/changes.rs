@@ -100,6 +100,7 @@ async fn stream(
                     changed = revisions.wait_for(|r| *r > since) => Some(changed.is_ok()),
                     _ = tokio::time::sleep(HEARTBEAT) => None,
                     _ = tx.closed() => return Ok(()),
+                    _ = state.stopped() => return Ok(()),
                 };
                 match woken {
                     Some(true) => break,

@@ -66,6 +66,9 @@ pub struct AppState {
     /// Every object, for GETs without a database round trip.
     pub cache: Arc<cache::ObjectCache>,
     pub grpc_address: Option<String>,
+    /// Set when the server begins to shut down: long-lived responses (watch streams) end, so
+    /// that draining the open requests finishes.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
         let cache = Arc::new(cache::ObjectCache::default());
         cache.spawn_follower(store.clone(), revisions.clone());
         Ok(AppState {
+            stopping: Arc::new(watch::channel(false).0),
             cache,
             store,
             auth_enabled: config.auth_enabled,
@@ -82,6 +86,18 @@ impl AppState {
             revisions,
             grpc_address: config.grpc_address,
         })
+    }
+}
+
+impl AppState {
+    /// Ends the watch streams; the server stops accepting and drains the rest.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Completes once shutdown has begun.
+    pub async fn stopped(&self) {
+        let _ = self.stopping.subscribe().wait_for(|s| *s).await;
     }
 }
 

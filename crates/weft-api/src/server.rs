@@ -13,6 +13,9 @@ use weft_store::embedded::{EmbeddedError, PrivatePostgres};
 
 use crate::{AppState, Config, router, tls};
 
+/// How long open requests may take to finish once shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -90,23 +93,44 @@ async fn serve_with_database(
         .await
         .map_err(io(format!("cannot listen on {}", config.listen)))?;
     let local = listener.local_addr().map_err(io("local address"))?;
-    let app = router(state);
+    let app = router(state.clone());
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %format!("{scheme}://{local}"), "REST API listening");
     if let Some(ready) = ready {
         let _ = ready.send(local);
     }
-    let served = match &config.tls {
-        Some(files) => {
-            let listener = tls::TlsListener::new(listener, files)?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let signal = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.begin_shutdown();
         }
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    };
+    let serving = async {
+        match &config.tls {
+            Some(files) => {
+                let listener = tls::TlsListener::new(listener, files)?;
+                axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(io("serving HTTPS"))
+            }
+            None => axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(io("serving HTTP")),
+        }
+    };
+    // Open requests get DRAIN_TIMEOUT to finish once shutdown begins; then they are dropped.
+    let drain_expired = async {
+        state.stopped().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        _ = drain_expired => {
+            tracing::warn!("open requests did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
+            Ok(())
+        }
     };
     let _ = stop_tx.send(true);
     let _ = compactor.await;
     store.pool().close().await;
-    served.map_err(io("serving HTTP"))
+    served
 }
 
 /// On a database without tokens, creates the admin token and writes it to

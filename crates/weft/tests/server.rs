@@ -109,7 +109,15 @@ async fn server_runs_its_own_postgres_and_stops_it() {
 
     let cluster = PathBuf::from(std::fs::read_to_string(data_dir.join("postgres.location")).unwrap().trim());
     assert!(cluster.join("data/postmaster.pid").exists(), "the private PostgreSQL runs");
+    // A watch stream left open does not hold the shutdown up.
+    let client = weft_client::Client::new(&server.url, Some(token.clone()), None).unwrap();
+    let mut watch = Box::pin(client.changes(0, true).await.unwrap());
+    use futures::StreamExt;
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.op, "put");
+    let started = Instant::now();
     let status = server.stop();
+    assert!(started.elapsed() < weft_api::server::DRAIN_TIMEOUT, "shutdown waited for the open watch");
     assert!(status.success(), "exit status {status}");
     assert!(!cluster.join("data/postmaster.pid").exists(), "the private PostgreSQL was stopped");
 
