@@ -36,4 +36,13 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 echo "tests use PostgreSQL at ${DATABASE_URL%%\?*}" >&2
 
-cargo test --workspace --all-targets "$@"
+log=$(mktemp /tmp/weft-test-log.XXXXXX)
+set +e
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: cargo prints a result per test binary.
+awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"

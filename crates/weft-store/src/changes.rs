@@ -76,6 +76,9 @@ impl ChangePage {
 /// follower's delay, and what bounds its cost under load.
 const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(5);
 
+/// After this long waiting for in-flight transactions, the horizon follower says so in the log.
+const LONG_TRANSACTION: Duration = Duration::from_secs(5);
+
 /// How long a horizon computation waits, between checks, for in-flight transactions to end.
 const IN_FLIGHT_CHECK: Duration = Duration::from_micros(200);
 
@@ -101,6 +104,8 @@ impl Store {
         // 3. Wait until each has ended: its session no longer holds that xid.
         let (pids, xids): (Vec<i32>, Vec<String>) = running.into_iter().unzip();
         let mut pause = IN_FLIGHT_CHECK;
+        let started = std::time::Instant::now();
+        let mut warned = false;
         loop {
             let still: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity a JOIN unnest($1::int[], $2::text[]) AS r(pid, xid) \
@@ -112,6 +117,13 @@ impl Store {
             .await?;
             if still == 0 {
                 return Ok(last);
+            }
+            if !warned && started.elapsed() > LONG_TRANSACTION {
+                warned = true;
+                tracing::warn!(
+                    sessions = ?pids,
+                    "followers of the change log are waiting for long transactions in weft's database to end"
+                );
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));

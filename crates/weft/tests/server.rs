@@ -257,3 +257,18 @@ async fn rest_api_over_tls() {
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test]
+async fn insecure_no_auth_serves_without_tokens_and_says_so() {
+    let db = weft_testkit::fresh_database().await;
+    let data_dir = temp_dir("noauth");
+    let server = Server::start(Some(&db.url), &data_dir, &["--insecure-no-auth"], "http").await;
+    assert!(server.log().contains("authentication is OFF"), "{}", server.log());
+    assert!(!data_dir.join("admin.token").exists(), "no token is made when nobody needs one");
+    let client = weft_client::Client::new(&server.url, None, None).unwrap();
+    let info = client.info().await.unwrap();
+    assert!(info.revision >= 0);
+    assert!(server.stop().success());
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
