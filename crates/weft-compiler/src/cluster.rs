@@ -1,0 +1,154 @@
+//! The compiler's input: the projects, ports and security groups it has been told about, kept
+//! by id with name indexes, and the one question every other part asks of them — which groups
+//! apply to a port.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use uuid::Uuid;
+use weft_model::{Direction, ObjectRef, Port, Project, SecurityGroup};
+
+/// One change of the input, with the revision it came in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    UpsertProject(Project),
+    DeleteProject(Uuid),
+    UpsertPort(Port),
+    DeletePort(Uuid),
+    UpsertGroup(SecurityGroup),
+    DeleteGroup(Uuid),
+}
+
+/// A reference that does not resolve (yet): reported, never fatal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Dangling {
+    /// A port names a group that is not known.
+    PortGroup { port: Uuid, group: String },
+    /// A rule's remote names a group that is not known.
+    RuleGroup { group: Uuid, rule: Uuid, remote: String },
+    /// An object's project is not known.
+    Project { object: Uuid, project: String },
+    /// An upsert without an id: ignored.
+    NoId { kind: &'static str, name: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    pub(crate) projects: BTreeMap<Uuid, Project>,
+    pub(crate) project_by_name: BTreeMap<String, Uuid>,
+    pub(crate) ports: BTreeMap<Uuid, Port>,
+    pub(crate) groups: BTreeMap<Uuid, SecurityGroup>,
+    pub(crate) group_by_name: BTreeMap<(String, String), Uuid>,
+    pub(crate) revision: i64,
+    /// Upserts that could not be taken (no id).
+    pub(crate) rejected: Vec<Dangling>,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The revision of the last change applied.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn apply(&mut self, revision: i64, change: Change) {
+        self.revision = self.revision.max(revision);
+        match change {
+            Change::UpsertProject(p) => {
+                let Some(id) = p.id else {
+                    self.rejected.push(Dangling::NoId { kind: "project", name: p.name });
+                    return;
+                };
+                if let Some(old) = self.projects.get(&id) {
+                    self.project_by_name.remove(&old.name);
+                }
+                self.project_by_name.insert(p.name.clone(), id);
+                self.projects.insert(id, p);
+            }
+            Change::DeleteProject(id) => {
+                if let Some(old) = self.projects.remove(&id) {
+                    self.project_by_name.remove(&old.name);
+                }
+            }
+            Change::UpsertPort(p) => {
+                let Some(id) = p.id else {
+                    self.rejected.push(Dangling::NoId { kind: "port", name: p.name });
+                    return;
+                };
+                self.ports.insert(id, p);
+            }
+            Change::DeletePort(id) => {
+                self.ports.remove(&id);
+            }
+            Change::UpsertGroup(g) => {
+                let Some(id) = g.id else {
+                    self.rejected.push(Dangling::NoId { kind: "security-group", name: g.name });
+                    return;
+                };
+                if let Some(old) = self.groups.get(&id) {
+                    self.group_by_name.remove(&(old.project.clone(), old.name.clone()));
+                }
+                self.group_by_name.insert((g.project.clone(), g.name.clone()), id);
+                self.groups.insert(id, g);
+            }
+            Change::DeleteGroup(id) => {
+                if let Some(old) = self.groups.remove(&id) {
+                    self.group_by_name.remove(&(old.project, old.name));
+                }
+            }
+        }
+    }
+
+    pub fn port(&self, id: &Uuid) -> Option<&Port> {
+        self.ports.get(id)
+    }
+
+    pub fn group(&self, id: &Uuid) -> Option<&SecurityGroup> {
+        self.groups.get(id)
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = (&Uuid, &Port)> {
+        self.ports.iter()
+    }
+
+    pub fn project_by_name(&self, name: &str) -> Option<&Project> {
+        self.project_by_name.get(name).and_then(|id| self.projects.get(id))
+    }
+
+    /// A group reference (`name` or `project/name`) made from `own_project`.
+    pub fn resolve_group(&self, own_project: &str, reference: &str) -> Option<Uuid> {
+        let r = ObjectRef::parse(reference).ok()?;
+        self.group_by_name.get(&(r.project_or(own_project).to_string(), r.name.to_string())).copied()
+    }
+
+    /// DESIGN.md §4's applied(P): the groups P names, plus every group of P's project whose
+    /// selector matches P's labels. Unknown names are left out (and reported by the compiler).
+    pub fn applied(&self, port: &Port) -> BTreeSet<Uuid> {
+        let mut applied: BTreeSet<Uuid> = port
+            .security_groups
+            .iter()
+            .flatten()
+            .filter_map(|reference| self.resolve_group(&port.project, reference))
+            .collect();
+        let from = (port.project.clone(), String::new());
+        for ((project, _), id) in self.group_by_name.range(from..) {
+            if *project != port.project {
+                break;
+            }
+            if let Some(selector) = self.groups.get(id).and_then(|g| g.selector.as_ref())
+                && selector.matches(&port.labels)
+            {
+                applied.insert(*id);
+            }
+        }
+        applied
+    }
+
+    /// The groups of applied(P) that isolate direction `d`.
+    pub fn isolating(&self, applied: &BTreeSet<Uuid>, d: Direction) -> Vec<Uuid> {
+        applied.iter().copied().filter(|g| self.groups.get(g).is_some_and(|g| g.policy_types.contains(&d))).collect()
+    }
+}

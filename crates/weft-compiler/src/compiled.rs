@@ -1,0 +1,177 @@
+//! The compiled form of DESIGN.md §5: what an agent receives for its node. Plain data with a
+//! deterministic order (BTreeMap/BTreeSet everywhere), so the same input gives the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use weft_model::{LabelSelector, NamedPort};
+
+/// Which address families a rule covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    V4,
+    V6,
+    Both,
+}
+
+impl Family {
+    pub fn covers(self, addr: &IpAddr) -> bool {
+        matches!((self, addr), (Family::Both, _) | (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)))
+    }
+}
+
+/// The name of an address set: derived from its definition, so it is the same on every run and
+/// every controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SetId(pub u128);
+
+impl fmt::Display for SetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{:032x}", self.0)
+    }
+}
+
+impl SetId {
+    /// FNV-1a (128 bits) of the definition's canonical JSON: stable across releases, platforms
+    /// and restarts, and simple enough for any tool to recompute.
+    pub fn of(definition: &SetDefinition) -> SetId {
+        let text = serde_json::to_string(definition).unwrap_or_default();
+        let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+        for b in text.bytes() {
+            hash ^= u128::from(b);
+            hash = hash.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+        }
+        SetId(hash)
+    }
+}
+
+/// Which ports (or addresses) a set is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Every known port.
+    All,
+    /// A prefix minus exceptions.
+    Cidr { cidr: IpNet, except: Vec<IpNet> },
+    /// The ports a security group applies to.
+    GroupMembers { group: Uuid },
+    /// Ports matching `ports`, in projects matching `projects`, or in `project` when absent.
+    Selector { project: String, ports: LabelSelector, projects: Option<LabelSelector> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetDefinition {
+    /// The addresses of the selection (for a CIDR: its prefixes).
+    Addresses(Selection),
+    /// (address, port) of the selected ports that define the named port with this protocol:
+    /// an egress rule's named port, resolved per destination.
+    NamedPorts { selection: Selection, name: String, protocol: u8 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetMembers {
+    Addresses(BTreeSet<IpAddr>),
+    Prefixes(Vec<IpNet>),
+    Pairs(BTreeSet<(IpAddr, u16)>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressSet {
+    pub definition: SetDefinition,
+    pub members: SetMembers,
+}
+
+impl AddressSet {
+    pub fn contains(&self, addr: &IpAddr) -> bool {
+        match &self.members {
+            SetMembers::Addresses(a) => a.contains(addr),
+            SetMembers::Prefixes(p) => p.iter().any(|n| n.contains(addr)),
+            SetMembers::Pairs(_) => false,
+        }
+    }
+
+    pub fn contains_pair(&self, addr: &IpAddr, port: u16) -> bool {
+        matches!(&self.members, SetMembers::Pairs(p) if p.contains(&(*addr, port)))
+    }
+}
+
+/// What a rule matches above IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum L4Match {
+    /// Any port (or a protocol without ports).
+    All,
+    /// Destination port ranges, inclusive, sorted and merged.
+    Ranges(Vec<(u16, u16)>),
+    /// An ingress named port: resolved against the local port's own `named_ports`.
+    Named(String),
+    Icmp {
+        icmp_type: u8,
+        code: Option<u8>,
+    },
+}
+
+/// The other side of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteMatch {
+    Any,
+    /// The remote address is in the set.
+    Set(SetId),
+    /// The egress destination (address, port) is in the pair set (named ports).
+    Pairs(SetId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledRule {
+    /// The rule this came from (a rule with several kinds of port entries compiles to several).
+    pub rule: Uuid,
+    pub family: Family,
+    /// IP protocol number; `None` for any.
+    pub protocol: Option<u8>,
+    pub l4: L4Match,
+    pub remote: RemoteMatch,
+}
+
+/// A group's rules for the directions it isolates, shared by every port it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledGroup {
+    pub project: String,
+    pub name: String,
+    pub ingress: Vec<CompiledRule>,
+    pub egress: Vec<CompiledRule>,
+}
+
+/// One direction of a port: open (no group isolates it) or the groups whose rules allow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    Open,
+    Isolated(Vec<Uuid>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPolicy {
+    pub project: String,
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub interface: String,
+    pub named_ports: BTreeMap<String, NamedPort>,
+    pub ingress: Isolation,
+    pub egress: Isolation,
+}
+
+/// Everything one node needs, and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpan {
+    pub ports: BTreeMap<Uuid, PortPolicy>,
+    pub groups: BTreeMap<Uuid, CompiledGroup>,
+    pub sets: BTreeMap<SetId, AddressSet>,
+}

@@ -1,0 +1,27 @@
+//! weft's ACL compiler: projects (with labels), ports and security groups in; per node, the
+//! compiled form of DESIGN.md §5 out, implementing the semantics of §4. Pure: no I/O, no async.
+//!
+//! ```text
+//!   Change (upsert/delete, revision) ─► Cluster ─► compile() ─► node ─► NodeSpan
+//!                                                                       ├ ports: PortPolicy (isolation per direction)
+//!                                                                       ├ groups: CompiledGroup (rules, shared)
+//!                                                                       └ sets: AddressSet (by definition, shared)
+//!   eval::side(span, port, direction, packet) ─► Open | Allowed{group, rule} | Denied
+//! ```
+
+pub mod cidr;
+mod cluster;
+mod compile;
+pub mod compiled;
+pub mod eval;
+mod explain;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod reference;
+
+pub use cluster::{Change, Cluster, Dangling};
+pub use compile::{Compiled, compile};
+pub use compiled::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
+pub use eval::{Packet, Side};
+pub use explain::{AlwaysAllowed, Endpoint, Explanation};

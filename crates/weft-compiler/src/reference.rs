@@ -1,0 +1,149 @@
+//! DESIGN.md §4 as plain code, for tests only: no index, no caching, no compiled form. Every
+//! sentence of §4 maps to a few lines here; the compiler is checked against it.
+
+use std::net::IpAddr;
+
+use uuid::Uuid;
+use weft_model::{Direction, Ethertype, ObjectRef, Port, PortMatch, Remote, Rule, SecurityGroup};
+
+use crate::cluster::Cluster;
+use crate::eval::{Packet, is_neighbour_discovery};
+use crate::explain::Endpoint;
+
+/// Whether `packet` from `src` to `dst` is allowed.
+pub fn allowed(c: &Cluster, src: &Endpoint, dst: &Endpoint, packet: &Packet) -> bool {
+    // Always allowed: a port's traffic to itself, IPv6 neighbour discovery, a port and its node.
+    if let (Endpoint::Port(a), Endpoint::Port(b)) = (src, dst)
+        && a == b
+    {
+        return true;
+    }
+    if is_neighbour_discovery(packet) {
+        return true;
+    }
+    let on_node = |p: &Uuid, node: &str| c.ports.get(p).is_some_and(|p| p.node.as_deref() == Some(node));
+    match (src, dst) {
+        (Endpoint::Port(p), Endpoint::Node { name, .. }) | (Endpoint::Node { name, .. }, Endpoint::Port(p))
+            if on_node(p, name) =>
+        {
+            return true;
+        }
+        _ => {}
+    }
+    // A connection from A to B is allowed iff A's egress allows it and B's ingress allows it.
+    let egress = match src {
+        Endpoint::Port(a) => side_allows(c, a, Direction::Egress, packet, dst),
+        _ => true,
+    };
+    let ingress = match dst {
+        Endpoint::Port(b) => side_allows(c, b, Direction::Ingress, packet, src),
+        _ => true,
+    };
+    egress && ingress
+}
+
+/// Whether P names G explicitly.
+fn names(port: &Port, g: &SecurityGroup) -> bool {
+    port.security_groups
+        .iter()
+        .flatten()
+        .any(|r| ObjectRef::parse(r).is_ok_and(|r| r.project_or(&port.project) == g.project && r.name == g.name))
+}
+
+/// applied(P) = the groups P names explicitly, plus every group of P's project whose selector
+/// matches P's labels.
+fn applied<'a>(c: &'a Cluster, port: &Port) -> Vec<&'a SecurityGroup> {
+    c.groups
+        .values()
+        .filter(|g| {
+            names(port, g)
+                || (g.project == port.project && g.selector.as_ref().is_some_and(|s| s.matches(&port.labels)))
+        })
+        .collect()
+}
+
+fn side_allows(c: &Cluster, p: &Uuid, d: Direction, packet: &Packet, other: &Endpoint) -> bool {
+    let Some(port) = c.ports.get(p) else { return true };
+    // P is isolated in d when some group in applied(P) has d in policy_types; only those
+    // groups speak for d (Kubernetes: a policy only affects the directions it lists).
+    let isolating: Vec<&SecurityGroup> = applied(c, port).into_iter().filter(|g| g.policy_types.contains(&d)).collect();
+    if isolating.is_empty() {
+        return true;
+    }
+    isolating
+        .iter()
+        .any(|g| g.rules.iter().filter(|r| r.direction == d).any(|r| rule_matches(c, g, r, port, d, packet, other)))
+}
+
+fn rule_matches(
+    c: &Cluster,
+    g: &SecurityGroup,
+    rule: &Rule,
+    port: &Port,
+    d: Direction,
+    packet: &Packet,
+    other: &Endpoint,
+) -> bool {
+    // A rule of one family never matches the other.
+    if !rule.effective_ethertype().covers(Ethertype::of_addr(&packet.dst)) {
+        return false;
+    }
+    if rule.protocol.number().is_some_and(|p| p != packet.protocol) {
+        return false;
+    }
+    if let Some(icmp) = rule.icmp {
+        let Some((t, code)) = packet.icmp else { return false };
+        if i64::from(t) != icmp.icmp_type || icmp.code.is_some_and(|c| c != i64::from(code)) {
+            return false;
+        }
+    }
+    if !rule.ports.is_empty() {
+        // A named port is resolved against P on ingress, against the destination on egress
+        // (so only destinations that are known ports can match one).
+        let target: Option<&Port> = match d {
+            Direction::Ingress => Some(port),
+            Direction::Egress => match other {
+                Endpoint::Port(id) => c.ports.get(id),
+                _ => None,
+            },
+        };
+        let hit = rule.ports.iter().any(|p| match p {
+            PortMatch::Single(n) => packet.port.is_some_and(|x| i64::from(x) == *n),
+            PortMatch::Range { from, to } => packet.port.is_some_and(|x| (*from..=*to).contains(&i64::from(x))),
+            PortMatch::Named(name) => target.and_then(|t| t.named_ports.get(name)).is_some_and(|np| {
+                np.protocol.number() == Some(packet.protocol) && packet.port.is_some_and(|x| i64::from(x) == np.port)
+            }),
+        });
+        if !hit {
+            return false;
+        }
+    }
+    let remote = match d {
+        Direction::Ingress => packet.src,
+        Direction::Egress => packet.dst,
+    };
+    remote_contains(c, g, &rule.remote, &remote)
+}
+
+fn remote_contains(c: &Cluster, g: &SecurityGroup, remote: &Remote, addr: &IpAddr) -> bool {
+    let owners = || c.ports.values().filter(move |q| q.ips.contains(addr));
+    match remote {
+        Remote::Any => true,
+        Remote::Cidr { cidr, except } => cidr.contains(addr) && !except.iter().any(|e| e.contains(addr)),
+        // The addresses of all ports to which that group applies.
+        Remote::SecurityGroup { security_group } => {
+            let Ok(r) = ObjectRef::parse(security_group) else { return false };
+            let target = (r.project_or(&g.project), r.name);
+            owners().any(|q| applied(c, q).iter().any(|a| (a.project.as_str(), a.name.as_str()) == target))
+        }
+        // Addresses of ports whose labels match, in projects whose labels match (absent: the
+        // rule's own project).
+        Remote::Selector { ports, projects } => owners().any(|q| {
+            ports.matches(&q.labels)
+                && match projects {
+                    None => q.project == g.project,
+                    Some(sel) => c.project_by_name(&q.project).is_some_and(|p| sel.matches(&p.labels)),
+                }
+        }),
+    }
+}

@@ -1,0 +1,176 @@
+//! The compiler on hand-made clusters: the seed's yelb policy, span contents, determinism and
+//! dangling references.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::net::IpAddr;
+
+use serde_json::json;
+use uuid::Uuid;
+use weft_compiler::compiled::{Selection, SetDefinition};
+use weft_compiler::{Change, Cluster, Dangling, Endpoint, Packet, SetId, compile};
+use weft_model::{Port, Project, SecurityGroup};
+
+fn project(name: &str) -> Change {
+    Change::UpsertProject(Project { id: Some(Uuid::new_v4()), name: name.into(), ..Default::default() })
+}
+
+fn group(body: serde_json::Value) -> (Uuid, Change) {
+    let mut g: SecurityGroup = serde_json::from_value(body).unwrap();
+    let id = Uuid::new_v4();
+    g.id = Some(id);
+    for r in &mut g.rules {
+        r.id = Some(Uuid::new_v4());
+    }
+    (id, Change::UpsertGroup(g))
+}
+
+fn port(name: &str, node: &str, ip: &str, labels: serde_json::Value) -> (Uuid, Change) {
+    let id = Uuid::new_v4();
+    let p = Port {
+        id: Some(id),
+        name: name.into(),
+        project: "k8s-default".into(),
+        node: Some(node.into()),
+        ips: vec![ip.parse().unwrap()],
+        labels: serde_json::from_value(labels).unwrap(),
+        security_groups: Some(vec![]),
+        ..Default::default()
+    };
+    (id, Change::UpsertPort(p))
+}
+
+fn tcp(src: &str, dst: &str, port: u16) -> Packet {
+    Packet { src: src.parse().unwrap(), dst: dst.parse().unwrap(), protocol: 6, port: Some(port), icmp: None }
+}
+
+fn ping(src: &str, dst: &str) -> Packet {
+    Packet { src: src.parse().unwrap(), dst: dst.parse().unwrap(), protocol: 1, port: None, icmp: Some((8, 0)) }
+}
+
+/// The seed's walk-through: default-deny ingress plus four allow policies.
+fn yelb() -> (Cluster, [Uuid; 4]) {
+    let mut c = Cluster::new();
+    let mut rev = 0;
+    let mut apply = |c: &mut Cluster, change| {
+        rev += 1;
+        c.apply(rev, change);
+    };
+    apply(&mut c, project("k8s-default"));
+    let (ui, p) = port("yelb-ui", "node-1", "10.32.1.10", json!({"app": "yelb-ui", "tier": "frontend"}));
+    apply(&mut c, p);
+    let (app, p) =
+        port("yelb-appserver", "node-1", "10.32.1.11", json!({"app": "yelb-appserver", "tier": "middletier"}));
+    apply(&mut c, p);
+    let (db, p) = port("yelb-db", "node-2", "10.32.2.10", json!({"app": "yelb-db", "tier": "backenddb"}));
+    apply(&mut c, p);
+    let (redis, p) = port("redis-server", "node-2", "10.32.2.11", json!({"app": "redis-server", "tier": "cache"}));
+    apply(&mut c, p);
+    let policies = [
+        json!({"name": "default-deny", "project": "k8s-default", "selector": {}, "policy_types": ["ingress"]}),
+        json!({"name": "yelb-ui-in", "project": "k8s-default", "selector": {"matchLabels": {"app": "yelb-ui", "tier": "frontend"}},
+               "policy_types": ["ingress"], "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [80], "remote": {"type": "cidr", "cidr": "0.0.0.0/0"}}]}),
+        json!({"name": "yelb-appserver-in", "project": "k8s-default", "selector": {"matchLabels": {"app": "yelb-appserver", "tier": "middletier"}},
+               "policy_types": ["ingress"], "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [4567], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "yelb-ui", "tier": "frontend"}}}}]}),
+        json!({"name": "yelb-db-in", "project": "k8s-default", "selector": {"matchLabels": {"app": "yelb-db", "tier": "backenddb"}},
+               "policy_types": ["ingress"], "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [5432], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "yelb-appserver", "tier": "middletier"}}}}]}),
+        json!({"name": "redis-server-in", "project": "k8s-default", "selector": {"matchLabels": {"app": "redis-server", "tier": "cache"}},
+               "policy_types": ["ingress"], "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [6379], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "yelb-appserver", "tier": "middletier"}}}}]}),
+    ];
+    for p in policies {
+        let (_, change) = group(p);
+        apply(&mut c, change);
+    }
+    (c, [ui, app, db, redis])
+}
+
+#[test]
+fn the_yelb_policy_allows_the_app_and_nothing_else() {
+    let (c, [ui, app, db, redis]) = yelb();
+    let compiled = compile(&c);
+    let outside = Endpoint::Address("198.51.100.7".parse().unwrap());
+    let check = |src: &Endpoint, dst: &Endpoint, p: Packet| compiled.explain(src, dst, &p).allowed;
+    let (ui_e, app_e, db_e, redis_e) =
+        (Endpoint::Port(ui), Endpoint::Port(app), Endpoint::Port(db), Endpoint::Port(redis));
+    assert!(!check(&ui_e, &db_e, ping("10.32.1.10", "10.32.2.10")), "ping yelb-ui -> yelb-db");
+    assert!(check(&outside, &ui_e, tcp("198.51.100.7", "10.32.1.10", 80)), "outside -> yelb-ui:80");
+    assert!(check(&ui_e, &app_e, tcp("10.32.1.10", "10.32.1.11", 4567)), "yelb-ui -> yelb-appserver:4567");
+    assert!(check(&app_e, &db_e, tcp("10.32.1.11", "10.32.2.10", 5432)), "yelb-appserver -> yelb-db:5432");
+    assert!(check(&app_e, &redis_e, tcp("10.32.1.11", "10.32.2.11", 6379)), "yelb-appserver -> redis:6379");
+    assert!(!check(&ui_e, &db_e, tcp("10.32.1.10", "10.32.2.10", 5432)), "yelb-ui -> yelb-db:5432");
+    assert!(!check(&outside, &app_e, tcp("198.51.100.7", "10.32.1.11", 4567)), "outside -> yelb-appserver:4567");
+    // the node a port runs on always reaches it (kubelet probes)
+    let node2 = Endpoint::Node { name: "node-2".into(), address: "192.168.0.2".parse().unwrap() };
+    let e = compiled.explain(&node2, &db_e, &tcp("192.168.0.2", "10.32.2.10", 9999));
+    assert_eq!(e.always, Some(weft_compiler::AlwaysAllowed::OwnNode));
+    // explain names the group and rule that allowed
+    let e = compiled.explain(&app_e, &db_e, &tcp("10.32.1.11", "10.32.2.10", 5432));
+    let Some(weft_compiler::Side::Allowed { group, .. }) = e.ingress else { panic!("{e:?}") };
+    assert_eq!(c.group(&group).unwrap().name, "yelb-db-in");
+    assert_eq!(e.egress, Some(weft_compiler::Side::Open));
+}
+
+#[test]
+fn a_node_gets_its_own_ports_and_only_what_they_reference() {
+    let (c, [ui, app, db, redis]) = yelb();
+    let compiled = compile(&c);
+    let node1 = &compiled.spans["node-1"];
+    let node2 = &compiled.spans["node-2"];
+    assert_eq!(node1.ports.keys().copied().collect::<Vec<_>>().len(), 2);
+    assert!(node1.ports.contains_key(&ui) && node1.ports.contains_key(&app));
+    assert!(node2.ports.contains_key(&db) && node2.ports.contains_key(&redis));
+    let names = |span: &weft_compiler::NodeSpan| {
+        span.groups.values().map(|g| g.name.clone()).collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(names(node1), ["default-deny", "yelb-appserver-in", "yelb-ui-in"].map(String::from).into());
+    assert_eq!(names(node2), ["default-deny", "redis-server-in", "yelb-db-in"].map(String::from).into());
+    // db and redis both allow from "app=yelb-appserver,tier=middletier": one shared set
+    assert_eq!(node2.sets.len(), 1, "{:?}", node2.sets);
+    let members: Vec<IpAddr> = match &node2.sets.values().next().unwrap().members {
+        weft_compiler::compiled::SetMembers::Addresses(a) => a.iter().copied().collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(members, ["10.32.1.11".parse::<IpAddr>().unwrap()]);
+}
+
+#[test]
+fn output_is_deterministic_and_set_ids_are_stable() {
+    let (c, _) = yelb();
+    let a = serde_json::to_string(&compile(&c).spans).unwrap();
+    let b = serde_json::to_string(&compile(&c.clone()).spans).unwrap();
+    assert_eq!(a, b);
+    // A set's id is a function of its definition alone: fixed across runs and releases.
+    let definition = SetDefinition::Addresses(Selection::Cidr { cidr: "10.0.0.0/8".parse().unwrap(), except: vec![] });
+    assert_eq!(SetId::of(&definition).to_string(), SetId::of(&definition.clone()).to_string());
+    assert_eq!(SetId::of(&definition).to_string(), "s868b22f65a64c5fb2cc354bbb2538138");
+}
+
+#[test]
+fn dangling_references_are_reported_and_resolve_when_the_stream_completes() {
+    let mut c = Cluster::new();
+    c.apply(1, project("k8s-default"));
+    let (p, change) = port("web", "node-1", "10.0.0.5", json!({"app": "web"}));
+    let Change::UpsertPort(mut web) = change else { unreachable!() };
+    web.security_groups = Some(vec!["later".into()]);
+    c.apply(2, Change::UpsertPort(web));
+    let (_, g) =
+        group(json!({"name": "uses-missing", "project": "k8s-default", "selector": {"matchLabels": {"app": "web"}},
+        "rules": [{"direction": "ingress", "remote": {"type": "security_group", "security_group": "later"}}]}));
+    c.apply(3, g);
+    let compiled = compile(&c);
+    assert!(
+        compiled
+            .dangling
+            .iter()
+            .any(|d| matches!(d, Dangling::PortGroup { port, group } if *port == p && group == "later"))
+    );
+    assert!(compiled.dangling.iter().any(|d| matches!(d, Dangling::RuleGroup { remote, .. } if remote == "later")));
+    // once the group arrives, nothing dangles and it applies
+    let (later, g) = group(json!({"name": "later", "project": "k8s-default", "policy_types": ["ingress"]}));
+    c.apply(4, g);
+    let compiled = compile(&c);
+    assert!(compiled.dangling.is_empty(), "{:?}", compiled.dangling);
+    let (_, policy) = compiled.port(&p).unwrap();
+    let weft_compiler::Isolation::Isolated(groups) = &policy.ingress else { panic!() };
+    assert!(groups.contains(&later));
+}
