@@ -10,6 +10,8 @@
 //! The load generator runs in the same process as the server, as pgbench runs beside
 //! PostgreSQL: on a 2-core machine both share the cores with what they measure.
 
+pub mod compiler;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -1,8 +1,9 @@
 //! Compiling a cluster from scratch into every node's span. The incremental compiler must give
 //! exactly what this gives; this is also what it is tested against.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use uuid::Uuid;
 use weft_model::{Direction, Port, PortMatch, Remote, SecurityGroup};
@@ -35,16 +36,53 @@ impl Compiled {
 
 /// A group compiled once, with the sets its rules name.
 struct GroupOutput {
-    group: CompiledGroup,
+    group: Arc<CompiledGroup>,
     sets: Vec<(SetId, SetDefinition)>,
 }
 
+/// Ports of one project with the same labels and the same explicit groups have the same
+/// applied groups: computed once per class, shared by its ports (a dense cluster has few).
+struct Class {
+    applied: BTreeSet<Uuid>,
+    ingress: Isolation,
+    egress: Isolation,
+    ports: Vec<Uuid>,
+}
+
+/// FNV-1a for the compiler's hash maps: its keys are small and not attacker-chosen at this
+/// point (validated objects from the store), and SipHash showed in profiles.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// A node's ports (id, port, class) and the classes they fall in.
+type NodePorts<'a> = (Vec<(Uuid, &'a Port, usize)>, BTreeSet<usize>);
+
+/// A node's groups and sets, shared by every node whose ports fall in the same classes.
+type Tables = (Arc<BTreeMap<Uuid, Arc<CompiledGroup>>>, Arc<BTreeMap<SetId, Arc<AddressSet>>>);
+
 pub fn compile(cluster: &Cluster) -> Compiled {
     let mut out = Compiled { dangling: cluster.rejected.clone(), ..Compiled::default() };
-    let mut applied: BTreeMap<Uuid, BTreeSet<Uuid>> = BTreeMap::new();
-    let mut members: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+    let mut class_of: FastMap<(&str, &weft_model::Labels, Option<&Vec<String>>), usize> = FastMap::default();
+    let mut classes: Vec<Class> = Vec::new();
+    let mut by_node: BTreeMap<Option<&str>, NodePorts> = BTreeMap::new();
     for (id, port) in cluster.ports() {
-        let groups = cluster.applied(port);
         for reference in port.security_groups.iter().flatten() {
             if cluster.resolve_group(&port.project, reference).is_none() {
                 out.dangling.push(Dangling::PortGroup { port: *id, group: reference.clone() });
@@ -53,58 +91,97 @@ pub fn compile(cluster: &Cluster) -> Compiled {
         if cluster.project_by_name(&port.project).is_none() {
             out.dangling.push(Dangling::Project { object: *id, project: port.project.clone() });
         }
-        for g in &groups {
-            members.entry(*g).or_default().push(*id);
-        }
-        applied.insert(*id, groups);
+        let key = (port.project.as_str(), &port.labels, port.security_groups.as_ref());
+        let class = *class_of.entry(key).or_insert_with(|| {
+            let applied = cluster.applied(port);
+            let isolation = |d| {
+                let groups = cluster.isolating(&applied, d);
+                if groups.is_empty() { Isolation::Open } else { Isolation::Isolated(Arc::new(groups)) }
+            };
+            let (ingress, egress) = (isolation(Direction::Ingress), isolation(Direction::Egress));
+            classes.push(Class { applied, ingress, egress, ports: Vec::new() });
+            classes.len() - 1
+        });
+        classes[class].ports.push(*id);
+        let node = by_node.entry(port.node.as_deref()).or_default();
+        node.0.push((*id, port, class));
+        node.1.insert(class);
     }
-    let mut groups: BTreeMap<Uuid, GroupOutput> = BTreeMap::new();
-    let mut sets: BTreeMap<SetId, AddressSet> = BTreeMap::new();
-    for (id, port) in cluster.ports() {
-        let applied = &applied[id];
-        let ingress = cluster.isolating(applied, Direction::Ingress);
-        let egress = cluster.isolating(applied, Direction::Egress);
-        let span = match &port.node {
-            Some(node) => out.spans.entry(node.clone()).or_default(),
-            None => &mut out.unplaced,
-        };
-        for g in ingress.iter().chain(&egress) {
-            let compiled = groups.entry(*g).or_insert_with(|| {
-                let (output, dangling) = compile_group(cluster, *g);
-                out.dangling.extend(dangling);
-                output
-            });
-            span.groups.entry(*g).or_insert_with(|| compiled.group.clone());
-            for (set_id, definition) in &compiled.sets {
-                if !span.sets.contains_key(set_id) {
-                    let set = sets
-                        .entry(*set_id)
-                        .or_insert_with(|| AddressSet {
-                            definition: definition.clone(),
-                            members: members_of(cluster, definition, &members),
-                        })
-                        .clone();
-                    span.sets.insert(*set_id, set);
-                }
-            }
+    let mut members: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
+    for (c, class) in classes.iter().enumerate() {
+        for g in &class.applied {
+            members.entry(*g).or_default().push(c);
         }
-        span.ports.insert(*id, port_policy(port, ingress, egress));
+    }
+    let index = Index::new(cluster, &classes, &members);
+    let mut groups: BTreeMap<Uuid, GroupOutput> = BTreeMap::new();
+    let mut sets: BTreeMap<SetId, Arc<AddressSet>> = BTreeMap::new();
+    let mut tables: FastMap<Vec<usize>, Tables> = FastMap::default();
+    for (node, (ports, node_classes)) in by_node {
+        let key: Vec<usize> = node_classes.into_iter().collect();
+        let (group_table, set_table) = tables
+            .entry(key)
+            .or_insert_with_key(|key| {
+                let mut group_table = BTreeMap::new();
+                let mut set_table = BTreeMap::new();
+                let isolating = |i: &'_ Isolation| match i {
+                    Isolation::Isolated(groups) => Arc::clone(groups),
+                    Isolation::Open => Arc::default(),
+                };
+                for class in key {
+                    let class = &classes[*class];
+                    let (ingress, egress) = (isolating(&class.ingress), isolating(&class.egress));
+                    for &g in ingress.iter().chain(egress.iter()) {
+                        if group_table.contains_key(&g) {
+                            continue;
+                        }
+                        let compiled = groups.entry(g).or_insert_with(|| {
+                            let (output, dangling) = compile_group(cluster, g);
+                            out.dangling.extend(dangling);
+                            output
+                        });
+                        group_table.insert(g, Arc::clone(&compiled.group));
+                        for (set_id, definition) in &compiled.sets {
+                            set_table.entry(*set_id).or_insert_with(|| {
+                                Arc::clone(sets.entry(*set_id).or_insert_with(|| {
+                                    Arc::new(AddressSet {
+                                        definition: definition.clone(),
+                                        members: index.members_of(definition),
+                                    })
+                                }))
+                            });
+                        }
+                    }
+                }
+                (Arc::new(group_table), Arc::new(set_table))
+            })
+            .clone();
+        let span = NodeSpan {
+            ports: ports.iter().map(|(id, port, class)| (*id, port_policy(port, &classes[*class]))).collect(),
+            groups: group_table,
+            sets: set_table,
+        };
+        match node {
+            Some(node) => {
+                out.spans.insert(node.to_string(), span);
+            }
+            None => out.unplaced = span,
+        }
     }
     out.dangling.sort();
     out.dangling.dedup();
     out
 }
 
-fn port_policy(port: &Port, ingress: Vec<Uuid>, egress: Vec<Uuid>) -> PortPolicy {
-    let isolation = |groups: Vec<Uuid>| if groups.is_empty() { Isolation::Open } else { Isolation::Isolated(groups) };
+fn port_policy(port: &Port, class: &Class) -> PortPolicy {
     PortPolicy {
         project: port.project.clone(),
         name: port.name.clone(),
         addresses: port.ips.clone(),
         interface: port.interface.clone().unwrap_or_else(|| weft_model::default_interface(&port.project, &port.name)),
         named_ports: port.named_ports.clone(),
-        ingress: isolation(ingress),
-        egress: isolation(egress),
+        ingress: class.ingress.clone(),
+        egress: class.egress.clone(),
     }
 }
 
@@ -137,7 +214,7 @@ fn compile_group(cluster: &Cluster, id: Uuid) -> (GroupOutput, Vec<Dangling>) {
     let mut sets = Vec::new();
     let Some(group) = cluster.group(&id) else {
         let empty = CompiledGroup { project: String::new(), name: String::new(), ingress: vec![], egress: vec![] };
-        return (GroupOutput { group: empty, sets }, dangling);
+        return (GroupOutput { group: Arc::new(empty), sets }, dangling);
     };
     let mut compiled =
         CompiledGroup { project: group.project.clone(), name: group.name.clone(), ingress: vec![], egress: vec![] };
@@ -212,7 +289,7 @@ fn compile_group(cluster: &Cluster, id: Uuid) -> (GroupOutput, Vec<Dangling>) {
     }
     sets.sort();
     sets.dedup();
-    (GroupOutput { group: compiled, sets }, dangling)
+    (GroupOutput { group: Arc::new(compiled), sets }, dangling)
 }
 
 /// What a rule's remote selects; `None` when it names a group that is not known.
@@ -227,63 +304,102 @@ fn selection(cluster: &Cluster, group: &SecurityGroup, rule: &weft_model::Rule) 
         Remote::SecurityGroup { security_group } => {
             Selection::GroupMembers { group: cluster.resolve_group(&group.project, security_group)? }
         }
-        Remote::Selector { ports, projects } => {
-            Selection::Selector { project: group.project.clone(), ports: ports.clone(), projects: projects.clone() }
-        }
+        Remote::Selector { ports, projects } => Selection::Selector {
+            project: if projects.is_some() { String::new() } else { group.project.clone() },
+            ports: ports.clone(),
+            projects: projects.clone(),
+        },
     })
 }
 
-/// The ports a selection picks, each with the addresses of it that count.
-fn selected<'a>(
+/// Lookups the set computations need, built once per compile: ports by project, and the
+/// projects each project selector matches (many rules share one namespaceSelector).
+struct Index<'a> {
     cluster: &'a Cluster,
-    selection: &'a Selection,
-    members: &'a BTreeMap<Uuid, Vec<Uuid>>,
-) -> Vec<(&'a Port, Vec<IpAddr>)> {
-    let all = || cluster.ports().map(|(_, p)| p);
-    match selection {
-        Selection::All => all().map(|p| (p, p.ips.clone())).collect(),
-        Selection::Cidr { cidr, except } => all()
-            .filter_map(|p| {
-                let ips: Vec<IpAddr> = p.ips.iter().copied().filter(|a| cidr::contains(cidr, except, a)).collect();
-                (!ips.is_empty()).then_some((p, ips))
-            })
-            .collect(),
-        Selection::GroupMembers { group } => members
-            .get(group)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| cluster.port(id))
-            .map(|p| (p, p.ips.clone()))
-            .collect(),
-        Selection::Selector { project, ports, projects } => all()
-            .filter(|p| ports.matches(&p.labels))
-            .filter(|p| match projects {
-                None => p.project == *project,
-                Some(sel) => cluster.project_by_name(&p.project).is_some_and(|proj| sel.matches(&proj.labels)),
-            })
-            .map(|p| (p, p.ips.clone()))
-            .collect(),
-    }
+    classes: &'a [Class],
+    /// The classes each group applies to.
+    members: &'a BTreeMap<Uuid, Vec<usize>>,
+    ports_by_project: BTreeMap<&'a str, Vec<&'a Port>>,
+    projects_matching: std::cell::RefCell<BTreeMap<weft_model::LabelSelector, Arc<Vec<String>>>>,
 }
 
-fn members_of(cluster: &Cluster, definition: &SetDefinition, members: &BTreeMap<Uuid, Vec<Uuid>>) -> SetMembers {
-    match definition {
-        SetDefinition::Addresses(Selection::Cidr { cidr, except }) => {
-            SetMembers::Prefixes(cidr::subtract(*cidr, except))
+impl<'a> Index<'a> {
+    fn new(cluster: &'a Cluster, classes: &'a [Class], members: &'a BTreeMap<Uuid, Vec<usize>>) -> Self {
+        let mut ports_by_project: BTreeMap<&str, Vec<&Port>> = BTreeMap::new();
+        for (_, p) in cluster.ports() {
+            ports_by_project.entry(p.project.as_str()).or_default().push(p);
         }
-        SetDefinition::Addresses(selection) => {
-            SetMembers::Addresses(selected(cluster, selection, members).into_iter().flat_map(|(_, ips)| ips).collect())
+        Index { cluster, classes, members, ports_by_project, projects_matching: Default::default() }
+    }
+
+    fn projects_matching(&self, selector: &weft_model::LabelSelector) -> Arc<Vec<String>> {
+        if let Some(found) = self.projects_matching.borrow().get(selector) {
+            return Arc::clone(found);
         }
-        SetDefinition::NamedPorts { selection, name, protocol } => SetMembers::Pairs(
-            selected(cluster, selection, members)
-                .into_iter()
-                .filter_map(|(p, ips)| {
-                    let np = p.named_ports.get(name)?;
-                    (np.protocol.number() == Some(*protocol)).then(|| ips.into_iter().map(move |a| (a, np.port as u16)))
+        let names: Vec<String> =
+            self.cluster.projects.values().filter(|p| selector.matches(&p.labels)).map(|p| p.name.clone()).collect();
+        let names = Arc::new(names);
+        self.projects_matching.borrow_mut().insert(selector.clone(), Arc::clone(&names));
+        names
+    }
+
+    /// The ports a selection picks, each with the addresses of it that count.
+    fn selected(&self, selection: &Selection) -> Vec<(&'a Port, Vec<IpAddr>)> {
+        let cluster = self.cluster;
+        let in_project = |project: &str| self.ports_by_project.get(project).into_iter().flatten().copied();
+        match selection {
+            Selection::All => cluster.ports().map(|(_, p)| (p, p.ips.clone())).collect(),
+            Selection::Cidr { cidr, except } => cluster
+                .ports()
+                .filter_map(|(_, p)| {
+                    let ips: Vec<IpAddr> = p.ips.iter().copied().filter(|a| cidr::contains(cidr, except, a)).collect();
+                    (!ips.is_empty()).then_some((p, ips))
                 })
-                .flatten()
                 .collect(),
-        ),
+            Selection::GroupMembers { group } => self
+                .members
+                .get(group)
+                .into_iter()
+                .flatten()
+                .flat_map(|c| &self.classes[*c].ports)
+                .filter_map(|id| cluster.port(id))
+                .map(|p| (p, p.ips.clone()))
+                .collect(),
+            Selection::Selector { project, ports, projects } => {
+                let projects = match projects {
+                    None => Arc::new(vec![project.clone()]),
+                    Some(sel) => self.projects_matching(sel),
+                };
+                projects
+                    .iter()
+                    .flat_map(|name| in_project(name))
+                    .filter(|p| ports.matches(&p.labels))
+                    .map(|p| (p, p.ips.clone()))
+                    .collect()
+            }
+        }
+    }
+
+    fn members_of(&self, definition: &SetDefinition) -> SetMembers {
+        match definition {
+            SetDefinition::Addresses(Selection::Cidr { cidr, except }) => {
+                SetMembers::Prefixes(cidr::subtract(*cidr, except))
+            }
+            SetDefinition::Addresses(selection) => {
+                SetMembers::Addresses(self.selected(selection).into_iter().flat_map(|(_, ips)| ips).collect())
+            }
+            SetDefinition::NamedPorts { selection, name, protocol } => SetMembers::Pairs(
+                self.selected(selection)
+                    .into_iter()
+                    .filter_map(|(p, ips)| {
+                        let np = p.named_ports.get(name)?;
+                        (np.protocol.number() == Some(*protocol))
+                            .then(|| ips.into_iter().map(move |a| (a, np.port as u16)))
+                    })
+                    .flatten()
+                    .collect(),
+            ),
+        }
     }
 }
 

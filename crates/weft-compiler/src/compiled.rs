@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,8 @@ pub enum Selection {
     /// The ports a security group applies to.
     GroupMembers { group: Uuid },
     /// Ports matching `ports`, in projects matching `projects`, or in `project` when absent.
+    /// (`project` is empty when `projects` is given, so that the same selection made from two
+    /// projects is one set.)
     Selector { project: String, ports: LabelSelector, projects: Option<LabelSelector> },
 }
 
@@ -154,7 +157,8 @@ pub struct CompiledGroup {
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
     Open,
-    Isolated(Vec<Uuid>),
+    /// Shared by every port with the same applied groups.
+    Isolated(Arc<Vec<Uuid>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,10 +172,12 @@ pub struct PortPolicy {
     pub egress: Isolation,
 }
 
-/// Everything one node needs, and nothing else.
+/// Everything one node needs, and nothing else. Groups and sets are shared between the spans
+/// that reference them (`Arc`): a set of 10,000 members referenced by every node exists once,
+/// and nodes whose ports have the same applied groups share one table of each.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpan {
     pub ports: BTreeMap<Uuid, PortPolicy>,
-    pub groups: BTreeMap<Uuid, CompiledGroup>,
-    pub sets: BTreeMap<SetId, AddressSet>,
+    pub groups: Arc<BTreeMap<Uuid, Arc<CompiledGroup>>>,
+    pub sets: Arc<BTreeMap<SetId, Arc<AddressSet>>>,
 }

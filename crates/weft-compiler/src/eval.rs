@@ -44,7 +44,7 @@ pub fn side(span: &NodeSpan, port: &PortPolicy, direction: Direction, packet: &P
         Direction::Egress => &port.egress,
     };
     let Isolation::Isolated(groups) = isolation else { return Side::Open };
-    for g in groups {
+    for g in groups.iter() {
         let Some(group) = span.groups.get(g) else { continue };
         let rules = match direction {
             Direction::Ingress => &group.ingress,

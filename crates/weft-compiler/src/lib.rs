@@ -19,6 +19,7 @@ mod explain;
 mod proptests;
 #[cfg(test)]
 mod reference;
+pub mod synthetic;
 
 pub use cluster::{Change, Cluster, Dangling};
 pub use compile::{Compiled, compile};

@@ -112,6 +112,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         ports: usize,
     },
+    /// The ACL compiler on a synthetic cluster: full compile time and memory.
+    Compiler {
+        /// `realistic` (DESIGN.md §8's shape; Antrea's benchmark scale by default) or `dense`.
+        #[arg(long, default_value = "realistic", value_parser = ["realistic", "dense"])]
+        shape: String,
+        #[arg(long, default_value_t = 25_000)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 4)]
+        pods_per_namespace: usize,
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Dense shape: pods, and policies that each select every pod.
+        #[arg(long, default_value_t = 10_000)]
+        dense_pods: usize,
+        #[arg(long, default_value_t = 10_000)]
+        dense_policies: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -348,6 +365,10 @@ pub enum TokenCommand {
     Revoke { id: uuid::Uuid },
 }
 
+fn weft_compiler_shape(namespaces: usize, pods_per_namespace: usize, nodes: usize) -> weft_bench::compiler::Shape {
+    weft_bench::compiler::Shape { namespaces, pods_per_namespace, nodes, ..weft_bench::compiler::Shape::antrea() }
+}
+
 pub fn init_logging(filter: &str, format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -371,6 +392,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = weft_bench::api(config).await?;
             print!("{report}");
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Compiler { shape, namespaces, pods_per_namespace, nodes, dense_pods, dense_policies },
+        } => {
+            let workload = if shape == "dense" {
+                weft_bench::compiler::Workload::Dense { pods: dense_pods, policies: dense_policies, nodes }
+            } else {
+                weft_bench::compiler::Workload::Realistic(weft_compiler_shape(namespaces, pods_per_namespace, nodes))
+            };
+            print!("{}", weft_bench::compiler::run(&workload));
             Ok(())
         }
         command => client_cmds::run(command, &cli.client, &cli.data_dir).await,

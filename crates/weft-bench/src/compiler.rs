@@ -1,0 +1,124 @@
+//! `weft bench compiler`: the ACL compiler on a synthetic cluster — time to compile it all and
+//! the memory it takes.
+
+use std::time::{Duration, Instant};
+
+use weft_compiler::synthetic;
+pub use weft_compiler::synthetic::Shape;
+use weft_compiler::{Cluster, compile};
+
+#[derive(Debug, Clone)]
+pub enum Workload {
+    /// The realistic shape of DESIGN.md §8 at a given size.
+    Realistic(Shape),
+    /// One namespace, many pods, many policies that each select every pod.
+    Dense { pods: usize, policies: usize, nodes: usize },
+}
+
+#[derive(Debug)]
+pub struct CompilerReport {
+    pub description: String,
+    pub changes: usize,
+    pub load: Duration,
+    pub compile: Duration,
+    pub nodes: usize,
+    pub ports: usize,
+    pub groups_per_node: f64,
+    pub distinct_sets: usize,
+    pub set_members: usize,
+    pub rss_before_mib: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// The process's resident set and its peak, in MiB (Linux).
+fn rss() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+pub fn run(workload: &Workload) -> CompilerReport {
+    let (description, changes) = match workload {
+        Workload::Realistic(shape) => (
+            format!(
+                "{} namespaces, {} pods, {} policies, {} nodes",
+                shape.namespaces,
+                shape.namespaces * shape.pods_per_namespace,
+                shape.namespaces * 3,
+                shape.nodes
+            ),
+            synthetic::cluster(shape),
+        ),
+        Workload::Dense { pods, policies, nodes } => (
+            format!("dense: 1 namespace, {pods} pods, {policies} policies selecting every pod, {nodes} nodes"),
+            synthetic::dense(*pods, *policies, *nodes),
+        ),
+    };
+    let count = changes.len();
+    let started = Instant::now();
+    let mut cluster = Cluster::new();
+    for (rev, change) in changes.into_iter().enumerate() {
+        cluster.apply(rev as i64 + 1, change);
+    }
+    let load = started.elapsed();
+    let (rss_before_mib, _) = rss();
+    let started = Instant::now();
+    let compiled = compile(&cluster);
+    let compile_time = started.elapsed();
+    let (_, peak_rss_mib) = rss();
+    let ports: usize = compiled.spans.values().map(|s| s.ports.len()).sum();
+    let groups: usize = compiled.spans.values().map(|s| s.groups.len()).sum();
+    let mut distinct = std::collections::BTreeMap::new();
+    for span in compiled.spans.values() {
+        for (id, set) in span.sets.iter() {
+            distinct.entry(*id).or_insert_with(|| match &set.members {
+                weft_compiler::compiled::SetMembers::Addresses(a) => a.len(),
+                weft_compiler::compiled::SetMembers::Prefixes(p) => p.len(),
+                weft_compiler::compiled::SetMembers::Pairs(p) => p.len(),
+            });
+        }
+    }
+    CompilerReport {
+        description,
+        changes: count,
+        load,
+        compile: compile_time,
+        nodes: compiled.spans.len(),
+        ports,
+        groups_per_node: groups as f64 / compiled.spans.len().max(1) as f64,
+        distinct_sets: distinct.len(),
+        set_members: distinct.values().sum(),
+        rss_before_mib,
+        peak_rss_mib,
+    }
+}
+
+impl std::fmt::Display for CompilerReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "weft bench compiler: {}", self.description)?;
+        writeln!(
+            f,
+            "  input                {} changes, applied in {:.0} ms",
+            self.changes,
+            self.load.as_secs_f64() * 1e3
+        )?;
+        writeln!(f, "  full compile         {:.0} ms", self.compile.as_secs_f64() * 1e3)?;
+        writeln!(
+            f,
+            "  memory               {:.0} MiB before compiling, {:.0} MiB peak (process)",
+            self.rss_before_mib, self.peak_rss_mib
+        )?;
+        writeln!(
+            f,
+            "  output               {} nodes, {} ports, {:.1} groups per node, {} distinct sets with {} members",
+            self.nodes, self.ports, self.groups_per_node, self.distinct_sets, self.set_members
+        )
+    }
+}

@@ -1,0 +1,147 @@
+//! Synthetic clusters for benchmarks and scale tests, in the realistic shape of DESIGN.md §8:
+//! per namespace about 4 pods with 3 labels each and 3 policies — a default-deny, an allow
+//! from pods of the same app on a named port, and an allow from a namespaceSelector matching
+//! about 10% of namespaces — with some policies adding egress rules and ipBlocks.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde_json::json;
+use uuid::Uuid;
+use weft_model::{Port, Project, SecurityGroup};
+
+use crate::cluster::Change;
+
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub namespaces: usize,
+    pub pods_per_namespace: usize,
+    pub nodes: usize,
+    /// One namespace in this many carries the label the namespaceSelector policies match.
+    pub selected_namespace_every: usize,
+    /// One namespace in this many has egress rules with an ipBlock.
+    pub egress_every: usize,
+}
+
+impl Shape {
+    /// Antrea's controller benchmark: 25,000 namespaces, 100,000 pods, 75,000 policies, 1,000
+    /// nodes.
+    pub fn antrea() -> Shape {
+        Shape { namespaces: 25_000, pods_per_namespace: 4, nodes: 1_000, selected_namespace_every: 10, egress_every: 5 }
+    }
+}
+
+fn id(kind: u64, n: u64) -> Uuid {
+    Uuid::from_u64_pair(kind, n)
+}
+
+fn address(n: usize) -> IpAddr {
+    let n = n as u32 + 1;
+    IpAddr::V4(Ipv4Addr::from((10 << 24) | n))
+}
+
+fn group(body: serde_json::Value, gid: Uuid, rule_base: u64) -> SecurityGroup {
+    let mut g: SecurityGroup = serde_json::from_value(body).unwrap_or_else(|e| panic!("synthetic group: {e}"));
+    g.id = Some(gid);
+    for (i, r) in g.rules.iter_mut().enumerate() {
+        r.id = Some(id(4, rule_base * 8 + i as u64));
+    }
+    g
+}
+
+/// The changes that build the cluster, in an order a store could have committed them.
+pub fn cluster(shape: &Shape) -> Vec<Change> {
+    let mut changes = Vec::with_capacity(shape.namespaces * (1 + shape.pods_per_namespace + 3));
+    let mut pod = 0;
+    for ns in 0..shape.namespaces {
+        let project = format!("k8s-ns{ns}");
+        let mut labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), format!("ns{ns}"))]);
+        if ns % shape.selected_namespace_every == 0 {
+            labels.insert("team".into(), "platform".into());
+        }
+        changes.push(Change::UpsertProject(Project {
+            id: Some(id(1, ns as u64)),
+            name: project.clone(),
+            labels,
+            ..Default::default()
+        }));
+        for p in 0..shape.pods_per_namespace {
+            let app = format!("app{}", p % 2);
+            changes.push(Change::UpsertPort(Port {
+                id: Some(id(2, pod as u64)),
+                name: format!("pod-{p}"),
+                project: project.clone(),
+                labels: BTreeMap::from([
+                    ("app".to_string(), app),
+                    ("tier".to_string(), ["web", "db"][p % 2].to_string()),
+                    ("pod-template-hash".to_string(), format!("h{}", p % 3)),
+                ]),
+                node: Some(format!("node-{}", pod % shape.nodes)),
+                ips: vec![address(pod)],
+                security_groups: Some(vec![]),
+                named_ports: serde_json::from_value(json!({"http": {"protocol": "tcp", "port": 8080}}))
+                    .unwrap_or_default(),
+                ..Default::default()
+            }));
+            pod += 1;
+        }
+        let base = ns as u64 * 3;
+        changes.push(Change::UpsertGroup(group(
+            json!({"name": "default-deny", "project": project, "selector": {}, "policy_types": ["ingress"]}),
+            id(3, base),
+            base,
+        )));
+        changes.push(Change::UpsertGroup(group(
+            json!({"name": "allow-same-app", "project": project, "selector": {"matchLabels": {"app": "app0"}},
+                   "policy_types": ["ingress"],
+                   "rules": [{"direction": "ingress", "protocol": "tcp", "ports": ["http"],
+                              "remote": {"type": "selector", "ports": {"matchLabels": {"app": "app0"}}}}]}),
+            id(3, base + 1),
+            base + 1,
+        )));
+        let mut from_team = json!({"name": "allow-from-platform", "project": project, "selector": {},
+            "policy_types": ["ingress"],
+            "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [80],
+                       "remote": {"type": "selector", "ports": {}, "projects": {"matchLabels": {"team": "platform"}}}}]});
+        if ns % shape.egress_every == 0 {
+            from_team["policy_types"] = json!(["ingress", "egress"]);
+            if let Some(r) = from_team["rules"].as_array_mut() {
+                r.push(json!({"direction": "egress", "protocol": "tcp", "ports": [443],
+                              "remote": {"type": "cidr", "cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "192.168.0.0/16"]}}));
+                r.push(json!({"direction": "egress", "protocol": "udp", "ports": [53],
+                              "remote": {"type": "selector", "ports": {"matchLabels": {"app": "app1"}},
+                                         "projects": {"matchLabels": {"kubernetes.io/metadata.name": "ns0"}}}}));
+            }
+        }
+        changes.push(Change::UpsertGroup(group(from_team, id(3, base + 2), base + 2)));
+    }
+    changes
+}
+
+/// The dense case: one namespace, `pods` pods, `policies` policies that each select every pod.
+pub fn dense(pods: usize, policies: usize, nodes: usize) -> Vec<Change> {
+    let mut changes =
+        vec![Change::UpsertProject(Project { id: Some(id(1, 0)), name: "k8s-dense".into(), ..Default::default() })];
+    for p in 0..pods {
+        changes.push(Change::UpsertPort(Port {
+            id: Some(id(2, p as u64)),
+            name: format!("pod-{p}"),
+            project: "k8s-dense".into(),
+            labels: BTreeMap::from([("app".to_string(), format!("app{}", p % 10))]),
+            node: Some(format!("node-{}", p % nodes)),
+            ips: vec![address(p)],
+            security_groups: Some(vec![]),
+            ..Default::default()
+        }));
+    }
+    for n in 0..policies {
+        changes.push(Change::UpsertGroup(group(
+            json!({"name": format!("policy-{n}"), "project": "k8s-dense", "selector": {}, "policy_types": ["ingress"],
+                   "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [1000 + (n % 1000) as i64],
+                              "remote": {"type": "selector", "ports": {"matchLabels": {"app": format!("app{}", n % 10)}}}}]}),
+            id(3, n as u64),
+            n as u64,
+        )));
+    }
+    changes
+}
