@@ -13,8 +13,10 @@ pub mod cidr;
 mod cluster;
 mod compile;
 pub mod compiled;
+pub mod delta;
 pub mod eval;
 mod explain;
+mod incremental;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -24,5 +26,7 @@ pub mod synthetic;
 pub use cluster::{Change, Cluster, Dangling};
 pub use compile::{Compiled, compile};
 pub use compiled::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
+pub use delta::{MemberDelta, SpanDelta, diff};
 pub use eval::{Packet, Side};
 pub use explain::{AlwaysAllowed, Endpoint, Explanation};
+pub use incremental::Compiler;

@@ -281,3 +281,66 @@ fn synthetic_cluster_agrees_with_the_reference() {
     // the shape allows some and denies most: the check saw both answers
     assert!(allowed > 0 && allowed < ports.len() * ports.len() * 4, "{allowed}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(200), ..ProptestConfig::default() })]
+
+    /// (b) a random sequence of changes, applied incrementally, gives exactly the spans that
+    /// compiling the final state from scratch gives; and an agent that applies each delta to
+    /// what it had holds exactly the new span.
+    #[test]
+    fn deltas_rebuild_every_span(
+        scenario in arb_scenario(),
+        cuts in prop::collection::vec(1..6usize, 1..12),
+        later in prop::collection::vec((0..3u8, 0..8usize, prop::option::of(prop_oneof![Just("x"), Just("y")])), 0..8),
+    ) {
+        let mut changes = scenario.changes.clone();
+        // Later changes: deletes of ports and groups, relabels, moves to another node.
+        for (what, i, app) in later {
+            let port = id(4, i % scenario.ports);
+            match what {
+                0 => changes.push(Change::DeletePort(port)),
+                1 => changes.push(Change::DeleteGroup(id(2, i))),
+                _ => {
+                    let original = scenario.changes.iter().find_map(|c| match c {
+                        Change::UpsertPort(p) if p.id == Some(port) => Some(p.clone()),
+                        _ => None,
+                    });
+                    if let Some(mut p) = original {
+                        match app {
+                            Some(a) => { p.labels.insert("app".into(), a.into()); }
+                            None => { p.labels.remove("app"); }
+                        }
+                        p.node = Some(if p.node.as_deref() == Some("n1") { "n2" } else { "n1" }.into());
+                        changes.push(Change::UpsertPort(p));
+                    }
+                }
+            }
+        }
+        let mut compiler = crate::Compiler::new();
+        let mut agents: BTreeMap<String, crate::NodeSpan> = BTreeMap::new();
+        let mut rest = changes.as_slice();
+        let mut revision = 0;
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (batch, tail) = rest.split_at((*cut).min(rest.len()));
+            rest = tail;
+            revision += 1;
+            let deltas = compiler.apply(revision, batch.iter().cloned());
+            for (node, delta) in &deltas {
+                agents.entry(node.clone()).or_default().apply(delta);
+            }
+            let scratch = compile(compiler.cluster());
+            prop_assert_eq!(compiler.compiled(), &scratch);
+            for (node, span) in &agents {
+                let expected = scratch.spans.get(node).cloned().unwrap_or_default();
+                prop_assert_eq!(span, &expected, "node {}", node);
+            }
+            for node in scratch.spans.keys() {
+                prop_assert!(agents.contains_key(node), "node {} never got its span", node);
+            }
+        }
+    }
+}
