@@ -167,7 +167,8 @@ pub struct PortPolicy {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub interface: String,
-    pub named_ports: BTreeMap<String, NamedPort>,
+    /// Shared between ports that define the same named ports (the pods of one deployment).
+    pub named_ports: Arc<BTreeMap<String, NamedPort>>,
     pub ingress: Isolation,
     pub egress: Isolation,
 }
