@@ -122,3 +122,105 @@ impl std::fmt::Display for CompilerReport {
         )
     }
 }
+
+/// Time and output of one kind of change, over `samples` changes.
+#[derive(Debug)]
+pub struct ChangeFigures {
+    pub kind: &'static str,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// Serialized span deltas (JSON) per change, on average.
+    pub bytes: usize,
+    /// Nodes that received a delta, on average.
+    pub nodes: f64,
+}
+
+/// Per-change cost on a realistic cluster: pod added, relabelled, deleted, policy added, rule
+/// changed.
+pub fn incremental(shape: &Shape, samples: usize) -> Vec<ChangeFigures> {
+    use weft_compiler::{Change, Compiler};
+    let mut compiler = Compiler::new();
+    compiler.apply(1, synthetic::cluster(shape));
+    let pods = shape.namespaces * shape.pods_per_namespace;
+    let mut revision = 1;
+    let mut figures = Vec::new();
+    let kinds: [&'static str; 5] = ["pod added", "pod relabelled", "pod deleted", "policy added", "rule changed"];
+    for (k, kind) in kinds.into_iter().enumerate() {
+        let mut times = Vec::with_capacity(samples);
+        let (mut bytes, mut nodes) = (0, 0);
+        for i in 0..samples {
+            let ns = (i * 7919 + k * 104_729) % shape.namespaces;
+            let pod = (ns * shape.pods_per_namespace + i % shape.pods_per_namespace) % pods;
+            let change = match k {
+                0 => {
+                    let mut p = compiler.cluster().port(&synthetic::pod_id(pod)).cloned().unwrap_or_default();
+                    p.id = Some(uuid::Uuid::new_v4());
+                    p.name = format!("new-{i}");
+                    p.ips = vec![synthetic::pod_address(pods + 10 + k * samples + i)];
+                    Change::UpsertPort(p)
+                }
+                1 => {
+                    let mut p = compiler.cluster().port(&synthetic::pod_id(pod)).cloned().unwrap_or_default();
+                    let app = if p.labels.get("app").map(String::as_str) == Some("app0") { "app1" } else { "app0" };
+                    p.labels.insert("app".into(), app.into());
+                    Change::UpsertPort(p)
+                }
+                2 => Change::DeletePort(synthetic::pod_id(pod)),
+                3 => {
+                    let mut g = compiler
+                        .cluster()
+                        .group(&synthetic::policy_id(ns, 1))
+                        .cloned()
+                        .unwrap_or_else(|| weft_model::SecurityGroup::default_for(&format!("k8s-ns{ns}")));
+                    g.id = Some(uuid::Uuid::new_v4());
+                    g.name = format!("added-{i}");
+                    for r in &mut g.rules {
+                        r.id = Some(uuid::Uuid::new_v4());
+                    }
+                    Change::UpsertGroup(g)
+                }
+                _ => {
+                    let mut g = compiler
+                        .cluster()
+                        .group(&synthetic::policy_id(ns, 1))
+                        .cloned()
+                        .unwrap_or_else(|| weft_model::SecurityGroup::default_for(&format!("k8s-ns{ns}")));
+                    if let Some(r) = g.rules.first_mut() {
+                        r.ports = vec![weft_model::PortMatch::Single(8000 + i as i64)];
+                    }
+                    Change::UpsertGroup(g)
+                }
+            };
+            revision += 1;
+            let started = Instant::now();
+            let deltas = compiler.apply(revision, [change]);
+            times.push(started.elapsed());
+            bytes += serde_json::to_vec(&deltas).map(|v| v.len()).unwrap_or(0);
+            nodes += deltas.len();
+        }
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        figures.push(ChangeFigures {
+            kind,
+            p50: at(0.5),
+            p99: at(0.99),
+            bytes: bytes / samples.max(1),
+            nodes: nodes as f64 / samples.max(1) as f64,
+        });
+    }
+    figures
+}
+
+impl std::fmt::Display for ChangeFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  {:<16} p50 {:>10.3} ms  p99 {:>10.3} ms  {:>8} bytes of deltas  {:>7.1} nodes",
+            self.kind,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            self.bytes,
+            self.nodes
+        )
+    }
+}

@@ -35,6 +35,22 @@ fn id(kind: u64, n: u64) -> Uuid {
     Uuid::from_u64_pair(kind, n)
 }
 
+/// The id of the `n`th pod of a synthetic cluster (namespace-major order).
+pub fn pod_id(n: usize) -> Uuid {
+    id(2, n as u64)
+}
+
+/// The id of policy `which` (0 default-deny, 1 allow-same-app, 2 allow-from-platform) of a
+/// namespace.
+pub fn policy_id(namespace: usize, which: usize) -> Uuid {
+    id(3, namespace as u64 * 3 + which as u64)
+}
+
+/// The address of the `n`th pod.
+pub fn pod_address(n: usize) -> IpAddr {
+    address(n)
+}
+
 fn address(n: usize) -> IpAddr {
     let n = n as u32 + 1;
     IpAddr::V4(Ipv4Addr::from((10 << 24) | n))

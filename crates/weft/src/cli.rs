@@ -128,6 +128,9 @@ pub enum BenchCommand {
         dense_pods: usize,
         #[arg(long, default_value_t = 10_000)]
         dense_policies: usize,
+        /// Changes of each kind to time after the full compile (realistic shape only; 0: none).
+        #[arg(long, default_value_t = 0)]
+        changes: usize,
     },
 }
 
@@ -395,7 +398,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
-            command: BenchCommand::Compiler { shape, namespaces, pods_per_namespace, nodes, dense_pods, dense_policies },
+            command:
+                BenchCommand::Compiler { shape, namespaces, pods_per_namespace, nodes, dense_pods, dense_policies, changes },
         } => {
             let workload = if shape == "dense" {
                 weft_bench::compiler::Workload::Dense { pods: dense_pods, policies: dense_policies, nodes }
@@ -403,6 +407,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 weft_bench::compiler::Workload::Realistic(weft_compiler_shape(namespaces, pods_per_namespace, nodes))
             };
             print!("{}", weft_bench::compiler::run(&workload));
+            if let (weft_bench::compiler::Workload::Realistic(shape), true) = (&workload, changes > 0) {
+                println!("  per change ({changes} of each):");
+                for figures in weft_bench::compiler::incremental(shape, changes) {
+                    print!("{figures}");
+                }
+            }
             Ok(())
         }
         command => client_cmds::run(command, &cli.client, &cli.data_dir).await,
