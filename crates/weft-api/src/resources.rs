@@ -31,10 +31,10 @@ pub fn routes(kind: Kind) -> Router<AppState> {
         &format!("{collection}/{{key}}"),
         get(move |s, c, Path(k): Path<String>| async move { get_one(kind, single_key(kind, k), s, c).await })
             .put(move |s, c, h, Path(k): Path<String>, b| async move {
-                replace(kind, single_key(kind, k), s, c, h, b).await
+                update(kind, single_key(kind, k), Update::Replace, s, c, h, b).await
             })
             .patch(move |s, c, h, Path(k): Path<String>, b| async move {
-                patch(kind, single_key(kind, k), s, c, h, b).await
+                update(kind, single_key(kind, k), Update::MergePatch, s, c, h, b).await
             })
             .delete(move |s, c, h, Path(k): Path<String>, q| async move {
                 delete(kind, single_key(kind, k), s, c, h, q).await
@@ -45,10 +45,10 @@ pub fn routes(kind: Kind) -> Router<AppState> {
             &format!("{collection}/{{project}}/{{name}}"),
             get(move |s, c, Path(k): Path<(String, String)>| async move { get_one(kind, named_key(k), s, c).await })
                 .put(move |s, c, h, Path(k): Path<(String, String)>, b| async move {
-                    replace(kind, named_key(k), s, c, h, b).await
+                    update(kind, named_key(k), Update::Replace, s, c, h, b).await
                 })
                 .patch(move |s, c, h, Path(k): Path<(String, String)>, b| async move {
-                    patch(kind, named_key(k), s, c, h, b).await
+                    update(kind, named_key(k), Update::MergePatch, s, c, h, b).await
                 })
                 .delete(move |s, c, h, Path(k): Path<(String, String)>, q| async move {
                     delete(kind, named_key(k), s, c, h, q).await
@@ -245,27 +245,17 @@ async fn create(
     Ok(object_response(StatusCode::CREATED, &object))
 }
 
-async fn replace(
-    kind: Kind,
-    key: ApiResult<ObjectKey>,
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let key = key?;
-    body::check_json_content_type(&headers)?;
-    let value = body::parse_value(&body::bytes(body)?)?;
-    let if_match = if_match(&headers)?;
-    let mut txn = state.store.begin().await?;
-    let mut object = op_replace(&mut txn, &caller, kind, &key, value, if_match).await?;
-    object.revision = txn.commit().await?;
-    Ok(object_response(StatusCode::OK, &object))
+/// PUT replaces the object with the body; PATCH merges the body into it (RFC 7396).
+#[derive(Debug, Clone, Copy)]
+enum Update {
+    Replace,
+    MergePatch,
 }
 
-async fn patch(
+async fn update(
     kind: Kind,
     key: ApiResult<ObjectKey>,
+    how: Update,
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -276,7 +266,10 @@ async fn patch(
     let value = body::parse_value(&body::bytes(body)?)?;
     let if_match = if_match(&headers)?;
     let mut txn = state.store.begin().await?;
-    let mut object = op_patch(&mut txn, &caller, kind, &key, &value, if_match).await?;
+    let mut object = match how {
+        Update::Replace => op_replace(&mut txn, &caller, kind, &key, value, if_match).await?,
+        Update::MergePatch => op_patch(&mut txn, &caller, kind, &key, &value, if_match).await?,
+    };
     object.revision = txn.commit().await?;
     Ok(object_response(StatusCode::OK, &object))
 }

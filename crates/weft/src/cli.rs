@@ -225,23 +225,30 @@ pub struct DeleteArgs {
     pub cascade: bool,
 }
 
+/// Where a created object comes from: its name and labels as flags, or a JSON/YAML file (the
+/// flags then override the file's name and labels).
 #[derive(Debug, Args)]
-pub struct ProjectCreate {
-    pub name: Option<String>,
+pub struct ObjectSource {
+    /// `name` for a project, `project/name` for everything else.
+    pub key: Option<String>,
+    /// A JSON or YAML file holding the object.
     #[arg(short = 'f', long)]
     pub file: Option<PathBuf>,
+    /// A label (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
 }
 
 #[derive(Debug, Args)]
+pub struct ProjectCreate {
+    #[command(flatten)]
+    pub source: ObjectSource,
+}
+
+#[derive(Debug, Args)]
 pub struct NetworkCreate {
-    /// `project/name`.
-    pub key: Option<String>,
-    #[arg(short = 'f', long)]
-    pub file: Option<PathBuf>,
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub label: Vec<String>,
+    #[command(flatten)]
+    pub source: ObjectSource,
     /// A subnet, optionally with its gateway: `10.0.0.0/24` or `10.0.0.0/24,gateway=10.0.0.1`.
     #[arg(long)]
     pub subnet: Vec<String>,
@@ -249,12 +256,8 @@ pub struct NetworkCreate {
 
 #[derive(Debug, Args)]
 pub struct SgCreate {
-    /// `project/name`.
-    pub key: Option<String>,
-    #[arg(short = 'f', long)]
-    pub file: Option<PathBuf>,
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub label: Vec<String>,
+    #[command(flatten)]
+    pub source: ObjectSource,
     /// Apply to the project's ports matching this selector (`""` for all of them).
     #[arg(long)]
     pub selector: Option<String>,
@@ -265,12 +268,8 @@ pub struct SgCreate {
 
 #[derive(Debug, Args)]
 pub struct PortCreate {
-    /// `project/name`.
-    pub key: Option<String>,
-    #[arg(short = 'f', long)]
-    pub file: Option<PathBuf>,
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub label: Vec<String>,
+    #[command(flatten)]
+    pub source: ObjectSource,
     #[arg(long)]
     pub node: Option<String>,
     /// A virtual network of the project; addresses not given are allocated from it.

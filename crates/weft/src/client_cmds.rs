@@ -10,8 +10,8 @@ use weft_client::{Client, Key, ListOptions};
 use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
 use crate::cli::{
-    ClientArgs, Command, DeleteArgs, ListArgs, NetworkCreate, ObjectCommand, PortCreate, ProjectCreate, RuleAdd,
-    RuleCommand, SgCommand, SgCreate, TokenCommand, UpdateArgs,
+    ClientArgs, Command, DeleteArgs, ListArgs, NetworkCreate, ObjectCommand, ObjectSource, PortCreate, ProjectCreate,
+    RuleAdd, RuleCommand, SgCommand, SgCreate, TokenCommand, UpdateArgs,
 };
 use crate::output;
 
@@ -146,12 +146,9 @@ fn split_key(key: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// The body from -f, or from the positional key and flags.
-fn base_body(
-    file: &Option<PathBuf>,
-    key: Option<&str>,
-    project_scoped: bool,
-    labels: &[String],
-) -> anyhow::Result<Value> {
+fn base_body(source: &ObjectSource, project_scoped: bool) -> anyhow::Result<Value> {
+    let ObjectSource { file, key, label: labels } = source;
+    let key = key.as_deref();
     let mut value = match file {
         Some(f) => read_file(f)?,
         None => json!({}),
@@ -175,11 +172,11 @@ fn base_body(
 }
 
 fn project_body(a: &ProjectCreate) -> anyhow::Result<Value> {
-    base_body(&a.file, a.name.as_deref(), false, &a.label)
+    base_body(&a.source, false)
 }
 
 fn network_body(a: &NetworkCreate) -> anyhow::Result<Value> {
-    let mut v = base_body(&a.file, a.key.as_deref(), true, &a.label)?;
+    let mut v = base_body(&a.source, true)?;
     if !a.subnet.is_empty() {
         let subnets: Vec<Value> = a
             .subnet
@@ -203,7 +200,7 @@ fn network_body(a: &NetworkCreate) -> anyhow::Result<Value> {
 }
 
 fn sg_body(a: &SgCreate) -> anyhow::Result<Value> {
-    let mut v = base_body(&a.file, a.key.as_deref(), true, &a.label)?;
+    let mut v = base_body(&a.source, true)?;
     if let Some(s) = &a.selector {
         let selector = weft_model::LabelSelector::parse(s)?;
         v["selector"] = serde_json::to_value(selector)?;
@@ -215,7 +212,7 @@ fn sg_body(a: &SgCreate) -> anyhow::Result<Value> {
 }
 
 fn port_body(a: &PortCreate) -> anyhow::Result<Value> {
-    let mut v = base_body(&a.file, a.key.as_deref(), true, &a.label)?;
+    let mut v = base_body(&a.source, true)?;
     for (field, value) in [("node", &a.node), ("network", &a.network), ("mac", &a.mac), ("interface", &a.interface)] {
         if let Some(value) = value {
             v[field] = Value::String(value.clone());
