@@ -2,6 +2,7 @@
 # Runs weft's whole test suite. Tests need a PostgreSQL server (each test gets a fresh database
 # on it): DATABASE_URL when set, else the local server on 127.0.0.1:5432 when it answers, else
 # a private server started here (and stopped at the end) with the installed initdb/pg_ctl.
+# WEFT_TEST_PRIVATE_PG=1 asks for the private server even when another one answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ run_pg() {
 }
 
 if [ -z "${DATABASE_URL:-}" ]; then
-  if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432 -U postgres; then
+  if [ -z "${WEFT_TEST_PRIVATE_PG:-}" ] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432 -U postgres; then
     export DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres
   else
     PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
