@@ -292,7 +292,7 @@ proptest! {
     fn deltas_rebuild_every_span(
         scenario in arb_scenario(),
         cuts in prop::collection::vec(1..6usize, 1..12),
-        later in prop::collection::vec((0..3u8, 0..8usize, prop::option::of(prop_oneof![Just("x"), Just("y")])), 0..8),
+        later in prop::collection::vec((0..4u8, 0..8usize, prop::option::of(prop_oneof![Just("x"), Just("y")])), 0..8),
     ) {
         let mut changes = scenario.changes.clone();
         // Later changes: deletes of ports and groups, relabels, moves to another node.
@@ -301,6 +301,17 @@ proptest! {
             match what {
                 0 => changes.push(Change::DeletePort(port)),
                 1 => changes.push(Change::DeleteGroup(id(2, i))),
+                // A project relabelled: project selectors now match other projects.
+                2 => {
+                    let p = i % PROJECTS.len();
+                    let env = if app.is_some() { "a" } else { "b" };
+                    changes.push(Change::UpsertProject(Project {
+                        id: Some(id(1, p)),
+                        name: PROJECTS[p].to_string(),
+                        labels: [("env".to_string(), env.to_string())].into(),
+                        ..Default::default()
+                    }));
+                }
                 _ => {
                     let original = scenario.changes.iter().find_map(|c| match c {
                         Change::UpsertPort(p) if p.id == Some(port) => Some(p.clone()),
