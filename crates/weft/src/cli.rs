@@ -88,6 +88,15 @@ pub enum Command {
     },
     /// The server's version, current revision and agent address.
     Info,
+    /// Print the change log after a revision, then follow it.
+    Changes {
+        /// Print what came after this revision.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+        /// Stop once caught up instead of following new revisions.
+        #[arg(long)]
+        no_watch: bool,
+    },
     /// Benchmarks that print figures (never pass/fail).
     Bench {
         #[command(subcommand)]

@@ -40,6 +40,7 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
         }
         Command::Sg { command: SgCommand::Rule { command } } => rule(&c, out, command).await,
         Command::Token { command } => token(&c, out, command).await,
+        Command::Changes { since, no_watch } => changes(&c, out, since, !no_watch).await,
     }
 }
 
@@ -331,6 +332,19 @@ fn rule_from_flags(a: &RuleAdd) -> anyhow::Result<weft_model::Rule> {
         json!({ "type": "any" })
     };
     Ok(serde_json::from_value(rule)?)
+}
+
+async fn changes(c: &Client, out: crate::cli::Output, since: i64, watch: bool) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut stream = Box::pin(c.changes(since, watch).await?);
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        if let Some(problem) = event.error {
+            return Err(weft_client::ClientError::Api(problem).into());
+        }
+        output::show_change(out, &event)?;
+    }
+    Ok(())
 }
 
 async fn token(c: &Client, out: crate::cli::Output, command: TokenCommand) -> anyhow::Result<()> {

@@ -220,3 +220,34 @@ fn print_rows(headers: &[&str], rows: Vec<Vec<String>>) {
         line(row);
     }
 }
+
+/// One change-log event: a line of JSON, or `REVISION OP KIND PROJECT/NAME`.
+pub fn show_change(out: Output, event: &weft_client::ChangeEvent) -> anyhow::Result<()> {
+    let object = event.object.clone().unwrap_or(Value::Null);
+    match out {
+        Output::Json => {
+            let line = serde_json::json!({
+                "revision": event.revision, "op": event.op, "kind": event.kind, "id": event.id, "object": object,
+            });
+            println!("{line}");
+        }
+        Output::Yaml => print!(
+            "---\n{}",
+            serde_yaml::to_string(&serde_json::json!({
+                "revision": event.revision, "op": event.op, "kind": event.kind, "object": object,
+            }))?
+        ),
+        // Bookmarks tell programs how far the stream has read; a person does not need them.
+        Output::Table if event.op == "bookmark" => {}
+        Output::Table => {
+            let name = match (object["project"].as_str(), object["name"].as_str()) {
+                (Some(p), Some(n)) => format!("{p}/{n}"),
+                (None, Some(n)) => n.to_string(),
+                _ => String::new(),
+            };
+            let kind = event.kind.map(|k| k.to_string()).unwrap_or_default();
+            println!("{:>8}  {:<8}  {:<16}  {name}", event.revision, event.op, kind);
+        }
+    }
+    Ok(())
+}

@@ -194,6 +194,14 @@ async fn client_verbs_round_trip_and_report_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cascade"), "{}", String::from_utf8_lossy(&out.stderr));
     ok(&["project", "delete", "shop", "--cascade"]);
+    // the change log, as JSON lines, ends with the deletions of the cascade
+    let log = ok(&["changes", "--since", "0", "--no-watch", "-o", "json"]);
+    let events: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["op"] == "put" && e["object"]["name"] == "db-0"), "{log}");
+    let last_change = events.iter().rev().find(|e| e["op"] != "bookmark").unwrap();
+    assert_eq!((last_change["op"].as_str(), last_change["kind"].as_str()), (Some("delete"), Some("project")));
+    let table = ok(&["changes", "--since", "0", "--no-watch"]);
+    assert!(table.contains("shop/db-0"), "{table}");
 
     // a reader token can read its project and nothing else
     ok(&["project", "create", "shop"]);
