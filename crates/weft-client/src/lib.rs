@@ -183,24 +183,38 @@ pub enum BatchOp {
     },
     Patch {
         kind: Kind,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<Uuid>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        project: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
+        #[serde(flatten)]
+        target: Target,
         patch: serde_json::Value,
     },
     Delete {
         kind: Kind,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<Uuid>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        project: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
+        #[serde(flatten)]
+        target: Target,
         cascade: bool,
     },
+}
+
+/// Which object a batch patch or delete addresses: by id, or by project and name.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Target {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Target {
+    pub fn id(id: Uuid) -> Target {
+        Target { id: Some(id), ..Target::default() }
+    }
+
+    /// `project` is `None` for projects themselves.
+    pub fn named(project: Option<&str>, name: &str) -> Target {
+        Target { id: None, project: project.map(String::from), name: Some(name.to_string()) }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -443,4 +457,34 @@ fn lines(
 /// Whether an error is the server saying "not found".
 pub fn is_not_found(e: &ClientError) -> bool {
     matches!(e, ClientError::Api(p) if p.status == StatusCode::NOT_FOUND.as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_operations_serialize_as_the_api_reads_them() {
+        let op = BatchOp::Delete { kind: Kind::Port, target: Target::named(Some("p"), "x"), cascade: false };
+        assert_eq!(
+            serde_json::to_value(&op).unwrap(),
+            serde_json::json!({"op": "delete", "kind": "port", "project": "p", "name": "x", "cascade": false})
+        );
+        let id = Uuid::nil();
+        let op =
+            BatchOp::Patch { kind: Kind::Project, target: Target::id(id), patch: serde_json::json!({"labels": {}}) };
+        assert_eq!(
+            serde_json::to_value(&op).unwrap(),
+            serde_json::json!({"op": "patch", "kind": "project", "id": id, "patch": {"labels": {}}})
+        );
+    }
+
+    #[test]
+    fn keys_make_paths() {
+        assert_eq!(Key::parse(Kind::Port, "k8s-a/web").path(Kind::Port), "/v1/ports/k8s-a/web");
+        assert_eq!(Key::parse(Kind::Project, "k8s-a").path(Kind::Project), "/v1/projects/k8s-a");
+        let id = Uuid::new_v4();
+        assert_eq!(Key::parse(Kind::SecurityGroup, &id.to_string()), Key::Id(id));
+        assert_eq!(Key::Project("a b/c".into()).path(Kind::Project), "/v1/projects/a%20b%2Fc");
+    }
 }
