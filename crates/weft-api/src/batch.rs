@@ -27,6 +27,8 @@ pub struct BatchRequest {
 
 /// One write. An operation addresses its object by `id`, or by `name` (with `project` for
 /// everything but projects); a replace may leave both out and use the object's own.
+// The target fields repeat in each variant on purpose: serde cannot combine `flatten` with
+// `deny_unknown_fields`, and an unknown field in a batch must be an error.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Operation {

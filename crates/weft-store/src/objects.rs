@@ -23,7 +23,7 @@ macro_rules! object_columns {
 }
 
 /// An object row with its owning project, as read inside a transaction.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ObjectRow {
     pub(crate) object: StoredObject,
     pub(crate) project_id: Option<Uuid>,
@@ -61,6 +61,9 @@ pub struct Txn {
     revision: Option<i64>,
     /// The next change-log row's position within the revision.
     seq: i32,
+    /// The row this transaction locked last, until it writes: the API reads an object for
+    /// authorization and then replaces or deletes it, and the second lookup needs no query.
+    locked: Option<(Kind, ObjectKey, ObjectRow)>,
     /// Taken once per transaction: every write in it has the same timestamp, as it has the
     /// same revision.
     now: DateTime<Utc>,
@@ -71,7 +74,7 @@ impl Store {
     pub async fn begin(&self) -> Result<Txn> {
         // PostgreSQL keeps microseconds: round here so that what a write returns equals what a read gives.
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-        Ok(Txn { store: self.clone(), tx: self.pool.begin().await?, revision: None, seq: 0, now })
+        Ok(Txn { store: self.clone(), tx: self.pool.begin().await?, revision: None, seq: 0, locked: None, now })
     }
 
     /// Reads one object.
@@ -457,6 +460,8 @@ impl Txn {
 
     /// Reserves `n` change-log positions and returns the first.
     fn next_seq(&mut self, n: i32) -> i32 {
+        // Every write statement reserves positions: what was locked may have changed.
+        self.locked = None;
         let first = self.seq;
         self.seq += n;
         first
@@ -473,6 +478,18 @@ impl Txn {
     }
 
     async fn lock(&mut self, kind: Kind, key: &ObjectKey) -> Result<ObjectRow> {
+        if let Some((k, locked_key, row)) = &self.locked
+            && *k == kind
+            && (locked_key == key || *key == ObjectKey::Id(row.object.id))
+        {
+            return Ok(row.clone());
+        }
+        let row = self.lock_query(kind, key).await?;
+        self.locked = Some((kind, key.clone(), row.clone()));
+        Ok(row)
+    }
+
+    async fn lock_query(&mut self, kind: Kind, key: &ObjectKey) -> Result<ObjectRow> {
         let row = match key {
             ObjectKey::Id(id) => {
                 sqlx::query(concat!(
