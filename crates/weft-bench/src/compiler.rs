@@ -127,25 +127,66 @@ impl std::fmt::Display for CompilerReport {
 #[derive(Debug)]
 pub struct ChangeFigures {
     pub kind: &'static str,
+    pub samples: usize,
     pub p50: Duration,
     pub p99: Duration,
-    /// Serialized span deltas (JSON) per change, on average.
+    /// Serialized deltas (JSON, shared set changes once) per change, on average.
     pub bytes: usize,
     /// Nodes that received a delta, on average.
     pub nodes: f64,
 }
 
+/// The incremental compiler on a realistic cluster: loading it, then the cost of each kind of
+/// change.
+#[derive(Debug)]
+pub struct IncrementalReport {
+    pub load: Duration,
+    pub rss_after_load_mib: f64,
+    pub changes: Vec<ChangeFigures>,
+}
+
+impl std::fmt::Display for IncrementalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  incremental load     {:.0} ms, {:.0} MiB (process) after loading",
+            self.load.as_secs_f64() * 1e3,
+            self.rss_after_load_mib
+        )?;
+        writeln!(f, "  per change:")?;
+        for figures in &self.changes {
+            write!(f, "{figures}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Per-change cost on a realistic cluster: pod added, relabelled, deleted, policy added, rule
-/// changed.
-pub fn incremental(shape: &Shape, samples: usize) -> Vec<ChangeFigures> {
+/// changed, and a policy whose namespaceSelector no other policy uses (its projects are found
+/// by scanning every namespace).
+pub fn incremental(shape: &Shape, samples: usize) -> IncrementalReport {
     use weft_compiler::{Change, Compiler};
     let mut compiler = Compiler::new();
-    compiler.apply(1, synthetic::cluster(shape));
+    let input = synthetic::cluster(shape);
+    let started = Instant::now();
+    compiler.load(1, input);
+    let load = started.elapsed();
+    let rss_after_load_mib = rss().0;
     let pods = shape.namespaces * shape.pods_per_namespace;
     let mut revision = 1;
     let mut figures = Vec::new();
-    let kinds: [&'static str; 5] = ["pod added", "pod relabelled", "pod deleted", "policy added", "rule changed"];
+    let kinds: [&'static str; 7] = [
+        "pod added",
+        "pod relabelled",
+        "pod deleted",
+        "policy added",
+        "rule changed",
+        "new ns selector",
+        "new all-ns sel.",
+    ];
     for (k, kind) in kinds.into_iter().enumerate() {
+        // Each all-namespace selector builds a set of every pod: a few samples say enough.
+        let samples = if k == 6 { samples.min(20) } else { samples };
         let mut times = Vec::with_capacity(samples);
         let (mut bytes, mut nodes) = (0, 0);
         for i in 0..samples {
@@ -166,7 +207,7 @@ pub fn incremental(shape: &Shape, samples: usize) -> Vec<ChangeFigures> {
                     Change::UpsertPort(p)
                 }
                 2 => Change::DeletePort(synthetic::pod_id(pod)),
-                3 => {
+                3 | 5 | 6 => {
                     let mut g = compiler
                         .cluster()
                         .group(&synthetic::policy_id(ns, 1))
@@ -176,6 +217,19 @@ pub fn incremental(shape: &Shape, samples: usize) -> Vec<ChangeFigures> {
                     g.name = format!("added-{i}");
                     for r in &mut g.rules {
                         r.id = Some(uuid::Uuid::new_v4());
+                        // A namespaceSelector no other policy has: two namespaces by name, or
+                        // (the costliest) every namespace, whose set is every pod.
+                        if k >= 5 {
+                            let selector = if k == 5 {
+                                format!("kubernetes.io/metadata.name in (ns{ns}, ns{}, x{i})", ns + 1)
+                            } else {
+                                format!("team notin (x{i})")
+                            };
+                            r.remote = weft_model::Remote::Selector {
+                                ports: weft_model::LabelSelector::default(),
+                                projects: weft_model::LabelSelector::parse(&selector).ok(),
+                            };
+                        }
                     }
                     Change::UpsertGroup(g)
                 }
@@ -196,31 +250,34 @@ pub fn incremental(shape: &Shape, samples: usize) -> Vec<ChangeFigures> {
             let deltas = compiler.apply(revision, [change]);
             times.push(started.elapsed());
             bytes += serde_json::to_vec(&deltas).map(|v| v.len()).unwrap_or(0);
-            nodes += deltas.len();
+            // (the deltas' shared set changes count once, as the controller encodes them once)
+            nodes += deltas.audience().len();
         }
         times.sort();
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
         figures.push(ChangeFigures {
             kind,
+            samples,
             p50: at(0.5),
             p99: at(0.99),
             bytes: bytes / samples.max(1),
             nodes: nodes as f64 / samples.max(1) as f64,
         });
     }
-    figures
+    IncrementalReport { load, rss_after_load_mib, changes: figures }
 }
 
 impl std::fmt::Display for ChangeFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "  {:<16} p50 {:>10.3} ms  p99 {:>10.3} ms  {:>8} bytes of deltas  {:>7.1} nodes",
+            "  {:<16} p50 {:>10.3} ms  p99 {:>10.3} ms  {:>8} bytes of deltas  {:>7.1} nodes  ({} samples)",
             self.kind,
             self.p50.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3,
             self.bytes,
-            self.nodes
+            self.nodes,
+            self.samples
         )
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use uuid::Uuid;
-use weft_model::{Direction, ObjectRef, Port, Project, SecurityGroup};
+use weft_model::{Direction, Labels, ObjectRef, Port, Project, SecurityGroup};
 
 /// One change of the input, with the revision it came in.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,24 +127,35 @@ impl Cluster {
     /// DESIGN.md §4's applied(P): the groups P names, plus every group of P's project whose
     /// selector matches P's labels. Unknown names are left out (and reported by the compiler).
     pub fn applied(&self, port: &Port) -> BTreeSet<Uuid> {
-        let mut applied: BTreeSet<Uuid> = port
-            .security_groups
-            .iter()
-            .flatten()
-            .filter_map(|reference| self.resolve_group(&port.project, reference))
-            .collect();
-        let from = (port.project.clone(), String::new());
-        for ((project, _), id) in self.group_by_name.range(from..) {
-            if *project != port.project {
+        self.applied_to(&port.project, &port.labels, port.security_groups.as_deref())
+    }
+
+    /// applied() for any port of `project` with these labels and explicit groups.
+    pub fn applied_to(&self, project: &str, labels: &Labels, explicit: Option<&[String]>) -> BTreeSet<Uuid> {
+        let mut applied: BTreeSet<Uuid> =
+            explicit.into_iter().flatten().filter_map(|reference| self.resolve_group(project, reference)).collect();
+        let from = (project.to_string(), String::new());
+        for ((group_project, _), id) in self.group_by_name.range(from..) {
+            if group_project != project {
                 break;
             }
             if let Some(selector) = self.groups.get(id).and_then(|g| g.selector.as_ref())
-                && selector.matches(&port.labels)
+                && selector.matches(labels)
             {
                 applied.insert(*id);
             }
         }
         applied
+    }
+
+    /// Whether group `id` is in applied_to(project, labels, explicit), without computing the
+    /// rest of it.
+    pub fn applies(&self, id: Uuid, project: &str, labels: &Labels, explicit: Option<&[String]>) -> bool {
+        let Some(group) = self.groups.get(&id) else { return false };
+        let indexed = || self.group_by_name.get(&(group.project.clone(), group.name.clone())) == Some(&id);
+        let selected = group.project == project && group.selector.as_ref().is_some_and(|s| s.matches(labels));
+        (selected && indexed())
+            || explicit.into_iter().flatten().any(|reference| self.resolve_group(project, reference) == Some(id))
     }
 
     /// The groups of applied(P) that isolate direction `d`.

@@ -1,7 +1,7 @@
 //! Compiling a cluster from scratch into every node's span. The incremental compiler must give
 //! exactly what this gives; this is also what it is tested against.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use crate::compiled::{
     AddressSet, CompiledGroup, CompiledRule, Family, Isolation, L4Match, NodeSpan, PortPolicy, RemoteMatch, Selection,
     SetDefinition, SetId, SetMembers,
 };
+use crate::fast::FastMap;
 
 /// Every node's span, and what did not resolve.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,9 +36,9 @@ impl Compiled {
 }
 
 /// A group compiled once, with the sets its rules name.
-struct GroupOutput {
-    group: Arc<CompiledGroup>,
-    sets: Vec<(SetId, SetDefinition)>,
+pub(crate) struct GroupOutput {
+    pub(crate) group: Arc<CompiledGroup>,
+    pub(crate) sets: Vec<(SetId, SetDefinition)>,
 }
 
 /// Ports of one project with the same labels and the same explicit groups have the same
@@ -48,45 +49,6 @@ struct Class {
     egress: Isolation,
     ports: Vec<Uuid>,
 }
-
-/// The Fx hash (as in rustc) for the compiler's hash maps: its keys are small and come from
-/// validated objects, and SipHash showed in profiles. Eight bytes per step.
-#[derive(Default)]
-struct Fx(u64);
-
-impl std::hash::Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        for b in chunks.remainder() {
-            self.add(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-}
-
-impl Fx {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
 
 /// A node's ports (id, port, class) and the classes they fall in.
 type NodePorts<'a> = (Vec<(Uuid, &'a Port, usize)>, BTreeSet<usize>);
@@ -111,11 +73,8 @@ pub fn compile(cluster: &Cluster) -> Compiled {
         let key = (port.project.as_str(), &port.labels, port.security_groups.as_ref());
         let class = *class_of.entry(key).or_insert_with(|| {
             let applied = cluster.applied(port);
-            let isolation = |d| {
-                let groups = cluster.isolating(&applied, d);
-                if groups.is_empty() { Isolation::Open } else { Isolation::Isolated(Arc::new(groups)) }
-            };
-            let (ingress, egress) = (isolation(Direction::Ingress), isolation(Direction::Egress));
+            let (ingress, egress) =
+                (isolation(cluster, &applied, Direction::Ingress), isolation(cluster, &applied, Direction::Egress));
             classes.push(Class { applied, ingress, egress, ports: Vec::new() });
             classes.len() - 1
         });
@@ -194,6 +153,12 @@ pub fn compile(cluster: &Cluster) -> Compiled {
     out
 }
 
+/// A port's isolation in direction `d`, given its applied groups.
+pub(crate) fn isolation(cluster: &Cluster, applied: &BTreeSet<Uuid>, d: Direction) -> Isolation {
+    let groups = cluster.isolating(applied, d);
+    if groups.is_empty() { Isolation::Open } else { Isolation::Isolated(Arc::new(groups)) }
+}
+
 /// One shared copy of each distinct `named_ports` map.
 type NamedPortsIntern<'a> =
     FastMap<&'a BTreeMap<String, weft_model::NamedPort>, Arc<BTreeMap<String, weft_model::NamedPort>>>;
@@ -236,7 +201,7 @@ fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
 /// A group's rules for the directions it isolates. (A group that does not isolate a direction
 /// has no say in it: Kubernetes ignores a policy's egress rules unless its policyTypes list
 /// Egress.)
-fn compile_group(cluster: &Cluster, id: Uuid) -> (GroupOutput, Vec<Dangling>) {
+pub(crate) fn compile_group(cluster: &Cluster, id: Uuid) -> (GroupOutput, Vec<Dangling>) {
     let mut dangling = Vec::new();
     let mut sets = Vec::new();
     let Some(group) = cluster.group(&id) else {

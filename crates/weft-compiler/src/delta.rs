@@ -31,13 +31,67 @@ pub struct SpanDelta {
     pub groups_removed: BTreeSet<Uuid>,
     /// Sets the node did not have.
     pub sets_defined: BTreeMap<SetId, Arc<AddressSet>>,
-    pub sets_changed: BTreeMap<SetId, MemberDelta>,
+    /// Shared by every node the same set change goes to.
+    pub sets_changed: BTreeMap<SetId, Arc<MemberDelta>>,
     pub sets_dropped: BTreeSet<SetId>,
 }
 
 impl SpanDelta {
     pub fn is_empty(&self) -> bool {
         self == &SpanDelta::default()
+    }
+}
+
+/// A node's name, shared between the compiler and every delta addressed to it.
+pub type NodeName = Arc<str>;
+
+/// One set's member changes and every node they go to: encoded once, sent to each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedSetChange {
+    pub members: Arc<MemberDelta>,
+    /// Sorted.
+    pub nodes: Vec<NodeName>,
+}
+
+/// What one revision changes, for every node: each node's own changes, and the set member
+/// changes shared by all the nodes whose span holds the set (a pod joining a set that every
+/// node references is one entry here, not a thousand).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deltas {
+    pub revision: i64,
+    pub nodes: BTreeMap<NodeName, SpanDelta>,
+    pub sets: BTreeMap<SetId, SharedSetChange>,
+}
+
+impl Deltas {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.sets.is_empty()
+    }
+
+    /// Every node that gets something, in order.
+    pub fn audience(&self) -> BTreeSet<NodeName> {
+        let mut out: BTreeSet<NodeName> = self.nodes.keys().cloned().collect();
+        for change in self.sets.values() {
+            out.extend(change.nodes.iter().cloned());
+        }
+        out
+    }
+
+    /// Everything one node gets, as one delta.
+    pub fn for_node(&self, node: &str) -> SpanDelta {
+        let mut d = self.nodes.get(node).cloned().unwrap_or_default();
+        for (set, change) in &self.sets {
+            if change.nodes.binary_search_by(|n| (**n).cmp(node)).is_ok() {
+                d.sets_changed.insert(*set, Arc::clone(&change.members));
+            }
+        }
+        d
+    }
+}
+
+impl MemberDelta {
+    pub fn is_empty(&self) -> bool {
+        self == &MemberDelta::default()
     }
 }
 
@@ -88,7 +142,7 @@ pub fn diff(old: &NodeSpan, new: &NodeSpan) -> SpanDelta {
                 Some(o) if Arc::ptr_eq(o, s) || o.members == s.members => {}
                 Some(o) => match member_delta(&o.members, &s.members) {
                     Some(m) => {
-                        d.sets_changed.insert(*id, m);
+                        d.sets_changed.insert(*id, Arc::new(m));
                     }
                     None => {
                         d.sets_defined.insert(*id, Arc::clone(s));

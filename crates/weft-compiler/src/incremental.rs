@@ -1,54 +1,241 @@
-//! The compiler as the controller runs it: changes in, per-node span deltas out.
+//! The compiler as the controller runs it: changes in, per-node span deltas out, each change
+//! costing what it touches rather than the size of the cluster.
 //!
-//! This first version recompiles from scratch and diffs every node, so its output is exactly
-//! right by construction; the incremental index that makes a change cost microseconds replaces
-//! the recompilation behind the same interface (and the same tests).
+//! State, all derived from the `Cluster` and kept up to date change by change:
+//! - **classes**: ports of one project with the same labels and explicit groups share their
+//!   applied groups and isolation; a class knows its ports and on which nodes they are.
+//! - **groups**: each group compiled once, with the address sets its rules name and the nodes
+//!   whose span holds it.
+//! - **sets**: each set's members (with a count for addresses two ports share) and the nodes
+//!   that reference it, indexed by what selects ports into it (a group's members, a project, a
+//!   project selector, everything), so a port change visits only the sets that can hold it.
+//! - **nodes**: each node's port policies and how many of its classes and groups reference
+//!   each group and set; a count crossing zero is a group or set entering or leaving the span.
+//!
+//! While a batch of changes is applied, the first touch of anything a node has records what it
+//! was; at the end each node's delta is the difference between that and now, and each set's
+//! member changes are netted, so an address removed and added back sends nothing. Everything
+//! that reaches the output is in BTreeMaps: the same input gives the same bytes.
+//!
+//! `compile()` (from scratch) stays as the definition this must equal; property tests check it
+//! after every batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::cluster::{Change, Cluster};
-use crate::compile::{Compiled, compile};
-use crate::compiled::NodeSpan;
-use crate::delta::{SpanDelta, diff};
+use uuid::Uuid;
+use weft_model::{Direction, LabelSelector, Labels, NamedPort, ObjectRef, Port, Project, SecurityGroup};
+
+use crate::cidr;
+use crate::cluster::{Change, Cluster, Dangling};
+use crate::compile::{Compiled, compile_group, isolation};
+use crate::compiled::{
+    AddressSet, CompiledGroup, Isolation, NodeSpan, PortPolicy, Selection, SetDefinition, SetId, SetMembers,
+};
+use crate::delta::{Deltas, MemberDelta, NodeName, SharedSetChange, SpanDelta};
+use crate::eval::Packet;
+use crate::explain::{Endpoint, Explanation};
+use crate::fast::{FastMap, FastSet, hash_of};
+
+type ClassId = usize;
+type NodeId = usize;
+
+/// The node id of ports bound to no node: compiled (for explain), sent nowhere.
+const UNPLACED: NodeId = 0;
+
+/// A (project, name) group reference, resolved against the referring object's project.
+type GroupKey = (String, String);
+
+/// Ports with the same applied groups.
+#[derive(Debug)]
+struct Class {
+    project: String,
+    labels: Labels,
+    explicit: Option<Vec<String>>,
+    hash: u64,
+    applied: BTreeSet<Uuid>,
+    ingress: Isolation,
+    egress: Isolation,
+    ports: FastMap<Uuid, Placed>,
+    /// How many of its ports each node has.
+    nodes: FastMap<NodeId, u32>,
+}
+
+impl Class {
+    /// The groups whose rules its ports are subject to (either direction), sorted.
+    fn isolating(&self) -> BTreeSet<Uuid> {
+        isolating_groups(&self.ingress, &self.egress)
+    }
+}
+
+fn isolating_groups(ingress: &Isolation, egress: &Isolation) -> BTreeSet<Uuid> {
+    let mut out = BTreeSet::new();
+    for i in [ingress, egress] {
+        if let Isolation::Isolated(groups) = i {
+            out.extend(groups.iter().copied());
+        }
+    }
+    out
+}
+
+/// What the sets need of a port, kept with its class so that filling a set of many ports
+/// reads no other map.
+#[derive(Debug)]
+struct Placed {
+    node: NodeId,
+    ips: Vec<IpAddr>,
+    named_ports: Arc<BTreeMap<String, NamedPort>>,
+}
+
+#[derive(Debug)]
+struct GroupState {
+    compiled: Arc<CompiledGroup>,
+    sets: Vec<SetId>,
+    /// The groups its rules name, whose appearance or rename changes what it compiles to.
+    refs: Vec<GroupKey>,
+    dangling: Vec<Dangling>,
+    /// The nodes whose span holds it.
+    nodes: FastSet<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Member {
+    Address(IpAddr),
+    Pair(IpAddr, u16),
+}
+
+#[derive(Debug)]
+struct SetState {
+    set: Arc<AddressSet>,
+    /// Members more than one port contributes, and how many more.
+    extra: FastMap<Member, u32>,
+    /// How many groups name it.
+    groups: u32,
+    /// How many of each node's groups name it.
+    nodes: FastMap<NodeId, u32>,
+}
+
+/// A project selector some set uses, and the projects it matches.
+#[derive(Debug, Default)]
+struct ProjectSelector {
+    projects: BTreeSet<String>,
+    sets: BTreeSet<SetId>,
+}
 
 #[derive(Debug, Default)]
+struct NodeState {
+    name: Option<Arc<str>>,
+    ports: BTreeMap<Uuid, PortPolicy>,
+    /// How many of the node's classes isolate with each group.
+    groups: BTreeMap<Uuid, u32>,
+    /// How many of the node's groups name each set.
+    sets: BTreeMap<SetId, u32>,
+}
+
+/// What a node had, for everything touched during one batch, as it was before the batch.
+#[derive(Debug, Default)]
+struct Touched {
+    ports: BTreeMap<Uuid, Option<PortPolicy>>,
+    groups: BTreeMap<Uuid, Option<Arc<CompiledGroup>>>,
+    /// Whether the node had the set.
+    sets: BTreeMap<SetId, bool>,
+}
+
+#[derive(Debug)]
 pub struct Compiler {
     cluster: Cluster,
-    current: Compiled,
+    classes: Vec<Option<Class>>,
+    free_classes: Vec<ClassId>,
+    class_index: FastMap<u64, Vec<ClassId>>,
+    class_of_port: FastMap<Uuid, ClassId>,
+    classes_by_project: FastMap<String, BTreeSet<ClassId>>,
+    classes_by_ref: FastMap<GroupKey, BTreeSet<ClassId>>,
+    group_classes: FastMap<Uuid, BTreeSet<ClassId>>,
+    groups: FastMap<Uuid, GroupState>,
+    rule_refs: FastMap<GroupKey, BTreeSet<Uuid>>,
+    sets: FastMap<SetId, SetState>,
+    sets_by_group: FastMap<Uuid, BTreeSet<SetId>>,
+    sets_by_project: FastMap<String, BTreeSet<SetId>>,
+    sets_everywhere: BTreeSet<SetId>,
+    project_selectors: BTreeMap<Arc<LabelSelector>, ProjectSelector>,
+    project_selectors_by_project: FastMap<String, BTreeSet<Arc<LabelSelector>>>,
+    /// Project names by label, to find the projects a new project selector matches.
+    projects_by_label: FastMap<(String, String), BTreeSet<String>>,
+    nodes: Vec<NodeState>,
+    node_ids: FastMap<Option<String>, NodeId>,
+    named_ports: FastMap<BTreeMap<String, NamedPort>, Arc<BTreeMap<String, NamedPort>>>,
+    named_ports_swept_at: usize,
+    /// Whether deltas are being recorded (not while loading a snapshot).
+    tracking: bool,
+    touched: BTreeMap<NodeId, Touched>,
+    /// Each set's member changes during the batch, netted.
+    journals: BTreeMap<SetId, MemberDelta>,
+    /// Sets no group may name any more: dropped at the end of the batch (a later change of
+    /// the same batch may name them again).
+    unreferenced: BTreeSet<SetId>,
+}
+
+impl Default for Compiler {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Compiler {
     pub fn new() -> Self {
-        Self::default()
+        let mut node_ids = FastMap::default();
+        node_ids.insert(None, UNPLACED);
+        Compiler {
+            cluster: Cluster::new(),
+            classes: Vec::new(),
+            free_classes: Vec::new(),
+            class_index: FastMap::default(),
+            class_of_port: FastMap::default(),
+            classes_by_project: FastMap::default(),
+            classes_by_ref: FastMap::default(),
+            group_classes: FastMap::default(),
+            groups: FastMap::default(),
+            rule_refs: FastMap::default(),
+            sets: FastMap::default(),
+            sets_by_group: FastMap::default(),
+            sets_by_project: FastMap::default(),
+            sets_everywhere: BTreeSet::new(),
+            project_selectors: BTreeMap::new(),
+            project_selectors_by_project: FastMap::default(),
+            projects_by_label: FastMap::default(),
+            nodes: vec![NodeState::default()],
+            node_ids,
+            named_ports: FastMap::default(),
+            named_ports_swept_at: 0,
+            tracking: false,
+            touched: BTreeMap::new(),
+            journals: BTreeMap::new(),
+            unreferenced: BTreeSet::new(),
+        }
     }
 
-    /// Applies the changes of one revision and returns, per node, what changed in its span
-    /// (nodes whose span did not change are absent; a node that lost its last port gets a
+    /// Applies the changes of one revision and returns what changed in each node's span
+    /// (nodes whose span did not change get nothing; a node that lost its last port gets a
     /// delta removing everything).
-    pub fn apply(&mut self, revision: i64, changes: impl IntoIterator<Item = Change>) -> BTreeMap<String, SpanDelta> {
+    pub fn apply(&mut self, revision: i64, changes: impl IntoIterator<Item = Change>) -> Deltas {
+        self.tracking = true;
         for change in changes {
-            self.cluster.apply(revision, change);
+            self.change(revision, change);
         }
-        let next = compile(&self.cluster);
-        let empty = NodeSpan::default();
-        let mut deltas = BTreeMap::new();
-        for node in self.current.spans.keys().chain(next.spans.keys()) {
-            if deltas.contains_key(node) {
-                continue;
-            }
-            let old = self.current.spans.get(node).unwrap_or(&empty);
-            let new = next.spans.get(node).unwrap_or(&empty);
-            let d = diff(old, new);
-            if !d.is_empty() {
-                deltas.insert(node.clone(), d);
-            }
-        }
-        self.current = next;
+        let deltas = Deltas { revision, ..self.deltas() };
+        self.end_batch();
         deltas
     }
 
-    pub fn compiled(&self) -> &Compiled {
-        &self.current
+    /// Applies changes without computing deltas: loading the state a controller starts from,
+    /// whose spans it then sends whole.
+    pub fn load(&mut self, revision: i64, changes: impl IntoIterator<Item = Change>) {
+        self.tracking = false;
+        for change in changes {
+            self.change(revision, change);
+        }
+        self.end_batch();
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -58,5 +245,1021 @@ impl Compiler {
     /// The revision of the last change applied.
     pub fn revision(&self) -> i64 {
         self.cluster.revision()
+    }
+
+    /// The nodes that have ports, in order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        let mut names: Vec<&str> =
+            self.nodes.iter().filter(|n| !n.ports.is_empty()).filter_map(|n| n.name.as_deref()).collect();
+        names.sort_unstable();
+        names.into_iter()
+    }
+
+    /// One node's span now (empty for a node with no ports): what a newly connected agent is
+    /// sent. Groups and sets are shared with the compiler's own state, not copied.
+    pub fn span(&self, node: &str) -> NodeSpan {
+        match self.node_ids.get(&Some(node.to_string())) {
+            Some(id) => self.span_of(*id),
+            None => NodeSpan::default(),
+        }
+    }
+
+    fn span_of(&self, id: NodeId) -> NodeSpan {
+        let node = &self.nodes[id];
+        NodeSpan {
+            ports: node.ports.clone(),
+            groups: Arc::new(
+                node.groups.keys().filter_map(|g| Some((*g, Arc::clone(&self.groups.get(g)?.compiled)))).collect(),
+            ),
+            sets: Arc::new(node.sets.keys().filter_map(|s| Some((*s, Arc::clone(&self.sets.get(s)?.set)))).collect()),
+        }
+    }
+
+    /// Every span, the unplaced ports and what does not resolve: what `compile()` gives for the
+    /// same cluster (tests hold the compiler to exactly that).
+    pub fn snapshot(&self) -> Compiled {
+        let mut out = Compiled { unplaced: self.span_of(UNPLACED), dangling: self.dangling(), ..Compiled::default() };
+        for (id, node) in self.nodes.iter().enumerate() {
+            if let (Some(name), false) = (&node.name, node.ports.is_empty()) {
+                out.spans.insert(name.to_string(), self.span_of(id));
+            }
+        }
+        out
+    }
+
+    /// References that do not resolve: ports naming unknown groups or projects, rules (of
+    /// groups some port is subject to) naming unknown groups, upserts without an id.
+    pub fn dangling(&self) -> Vec<Dangling> {
+        let mut out = self.cluster.rejected.clone();
+        for (id, port) in self.cluster.ports() {
+            for reference in port.security_groups.iter().flatten() {
+                if self.cluster.resolve_group(&port.project, reference).is_none() {
+                    out.push(Dangling::PortGroup { port: *id, group: reference.clone() });
+                }
+            }
+            if self.cluster.project_by_name(&port.project).is_none() {
+                out.push(Dangling::Project { object: *id, project: port.project.clone() });
+            }
+        }
+        for group in self.groups.values().filter(|g| !g.nodes.is_empty()) {
+            out.extend(group.dangling.iter().cloned());
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The verdict for `packet` from `src` to `dst`, and why (see `Compiled::explain`).
+    pub fn explain(&self, src: &Endpoint, dst: &Endpoint, packet: &Packet) -> Explanation {
+        let mut view = Compiled::default();
+        for end in [src, dst] {
+            let Endpoint::Port(port) = end else { continue };
+            let Some(port) = self.cluster.port(port) else { continue };
+            let node = self.node_ids.get(&port.node).copied().unwrap_or(UNPLACED);
+            match &port.node {
+                Some(name) => {
+                    view.spans.entry(name.clone()).or_insert_with(|| self.span_of(node));
+                }
+                None => view.unplaced = self.span_of(UNPLACED),
+            }
+        }
+        view.explain(src, dst, packet)
+    }
+
+    fn change(&mut self, revision: i64, change: Change) {
+        match change {
+            Change::UpsertProject(p) => {
+                let old = p.id.and_then(|id| self.cluster.projects.get(&id).cloned());
+                let new = p.id.is_some().then(|| p.clone());
+                self.cluster.apply(revision, Change::UpsertProject(p));
+                if new.is_some() {
+                    self.project_changed(old, new);
+                }
+            }
+            Change::DeleteProject(id) => {
+                let old = self.cluster.projects.get(&id).cloned();
+                self.cluster.apply(revision, Change::DeleteProject(id));
+                self.project_changed(old, None);
+            }
+            Change::UpsertPort(p) => {
+                let id = p.id;
+                let old = id.and_then(|id| self.cluster.ports.get(&id).cloned());
+                self.cluster.apply(revision, Change::UpsertPort(p));
+                if let Some(id) = id {
+                    self.port_changed(id, old);
+                }
+            }
+            Change::DeletePort(id) => {
+                let old = self.cluster.ports.get(&id).cloned();
+                self.cluster.apply(revision, Change::DeletePort(id));
+                self.port_changed(id, old);
+            }
+            Change::UpsertGroup(g) => {
+                let id = g.id;
+                let old = id.and_then(|id| self.cluster.groups.get(&id).cloned());
+                self.cluster.apply(revision, Change::UpsertGroup(g));
+                if let Some(id) = id {
+                    self.group_changed(id, old);
+                }
+            }
+            Change::DeleteGroup(id) => {
+                let old = self.cluster.groups.get(&id).cloned();
+                self.cluster.apply(revision, Change::DeleteGroup(id));
+                self.group_changed(id, old);
+            }
+        }
+    }
+
+    // ---- ports ----
+
+    fn port_changed(&mut self, id: Uuid, old: Option<Port>) {
+        let new = self.cluster.ports.get(&id).cloned();
+        let old_place = old.as_ref().and_then(|port| {
+            let class = *self.class_of_port.get(&id)?;
+            self.contribute(port, class, false);
+            Some((class, self.node_id(&port.node)))
+        });
+        let new_place = new.as_ref().map(|port| (self.class_for(port), self.node_id(&port.node)));
+        // The new class and node are counted before the old are released, so that a port
+        // that stays in its class and node never makes a group or set leave the span and come
+        // back.
+        match (&new, new_place) {
+            (Some(port), Some((class, node))) => {
+                let placed = Placed { node, ips: port.ips.clone(), named_ports: self.intern(&port.named_ports) };
+                self.class_mut(class).ports.insert(id, placed);
+                self.class_of_port.insert(id, class);
+                self.class_node_add(class, node, 1);
+            }
+            _ => {
+                self.class_of_port.remove(&id);
+            }
+        }
+        if let Some((class, node)) = old_place {
+            if new_place.map(|(c, _)| c) != Some(class) {
+                self.class_mut(class).ports.remove(&id);
+            }
+            self.class_node_add(class, node, -1);
+            if new_place.map(|(_, n)| n) != Some(node) {
+                self.set_port(node, id, None);
+            }
+        }
+        if let (Some(port), Some((class, node))) = (&new, new_place) {
+            let policy = self.policy(port, class);
+            self.set_port(node, id, Some(policy));
+            self.contribute(port, class, true);
+        }
+        if let Some((class, _)) = old_place
+            && self.class(class).ports.is_empty()
+        {
+            self.drop_class(class);
+        }
+    }
+
+    fn node_id(&mut self, node: &Option<String>) -> NodeId {
+        if let Some(id) = self.node_ids.get(node) {
+            return *id;
+        }
+        let id = self.nodes.len();
+        self.nodes.push(NodeState { name: node.as_deref().map(Arc::from), ..NodeState::default() });
+        self.node_ids.insert(node.clone(), id);
+        id
+    }
+
+    /// One shared copy of each distinct named-ports map (the pods of a deployment have one).
+    fn intern(&mut self, named_ports: &BTreeMap<String, NamedPort>) -> Arc<BTreeMap<String, NamedPort>> {
+        match self.named_ports.get(named_ports) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared = Arc::new(named_ports.clone());
+                self.named_ports.insert(named_ports.clone(), Arc::clone(&shared));
+                shared
+            }
+        }
+    }
+
+    fn policy(&mut self, port: &Port, class: ClassId) -> PortPolicy {
+        let named_ports = self.intern(&port.named_ports);
+        let class = self.class(class);
+        PortPolicy {
+            project: port.project.clone(),
+            name: port.name.clone(),
+            addresses: port.ips.clone(),
+            interface: port
+                .interface
+                .clone()
+                .unwrap_or_else(|| weft_model::default_interface(&port.project, &port.name)),
+            named_ports,
+            ingress: class.ingress.clone(),
+            egress: class.egress.clone(),
+        }
+    }
+
+    fn set_port(&mut self, node: NodeId, id: Uuid, policy: Option<PortPolicy>) {
+        let ports = &mut self.nodes[node].ports;
+        let old = match &policy {
+            Some(p) => ports.insert(id, p.clone()),
+            None => ports.remove(&id),
+        };
+        if self.tracking {
+            self.touched.entry(node).or_default().ports.entry(id).or_insert(old);
+        }
+    }
+
+    // ---- classes ----
+
+    fn class(&self, id: ClassId) -> &Class {
+        self.classes[id].as_ref().expect("live class id")
+    }
+
+    fn class_mut(&mut self, id: ClassId) -> &mut Class {
+        self.classes[id].as_mut().expect("live class id")
+    }
+
+    /// The class of ports like `port`, created when it is the first.
+    fn class_for(&mut self, port: &Port) -> ClassId {
+        let hash = hash_of(&(&port.project, &port.labels, &port.security_groups));
+        if let Some(found) = self.class_index.get(&hash).and_then(|ids| {
+            ids.iter().copied().find(|id| {
+                let c = self.class(*id);
+                c.project == port.project && c.labels == port.labels && c.explicit == port.security_groups
+            })
+        }) {
+            return found;
+        }
+        let applied = self.cluster.applied(port);
+        let class = Class {
+            project: port.project.clone(),
+            labels: port.labels.clone(),
+            explicit: port.security_groups.clone(),
+            hash,
+            ingress: isolation(&self.cluster, &applied, Direction::Ingress),
+            egress: isolation(&self.cluster, &applied, Direction::Egress),
+            applied,
+            ports: FastMap::default(),
+            nodes: FastMap::default(),
+        };
+        let id = match self.free_classes.pop() {
+            Some(id) => id,
+            None => {
+                self.classes.push(None);
+                self.classes.len() - 1
+            }
+        };
+        self.class_index.entry(hash).or_default().push(id);
+        self.classes_by_project.entry(class.project.clone()).or_default().insert(id);
+        for key in refs_of(&class.project, class.explicit.as_deref()) {
+            self.classes_by_ref.entry(key).or_default().insert(id);
+        }
+        for g in &class.applied {
+            self.group_classes.entry(*g).or_default().insert(id);
+        }
+        self.classes[id] = Some(class);
+        id
+    }
+
+    fn drop_class(&mut self, id: ClassId) {
+        let Some(class) = self.classes[id].take() else { return };
+        debug_assert!(class.nodes.is_empty());
+        if let Some(ids) = self.class_index.get_mut(&class.hash) {
+            ids.retain(|c| *c != id);
+            if ids.is_empty() {
+                self.class_index.remove(&class.hash);
+            }
+        }
+        remove_from(&mut self.classes_by_project, &class.project, &id);
+        for key in refs_of(&class.project, class.explicit.as_deref()) {
+            remove_from(&mut self.classes_by_ref, &key, &id);
+        }
+        for g in &class.applied {
+            remove_from(&mut self.group_classes, g, &id);
+        }
+        self.free_classes.push(id);
+    }
+
+    /// `delta` more (or fewer) ports of `class` on `node`; the class's groups enter or leave
+    /// the node's span when its count crosses zero.
+    fn class_node_add(&mut self, class: ClassId, node: NodeId, delta: i32) {
+        let c = self.class_mut(class);
+        let count = c.nodes.entry(node).or_insert(0);
+        let before = *count;
+        *count = count.saturating_add_signed(delta);
+        let after = *count;
+        if after == 0 {
+            c.nodes.remove(&node);
+        }
+        if (before == 0) != (after == 0) {
+            let groups = c.isolating();
+            for g in groups {
+                self.node_group_add(node, g, if after > 0 { 1 } else { -1 });
+            }
+        }
+    }
+
+    fn node_group_add(&mut self, node: NodeId, group: Uuid, delta: i32) {
+        let counts = &mut self.nodes[node].groups;
+        let count = counts.entry(group).or_insert(0);
+        let before = *count;
+        *count = count.saturating_add_signed(delta);
+        let after = *count;
+        if after == 0 {
+            counts.remove(&group);
+        }
+        if (before == 0) == (after == 0) {
+            return;
+        }
+        let Some(state) = self.groups.get_mut(&group) else { return };
+        if self.tracking {
+            let had = (before > 0).then(|| Arc::clone(&state.compiled));
+            self.touched.entry(node).or_default().groups.entry(group).or_insert(had);
+        }
+        if after > 0 {
+            state.nodes.insert(node);
+        } else {
+            state.nodes.remove(&node);
+        }
+        for set in state.sets.clone() {
+            self.node_set_add(node, set, if after > 0 { 1 } else { -1 });
+        }
+    }
+
+    fn node_set_add(&mut self, node: NodeId, set: SetId, delta: i32) {
+        let counts = &mut self.nodes[node].sets;
+        let count = counts.entry(set).or_insert(0);
+        let before = *count;
+        *count = count.saturating_add_signed(delta);
+        let after = *count;
+        if after == 0 {
+            counts.remove(&set);
+        }
+        if (before == 0) == (after == 0) {
+            return;
+        }
+        if self.tracking {
+            self.touched.entry(node).or_default().sets.entry(set).or_insert(before > 0);
+        }
+        if let Some(state) = self.sets.get_mut(&set) {
+            if after > 0 {
+                *state.nodes.entry(node).or_insert(0) += 1;
+            } else {
+                state.nodes.remove(&node);
+            }
+        }
+    }
+
+    // ---- groups ----
+
+    fn group_changed(&mut self, id: Uuid, old: Option<SecurityGroup>) {
+        let new = self.cluster.groups.get(&id).cloned();
+        let keys: BTreeSet<GroupKey> =
+            old.iter().chain(new.iter()).map(|g| (g.project.clone(), g.name.clone())).collect();
+        // Its own rules, and the rules of groups that name it (a name that now resolves, or
+        // no longer does).
+        let mut recompile = BTreeSet::from([id]);
+        let renamed = old.as_ref().map(|g| (&g.project, &g.name)) != new.as_ref().map(|g| (&g.project, &g.name));
+        if renamed {
+            for key in &keys {
+                recompile.extend(self.rule_refs.get(key).into_iter().flatten().copied());
+            }
+        }
+        for g in recompile {
+            if self.cluster.groups.contains_key(&g) {
+                self.recompile_group(g);
+            }
+        }
+        // The classes it may apply to now or applied to before.
+        let mut candidates: BTreeSet<ClassId> = self.group_classes.get(&id).cloned().unwrap_or_default();
+        for g in old.iter().chain(new.iter()) {
+            candidates.extend(self.classes_by_project.get(&g.project).into_iter().flatten().copied());
+        }
+        for key in &keys {
+            candidates.extend(self.classes_by_ref.get(key).into_iter().flatten().copied());
+        }
+        for class in candidates {
+            self.reclassify(class, id);
+        }
+        if new.is_none()
+            && let Some(state) = self.groups.remove(&id)
+        {
+            debug_assert!(state.nodes.is_empty());
+            self.release_group(id, &state);
+        }
+    }
+
+    /// Compiles a group again and moves the nodes that hold it to its new sets.
+    fn recompile_group(&mut self, id: Uuid) {
+        let (output, dangling) = compile_group(&self.cluster, id);
+        let refs: Vec<GroupKey> = self
+            .cluster
+            .group(&id)
+            .map(|g| {
+                g.rules
+                    .iter()
+                    .filter_map(|r| match &r.remote {
+                        weft_model::Remote::SecurityGroup { security_group } => {
+                            let r = ObjectRef::parse(security_group).ok()?;
+                            Some((r.project_or(&g.project).to_string(), r.name.to_string()))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sets: Vec<SetId> = output.sets.iter().map(|(s, _)| *s).collect();
+        for (set, definition) in output.sets {
+            self.reference_set(set, definition);
+        }
+        for key in &refs {
+            self.rule_refs.entry(key.clone()).or_default().insert(id);
+        }
+        let state = GroupState { compiled: output.group, sets, refs, dangling, nodes: FastSet::default() };
+        let Some(mut old) = self.groups.insert(id, state) else { return };
+        let nodes = std::mem::take(&mut old.nodes);
+        let new = self.groups.get_mut(&id).expect("just inserted");
+        new.nodes = nodes;
+        if new.compiled != old.compiled || new.sets != old.sets {
+            let (new_sets, holders): (Vec<SetId>, Vec<NodeId>) =
+                (new.sets.clone(), new.nodes.iter().copied().collect());
+            for node in holders {
+                if self.tracking {
+                    let had = Some(Arc::clone(&old.compiled));
+                    self.touched.entry(node).or_default().groups.entry(id).or_insert(had);
+                }
+                for set in &new_sets {
+                    self.node_set_add(node, *set, 1);
+                }
+                for set in &old.sets {
+                    self.node_set_add(node, *set, -1);
+                }
+            }
+        }
+        self.release_group(id, &old);
+    }
+
+    /// What a group's former compiled form held on to: its sets and its name references.
+    fn release_group(&mut self, id: Uuid, state: &GroupState) {
+        for key in &state.refs {
+            let still = self.groups.get(&id).is_some_and(|g| g.refs.contains(key));
+            if !still {
+                remove_from(&mut self.rule_refs, key, &id);
+            }
+        }
+        for set in &state.sets {
+            if let Some(s) = self.sets.get_mut(set) {
+                s.groups -= 1;
+                if s.groups == 0 {
+                    self.unreferenced.insert(*set);
+                }
+            }
+        }
+    }
+
+    /// Brings one class up to date with group `group`: whether it applies, and the class's
+    /// isolation.
+    fn reclassify(&mut self, class: ClassId, group: Uuid) {
+        let c = self.class(class);
+        let now = self.cluster.applies(group, &c.project, &c.labels, c.explicit.as_deref());
+        let before = c.applied.contains(&group);
+        if !now && !before {
+            return;
+        }
+        if now != before {
+            let c = self.class_mut(class);
+            if now {
+                c.applied.insert(group);
+            } else {
+                c.applied.remove(&group);
+            }
+            if now {
+                self.group_classes.entry(group).or_default().insert(class);
+            } else {
+                remove_from(&mut self.group_classes, &group, &class);
+            }
+            // Its ports join or leave the sets of the group's members.
+            let sets: Vec<SetId> = self.sets_by_group.get(&group).into_iter().flatten().copied().collect();
+            if !sets.is_empty() {
+                let mut members = Vec::new();
+                for placed in self.class(class).ports.values() {
+                    members.extend(
+                        sets.iter()
+                            .map(|s| (*s, members_of(&self.sets[s].set.definition, &placed.ips, &placed.named_ports))),
+                    );
+                }
+                self.change_members(members, now);
+            }
+        }
+        let c = self.class(class);
+        let ingress = isolation(&self.cluster, &c.applied, Direction::Ingress);
+        let egress = isolation(&self.cluster, &c.applied, Direction::Egress);
+        if ingress == c.ingress && egress == c.egress {
+            return;
+        }
+        let (old_groups, new_groups) = (c.isolating(), isolating_groups(&ingress, &egress));
+        let c = self.class_mut(class);
+        c.ingress = ingress.clone();
+        c.egress = egress.clone();
+        let nodes: Vec<NodeId> = c.nodes.keys().copied().collect();
+        let ports: Vec<(Uuid, NodeId)> = c.ports.iter().map(|(id, p)| (*id, p.node)).collect();
+        for node in nodes {
+            for g in new_groups.difference(&old_groups) {
+                self.node_group_add(node, *g, 1);
+            }
+            for g in old_groups.difference(&new_groups) {
+                self.node_group_add(node, *g, -1);
+            }
+        }
+        for (id, node) in ports {
+            let Some(policy) = self.nodes[node].ports.get_mut(&id) else { continue };
+            let old = policy.clone();
+            policy.ingress = ingress.clone();
+            policy.egress = egress.clone();
+            if self.tracking {
+                self.touched.entry(node).or_default().ports.entry(id).or_insert(Some(old));
+            }
+        }
+    }
+
+    // ---- sets ----
+
+    /// One more group names `set`; the set is built when it is the first.
+    fn reference_set(&mut self, set: SetId, definition: SetDefinition) {
+        if let Some(state) = self.sets.get_mut(&set) {
+            state.groups += 1;
+            self.unreferenced.remove(&set);
+            return;
+        }
+        let selection = match &definition {
+            SetDefinition::Addresses(s) | SetDefinition::NamedPorts { selection: s, .. } => s.clone(),
+        };
+        let static_prefixes = matches!(definition, SetDefinition::Addresses(Selection::Cidr { .. }));
+        let members = match (&definition, &selection) {
+            (SetDefinition::Addresses(Selection::Cidr { cidr, except }), _) => {
+                SetMembers::Prefixes(cidr::subtract(*cidr, except))
+            }
+            (SetDefinition::Addresses(_), _) => SetMembers::Addresses(BTreeSet::new()),
+            (SetDefinition::NamedPorts { .. }, _) => SetMembers::Pairs(BTreeSet::new()),
+        };
+        let mut state = SetState {
+            set: Arc::new(AddressSet { definition, members }),
+            extra: FastMap::default(),
+            groups: 1,
+            nodes: FastMap::default(),
+        };
+        if !static_prefixes {
+            // A new project selector first finds its projects: the candidates come from them.
+            if let Selection::Selector { projects: Some(selector), .. } = &selection {
+                self.project_selector(selector);
+            }
+            // Built in one go from a sorted list: a set of every pod in the cluster is 100,000
+            // members, and inserting them one by one is most of the cost.
+            let mut all: Vec<Member> = Vec::new();
+            for (ips, named_ports) in self.candidates(&selection) {
+                members_into(&state.set.definition, ips, named_ports, &mut all);
+            }
+            all.sort_unstable();
+            let mut distinct: Vec<Member> = Vec::with_capacity(all.len());
+            for member in all {
+                if distinct.last() == Some(&member) {
+                    *state.extra.entry(member).or_insert(0) += 1;
+                } else {
+                    distinct.push(member);
+                }
+            }
+            match &mut Arc::make_mut(&mut state.set).members {
+                SetMembers::Addresses(a) => {
+                    *a = distinct
+                        .into_iter()
+                        .filter_map(|m| if let Member::Address(x) = m { Some(x) } else { None })
+                        .collect();
+                }
+                SetMembers::Pairs(p) => {
+                    *p = distinct
+                        .into_iter()
+                        .filter_map(|m| if let Member::Pair(x, n) = m { Some((x, n)) } else { None })
+                        .collect();
+                }
+                SetMembers::Prefixes(_) => {}
+            }
+            match &selection {
+                Selection::All | Selection::Cidr { .. } => {
+                    self.sets_everywhere.insert(set);
+                }
+                Selection::GroupMembers { group } => {
+                    self.sets_by_group.entry(*group).or_default().insert(set);
+                }
+                Selection::Selector { project, projects: None, .. } => {
+                    self.sets_by_project.entry(project.clone()).or_default().insert(set);
+                }
+                Selection::Selector { projects: Some(selector), .. } => {
+                    let selector = self.project_selector(selector);
+                    if let Some(ps) = self.project_selectors.get_mut(&selector) {
+                        ps.sets.insert(set);
+                    }
+                }
+            }
+        }
+        self.sets.insert(set, state);
+    }
+
+    /// The ports a selection may pick (a set's definition then says what each contributes).
+    fn candidates(&self, selection: &Selection) -> Vec<(&[IpAddr], &BTreeMap<String, NamedPort>)> {
+        let in_classes = |classes: Vec<ClassId>| -> Vec<(&[IpAddr], &BTreeMap<String, NamedPort>)> {
+            classes
+                .into_iter()
+                .flat_map(|c| self.class(c).ports.values())
+                .map(|p| (p.ips.as_slice(), &*p.named_ports))
+                .collect()
+        };
+        let matching_in = |project: &str, ports: &LabelSelector| -> Vec<ClassId> {
+            self.classes_by_project
+                .get(project)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|c| ports.matches(&self.class(*c).labels))
+                .collect()
+        };
+        match selection {
+            Selection::All | Selection::Cidr { .. } => {
+                self.cluster.ports.values().map(|p| (p.ips.as_slice(), &p.named_ports)).collect()
+            }
+            Selection::GroupMembers { group } => {
+                in_classes(self.group_classes.get(group).into_iter().flatten().copied().collect())
+            }
+            Selection::Selector { project, ports, projects: None } => in_classes(matching_in(project, ports)),
+            Selection::Selector { ports, projects: Some(selector), .. } => {
+                let projects = self.project_selectors.get(selector).map(|ps| &ps.projects);
+                in_classes(projects.into_iter().flatten().flat_map(|p| matching_in(p, ports)).collect())
+            }
+        }
+    }
+
+    /// The project selector's entry, created (with the projects it matches) when new.
+    fn project_selector(&mut self, selector: &LabelSelector) -> Arc<LabelSelector> {
+        if let Some((key, _)) = self.project_selectors.get_key_value(selector) {
+            return Arc::clone(key);
+        }
+        let key = Arc::new(selector.clone());
+        // Narrowed by the label index where the selector allows: the projects carrying one of
+        // its matchLabels, or one of the values of an `In` requirement (whichever are fewest);
+        // otherwise every project.
+        let posting = |k: &str, v: &str| self.projects_by_label.get(&(k.to_string(), v.to_string()));
+        let mut narrowings: Vec<Vec<&String>> =
+            selector.match_labels.iter().map(|(k, v)| posting(k, v).into_iter().flatten().collect()).collect();
+        for r in selector.match_expressions.iter().filter(|r| r.operator == weft_model::Operator::In) {
+            narrowings.push(r.values.iter().flat_map(|v| posting(&r.key, v).into_iter().flatten()).collect());
+        }
+        let candidates: Vec<&Project> = match narrowings.into_iter().min_by_key(Vec::len) {
+            Some(names) => names.into_iter().filter_map(|name| self.cluster.project_by_name(name)).collect(),
+            None => self.cluster.projects.values().collect(),
+        };
+        let projects: BTreeSet<String> = candidates
+            .into_iter()
+            .filter(|p| self.cluster.project_by_name(&p.name).is_some_and(|q| q.id == p.id))
+            .filter(|p| selector.matches(&p.labels))
+            .map(|p| p.name.clone())
+            .collect();
+        for name in &projects {
+            self.project_selectors_by_project.entry(name.clone()).or_default().insert(Arc::clone(&key));
+        }
+        self.project_selectors.insert(Arc::clone(&key), ProjectSelector { projects, sets: BTreeSet::new() });
+        key
+    }
+
+    /// Adds (or removes) what a port contributes to every set that selects it.
+    fn contribute(&mut self, port: &Port, class: ClassId, add: bool) {
+        let mut sets: Vec<SetId> = Vec::new();
+        for g in &self.class(class).applied {
+            sets.extend(self.sets_by_group.get(g).into_iter().flatten().copied());
+        }
+        let selected = |set: &SetId| match &self.sets[set].set.definition {
+            SetDefinition::Addresses(Selection::Selector { ports, .. })
+            | SetDefinition::NamedPorts { selection: Selection::Selector { ports, .. }, .. } => {
+                ports.matches(&port.labels)
+            }
+            _ => true,
+        };
+        sets.extend(self.sets_by_project.get(&port.project).into_iter().flatten().filter(|s| selected(s)));
+        for selector in self.project_selectors_by_project.get(&port.project).into_iter().flatten() {
+            let ps = &self.project_selectors[selector];
+            sets.extend(ps.sets.iter().filter(|s| selected(s)));
+        }
+        sets.extend(self.sets_everywhere.iter().copied());
+        if sets.is_empty() {
+            return;
+        }
+        let members = sets
+            .into_iter()
+            .map(|s| (s, members_of(&self.sets[&s].set.definition, &port.ips, &port.named_ports)))
+            .collect();
+        self.change_members(members, add);
+    }
+
+    fn change_members(&mut self, members: Vec<(SetId, Vec<Member>)>, add: bool) {
+        for (set, list) in members {
+            let Some(state) = self.sets.get_mut(&set) else { continue };
+            let journal = if self.tracking { Some(self.journals.entry(set).or_default()) } else { None };
+            let mut journal = journal;
+            for member in list {
+                if add {
+                    add_member(state, member, journal.as_deref_mut());
+                } else {
+                    remove_member(state, member, journal.as_deref_mut());
+                }
+            }
+        }
+    }
+
+    // ---- projects ----
+
+    fn project_changed(&mut self, old: Option<Project>, new: Option<Project>) {
+        for p in old.iter() {
+            for (k, v) in &p.labels {
+                remove_from(&mut self.projects_by_label, &(k.clone(), v.clone()), &p.name);
+            }
+        }
+        for p in new.iter() {
+            for (k, v) in &p.labels {
+                self.projects_by_label.entry((k.clone(), v.clone())).or_default().insert(p.name.clone());
+            }
+        }
+        let names: BTreeSet<String> = old.iter().chain(new.iter()).map(|p| p.name.clone()).collect();
+        let selectors: Vec<Arc<LabelSelector>> = self.project_selectors.keys().cloned().collect();
+        for selector in selectors {
+            for name in &names {
+                let now = self.cluster.project_by_name(name).is_some_and(|p| selector.matches(&p.labels));
+                let ps = self.project_selectors.get_mut(&selector).expect("listed");
+                let before = ps.projects.contains(name);
+                if now == before {
+                    continue;
+                }
+                if now {
+                    ps.projects.insert(name.clone());
+                    self.project_selectors_by_project.entry(name.clone()).or_default().insert(Arc::clone(&selector));
+                } else {
+                    ps.projects.remove(name);
+                    remove_from(&mut self.project_selectors_by_project, name, &selector);
+                }
+                // The project's ports that the selector's sets pick join or leave them.
+                let sets: Vec<SetId> = ps.sets.iter().copied().collect();
+                let classes: Vec<ClassId> = self.classes_by_project.get(name).into_iter().flatten().copied().collect();
+                let mut members = Vec::new();
+                for set in sets {
+                    let definition = &self.sets[&set].set.definition;
+                    let (SetDefinition::Addresses(Selection::Selector { ports, .. })
+                    | SetDefinition::NamedPorts { selection: Selection::Selector { ports, .. }, .. }) = definition
+                    else {
+                        continue;
+                    };
+                    for class in &classes {
+                        let c = self.class(*class);
+                        if !ports.matches(&c.labels) {
+                            continue;
+                        }
+                        for placed in c.ports.values() {
+                            members.push((set, members_of(definition, &placed.ips, &placed.named_ports)));
+                        }
+                    }
+                }
+                self.change_members(members, now);
+            }
+        }
+    }
+
+    // ---- the end of a batch ----
+
+    /// Each touched node's delta: what it has now against what it had before the batch; and
+    /// each changed set's members, for the nodes that had it before and still have it.
+    fn deltas(&mut self) -> Deltas {
+        let journals: BTreeMap<SetId, Arc<MemberDelta>> = std::mem::take(&mut self.journals)
+            .into_iter()
+            .filter(|(_, j)| !j.is_empty())
+            .map(|(s, j)| (s, Arc::new(j)))
+            .collect();
+        let touched = std::mem::take(&mut self.touched);
+        let mut out = Deltas::default();
+        for (id, t) in &touched {
+            let (Some(name), false) = (&self.nodes[*id].name, *id == UNPLACED) else { continue };
+            let node = &self.nodes[*id];
+            let mut d = SpanDelta::default();
+            for (port, before) in &t.ports {
+                match (before, node.ports.get(port)) {
+                    (_, Some(now)) if before.as_ref() != Some(now) => {
+                        d.ports_upserted.insert(*port, now.clone());
+                    }
+                    (Some(_), None) => {
+                        d.ports_removed.insert(*port);
+                    }
+                    _ => {}
+                }
+            }
+            for (group, before) in &t.groups {
+                let now = node.groups.contains_key(group).then(|| self.groups.get(group)).flatten();
+                match (before, now) {
+                    (_, Some(now)) if before.as_ref() != Some(&now.compiled) => {
+                        d.groups_upserted.insert(*group, Arc::clone(&now.compiled));
+                    }
+                    (Some(_), None) => {
+                        d.groups_removed.insert(*group);
+                    }
+                    _ => {}
+                }
+            }
+            for (set, had) in &t.sets {
+                match (*had, node.sets.contains_key(set)) {
+                    (false, true) => {
+                        if let Some(s) = self.sets.get(set) {
+                            d.sets_defined.insert(*set, Arc::clone(&s.set));
+                        }
+                    }
+                    (true, false) => {
+                        d.sets_dropped.insert(*set);
+                    }
+                    // Member changes of a set the node keeps go with the shared set changes.
+                    _ => {}
+                }
+            }
+            if !d.is_empty() {
+                out.nodes.insert(Arc::clone(name), d);
+            }
+        }
+        for (set, members) in journals {
+            let Some(state) = self.sets.get(&set) else { continue };
+            let mut nodes: Vec<NodeName> = state
+                .nodes
+                .keys()
+                .filter(|node| **node != UNPLACED)
+                // A node that just got the set got it whole.
+                .filter(|node| touched.get(node).and_then(|t| t.sets.get(&set)) != Some(&false))
+                .filter_map(|node| self.nodes[*node].name.clone())
+                .collect();
+            if nodes.is_empty() {
+                continue;
+            }
+            nodes.sort_unstable();
+            out.sets.insert(set, SharedSetChange { members, nodes });
+        }
+        out
+    }
+
+    fn end_batch(&mut self) {
+        self.touched.clear();
+        self.journals.clear();
+        for set in std::mem::take(&mut self.unreferenced) {
+            if self.sets.get(&set).is_some_and(|s| s.groups == 0) {
+                self.drop_set(set);
+            }
+        }
+        // Forget named-port maps no port uses any more, now and then.
+        if self.named_ports.len() > 2 * self.named_ports_swept_at.max(64) {
+            self.named_ports.retain(|_, shared| Arc::strong_count(shared) > 1);
+            self.named_ports_swept_at = self.named_ports.len();
+        }
+    }
+
+    fn drop_set(&mut self, set: SetId) {
+        let Some(state) = self.sets.remove(&set) else { return };
+        debug_assert!(state.nodes.is_empty());
+        let selection = match &state.set.definition {
+            SetDefinition::Addresses(s) | SetDefinition::NamedPorts { selection: s, .. } => s,
+        };
+        match selection {
+            Selection::All | Selection::Cidr { .. } => {
+                self.sets_everywhere.remove(&set);
+            }
+            Selection::GroupMembers { group } => remove_from(&mut self.sets_by_group, group, &set),
+            Selection::Selector { project, projects: None, .. } => {
+                remove_from(&mut self.sets_by_project, project, &set)
+            }
+            Selection::Selector { projects: Some(selector), .. } => {
+                let Some(ps) = self.project_selectors.get_mut(selector) else { return };
+                ps.sets.remove(&set);
+                if ps.sets.is_empty()
+                    && let Some((key, ps)) = self.project_selectors.remove_entry(selector)
+                {
+                    for name in &ps.projects {
+                        remove_from(&mut self.project_selectors_by_project, name, &key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The (project, name) of each group a port's explicit references name.
+fn refs_of(project: &str, explicit: Option<&[String]>) -> BTreeSet<GroupKey> {
+    explicit
+        .into_iter()
+        .flatten()
+        .filter_map(|r| ObjectRef::parse(r).ok().map(|r| (r.project_or(project).to_string(), r.name.to_string())))
+        .collect()
+}
+
+fn remove_from<K, V>(index: &mut FastMap<K, BTreeSet<V>>, key: &K, value: &V)
+where
+    K: std::hash::Hash + Eq,
+    V: Ord,
+{
+    if let Some(values) = index.get_mut(key) {
+        values.remove(value);
+        if values.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// What one port contributes to a set (given that the set's selection picks it).
+fn members_of(definition: &SetDefinition, ips: &[IpAddr], named_ports: &BTreeMap<String, NamedPort>) -> Vec<Member> {
+    let mut out = Vec::new();
+    members_into(definition, ips, named_ports, &mut out);
+    out
+}
+
+fn members_into(
+    definition: &SetDefinition,
+    ips: &[IpAddr],
+    named_ports: &BTreeMap<String, NamedPort>,
+    out: &mut Vec<Member>,
+) {
+    let in_selection = |a: &IpAddr| match definition {
+        SetDefinition::Addresses(Selection::Cidr { cidr, except })
+        | SetDefinition::NamedPorts { selection: Selection::Cidr { cidr, except }, .. } => {
+            cidr::contains(cidr, except, a)
+        }
+        _ => true,
+    };
+    match definition {
+        SetDefinition::Addresses(Selection::Cidr { .. }) => {}
+        SetDefinition::Addresses(_) => out.extend(ips.iter().copied().map(Member::Address)),
+        SetDefinition::NamedPorts { name, protocol, .. } => {
+            if let Some(np) = named_ports.get(name)
+                && np.protocol.number() == Some(*protocol)
+            {
+                out.extend(ips.iter().copied().filter(in_selection).map(|a| Member::Pair(a, np.port as u16)));
+            }
+        }
+    }
+}
+
+fn add_member(state: &mut SetState, member: Member, journal: Option<&mut MemberDelta>) {
+    let present = match (&state.set.members, member) {
+        (SetMembers::Addresses(a), Member::Address(x)) => a.contains(&x),
+        (SetMembers::Pairs(p), Member::Pair(x, n)) => p.contains(&(x, n)),
+        _ => return,
+    };
+    if present {
+        *state.extra.entry(member).or_insert(0) += 1;
+        return;
+    }
+    match (&mut Arc::make_mut(&mut state.set).members, member) {
+        (SetMembers::Addresses(a), Member::Address(x)) => {
+            a.insert(x);
+        }
+        (SetMembers::Pairs(p), Member::Pair(x, n)) => {
+            p.insert((x, n));
+        }
+        _ => {}
+    }
+    if let Some(j) = journal {
+        match member {
+            Member::Address(x) => {
+                if !j.removed_addresses.remove(&x) {
+                    j.added_addresses.insert(x);
+                }
+            }
+            Member::Pair(x, n) => {
+                if !j.removed_pairs.remove(&(x, n)) {
+                    j.added_pairs.insert((x, n));
+                }
+            }
+        }
+    }
+}
+
+fn remove_member(state: &mut SetState, member: Member, journal: Option<&mut MemberDelta>) {
+    if let Some(extra) = state.extra.get_mut(&member) {
+        *extra -= 1;
+        if *extra == 0 {
+            state.extra.remove(&member);
+        }
+        return;
+    }
+    let removed = match (&mut Arc::make_mut(&mut state.set).members, member) {
+        (SetMembers::Addresses(a), Member::Address(x)) => a.remove(&x),
+        (SetMembers::Pairs(p), Member::Pair(x, n)) => p.remove(&(x, n)),
+        _ => false,
+    };
+    if let (true, Some(j)) = (removed, journal) {
+        match member {
+            Member::Address(x) => {
+                if !j.added_addresses.remove(&x) {
+                    j.removed_addresses.insert(x);
+                }
+            }
+            Member::Pair(x, n) => {
+                if !j.added_pairs.remove(&(x, n)) {
+                    j.removed_pairs.insert((x, n));
+                }
+            }
+        }
     }
 }

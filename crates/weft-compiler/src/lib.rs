@@ -7,7 +7,12 @@
 //!                                                                       ├ groups: CompiledGroup (rules, shared)
 //!                                                                       └ sets: AddressSet (by definition, shared)
 //!   eval::side(span, port, direction, packet) ─► Open | Allowed{group, rule} | Denied
+//!
+//!   Compiler::apply(revision, changes) ─► Deltas { per node: SpanDelta, shared: set changes }
 //! ```
+//!
+//! `compile()` compiles from scratch and defines the output; `Compiler` keeps an index so a
+//! change costs what it touches, and is tested to equal `compile()` after every batch.
 
 pub mod cidr;
 mod cluster;
@@ -16,6 +21,7 @@ pub mod compiled;
 pub mod delta;
 pub mod eval;
 mod explain;
+mod fast;
 mod incremental;
 #[cfg(test)]
 mod proptests;
@@ -26,7 +32,7 @@ pub mod synthetic;
 pub use cluster::{Change, Cluster, Dangling};
 pub use compile::{Compiled, compile};
 pub use compiled::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
-pub use delta::{MemberDelta, SpanDelta, diff};
+pub use delta::{Deltas, MemberDelta, NodeName, SharedSetChange, SpanDelta, diff};
 pub use eval::{Packet, Side};
 pub use explain::{AlwaysAllowed, Endpoint, Explanation};
 pub use incremental::Compiler;

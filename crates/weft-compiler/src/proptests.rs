@@ -37,6 +37,15 @@ fn arb_selector() -> impl Strategy<Value = serde_json::Value> {
     ]
 }
 
+fn arb_project_selector() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(json!({"matchLabels": {"env": "a"}})),
+        Just(json!({})),
+        Just(json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["b", "c"]}]})),
+        Just(json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["a"]}]})),
+    ]
+}
+
 fn arb_rule() -> impl Strategy<Value = serde_json::Value> {
     let direction = prop_oneof![Just("ingress"), Just("egress")];
     let l4 = prop_oneof![
@@ -61,7 +70,8 @@ fn arb_rule() -> impl Strategy<Value = serde_json::Value> {
         Just(json!({"type": "security_group", "security_group": "pb/g1"})),
         Just(json!({"type": "security_group", "security_group": "ghost"})),
         arb_selector().prop_map(|s| json!({"type": "selector", "ports": s})),
-        arb_selector().prop_map(|s| json!({"type": "selector", "ports": s, "projects": {"matchLabels": {"env": "a"}}})),
+        (arb_selector(), arb_project_selector())
+            .prop_map(|(s, p)| json!({"type": "selector", "ports": s, "projects": p})),
     ];
     (direction, l4, remote).prop_map(|(d, mut l4, remote)| {
         // ICMP of one family with a CIDR of the other is invalid input; keep inputs valid.
@@ -197,7 +207,8 @@ fn endpoint(end: &End, ports: usize, family_v6: bool, c: &Cluster) -> Option<(En
     let outside = |which: u8| -> Option<IpAddr> {
         match (family_v6, which) {
             (true, 0) => "2001:db8::7".parse().ok(),
-            (true, _) => "fd00::6".parse().ok(),
+            // inside fd00::/125 and no port's (ports have fd00::1 up)
+            (true, _) => "fd00::".parse().ok(),
             (false, 0) => "192.0.2.7".parse().ok(),
             (false, 1) => "10.0.0.100".parse().ok(),
             (false, _) => "10.0.0.200".parse().ok(),
@@ -236,6 +247,8 @@ proptest! {
             cluster.apply(rev as i64 + 1, change);
         }
         let compiled = compile(&cluster);
+        let mut compiler = crate::Compiler::new();
+        compiler.load(1, scenario.changes.iter().cloned());
         for (src, dst, v6, (protocol, port, icmp)) in packets {
             let (Some((src, src_addr)), Some((dst, dst_addr))) =
                 (endpoint(&src, scenario.ports, v6, &cluster), endpoint(&dst, scenario.ports, v6, &cluster))
@@ -244,6 +257,8 @@ proptest! {
             let expected = reference::allowed(&cluster, &src, &dst, &packet);
             let got = compiled.explain(&src, &dst, &packet);
             prop_assert_eq!(got.allowed, expected, "{:?} -> {:?} {:?}: {:?}", src, dst, packet, got);
+            // The controller's explain (the incremental compiler's spans) says the same, and why.
+            prop_assert_eq!(compiler.explain(&src, &dst, &packet), got);
         }
     }
 }
@@ -292,15 +307,57 @@ proptest! {
     fn deltas_rebuild_every_span(
         scenario in arb_scenario(),
         cuts in prop::collection::vec(1..6usize, 1..12),
-        later in prop::collection::vec((0..4u8, 0..8usize, prop::option::of(prop_oneof![Just("x"), Just("y")])), 0..8),
+        later in prop::collection::vec((0..8u8, 0..8usize, prop::option::of(prop_oneof![Just("x"), Just("y")])), 0..10),
     ) {
         let mut changes = scenario.changes.clone();
-        // Later changes: deletes of ports and groups, relabels, moves to another node.
+        // The groups as they stand after each later change (names stay unique per project).
+        let mut groups: BTreeMap<Uuid, SecurityGroup> = scenario.changes.iter().filter_map(|c| match c {
+            Change::UpsertGroup(g) => Some((g.id.unwrap_or_default(), g.clone())),
+            _ => None,
+        }).collect();
+        let latest_port = |changes: &[Change], port: Uuid| changes.iter().rev().find_map(|c| match c {
+            Change::UpsertPort(p) if p.id == Some(port) => Some(p.clone()),
+            _ => None,
+        });
+        // Later changes: deletes of ports and groups, relabels, moves to another node, groups
+        // edited and renamed, ports given other addresses, named ports and groups.
         for (what, i, app) in later {
             let port = id(4, i % scenario.ports);
+            let group = groups.keys().nth(i % groups.len().max(1)).copied();
             match what {
                 0 => changes.push(Change::DeletePort(port)),
-                1 => changes.push(Change::DeleteGroup(id(2, i))),
+                4 | 5 if group.is_some() => {
+                    let Some(mut g) = group.and_then(|g| groups.get(&g).cloned()) else { continue };
+                    if what == 4 {
+                        // Edited: other directions, another selector, a rule less.
+                        g.policy_types = if g.policy_types.len() == 2 { vec![weft_model::Direction::Egress] } else { vec![weft_model::Direction::Ingress, weft_model::Direction::Egress] };
+                        g.selector = app.map(|a| serde_json::from_value(json!({"matchLabels": {"app": a}})).expect("selector"));
+                        if !g.rules.is_empty() {
+                            g.rules.remove(0);
+                        }
+                    } else {
+                        // Renamed, possibly to a name ports and rules refer to but nothing had.
+                        let name = if app.is_some() { "ghost".to_string() } else { format!("renamed{i}") };
+                        if groups.values().any(|o| o.project == g.project && o.name == name) {
+                            continue;
+                        }
+                        g.name = name;
+                    }
+                    groups.insert(g.id.unwrap_or_default(), g.clone());
+                    changes.push(Change::UpsertGroup(g));
+                }
+                6 => {
+                    // Another port's address (two ports share it), other named ports and groups.
+                    let Some(mut p) = latest_port(&changes, port) else { continue };
+                    p.ips = vec![v4((i + 1) % scenario.ports)];
+                    p.named_ports = serde_json::from_value(json!({"http": {"protocol": "tcp", "port": 80 + i}})).expect("named");
+                    p.security_groups = Some(if app.is_some() { vec!["ghost".into()] } else { vec![] });
+                    changes.push(Change::UpsertPort(p));
+                }
+                1 => {
+                    groups.remove(&id(2, i));
+                    changes.push(Change::DeleteGroup(id(2, i)));
+                }
                 // A project relabelled: project selectors now match other projects.
                 2 => {
                     let p = i % PROJECTS.len();
@@ -340,11 +397,16 @@ proptest! {
             rest = tail;
             revision += 1;
             let deltas = compiler.apply(revision, batch.iter().cloned());
-            for (node, delta) in &deltas {
-                agents.entry(node.clone()).or_default().apply(delta);
+            for node in deltas.audience() {
+                let delta = deltas.for_node(&node);
+                let span = agents.entry(node.to_string()).or_default();
+                let before = span.clone();
+                span.apply(&delta);
+                // Nothing is sent that does not change the node's span.
+                prop_assert_ne!(&before, span, "node {} got a delta that changes nothing: {:?}", node, delta);
             }
             let scratch = compile(compiler.cluster());
-            prop_assert_eq!(compiler.compiled(), &scratch);
+            prop_assert_eq!(&compiler.snapshot(), &scratch);
             for (node, span) in &agents {
                 let expected = scratch.spans.get(node).cloned().unwrap_or_default();
                 prop_assert_eq!(span, &expected, "node {}", node);
@@ -352,6 +414,15 @@ proptest! {
             for node in scratch.spans.keys() {
                 prop_assert!(agents.contains_key(node), "node {} never got its span", node);
             }
+            for (node, span) in &scratch.spans {
+                prop_assert_eq!(&compiler.span(node), span, "span of {}", node);
+            }
+        }
+        // A compiler loaded with the final state at once holds the same.
+        let mut loaded = crate::Compiler::new();
+        loaded.load(revision, changes.iter().cloned());
+        prop_assert_eq!(loaded.snapshot(), compiler.snapshot());
+        {
         }
     }
 }

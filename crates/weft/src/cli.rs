@@ -414,12 +414,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 weft_bench::compiler::Workload::Realistic(weft_compiler_shape(namespaces, pods_per_namespace, nodes))
             };
-            print!("{}", weft_bench::compiler::run(&workload));
-            if let (weft_bench::compiler::Workload::Realistic(shape), true) = (&workload, changes > 0) {
-                println!("  per change ({changes} of each):");
-                for figures in weft_bench::compiler::incremental(shape, changes) {
-                    print!("{figures}");
+            // The incremental compiler first, so that the memory it reports is its own.
+            let incremental = match (&workload, changes > 0) {
+                (weft_bench::compiler::Workload::Realistic(shape), true) => {
+                    Some(weft_bench::compiler::incremental(shape, changes))
                 }
+                _ => None,
+            };
+            print!("{}", weft_bench::compiler::run(&workload));
+            if let Some(report) = incremental {
+                print!("{report}");
             }
             Ok(())
         }
