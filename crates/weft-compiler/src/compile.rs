@@ -14,7 +14,7 @@ use crate::compiled::{
     AddressSet, CompiledGroup, CompiledRule, Family, Isolation, L4Match, NodeSpan, PortPolicy, RemoteMatch, Selection,
     SetDefinition, SetId, SetMembers,
 };
-use crate::fast::FastMap;
+use crate::fast::{FastMap, FastSet};
 
 /// Every node's span, and what did not resolve.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,18 +61,34 @@ pub fn compile(cluster: &Cluster) -> Compiled {
     let mut class_of: FastMap<(&str, &weft_model::Labels, Option<&Vec<String>>), usize> = FastMap::default();
     let mut classes: Vec<Class> = Vec::new();
     let mut by_node: BTreeMap<Option<&str>, NodePorts> = BTreeMap::new();
+    // What Cluster::applied scans for each port, gathered once: each project's groups that
+    // have a selector (by the name index, as applied() reads them), and the project names.
+    let mut selecting: FastMap<&str, Vec<(Uuid, &weft_model::LabelSelector)>> = FastMap::default();
+    for ((project, _), id) in &cluster.group_by_name {
+        if let Some(selector) = cluster.group(id).and_then(|g| g.selector.as_ref()) {
+            selecting.entry(project.as_str()).or_default().push((*id, selector));
+        }
+    }
+    let projects: FastSet<&str> = cluster.project_by_name.keys().map(String::as_str).collect();
     for (id, port) in cluster.ports() {
         for reference in port.security_groups.iter().flatten() {
             if cluster.resolve_group(&port.project, reference).is_none() {
                 out.dangling.push(Dangling::PortGroup { port: *id, group: reference.clone() });
             }
         }
-        if cluster.project_by_name(&port.project).is_none() {
+        if !projects.contains(port.project.as_str()) {
             out.dangling.push(Dangling::Project { object: *id, project: port.project.clone() });
         }
         let key = (port.project.as_str(), &port.labels, port.security_groups.as_ref());
         let class = *class_of.entry(key).or_insert_with(|| {
-            let applied = cluster.applied(port);
+            let mut applied: BTreeSet<Uuid> = port
+                .security_groups
+                .iter()
+                .flatten()
+                .filter_map(|reference| cluster.resolve_group(&port.project, reference))
+                .collect();
+            let selected = selecting.get(port.project.as_str()).into_iter().flatten();
+            applied.extend(selected.filter(|(_, s)| s.matches(&port.labels)).map(|(g, _)| *g));
             let (ingress, egress) =
                 (isolation(cluster, &applied, Direction::Ingress), isolation(cluster, &applied, Direction::Egress));
             classes.push(Class { applied, ingress, egress, ports: Vec::new() });
