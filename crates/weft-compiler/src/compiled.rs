@@ -182,3 +182,13 @@ pub struct NodeSpan {
     pub groups: Arc<BTreeMap<Uuid, Arc<CompiledGroup>>>,
     pub sets: Arc<BTreeMap<SetId, Arc<AddressSet>>>,
 }
+
+impl std::str::FromStr for SetId {
+    type Err = String;
+
+    /// The form `Display` writes: `s` and 32 hex digits.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex = s.strip_prefix('s').filter(|h| h.len() == 32).ok_or_else(|| format!("not a set id: {s:?}"))?;
+        u128::from_str_radix(hex, 16).map(SetId).map_err(|_| format!("not a set id: {s:?}"))
+    }
+}

@@ -1,0 +1,457 @@
+//! Between the compiler's types and the protocol's: what the controller sends (to_proto,
+//! snapshot, DeltaEncoder) and what the agent reads (from_proto). A round trip gives back
+//! exactly what went in (tested).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use prost::Message;
+use uuid::Uuid;
+use weft_compiler::compiled::{L4Match, RemoteMatch, SetMembers};
+use weft_compiler::{
+    AddressSet, CompiledGroup, CompiledRule, Deltas, Family, Isolation, MemberDelta, NodeSpan, PortPolicy, SetId,
+    SpanDelta,
+};
+use weft_model::{NamedPort, Protocol};
+
+use crate::{Encoded, v1};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+fn invalid(field: &'static str, message: impl std::fmt::Display) -> ConvertError {
+    ConvertError::Invalid { field, message: message.to_string() }
+}
+
+fn address(a: &IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn parse_address(bytes: &[u8]) -> Result<IpAddr, ConvertError> {
+    match bytes.len() {
+        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).map_err(|e| invalid("address", e))?)),
+        16 => Ok(IpAddr::from(<[u8; 16]>::try_from(bytes).map_err(|e| invalid("address", e))?)),
+        n => Err(invalid("address", format!("{n} bytes; an address has 4 or 16"))),
+    }
+}
+
+fn parse_uuid(field: &'static str, s: &str) -> Result<Uuid, ConvertError> {
+    s.parse().map_err(|e| invalid(field, e))
+}
+
+fn parse_set(field: &'static str, s: &str) -> Result<SetId, ConvertError> {
+    s.parse().map_err(|e| invalid(field, e))
+}
+
+fn prefix(p: &IpNet) -> v1::Prefix {
+    v1::Prefix { address: address(&p.addr()), length: u32::from(p.prefix_len()) }
+}
+
+fn parse_prefix(p: &v1::Prefix) -> Result<IpNet, ConvertError> {
+    let length = u8::try_from(p.length).map_err(|e| invalid("prefix", e))?;
+    IpNet::new(parse_address(&p.address)?, length).map_err(|e| invalid("prefix", e))
+}
+
+fn pair(&(a, port): &(IpAddr, u16)) -> v1::AddressPort {
+    v1::AddressPort { address: address(&a), port: u32::from(port) }
+}
+
+fn parse_pair(p: &v1::AddressPort) -> Result<(IpAddr, u16), ConvertError> {
+    Ok((parse_address(&p.address)?, u16::try_from(p.port).map_err(|e| invalid("port", e))?))
+}
+
+fn isolation(i: &Isolation) -> v1::Isolation {
+    match i {
+        Isolation::Open => v1::Isolation { isolated: false, groups: vec![] },
+        Isolation::Isolated(groups) => {
+            v1::Isolation { isolated: true, groups: groups.iter().map(Uuid::to_string).collect() }
+        }
+    }
+}
+
+fn parse_isolation(i: Option<&v1::Isolation>) -> Result<Isolation, ConvertError> {
+    match i {
+        Some(i) if i.isolated => Ok(Isolation::Isolated(Arc::new(
+            i.groups.iter().map(|g| parse_uuid("isolation.groups", g)).collect::<Result<_, _>>()?,
+        ))),
+        _ => Ok(Isolation::Open),
+    }
+}
+
+fn port(id: &Uuid, p: &PortPolicy) -> v1::PortPolicy {
+    v1::PortPolicy {
+        id: id.to_string(),
+        project: p.project.clone(),
+        name: p.name.clone(),
+        addresses: p.addresses.iter().map(address).collect(),
+        interface: p.interface.clone(),
+        named_ports: p
+            .named_ports
+            .iter()
+            .map(|(name, np)| {
+                let protocol = u32::from(np.protocol.number().unwrap_or(0));
+                (name.clone(), v1::NamedPort { protocol, port: np.port as u32 })
+            })
+            .collect(),
+        ingress: Some(isolation(&p.ingress)),
+        egress: Some(isolation(&p.egress)),
+    }
+}
+
+fn parse_port(p: &v1::PortPolicy) -> Result<(Uuid, PortPolicy), ConvertError> {
+    let named_ports: BTreeMap<String, NamedPort> = p
+        .named_ports
+        .iter()
+        .map(|(name, np)| {
+            let number = u8::try_from(np.protocol).map_err(|e| invalid("named_ports.protocol", e))?;
+            let protocol = if number == 0 { Protocol::Any } else { Protocol::from_number(number) };
+            Ok((name.clone(), NamedPort { protocol, port: i64::from(np.port) }))
+        })
+        .collect::<Result<_, ConvertError>>()?;
+    Ok((
+        parse_uuid("port.id", &p.id)?,
+        PortPolicy {
+            project: p.project.clone(),
+            name: p.name.clone(),
+            addresses: p.addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?,
+            interface: p.interface.clone(),
+            named_ports: Arc::new(named_ports),
+            ingress: parse_isolation(p.ingress.as_ref())?,
+            egress: parse_isolation(p.egress.as_ref())?,
+        },
+    ))
+}
+
+fn rule(r: &CompiledRule) -> v1::Rule {
+    use v1::rule::{L4, Remote};
+    let l4 = match &r.l4 {
+        L4Match::All => L4::All(v1::Empty {}),
+        L4Match::Ranges(ranges) => L4::Ranges(v1::PortRanges {
+            ranges: ranges
+                .iter()
+                .map(|(from, to)| v1::PortRange { from: u32::from(*from), to: u32::from(*to) })
+                .collect(),
+        }),
+        L4Match::Named(name) => L4::Named(name.clone()),
+        L4Match::Icmp { icmp_type, code } => {
+            L4::Icmp(v1::Icmp { r#type: u32::from(*icmp_type), code: code.map(u32::from) })
+        }
+    };
+    let remote = match &r.remote {
+        RemoteMatch::Any => Remote::Any(v1::Empty {}),
+        RemoteMatch::Set(s) => Remote::Set(s.to_string()),
+        RemoteMatch::Pairs(s) => Remote::Pairs(s.to_string()),
+    };
+    let mut out = v1::Rule {
+        rule: r.rule.to_string(),
+        family: 0,
+        protocol: r.protocol.map(u32::from),
+        l4: Some(l4),
+        remote: Some(remote),
+    };
+    out.set_family(match r.family {
+        Family::Both => v1::Family::Both,
+        Family::V4 => v1::Family::V4,
+        Family::V6 => v1::Family::V6,
+    });
+    out
+}
+
+fn parse_rule(r: &v1::Rule) -> Result<CompiledRule, ConvertError> {
+    use v1::rule::{L4, Remote};
+    let narrow = |field, n: u32| u8::try_from(n).map_err(|e| invalid(field, e));
+    let port = |n: u32| u16::try_from(n).map_err(|e| invalid("rule.ranges", e));
+    let l4 = match r.l4.as_ref().ok_or_else(|| invalid("rule.l4", "missing"))? {
+        L4::All(_) => L4Match::All,
+        L4::Ranges(ranges) => L4Match::Ranges(
+            ranges.ranges.iter().map(|r| Ok((port(r.from)?, port(r.to)?))).collect::<Result<_, ConvertError>>()?,
+        ),
+        L4::Named(name) => L4Match::Named(name.clone()),
+        L4::Icmp(icmp) => L4Match::Icmp {
+            icmp_type: narrow("rule.icmp.type", icmp.r#type)?,
+            code: icmp.code.map(|c| narrow("rule.icmp.code", c)).transpose()?,
+        },
+    };
+    let remote = match r.remote.as_ref().ok_or_else(|| invalid("rule.remote", "missing"))? {
+        Remote::Any(_) => RemoteMatch::Any,
+        Remote::Set(s) => RemoteMatch::Set(parse_set("rule.remote.set", s)?),
+        Remote::Pairs(s) => RemoteMatch::Pairs(parse_set("rule.remote.pairs", s)?),
+    };
+    Ok(CompiledRule {
+        rule: parse_uuid("rule.rule", &r.rule)?,
+        family: match r.family() {
+            v1::Family::Both => Family::Both,
+            v1::Family::V4 => Family::V4,
+            v1::Family::V6 => Family::V6,
+        },
+        protocol: r.protocol.map(|p| narrow("rule.protocol", p)).transpose()?,
+        l4,
+        remote,
+    })
+}
+
+fn group(id: &Uuid, g: &CompiledGroup) -> v1::Group {
+    v1::Group {
+        id: id.to_string(),
+        project: g.project.clone(),
+        name: g.name.clone(),
+        ingress: g.ingress.iter().map(rule).collect(),
+        egress: g.egress.iter().map(rule).collect(),
+    }
+}
+
+fn parse_group(g: &v1::Group) -> Result<(Uuid, CompiledGroup), ConvertError> {
+    Ok((
+        parse_uuid("group.id", &g.id)?,
+        CompiledGroup {
+            project: g.project.clone(),
+            name: g.name.clone(),
+            ingress: g.ingress.iter().map(parse_rule).collect::<Result<_, _>>()?,
+            egress: g.egress.iter().map(parse_rule).collect::<Result<_, _>>()?,
+        },
+    ))
+}
+
+fn members(m: &SetMembers) -> v1::address_set::Members {
+    use v1::address_set::Members;
+    match m {
+        SetMembers::Addresses(a) => Members::Addresses(v1::Addresses { addresses: a.iter().map(address).collect() }),
+        SetMembers::Prefixes(p) => Members::Prefixes(v1::Prefixes { prefixes: p.iter().map(prefix).collect() }),
+        SetMembers::Pairs(p) => Members::Pairs(v1::Pairs { pairs: p.iter().map(pair).collect() }),
+    }
+}
+
+fn set(id: &SetId, s: &AddressSet) -> v1::AddressSet {
+    v1::AddressSet {
+        id: id.to_string(),
+        definition: serde_json::to_string(&s.definition).unwrap_or_default(),
+        members: Some(members(&s.members)),
+    }
+}
+
+fn parse_set_definition(s: &v1::AddressSet) -> Result<(SetId, AddressSet), ConvertError> {
+    use v1::address_set::Members;
+    let members = match s.members.as_ref().ok_or_else(|| invalid("set.members", "missing"))? {
+        Members::Addresses(a) => {
+            SetMembers::Addresses(a.addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?)
+        }
+        Members::Prefixes(p) => SetMembers::Prefixes(p.prefixes.iter().map(parse_prefix).collect::<Result<_, _>>()?),
+        Members::Pairs(p) => SetMembers::Pairs(p.pairs.iter().map(parse_pair).collect::<Result<_, _>>()?),
+    };
+    let definition = serde_json::from_str(&s.definition).map_err(|e| invalid("set.definition", e))?;
+    Ok((parse_set("set.id", &s.id)?, AddressSet { definition, members }))
+}
+
+fn set_change(id: &SetId, m: &MemberDelta) -> v1::SetChange {
+    v1::SetChange {
+        id: id.to_string(),
+        added_addresses: m.added_addresses.iter().map(address).collect(),
+        removed_addresses: m.removed_addresses.iter().map(address).collect(),
+        added_prefixes: m.added_prefixes.iter().map(prefix).collect(),
+        removed_prefixes: m.removed_prefixes.iter().map(prefix).collect(),
+        added_pairs: m.added_pairs.iter().map(pair).collect(),
+        removed_pairs: m.removed_pairs.iter().map(pair).collect(),
+    }
+}
+
+fn parse_set_change(c: &v1::SetChange) -> Result<(SetId, MemberDelta), ConvertError> {
+    let addresses = |list: &[Vec<u8>]| list.iter().map(|a| parse_address(a)).collect::<Result<BTreeSet<_>, _>>();
+    let prefixes = |list: &[v1::Prefix]| list.iter().map(parse_prefix).collect::<Result<Vec<_>, _>>();
+    let pairs = |list: &[v1::AddressPort]| list.iter().map(parse_pair).collect::<Result<BTreeSet<_>, _>>();
+    Ok((
+        parse_set("set_change.id", &c.id)?,
+        MemberDelta {
+            added_addresses: addresses(&c.added_addresses)?,
+            removed_addresses: addresses(&c.removed_addresses)?,
+            added_prefixes: prefixes(&c.added_prefixes)?,
+            removed_prefixes: prefixes(&c.removed_prefixes)?,
+            added_pairs: pairs(&c.added_pairs)?,
+            removed_pairs: pairs(&c.removed_pairs)?,
+        },
+    ))
+}
+
+/// A span delta as the protocol carries it.
+pub fn to_proto(d: &SpanDelta) -> v1::SpanDelta {
+    v1::SpanDelta {
+        ports_upserted: d.ports_upserted.iter().map(|(id, p)| port(id, p)).collect(),
+        ports_removed: d.ports_removed.iter().map(Uuid::to_string).collect(),
+        groups_upserted: d.groups_upserted.iter().map(|(id, g)| group(id, g)).collect(),
+        groups_removed: d.groups_removed.iter().map(Uuid::to_string).collect(),
+        sets_defined: d.sets_defined.iter().map(|(id, s)| set(id, s)).collect(),
+        sets_changed: d.sets_changed.iter().map(|(id, m)| set_change(id, m)).collect(),
+        sets_dropped: d.sets_dropped.iter().map(SetId::to_string).collect(),
+    }
+}
+
+/// A span delta read from the protocol. A set changed twice in one delta (a snapshot split
+/// across messages adds members in parts) has its changes merged.
+pub fn from_proto(d: &v1::SpanDelta) -> Result<SpanDelta, ConvertError> {
+    let mut out = SpanDelta::default();
+    for p in &d.ports_upserted {
+        let (id, policy) = parse_port(p)?;
+        out.ports_upserted.insert(id, policy);
+    }
+    for id in &d.ports_removed {
+        out.ports_removed.insert(parse_uuid("ports_removed", id)?);
+    }
+    for g in &d.groups_upserted {
+        let (id, group) = parse_group(g)?;
+        out.groups_upserted.insert(id, Arc::new(group));
+    }
+    for id in &d.groups_removed {
+        out.groups_removed.insert(parse_uuid("groups_removed", id)?);
+    }
+    for s in &d.sets_defined {
+        let (id, set) = parse_set_definition(s)?;
+        out.sets_defined.insert(id, Arc::new(set));
+    }
+    for c in &d.sets_changed {
+        let (id, m) = parse_set_change(c)?;
+        match out.sets_changed.get_mut(&id) {
+            Some(existing) => {
+                let e = Arc::make_mut(existing);
+                e.added_addresses.extend(m.added_addresses);
+                e.removed_addresses.extend(m.removed_addresses);
+                e.added_prefixes.extend(m.added_prefixes);
+                e.removed_prefixes.extend(m.removed_prefixes);
+                e.added_pairs.extend(m.added_pairs);
+                e.removed_pairs.extend(m.removed_pairs);
+            }
+            None => {
+                out.sets_changed.insert(id, Arc::new(m));
+            }
+        }
+    }
+    for id in &d.sets_dropped {
+        out.sets_dropped.insert(parse_set("sets_dropped", id)?);
+    }
+    Ok(out)
+}
+
+/// A node's whole span as a snapshot: messages of at most about `max_bytes` each (a set
+/// larger than that is defined with its first members and completed by member additions),
+/// the first marked `snapshot`, the last marked `last`.
+pub fn snapshot(revision: i64, span: &NodeSpan, max_bytes: usize) -> Vec<v1::ControllerMessage> {
+    let mut messages = Vec::new();
+    let mut current = v1::SpanDelta::default();
+    let flush = |current: &mut v1::SpanDelta, messages: &mut Vec<v1::ControllerMessage>| {
+        let delta = std::mem::take(current);
+        messages.push(v1::ControllerMessage {
+            revision,
+            snapshot: messages.is_empty(),
+            last: false,
+            delta: Some(delta),
+        });
+    };
+    let full = |current: &v1::SpanDelta| current.encoded_len() >= max_bytes;
+    for (id, p) in &span.ports {
+        current.ports_upserted.push(port(id, p));
+        if full(&current) {
+            flush(&mut current, &mut messages);
+        }
+    }
+    for (id, g) in span.groups.iter() {
+        current.groups_upserted.push(group(id, g));
+        if full(&current) {
+            flush(&mut current, &mut messages);
+        }
+    }
+    for (id, s) in span.sets.iter() {
+        // Members go in parts of about max_bytes / 20 bytes each (an IPv6 pair is 20 bytes).
+        let per_part = (max_bytes / 20).max(1);
+        let mut parts = split_members(&s.members, per_part).into_iter();
+        let first = parts.next().unwrap_or_else(|| s.members.clone());
+        current.sets_defined.push(set(id, &AddressSet { definition: s.definition.clone(), members: first }));
+        if full(&current) {
+            flush(&mut current, &mut messages);
+        }
+        for part in parts {
+            let added = match part {
+                SetMembers::Addresses(a) => MemberDelta { added_addresses: a, ..MemberDelta::default() },
+                SetMembers::Prefixes(p) => MemberDelta { added_prefixes: p, ..MemberDelta::default() },
+                SetMembers::Pairs(p) => MemberDelta { added_pairs: p, ..MemberDelta::default() },
+            };
+            current.sets_changed.push(set_change(id, &added));
+            flush(&mut current, &mut messages);
+        }
+    }
+    flush(&mut current, &mut messages);
+    if let Some(last) = messages.last_mut() {
+        last.last = true;
+    }
+    messages
+}
+
+fn split_members(members: &SetMembers, per_part: usize) -> Vec<SetMembers> {
+    fn chunks<T: Clone + Ord>(items: impl Iterator<Item = T>, n: usize) -> Vec<Vec<T>> {
+        let items: Vec<T> = items.collect();
+        items.chunks(n).map(<[T]>::to_vec).collect()
+    }
+    match members {
+        SetMembers::Addresses(a) => chunks(a.iter().copied(), per_part)
+            .into_iter()
+            .map(|c| SetMembers::Addresses(c.into_iter().collect()))
+            .collect(),
+        SetMembers::Prefixes(p) => chunks(p.iter().copied(), per_part).into_iter().map(SetMembers::Prefixes).collect(),
+        SetMembers::Pairs(p) => chunks(p.iter().copied(), per_part)
+            .into_iter()
+            .map(|c| SetMembers::Pairs(c.into_iter().collect()))
+            .collect(),
+    }
+}
+
+/// One revision's deltas, encoded once: each node's own part, and each shared set change as
+/// one piece that every node holding the set gets a reference to.
+#[derive(Debug, Default)]
+pub struct DeltaEncoder {
+    messages: BTreeMap<Arc<str>, Encoded>,
+}
+
+impl DeltaEncoder {
+    pub fn new(deltas: &Deltas) -> Self {
+        let mut messages: BTreeMap<Arc<str>, Encoded> = BTreeMap::new();
+        let header = |delta: Option<v1::SpanDelta>| {
+            Bytes::from(
+                v1::ControllerMessage { revision: deltas.revision, snapshot: false, last: true, delta }.encode_to_vec(),
+            )
+        };
+        for (node, d) in &deltas.nodes {
+            messages.insert(Arc::clone(node), Encoded(vec![header(Some(to_proto(d)))]));
+        }
+        for (id, change) in &deltas.sets {
+            let piece = Bytes::from(
+                v1::ControllerMessage {
+                    delta: Some(v1::SpanDelta {
+                        sets_changed: vec![set_change(id, &change.members)],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            );
+            for node in &change.nodes {
+                messages.entry(Arc::clone(node)).or_insert_with(|| Encoded(vec![header(None)])).0.push(piece.clone());
+            }
+        }
+        DeltaEncoder { messages }
+    }
+
+    /// The nodes that get something, and what.
+    pub fn messages(&self) -> impl Iterator<Item = (&Arc<str>, &Encoded)> {
+        self.messages.iter()
+    }
+
+    pub fn for_node(&self, node: &str) -> Option<&Encoded> {
+        self.messages.get(node)
+    }
+}

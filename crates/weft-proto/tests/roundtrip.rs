@@ -1,0 +1,92 @@
+//! What the controller encodes, an agent decodes to exactly what the compiler produced.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use prost::Message;
+use weft_compiler::{Change, Compiler, NodeSpan, synthetic};
+use weft_proto::{DeltaEncoder, from_proto, snapshot, v1};
+
+fn cluster() -> Compiler {
+    let shape = synthetic::Shape {
+        namespaces: 30,
+        pods_per_namespace: 4,
+        nodes: 5,
+        selected_namespace_every: 3,
+        egress_every: 2,
+    };
+    let mut compiler = Compiler::new();
+    compiler.load(1, synthetic::cluster(&shape));
+    compiler
+}
+
+/// Decodes a snapshot's messages and applies them, as an agent does.
+fn receive(messages: &[v1::ControllerMessage]) -> NodeSpan {
+    let mut span = NodeSpan::default();
+    for m in messages {
+        let bytes = m.encode_to_vec();
+        let decoded = v1::ControllerMessage::decode(bytes.as_slice()).unwrap();
+        span.apply(&from_proto(&decoded.delta.unwrap_or_default()).unwrap());
+    }
+    span
+}
+
+#[test]
+fn a_snapshot_in_small_messages_rebuilds_the_span() {
+    let compiler = cluster();
+    let mut checked = 0;
+    for node in compiler.nodes().map(str::to_string).collect::<Vec<_>>() {
+        let span = compiler.span(&node);
+        // Small messages: sets are split across several.
+        let messages = snapshot(7, &span, 300);
+        assert!(messages.len() > 3, "{}", messages.len());
+        assert!(messages[0].snapshot && messages.iter().skip(1).all(|m| !m.snapshot));
+        assert!(messages.last().unwrap().last && messages.iter().rev().skip(1).all(|m| !m.last));
+        assert!(messages.iter().all(|m| m.revision == 7));
+        assert_eq!(receive(&messages), span, "node {node}");
+        // One message when it fits.
+        assert_eq!(receive(&snapshot(7, &span, 1 << 24)), span);
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+}
+
+#[test]
+fn shared_pieces_decode_to_each_nodes_own_delta() {
+    let mut compiler = cluster();
+    // A pod added to a namespace the platform policies select: a set change many nodes share.
+    let mut pod = compiler.cluster().port(&synthetic::pod_id(0)).cloned().unwrap();
+    pod.id = Some(uuid::Uuid::new_v4());
+    pod.name = "extra".into();
+    pod.ips = vec!["10.200.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
+    let deltas = compiler.apply(2, [Change::UpsertPort(pod)]);
+    let encoder = DeltaEncoder::new(&deltas);
+    let audience = deltas.audience();
+    assert!(audience.len() > 1);
+    assert_eq!(encoder.messages().count(), audience.len());
+    for node in &audience {
+        let encoded = encoder.for_node(node).unwrap();
+        let bytes = prost::Message::encode_to_vec(encoded);
+        let message = v1::ControllerMessage::decode(bytes.as_slice()).unwrap();
+        assert_eq!(message.revision, 2);
+        assert!(message.last && !message.snapshot);
+        assert_eq!(from_proto(&message.delta.unwrap_or_default()).unwrap(), deltas.for_node(node), "node {node}");
+    }
+    // The set change is one piece of bytes, shared.
+    let pieces: Vec<_> = audience.iter().map(|n| encoder.for_node(n).unwrap().0.last().unwrap().as_ptr()).collect();
+    assert!(pieces.windows(2).any(|w| w[0] == w[1]));
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_field() {
+    let bad = v1::SpanDelta { ports_removed: vec!["not-a-uuid".into()], ..Default::default() };
+    assert!(from_proto(&bad).unwrap_err().to_string().starts_with("ports_removed"));
+    let bad = v1::SpanDelta {
+        sets_changed: vec![v1::SetChange {
+            id: "s00000000000000000000000000000001".into(),
+            added_addresses: vec![vec![1, 2, 3]],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(from_proto(&bad).unwrap_err().to_string().contains("3 bytes"));
+}
