@@ -146,6 +146,7 @@ impl From<StoreError> for ApiError {
                     "revision {requested} is no longer in the change log (it starts after {compacted}): list the objects again and watch from the list's revision"
                 ),
             ),
+            StoreError::Denied(detail) => ApiError::new(StatusCode::FORBIDDEN, "denied", detail),
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::internal()

@@ -46,6 +46,9 @@ pub enum StoreError {
     /// A change-log read asked for entries that compaction removed.
     #[error("revision {requested} is compacted: the change log starts after revision {compacted}")]
     Compacted { requested: i64, compacted: i64 },
+    /// A credential or join token that is unknown, expired or used up.
+    #[error("{0}")]
+    Denied(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

@@ -43,6 +43,7 @@ mod changes;
 pub mod embedded;
 mod error;
 mod ipam;
+pub mod nodes;
 mod objects;
 pub mod tokens;
 
@@ -56,7 +57,7 @@ use weft_model::Kind;
 
 pub use changes::{Change, ChangeOp, ChangePage};
 pub use error::{ConflictKind, Result, StoreError};
-pub use objects::{ListPage, ListQuery, MAX_PAGE, Txn};
+pub use objects::{ListPage, ListQuery, MAX_PAGE, Snapshot, Txn};
 
 /// The migrations in the workspace's `migrations/` folder, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

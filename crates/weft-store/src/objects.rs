@@ -812,3 +812,38 @@ fn summarize(names: &[String]) -> String {
     }
     s
 }
+
+/// Every object at one consistent point, and where a follower of the change log goes on from.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Every revision up to here is in `objects`.
+    pub horizon: i64,
+    /// Revisions after `horizon` that `objects` already holds (transactions that committed
+    /// while the snapshot was taken): a follower skips them.
+    pub included: std::collections::BTreeSet<i64>,
+    pub objects: Vec<StoredObject>,
+}
+
+impl Store {
+    /// All objects, read in one repeatable-read transaction. The safe horizon is read first,
+    /// so every revision up to it is in; the few revisions that committed in between are named,
+    /// so a follower starting at the horizon neither misses nor repeats a change.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let horizon = self.safe_horizon().await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let rows =
+            sqlx::query(concat!("SELECT ", object_columns!(), " FROM objects ORDER BY id")).fetch_all(&mut *tx).await?;
+        // A compaction visible here finished before this snapshot began, and only ever covers
+        // revisions that were committed then: they are all in `rows`.
+        let compacted: i64 = sqlx::query_scalar("SELECT compacted FROM revision_state").fetch_one(&mut *tx).await?;
+        let horizon = horizon.max(compacted);
+        let included: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT revision FROM changes WHERE revision > $1")
+            .bind(horizon)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let objects = rows.iter().map(|r| from_row(r).map(|o| o.object)).collect::<Result<Vec<_>>>()?;
+        Ok(Snapshot { horizon, included: included.into_iter().collect(), objects })
+    }
+}

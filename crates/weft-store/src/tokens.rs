@@ -72,9 +72,14 @@ pub fn digest(secret: &str) -> Vec<u8> {
 }
 
 fn generate_secret() -> String {
+    generate_secret_with("weft_")
+}
+
+/// 32 random bytes in hex after a prefix that says what the secret is for.
+pub(crate) fn generate_secret_with(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("weft_{}", hex::encode(bytes))
+    format!("{prefix}{}", hex::encode(bytes))
 }
 
 type TokenRow = (Uuid, String, Option<String>, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);

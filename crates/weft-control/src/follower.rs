@@ -1,0 +1,145 @@
+//! Loads a consistent snapshot from PostgreSQL, then follows the change log (woken by the
+//! store's horizon watch, which LISTEN/NOTIFY and polling drive), feeding the compiler and
+//! publishing each revision's updates to the hub. A follower that falls behind what the change
+//! log keeps reloads.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use weft_compiler::{Change, Compiler};
+use weft_model::{Kind, Resource};
+use weft_proto::DeltaEncoder;
+use weft_store::{ChangeOp, Store, StoreError, StoredObject};
+
+use crate::hub::Hub;
+
+/// The compiler's view of one change-log entry (networks do not affect policy).
+fn to_change(op: ChangeOp, object: &StoredObject) -> Option<Change> {
+    match op {
+        ChangeOp::Put => match object.decode() {
+            Ok(Resource::Project(p)) => Some(Change::UpsertProject(p)),
+            Ok(Resource::Port(p)) => Some(Change::UpsertPort(p)),
+            Ok(Resource::SecurityGroup(g)) => Some(Change::UpsertGroup(g)),
+            Ok(Resource::VirtualNetwork(_)) => None,
+            Err(e) => {
+                tracing::error!(id = %object.id, error = %e, "a stored object does not decode; the controller skips it");
+                None
+            }
+        },
+        ChangeOp::Delete => match object.kind {
+            Kind::Project => Some(Change::DeleteProject(object.id)),
+            Kind::Port => Some(Change::DeletePort(object.id)),
+            Kind::SecurityGroup => Some(Change::DeleteGroup(object.id)),
+            Kind::VirtualNetwork => None,
+        },
+    }
+}
+
+/// Runs until `shutdown` turns true.
+pub(crate) async fn run(store: Store, hub: Arc<Hub>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match follow(&store, &hub, poll, &mut shutdown).await {
+            Ok(()) => return,
+            Err(FollowError::Store(StoreError::Compacted { requested, compacted })) => {
+                tracing::warn!(
+                    requested,
+                    compacted,
+                    "the controller fell behind the change log's compaction; reloading"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the change log; starting again from a snapshot");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn follow(
+    store: &Store,
+    hub: &Arc<Hub>,
+    poll: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), FollowError> {
+    let mut horizon = store.revision_watch(poll).await?;
+    let started = std::time::Instant::now();
+    let snapshot = store.snapshot().await?;
+    let objects = snapshot.objects.len();
+    let changes: Vec<Change> = snapshot.objects.iter().filter_map(|o| to_change(ChangeOp::Put, o)).collect();
+    let revision = snapshot.horizon;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let mut compiler = Compiler::new();
+        compiler.load(revision, changes);
+        compiler
+    })
+    .await
+    .map_err(|e| FollowError::Load(e.to_string()))?;
+    {
+        let mut state = hub.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = loaded;
+        state.1 = revision;
+    }
+    hub.reset(revision);
+    tracing::info!(objects, revision, elapsed_ms = started.elapsed().as_millis() as u64, "controller loaded");
+    let included: BTreeSet<i64> = snapshot.included;
+    let mut cursor = revision;
+    loop {
+        let target = *horizon.borrow_and_update();
+        while cursor < target {
+            let page = store.changes_until(cursor, target, 1000).await?;
+            let mut i = 0;
+            while i < page.changes.len() {
+                let revision = page.changes[i].revision;
+                let end =
+                    page.changes[i..].iter().position(|c| c.revision != revision).map_or(page.changes.len(), |n| i + n);
+                if !included.contains(&revision) {
+                    let batch: Vec<Change> =
+                        page.changes[i..end].iter().filter_map(|c| to_change(c.op, &c.object)).collect();
+                    apply(hub, revision, batch);
+                }
+                i = end;
+            }
+            cursor = page.up_to;
+            advance(hub, cursor);
+        }
+        tokio::select! {
+            changed = horizon.changed() => if changed.is_err() { return Ok(()) },
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// One revision's changes through the compiler, its updates encoded once and published.
+fn apply(hub: &Hub, revision: i64, batch: Vec<Change>) {
+    let deltas = {
+        let mut state = hub.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        let deltas = state.0.apply(revision, batch);
+        state.1 = revision;
+        deltas
+    };
+    let updates = (!deltas.is_empty()).then(|| DeltaEncoder::new(&deltas));
+    hub.publish(revision, updates);
+}
+
+/// Revisions without changes for the compiler (rolled back, or networks only) still move
+/// every node's realized revision on.
+fn advance(hub: &Hub, revision: i64) {
+    {
+        let mut state = hub.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 = state.1.max(revision);
+    }
+    hub.publish(revision, None);
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("loading the compiler failed: {0}")]
+    Load(String),
+}

@@ -1,0 +1,94 @@
+//! What the follower publishes and every agent session reads: the compiler (for snapshots of
+//! one node's span), the recent updates encoded once, and the revision they reach.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+use weft_compiler::Compiler;
+use weft_proto::DeltaEncoder;
+
+/// How many recent updates are kept by default for sessions that are behind; a session further
+/// behind than this (a slow or stuck agent) gets a fresh snapshot instead.
+pub const RING_UPDATES: usize = 4096;
+/// And how many bytes of them, at most.
+pub const RING_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Default)]
+pub(crate) struct Ring {
+    /// A session that has everything up to at least this revision can follow on from the
+    /// entries; one behind it needs a snapshot.
+    pub floor: i64,
+    pub entries: VecDeque<(i64, Arc<DeltaEncoder>, usize)>,
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    /// The compiler, and the revision through which it has every change (revisions without
+    /// changes for it included).
+    pub(crate) compiler: Mutex<(Compiler, i64)>,
+    pub(crate) ring: RwLock<Ring>,
+    /// The revision the compiler is at; `None` until the first snapshot is loaded.
+    pub(crate) revision: watch::Sender<Option<i64>>,
+    ring_updates: usize,
+}
+
+impl Hub {
+    pub fn new(ring_updates: usize) -> Hub {
+        Hub {
+            compiler: Mutex::new((Compiler::new(), 0)),
+            ring: RwLock::default(),
+            revision: watch::Sender::new(None),
+            ring_updates: ring_updates.max(1),
+        }
+    }
+
+    /// The revision the compiler is at, once loaded.
+    pub fn revision(&self) -> Option<i64> {
+        *self.revision.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<i64>> {
+        self.revision.subscribe()
+    }
+
+    /// Runs `f` on the compiler and the revision it is at (briefly: the follower waits).
+    pub fn with_compiler<T>(&self, f: impl FnOnce(&Compiler, i64) -> T) -> T {
+        let state = self.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        f(&state.0, state.1)
+    }
+
+    /// A new state replaces the old: every session starts again from a snapshot.
+    pub(crate) fn reset(&self, revision: i64) {
+        let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+        *ring = Ring { floor: revision, ..Ring::default() };
+        drop(ring);
+        self.revision.send_replace(Some(revision));
+    }
+
+    /// Publishes one revision's updates.
+    pub(crate) fn publish(&self, revision: i64, updates: Option<DeltaEncoder>) {
+        if let Some(updates) = updates {
+            let size: usize = updates.messages().map(|(_, m)| prost::Message::encoded_len(m)).sum();
+            let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+            ring.entries.push_back((revision, Arc::new(updates), size));
+            ring.bytes += size;
+            while ring.entries.len() > self.ring_updates || ring.bytes > RING_BYTES {
+                let Some((evicted, _, size)) = ring.entries.pop_front() else { break };
+                ring.floor = evicted;
+                ring.bytes -= size;
+            }
+        }
+        self.revision.send_replace(Some(revision));
+    }
+
+    /// The updates after `cursor`, or `None` when the session is too far behind to follow.
+    pub(crate) fn updates_after(&self, cursor: i64) -> Option<Vec<(i64, Arc<DeltaEncoder>)>> {
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        if cursor < ring.floor {
+            return None;
+        }
+        Some(ring.entries.iter().filter(|(r, _, _)| *r > cursor).map(|(r, u, _)| (*r, Arc::clone(u))).collect())
+    }
+}

@@ -1,0 +1,211 @@
+//! weft's controller (DESIGN.md §1, §5, §6): loads a consistent snapshot from PostgreSQL,
+//! follows the change log, feeds the incremental compiler and serves every connected agent its
+//! node's span over a gRPC stream — a snapshot, then the updates meant for it, each encoded
+//! once and shared by every stream that needs it.
+//!
+//! ```text
+//!   store.snapshot() ─► Compiler::load ─┐
+//!   change log ─► follower ─► Compiler::apply ─► DeltaEncoder ─► Hub ring ─► session ─► agent
+//!                                        └────── span(node) for a snapshot ─┘     ◄── acks ─► nodes table
+//! ```
+
+mod follower;
+mod hub;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use weft_proto::server::agent_server::{Agent, AgentServer};
+use weft_proto::{Encoded, v1};
+use weft_store::{Store, StoreError};
+
+pub use hub::{Hub, RING_UPDATES};
+pub use session::SNAPSHOT_MESSAGE_BYTES;
+
+/// How often the controller tells the database which agents it still holds.
+const SEEN_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key; plaintext when absent.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// How often the change log is polled when no notification arrives.
+    pub poll: Duration,
+    /// This control process's name in node status.
+    pub name: String,
+    /// How many recent updates are kept for agents that are behind (past it: a snapshot).
+    pub ring_updates: usize,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr) -> Config {
+        let name = format!("control-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        Config { listen, tls: None, poll: Duration::from_secs(1), name, ring_updates: hub::RING_UPDATES }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A running controller.
+#[derive(Debug)]
+pub struct Control {
+    pub hub: Arc<Hub>,
+    pub local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Control {
+    /// Starts following the change log and serving agents.
+    pub async fn start(store: Store, config: Config) -> Result<Control, ControlError> {
+        let hub = Arc::new(Hub::new(config.ring_updates));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(follower::run(store.clone(), Arc::clone(&hub), config.poll, shutdown_rx.clone()));
+        let sessions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        tokio::spawn(heartbeat(store.clone(), config.name.clone(), Arc::clone(&sessions), shutdown_rx.clone()));
+        let service = Service {
+            store,
+            hub: Arc::clone(&hub),
+            controller: config.name.clone(),
+            sessions,
+            shutdown: shutdown_rx.clone(),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ControlError::Listen { addr: config.listen, source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| ControlError::Listen { addr: config.listen, source })?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = &config.tls {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| ControlError::Tls(e.to_string()))?;
+        }
+        let mut stop = shutdown_rx;
+        let router = builder.add_service(AgentServer::new(service));
+        let server = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped).await {
+                tracing::error!(error = %e, "the gRPC server failed");
+            }
+        });
+        tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "serving agents");
+        Ok(Control { hub, local_addr, shutdown, server })
+    }
+
+    /// Stops serving: every stream ends, agents reconnect elsewhere or later.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        let _ = self.server.await;
+    }
+}
+
+type Sessions = Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
+
+async fn heartbeat(store: Store, controller: String, sessions: Sessions, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SEEN_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let nodes: Vec<String> = sessions.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        if !nodes.is_empty()
+            && let Err(e) = store.nodes_seen(&controller, &nodes).await
+        {
+            tracing::warn!(error = %e, "cannot record which agents are connected");
+        }
+    }
+}
+
+struct Service {
+    store: Store,
+    hub: Arc<Hub>,
+    controller: String,
+    sessions: Sessions,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn unavailable(e: StoreError) -> Status {
+    tracing::warn!(error = %e, "the database is unavailable to an agent request");
+    Status::unavailable("the controller cannot reach its database; retry")
+}
+
+#[tonic::async_trait]
+impl Agent for Service {
+    type SyncStream = ReceiverStream<Result<Encoded, Status>>;
+
+    async fn sync(&self, request: Request<Streaming<v1::AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Hello(hello)) }) => hello,
+            _ => return Err(Status::failed_precondition("the first message on a stream is hello")),
+        };
+        let Some(node) = self.store.authenticate_node(&hello.credential).await.map_err(unavailable)? else {
+            tracing::warn!(peer = %peer, claimed = %hello.node, "refused an agent: unknown node credential");
+            return Err(Status::unauthenticated("unknown node credential"));
+        };
+        if node != hello.node {
+            tracing::warn!(peer = %peer, claimed = %hello.node, credential_of = %node, "refused an agent: its credential names another node");
+            return Err(Status::permission_denied(format!("this credential is node {node}'s, not {}'s", hello.node)));
+        }
+        self.store.node_connected(&node, &self.controller, &peer, &hello.agent_version).await.map_err(unavailable)?;
+        tracing::info!(node = %node, peer = %peer, last_revision = hello.last_revision, version = %hello.agent_version, "agent connected");
+        let id = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let id = sessions.get(&node).map_or(1, |n| n + 1);
+            sessions.insert(node.clone(), id);
+            id
+        };
+        let (outbound, rx) = mpsc::channel(8);
+        let session = session::Session {
+            node: node.clone(),
+            controller: self.controller.clone(),
+            hub: Arc::clone(&self.hub),
+            store: self.store.clone(),
+        };
+        let (sessions, shutdown) = (Arc::clone(&self.sessions), self.shutdown.clone());
+        tokio::spawn(async move {
+            session.run(hello.last_revision, inbound, outbound, shutdown).await;
+            let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if sessions.get(&node) == Some(&id) {
+                sessions.remove(&node);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn join(&self, request: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let v1::JoinRequest { join_token, node } = request.into_inner();
+        match self.store.join(&join_token, &node).await {
+            Ok(credential) => {
+                tracing::info!(node = %node, peer = %peer, "node joined");
+                Ok(Response::new(v1::JoinResponse { credential }))
+            }
+            Err(StoreError::Denied(reason)) => {
+                tracing::warn!(node = %node, peer = %peer, "refused a join: {reason}");
+                Err(Status::permission_denied(reason))
+            }
+            Err(StoreError::Conflict { detail, .. }) => Err(Status::already_exists(detail)),
+            Err(StoreError::Invalid(errors)) => Err(Status::invalid_argument(errors.to_string())),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}

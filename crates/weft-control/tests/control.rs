@@ -1,0 +1,277 @@
+//! The controller against a real PostgreSQL (a fresh, migrated database per test) and agents
+//! that speak the real protocol over gRPC.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use weft_compiler::{Change, Compiler, NodeSpan};
+use weft_control::{Config, Control};
+use weft_model::{Kind, Resource};
+use weft_proto::v1::agent_client::AgentClient;
+use weft_proto::v1::{self, AgentMessage, agent_message};
+use weft_store::Store;
+
+/// Long enough for any update on a loaded CI machine; tests never wait this long when right.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn create(store: &Store, kind: Kind, body: serde_json::Value) -> i64 {
+    let mut txn = store.begin().await.unwrap();
+    txn.create(Resource::from_json(kind, body).unwrap()).await.unwrap();
+    txn.commit().await.unwrap()
+}
+
+async fn port(store: &Store, name: &str, node: &str, ip: &str, app: &str) -> i64 {
+    create(
+        store,
+        Kind::Port,
+        json!({"name": name, "project": "shop", "node": node, "ips": [ip], "labels": {"app": app}, "security_groups": []}),
+    )
+    .await
+}
+
+/// A project whose web ports accept TCP 80 from its db ports.
+async fn shop(store: &Store) {
+    create(store, Kind::Project, json!({"name": "shop"})).await;
+    create(
+        store,
+        Kind::SecurityGroup,
+        json!({"name": "web", "project": "shop", "selector": {"matchLabels": {"app": "web"}}, "policy_types": ["ingress"],
+               "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [80],
+                          "remote": {"type": "selector", "ports": {"matchLabels": {"app": "db"}}}}]}),
+    )
+    .await;
+    port(store, "web-1", "node-1", "10.0.0.1", "web").await;
+    port(store, "db-1", "node-2", "10.0.0.2", "db").await;
+}
+
+/// What a node's span is, compiled from scratch from what the store holds.
+async fn expected_span(store: &Store, node: &str) -> NodeSpan {
+    let snapshot = store.snapshot().await.unwrap();
+    let changes = snapshot.objects.iter().filter_map(|o| match o.decode().unwrap() {
+        Resource::Project(p) => Some(Change::UpsertProject(p)),
+        Resource::Port(p) => Some(Change::UpsertPort(p)),
+        Resource::SecurityGroup(g) => Some(Change::UpsertGroup(g)),
+        Resource::VirtualNetwork(_) => None,
+    });
+    let mut compiler = Compiler::new();
+    compiler.load(snapshot.horizon, changes);
+    compiler.span(node)
+}
+
+async fn start(store: &Store) -> Control {
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+    config.poll = Duration::from_millis(50);
+    Control::start(store.clone(), config).await.unwrap()
+}
+
+/// An agent as far as the protocol goes: it applies what it receives to a span in memory.
+struct TestAgent {
+    span: NodeSpan,
+    acks: mpsc::Sender<AgentMessage>,
+    inbound: tonic::Streaming<v1::ControllerMessage>,
+}
+
+impl TestAgent {
+    async fn connect(addr: SocketAddr, node: &str, credential: &str) -> Result<TestAgent, tonic::Status> {
+        // A small HTTP/2 window: an agent that stops reading holds its stream up soon.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .initial_stream_window_size(Some(4096))
+            .initial_connection_window_size(Some(4096))
+            .connect()
+            .await
+            .unwrap();
+        let mut client = AgentClient::new(channel).max_decoding_message_size(64 << 20);
+        let (acks, rx) = mpsc::channel(16);
+        let hello = v1::Hello {
+            node: node.into(),
+            credential: credential.into(),
+            last_revision: 0,
+            agent_version: "test".into(),
+        };
+        acks.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await.unwrap();
+        let inbound = client.sync(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(TestAgent { span: NodeSpan::default(), acks, inbound })
+    }
+
+    /// Reads one whole update and applies it; its revision, and whether it was a snapshot.
+    async fn next_update(&mut self) -> (i64, bool) {
+        let mut parts = Vec::new();
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.inbound.message()).await.unwrap().unwrap().unwrap();
+            let last = message.last;
+            parts.push(message);
+            if last {
+                break;
+            }
+        }
+        let snapshot = parts[0].snapshot;
+        let mut span = if snapshot { NodeSpan::default() } else { self.span.clone() };
+        for part in &parts {
+            span.apply(&weft_proto::from_proto(part.delta.as_ref().unwrap()).unwrap());
+        }
+        self.span = span;
+        (parts[0].revision, snapshot)
+    }
+
+    async fn ack(&self, revision: i64) {
+        let ack = v1::Ack { revision, error: String::new() };
+        self.acks.send(AgentMessage { kind: Some(agent_message::Kind::Ack(ack)) }).await.unwrap();
+    }
+}
+
+/// Waits until the node's recorded status satisfies `f`.
+async fn status_until(store: &Store, node: &str, f: impl Fn(&weft_store::nodes::NodeStatus) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let nodes = store.list_nodes().await.unwrap();
+        if nodes.iter().any(|n| n.name == node && f(n)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {node} never reached the status: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn an_agent_gets_its_span_then_deltas_and_its_acks_are_recorded(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let credential = store.create_node("node-1").await.unwrap();
+    let control = start(&store).await;
+    let mut agent = TestAgent::connect(control.local_addr, "node-1", &credential).await.unwrap();
+
+    let (revision, snapshot) = agent.next_update().await;
+    assert!(snapshot);
+    assert_eq!(agent.span, expected_span(&store, "node-1").await);
+    assert_eq!(agent.span.ports.len(), 1);
+    agent.ack(revision).await;
+    status_until(&store, "node-1", |n| n.connected && n.acked_revision == revision && n.realized_revision >= revision)
+        .await;
+
+    // A db port elsewhere joins the set node-1's rule references: a delta, at its revision.
+    let added = port(&store, "db-2", "node-3", "10.0.0.3", "db").await;
+    let (revision, snapshot) = agent.next_update().await;
+    assert!(!snapshot);
+    assert_eq!(revision, added);
+    assert_eq!(agent.span, expected_span(&store, "node-1").await);
+    agent.ack(revision).await;
+    status_until(&store, "node-1", |n| n.realized_revision >= added).await;
+
+    // A change that concerns no port of node-1 sends it nothing, but its realization moves on.
+    let elsewhere = port(&store, "web-9", "node-9", "10.0.0.9", "other").await;
+    status_until(&store, "node-1", |n| n.realized_revision >= elsewhere).await;
+    let nothing = tokio::time::timeout(Duration::from_millis(300), agent.inbound.message()).await;
+    assert!(nothing.is_err(), "node-1 got an update about node-9: {nothing:?}");
+
+    drop(agent);
+    status_until(&store, "node-1", |n| !n.connected).await;
+    control.shutdown().await;
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn the_controller_serves_only_the_node_a_credential_names(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let one = store.create_node("node-1").await.unwrap();
+    store.create_node("node-2").await.unwrap();
+    let control = start(&store).await;
+    let refused = TestAgent::connect(control.local_addr, "node-2", &one).await.err().unwrap();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = TestAgent::connect(control.local_addr, "node-1", "weftn_bogus").await.err().unwrap();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // A stream that does not start with hello.
+    let mut client = AgentClient::connect(format!("http://{}", control.local_addr)).await.unwrap();
+    let ack = AgentMessage { kind: Some(agent_message::Kind::Ack(v1::Ack { revision: 1, error: String::new() })) };
+    let refused = client.sync(tokio_stream::iter([ack])).await.err().unwrap();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    control.shutdown().await;
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_node_joins_with_a_token_once_and_gets_its_own_credential(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let token = store.create_join_token(Duration::from_secs(600), "test").await.unwrap();
+    let control = start(&store).await;
+    let mut client = AgentClient::connect(format!("http://{}", control.local_addr)).await.unwrap();
+    let join = |node: &str, token: &str| v1::JoinRequest { join_token: token.into(), node: node.into() };
+    let credential = client.join(join("node-1", &token.secret)).await.unwrap().into_inner().credential;
+    let mut agent = TestAgent::connect(control.local_addr, "node-1", &credential).await.unwrap();
+    assert!(agent.next_update().await.1);
+    assert_eq!(agent.span, expected_span(&store, "node-1").await);
+    // The name is taken now; a bad token is refused; an expired one too.
+    assert_eq!(client.join(join("node-1", &token.secret)).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(client.join(join("node-2", "weftj_bogus")).await.unwrap_err().code(), Code::PermissionDenied);
+    let expired = store.create_join_token(Duration::ZERO, "test").await.unwrap();
+    assert_eq!(client.join(join("node-2", &expired.secret)).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(client.join(join("Not A Name", &token.secret)).await.unwrap_err().code(), Code::InvalidArgument);
+    control.shutdown().await;
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_stuck_agent_never_delays_the_others_and_catches_up_with_a_snapshot(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let one = store.create_node("node-1").await.unwrap();
+    let two = store.create_node("node-2").await.unwrap();
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+    config.poll = Duration::from_millis(50);
+    config.ring_updates = 4;
+    let control = Control::start(store.clone(), config).await.unwrap();
+    let mut stuck = TestAgent::connect(control.local_addr, "node-1", &one).await.unwrap();
+    let mut live = TestAgent::connect(control.local_addr, "node-2", &two).await.unwrap();
+    assert!(stuck.next_update().await.1);
+    assert!(live.next_update().await.1);
+    // node-1 reads nothing while db ports come (each joins the set node-1 references, and is a
+    // port of node-2): node-2 keeps up with every one. 300 updates are more than the stream's
+    // HTTP/2 window (4 KiB here) and the session's queue hold, so node-1's session is held up.
+    let mut last = 0;
+    for i in 0..300 {
+        last = port(&store, &format!("db-x{i}"), "node-2", &format!("10.1.{}.{}", i / 200, i % 200), "db").await;
+        let (revision, _) = live.next_update().await;
+        assert_eq!(revision, last);
+        live.ack(revision).await;
+    }
+    assert_eq!(live.span, expected_span(&store, "node-2").await);
+    // node-1, reading again, ends at the same state: the updates it missed are long gone from
+    // the ring, so it gets a fresh snapshot.
+    let mut snapshots = 0;
+    loop {
+        let (revision, snapshot) = stuck.next_update().await;
+        snapshots += usize::from(snapshot);
+        if revision >= last {
+            break;
+        }
+    }
+    assert!(snapshots >= 1);
+    assert_eq!(stuck.span, expected_span(&store, "node-1").await);
+    control.shutdown().await;
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn two_controllers_on_one_database_both_serve_agents(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let one = store.create_node("node-1").await.unwrap();
+    let a = start(&store).await;
+    let b = start(&store).await;
+    let mut on_a = TestAgent::connect(a.local_addr, "node-1", &one).await.unwrap();
+    let mut on_b = TestAgent::connect(b.local_addr, "node-1", &one).await.unwrap();
+    on_a.next_update().await;
+    on_b.next_update().await;
+    let added = port(&store, "db-2", "node-3", "10.0.0.3", "db").await;
+    assert_eq!(on_a.next_update().await.0, added);
+    assert_eq!(on_b.next_update().await.0, added);
+    assert_eq!(on_a.span, on_b.span);
+    assert_eq!(on_a.span, expected_span(&store, "node-1").await);
+    a.shutdown().await;
+    b.shutdown().await;
+}

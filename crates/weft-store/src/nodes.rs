@@ -1,0 +1,223 @@
+//! Nodes: the identity each agent presents (a credential, stored as a digest), join tokens with
+//! which an agent registers its own node, and the realization status control processes record
+//! (connection, acks). Status is not configuration: no revision, no change log.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::tokens::{digest, generate_secret_with};
+use crate::{ConflictKind, Result, Store, StoreError};
+
+/// How long after its controller last refreshed it a node still counts as connected: a
+/// controller that died cannot say its agents left.
+pub const SEEN_WITHIN: Duration = Duration::from_secs(30);
+
+/// A node and what control processes last recorded about it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub connected: bool,
+    /// The control process its stream is (or was last) on.
+    pub controller: Option<String>,
+    pub address: Option<String>,
+    pub agent_version: Option<String>,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub acked_revision: i64,
+    pub acked_at: Option<DateTime<Utc>>,
+    /// Every update meant for the node up to this revision is in its datapath.
+    pub realized_revision: i64,
+    /// The last error the agent reported applying an update.
+    pub last_error: Option<String>,
+}
+
+/// A join token just created: the only time its secret is known.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewJoinToken {
+    pub id: Uuid,
+    pub secret: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+type StatusRow = (
+    String,
+    DateTime<Utc>,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    i64,
+    Option<DateTime<Utc>>,
+    i64,
+    Option<String>,
+);
+
+macro_rules! status_columns {
+    () => {
+        "name, created_at, connected AND last_seen > now() - make_interval(secs => $1), controller, \
+         address, agent_version, connected_at, last_seen, acked_revision, acked_at, realized_revision, last_error"
+    };
+}
+
+fn status(row: StatusRow) -> NodeStatus {
+    let (name, created_at, connected, controller, address, agent_version, connected_at, last_seen) =
+        (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7);
+    NodeStatus {
+        name,
+        created_at,
+        connected,
+        controller,
+        address,
+        agent_version,
+        connected_at,
+        last_seen,
+        acked_revision: row.8,
+        acked_at: row.9,
+        realized_revision: row.10,
+        last_error: row.11,
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    weft_model::syntax::dns_subdomain(name).map_err(|e| StoreError::invalid("/name", e))
+}
+
+impl Store {
+    /// Registers a node and returns its credential (shown once).
+    pub async fn create_node(&self, name: &str) -> Result<String> {
+        self.insert_node(name, None).await
+    }
+
+    async fn insert_node(&self, name: &str, joined_with: Option<Uuid>) -> Result<String> {
+        check_name(name)?;
+        let credential = generate_secret_with("weftn_");
+        sqlx::query("INSERT INTO nodes (name, digest, joined_with) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(digest(&credential))
+            .bind(joined_with)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match StoreError::from_db(e, || format!("node {name}")) {
+                StoreError::Conflict { .. } => {
+                    StoreError::conflict(ConflictKind::Duplicate, format!("node {name} is already registered"))
+                }
+                other => other,
+            })?;
+        Ok(credential)
+    }
+
+    pub async fn delete_node(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeStatus>> {
+        let rows: Vec<StatusRow> = sqlx::query_as(concat!("SELECT ", status_columns!(), " FROM nodes ORDER BY name"))
+            .bind(SEEN_WITHIN.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(status).collect())
+    }
+
+    /// The node a credential names, if any.
+    pub async fn authenticate_node(&self, credential: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM nodes WHERE digest = $1")
+            .bind(digest(credential))
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn create_join_token(&self, expires_in: Duration, description: &str) -> Result<NewJoinToken> {
+        let secret = generate_secret_with("weftj_");
+        let id = Uuid::new_v4();
+        let expires_at: DateTime<Utc> = sqlx::query_scalar(
+            "INSERT INTO join_tokens (id, digest, description, expires_at) \
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
+        )
+        .bind(id)
+        .bind(digest(&secret))
+        .bind(description)
+        .bind(expires_in.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(NewJoinToken { id, secret, expires_at })
+    }
+
+    /// An agent registers its node with a join token: once per node name.
+    pub async fn join(&self, join_token: &str, node: &str) -> Result<String> {
+        let token: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM join_tokens WHERE digest = $1 AND expires_at > now()")
+                .bind(digest(join_token))
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(token) = token else {
+            return Err(StoreError::Denied("the join token is unknown or expired".into()));
+        };
+        self.insert_node(node, Some(token)).await
+    }
+
+    /// A control process took the node's stream.
+    pub async fn node_connected(&self, node: &str, controller: &str, address: &str, agent_version: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE nodes SET controller = $2, connected = true, address = $3, agent_version = $4, \
+             connected_at = now(), last_seen = now() WHERE name = $1",
+        )
+        .bind(node)
+        .bind(controller)
+        .bind(address)
+        .bind(agent_version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The agent acked `acked`; everything meant for it through `realized` is applied.
+    pub async fn node_acked(
+        &self,
+        node: &str,
+        controller: &str,
+        acked: i64,
+        realized: i64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE nodes SET acked_revision = $3, acked_at = now(), realized_revision = $4, last_error = $5, \
+             last_seen = now() WHERE name = $1 AND controller = $2",
+        )
+        .bind(node)
+        .bind(controller)
+        .bind(acked)
+        .bind(realized)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Refreshes `last_seen` of the nodes whose streams this control process holds.
+    pub async fn nodes_seen(&self, controller: &str, nodes: &[String]) -> Result<()> {
+        sqlx::query("UPDATE nodes SET last_seen = now() WHERE controller = $1 AND name = ANY($2) AND connected")
+            .bind(controller)
+            .bind(nodes)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The stream ended (only if this control process still holds it: the agent may already
+    /// be on another).
+    pub async fn node_disconnected(&self, node: &str, controller: &str) -> Result<()> {
+        sqlx::query("UPDATE nodes SET connected = false WHERE name = $1 AND controller = $2")
+            .bind(node)
+            .bind(controller)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
