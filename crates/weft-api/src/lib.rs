@@ -13,6 +13,7 @@ mod body;
 pub mod cache;
 mod changes;
 mod metrics;
+pub mod nodes;
 pub mod openapi;
 pub mod problem;
 mod resources;
@@ -45,11 +46,14 @@ pub struct Config {
     pub grpc_address: Option<String>,
     /// How often followers poll for new revisions when no notification arrives.
     pub poll_interval: Duration,
+    /// The compiler this process keeps current (shared with the controller when both run
+    /// here); `None`: the API starts its own.
+    pub follower: Option<Arc<weft_control::Follower>>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { auth_enabled: true, grpc_address: None, poll_interval: Duration::from_secs(1) }
+        Config { auth_enabled: true, grpc_address: None, poll_interval: Duration::from_secs(1), follower: None }
     }
 }
 
@@ -66,6 +70,8 @@ pub struct AppState {
     /// Every object, for GETs without a database round trip.
     pub cache: Arc<cache::ObjectCache>,
     pub grpc_address: Option<String>,
+    /// The compiler kept current from the change log: realization, a group's reach.
+    pub follower: Arc<weft_control::Follower>,
     /// Set when the server begins to shut down: long-lived responses (watch streams) end, so
     /// that draining the open requests finishes.
     stopping: Arc<watch::Sender<bool>>,
@@ -76,7 +82,14 @@ impl AppState {
         let revisions = store.revision_watch(config.poll_interval).await?;
         let cache = Arc::new(cache::ObjectCache::default());
         cache.spawn_follower(store.clone(), revisions.clone());
+        let follower = match config.follower {
+            Some(f) => f,
+            None => {
+                Arc::new(weft_control::Follower::start(store.clone(), config.poll_interval, weft_control::RING_UPDATES))
+            }
+        };
         Ok(AppState {
+            follower,
             stopping: Arc::new(watch::channel(false).0),
             cache,
             store,
@@ -108,7 +121,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/changes", get(changes::changes))
         .route("/v1/info", get(info))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
-        .route("/v1/tokens/{id}", delete(tokens::revoke));
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/v1/nodes", post(nodes::create).get(nodes::list))
+        .route("/v1/nodes/{name}", delete(nodes::delete))
+        .route("/v1/join-tokens", post(nodes::create_join_token))
+        .route("/v1/realization", get(nodes::realization))
+        .route("/v1/security-groups/{key}/status", get(nodes::group_status))
+        .route("/v1/security-groups/{project}/{name}/status", get(nodes::group_status_by_name));
     for kind in Kind::ALL {
         v1 = v1.merge(resources::routes(kind));
     }

@@ -14,6 +14,10 @@ use utoipa::openapi::{
 };
 use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
+use crate::nodes::{
+    CreateJoinToken, CreateNode, CreatedJoinToken, CreatedNode, GroupNode, GroupStatus, NodeInfo, NodeRealization,
+    Realization,
+};
 use crate::problem::Problem;
 use crate::tokens::{CreateToken, CreatedToken, TokenInfo};
 use crate::{BatchRequest, Info};
@@ -206,6 +210,15 @@ pub fn openapi() -> OpenApi {
     collect::<CreateToken>(&mut schemas);
     collect::<TokenInfo>(&mut schemas);
     collect::<CreatedToken>(&mut schemas);
+    collect::<CreateNode>(&mut schemas);
+    collect::<CreatedNode>(&mut schemas);
+    collect::<NodeInfo>(&mut schemas);
+    collect::<CreateJoinToken>(&mut schemas);
+    collect::<CreatedJoinToken>(&mut schemas);
+    collect::<Realization>(&mut schemas);
+    collect::<NodeRealization>(&mut schemas);
+    collect::<GroupStatus>(&mut schemas);
+    collect::<GroupNode>(&mut schemas);
     schemas.push((
         "Revision".to_string(),
         ObjectBuilder::new()
@@ -279,6 +292,76 @@ pub fn openapi() -> OpenApi {
             .response("200", json_response("Revoked", ObjectBuilder::new().into()))
             .response("404", problem("No such token")),
     );
+    let node_create = with_common_errors(
+        OperationBuilder::new()
+            .tag("nodes")
+            .operation_id(Some("createNode"))
+            .summary(Some("Register a node (admin); its credential is shown only here"))
+            .request_body(Some(body(schema_ref("CreateNode"), JSON)))
+            .response("201", json_response("The node and its credential", schema_ref("CreatedNode")))
+            .response("409", problem("The node is already registered")),
+    );
+    let node_list = with_common_errors(
+        OperationBuilder::new()
+            .tag("nodes")
+            .operation_id(Some("listNodes"))
+            .summary(Some("Nodes with their connection, last ack and lag (admin)"))
+            .response("200", json_response("`items`: NodeInfo", ObjectBuilder::new().into())),
+    );
+    let node_delete = with_common_errors(
+        OperationBuilder::new()
+            .tag("nodes")
+            .operation_id(Some("deleteNode"))
+            .parameters(Some([param("name", ParameterIn::Path, true, "The node's name")]))
+            .response("200", json_response("Deleted", ObjectBuilder::new().into()))
+            .response("404", problem("No such node")),
+    );
+    let join_token_create = with_common_errors(
+        OperationBuilder::new()
+            .tag("nodes")
+            .operation_id(Some("createJoinToken"))
+            .summary(Some("A join token with which agents register their own nodes (admin)"))
+            .request_body(Some(body(schema_ref("CreateJoinToken"), JSON)))
+            .response("201", json_response("The token; shown only here", schema_ref("CreatedJoinToken"))),
+    );
+    let realization = with_common_errors(
+        OperationBuilder::new()
+            .tag("nodes")
+            .operation_id(Some("realization"))
+            .summary(Some("Whether a revision is applied by every node it concerns"))
+            .parameters(Some([param("revision", ParameterIn::Query, true, "The revision")]))
+            .response("200", json_response("Per node: what it needs and has applied", schema_ref("Realization"))),
+    );
+    let group_status = |params: &[(&str, &str)]| {
+        with_common_errors(
+            OperationBuilder::new()
+                .tag("security-groups")
+                .operation_id(Some(if params.len() == 1 { "securityGroupStatus" } else { "securityGroupStatusByName" }))
+                .summary(Some("The nodes a group reaches and whether each has applied its last change"))
+                .parameters(Some(params.iter().map(|(n, d)| param(n, ParameterIn::Path, true, d))))
+                .response("200", json_response("Reach and realization", schema_ref("GroupStatus")))
+                .response("404", problem("No such group")),
+        )
+        .build()
+    };
+    let mut nodes = PathItem::new(HttpMethod::Post, node_create.build());
+    nodes.get = Some(node_list.build());
+    paths = paths
+        .path("/v1/nodes", nodes)
+        .path("/v1/nodes/{name}", PathItem::new(HttpMethod::Delete, node_delete.build()))
+        .path("/v1/join-tokens", PathItem::new(HttpMethod::Post, join_token_create.build()))
+        .path("/v1/realization", PathItem::new(HttpMethod::Get, realization.build()))
+        .path(
+            "/v1/security-groups/{key}/status",
+            PathItem::new(HttpMethod::Get, group_status(&[("key", "The group's id")])),
+        )
+        .path(
+            "/v1/security-groups/{project}/{name}/status",
+            PathItem::new(
+                HttpMethod::Get,
+                group_status(&[("project", "The project's name"), ("name", "The group's name")]),
+            ),
+        );
     let mut tokens = PathItem::new(HttpMethod::Post, token_create.build());
     tokens.get = Some(token_list.build());
     paths = paths

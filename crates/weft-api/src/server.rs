@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -28,6 +29,32 @@ pub struct ServerConfig {
     /// How long the change log keeps an entry.
     pub change_retention: Duration,
     pub max_connections: u32,
+    pub role: Role,
+    /// Where the controller serves agents (gRPC).
+    pub grpc_listen: SocketAddr,
+    /// PEM certificate chain and key for the gRPC listener.
+    pub grpc_tls: Option<tls::TlsFiles>,
+}
+
+/// Which parts of weft this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The REST API and the controller (the default).
+    All,
+    /// The REST API only.
+    Api,
+    /// The controller only.
+    Control,
+}
+
+impl Role {
+    fn api(self) -> bool {
+        self != Role::Control
+    }
+
+    fn control(self) -> bool {
+        self != Role::Api
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +67,8 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error("controller: {0}")]
+    Control(#[from] weft_control::ControlError),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -77,6 +106,45 @@ async fn serve_with_database(
 ) -> Result<(), ServerError> {
     let store = Store::connect(url, config.max_connections).await?;
     store.migrate().await?;
+    let poll = Config::default().poll_interval;
+    let follower = Arc::new(weft_control::Follower::start(store.clone(), poll, weft_control::RING_UPDATES));
+    let control = match config.role.control() {
+        true => {
+            let mut settings = weft_control::Config::new(config.grpc_listen);
+            settings.poll = poll;
+            if let Some(files) = &config.grpc_tls {
+                let read = |p: &Path| std::fs::read(p).map_err(io(format!("cannot read {}", p.display())));
+                settings.tls = Some((read(&files.cert)?, read(&files.key)?));
+            }
+            Some(weft_control::Control::serve(store.clone(), Arc::clone(&follower.hub), settings).await?)
+        }
+        false => None,
+    };
+    let grpc_address = config.grpc_address.clone().or_else(|| control.as_ref().map(|c| c.local_addr.to_string()));
+    if !config.role.api() {
+        shutdown.await;
+        if let Some(control) = control {
+            control.shutdown().await;
+        }
+        store.pool().close().await;
+        return Ok(());
+    }
+    let result = serve_api(config, store.clone(), follower, grpc_address, shutdown, ready).await;
+    if let Some(control) = control {
+        control.shutdown().await;
+    }
+    store.pool().close().await;
+    result
+}
+
+async fn serve_api(
+    config: &ServerConfig,
+    store: Store,
+    follower: Arc<weft_control::Follower>,
+    grpc_address: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), ServerError> {
     if config.auth_enabled {
         bootstrap_admin_token(&store, &config.data_dir).await?;
     } else {
@@ -84,7 +152,7 @@ async fn serve_with_database(
     }
     let state = AppState::new(
         store.clone(),
-        Config { auth_enabled: config.auth_enabled, grpc_address: config.grpc_address.clone(), ..Config::default() },
+        Config { auth_enabled: config.auth_enabled, grpc_address, follower: Some(follower), ..Config::default() },
     )
     .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -129,7 +197,6 @@ async fn serve_with_database(
     };
     let _ = stop_tx.send(true);
     let _ = compactor.await;
-    store.pool().close().await;
     served
 }
 

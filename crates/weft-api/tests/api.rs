@@ -561,3 +561,41 @@ async fn gets_follow_writes_made_through_another_api_process(pool: PgPool) {
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.body["revision"], r.body["revision"]);
 }
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn nodes_and_join_tokens_are_for_admins_and_validated(pool: PgPool) {
+    let api = Api::new(pool).await;
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "a"}))).await;
+    let reader = api.store.create_token(Role::Reader, Some("a"), "", None).await.unwrap().secret;
+    let created = api.call(Method::POST, "/v1/nodes", Some(json!({"name": "node-1"}))).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let credential = created.body["credential"].as_str().unwrap();
+    assert_eq!(api.store.authenticate_node(credential).await.unwrap().as_deref(), Some("node-1"));
+    // Shown once: the list never has it.
+    let list = api.call(Method::GET, "/v1/nodes", None).await;
+    assert_eq!(list.body["items"][0]["name"], "node-1");
+    assert!(!list.body.to_string().contains(credential));
+    assert_eq!(api.call(Method::POST, "/v1/nodes", Some(json!({"name": "node-1"}))).await.status, StatusCode::CONFLICT);
+    let bad = api.call(Method::POST, "/v1/nodes", Some(json!({"name": "Node One"}))).await;
+    assert_eq!((bad.status, bad.pointers()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["/name"]));
+    for (method, uri) in [(Method::POST, "/v1/nodes"), (Method::GET, "/v1/nodes"), (Method::POST, "/v1/join-tokens")] {
+        let body = (method == Method::POST).then(|| json!({"name": "node-2"}));
+        assert_eq!(api.as_token(&reader, method, uri, body).await.status, StatusCode::FORBIDDEN, "{uri}");
+    }
+    let bad = api.call(Method::POST, "/v1/join-tokens", Some(json!({"expires_in_seconds": 0}))).await;
+    assert_eq!((bad.status, bad.pointers()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["/expires_in_seconds"]));
+    let token = api.call(Method::POST, "/v1/join-tokens", Some(json!({"description": "rack 4"}))).await;
+    assert_eq!(token.status, StatusCode::CREATED);
+    let secret = token.body["token"].as_str().unwrap();
+    assert!(api.store.join(secret, "node-2").await.is_ok());
+    assert_eq!(api.call(Method::DELETE, "/v1/nodes/node-2", None).await.status, StatusCode::OK);
+    assert_eq!(api.call(Method::DELETE, "/v1/nodes/node-2", None).await.status, StatusCode::NOT_FOUND);
+    // A group's status needs read access to its project.
+    let group = api.call(Method::GET, "/v1/security-groups/a/default/status", None).await;
+    assert_eq!(group.status, StatusCode::OK, "{:?}", group.body);
+    assert_eq!(group.body["name"], "default");
+    let b = api.call(Method::POST, "/v1/projects", Some(json!({"name": "b"}))).await;
+    assert_eq!(b.status, StatusCode::CREATED);
+    let other = api.as_token(&reader, Method::GET, "/v1/security-groups/b/default/status", None).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+}

@@ -406,6 +406,53 @@ impl Client {
         let _: serde_json::Value = self.send(self.request(Method::DELETE, &format!("/v1/tokens/{id}"))).await?;
         Ok(())
     }
+
+    /// Registers a node; the answer holds its credential (shown once).
+    pub async fn create_node(&self, name: &str) -> Result<serde_json::Value> {
+        self.send(self.request(Method::POST, "/v1/nodes").json(&serde_json::json!({ "name": name }))).await
+    }
+
+    /// Every node with its connection and realization.
+    pub async fn list_nodes(&self) -> Result<Vec<serde_json::Value>> {
+        #[derive(Deserialize)]
+        struct Items {
+            items: Vec<serde_json::Value>,
+        }
+        let items: Items = self.send(self.request(Method::GET, "/v1/nodes")).await?;
+        Ok(items.items)
+    }
+
+    pub async fn delete_node(&self, name: &str) -> Result<()> {
+        let _: serde_json::Value = self.send(self.request(Method::DELETE, &format!("/v1/nodes/{}", enc(name)))).await?;
+        Ok(())
+    }
+
+    /// A join token (shown once) with which agents register their own nodes.
+    pub async fn create_join_token(&self, expires_in: Duration, description: &str) -> Result<serde_json::Value> {
+        let body = serde_json::json!({ "expires_in_seconds": expires_in.as_secs(), "description": description });
+        self.send(self.request(Method::POST, "/v1/join-tokens").json(&body)).await
+    }
+
+    /// Whether `revision` is applied by every node it concerns.
+    pub async fn realization(&self, revision: i64) -> Result<Realization> {
+        self.send(self.request(Method::GET, "/v1/realization").query(&[("revision", revision)])).await
+    }
+
+    /// A security group's reach (the nodes whose span holds it) and realization.
+    pub async fn group_status(&self, key: &Key) -> Result<serde_json::Value> {
+        self.send(self.request(Method::GET, &format!("{}/status", key.path(Kind::SecurityGroup)))).await
+    }
+}
+
+/// The answer of `GET /v1/realization`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Realization {
+    pub revision: i64,
+    /// The revision the server's compiler is at.
+    pub compiled: i64,
+    pub complete: bool,
+    pub nodes: Vec<serde_json::Value>,
+    pub laggards: Vec<String>,
 }
 
 /// Turns an error status into [`ClientError::Api`] (or `Unexpected` when the body is not a

@@ -255,6 +255,19 @@ impl Compiler {
         names.into_iter()
     }
 
+    /// The nodes whose span holds group `id`, in order.
+    pub fn group_nodes(&self, id: &Uuid) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .groups
+            .get(id)
+            .into_iter()
+            .flat_map(|g| g.nodes.iter())
+            .filter_map(|n| self.nodes[*n].name.as_deref())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// One node's span now (empty for a node with no ports): what a newly connected agent is
     /// sent. Groups and sets are shared with the compiler's own state, not copied.
     pub fn span(&self, node: &str) -> NodeSpan {

@@ -83,6 +83,34 @@ impl Hub {
         self.revision.send_replace(Some(revision));
     }
 
+    /// The revision node `node` must have realized for everything up to `revision` to be in
+    /// its datapath: the last revision up to `revision` that sent it anything (or, where the
+    /// recent history does not reach, `revision` itself, or the oldest history kept).
+    pub fn needed(&self, node: &str, revision: i64) -> i64 {
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        if revision <= ring.floor {
+            return revision;
+        }
+        ring.entries
+            .iter()
+            .rev()
+            .filter(|(r, _, _)| *r <= revision)
+            .find(|(_, u, _)| u.for_node(node).is_some())
+            .map_or(ring.floor, |(r, _, _)| *r)
+    }
+
+    /// The nodes that updates up to `revision` in the recent history went to, and the nodes
+    /// whose span is not empty now.
+    pub fn concerned(&self, revision: i64) -> std::collections::BTreeSet<String> {
+        let mut nodes: std::collections::BTreeSet<String> =
+            self.with_compiler(|c, _| c.nodes().map(str::to_string).collect());
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        for (_, updates, _) in ring.entries.iter().filter(|(r, _, _)| *r <= revision) {
+            nodes.extend(updates.messages().map(|(n, _)| n.to_string()));
+        }
+        nodes
+    }
+
     /// The updates after `cursor`, or `None` when the session is too far behind to follow.
     pub(crate) fn updates_after(&self, cursor: i64) -> Option<Vec<(i64, Arc<DeltaEncoder>)>> {
         let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());

@@ -68,12 +68,51 @@ pub struct Control {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// A compiler kept current from the change log, without serving agents: what an API process
+/// that answers realization and explain questions holds.
+#[derive(Debug)]
+pub struct Follower {
+    pub hub: Arc<Hub>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Follower {
+    pub fn start(store: Store, poll: Duration, ring_updates: usize) -> Follower {
+        let hub = Arc::new(Hub::new(ring_updates));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(follower::run(store, Arc::clone(&hub), poll, shutdown_rx));
+        Follower { hub, shutdown }
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Control {
     /// Starts following the change log and serving agents.
     pub async fn start(store: Store, config: Config) -> Result<Control, ControlError> {
-        let hub = Arc::new(Hub::new(config.ring_updates));
+        let follower = Follower::start(store.clone(), config.poll, config.ring_updates);
+        let hub = Arc::clone(&follower.hub);
+        let control = Control::serve(store, hub, config).await?;
+        // The follower stops with the controller.
+        let mut stopped = control.shutdown.subscribe();
+        tokio::spawn(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            drop(follower);
+        });
+        Ok(control)
+    }
+
+    /// Serves agents from a hub another part of the process keeps current.
+    pub async fn serve(store: Store, hub: Arc<Hub>, config: Config) -> Result<Control, ControlError> {
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(follower::run(store.clone(), Arc::clone(&hub), config.poll, shutdown_rx.clone()));
         let sessions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
         tokio::spawn(heartbeat(store.clone(), config.name.clone(), Arc::clone(&sessions), shutdown_rx.clone()));
         let service = Service {

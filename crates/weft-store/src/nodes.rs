@@ -221,3 +221,13 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// When the first revision after `revision` was committed, if the change log still has it.
+    pub async fn committed_after(&self, revision: i64) -> Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar("SELECT min(committed_at) FROM changes WHERE revision > $1")
+            .bind(revision)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}

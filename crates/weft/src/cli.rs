@@ -86,6 +86,24 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Nodes: register one (its credential is printed once), list them with their connection
+    /// and realization, delete one.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Join tokens, with which agents register their own nodes.
+    JoinToken {
+        #[command(subcommand)]
+        command: JoinTokenCommand,
+    },
+    /// Wait until every node a revision concerns has applied it.
+    Wait {
+        #[arg(long)]
+        revision: i64,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// The server's version, current revision and agent address.
     Info,
     /// Print the change log after a revision, then follow it.
@@ -169,6 +187,25 @@ pub struct ServerArgs {
     /// Database connections in the pool.
     #[arg(long, env = "WEFT_DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
+    /// What this process runs: the REST API and the controller, or one of them.
+    #[arg(long, env = "WEFT_ROLE", value_enum, default_value = "all")]
+    pub role: ServerRole,
+    /// Where the controller serves agents (gRPC).
+    #[arg(long, env = "WEFT_GRPC_LISTEN", default_value = "127.0.0.1:8081")]
+    pub grpc_listen: SocketAddr,
+    /// TLS certificate chain (PEM) for the gRPC listener.
+    #[arg(long, env = "WEFT_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the gRPC listener.
+    #[arg(long, env = "WEFT_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServerRole {
+    All,
+    Api,
+    Control,
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d` (or plain seconds).
@@ -310,6 +347,30 @@ pub enum SgCommand {
         #[command(subcommand)]
         command: RuleCommand,
     },
+    /// The nodes a group reaches and whether each has applied its last change.
+    Status { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Register a node; its credential is printed once.
+    Create { name: String },
+    /// Nodes with their connection, last ack and lag.
+    List,
+    /// Forget a node (its credential stops working).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a join token; it is printed once.
+    Create {
+        /// Lifetime, e.g. 1h or 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires_in: Duration,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -446,6 +507,16 @@ async fn server(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         grpc_address: args.grpc_address,
         change_retention: args.change_retention,
         max_connections: args.db_max_connections,
+        role: match args.role {
+            ServerRole::All => weft_api::server::Role::All,
+            ServerRole::Api => weft_api::server::Role::Api,
+            ServerRole::Control => weft_api::server::Role::Control,
+        },
+        grpc_listen: args.grpc_listen,
+        grpc_tls: match (args.grpc_tls_cert, args.grpc_tls_key) {
+            (Some(cert), Some(key)) => Some(weft_api::tls::TlsFiles { cert, key }),
+            _ => None,
+        },
     };
     weft_api::server::run(config, shutdown_signal(), None).await.context("weft server")
 }

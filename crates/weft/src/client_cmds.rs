@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -10,8 +11,8 @@ use weft_client::{Client, Key, ListOptions};
 use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
 use crate::cli::{
-    ClientArgs, Command, DeleteArgs, ListArgs, NetworkCreate, ObjectCommand, ObjectSource, PortCreate, ProjectCreate,
-    RuleAdd, RuleCommand, SgCommand, SgCreate, TokenCommand, UpdateArgs,
+    ClientArgs, Command, DeleteArgs, JoinTokenCommand, ListArgs, NetworkCreate, NodeCommand, ObjectCommand,
+    ObjectSource, PortCreate, ProjectCreate, RuleAdd, RuleCommand, SgCommand, SgCreate, TokenCommand, UpdateArgs,
 };
 use crate::output;
 
@@ -40,6 +41,14 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
         }
         Command::Sg { command: SgCommand::Rule { command } } => rule(&c, out, command).await,
         Command::Token { command } => token(&c, out, command).await,
+        Command::Node { command } => node(&c, out, command).await,
+        Command::JoinToken { command: JoinTokenCommand::Create { expires_in, description } } => {
+            output::show(out, &c.create_join_token(expires_in, &description).await?, None)
+        }
+        Command::Wait { revision, timeout } => wait(&c, out, revision, timeout).await,
+        Command::Sg { command: SgCommand::Status { key } } => {
+            output::show(out, &c.group_status(&Key::parse(Kind::SecurityGroup, &key)).await?, None)
+        }
         Command::Changes { since, no_watch } => changes(&c, out, since, !no_watch).await,
     }
 }
@@ -345,6 +354,38 @@ async fn changes(c: &Client, out: crate::cli::Output, since: i64, watch: bool) -
         output::show_change(out, &event)?;
     }
     Ok(())
+}
+
+async fn node(c: &Client, out: crate::cli::Output, command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Create { name } => output::show(out, &c.create_node(&name).await?, None),
+        NodeCommand::List => output::show_nodes(out, &c.list_nodes().await?),
+        NodeCommand::Delete { name } => {
+            c.delete_node(&name).await?;
+            output::show(out, &json!({ "deleted": name }), None)
+        }
+    }
+}
+
+/// Polls the realization of `revision` until it is complete, or fails at the timeout naming
+/// the nodes that have not applied it.
+async fn wait(c: &Client, out: crate::cli::Output, revision: i64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let realization = c.realization(revision).await?;
+        if realization.complete {
+            return output::show(out, &serde_json::to_value(&realization)?, None);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let waiting = if realization.compiled < revision {
+                format!("the controller is at revision {}", realization.compiled)
+            } else {
+                format!("not applied by {}", realization.laggards.join(", "))
+            };
+            anyhow::bail!("revision {revision} not realized within {timeout:?}: {waiting}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn token(c: &Client, out: crate::cli::Output, command: TokenCommand) -> anyhow::Result<()> {

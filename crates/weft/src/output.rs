@@ -80,6 +80,23 @@ pub fn show_tokens(out: Output, items: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn show_nodes(out: Output, items: &[Value]) -> anyhow::Result<()> {
+    if structured(out, &Value::Array(items.to_vec()))? {
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|n| {
+            ["name", "connected", "address", "ports", "realized_revision", "lag_revisions", "lag_seconds", "last_error"]
+                .iter()
+                .map(|f| scalar(&n[*f]))
+                .collect()
+        })
+        .collect();
+    print_rows(&["NAME", "CONNECTED", "ADDRESS", "PORTS", "REALIZED", "LAG", "LAG (S)", "ERROR"], rows);
+    Ok(())
+}
+
 fn columns(kind: Kind) -> Vec<(&'static str, &'static str)> {
     match kind {
         Kind::Project => vec![("NAME", "name"), ("LABELS", "labels"), ("REVISION", "revision"), ("ID", "id")],

@@ -29,7 +29,7 @@ impl Server {
     async fn start(database_url: Option<&str>, data_dir: &Path, extra: &[&str], scheme: &str) -> Server {
         let port = free_port();
         let mut cmd = Command::new(WEFT);
-        cmd.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        cmd.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--grpc-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env_remove("DATABASE_URL")
@@ -279,4 +279,109 @@ async fn insecure_no_auth_serves_without_tokens_and_says_so() {
     assert!(server.stop().success());
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Reads whole updates from a controller stream, as an agent does; acks only when told.
+struct Agent {
+    acks: tokio::sync::mpsc::Sender<weft_proto::v1::AgentMessage>,
+    inbound: tonic::Streaming<weft_proto::v1::ControllerMessage>,
+}
+
+impl Agent {
+    async fn connect(grpc: &str, node: &str, credential: &str) -> Agent {
+        use weft_proto::v1::{AgentMessage, Hello, agent_client::AgentClient, agent_message::Kind};
+        let mut client = AgentClient::connect(format!("http://{grpc}")).await.unwrap();
+        let (acks, rx) = tokio::sync::mpsc::channel(4);
+        let hello =
+            Hello { node: node.into(), credential: credential.into(), last_revision: 0, agent_version: "it".into() };
+        acks.send(AgentMessage { kind: Some(Kind::Hello(hello)) }).await.unwrap();
+        let inbound = client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        Agent { acks, inbound }
+    }
+
+    /// The revision of the next whole update.
+    async fn next_update(&mut self) -> i64 {
+        loop {
+            let m =
+                tokio::time::timeout(Duration::from_secs(30), self.inbound.message()).await.unwrap().unwrap().unwrap();
+            if m.last {
+                return m.revision;
+            }
+        }
+    }
+
+    async fn ack(&self, revision: i64) {
+        use weft_proto::v1::{Ack, AgentMessage, agent_message::Kind};
+        self.acks.send(AgentMessage { kind: Some(Kind::Ack(Ack { revision, error: String::new() })) }).await.unwrap();
+    }
+}
+
+// Several threads: the client verbs run as blocking child processes while the agent's stream
+// must keep moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_realization_and_weft_wait() {
+    let db = weft_testkit::fresh_database().await;
+    let data_dir = temp_dir("nodes");
+    let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = server.weft(&[args, &["-o", "json"]].concat());
+        assert!(out.status.success(), "weft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let grpc = json(&["info"])["grpc_address"].as_str().unwrap().to_string();
+    let credential = json(&["node", "create", "node-1"])["credential"].as_str().unwrap().to_string();
+    json(&["project", "create", "shop"]);
+    json(&["sg", "create", "shop/web", "--selector", "app=web", "--policy-types", "ingress"]);
+    json(&["port", "create", "shop/web-1", "--node", "node-1", "--ip", "10.0.0.1", "--label", "app=web"]);
+
+    let mut agent = Agent::connect(&grpc, "node-1", &credential).await;
+    let snapshot = agent.next_update().await;
+    agent.ack(snapshot).await;
+    let revision = json(&[
+        "port",
+        "create",
+        "shop/web-2",
+        "--node",
+        "node-1",
+        "--ip",
+        "10.0.0.2",
+        "--label",
+        "app=web",
+    ])["revision"]
+        .as_i64()
+        .unwrap();
+    // (The snapshot may predate web-1: the controller's follower can trail the API by a few
+    // milliseconds, and web-1 then comes as an update of its own.)
+    loop {
+        let got = agent.next_update().await;
+        assert!(got <= revision, "skipped past {revision}: {got}");
+        if got == revision {
+            break;
+        }
+        agent.ack(got).await;
+    }
+
+    // Not acked yet: waiting times out and names the node.
+    let out = server.weft(&["wait", "--revision", &revision.to_string(), "--timeout", "1s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node-1"), "{stderr}");
+
+    agent.ack(revision).await;
+    let done = json(&["wait", "--revision", &revision.to_string(), "--timeout", "30s"]);
+    assert_eq!(done["complete"], true);
+    let nodes = json(&["node", "list"]);
+    assert_eq!(nodes[0]["name"], "node-1");
+    assert_eq!(nodes[0]["connected"], true);
+    assert!(nodes[0]["realized_revision"].as_i64().unwrap() >= revision);
+    assert_eq!(nodes[0]["lag_revisions"], 0);
+    assert_eq!(nodes[0]["ports"], 2);
+    let status = json(&["sg", "status", "shop/web"]);
+    assert_eq!(status["nodes"][0]["name"], "node-1");
+    assert_eq!(status["applied"], true);
+
+    // A node that is not registered, or a credential for another node, gets nothing.
+    let out = server.weft(&["node", "create", "node-1"]);
+    assert!(!out.status.success(), "a node name registers once");
+    assert_eq!(server.stop().code(), Some(0), "{}", std::fs::read_to_string(data_dir.join("server.log")).unwrap());
 }

@@ -1,0 +1,311 @@
+//! Nodes and realization: registering nodes and join tokens (admin), each node's connection
+//! and how far it has applied the configuration, a security group's reach and realization, and
+//! whether a revision is in every datapath it concerns (`weft wait`).
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use weft_model::{Kind, Resource};
+use weft_store::ObjectKey;
+use weft_store::nodes::NodeStatus;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::body;
+use crate::problem::{ApiError, ApiResult};
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNode {
+    pub name: String,
+}
+
+/// A node just registered, with its credential shown this once.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedNode {
+    pub name: String,
+    pub credential: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinToken {
+    #[serde(default)]
+    pub description: String,
+    /// Lifetime in seconds (default one day).
+    #[serde(default = "default_join_token_lifetime")]
+    pub expires_in_seconds: u64,
+}
+
+fn default_join_token_lifetime() -> u64 {
+    86_400
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedJoinToken {
+    pub id: Uuid,
+    /// Shown this once.
+    pub token: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A node's connection and realization.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeInfo {
+    pub name: String,
+    pub connected: bool,
+    pub controller: Option<String>,
+    pub address: Option<String>,
+    pub agent_version: Option<String>,
+    pub connected_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
+    pub acked_revision: i64,
+    pub acked_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Every update meant for the node up to here is in its datapath.
+    pub realized_revision: i64,
+    /// Revisions between what the node has applied and what concerns it now.
+    pub lag_revisions: i64,
+    /// Since the first revision it has not applied was committed.
+    pub lag_seconds: f64,
+    /// Ports on the node, as the compiler sees them.
+    pub ports: usize,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RealizationQuery {
+    pub revision: i64,
+}
+
+/// One node's part in a revision's realization.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeRealization {
+    pub name: String,
+    /// The revision it must have applied (the last one up to the asked revision that sent it
+    /// anything).
+    pub needed: i64,
+    pub realized_revision: i64,
+    pub connected: bool,
+    pub done: bool,
+}
+
+/// Whether a revision is in every datapath it concerns.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Realization {
+    pub revision: i64,
+    /// The revision this process's compiler is at.
+    pub compiled: i64,
+    pub complete: bool,
+    pub nodes: Vec<NodeRealization>,
+    /// Nodes not done yet.
+    pub laggards: Vec<String>,
+}
+
+/// A security group's reach and realization.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GroupStatus {
+    pub id: Uuid,
+    pub project: String,
+    pub name: String,
+    /// The revision that last changed it.
+    pub revision: i64,
+    /// The revision this process's compiler is at.
+    pub compiled: i64,
+    /// The nodes whose span holds it, and whether each has applied its last change.
+    pub nodes: Vec<GroupNode>,
+    /// Every one of them has.
+    pub applied: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GroupNode {
+    pub name: String,
+    pub realized_revision: i64,
+    pub connected: bool,
+    pub applied: bool,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let request: CreateNode = body::json(&headers, body)?;
+    let credential = state.store.create_node(&request.name).await?;
+    tracing::info!(node = %request.name, "node registered");
+    Ok((StatusCode::CREATED, axum::Json(CreatedNode { name: request.name, credential })).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    if !state.store.delete_node(&name).await? {
+        return Err(ApiError::not_found(format!("node {name} does not exist")));
+    }
+    tracing::info!(node = %name, "node deleted");
+    Ok(axum::Json(serde_json::json!({ "name": name, "deleted": true })).into_response())
+}
+
+pub async fn create_join_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let request: CreateJoinToken = body::json(&headers, body)?;
+    if request.expires_in_seconds == 0 || request.expires_in_seconds > 365 * 86_400 {
+        return Err(ApiError::invalid(weft_model::ValidationErrors::single(
+            "/expires_in_seconds",
+            "between 1 second and a year",
+        )));
+    }
+    let lifetime = std::time::Duration::from_secs(request.expires_in_seconds);
+    let created = state.store.create_join_token(lifetime, &request.description).await?;
+    tracing::info!(id = %created.id, expires_at = %created.expires_at, "join token created");
+    let body = CreatedJoinToken { id: created.id, token: created.secret, expires_at: created.expires_at };
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+/// Node status with the lag as this process's compiler sees it.
+async fn node_infos(state: &AppState) -> ApiResult<Vec<NodeInfo>> {
+    let statuses = state.store.list_nodes().await?;
+    let hub = &state.follower.hub;
+    let compiled = hub.revision().unwrap_or(0);
+    let ports: BTreeMap<String, usize> =
+        hub.with_compiler(|c, _| c.nodes().map(|n| (n.to_string(), c.span(n).ports.len())).collect());
+    let mut since: BTreeMap<i64, Option<chrono::DateTime<chrono::Utc>>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(statuses.len());
+    for s in statuses {
+        let needed = hub.needed(&s.name, compiled);
+        let lag_revisions = (needed - s.realized_revision).max(0);
+        let lag_seconds = if lag_revisions > 0 {
+            let first = match since.get(&s.realized_revision) {
+                Some(t) => *t,
+                None => {
+                    let t = state.store.committed_after(s.realized_revision).await?;
+                    since.insert(s.realized_revision, t);
+                    t
+                }
+            };
+            first.map_or(0.0, |t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
+        } else {
+            0.0
+        };
+        out.push(info(s, lag_revisions, lag_seconds, &ports));
+    }
+    Ok(out)
+}
+
+fn info(s: NodeStatus, lag_revisions: i64, lag_seconds: f64, ports: &BTreeMap<String, usize>) -> NodeInfo {
+    NodeInfo {
+        ports: ports.get(&s.name).copied().unwrap_or(0),
+        name: s.name,
+        connected: s.connected,
+        controller: s.controller,
+        address: s.address,
+        agent_version: s.agent_version,
+        connected_at: s.connected_at,
+        last_seen: s.last_seen,
+        acked_revision: s.acked_revision,
+        acked_at: s.acked_at,
+        realized_revision: s.realized_revision,
+        lag_revisions,
+        lag_seconds,
+        last_error: s.last_error,
+    }
+}
+
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Response> {
+    caller.require_admin()?;
+    Ok(axum::Json(serde_json::json!({ "items": node_infos(&state).await? })).into_response())
+}
+
+/// Whether `revision` is applied by every node it concerns: every node whose span is not empty
+/// or that recent updates went to must have realized the last revision up to `revision` that
+/// sent it anything.
+pub async fn realization(
+    State(state): State<AppState>,
+    Extension(_caller): Extension<Caller>,
+    Query(query): Query<RealizationQuery>,
+) -> ApiResult<Response> {
+    let hub = &state.follower.hub;
+    let compiled = hub.revision().unwrap_or(0);
+    let statuses: BTreeMap<String, NodeStatus> =
+        state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let mut nodes = Vec::new();
+    for name in hub.concerned(query.revision) {
+        let needed = hub.needed(&name, query.revision);
+        let (realized, connected) = statuses.get(&name).map_or((0, false), |s| (s.realized_revision, s.connected));
+        nodes.push(NodeRealization { done: realized >= needed, name, needed, realized_revision: realized, connected });
+    }
+    let laggards: Vec<String> = nodes.iter().filter(|n| !n.done).map(|n| n.name.clone()).collect();
+    // The compiler must have reached the revision to know whom it concerns.
+    let complete = compiled >= query.revision && laggards.is_empty();
+    Ok(axum::Json(Realization { revision: query.revision, compiled, complete, nodes, laggards }).into_response())
+}
+
+pub async fn group_status(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+) -> ApiResult<Response> {
+    let key = match key.parse::<Uuid>() {
+        Ok(id) => ObjectKey::Id(id),
+        Err(_) => return Err(ApiError::not_found(format!("{key:?} is not a security group id"))),
+    };
+    group_status_of(&state, &caller, key).await
+}
+
+pub async fn group_status_by_name(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    group_status_of(&state, &caller, ObjectKey::Name { project: Some(project), name }).await
+}
+
+async fn group_status_of(state: &AppState, caller: &Caller, key: ObjectKey) -> ApiResult<Response> {
+    let Some(stored) = state.store.get(Kind::SecurityGroup, &key).await? else {
+        return Err(ApiError::not_found(format!("security group {key} does not exist")));
+    };
+    let Resource::SecurityGroup(group) = stored.decode()? else {
+        return Err(ApiError::internal());
+    };
+    caller.require_read(&group.project)?;
+    let hub = &state.follower.hub;
+    let compiled = hub.revision().unwrap_or(0);
+    let holders: Vec<String> =
+        hub.with_compiler(|c, _| c.group_nodes(&stored.id).into_iter().map(String::from).collect());
+    let statuses: BTreeMap<String, NodeStatus> =
+        state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let nodes: Vec<GroupNode> = holders
+        .into_iter()
+        .map(|name| {
+            let (realized, connected) = statuses.get(&name).map_or((0, false), |s| (s.realized_revision, s.connected));
+            GroupNode { applied: realized >= stored.revision, name, realized_revision: realized, connected }
+        })
+        .collect();
+    let applied = compiled >= stored.revision && nodes.iter().all(|n| n.applied);
+    let body = GroupStatus {
+        id: stored.id,
+        project: group.project,
+        name: group.name,
+        revision: stored.revision,
+        compiled,
+        nodes,
+        applied,
+    };
+    Ok(axum::Json(body).into_response())
+}
