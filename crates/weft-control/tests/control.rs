@@ -11,9 +11,9 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use weft_compiler::{Change, Compiler, NodeSpan};
+use weft_compiler::NodeSpan;
 use weft_control::{Config, Control};
-use weft_model::{Kind, Resource};
+use weft_model::Kind;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{self, AgentMessage, agent_message};
 use weft_store::Store;
@@ -21,11 +21,7 @@ use weft_store::Store;
 /// Long enough for any update on a loaded CI machine; tests never wait this long when right.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-async fn create(store: &Store, kind: Kind, body: serde_json::Value) -> i64 {
-    let mut txn = store.begin().await.unwrap();
-    txn.create(Resource::from_json(kind, body).unwrap()).await.unwrap();
-    txn.commit().await.unwrap()
-}
+use weft_testkit::{create, expected_span};
 
 async fn port(store: &Store, name: &str, node: &str, ip: &str, app: &str) -> i64 {
     create(
@@ -49,20 +45,6 @@ async fn shop(store: &Store) {
     .await;
     port(store, "web-1", "node-1", "10.0.0.1", "web").await;
     port(store, "db-1", "node-2", "10.0.0.2", "db").await;
-}
-
-/// What a node's span is, compiled from scratch from what the store holds.
-async fn expected_span(store: &Store, node: &str) -> NodeSpan {
-    let snapshot = store.snapshot().await.unwrap();
-    let changes = snapshot.objects.iter().filter_map(|o| match o.decode().unwrap() {
-        Resource::Project(p) => Some(Change::UpsertProject(p)),
-        Resource::Port(p) => Some(Change::UpsertPort(p)),
-        Resource::SecurityGroup(g) => Some(Change::UpsertGroup(g)),
-        Resource::VirtualNetwork(_) => None,
-    });
-    let mut compiler = Compiler::new();
-    compiler.load(snapshot.horizon, changes);
-    compiler.span(node)
 }
 
 async fn start(store: &Store) -> Control {

@@ -15,3 +15,28 @@ pub fn server_url() -> String {
 pub async fn fresh_database() -> TestDatabase {
     TestDatabase::create(&server_url(), "weft_test").await.expect("create a test database on DATABASE_URL")
 }
+
+/// Creates one object in its own transaction; its revision. Panics on failure (test input).
+pub async fn create(store: &weft_store::Store, kind: weft_model::Kind, body: serde_json::Value) -> i64 {
+    let resource = weft_model::Resource::from_json(kind, body).expect("test object decodes");
+    let mut txn = store.begin().await.expect("begin");
+    txn.create(resource).await.expect("test object is valid");
+    txn.commit().await.expect("commit")
+}
+
+/// A node's span compiled from scratch from what the store holds: what a controller must have
+/// sent an agent that is up to date.
+pub async fn expected_span(store: &weft_store::Store, node: &str) -> weft_compiler::NodeSpan {
+    use weft_compiler::Change;
+    use weft_model::Resource;
+    let snapshot = store.snapshot().await.expect("snapshot");
+    let changes = snapshot.objects.iter().filter_map(|o| match o.decode().expect("stored object decodes") {
+        Resource::Project(p) => Some(Change::UpsertProject(p)),
+        Resource::Port(p) => Some(Change::UpsertPort(p)),
+        Resource::SecurityGroup(g) => Some(Change::UpsertGroup(g)),
+        Resource::VirtualNetwork(_) => None,
+    });
+    let mut compiler = weft_compiler::Compiler::new();
+    compiler.load(snapshot.horizon, changes);
+    compiler.span(node)
+}

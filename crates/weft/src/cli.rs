@@ -59,8 +59,10 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the config service (REST API) on PostgreSQL.
+    /// Run weft's server: the REST API and the controller (agents' gRPC), on PostgreSQL.
     Server(ServerArgs),
+    /// The node agent: one stream to a controller, the node's span enforced by a datapath.
+    Agent(AgentArgs),
     /// Projects (tenants; a Kubernetes namespace becomes one).
     Project {
         #[command(subcommand)]
@@ -199,6 +201,34 @@ pub struct ServerArgs {
     /// TLS private key (PEM) for the gRPC listener.
     #[arg(long, env = "WEFT_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     pub grpc_tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The controller's gRPC address (https:// with --ca).
+    #[arg(long, env = "WEFT_CONTROLLER", default_value = "http://127.0.0.1:8081")]
+    pub controller: String,
+    /// This node's name (as ports name it).
+    #[arg(long, env = "WEFT_NODE")]
+    pub node: String,
+    /// Where the agent keeps its credential and its last applied span.
+    #[arg(long, env = "WEFT_AGENT_STATE_DIR", default_value = "/var/lib/weft-agent")]
+    pub state_dir: PathBuf,
+    /// The node credential (`weft node create`); else the one in the state dir.
+    #[arg(long, env = "WEFT_NODE_CREDENTIAL", hide_env_values = true)]
+    pub credential: Option<String>,
+    /// A join token (`weft join-token create`) to register this node when it has no credential.
+    #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Where the span is enforced.
+    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "memory")]
+    pub datapath: DatapathKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatapathKind {
+    /// Held in memory: for simulated nodes and trying weft out; enforces nothing in the kernel.
+    Memory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -454,6 +484,7 @@ pub fn init_logging(filter: &str, format: LogFormat) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server(args, cli.data_dir).await,
+        Command::Agent(args) => agent(args, cli.client.ca).await,
         Command::Bench { command: BenchCommand::Api { database_url, clients, duration, ports } } => {
             let config = weft_bench::ApiBenchConfig {
                 database_url,
@@ -519,6 +550,38 @@ async fn server(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         },
     };
     weft_api::server::run(config, shutdown_signal(), None).await.context("weft server")
+}
+
+async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = match ca {
+        Some(path) => Some(std::fs::read(&path).with_context(|| format!("cannot read the CA {}", path.display()))?),
+        None => None,
+    };
+    let state_dir = weft_agent::StateDir::new(&args.state_dir)
+        .with_context(|| format!("cannot use the state dir {}", args.state_dir.display()))?;
+    let config = weft_agent::Config {
+        server: args.controller,
+        node: args.node,
+        state_dir,
+        credential: args.credential,
+        join_token: args.join_token,
+        ca,
+        backoff: (Duration::from_millis(200), Duration::from_secs(30)),
+    };
+    let (progress, _) = tokio::sync::watch::channel(weft_agent::Progress { revision: 0, synced: false });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.send_replace(true);
+    });
+    match args.datapath {
+        DatapathKind::Memory => {
+            tracing::warn!("the memory datapath enforces nothing in the kernel");
+            weft_agent::run(config, weft_agent::MemoryDatapath::default(), progress, stopped).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

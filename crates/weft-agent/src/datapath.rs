@@ -1,0 +1,51 @@
+//! Where a node's span is enforced. The agent hands a datapath the whole new span and the
+//! delta that led to it (a kernel datapath changes only what the delta touches); a datapath
+//! that fails keeps what it had.
+
+use weft_compiler::{NodeSpan, SpanDelta};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DatapathError(pub String);
+
+pub trait Datapath: Send {
+    /// Enforces `span`. `delta` is what changed since the span last applied (`None`: start from
+    /// scratch, as after a snapshot or at start).
+    fn apply(&mut self, span: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError>;
+}
+
+/// Holds the span and nothing else: for simulated nodes and tests. `eval::side` on what it
+/// holds is what the kernel datapath enforces.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryDatapath {
+    pub span: NodeSpan,
+    /// How many times `apply` ran, and how many of those were from scratch.
+    pub applies: usize,
+    pub full: usize,
+}
+
+impl Datapath for MemoryDatapath {
+    fn apply(&mut self, span: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError> {
+        self.span = span.clone();
+        self.applies += 1;
+        self.full += usize::from(delta.is_none());
+        Ok(())
+    }
+}
+
+/// A shared handle on a datapath, so that tests (and `weft trace`) can look at what the agent
+/// enforces while it runs.
+#[derive(Debug, Default)]
+pub struct Shared<D>(pub std::sync::Arc<std::sync::Mutex<D>>);
+
+impl<D> Clone for Shared<D> {
+    fn clone(&self) -> Self {
+        Shared(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl<D: Datapath> Datapath for Shared<D> {
+    fn apply(&mut self, span: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).apply(span, delta)
+    }
+}

@@ -1,0 +1,230 @@
+//! weft's node agent (DESIGN.md §6, §7): one gRPC stream to a controller; a snapshot of the
+//! node's span and then deltas, each applied to the datapath and acked; fail static — the last
+//! good state stays enforced whatever happens to the controller or the stream.
+//!
+//! ```text
+//!   start: state dir ─► last span ─► datapath (before the controller answers)
+//!   stream: hello ─► snapshot/deltas ─► datapath.apply ─► state dir ─► ack
+//!   stream lost: keep enforcing, reconnect with backoff, converge on the next snapshot
+//! ```
+
+pub mod datapath;
+pub mod state;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use weft_compiler::{NodeSpan, SpanDelta};
+use weft_proto::v1::agent_client::AgentClient;
+use weft_proto::v1::{self, AgentMessage, agent_message};
+
+pub use datapath::{Datapath, DatapathError, MemoryDatapath, Shared};
+pub use state::{Saved, StateDir};
+
+/// The largest message the agent accepts: a delta that defines a set of every pod in a large
+/// cluster is a few MiB (snapshots come in 1 MiB parts).
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The controller, e.g. `http://127.0.0.1:8081` or `https://weft.example:8081`.
+    pub server: String,
+    pub node: String,
+    pub state_dir: StateDir,
+    /// A credential given on the command line; else the one in the state dir.
+    pub credential: Option<String>,
+    /// Registers the node when there is no credential yet.
+    pub join_token: Option<String>,
+    /// PEM CA that signs the controller's certificate.
+    pub ca: Option<Vec<u8>>,
+    /// First and longest pause between reconnection attempts.
+    pub backoff: (Duration, Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no node credential: give --credential, or --join-token to register {0}")]
+    NoCredential(String),
+    #[error("{0}")]
+    Transport(String),
+    #[error("the controller refused: {0}")]
+    Refused(tonic::Status),
+    #[error("state dir: {0}")]
+    State(#[from] std::io::Error),
+}
+
+/// What the agent has in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The revision of the span in the datapath (0: none yet).
+    pub revision: i64,
+    /// Whether a stream to a controller is up and its snapshot applied.
+    pub synced: bool,
+}
+
+/// Runs the agent until `shutdown` turns true. `progress` follows what is in force.
+pub async fn run(
+    config: Config,
+    mut datapath: impl Datapath,
+    progress: watch::Sender<Progress>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mut current = match config.state_dir.load(&config.node) {
+        Some(saved) => {
+            // Enforce what the node had before anyone answers: no window without policy.
+            match datapath.apply(&saved.span, None) {
+                Ok(()) => tracing::info!(
+                    revision = saved.revision,
+                    ports = saved.span.ports.len(),
+                    "enforcing the saved span"
+                ),
+                Err(e) => tracing::error!(error = %e, "cannot enforce the saved span"),
+            }
+            saved
+        }
+        None => Saved { node: config.node.clone(), ..Saved::default() },
+    };
+    progress.send_replace(Progress { revision: current.revision, synced: false });
+    let mut pause = config.backoff.0;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let outcome = tokio::select! {
+            outcome = session(&config, &mut datapath, &mut current, &progress) => outcome,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        progress.send_modify(|p| p.synced = false);
+        match outcome {
+            Ok(()) => {
+                tracing::warn!("the controller ended the stream; reconnecting");
+                pause = config.backoff.0;
+            }
+            Err(AgentError::NoCredential(node)) => return Err(AgentError::NoCredential(node)),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "no stream to the controller; enforcing the last span")
+            }
+        }
+        // Jitter keeps a thousand agents from reconnecting in step after a controller restart.
+        let jitter = pause.mul_f64(rand::random::<f64>() * 0.2);
+        tokio::select! {
+            _ = tokio::time::sleep(pause + jitter) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        pause = (pause * 2).min(config.backoff.1);
+    }
+}
+
+async fn channel(config: &Config) -> Result<Channel, AgentError> {
+    let transport = |e: tonic::transport::Error| AgentError::Transport(format!("{}: {e}", config.server));
+    let mut endpoint = Endpoint::from_shared(config.server.clone())
+        .map_err(transport)?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(ca) = &config.ca {
+        endpoint =
+            endpoint.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca))).map_err(transport)?;
+    }
+    endpoint.connect().await.map_err(transport)
+}
+
+/// The credential, from the command line, the state dir, or a join.
+async fn credential(config: &Config, client: &mut AgentClient<Channel>) -> Result<String, AgentError> {
+    if let Some(c) = config.credential.clone().or_else(|| config.state_dir.credential()) {
+        return Ok(c);
+    }
+    let Some(token) = &config.join_token else { return Err(AgentError::NoCredential(config.node.clone())) };
+    let request = v1::JoinRequest { join_token: token.clone(), node: config.node.clone() };
+    let credential = client.join(request).await.map_err(AgentError::Refused)?.into_inner().credential;
+    config.state_dir.save_credential(&credential)?;
+    tracing::info!(node = %config.node, "joined: node credential saved in the state dir");
+    Ok(credential)
+}
+
+/// One stream: hello, then updates until the stream ends.
+async fn session(
+    config: &Config,
+    datapath: &mut impl Datapath,
+    current: &mut Saved,
+    progress: &watch::Sender<Progress>,
+) -> Result<(), AgentError> {
+    let mut client = AgentClient::new(channel(config).await?).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let credential = credential(config, &mut client).await?;
+    let (outbound, rx) = mpsc::channel(16);
+    let hello = v1::Hello {
+        node: config.node.clone(),
+        credential,
+        last_revision: current.revision,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let _ = outbound.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
+    let mut inbound = match client.sync(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+            tracing::error!(node = %config.node, error = %status.message(), "the controller refuses this node's credential");
+            return Err(AgentError::Refused(status));
+        }
+        Err(status) => return Err(AgentError::Transport(status.to_string())),
+    };
+    tracing::info!(server = %config.server, node = %config.node, "stream open");
+    let mut parts: Vec<v1::ControllerMessage> = Vec::new();
+    loop {
+        let message = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(AgentError::Transport(status.to_string())),
+        };
+        let last = message.last;
+        parts.push(message);
+        if !last {
+            continue;
+        }
+        let update = std::mem::take(&mut parts);
+        let revision = update[0].revision;
+        let error = match apply(datapath, current, &update) {
+            Ok(()) => {
+                if let Err(e) = config.state_dir.save(current) {
+                    tracing::warn!(error = %e, "cannot save the span in the state dir");
+                }
+                progress.send_replace(Progress { revision: current.revision, synced: true });
+                String::new()
+            }
+            Err(e) => {
+                tracing::error!(revision, error = %e, "cannot apply an update; keeping the last good state");
+                e
+            }
+        };
+        let ack = v1::Ack { revision, error };
+        if outbound.send(AgentMessage { kind: Some(agent_message::Kind::Ack(ack)) }).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Applies one whole update: decoded, turned into the next span, enforced; `current` moves on
+/// only when all of that worked.
+fn apply(datapath: &mut impl Datapath, current: &mut Saved, update: &[v1::ControllerMessage]) -> Result<(), String> {
+    let snapshot = update[0].snapshot;
+    let mut span = if snapshot { NodeSpan::default() } else { current.span.clone() };
+    let mut deltas: Vec<SpanDelta> = Vec::with_capacity(update.len());
+    for part in update {
+        let d = weft_proto::from_proto(part.delta.as_ref().unwrap_or(&v1::SpanDelta::default()))
+            .map_err(|e| format!("undecodable update: {e}"))?;
+        span.apply(&d);
+        deltas.push(d);
+    }
+    // A datapath gets the delta when the update is one; a snapshot (or an update in parts) is
+    // applied from scratch.
+    let delta = match (snapshot, deltas.as_slice()) {
+        (false, [one]) => Some(one),
+        _ => None,
+    };
+    datapath.apply(&span, delta).map_err(|e| e.to_string())?;
+    current.span = span;
+    current.revision = update[0].revision;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The agent against a real controller (and PostgreSQL): joining, applying, saving, acking;
+//! enforcing its saved span before any controller answers; converging after the controller
+//! comes back; keeping its last good state when an update cannot be applied.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use weft_agent::{Config, Datapath, DatapathError, MemoryDatapath, Progress, Shared, StateDir};
+use weft_compiler::{NodeSpan, SpanDelta};
+use weft_control::Control;
+use weft_model::Kind;
+use weft_store::Store;
+use weft_testkit::{create, expected_span};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn shop(store: &Store) {
+    create(store, Kind::Project, json!({"name": "shop"})).await;
+    create(
+        store,
+        Kind::SecurityGroup,
+        json!({"name": "db", "project": "shop", "selector": {"matchLabels": {"app": "db"}}, "policy_types": ["ingress"],
+               "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [5432],
+                          "remote": {"type": "selector", "ports": {"matchLabels": {"app": "api"}}}}]}),
+    )
+    .await;
+    port(store, "db-0", "node-1", "10.0.0.1", "db").await;
+}
+
+async fn port(store: &Store, name: &str, node: &str, ip: &str, app: &str) -> i64 {
+    let body = json!({"name": name, "project": "shop", "node": node, "ips": [ip], "labels": {"app": app}, "security_groups": []});
+    create(store, Kind::Port, body).await
+}
+
+async fn control_on(store: &Store, addr: SocketAddr) -> Control {
+    let mut config = weft_control::Config::new(addr);
+    config.poll = Duration::from_millis(50);
+    Control::start(store.clone(), config).await.unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn config(addr: SocketAddr, dir: &std::path::Path, join_token: Option<String>) -> Config {
+    Config {
+        server: format!("http://{addr}"),
+        node: "node-1".into(),
+        state_dir: StateDir::new(dir).unwrap(),
+        credential: None,
+        join_token,
+        ca: None,
+        backoff: (Duration::from_millis(20), Duration::from_millis(200)),
+    }
+}
+
+struct Running {
+    progress: watch::Receiver<Progress>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), weft_agent::AgentError>>,
+}
+
+fn spawn(config: Config, datapath: impl Datapath + 'static) -> Running {
+    let (progress_tx, progress) = watch::channel(Progress { revision: 0, synced: false });
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(weft_agent::run(config, datapath, progress_tx, stop_rx));
+    Running { progress, stop, task }
+}
+
+impl Running {
+    async fn until(&mut self, f: impl Fn(&Progress) -> bool) -> Progress {
+        *tokio::time::timeout(PATIENCE, self.progress.wait_for(|p| f(p))).await.unwrap().unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-agent-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn joins_applies_saves_and_enforces_its_last_span_while_the_controller_is_away(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let addr = free_addr();
+    let control = control_on(&store, addr).await;
+    let token = store.create_join_token(Duration::from_secs(600), "test").await.unwrap();
+    let dir = temp_dir();
+
+    let datapath = Shared::<MemoryDatapath>::default();
+    let mut agent = spawn(config(addr, &dir, Some(token.secret.clone())), datapath.clone());
+    agent.until(|p| p.synced).await;
+    let expected = expected_span(&store, "node-1").await;
+    assert_eq!(datapath.0.lock().unwrap().span, expected);
+    // The credential is kept, readable by root only.
+    let credential = StateDir::new(&dir).unwrap().credential().unwrap();
+    assert_eq!(store.authenticate_node(&credential).await.unwrap().as_deref(), Some("node-1"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(dir.join("credential")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    let added = port(&store, "api-0", "node-2", "10.0.0.2", "api").await;
+    agent.until(|p| p.revision >= added).await;
+    let span = expected_span(&store, "node-1").await;
+    {
+        let applied = datapath.0.lock().unwrap();
+        assert_eq!(applied.span, span);
+        assert!(applied.applies > applied.full, "deltas were applied as deltas");
+    }
+    agent.stop().await;
+    control.shutdown().await;
+
+    // Restarted with the controller away: the saved span is enforced at once (no join token
+    // now: the credential comes from the state dir).
+    let restarted = Shared::<MemoryDatapath>::default();
+    let mut agent = spawn(config(addr, &dir, None), restarted.clone());
+    let p = agent.until(|p| p.revision >= added).await;
+    assert!(!p.synced);
+    assert_eq!(restarted.0.lock().unwrap().span, span);
+
+    // The controller comes back with a change made meanwhile: the agent converges.
+    let meanwhile = port(&store, "db-1", "node-1", "10.0.0.3", "db").await;
+    let control = control_on(&store, addr).await;
+    agent.until(|p| p.synced && p.revision >= meanwhile).await;
+    let expected = expected_span(&store, "node-1").await;
+    assert_eq!(restarted.0.lock().unwrap().span, expected);
+    agent.stop().await;
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A datapath that refuses every update after the first.
+#[derive(Debug, Default)]
+struct Refusing {
+    span: NodeSpan,
+    seen: usize,
+}
+
+impl Datapath for Refusing {
+    fn apply(&mut self, span: &NodeSpan, _: Option<&SpanDelta>) -> Result<(), DatapathError> {
+        self.seen += 1;
+        if self.seen > 1 {
+            return Err(DatapathError("the kernel said no".into()));
+        }
+        self.span = span.clone();
+        Ok(())
+    }
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn an_update_that_cannot_be_applied_is_reported_and_the_last_good_state_stays(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let addr = free_addr();
+    let control = control_on(&store, addr).await;
+    let credential = store.create_node("node-1").await.unwrap();
+    let dir = temp_dir();
+    let datapath = Shared(std::sync::Arc::new(std::sync::Mutex::new(Refusing::default())));
+    let mut cfg = config(addr, &dir, None);
+    cfg.credential = Some(credential);
+    let mut agent = spawn(cfg, datapath.clone());
+    let first = agent.until(|p| p.synced).await;
+    let good = datapath.0.lock().unwrap().span.clone();
+    assert_eq!(good, expected_span(&store, "node-1").await);
+
+    port(&store, "api-0", "node-2", "10.0.0.2", "api").await;
+    // The controller hears about it: the node's status carries the error.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let nodes = store.list_nodes().await.unwrap();
+        if nodes[0].last_error.as_deref().is_some_and(|e| e.contains("the kernel said no")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no error recorded: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What is in force, and what the agent would save, is still the last good state.
+    assert_eq!(datapath.0.lock().unwrap().span, good);
+    assert_eq!(agent.progress.borrow().revision, first.revision);
+    assert_eq!(StateDir::new(&dir).unwrap().load("node-1").unwrap().span, good);
+    agent.stop().await;
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn the_stream_runs_over_tls_verified_with_the_agents_ca(pool: PgPool) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let addr = free_addr();
+    let mut settings = weft_control::Config::new(addr);
+    settings.tls = Some((ca.cert.pem().into_bytes(), ca.signing_key.serialize_pem().into_bytes()));
+    let control = Control::start(store.clone(), settings).await.unwrap();
+    let credential = store.create_node("node-1").await.unwrap();
+    let dir = temp_dir();
+    let mut cfg = config(addr, &dir, None);
+    cfg.server = format!("https://localhost:{}", addr.port());
+    cfg.credential = Some(credential.clone());
+    cfg.ca = Some(ca.cert.pem().into_bytes());
+    let datapath = Shared::<MemoryDatapath>::default();
+    let mut agent = spawn(cfg, datapath.clone());
+    agent.until(|p| p.synced).await;
+    let expected = expected_span(&store, "node-1").await;
+    assert_eq!(datapath.0.lock().unwrap().span, expected);
+    agent.stop().await;
+    // Without the CA the controller is not trusted; in plaintext it does not answer.
+    for (server, ca) in [(format!("https://localhost:{}", addr.port()), None), (format!("http://{addr}"), None)] {
+        let mut cfg = config(addr, &dir, None);
+        cfg.server = server;
+        cfg.ca = ca;
+        cfg.credential = Some(credential.clone());
+        let mut agent = spawn(cfg, MemoryDatapath::default());
+        let synced =
+            tokio::time::timeout(Duration::from_millis(500), agent.progress.wait_for(|p| p.synced)).await.is_ok();
+        assert!(!synced, "{addr}: synced without trusting the controller");
+        agent.stop().await;
+    }
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
