@@ -257,3 +257,44 @@ async fn two_controllers_on_one_database_both_serve_agents(pool: PgPool) {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_controller_behind_the_change_logs_compaction_reloads(pool: PgPool) {
+    // The controller's handle, and another process's: its commits neither wake this
+    // controller directly nor NOTIFY (it runs no follower), and polling is an hour away.
+    let store = Store::from_pool(pool.clone());
+    let other = Store::from_pool(pool);
+    shop(&store).await;
+    let credential = store.create_node("node-1").await.unwrap();
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+    config.poll = Duration::from_secs(3600);
+    let control = Control::start(store.clone(), config).await.unwrap();
+    let mut agent = TestAgent::connect(control.local_addr, "node-1", &credential).await.unwrap();
+    let (first, snapshot) = agent.next_update().await;
+    assert!(snapshot);
+    agent.ack(first).await;
+
+    // Meanwhile the other process writes (a db port joins node-1's set) and compacts the
+    // change log past everything this controller has read.
+    let missed = port(&other, "db-2", "node-3", "10.0.0.3", "db").await;
+    let last = port(&other, "db-3", "node-4", "10.0.0.4", "db").await;
+    let mark = other.compact_through(last).await.unwrap();
+    assert!(mark >= missed, "compacted through {mark}");
+
+    // A commit of its own wakes it: the entries it needs are gone, so it reloads, and the
+    // agent starts again from a snapshot that has everything.
+    let woke = port(&store, "web-9", "node-9", "10.0.0.9", "other").await;
+    let mut snapshots = 0;
+    loop {
+        let (revision, snapshot) = agent.next_update().await;
+        snapshots += usize::from(snapshot);
+        agent.ack(revision).await;
+        if revision >= woke {
+            break;
+        }
+    }
+    assert_eq!(snapshots, 1);
+    assert_eq!(agent.span, expected_span(&store, "node-1").await);
+    assert!(agent.span.sets.values().any(|s| s.contains(&"10.0.0.3".parse().unwrap())));
+    control.shutdown().await;
+}

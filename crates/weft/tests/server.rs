@@ -380,8 +380,74 @@ async fn nodes_realization_and_weft_wait() {
     assert_eq!(status["nodes"][0]["name"], "node-1");
     assert_eq!(status["applied"], true);
 
-    // A node that is not registered, or a credential for another node, gets nothing.
     let out = server.weft(&["node", "create", "node-1"]);
     assert!(!out.status.success(), "a node name registers once");
     assert_eq!(server.stop().code(), Some(0), "{}", std::fs::read_to_string(data_dir.join("server.log")).unwrap());
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// `--role api` and `--role control` as separate processes on one database: the agent streams
+/// from the control process, the API process answers whether its updates are realized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_control_run_as_separate_processes() {
+    let db = weft_testkit::fresh_database().await;
+    let api_dir = temp_dir("role-api");
+    let api = Server::start(Some(&db.url), &api_dir, &["--role", "api"], "http").await;
+    let control_dir = temp_dir("role-control");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let mut control = Command::new(WEFT)
+        .args(["server", "--role", "control", "--grpc-listen", &grpc, "--database-url", &db.url, "--data-dir"])
+        .arg(&control_dir)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(control_dir.join("server.log")).unwrap()))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(&grpc).is_err() {
+        assert!(Instant::now() < deadline, "the control process does not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The API process serves no agents.
+    let info = api.weft(&["info", "-o", "json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(info["grpc_address"].is_null(), "{info}");
+
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = api.weft(&[args, &["-o", "json"]].concat());
+        assert!(out.status.success(), "weft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let credential = json(&["node", "create", "node-1"])["credential"].as_str().unwrap().to_string();
+    json(&["project", "create", "shop"]);
+    let revision =
+        json(&["port", "create", "shop/web-1", "--node", "node-1", "--ip", "10.0.0.1"])["revision"].as_i64().unwrap();
+    let mut agent = Agent::connect(&grpc, "node-1", &credential).await;
+    loop {
+        let got = agent.next_update().await;
+        agent.ack(got).await;
+        if got >= revision {
+            break;
+        }
+    }
+    let done = json(&["wait", "--revision", &revision.to_string(), "--timeout", "30s"]);
+    assert_eq!(done["complete"], true);
+    let nodes = json(&["node", "list"]);
+    assert_eq!(nodes[0]["connected"], true);
+
+    Command::new("kill").args(["-TERM", &control.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = control.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the control process did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{}", std::fs::read_to_string(control_dir.join("server.log")).unwrap());
+    assert!(api.stop().success());
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&api_dir);
+    let _ = std::fs::remove_dir_all(&control_dir);
 }
