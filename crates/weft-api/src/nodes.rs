@@ -87,8 +87,8 @@ pub struct RealizationQuery {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeRealization {
     pub name: String,
-    /// The revision it must have applied (the last one up to the asked revision that sent it
-    /// anything).
+    /// Not done: the revision of the first update up to the asked one that it has not applied.
+    /// Done: the revision it has realized, up to the asked one.
     pub needed: i64,
     pub realized_revision: i64,
     pub connected: bool,
@@ -184,12 +184,15 @@ async fn node_infos(state: &AppState) -> ApiResult<Vec<NodeInfo>> {
     let hub = &state.follower.hub;
     let compiled = hub.revision().unwrap_or(0);
     let ports: BTreeMap<String, usize> =
-        hub.with_compiler(|c, _| c.nodes().map(|n| (n.to_string(), c.span(n).ports.len())).collect());
+        hub.with_compiler(|c, _| c.node_ports().map(|(n, count)| (n.to_string(), count)).collect());
     let mut since: BTreeMap<i64, Option<chrono::DateTime<chrono::Utc>>> = BTreeMap::new();
     let mut out = Vec::with_capacity(statuses.len());
     for s in statuses {
-        let needed = hub.needed(&s.name, compiled);
-        let lag_revisions = (needed - s.realized_revision).max(0);
+        let has_ports = ports.contains_key(&s.name);
+        let lag_revisions = match hub.realized(&s.name, s.realized_revision, compiled, has_ports) {
+            Ok(()) => 0,
+            Err(needed) => (needed - s.realized_revision).max(1),
+        };
         let lag_seconds = if lag_revisions > 0 {
             let first = match since.get(&s.realized_revision) {
                 Some(t) => *t,
@@ -244,11 +247,21 @@ pub async fn realization(
     let compiled = hub.revision().unwrap_or(0);
     let statuses: BTreeMap<String, NodeStatus> =
         state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let with_ports: std::collections::BTreeSet<String> =
+        hub.with_compiler(|c, _| c.node_ports().map(|(n, _)| n.to_string()).collect());
+    let mut names: std::collections::BTreeSet<&String> = with_ports.iter().collect();
+    names.extend(statuses.keys());
     let mut nodes = Vec::new();
-    for name in hub.concerned(query.revision) {
-        let needed = hub.needed(&name, query.revision);
-        let (realized, connected) = statuses.get(&name).map_or((0, false), |s| (s.realized_revision, s.connected));
-        nodes.push(NodeRealization { done: realized >= needed, name, needed, realized_revision: realized, connected });
+    for name in names {
+        let (realized, connected) = statuses.get(name).map_or((0, false), |s| (s.realized_revision, s.connected));
+        let outcome = hub.realized(name, realized, query.revision, with_ports.contains(name));
+        nodes.push(NodeRealization {
+            done: outcome.is_ok(),
+            needed: outcome.err().unwrap_or(realized.min(query.revision)),
+            name: name.clone(),
+            realized_revision: realized,
+            connected,
+        });
     }
     let laggards: Vec<String> = nodes.iter().filter(|n| !n.done).map(|n| n.name.clone()).collect();
     // The compiler must have reached the revision to know whom it concerns.

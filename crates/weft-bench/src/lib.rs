@@ -11,6 +11,7 @@
 //! PostgreSQL: on a 2-core machine both share the cores with what they measure.
 
 pub mod compiler;
+pub mod fanout;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -411,7 +412,16 @@ async fn time_ready(exe: &PathBuf, url: &str) -> Result<Duration, BenchError> {
     drop(listener);
     let start = Instant::now();
     let mut child = tokio::process::Command::new(exe)
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--database-url", url, "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--database-url",
+            url,
+        ])
+        .arg("--data-dir")
         .arg(&data_dir)
         .env("WEFT_LOG", "warn")
         .stdout(Stdio::null())

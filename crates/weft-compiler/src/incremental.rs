@@ -255,6 +255,11 @@ impl Compiler {
         names.into_iter()
     }
 
+    /// How many ports each node with ports has.
+    pub fn node_ports(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.nodes.iter().filter(|n| !n.ports.is_empty()).filter_map(|n| Some((n.name.as_deref()?, n.ports.len())))
+    }
+
     /// The nodes whose span holds group `id`, in order.
     pub fn group_nodes(&self, id: &Uuid) -> Vec<&str> {
         let mut names: Vec<&str> = self

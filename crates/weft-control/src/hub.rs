@@ -59,6 +59,11 @@ impl Hub {
         f(&state.0, state.1)
     }
 
+    /// How many updates the ring keeps.
+    pub(crate) fn history(&self) -> usize {
+        self.ring_updates
+    }
+
     /// A new state replaces the old: every session starts again from a snapshot.
     pub(crate) fn reset(&self, revision: i64) {
         let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
@@ -83,32 +88,29 @@ impl Hub {
         self.revision.send_replace(Some(revision));
     }
 
-    /// The revision node `node` must have realized for everything up to `revision` to be in
-    /// its datapath: the last revision up to `revision` that sent it anything (or, where the
-    /// recent history does not reach, `revision` itself, or the oldest history kept).
-    pub fn needed(&self, node: &str, revision: i64) -> i64 {
-        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
-        if revision <= ring.floor {
-            return revision;
+    /// Whether a node that has realized `realized` has everything meant for it up to
+    /// `revision`: `Ok(())`, or `Err(needed)` with the revision it still needs. Only the updates
+    /// after `realized` are looked at (a node that keeps up costs a step or two); a node behind
+    /// the recent history needs `revision` if it has ports.
+    pub fn realized(&self, node: &str, realized: i64, revision: i64, has_ports: bool) -> Result<(), i64> {
+        if realized >= revision {
+            return Ok(());
         }
-        ring.entries
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        if realized < ring.floor {
+            return if has_ports { Err(revision) } else { Ok(()) };
+        }
+        let pending = ring
+            .entries
             .iter()
             .rev()
-            .filter(|(r, _, _)| *r <= revision)
-            .find(|(_, u, _)| u.for_node(node).is_some())
-            .map_or(ring.floor, |(r, _, _)| *r)
-    }
-
-    /// The nodes that updates up to `revision` in the recent history went to, and the nodes
-    /// whose span is not empty now.
-    pub fn concerned(&self, revision: i64) -> std::collections::BTreeSet<String> {
-        let mut nodes: std::collections::BTreeSet<String> =
-            self.with_compiler(|c, _| c.nodes().map(str::to_string).collect());
-        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
-        for (_, updates, _) in ring.entries.iter().filter(|(r, _, _)| *r <= revision) {
-            nodes.extend(updates.messages().map(|(n, _)| n.to_string()));
+            .skip_while(|(r, _, _)| *r > revision)
+            .take_while(|(r, _, _)| *r > realized)
+            .find(|(_, u, _)| u.for_node(node).is_some());
+        match pending {
+            Some((r, _, _)) => Err(*r),
+            None => Ok(()),
         }
-        nodes
     }
 
     /// The updates after `cursor`, or `None` when the session is too far behind to follow.

@@ -115,7 +115,10 @@ impl Control {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sessions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
         tokio::spawn(heartbeat(store.clone(), config.name.clone(), Arc::clone(&sessions), shutdown_rx.clone()));
+        let statuses = Arc::new(session::StatusWriter::default());
+        tokio::spawn(Arc::clone(&statuses).run(store.clone(), config.name.clone(), shutdown_rx.clone()));
         let service = Service {
+            statuses,
             store,
             hub: Arc::clone(&hub),
             controller: config.name.clone(),
@@ -173,6 +176,7 @@ async fn heartbeat(store: Store, controller: String, sessions: Sessions, mut shu
 }
 
 struct Service {
+    statuses: Arc<session::StatusWriter>,
     store: Store,
     hub: Arc<Hub>,
     controller: String,
@@ -218,6 +222,7 @@ impl Agent for Service {
             controller: self.controller.clone(),
             hub: Arc::clone(&self.hub),
             store: self.store.clone(),
+            statuses: Arc::clone(&self.statuses),
         };
         let (sessions, shutdown) = (Arc::clone(&self.sessions), self.shutdown.clone());
         tokio::spawn(async move {

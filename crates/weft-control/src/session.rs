@@ -41,6 +41,7 @@ pub(crate) struct Session {
     pub controller: String,
     pub hub: Arc<Hub>,
     pub store: Store,
+    pub statuses: Arc<StatusWriter>,
 }
 
 impl Session {
@@ -53,9 +54,16 @@ impl Session {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let progress = Arc::new(Mutex::new(Progress { realized: last_revision, ..Progress::default() }));
-        let (status_tx, status_rx) = watch::channel((0, last_revision, None));
-        let writer =
-            tokio::spawn(write_status(self.store.clone(), self.node.clone(), self.controller.clone(), status_rx));
+        let (status_tx, mut status_rx) = watch::channel((0, last_revision, None));
+        let writer = {
+            let (statuses, node) = (Arc::clone(&self.statuses), self.node.clone());
+            tokio::spawn(async move {
+                while status_rx.changed().await.is_ok() {
+                    let status = status_rx.borrow_and_update().clone();
+                    statuses.record(&node, status);
+                }
+            })
+        };
         let sender = {
             let (hub, node, progress, status) =
                 (Arc::clone(&self.hub), self.node.clone(), Arc::clone(&progress), status_tx.clone());
@@ -93,6 +101,7 @@ impl Session {
         sender.abort();
         drop(status_tx);
         let _ = writer.await;
+        self.statuses.flush(&self.store, &self.controller).await;
         if let Err(e) = self.store.node_disconnected(&self.node, &self.controller).await {
             tracing::warn!(node = %self.node, error = %e, "cannot record the node's disconnection");
         }
@@ -144,9 +153,14 @@ async fn send(
                 }
                 let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
                 p.cursor = sent_to.max(target);
+                // Revisions that sent the node nothing need no write: realization looks for
+                // updates after the recorded revision. The record only moves on now and then, so
+                // that it stays within the history the hub keeps.
                 if p.pending.is_empty() {
                     p.realized = p.cursor;
-                    status.send_replace(p.status());
+                    if p.realized - status.borrow().1 >= (hub.history() / 4).max(1) as i64 {
+                        status.send_replace(p.status());
+                    }
                 }
             }
         }
@@ -157,17 +171,50 @@ async fn send(
     }
 }
 
-/// Writes the node's status as it changes; a burst of acks is one write.
-async fn write_status(
-    store: Store,
-    node: String,
-    controller: String,
-    mut status: watch::Receiver<(i64, i64, Option<String>)>,
-) {
-    while status.changed().await.is_ok() {
-        let (acked, realized, error) = status.borrow_and_update().clone();
-        if let Err(e) = store.node_acked(&node, &controller, acked, realized, error.as_deref()).await {
-            tracing::warn!(node = %node, error = %e, "cannot record the node's status");
+/// (acked, realized, error) of one node.
+type NodeStatus = (i64, i64, Option<String>);
+
+/// Node status from every session of one controller, written together: one statement per
+/// round, not one per ack (a set change that reaches a thousand agents is a thousand acks, and
+/// a statement per ack would queue the API's own writes behind them).
+#[derive(Debug, Default)]
+pub(crate) struct StatusWriter {
+    pending: Mutex<std::collections::BTreeMap<String, NodeStatus>>,
+    wake: tokio::sync::Notify,
+}
+
+impl StatusWriter {
+    pub fn record(&self, node: &str, status: NodeStatus) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_string(), status);
+        self.wake.notify_one();
+    }
+
+    /// Writes what is pending.
+    pub async fn flush(&self, store: &Store, controller: &str) {
+        let batch: Vec<(String, i64, i64, Option<String>)> =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .map(|(node, (acked, realized, error))| (node, acked, realized, error))
+                .collect();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = store.nodes_acked(controller, &batch).await {
+            tracing::warn!(nodes = batch.len(), error = %e, "cannot record node status");
+        }
+    }
+
+    /// Writes as statuses come in, until `shutdown`.
+    pub async fn run(self: Arc<Self>, store: Store, controller: String, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => {
+                    self.flush(&store, &controller).await;
+                    return;
+                }
+            }
+            self.flush(&store, &controller).await;
         }
     }
 }

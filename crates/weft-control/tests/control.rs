@@ -147,9 +147,16 @@ async fn an_agent_gets_its_span_then_deltas_and_its_acks_are_recorded(pool: PgPo
     agent.ack(revision).await;
     status_until(&store, "node-1", |n| n.realized_revision >= added).await;
 
-    // A change that concerns no port of node-1 sends it nothing, but its realization moves on.
+    // A change that concerns no port of node-1 sends it nothing, and node-1 has realized it
+    // as far as it is concerned.
     let elsewhere = port(&store, "web-9", "node-9", "10.0.0.9", "other").await;
-    status_until(&store, "node-1", |n| n.realized_revision >= elsewhere).await;
+    let mut compiled = control.hub.subscribe();
+    tokio::time::timeout(PATIENCE, compiled.wait_for(|r| r.is_some_and(|r| r >= elsewhere))).await.unwrap().unwrap();
+    let realized = store.list_nodes().await.unwrap()[0].realized_revision;
+    assert!(realized < elsewhere);
+    assert_eq!(control.hub.realized("node-1", realized, elsewhere, true), Ok(()));
+    // And one that had not applied the earlier delta would still need it.
+    assert_eq!(control.hub.realized("node-1", added - 1, elsewhere, true), Err(added));
     let nothing = tokio::time::timeout(Duration::from_millis(300), agent.inbound.message()).await;
     assert!(nothing.is_err(), "node-1 got an update about node-9: {nothing:?}");
 

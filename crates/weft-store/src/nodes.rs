@@ -200,6 +200,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records many nodes' acks in one statement: (node, acked, realized, error).
+    pub async fn nodes_acked(&self, controller: &str, statuses: &[(String, i64, i64, Option<String>)]) -> Result<()> {
+        let names: Vec<&str> = statuses.iter().map(|s| s.0.as_str()).collect();
+        let acked: Vec<i64> = statuses.iter().map(|s| s.1).collect();
+        let realized: Vec<i64> = statuses.iter().map(|s| s.2).collect();
+        let errors: Vec<Option<&str>> = statuses.iter().map(|s| s.3.as_deref()).collect();
+        sqlx::query(
+            "UPDATE nodes SET acked_revision = s.acked, acked_at = now(), realized_revision = s.realized, \
+             last_error = s.error, last_seen = now() \
+             FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[]) AS s(name, acked, realized, error) \
+             WHERE nodes.name = s.name AND nodes.controller = $1",
+        )
+        .bind(controller)
+        .bind(&names)
+        .bind(&acked)
+        .bind(&realized)
+        .bind(&errors)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Refreshes `last_seen` of the nodes whose streams this control process holds.
     pub async fn nodes_seen(&self, controller: &str, nodes: &[String]) -> Result<()> {
         sqlx::query("UPDATE nodes SET last_seen = now() WHERE controller = $1 AND name = ANY($2) AND connected")

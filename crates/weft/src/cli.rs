@@ -126,6 +126,22 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Simulated agents against a real `weft server` holding a synthetic cluster: snapshot
+    /// time for all of them at once, server memory, REST write to every affected ack.
+    Fanout {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Agents, one per node.
+        #[arg(long, default_value_t = 1_000)]
+        agents: usize,
+        #[arg(long, default_value_t = 25_000)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 4)]
+        pods_per_namespace: usize,
+        /// Writes of each kind timed.
+        #[arg(long, default_value_t = 100)]
+        writes: usize,
+    },
     /// REST API throughput and latency beside pgbench's on the same PostgreSQL.
     Api {
         /// A PostgreSQL server; the bench creates and drops its own databases there.
@@ -214,8 +230,8 @@ pub struct AgentArgs {
     /// Where the agent keeps its credential and its last applied span.
     #[arg(long, env = "WEFT_AGENT_STATE_DIR", default_value = "/var/lib/weft-agent")]
     pub state_dir: PathBuf,
-    /// The node credential (`weft node create`); else the one in the state dir.
-    #[arg(long, env = "WEFT_NODE_CREDENTIAL", hide_env_values = true)]
+    /// The node's credential (`weft node create`); else the one in the state dir.
+    #[arg(long = "node-token", alias = "credential", env = "WEFT_NODE_TOKEN", hide_env_values = true)]
     pub credential: Option<String>,
     /// A join token (`weft join-token create`) to register this node when it has no credential.
     #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
@@ -495,6 +511,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = weft_bench::api(config).await?;
             print!("{report}");
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Fanout { database_url, agents, namespaces, pods_per_namespace, writes },
+        } => {
+            let config = weft_bench::fanout::FanoutConfig {
+                database_url,
+                agents,
+                shape: weft_compiler_shape(namespaces, pods_per_namespace, agents),
+                writes,
+                weft_exe: std::env::current_exe().context("the weft executable")?,
+            };
+            print!("{}", weft_bench::fanout::fanout(config).await?);
             Ok(())
         }
         Command::Bench {

@@ -1,0 +1,353 @@
+//! `weft bench fanout`: many simulated agents on loopback against one real `weft server` that
+//! holds the synthetic cluster of DESIGN.md §8. Figures: how long until every agent that
+//! connects at once has its snapshot, the server's memory, and the time from a REST write's
+//! answer to the ack of every agent it concerns.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use weft_client::{Client, Key};
+use weft_compiler::{Change, synthetic};
+use weft_model::{Port, Resource};
+use weft_proto::v1::agent_client::AgentClient;
+use weft_proto::v1::{self, AgentMessage, agent_message};
+use weft_store::Store;
+use weft_store::admin::ScratchDatabase;
+
+use crate::BenchError;
+
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    pub database_url: String,
+    pub agents: usize,
+    pub shape: synthetic::Shape,
+    /// Writes of each kind timed after the snapshots.
+    pub writes: usize,
+    pub weft_exe: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct WriteFigures {
+    pub kind: &'static str,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// Agents each write reached, on average.
+    pub agents: f64,
+    pub writes: usize,
+}
+
+#[derive(Debug)]
+pub struct FanoutReport {
+    pub description: String,
+    pub seeded: Duration,
+    pub loaded: Duration,
+    pub agents: usize,
+    pub snapshots: Duration,
+    pub snapshot_bytes: usize,
+    pub server_rss_mib: f64,
+    pub server_peak_rss_mib: f64,
+    pub writes: Vec<WriteFigures>,
+}
+
+impl std::fmt::Display for FanoutReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "weft bench fanout: {}", self.description)?;
+        writeln!(f, "  stored in            {:.1} s", self.seeded.as_secs_f64())?;
+        writeln!(
+            f,
+            "  server loaded in     {:.1} s (start to compiler at the stored revision)",
+            self.loaded.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "  snapshots            {} agents connecting at once all have theirs after {:.2} s ({:.1} MiB in all)",
+            self.agents,
+            self.snapshots.as_secs_f64(),
+            self.snapshot_bytes as f64 / (1 << 20) as f64
+        )?;
+        writeln!(
+            f,
+            "  server memory        {:.0} MiB after the snapshots, {:.0} MiB peak",
+            self.server_rss_mib, self.server_peak_rss_mib
+        )?;
+        for w in &self.writes {
+            writeln!(
+                f,
+                "  {:<20} REST answer to the last affected agent's ack: p50 {:.1} ms, p99 {:.1} ms ({} writes, {:.1} agents each)",
+                w.kind,
+                w.p50.as_secs_f64() * 1e3,
+                w.p99.as_secs_f64() * 1e3,
+                w.writes,
+                w.agents
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Other(e.to_string())
+}
+
+pub async fn fanout(config: FanoutConfig) -> Result<FanoutReport, BenchError> {
+    let db = ScratchDatabase::create(&config.database_url, "weft_bench_fanout").await?;
+    let result = fanout_on(&config, &db).await;
+    db.drop_database().await;
+    result
+}
+
+/// Stores the synthetic cluster straight through the store (as the API would, without HTTP),
+/// several transactions at a time.
+async fn seed(store: &Store, shape: &synthetic::Shape) -> Result<(), BenchError> {
+    let mut projects = Vec::new();
+    let mut rest = Vec::new();
+    for change in synthetic::cluster(shape) {
+        match change {
+            Change::UpsertProject(mut p) => {
+                p.id = None;
+                projects.push(Resource::Project(p));
+            }
+            Change::UpsertPort(mut p) => {
+                p.id = None;
+                rest.push(Resource::Port(p));
+            }
+            Change::UpsertGroup(mut g) => {
+                g.id = None;
+                for r in &mut g.rules {
+                    r.id = None;
+                }
+                rest.push(Resource::SecurityGroup(g));
+            }
+            _ => {}
+        }
+    }
+    for batch in [projects, rest] {
+        let chunks: Vec<Vec<Resource>> = batch.chunks(500).map(<[Resource]>::to_vec).collect();
+        let results: Vec<Result<(), BenchError>> = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                let mut txn = store.begin().await?;
+                for resource in chunk {
+                    txn.create(resource).await?;
+                }
+                txn.commit().await?;
+                Ok(())
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    }
+    Ok(())
+}
+
+/// What the simulated agents saw.
+#[derive(Debug, Default)]
+struct Seen {
+    snapshots: AtomicUsize,
+    snapshot_bytes: AtomicUsize,
+    /// revision → when each agent that got it acked it.
+    acks: Mutex<HashMap<i64, Vec<Instant>>>,
+    all_synced: Notify,
+    /// The run is over: streams ending now are the server stopping.
+    finished: std::sync::atomic::AtomicBool,
+}
+
+async fn agent(
+    grpc: String,
+    node: String,
+    credential: String,
+    seen: Arc<Seen>,
+    total: usize,
+) -> Result<(), BenchError> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .map_err(other)?
+        .connect()
+        .await
+        .map_err(other)?;
+    let mut client = AgentClient::new(channel).max_decoding_message_size(256 << 20);
+    let (tx, rx) = mpsc::channel(16);
+    let hello = v1::Hello { node, credential, last_revision: 0, agent_version: "bench".into() };
+    let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
+    let mut inbound = client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(other)?.into_inner();
+    let mut bytes = 0;
+    let mut synced = false;
+    while let Some(message) = inbound.message().await.map_err(other)? {
+        bytes += prost::Message::encoded_len(&message);
+        if !message.last {
+            continue;
+        }
+        let ack = v1::Ack { revision: message.revision, error: String::new() };
+        let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Ack(ack)) }).await;
+        let now = Instant::now();
+        if !synced {
+            synced = true;
+            seen.snapshot_bytes.fetch_add(bytes, Ordering::Relaxed);
+            if seen.snapshots.fetch_add(1, Ordering::AcqRel) + 1 == total {
+                seen.all_synced.notify_one();
+            }
+        } else {
+            seen.acks.lock().unwrap_or_else(|e| e.into_inner()).entry(message.revision).or_default().push(now);
+        }
+    }
+    Ok(())
+}
+
+fn rss_of(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0").map_err(other)?.local_addr().map_err(other)?.port())
+}
+
+async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<FanoutReport, BenchError> {
+    let shape = &config.shape;
+    let description = format!(
+        "{} agents; {} namespaces, {} pods, {} policies on {} nodes",
+        config.agents,
+        shape.namespaces,
+        shape.namespaces * shape.pods_per_namespace,
+        shape.namespaces * 3,
+        shape.nodes
+    );
+    let store = Store::connect(&db.url, 8).await?;
+    store.migrate().await?;
+    tracing::info!("storing the synthetic cluster");
+    let started = Instant::now();
+    seed(&store, shape).await?;
+    let mut credentials = Vec::with_capacity(config.agents);
+    for i in 0..config.agents {
+        credentials.push(store.create_node(&format!("node-{i}")).await?);
+    }
+    let seeded = started.elapsed();
+    let stored_revision = store.current_revision().await?;
+
+    let (rest, grpc) = (free_port()?, free_port()?);
+    let data_dir = std::env::temp_dir().join(format!("weft-bench-fanout-{}", uuid::Uuid::new_v4().simple()));
+    let started = Instant::now();
+    let mut server = tokio::process::Command::new(&config.weft_exe)
+        .args(["server", "--listen", &format!("127.0.0.1:{rest}"), "--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--database-url", &db.url, "--data-dir"])
+        .arg(&data_dir)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| other(format!("cannot start {}: {e}", config.weft_exe.display())))?;
+    let pid = server.id().unwrap_or(0);
+    let result = async {
+        let probe = Client::new(&format!("http://127.0.0.1:{rest}"), None, None)?;
+        while !probe.ready().await.unwrap_or(false) {
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err(other("weft server was not ready within 300 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let token = std::fs::read_to_string(data_dir.join("admin.token")).map_err(other)?.trim().to_string();
+        let client = Client::new(&format!("http://127.0.0.1:{rest}"), Some(token), None)?;
+        while client.realization(0).await?.compiled < stored_revision {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let loaded = started.elapsed();
+
+        tracing::info!(agents = config.agents, "connecting the agents");
+        let seen = Arc::new(Seen::default());
+        let started = Instant::now();
+        let synced = seen.all_synced.notified();
+        for (i, credential) in credentials.into_iter().enumerate() {
+            let (grpc, seen, total) = (format!("127.0.0.1:{grpc}"), Arc::clone(&seen), config.agents);
+            tokio::spawn(async move {
+                let result = agent(grpc, format!("node-{i}"), credential, Arc::clone(&seen), total).await;
+                if let (Err(e), false) = (result, seen.finished.load(Ordering::Acquire)) {
+                    tracing::warn!(agent = i, error = %e, "simulated agent failed");
+                }
+            });
+        }
+        tokio::time::timeout(Duration::from_secs(300), synced).await.map_err(|_| other("snapshots took over 300 s"))?;
+        let snapshots = started.elapsed();
+        let (server_rss_mib, server_peak_rss_mib) = rss_of(pid);
+
+        let mut writes = Vec::new();
+        for kind in ["pod relabelled", "pod added (platform)"] {
+            let mut latencies = Vec::with_capacity(config.writes);
+            let mut reached = 0;
+            for w in 0..config.writes {
+                let ns = (w * 7919 + 13) % shape.namespaces;
+                let revision = match kind {
+                    "pod relabelled" => {
+                        // pod-0 of a namespace not touched before: app0 becomes app1, so it
+                        // leaves the members of its namespace's allow-same-app group.
+                        let key = Key::Named { project: format!("k8s-ns{ns}"), name: "pod-0".into() };
+                        let port: Port = client.patch(&key, &json!({"labels": {"app": "app1"}}), None).await?;
+                        port.revision
+                    }
+                    _ => {
+                        let ns = ns / shape.selected_namespace_every * shape.selected_namespace_every;
+                        let body = json!({"name": format!("added-{w}"), "project": format!("k8s-ns{ns}"),
+                            "node": format!("node-{}", w % shape.nodes), "ips": [format!("10.250.{}.{}", w / 250, w % 250 + 1)],
+                            "labels": {"app": "app0"}, "security_groups": []});
+                        let port: Port = client.create(&serde_json::from_value::<Port>(body).map_err(other)?).await?;
+                        port.revision
+                    }
+                };
+                let answered = Instant::now();
+                let revision = revision.ok_or_else(|| other("a write without a revision"))?;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !client.realization(revision).await?.complete {
+                    if Instant::now() > deadline {
+                        return Err(other(format!("revision {revision} not realized within 60 s")));
+                    }
+                    // (The latency comes from the agents' own clocks; this only says when to
+                    // stop waiting, so it need not poll hard.)
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                let acks = seen.acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&revision).unwrap_or_default();
+                reached += acks.len();
+                let last = acks.iter().max().copied().unwrap_or(answered);
+                latencies.push(last.saturating_duration_since(answered));
+            }
+            latencies.sort();
+            let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+            writes.push(WriteFigures {
+                kind,
+                p50: at(0.5),
+                p99: at(0.99),
+                agents: reached as f64 / config.writes.max(1) as f64,
+                writes: config.writes,
+            });
+        }
+        seen.finished.store(true, Ordering::Release);
+        let snapshot_bytes = seen.snapshot_bytes.load(Ordering::Relaxed);
+        Ok(FanoutReport {
+            description,
+            seeded,
+            loaded,
+            agents: config.agents,
+            snapshots,
+            snapshot_bytes,
+            server_rss_mib,
+            server_peak_rss_mib: server_peak_rss_mib.max(rss_of(pid).1),
+            writes,
+        })
+    }
+    .await;
+    let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
