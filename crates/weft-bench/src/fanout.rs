@@ -51,6 +51,8 @@ pub struct FanoutReport {
     pub agents: usize,
     pub snapshots: Duration,
     pub snapshot_bytes: usize,
+    /// Loaded, before any agent connected.
+    pub server_loaded_rss_mib: f64,
     pub server_rss_mib: f64,
     pub server_peak_rss_mib: f64,
     pub writes: Vec<WriteFigures>,
@@ -74,8 +76,8 @@ impl std::fmt::Display for FanoutReport {
         )?;
         writeln!(
             f,
-            "  server memory        {:.0} MiB after the snapshots, {:.0} MiB peak",
-            self.server_rss_mib, self.server_peak_rss_mib
+            "  server memory        {:.0} MiB loaded, {:.0} MiB after the snapshots, {:.0} MiB peak",
+            self.server_loaded_rss_mib, self.server_rss_mib, self.server_peak_rss_mib
         )?;
         for w in &self.writes {
             writeln!(
@@ -265,6 +267,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let loaded = started.elapsed();
+        let server_loaded_rss_mib = rss_of(pid).0;
 
         tracing::info!(agents = config.agents, "connecting the agents");
         let seen = Arc::new(Seen::default());
@@ -341,6 +344,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
             agents: config.agents,
             snapshots,
             snapshot_bytes,
+            server_loaded_rss_mib,
             server_rss_mib,
             server_peak_rss_mib: server_peak_rss_mib.max(rss_of(pid).1),
             writes,

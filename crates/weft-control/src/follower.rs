@@ -70,11 +70,12 @@ async fn follow(
     let started = std::time::Instant::now();
     let snapshot = store.snapshot().await?;
     let objects = snapshot.objects.len();
-    let changes: Vec<Change> = snapshot.objects.iter().filter_map(|o| to_change(ChangeOp::Put, o)).collect();
     let revision = snapshot.horizon;
+    let stored = snapshot.objects;
+    // Each object is decoded as the compiler takes it, and its stored text dropped then.
     let loaded = tokio::task::spawn_blocking(move || {
         let mut compiler = Compiler::new();
-        compiler.load(revision, changes);
+        compiler.load(revision, stored.into_iter().filter_map(|o| to_change(ChangeOp::Put, &o)));
         compiler
     })
     .await

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
-use weft_proto::{Encoded, snapshot, v1};
+use weft_proto::{Encoded, snapshot_with, v1};
 use weft_store::Store;
 
 use crate::hub::Hub;
@@ -130,8 +130,12 @@ async fn send(
         match updates {
             None => {
                 let (span, revision) = hub.with_compiler(|c, revision| (c.span(&node), revision));
-                for message in snapshot(revision, &span, SNAPSHOT_MESSAGE_BYTES) {
-                    if outbound.send(Ok(Encoded::of(&message))).await.is_err() {
+                // Encoded as built: what waits to be sent is bytes, not decoded structures.
+                let mut messages = Vec::new();
+                snapshot_with(revision, &span, SNAPSHOT_MESSAGE_BYTES, |m| messages.push(Encoded::of(&m)));
+                drop(span);
+                for message in messages {
+                    if outbound.send(Ok(message)).await.is_err() {
                         return;
                     }
                 }

@@ -343,37 +343,47 @@ pub fn from_proto(d: &v1::SpanDelta) -> Result<SpanDelta, ConvertError> {
 /// the first marked `snapshot`, the last marked `last`.
 pub fn snapshot(revision: i64, span: &NodeSpan, max_bytes: usize) -> Vec<v1::ControllerMessage> {
     let mut messages = Vec::new();
+    snapshot_with(revision, span, max_bytes, |m| messages.push(m));
+    messages
+}
+
+/// As [`snapshot`], handing each message to `emit` as soon as it is complete, so that a caller
+/// that encodes them holds one message's structures at a time (a controller sending a thousand
+/// snapshots at once holds a thousand encodings, not a thousand decoded spans).
+pub fn snapshot_with(revision: i64, span: &NodeSpan, max_bytes: usize, mut emit: impl FnMut(v1::ControllerMessage)) {
+    let mut first = true;
+    let mut held: Option<v1::ControllerMessage> = None;
     let mut current = v1::SpanDelta::default();
-    let flush = |current: &mut v1::SpanDelta, messages: &mut Vec<v1::ControllerMessage>| {
+    // A message is emitted once the next exists, so that the last can be marked `last`.
+    let mut flush = |current: &mut v1::SpanDelta, held: &mut Option<v1::ControllerMessage>| {
         let delta = std::mem::take(current);
-        messages.push(v1::ControllerMessage {
-            revision,
-            snapshot: messages.is_empty(),
-            last: false,
-            delta: Some(delta),
-        });
+        let message = v1::ControllerMessage { revision, snapshot: first, last: false, delta: Some(delta) };
+        first = false;
+        if let Some(previous) = held.replace(message) {
+            emit(previous);
+        }
     };
     let full = |current: &v1::SpanDelta| current.encoded_len() >= max_bytes;
     for (id, p) in &span.ports {
         current.ports_upserted.push(port(id, p));
         if full(&current) {
-            flush(&mut current, &mut messages);
+            flush(&mut current, &mut held);
         }
     }
     for (id, g) in span.groups.iter() {
         current.groups_upserted.push(group(id, g));
         if full(&current) {
-            flush(&mut current, &mut messages);
+            flush(&mut current, &mut held);
         }
     }
     for (id, s) in span.sets.iter() {
         // Members go in parts of about max_bytes / 20 bytes each (an IPv6 pair is 20 bytes).
         let per_part = (max_bytes / 20).max(1);
         let mut parts = split_members(&s.members, per_part).into_iter();
-        let first = parts.next().unwrap_or_else(|| s.members.clone());
-        current.sets_defined.push(set(id, &AddressSet { definition: s.definition.clone(), members: first }));
+        let first_part = parts.next().unwrap_or_else(|| s.members.clone());
+        current.sets_defined.push(set(id, &AddressSet { definition: s.definition.clone(), members: first_part }));
         if full(&current) {
-            flush(&mut current, &mut messages);
+            flush(&mut current, &mut held);
         }
         for part in parts {
             let added = match part {
@@ -382,14 +392,14 @@ pub fn snapshot(revision: i64, span: &NodeSpan, max_bytes: usize) -> Vec<v1::Con
                 SetMembers::Pairs(p) => MemberDelta { added_pairs: p, ..MemberDelta::default() },
             };
             current.sets_changed.push(set_change(id, &added));
-            flush(&mut current, &mut messages);
+            flush(&mut current, &mut held);
         }
     }
-    flush(&mut current, &mut messages);
-    if let Some(last) = messages.last_mut() {
+    flush(&mut current, &mut held);
+    if let Some(mut last) = held {
         last.last = true;
+        emit(last);
     }
-    messages
 }
 
 fn split_members(members: &SetMembers, per_part: usize) -> Vec<SetMembers> {

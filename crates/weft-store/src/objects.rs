@@ -832,10 +832,18 @@ impl Store {
         let horizon = self.safe_horizon().await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-        let rows =
-            sqlx::query(concat!("SELECT ", object_columns!(), " FROM objects ORDER BY id")).fetch_all(&mut *tx).await?;
+        // Rows become objects as they arrive: at 200,000 objects, holding every raw row and
+        // every object at once would double the peak.
+        let mut objects = Vec::new();
+        {
+            use futures::TryStreamExt;
+            let mut rows = sqlx::query(concat!("SELECT ", object_columns!(), " FROM objects")).fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                objects.push(from_row(&row)?.object);
+            }
+        }
         // A compaction visible here finished before this snapshot began, and only ever covers
-        // revisions that were committed then: they are all in `rows`.
+        // revisions that were committed then: they are all in `objects`.
         let compacted: i64 = sqlx::query_scalar("SELECT compacted FROM revision_state").fetch_one(&mut *tx).await?;
         let horizon = horizon.max(compacted);
         let included: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT revision FROM changes WHERE revision > $1")
@@ -843,7 +851,6 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let objects = rows.iter().map(|r| from_row(r).map(|o| o.object)).collect::<Result<Vec<_>>>()?;
         Ok(Snapshot { horizon, included: included.into_iter().collect(), objects })
     }
 }
