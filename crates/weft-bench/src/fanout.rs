@@ -54,6 +54,9 @@ pub struct FanoutReport {
     /// Loaded, before any agent connected.
     pub server_loaded_rss_mib: f64,
     pub server_rss_mib: f64,
+    /// The highest the server's memory had been when the last snapshot arrived.
+    pub server_peak_at_snapshots_mib: f64,
+    /// And at the end, after the writes.
     pub server_peak_rss_mib: f64,
     pub writes: Vec<WriteFigures>,
 }
@@ -76,8 +79,11 @@ impl std::fmt::Display for FanoutReport {
         )?;
         writeln!(
             f,
-            "  server memory        {:.0} MiB loaded, {:.0} MiB after the snapshots, {:.0} MiB peak",
-            self.server_loaded_rss_mib, self.server_rss_mib, self.server_peak_rss_mib
+            "  server memory        {:.0} MiB loaded, {:.0} MiB after the snapshots ({:.0} MiB peak so far), {:.0} MiB peak at the end",
+            self.server_loaded_rss_mib,
+            self.server_rss_mib,
+            self.server_peak_at_snapshots_mib,
+            self.server_peak_rss_mib
         )?;
         for w in &self.writes {
             writeln!(
@@ -168,16 +174,37 @@ async fn agent(
     seen: Arc<Seen>,
     total: usize,
 ) -> Result<(), BenchError> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-        .map_err(other)?
-        .connect()
-        .await
-        .map_err(other)?;
-    let mut client = AgentClient::new(channel).max_decoding_message_size(256 << 20);
-    let (tx, rx) = mpsc::channel(16);
-    let hello = v1::Hello { node, credential, last_revision: 0, agent_version: "bench".into() };
-    let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
-    let mut inbound = client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(other)?.into_inner();
+    // A thousand connections at once can overflow the listen backlog: like a real agent, a
+    // simulated one tries again (with backoff) until its stream is open.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).map_err(other)?;
+    let mut attempt = 0u32;
+    let (tx, mut inbound) = loop {
+        let opened = async {
+            let mut client =
+                AgentClient::new(endpoint.connect().await.map_err(other)?).max_decoding_message_size(256 << 20);
+            let (tx, rx) = mpsc::channel(16);
+            let hello = v1::Hello {
+                node: node.clone(),
+                credential: credential.clone(),
+                last_revision: 0,
+                agent_version: "bench".into(),
+            };
+            let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
+            let inbound =
+                client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(other)?.into_inner();
+            Ok::<_, BenchError>((tx, inbound))
+        }
+        .await;
+        match opened {
+            Ok(open) => break open,
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "could not open the stream; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut bytes = 0;
     let mut synced = false;
     while let Some(message) = inbound.message().await.map_err(other)? {
@@ -284,7 +311,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
         }
         tokio::time::timeout(Duration::from_secs(300), synced).await.map_err(|_| other("snapshots took over 300 s"))?;
         let snapshots = started.elapsed();
-        let (server_rss_mib, server_peak_rss_mib) = rss_of(pid);
+        let (server_rss_mib, server_peak_at_snapshots_mib) = rss_of(pid);
 
         let mut writes = Vec::new();
         for kind in ["pod relabelled", "pod added (platform)"] {
@@ -346,7 +373,8 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
             snapshot_bytes,
             server_loaded_rss_mib,
             server_rss_mib,
-            server_peak_rss_mib: server_peak_rss_mib.max(rss_of(pid).1),
+            server_peak_at_snapshots_mib,
+            server_peak_rss_mib: rss_of(pid).1,
             writes,
         })
     }

@@ -3,7 +3,6 @@
 //! publishing each revision's updates to the hub. A follower that falls behind what the change
 //! log keeps reloads.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ pub(crate) async fn run(store: Store, hub: Arc<Hub>, poll: Duration, mut shutdow
         }
         match follow(&store, &hub, poll, &mut shutdown).await {
             Ok(()) => return,
-            Err(FollowError::Store(StoreError::Compacted { requested, compacted })) => {
+            Err(StoreError::Compacted { requested, compacted }) => {
                 tracing::warn!(
                     requested,
                     compacted,
@@ -65,21 +64,21 @@ async fn follow(
     hub: &Arc<Hub>,
     poll: Duration,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), FollowError> {
+) -> Result<(), StoreError> {
     let mut horizon = store.revision_watch(poll).await?;
     let started = std::time::Instant::now();
-    let snapshot = store.snapshot().await?;
-    let objects = snapshot.objects.len();
-    let revision = snapshot.horizon;
-    let stored = snapshot.objects;
-    // Each object is decoded as the compiler takes it, and its stored text dropped then.
-    let loaded = tokio::task::spawn_blocking(move || {
-        let mut compiler = Compiler::new();
-        compiler.load(revision, stored.into_iter().filter_map(|o| to_change(ChangeOp::Put, &o)));
-        compiler
-    })
-    .await
-    .map_err(|e| FollowError::Load(e.to_string()))?;
+    // The compiler takes the objects a chunk at a time as they stream in: the stored text of
+    // the whole configuration is never held at once.
+    let mut compiler = Compiler::new();
+    let mut objects = 0;
+    let (revision, included) = store
+        .snapshot_in_chunks(1000, |chunk| {
+            objects += chunk.len();
+            compiler.load(0, chunk.iter().filter_map(|o| to_change(ChangeOp::Put, o)));
+        })
+        .await?;
+    compiler.load(revision, []);
+    let loaded = compiler;
     {
         let mut state = hub.compiler.lock().unwrap_or_else(|e| e.into_inner());
         state.0 = loaded;
@@ -87,7 +86,6 @@ async fn follow(
     }
     hub.reset(revision);
     tracing::info!(objects, revision, elapsed_ms = started.elapsed().as_millis() as u64, "controller loaded");
-    let included: BTreeSet<i64> = snapshot.included;
     let mut cursor = revision;
     loop {
         let target = *horizon.borrow_and_update();
@@ -135,12 +133,4 @@ fn advance(hub: &Hub, revision: i64) {
         state.1 = state.1.max(revision);
     }
     hub.publish(revision, None);
-}
-
-#[derive(Debug, thiserror::Error)]
-enum FollowError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("loading the compiler failed: {0}")]
-    Load(String),
 }
