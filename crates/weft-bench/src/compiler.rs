@@ -30,20 +30,6 @@ pub struct CompilerReport {
     pub peak_rss_mib: f64,
 }
 
-/// The process's resident set and its peak, in MiB (Linux).
-fn rss() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 pub fn run(workload: &Workload) -> CompilerReport {
     let (description, changes) = match workload {
         Workload::Realistic(shape) => (
@@ -68,11 +54,11 @@ pub fn run(workload: &Workload) -> CompilerReport {
         cluster.apply(rev as i64 + 1, change);
     }
     let load = started.elapsed();
-    let (rss_before_mib, _) = rss();
+    let (rss_before_mib, _) = crate::rss_mib(None);
     let started = Instant::now();
     let compiled = compile(&cluster);
     let compile_time = started.elapsed();
-    let (_, peak_rss_mib) = rss();
+    let (_, peak_rss_mib) = crate::rss_mib(None);
     let ports: usize = compiled.spans.values().map(|s| s.ports.len()).sum();
     let groups: usize = compiled.spans.values().map(|s| s.groups.len()).sum();
     let mut distinct = std::collections::BTreeMap::new();
@@ -171,7 +157,7 @@ pub fn incremental(shape: &Shape, samples: usize) -> IncrementalReport {
     let started = Instant::now();
     compiler.load(1, input);
     let load = started.elapsed();
-    let rss_after_load_mib = rss().0;
+    let rss_after_load_mib = crate::rss_mib(None).0;
     let pods = shape.namespaces * shape.pods_per_namespace;
     let mut revision = 1;
     let mut figures = Vec::new();

@@ -228,19 +228,6 @@ async fn agent(
     Ok(())
 }
 
-fn rss_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 fn free_port() -> Result<u16, BenchError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0").map_err(other)?.local_addr().map_err(other)?.port())
 }
@@ -294,7 +281,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let loaded = started.elapsed();
-        let server_loaded_rss_mib = rss_of(pid).0;
+        let server_loaded_rss_mib = crate::rss_mib(Some(pid)).0;
 
         tracing::info!(agents = config.agents, "connecting the agents");
         let seen = Arc::new(Seen::default());
@@ -311,7 +298,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
         }
         tokio::time::timeout(Duration::from_secs(300), synced).await.map_err(|_| other("snapshots took over 300 s"))?;
         let snapshots = started.elapsed();
-        let (server_rss_mib, server_peak_at_snapshots_mib) = rss_of(pid);
+        let (server_rss_mib, server_peak_at_snapshots_mib) = crate::rss_mib(Some(pid));
 
         let mut writes = Vec::new();
         for kind in ["pod relabelled", "pod added (platform)"] {
@@ -374,7 +361,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
             server_loaded_rss_mib,
             server_rss_mib,
             server_peak_at_snapshots_mib,
-            server_peak_rss_mib: rss_of(pid).1,
+            server_peak_rss_mib: crate::rss_mib(Some(pid)).1,
             writes,
         })
     }

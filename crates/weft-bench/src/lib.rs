@@ -13,6 +13,22 @@
 pub mod compiler;
 pub mod fanout;
 
+/// A process's resident set and its peak (`/proc/<pid>/status`: VmRSS, VmHWM), in MiB.
+/// `pid`: `None` for this process.
+pub(crate) fn rss_mib(pid: Option<u32>) -> (f64, f64) {
+    let path = pid.map_or_else(|| "/proc/self/status".to_string(), |p| format!("/proc/{p}/status"));
+    let status = std::fs::read_to_string(path).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -27,12 +27,16 @@ struct Progress {
     acked: i64,
     /// Every update meant for the node up to here is in its datapath.
     realized: i64,
+    /// The realized revision last handed to the status writer.
+    recorded: i64,
     error: Option<String>,
 }
 
 impl Progress {
-    fn status(&self) -> (i64, i64, Option<String>) {
-        (self.acked, self.realized, self.error.clone())
+    /// Hands the node's status to the writer (which coalesces and batches it).
+    fn record(&mut self, statuses: &StatusWriter, node: &str) {
+        self.recorded = self.realized;
+        statuses.record(node, (self.acked, self.realized, self.error.clone()));
     }
 }
 
@@ -53,21 +57,12 @@ impl Session {
         outbound: mpsc::Sender<Result<Encoded, Status>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let progress = Arc::new(Mutex::new(Progress { realized: last_revision, ..Progress::default() }));
-        let (status_tx, mut status_rx) = watch::channel((0, last_revision, None));
-        let writer = {
-            let (statuses, node) = (Arc::clone(&self.statuses), self.node.clone());
-            tokio::spawn(async move {
-                while status_rx.changed().await.is_ok() {
-                    let status = status_rx.borrow_and_update().clone();
-                    statuses.record(&node, status);
-                }
-            })
-        };
+        let progress =
+            Arc::new(Mutex::new(Progress { realized: last_revision, recorded: last_revision, ..Progress::default() }));
         let sender = {
-            let (hub, node, progress, status) =
-                (Arc::clone(&self.hub), self.node.clone(), Arc::clone(&progress), status_tx.clone());
-            tokio::spawn(async move { send(hub, node, progress, status, outbound).await })
+            let (hub, node, progress, statuses) =
+                (Arc::clone(&self.hub), self.node.clone(), Arc::clone(&progress), Arc::clone(&self.statuses));
+            tokio::spawn(async move { send(hub, node, progress, statuses, outbound).await })
         };
         loop {
             let message = tokio::select! {
@@ -88,7 +83,7 @@ impl Session {
                         tracing::warn!(node = %self.node, revision = ack.revision, error = %ack.error, "the agent could not apply an update");
                         p.error = Some(ack.error);
                     }
-                    status_tx.send_replace(p.status());
+                    p.record(&self.statuses, &self.node);
                 }
                 Ok(Some(_)) => tracing::debug!(node = %self.node, "ignoring an unexpected message after hello"),
                 Ok(None) => break,
@@ -99,8 +94,6 @@ impl Session {
             }
         }
         sender.abort();
-        drop(status_tx);
-        let _ = writer.await;
         self.statuses.flush(&self.store, &self.controller).await;
         if let Err(e) = self.store.node_disconnected(&self.node, &self.controller).await {
             tracing::warn!(node = %self.node, error = %e, "cannot record the node's disconnection");
@@ -114,7 +107,7 @@ async fn send(
     hub: Arc<Hub>,
     node: String,
     progress: Arc<Mutex<Progress>>,
-    status: watch::Sender<(i64, i64, Option<String>)>,
+    statuses: Arc<StatusWriter>,
     outbound: mpsc::Sender<Result<Encoded, Status>>,
 ) {
     let mut revisions = hub.subscribe();
@@ -162,8 +155,8 @@ async fn send(
                 // that it stays within the history the hub keeps.
                 if p.pending.is_empty() {
                     p.realized = p.cursor;
-                    if p.realized - status.borrow().1 >= (hub.history() / 4).max(1) as i64 {
-                        status.send_replace(p.status());
+                    if p.realized - p.recorded >= (hub.history() / 4).max(1) as i64 {
+                        p.record(&statuses, &node);
                     }
                 }
             }

@@ -177,29 +177,6 @@ impl Store {
         Ok(())
     }
 
-    /// The agent acked `acked`; everything meant for it through `realized` is applied.
-    pub async fn node_acked(
-        &self,
-        node: &str,
-        controller: &str,
-        acked: i64,
-        realized: i64,
-        error: Option<&str>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE nodes SET acked_revision = $3, acked_at = now(), realized_revision = $4, last_error = $5, \
-             last_seen = now() WHERE name = $1 AND controller = $2",
-        )
-        .bind(node)
-        .bind(controller)
-        .bind(acked)
-        .bind(realized)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Records many nodes' acks in one statement: (node, acked, realized, error).
     pub async fn nodes_acked(&self, controller: &str, statuses: &[(String, i64, i64, Option<String>)]) -> Result<()> {
         let names: Vec<&str> = statuses.iter().map(|s| s.0.as_str()).collect();
