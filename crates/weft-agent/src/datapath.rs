@@ -9,9 +9,10 @@ use weft_compiler::{NodeSpan, SpanDelta};
 pub struct DatapathError(pub String);
 
 pub trait Datapath: Send {
-    /// Enforces `span`. `delta` is what changed since the span last applied (`None`: start from
-    /// scratch, as after a snapshot or at start).
-    fn apply(&mut self, span: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError>;
+    /// Enforces `new`. `old` is the span last applied and `delta` what turns it into `new`
+    /// (`None`: compare with what is in force and change what differs, as after a snapshot or
+    /// at start).
+    fn apply(&mut self, old: &NodeSpan, new: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError>;
 }
 
 /// Holds the span and nothing else: for simulated nodes and tests. `eval::side` on what it
@@ -25,8 +26,8 @@ pub struct MemoryDatapath {
 }
 
 impl Datapath for MemoryDatapath {
-    fn apply(&mut self, span: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError> {
-        self.span = span.clone();
+    fn apply(&mut self, _old: &NodeSpan, new: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError> {
+        self.span = new.clone();
         self.applies += 1;
         self.full += usize::from(delta.is_none());
         Ok(())
@@ -45,7 +46,7 @@ impl<D> Clone for Shared<D> {
 }
 
 impl<D: Datapath> Datapath for Shared<D> {
-    fn apply(&mut self, span: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).apply(span, delta)
+    fn apply(&mut self, old: &NodeSpan, new: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).apply(old, new, delta)
     }
 }

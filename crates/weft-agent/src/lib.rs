@@ -9,6 +9,8 @@
 //! ```
 
 pub mod datapath;
+pub mod netns;
+pub mod nft;
 pub mod state;
 
 use std::time::Duration;
@@ -22,6 +24,7 @@ use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{self, AgentMessage, agent_message};
 
 pub use datapath::{Datapath, DatapathError, MemoryDatapath, Shared};
+pub use nft::NftDatapath;
 pub use state::{Saved, StateDir};
 
 /// The largest message the agent accepts: a delta that defines a set of every pod in a large
@@ -75,7 +78,7 @@ pub async fn run(
     let mut current = match config.state_dir.load(&config.node) {
         Some(saved) => {
             // Enforce what the node had before anyone answers: no window without policy.
-            match datapath.apply(&saved.span, None) {
+            match datapath.apply(&NodeSpan::default(), &saved.span, None) {
                 Ok(()) => tracing::info!(
                     revision = saved.revision,
                     ports = saved.span.ports.len(),
@@ -223,7 +226,7 @@ fn apply(datapath: &mut impl Datapath, current: &mut Saved, update: &[v1::Contro
         (false, [one]) => Some(one),
         _ => None,
     };
-    datapath.apply(&span, delta).map_err(|e| e.to_string())?;
+    datapath.apply(&current.span, &span, delta).map_err(|e| e.to_string())?;
     current.span = span;
     current.revision = update[0].revision;
     Ok(())

@@ -150,7 +150,7 @@ struct Refusing {
 }
 
 impl Datapath for Refusing {
-    fn apply(&mut self, span: &NodeSpan, _: Option<&SpanDelta>) -> Result<(), DatapathError> {
+    fn apply(&mut self, _old: &NodeSpan, span: &NodeSpan, _: Option<&SpanDelta>) -> Result<(), DatapathError> {
         self.seen += 1;
         if self.seen > 1 {
             return Err(DatapathError("the kernel said no".into()));

@@ -24,9 +24,8 @@ pub async fn create(store: &weft_store::Store, kind: weft_model::Kind, body: ser
     txn.commit().await.expect("commit")
 }
 
-/// A node's span compiled from scratch from what the store holds: what a controller must have
-/// sent an agent that is up to date.
-pub async fn expected_span(store: &weft_store::Store, node: &str) -> weft_compiler::NodeSpan {
+/// A compiler loaded with everything the store holds.
+pub async fn compiler(store: &weft_store::Store) -> weft_compiler::Compiler {
     use weft_compiler::Change;
     use weft_model::Resource;
     let snapshot = store.snapshot().await.expect("snapshot");
@@ -38,5 +37,11 @@ pub async fn expected_span(store: &weft_store::Store, node: &str) -> weft_compil
     });
     let mut compiler = weft_compiler::Compiler::new();
     compiler.load(snapshot.horizon, changes);
-    compiler.span(node)
+    compiler
+}
+
+/// A node's span compiled from scratch from what the store holds: what a controller must have
+/// sent an agent that is up to date.
+pub async fn expected_span(store: &weft_store::Store, node: &str) -> weft_compiler::NodeSpan {
+    compiler(store).await.span(node)
 }

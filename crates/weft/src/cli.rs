@@ -117,6 +117,11 @@ pub enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// A cluster of network namespaces on this machine, for trying policies with real packets.
+    Lab {
+        #[command(subcommand)]
+        command: crate::lab_cmds::LabCommand,
+    },
     /// Benchmarks that print figures (never pass/fail).
     Bench {
         #[command(subcommand)]
@@ -225,8 +230,8 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_CONTROLLER", default_value = "http://127.0.0.1:8081")]
     pub controller: String,
     /// This node's name (as ports name it).
-    #[arg(long, env = "WEFT_NODE")]
-    pub node: String,
+    #[arg(long, env = "WEFT_NODE", required_unless_present = "cleanup")]
+    pub node: Option<String>,
     /// Where the agent keeps its credential and its last applied span.
     #[arg(long, env = "WEFT_AGENT_STATE_DIR", default_value = "/var/lib/weft-agent")]
     pub state_dir: PathBuf,
@@ -237,12 +242,22 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
     /// Where the span is enforced.
-    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "memory")]
+    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "nftables")]
     pub datapath: DatapathKind,
+    /// The network namespace (an `ip netns` name) whose forwarding the nftables datapath
+    /// programs; the agent's own when absent. The agent itself stays where the controller is
+    /// reachable.
+    #[arg(long, env = "WEFT_NETNS")]
+    pub netns: Option<String>,
+    /// Remove weft's nftables table (in --netns) and exit: the node stops enforcing policy.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DatapathKind {
+    /// nftables (`inet weft` table): the kernel enforces the span.
+    Nftables,
     /// Held in memory: for simulated nodes and trying weft out; enforces nothing in the kernel.
     Memory,
 }
@@ -501,6 +516,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server(args, cli.data_dir).await,
         Command::Agent(args) => agent(args, cli.client.ca).await,
+        Command::Lab { command } => crate::lab_cmds::run(command, &cli.client, &cli.data_dir).await,
         Command::Bench { command: BenchCommand::Api { database_url, clients, duration, ports } } => {
             let config = weft_bench::ApiBenchConfig {
                 database_url,
@@ -582,6 +598,18 @@ async fn server(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
 }
 
 async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
+    if args.cleanup {
+        let nft = weft_agent::nft::Nft::new(args.netns.clone());
+        let removed = nft.delete_table().context("cannot remove the nftables table")?;
+        eprintln!("{}", if removed { "removed table inet weft" } else { "no table inet weft to remove" });
+        return Ok(());
+    }
+    let node = args.node.context("--node is required")?;
+    if let Some(ns) = &args.netns
+        && !weft_agent::netns::exists(ns)
+    {
+        anyhow::bail!("no network namespace {ns} (ip netns list)");
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = match ca {
         Some(path) => Some(std::fs::read(&path).with_context(|| format!("cannot read the CA {}", path.display()))?),
@@ -591,7 +619,7 @@ async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         .with_context(|| format!("cannot use the state dir {}", args.state_dir.display()))?;
     let config = weft_agent::Config {
         server: args.controller,
-        node: args.node,
+        node,
         state_dir,
         credential: args.credential,
         join_token: args.join_token,
@@ -608,6 +636,10 @@ async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         DatapathKind::Memory => {
             tracing::warn!("the memory datapath enforces nothing in the kernel");
             weft_agent::run(config, weft_agent::MemoryDatapath::default(), progress, stopped).await?;
+        }
+        DatapathKind::Nftables => {
+            let datapath = weft_agent::NftDatapath::new(args.netns);
+            weft_agent::run(config, datapath, progress, stopped).await?;
         }
     }
     Ok(())

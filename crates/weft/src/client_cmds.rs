@@ -16,7 +16,7 @@ use crate::cli::{
 };
 use crate::output;
 
-fn client(args: &ClientArgs, data_dir: &Path) -> anyhow::Result<Client> {
+pub fn client(args: &ClientArgs, data_dir: &Path) -> anyhow::Result<Client> {
     let token = match &args.token {
         Some(t) => Some(t.clone()),
         None => {
@@ -31,7 +31,9 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
     let c = client(args, data_dir)?;
     let out = args.output;
     match command {
-        Command::Server(_) | Command::Agent(_) | Command::Bench { .. } => unreachable!("handled by the caller"),
+        Command::Server(_) | Command::Agent(_) | Command::Bench { .. } | Command::Lab { .. } => {
+            unreachable!("handled by the caller")
+        }
         Command::Info => output::show(out, &serde_json::to_value(c.info().await?)?, None),
         Command::Project { command } => object::<Project, _>(&c, out, command, project_body).await,
         Command::Network { command } => object::<VirtualNetwork, _>(&c, out, command, network_body).await,

@@ -1,0 +1,206 @@
+//! Property tests of the rendering: the whole-table diff and the delta commands both turn the
+//! table of one span into the table of another, through commands the kernel would accept.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+use uuid::Uuid;
+use weft_compiler::compiled::{L4Match, RemoteMatch};
+use weft_compiler::compiled::{Selection, SetDefinition, SetMembers};
+use weft_compiler::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
+use weft_model::{NamedPort, Protocol};
+
+use super::render::{delta_commands, render};
+use super::ruleset::Ruleset;
+
+const ADDRESSES: [&str; 6] = ["10.0.0.1", "10.0.0.2", "10.0.1.1", "fd00::1", "fd00::2", "10.0.0.3"];
+const PREFIXES: [&str; 4] = ["10.0.0.0/24", "192.168.0.0/16", "fd00::/64", "172.16.0.0/12"];
+
+fn addr(i: usize) -> IpAddr {
+    ADDRESSES[i % ADDRESSES.len()].parse().expect("address")
+}
+
+fn id(kind: u8, i: usize) -> Uuid {
+    Uuid::from_u128((u128::from(kind) << 64) | i as u128)
+}
+
+/// Set `i` of the universe: 0-2 hold addresses, 3 prefixes, 4-5 (address, port) pairs.
+fn set_id(i: usize) -> SetId {
+    SetId(1000 + i as u128)
+}
+
+fn set_members(i: usize, picks: &[usize]) -> SetMembers {
+    match i {
+        0..=2 => SetMembers::Addresses(picks.iter().map(|p| addr(*p)).collect()),
+        3 => {
+            let mut p: Vec<IpNet> =
+                picks.iter().map(|p| PREFIXES[p % PREFIXES.len()].parse().expect("prefix")).collect();
+            p.sort();
+            p.dedup();
+            SetMembers::Prefixes(p)
+        }
+        _ => SetMembers::Pairs(picks.iter().map(|p| (addr(*p), 80 + (*p % 3) as u16)).collect()),
+    }
+}
+
+fn arb_rule() -> impl Strategy<Value = (u8, u8, u8, usize, usize)> {
+    // (family, protocol, l4, remote, detail)
+    (0u8..3, 0u8..5, 0u8..4, 0usize..7, 0usize..8)
+}
+
+fn rule(raw: (u8, u8, u8, usize, usize), n: usize) -> CompiledRule {
+    let (family, protocol, l4, remote, detail) = raw;
+    let family = [Family::Both, Family::V4, Family::V6][family as usize];
+    let protocol = [None, Some(6), Some(17), Some(1), Some(58)][protocol as usize];
+    let remote_match = match remote {
+        0 => RemoteMatch::Any,
+        4 | 5 => RemoteMatch::Pairs(set_id(remote)),
+        r => RemoteMatch::Set(set_id(r % 4)),
+    };
+    let l4 = if matches!(remote_match, RemoteMatch::Pairs(_)) {
+        L4Match::All
+    } else {
+        match (l4, protocol) {
+            (_, Some(1) | Some(58)) if detail % 2 == 0 => {
+                L4Match::Icmp { icmp_type: 8, code: (detail > 3).then_some(0) }
+            }
+            (1, _) => L4Match::Ranges(vec![(80, 80), (8000, 8000 + detail as u16)]),
+            (2, _) => L4Match::Named(["http", "dns", "Weird_Name"][detail % 3].to_string()),
+            _ => L4Match::All,
+        }
+    };
+    CompiledRule { rule: id(9, n), family, protocol, l4, remote: remote_match }
+}
+
+#[derive(Debug, Clone)]
+struct RawSpan {
+    ports: Vec<(usize, Vec<usize>, Option<Vec<usize>>, Option<Vec<usize>>, usize)>,
+    groups: Vec<(usize, Vec<(u8, u8, u8, usize, usize)>, Vec<(u8, u8, u8, usize, usize)>)>,
+    members: Vec<Vec<usize>>,
+}
+
+fn arb_span() -> impl Strategy<Value = RawSpan> {
+    let port = (
+        0usize..5,
+        prop::collection::vec(0usize..6, 1..3),
+        prop::option::of(prop::collection::vec(0usize..4, 0..3)),
+        prop::option::of(prop::collection::vec(0usize..4, 0..3)),
+        0usize..3,
+    );
+    let group = (0usize..4, prop::collection::vec(arb_rule(), 0..4), prop::collection::vec(arb_rule(), 0..3));
+    (
+        prop::collection::vec(port, 0..5),
+        prop::collection::vec(group, 0..4),
+        prop::collection::vec(prop::collection::vec(0usize..6, 0..4), 6),
+    )
+        .prop_map(|(ports, groups, members)| RawSpan { ports, groups, members })
+}
+
+fn build(raw: &RawSpan) -> NodeSpan {
+    let mut groups = BTreeMap::new();
+    let mut referenced = BTreeSet::new();
+    for (g, ingress, egress) in &raw.groups {
+        let ingress: Vec<CompiledRule> = ingress.iter().enumerate().map(|(n, r)| rule(*r, n)).collect();
+        let egress: Vec<CompiledRule> = egress.iter().enumerate().map(|(n, r)| rule(*r, 10 + n)).collect();
+        for r in ingress.iter().chain(&egress) {
+            if let RemoteMatch::Set(s) | RemoteMatch::Pairs(s) = r.remote {
+                referenced.insert(s);
+            }
+        }
+        let group = CompiledGroup { project: "p".into(), name: format!("g{g}"), ingress, egress };
+        groups.insert(id(2, *g), Arc::new(group));
+    }
+    let sets = referenced
+        .iter()
+        .map(|s| {
+            let i = (s.0 - 1000) as usize;
+            let definition = SetDefinition::Addresses(Selection::GroupMembers { group: id(3, i) });
+            (*s, Arc::new(AddressSet { definition, members: set_members(i, &raw.members[i]) }))
+        })
+        .collect();
+    let mut ports = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    for (p, addresses, ingress, egress, named) in &raw.ports {
+        // Two ports never share an address on one node.
+        let addresses: Vec<IpAddr> = addresses.iter().map(|a| addr(*a)).filter(|a| used.insert(*a)).collect();
+        let isolation = |gs: &Option<Vec<usize>>| match gs {
+            None => Isolation::Open,
+            Some(gs) => Isolation::Isolated(Arc::new(gs.iter().map(|g| id(2, *g)).collect())),
+        };
+        let mut named_ports = BTreeMap::new();
+        if *named > 0 {
+            named_ports.insert("http".to_string(), NamedPort { protocol: Protocol::Tcp, port: 8080 + *named as i64 });
+        }
+        if *named > 1 {
+            named_ports.insert("Weird_Name".to_string(), NamedPort { protocol: Protocol::Udp, port: 53 });
+        }
+        ports.insert(
+            id(1, *p),
+            PortPolicy {
+                project: "p".into(),
+                name: format!("port{p}"),
+                addresses,
+                interface: format!("weft{p}"),
+                named_ports: Arc::new(named_ports),
+                ingress: isolation(ingress),
+                egress: isolation(egress),
+            },
+        );
+    }
+    NodeSpan { ports, groups: Arc::new(groups), sets: Arc::new(sets) }
+}
+
+proptest! {
+    #[test]
+    fn the_table_diff_turns_one_table_into_the_other(a in arb_span(), b in arb_span()) {
+        let (a, b) = (render(&build(&a)), render(&build(&b)));
+        let mut table = a.clone();
+        table.apply(&a.diff(&b)).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(&table, &b);
+        // From nothing, too (the first apply on a node).
+        let mut empty = Ruleset::default();
+        empty.apply(&Ruleset::default().diff(&b)).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(empty, b);
+    }
+
+    #[test]
+    fn delta_commands_turn_one_table_into_the_other(a in arb_span(), b in arb_span()) {
+        let (a, b) = (build(&a), build(&b));
+        let delta = weft_compiler::diff(&a, &b);
+        let mut table = render(&a);
+        table.apply(&delta_commands(&a, &b, &delta)).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(table, render(&b));
+    }
+
+    #[test]
+    fn a_member_change_is_element_commands_only(raw in arb_span(), set in 0usize..6, picks in prop::collection::vec(0usize..6, 0..4)) {
+        let a = build(&raw);
+        let mut changed = raw.clone();
+        changed.members[set] = picks;
+        let b = build(&changed);
+        let delta = weft_compiler::diff(&a, &b);
+        for c in delta_commands(&a, &b, &delta) {
+            prop_assert!(matches!(c, super::Command::AddTable | super::Command::AddElements { .. } | super::Command::DeleteElements { .. }), "{:?}", c);
+        }
+    }
+}
+
+#[test]
+fn rules_name_their_content() {
+    let span = build(&RawSpan {
+        ports: vec![(0, vec![0], Some(vec![0]), None, 1)],
+        groups: vec![(0, vec![(0, 1, 1, 1, 0)], vec![])],
+        members: vec![vec![1]; 6],
+    });
+    let table = render(&span);
+    let group =
+        table.chains.values().find(|c| c.rules.iter().any(|r| r.expr.iter().any(|e| e.to_string().contains("@s"))));
+    let group = group.expect("a group chain that references a set");
+    // A range of ports is written once per range, each rule with its own comment.
+    let comments: BTreeSet<&str> = group.rules.iter().map(|r| r.comment.as_str()).collect();
+    assert_eq!(comments.len(), group.rules.len());
+    assert!(group.rules.iter().all(|r| r.comment.starts_with("weft:")));
+}

@@ -1,0 +1,491 @@
+//! A node's span as weft's nftables table (DESIGN.md §7), and a span delta as the commands
+//! that change only what it touches. Pure: property tests check both against each other.
+//!
+//! ```text
+//! forward hook, priority -10: chain egress            forward hook, priority 0: chain ingress
+//!   ct state established,related accept                ct state established,related accept
+//!   ICMPv6 neighbour discovery accept                   ICMPv6 neighbour discovery accept
+//!   from a port's interface, another source: drop      to an unknown weft* interface: drop
+//!   from an unknown weft* interface: drop               ip daddr vmap @ingress-4 ─► pi-<port>
+//!   ip saddr vmap @egress-4 ─► pe-<port>                                                │
+//!                                │                       jump gi-<group> … ; counter drop ◄┘
+//!        jump ge-<group> … ; counter drop ◄┘              (group chains: one rule per
+//!                                                          compiled rule, `counter accept`)
+//! ```
+//!
+//! Egress and ingress are two base chains on the forward hook: `accept` in a group chain ends
+//! only its own base chain, so a packet between two local ports passes the sender's egress and
+//! then the receiver's ingress, each decided by the same shared group chains. A port open in a
+//! direction has no entry in that direction's dispatch map.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+use weft_compiler::compiled::{L4Match, RemoteMatch, SetMembers};
+use weft_compiler::{
+    AddressSet, CompiledGroup, CompiledRule, Family, Isolation, MemberDelta, NodeSpan, PortPolicy, SetId, SpanDelta,
+};
+
+use super::ruleset::{Chain, Command, Element, Hook, Rule, Ruleset, Set, SetKind};
+
+/// Interfaces of pods on weft's datapath start with this (DESIGN.md §7); traffic of one the
+/// agent does not know is dropped, so a pod is never open before its policy arrives.
+pub const INTERFACE_PREFIX: &str = "weft";
+const EGRESS_CHAIN: &str = "egress";
+const INGRESS_CHAIN: &str = "ingress";
+const IFACES: &str = "ifaces";
+/// Transport protocols with ports: what "any protocol" means for a rule that names ports.
+const PORTED: [u8; 3] = [6, 17, 132];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    In,
+    Out,
+}
+
+const V4_V6: [bool; 2] = [false, true];
+
+fn fam(v6: bool) -> &'static str {
+    if v6 { "6" } else { "4" }
+}
+
+pub fn set_name(id: SetId, v6: bool) -> String {
+    format!("{id}-{}", fam(v6))
+}
+
+fn port_chain(port: Uuid, dir: Dir) -> String {
+    match dir {
+        Dir::In => format!("pi-{}", port.simple()),
+        Dir::Out => format!("pe-{}", port.simple()),
+    }
+}
+
+fn group_chain(group: Uuid, dir: Dir) -> String {
+    match dir {
+        Dir::In => format!("gi-{}", group.simple()),
+        Dir::Out => format!("ge-{}", group.simple()),
+    }
+}
+
+fn dispatch_map(dir: Dir, v6: bool) -> String {
+    match dir {
+        Dir::In => format!("ingress-{}", fam(v6)),
+        Dir::Out => format!("egress-{}", fam(v6)),
+    }
+}
+
+fn spoof_set(v6: bool) -> String {
+    format!("spoof-{}", fam(v6))
+}
+
+/// The set of local (address, protocol, port) that define a named port. Port names are
+/// Kubernetes IANA_SVC_NAMEs (lower-case letters, digits, dashes); anything else is hashed.
+fn named_port_set(name: &str, v6: bool) -> String {
+    let plain = !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if plain {
+        format!("np-{name}-{}", fam(v6))
+    } else {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("np-{hash:016x}-{}", fam(v6))
+    }
+}
+
+// nft JSON expression builders.
+
+fn payload(protocol: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": protocol, "field": field}})
+}
+
+fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+fn matches(left: Value, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": left, "right": right}})
+}
+
+fn differs(left: Value, right: Value) -> Value {
+    json!({"match": {"op": "!=", "left": left, "right": right}})
+}
+
+fn ip_field(v6: bool, field: &str) -> Value {
+    payload(if v6 { "ip6" } else { "ip" }, field)
+}
+
+fn set_ref(name: &str) -> Value {
+    json!(format!("@{name}"))
+}
+
+fn counter() -> Value {
+    json!({"counter": null})
+}
+
+fn verdict(v: &str) -> Value {
+    json!({ v: null })
+}
+
+fn port_match(lo: u16, hi: u16) -> Value {
+    let right = if lo == hi { json!(lo) } else { json!({"range": [lo, hi]}) };
+    matches(payload("th", "dport"), right)
+}
+
+/// The skeleton: base chains, dispatch maps, interface sets. The same for every span.
+fn skeleton(out: &mut Ruleset) {
+    for dir in [Dir::In, Dir::Out] {
+        for v6 in V4_V6 {
+            out.sets.insert(dispatch_map(dir, v6), Set { kind: SetKind::Dispatch { v6 }, elements: BTreeSet::new() });
+        }
+    }
+    out.sets.insert(IFACES.to_string(), Set { kind: SetKind::Iface, elements: BTreeSet::new() });
+    for v6 in V4_V6 {
+        out.sets.insert(spoof_set(v6), Set { kind: SetKind::IfaceAddr { v6 }, elements: BTreeSet::new() });
+    }
+    // `in`, not `==`: a connection is in one state at a time, and `==` against a list of
+    // flags compares with all of them at once.
+    let established = Rule::new(vec![
+        json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
+        verdict("accept"),
+    ]);
+    let neighbour_discovery =
+        Rule::new(vec![matches(payload("icmpv6", "type"), json!({"range": [133, 137]})), verdict("accept")]);
+    let wildcard = json!(format!("{INTERFACE_PREFIX}*"));
+    let mut egress = vec![established.clone(), neighbour_discovery.clone()];
+    for v6 in V4_V6 {
+        // A port may send only from its own addresses.
+        egress.push(Rule::new(vec![
+            matches(meta("iifname"), set_ref(IFACES)),
+            matches(meta("nfproto"), json!(if v6 { "ipv6" } else { "ipv4" })),
+            differs(json!({"concat": [meta("iifname"), ip_field(v6, "saddr")]}), set_ref(&spoof_set(v6))),
+            counter(),
+            verdict("drop"),
+        ]));
+    }
+    egress.push(Rule::new(vec![
+        matches(meta("iifname"), wildcard.clone()),
+        differs(meta("iifname"), set_ref(IFACES)),
+        counter(),
+        verdict("drop"),
+    ]));
+    let mut ingress = vec![established, neighbour_discovery];
+    ingress.push(Rule::new(vec![
+        matches(meta("oifname"), wildcard),
+        differs(meta("oifname"), set_ref(IFACES)),
+        counter(),
+        verdict("drop"),
+    ]));
+    for v6 in V4_V6 {
+        egress.push(Rule::new(vec![
+            json!({"vmap": {"key": ip_field(v6, "saddr"), "data": set_ref(&dispatch_map(Dir::Out, v6))}}),
+        ]));
+        ingress.push(Rule::new(vec![
+            json!({"vmap": {"key": ip_field(v6, "daddr"), "data": set_ref(&dispatch_map(Dir::In, v6))}}),
+        ]));
+    }
+    out.chains.insert(EGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: -10 }), rules: egress });
+    out.chains.insert(INGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: 0 }), rules: ingress });
+}
+
+/// The whole table for `span`.
+pub fn render(span: &NodeSpan) -> Ruleset {
+    let mut out = Ruleset::default();
+    skeleton(&mut out);
+    for (id, set) in span.sets.iter() {
+        render_set(&mut out, *id, set);
+    }
+    for (id, group) in span.groups.iter() {
+        render_group(&mut out, *id, group);
+    }
+    for (id, port) in &span.ports {
+        render_port(&mut out, *id, port, span);
+    }
+    render_port_globals(&mut out, span);
+    out
+}
+
+fn set_kind(members: &SetMembers, v6: bool) -> SetKind {
+    match members {
+        SetMembers::Addresses(_) => SetKind::Addr { v6 },
+        SetMembers::Prefixes(_) => SetKind::Prefix { v6 },
+        SetMembers::Pairs(_) => SetKind::AddrPort { v6 },
+    }
+}
+
+fn render_set(out: &mut Ruleset, id: SetId, set: &AddressSet) {
+    for v6 in V4_V6 {
+        let elements: BTreeSet<Element> = match &set.members {
+            SetMembers::Addresses(a) => a.iter().filter(|x| x.is_ipv6() == v6).map(|x| Element::Addr(*x)).collect(),
+            SetMembers::Prefixes(p) => {
+                p.iter().filter(|x| matches!(x, ipnet::IpNet::V6(_)) == v6).map(|x| Element::Prefix(*x)).collect()
+            }
+            SetMembers::Pairs(p) => {
+                p.iter().filter(|(a, _)| a.is_ipv6() == v6).map(|(a, p)| Element::AddrPort(*a, *p)).collect()
+            }
+        };
+        out.sets.insert(set_name(id, v6), Set { kind: set_kind(&set.members, v6), elements });
+    }
+}
+
+fn render_group(out: &mut Ruleset, id: Uuid, group: &CompiledGroup) {
+    for (dir, rules) in [(Dir::In, &group.ingress), (Dir::Out, &group.egress)] {
+        let mut chain = Chain::default();
+        for rule in rules {
+            for v6 in V4_V6 {
+                chain.rules.extend(rule_lines(rule, dir, v6).into_iter().map(Rule::new));
+            }
+        }
+        out.chains.insert(group_chain(id, dir), chain);
+    }
+}
+
+/// One compiled rule for one family, as kernel rules. Several port ranges (or "any protocol"
+/// with ports) become several rules rather than an anonymous set: the kernel's cost of
+/// creating anonymous sets grows with the square of their number in one transaction.
+fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool) -> Vec<Vec<Value>> {
+    let covers = match rule.family {
+        Family::Both => true,
+        Family::V4 => !v6,
+        Family::V6 => v6,
+    };
+    if !covers {
+        return Vec::new();
+    }
+    let remote_field = if dir == Dir::In { "saddr" } else { "daddr" };
+    let mut head: Vec<Value> = Vec::new();
+    match &rule.remote {
+        // ICMP types and named ports are matched per family anyway.
+        RemoteMatch::Any if matches!(rule.l4, L4Match::Icmp { .. } | L4Match::Named(_)) => {}
+        RemoteMatch::Any => {
+            // A rule for both families and no address is written once (for v4 only).
+            if rule.family == Family::Both {
+                if v6 {
+                    return Vec::new();
+                }
+            } else {
+                head.push(matches(meta("nfproto"), json!(if v6 { "ipv6" } else { "ipv4" })));
+            }
+        }
+        RemoteMatch::Set(id) => head.push(matches(ip_field(v6, remote_field), set_ref(&set_name(*id, v6)))),
+        RemoteMatch::Pairs(_) => {}
+    }
+    let protocols: Vec<Option<u8>> = match (&rule.l4, rule.protocol, &rule.remote) {
+        (L4Match::Ranges(_), None, _) | (L4Match::All, None, RemoteMatch::Pairs(_)) => {
+            PORTED.iter().map(|p| Some(*p)).collect()
+        }
+        (_, p, _) => vec![p],
+    };
+    let mut lines = Vec::new();
+    for protocol in protocols {
+        let mut base = head.clone();
+        if let Some(p) = protocol {
+            base.push(matches(meta("l4proto"), json!(p)));
+        }
+        let tails: Vec<Vec<Value>> = match (&rule.l4, &rule.remote) {
+            (_, RemoteMatch::Pairs(id)) => vec![vec![matches(
+                json!({"concat": [ip_field(v6, "daddr"), payload("th", "dport")]}),
+                set_ref(&set_name(*id, v6)),
+            )]],
+            (L4Match::All, _) => vec![vec![]],
+            (L4Match::Ranges(ranges), _) => ranges.iter().map(|(lo, hi)| vec![port_match(*lo, *hi)]).collect(),
+            (L4Match::Named(name), _) => vec![vec![matches(
+                json!({"concat": [ip_field(v6, "daddr"), meta("l4proto"), payload("th", "dport")]}),
+                set_ref(&named_port_set(name, v6)),
+            )]],
+            (L4Match::Icmp { icmp_type, code }, _) => {
+                // ICMP types mean something only in their own family.
+                let icmp = if v6 { "icmpv6" } else { "icmp" };
+                if protocol.is_some_and(|p| p != if v6 { 58 } else { 1 }) {
+                    continue;
+                }
+                let mut t = vec![matches(payload(icmp, "type"), json!(icmp_type))];
+                if let Some(c) = code {
+                    t.push(matches(payload(icmp, "code"), json!(c)));
+                }
+                vec![t]
+            }
+        };
+        for tail in tails {
+            let mut line = base.clone();
+            line.extend(tail);
+            line.push(counter());
+            line.push(verdict("accept"));
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, span: &NodeSpan) {
+    for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
+        let Isolation::Isolated(groups) = isolation else { continue };
+        let mut chain = Chain::default();
+        for g in groups.iter() {
+            // A group the span does not hold allows nothing (and has no chain to jump to).
+            if span.groups.contains_key(g) {
+                chain.rules.push(Rule::new(vec![json!({"jump": {"target": group_chain(*g, dir)}})]));
+            }
+        }
+        chain.rules.push(Rule::new(vec![counter(), verdict("drop")]));
+        out.chains.insert(port_chain(id, dir), chain);
+    }
+}
+
+/// Dispatch maps, interface sets and named-port sets: what depends on all local ports.
+fn render_port_globals(out: &mut Ruleset, span: &NodeSpan) {
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    for group in span.groups.values() {
+        for rule in &group.ingress {
+            if let L4Match::Named(n) = &rule.l4 {
+                names.insert(n);
+            }
+        }
+    }
+    let mut named: BTreeMap<String, Set> = BTreeMap::new();
+    for n in &names {
+        for v6 in V4_V6 {
+            named.insert(named_port_set(n, v6), Set { kind: SetKind::AddrProtoPort { v6 }, elements: BTreeSet::new() });
+        }
+    }
+    for (id, port) in &span.ports {
+        let iface = port.interface.clone();
+        if let Some(s) = out.sets.get_mut(IFACES) {
+            s.elements.insert(Element::Iface(iface.clone()));
+        }
+        for addr in &port.addresses {
+            let v6 = addr.is_ipv6();
+            if let Some(s) = out.sets.get_mut(&spoof_set(v6)) {
+                s.elements.insert(Element::IfaceAddr(iface.clone(), *addr));
+            }
+            for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
+                if matches!(isolation, Isolation::Isolated(_))
+                    && let Some(s) = out.sets.get_mut(&dispatch_map(dir, v6))
+                {
+                    s.elements.insert(Element::Jump(*addr, port_chain(*id, dir)));
+                }
+            }
+            for (name, np) in port.named_ports.iter() {
+                let (Some(protocol), Some(s)) = (np.protocol.number(), named.get_mut(&named_port_set(name, v6))) else {
+                    continue;
+                };
+                s.elements.insert(Element::AddrProtoPort(*addr, protocol, np.port as u16));
+            }
+        }
+    }
+    out.sets.extend(named);
+}
+
+/// What a delta touches, by name.
+#[derive(Default)]
+struct Touched {
+    groups: BTreeSet<Uuid>,
+    ports: BTreeSet<Uuid>,
+    sets: BTreeSet<SetId>,
+    globals: bool,
+}
+
+/// The objects `touched` names, as `span` has them (absent ones are simply not there).
+fn render_touched(span: &NodeSpan, touched: &Touched) -> Ruleset {
+    let mut out = Ruleset::default();
+    for id in &touched.sets {
+        if let Some(set) = span.sets.get(id) {
+            render_set(&mut out, *id, set);
+        }
+    }
+    for id in &touched.groups {
+        if let Some(group) = span.groups.get(id) {
+            render_group(&mut out, *id, group);
+        }
+    }
+    for id in &touched.ports {
+        if let Some(port) = span.ports.get(id) {
+            render_port(&mut out, *id, port, span);
+        }
+    }
+    if touched.globals {
+        let mut globals = Ruleset::default();
+        skeleton(&mut globals);
+        render_port_globals(&mut globals, span);
+        out.sets.extend(globals.sets);
+    }
+    out
+}
+
+/// The commands that turn the table of `old` into the table of `new`, given `delta` (which
+/// turns `old` into `new`). A set's member change is an element add/delete; only the chains,
+/// sets and maps the delta touches are rendered.
+pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<Command> {
+    let mut touched = Touched::default();
+    touched.groups.extend(delta.groups_upserted.keys().chain(&delta.groups_removed));
+    touched.ports.extend(delta.ports_upserted.keys().chain(&delta.ports_removed));
+    touched.sets.extend(delta.sets_defined.keys().chain(&delta.sets_dropped));
+    // Port chains jump only to groups the span holds: a group arriving or leaving changes them.
+    if !delta.groups_upserted.is_empty() || !delta.groups_removed.is_empty() {
+        let arrived_or_left: BTreeSet<Uuid> = delta
+            .groups_upserted
+            .keys()
+            .filter(|g| !old.groups.contains_key(*g))
+            .chain(delta.groups_removed.iter())
+            .copied()
+            .collect();
+        for (id, port) in old.ports.iter().chain(new.ports.iter()) {
+            let uses =
+                |i: &Isolation| matches!(i, Isolation::Isolated(gs) if gs.iter().any(|g| arrived_or_left.contains(g)));
+            if uses(&port.ingress) || uses(&port.egress) {
+                touched.ports.insert(*id);
+            }
+        }
+    }
+    touched.globals = !touched.ports.is_empty() || !touched.groups.is_empty();
+    let before = render_touched(old, &touched);
+    let after = render_touched(new, &touched);
+    let mut commands = before.diff(&after);
+    // Member changes of sets both sides hold, straight from the delta.
+    let mut members = Vec::new();
+    for (id, change) in &delta.sets_changed {
+        if touched.sets.contains(id) {
+            continue;
+        }
+        let Some(set) = new.sets.get(id) else { continue };
+        member_commands(*id, &set.members, change, &mut members);
+    }
+    commands.splice(1..1, members);
+    commands
+}
+
+fn member_commands(id: SetId, members: &SetMembers, change: &MemberDelta, out: &mut Vec<Command>) {
+    for v6 in V4_V6 {
+        let kind = set_kind(members, v6);
+        let family = |a: &IpAddr| a.is_ipv6() == v6;
+        let net_family = |n: &&ipnet::IpNet| matches!(n, ipnet::IpNet::V6(_)) == v6;
+        let removed: Vec<Element> = change
+            .removed_addresses
+            .iter()
+            .filter(|a| family(a))
+            .map(|a| Element::Addr(*a))
+            .chain(change.removed_prefixes.iter().filter(net_family).map(|p| Element::Prefix(*p)))
+            .chain(change.removed_pairs.iter().filter(|(a, _)| family(a)).map(|(a, p)| Element::AddrPort(*a, *p)))
+            .collect();
+        let added: Vec<Element> = change
+            .added_addresses
+            .iter()
+            .filter(|a| family(a))
+            .map(|a| Element::Addr(*a))
+            .chain(change.added_prefixes.iter().filter(net_family).map(|p| Element::Prefix(*p)))
+            .chain(change.added_pairs.iter().filter(|(a, _)| family(a)).map(|(a, p)| Element::AddrPort(*a, *p)))
+            .collect();
+        let name = set_name(id, v6);
+        if !removed.is_empty() {
+            out.push(Command::DeleteElements { name: name.clone(), kind, elements: removed });
+        }
+        if !added.is_empty() {
+            out.push(Command::AddElements { name, kind, elements: added });
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! A model of weft's nftables table, the commands that change it, and the diff between two
+//! models: pure data, no I/O. The kernel datapath renders a span into a [`Ruleset`], computes
+//! the [`Command`]s that turn what the kernel has into it, and sends them as one nft JSON
+//! transaction.
+//!
+//! Rules carry a comment naming their content (a hash of their expressions), so a table read
+//! back from the kernel compares with a rendered one without parsing nft's own rewriting of
+//! each expression.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+/// The one table: `inet weft`.
+pub const TABLE: &str = "weft";
+
+/// What a set's elements are (the nft `type`, and `flags interval` for prefixes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
+    /// `ipv4_addr` / `ipv6_addr`.
+    Addr { v6: bool },
+    /// `ipv4_addr` / `ipv6_addr` with `flags interval`.
+    Prefix { v6: bool },
+    /// `ipv4_addr . inet_service`: egress named ports, resolved per destination.
+    AddrPort { v6: bool },
+    /// `ipv4_addr . inet_proto . inet_service`: the local ports that define a named port.
+    AddrProtoPort { v6: bool },
+    /// `ifname`: the interfaces of local ports.
+    Iface,
+    /// `ifname . ipv4_addr`: the addresses each local interface may send from.
+    IfaceAddr { v6: bool },
+    /// `ipv4_addr : verdict`: local port dispatch.
+    Dispatch { v6: bool },
+}
+
+impl SetKind {
+    fn v6(self) -> bool {
+        match self {
+            SetKind::Addr { v6 }
+            | SetKind::Prefix { v6 }
+            | SetKind::AddrPort { v6 }
+            | SetKind::AddrProtoPort { v6 }
+            | SetKind::IfaceAddr { v6 }
+            | SetKind::Dispatch { v6 } => v6,
+            SetKind::Iface => false,
+        }
+    }
+
+    /// The nft JSON `type` of the key.
+    fn key_type(self) -> Value {
+        let addr = if self.v6() { "ipv6_addr" } else { "ipv4_addr" };
+        match self {
+            SetKind::Addr { .. } | SetKind::Prefix { .. } | SetKind::Dispatch { .. } => json!(addr),
+            SetKind::AddrPort { .. } => json!([addr, "inet_service"]),
+            SetKind::AddrProtoPort { .. } => json!([addr, "inet_proto", "inet_service"]),
+            SetKind::Iface => json!("ifname"),
+            SetKind::IfaceAddr { .. } => json!(["ifname", addr]),
+        }
+    }
+
+    fn is_map(self) -> bool {
+        matches!(self, SetKind::Dispatch { .. })
+    }
+}
+
+/// One element of a set or map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Element {
+    Addr(IpAddr),
+    Prefix(IpNet),
+    AddrPort(IpAddr, u16),
+    AddrProtoPort(IpAddr, u8, u16),
+    Iface(String),
+    IfaceAddr(String, IpAddr),
+    /// Address → `jump` to a chain.
+    Jump(IpAddr, String),
+}
+
+impl Element {
+    fn to_json(&self) -> Value {
+        match self {
+            Element::Addr(a) => json!(a.to_string()),
+            Element::Prefix(p) => json!({"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}}),
+            Element::AddrPort(a, p) => json!({"concat": [a.to_string(), p]}),
+            Element::AddrProtoPort(a, proto, p) => json!({"concat": [a.to_string(), proto, p]}),
+            Element::Iface(i) => json!(i),
+            Element::IfaceAddr(i, a) => json!({"concat": [i, a.to_string()]}),
+            Element::Jump(a, chain) => json!([a.to_string(), {"jump": {"target": chain}}]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub kind: SetKind,
+    pub elements: BTreeSet<Element>,
+}
+
+/// Where a base chain hooks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    /// nft priority on the forward hook (filter is 0).
+    pub priority: i32,
+}
+
+/// A rule: its nft JSON expressions and the comment that names them.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub comment: String,
+    /// Empty for a rule read back from the kernel (its comment says what it is).
+    pub expr: Vec<Value>,
+}
+
+impl Rule {
+    pub fn new(expr: Vec<Value>) -> Rule {
+        Rule { comment: content_hash(&expr), expr }
+    }
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        self.comment == other.comment
+    }
+}
+
+impl Eq for Rule {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Chain {
+    pub hook: Option<Hook>,
+    pub rules: Vec<Rule>,
+}
+
+/// The whole `inet weft` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    pub sets: BTreeMap<String, Set>,
+    pub chains: BTreeMap<String, Chain>,
+}
+
+/// One step of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Creates the table when it is not there (nft `add` is idempotent).
+    AddTable,
+    DeleteTable,
+    AddSet {
+        name: String,
+        set: Set,
+    },
+    DeleteSet {
+        name: String,
+        kind: SetKind,
+    },
+    AddElements {
+        name: String,
+        kind: SetKind,
+        elements: Vec<Element>,
+    },
+    DeleteElements {
+        name: String,
+        kind: SetKind,
+        elements: Vec<Element>,
+    },
+    AddChain {
+        name: String,
+        hook: Option<Hook>,
+    },
+    FlushChain {
+        name: String,
+    },
+    DeleteChain {
+        name: String,
+    },
+    AddRule {
+        chain: String,
+        rule: Rule,
+    },
+}
+
+impl Ruleset {
+    /// What `commands` do to this table, as the kernel does it. Commands that the kernel
+    /// would refuse (a set that exists, a chain that does not) are errors.
+    pub fn apply(&mut self, commands: &[Command]) -> Result<(), String> {
+        for c in commands {
+            match c {
+                Command::AddTable => {}
+                Command::DeleteTable => *self = Ruleset::default(),
+                Command::AddSet { name, set } => {
+                    if self.sets.insert(name.clone(), set.clone()).is_some() {
+                        return Err(format!("set {name} exists"));
+                    }
+                }
+                Command::DeleteSet { name, .. } => {
+                    self.sets.remove(name).ok_or_else(|| format!("no set {name}"))?;
+                }
+                Command::AddElements { name, elements, .. } => {
+                    let set = self.sets.get_mut(name).ok_or_else(|| format!("no set {name}"))?;
+                    set.elements.extend(elements.iter().cloned());
+                }
+                Command::DeleteElements { name, elements, .. } => {
+                    let set = self.sets.get_mut(name).ok_or_else(|| format!("no set {name}"))?;
+                    for e in elements {
+                        if !set.elements.remove(e) {
+                            return Err(format!("no element {e:?} in {name}"));
+                        }
+                    }
+                }
+                Command::AddChain { name, hook } => {
+                    self.chains.entry(name.clone()).or_insert_with(|| Chain { hook: *hook, rules: Vec::new() });
+                }
+                Command::FlushChain { name } => {
+                    self.chains.get_mut(name).ok_or_else(|| format!("no chain {name}"))?.rules.clear();
+                }
+                Command::DeleteChain { name } => {
+                    self.chains.remove(name).ok_or_else(|| format!("no chain {name}"))?;
+                }
+                Command::AddRule { chain, rule } => {
+                    self.chains.get_mut(chain).ok_or_else(|| format!("no chain {chain}"))?.rules.push(rule.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The commands that turn this table into `target`, in an order the kernel accepts in one
+    /// transaction: chains exist before anything jumps to them, sets before rules use them,
+    /// and nothing is deleted while still referenced.
+    pub fn diff(&self, target: &Ruleset) -> Vec<Command> {
+        let mut out = vec![Command::AddTable];
+        // A set or chain whose kind changed cannot be changed in place; start over.
+        let clash = target.sets.iter().any(|(n, s)| self.sets.get(n).is_some_and(|o| o.kind != s.kind))
+            || target.chains.iter().any(|(n, c)| self.chains.get(n).is_some_and(|o| o.hook != c.hook));
+        if clash {
+            out.push(Command::DeleteTable);
+            out.extend(Ruleset::default().diff(target));
+            return out;
+        }
+        for (name, chain) in &target.chains {
+            if !self.chains.contains_key(name) {
+                out.push(Command::AddChain { name: name.clone(), hook: chain.hook });
+            }
+        }
+        for (name, set) in &target.sets {
+            match self.sets.get(name) {
+                None => out.push(Command::AddSet { name: name.clone(), set: set.clone() }),
+                Some(old) => {
+                    let removed: Vec<Element> = old.elements.difference(&set.elements).cloned().collect();
+                    let added: Vec<Element> = set.elements.difference(&old.elements).cloned().collect();
+                    if !removed.is_empty() {
+                        out.push(Command::DeleteElements { name: name.clone(), kind: set.kind, elements: removed });
+                    }
+                    if !added.is_empty() {
+                        out.push(Command::AddElements { name: name.clone(), kind: set.kind, elements: added });
+                    }
+                }
+            }
+        }
+        for (name, chain) in &target.chains {
+            let old = self.chains.get(name);
+            if old.is_some_and(|o| o.rules == chain.rules) {
+                continue;
+            }
+            if old.is_some_and(|o| !o.rules.is_empty()) {
+                out.push(Command::FlushChain { name: name.clone() });
+            }
+            for rule in &chain.rules {
+                out.push(Command::AddRule { chain: name.clone(), rule: rule.clone() });
+            }
+        }
+        // Rules that jump to a chain go before the chain: empty them all, then delete.
+        let gone: Vec<&String> = self.chains.keys().filter(|n| !target.chains.contains_key(*n)).collect();
+        for name in &gone {
+            if self.chains.get(*name).is_some_and(|c| !c.rules.is_empty()) {
+                out.push(Command::FlushChain { name: (*name).clone() });
+            }
+        }
+        for name in gone {
+            out.push(Command::DeleteChain { name: name.clone() });
+        }
+        for (name, set) in &self.sets {
+            if !target.sets.contains_key(name) {
+                out.push(Command::DeleteSet { name: name.clone(), kind: set.kind });
+            }
+        }
+        out
+    }
+}
+
+/// A transaction in nft's JSON input form (`nft -j -f -`).
+pub fn to_json(commands: &[Command]) -> Value {
+    let items: Vec<Value> = commands.iter().map(command_json).collect();
+    json!({ "nftables": items })
+}
+
+fn command_json(c: &Command) -> Value {
+    let table = json!({"family": "inet", "name": TABLE});
+    match c {
+        Command::AddTable => json!({"add": {"table": table}}),
+        Command::DeleteTable => json!({"delete": {"table": table}}),
+        Command::AddSet { name, set } => {
+            let mut body = json!({"family": "inet", "table": TABLE, "name": name, "type": set.kind.key_type()});
+            if matches!(set.kind, SetKind::Prefix { .. }) {
+                body["flags"] = json!(["interval"]);
+            }
+            if !set.elements.is_empty() {
+                body["elem"] = Value::Array(set.elements.iter().map(Element::to_json).collect());
+            }
+            if set.kind.is_map() {
+                body["map"] = json!("verdict");
+                json!({"add": {"map": body}})
+            } else {
+                json!({"add": {"set": body}})
+            }
+        }
+        Command::DeleteSet { name, kind } => {
+            let body = json!({"family": "inet", "table": TABLE, "name": name});
+            if kind.is_map() { json!({"delete": {"map": body}}) } else { json!({"delete": {"set": body}}) }
+        }
+        Command::AddElements { name, elements, .. } | Command::DeleteElements { name, elements, .. } => {
+            let verb = if matches!(c, Command::AddElements { .. }) { "add" } else { "delete" };
+            let elem: Vec<Value> = elements.iter().map(Element::to_json).collect();
+            json!({verb: {"element": {"family": "inet", "table": TABLE, "name": name, "elem": elem}}})
+        }
+        Command::AddChain { name, hook } => {
+            let mut body = json!({"family": "inet", "table": TABLE, "name": name});
+            if let Some(h) = hook {
+                body["type"] = json!("filter");
+                body["hook"] = json!("forward");
+                body["prio"] = json!(h.priority);
+                body["policy"] = json!("accept");
+            }
+            json!({"add": {"chain": body}})
+        }
+        Command::FlushChain { name } => json!({"flush": {"chain": {"family": "inet", "table": TABLE, "name": name}}}),
+        Command::DeleteChain { name } => json!({"delete": {"chain": {"family": "inet", "table": TABLE, "name": name}}}),
+        Command::AddRule { chain, rule } => json!({"add": {"rule": {
+            "family": "inet", "table": TABLE, "chain": chain, "comment": rule.comment, "expr": rule.expr,
+        }}}),
+    }
+}
+
+/// A short, stable name for a rule's content (FNV-1a, 64 bits).
+fn content_hash(expr: &[Value]) -> String {
+    let text = serde_json::to_string(expr).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("weft:{hash:016x}")
+}
+
+/// Reads a table back from `nft -j list table inet weft`. Anything this module would not
+/// have written (a set type it does not know, a rule without its comment) is an error: the
+/// caller then replaces the table whole.
+pub fn parse_listing(listing: &Value) -> Result<Ruleset, String> {
+    let items = listing.get("nftables").and_then(Value::as_array).ok_or("not an nft JSON listing")?;
+    let mut out = Ruleset::default();
+    for item in items {
+        if let Some(set) = item.get("set").or_else(|| item.get("map")) {
+            let name = set.get("name").and_then(Value::as_str).ok_or("a set without a name")?;
+            let kind = parse_kind(set).ok_or_else(|| format!("set {name}: unknown type"))?;
+            let mut elements = BTreeSet::new();
+            for e in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                elements.insert(parse_element(kind, e).ok_or_else(|| format!("set {name}: unknown element {e}"))?);
+            }
+            out.sets.insert(name.to_string(), Set { kind, elements });
+        } else if let Some(chain) = item.get("chain") {
+            let name = chain.get("name").and_then(Value::as_str).ok_or("a chain without a name")?;
+            let hook = chain
+                .get("hook")
+                .map(|_| Hook { priority: chain.get("prio").and_then(Value::as_i64).unwrap_or(0) as i32 });
+            out.chains.insert(name.to_string(), Chain { hook, rules: Vec::new() });
+        } else if let Some(rule) = item.get("rule") {
+            let chain = rule.get("chain").and_then(Value::as_str).ok_or("a rule without a chain")?;
+            let comment = rule
+                .get("comment")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{chain}: a rule without a comment"))?;
+            let target = out.chains.get_mut(chain).ok_or_else(|| format!("a rule of unknown chain {chain}"))?;
+            target.rules.push(Rule { comment: comment.to_string(), expr: Vec::new() });
+        }
+    }
+    Ok(out)
+}
+
+fn parse_kind(set: &Value) -> Option<SetKind> {
+    let names: Vec<&str> = match set.get("type")? {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(a) => a.iter().map(Value::as_str).collect::<Option<_>>()?,
+        _ => return None,
+    };
+    let interval = set.get("flags").and_then(Value::as_array).is_some_and(|f| f.iter().any(|x| x == "interval"));
+    let is_map = set.get("map").is_some_and(|m| m == "verdict");
+    let v6 = names.contains(&"ipv6_addr");
+    Some(match (names.as_slice(), interval, is_map) {
+        ([_], false, true) => SetKind::Dispatch { v6 },
+        (["ifname"], false, false) => SetKind::Iface,
+        ([_], true, false) => SetKind::Prefix { v6 },
+        ([_], false, false) => SetKind::Addr { v6 },
+        ([_, "inet_service"], false, false) => SetKind::AddrPort { v6 },
+        ([_, "inet_proto", "inet_service"], false, false) => SetKind::AddrProtoPort { v6 },
+        (["ifname", _], false, false) => SetKind::IfaceAddr { v6 },
+        _ => return None,
+    })
+}
+
+fn parse_addr(v: &Value) -> Option<IpAddr> {
+    v.as_str()?.parse().ok()
+}
+
+fn parse_proto(v: &Value) -> Option<u8> {
+    match v {
+        Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
+        Value::String(s) => match s.as_str() {
+            "tcp" => Some(6),
+            "udp" => Some(17),
+            "sctp" => Some(132),
+            "icmp" => Some(1),
+            "ipv6-icmp" | "icmpv6" => Some(58),
+            other => other.parse().ok(),
+        },
+        _ => None,
+    }
+}
+
+fn parse_port(v: &Value) -> Option<u16> {
+    // nft prints well-known ports by number in JSON; a name would be a listing this module
+    // did not write.
+    v.as_u64().and_then(|n| u16::try_from(n).ok())
+}
+
+fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
+    // Elements with counters or comments come wrapped: {"elem": {"val": ...}}.
+    let e = e.get("elem").and_then(|x| x.get("val")).unwrap_or(e);
+    let concat = |v: &Value| v.get("concat").and_then(Value::as_array).cloned();
+    Some(match kind {
+        SetKind::Addr { .. } => Element::Addr(parse_addr(e)?),
+        SetKind::Prefix { .. } => match e.get("prefix") {
+            Some(p) => {
+                let addr = parse_addr(p.get("addr")?)?;
+                let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+                Element::Prefix(IpNet::new(addr, len).ok()?)
+            }
+            // A prefix of full length is listed as a bare address.
+            None => Element::Prefix(IpNet::from(parse_addr(e)?)),
+        },
+        SetKind::AddrPort { .. } => {
+            let c = concat(e)?;
+            Element::AddrPort(parse_addr(c.first()?)?, parse_port(c.get(1)?)?)
+        }
+        SetKind::AddrProtoPort { .. } => {
+            let c = concat(e)?;
+            Element::AddrProtoPort(parse_addr(c.first()?)?, parse_proto(c.get(1)?)?, parse_port(c.get(2)?)?)
+        }
+        SetKind::Iface => Element::Iface(e.as_str()?.to_string()),
+        SetKind::IfaceAddr { .. } => {
+            let c = concat(e)?;
+            Element::IfaceAddr(c.first()?.as_str()?.to_string(), parse_addr(c.get(1)?)?)
+        }
+        SetKind::Dispatch { .. } => {
+            let pair = e.as_array()?;
+            let target = pair.get(1)?.get("jump")?.get("target")?.as_str()?;
+            Element::Jump(parse_addr(pair.first()?)?, target.to_string())
+        }
+    })
+}

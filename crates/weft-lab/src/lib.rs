@@ -1,0 +1,372 @@
+//! A cluster on one machine, made of network namespaces (DESIGN.md §8): a namespace per node,
+//! hanging off a bridge in an underlay namespace; a namespace per pod with a veth into its
+//! node, the node side named as the agent expects (DESIGN.md §7); an `outside` namespace for
+//! traffic from beyond the cluster. Pod addresses are routed inside these namespaces only:
+//! nothing here touches the host's interfaces, routes or ruleset.
+//!
+//! ```text
+//!   pod ns: eth0 10.47.0.11/32 ─veth─ weftXXXXXXXXXXX ┐ node ns (forwarding, nft table inet weft)
+//!           default via 169.254.1.1 (the node's lo)    └ eth0 192.0.2.N/24 ─veth─ br0 in the underlay ns
+//!   outside ns: eth0 192.0.2.254/24 ─veth─ br0            routes to every pod via its node
+//! ```
+//!
+//! A lab records what it created in its directory (`lab.json`) as it goes, so `down` removes
+//! exactly that, also after a failure halfway.
+
+pub mod manifests;
+pub mod probe;
+pub mod serve;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use weft_agent::netns;
+
+pub use manifests::{Pod, read_manifests};
+pub use probe::{Matrix, Protocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, LabError>;
+
+/// The underlay's IPv4 prefix: node N is .N+1, `outside` is .254 (TEST-NET-1, never routed).
+const UNDERLAY_V4: [u8; 3] = [192, 0, 2];
+const UNDERLAY_V6: &str = "fd77:77::";
+const OUTSIDE_HOST: u8 = 254;
+/// The pods' gateway: an address of the node, so the node answers the pods' ARP for it.
+const GATEWAY_V4: &str = "169.254.1.1";
+const GATEWAY_V6: &str = "fe80::1";
+
+/// What a lab is made of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    /// A short name: namespaces are `wl-<name>-...`.
+    pub name: String,
+    pub nodes: Vec<String>,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub netns: String,
+    pub address: IpAddr,
+    pub address6: IpAddr,
+    #[serde(default)]
+    pub agent_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    pub pod: Pod,
+    pub netns: String,
+    pub interface: String,
+    #[serde(default)]
+    pub server_pid: Option<u32>,
+}
+
+/// What a lab has created, kept in `<dir>/lab.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    /// Every namespace created, in order.
+    pub namespaces: Vec<String>,
+    pub nodes: Vec<NodeState>,
+    pub pods: Vec<PodState>,
+    pub outside: Option<String>,
+    #[serde(default)]
+    pub outside_server_pid: Option<u32>,
+}
+
+/// A lab on this machine.
+#[derive(Debug)]
+pub struct Lab {
+    pub dir: PathBuf,
+    pub state: State,
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| LabError::Command { command: shown.clone(), detail: e.to_string() })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: shown,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(netns: &str, args: &[&str]) -> Result<String> {
+    run(Command::new("ip").arg("-n").arg(netns).args(args))
+}
+
+fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
+    run(netns::command(Some(netns), "sysctl").args(["-q", "-w", &format!("{key}={value}")])).map(|_| ())
+}
+
+/// Namespace names this lab uses: `wl-<lab>-<what>`.
+fn ns_name(lab: &str, what: &str) -> String {
+    format!("wl-{lab}-{what}")
+}
+
+impl Lab {
+    fn save(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.state).map_err(|e| LabError::Invalid(e.to_string()))?)?;
+        std::fs::rename(tmp, self.dir.join("lab.json"))?;
+        Ok(())
+    }
+
+    /// Opens the lab recorded in `dir`.
+    pub fn open(dir: &Path) -> Result<Lab> {
+        let text = std::fs::read(dir.join("lab.json"))
+            .map_err(|e| LabError::Invalid(format!("no lab in {}: {e}", dir.display())))?;
+        let state = serde_json::from_slice(&text).map_err(|e| LabError::Invalid(format!("{}: {e}", dir.display())))?;
+        Ok(Lab { dir: dir.to_path_buf(), state })
+    }
+
+    fn add_namespace(&mut self, name: String) -> Result<String> {
+        if netns::exists(&name) {
+            return Err(LabError::Invalid(format!(
+                "network namespace {name} exists already: another lab of that name is up (weft lab down)"
+            )));
+        }
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        self.state.namespaces.push(name.clone());
+        self.save()?;
+        ip(&name, &["link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    /// Builds the namespaces, links and routes of `spec`, and starts a listener in every pod
+    /// (`binary lab serve`). On failure, what was made so far is removed.
+    pub fn create(spec: &Spec, dir: &Path, binary: &Path) -> Result<Lab> {
+        validate(spec)?;
+        if dir.join("lab.json").exists() {
+            return Err(LabError::Invalid(format!("{} holds a lab already: weft lab down first", dir.display())));
+        }
+        let mut lab = Lab { dir: dir.to_path_buf(), state: State { name: spec.name.clone(), ..State::default() } };
+        match lab.build(spec, binary) {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                lab.down();
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&mut self, spec: &Spec, binary: &Path) -> Result<()> {
+        let underlay = self.add_namespace(ns_name(&spec.name, "ul"))?;
+        ip(&underlay, &["link", "add", "br0", "type", "bridge"])?;
+        ip(&underlay, &["link", "set", "br0", "up"])?;
+        for (i, node) in spec.nodes.iter().enumerate() {
+            let netns = self.add_namespace(ns_name(&spec.name, &format!("n-{node}")))?;
+            let host = u8::try_from(i + 1).map_err(|_| LabError::Invalid("at most 250 nodes".into()))?;
+            let (v4, v6) = self.attach(&underlay, &netns, &format!("n{i}"), host)?;
+            // The pods' gateway is the node itself: a local address answers their ARP (proxy
+            // ARP would need a route to it through another interface).
+            ip(&netns, &["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", "lo"])?;
+            sysctl(&netns, "net.ipv4.ip_forward", "1")?;
+            sysctl(&netns, "net.ipv6.conf.all.forwarding", "1")?;
+            self.state.nodes.push(NodeState { name: node.clone(), netns, address: v4, address6: v6, agent_pid: None });
+            self.save()?;
+        }
+        let outside = self.add_namespace(ns_name(&spec.name, "outside"))?;
+        self.attach(&underlay, &outside, "out", OUTSIDE_HOST)?;
+        self.state.outside = Some(outside.clone());
+        self.save()?;
+        let node_of: BTreeMap<&str, &NodeState> = self.state.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let mut pods = Vec::new();
+        for pod in &spec.pods {
+            let node = node_of[pod.node.as_str()];
+            let netns = ns_name(&spec.name, &format!("p-{}-{}", pod.namespace, pod.name));
+            let interface = weft_model::default_interface(&pod.project(), &pod.name);
+            pods.push((pod.clone(), netns, interface, node.clone()));
+        }
+        for (pod, netns, interface, node) in &pods {
+            let netns = self.add_namespace(netns.clone())?;
+            ip(&node.netns, &["link", "add", interface, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+            self.state.pods.push(PodState {
+                pod: pod.clone(),
+                netns: netns.clone(),
+                interface: interface.clone(),
+                server_pid: None,
+            });
+            self.save()?;
+            ip(&netns, &["link", "set", "eth0", "up"])?;
+            ip(&node.netns, &["link", "set", interface, "up"])?;
+            ip(&netns, &["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
+            ip(&netns, &["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
+            ip(&node.netns, &["-6", "addr", "add", &format!("{GATEWAY_V6}/64"), "dev", interface, "nodad"])?;
+            ip(&netns, &["-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0"])?;
+            for a in &pod.addresses {
+                let (len, family) = if a.is_ipv6() { (128, "-6") } else { (32, "-4") };
+                ip(&netns, &[family, "addr", "add", &format!("{a}/{len}"), "dev", "eth0", "nodad"])?;
+                ip(&node.netns, &[family, "route", "add", &format!("{a}/{len}"), "dev", interface])?;
+            }
+        }
+        // Every node and the outside reach every pod through the pod's node.
+        for (pod, _, _, node) in &pods {
+            for a in &pod.addresses {
+                let (len, family, via) = if a.is_ipv6() {
+                    (128, "-6", node.address6.to_string())
+                } else {
+                    (32, "-4", node.address.to_string())
+                };
+                let others = self.state.nodes.iter().filter(|n| n.name != node.name).map(|n| n.netns.clone());
+                for other in others.chain(std::iter::once(outside.clone())) {
+                    ip(&other, &[family, "route", "add", &format!("{a}/{len}"), "via", &via])?;
+                }
+            }
+        }
+        // Listeners: each pod on its declared ports; the outside on every port a pod declares.
+        let listeners: Vec<(String, Vec<String>)> = self
+            .state
+            .pods
+            .iter()
+            .map(|p| (p.netns.clone(), p.pod.ports.iter().map(|x| x.to_string()).collect()))
+            .collect();
+        for (i, (netns, listen)) in listeners.into_iter().enumerate() {
+            let pid = serve::spawn(binary, &netns, &listen, &self.dir.join(format!("serve-{netns}.log")))?;
+            self.state.pods[i].server_pid = Some(pid);
+            self.save()?;
+        }
+        let mut all: Vec<String> = spec.pods.iter().flat_map(|p| p.ports.iter().map(|x| x.to_string())).collect();
+        all.sort();
+        all.dedup();
+        let pid = serve::spawn(binary, &outside, &all, &self.dir.join("serve-outside.log"))?;
+        self.state.outside_server_pid = Some(pid);
+        self.save()?;
+        Ok(())
+    }
+
+    /// Connects `netns` to the underlay bridge as host `host`.
+    fn attach(&self, underlay: &str, netns: &str, bridge_port: &str, host: u8) -> Result<(IpAddr, IpAddr)> {
+        ip(netns, &["link", "add", "eth0", "type", "veth", "peer", "name", bridge_port, "netns", underlay])?;
+        ip(underlay, &["link", "set", bridge_port, "master", "br0"])?;
+        ip(underlay, &["link", "set", bridge_port, "up"])?;
+        let v4 = IpAddr::from([UNDERLAY_V4[0], UNDERLAY_V4[1], UNDERLAY_V4[2], host]);
+        let v6: IpAddr =
+            format!("{UNDERLAY_V6}{host:x}").parse().map_err(|_| LabError::Invalid("underlay address".into()))?;
+        ip(netns, &["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+        ip(netns, &["-6", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+        ip(netns, &["link", "set", "eth0", "up"])?;
+        Ok((v4, v6))
+    }
+
+    pub fn pod(&self, name: &str) -> Option<&PodState> {
+        self.state.pods.iter().find(|p| p.pod.name == name || p.pod.endpoint() == name)
+    }
+
+    /// Runs a command inside a pod's namespace.
+    pub fn exec(&self, pod: &str, argv: &[String]) -> Result<std::process::ExitStatus> {
+        let netns = if pod == "outside" {
+            self.state.outside.clone().ok_or_else(|| LabError::Invalid("no outside namespace".into()))?
+        } else {
+            self.pod(pod)
+                .map(|p| p.netns.clone())
+                .ok_or_else(|| LabError::Invalid(format!("no pod {pod} in this lab")))?
+        };
+        let (program, args) = argv.split_first().ok_or_else(|| LabError::Invalid("no command given".into()))?;
+        Ok(netns::command(Some(&netns), program).args(args).status()?)
+    }
+
+    /// Records an agent's process for a node, so `down` stops it.
+    pub fn set_agent(&mut self, node: &str, pid: u32) -> Result<()> {
+        let n = self
+            .state
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("no node {node}")))?;
+        n.agent_pid = Some(pid);
+        self.save()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.state.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Stops every process the lab started and removes every namespace it created (their
+    /// links, routes and nft tables go with them), then its record. Keeps going past errors.
+    pub fn down(&mut self) {
+        let pids = self
+            .state
+            .nodes
+            .iter()
+            .filter_map(|n| n.agent_pid)
+            .chain(self.state.pods.iter().filter_map(|p| p.server_pid))
+            .chain(self.state.outside_server_pid);
+        for pid in pids {
+            stop(pid);
+        }
+        for name in self.state.namespaces.iter().rev() {
+            if netns::exists(name)
+                && let Err(e) = run(Command::new("ip").args(["netns", "del", name]))
+            {
+                tracing::warn!(netns = %name, error = %e, "cannot remove a namespace");
+            }
+        }
+        self.state = State { name: self.state.name.clone(), ..State::default() };
+        let _ = std::fs::remove_file(self.dir.join("lab.json"));
+    }
+}
+
+/// Stops a process the lab started, if it is still one of ours (a weft process).
+pub fn stop(pid: u32) {
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("weft"))
+        .unwrap_or(false);
+    if !ours {
+        return;
+    }
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    for _ in 0..50 {
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+fn validate(spec: &Spec) -> Result<()> {
+    if spec.name.is_empty()
+        || spec.name.len() > 16
+        || !spec.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(LabError::Invalid(format!("lab name {:?}: 1-16 letters, digits or dashes", spec.name)));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for pod in &spec.pods {
+        if !spec.nodes.contains(&pod.node) {
+            return Err(LabError::Invalid(format!("pod {}: node {} is not in the lab", pod.endpoint(), pod.node)));
+        }
+        for a in &pod.addresses {
+            if !seen.insert(*a) {
+                return Err(LabError::Invalid(format!("pod {}: address {a} is used twice", pod.endpoint())));
+            }
+        }
+    }
+    Ok(())
+}

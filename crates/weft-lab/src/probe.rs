@@ -1,0 +1,200 @@
+//! Reachability measured with real packets: from every endpoint to every endpoint, a fresh
+//! attempt each time — a TCP connect, a UDP request waiting for its echo, a ping. A connection
+//! refused counts as reached: the refusal came back from the destination, so the policy let
+//! the packets through both ways (nothing in weft's datapath rejects; it drops).
+
+use std::fmt;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Lab, LabError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+            Protocol::Icmp => "icmp",
+        })
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "sctp" => Ok(Protocol::Sctp),
+            "icmp" => Ok(Protocol::Icmp),
+            _ => Err(format!("protocol {s:?}: expected tcp, udp, sctp or icmp")),
+        }
+    }
+}
+
+/// A reachability matrix: the JSON shape `weft reach` prints too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Matrix {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub endpoints: Vec<String>,
+    /// (from, to) pairs that connect, sorted.
+    pub allowed: Vec<(String, String)>,
+}
+
+impl Matrix {
+    pub fn allows(&self, from: &str, to: &str) -> bool {
+        self.allowed.iter().any(|(f, t)| f == from && t == to)
+    }
+
+    /// A grid: one row per source, `X` where it reaches the column's destination.
+    pub fn table(&self) -> String {
+        let short: Vec<String> = self.endpoints.iter().map(|e| e.rsplit('/').next().unwrap_or(e).to_string()).collect();
+        let width = short.iter().map(String::len).max().unwrap_or(1);
+        let mut out = format!("{:>width$}", "from\\to");
+        for (i, _) in short.iter().enumerate() {
+            out.push_str(&format!(" {:>2}", i));
+        }
+        out.push('\n');
+        for (i, from) in self.endpoints.iter().enumerate() {
+            out.push_str(&format!("{:>width$}", short[i]));
+            for to in &self.endpoints {
+                out.push_str(if self.allows(from, to) { "  X" } else { "  ." });
+            }
+            out.push_str(&format!("   {i}\n"));
+        }
+        out
+    }
+}
+
+/// From inside a namespace: one fresh attempt to each target at once; `true` where it got
+/// through within `timeout`.
+pub fn attempts(targets: &[IpAddr], protocol: Protocol, port: Option<u16>, timeout: Duration) -> Vec<bool> {
+    let threads: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let t = *t;
+            std::thread::spawn(move || attempt(t, protocol, port, timeout))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap_or(false)).collect()
+}
+
+fn attempt(target: IpAddr, protocol: Protocol, port: Option<u16>, timeout: Duration) -> bool {
+    let addr = SocketAddr::new(target, port.unwrap_or(0));
+    match protocol {
+        Protocol::Tcp => match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => true,
+            Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+        },
+        Protocol::Udp => {
+            let local: SocketAddr = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+            let Ok(socket) = UdpSocket::bind(local) else { return false };
+            if socket.connect(addr).is_err() || socket.set_read_timeout(Some(timeout)).is_err() {
+                return false;
+            }
+            if socket.send(b"weft-lab probe").is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            match socket.recv(&mut buf) {
+                Ok(_) => true,
+                Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+            }
+        }
+        // No SCTP module on these machines: an SCTP probe cannot get through.
+        Protocol::Sctp => false,
+        Protocol::Icmp => {
+            let wait = timeout.as_secs().max(1).to_string();
+            let mut ping = std::process::Command::new("ping");
+            if target.is_ipv6() {
+                ping.arg("-6");
+            }
+            ping.args(["-n", "-q", "-c", "1", "-W", &wait, &target.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        }
+    }
+}
+
+impl Lab {
+    /// Every endpoint of the lab (pods by `project/name`, then `outside`) with the namespace
+    /// it lives in and the address it is probed at.
+    pub fn endpoints(&self, ipv6: bool) -> Vec<(String, String, Option<IpAddr>)> {
+        let mut out: Vec<(String, String, Option<IpAddr>)> = self
+            .state
+            .pods
+            .iter()
+            .map(|p| (p.pod.endpoint(), p.netns.clone(), p.pod.addresses.iter().copied().find(|a| a.is_ipv6() == ipv6)))
+            .collect();
+        out.sort();
+        if let Some(outside) = &self.state.outside {
+            let address: IpAddr = if ipv6 { "fd77:77::fe".parse() } else { "192.0.2.254".parse() }.expect("literal");
+            out.push(("outside".to_string(), outside.clone(), Some(address)));
+        }
+        out
+    }
+
+    /// Probes every pair at once (one `binary lab probe-from` per source namespace).
+    pub fn probe(&self, binary: &Path, protocol: Protocol, port: Option<u16>, ipv6: bool) -> Result<Matrix> {
+        if protocol != Protocol::Icmp && port.is_none() {
+            return Err(LabError::Invalid(format!("a {protocol} probe needs a port")));
+        }
+        let endpoints = self.endpoints(ipv6);
+        let targets: Vec<(String, IpAddr)> =
+            endpoints.iter().filter_map(|(name, _, a)| a.map(|a| (name.clone(), a))).collect();
+        let mut children = Vec::new();
+        for (name, netns, _) in &endpoints {
+            let mut cmd = crate::serve::in_netns(binary, netns);
+            cmd.args(["lab", "probe-from", "--protocol", &protocol.to_string(), "--timeout-ms", "1000"]);
+            if let Some(p) = port {
+                cmd.args(["--port", &p.to_string()]);
+            }
+            cmd.args(targets.iter().map(|(_, a)| a.to_string()));
+            let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+            children.push((name.clone(), child));
+        }
+        let mut allowed = Vec::new();
+        for (from, child) in children {
+            let out = child.wait_with_output()?;
+            let results: Vec<bool> = serde_json::from_slice(&out.stdout).map_err(|_| {
+                LabError::Invalid(format!("probe from {from} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            })?;
+            for ((to, _), ok) in targets.iter().zip(results) {
+                if ok {
+                    allowed.push((from.clone(), to.clone()));
+                }
+            }
+        }
+        allowed.sort();
+        Ok(Matrix {
+            revision: None,
+            protocol,
+            port: if protocol == Protocol::Icmp { None } else { port },
+            endpoints: targets.into_iter().map(|(n, _)| n).collect(),
+            allowed,
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! The listeners inside pods: every declared TCP port greets and echoes, every UDP port
+//! echoes. Run as `weft lab serve` inside the pod's namespace; SCTP is skipped where the
+//! kernel has no SCTP (these machines cannot load the module).
+
+use std::io::Write;
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_agent::netns;
+
+use crate::manifests::ListenPort;
+use crate::{LabError, Protocol, Result};
+
+const READY: &str = "weft lab serve: listening";
+
+/// Listens on `ports` until killed. Binds `[::]` (both families).
+pub fn run(ports: &[ListenPort]) -> Result<()> {
+    let any = |port| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let mut threads = Vec::new();
+    for p in ports {
+        match p.protocol {
+            Protocol::Tcp => {
+                let listener = TcpListener::bind(any(p.port))?;
+                threads.push(std::thread::spawn(move || {
+                    for mut stream in listener.incoming().flatten() {
+                        // A greeting, then an echo until the client closes: connections can
+                        // stay open, so tests can watch one being cut.
+                        std::thread::spawn(move || {
+                            let _ = stream.write_all(b"weft-lab\n");
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
+                                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                }));
+            }
+            Protocol::Udp => {
+                let socket = UdpSocket::bind(any(p.port))?;
+                threads.push(std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                        let _ = socket.send_to(&buf[..n], from);
+                    }
+                }));
+            }
+            Protocol::Sctp | Protocol::Icmp => eprintln!("weft lab serve: {p} skipped (no listener of that kind here)"),
+        }
+    }
+    println!("{READY}");
+    let _ = std::io::stdout().flush();
+    for t in threads {
+        let _ = t.join();
+    }
+    // Nothing to listen on: stay, so the process list of the lab stays the same.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts `binary lab serve` inside `netns`, its output in `log`; returns its pid.
+pub fn spawn(binary: &Path, netns: &str, listen: &[String], log: &Path) -> Result<u32> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = netns::command(Some(netns), &binary.to_string_lossy());
+    cmd.args(["lab", "serve"]);
+    for l in listen {
+        cmd.args(["--listen", l]);
+    }
+    let child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| LabError::Command { command: format!("{} lab serve", binary.display()), detail: e.to_string() })?;
+    let pid = child.id();
+    wait_ready(log, pid)?;
+    Ok(pid)
+}
+
+fn wait_ready(log: &Path, pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(READY) {
+            return Ok(());
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() || text.contains("Error") {
+            return Err(LabError::Invalid(format!("a pod listener did not start: {}", text.trim())));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(LabError::Invalid(format!("a pod listener did not start within 10 s (see {})", log.display())))
+}
+
+/// A command that runs `binary` with `args` in `netns`, for probes.
+pub fn in_netns(binary: &Path, netns: &str) -> Command {
+    netns::command(Some(netns), &binary.to_string_lossy())
+}

@@ -1,0 +1,227 @@
+//! `weft lab`: a cluster of network namespaces with one nftables agent per node, built from
+//! Kubernetes Pod manifests, probed with real packets.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use weft_lab::manifests::ListenPort;
+use weft_lab::{Lab, Protocol, Spec};
+
+use crate::cli::{ClientArgs, Output};
+use crate::client_cmds;
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab from Pod manifests and start one nftables agent per node.
+    Up {
+        /// Directory of Kubernetes YAML (Pods must give spec.nodeName and status.podIP).
+        #[arg(long)]
+        manifests: PathBuf,
+        #[command(flatten)]
+        lab: LabArgs,
+        /// The project a namespace becomes: this prefix and the namespace's name.
+        #[arg(long, default_value = "k8s-")]
+        project_prefix: String,
+    },
+    /// Stop the lab's agents and listeners and remove its namespaces.
+    Down {
+        #[command(flatten)]
+        lab: LabArgs,
+    },
+    /// Try every pair with a fresh connection and print the reachability matrix.
+    Probe {
+        #[command(flatten)]
+        lab: LabArgs,
+        #[arg(long, default_value = "tcp")]
+        protocol: Protocol,
+        /// Destination port (not for icmp).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Probe IPv6 addresses instead of IPv4.
+        #[arg(long)]
+        ipv6: bool,
+    },
+    /// Run a command inside a pod (or `outside`): weft lab exec yelb-ui -- ping 10.47.1.21
+    Exec {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// `name` or `project/name`.
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// (internal) Listen on ports inside a pod.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        listen: Vec<ListenPort>,
+    },
+    /// (internal) Probe targets from inside a namespace; prints a JSON array of booleans.
+    #[command(hide = true)]
+    ProbeFrom {
+        #[arg(long)]
+        protocol: Protocol,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        targets: Vec<std::net::IpAddr>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabArgs {
+    /// The lab's name (its namespaces are wl-NAME-...).
+    #[arg(long = "name", env = "WEFT_LAB", default_value = "lab")]
+    pub name: String,
+    /// Where the lab records what it created; /run/weft-lab/NAME by default.
+    #[arg(long = "lab-dir", env = "WEFT_LAB_DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl LabArgs {
+    fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| PathBuf::from("/run/weft-lab").join(&self.name))
+    }
+}
+
+fn binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the weft binary")
+}
+
+pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> anyhow::Result<()> {
+    match command {
+        LabCommand::Serve { listen } => Ok(weft_lab::serve::run(&listen)?),
+        LabCommand::ProbeFrom { protocol, port, timeout_ms, targets } => {
+            let results = weft_lab::probe::attempts(&targets, protocol, port, Duration::from_millis(timeout_ms));
+            println!("{}", serde_json::to_string(&results)?);
+            Ok(())
+        }
+        LabCommand::Up { manifests, lab, project_prefix } => {
+            up(&manifests, &lab, &project_prefix, client, data_dir).await
+        }
+        LabCommand::Down { lab } => {
+            let dir = lab.dir();
+            let mut opened = Lab::open(&dir)?;
+            opened.down();
+            let _ = std::fs::remove_dir_all(&dir);
+            eprintln!("lab {} removed", lab.name);
+            Ok(())
+        }
+        LabCommand::Probe { lab, protocol, port, ipv6 } => {
+            let opened = Lab::open(&lab.dir())?;
+            let binary = binary()?;
+            let mut matrix = tokio::task::spawn_blocking(move || opened.probe(&binary, protocol, port, ipv6)).await??;
+            if let Ok(c) = client_cmds::client(client, data_dir)
+                && let Ok(info) = c.info().await
+            {
+                matrix.revision = Some(info.revision);
+            }
+            match client.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
+                Output::Yaml => print!("{}", serde_yaml::to_string(&matrix)?),
+                Output::Table => {
+                    for (i, e) in matrix.endpoints.iter().enumerate() {
+                        println!("{i:>2} {e}");
+                    }
+                    print!("{}", matrix.table());
+                }
+            }
+            Ok(())
+        }
+        LabCommand::Exec { lab, pod, command } => {
+            let opened = Lab::open(&lab.dir())?;
+            let status = opened.exec(&pod, &command)?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    }
+}
+
+async fn up(
+    manifests: &Path,
+    args: &LabArgs,
+    prefix: &str,
+    client: &ClientArgs,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let pods = weft_lab::read_manifests(manifests, prefix)?;
+    if pods.is_empty() {
+        anyhow::bail!("no Pods in {}", manifests.display());
+    }
+    let mut nodes: Vec<String> = pods.iter().map(|p| p.node.clone()).collect();
+    nodes.sort();
+    nodes.dedup();
+    let c = client_cmds::client(client, data_dir)?;
+    let info = c.info().await.with_context(|| format!("cannot reach the server at {}", client.server))?;
+    let grpc = info.grpc_address.context("the server runs no controller (GET /v1/info has no grpc_address)")?;
+    let grpc = if grpc.contains("://") { grpc } else { format!("http://{grpc}") };
+    let spec = Spec { name: args.name.clone(), nodes: nodes.clone(), pods };
+    let dir = args.dir();
+    let binary = binary()?;
+    let (spec_c, dir_c, binary_c) = (spec.clone(), dir.clone(), binary.clone());
+    let mut lab = tokio::task::spawn_blocking(move || Lab::create(&spec_c, &dir_c, &binary_c)).await??;
+    match start_agents(&mut lab, &c, &grpc, &binary).await {
+        Ok(()) => {}
+        Err(e) => {
+            lab.down();
+            return Err(e);
+        }
+    }
+    println!(
+        "lab {} is up: {} nodes, {} pods (recorded in {})",
+        args.name,
+        nodes.len(),
+        spec.pods.len(),
+        dir.display()
+    );
+    for node in &lab.state.nodes {
+        println!("  node {:<12} netns {:<24} agent pid {}", node.name, node.netns, node.agent_pid.unwrap_or(0));
+    }
+    for pod in &lab.state.pods {
+        let addresses: Vec<String> = pod.pod.addresses.iter().map(|a| a.to_string()).collect();
+        println!(
+            "  pod  {:<28} {:<16} on {} via {}",
+            pod.pod.endpoint(),
+            addresses.join(","),
+            pod.pod.node,
+            pod.interface
+        );
+    }
+    println!("try: weft lab probe --port 80    weft lab exec POD -- ping ADDRESS    weft lab down");
+    Ok(())
+}
+
+/// Registers every node (replacing a node of the same name) and starts its agent.
+async fn start_agents(lab: &mut Lab, c: &weft_client::Client, grpc: &str, binary: &Path) -> anyhow::Result<()> {
+    let nodes: Vec<(String, String)> = lab.state.nodes.iter().map(|n| (n.name.clone(), n.netns.clone())).collect();
+    for (node, netns) in nodes {
+        let created = match c.create_node(&node).await {
+            Ok(v) => v,
+            Err(_) => {
+                // The lab owns its node names: a node left from an earlier lab is replaced.
+                let _ = c.delete_node(&node).await;
+                c.create_node(&node)
+                    .await
+                    .with_context(|| format!("cannot register node {node} (an admin token is needed)"))?
+            }
+        };
+        let credential = created.get("credential").and_then(|v| v.as_str()).context("no credential in the answer")?;
+        let state_dir = lab.dir.join("agents").join(&node);
+        let log = std::fs::File::create(lab.dir.join(format!("agent-{node}.log")))?;
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(["agent", "--controller", grpc, "--node", &node, "--datapath", "nftables", "--netns", &netns])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            // In the environment, not the argument list: other users can read process lists.
+            .env("WEFT_NODE_TOKEN", credential)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0).spawn()?;
+        lab.set_agent(&node, child.id())?;
+    }
+    Ok(())
+}

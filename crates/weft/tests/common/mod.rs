@@ -1,0 +1,89 @@
+//! Helpers shared by the binary's integration tests: a real `weft server` process on a fresh
+//! database, client verbs against it.
+
+#![allow(dead_code, clippy::unwrap_used)] // each test file uses some of these; they fail loudly
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-it-{tag}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `weft server` and waits until /readyz answers.
+    pub async fn start(database_url: Option<&str>, data_dir: &Path, extra: &[&str], scheme: &str) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(WEFT);
+        cmd.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--grpc-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("DATABASE_URL")
+            .env("WEFT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(data_dir.join("server.log")).unwrap()));
+        if let Some(url) = database_url {
+            cmd.args(["--database-url", url]);
+        }
+        let child = cmd.spawn().unwrap();
+        let server = Server { child, url: format!("{scheme}://127.0.0.1:{port}"), data_dir: data_dir.to_path_buf() };
+        server.wait_ready().await;
+        server
+    }
+
+    pub async fn wait_ready(&self) {
+        let ca = self.data_dir.join("ca.pem");
+        let client = weft_client::Client::new(&self.url, None, ca.exists().then_some(ca.as_path())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if client.ready().await.unwrap_or(false) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server not ready in 60 s:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs a client verb against this server.
+    pub fn weft(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(WEFT);
+        cmd.args(args).arg("--data-dir").arg(&self.data_dir).env("WEFT_SERVER", &self.url).env_remove("WEFT_TOKEN");
+        let ca = self.data_dir.join("ca.pem");
+        if ca.exists() {
+            cmd.arg("--ca").arg(ca);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
