@@ -9,8 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use common::{Server, WEFT, temp_dir};
 use serde_json::{Value, json};
@@ -282,6 +281,11 @@ async fn policies_applied_changed_and_deleted_real_packets_agree_with_explain() 
     assert!(denied.allows("k8s-x/a", "k8s-x/a") && denied.allows("k8s-x/a", "k8s-y/c"));
     let ping = lab.agrees("icmp", None).await;
     assert!(!ping.allows("k8s-y/c", "k8s-x/a"), "a default deny blocks ping");
+    let table = lab.nft("n1", &["list", "table", "inet", "weft"]);
+    assert!(
+        table.lines().any(|l| l.contains("drop") && l.contains("counter packets") && !l.contains("packets 0 ")),
+        "a's default drop counted the denied probes:\n{table}"
+    );
 
     // Allow pods of namespaces labelled ns=y to a's named port http only.
     lab.create(

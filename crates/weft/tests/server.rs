@@ -2,8 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;

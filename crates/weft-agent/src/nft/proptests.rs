@@ -46,12 +46,11 @@ fn set_members(i: usize, picks: &[usize]) -> SetMembers {
     }
 }
 
-fn arb_rule() -> impl Strategy<Value = (u8, u8, u8, usize, usize)> {
-    // (family, protocol, l4, remote, detail)
+fn arb_rule() -> impl Strategy<Value = RawRule> {
     (0u8..3, 0u8..5, 0u8..4, 0usize..7, 0usize..8)
 }
 
-fn rule(raw: (u8, u8, u8, usize, usize), n: usize) -> CompiledRule {
+fn rule(raw: RawRule, n: usize) -> CompiledRule {
     let (family, protocol, l4, remote, detail) = raw;
     let family = [Family::Both, Family::V4, Family::V6][family as usize];
     let protocol = [None, Some(6), Some(17), Some(1), Some(58)][protocol as usize];
@@ -75,10 +74,17 @@ fn rule(raw: (u8, u8, u8, usize, usize), n: usize) -> CompiledRule {
     CompiledRule { rule: id(9, n), family, protocol, l4, remote: remote_match }
 }
 
+/// (family, protocol, l4, remote, detail), each an index into the choices of `rule`.
+type RawRule = (u8, u8, u8, usize, usize);
+/// (port, addresses, ingress groups, egress groups, named ports).
+type RawPort = (usize, Vec<usize>, Option<Vec<usize>>, Option<Vec<usize>>, usize);
+/// (group, ingress rules, egress rules).
+type RawGroup = (usize, Vec<RawRule>, Vec<RawRule>);
+
 #[derive(Debug, Clone)]
 struct RawSpan {
-    ports: Vec<(usize, Vec<usize>, Option<Vec<usize>>, Option<Vec<usize>>, usize)>,
-    groups: Vec<(usize, Vec<(u8, u8, u8, usize, usize)>, Vec<(u8, u8, u8, usize, usize)>)>,
+    ports: Vec<RawPort>,
+    groups: Vec<RawGroup>,
     members: Vec<Vec<usize>>,
 }
 
