@@ -93,7 +93,7 @@ impl Fixture {
                     "ports",
                     json!({
                         "name": pod.name, "project": format!("k8s-{}", pod.namespace), "node": pod.node,
-                        "ips": pod.addresses, "labels": pod.labels,
+                        "ips": pod.addresses, "labels": pod.labels, "security_groups": [],
                         "named_ports": {"http": {"protocol": "tcp", "port": 80}, "alt": {"protocol": "tcp", "port": 81},
                                         "dns": {"protocol": "udp", "port": 53}},
                     }),
