@@ -42,7 +42,7 @@ pub type Result<T> = std::result::Result<T, LabError>;
 
 /// The underlay's IPv4 prefix: node N is .N+1, `outside` is .254 (TEST-NET-1, never routed).
 const UNDERLAY_V4: [u8; 3] = [192, 0, 2];
-const UNDERLAY_V6: &str = "fd77:77::";
+const UNDERLAY_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd77, 0x77, 0, 0, 0, 0, 0, 0);
 const OUTSIDE_HOST: u8 = 254;
 /// The pods' gateway: an address of the node, so the node answers the pods' ARP for it.
 const GATEWAY_V4: &str = "169.254.1.1";
@@ -196,7 +196,7 @@ impl Lab {
         for pod in &spec.pods {
             let node = node_of[pod.node.as_str()];
             let netns = ns_name(&spec.name, &format!("p-{}-{}", pod.namespace, pod.name));
-            let interface = weft_model::default_interface(&pod.project(), &pod.name);
+            let interface = weft_model::default_interface(&pod.project, &pod.name);
             pods.push((pod.clone(), netns, interface, node.clone()));
         }
         for (pod, netns, interface, node) in &pods {
@@ -287,6 +287,11 @@ impl Lab {
         Ok(netns::command(Some(&netns), program).args(args).status()?)
     }
 
+    /// Where the `outside` namespace is on the underlay.
+    pub fn outside_address(ipv6: bool) -> IpAddr {
+        host_address(OUTSIDE_HOST, ipv6)
+    }
+
     /// Records an agent's process for a node, so `down` stops it.
     pub fn set_agent(&mut self, node: &str, pid: u32) -> Result<()> {
         let n = self
@@ -348,6 +353,15 @@ pub fn stop(pid: u32) {
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+/// Host `host` of the underlay.
+fn host_address(host: u8, ipv6: bool) -> IpAddr {
+    if ipv6 {
+        IpAddr::from(std::net::Ipv6Addr::from(UNDERLAY_V6.to_bits() | u128::from(host)))
+    } else {
+        IpAddr::from([UNDERLAY_V4[0], UNDERLAY_V4[1], UNDERLAY_V4[2], host])
+    }
 }
 
 fn validate(spec: &Spec) -> Result<()> {

@@ -46,10 +46,6 @@ pub struct Pod {
 }
 
 impl Pod {
-    pub fn project(&self) -> String {
-        self.project.clone()
-    }
-
     /// `project/name`, as matrices name endpoints.
     pub fn endpoint(&self) -> String {
         format!("{}/{}", self.project, self.name)

@@ -151,8 +151,7 @@ impl Lab {
             .collect();
         out.sort();
         if let Some(outside) = &self.state.outside {
-            let address: IpAddr = if ipv6 { "fd77:77::fe".parse() } else { "192.0.2.254".parse() }.expect("literal");
-            out.push(("outside".to_string(), outside.clone(), Some(address)));
+            out.push(("outside".to_string(), outside.clone(), Some(Lab::outside_address(ipv6))));
         }
         out
     }

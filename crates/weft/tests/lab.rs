@@ -177,7 +177,7 @@ impl Fixture {
         let ports = self.client.list_all::<weft_model::Port>(&Default::default()).await.unwrap();
         let endpoint = |e: &str| -> (weft_compiler::Endpoint, IpAddr) {
             if e == "outside" {
-                let a: IpAddr = "192.0.2.254".parse().unwrap();
+                let a = weft_lab::Lab::outside_address(false);
                 return (weft_compiler::Endpoint::Address(a), a);
             }
             let p = ports.iter().find(|p| format!("{}/{}", p.project, p.name) == e).unwrap();

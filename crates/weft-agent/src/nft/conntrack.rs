@@ -2,7 +2,7 @@
 //! accepts `ct state established` first, so without this a connection opened under an old
 //! allowance (or a ping left running) would outlive it. Uses Debian's `conntrack` tool.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::process::Stdio;
 
@@ -64,20 +64,25 @@ fn parse_line(line: &str) -> Option<Flow> {
     Some(Flow { protocol, src: src?, dst: dst?, sport, dport, icmp: itype.zip(icode) })
 }
 
+/// The local port at each address of a span.
+pub fn ports_by_address(span: &NodeSpan) -> HashMap<IpAddr, &PortPolicy> {
+    span.ports.values().flat_map(|p| p.addresses.iter().map(move |a| (*a, p))).collect()
+}
+
 /// Whether `span` still allows a flow that crosses this node: the sender's egress if the
-/// sender is a local port, the receiver's ingress if the receiver is.
-pub fn allowed(span: &NodeSpan, flow: &Flow) -> bool {
+/// sender is a local port, the receiver's ingress if the receiver is. `local` is
+/// [`ports_by_address`] of `span`.
+pub fn allowed(span: &NodeSpan, local: &HashMap<IpAddr, &PortPolicy>, flow: &Flow) -> bool {
     let packet = Packet { src: flow.src, dst: flow.dst, protocol: flow.protocol, port: flow.dport, icmp: flow.icmp };
     if eval::is_neighbour_discovery(&packet) {
         return true;
     }
-    let local = |addr: &IpAddr| -> Option<&PortPolicy> { span.ports.values().find(|p| p.addresses.contains(addr)) };
-    if let Some(p) = local(&flow.src)
+    if let Some(p) = local.get(&flow.src)
         && !eval::side(span, p, Direction::Egress, &packet).allows()
     {
         return false;
     }
-    if let Some(p) = local(&flow.dst)
+    if let Some(p) = local.get(&flow.dst)
         && !eval::side(span, p, Direction::Ingress, &packet).allows()
     {
         return false;
@@ -89,6 +94,7 @@ pub fn allowed(span: &NodeSpan, flow: &Flow) -> bool {
 /// fatal: the rules are in force either way.
 pub fn cut(nft: &Nft, span: &NodeSpan) -> usize {
     let node_addresses = node_addresses(nft.netns.as_deref());
+    let local = ports_by_address(span);
     let mut deleted = 0;
     for family in ["ipv4", "ipv6"] {
         let out = netns::command(nft.netns.as_deref(), "conntrack")
@@ -106,7 +112,8 @@ pub fn cut(nft: &Nft, span: &NodeSpan) -> usize {
         for flow in parse(&listing) {
             // The node's own traffic to and from its pods is always allowed (and never
             // crosses the forward hook).
-            if node_addresses.contains(&flow.src) || node_addresses.contains(&flow.dst) || allowed(span, &flow) {
+            if node_addresses.contains(&flow.src) || node_addresses.contains(&flow.dst) || allowed(span, &local, &flow)
+            {
                 continue;
             }
             let mut cmd = netns::command(nft.netns.as_deref(), "conntrack");

@@ -462,24 +462,8 @@ pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<
 fn member_commands(id: SetId, members: &SetMembers, change: &MemberDelta, out: &mut Vec<Command>) {
     for v6 in V4_V6 {
         let kind = set_kind(members, v6);
-        let family = |a: &IpAddr| a.is_ipv6() == v6;
-        let net_family = |n: &&ipnet::IpNet| matches!(n, ipnet::IpNet::V6(_)) == v6;
-        let removed: Vec<Element> = change
-            .removed_addresses
-            .iter()
-            .filter(|a| family(a))
-            .map(|a| Element::Addr(*a))
-            .chain(change.removed_prefixes.iter().filter(net_family).map(|p| Element::Prefix(*p)))
-            .chain(change.removed_pairs.iter().filter(|(a, _)| family(a)).map(|(a, p)| Element::AddrPort(*a, *p)))
-            .collect();
-        let added: Vec<Element> = change
-            .added_addresses
-            .iter()
-            .filter(|a| family(a))
-            .map(|a| Element::Addr(*a))
-            .chain(change.added_prefixes.iter().filter(net_family).map(|p| Element::Prefix(*p)))
-            .chain(change.added_pairs.iter().filter(|(a, _)| family(a)).map(|(a, p)| Element::AddrPort(*a, *p)))
-            .collect();
+        let removed = elements(&change.removed_addresses, &change.removed_prefixes, &change.removed_pairs, v6);
+        let added = elements(&change.added_addresses, &change.added_prefixes, &change.added_pairs, v6);
         let name = set_name(id, v6);
         if !removed.is_empty() {
             out.push(Command::DeleteElements { name: name.clone(), kind, elements: removed });
@@ -488,4 +472,20 @@ fn member_commands(id: SetId, members: &SetMembers, change: &MemberDelta, out: &
             out.push(Command::AddElements { name, kind, elements: added });
         }
     }
+}
+
+/// One side of a member change (added or removed), as the elements of one family's nft set.
+fn elements(
+    addresses: &BTreeSet<IpAddr>,
+    prefixes: &[ipnet::IpNet],
+    pairs: &BTreeSet<(IpAddr, u16)>,
+    v6: bool,
+) -> Vec<Element> {
+    addresses
+        .iter()
+        .filter(|a| a.is_ipv6() == v6)
+        .map(|a| Element::Addr(*a))
+        .chain(prefixes.iter().filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6).map(|p| Element::Prefix(*p)))
+        .chain(pairs.iter().filter(|(a, _)| a.is_ipv6() == v6).map(|(a, p)| Element::AddrPort(*a, *p)))
+        .collect()
 }
