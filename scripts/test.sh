@@ -37,9 +37,19 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 echo "tests use PostgreSQL at ${DATABASE_URL%%\?*}" >&2
 
+# nextest runs each test in its own process under the limits of .config/nextest.toml (a hung
+# test is killed and named; lab tests take turns). Without it, cargo test runs the same tests.
+# Either way the whole run is bounded, so a hang can never stall CI for its full time.
+limit=${WEFT_TEST_TIMEOUT:-40m}
+if cargo nextest --version >/dev/null 2>&1; then
+  # Not exec: the EXIT trap still has a private PostgreSQL to stop.
+  status=0
+  timeout --kill-after=30s "$limit" cargo nextest run --workspace --all-targets --no-tests=pass "$@" || status=$?
+  exit "$status"
+fi
 log=$(mktemp /tmp/weft-test-log.XXXXXX)
 set +e
-cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
+timeout --kill-after=30s "$limit" cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run: cargo prints a result per test binary.

@@ -28,15 +28,32 @@ pub struct Server {
 impl Server {
     /// Starts `weft server` and waits until /readyz answers.
     pub async fn start(database_url: Option<&str>, data_dir: &Path, extra: &[&str], scheme: &str) -> Server {
-        let port = free_port();
+        Server::start_on(free_port(), database_url, data_dir, extra, scheme).await
+    }
+
+    /// Starts `weft server` on a given REST port (a restarted server keeps its address); the
+    /// gRPC address is `extra`'s `--grpc-listen`, else any free port.
+    pub async fn start_on(
+        port: u16,
+        database_url: Option<&str>,
+        data_dir: &Path,
+        extra: &[&str],
+        scheme: &str,
+    ) -> Server {
         let mut cmd = Command::new(WEFT);
-        cmd.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--grpc-listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")]);
+        if !extra.contains(&"--grpc-listen") {
+            cmd.args(["--grpc-listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env_remove("DATABASE_URL")
             .env("WEFT_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(data_dir.join("server.log")).unwrap()));
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log")).unwrap(),
+            ));
         if let Some(url) = database_url {
             cmd.args(["--database-url", url]);
         }
@@ -84,6 +101,16 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "server did not stop in 30 s");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    /// A test that fails before `stop` must not leave its server running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
