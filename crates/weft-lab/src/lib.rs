@@ -87,6 +87,9 @@ pub struct State {
     pub outside: Option<String>,
     #[serde(default)]
     pub outside_server_pid: Option<u32>,
+    /// The controller's gRPC address the agents use.
+    #[serde(default)]
+    pub controller: Option<String>,
 }
 
 /// A lab on this machine.
@@ -150,6 +153,12 @@ impl Lab {
         run(Command::new("ip").args(["netns", "add", &name]))?;
         self.state.namespaces.push(name.clone());
         self.save()?;
+        // No duplicate address detection on links made from now on: a link-local address
+        // stays tentative for a second or two while it runs, and IPv6 between pods waits that
+        // long for its first neighbour. Addresses here are assigned, never duplicated.
+        for scope in ["all", "default"] {
+            sysctl(&name, &format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+        }
         ip(&name, &["link", "set", "lo", "up"])?;
         Ok(name)
     }
@@ -292,15 +301,66 @@ impl Lab {
         host_address(OUTSIDE_HOST, ipv6)
     }
 
-    /// Records an agent's process for a node, so `down` stops it.
-    pub fn set_agent(&mut self, node: &str, pid: u32) -> Result<()> {
-        let n = self
-            .state
+    fn node_mut(&mut self, node: &str) -> Result<&mut NodeState> {
+        self.state
             .nodes
             .iter_mut()
             .find(|n| n.name == node)
-            .ok_or_else(|| LabError::Invalid(format!("no node {node}")))?;
-        n.agent_pid = Some(pid);
+            .ok_or_else(|| LabError::Invalid(format!("no node {node} in this lab")))
+    }
+
+    /// Where a node's agent keeps its credential and its last applied span.
+    pub fn agent_state_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("agents").join(node)
+    }
+
+    /// Gives a node's agent its credential (in its state dir, mode 0600: not in an argument
+    /// list or environment that other users can read) and the controller to use.
+    pub fn register_agent(&mut self, node: &str, controller: &str, credential: &str) -> Result<()> {
+        self.node_mut(node)?;
+        weft_agent::StateDir::new(self.agent_state_dir(node))?.save_credential(credential)?;
+        self.state.controller = Some(controller.to_string());
+        self.save()
+    }
+
+    /// Starts a node's nftables agent (`binary agent ... --netns <node>`), its output
+    /// appended to `agent-<node>.log`. An agent that is running already is left alone.
+    pub fn start_agent(&mut self, node: &str, binary: &Path) -> Result<u32> {
+        let controller = self
+            .state
+            .controller
+            .clone()
+            .ok_or_else(|| LabError::Invalid("no controller recorded for this lab".into()))?;
+        let state_dir = self.agent_state_dir(node);
+        let log_path = self.dir.join(format!("agent-{node}.log"));
+        let n = self.node_mut(node)?;
+        if let Some(pid) = n.agent_pid.filter(|p| is_ours(*p)) {
+            return Ok(pid);
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+        let mut cmd = Command::new(binary);
+        cmd.args(["agent", "--controller", &controller, "--node", node, "--datapath", "nftables", "--netns", &n.netns])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .env_remove("WEFT_NODE_TOKEN")
+            .env_remove("WEFT_JOIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0)
+            .spawn()
+            .map_err(|e| LabError::Command { command: format!("{} agent", binary.display()), detail: e.to_string() })?;
+        n.agent_pid = Some(child.id());
+        self.save()?;
+        Ok(child.id())
+    }
+
+    /// Stops a node's agent. Its table stays in force (the agent fails static).
+    pub fn stop_agent(&mut self, node: &str) -> Result<()> {
+        let n = self.node_mut(node)?;
+        if let Some(pid) = n.agent_pid.take() {
+            stop(pid);
+        }
         self.save()
     }
 
@@ -333,12 +393,15 @@ impl Lab {
     }
 }
 
+/// Whether `pid` is still a weft process (not a pid reused by something else since).
+fn is_ours(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("weft"))
+        && !is_zombie(pid)
+}
+
 /// Stops a process the lab started, if it is still one of ours (a weft process).
 pub fn stop(pid: u32) {
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("weft"))
-        .unwrap_or(false);
-    if !ours {
+    if !is_ours(pid) {
         return;
     }
     let _ = Command::new("kill").arg(pid.to_string()).status();

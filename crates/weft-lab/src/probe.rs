@@ -197,3 +197,88 @@ impl Lab {
         })
     }
 }
+
+/// Which end of a `talk` connection speaks: sends a numbered line every interval and reports
+/// whether its echo came back; the other end echoes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Speak,
+    Echo,
+}
+
+/// Connects to `target` (a lab listener greets first) and holds the connection, speaking or
+/// echoing. How a test watches an established connection survive a policy change, or get cut.
+pub fn talk(target: SocketAddr, role: Role, interval: Duration, timeout: Duration) -> Result<()> {
+    let stream = TcpStream::connect_timeout(&target, timeout)?;
+    converse(stream, role, interval, timeout)
+}
+
+/// Listens on `port` for one connection and holds it, speaking or echoing: the server side of
+/// [`talk`], so that a test can have the server send first.
+pub fn talk_listening(port: u16, role: Role, interval: Duration, timeout: Duration) -> Result<()> {
+    let listener = std::net::TcpListener::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
+    say("listening");
+    let (stream, _) = listener.accept()?;
+    std::io::Write::write_all(&mut &stream, b"weft-lab talk\n")?;
+    converse(stream, role, interval, timeout)
+}
+
+fn say(text: &str) {
+    use std::io::Write;
+    println!("{text}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Prints `connected`, then as the speaker `ok N` when the echo of line N came back within
+/// `timeout` and `lost N` when it did not; `closed` when the connection ends.
+fn converse(stream: TcpStream, role: Role, interval: Duration, timeout: Duration) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    say("connected");
+    if role == Role::Echo {
+        // Echo every line, the greeting of a talk listener included.
+        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            if line.starts_with("weft-lab") || writer.write_all(line.as_bytes()).is_ok() {
+                line.clear();
+                continue;
+            }
+            break;
+        }
+        say("closed");
+        return Ok(());
+    }
+    reader.get_ref().set_read_timeout(Some(timeout))?;
+    for n in 0u64.. {
+        if writer.write_all(format!("{n}\n").as_bytes()).is_err() {
+            break;
+        }
+        // Wait for this round's echo; a late echo of an earlier round (or a greeting) is skipped.
+        let deadline = std::time::Instant::now() + timeout;
+        let mut answered = false;
+        while std::time::Instant::now() < deadline {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => {
+                    say("closed");
+                    return Ok(());
+                }
+                Ok(_) if line.trim() == n.to_string() => {
+                    answered = true;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(_) => {
+                    say("closed");
+                    return Ok(());
+                }
+            }
+        }
+        say(&format!("{} {n}", if answered { "ok" } else { "lost" }));
+        std::thread::sleep(interval);
+    }
+    say("closed");
+    Ok(())
+}

@@ -2,7 +2,6 @@
 //! Kubernetes Pod manifests, probed with real packets.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -53,11 +52,37 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Stop or start a node's agent (its table stays in force while it is stopped).
+    Agent {
+        #[command(flatten)]
+        lab: LabArgs,
+        action: AgentAction,
+        node: String,
+    },
     /// (internal) Listen on ports inside a pod.
     #[command(hide = true)]
     Serve {
         #[arg(long)]
         listen: Vec<ListenPort>,
+    },
+    /// Hold one TCP connection and report each round trip (`ok N`, `lost N`, `closed`):
+    /// weft lab exec yelb-ui -- weft lab talk --to 10.47.1.21 --port 5432
+    Talk {
+        /// Connect to this address (a pod's listener echoes)...
+        #[arg(long, required_unless_present = "listen", conflicts_with = "listen")]
+        to: Option<std::net::IpAddr>,
+        /// ...or wait for one connection on --port.
+        #[arg(long)]
+        listen: bool,
+        #[arg(long)]
+        port: u16,
+        /// Echo what the other end says instead of speaking.
+        #[arg(long)]
+        echo: bool,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
     },
     /// (internal) Probe targets from inside a namespace; prints a JSON array of booleans.
     #[command(hide = true)]
@@ -70,6 +95,12 @@ pub enum LabCommand {
         timeout_ms: u64,
         targets: Vec<std::net::IpAddr>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AgentAction {
+    Start,
+    Stop,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +131,15 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
             println!("{}", serde_json::to_string(&results)?);
             Ok(())
         }
+        LabCommand::Talk { to, listen, port, echo, interval_ms, timeout_ms } => {
+            let role = if echo { weft_lab::probe::Role::Echo } else { weft_lab::probe::Role::Speak };
+            let (interval, timeout) = (Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms));
+            match to {
+                Some(to) if !listen => weft_lab::probe::talk((to, port).into(), role, interval, timeout)?,
+                _ => weft_lab::probe::talk_listening(port, role, interval, timeout)?,
+            }
+            Ok(())
+        }
         LabCommand::Up { manifests, lab, project_prefix } => {
             up(&manifests, &lab, &project_prefix, client, data_dir).await
         }
@@ -128,6 +168,20 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
                         println!("{i:>2} {e}");
                     }
                     print!("{}", matrix.table());
+                }
+            }
+            Ok(())
+        }
+        LabCommand::Agent { lab, action, node } => {
+            let mut opened = Lab::open(&lab.dir())?;
+            match action {
+                AgentAction::Start => {
+                    let pid = opened.start_agent(&node, &binary()?)?;
+                    eprintln!("agent of {node} running (pid {pid})");
+                }
+                AgentAction::Stop => {
+                    opened.stop_agent(&node)?;
+                    eprintln!("agent of {node} stopped; its table stays in force");
                 }
             }
             Ok(())
@@ -196,8 +250,8 @@ async fn up(
 
 /// Registers every node (replacing a node of the same name) and starts its agent.
 async fn start_agents(lab: &mut Lab, c: &weft_client::Client, grpc: &str, binary: &Path) -> anyhow::Result<()> {
-    let nodes: Vec<(String, String)> = lab.state.nodes.iter().map(|n| (n.name.clone(), n.netns.clone())).collect();
-    for (node, netns) in nodes {
+    let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
+    for node in nodes {
         let created = match c.create_node(&node).await {
             Ok(v) => v,
             Err(_) => {
@@ -209,19 +263,8 @@ async fn start_agents(lab: &mut Lab, c: &weft_client::Client, grpc: &str, binary
             }
         };
         let credential = created.get("credential").and_then(|v| v.as_str()).context("no credential in the answer")?;
-        let state_dir = lab.dir.join("agents").join(&node);
-        let log = std::fs::File::create(lab.dir.join(format!("agent-{node}.log")))?;
-        let mut cmd = std::process::Command::new(binary);
-        cmd.args(["agent", "--controller", grpc, "--node", &node, "--datapath", "nftables", "--netns", &netns])
-            .arg("--state-dir")
-            .arg(&state_dir)
-            // In the environment, not the argument list: other users can read process lists.
-            .env("WEFT_NODE_TOKEN", credential)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0).spawn()?;
-        lab.set_agent(&node, child.id())?;
+        lab.register_agent(&node, grpc, credential)?;
+        lab.start_agent(&node, binary)?;
     }
     Ok(())
 }
