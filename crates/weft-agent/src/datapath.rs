@@ -13,6 +13,13 @@ pub trait Datapath: Send {
     /// (`None`: compare with what is in force and change what differs, as after a snapshot or
     /// at start).
     fn apply(&mut self, old: &NodeSpan, new: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError>;
+
+    /// At start, when the agent has no saved span: keeps whatever the datapath already
+    /// enforces, and where it enforces nothing, closes the ports the agent does not know yet,
+    /// so no pod is open before its policy arrives.
+    fn hold(&mut self) -> Result<(), DatapathError> {
+        Ok(())
+    }
 }
 
 /// Holds the span and nothing else: for simulated nodes and tests. `eval::side` on what it
@@ -48,5 +55,9 @@ impl<D> Clone for Shared<D> {
 impl<D: Datapath> Datapath for Shared<D> {
     fn apply(&mut self, old: &NodeSpan, new: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).apply(old, new, delta)
+    }
+
+    fn hold(&mut self) -> Result<(), DatapathError> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).hold()
     }
 }

@@ -88,7 +88,12 @@ pub async fn run(
             }
             saved
         }
-        None => Saved { node: config.node.clone(), ..Saved::default() },
+        None => {
+            if let Err(e) = datapath.hold() {
+                tracing::error!(error = %e, "cannot close the datapath before the controller answers");
+            }
+            Saved { node: config.node.clone(), ..Saved::default() }
+        }
     };
     progress.send_replace(Progress { revision: current.revision, synced: false });
     let mut pause = config.backoff.0;

@@ -139,6 +139,17 @@ impl NftDatapath {
 }
 
 impl Datapath for NftDatapath {
+    fn hold(&mut self) -> Result<(), DatapathError> {
+        if self.nft.list()?.is_some() {
+            tracing::info!("keeping the kernel's weft table until the controller answers");
+            return Ok(());
+        }
+        // The empty span's table: the skeleton, which drops every weft* interface it does not know.
+        self.nft.run(&Ruleset::default().diff(&render::render(&NodeSpan::default())))?;
+        tracing::info!("no saved span and no table: pods stay closed until the controller answers");
+        Ok(())
+    }
+
     fn apply(&mut self, old: &NodeSpan, new: &NodeSpan, delta: Option<&SpanDelta>) -> Result<(), DatapathError> {
         let started = Instant::now();
         let mut report = ApplyReport::default();

@@ -5,6 +5,7 @@
 //! forward hook, priority -10: chain egress            forward hook, priority 0: chain ingress
 //!   ct state established,related accept                ct state established,related accept
 //!   ICMPv6 neighbour discovery accept                   ICMPv6 neighbour discovery accept
+//!   from a weft* interface, new TCP not a SYN: drop     to a weft* interface, the same: drop
 //!   from a port's interface, another source: drop      to an unknown weft* interface: drop
 //!   from an unknown weft* interface: drop               ip daddr vmap @ingress-4 ─► pi-<port>
 //!   ip saddr vmap @egress-4 ─► pe-<port>                                                │
@@ -157,7 +158,20 @@ fn skeleton(out: &mut Ruleset) {
     let neighbour_discovery =
         Rule::new(vec![matches(payload("icmpv6", "type"), json!({"range": [133, 137]})), verdict("accept")]);
     let wildcard = json!(format!("{INTERFACE_PREFIX}*"));
-    let mut egress = vec![established.clone(), neighbour_discovery.clone()];
+    // A TCP packet conntrack calls new that is not a SYN starts no connection: it is what is
+    // left of one whose entry was cut (or forgotten). Let through, it would be taken up as a
+    // new connection from whichever side sent it, and a cut connection whose next packet came
+    // from its server would live on with its client's packets as "replies".
+    let midstream = |interface: &str| {
+        Rule::new(vec![
+            matches(meta(interface), wildcard.clone()),
+            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}}),
+            differs(json!({"&": [payload("tcp", "flags"), ["fin", "syn", "rst", "ack"]]}), json!("syn")),
+            counter(),
+            verdict("drop"),
+        ])
+    };
+    let mut egress = vec![established.clone(), neighbour_discovery.clone(), midstream("iifname")];
     for v6 in V4_V6 {
         // A port may send only from its own addresses.
         egress.push(Rule::new(vec![
@@ -174,7 +188,7 @@ fn skeleton(out: &mut Ruleset) {
         counter(),
         verdict("drop"),
     ]));
-    let mut ingress = vec![established, neighbour_discovery];
+    let mut ingress = vec![established, neighbour_discovery, midstream("oifname")];
     ingress.push(Rule::new(vec![
         matches(meta("oifname"), wildcard),
         differs(meta("oifname"), set_ref(IFACES)),
