@@ -7,11 +7,14 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::BufRead;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use common::{Server, WEFT, temp_dir};
+use common::{Server, WEFT, free_port, temp_dir};
 use serde_json::{Value, json};
 
 fn is_root() -> bool {
@@ -63,24 +66,41 @@ fn manifests(pods: &[PodDef]) -> String {
 /// A server, a lab from `pods`, and the projects and ports kube-manager would have made.
 struct Fixture {
     server: Option<Server>,
+    /// The server's REST port and gRPC address, kept across a controller restart.
+    rest_port: u16,
+    grpc: String,
+    url: String,
+    data_dir: PathBuf,
     name: String,
     lab_dir: PathBuf,
     client: weft_client::Client,
-    _db: weft_testkit::TestDatabase,
+    db: weft_testkit::TestDatabase,
 }
 
 impl Fixture {
     async fn up(tag: &str, pods: &[PodDef]) -> Fixture {
         let db = weft_testkit::fresh_database().await;
         let data_dir = temp_dir(tag);
-        let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
+        let rest_port = free_port();
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let server = Server::start_on(rest_port, Some(&db.url), &data_dir, &["--grpc-listen", &grpc], "http").await;
         let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_string();
         let client = weft_client::Client::new(&server.url, Some(token), None).unwrap();
         let manifest_dir = data_dir.join("manifests");
         std::fs::create_dir_all(&manifest_dir).unwrap();
         std::fs::write(manifest_dir.join("pods.yaml"), manifests(pods)).unwrap();
         let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let fixture = Fixture { lab_dir: data_dir.join("lab"), server: Some(server), name, client, _db: db };
+        let fixture = Fixture {
+            lab_dir: data_dir.join("lab"),
+            url: server.url.clone(),
+            server: Some(server),
+            rest_port,
+            grpc,
+            data_dir,
+            name,
+            client,
+            db,
+        };
         let out = fixture.weft(&["lab", "up", "--manifests", manifest_dir.to_str().unwrap()]);
         assert!(out.status.success(), "weft lab up: {}", String::from_utf8_lossy(&out.stderr));
         let namespaces: BTreeSet<&str> = pods.iter().map(|p| p.namespace).collect();
@@ -88,36 +108,45 @@ impl Fixture {
             fixture.create("projects", json!({"name": format!("k8s-{ns}"), "labels": {"ns": ns}})).await;
         }
         for pod in pods {
-            fixture
-                .create(
-                    "ports",
-                    json!({
-                        "name": pod.name, "project": format!("k8s-{}", pod.namespace), "node": pod.node,
-                        "ips": pod.addresses, "labels": pod.labels, "security_groups": [],
-                        "named_ports": {"http": {"protocol": "tcp", "port": 80}, "alt": {"protocol": "tcp", "port": 81},
-                                        "dns": {"protocol": "udp", "port": 53}},
-                    }),
-                )
-                .await;
+            let project = format!("k8s-{}", pod.namespace);
+            fixture.create("ports", port_json(pod.name, &project, pod.node, pod.addresses, &pod.labels)).await;
         }
         fixture.converge().await;
         fixture
     }
 
     fn server(&self) -> &Server {
-        self.server.as_ref().unwrap()
+        self.server.as_ref().expect("the controller is running")
+    }
+
+    /// Stops `weft server` (the controller with it); agents keep enforcing.
+    fn stop_controller(&mut self) {
+        let server = self.server.take().expect("the controller is running");
+        assert!(server.stop().success(), "weft server stopped uncleanly");
+    }
+
+    /// Starts `weft server` again on the same database, data dir and addresses.
+    async fn start_controller(&mut self) {
+        let extra = ["--grpc-listen", self.grpc.as_str()];
+        self.server = Some(Server::start_on(self.rest_port, Some(&self.db.url), &self.data_dir, &extra, "http").await);
     }
 
     fn weft(&self, args: &[&str]) -> Output {
-        let server = self.server();
         Command::new(WEFT)
             .args(args)
             .args(["--name", &self.name, "--lab-dir", self.lab_dir.to_str().unwrap(), "--data-dir"])
-            .arg(&server.data_dir)
-            .env("WEFT_SERVER", &server.url)
+            .arg(&self.data_dir)
+            .env("WEFT_SERVER", &self.url)
             .env_remove("WEFT_TOKEN")
+            // The agents `lab up` starts log every apply, for a failing test to show.
+            .env("WEFT_LOG", "info,weft_agent=debug")
             .output()
             .unwrap()
+    }
+
+    fn lab(&self, args: &[&str]) {
+        let out = self.weft(&[&["lab"], args].concat());
+        assert!(out.status.success(), "weft lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     async fn create(&self, collection: &str, body: Value) -> i64 {
@@ -136,6 +165,11 @@ impl Fixture {
         created.unwrap().unwrap_or_default()
     }
 
+    async fn patch_group(&self, key: &str, patch: Value) {
+        let key = weft_client::Key::parse(weft_model::Kind::SecurityGroup, key);
+        self.client.patch::<weft_model::SecurityGroup>(&key, &patch, None).await.unwrap();
+    }
+
     async fn delete_group(&self, project: &str, name: &str) {
         let key = weft_client::Key::parse(weft_model::Kind::SecurityGroup, &format!("{project}/{name}"));
         self.client.delete(weft_model::Kind::SecurityGroup, &key, false).await.unwrap();
@@ -144,7 +178,7 @@ impl Fixture {
     /// Waits until every node has applied the current revision (`weft wait`).
     async fn converge(&self) {
         let revision = self.client.info().await.unwrap().revision;
-        let out = self.server().weft(&["wait", "--revision", &revision.to_string(), "--timeout", "30s"]);
+        let out = self.server().weft(&["wait", "--revision", &revision.to_string(), "--timeout", "60s"]);
         assert!(out.status.success(), "weft wait {revision}: {}{}", String::from_utf8_lossy(&out.stdout), self.logs());
     }
 
@@ -159,11 +193,14 @@ impl Fixture {
         out
     }
 
-    fn probe(&self, protocol: &str, port: Option<u16>) -> weft_lab::Matrix {
+    fn probe(&self, protocol: &str, port: Option<u16>, ipv6: bool) -> weft_lab::Matrix {
         let mut args = vec!["lab", "probe", "--protocol", protocol, "-o", "json"];
         let port = port.map(|p| p.to_string());
         if let Some(p) = &port {
             args.extend(["--port", p]);
+        }
+        if ipv6 {
+            args.push("--ipv6");
         }
         let out = self.weft(&args);
         assert!(out.status.success(), "weft lab probe: {}", String::from_utf8_lossy(&out.stderr));
@@ -171,23 +208,30 @@ impl Fixture {
     }
 
     /// The same matrix as the compiler's explain computes it from what the store holds.
-    async fn explained(&self, protocol: &str, port: Option<u16>, endpoints: &[String]) -> BTreeSet<(String, String)> {
-        let store = weft_store::Store::connect(&self._db.url, 2).await.unwrap();
+    async fn explained(
+        &self,
+        protocol: &str,
+        port: Option<u16>,
+        ipv6: bool,
+        endpoints: &[String],
+    ) -> BTreeSet<(String, String)> {
+        let store = weft_store::Store::connect(&self.db.url, 2).await.unwrap();
         let compiler = weft_testkit::compiler(&store).await;
         let ports = self.client.list_all::<weft_model::Port>(&Default::default()).await.unwrap();
         let endpoint = |e: &str| -> (weft_compiler::Endpoint, IpAddr) {
             if e == "outside" {
-                let a = weft_lab::Lab::outside_address(false);
+                let a = weft_lab::Lab::outside_address(ipv6);
                 return (weft_compiler::Endpoint::Address(a), a);
             }
             let p = ports.iter().find(|p| format!("{}/{}", p.project, p.name) == e).unwrap();
-            let v4 = p.ips.iter().copied().find(IpAddr::is_ipv4).unwrap();
-            (weft_compiler::Endpoint::Port(p.id.unwrap()), v4)
+            let address = p.ips.iter().copied().find(|a| a.is_ipv6() == ipv6).unwrap();
+            (weft_compiler::Endpoint::Port(p.id.unwrap()), address)
         };
-        let (number, icmp) = match protocol {
-            "tcp" => (6, None),
-            "udp" => (17, None),
-            _ => (1, Some((8, 0))),
+        let (number, icmp) = match (protocol, ipv6) {
+            ("tcp", _) => (6, None),
+            ("udp", _) => (17, None),
+            (_, false) => (1, Some((8, 0))),
+            (_, true) => (58, Some((128, 0))),
         };
         let mut out = BTreeSet::new();
         for from in endpoints {
@@ -202,15 +246,19 @@ impl Fixture {
         out
     }
 
-    /// Probes with real packets and checks the result against explain; returns the matrix.
+    /// Probes IPv4 with real packets and checks the result against explain; returns the matrix.
     async fn agrees(&self, protocol: &str, port: Option<u16>) -> weft_lab::Matrix {
-        let measured = self.probe(protocol, port);
-        let explained = self.explained(protocol, port, &measured.endpoints).await;
+        self.agrees_in(false, protocol, port).await
+    }
+
+    async fn agrees_in(&self, ipv6: bool, protocol: &str, port: Option<u16>) -> weft_lab::Matrix {
+        let measured = self.probe(protocol, port, ipv6);
+        let explained = self.explained(protocol, port, ipv6, &measured.endpoints).await;
         let got: BTreeSet<(String, String)> = measured.allowed.iter().cloned().collect();
         assert_eq!(
             got,
             explained,
-            "{protocol}/{port:?}: real packets (left) and explain (right) differ\n{}",
+            "{protocol}/{port:?} ipv6={ipv6}: real packets (left) and explain (right) differ\n{}",
             measured.table()
         );
         measured
@@ -220,23 +268,212 @@ impl Fixture {
         format!("wl-{}-n-{node}", self.name)
     }
 
+    fn pod_netns(&self, namespace: &str, pod: &str) -> String {
+        format!("wl-{}-p-{namespace}-{pod}", self.name)
+    }
+
+    /// Runs a command inside one of the lab's namespaces.
+    fn run_in(&self, netns: &str, args: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", netns]).args(args).output().unwrap()
+    }
+
     fn nft(&self, node: &str, args: &[&str]) -> String {
-        let out =
-            Command::new("ip").args(["netns", "exec", &self.node_netns(node), "nft"]).args(args).output().unwrap();
+        let out = self.run_in(&self.node_netns(node), &[&["nft"], args].concat());
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A process left running inside a pod, whose output lines the test watches.
+    fn watch(&self, namespace: &str, pod: &str, args: &[&str], reading: fn(&str) -> Option<bool>) -> Watch {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.pod_netns(namespace, pod)])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Watch::from_child(child, reading)
+    }
+
+    /// The pids of the lab's agents and listeners, as `lab.json` records them.
+    fn processes(&self) -> Vec<u32> {
+        let lab = weft_lab::Lab::open(&self.lab_dir).unwrap();
+        let state = lab.state;
+        state
+            .nodes
+            .iter()
+            .filter_map(|n| n.agent_pid)
+            .chain(state.pods.iter().filter_map(|p| p.server_pid))
+            .chain(state.outside_server_pid)
+            .collect()
     }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the lab's agents said:\n{}", self.logs());
+        }
         // Also when a test fails halfway: nothing of the lab stays behind.
-        if self.server.is_some() {
+        if self.lab_dir.join("lab.json").exists() {
             let _ = self.weft(&["lab", "down"]);
         }
         if let Some(server) = self.server.take() {
             let _ = server.stop();
         }
     }
+}
+
+fn port_json(name: &str, project: &str, node: &str, addresses: &[&str], labels: &Value) -> Value {
+    json!({
+        "name": name, "project": project, "node": node, "ips": addresses, "labels": labels, "security_groups": [],
+        "named_ports": {"http": {"protocol": "tcp", "port": 80}, "alt": {"protocol": "tcp", "port": 81},
+                        "dns": {"protocol": "udp", "port": 53}},
+    })
+}
+
+/// Output lines of a long-running process, each read as a round trip that came back or not.
+struct Watch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    reading: fn(&str) -> Option<bool>,
+    seen: Vec<String>,
+}
+
+impl Watch {
+    fn from_child(mut child: Child, reading: fn(&str) -> Option<bool>) -> Watch {
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch { child, lines, reading, seen: Vec::new() }
+    }
+
+    /// Waits until `n` round trips in a row came back (`answered`) or did not; fails the test
+    /// with what it saw when that does not happen within `within`.
+    fn until_in_a_row(&mut self, answered: bool, n: usize, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        let mut run = 0;
+        while run < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("{what}: not {n} rounds in a row {answered} within {within:?}; saw {:?}", self.seen)
+            });
+            self.seen.push(line.clone());
+            match (self.reading)(&line) {
+                Some(a) if a == answered => run += 1,
+                Some(_) => run = 0,
+                None => {}
+            }
+        }
+    }
+
+    /// Every round trip since the last call, read.
+    fn rounds(&mut self) -> Vec<bool> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            if let Some(a) = (self.reading)(&line) {
+                out.push(a);
+            }
+            self.seen.push(line);
+        }
+        out
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `nft monitor` on a lab node: what the kernel's ruleset went through between two marks.
+struct Monitor {
+    watch: Watch,
+    netns: String,
+}
+
+/// A table of the test's own in the lab node's namespace, added and deleted to mark the start
+/// and the end of what a test watches.
+const MARK: &str = "weft-test-mark";
+
+impl Monitor {
+    fn start(lab: &Fixture, node: &str) -> Monitor {
+        let netns = lab.node_netns(node);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &netns, "nft", "monitor"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let watch = Watch::from_child(child, |_| None);
+        // The monitor is listening once it reports a change made after it started.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "nft monitor reported nothing: {:?}", watch.seen);
+            assert!(lab.run_in(&netns, &["nft", "add", "table", "inet", MARK]).status.success());
+            assert!(lab.run_in(&netns, &["nft", "delete", "table", "inet", MARK]).status.success());
+            if let Ok(line) = watch.lines.recv_timeout(Duration::from_millis(200))
+                && line.contains(MARK)
+            {
+                break;
+            }
+        }
+        while watch.lines.recv_timeout(Duration::from_millis(100)).is_ok() {}
+        Monitor { watch, netns }
+    }
+
+    /// The changes the kernel reported since `start`, without generation notes.
+    fn changes(self, lab: &Fixture) -> Vec<String> {
+        assert!(lab.run_in(&self.netns, &["nft", "add", "table", "inet", MARK]).status.success());
+        assert!(lab.run_in(&self.netns, &["nft", "delete", "table", "inet", MARK]).status.success());
+        let mut out = Vec::new();
+        while let Ok(line) = self.watch.lines.recv_timeout(Duration::from_secs(10)) {
+            if line.contains(MARK) {
+                return out;
+            }
+            if !line.starts_with('#') {
+                out.push(line);
+            }
+        }
+        panic!("nft monitor did not report the end mark; saw {out:?}");
+    }
+}
+
+/// `weft lab talk`: `ok N` came back, `lost N` and `closed` did not.
+fn talk_round(line: &str) -> Option<bool> {
+    if line.starts_with("ok ") {
+        Some(true)
+    } else if line.starts_with("lost ") || line == "closed" {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// `ping -O`: a reply, or `no answer yet`.
+fn ping_round(line: &str) -> Option<bool> {
+    if line.contains("bytes from") {
+        Some(true)
+    } else if line.contains("no answer yet") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Pod b (app=b) isolated for ingress, open to pods labelled app=a on TCP 80.
+fn b_accepts_a_on_80() -> Value {
+    json!({"name": "b-in", "project": "k8s-x", "selector": {"matchLabels": {"app": "b"}},
+        "policy_types": ["ingress"], "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [80],
+        "remote": {"type": "selector", "ports": {"matchLabels": {"app": "a"}}}}]})
 }
 
 fn labels(app: &str) -> Value {
@@ -246,8 +483,15 @@ fn labels(app: &str) -> Value {
 fn three_pods() -> Vec<PodDef> {
     vec![
         PodDef { namespace: "x", name: "a", node: "n1", addresses: &["10.71.0.1", "fd71::1"], labels: labels("a") },
-        PodDef { namespace: "x", name: "b", node: "n2", addresses: &["10.71.0.2"], labels: labels("b") },
-        PodDef { namespace: "y", name: "c", node: "n3", addresses: &["10.71.0.3"], labels: labels("c") },
+        PodDef { namespace: "x", name: "b", node: "n2", addresses: &["10.71.0.2", "fd71::2"], labels: labels("b") },
+        PodDef { namespace: "y", name: "c", node: "n3", addresses: &["10.71.0.3", "fd71::3"], labels: labels("c") },
+    ]
+}
+
+fn two_pods() -> Vec<PodDef> {
+    vec![
+        PodDef { namespace: "x", name: "a", node: "n1", addresses: &["10.72.0.1"], labels: labels("a") },
+        PodDef { namespace: "x", name: "b", node: "n2", addresses: &["10.72.0.2"], labels: labels("b") },
     ]
 }
 
@@ -260,6 +504,42 @@ fn leftovers(name: &str) -> Vec<String> {
         .collect()
 }
 
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"))
+}
+
+/// The kernel's rules of a table listing (`nft -a -j list table`), each as its chain, handle
+/// and expression with counter values taken out (traffic changes those).
+fn rules_of(listing: &Value) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    for item in listing["nftables"].as_array().unwrap() {
+        let Some(rule) = item.get("rule") else { continue };
+        let mut expr = rule["expr"].clone();
+        for e in expr.as_array_mut().unwrap() {
+            if e.get("counter").is_some() {
+                *e = json!("counter");
+            }
+        }
+        out.push((rule["chain"].as_str().unwrap().to_string(), rule["handle"].as_u64().unwrap(), expr.to_string()));
+    }
+    out
+}
+
+/// Packets counted by all the rules of a table listing.
+fn counted(listing: &Value) -> u64 {
+    listing["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .flat_map(|r| r["expr"].as_array().unwrap().iter().filter_map(|e| e.get("counter")?["packets"].as_u64()))
+        .sum()
+}
+
+fn set_of<'a>(listing: &'a Value, name: &str) -> &'a Value {
+    listing["nftables"].as_array().unwrap().iter().find_map(|i| i.get("set").filter(|s| s["name"] == name)).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn policies_applied_changed_and_deleted_real_packets_agree_with_explain() {
     require_root!();
@@ -268,6 +548,7 @@ async fn policies_applied_changed_and_deleted_real_packets_agree_with_explain() 
     let open = lab.agrees("tcp", Some(80)).await;
     assert_eq!(open.allowed.len(), 16, "{}", open.table());
     lab.agrees("icmp", None).await;
+    lab.agrees_in(true, "tcp", Some(80)).await;
 
     // A default deny for project x's ingress: a and b are unreachable (but each from itself).
     lab.create(
@@ -281,6 +562,8 @@ async fn policies_applied_changed_and_deleted_real_packets_agree_with_explain() 
     assert!(denied.allows("k8s-x/a", "k8s-x/a") && denied.allows("k8s-x/a", "k8s-y/c"));
     let ping = lab.agrees("icmp", None).await;
     assert!(!ping.allows("k8s-y/c", "k8s-x/a"), "a default deny blocks ping");
+    let ping6 = lab.agrees_in(true, "icmp", None).await;
+    assert!(!ping6.allows("k8s-y/c", "k8s-x/a") && ping6.allows("k8s-x/a", "k8s-y/c"), "{}", ping6.table());
     let table = lab.nft("n1", &["list", "table", "inet", "weft"]);
     assert!(
         table.lines().any(|l| l.contains("drop") && l.contains("counter packets") && !l.contains("packets 0 ")),
@@ -301,8 +584,10 @@ async fn policies_applied_changed_and_deleted_real_packets_agree_with_explain() 
     let alt = lab.agrees("tcp", Some(81)).await;
     assert!(!alt.allows("k8s-y/c", "k8s-x/a"), "the named port opens 80 only");
     lab.agrees("udp", Some(53)).await;
+    let http6 = lab.agrees_in(true, "tcp", Some(80)).await;
+    assert!(http6.allows("k8s-y/c", "k8s-x/a"), "a selector allows both families:\n{}", http6.table());
 
-    // Egress for c: TCP to 10.71.0.0/24 except b, and ping to anyone.
+    // Egress for c: TCP to 10.71.0.0/24 except b, and ping to anyone (IPv4: `icmp`).
     lab.create("security-groups", json!({"name": "c-out", "project": "k8s-y", "selector": {"matchLabels": {"app": "c"}},
         "policy_types": ["egress"], "rules": [
             {"direction": "egress", "protocol": "tcp", "remote": {"type": "cidr", "cidr": "10.71.0.0/24", "except": ["10.71.0.2/32"]}},
@@ -312,6 +597,9 @@ async fn policies_applied_changed_and_deleted_real_packets_agree_with_explain() 
     assert!(egress.allows("k8s-y/c", "k8s-x/a") && !egress.allows("k8s-y/c", "outside"));
     lab.agrees("icmp", None).await;
     lab.agrees("udp", Some(53)).await;
+    let egress6 = lab.agrees_in(true, "tcp", Some(80)).await;
+    assert!(!egress6.allows("k8s-y/c", "k8s-x/a"), "an IPv4 CIDR allows no IPv6:\n{}", egress6.table());
+    lab.agrees_in(true, "icmp", None).await;
 
     // Every policy gone: back to open.
     for (project, name) in [("k8s-x", "deny"), ("k8s-x", "from-y"), ("k8s-y", "c-out")] {
@@ -319,8 +607,240 @@ async fn policies_applied_changed_and_deleted_real_packets_agree_with_explain() 
     }
     lab.converge().await;
     assert_eq!(lab.agrees("tcp", Some(80)).await.allowed.len(), 16);
+    assert_eq!(lab.agrees_in(true, "icmp", None).await.allowed.len(), 16);
 
     let name = lab.name.clone();
     drop(lab);
     assert!(leftovers(&name).is_empty(), "weft lab down left {:?}", leftovers(&name));
+}
+
+/// An established connection and a ping left running are cut when the policy stops allowing
+/// them, also a connection whose server speaks first after the change (the kernel would take
+/// its next packet up as a new connection from the server); a connection the new policy still
+/// allows keeps its conntrack entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_the_policy_no_longer_allows_are_cut_and_allowed_ones_survive() {
+    require_root!();
+    let lab = Fixture::up("lab-cut", &two_pods()).await;
+    lab.create(
+        "security-groups",
+        json!({"name": "b-in", "project": "k8s-x", "selector": {"matchLabels": {"app": "b"}},
+        "policy_types": ["ingress"], "rules": [
+            {"direction": "ingress", "protocol": "tcp", "ports": [80, 81, 8080], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "a"}}}},
+            {"direction": "ingress", "protocol": "icmp", "remote": {"type": "selector", "ports": {"matchLabels": {"app": "a"}}}}]}),
+    )
+    .await;
+    lab.converge().await;
+    let talk = |port: &'static str| {
+        [WEFT, "lab", "talk", "--to", "10.72.0.2", "--port", port, "--interval-ms", "100", "--timeout-ms", "1000"]
+    };
+    let mut on80 = lab.watch("x", "a", &talk("80"), talk_round);
+    let mut on81 = lab.watch("x", "a", &talk("81"), talk_round);
+    let mut ping = lab.watch("x", "a", &["ping", "-n", "-O", "-i", "0.2", "-W", "1", "10.72.0.2"], ping_round);
+    let within = Duration::from_secs(15);
+    // b serves 8080 and speaks; a connects and echoes.
+    let timing = ["--interval-ms", "100", "--timeout-ms", "1000"];
+    let mut speaker =
+        lab.watch("x", "b", &[&[WEFT, "lab", "talk", "--listen", "--port", "8080"], &timing[..]].concat(), talk_round);
+    let deadline = Instant::now() + within;
+    while !speaker.seen.iter().any(|l| l == "listening") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        speaker.seen.push(speaker.lines.recv_timeout(left).expect("b's talk listener started"));
+    }
+    let _echo = lab.watch(
+        "x",
+        "a",
+        &[&[WEFT, "lab", "talk", "--to", "10.72.0.2", "--port", "8080", "--echo"], &timing[..]].concat(),
+        talk_round,
+    );
+    speaker.until_in_a_row(true, 3, within, "b speaking to a on a→b:8080 before the change");
+    on80.until_in_a_row(true, 3, within, "a→b:80 before the change");
+    on81.until_in_a_row(true, 3, within, "a→b:81 before the change");
+    ping.until_in_a_row(true, 3, within, "ping a→b before the change");
+    let flow81 = || -> String {
+        let out = lab.run_in(
+            &lab.node_netns("n2"),
+            &["conntrack", "-L", "-p", "tcp", "-s", "10.72.0.1", "-d", "10.72.0.2", "--dport", "81", "-o", "id"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = flow81();
+    assert!(before.contains("id="), "b's node tracks the connection to 81: {before:?}");
+
+    // Only TCP 81 stays allowed.
+    lab.patch_group(
+        "k8s-x/b-in",
+        json!({"rules": [{"direction": "ingress", "protocol": "tcp", "ports": [81],
+            "remote": {"type": "selector", "ports": {"matchLabels": {"app": "a"}}}}]}),
+    )
+    .await;
+    lab.converge().await;
+    on80.until_in_a_row(false, 3, within, "a→b:80 after its allowance went");
+    speaker.until_in_a_row(false, 3, within, "b speaking on a→b:8080 after its allowance went");
+    ping.until_in_a_row(false, 3, within, "ping a→b after its allowance went");
+    on81.rounds();
+    on81.until_in_a_row(true, 5, within, "a→b:81, still allowed");
+    assert!(on81.rounds().iter().all(|ok| *ok), "a→b:81 lost a round: {:?}", on81.seen);
+    assert_eq!(flow81(), before, "the allowed connection kept its conntrack entry");
+    let now = lab.agrees("tcp", Some(80)).await;
+    assert!(!now.allows("k8s-x/a", "k8s-x/b"));
+    assert!(lab.agrees("tcp", Some(81)).await.allows("k8s-x/a", "k8s-x/b"));
+    assert!(lab.logs().contains("cut a connection"), "the agent says what it cut:\n{}", lab.logs());
+}
+
+/// A packet from a pod's interface with a source address that is not the pod's is dropped
+/// and counted; a set member joining is an element add that leaves every rule in place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spoofed_source_is_dropped_and_a_member_change_rewrites_nothing() {
+    require_root!();
+    let lab = Fixture::up("lab-spoof", &two_pods()).await;
+    let spoof_drops = || -> u64 {
+        let listing: Value =
+            serde_json::from_str(&lab.nft("n1", &["-j", "list", "chain", "inet", "weft", "egress"])).unwrap();
+        let rule = listing["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.get("rule"))
+            .find(|r| r["expr"].to_string().contains("@spoof-4"))
+            .cloned()
+            .unwrap();
+        let counter = rule["expr"].as_array().unwrap().iter().find_map(|e| e.get("counter")).cloned().unwrap();
+        counter["packets"].as_u64().unwrap()
+    };
+    // b is open: a's own address reaches it, and nothing counts as spoofed.
+    let a = lab.pod_netns("x", "a");
+    let ping = |extra: &[&str]| {
+        lab.run_in(&a, &[&["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1"], extra, &["10.72.0.2"]].concat())
+    };
+    assert!(ping(&[]).status.success(), "a reaches b from its own address");
+    assert_eq!(spoof_drops(), 0);
+    // a takes another address and sends from it.
+    let out = lab.run_in(&a, &["ip", "addr", "add", "10.72.0.99/32", "dev", "eth0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!ping(&["-I", "10.72.0.99"]).status.success(), "a spoofed source gets nowhere");
+    assert!(spoof_drops() >= 3, "the anti-spoofing rule counted the spoofed packets: {}", spoof_drops());
+
+    // b accepts pods labelled app=a; a second one (on a's node, no lab pod) joins the set.
+    lab.create("security-groups", b_accepts_a_on_80()).await;
+    lab.converge().await;
+    // Traffic the group's rule counts, so a rewritten table would show as counters back at 0.
+    assert!(lab.probe("tcp", Some(80), false).allows("k8s-x/a", "k8s-x/b"));
+    let before: Value = serde_json::from_str(&lab.nft("n2", &["-a", "-j", "list", "table", "inet", "weft"])).unwrap();
+    let monitor = Monitor::start(&lab, "n2");
+    lab.create("ports", port_json("a2", "k8s-x", "n1", &["10.72.0.9"], &labels("a"))).await;
+    lab.converge().await;
+    let changes = monitor.changes(&lab);
+    let after: Value = serde_json::from_str(&lab.nft("n2", &["-a", "-j", "list", "table", "inet", "weft"])).unwrap();
+    assert!(
+        !changes.is_empty()
+            && changes.iter().all(|c| c.starts_with("add element inet weft ") && c.contains("10.72.0.9")),
+        "b's node took the new member as one element and nothing else: {changes:?}"
+    );
+    assert_eq!(rules_of(&before), rules_of(&after), "a member change leaves every rule (and its handle) in place");
+    assert!(
+        counted(&after) >= counted(&before) && counted(&before) > 0,
+        "counters keep counting: {} then {}",
+        counted(&before),
+        counted(&after)
+    );
+    let set_name = rules_of(&after)
+        .iter()
+        .find_map(|(chain, _, expr)| {
+            (chain.starts_with("gi-") && expr.contains("saddr")).then(|| {
+                let at = expr.find("\"@").unwrap() + 2;
+                expr[at..at + expr[at..].find('"').unwrap()].to_string()
+            })
+        })
+        .unwrap();
+    let (set_before, set_after) = (set_of(&before, &set_name), set_of(&after, &set_name));
+    assert_eq!(set_before["handle"], set_after["handle"], "the set itself stays");
+    assert_eq!(set_before["elem"], json!(["10.72.0.1"]));
+    assert_eq!(set_after["elem"], json!(["10.72.0.1", "10.72.0.9"]), "the new member is an element of the same set");
+}
+
+/// Fail static: with the controller gone, agents stopped, restarted, and a node rebooted (its
+/// table gone, its state dir kept), every known port stays enforced and an unknown one stays
+/// closed; when the controller is back, the agents converge.
+#[tokio::test(flavor = "multi_thread")]
+async fn enforcement_survives_agent_restart_reboot_and_controller_outage() {
+    require_root!();
+    let mut lab = Fixture::up("lab-restart", &two_pods()).await;
+    lab.create("security-groups", b_accepts_a_on_80()).await;
+    lab.converge().await;
+    let enforced = lab.agrees("tcp", Some(80)).await;
+    assert!(enforced.allows("k8s-x/a", "k8s-x/b") && !enforced.allows("outside", "k8s-x/b"));
+    let same = |lab: &Fixture, why: &str| {
+        let now = lab.probe("tcp", Some(80), false);
+        assert_eq!(now.allowed, enforced.allowed, "{why}:\n{}", now.table());
+    };
+
+    lab.stop_controller();
+    same(&lab, "the controller stopped");
+    lab.lab(&["agent", "stop", "n2"]);
+    same(&lab, "b's agent stopped");
+    lab.lab(&["agent", "start", "n2"]);
+    same(&lab, "b's agent restarted without a controller");
+
+    // A reboot of b's node: its table is gone, its state dir is not.
+    lab.lab(&["agent", "stop", "n2"]);
+    let out = lab.run_in(&lab.node_netns("n2"), &["nft", "delete", "table", "inet", "weft"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bare = lab.probe("tcp", Some(80), false);
+    assert!(bare.allows("outside", "k8s-x/b"), "without its table b is open (the test sees the difference)");
+    lab.lab(&["agent", "start", "n2"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab.nft("n2", &["list", "table", "inet", "weft"]).contains("chain ingress") {
+        assert!(Instant::now() < deadline, "b's agent did not restore its table:\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    same(&lab, "b's node rebooted, its agent enforcing the saved span");
+
+    // A node that lost its state dir too: its pod stays closed until the controller answers.
+    lab.lab(&["agent", "stop", "n1"]);
+    let out = lab.run_in(&lab.node_netns("n1"), &["nft", "delete", "table", "inet", "weft"]);
+    assert!(out.status.success());
+    std::fs::remove_file(lab.lab_dir.join("agents/n1/span.json")).unwrap();
+    lab.lab(&["agent", "start", "n1"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab.nft("n1", &["list", "table", "inet", "weft"]).contains("chain ingress") {
+        assert!(Instant::now() < deadline, "a's agent installed no table:\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let closed = lab.probe("tcp", Some(80), false);
+    let reaching_a: Vec<_> = closed.allowed.iter().filter(|(f, t)| (f == "k8s-x/a") != (t == "k8s-x/a")).collect();
+    assert!(reaching_a.is_empty(), "a port its agent does not know is closed both ways: {reaching_a:?}");
+
+    // The controller is back: both agents converge, and follow the next change.
+    lab.start_controller().await;
+    lab.converge().await;
+    assert_eq!(lab.agrees("tcp", Some(80)).await.allowed, enforced.allowed);
+    lab.delete_group("k8s-x", "b-in").await;
+    lab.converge().await;
+    assert!(lab.agrees("tcp", Some(80)).await.allows("outside", "k8s-x/b"));
+}
+
+/// A test that fails halfway leaves no namespace, process, interface or table behind.
+#[test]
+fn lab_down_removes_everything_also_after_a_test_fails_midway() {
+    require_root!();
+    let (tx, rx) = mpsc::channel();
+    let failed = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let lab = Fixture::up("lab-midway", &two_pods()).await;
+            tx.send((lab.name.clone(), lab.processes())).unwrap();
+            panic!("a test failing halfway, its lab still up");
+        })
+    })
+    .join();
+    assert!(failed.is_err(), "the test thread failed as it should");
+    let (name, pids) = rx.recv().unwrap();
+    assert_eq!(pids.len(), 2 + 2 + 1, "two agents, two pod listeners, the outside's listener: {pids:?}");
+    assert!(leftovers(&name).is_empty(), "namespaces left: {:?}", leftovers(&name));
+    let running: Vec<u32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(running.is_empty(), "processes left: {running:?}");
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(": weft"), "the host has no weft interface");
+    let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("inet weft"), "the host has no weft table");
 }
