@@ -45,3 +45,12 @@ pub async fn compiler(store: &weft_store::Store) -> weft_compiler::Compiler {
 pub async fn expected_span(store: &weft_store::Store, node: &str) -> weft_compiler::NodeSpan {
     compiler(store).await.span(node)
 }
+
+/// Whether the tests run as root: network namespaces, nft and real packets need it; tests
+/// that need them say so and pass elsewhere (CI runs as root).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}

@@ -17,17 +17,10 @@ use std::time::{Duration, Instant};
 use common::{Server, WEFT, free_port, temp_dir};
 use serde_json::{Value, json};
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
 /// Network namespaces, nft and real packets need root; elsewhere these tests say so and pass.
 macro_rules! require_root {
     () => {
-        if !is_root() {
+        if !weft_testkit::is_root() {
             eprintln!("skipped: the lab needs root");
             return;
         }

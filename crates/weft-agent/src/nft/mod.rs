@@ -7,6 +7,7 @@
 //! entries the new span no longer allows are deleted, so established connections are cut too.
 
 pub mod conntrack;
+pub mod netlink;
 #[cfg(test)]
 mod proptests;
 pub mod render;
@@ -35,8 +36,7 @@ impl Nft {
 
     /// Sends one transaction: all of it happens, or none.
     pub fn run(&self, commands: &[Command]) -> Result<(), DatapathError> {
-        let body = serde_json::to_vec(&ruleset::to_json(commands)).map_err(|e| DatapathError(e.to_string()))?;
-        self.input(&body)
+        self.input(&ruleset::encode(commands))
     }
 
     fn input(&self, body: &[u8]) -> Result<(), DatapathError> {
@@ -91,6 +91,8 @@ pub struct ApplyReport {
     pub commands: usize,
     /// Whether the table was compared with the kernel's and replaced where it differed.
     pub full: bool,
+    /// Whether the change went to the kernel over netlink (set elements only), not nft.
+    pub netlink: bool,
     pub conntrack_deleted: usize,
 }
 
@@ -98,6 +100,8 @@ pub struct ApplyReport {
 #[derive(Debug)]
 pub struct NftDatapath {
     nft: Nft,
+    /// Set element changes go straight to the kernel (opened on first use).
+    netlink: Option<netlink::Socket>,
     /// Whether the kernel's table is known to be the render of the span last applied, so a
     /// delta can be applied on top of it.
     in_step: bool,
@@ -106,11 +110,37 @@ pub struct NftDatapath {
 
 impl NftDatapath {
     pub fn new(netns: Option<String>) -> NftDatapath {
-        NftDatapath { nft: Nft::new(netns), in_step: false, last: ApplyReport::default() }
+        NftDatapath { nft: Nft::new(netns), netlink: None, in_step: false, last: ApplyReport::default() }
     }
 
     pub fn nft(&self) -> &Nft {
         &self.nft
+    }
+
+    /// Sends a delta's commands: element changes over netlink when that can carry them,
+    /// everything else (and anything netlink refused) through nft.
+    fn send_delta(&mut self, commands: &[Command]) -> Result<bool, DatapathError> {
+        if commands.iter().all(|c| matches!(c, Command::AddTable)) {
+            return Ok(false);
+        }
+        if let Some(batch) = netlink::ElementBatch::encode(commands) {
+            let sent = match &mut self.netlink {
+                Some(socket) => socket.send(&batch),
+                None => netlink::Socket::open(self.nft.netns.as_deref()).and_then(|mut socket| {
+                    let sent = socket.send(&batch);
+                    self.netlink = Some(socket);
+                    sent
+                }),
+            };
+            match sent {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    tracing::debug!(error = %e, "netlink refused an element change; sending it through nft");
+                    self.netlink = None;
+                }
+            }
+        }
+        self.nft.run(commands).map(|()| false)
     }
 
     /// Makes the kernel's table the render of `span`, changing only what differs (counters of
@@ -157,8 +187,11 @@ impl Datapath for NftDatapath {
             Some(d) if self.in_step => {
                 let commands = render::delta_commands(old, new, d);
                 report.commands = commands.len();
-                match self.nft.run(&commands) {
-                    Ok(()) => true,
+                match self.send_delta(&commands) {
+                    Ok(netlink) => {
+                        report.netlink = netlink;
+                        true
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "a delta did not apply; reconciling the whole table");
                         false

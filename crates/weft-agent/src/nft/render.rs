@@ -121,6 +121,15 @@ fn ip_field(v6: bool, field: &str) -> Value {
     payload(if v6 { "ip6" } else { "ip" }, field)
 }
 
+/// A prefix as an nft match value (a single address for a host prefix).
+fn prefix(p: &ipnet::IpNet) -> Value {
+    if p.prefix_len() == p.max_prefix_len() {
+        json!(p.addr().to_string())
+    } else {
+        json!({"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}})
+    }
+}
+
 fn set_ref(name: &str) -> Value {
     json!(format!("@{name}"))
 }
@@ -215,7 +224,7 @@ pub fn render(span: &NodeSpan) -> Ruleset {
         render_set(&mut out, *id, set);
     }
     for (id, group) in span.groups.iter() {
-        render_group(&mut out, *id, group);
+        render_group(&mut out, *id, group, &span.sets);
     }
     for (id, port) in &span.ports {
         render_port(&mut out, *id, port, span);
@@ -232,27 +241,76 @@ fn set_kind(members: &SetMembers, v6: bool) -> SetKind {
     }
 }
 
-fn render_set(out: &mut Ruleset, id: SetId, set: &AddressSet) {
-    for v6 in V4_V6 {
-        let elements: BTreeSet<Element> = match &set.members {
-            SetMembers::Addresses(a) => a.iter().filter(|x| x.is_ipv6() == v6).map(|x| Element::Addr(*x)).collect(),
-            SetMembers::Prefixes(p) => {
-                p.iter().filter(|x| matches!(x, ipnet::IpNet::V6(_)) == v6).map(|x| Element::Prefix(*x)).collect()
-            }
-            SetMembers::Pairs(p) => {
-                p.iter().filter(|(a, _)| a.is_ipv6() == v6).map(|(a, p)| Element::AddrPort(*a, *p)).collect()
-            }
-        };
-        out.sets.insert(set_name(id, v6), Set { kind: set_kind(&set.members, v6), elements });
+/// Prefix sets this small are written into the rules that use them (a rule per prefix) rather
+/// than kept as named sets: the kernel finds a named set by walking the table's list of sets,
+/// once per rule that uses one and once per set created, so a table's cost grows with the
+/// square of its named sets. A prefix set never changes (its members are its CIDR minus its
+/// excepts), so inlining costs no element updates.
+const INLINE_PREFIXES: usize = 4;
+
+/// How a set is rendered: which families have a named nft set (a family with no members has
+/// none, and rules need none for it), or the prefixes written into the rules instead. Rules
+/// depend on this, so a change of it re-renders the rules that use the set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SetShape {
+    Named { v4: bool, v6: bool },
+    Inline(Vec<ipnet::IpNet>),
+}
+
+pub(super) fn set_shape(set: &AddressSet) -> SetShape {
+    match &set.members {
+        SetMembers::Prefixes(p) if p.len() <= INLINE_PREFIXES => SetShape::Inline(p.clone()),
+        members => SetShape::Named {
+            v4: !set_elements(members, false).is_empty(),
+            v6: !set_elements(members, true).is_empty(),
+        },
     }
 }
 
-fn render_group(out: &mut Ruleset, id: Uuid, group: &CompiledGroup) {
+fn set_elements(members: &SetMembers, v6: bool) -> BTreeSet<Element> {
+    match members {
+        SetMembers::Addresses(a) => a.iter().filter(|x| x.is_ipv6() == v6).map(|x| Element::Addr(*x)).collect(),
+        SetMembers::Prefixes(p) => {
+            p.iter().filter(|x| matches!(x, ipnet::IpNet::V6(_)) == v6).map(|x| Element::Prefix(*x)).collect()
+        }
+        SetMembers::Pairs(p) => {
+            p.iter().filter(|(a, _)| a.is_ipv6() == v6).map(|(a, p)| Element::AddrPort(*a, *p)).collect()
+        }
+    }
+}
+
+fn render_set(out: &mut Ruleset, id: SetId, set: &AddressSet) {
+    if matches!(set_shape(set), SetShape::Inline(_)) {
+        return;
+    }
+    for v6 in V4_V6 {
+        let elements = set_elements(&set.members, v6);
+        if !elements.is_empty() {
+            out.sets.insert(set_name(id, v6), Set { kind: set_kind(&set.members, v6), elements });
+        }
+    }
+}
+
+/// Whether a group has a chain (and ports jump to it) in a direction: when it has rules there.
+/// A group that isolates without rules (a default deny) adds nothing to its ports' chains.
+fn has_rules(group: &CompiledGroup, dir: Dir) -> bool {
+    match dir {
+        Dir::In => !group.ingress.is_empty(),
+        Dir::Out => !group.egress.is_empty(),
+    }
+}
+
+type Sets = BTreeMap<SetId, std::sync::Arc<AddressSet>>;
+
+fn render_group(out: &mut Ruleset, id: Uuid, group: &CompiledGroup, sets: &Sets) {
     for (dir, rules) in [(Dir::In, &group.ingress), (Dir::Out, &group.egress)] {
+        if !has_rules(group, dir) {
+            continue;
+        }
         let mut chain = Chain::default();
         for rule in rules {
             for v6 in V4_V6 {
-                chain.rules.extend(rule_lines(rule, dir, v6).into_iter().map(Rule::new));
+                chain.rules.extend(rule_lines(rule, dir, v6, sets).into_iter().map(Rule::new));
             }
         }
         out.chains.insert(group_chain(id, dir), chain);
@@ -262,7 +320,7 @@ fn render_group(out: &mut Ruleset, id: Uuid, group: &CompiledGroup) {
 /// One compiled rule for one family, as kernel rules. Several port ranges (or "any protocol"
 /// with ports) become several rules rather than an anonymous set: the kernel's cost of
 /// creating anonymous sets grows with the square of their number in one transaction.
-fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool) -> Vec<Vec<Value>> {
+fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<Value>> {
     let covers = match rule.family {
         Family::Both => true,
         Family::V4 => !v6,
@@ -272,7 +330,8 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool) -> Vec<Vec<Value>> {
         return Vec::new();
     }
     let remote_field = if dir == Dir::In { "saddr" } else { "daddr" };
-    let mut head: Vec<Value> = Vec::new();
+    // Each head is the start of one kernel rule (an inlined prefix set gives one per prefix).
+    let mut heads: Vec<Vec<Value>> = vec![Vec::new()];
     match &rule.remote {
         // ICMP types and named ports are matched per family anyway.
         RemoteMatch::Any if matches!(rule.l4, L4Match::Icmp { .. } | L4Match::Named(_)) => {}
@@ -283,11 +342,28 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool) -> Vec<Vec<Value>> {
                     return Vec::new();
                 }
             } else {
-                head.push(matches(meta("nfproto"), json!(if v6 { "ipv6" } else { "ipv4" })));
+                heads[0].push(matches(meta("nfproto"), json!(if v6 { "ipv6" } else { "ipv4" })));
             }
         }
-        RemoteMatch::Set(id) => head.push(matches(ip_field(v6, remote_field), set_ref(&set_name(*id, v6)))),
-        RemoteMatch::Pairs(_) => {}
+        RemoteMatch::Set(id) | RemoteMatch::Pairs(id) => {
+            // A set the span does not hold, or with no member of this family, matches nothing.
+            let Some(set) = sets.get(id) else { return Vec::new() };
+            match set_shape(set) {
+                SetShape::Named { v4, v6: has_v6 } if !(if v6 { has_v6 } else { v4 }) => return Vec::new(),
+                SetShape::Named { .. } => {
+                    if matches!(rule.remote, RemoteMatch::Set(_)) {
+                        heads[0].push(matches(ip_field(v6, remote_field), set_ref(&set_name(*id, v6))));
+                    }
+                }
+                SetShape::Inline(prefixes) => {
+                    heads = prefixes
+                        .iter()
+                        .filter(|p| matches!(p, ipnet::IpNet::V6(_)) == v6)
+                        .map(|p| vec![matches(ip_field(v6, remote_field), prefix(p))])
+                        .collect();
+                }
+            }
+        }
     }
     let protocols: Vec<Option<u8>> = match (&rule.l4, rule.protocol, &rule.remote) {
         (L4Match::Ranges(_), None, _) | (L4Match::All, None, RemoteMatch::Pairs(_)) => {
@@ -296,7 +372,7 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool) -> Vec<Vec<Value>> {
         (_, p, _) => vec![p],
     };
     let mut lines = Vec::new();
-    for protocol in protocols {
+    for (head, protocol) in heads.iter().flat_map(|h| protocols.iter().map(move |p| (h, *p))) {
         let mut base = head.clone();
         if let Some(p) = protocol {
             base.push(matches(meta("l4proto"), json!(p)));
@@ -341,8 +417,9 @@ fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, span: &NodeSpan) 
         let Isolation::Isolated(groups) = isolation else { continue };
         let mut chain = Chain::default();
         for g in groups.iter() {
-            // A group the span does not hold allows nothing (and has no chain to jump to).
-            if span.groups.contains_key(g) {
+            // A group the span does not hold, or with no rules this way, allows nothing (and
+            // has no chain to jump to).
+            if span.groups.get(g).is_some_and(|group| has_rules(group, dir)) {
                 chain.rules.push(Rule::new(vec![json!({"jump": {"target": group_chain(*g, dir)}})]));
             }
         }
@@ -414,7 +491,7 @@ fn render_touched(span: &NodeSpan, touched: &Touched) -> Ruleset {
     }
     for id in &touched.groups {
         if let Some(group) = span.groups.get(id) {
-            render_group(&mut out, *id, group);
+            render_group(&mut out, *id, group, &span.sets);
         }
     }
     for id in &touched.ports {
@@ -439,12 +516,38 @@ pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<
     touched.groups.extend(delta.groups_upserted.keys().chain(&delta.groups_removed));
     touched.ports.extend(delta.ports_upserted.keys().chain(&delta.ports_removed));
     touched.sets.extend(delta.sets_defined.keys().chain(&delta.sets_dropped));
-    // Port chains jump only to groups the span holds: a group arriving or leaving changes them.
+    // Rules follow their sets' shapes (named per family, or inlined): a set arriving, leaving,
+    // or gaining its first (losing its last) member of a family re-renders the rules using it.
+    let shape = |span: &NodeSpan, id: &SetId| span.sets.get(id).map(|s| set_shape(s));
+    let reshaped: BTreeSet<SetId> = delta
+        .sets_changed
+        .keys()
+        .filter(|id| shape(old, id) != shape(new, id))
+        .chain(delta.sets_defined.keys())
+        .chain(&delta.sets_dropped)
+        .copied()
+        .collect();
+    if !reshaped.is_empty() {
+        touched.sets.extend(&reshaped);
+        for (id, group) in old.groups.iter().chain(new.groups.iter()) {
+            let uses = group.ingress.iter().chain(&group.egress).any(|r| match r.remote {
+                RemoteMatch::Set(s) | RemoteMatch::Pairs(s) => reshaped.contains(&s),
+                RemoteMatch::Any => false,
+            });
+            if uses {
+                touched.groups.insert(*id);
+            }
+        }
+    }
+    // Port chains jump only to groups the span holds and that have rules in their direction: a
+    // group arriving, leaving, or gaining or losing a direction's rules changes them.
     if !delta.groups_upserted.is_empty() || !delta.groups_removed.is_empty() {
+        let directions = |g: &CompiledGroup| (has_rules(g, Dir::In), has_rules(g, Dir::Out));
         let arrived_or_left: BTreeSet<Uuid> = delta
             .groups_upserted
-            .keys()
-            .filter(|g| !old.groups.contains_key(*g))
+            .iter()
+            .filter(|(g, group)| old.groups.get(*g).is_none_or(|o| directions(o) != directions(group)))
+            .map(|(g, _)| g)
             .chain(delta.groups_removed.iter())
             .copied()
             .collect();

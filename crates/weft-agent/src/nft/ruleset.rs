@@ -109,13 +109,16 @@ pub struct Hook {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub comment: String,
-    /// Empty for a rule read back from the kernel (its comment says what it is).
-    pub expr: Vec<Value>,
+    /// The expressions as nft JSON text, written once: diffs and transactions share it
+    /// rather than cloning and re-encoding a tree per rule. Empty for a rule read back from
+    /// the kernel (its comment says what it is).
+    pub expr: std::sync::Arc<str>,
 }
 
 impl Rule {
     pub fn new(expr: Vec<Value>) -> Rule {
-        Rule { comment: content_hash(&expr), expr }
+        let text = Value::Array(expr).to_string();
+        Rule { comment: content_hash(&text), expr: text.into() }
     }
 }
 
@@ -290,9 +293,36 @@ impl Ruleset {
 }
 
 /// A transaction in nft's JSON input form (`nft -j -f -`).
+pub fn encode(commands: &[Command]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * commands.len() + 32);
+    out.extend_from_slice(b"{\"nftables\":[");
+    for (i, c) in commands.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match c {
+            // The rule's expressions are JSON text already.
+            Command::AddRule { chain, rule } => {
+                out.extend_from_slice(b"{\"add\":{\"rule\":{\"family\":\"inet\",\"table\":");
+                out.extend_from_slice(json!(TABLE).to_string().as_bytes());
+                out.extend_from_slice(b",\"chain\":");
+                out.extend_from_slice(json!(chain).to_string().as_bytes());
+                out.extend_from_slice(b",\"comment\":");
+                out.extend_from_slice(json!(rule.comment).to_string().as_bytes());
+                out.extend_from_slice(b",\"expr\":");
+                out.extend_from_slice(rule.expr.as_bytes());
+                out.extend_from_slice(b"}}}");
+            }
+            other => out.extend_from_slice(command_json(other).to_string().as_bytes()),
+        }
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// The same transaction as a JSON value (for tests and tools that read it).
 pub fn to_json(commands: &[Command]) -> Value {
-    let items: Vec<Value> = commands.iter().map(command_json).collect();
-    json!({ "nftables": items })
+    serde_json::from_slice(&encode(commands)).unwrap_or(Value::Null)
 }
 
 fn command_json(c: &Command) -> Value {
@@ -336,15 +366,15 @@ fn command_json(c: &Command) -> Value {
         }
         Command::FlushChain { name } => json!({"flush": {"chain": {"family": "inet", "table": TABLE, "name": name}}}),
         Command::DeleteChain { name } => json!({"delete": {"chain": {"family": "inet", "table": TABLE, "name": name}}}),
-        Command::AddRule { chain, rule } => json!({"add": {"rule": {
-            "family": "inet", "table": TABLE, "chain": chain, "comment": rule.comment, "expr": rule.expr,
-        }}}),
+        Command::AddRule { chain, rule } => {
+            let expr: Value = serde_json::from_str(&rule.expr).unwrap_or(Value::Null);
+            json!({"add": {"rule": {"family": "inet", "table": TABLE, "chain": chain, "comment": rule.comment, "expr": expr}}})
+        }
     }
 }
 
-/// A short, stable name for a rule's content (FNV-1a, 64 bits).
-fn content_hash(expr: &[Value]) -> String {
-    let text = serde_json::to_string(expr).unwrap_or_default();
+/// A short, stable name for a rule's content (FNV-1a, 64 bits, of its JSON text).
+fn content_hash(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         hash ^= u64::from(b);
@@ -381,7 +411,7 @@ pub fn parse_listing(listing: &Value) -> Result<Ruleset, String> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("{chain}: a rule without a comment"))?;
             let target = out.chains.get_mut(chain).ok_or_else(|| format!("a rule of unknown chain {chain}"))?;
-            target.rules.push(Rule { comment: comment.to_string(), expr: Vec::new() });
+            target.rules.push(Rule { comment: comment.to_string(), expr: "".into() });
         }
     }
     Ok(out)

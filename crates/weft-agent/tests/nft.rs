@@ -1,0 +1,195 @@
+//! The nftables datapath against the kernel, in a network namespace of the test's own (root;
+//! elsewhere these tests say so and pass): set member changes of real compiler deltas reach
+//! the kernel's sets over netlink, element by element, and the table stays the render of the
+//! span.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+use weft_agent::nft::{NftDatapath, ruleset};
+use weft_agent::{Datapath, nft::render};
+use weft_compiler::{Change, Compiler, NodeSpan};
+
+/// A network namespace of the test's own, removed when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("wt-{tag}-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+        Netns(name)
+    }
+
+    fn nft(&self, args: &[&str]) -> Value {
+        let out = Command::new("ip").args(["netns", "exec", &self.0, "nft", "-j"]).args(args).output().unwrap();
+        assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn port(n: u64, name: &str, node: &str, ips: &[&str], app: &str) -> Change {
+    let mut p: weft_model::Port = serde_json::from_value(json!({
+        "name": name, "project": "shop", "node": node, "ips": ips, "labels": {"app": app}, "security_groups": [],
+        "named_ports": {"http": {"protocol": "tcp", "port": 8080}},
+    }))
+    .unwrap();
+    p.id = Some(Uuid::from_u64_pair(2, n));
+    Change::UpsertPort(p)
+}
+
+/// A shop on node-1: web (local) accepts from app=api on TCP 80 and sends to app=api's named
+/// port http; api pods live elsewhere.
+fn shop() -> Vec<Change> {
+    let mut project: weft_model::Project = serde_json::from_value(json!({"name": "shop"})).unwrap();
+    project.id = Some(Uuid::from_u64_pair(1, 1));
+    let mut group: weft_model::SecurityGroup = serde_json::from_value(json!({
+        "name": "web", "project": "shop", "selector": {"matchLabels": {"app": "web"}}, "policy_types": ["ingress", "egress"],
+        "rules": [
+            {"direction": "ingress", "protocol": "tcp", "ports": [80], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "api"}}}},
+            {"direction": "egress", "protocol": "tcp", "ports": ["http"], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "api"}}}},
+        ]}))
+    .unwrap();
+    group.id = Some(Uuid::from_u64_pair(3, 1));
+    for (i, r) in group.rules.iter_mut().enumerate() {
+        r.id = Some(Uuid::from_u64_pair(4, i as u64));
+    }
+    vec![
+        Change::UpsertProject(project),
+        Change::UpsertGroup(group),
+        port(1, "web", "node-1", &["10.9.0.1"], "web"),
+        port(2, "api-1", "node-2", &["10.9.0.2", "fd09::2"], "api"),
+    ]
+}
+
+/// Each set of an nft JSON document (a listing, or a transaction) with its elements.
+fn sets_in(document: &Value, set_of: impl Fn(&Value) -> Option<&Value>) -> Vec<(String, BTreeSet<String>)> {
+    let mut out: Vec<(String, BTreeSet<String>)> = document["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(set_of)
+        .map(|set| {
+            let elems = set["elem"].as_array().map(|a| a.iter().map(Value::to_string).collect()).unwrap_or_default();
+            (set["name"].as_str().unwrap().to_string(), elems)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The elements of every set in the kernel's table, by name.
+fn kernel_sets(ns: &Netns) -> Vec<(String, BTreeSet<String>)> {
+    sets_in(&ns.nft(&["list", "table", "inet", ruleset::TABLE]), |item| item.get("set"))
+}
+
+/// What the render of `span` says those sets hold, read back the same way.
+fn rendered_sets(span: &NodeSpan) -> Vec<(String, BTreeSet<String>)> {
+    let commands = ruleset::Ruleset::default().diff(&render::render(span));
+    sets_in(&ruleset::to_json(&commands), |item| item["add"].get("set"))
+}
+
+/// The shop compiled, and node-1's span applied to a namespace of its own.
+fn shop_on_node_1(tag: &str) -> (Netns, Compiler, NodeSpan, NftDatapath) {
+    let ns = Netns::new(tag);
+    let mut compiler = Compiler::new();
+    compiler.load(1, shop());
+    let span = compiler.span("node-1");
+    let mut datapath = NftDatapath::new(Some(ns.0.clone()));
+    datapath.apply(&NodeSpan::default(), &span, None).unwrap();
+    assert_eq!(kernel_sets(&ns), rendered_sets(&span));
+    (ns, compiler, span, datapath)
+}
+
+#[test]
+fn member_changes_reach_the_kernel_over_netlink_element_by_element() {
+    if !weft_testkit::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (ns, mut compiler, mut span, mut datapath) = shop_on_node_1("members");
+
+    // api pods come and go: IPv4 and IPv6 members of the address set and of the named-port
+    // pair set, the last IPv6 member leaving (its set goes: that one is no element change).
+    let steps = [
+        port(3, "api-2", "node-3", &["10.9.0.3", "fd09::3"], "api"),
+        port(4, "api-3", "node-3", &["10.9.0.4"], "api"),
+        Change::DeletePort(Uuid::from_u64_pair(2, 3)),
+        port(3, "api-2", "node-3", &["10.9.0.3"], "other"),
+        Change::DeletePort(Uuid::from_u64_pair(2, 2)),
+    ];
+    let mut over_netlink = 0;
+    for (i, step) in steps.into_iter().enumerate() {
+        let revision = compiler.revision() + 1;
+        let delta = compiler.apply(revision, [step]).for_node("node-1");
+        let mut next = span.clone();
+        next.apply(&delta);
+        datapath.apply(&span, &next, Some(&delta)).unwrap();
+        assert!(!datapath.last.full, "step {i} applied as a delta");
+        over_netlink += usize::from(datapath.last.netlink);
+        span = next;
+        assert_eq!(kernel_sets(&ns), rendered_sets(&span), "step {i}: the kernel's sets are the span's");
+        assert_eq!(span, compiler.span("node-1"));
+    }
+    assert!(over_netlink >= 3, "member changes went over netlink ({over_netlink} of 5)");
+}
+
+#[test]
+fn a_netlink_change_the_kernel_refuses_falls_back_and_the_table_converges() {
+    if !weft_testkit::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (ns, mut compiler, span, mut datapath) = shop_on_node_1("fallback");
+    // Someone removes the set behind the agent's back: the element add cannot apply.
+    let (set, _) = kernel_sets(&ns).into_iter().find(|(n, e)| n.starts_with('s') && !e.is_empty()).unwrap();
+    let listing = ns.nft(&["list", "table", "inet", ruleset::TABLE]);
+    let rules_using: Vec<u64> = listing["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter(|r| r["expr"].to_string().contains(&format!("@{set}")))
+        .map(|r| r["handle"].as_u64().unwrap())
+        .collect();
+    let chain_of = |h: u64| -> String {
+        listing["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.get("rule"))
+            .find(|r| r["handle"] == h)
+            .map(|r| r["chain"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    for h in &rules_using {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "nft", "delete", "rule", "inet", ruleset::TABLE, &chain_of(*h), "handle"])
+            .arg(h.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "delete", "set", "inet", ruleset::TABLE, &set])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let revision = compiler.revision() + 1;
+    let delta = compiler.apply(revision, [port(3, "api-2", "node-3", &["10.9.0.3"], "api")]).for_node("node-1");
+    let mut next = span.clone();
+    next.apply(&delta);
+    datapath.apply(&span, &next, Some(&delta)).unwrap();
+    assert!(datapath.last.full, "the refused delta ended in a reconcile of the whole table");
+    assert_eq!(kernel_sets(&ns), rendered_sets(&next));
+}
