@@ -11,6 +11,7 @@
 //! PostgreSQL: on a 2-core machine both share the cores with what they measure.
 
 pub mod compiler;
+pub mod datapath;
 pub mod fanout;
 
 /// A process's resident set and its peak (`/proc/<pid>/status`: VmRSS, VmHWM), in MiB.

@@ -162,6 +162,26 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         ports: usize,
     },
+    /// The nftables datapath (as root, in network namespaces of its own): full apply of a
+    /// large span, one set member joining and leaving, and an agent's memory.
+    Datapath {
+        /// Local ports of the measured node.
+        #[arg(long, default_value_t = 500)]
+        ports: usize,
+        /// Rules at least in the measured node's span.
+        #[arg(long, default_value_t = 5_000)]
+        rules: usize,
+        /// Repetitions of each timed step.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Namespaces (4 pods each, 1,000 nodes) of the cluster the agent's memory is measured
+        /// with: 25,000 is 100,000 pods, 100 ports per node.
+        #[arg(long, default_value_t = 25_000)]
+        rss_namespaces: usize,
+        /// Write the full apply's transaction (nft JSON) here, to time `nft -j -f` on by hand.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
     /// The ACL compiler on a synthetic cluster: full compile time and memory.
     Compiler {
         /// `realistic` (DESIGN.md §8's shape; Antrea's benchmark scale by default) or `dense`.
@@ -526,6 +546,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 weft_exe: std::env::current_exe().ok(),
             };
             let report = weft_bench::api(config).await?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Datapath { ports, rules, runs, rss_namespaces, dump } } => {
+            let config = weft_bench::datapath::DatapathConfig {
+                ports,
+                rules,
+                runs,
+                rss_namespaces,
+                binary: std::env::current_exe().context("cannot find the weft binary")?,
+                dump,
+            };
+            let report = tokio::task::spawn_blocking(move || weft_bench::datapath::run_bench(&config)).await??;
             print!("{report}");
             Ok(())
         }
