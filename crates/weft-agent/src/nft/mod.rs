@@ -85,6 +85,17 @@ impl Nft {
     }
 }
 
+/// The netlink socket in `slot`, opened in `netns` when there is none.
+pub(crate) fn socket<'a>(
+    slot: &'a mut Option<netlink::Socket>,
+    netns: Option<&str>,
+) -> std::io::Result<&'a mut netlink::Socket> {
+    if slot.is_none() {
+        *slot = Some(netlink::Socket::open(netns)?);
+    }
+    slot.as_mut().ok_or_else(|| std::io::Error::other("no netlink socket"))
+}
+
 /// What one apply did, for logs and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -93,15 +104,18 @@ pub struct ApplyReport {
     pub full: bool,
     /// Whether the change went to the kernel over netlink (set elements only), not nft.
     pub netlink: bool,
-    pub conntrack_deleted: usize,
+    /// Whether established connections are being re-checked (after the change, not in it).
+    pub conntrack_rechecked: bool,
 }
 
 /// Enforces spans with nftables in one network namespace.
 #[derive(Debug)]
 pub struct NftDatapath {
     nft: Nft,
-    /// Set element changes go straight to the kernel (opened on first use).
+    /// Set element changes go straight to the kernel (opened on first use, again after an
+    /// error).
     netlink: Option<netlink::Socket>,
+    cutter: conntrack::Cutter,
     /// Whether the kernel's table is known to be the render of the span last applied, so a
     /// delta can be applied on top of it.
     in_step: bool,
@@ -110,7 +124,13 @@ pub struct NftDatapath {
 
 impl NftDatapath {
     pub fn new(netns: Option<String>) -> NftDatapath {
-        NftDatapath { nft: Nft::new(netns), netlink: None, in_step: false, last: ApplyReport::default() }
+        NftDatapath {
+            cutter: conntrack::Cutter::start(netns.clone()),
+            nft: Nft::new(netns),
+            netlink: None,
+            in_step: false,
+            last: ApplyReport::default(),
+        }
     }
 
     pub fn nft(&self) -> &Nft {
@@ -124,14 +144,7 @@ impl NftDatapath {
             return Ok(false);
         }
         if let Some(batch) = netlink::ElementBatch::encode(commands) {
-            let sent = match &mut self.netlink {
-                Some(socket) => socket.send(&batch),
-                None => netlink::Socket::open(self.nft.netns.as_deref()).and_then(|mut socket| {
-                    let sent = socket.send(&batch);
-                    self.netlink = Some(socket);
-                    sent
-                }),
-            };
+            let sent = socket(&mut self.netlink, self.nft.netns.as_deref()).and_then(|s| s.send(&batch));
             match sent {
                 Ok(()) => return Ok(true),
                 Err(e) => {
@@ -207,13 +220,15 @@ impl Datapath for NftDatapath {
         }
         self.in_step = true;
         if delta.is_none_or(conntrack::may_revoke) {
-            report.conntrack_deleted = conntrack::cut(&self.nft, new);
+            report.conntrack_rechecked = true;
+            self.cutter.request(new, report.full);
         }
         self.last = report;
         tracing::debug!(
             commands = report.commands,
             full = report.full,
-            conntrack_deleted = report.conntrack_deleted,
+            netlink = report.netlink,
+            rechecking = report.conntrack_rechecked,
             took_us = started.elapsed().as_micros() as u64,
             "applied"
         );

@@ -1,5 +1,6 @@
 //! Set element changes straight to the kernel over netlink (nf_tables), for the most frequent
-//! delta: a pod joining or leaving the address sets that select it.
+//! delta: a pod joining or leaving the address sets that select it; and the conntrack table
+//! (ctnetlink), listed and pruned after a change that may revoke.
 //!
 //! The nft binary, before it changes a set, builds a cache of the table that includes the
 //! elements of every set; the kernel finds each set by name in a list, so that costs grows
@@ -16,11 +17,34 @@ use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::sockopt::Timeout;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
+use super::conntrack::Flow;
 use super::ruleset::{Command, Element, SetKind, TABLE};
 use crate::netns;
 
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTO_ICMP_TYPE: u16 = 5;
+const CTA_PROTO_ICMP_CODE: u16 = 6;
+const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
+const CTA_PROTO_ICMPV6_CODE: u16 = 9;
+const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -103,6 +127,186 @@ impl Socket {
         }
         Ok(())
     }
+}
+
+/// A conntrack entry as the kernel listed it: its original direction, and the attributes
+/// that name it for deletion (as the kernel wrote them).
+#[derive(Debug, Clone)]
+pub struct TrackedFlow {
+    pub flow: Flow,
+    family: u8,
+    name: Vec<u8>,
+}
+
+impl Socket {
+    /// Every conntrack entry of the namespace (both families).
+    pub fn conntrack(&mut self) -> io::Result<Vec<TrackedFlow>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut request = Vec::new();
+        let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+        message(&mut request, kind, NLM_F_REQUEST | NLM_F_DUMP, self.seq, [0, 0, 0, 0], &[]);
+        rustix::net::sendto(&self.fd, &request, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let (received, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
+            let mut at = 0;
+            while at + 16 <= received {
+                let len = u32::from_ne_bytes(word(&buf, at)) as usize;
+                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+                let seq = u32::from_ne_bytes(word(&buf, at + 8));
+                if len < 16 || at + len > received {
+                    return Err(io::Error::other("a malformed netlink answer"));
+                }
+                if seq == self.seq {
+                    match kind {
+                        NLMSG_DONE => return Ok(out),
+                        NLMSG_ERROR if len >= 20 => {
+                            let code = i32::from_ne_bytes(word(&buf, at + 16));
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
+                        k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && len >= 20 => {
+                            if let Some(entry) = tracked(buf[at + 16], &buf[at + 20..at + len]) {
+                                out.push(entry);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                at += align(len);
+            }
+        }
+    }
+
+    /// Deletes conntrack entries; one already gone counts as deleted.
+    pub fn delete_conntrack(&mut self, entries: &[&TrackedFlow]) -> io::Result<()> {
+        let mut request = Vec::new();
+        let mut waiting = std::collections::BTreeSet::new();
+        for entry in entries {
+            self.seq = self.seq.wrapping_add(1);
+            let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+            message(&mut request, kind, NLM_F_REQUEST | NLM_F_ACK, self.seq, [entry.family, 0, 0, 0], &entry.name);
+            waiting.insert(self.seq);
+        }
+        for chunk in request_chunks(&request) {
+            rustix::net::sendto(&self.fd, chunk, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        }
+        let mut buf = vec![0u8; 64 << 10];
+        while !waiting.is_empty() {
+            let (received, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
+            let mut at = 0;
+            while at + 16 <= received {
+                let len = u32::from_ne_bytes(word(&buf, at)) as usize;
+                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+                let seq = u32::from_ne_bytes(word(&buf, at + 8));
+                if len < 16 || at + len > received {
+                    return Err(io::Error::other("a malformed netlink answer"));
+                }
+                if kind == NLMSG_ERROR && len >= 20 && waiting.remove(&seq) {
+                    let code = i32::from_ne_bytes(word(&buf, at + 16));
+                    if code != 0 && code != -rustix::io::Errno::NOENT.raw_os_error() {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                }
+                at += align(len);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whole messages, at most 32 KiB a send (a datagram must fit the socket's buffer).
+fn request_chunks(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut at) = (0, 0);
+    while at + 4 <= bytes.len() {
+        let len = align(u32::from_ne_bytes(word(bytes, at)) as usize).max(4);
+        if at + len - start > 32 << 10 && at > start {
+            out.push(&bytes[start..at]);
+            start = at;
+        }
+        at += len;
+    }
+    if start < bytes.len() {
+        out.push(&bytes[start..]);
+    }
+    out
+}
+
+/// The attributes of a netlink payload: (type without flags, payload, the whole attribute).
+fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
+    let mut out = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
+        if len < 4 || len > bytes.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & NLA_TYPE_MASK;
+        out.push((kind, &bytes[4..len], &bytes[..len]));
+        bytes = &bytes[align(len).min(bytes.len())..];
+    }
+    out
+}
+
+/// One listed entry: its original tuple read, and kept as the kernel wrote it.
+fn tracked(family: u8, attrs: &[u8]) -> Option<TrackedFlow> {
+    let mut name = Vec::new();
+    let mut flow = None;
+    for (kind, payload, whole) in attributes(attrs) {
+        match kind {
+            CTA_TUPLE_ORIG => {
+                flow = tuple(payload);
+                name.extend_from_slice(whole);
+                name.resize(align(name.len()), 0);
+            }
+            CTA_ZONE => {
+                name.extend_from_slice(whole);
+                name.resize(align(name.len()), 0);
+            }
+            _ => {}
+        }
+    }
+    Some(TrackedFlow { flow: flow?, family, name })
+}
+
+fn tuple(payload: &[u8]) -> Option<Flow> {
+    let (mut src, mut dst, mut protocol) = (None, None, None);
+    let (mut sport, mut dport, mut itype, mut icode) = (None, None, None, None);
+    let address = |b: &[u8]| -> Option<std::net::IpAddr> {
+        match b.len() {
+            4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+            16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+            _ => None,
+        }
+    };
+    let port = |b: &[u8]| -> Option<u16> { Some(u16::from_be_bytes(<[u8; 2]>::try_from(b.get(..2)?).ok()?)) };
+    for (kind, inner, _) in attributes(payload) {
+        match kind {
+            CTA_TUPLE_IP => {
+                for (k, v, _) in attributes(inner) {
+                    match k {
+                        CTA_IP_V4_SRC | CTA_IP_V6_SRC => src = address(v),
+                        CTA_IP_V4_DST | CTA_IP_V6_DST => dst = address(v),
+                        _ => {}
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (k, v, _) in attributes(inner) {
+                    match k {
+                        CTA_PROTO_NUM => protocol = v.first().copied(),
+                        CTA_PROTO_SRC_PORT => sport = port(v),
+                        CTA_PROTO_DST_PORT => dport = port(v),
+                        CTA_PROTO_ICMP_TYPE | CTA_PROTO_ICMPV6_TYPE => itype = v.first().copied(),
+                        CTA_PROTO_ICMP_CODE | CTA_PROTO_ICMPV6_CODE => icode = v.first().copied(),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Flow { protocol: protocol?, src: src?, dst: dst?, sport, dport, icmp: itype.zip(icode) })
 }
 
 fn word(buf: &[u8], at: usize) -> [u8; 4] {
@@ -245,5 +449,27 @@ mod tests {
         };
         assert!(ElementBatch::encode(&[prefix]).is_none(), "interval sets go through nft");
         assert!(ElementBatch::encode(&[add, Command::FlushChain { name: "x".into() }]).is_none());
+    }
+
+    #[test]
+    fn reads_a_conntrack_entrys_original_tuple_and_keeps_its_name() {
+        let mut ip = Vec::new();
+        attr(&mut ip, CTA_IP_V4_SRC, &[10, 0, 0, 1]);
+        attr(&mut ip, CTA_IP_V4_DST, &[10, 0, 0, 2]);
+        let mut proto = Vec::new();
+        attr(&mut proto, CTA_PROTO_NUM, &[6]);
+        attr(&mut proto, CTA_PROTO_SRC_PORT, &45678u16.to_be_bytes());
+        attr(&mut proto, CTA_PROTO_DST_PORT, &80u16.to_be_bytes());
+        let mut tuple = Vec::new();
+        attr(&mut tuple, CTA_TUPLE_IP | NLA_F_NESTED, &ip);
+        attr(&mut tuple, CTA_TUPLE_PROTO | NLA_F_NESTED, &proto);
+        let mut entry = Vec::new();
+        attr(&mut entry, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple);
+        // The reply tuple, which must not be read as the original.
+        attr(&mut entry, 2 | NLA_F_NESTED, &tuple);
+        let tracked = tracked(2, &entry).expect("an entry");
+        assert_eq!(tracked.flow.src, "10.0.0.1".parse::<std::net::IpAddr>().expect("address"));
+        assert_eq!((tracked.flow.protocol, tracked.flow.sport, tracked.flow.dport), (6, Some(45678), Some(80)));
+        assert_eq!(tracked.name.len(), 4 + tuple.len(), "the name is the original tuple as written");
     }
 }
