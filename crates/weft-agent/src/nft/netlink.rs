@@ -103,9 +103,14 @@ impl Socket {
         let (bytes, acked) = batch.frame(first);
         self.seq = first.wrapping_add(batch.messages.len() as u32 + 2);
         rustix::net::sendto(&self.fd, &bytes, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
-        let mut waiting: std::collections::BTreeSet<u32> = acked.into_iter().collect();
-        let mut buf = vec![0u8; 64 << 10];
-        while !waiting.is_empty() {
+        self.acks(acked.into_iter().collect(), 0)
+    }
+
+    /// Reads the kernel's answers, each message's (type, sequence number, payload) to `each`,
+    /// until `each` says it has seen enough. A silent kernel ends in the receive timeout.
+    fn answers(&self, mut each: impl FnMut(u16, u32, &[u8]) -> io::Result<bool>) -> io::Result<()> {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
             let (received, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
             let mut at = 0;
             while at + 16 <= received {
@@ -115,17 +120,30 @@ impl Socket {
                 if len < 16 || at + len > received {
                     return Err(io::Error::other("a malformed netlink answer"));
                 }
-                if kind == NLMSG_ERROR && len >= 20 && waiting.remove(&seq) {
-                    let code = i32::from_ne_bytes(word(&buf, at + 16));
-                    if code != 0 {
-                        // The kernel aborted the whole batch; no other answer matters.
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
+                if each(kind, seq, &buf[at + 16..at + len])? {
+                    return Ok(());
                 }
                 at += align(len);
             }
         }
-        Ok(())
+    }
+
+    /// Waits for the answer to each message in `waiting`; an error other than `tolerated` (an
+    /// errno, or 0) fails the whole request.
+    fn acks(&self, mut waiting: std::collections::BTreeSet<u32>, tolerated: i32) -> io::Result<()> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        self.answers(|kind, seq, payload| {
+            if kind == NLMSG_ERROR && payload.len() >= 4 && waiting.remove(&seq) {
+                let code = i32::from_ne_bytes(word(payload, 0));
+                if code != 0 && code != -tolerated {
+                    // The kernel aborted the request; no other answer matters.
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+            }
+            Ok(waiting.is_empty())
+        })
     }
 }
 
@@ -146,36 +164,24 @@ impl Socket {
         let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
         message(&mut request, kind, NLM_F_REQUEST | NLM_F_DUMP, self.seq, [0, 0, 0, 0], &[]);
         rustix::net::sendto(&self.fd, &request, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let (received, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
-            let mut at = 0;
-            while at + 16 <= received {
-                let len = u32::from_ne_bytes(word(&buf, at)) as usize;
-                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-                let seq = u32::from_ne_bytes(word(&buf, at + 8));
-                if len < 16 || at + len > received {
-                    return Err(io::Error::other("a malformed netlink answer"));
-                }
-                if seq == self.seq {
-                    match kind {
-                        NLMSG_DONE => return Ok(out),
-                        NLMSG_ERROR if len >= 20 => {
-                            let code = i32::from_ne_bytes(word(&buf, at + 16));
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
-                        k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && len >= 20 => {
-                            if let Some(entry) = tracked(buf[at + 16], &buf[at + 20..at + len]) {
-                                out.push(entry);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                at += align(len);
+        let (mut out, request) = (Vec::new(), self.seq);
+        self.answers(|kind, seq, payload| {
+            if seq != request {
+                return Ok(false);
             }
-        }
+            match kind {
+                NLMSG_DONE => return Ok(true),
+                NLMSG_ERROR if payload.len() >= 4 => {
+                    return Err(io::Error::from_raw_os_error(-i32::from_ne_bytes(word(payload, 0))));
+                }
+                k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && payload.len() >= 4 => {
+                    out.extend(tracked(payload[0], &payload[4..]));
+                }
+                _ => {}
+            }
+            Ok(false)
+        })?;
+        Ok(out)
     }
 
     /// Deletes conntrack entries; one already gone counts as deleted.
@@ -191,27 +197,7 @@ impl Socket {
         for chunk in request_chunks(&request) {
             rustix::net::sendto(&self.fd, chunk, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
         }
-        let mut buf = vec![0u8; 64 << 10];
-        while !waiting.is_empty() {
-            let (received, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
-            let mut at = 0;
-            while at + 16 <= received {
-                let len = u32::from_ne_bytes(word(&buf, at)) as usize;
-                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-                let seq = u32::from_ne_bytes(word(&buf, at + 8));
-                if len < 16 || at + len > received {
-                    return Err(io::Error::other("a malformed netlink answer"));
-                }
-                if kind == NLMSG_ERROR && len >= 20 && waiting.remove(&seq) {
-                    let code = i32::from_ne_bytes(word(&buf, at + 16));
-                    if code != 0 && code != -rustix::io::Errno::NOENT.raw_os_error() {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                }
-                at += align(len);
-            }
-        }
-        Ok(())
+        self.acks(waiting, rustix::io::Errno::NOENT.raw_os_error())
     }
 }
 
