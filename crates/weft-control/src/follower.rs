@@ -84,7 +84,7 @@ async fn follow(
         state.0 = loaded;
         state.1 = revision;
     }
-    hub.reset(revision);
+    hub.reset(revision, included.iter().next_back().copied().unwrap_or(0));
     tracing::info!(objects, revision, elapsed_ms = started.elapsed().as_millis() as u64, "controller loaded");
     let mut cursor = revision;
     loop {

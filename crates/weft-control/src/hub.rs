@@ -31,6 +31,11 @@ pub struct Hub {
     pub(crate) ring: RwLock<Ring>,
     /// The revision the compiler is at; `None` until the first snapshot is loaded.
     pub(crate) revision: watch::Sender<Option<i64>>,
+    /// The last revision the loaded snapshot already held though it committed after the
+    /// snapshot's horizon (0: none). Those revisions publish no update here, while another
+    /// process that loaded earlier has them as updates: a node's realization through them
+    /// must be written down at once, or that process waits on a record that stays behind.
+    pub(crate) included_through: std::sync::atomic::AtomicI64,
     ring_updates: usize,
 }
 
@@ -40,6 +45,7 @@ impl Hub {
             compiler: Mutex::new((Compiler::new(), 0)),
             ring: RwLock::default(),
             revision: watch::Sender::new(None),
+            included_through: std::sync::atomic::AtomicI64::new(0),
             ring_updates: ring_updates.max(1),
         }
     }
@@ -64,8 +70,14 @@ impl Hub {
         self.ring_updates
     }
 
+    /// See `included_through`.
+    pub(crate) fn included_through(&self) -> i64 {
+        self.included_through.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A new state replaces the old: every session starts again from a snapshot.
-    pub(crate) fn reset(&self, revision: i64) {
+    pub(crate) fn reset(&self, revision: i64, included_through: i64) {
+        self.included_through.store(included_through, std::sync::atomic::Ordering::Relaxed);
         let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
         *ring = Ring { floor: revision, ..Ring::default() };
         drop(ring);

@@ -155,7 +155,8 @@ async fn send(
                 // that it stays within the history the hub keeps.
                 if p.pending.is_empty() {
                     p.realized = p.cursor;
-                    if p.realized - p.recorded >= (hub.history() / 4).max(1) as i64 {
+                    let through_included = p.recorded < hub.included_through() && p.realized >= hub.included_through();
+                    if through_included || p.realized - p.recorded >= (hub.history() / 4).max(1) as i64 {
                         p.record(&statuses, &node);
                     }
                 }
@@ -213,5 +214,59 @@ impl StatusWriter {
             }
             self.flush(&store, &controller).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Waits (at most 10 s) until `ready` holds.
+    async fn until(mut ready: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !ready() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the condition held in time");
+    }
+
+    /// A controller whose snapshot already held revision 2 though it committed after the
+    /// snapshot's horizon (1) publishes nothing at 2; another process that loaded earlier has
+    /// node-1's update there. Node-1's realization through 2 is written down at once, not
+    /// when the record next catches up, or that process waits on a stale record.
+    #[tokio::test]
+    async fn realization_through_revisions_the_snapshot_held_is_recorded_at_once() {
+        let hub = Arc::new(Hub::new(1000));
+        hub.compiler.lock().unwrap_or_else(|e| e.into_inner()).1 = 1;
+        hub.reset(1, 2);
+        let statuses = Arc::new(StatusWriter::default());
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let (outbound, mut sent) = mpsc::channel(16);
+        let sender = tokio::spawn(send(
+            Arc::clone(&hub),
+            "node-1".into(),
+            Arc::clone(&progress),
+            Arc::clone(&statuses),
+            outbound,
+        ));
+        // The snapshot, labelled 1, goes out; the agent acks it.
+        assert!(sent.recv().await.is_some());
+        until(|| progress.lock().unwrap_or_else(|e| e.into_inner()).pending.len() == 1).await;
+        {
+            let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+            p.pending.clear();
+            p.acked = 1;
+            p.realized = 1;
+            p.record(&statuses, "node-1");
+        }
+        // The follower passes revision 2: nothing in it for anyone here.
+        hub.publish(2, None);
+        let realized = || statuses.pending.lock().unwrap_or_else(|e| e.into_inner()).get("node-1").map(|s| s.1);
+        until(|| realized() == Some(2)).await;
+        sender.abort();
     }
 }
