@@ -61,6 +61,17 @@ pub enum ClientError {
     Config { path: String, detail: String },
 }
 
+impl ClientError {
+    /// The HTTP status the server answered with, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(p) => Some(p.status),
+            ClientError::Unexpected { status, .. } => Some(*status),
+            ClientError::Http(_) | ClientError::Config { .. } => None,
+        }
+    }
+}
+
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// A resource the API serves.

@@ -117,6 +117,9 @@ pub enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Kubernetes Namespaces, Pods and NetworkPolicies become projects, ports and security
+    /// groups (from a directory of manifests today).
+    KubeManager(crate::kube_cmds::KubeArgs),
     /// A cluster of network namespaces on this machine, for trying policies with real packets.
     Lab {
         #[command(subcommand)]
@@ -537,6 +540,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server(args, cli.data_dir).await,
         Command::Agent(args) => agent(args, cli.client.ca).await,
         Command::Lab { command } => crate::lab_cmds::run(command, &cli.client, &cli.data_dir).await,
+        Command::KubeManager(args) => crate::kube_cmds::run(args, &cli.client, &cli.data_dir).await,
         Command::Bench { command: BenchCommand::Api { database_url, clients, duration, ports } } => {
             let config = weft_bench::ApiBenchConfig {
                 database_url,

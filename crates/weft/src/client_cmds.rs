@@ -31,7 +31,11 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
     let c = client(args, data_dir)?;
     let out = args.output;
     match command {
-        Command::Server(_) | Command::Agent(_) | Command::Bench { .. } | Command::Lab { .. } => {
+        Command::Server(_)
+        | Command::Agent(_)
+        | Command::Bench { .. }
+        | Command::Lab { .. }
+        | Command::KubeManager(_) => {
             unreachable!("handled by the caller")
         }
         Command::Info => output::show(out, &serde_json::to_value(c.info().await?)?, None),

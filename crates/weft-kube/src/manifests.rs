@@ -1,0 +1,108 @@
+//! A directory of Kubernetes manifests in place of a cluster: YAML or JSON files, several
+//! documents each (`---`), `List`s of items. Namespaces, Pods and NetworkPolicies are read;
+//! other kinds (Deployments, Services...) are counted and left alone. A namespace that
+//! objects name but no manifest declares exists, as it would in a cluster (`default`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    pub policies: Vec<NetworkPolicy>,
+    /// Objects of other kinds, by kind.
+    pub skipped: Vec<String>,
+}
+
+/// Files the directory holds, in name order (subdirectories included): what a change to the
+/// directory is compared by.
+pub fn files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|source| ManifestError::Io { path: d.clone(), source })?;
+        for entry in entries {
+            let path = entry.map_err(|source| ManifestError::Io { path: d.clone(), source })?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every manifest under `dir`.
+pub fn read_dir(dir: &Path) -> Result<Manifests, ManifestError> {
+    let mut m = Manifests::default();
+    for path in files(dir)? {
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Io { path: path.clone(), source })?;
+        read_text(&text, &mut m).map_err(|detail| ManifestError::Invalid { path: path.clone(), detail })?;
+    }
+    let declared: BTreeSet<String> = m.namespaces.iter().filter_map(|n| n.metadata.name.clone()).collect();
+    let named: BTreeSet<String> = m
+        .pods
+        .iter()
+        .map(|p| &p.metadata)
+        .chain(m.policies.iter().map(|p| &p.metadata))
+        .map(|meta| meta.namespace.clone().unwrap_or_else(|| "default".into()))
+        .collect();
+    for ns in named.difference(&declared) {
+        m.namespaces.push(Namespace {
+            metadata: ObjectMeta { name: Some(ns.clone()), ..ObjectMeta::default() },
+            ..Namespace::default()
+        });
+    }
+    Ok(m)
+}
+
+/// Adds the objects of one file's documents.
+pub fn read_text(text: &str, m: &mut Manifests) -> Result<(), String> {
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| format!("document {}: {e}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        add(value, m).map_err(|e| format!("document {}: {e}", i + 1))?;
+    }
+    Ok(())
+}
+
+fn add(value: serde_yaml::Value, m: &mut Manifests) -> Result<(), String> {
+    let kind = value.get("kind").and_then(|k| k.as_str()).ok_or("no kind")?.to_string();
+    let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "List") => {
+            let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+            for item in items {
+                add(item, m)?;
+            }
+        }
+        ("v1", "Namespace") => m.namespaces.push(decode(value, &kind)?),
+        ("v1", "Pod") => m.pods.push(decode(value, &kind)?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => m.policies.push(decode(value, &kind)?),
+        _ => m.skipped.push(kind),
+    }
+    Ok(())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, kind: &str) -> Result<T, String> {
+    let name = value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?").to_string();
+    serde_yaml::from_value(value).map_err(|e| format!("{kind} {name}: {e}"))
+}

@@ -1,0 +1,193 @@
+//! `weft kube-manager --manifests` against a real `weft server`: the config service made to
+//! hold what a directory of Kubernetes manifests says (the seed's yelb app and policies), no
+//! more, no less, and nothing changed that another owner wrote.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, WEFT, temp_dir};
+use serde_json::{Value, json};
+use weft_model::{Port, Project, SecurityGroup};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/yelb")
+}
+
+struct Setup {
+    server: Server,
+    client: weft_client::Client,
+    manifests: PathBuf,
+    _db: weft_testkit::TestDatabase,
+}
+
+impl Setup {
+    async fn new(tag: &str) -> Setup {
+        let db = weft_testkit::fresh_database().await;
+        let data_dir = temp_dir(tag);
+        let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
+        let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_string();
+        let client = weft_client::Client::new(&server.url, Some(token), None).unwrap();
+        let manifests = data_dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        for file in ["app.yaml", "yelb-policy.yaml"] {
+            std::fs::copy(examples().join(file), manifests.join(file)).unwrap();
+        }
+        Setup { server, client, manifests, _db: db }
+    }
+
+    /// `weft kube-manager --manifests DIR --once -o json`, with extra arguments.
+    fn once(&self, extra: &[&str]) -> (Value, String) {
+        let mut args = vec!["kube-manager", "--manifests", self.manifests.to_str().unwrap(), "--once", "-o", "json"];
+        args.extend(extra);
+        let out = self.server.weft(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "weft kube-manager: {stderr}");
+        (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+    }
+
+    async fn ports(&self) -> Vec<Port> {
+        self.client.list_all::<Port>(&Default::default()).await.unwrap()
+    }
+
+    async fn groups(&self, project: &str) -> Vec<String> {
+        let all = self.client.list_all::<SecurityGroup>(&Default::default()).await.unwrap();
+        let mut names: Vec<String> = all.into_iter().filter(|g| g.project == project).map(|g| g.name).collect();
+        names.sort();
+        names
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_once_make_the_config_service_hold_exactly_the_directory() {
+    let s = Setup::new("kube-once").await;
+    // Someone else's objects, which kube-manager must leave alone.
+    let ops: Project = serde_json::from_value(json!({"name": "ops"})).unwrap();
+    s.client.create(&ops).await.unwrap();
+    let tool: Port = serde_json::from_value(json!({"name": "tool", "project": "ops", "ips": ["10.9.9.9"]})).unwrap();
+    let tool_revision = s.client.create(&tool).await.unwrap().revision;
+
+    let (first, _) = s.once(&[]);
+    assert_eq!((first["created"].as_i64(), first["deleted"].as_i64()), (Some(1 + 4 + 5), Some(0)), "{first}");
+    let key = |kind, k: &str| weft_client::Key::parse(kind, k);
+    let project: Project = s.client.get(&key(weft_model::Kind::Project, "k8s-default")).await.unwrap();
+    assert_eq!(project.labels["kubernetes.io/metadata.name"], "default");
+    assert_eq!(project.labels["weft.io/cluster"], "default");
+    let ui: Port = s.client.get(&key(weft_model::Kind::Port, "k8s-default/yelb-ui")).await.unwrap();
+    assert_eq!(ui.node.as_deref(), Some("node-1"));
+    assert_eq!(ui.ips, vec!["10.47.0.11".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(ui.labels["tier"], "frontend");
+    assert_eq!(ui.security_groups, Some(vec![]));
+    assert_eq!(ui.named_ports["http"].port, 80);
+    let policies = ["default-deny", "redis-server-in", "yelb-appserver-in", "yelb-db-in", "yelb-ui-in"];
+    let mut expected: Vec<String> = policies.iter().map(|p| p.to_string()).collect();
+    expected.push("default".into()); // the project's own default group
+    expected.sort();
+    assert_eq!(s.groups("k8s-default").await, expected);
+    let db_in: SecurityGroup =
+        s.client.get(&key(weft_model::Kind::SecurityGroup, "k8s-default/yelb-db-in")).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&db_in.rules).unwrap()[0]["remote"],
+        json!({"type": "selector", "ports": {"matchLabels": {"app": "yelb-appserver", "tier": "middletier"}}})
+    );
+
+    // Again: nothing to do, at the same revision.
+    let (again, _) = s.once(&[]);
+    assert_eq!(
+        (again["created"].as_i64(), again["updated"].as_i64(), again["deleted"].as_i64()),
+        (Some(0), Some(0), Some(0))
+    );
+    assert_eq!(again["revision"], first["revision"]);
+
+    // A label changes; the policies go (`kubectl delete -f yelb-policy.yaml`).
+    let app = std::fs::read_to_string(s.manifests.join("app.yaml")).unwrap();
+    std::fs::write(s.manifests.join("app.yaml"), app.replace("tier: frontend", "tier: web")).unwrap();
+    std::fs::remove_file(s.manifests.join("yelb-policy.yaml")).unwrap();
+    let (changed, _) = s.once(&[]);
+    assert_eq!((changed["updated"].as_i64(), changed["deleted"].as_i64()), (Some(1), Some(5)), "{changed}");
+    assert_eq!(s.groups("k8s-default").await, vec!["default".to_string()]);
+    let ui: Port = s.client.get(&key(weft_model::Kind::Port, "k8s-default/yelb-ui")).await.unwrap();
+    assert_eq!(ui.labels["tier"], "web");
+
+    // Another cluster's kube-manager finds the names taken: it reports and changes nothing.
+    let (west, stderr) = s.once(&["--cluster-name", "west"]);
+    assert_eq!(
+        (west["created"].as_i64(), west["updated"].as_i64(), west["deleted"].as_i64()),
+        (Some(0), Some(0), Some(0))
+    );
+    assert_eq!(west["revision"], changed["revision"]);
+    assert!(stderr.contains("kube-manager/default"), "the conflicts name the owner:\n{stderr}");
+
+    // The directory empties: the namespace's project goes with its ports.
+    std::fs::remove_file(s.manifests.join("app.yaml")).unwrap();
+    let (gone, _) = s.once(&[]);
+    assert_eq!(gone["deleted"].as_i64(), Some(4 + 1), "{gone}");
+    let left: Vec<String> = s.ports().await.into_iter().map(|p| format!("{}/{}", p.project, p.name)).collect();
+    assert_eq!(left, vec!["ops/tool".to_string()], "someone else's port is still there");
+    let tool: Port = s.client.get(&key(weft_model::Kind::Port, "ops/tool")).await.unwrap();
+    assert_eq!(tool.revision, tool_revision, "and untouched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_are_followed_as_they_change_and_a_broken_file_changes_nothing() {
+    let s = Setup::new("kube-watch").await;
+    std::fs::remove_file(s.manifests.join("yelb-policy.yaml")).unwrap();
+    let mut manager = Command::new(WEFT)
+        .args(["kube-manager", "--manifests", s.manifests.to_str().unwrap(), "--data-dir"])
+        .arg(&s.server.data_dir)
+        .env("WEFT_SERVER", &s.server.url)
+        .env_remove("WEFT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = manager.stderr.take().unwrap();
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let until = |what: &str, done: &mut dyn FnMut() -> bool| {
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let ports = || {
+        let c = s.client.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(async move { c.list_all::<Port>(&Default::default()).await.unwrap().len() })
+        })
+    };
+    let groups = || tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(s.groups("k8s-default")));
+    until("the pods arrive", &mut || ports() == 4);
+
+    // `kubectl create -f yelb-policy.yaml`.
+    std::fs::copy(examples().join("yelb-policy.yaml"), s.manifests.join("yelb-policy.yaml")).unwrap();
+    until("the policies arrive", &mut || groups().len() == 6);
+
+    // A file that does not read: kube-manager says so and deletes nothing.
+    std::fs::write(s.manifests.join("broken.yaml"), "kind: Pod\nmetadata: [not, a, map\n").unwrap();
+    until("kube-manager reports the broken file", &mut || {
+        log.try_iter().any(|line| line.contains("do not read") && line.contains("broken.yaml"))
+    });
+    assert_eq!((ports(), groups().len()), (4, 6), "everything is still there");
+
+    // Mended, with the policies removed: they go.
+    std::fs::remove_file(s.manifests.join("broken.yaml")).unwrap();
+    std::fs::remove_file(s.manifests.join("yelb-policy.yaml")).unwrap();
+    until("the policies go", &mut || groups().len() == 1);
+    let _ = manager.kill();
+    let _ = manager.wait();
+}
