@@ -308,7 +308,11 @@ mod tests {
                 BatchOp::Create { object, .. } => format!("create {}", object["name"].as_str().unwrap_or("")),
                 BatchOp::Replace { object, .. } => format!("replace {}", object["name"].as_str().unwrap_or("")),
                 BatchOp::Delete { target, cascade, .. } => {
-                    format!("delete {}{}", target.name.clone().unwrap_or_default(), if *cascade { " (cascade)" } else { "" })
+                    format!(
+                        "delete {}{}",
+                        target.name.clone().unwrap_or_default(),
+                        if *cascade { " (cascade)" } else { "" }
+                    )
                 }
                 BatchOp::Patch { .. } => "patch".into(),
             })
