@@ -16,6 +16,7 @@ mod metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod problem;
+pub mod reach;
 mod resources;
 pub mod server;
 pub mod tls;
@@ -126,6 +127,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{name}", delete(nodes::delete))
         .route("/v1/join-tokens", post(nodes::create_join_token))
         .route("/v1/realization", get(nodes::realization))
+        .route("/v1/explain", post(reach::explain))
+        .route("/v1/reach", get(reach::reach))
         .route("/v1/security-groups/{key}/status", get(nodes::group_status))
         .route("/v1/security-groups/{project}/{name}/status", get(nodes::group_status_by_name));
     for kind in Kind::ALL {

@@ -19,6 +19,7 @@ use crate::nodes::{
     Realization,
 };
 use crate::problem::Problem;
+use crate::reach::{ExplainRequest, ExplainResponse, ReachMatrix, SideExplanation};
 use crate::tokens::{CreateToken, CreatedToken, TokenInfo};
 use crate::{BatchRequest, Info};
 
@@ -57,7 +58,7 @@ fn problem(description: &str) -> utoipa::openapi::Response {
 }
 
 fn param(name: &str, location: ParameterIn, required: bool, description: &str) -> utoipa::openapi::path::Parameter {
-    let ty = if matches!(name, "limit" | "since") { Type::Integer } else { Type::String };
+    let ty = if matches!(name, "limit" | "since" | "revision" | "port") { Type::Integer } else { Type::String };
     ParameterBuilder::new()
         .name(name)
         .parameter_in(location)
@@ -219,6 +220,10 @@ pub fn openapi() -> OpenApi {
     collect::<NodeRealization>(&mut schemas);
     collect::<GroupStatus>(&mut schemas);
     collect::<GroupNode>(&mut schemas);
+    collect::<ExplainRequest>(&mut schemas);
+    collect::<ExplainResponse>(&mut schemas);
+    collect::<SideExplanation>(&mut schemas);
+    collect::<ReachMatrix>(&mut schemas);
     schemas.push((
         "Revision".to_string(),
         ObjectBuilder::new()
@@ -344,6 +349,37 @@ pub fn openapi() -> OpenApi {
         )
         .build()
     };
+    let explain = with_common_errors(
+        OperationBuilder::new()
+            .tag("policy")
+            .operation_id(Some("explain"))
+            .summary(Some("The verdict for one packet between two endpoints, with the group and rule on each side"))
+            .request_body(Some(body(schema_ref("ExplainRequest"), JSON)))
+            .response("200", json_response("The verdict, at the revision it reflects", schema_ref("ExplainResponse")))
+            .response("503", problem("The compiler has not reached the revision asked for within 10 s")),
+    );
+    let reach = with_common_errors(
+        OperationBuilder::new()
+            .tag("policy")
+            .operation_id(Some("reach"))
+            .summary(Some("Which selected ports reach which (the lab probe's matrix, as the compiler computes it)"))
+            .parameters(Some([
+                param("protocol", ParameterIn::Query, false, "tcp (the default), udp, sctp or icmp"),
+                param("port", ParameterIn::Query, false, "The destination port (tcp, udp, sctp)"),
+                param("project", ParameterIn::Query, false, "Only the ports of this project"),
+                param("labelSelector", ParameterIn::Query, false, "Only the ports these labels select"),
+                param("family", ParameterIn::Query, false, "ipv4 (the default) or ipv6"),
+                param(
+                    "outside",
+                    ParameterIn::Query,
+                    false,
+                    "An address outside the cluster, as the endpoint `outside`",
+                ),
+                param("revision", ParameterIn::Query, false, "Answer once the compiler has reached this revision"),
+            ]))
+            .response("503", problem("The compiler has not reached the revision asked for within 10 s"))
+            .response("200", json_response("The matrix, at the revision it reflects", schema_ref("ReachMatrix"))),
+    );
     let mut nodes = PathItem::new(HttpMethod::Post, node_create.build());
     nodes.get = Some(node_list.build());
     paths = paths
@@ -351,6 +387,8 @@ pub fn openapi() -> OpenApi {
         .path("/v1/nodes/{name}", PathItem::new(HttpMethod::Delete, node_delete.build()))
         .path("/v1/join-tokens", PathItem::new(HttpMethod::Post, join_token_create.build()))
         .path("/v1/realization", PathItem::new(HttpMethod::Get, realization.build()))
+        .path("/v1/explain", PathItem::new(HttpMethod::Post, explain.build()))
+        .path("/v1/reach", PathItem::new(HttpMethod::Get, reach.build()))
         .path(
             "/v1/security-groups/{key}/status",
             PathItem::new(HttpMethod::Get, group_status(&[("key", "The group's id")])),

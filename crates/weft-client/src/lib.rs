@@ -449,6 +449,17 @@ impl Client {
         self.send(self.request(Method::GET, "/v1/realization").query(&[("revision", revision)])).await
     }
 
+    /// The verdict for one packet (`POST /v1/explain`): `{"from", "to", "protocol", "port"}`.
+    pub async fn explain(&self, request: &serde_json::Value) -> Result<serde_json::Value> {
+        self.send(self.request(Method::POST, "/v1/explain").json(request)).await
+    }
+
+    /// The reachability matrix between selected ports (`GET /v1/reach`), with query
+    /// parameters such as `protocol`, `port`, `project`, `labelSelector`, `family`, `outside`.
+    pub async fn reach(&self, query: &[(&str, String)]) -> Result<serde_json::Value> {
+        self.send(self.request(Method::GET, "/v1/reach").query(query)).await
+    }
+
     /// A security group's reach (the nodes whose span holds it) and realization.
     pub async fn group_status(&self, key: &Key) -> Result<serde_json::Value> {
         self.send(self.request(Method::GET, &format!("{}/status", key.path(Kind::SecurityGroup)))).await

@@ -55,6 +55,20 @@ impl Compiled {
             .or_else(|| self.unplaced.ports.get(id).map(|p| (None, &self.unplaced, p)))
     }
 
+    /// The groups that isolate a port in a direction (empty: open); `None` for a port this
+    /// view does not hold.
+    pub fn isolated_by(&self, port: &Uuid, direction: Direction) -> Option<Vec<Uuid>> {
+        let (_, _, policy) = self.locate(port)?;
+        let isolation = match direction {
+            Direction::Ingress => &policy.ingress,
+            Direction::Egress => &policy.egress,
+        };
+        Some(match isolation {
+            crate::Isolation::Open => Vec::new(),
+            crate::Isolation::Isolated(groups) => groups.iter().copied().collect(),
+        })
+    }
+
     /// The verdict for `packet` from `src` to `dst`: the source's egress and the destination's
     /// ingress must both allow it, each as its own node enforces it.
     pub fn explain(&self, src: &Endpoint, dst: &Endpoint, packet: &Packet) -> Explanation {

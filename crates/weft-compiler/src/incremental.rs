@@ -329,19 +329,32 @@ impl Compiler {
 
     /// The verdict for `packet` from `src` to `dst`, and why (see `Compiled::explain`).
     pub fn explain(&self, src: &Endpoint, dst: &Endpoint, packet: &Packet) -> Explanation {
+        let ports: Vec<Uuid> = [src, dst]
+            .into_iter()
+            .filter_map(|e| match e {
+                Endpoint::Port(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        self.view_of(&ports).explain(src, dst, packet)
+    }
+
+    /// The spans of the nodes `ports` are on (each node's once): a view that explains every
+    /// pair among them, where [`Compiler::explain`] would build both spans for each pair.
+    pub fn view_of(&self, ports: &[Uuid]) -> Compiled {
         let mut view = Compiled::default();
-        for end in [src, dst] {
-            let Endpoint::Port(port) = end else { continue };
-            let Some(port) = self.cluster.port(port) else { continue };
-            let node = self.node_ids.get(&port.node).copied().unwrap_or(UNPLACED);
+        for id in ports {
+            let Some(port) = self.cluster.port(id) else { continue };
             match &port.node {
-                Some(name) => {
-                    view.spans.entry(name.clone()).or_insert_with(|| self.span_of(node));
+                Some(name) if !view.spans.contains_key(name) => {
+                    let node = self.node_ids.get(&port.node).copied().unwrap_or(UNPLACED);
+                    view.spans.insert(name.clone(), self.span_of(node));
                 }
-                None => view.unplaced = self.span_of(UNPLACED),
+                None if view.unplaced.ports.is_empty() => view.unplaced = self.span_of(UNPLACED),
+                _ => {}
             }
         }
-        view.explain(src, dst, packet)
+        view
     }
 
     fn change(&mut self, revision: i64, change: Change) {

@@ -117,6 +117,11 @@ pub enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Which ports reach which, as the compiler computes it (the lab probe's matrix).
+    Reach(crate::policy_cmds::ReachArgs),
+    /// One packet from a port (or address) to another: the verdict, and on each side whether
+    /// it is isolated and which group and rule allowed it.
+    Trace(crate::policy_cmds::TraceArgs),
     /// Kubernetes Namespaces, Pods and NetworkPolicies become projects, ports and security
     /// groups (from a directory of manifests today).
     KubeManager(crate::kube_cmds::KubeArgs),
@@ -541,6 +546,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent(args, cli.client.ca).await,
         Command::Lab { command } => crate::lab_cmds::run(command, &cli.client, &cli.data_dir).await,
         Command::KubeManager(args) => crate::kube_cmds::run(args, &cli.client, &cli.data_dir).await,
+        Command::Reach(args) => crate::policy_cmds::reach(args, &cli.client, &cli.data_dir).await,
+        Command::Trace(args) => crate::policy_cmds::trace(args, &cli.client, &cli.data_dir).await,
         Command::Bench { command: BenchCommand::Api { database_url, clients, duration, ports } } => {
             let config = weft_bench::ApiBenchConfig {
                 database_url,

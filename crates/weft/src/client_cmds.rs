@@ -35,7 +35,9 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
         | Command::Agent(_)
         | Command::Bench { .. }
         | Command::Lab { .. }
-        | Command::KubeManager(_) => {
+        | Command::KubeManager(_)
+        | Command::Reach(_)
+        | Command::Trace(_) => {
             unreachable!("handled by the caller")
         }
         Command::Info => output::show(out, &serde_json::to_value(c.info().await?)?, None),

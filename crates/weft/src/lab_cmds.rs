@@ -119,6 +119,21 @@ impl LabArgs {
     }
 }
 
+/// A reachability matrix as `weft lab probe` and `weft reach` print it.
+pub fn print_matrix(output: Output, matrix: &weft_lab::Matrix) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(matrix)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(matrix)?),
+        Output::Table => {
+            for (i, e) in matrix.endpoints.iter().enumerate() {
+                println!("{i:>2} {e}");
+            }
+            print!("{}", matrix.table());
+        }
+    }
+    Ok(())
+}
+
 fn binary() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot find the weft binary")
 }
@@ -160,17 +175,7 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
             {
                 matrix.revision = Some(info.revision);
             }
-            match client.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
-                Output::Yaml => print!("{}", serde_yaml::to_string(&matrix)?),
-                Output::Table => {
-                    for (i, e) in matrix.endpoints.iter().enumerate() {
-                        println!("{i:>2} {e}");
-                    }
-                    print!("{}", matrix.table());
-                }
-            }
-            Ok(())
+            print_matrix(client.output, &matrix)
         }
         LabCommand::Agent { lab, action, node } => {
             let mut opened = Lab::open(&lab.dir())?;

@@ -6,6 +6,7 @@ mod client_cmds;
 mod kube_cmds;
 mod lab_cmds;
 mod output;
+mod policy_cmds;
 
 use clap::Parser;
 

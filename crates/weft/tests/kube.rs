@@ -191,3 +191,96 @@ async fn manifests_are_followed_as_they_change_and_a_broken_file_changes_nothing
     let _ = manager.kill();
     let _ = manager.wait();
 }
+
+/// The pairs a `-o json` matrix allows, as (from, to) names without the project.
+fn pairs(matrix: &Value) -> Vec<(String, String)> {
+    let short = |v: &Value| v.as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    matrix["allowed"].as_array().unwrap().iter().map(|p| (short(&p[0]), short(&p[1]))).collect()
+}
+
+/// `weft reach` and `weft trace` on the yelb policies kube-manager wrote: the compiler's
+/// matrix and one pair's verdict with the groups and rule on each side.
+#[tokio::test(flavor = "multi_thread")]
+async fn reach_and_trace_explain_the_yelb_policies() {
+    let s = Setup::new("kube-reach").await;
+    let (applied, _) = s.once(&[]);
+    let json = |args: &[&str]| -> Value {
+        let out = s.server.weft(&[args, &["-o", "json"]].concat());
+        assert!(out.status.success(), "weft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let ui_db = ("yelb-ui".to_string(), "yelb-db".to_string());
+    let app_db = ("yelb-appserver".to_string(), "yelb-db".to_string());
+
+    let db = json(&["reach", "--port", "5432"]);
+    assert_eq!(db["revision"], applied["revision"], "stamped with the revision it reflects");
+    assert_eq!(db["endpoints"].as_array().unwrap().len(), 4);
+    let allowed = pairs(&db);
+    assert!(allowed.contains(&app_db) && !allowed.contains(&ui_db), "{allowed:?}");
+    assert!(allowed.contains(&("yelb-db".into(), "yelb-db".into())), "a port reaches itself");
+
+    let web = json(&["reach", "--port", "80", "--outside", "192.0.2.254"]);
+    assert!(pairs(&web).contains(&("outside".into(), "yelb-ui".into())), "yelb-ui-in: TCP 80 from anywhere");
+    let ping = json(&["reach", "--protocol", "icmp", "--outside", "192.0.2.254"]);
+    let pinged = pairs(&ping);
+    assert!(!pinged.contains(&ui_db) && !pinged.contains(&("outside".into(), "yelb-ui".into())), "{pinged:?}");
+    let only_db = json(&["reach", "--port", "5432", "-l", "app=yelb-db"]);
+    assert_eq!(only_db["endpoints"], json!(["k8s-default/yelb-db"]));
+
+    let denied = json(&["trace", "k8s-default/yelb-ui", "k8s-default/yelb-db", "--port", "5432/tcp"]);
+    assert_eq!(denied["allowed"], false);
+    assert_eq!(denied["egress"]["verdict"], "open", "{denied}");
+    assert_eq!(denied["ingress"]["verdict"], "denied");
+    assert_eq!(denied["ingress"]["isolated_by"], json!(["k8s-default/default-deny", "k8s-default/yelb-db-in"]));
+    let allowed = json(&["trace", "k8s-default/yelb-appserver", "10.47.1.21", "--port", "5432"]);
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    assert_eq!(allowed["ingress"]["port"], "k8s-default/yelb-db", "a port's address means that port");
+    assert_eq!(allowed["ingress"]["group"], "k8s-default/yelb-db-in");
+    assert!(allowed["ingress"]["rule"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
+    let text = s.server.weft(&["trace", "k8s-default/yelb-ui", "k8s-default/yelb-db", "--port", "5432/tcp"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("denied: isolated by k8s-default/default-deny"), "{text}");
+
+    // Bad questions get clear answers.
+    for (args, says) in [
+        (vec!["reach", "--protocol", "gre"], "gre"),
+        (vec!["reach"], "needs a port"),
+        (vec!["trace", "k8s-default/nope", "k8s-default/yelb-db", "--port", "80"], "no port k8s-default/nope"),
+    ] {
+        let out = s.server.weft(&args);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A reader of one project sees that project's ports only.
+    let ops: Project = serde_json::from_value(json!({"name": "ops"})).unwrap();
+    s.client.create(&ops).await.unwrap();
+    let tool: Port = serde_json::from_value(json!({"name": "tool", "project": "ops", "ips": ["10.9.9.9"]})).unwrap();
+    s.client.create(&tool).await.unwrap();
+    let token =
+        json(&["token", "create", "--role", "reader", "--project", "ops"])["token"].as_str().unwrap().to_string();
+    let out = Command::new(WEFT)
+        .args(["reach", "--port", "80", "-o", "json"])
+        .env("WEFT_SERVER", &s.server.url)
+        .env("WEFT_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["endpoints"], json!(["ops/tool"]));
+
+    // A matrix has a limit.
+    let many: Vec<weft_client::BatchOp> = (0..501)
+        .map(|i| weft_client::BatchOp::Create {
+            kind: weft_model::Kind::Port,
+            object: json!({"name": format!("p{i}"), "project": "ops", "ips": [format!("10.8.{}.{}", i / 200, i % 200 + 1)]}),
+        })
+        .collect();
+    s.client.batch(&many).await.unwrap();
+    let out = s.server.weft(&["reach", "--port", "80", "--project", "ops"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 500"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -254,6 +254,20 @@ impl Fixture {
             "{protocol}/{port:?} ipv6={ipv6}: real packets (left) and explain (right) differ\n{}",
             measured.table()
         );
+        // The same matrix as `weft reach` answers it, among the lab's endpoints.
+        let outside = weft_lab::Lab::outside_address(ipv6).to_string();
+        let port_text = port.map(|p| p.to_string());
+        let mut args = vec!["reach", "--protocol", protocol, "--outside", &outside, "-o", "json"];
+        args.extend(port_text.iter().flat_map(|p| ["--port", p.as_str()]));
+        if ipv6 {
+            args.extend(["--family", "ipv6"]);
+        }
+        let out = self.server().weft(&args);
+        assert!(out.status.success(), "weft reach: {}", String::from_utf8_lossy(&out.stderr));
+        let reach: weft_lab::Matrix = serde_json::from_slice(&out.stdout).unwrap();
+        let ours = |(from, to): &(String, String)| measured.endpoints.contains(from) && measured.endpoints.contains(to);
+        let reached: BTreeSet<(String, String)> = reach.allowed.into_iter().filter(ours).collect();
+        assert_eq!(got, reached, "{protocol}/{port:?} ipv6={ipv6}: real packets (left) and weft reach (right) differ");
         measured
     }
 
