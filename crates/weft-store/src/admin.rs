@@ -35,6 +35,23 @@ impl ScratchDatabase {
         Ok(ScratchDatabase { url: url_with_database(server_url, &name), server_url: server_url.to_string(), name })
     }
 
+    /// A database made earlier (by another process) on `server_url`, to drop it.
+    pub fn existing(server_url: &str, name: &str) -> ScratchDatabase {
+        ScratchDatabase {
+            url: url_with_database(server_url, name),
+            server_url: server_url.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
     /// Drops the database, ending its sessions first; errors are ignored (best effort).
     pub async fn drop_database(self) {
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.server_url).await {

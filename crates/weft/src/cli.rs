@@ -117,6 +117,11 @@ pub enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Walk-throughs on this machine with real packets: `weft demo yelb` (as root).
+    Demo {
+        #[command(subcommand)]
+        command: crate::demo::DemoCommand,
+    },
     /// Which ports reach which, as the compiler computes it (the lab probe's matrix).
     Reach(crate::policy_cmds::ReachArgs),
     /// One packet from a port (or address) to another: the verdict, and on each side whether
@@ -547,6 +552,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab { command } => crate::lab_cmds::run(command, &cli.client, &cli.data_dir).await,
         Command::KubeManager(args) => crate::kube_cmds::run(args, &cli.client, &cli.data_dir).await,
         Command::Reach(args) => crate::policy_cmds::reach(args, &cli.client, &cli.data_dir).await,
+        Command::Demo { command } => crate::demo::run(command).await,
         Command::Trace(args) => crate::policy_cmds::trace(args, &cli.client, &cli.data_dir).await,
         Command::Bench { command: BenchCommand::Api { database_url, clients, duration, ports } } => {
             let config = weft_bench::ApiBenchConfig {

@@ -37,7 +37,8 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
         | Command::Lab { .. }
         | Command::KubeManager(_)
         | Command::Reach(_)
-        | Command::Trace(_) => {
+        | Command::Trace(_)
+        | Command::Demo { .. } => {
             unreachable!("handled by the caller")
         }
         Command::Info => output::show(out, &serde_json::to_value(c.info().await?)?, None),
@@ -378,11 +379,18 @@ async fn node(c: &Client, out: crate::cli::Output, command: NodeCommand) -> anyh
 /// Polls the realization of `revision` until it is complete, or fails at the timeout naming
 /// the nodes that have not applied it.
 async fn wait(c: &Client, out: crate::cli::Output, revision: i64, timeout: Duration) -> anyhow::Result<()> {
+    let realization = realized(c, revision, timeout).await?;
+    output::show(out, &serde_json::to_value(&realization)?, None)
+}
+
+/// Waits until every node `revision` concerns has applied it; fails at `timeout` naming who
+/// has not.
+pub async fn realized(c: &Client, revision: i64, timeout: Duration) -> anyhow::Result<weft_client::Realization> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let realization = c.realization(revision).await?;
         if realization.complete {
-            return output::show(out, &serde_json::to_value(&realization)?, None);
+            return Ok(realization);
         }
         if tokio::time::Instant::now() >= deadline {
             let waiting = if realization.compiled < revision {

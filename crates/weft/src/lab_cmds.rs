@@ -199,13 +199,15 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
     }
 }
 
-async fn up(
+/// Builds a lab from the Pod manifests in `manifests` and starts one nftables agent per node,
+/// registered with the server `c` talks to; on failure, what was made is removed.
+pub async fn create(
     manifests: &Path,
-    args: &LabArgs,
+    name: &str,
+    dir: &Path,
     prefix: &str,
-    client: &ClientArgs,
-    data_dir: &Path,
-) -> anyhow::Result<()> {
+    c: &weft_client::Client,
+) -> anyhow::Result<Lab> {
     let pods = weft_lab::read_manifests(manifests, prefix)?;
     if pods.is_empty() {
         anyhow::bail!("no Pods in {}", manifests.display());
@@ -213,28 +215,35 @@ async fn up(
     let mut nodes: Vec<String> = pods.iter().map(|p| p.node.clone()).collect();
     nodes.sort();
     nodes.dedup();
-    let c = client_cmds::client(client, data_dir)?;
-    let info = c.info().await.with_context(|| format!("cannot reach the server at {}", client.server))?;
+    let info = c.info().await.context("cannot reach the server")?;
     let grpc = info.grpc_address.context("the server runs no controller (GET /v1/info has no grpc_address)")?;
     let grpc = if grpc.contains("://") { grpc } else { format!("http://{grpc}") };
-    let spec = Spec { name: args.name.clone(), nodes: nodes.clone(), pods };
-    let dir = args.dir();
+    let spec = Spec { name: name.to_string(), nodes, pods };
     let binary = binary()?;
-    let (spec_c, dir_c, binary_c) = (spec.clone(), dir.clone(), binary.clone());
-    let mut lab = tokio::task::spawn_blocking(move || Lab::create(&spec_c, &dir_c, &binary_c)).await??;
-    match start_agents(&mut lab, &c, &grpc, &binary).await {
-        Ok(()) => {}
-        Err(e) => {
-            lab.down();
-            return Err(e);
-        }
+    let (dir_c, binary_c) = (dir.to_path_buf(), binary.clone());
+    let mut lab = tokio::task::spawn_blocking(move || Lab::create(&spec, &dir_c, &binary_c)).await??;
+    if let Err(e) = start_agents(&mut lab, c, &grpc, &binary).await {
+        lab.down();
+        return Err(e);
     }
+    Ok(lab)
+}
+
+async fn up(
+    manifests: &Path,
+    args: &LabArgs,
+    prefix: &str,
+    client: &ClientArgs,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let c = client_cmds::client(client, data_dir)?;
+    let lab = create(manifests, &args.name, &args.dir(), prefix, &c).await?;
     println!(
         "lab {} is up: {} nodes, {} pods (recorded in {})",
         args.name,
-        nodes.len(),
-        spec.pods.len(),
-        dir.display()
+        lab.state.nodes.len(),
+        lab.state.pods.len(),
+        lab.dir.display()
     );
     for node in &lab.state.nodes {
         println!("  node {:<12} netns {:<24} agent pid {}", node.name, node.netns, node.agent_pid.unwrap_or(0));

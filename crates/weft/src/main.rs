@@ -3,6 +3,7 @@
 
 mod cli;
 mod client_cmds;
+mod demo;
 mod kube_cmds;
 mod lab_cmds;
 mod output;

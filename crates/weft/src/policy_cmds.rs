@@ -95,16 +95,22 @@ pub async fn trace(args: TraceArgs, client: &ClientArgs, data_dir: &std::path::P
         Some(p) => format!("{protocol}/{p}"),
         None => protocol,
     };
+    for line in trace_lines(&answer, &args.from, &args.to, &what) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// An explanation as `weft trace` prints it: the verdict, then each side.
+pub fn trace_lines(answer: &serde_json::Value, from: &str, to: &str, what: &str) -> Vec<String> {
     let allowed = answer["allowed"].as_bool().unwrap_or(false);
-    println!(
-        "{} -> {} {what}: {} (revision {})",
-        args.from,
-        args.to,
+    let mut lines = vec![format!(
+        "{from} -> {to} {what}: {} (revision {})",
         if allowed { "allowed" } else { "denied" },
         answer["revision"]
-    );
+    )];
     if let Some(always) = answer["always"].as_str() {
-        println!("  always allowed: {}", always.replace('_', " "));
+        lines.push(format!("  always allowed: {}", always.replace('_', " ")));
     }
     for (direction, side) in [("egress", &answer["egress"]), ("ingress", &answer["ingress"])] {
         let Some(port) = side["port"].as_str() else { continue };
@@ -120,9 +126,9 @@ pub async fn trace(args: TraceArgs, client: &ClientArgs, data_dir: &std::path::P
             ),
             _ => format!("denied: isolated by {}, and no rule of theirs allows it", isolated.join(", ")),
         };
-        println!("  {direction} of {port}: {line}");
+        lines.push(format!("  {direction} of {port}: {line}"));
     }
-    Ok(())
+    lines
 }
 
 #[cfg(test)]

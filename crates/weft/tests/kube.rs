@@ -137,17 +137,19 @@ async fn manifests_once_make_the_config_service_hold_exactly_the_directory() {
 async fn manifests_are_followed_as_they_change_and_a_broken_file_changes_nothing() {
     let s = Setup::new("kube-watch").await;
     std::fs::remove_file(s.manifests.join("yelb-policy.yaml")).unwrap();
-    let mut manager = Command::new(WEFT)
-        .args(["kube-manager", "--manifests", s.manifests.to_str().unwrap(), "--data-dir"])
-        .arg(&s.server.data_dir)
-        .env("WEFT_SERVER", &s.server.url)
-        .env_remove("WEFT_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = manager.stderr.take().unwrap();
+    let mut manager = common::ChildGuard(
+        Command::new(WEFT)
+            .args(["kube-manager", "--manifests", s.manifests.to_str().unwrap(), "--data-dir"])
+            .arg(&s.server.data_dir)
+            .env("WEFT_SERVER", &s.server.url)
+            .env_remove("WEFT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = manager.0.stderr.take().unwrap();
     let (tx, log) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -188,8 +190,7 @@ async fn manifests_are_followed_as_they_change_and_a_broken_file_changes_nothing
     std::fs::remove_file(s.manifests.join("broken.yaml")).unwrap();
     std::fs::remove_file(s.manifests.join("yelb-policy.yaml")).unwrap();
     until("the policies go", &mut || groups().len() == 1);
-    let _ = manager.kill();
-    let _ = manager.wait();
+    drop(manager);
 }
 
 /// The pairs a `-o json` matrix allows, as (from, to) names without the project.

@@ -319,14 +319,16 @@ async fn api_and_control_run_as_separate_processes() {
     let api = Server::start(Some(&db.url), &api_dir, &["--role", "api"], "http").await;
     let control_dir = temp_dir("role-control");
     let grpc = format!("127.0.0.1:{}", free_port());
-    let mut control = Command::new(WEFT)
-        .args(["server", "--role", "control", "--grpc-listen", &grpc, "--database-url", &db.url, "--data-dir"])
-        .arg(&control_dir)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(control_dir.join("server.log")).unwrap()))
-        .spawn()
-        .unwrap();
+    let mut control = common::ChildGuard(
+        Command::new(WEFT)
+            .args(["server", "--role", "control", "--grpc-listen", &grpc, "--database-url", &db.url, "--data-dir"])
+            .arg(&control_dir)
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(control_dir.join("server.log")).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(&grpc).is_err() {
         assert!(Instant::now() < deadline, "the control process does not listen");
@@ -361,10 +363,10 @@ async fn api_and_control_run_as_separate_processes() {
     assert_eq!(nodes[0]["connected"], true);
     acking.abort();
 
-    Command::new("kill").args(["-TERM", &control.id().to_string()]).status().unwrap();
+    Command::new("kill").args(["-TERM", &control.0.id().to_string()]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = control.try_wait().unwrap() {
+        if let Some(status) = control.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "the control process did not stop");

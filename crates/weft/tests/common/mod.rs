@@ -114,3 +114,15 @@ impl Drop for Server {
         }
     }
 }
+
+/// A child process killed when dropped: a test that fails must not leave it running.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

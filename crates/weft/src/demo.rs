@@ -1,0 +1,559 @@
+//! `weft demo yelb`: the seed's walk-through (shared/seed/use-case-4-network-policies.txt) made
+//! true on this machine, with real packets. A server (on a private PostgreSQL, or a scratch
+//! database of DATABASE_URL's server), a two-node lab of the yelb pods with one nftables agent
+//! per node, and kube-manager watching a directory of the demo's own. The policies go into that
+//! directory (`kubectl create -f yelb-policy.yaml`) and come out again, and every expectation of
+//! the seed is checked by probing. Everything the demo makes is removed at the end, also after
+//! a failure or Ctrl-C, unless `--keep` (then `weft demo down DIR`).
+
+use std::io::BufRead;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+use weft_lab::{Lab, Matrix, Protocol};
+use weft_model::{Port, SecurityGroup};
+use weft_store::admin::ScratchDatabase;
+
+use crate::client_cmds;
+use crate::policy_cmds::trace_lines;
+
+const APP: &str = include_str!("../../../examples/yelb/app.yaml");
+const POLICY: &str = include_str!("../../../examples/yelb/yelb-policy.yaml");
+const PROJECT: &str = "k8s-default";
+/// How long one step may wait for the stack (a write realized, a ping to stop).
+const STEP: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// The seed's walk-through: the yelb app before, with and after its network policies,
+    /// checked with real packets (needs root).
+    Yelb {
+        /// Leave the stack running afterwards for exploring; `weft demo down DIR` ends it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Stop a stack that `weft demo yelb --keep` left running, and remove it.
+    Down { dir: PathBuf },
+}
+
+pub async fn run(command: DemoCommand) -> anyhow::Result<()> {
+    match command {
+        DemoCommand::Yelb { keep } => yelb(keep).await,
+        DemoCommand::Down { dir } => {
+            let record: Record = serde_json::from_slice(
+                &std::fs::read(dir.join("demo.json")).with_context(|| format!("no demo in {}", dir.display()))?,
+            )?;
+            Stack::from_record(dir, record).teardown().await;
+            eprintln!("demo removed");
+            Ok(())
+        }
+    }
+}
+
+/// What a kept stack is made of, in `<dir>/demo.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    url: String,
+    server_pid: Option<u32>,
+    kube_manager_pid: Option<u32>,
+    lab_name: String,
+    /// (server URL, database name) of a scratch database.
+    database: Option<(String, String)>,
+}
+
+/// Everything the demo started; removed when dropped unless kept.
+struct Stack {
+    dir: PathBuf,
+    record: Record,
+    server: Option<Child>,
+    kube_manager: Option<Child>,
+    lab: Option<Lab>,
+    keep: bool,
+}
+
+impl Stack {
+    fn from_record(dir: PathBuf, record: Record) -> Stack {
+        let lab = Lab::open(&dir.join("lab")).ok();
+        Stack { dir, record, server: None, kube_manager: None, lab, keep: false }
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        std::fs::write(self.dir.join("demo.json"), serde_json::to_vec_pretty(&self.record)?)?;
+        Ok(())
+    }
+
+    /// Stops kube-manager, the lab and the server (which stops a private PostgreSQL), drops a
+    /// scratch database and removes the directory.
+    async fn teardown(mut self) {
+        self.keep = true; // Done here; Drop has nothing left to do.
+        stop(self.kube_manager.take(), self.record.kube_manager_pid);
+        if let Some(mut lab) = self.lab.take() {
+            lab.down();
+        }
+        stop(self.server.take(), self.record.server_pid);
+        if let Some((server, name)) = self.record.database.take() {
+            ScratchDatabase::existing(&server, &name).drop_database().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let stack = Stack {
+            dir: self.dir.clone(),
+            record: std::mem::take(&mut self.record),
+            server: self.server.take(),
+            kube_manager: self.kube_manager.take(),
+            lab: self.lab.take(),
+            keep: false,
+        };
+        // Drop cannot wait for the database to be dropped: a thread with a runtime of its own
+        // does the teardown, and the demo waits for it.
+        let done = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(stack.teardown());
+            }
+        });
+        let _ = done.join();
+    }
+}
+
+/// SIGTERM, then up to 10 s for a clean exit, then SIGKILL.
+fn stop(child: Option<Child>, pid: Option<u32>) {
+    let pid = child.as_ref().map(Child::id).or(pid);
+    let Some(pid) = pid else { return };
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive =
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"));
+    let mut child = child;
+    while Instant::now() < deadline {
+        if let Some(c) = &mut child {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+        } else if !alive() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    if let Some(mut c) = child {
+        let _ = c.wait();
+    }
+}
+
+/// Prints the walk-through and keeps the score.
+#[derive(Default)]
+struct Narrator {
+    expectations: Vec<(String, bool)>,
+}
+
+impl Narrator {
+    fn step(&self, title: &str) {
+        println!("\n== {title}");
+    }
+
+    fn say(&self, text: &str) {
+        println!("   {text}");
+    }
+
+    fn command(&self, text: &str) {
+        println!("   $ {text}");
+    }
+
+    fn expect(&mut self, what: &str, met: bool) {
+        println!("   {} {what}", if met { "✓" } else { "✗ NOT MET:" });
+        self.expectations.push((what.to_string(), met));
+    }
+
+    fn matrix(&self, m: &Matrix) {
+        println!(
+            "   reachable ({}{}), rows reach columns:",
+            m.protocol,
+            m.port.map(|p| format!("/{p}")).unwrap_or_default()
+        );
+        for line in m.table().lines() {
+            println!("     {line}");
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the weft binary")
+}
+
+async fn yelb(keep: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let dir = std::env::temp_dir().join(format!("weft-demo-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let stack = Stack {
+        dir: dir.clone(),
+        record: Record { lab_name: format!("yelb-{tag}"), ..Record::default() },
+        server: None,
+        kube_manager: None,
+        lab: None,
+        keep: false,
+    };
+    let mut stack = stack;
+    let mut narrator = Narrator::default();
+    let outcome = tokio::select! {
+        outcome = walk(&mut stack, &mut narrator) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let met = narrator.expectations.iter().filter(|(_, ok)| *ok).count();
+    let total = narrator.expectations.len();
+    if let Err(e) = &outcome {
+        println!("\n   the walk-through stopped: {e:#}");
+    }
+    println!(
+        "\nyelb walk-through: {met} of {total} expectations met in {:.0} s{}",
+        started.elapsed().as_secs_f64(),
+        match (&outcome, met == total) {
+            (Err(_), _) => " — stopped before the end",
+            (Ok(()), false) => " — see the ✗ above",
+            (Ok(()), true) => "",
+        }
+    );
+    if keep {
+        stack.keep = true;
+        stack.save()?;
+        println!("\nThe stack is still running. To explore it:");
+        println!(
+            "  export WEFT_SERVER={} WEFT_DATA_DIR={} WEFT_LAB={} WEFT_LAB_DIR={}",
+            stack.record.url,
+            dir.join("data").display(),
+            stack.record.lab_name,
+            dir.join("lab").display()
+        );
+        println!("  weft lab probe --port 80; weft reach --port 5432; weft lab exec yelb-ui -- ping -c 1 10.47.1.21");
+        println!("  manifests kube-manager follows: {}", dir.join("manifests").display());
+        println!("To tear it down: weft demo down {}", dir.display());
+    }
+    outcome?;
+    if met < total {
+        anyhow::bail!("{} of {total} expectations not met", total - met);
+    }
+    Ok(())
+}
+
+/// The walk-through itself; `stack` collects what it starts as it goes.
+async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
+    let dir = stack.dir.clone();
+    let binary = binary()?;
+    n.step("1. The stack: weft server, a lab of two nodes with the yelb pods, kube-manager");
+
+    // PostgreSQL: a scratch database of DATABASE_URL's server, else weft's private one.
+    let database_url = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            let db = ScratchDatabase::create(&url, "weft_demo").await.context("a scratch database on DATABASE_URL")?;
+            stack.record.database = Some((db.server_url().to_string(), db.name().to_string()));
+            n.say(&format!("PostgreSQL: a scratch database ({}) on DATABASE_URL's server", db.name()));
+            Some(db.url.clone())
+        }
+        _ => {
+            n.say("PostgreSQL: a private server that weft server starts in its data dir");
+            None
+        }
+    };
+    let (rest, grpc) = (free_port()?, free_port()?);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let mut server = Command::new(&binary);
+    server
+        .args(["server", "--listen", &format!("127.0.0.1:{rest}"), "--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log"))?);
+    if let Some(url) = &database_url {
+        server.args(["--database-url", url]);
+    }
+    let server = server.spawn().context("cannot start weft server")?;
+    stack.record.server_pid = Some(server.id());
+    stack.server = Some(server);
+    let url = format!("http://127.0.0.1:{rest}");
+    stack.record.url = url.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let anonymous = weft_client::Client::new(&url, None, None)?;
+    while !anonymous.ready().await.unwrap_or(false) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "weft server did not become ready (see {})",
+            dir.join("server.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = std::fs::read_to_string(data.join("admin.token")).context("the server's admin token")?;
+    let c = weft_client::Client::new(&url, Some(token.trim().to_string()), None)?;
+    n.say(&format!("weft server at {url}, agents' gRPC at 127.0.0.1:{grpc}"));
+
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::write(app.join("app.yaml"), APP)?;
+    let lab = crate::lab_cmds::create(&app, &stack.record.lab_name, &dir.join("lab"), "k8s-", &c).await?;
+    n.say(&format!(
+        "lab {}: nodes {}, pods {}, an `outside` network; an nftables agent per node",
+        lab.state.name,
+        lab.state.nodes.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(" and "),
+        lab.state.pods.iter().map(|p| p.pod.name.as_str()).collect::<Vec<_>>().join(", ")
+    ));
+    stack.lab = Some(lab);
+
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(manifests.join("app.yaml"), APP)?;
+    let kube_manager = Command::new(&binary)
+        .args(["kube-manager", "--manifests"])
+        .arg(&manifests)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("WEFT_SERVER", &url)
+        .env_remove("WEFT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("kube-manager.log"))?)
+        .spawn()
+        .context("cannot start kube-manager")?;
+    stack.record.kube_manager_pid = Some(kube_manager.id());
+    stack.kube_manager = Some(kube_manager);
+    n.say(&format!("kube-manager following {} (app.yaml: the namespace and the four pods)", manifests.display()));
+    let revision = until(&c, "kube-manager wrote the four pods", |ports: &[Port], _: &[SecurityGroup]| {
+        ports.iter().filter(|p| p.project == PROJECT).count() == 4
+    })
+    .await?;
+    client_cmds::realized(&c, revision, STEP).await?;
+    n.say(&format!("every agent applied revision {revision}"));
+    let lab = stack.lab.as_ref().context("the lab")?;
+    n.say(&format!(
+        "to run the commands below yourself (with --keep): export WEFT_SERVER={url} WEFT_DATA_DIR={} WEFT_LAB={} WEFT_LAB_DIR={}",
+        data.display(),
+        lab.state.name,
+        lab.dir.display()
+    ));
+
+    let db = address_of(lab, "yelb-db")?;
+    n.step("2. Before the policy (seed step 6): all pod communication is unrestricted");
+    n.command(&format!("weft lab exec yelb-ui -- ping -c 3 {db}"));
+    let answered = ping(lab, "yelb-ui", db)?;
+    n.say(&format!("{answered} of 3 pings answered"));
+    n.expect("ping from yelb-ui to yelb-db gets answers", answered > 0);
+    let before = observe(n, &c, lab, Protocol::Icmp, None).await?;
+    n.expect("every pod pings every other pod", before.allows(&pod("yelb-ui"), &pod("yelb-db")));
+    let web = observe(n, &c, lab, Protocol::Tcp, Some(80)).await?;
+    n.expect("`outside` reaches yelb-ui on TCP 80 (the web page loads)", web.allows("outside", &pod("yelb-ui")));
+
+    n.step("3. kubectl create -f yelb-policy.yaml (seed step 7)");
+    let mut running = RunningPing::start(lab, "yelb-ui", db)?;
+    n.say(&format!("a ping left running: weft lab exec yelb-ui -- ping {db}"));
+    let answering = running.in_a_row(true, 3, Duration::from_secs(10));
+    n.expect("the running ping gets answers before the policy", answering);
+    n.command(&format!("cp yelb-policy.yaml {}/   # kube-manager follows it as a cluster would", manifests.display()));
+    std::fs::write(manifests.join("yelb-policy.yaml"), POLICY)?;
+    let revision = until(&c, "kube-manager wrote the five policies", |_: &[Port], groups: &[SecurityGroup]| {
+        groups.iter().filter(|g| g.project == PROJECT && g.name != "default").count() == 5
+    })
+    .await?;
+    n.command(&format!("weft wait --revision {revision}"));
+    let realization = client_cmds::realized(&c, revision, STEP).await?;
+    n.say(&format!(
+        "revision {revision} applied by every node it concerns ({})",
+        realization.nodes.iter().filter_map(|x| x["name"].as_str()).collect::<Vec<_>>().join(", ")
+    ));
+
+    n.step("4. With the policy: only what the app needs gets through");
+    let stopped = running.in_a_row(false, 3, Duration::from_secs(10));
+    n.expect("the ping left running from yelb-ui to yelb-db stops getting answers", stopped);
+    drop(running);
+    n.command(&format!("weft lab exec yelb-ui -- ping -c 3 {db}"));
+    let answered = ping(lab, "yelb-ui", db)?;
+    n.say(&format!("{answered} of 3 pings answered"));
+    n.expect("ping from yelb-ui to yelb-db gets no answer", answered == 0);
+    let pings = observe(n, &c, lab, Protocol::Icmp, None).await?;
+    n.expect("default-deny: no pod answers another pod's ping", {
+        let pods: Vec<&String> = pings.endpoints.iter().filter(|e| e.as_str() != "outside").collect();
+        pods.iter().all(|a| pods.iter().all(|b| a == b || !pings.allows(a, b)))
+    });
+    n.command("weft trace k8s-default/yelb-ui k8s-default/yelb-db --protocol icmp");
+    let why = c
+        .explain(&serde_json::json!({"from": pod("yelb-ui"), "to": pod("yelb-db"), "protocol": "icmp", "revision": revision}))
+        .await?;
+    for line in trace_lines(&why, &pod("yelb-ui"), &pod("yelb-db"), "icmp") {
+        n.say(&line);
+    }
+    let (outside, ui_, app, dbp, redis) =
+        ("outside", pod("yelb-ui"), pod("yelb-appserver"), pod("yelb-db"), pod("redis-server"));
+    let web = observe(n, &c, lab, Protocol::Tcp, Some(80)).await?;
+    n.expect("`outside` still reaches yelb-ui on TCP 80 (the app keeps working)", web.allows(outside, &ui_));
+    let api = observe(n, &c, lab, Protocol::Tcp, Some(4567)).await?;
+    n.expect("yelb-ui reaches yelb-appserver on TCP 4567", api.allows(&ui_, &app));
+    n.expect("`outside` does not reach yelb-appserver on TCP 4567", !api.allows(outside, &app));
+    let sql = observe(n, &c, lab, Protocol::Tcp, Some(5432)).await?;
+    n.expect("yelb-appserver reaches yelb-db on TCP 5432", sql.allows(&app, &dbp));
+    n.expect("yelb-ui does not reach yelb-db on TCP 5432", !sql.allows(&ui_, &dbp));
+    n.command("weft trace k8s-default/yelb-ui k8s-default/yelb-db --port 5432/tcp");
+    let why = c
+        .explain(&serde_json::json!({"from": ui_, "to": dbp, "protocol": "tcp", "port": 5432, "revision": revision}))
+        .await?;
+    for line in trace_lines(&why, &ui_, &dbp, "tcp/5432") {
+        n.say(&line);
+    }
+    let cache = observe(n, &c, lab, Protocol::Tcp, Some(6379)).await?;
+    n.expect("yelb-appserver reaches redis-server on TCP 6379", cache.allows(&app, &redis));
+
+    n.step("5. kubectl delete -f yelb-policy.yaml: back to the baseline");
+    std::fs::remove_file(manifests.join("yelb-policy.yaml"))?;
+    n.command(&format!("rm {}/yelb-policy.yaml", manifests.display()));
+    let revision = until(&c, "kube-manager removed the policies", |_: &[Port], groups: &[SecurityGroup]| {
+        !groups.iter().any(|g| g.project == PROJECT && g.name != "default")
+    })
+    .await?;
+    n.command(&format!("weft wait --revision {revision}"));
+    client_cmds::realized(&c, revision, STEP).await?;
+    let answered = ping(lab, "yelb-ui", db)?;
+    n.say(&format!("weft lab exec yelb-ui -- ping -c 3 {db}: {answered} of 3 answered"));
+    n.expect("ping from yelb-ui to yelb-db gets answers again", answered > 0);
+    let web = observe(n, &c, lab, Protocol::Tcp, Some(80)).await?;
+    n.expect("`outside` reaches yelb-ui on TCP 80", web.allows("outside", &pod("yelb-ui")));
+    Ok(())
+}
+
+fn pod(name: &str) -> String {
+    format!("{PROJECT}/{name}")
+}
+
+fn address_of(lab: &Lab, pod: &str) -> anyhow::Result<IpAddr> {
+    lab.pod(pod)
+        .and_then(|p| p.pod.addresses.iter().copied().find(IpAddr::is_ipv4))
+        .with_context(|| format!("no pod {pod} in the lab"))
+}
+
+/// Polls the config service until `ready` holds; the revision it holds then.
+async fn until(
+    c: &weft_client::Client,
+    what: &str,
+    ready: impl Fn(&[Port], &[SecurityGroup]) -> bool,
+) -> anyhow::Result<i64> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let revision = c.info().await?.revision;
+        let ports = c.list_all::<Port>(&Default::default()).await?;
+        let groups = c.list_all::<SecurityGroup>(&Default::default()).await?;
+        if ready(&ports, &groups) {
+            return Ok(revision);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {STEP:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three pings from a pod; how many were answered.
+fn ping(lab: &Lab, from: &str, to: IpAddr) -> anyhow::Result<usize> {
+    let netns = &lab.pod(from).with_context(|| format!("no pod {from}"))?.netns;
+    let out = tokio::task::block_in_place(|| {
+        weft_agent::netns::command(Some(netns), "ping")
+            .args(["-n", "-c", "3", "-i", "0.2", "-W", "1", &to.to_string()])
+            .stdin(Stdio::null())
+            .output()
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().filter(|l| l.contains("bytes from")).count())
+}
+
+/// Probes every pair with real packets, prints the matrix, and checks it against what the
+/// compiler says (`weft reach`).
+async fn observe(
+    n: &mut Narrator,
+    c: &weft_client::Client,
+    lab: &Lab,
+    protocol: Protocol,
+    port: Option<u16>,
+) -> anyhow::Result<Matrix> {
+    let binary = binary()?;
+    n.command(&match port {
+        Some(p) => format!("weft lab probe --protocol {protocol} --port {p}"),
+        None => format!("weft lab probe --protocol {protocol}"),
+    });
+    let measured = tokio::task::block_in_place(|| lab.probe(&binary, protocol, port, false))?;
+    n.matrix(&measured);
+    let mut query = vec![("protocol", protocol.to_string()), ("outside", Lab::outside_address(false).to_string())];
+    query.extend(port.map(|p| ("port", p.to_string())));
+    query.push(("revision", c.info().await?.revision.to_string()));
+    let predicted: Matrix = serde_json::from_value(c.reach(&query).await?)?;
+    n.expect("the compiler (weft reach) predicts exactly these pairs", predicted.allowed == measured.allowed);
+    Ok(measured)
+}
+
+/// `ping` left running inside a pod: each reply, or `no answer yet`, as it comes.
+struct RunningPing {
+    child: Child,
+    rounds: mpsc::Receiver<bool>,
+}
+
+impl RunningPing {
+    fn start(lab: &Lab, from: &str, to: IpAddr) -> anyhow::Result<RunningPing> {
+        let netns = &lab.pod(from).with_context(|| format!("no pod {from}"))?.netns;
+        let mut child = weft_agent::netns::command(Some(netns), "ping")
+            .args(["-n", "-O", "-i", "0.2", "-W", "1", &to.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("ping's output")?;
+        let (tx, rounds) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let round = if line.contains("bytes from") {
+                    true
+                } else if line.contains("no answer yet") {
+                    false
+                } else {
+                    continue;
+                };
+                if tx.send(round).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(RunningPing { child, rounds })
+    }
+
+    /// Whether `n` rounds in a row came back (`answered`) or did not, within `within`.
+    fn in_a_row(&mut self, answered: bool, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut run = 0;
+        while run < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::task::block_in_place(|| self.rounds.recv_timeout(left)) {
+                Ok(r) if r == answered => run += 1,
+                Ok(_) => run = 0,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Drop for RunningPing {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
