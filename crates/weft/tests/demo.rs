@@ -55,3 +55,69 @@ fn the_yelb_walk_through_meets_every_expectation_of_the_seed() {
     eprintln!("{summary} (the test measured {took:?})");
     assert_eq!(demo_namespaces(), before, "the demo removed the namespaces it made");
 }
+
+/// Ctrl-C in the middle of the walk-through: the demo stops, and takes down everything it made
+/// (namespaces, processes, its directory, its scratch database).
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_halfway_leaves_nothing_behind() {
+    use std::io::BufRead;
+    if !weft_testkit::is_root() {
+        eprintln!("skipped: the demo needs root");
+        return;
+    }
+    let mut demo = common::ChildGuard(
+        Command::new(WEFT)
+            .args(["demo", "yelb"])
+            .env("DATABASE_URL", weft_testkit::server_url())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The output is read to its end: a demo whose stdout went away would stop on that (a
+    // broken pipe), not on the interrupt this test is about.
+    let stdout = demo.0.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_timeout(std::time::Duration::from_secs(60)) {
+        let policy_step = line.starts_with("== 3.");
+        seen.push(line);
+        if policy_step {
+            break;
+        }
+    }
+    let text = seen.join("\n");
+    assert!(text.contains("== 3."), "the demo reached its policy step:\n{text}");
+    let pick = |after: &str, until: char| -> String {
+        let start = text.find(after).unwrap_or_else(|| panic!("{after:?} in:\n{text}")) + after.len();
+        text[start..].split(until).next().unwrap().to_string()
+    };
+    let lab = pick("   lab ", ':');
+    let database = pick("a scratch database (", ')');
+    let url = pick("weft server at ", ',');
+    let dir = pick("WEFT_DATA_DIR=", ' ');
+    assert!(Command::new("kill").args(["-INT", &demo.0.id().to_string()]).status().unwrap().success());
+    let status = demo.0.wait().unwrap();
+    assert!(!status.success(), "an interrupted walk-through does not pass");
+
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left: Vec<String> = String::from_utf8_lossy(&namespaces.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("wl-{lab}-")))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    let work = std::path::Path::new(&dir).parent().unwrap();
+    assert!(!work.exists(), "{} is still there", work.display());
+    let client = weft_client::Client::new(&url, None, None).unwrap();
+    assert!(!client.ready().await.unwrap_or(false), "the server at {url} still answers");
+    let scratch = weft_store::admin::ScratchDatabase::existing(&weft_testkit::server_url(), &database);
+    assert!(
+        weft_store::Store::connect(&scratch.url, 1).await.is_err(),
+        "the scratch database {database} is still there"
+    );
+}

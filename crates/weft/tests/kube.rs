@@ -26,6 +26,12 @@ struct Setup {
     _db: weft_testkit::TestDatabase,
 }
 
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.server.data_dir);
+    }
+}
+
 impl Setup {
     async fn new(tag: &str) -> Setup {
         let db = weft_testkit::fresh_database().await;

@@ -328,6 +328,7 @@ impl Drop for Fixture {
         if let Some(server) = self.server.take() {
             let _ = server.stop();
         }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
