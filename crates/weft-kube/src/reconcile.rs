@@ -154,7 +154,7 @@ fn kind_plan<T: Serialize>(
                 plan.created += 1;
             }
             Some(Stored { annotations, .. }) if !owned_by(annotations, owner) => plan.conflicts.push(Problem {
-                kind: kind.slug_kind(),
+                kind: kind.as_str(),
                 namespace: None,
                 name: if key.0.is_empty() { key.1.clone() } else { format!("{}/{}", key.0, key.1) },
                 detail: format!(
@@ -182,21 +182,6 @@ fn kind_plan<T: Serialize>(
             BatchOp::Delete { kind, target: Target::named(project, &name), cascade: false }
         })
         .collect()
-}
-
-trait KindName {
-    fn slug_kind(self) -> &'static str;
-}
-
-impl KindName for Kind {
-    fn slug_kind(self) -> &'static str {
-        match self {
-            Kind::Project => "project",
-            Kind::Port => "port",
-            Kind::SecurityGroup => "security group",
-            Kind::VirtualNetwork => "virtual network",
-        }
-    }
 }
 
 /// The writes, in an order one batch accepts: projects created before what goes in them,
@@ -233,7 +218,7 @@ pub fn plan(desired: &Desired, current: &Current, owner: &str) -> Plan {
             let name = target.name.clone().unwrap_or_default();
             if foreign.contains(name.as_str()) {
                 plan.conflicts.push(Problem {
-                    kind: "project",
+                    kind: Kind::Project.as_str(),
                     namespace: None,
                     name,
                     detail: "its namespace is gone, but it holds objects another owner wrote; left alone".into(),

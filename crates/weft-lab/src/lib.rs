@@ -16,6 +16,7 @@
 pub mod manifests;
 pub mod probe;
 pub mod serve;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -401,11 +402,17 @@ fn is_ours(pid: u32) -> bool {
 
 /// Stops a process the lab started, if it is still one of ours (a weft process).
 pub fn stop(pid: u32) {
+    stop_within(pid, std::time::Duration::from_secs(1));
+}
+
+/// SIGTERM to a weft process, SIGKILL if it has not ended within `grace`.
+pub fn stop_within(pid: u32, grace: std::time::Duration) {
     if !is_ours(pid) {
         return;
     }
     let _ = Command::new("kill").arg(pid.to_string()).status();
-    for _ in 0..50 {
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
         if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
             return;
         }

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
 
 use crate::{LabError, Result};
 
@@ -52,65 +51,41 @@ impl Pod {
     }
 }
 
-/// Every Pod in the YAML files of `dir` (multi-document files too), in file order; other
-/// kinds are skipped. `project_prefix` turns a namespace into its project.
+/// Every Pod of the manifests under `dir`, read as kube-manager reads them
+/// ([`weft_kube::read_dir`]); `project_prefix` turns a namespace into its project.
 pub fn read_manifests(dir: &Path, project_prefix: &str) -> Result<Vec<Pod>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| LabError::Invalid(format!("{}: {e}", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    let mut pods = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)?;
-        pods.extend(
-            parse_pods(&text, project_prefix).map_err(|e| LabError::Invalid(format!("{}: {e}", file.display())))?,
-        );
-    }
-    Ok(pods)
+    let manifests = weft_kube::read_dir(dir).map_err(|e| LabError::Invalid(e.to_string()))?;
+    pods_of(&manifests, project_prefix).map_err(LabError::Invalid)
 }
 
-/// The Pods of one YAML text.
+/// The Pods of one manifest text.
 pub fn parse_pods(text: &str, project_prefix: &str) -> std::result::Result<Vec<Pod>, String> {
-    let mut pods = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
-        if value.get("kind").and_then(Value::as_str) != Some("Pod") {
-            continue;
-        }
-        pods.push(pod(&value, project_prefix)?);
-    }
-    Ok(pods)
+    let mut manifests = weft_kube::Manifests::default();
+    weft_kube::manifests::read_text(text, &mut manifests)?;
+    pods_of(&manifests, project_prefix)
 }
 
-fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(v, |v, k| v.get(*k))?.as_str()
+fn pods_of(manifests: &weft_kube::Manifests, project_prefix: &str) -> std::result::Result<Vec<Pod>, String> {
+    manifests.pods.iter().map(|p| pod(p, project_prefix)).collect()
 }
 
-fn pod(v: &Value, project_prefix: &str) -> std::result::Result<Pod, String> {
-    let name = text(v, &["metadata", "name"]).ok_or("a Pod without metadata.name")?.to_string();
-    let namespace = text(v, &["metadata", "namespace"]).unwrap_or("default").to_string();
-    let node = text(v, &["spec", "nodeName"])
-        .ok_or_else(|| {
-            format!("pod {namespace}/{name}: no spec.nodeName (the lab places pods where their manifest says)")
-        })?
-        .to_string();
+/// A lab pod: where the manifest places it, at the address it gives, listening on every
+/// container port.
+fn pod(p: &k8s_openapi::api::core::v1::Pod, project_prefix: &str) -> std::result::Result<Pod, String> {
+    let name = p.metadata.name.clone().ok_or("a Pod without metadata.name")?;
+    let namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let spec = p.spec.as_ref();
+    let node = spec.and_then(|s| s.node_name.clone()).ok_or_else(|| {
+        format!("pod {namespace}/{name}: no spec.nodeName (the lab places pods where their manifest says)")
+    })?;
+    let status = p.status.as_ref();
     let mut addresses: Vec<IpAddr> = Vec::new();
-    let status = v.get("status");
-    for entry in status.and_then(|s| s.get("podIPs")).and_then(Value::as_sequence).into_iter().flatten() {
-        let ip = entry
-            .get("ip")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("pod {namespace}/{name}: a podIPs entry without ip"))?;
-        addresses
-            .push(ip.parse().map_err(|_| format!("pod {namespace}/{name}: status.podIPs: {ip:?} is not an address"))?);
-    }
-    if let Some(ip) = status.and_then(|s| s.get("podIP")).and_then(Value::as_str) {
+    let listed = status.into_iter().flat_map(|s| s.pod_ip.iter().chain(s.pod_ips.iter().flatten().map(|i| &i.ip)));
+    for ip in listed {
         let ip: IpAddr =
-            ip.parse().map_err(|_| format!("pod {namespace}/{name}: status.podIP: {ip:?} is not an address"))?;
+            ip.parse().map_err(|_| format!("pod {namespace}/{name}: status.podIPs: {ip:?} is not an address"))?;
         if !addresses.contains(&ip) {
-            addresses.insert(0, ip);
+            addresses.push(ip);
         }
     }
     if addresses.is_empty() {
@@ -119,15 +94,12 @@ fn pod(v: &Value, project_prefix: &str) -> std::result::Result<Pod, String> {
         ));
     }
     let mut ports = Vec::new();
-    let containers = v.get("spec").and_then(|s| s.get("containers")).and_then(Value::as_sequence);
-    for container in containers.into_iter().flatten() {
-        for p in container.get("ports").and_then(Value::as_sequence).into_iter().flatten() {
-            let number = p.get("containerPort").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok());
-            let number =
-                number.ok_or_else(|| format!("pod {namespace}/{name}: a port without a valid containerPort"))?;
-            let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_ascii_lowercase();
-            ports.push(ListenPort { protocol: protocol.parse()?, port: number });
-        }
+    for container_port in spec.into_iter().flat_map(|s| &s.containers).flat_map(|c| c.ports.iter().flatten()) {
+        let port = u16::try_from(container_port.container_port).map_err(|_| {
+            format!("pod {namespace}/{name}: containerPort {} is not a port", container_port.container_port)
+        })?;
+        let protocol = container_port.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+        ports.push(ListenPort { protocol: protocol.parse()?, port });
     }
     ports.sort();
     ports.dedup();
@@ -146,9 +118,10 @@ mod tests {
         assert_eq!(pods[0].endpoint(), "k8s-x/a");
         assert_eq!(pods[0].addresses.len(), 2);
         assert_eq!(pods[0].ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(), ["tcp/80", "udp/53"]);
-        let no_ip = "kind: Pod\nmetadata: {name: a}\nspec: {nodeName: n1}\n";
+        let no_ip = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {nodeName: n1, containers: []}\n";
         assert!(parse_pods(no_ip, "k8s-").unwrap_err().contains("status.podIP"));
-        let no_node = "kind: Pod\nmetadata: {name: a}\nstatus: {podIP: 10.0.0.1}\n";
+        let no_node =
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\nstatus: {podIP: 10.0.0.1}\n";
         assert!(parse_pods(no_node, "k8s-").unwrap_err().contains("spec.nodeName"));
     }
 }

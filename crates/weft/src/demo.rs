@@ -6,16 +6,15 @@
 //! the seed is checked by probing. Everything the demo makes is removed at the end, also after
 //! a failure or Ctrl-C, unless `--keep` (then `weft demo down DIR`).
 
-use std::io::BufRead;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
+use weft_lab::watch::{Watch, ping_round};
 use weft_lab::{Lab, Matrix, Protocol};
 use weft_model::{Port, SecurityGroup};
 use weft_store::admin::ScratchDatabase;
@@ -128,28 +127,14 @@ impl Drop for Stack {
     }
 }
 
-/// SIGTERM, then up to 10 s for a clean exit, then SIGKILL.
+/// Stops a process the demo started (the server may take a while: it stops its PostgreSQL),
+/// and reaps it when the demo is its parent.
 fn stop(child: Option<Child>, pid: Option<u32>) {
-    let pid = child.as_ref().map(Child::id).or(pid);
-    let Some(pid) = pid else { return };
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let alive =
-        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"));
-    let mut child = child;
-    while Instant::now() < deadline {
-        if let Some(c) = &mut child {
-            if matches!(c.try_wait(), Ok(Some(_))) {
-                return;
-            }
-        } else if !alive() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if let Some(pid) = child.as_ref().map(Child::id).or(pid) {
+        weft_lab::stop_within(pid, Duration::from_secs(10));
     }
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    if let Some(mut c) = child {
-        let _ = c.wait();
+    if let Some(mut child) = child {
+        let _ = child.wait();
     }
 }
 
@@ -202,7 +187,7 @@ async fn yelb(keep: bool) -> anyhow::Result<()> {
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
     let dir = std::env::temp_dir().join(format!("weft-demo-{tag}"));
     std::fs::create_dir_all(&dir)?;
-    let stack = Stack {
+    let mut stack = Stack {
         dir: dir.clone(),
         record: Record { lab_name: format!("yelb-{tag}"), ..Record::default() },
         server: None,
@@ -210,7 +195,6 @@ async fn yelb(keep: bool) -> anyhow::Result<()> {
         lab: None,
         keep: false,
     };
-    let mut stack = stack;
     let mut narrator = Narrator::default();
     let outcome = tokio::select! {
         outcome = walk(&mut stack, &mut narrator) => outcome,
@@ -361,9 +345,11 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     n.expect("`outside` reaches yelb-ui on TCP 80 (the web page loads)", web.allows("outside", &pod("yelb-ui")));
 
     n.step("3. kubectl create -f yelb-policy.yaml (seed step 7)");
-    let mut running = RunningPing::start(lab, "yelb-ui", db)?;
+    let ui_netns = &lab.pod("yelb-ui").context("no pod yelb-ui")?.netns;
+    let mut running =
+        Watch::spawn(ui_netns, "ping", &["-n", "-O", "-i", "0.2", "-W", "1", &db.to_string()], ping_round)?;
     n.say(&format!("a ping left running: weft lab exec yelb-ui -- ping {db}"));
-    let answering = running.in_a_row(true, 3, Duration::from_secs(10));
+    let answering = tokio::task::block_in_place(|| running.in_a_row(true, 3, Duration::from_secs(10)));
     n.expect("the running ping gets answers before the policy", answering);
     n.command(&format!("cp yelb-policy.yaml {}/   # kube-manager follows it as a cluster would", manifests.display()));
     std::fs::write(manifests.join("yelb-policy.yaml"), POLICY)?;
@@ -379,7 +365,7 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     ));
 
     n.step("4. With the policy: only what the app needs gets through");
-    let stopped = running.in_a_row(false, 3, Duration::from_secs(10));
+    let stopped = tokio::task::block_in_place(|| running.in_a_row(false, 3, Duration::from_secs(10)));
     n.expect("the ping left running from yelb-ui to yelb-db stops getting answers", stopped);
     drop(running);
     n.command(&format!("weft lab exec yelb-ui -- ping -c 3 {db}"));
@@ -499,61 +485,4 @@ async fn observe(
     let predicted: Matrix = serde_json::from_value(c.reach(&query).await?)?;
     n.expect("the compiler (weft reach) predicts exactly these pairs", predicted.allowed == measured.allowed);
     Ok(measured)
-}
-
-/// `ping` left running inside a pod: each reply, or `no answer yet`, as it comes.
-struct RunningPing {
-    child: Child,
-    rounds: mpsc::Receiver<bool>,
-}
-
-impl RunningPing {
-    fn start(lab: &Lab, from: &str, to: IpAddr) -> anyhow::Result<RunningPing> {
-        let netns = &lab.pod(from).with_context(|| format!("no pod {from}"))?.netns;
-        let mut child = weft_agent::netns::command(Some(netns), "ping")
-            .args(["-n", "-O", "-i", "0.2", "-W", "1", &to.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().context("ping's output")?;
-        let (tx, rounds) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let round = if line.contains("bytes from") {
-                    true
-                } else if line.contains("no answer yet") {
-                    false
-                } else {
-                    continue;
-                };
-                if tx.send(round).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(RunningPing { child, rounds })
-    }
-
-    /// Whether `n` rounds in a row came back (`answered`) or did not, within `within`.
-    fn in_a_row(&mut self, answered: bool, n: usize, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let mut run = 0;
-        while run < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::task::block_in_place(|| self.rounds.recv_timeout(left)) {
-                Ok(r) if r == answered => run += 1,
-                Ok(_) => run = 0,
-                Err(_) => return false,
-            }
-        }
-        true
-    }
-}
-
-impl Drop for RunningPing {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -7,15 +7,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Server, WEFT, free_port, temp_dir};
 use serde_json::{Value, json};
+use weft_lab::watch::{Reading, Watch, ping_round, talk_round};
 
 /// Network namespaces, nft and real packets need root; elsewhere these tests say so and pass.
 macro_rules! require_root {
@@ -290,16 +290,8 @@ impl Fixture {
     }
 
     /// A process left running inside a pod, whose output lines the test watches.
-    fn watch(&self, namespace: &str, pod: &str, args: &[&str], reading: fn(&str) -> Option<bool>) -> Watch {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.pod_netns(namespace, pod)])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Watch::from_child(child, reading)
+    fn watch(&self, namespace: &str, pod: &str, args: &[&str], reading: Reading) -> Watch {
+        Watch::spawn(&self.pod_netns(namespace, pod), args[0], &args[1..], reading).unwrap()
     }
 
     /// The pids of the lab's agents and listeners, as `lab.json` records them.
@@ -340,65 +332,14 @@ fn port_json(name: &str, project: &str, node: &str, addresses: &[&str], labels: 
     })
 }
 
-/// Output lines of a long-running process, each read as a round trip that came back or not.
-struct Watch {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    reading: fn(&str) -> Option<bool>,
-    seen: Vec<String>,
-}
-
-impl Watch {
-    fn from_child(mut child: Child, reading: fn(&str) -> Option<bool>) -> Watch {
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Watch { child, lines, reading, seen: Vec::new() }
-    }
-
-    /// Waits until `n` round trips in a row came back (`answered`) or did not; fails the test
-    /// with what it saw when that does not happen within `within`.
-    fn until_in_a_row(&mut self, answered: bool, n: usize, within: Duration, what: &str) {
-        let deadline = Instant::now() + within;
-        let mut run = 0;
-        while run < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("{what}: not {n} rounds in a row {answered} within {within:?}; saw {:?}", self.seen)
-            });
-            self.seen.push(line.clone());
-            match (self.reading)(&line) {
-                Some(a) if a == answered => run += 1,
-                Some(_) => run = 0,
-                None => {}
-            }
-        }
-    }
-
-    /// Every round trip since the last call, read.
-    fn rounds(&mut self) -> Vec<bool> {
-        let mut out = Vec::new();
-        while let Ok(line) = self.lines.try_recv() {
-            if let Some(a) = (self.reading)(&line) {
-                out.push(a);
-            }
-            self.seen.push(line);
-        }
-        out
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until `n` round trips in a row came back (`answered`) or did not; fails the test with
+/// what the process printed when that does not happen within `within`.
+fn expect_in_a_row(watch: &mut Watch, answered: bool, n: usize, within: Duration, what: &str) {
+    assert!(
+        watch.in_a_row(answered, n, within),
+        "{what}: not {n} rounds in a row {answered} within {within:?}; saw {:?}",
+        watch.seen
+    );
 }
 
 /// `nft monitor` on a lab node: what the kernel's ruleset went through between two marks.
@@ -414,36 +355,29 @@ const MARK: &str = "weft-test-mark";
 impl Monitor {
     fn start(lab: &Fixture, node: &str) -> Monitor {
         let netns = lab.node_netns(node);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &netns, "nft", "monitor"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let watch = Watch::from_child(child, |_| None);
+        let mut watch = Watch::spawn(&netns, "nft", &["monitor"], |_| None).unwrap();
         // The monitor is listening once it reports a change made after it started.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             assert!(Instant::now() < deadline, "nft monitor reported nothing: {:?}", watch.seen);
             assert!(lab.run_in(&netns, &["nft", "add", "table", "inet", MARK]).status.success());
             assert!(lab.run_in(&netns, &["nft", "delete", "table", "inet", MARK]).status.success());
-            if let Ok(line) = watch.lines.recv_timeout(Duration::from_millis(200))
+            if let Some(line) = watch.next_line(Duration::from_millis(200))
                 && line.contains(MARK)
             {
                 break;
             }
         }
-        while watch.lines.recv_timeout(Duration::from_millis(100)).is_ok() {}
+        while watch.next_line(Duration::from_millis(100)).is_some() {}
         Monitor { watch, netns }
     }
 
     /// The changes the kernel reported since `start`, without generation notes.
-    fn changes(self, lab: &Fixture) -> Vec<String> {
+    fn changes(mut self, lab: &Fixture) -> Vec<String> {
         assert!(lab.run_in(&self.netns, &["nft", "add", "table", "inet", MARK]).status.success());
         assert!(lab.run_in(&self.netns, &["nft", "delete", "table", "inet", MARK]).status.success());
         let mut out = Vec::new();
-        while let Ok(line) = self.watch.lines.recv_timeout(Duration::from_secs(10)) {
+        while let Some(line) = self.watch.next_line(Duration::from_secs(10)) {
             if line.contains(MARK) {
                 return out;
             }
@@ -452,28 +386,6 @@ impl Monitor {
             }
         }
         panic!("nft monitor did not report the end mark; saw {out:?}");
-    }
-}
-
-/// `weft lab talk`: `ok N` came back, `lost N` and `closed` did not.
-fn talk_round(line: &str) -> Option<bool> {
-    if line.starts_with("ok ") {
-        Some(true)
-    } else if line.starts_with("lost ") || line == "closed" {
-        Some(false)
-    } else {
-        None
-    }
-}
-
-/// `ping -O`: a reply, or `no answer yet`.
-fn ping_round(line: &str) -> Option<bool> {
-    if line.contains("bytes from") {
-        Some(true)
-    } else if line.contains("no answer yet") {
-        Some(false)
-    } else {
-        None
     }
 }
 
@@ -653,7 +565,7 @@ async fn connections_the_policy_no_longer_allows_are_cut_and_allowed_ones_surviv
     let deadline = Instant::now() + within;
     while !speaker.seen.iter().any(|l| l == "listening") {
         let left = deadline.saturating_duration_since(Instant::now());
-        speaker.seen.push(speaker.lines.recv_timeout(left).expect("b's talk listener started"));
+        speaker.next_line(left).expect("b's talk listener started");
     }
     let _echo = lab.watch(
         "x",
@@ -661,10 +573,10 @@ async fn connections_the_policy_no_longer_allows_are_cut_and_allowed_ones_surviv
         &[&[WEFT, "lab", "talk", "--to", "10.72.0.2", "--port", "8080", "--echo"], &timing[..]].concat(),
         talk_round,
     );
-    speaker.until_in_a_row(true, 3, within, "b speaking to a on a→b:8080 before the change");
-    on80.until_in_a_row(true, 3, within, "a→b:80 before the change");
-    on81.until_in_a_row(true, 3, within, "a→b:81 before the change");
-    ping.until_in_a_row(true, 3, within, "ping a→b before the change");
+    expect_in_a_row(&mut speaker, true, 3, within, "b speaking to a on a→b:8080 before the change");
+    expect_in_a_row(&mut on80, true, 3, within, "a→b:80 before the change");
+    expect_in_a_row(&mut on81, true, 3, within, "a→b:81 before the change");
+    expect_in_a_row(&mut ping, true, 3, within, "ping a→b before the change");
     let flow81 = || -> String {
         let out = lab.run_in(
             &lab.node_netns("n2"),
@@ -683,11 +595,11 @@ async fn connections_the_policy_no_longer_allows_are_cut_and_allowed_ones_surviv
     )
     .await;
     lab.converge().await;
-    on80.until_in_a_row(false, 3, within, "a→b:80 after its allowance went");
-    speaker.until_in_a_row(false, 3, within, "b speaking on a→b:8080 after its allowance went");
-    ping.until_in_a_row(false, 3, within, "ping a→b after its allowance went");
+    expect_in_a_row(&mut on80, false, 3, within, "a→b:80 after its allowance went");
+    expect_in_a_row(&mut speaker, false, 3, within, "b speaking on a→b:8080 after its allowance went");
+    expect_in_a_row(&mut ping, false, 3, within, "ping a→b after its allowance went");
     on81.rounds();
-    on81.until_in_a_row(true, 5, within, "a→b:81, still allowed");
+    expect_in_a_row(&mut on81, true, 5, within, "a→b:81, still allowed");
     assert!(on81.rounds().iter().all(|ok| *ok), "a→b:81 lost a round: {:?}", on81.seen);
     assert_eq!(flow81(), before, "the allowed connection kept its conntrack entry");
     let now = lab.agrees("tcp", Some(80)).await;

@@ -110,15 +110,11 @@ impl Cutter {
 
     /// Asks for a pass against `span`, which is in force.
     pub fn request(&mut self, span: &NodeSpan, refresh: bool) {
-        let recheck = Recheck { span: span.clone(), refresh };
-        match &self.requests {
-            Some(tx) => {
-                if let Err(mpsc::SendError(recheck)) = tx.send(recheck) {
-                    self.requests = None;
-                    Checker::new(self.netns.clone()).run(&recheck.span, true);
-                }
-            }
-            None => Checker::new(self.netns.clone()).run(&recheck.span, true),
+        let sent = self.requests.as_ref().is_some_and(|tx| tx.send(Recheck { span: span.clone(), refresh }).is_ok());
+        if !sent {
+            // No worker (it could not start, or it is gone): the pass runs here.
+            self.requests = None;
+            Checker::new(self.netns.clone()).run(span, true);
         }
     }
 }

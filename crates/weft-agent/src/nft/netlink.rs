@@ -68,6 +68,8 @@ const MAX_BATCH_BYTES: usize = 64 << 10;
 pub struct Socket {
     fd: OwnedFd,
     seq: u32,
+    /// Where answers are received, kept between requests.
+    buf: Vec<u8>,
 }
 
 impl Socket {
@@ -93,7 +95,7 @@ impl Socket {
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the netlink thread panicked")))
         })?;
-        Ok(Socket { fd, seq: std::process::id().wrapping_mul(65_536) })
+        Ok(Socket { fd, seq: std::process::id().wrapping_mul(65_536), buf: vec![0; 256 << 10] })
     }
 
     /// Sends one batch (all of it happens, or none) and waits for the kernel's answer to each
@@ -108,15 +110,15 @@ impl Socket {
 
     /// Reads the kernel's answers, each message's (type, sequence number, payload) to `each`,
     /// until `each` says it has seen enough. A silent kernel ends in the receive timeout.
-    fn answers(&self, mut each: impl FnMut(u16, u32, &[u8]) -> io::Result<bool>) -> io::Result<()> {
-        let mut buf = vec![0u8; 256 << 10];
+    fn answers(&mut self, mut each: impl FnMut(u16, u32, &[u8]) -> io::Result<bool>) -> io::Result<()> {
+        let buf = &mut self.buf;
         loop {
             let (received, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
             let mut at = 0;
             while at + 16 <= received {
-                let len = u32::from_ne_bytes(word(&buf, at)) as usize;
+                let len = u32::from_ne_bytes(word(buf, at)) as usize;
                 let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-                let seq = u32::from_ne_bytes(word(&buf, at + 8));
+                let seq = u32::from_ne_bytes(word(buf, at + 8));
                 if len < 16 || at + len > received {
                     return Err(io::Error::other("a malformed netlink answer"));
                 }
@@ -130,7 +132,7 @@ impl Socket {
 
     /// Waits for the answer to each message in `waiting`; an error other than `tolerated` (an
     /// errno, or 0) fails the whole request.
-    fn acks(&self, mut waiting: std::collections::BTreeSet<u32>, tolerated: i32) -> io::Result<()> {
+    fn acks(&mut self, mut waiting: std::collections::BTreeSet<u32>, tolerated: i32) -> io::Result<()> {
         if waiting.is_empty() {
             return Ok(());
         }

@@ -260,9 +260,18 @@ pub(super) enum SetShape {
 pub(super) fn set_shape(set: &AddressSet) -> SetShape {
     match &set.members {
         SetMembers::Prefixes(p) if p.len() <= INLINE_PREFIXES => SetShape::Inline(p.clone()),
-        members => SetShape::Named {
-            v4: !set_elements(members, false).is_empty(),
-            v6: !set_elements(members, true).is_empty(),
+        SetMembers::Prefixes(p) => SetShape::Named {
+            v4: p.iter().any(|n| matches!(n, ipnet::IpNet::V4(_))),
+            v6: p.iter().any(|n| matches!(n, ipnet::IpNet::V6(_))),
+        },
+        // Sorted, and every IPv4 address before every IPv6 one: the ends tell (this runs for
+        // every rule that names the set, and a set can hold a whole cluster's pods).
+        SetMembers::Addresses(a) => {
+            SetShape::Named { v4: a.first().is_some_and(IpAddr::is_ipv4), v6: a.last().is_some_and(IpAddr::is_ipv6) }
+        }
+        SetMembers::Pairs(p) => SetShape::Named {
+            v4: p.first().is_some_and(|(a, _)| a.is_ipv4()),
+            v6: p.last().is_some_and(|(a, _)| a.is_ipv6()),
         },
     }
 }
