@@ -3,6 +3,10 @@
 //! `#[sqlx::test]`, which does the same for a pool.
 //!
 //! The server is the one `DATABASE_URL` names (CI provides it; see scripts/test.sh).
+//!
+//! [`kube_api::FakeKube`] stands in for a Kubernetes API server, which cannot run here.
+
+pub mod kube_api;
 
 pub use weft_store::admin::ScratchDatabase as TestDatabase;
 
