@@ -3,14 +3,21 @@
 //!
 //! ```text
 //!   manifests dir ─┐                                      ┌─ create / replace / delete
-//!   (cluster: next)┴─► translate (pure) ─► Desired ─► plan ┤   of owned objects, in batches
+//!   cluster watch ─┴─► translate (pure) ─► Desired ─► plan ┤   of owned objects, in batches
 //!                                          Current ◄─ list ┘   (POST /v1/batch)
 //! ```
+//!
+//! [`cluster`] follows a cluster (list, watch, leader election through a Lease); [`manifests`]
+//! reads a directory instead.
 
+pub mod cluster;
+pub mod lease;
 pub mod manifests;
 pub mod reconcile;
 pub mod translate;
 
+pub use cluster::ClusterConfig;
+pub use lease::LeaseConfig;
 pub use manifests::{Manifests, read_dir};
-pub use reconcile::{Current, Desired, Outcome, Plan, plan, reconcile};
+pub use reconcile::{Current, Desired, Mirror, Outcome, Plan, Scope, plan, reconcile, reconcile_all, reconcile_some};
 pub use translate::{CLUSTER_LABEL, OWNER_ANNOTATION, Options, Problem};

@@ -4,10 +4,12 @@
 //! `POST /v1/batch`. Objects another owner wrote are never changed; a name taken by one is
 //! reported. [`plan`] is pure; [`reconcile`] lists, plans and applies.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use weft_client::{BatchOp, Client, ClientError, Target};
 use weft_model::{DEFAULT_GROUP, Kind, Port, Project, SecurityGroup};
@@ -29,43 +31,69 @@ pub struct Desired {
 
 impl Desired {
     /// The translation of a cluster's objects (DESIGN.md §3-§4).
-    pub fn of(namespaces: &[Namespace], pods: &[Pod], policies: &[NetworkPolicy], o: &Options) -> Desired {
+    pub fn of<'a>(
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+        o: &Options,
+    ) -> Desired {
         let mut d = Desired::default();
         for ns in namespaces {
-            match translate::namespace(ns, o) {
-                Ok(p) => {
-                    d.projects.insert(p.name.clone(), p);
-                }
-                Err(problem) => d.problems.push(problem),
-            }
+            d.add_namespace(ns, o);
         }
+        let known: BTreeSet<String> = d.projects.keys().cloned().collect();
+        let known = |project: &str| known.contains(project);
         for pod in pods {
-            match translate::pod(pod, o) {
-                Ok(Some(port)) if d.projects.contains_key(&port.project) => {
-                    d.ports.insert((port.project.clone(), port.name.clone()), port);
-                }
-                Ok(Some(port)) => d.problems.push(orphan("Pod", &port.project, &port.name)),
-                Ok(None) => {}
-                Err(problem) => d.problems.push(problem),
-            }
+            d.add_pod(pod, &known, o);
         }
         for np in policies {
-            let (group, problems) = translate::network_policy(np, o);
-            d.problems.extend(problems);
-            match group {
-                Some(g) if d.projects.contains_key(&g.project) => {
-                    d.groups.insert((g.project.clone(), g.name.clone()), g);
-                }
-                Some(g) => d.problems.push(orphan("NetworkPolicy", &g.project, &g.name)),
-                None => {}
-            }
+            d.add_policy(np, &known, o);
         }
         d
     }
+
+    pub fn add_namespace(&mut self, ns: &Namespace, o: &Options) {
+        match translate::namespace(ns, o) {
+            Ok(p) => {
+                self.projects.insert(p.name.clone(), p);
+            }
+            Err(problem) => self.problems.push(problem),
+        }
+    }
+
+    /// Adds a pod's port; `known` says which projects exist (the pod's namespace may not be
+    /// among the objects translated, when only what changed is).
+    pub fn add_pod(&mut self, pod: &Pod, known: &dyn Fn(&str) -> bool, o: &Options) {
+        match translate::pod(pod, o) {
+            Ok(Some(port)) if known(&port.project) => {
+                self.ports.insert((port.project.clone(), port.name.clone()), port);
+            }
+            Ok(Some(_)) => self.problems.push(orphan("Pod", &pod.metadata)),
+            Ok(None) => {}
+            Err(problem) => self.problems.push(problem),
+        }
+    }
+
+    pub fn add_policy(&mut self, np: &NetworkPolicy, known: &dyn Fn(&str) -> bool, o: &Options) {
+        let (group, problems) = translate::network_policy(np, o);
+        self.problems.extend(problems);
+        match group {
+            Some(g) if known(&g.project) => {
+                self.groups.insert((g.project.clone(), g.name.clone()), g);
+            }
+            Some(_) => self.problems.push(orphan("NetworkPolicy", &np.metadata)),
+            None => {}
+        }
+    }
 }
 
-fn orphan(kind: &'static str, project: &str, name: &str) -> Problem {
-    Problem { kind, namespace: None, name: format!("{project}/{name}"), detail: "its namespace is not known".into() }
+fn orphan(kind: &'static str, meta: &ObjectMeta) -> Problem {
+    Problem {
+        kind,
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone().unwrap_or_default(),
+        detail: "its namespace is not known".into(),
+    }
 }
 
 /// What the config service holds now.
@@ -122,7 +150,7 @@ struct Stored<'a, T> {
 }
 
 /// (project, name); the project is empty for projects themselves.
-type Key = (String, String);
+pub type Key = (String, String);
 
 fn stored<'a, T>(
     objects: &'a [T],
@@ -192,8 +220,11 @@ pub fn plan(desired: &Desired, current: &Current, owner: &str) -> Plan {
         desired.projects.iter().map(|(n, p)| ((String::new(), n.clone()), p.clone())).collect();
     let current_projects = stored(&current.projects, |p| ((String::new(), p.name.clone()), &p.annotations, p.revision));
     let project_deletes = kind_plan(&mut plan, Kind::Project, &projects, current_projects, owner);
-    let current_groups = stored(&current.groups, |g| ((g.project.clone(), g.name.clone()), &g.annotations, g.revision));
-    let mut deletes = kind_plan(&mut plan, Kind::SecurityGroup, &desired.groups, current_groups, owner);
+    let mut wanted_groups = Cow::Borrowed(&desired.groups);
+    let mut current_groups =
+        stored(&current.groups, |g| ((g.project.clone(), g.name.clone()), &g.annotations, g.revision));
+    default_groups(&mut plan, desired, current, owner, &mut wanted_groups, &mut current_groups);
+    let mut deletes = kind_plan(&mut plan, Kind::SecurityGroup, &wanted_groups, current_groups, owner);
     let current_ports = stored(&current.ports, |p| ((p.project.clone(), p.name.clone()), &p.annotations, p.revision));
     deletes.extend(kind_plan(&mut plan, Kind::Port, &desired.ports, current_ports, owner));
     plan.deleted = deletes.len();
@@ -232,6 +263,45 @@ pub fn plan(desired: &Desired, current: &Current, owner: &str) -> Plan {
     plan
 }
 
+/// The `default` group the config service gives every project is, in a project this
+/// kube-manager owns, the group of a NetworkPolicy named `default`: replaced by the policy
+/// while it exists, put back as the config service made it when the policy goes. (Treating it
+/// as another owner's would leave such a policy unenforced.) Handled here and taken out of
+/// the general plan.
+fn default_groups(
+    plan: &mut Plan,
+    desired: &Desired,
+    current: &Current,
+    owner: &str,
+    wanted: &mut Cow<'_, BTreeMap<Key, SecurityGroup>>,
+    stored: &mut BTreeMap<Key, Stored<'_, SecurityGroup>>,
+) {
+    let ours: BTreeSet<&str> =
+        current.projects.iter().filter(|p| owned_by(&p.annotations, owner)).map(|p| p.name.as_str()).collect();
+    let keys: Vec<Key> = stored
+        .keys()
+        .filter(|(project, name)| name == DEFAULT_GROUP && ours.contains(project.as_str()))
+        .filter(|(project, _)| desired.projects.contains_key(project))
+        .cloned()
+        .collect();
+    for key in keys {
+        let Some(have) = stored.remove(&key) else { continue };
+        let want = match wanted.to_mut().remove(&key) {
+            Some(policy) => policy,
+            None if owned_by(have.annotations, owner) => SecurityGroup::default_for(&key.0),
+            None => continue,
+        };
+        if content(have.object) != content(&want) {
+            plan.operations.push(BatchOp::Replace {
+                kind: Kind::SecurityGroup,
+                object: serde_json::to_value(&want).unwrap_or_default(),
+                if_match: have.revision,
+            });
+            plan.updated += 1;
+        }
+    }
+}
+
 /// What one reconciliation did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -243,20 +313,23 @@ pub struct Outcome {
     pub conflicts: Vec<Problem>,
 }
 
-/// Lists what the config service holds, plans, and applies the plan in batches. An object
-/// changed by someone else between the listing and the write fails its batch (412): the
-/// caller reconciles again.
-pub async fn reconcile(client: &Client, desired: &Desired, o: &Options) -> Result<Outcome, ClientError> {
+/// What the config service holds now, listed.
+pub async fn list(client: &Client) -> Result<Current, ClientError> {
     let everything = Default::default();
-    let current = Current {
+    Ok(Current {
         projects: client.list_all::<Project>(&everything).await?,
         ports: client.list_all::<Port>(&everything).await?,
         groups: client.list_all::<SecurityGroup>(&everything).await?,
-    };
-    let plan = plan(desired, &current, &o.owner());
+    })
+}
+
+/// Applies a plan in batches, recording what was written in `mirror`.
+async fn apply(client: &Client, plan: Plan, mirror: &mut Mirror) -> Result<Outcome, ClientError> {
     let mut revision = None;
     for chunk in plan.operations.chunks(BATCH_OPERATIONS) {
-        revision = Some(client.batch(chunk).await?.revision);
+        let result = client.batch(chunk).await?;
+        mirror.record(chunk, &result);
+        revision = Some(result.revision);
     }
     let revision = match revision {
         Some(r) => r,
@@ -269,6 +342,140 @@ pub async fn reconcile(client: &Client, desired: &Desired, o: &Options) -> Resul
         deleted: plan.deleted,
         conflicts: plan.conflicts,
     })
+}
+
+/// Lists what the config service holds, plans, and applies the plan in batches. An object
+/// changed by someone else between the listing and the write fails its batch (412): the
+/// caller reconciles again.
+pub async fn reconcile(client: &Client, desired: &Desired, o: &Options) -> Result<Outcome, ClientError> {
+    Ok(reconcile_all(client, desired, o).await?.0)
+}
+
+/// [`reconcile`], also returning what the config service holds afterwards.
+pub async fn reconcile_all(client: &Client, desired: &Desired, o: &Options) -> Result<(Outcome, Mirror), ClientError> {
+    let current = list(client).await?;
+    let plan = plan(desired, &current, &o.owner());
+    let mut mirror = Mirror::from(current);
+    let outcome = apply(client, plan, &mut mirror).await?;
+    Ok((outcome, mirror))
+}
+
+/// Reconciles only some objects against what `mirror` says the config service holds:
+/// `desired` is the translation of the objects named in `scope`, and whatever `scope` names
+/// that `desired` lacks is deleted. The mirror must be current (a 412 says it is not).
+pub async fn reconcile_some(
+    client: &Client,
+    desired: &Desired,
+    scope: &Scope,
+    mirror: &mut Mirror,
+    o: &Options,
+) -> Result<Outcome, ClientError> {
+    let current = mirror.subset(scope);
+    let plan = plan(desired, &current, &o.owner());
+    apply(client, plan, mirror).await
+}
+
+/// Which objects a partial reconciliation covers, by (project, name).
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub projects: BTreeSet<String>,
+    pub ports: BTreeSet<Key>,
+    pub groups: BTreeSet<Key>,
+}
+
+impl Scope {
+    pub fn is_empty(&self) -> bool {
+        self.projects.is_empty() && self.ports.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// What the config service holds, as last listed and then written by this kube-manager, so
+/// that a change to one object does not need a listing of all.
+#[derive(Debug, Clone, Default)]
+pub struct Mirror {
+    projects: BTreeMap<String, Project>,
+    ports: BTreeMap<Key, Port>,
+    groups: BTreeMap<Key, SecurityGroup>,
+}
+
+impl From<Current> for Mirror {
+    fn from(c: Current) -> Mirror {
+        Mirror {
+            projects: c.projects.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            ports: c.ports.into_iter().map(|p| ((p.project.clone(), p.name.clone()), p)).collect(),
+            groups: c.groups.into_iter().map(|g| ((g.project.clone(), g.name.clone()), g)).collect(),
+        }
+    }
+}
+
+impl Mirror {
+    /// The part of the mirror `scope` names.
+    pub fn subset(&self, scope: &Scope) -> Current {
+        Current {
+            projects: scope.projects.iter().filter_map(|p| self.projects.get(p)).cloned().collect(),
+            ports: scope.ports.iter().filter_map(|k| self.ports.get(k)).cloned().collect(),
+            groups: scope.groups.iter().filter_map(|k| self.groups.get(k)).cloned().collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.projects.len() + self.ports.len() + self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes in a batch's results (in the order of its operations).
+    fn record(&mut self, operations: &[BatchOp], result: &weft_client::BatchResult) {
+        fn decode<T: serde::de::DeserializeOwned>(result: &serde_json::Value) -> Option<T> {
+            serde_json::from_value(result.get("object")?.clone()).ok()
+        }
+        for (op, result) in operations.iter().zip(&result.results) {
+            match op {
+                BatchOp::Create { kind: Kind::Project, .. } | BatchOp::Replace { kind: Kind::Project, .. } => {
+                    if let Some(p) = decode::<Project>(result) {
+                        // The config service gives a new project its default group.
+                        let default = SecurityGroup { revision: p.revision, ..SecurityGroup::default_for(&p.name) };
+                        self.groups.entry((p.name.clone(), DEFAULT_GROUP.into())).or_insert(default);
+                        self.projects.insert(p.name.clone(), p);
+                    }
+                }
+                BatchOp::Create { kind: Kind::Port, .. } | BatchOp::Replace { kind: Kind::Port, .. } => {
+                    if let Some(p) = decode::<Port>(result) {
+                        self.ports.insert((p.project.clone(), p.name.clone()), p);
+                    }
+                }
+                BatchOp::Create { kind: Kind::SecurityGroup, .. }
+                | BatchOp::Replace { kind: Kind::SecurityGroup, .. } => {
+                    if let Some(g) = decode::<SecurityGroup>(result) {
+                        self.groups.insert((g.project.clone(), g.name.clone()), g);
+                    }
+                }
+                BatchOp::Delete { kind, target, cascade } => {
+                    let name = target.name.clone().unwrap_or_default();
+                    let key = (target.project.clone().unwrap_or_default(), name.clone());
+                    match kind {
+                        Kind::Project => {
+                            self.projects.remove(&name);
+                            if *cascade {
+                                self.ports.retain(|(p, _), _| *p != name);
+                                self.groups.retain(|(p, _), _| *p != name);
+                            }
+                        }
+                        Kind::Port => {
+                            self.ports.remove(&key);
+                        }
+                        Kind::SecurityGroup => {
+                            self.groups.remove(&key);
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -322,5 +529,35 @@ mod tests {
         assert_eq!((plan.created, plan.deleted), (2, 2));
         assert_eq!(plan.conflicts.len(), 1, "k8s-b holds someone else's port: {:?}", plan.conflicts);
         assert_eq!(plan.conflicts[0].name, "k8s-b");
+    }
+
+    #[test]
+    fn a_policy_named_default_takes_over_the_default_group_of_its_project_and_gives_it_back() {
+        let made = SecurityGroup { revision: Some(3), ..SecurityGroup::default_for("k8s-a") };
+        let current = Current { projects: vec![ours(json!({"name": "k8s-a"}))], ports: vec![], groups: vec![made] };
+        let mut desired = Desired::default();
+        desired.projects.insert("k8s-a".into(), ours(json!({"name": "k8s-a"})));
+        let policy: SecurityGroup = ours(json!({"name": "default", "project": "k8s-a", "selector": {}}));
+        desired.groups.insert(("k8s-a".into(), "default".into()), policy.clone());
+        let taken = plan(&desired, &current, "kube-manager/default");
+        assert_eq!(op_names(&taken), ["replace default"]);
+        assert!(matches!(taken.operations[0], BatchOp::Replace { if_match: Some(3), .. }));
+        assert!(taken.conflicts.is_empty(), "{:?}", taken.conflicts);
+
+        // The policy is gone: the group is put back as the config service made it.
+        let current = Current {
+            projects: current.projects,
+            ports: vec![],
+            groups: vec![SecurityGroup { revision: Some(4), ..policy }],
+        };
+        desired.groups.clear();
+        let given_back = plan(&desired, &current, "kube-manager/default");
+        assert_eq!(op_names(&given_back), ["replace default"]);
+        let BatchOp::Replace { object, .. } = &given_back.operations[0] else { unreachable!() };
+        let restored: SecurityGroup = serde_json::from_value(object.clone()).expect("a group");
+        assert_eq!(content(&restored), content(&SecurityGroup::default_for("k8s-a")));
+        // And left alone from then on.
+        let current = Current { groups: vec![restored], ..current };
+        assert!(plan(&desired, &current, "kube-manager/default").is_empty());
     }
 }

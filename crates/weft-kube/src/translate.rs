@@ -57,7 +57,7 @@ impl Options {
 }
 
 /// Something weft cannot represent, on the object it concerns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Problem {
     pub kind: &'static str,
     pub namespace: Option<String>,

@@ -75,6 +75,8 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     /// Bumped to end every open watch.
     generation: watch::Sender<u64>,
+    /// While true, requests wait (the server is down).
+    down: watch::Sender<bool>,
     bookmark_interval: Mutex<Duration>,
 }
 
@@ -126,6 +128,18 @@ fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
+/// See [`FakeKube::outage`].
+#[derive(Debug)]
+pub struct Outage<'a> {
+    fake: &'a FakeKube,
+}
+
+impl Drop for Outage<'_> {
+    fn drop(&mut self) {
+        self.fake.shared.down.send_replace(false);
+    }
+}
+
 impl State {
     fn key_of(object: &Value) -> ObjectKey {
         let m = &object["metadata"];
@@ -162,11 +176,13 @@ impl FakeKube {
     pub fn new() -> FakeKube {
         let (changes, _) = broadcast::channel(1 << 16);
         let (generation, _) = watch::channel(0);
+        let (down, _) = watch::channel(false);
         FakeKube {
             shared: Arc::new(Shared {
                 state: Mutex::default(),
                 changes,
                 generation,
+                down,
                 bookmark_interval: Mutex::new(Duration::from_millis(500)),
             }),
         }
@@ -275,6 +291,16 @@ impl FakeKube {
         self.shared.generation.send_modify(|g| *g += 1);
     }
 
+    /// The API server goes down until the guard is dropped: open watches end at once (no
+    /// event after this call reaches them) and requests wait. Changes made meanwhile reach a
+    /// watcher from history when it comes back, or, after a [`FakeKube::compact`], only by
+    /// listing again.
+    pub fn outage(&self) -> Outage<'_> {
+        self.shared.down.send_replace(true);
+        self.end_watches();
+        Outage { fake: self }
+    }
+
     /// How many LIST requests a resource type got.
     pub fn lists<K: kube::Resource<DynamicType = ()>>(&self) -> usize {
         self.state().lists.get(&resource_of::<K>()).copied().unwrap_or(0)
@@ -286,6 +312,7 @@ impl FakeKube {
     }
 
     async fn handle(&self, query: HashMap<String, String>, request: Request) -> Response {
+        let _ = self.shared.down.subscribe().wait_for(|down| !*down).await;
         let method = request.method().clone();
         let path = request.uri().path().trim_matches('/').to_string();
         let content_type =
@@ -459,6 +486,8 @@ impl FakeKube {
             Ok(Bytes::from(text))
         };
         let mut first: Vec<Result<Bytes, Infallible>> = Vec::new();
+        let mut generation = self.shared.generation.subscribe();
+        let started = *generation.borrow_and_update();
         let (mut live, start) = {
             let mut state = self.state();
             *state.watches.entry(resource.to_string()).or_default() += 1;
@@ -484,7 +513,6 @@ impl FakeKube {
                 }
             }
         };
-        let mut generation = self.shared.generation.subscribe();
         let interval = *self.shared.bookmark_interval.lock().unwrap_or_else(|e| e.into_inner());
         let kind = RESOURCES
             .iter()
@@ -503,6 +531,8 @@ impl FakeKube {
             loop {
                 tokio::select! {
                     change = live.recv() => match change {
+                        // Ended by end_watches before this change was made.
+                        Ok(_) if *generation.borrow() != started => return,
                         Ok(c) => {
                             seen = c.revision;
                             if matches(&c) && tx.send(line(c.kind, &c.object)).await.is_err() {

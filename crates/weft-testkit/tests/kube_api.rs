@@ -93,10 +93,11 @@ async fn a_watch_from_compacted_history_gets_410_and_lists_again() {
     let api: Api<Namespace> = Api::all(fake.client());
     let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
     while !matches!(next(&mut events).await, Event::InitDone) {}
-    fake.end_watches();
+    let outage = fake.outage();
     fake.delete::<Namespace>(None, "a");
     fake.apply(&namespace("b", "one"));
     fake.compact();
+    drop(outage);
     // The 410 surfaces as one error; the watcher then starts over with a fresh list.
     let mut after = Vec::new();
     while after.last().map(|(k, _): &(&str, String)| *k) != Some("init-done") {

@@ -128,7 +128,7 @@ pub enum Command {
     /// it is isolated and which group and rule allowed it.
     Trace(crate::policy_cmds::TraceArgs),
     /// Kubernetes Namespaces, Pods and NetworkPolicies become projects, ports and security
-    /// groups (from a directory of manifests today).
+    /// groups: watched in a cluster, or read from a directory of manifests.
     KubeManager(crate::kube_cmds::KubeArgs),
     /// A cluster of network namespaces on this machine, for trying policies with real packets.
     Lab {
@@ -696,7 +696,7 @@ async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

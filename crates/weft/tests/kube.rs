@@ -37,8 +37,7 @@ impl Setup {
         let db = weft_testkit::fresh_database().await;
         let data_dir = temp_dir(tag);
         let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
-        let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_string();
-        let client = weft_client::Client::new(&server.url, Some(token), None).unwrap();
+        let client = server.admin_client();
         let manifests = data_dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         for file in ["app.yaml", "yelb-policy.yaml"] {

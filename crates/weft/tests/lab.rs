@@ -77,8 +77,7 @@ impl Fixture {
         let rest_port = free_port();
         let grpc = format!("127.0.0.1:{}", free_port());
         let server = Server::start_on(rest_port, Some(&db.url), &data_dir, &["--grpc-listen", &grpc], "http").await;
-        let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_string();
-        let client = weft_client::Client::new(&server.url, Some(token), None).unwrap();
+        let client = server.admin_client();
         let manifest_dir = data_dir.join("manifests");
         std::fs::create_dir_all(&manifest_dir).unwrap();
         std::fs::write(manifest_dir.join("pods.yaml"), manifests(pods)).unwrap();

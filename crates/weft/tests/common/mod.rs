@@ -80,6 +80,12 @@ impl Server {
         std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
     }
 
+    /// A client with the admin token the server wrote into its data dir (plain HTTP).
+    pub fn admin_client(&self) -> weft_client::Client {
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap().trim().to_string();
+        weft_client::Client::new(&self.url, Some(token), None).unwrap()
+    }
+
     /// Runs a client verb against this server.
     pub fn weft(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(WEFT);

@@ -1,0 +1,258 @@
+//! `weft kube-manager` following a cluster: the fake Kubernetes API server (weft-testkit)
+//! served over HTTP, kube-manager processes pointed at it by a kubeconfig, a real `weft
+//! server`. The config service must come to hold exactly the translation of what the fake
+//! holds — through watch events, a relist after 410 Gone, a restart with changes made
+//! meanwhile, and a leader hand-over — and problems become Kubernetes Events.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ChildGuard, Server, WEFT, temp_dir};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::json;
+use weft_kube::{Desired, Options};
+use weft_model::{Port, SecurityGroup};
+use weft_testkit::kube_api::FakeKube;
+
+struct Setup {
+    fake: FakeKube,
+    server: Server,
+    client: weft_client::Client,
+    kubeconfig: PathBuf,
+    _api: tokio::task::JoinHandle<()>,
+    _db: weft_testkit::TestDatabase,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.server.data_dir);
+    }
+}
+
+fn namespace(name: &str, labels: serde_json::Value) -> Namespace {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+}
+
+fn pod(ns: &str, name: &str, ip: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"pod": name}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "i",
+            "ports": [{"name": "http", "containerPort": 80}]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    }))
+    .unwrap()
+}
+
+fn policy(ns: &str, name: &str, spec: serde_json::Value) -> NetworkPolicy {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})).unwrap()
+}
+
+impl Setup {
+    async fn new(tag: &str) -> Setup {
+        let db = weft_testkit::fresh_database().await;
+        let data_dir = temp_dir(tag);
+        let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
+        let client = server.admin_client();
+        let fake = FakeKube::new();
+        fake.set_bookmark_interval(Duration::from_millis(100));
+        let (addr, api): (SocketAddr, _) = fake.serve().await.unwrap();
+        let kubeconfig = data_dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, FakeKube::kubeconfig(addr)).unwrap();
+        Setup { fake, server, client, kubeconfig, _api: api, _db: db }
+    }
+
+    /// Starts `weft kube-manager` against the fake, logging to `km-<identity>.log`.
+    fn manager(&self, identity: &str) -> ChildGuard {
+        let log = std::fs::File::create(self.log_path(identity)).unwrap();
+        ChildGuard(
+            Command::new(WEFT)
+                .args(["kube-manager", "--kubeconfig"])
+                .arg(&self.kubeconfig)
+                .args(["--identity", identity, "--lease-duration", "2s", "--data-dir"])
+                .arg(&self.server.data_dir)
+                .env("WEFT_SERVER", &self.server.url)
+                .env("WEFT_LOG", "info")
+                .env_remove("WEFT_TOKEN")
+                .env_remove("KUBECONFIG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn log_path(&self, identity: &str) -> PathBuf {
+        self.server.data_dir.join(format!("km-{identity}.log"))
+    }
+
+    fn log(&self, identity: &str) -> String {
+        std::fs::read_to_string(self.log_path(identity)).unwrap_or_default()
+    }
+
+    /// Whether the config service holds exactly the translation of what the fake holds.
+    async fn converged(&self) -> bool {
+        let o = Options::default();
+        let desired = Desired::of(
+            &self.fake.list::<Namespace>(),
+            &self.fake.list::<Pod>(),
+            &self.fake.list::<NetworkPolicy>(),
+            &o,
+        );
+        let current = weft_kube::reconcile::list(&self.client).await.unwrap();
+        weft_kube::plan(&desired, &current, &o.owner()).is_empty()
+    }
+
+    async fn until(&self, what: &str, logs: &[&str], mut done: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done().await {
+            if Instant::now() > deadline {
+                let logs: Vec<String> = logs.iter().map(|id| format!("--- {id}:\n{}", self.log(id))).collect();
+                panic!("{what}: not within 30 s\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn until_converged(&self, what: &str, logs: &[&str]) {
+        self.until(what, logs, async || self.converged().await).await;
+    }
+
+    async fn port_names(&self) -> Vec<String> {
+        let ports = self.client.list_all::<Port>(&Default::default()).await.unwrap();
+        let mut names: Vec<String> = ports.into_iter().map(|p| format!("{}/{}", p.project, p.name)).collect();
+        names.sort();
+        names
+    }
+
+    fn holder(&self) -> Option<String> {
+        self.fake.list::<Lease>().first().and_then(|l| l.spec.as_ref()?.holder_identity.clone())
+    }
+}
+
+fn kill(child: &mut ChildGuard, signal: &str) {
+    Command::new("kill").args([signal, &child.0.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "kube-manager did not stop on {signal}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_is_followed_through_events_a_relist_after_410_and_a_restart() {
+    let s = Setup::new("km-follow").await;
+    s.fake.apply(&namespace("x", json!({"team": "a"})));
+    s.fake.apply(&namespace("y", json!({"team": "b"})));
+    s.fake.apply(&pod("x", "a", "10.0.0.1"));
+    s.fake.apply(&pod("y", "b", "10.0.0.2"));
+    s.fake.apply(&policy("x", "deny", json!({"podSelector": {}})));
+    let mut km = s.manager("km-1");
+    s.until_converged("the first sync", &["km-1"]).await;
+    assert_eq!(s.port_names().await, ["k8s-x/a", "k8s-y/b"]);
+
+    // Watch events: a pod comes, another goes, a policy changes.
+    s.fake.apply(&pod("x", "c", "10.0.0.3"));
+    s.fake.delete::<Pod>(Some("y"), "b");
+    s.fake.apply(&policy("x", "deny", json!({"podSelector": {"matchLabels": {"pod": "a"}}})));
+    s.until_converged("the watch events", &["km-1"]).await;
+    assert_eq!(s.port_names().await, ["k8s-x/a", "k8s-x/c"]);
+
+    // The API server goes down and compacts meanwhile: the watch from the old resourceVersion
+    // gets 410 Gone, kube-manager lists again, and sees that c went while it was away.
+    let lists = s.fake.lists::<Pod>();
+    let outage = s.fake.outage();
+    s.fake.delete::<Pod>(Some("x"), "c");
+    s.fake.compact();
+    drop(outage);
+    s.until("the relist", &["km-1"], async || s.fake.lists::<Pod>() > lists).await;
+    s.until_converged("the relist", &["km-1"]).await;
+    assert_eq!(s.port_names().await, ["k8s-x/a"]);
+
+    // Stopped; changes made meanwhile; started again: they converge.
+    kill(&mut km, "-KILL");
+    s.fake.delete::<Namespace>(None, "y");
+    s.fake.apply(&namespace("x", json!({"team": "c"})));
+    s.fake.apply(&pod("x", "d", "10.0.0.4"));
+    s.fake.delete::<NetworkPolicy>(Some("x"), "deny");
+    s.fake.apply(&policy("x", "allow", json!({"podSelector": {}, "ingress": [{}]})));
+    assert!(!s.converged().await, "the changes are not in the config service yet");
+    let _km = s.manager("km-1");
+    s.until_converged("the restart", &["km-1"]).await;
+    assert_eq!(s.port_names().await, ["k8s-x/a", "k8s-x/d"]);
+    let projects = s.client.list_all::<weft_model::Project>(&Default::default()).await.unwrap();
+    assert!(projects.iter().all(|p| p.name != "k8s-y"), "y's project went with its namespace");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_weft_cannot_represent_becomes_a_warning_event_on_the_policy() {
+    let s = Setup::new("km-events").await;
+    s.fake.apply(&namespace("x", json!({})));
+    s.fake.apply(&pod("x", "a", "10.0.0.1"));
+    s.fake.apply(&policy(
+        "x",
+        "odd",
+        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "not-a-cidr"}}]}]}),
+    ));
+    let _km = s.manager("km-1");
+    s.until_converged("the first sync", &["km-1"]).await;
+    let warned = async || {
+        s.fake.list::<Event>().iter().any(|e| {
+            let about = e.regarding.as_ref();
+            e.type_.as_deref() == Some("Warning")
+                && about.and_then(|r| r.kind.as_deref()) == Some("NetworkPolicy")
+                && about.and_then(|r| r.name.as_deref()) == Some("odd")
+                && about.and_then(|r| r.uid.as_deref()).is_some()
+                && e.note.as_deref().is_some_and(|n| n.contains("not-a-cidr"))
+        })
+    };
+    s.until("the event", &["km-1"], warned).await;
+    assert!(s.log("km-1").contains("not-a-cidr"), "and a log line names it");
+    // The rest of the policy flows: it isolates x/a, with the odd peer left out.
+    let groups = s.client.list_all::<SecurityGroup>(&Default::default()).await.unwrap();
+    let odd = groups.iter().find(|g| g.name == "odd").expect("the policy is there");
+    assert!(odd.rules.is_empty(), "{odd:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_leader_writes_and_another_takes_over_when_it_stops_or_dies() {
+    let s = Setup::new("km-lease").await;
+    s.fake.apply(&namespace("x", json!({})));
+    s.fake.apply(&pod("x", "a", "10.0.0.1"));
+    let mut one = s.manager("km-1");
+    s.until_converged("km-1 syncs", &["km-1"]).await;
+    assert_eq!(s.holder().as_deref(), Some("km-1"));
+    let mut two = s.manager("km-2");
+    // km-2 follows: it does not lead while km-1 renews.
+    s.fake.apply(&pod("x", "b", "10.0.0.2"));
+    s.until_converged("km-1 applies a change", &["km-1", "km-2"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // longer than the lease: km-2 must still wait
+    assert_eq!(s.holder().as_deref(), Some("km-1"));
+    assert!(!s.log("km-2").contains("leading"), "km-2 led while km-1 held the lease:\n{}", s.log("km-2"));
+
+    // km-1 stops cleanly: it releases the lease and km-2 takes over.
+    kill(&mut one, "-TERM");
+    s.until("km-2 takes over", &["km-2"], async || s.holder().as_deref() == Some("km-2")).await;
+    s.fake.apply(&pod("x", "c", "10.0.0.3"));
+    s.until_converged("km-2 applies a change", &["km-2"]).await;
+
+    // km-1 comes back and follows; km-2 dies without releasing: km-1 takes over once the
+    // lease runs out.
+    let _one = s.manager("km-1");
+    kill(&mut two, "-KILL");
+    s.fake.delete::<Pod>(Some("x"), "a");
+    s.until_converged("km-1 applies the change made while nobody led", &["km-1"]).await;
+    assert_eq!(s.holder().as_deref(), Some("km-1"));
+    assert_eq!(s.port_names().await, ["k8s-x/b", "k8s-x/c"]);
+    let transitions = s.fake.list::<Lease>()[0].spec.as_ref().and_then(|l| l.lease_transitions);
+    assert_eq!(transitions, Some(2));
+}
