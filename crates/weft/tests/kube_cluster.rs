@@ -8,39 +8,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, Server, WEFT, temp_dir};
+use common::ChildGuard;
+use common::cluster::{KubeCluster, namespace, policy};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
-use weft_kube::{Desired, Options};
-use weft_model::{Port, SecurityGroup};
-use weft_testkit::kube_api::FakeKube;
-
-struct Setup {
-    fake: FakeKube,
-    server: Server,
-    client: weft_client::Client,
-    kubeconfig: PathBuf,
-    _api: tokio::task::JoinHandle<()>,
-    _db: weft_testkit::TestDatabase,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.server.data_dir);
-    }
-}
-
-fn namespace(name: &str, labels: serde_json::Value) -> Namespace {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
-}
+use weft_model::SecurityGroup;
 
 fn pod(ns: &str, name: &str, ip: &str) -> Pod {
     serde_json::from_value(json!({
@@ -50,93 +28,6 @@ fn pod(ns: &str, name: &str, ip: &str) -> Pod {
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
     }))
     .unwrap()
-}
-
-fn policy(ns: &str, name: &str, spec: serde_json::Value) -> NetworkPolicy {
-    serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})).unwrap()
-}
-
-impl Setup {
-    async fn new(tag: &str) -> Setup {
-        let db = weft_testkit::fresh_database().await;
-        let data_dir = temp_dir(tag);
-        let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
-        let client = server.admin_client();
-        let fake = FakeKube::new();
-        fake.set_bookmark_interval(Duration::from_millis(100));
-        let (addr, api): (SocketAddr, _) = fake.serve().await.unwrap();
-        let kubeconfig = data_dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, FakeKube::kubeconfig(addr)).unwrap();
-        Setup { fake, server, client, kubeconfig, _api: api, _db: db }
-    }
-
-    /// Starts `weft kube-manager` against the fake, logging to `km-<identity>.log`.
-    fn manager(&self, identity: &str) -> ChildGuard {
-        let log = std::fs::File::create(self.log_path(identity)).unwrap();
-        ChildGuard(
-            Command::new(WEFT)
-                .args(["kube-manager", "--kubeconfig"])
-                .arg(&self.kubeconfig)
-                .args(["--identity", identity, "--lease-duration", "2s", "--data-dir"])
-                .arg(&self.server.data_dir)
-                .env("WEFT_SERVER", &self.server.url)
-                .env("WEFT_LOG", "info")
-                .env_remove("WEFT_TOKEN")
-                .env_remove("KUBECONFIG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn log_path(&self, identity: &str) -> PathBuf {
-        self.server.data_dir.join(format!("km-{identity}.log"))
-    }
-
-    fn log(&self, identity: &str) -> String {
-        std::fs::read_to_string(self.log_path(identity)).unwrap_or_default()
-    }
-
-    /// Whether the config service holds exactly the translation of what the fake holds.
-    async fn converged(&self) -> bool {
-        let o = Options::default();
-        let desired = Desired::of(
-            &self.fake.list::<Namespace>(),
-            &self.fake.list::<Pod>(),
-            &self.fake.list::<NetworkPolicy>(),
-            &o,
-        );
-        let current = weft_kube::reconcile::list(&self.client).await.unwrap();
-        weft_kube::plan(&desired, &current, &o.owner()).is_empty()
-    }
-
-    async fn until(&self, what: &str, logs: &[&str], mut done: impl AsyncFnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done().await {
-            if Instant::now() > deadline {
-                let logs: Vec<String> = logs.iter().map(|id| format!("--- {id}:\n{}", self.log(id))).collect();
-                panic!("{what}: not within 30 s\n{}", logs.join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn until_converged(&self, what: &str, logs: &[&str]) {
-        self.until(what, logs, async || self.converged().await).await;
-    }
-
-    async fn port_names(&self) -> Vec<String> {
-        let ports = self.client.list_all::<Port>(&Default::default()).await.unwrap();
-        let mut names: Vec<String> = ports.into_iter().map(|p| format!("{}/{}", p.project, p.name)).collect();
-        names.sort();
-        names
-    }
-
-    fn holder(&self) -> Option<String> {
-        self.fake.list::<Lease>().first().and_then(|l| l.spec.as_ref()?.holder_identity.clone())
-    }
 }
 
 fn kill(child: &mut ChildGuard, signal: &str) {
@@ -150,7 +41,7 @@ fn kill(child: &mut ChildGuard, signal: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_is_followed_through_events_a_relist_after_410_and_a_restart() {
-    let s = Setup::new("km-follow").await;
+    let s = KubeCluster::new("km-follow").await;
     s.fake.apply(&namespace("x", json!({"team": "a"})));
     s.fake.apply(&namespace("y", json!({"team": "b"})));
     s.fake.apply(&pod("x", "a", "10.0.0.1"));
@@ -195,7 +86,7 @@ async fn a_cluster_is_followed_through_events_a_relist_after_410_and_a_restart()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn what_weft_cannot_represent_becomes_a_warning_event_on_the_policy() {
-    let s = Setup::new("km-events").await;
+    let s = KubeCluster::new("km-events").await;
     s.fake.apply(&namespace("x", json!({})));
     s.fake.apply(&pod("x", "a", "10.0.0.1"));
     s.fake.apply(&policy(
@@ -225,7 +116,7 @@ async fn what_weft_cannot_represent_becomes_a_warning_event_on_the_policy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_leader_writes_and_another_takes_over_when_it_stops_or_dies() {
-    let s = Setup::new("km-lease").await;
+    let s = KubeCluster::new("km-lease").await;
     s.fake.apply(&namespace("x", json!({})));
     s.fake.apply(&pod("x", "a", "10.0.0.1"));
     let mut one = s.manager("km-1");

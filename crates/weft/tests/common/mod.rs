@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 pub fn free_port() -> u16 {
