@@ -159,7 +159,15 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    use axum::serve::ListenerExt;
+    axum::serve(listener.tap_io(|tcp| no_delay(tcp)), router).with_graceful_shutdown(shutdown).await
+}
+
+/// Without TCP_NODELAY the tail of a response can wait for the client's delayed ACK (~40 ms).
+pub(crate) fn no_delay(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

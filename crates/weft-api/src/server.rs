@@ -180,7 +180,10 @@ async fn serve_api(
                 let listener = tls::TlsListener::new(listener, files)?;
                 axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(io("serving HTTPS"))
             }
-            None => axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(io("serving HTTP")),
+            None => {
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| crate::no_delay(tcp));
+                axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(io("serving HTTP"))
+            }
         }
     };
     // Open requests get DRAIN_TIMEOUT to finish once shutdown begins; then they are dropped.

@@ -74,6 +74,7 @@ impl TlsListener {
                 if tx.is_closed() {
                     return;
                 }
+                crate::no_delay(&tcp);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -13,6 +13,7 @@
 pub mod compiler;
 pub mod datapath;
 pub mod fanout;
+pub mod kube;
 
 /// A process's resident set and its peak (`/proc/<pid>/status`: VmRSS, VmHWM), in MiB.
 /// `pid`: `None` for this process.
@@ -215,7 +216,9 @@ pub async fn api(config: ApiBenchConfig) -> Result<ApiReport, BenchError> {
     result
 }
 
-async fn start_server(url: &str) -> Result<(SocketAddr, String, tokio::sync::oneshot::Sender<()>), BenchError> {
+pub(crate) async fn start_server(
+    url: &str,
+) -> Result<(SocketAddr, String, tokio::sync::oneshot::Sender<()>), BenchError> {
     let store = weft_store::Store::connect(url, 32).await?;
     store.migrate().await?;
     let token = store

@@ -39,10 +39,28 @@ pub struct ClusterConfig {
     pub resync: Duration,
     /// Names this process in the Kubernetes Events it publishes.
     pub instance: String,
+    /// Told after every reconciliation that wrote or checked the config service.
+    pub progress: Option<tokio::sync::watch::Sender<Progress>>,
+}
+
+/// How far kube-manager has come, for benchmarks and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The config service's revision after the last reconciliation.
+    pub revision: i64,
+    pub full: u64,
+    pub partial: u64,
+    /// Watch events taken in.
+    pub events: u64,
 }
 
 /// Most watch events taken into one reconciliation.
 const MOST_EVENTS_AT_ONCE: usize = 10_000;
+/// How long the events of a burst are waited for before they are written together: the
+/// price every change pays in latency.
+const LINGER: Duration = Duration::from_millis(2);
+/// Events closer together than this make a burst.
+const BURST_GAP: Duration = Duration::from_millis(10);
 /// A refused write is retried after this, doubling up to [`MOST_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MOST_BACKOFF: Duration = Duration::from_secs(30);
@@ -193,6 +211,8 @@ struct Manager<'a> {
     retry_at: Option<Instant>,
     reported: HashSet<Problem>,
     recorder: Recorder,
+    progress: Option<tokio::sync::watch::Sender<Progress>>,
+    events: u64,
 }
 
 #[derive(Debug, Default)]
@@ -233,7 +253,10 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
         retry_at: None,
         reported: HashSet::new(),
         recorder: Recorder::new(kube.clone(), reporter),
+        progress: config.progress.clone(),
+        events: 0,
     };
+    let mut last_input = Instant::now() - BURST_GAP;
     loop {
         let wake = m.retry_at.unwrap_or(m.last_full + config.resync);
         let first = tokio::select! {
@@ -247,15 +270,33 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
         if let Some(input) = first {
             m.take(input);
             taken += 1;
+            // Whatever else has arrived goes into the same reconciliation. In a burst (this
+            // event came hard on the last), events still on their way (in the connection, not
+            // yet decoded) get a moment, so that the burst is written in a few large batches
+            // rather than one small batch per event; a lone event does not wait.
+            let now = Instant::now();
+            let burst = now.duration_since(last_input) < BURST_GAP;
+            let linger_until = if burst { now + LINGER } else { now };
             while taken < MOST_EVENTS_AT_ONCE {
-                match inputs.next().now_or_never() {
-                    Some(Some(input)) => {
+                let next = match inputs.next().now_or_never() {
+                    Some(next) => next,
+                    None if Instant::now() < linger_until => {
+                        match tokio::time::timeout_at(linger_until.into(), inputs.next()).await {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        }
+                    }
+                    None => break,
+                };
+                match next {
+                    Some(input) => {
                         m.take(input);
                         taken += 1;
                     }
-                    _ => break,
+                    None => break,
                 }
             }
+            last_input = Instant::now();
         }
         if m.last_full.elapsed() >= config.resync {
             m.full = true;
@@ -269,6 +310,7 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
 
 impl Manager<'_> {
     fn take(&mut self, input: Result<Input, watcher::Error>) {
+        self.events += 1;
         let input = match input {
             Ok(input) => input,
             Err(e) => {
@@ -319,9 +361,22 @@ impl Manager<'_> {
         if !self.listed() || (!self.full && self.changed.is_empty()) {
             return;
         }
-        let result = if self.full || self.mirror.is_none() { self.full().await } else { self.partial().await };
+        let full = self.full || self.mirror.is_none();
+        let result = if full { self.full().await } else { self.partial().await };
         match result {
-            Ok(()) => {
+            Ok(revision) => {
+                if let Some(progress) = &self.progress {
+                    let events = self.events;
+                    progress.send_modify(|p| {
+                        p.revision = revision;
+                        p.events = events;
+                        if full {
+                            p.full += 1;
+                        } else {
+                            p.partial += 1;
+                        }
+                    });
+                }
                 self.backoff = FIRST_BACKOFF;
                 self.retry_at = None;
             }
@@ -335,7 +390,7 @@ impl Manager<'_> {
         }
     }
 
-    async fn full(&mut self) -> Result<(), weft_client::ClientError> {
+    async fn full(&mut self) -> Result<i64, weft_client::ClientError> {
         let desired = Desired::of(
             self.namespaces.objects.values(),
             self.pods.objects.values(),
@@ -367,10 +422,10 @@ impl Manager<'_> {
         let problems: Vec<Problem> = desired.problems.into_iter().chain(outcome.conflicts).collect();
         self.reported.retain(|p| problems.contains(p));
         self.report(problems);
-        Ok(())
+        Ok(outcome.revision)
     }
 
-    async fn partial(&mut self) -> Result<(), weft_client::ClientError> {
+    async fn partial(&mut self) -> Result<i64, weft_client::ClientError> {
         let changed = std::mem::take(&mut self.changed);
         let o = self.options;
         let project = |ns: &str| o.project(ns);
@@ -399,7 +454,7 @@ impl Manager<'_> {
                 desired.add_policy(np, &known, o);
             }
         }
-        let Some(mirror) = self.mirror.as_mut() else { return Ok(()) };
+        let Some(mirror) = self.mirror.as_mut() else { return Ok(0) };
         let started = Instant::now();
         let outcome = reconcile::reconcile_some(self.weft, &desired, &scope, mirror, o).await?;
         if outcome.created + outcome.updated + outcome.deleted > 0 {
@@ -423,7 +478,7 @@ impl Manager<'_> {
         };
         self.reported.retain(|p| !touched(p) || problems.contains(p));
         self.report(problems);
-        Ok(())
+        Ok(outcome.revision)
     }
 
     /// Logs each problem not reported yet and puts it on its object as a Kubernetes Event.

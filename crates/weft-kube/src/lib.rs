@@ -16,7 +16,7 @@ pub mod manifests;
 pub mod reconcile;
 pub mod translate;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, Progress};
 pub use lease::LeaseConfig;
 pub use manifests::{Manifests, read_dir};
 pub use reconcile::{Current, Desired, Mirror, Outcome, Plan, Scope, plan, reconcile, reconcile_all, reconcile_some};

@@ -195,6 +195,25 @@ pub enum BenchCommand {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
+    /// kube-manager between the fake Kubernetes API server and a `weft server`: initial sync,
+    /// policy change latency, a burst of pod changes.
+    Kube {
+        /// A PostgreSQL server; the bench creates and drops its own database there.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, default_value_t = 1_000)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        /// Policy changes timed one at a time.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// Pods changed at once.
+        #[arg(long, default_value_t = 1_000)]
+        burst: usize,
+    },
     /// The ACL compiler on a synthetic cluster: full compile time and memory.
     Compiler {
         /// `realistic` (DESIGN.md §8's shape; Antrea's benchmark scale by default) or `dense`.
@@ -577,6 +596,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = tokio::task::spawn_blocking(move || weft_bench::datapath::run_bench(&config)).await??;
             print!("{report}");
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Kube { database_url, namespaces, pods, policies, changes, burst } } => {
+            let config = weft_bench::kube::KubeBenchConfig { database_url, namespaces, pods, policies, changes, burst };
+            print!("{}", weft_bench::kube::run(config).await?);
             Ok(())
         }
         Command::Bench {

@@ -115,7 +115,7 @@ async fn cluster(args: KubeArgs, weft: weft_client::Client, options: Options) ->
         retry: (args.lease_duration / 5).max(Duration::from_millis(100)),
     });
     tracing::info!(cluster = %options.cluster, %identity, leader_election = lease.is_some(), "following the cluster");
-    let config = weft_kube::ClusterConfig { options, lease, resync: args.resync, instance: identity };
+    let config = weft_kube::ClusterConfig { options, lease, resync: args.resync, instance: identity, progress: None };
     weft_kube::cluster::run(kube, weft, config, crate::cli::shutdown_signal()).await;
     Ok(())
 }
