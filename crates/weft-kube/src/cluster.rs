@@ -210,7 +210,9 @@ struct Manager<'a> {
     backoff: Duration,
     retry_at: Option<Instant>,
     reported: HashSet<Problem>,
-    recorder: Recorder,
+    /// Events go out one at a time, in order: the recorder turns a repeat on the same object
+    /// into a patch of the first only if that one is written.
+    events_out: tokio::sync::mpsc::UnboundedSender<(KubeEvent, ObjectReference)>,
     progress: Option<tokio::sync::watch::Sender<Progress>>,
     events: u64,
 }
@@ -226,6 +228,19 @@ impl Changed {
     fn is_empty(&self) -> bool {
         self.namespaces.is_empty() && self.pods.is_empty() && self.policies.is_empty()
     }
+}
+
+/// Publishes Events in the order given, off the reconciliation's path.
+fn publisher(recorder: Recorder) -> tokio::sync::mpsc::UnboundedSender<(KubeEvent, ObjectReference)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(KubeEvent, ObjectReference)>();
+    tokio::spawn(async move {
+        while let Some((event, reference)) = rx.recv().await {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "could not publish an event");
+            }
+        }
+    });
+    tx
 }
 
 /// Follows the cluster and writes it into the config service; returns only if the watches end.
@@ -252,7 +267,7 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
         backoff: FIRST_BACKOFF,
         retry_at: None,
         reported: HashSet::new(),
-        recorder: Recorder::new(kube.clone(), reporter),
+        events_out: publisher(Recorder::new(kube.clone(), reporter)),
         progress: config.progress.clone(),
         events: 0,
     };
@@ -489,7 +504,6 @@ impl Manager<'_> {
             }
             tracing::warn!(%problem, "left out: weft cannot represent it");
             if let Some(reference) = self.reference(&problem) {
-                let recorder = self.recorder.clone();
                 let event = KubeEvent {
                     type_: EventType::Warning,
                     reason: "NotEnforced".into(),
@@ -497,11 +511,7 @@ impl Manager<'_> {
                     action: "Translate".into(),
                     secondary: None,
                 };
-                tokio::spawn(async move {
-                    if let Err(e) = recorder.publish(&event, &reference).await {
-                        tracing::debug!(error = %e, "could not publish an event");
-                    }
-                });
+                let _ = self.events_out.send((event, reference));
             }
             self.reported.insert(problem);
         }

@@ -67,6 +67,8 @@ struct State {
     next_token: u64,
     lists: HashMap<ResourcePath, usize>,
     watches: HashMap<ResourcePath, usize>,
+    /// Every (API group, resource, verb) a client called, in RBAC's terms.
+    calls: std::collections::BTreeSet<(String, String, &'static str)>,
 }
 
 #[derive(Debug)]
@@ -309,6 +311,11 @@ impl FakeKube {
         self.state().lists.get(&resource_of::<K>()).copied().unwrap_or(0)
     }
 
+    /// Every call clients made, as RBAC names them: (API group, resource, verb).
+    pub fn calls(&self) -> std::collections::BTreeSet<(String, String, &'static str)> {
+        self.state().calls.clone()
+    }
+
     /// How many WATCH requests a resource type got.
     pub fn watches<K: kube::Resource<DynamicType = ()>>(&self) -> usize {
         self.state().watches.get(&resource_of::<K>()).copied().unwrap_or(0)
@@ -355,6 +362,19 @@ impl FakeKube {
                 );
             }
         }
+        let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+        let verb = match (&method, name) {
+            (&Method::GET, None) if watching => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::GET, Some(_)) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => "unknown",
+        };
+        let group = prefix.strip_prefix("apis/").and_then(|g| g.split('/').next()).unwrap_or("").to_string();
+        self.state().calls.insert((group, plural.to_string(), verb));
         match (method, name) {
             (Method::GET, None) if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
                 self.watch(&resource, namespace, &query)

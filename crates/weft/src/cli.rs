@@ -108,6 +108,9 @@ pub enum Command {
     },
     /// The server's version, current revision and agent address.
     Info,
+    /// Exit 0 when the server is ready (`GET /readyz`, no token needed), 1 otherwise: for
+    /// health checks.
+    Ready,
     /// Print the change log after a revision, then follow it.
     Changes {
         /// Print what came after this revision.

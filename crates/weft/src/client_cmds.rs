@@ -42,6 +42,14 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
             unreachable!("handled by the caller")
         }
         Command::Info => output::show(out, &serde_json::to_value(c.info().await?)?, None),
+        Command::Ready => match c.ready().await {
+            Ok(true) => {
+                println!("ready");
+                Ok(())
+            }
+            Ok(false) => anyhow::bail!("{} is not ready", args.server),
+            Err(e) => Err(e).with_context(|| format!("{} does not answer", args.server)),
+        },
         Command::Project { command } => object::<Project, _>(&c, out, command, project_body).await,
         Command::Network { command } => object::<VirtualNetwork, _>(&c, out, command, network_body).await,
         Command::Port { command } => object::<Port, _>(&c, out, command, port_body).await,

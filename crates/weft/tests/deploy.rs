@@ -1,0 +1,277 @@
+//! The ways operators run weft: docker-compose.yml (validated by Debian's docker-compose
+//! client; no Docker engine runs here), the Dockerfile, and deploy/kubernetes/ (parsed with
+//! k8s-openapi's types; kube-manager's RBAC compared with a recording of what it calls).
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::cluster::{KubeCluster, namespace, policy};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Container, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn compose(env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new("docker-compose");
+    cmd.arg("--file").arg(root().join("docker-compose.yml")).arg("config").env_remove("WEFT_DB_PASSWORD");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("docker-compose (Debian's client, which .ci/run installs) runs")
+}
+
+#[test]
+fn the_compose_file_is_valid_and_runs_postgres_a_server_and_a_privileged_host_network_agent() {
+    let out = compose(&[("WEFT_DB_PASSWORD", "s3cret")]);
+    assert!(out.status.success(), "docker-compose config: {}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let services = &config["services"];
+    let names: BTreeSet<&str> = services.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(names, BTreeSet::from(["postgres", "server", "agent"]));
+    for (service, check) in [("postgres", "pg_isready"), ("server", "ready")] {
+        let test = services[service]["healthcheck"]["test"].to_string();
+        assert!(test.contains(check), "{service}'s health check: {test}");
+    }
+    assert_eq!(services["server"]["depends_on"]["postgres"]["condition"], "service_healthy");
+    assert_eq!(services["agent"]["depends_on"]["server"]["condition"], "service_healthy");
+    assert_eq!(services["agent"]["network_mode"], "host");
+    assert_eq!(services["agent"]["privileged"], true);
+    assert!(services["server"]["environment"]["DATABASE_URL"].as_str().unwrap().contains("s3cret"));
+    let volumes = services["postgres"]["volumes"].to_string();
+    assert!(volumes.contains("pgdata") && config["volumes"].get("pgdata").is_some(), "a named volume: {volumes}");
+    // The server's ports are published on loopback only.
+    let ports = services["server"]["ports"].to_string();
+    assert!(ports.contains("127.0.0.1"), "{ports}");
+
+    // No password, no stack: there is no default one.
+    let out = compose(&[]);
+    assert!(!out.status.success(), "docker-compose accepted a stack without a database password");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WEFT_DB_PASSWORD"));
+}
+
+#[test]
+fn the_image_carries_the_datapath_tools_ci_installs_and_builds_as_ci_does() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    for package in ["nftables", "conntrack", "iproute2"] {
+        assert!(ci.contains(&format!("packages+=({package})")), ".ci/run installs {package}");
+        assert!(dockerfile.contains(package), "the runtime image lacks {package}, which the agent calls");
+    }
+    assert!(dockerfile.contains("cargo build --release --locked"), "the image builds from the lock file");
+    // The build stage's toolchain is at least the workspace's rust-version.
+    let cargo: toml_lite::Manifest = toml_lite::read(&root().join("Cargo.toml"));
+    let from = dockerfile.lines().find(|l| l.starts_with("FROM rust:")).unwrap();
+    let image = from.trim_start_matches("FROM rust:").split(['-', ' ']).next().unwrap();
+    assert!(version(image) >= version(&cargo.rust_version), "{image} is older than {}", cargo.rust_version);
+    assert!(dockerfile.contains("USER weft"), "the image runs unprivileged unless told otherwise");
+}
+
+fn version(v: &str) -> Vec<u32> {
+    v.split('.').map(|n| n.parse().unwrap()).collect()
+}
+
+/// Just enough of Cargo.toml.
+mod toml_lite {
+    use std::path::Path;
+
+    pub struct Manifest {
+        pub rust_version: String,
+    }
+
+    pub fn read(path: &Path) -> Manifest {
+        let text = std::fs::read_to_string(path).unwrap();
+        let line = text.lines().find(|l| l.starts_with("rust-version")).unwrap();
+        Manifest { rust_version: line.split('"').nth(1).unwrap().to_string() }
+    }
+}
+
+/// Every document of every file in deploy/kubernetes, as (kind, JSON).
+fn manifests() -> Vec<(String, Value)> {
+    let dir = root().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = Value::deserialize(doc).unwrap();
+            if v.is_null() {
+                continue;
+            }
+            docs.push((v["kind"].as_str().unwrap().to_string(), v));
+        }
+    }
+    docs
+}
+
+fn typed<T: serde::de::DeserializeOwned>(docs: &[(String, Value)], kind: &str, name: &str) -> T {
+    let (_, v) = docs
+        .iter()
+        .find(|(k, v)| k == kind && v["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in deploy/kubernetes"));
+    serde_path_to_error::deserialize(v.clone()).unwrap_or_else(|e| panic!("{kind} {name}: {e}"))
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> &'a k8s_openapi::api::core::v1::EnvVar {
+    let env = c.env.as_ref().unwrap();
+    env.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("{} has no {name}", c.name))
+}
+
+#[test]
+fn the_kubernetes_manifests_parse_and_run_each_part_as_it_should() {
+    let docs = manifests();
+    // Every document is a known kind and parses as its k8s-openapi type.
+    for (kind, v) in &docs {
+        let name = v["metadata"]["name"].as_str().unwrap();
+        match kind.as_str() {
+            "Namespace" => {
+                let _: Namespace = typed(&docs, kind, name);
+            }
+            "ServiceAccount" => {
+                let _: ServiceAccount = typed(&docs, kind, name);
+            }
+            "ClusterRole" => {
+                let _: ClusterRole = typed(&docs, kind, name);
+            }
+            "ClusterRoleBinding" => {
+                let _: ClusterRoleBinding = typed(&docs, kind, name);
+            }
+            "Role" => {
+                let _: Role = typed(&docs, kind, name);
+            }
+            "RoleBinding" => {
+                let _: RoleBinding = typed(&docs, kind, name);
+            }
+            "Deployment" => {
+                let _: Deployment = typed(&docs, kind, name);
+            }
+            "DaemonSet" => {
+                let _: DaemonSet = typed(&docs, kind, name);
+            }
+            "Service" => {
+                let _: Service = typed(&docs, kind, name);
+            }
+            "Secret" => {
+                let _: Secret = typed(&docs, kind, name);
+            }
+            other => panic!("an unexpected kind in deploy/kubernetes: {other}"),
+        }
+    }
+
+    let km: Deployment = typed(&docs, "Deployment", "weft-kube-manager");
+    let spec = km.spec;
+    assert_eq!(spec.replicas, Some(2), "two kube-managers, one leading");
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("weft-kube-manager"));
+    let c = &pod.containers[0];
+    assert_eq!(
+        env(c, "POD_NAMESPACE").value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+        "metadata.namespace"
+    );
+    assert!(
+        env(c, "WEFT_TOKEN").value_from.as_ref().unwrap().secret_key_ref.is_some(),
+        "the token comes from a Secret"
+    );
+
+    let agent: DaemonSet = typed(&docs, "DaemonSet", "weft-agent");
+    let pod = agent.spec.template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    let c = &pod.containers[0];
+    let caps = c.security_context.as_ref().unwrap().capabilities.as_ref().unwrap();
+    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]), "NET_ADMIN and nothing more");
+    assert_eq!(
+        env(c, "WEFT_NODE").value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+        "spec.nodeName",
+        "the node's name from the downward API"
+    );
+    let join = env(c, "WEFT_JOIN_TOKEN").value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    let _: Secret = typed(&docs, "Secret", &join.name);
+    let state = env(c, "WEFT_AGENT_STATE_DIR").value.clone().unwrap();
+    let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.mount_path == state).unwrap();
+    let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+    assert!(volume.host_path.is_some(), "the state dir survives the pod: a hostPath");
+
+    let server: Deployment = typed(&docs, "Deployment", "weft-server");
+    let pod = server.spec.template.spec.unwrap();
+    let db = env(&pod.containers[0], "DATABASE_URL").value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    let _: Secret = typed(&docs, "Secret", &db.name);
+    let service: Service = typed(&docs, "Service", "weft-server");
+    let ports: Vec<i32> = service.spec.unwrap().ports.unwrap().iter().map(|p| p.port).collect();
+    assert_eq!(ports, [8080, 8081]);
+}
+
+/// What kube-manager's ServiceAccount is granted, as (API group, resource, verb).
+fn granted(docs: &[(String, Value)]) -> BTreeSet<(String, String, String)> {
+    let mut rules: Vec<PolicyRule> = Vec::new();
+    let bound_to_kube_manager = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+        subjects.iter().flatten().any(|s| s.kind == "ServiceAccount" && s.name == "weft-kube-manager")
+    };
+    for (kind, v) in docs {
+        let name = v["metadata"]["name"].as_str().unwrap();
+        match kind.as_str() {
+            "ClusterRoleBinding" => {
+                let b: ClusterRoleBinding = typed(docs, kind, name);
+                if bound_to_kube_manager(&b.subjects) {
+                    let role: ClusterRole = typed(docs, "ClusterRole", &b.role_ref.name);
+                    rules.extend(role.rules.unwrap_or_default());
+                }
+            }
+            "RoleBinding" => {
+                let b: RoleBinding = typed(docs, kind, name);
+                if bound_to_kube_manager(&b.subjects) {
+                    let role: Role = typed(docs, "Role", &b.role_ref.name);
+                    rules.extend(role.rules.unwrap_or_default());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    granted
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_managers_rbac_grants_exactly_what_it_calls() {
+    let cluster = KubeCluster::new("deploy-rbac").await;
+    cluster.fake.apply(&namespace("x", json!({})));
+    // Two problems on one policy: the second Event on the same object is a patch.
+    cluster.fake.apply(&policy(
+        "x",
+        "odd",
+        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "not-a-cidr"}}]},
+            {"from": [{"ipBlock": {"cidr": "nor-this"}}]}]}),
+    ));
+    let mut km = cluster.manager("km-1");
+    cluster.until_converged("the first sync", &["km-1"]).await;
+    let events = async || {
+        let events = cluster.fake.list::<Event>();
+        events.len() == 1 && events[0].series.as_ref().is_some_and(|s| s.count == 2)
+    };
+    cluster.until("both problems reported, the second as a patch", &["km-1"], events).await;
+    // A clean stop releases the lease (an update).
+    Command::new("kill").args(["-TERM", &km.0.id().to_string()]).status().unwrap();
+    km.0.wait().unwrap();
+    let calls: BTreeSet<(String, String, String)> =
+        cluster.fake.calls().into_iter().map(|(g, r, v)| (g, r, v.to_string())).collect();
+    assert_eq!(calls, granted(&manifests()), "deploy/kubernetes/kube-manager.yaml's RBAC against the calls made");
+}
