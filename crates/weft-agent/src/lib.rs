@@ -9,6 +9,7 @@
 //! ```
 
 pub mod datapath;
+pub mod metrics;
 pub mod netns;
 pub mod nft;
 pub mod state;
@@ -45,6 +46,8 @@ pub struct Config {
     pub ca: Option<Vec<u8>>,
     /// First and longest pause between reconnection attempts.
     pub backoff: (Duration, Duration),
+    /// Where applies and what is in force are recorded, when metrics are served.
+    pub metrics: Option<std::sync::Arc<metrics::AgentMetrics>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,9 @@ pub async fn run(
             _ = shutdown.changed() => return Ok(()),
         };
         progress.send_modify(|p| p.synced = false);
+        if let Some(m) = &config.metrics {
+            m.connected(false);
+        }
         match outcome {
             Ok(()) => {
                 tracing::warn!("the controller ended the stream; reconnecting");
@@ -193,8 +199,14 @@ async fn session(
         }
         let update = std::mem::take(&mut parts);
         let revision = update[0].revision;
+        let started = std::time::Instant::now();
         let error = match apply(datapath, current, &update) {
             Ok(()) => {
+                if let Some(m) = &config.metrics {
+                    let full = update.len() > 1 || update[0].snapshot;
+                    m.applied(full, started.elapsed(), current.revision, &current.span);
+                    m.connected(true);
+                }
                 if let Err(e) = config.state_dir.save(current) {
                     tracing::warn!(error = %e, "cannot save the span in the state dir");
                 }
@@ -203,6 +215,9 @@ async fn session(
             }
             Err(e) => {
                 tracing::error!(revision, error = %e, "cannot apply an update; keeping the last good state");
+                if let Some(m) = &config.metrics {
+                    m.failed();
+                }
                 e
             }
         };

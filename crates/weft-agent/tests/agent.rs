@@ -56,6 +56,7 @@ fn config(addr: SocketAddr, dir: &std::path::Path, join_token: Option<String>) -
         join_token,
         ca: None,
         backoff: (Duration::from_millis(20), Duration::from_millis(200)),
+        metrics: None,
     }
 }
 

@@ -89,6 +89,7 @@ impl AppState {
                 Arc::new(weft_control::Follower::start(store.clone(), config.poll_interval, weft_control::RING_UPDATES))
             }
         };
+        let metrics = Arc::new(metrics::Metrics::new(&follower.hub));
         Ok(AppState {
             follower,
             stopping: Arc::new(watch::channel(false).0),
@@ -96,7 +97,7 @@ impl AppState {
             store,
             auth_enabled: config.auth_enabled,
             tokens: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             revisions,
             grpc_address: config.grpc_address,
         })

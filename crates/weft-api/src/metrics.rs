@@ -1,4 +1,6 @@
-//! Prometheus metrics of the API: requests by method, route and status, and their latency.
+//! Prometheus metrics of the server: requests by method, route and status, and their
+//! latency; how far the controller and each agent are behind the configuration (read when
+//! scraped); how long the compiler takes.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -23,8 +26,22 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
+    /// The configuration's revision (the change log's safe horizon).
+    config_revision: Gauge,
+    /// The revision this process's compiler is at, and how far behind the configuration.
+    controller_revision: Gauge,
+    controller_lag: Gauge,
+    agents_connected: Gauge,
+    agent_connected: Family<NodeLabels, Gauge>,
+    /// Revisions between the configuration and what the node has realized.
+    agent_lag: Family<NodeLabels, Gauge>,
     pub registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
@@ -33,8 +50,8 @@ pub struct Metrics {
     pub cache_misses: Counter,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    pub fn new(hub: &weft_control::Hub) -> Self {
         let mut registry = Registry::with_prefix("weft_api");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
@@ -46,7 +63,75 @@ impl Default for Metrics {
         let cache_misses = Counter::default();
         registry.register("object_cache_hits", "GETs answered from the object cache", cache_hits.clone());
         registry.register("object_cache_misses", "GETs answered by PostgreSQL", cache_misses.clone());
-        Metrics { registry, requests, latency, cache_hits, cache_misses }
+        let server = registry.sub_registry_with_prefix("server");
+        let config_revision = Gauge::default();
+        let controller_revision = Gauge::default();
+        let controller_lag = Gauge::default();
+        let agents_connected = Gauge::default();
+        let agent_connected = Family::<NodeLabels, Gauge>::default();
+        let agent_lag = Family::<NodeLabels, Gauge>::default();
+        server.register("config_revision", "The configuration's revision", config_revision.clone());
+        server.register(
+            "controller_revision",
+            "The revision this process's compiler is at",
+            controller_revision.clone(),
+        );
+        server.register(
+            "controller_lag_revisions",
+            "Revisions the compiler is behind the configuration (change-log lag)",
+            controller_lag.clone(),
+        );
+        server.register(
+            "compile_seconds",
+            "Time the compiler takes over one revision's changes",
+            hub.compile_seconds.clone(),
+        );
+        server.register("agents_connected", "Nodes with an agent connected to a controller", agents_connected.clone());
+        server.register(
+            "agent_connected",
+            "Whether the node's agent is connected (1) or not (0)",
+            agent_connected.clone(),
+        );
+        server.register(
+            "agent_lag_revisions",
+            "Revisions between the configuration and what the node has realized",
+            agent_lag.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            cache_hits,
+            cache_misses,
+            config_revision,
+            controller_revision,
+            controller_lag,
+            agents_connected,
+            agent_connected,
+            agent_lag,
+        }
+    }
+
+    /// Reads what is only known by asking: revisions and the nodes' status.
+    async fn refresh(&self, state: &AppState) {
+        let config = *state.revisions.borrow();
+        let compiled = state.follower.hub.revision().unwrap_or(0);
+        self.config_revision.set(config);
+        self.controller_revision.set(compiled);
+        self.controller_lag.set((config - compiled).max(0));
+        match state.store.list_nodes().await {
+            Ok(nodes) => {
+                self.agent_connected.clear();
+                self.agent_lag.clear();
+                self.agents_connected.set(nodes.iter().filter(|n| n.connected).count() as i64);
+                for n in nodes {
+                    let labels = NodeLabels { node: n.name };
+                    self.agent_connected.get_or_create(&labels).set(i64::from(n.connected));
+                    self.agent_lag.get_or_create(&labels).set((config - n.realized_revision).max(0));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the nodes"),
+        }
     }
 }
 
@@ -66,6 +151,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 pub async fn render(State(state): State<AppState>) -> Response {
+    state.metrics.refresh(&state).await;
     render_registry(&state.metrics)
 }
 

@@ -498,6 +498,38 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
     assert!(text.contains("weft_api_http_request_duration_seconds_bucket"), "{text}");
 }
 
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_time(pool: PgPool) {
+    let api = Api::new(pool).await;
+    api.store.create_node("n1").await.unwrap();
+    api.store.create_node("n2").await.unwrap();
+    api.store.node_connected("n1", "ctl-a", "127.0.0.1:1", "test").await.unwrap();
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "q"}))).await;
+    api.store.nodes_acked("ctl-a", &[("n1".into(), 1, 1, None)]).await.unwrap();
+    // Once the compiler has both projects, the figures are settled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while api.state.follower.hub.revision().unwrap_or(0) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the compiler never caught up");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let r = api.raw(Method::GET, "/metrics", None, &[], vec![]).await;
+    let text = r.body.as_str().unwrap();
+    for line in [
+        "weft_api_server_config_revision 2",
+        "weft_api_server_controller_revision 2",
+        "weft_api_server_controller_lag_revisions 0",
+        "weft_api_server_agents_connected 1",
+        "weft_api_server_agent_connected{node=\"n1\"} 1",
+        "weft_api_server_agent_connected{node=\"n2\"} 0",
+        "weft_api_server_agent_lag_revisions{node=\"n1\"} 1",
+        "weft_api_server_agent_lag_revisions{node=\"n2\"} 2",
+        "weft_api_server_compile_seconds_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+}
+
 /// Waits (bounded) until `check` holds for the reply to a GET.
 async fn eventually(api: &Api, uri: &str, check: impl Fn(&Reply) -> bool) -> Reply {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

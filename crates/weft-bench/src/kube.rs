@@ -141,6 +141,7 @@ async fn run_on(config: &KubeBenchConfig, db: &ScratchDatabase) -> Result<KubeRe
         resync: Duration::from_secs(3_600),
         instance: "bench".into(),
         progress: Some(progress_tx),
+        metrics: None,
     };
     let (stop_manager, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();

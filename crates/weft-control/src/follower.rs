@@ -117,7 +117,9 @@ async fn follow(
 fn apply(hub: &Hub, revision: i64, batch: Vec<Change>) {
     let deltas = {
         let mut state = hub.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        let started = std::time::Instant::now();
         let deltas = state.0.apply(revision, batch);
+        hub.compile_seconds.observe(started.elapsed().as_secs_f64());
         state.1 = revision;
         deltas
     };

@@ -37,6 +37,8 @@ pub struct Hub {
     /// must be written down at once, or that process waits on a record that stays behind.
     pub(crate) included_through: std::sync::atomic::AtomicI64,
     ring_updates: usize,
+    /// How long the compiler takes over each revision's changes (a metric).
+    pub compile_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Hub {
@@ -47,6 +49,9 @@ impl Hub {
             revision: watch::Sender::new(None),
             included_through: std::sync::atomic::AtomicI64::new(0),
             ring_updates: ring_updates.max(1),
+            compile_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
+            ),
         }
     }
 

@@ -41,6 +41,7 @@ pub struct ClusterConfig {
     pub instance: String,
     /// Told after every reconciliation that wrote or checked the config service.
     pub progress: Option<tokio::sync::watch::Sender<Progress>>,
+    pub metrics: Option<std::sync::Arc<crate::KubeMetrics>>,
 }
 
 /// How far kube-manager has come, for benchmarks and metrics.
@@ -72,6 +73,9 @@ const ATTEMPTS: usize = 5;
 pub async fn run(kube: kube::Client, weft: Client, config: ClusterConfig, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let Some(lease) = config.lease.clone() else {
+        if let Some(m) = &config.metrics {
+            m.leader.set(1);
+        }
         tokio::select! {
             _ = manage(&kube, &weft, &config) => {}
             _ = &mut stop => {}
@@ -93,11 +97,18 @@ pub async fn run(kube: kube::Client, weft: Client, config: ClusterConfig, stop: 
             }
         }
         tracing::info!(identity = %lease.identity, lease = %lease.name, "leading");
+        let leading = |on: bool| {
+            if let Some(m) = &config.metrics {
+                m.leader.set(i64::from(on));
+            }
+        };
+        leading(true);
         let lost = tokio::select! {
             _ = manage(&kube, &weft, &config) => false,
             _ = keep(&mut elector) => true,
             _ = &mut stop => false,
         };
+        leading(false);
         if lost {
             tracing::warn!(identity = %lease.identity, "lost the lease: stopped writing, following");
             continue;
@@ -214,6 +225,7 @@ struct Manager<'a> {
     /// into a patch of the first only if that one is written.
     events_out: tokio::sync::mpsc::UnboundedSender<(KubeEvent, ObjectReference)>,
     progress: Option<tokio::sync::watch::Sender<Progress>>,
+    metrics: Option<std::sync::Arc<crate::KubeMetrics>>,
     events: u64,
 }
 
@@ -269,6 +281,7 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
         reported: HashSet::new(),
         events_out: publisher(Recorder::new(kube.clone(), reporter)),
         progress: config.progress.clone(),
+        metrics: config.metrics.clone(),
         events: 0,
     };
     let mut last_input = Instant::now() - BURST_GAP;
@@ -326,6 +339,9 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
 impl Manager<'_> {
     fn take(&mut self, input: Result<Input, watcher::Error>) {
         self.events += 1;
+        if let Some(m) = &self.metrics {
+            m.events.inc();
+        }
         let input = match input {
             Ok(input) => input,
             Err(e) => {
@@ -377,9 +393,14 @@ impl Manager<'_> {
             return;
         }
         let full = self.full || self.mirror.is_none();
+        let started = Instant::now();
         let result = if full { self.full().await } else { self.partial().await };
         match result {
             Ok(revision) => {
+                if let Some(m) = &self.metrics {
+                    m.reconciled(full, started.elapsed().as_secs_f64());
+                    m.problems.set(self.reported.len() as i64);
+                }
                 if let Some(progress) = &self.progress {
                     let events = self.events;
                     progress.send_modify(|p| {
@@ -396,6 +417,9 @@ impl Manager<'_> {
                 self.retry_at = None;
             }
             Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.reconcile_errors.inc();
+                }
                 tracing::warn!(error = %e, retry_in = ?self.backoff, "cannot reconcile with the config service");
                 // The mirror may be stale: list again next time.
                 self.full = true;

@@ -13,11 +13,13 @@
 pub mod cluster;
 pub mod lease;
 pub mod manifests;
+pub mod metrics;
 pub mod reconcile;
 pub mod translate;
 
 pub use cluster::{ClusterConfig, Progress};
 pub use lease::LeaseConfig;
 pub use manifests::{Manifests, read_dir};
+pub use metrics::KubeMetrics;
 pub use reconcile::{Current, Desired, Mirror, Outcome, Plan, Scope, plan, reconcile, reconcile_all, reconcile_some};
 pub use translate::{CLUSTER_LABEL, OWNER_ANNOTATION, Options, Problem};

@@ -66,6 +66,9 @@ pub struct NodeState {
     pub address6: IpAddr,
     #[serde(default)]
     pub agent_pid: Option<u32>,
+    /// Where the node's agent serves its metrics (a loopback port picked at start).
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,7 +197,14 @@ impl Lab {
             ip(&netns, &["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", "lo"])?;
             sysctl(&netns, "net.ipv4.ip_forward", "1")?;
             sysctl(&netns, "net.ipv6.conf.all.forwarding", "1")?;
-            self.state.nodes.push(NodeState { name: node.clone(), netns, address: v4, address6: v6, agent_pid: None });
+            self.state.nodes.push(NodeState {
+                name: node.clone(),
+                netns,
+                address: v4,
+                address6: v6,
+                agent_pid: None,
+                metrics: None,
+            });
             self.save()?;
         }
         let outside = self.add_namespace(ns_name(&spec.name, "outside"))?;
@@ -339,8 +349,10 @@ impl Lab {
             return Ok(pid);
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+        let metrics = std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr())?;
         let mut cmd = Command::new(binary);
         cmd.args(["agent", "--controller", &controller, "--node", node, "--datapath", "nftables", "--netns", &n.netns])
+            .args(["--metrics-listen", &metrics.to_string()])
             .arg("--state-dir")
             .arg(&state_dir)
             .env_remove("WEFT_NODE_TOKEN")
@@ -352,6 +364,7 @@ impl Lab {
             .spawn()
             .map_err(|e| LabError::Command { command: format!("{} agent", binary.display()), detail: e.to_string() })?;
         n.agent_pid = Some(child.id());
+        n.metrics = Some(metrics);
         self.save()?;
         Ok(child.id())
     }

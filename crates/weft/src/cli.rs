@@ -307,6 +307,10 @@ pub struct AgentArgs {
     /// Remove weft's nftables table (in --netns) and exit: the node stops enforcing policy.
     #[arg(long)]
     pub cleanup: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (apply time, the table's size, each
+    /// port's drops).
+    #[arg(long, env = "WEFT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -702,7 +706,24 @@ async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         join_token: args.join_token,
         ca,
         backoff: (Duration::from_millis(200), Duration::from_secs(30)),
+        metrics: args.metrics_listen.map(|_| std::sync::Arc::new(weft_agent::metrics::AgentMetrics::default())),
     };
+    if let (Some(addr), Some(metrics)) = (args.metrics_listen, config.metrics.clone()) {
+        let nft = std::sync::Arc::new(weft_agent::nft::Nft::new(args.netns.clone()));
+        let kernel = matches!(args.datapath, DatapathKind::Nftables);
+        crate::metrics_http::serve(addr, move || {
+            let (metrics, nft) = (metrics.clone(), nft.clone());
+            async move {
+                let table = if kernel {
+                    tokio::task::spawn_blocking(move || nft.list()).await.ok().and_then(Result::ok).flatten()
+                } else {
+                    None
+                };
+                metrics.render(table.as_ref())
+            }
+        })
+        .await?;
+    }
     let (progress, _) = tokio::sync::watch::channel(weft_agent::Progress { revision: 0, synced: false });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -52,6 +52,10 @@ pub struct KubeArgs {
     /// someone changed behind kube-manager's back).
     #[arg(long, env = "WEFT_RESYNC", default_value = "5m", value_parser = crate::cli::parse_duration)]
     pub resync: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (watch events, reconciliations,
+    /// errors, leadership).
+    #[arg(long, env = "WEFT_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// In a pod, the namespace it runs in, as the service account mount gives it.
@@ -115,7 +119,16 @@ async fn cluster(args: KubeArgs, weft: weft_client::Client, options: Options) ->
         retry: (args.lease_duration / 5).max(Duration::from_millis(100)),
     });
     tracing::info!(cluster = %options.cluster, %identity, leader_election = lease.is_some(), "following the cluster");
-    let config = weft_kube::ClusterConfig { options, lease, resync: args.resync, instance: identity, progress: None };
+    let metrics = args.metrics_listen.map(|_| std::sync::Arc::new(weft_kube::KubeMetrics::default()));
+    if let (Some(addr), Some(metrics)) = (args.metrics_listen, metrics.clone()) {
+        crate::metrics_http::serve(addr, move || {
+            let metrics = metrics.clone();
+            async move { metrics.render() }
+        })
+        .await?;
+    }
+    let config =
+        weft_kube::ClusterConfig { options, lease, resync: args.resync, instance: identity, progress: None, metrics };
     weft_kube::cluster::run(kube, weft, config, crate::cli::shutdown_signal()).await;
     Ok(())
 }

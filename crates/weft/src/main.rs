@@ -6,6 +6,7 @@ mod client_cmds;
 mod demo;
 mod kube_cmds;
 mod lab_cmds;
+mod metrics_http;
 mod output;
 mod policy_cmds;
 

@@ -94,7 +94,8 @@ async fn what_weft_cannot_represent_becomes_a_warning_event_on_the_policy() {
         "odd",
         json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "not-a-cidr"}}]}]}),
     ));
-    let _km = s.manager("km-1");
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let _km = s.manager_with("km-1", &["--metrics-listen", &metrics_addr.to_string()]);
     s.until_converged("the first sync", &["km-1"]).await;
     let warned = async || {
         s.fake.list::<Event>().iter().any(|e| {
@@ -108,6 +109,19 @@ async fn what_weft_cannot_represent_becomes_a_warning_event_on_the_policy() {
     };
     s.until("the event", &["km-1"], warned).await;
     assert!(s.log("km-1").contains("not-a-cidr"), "and a log line names it");
+    let metrics = common::http_get(metrics_addr, "/metrics").await;
+    for line in
+        ["weft_kube_manager_leader 1", "weft_kube_manager_problems 1", "weft_kube_manager_reconcile_errors_total 0"]
+    {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+    }
+    let full = metrics.lines().find_map(|l| l.strip_prefix("weft_kube_manager_reconciles_total{kind=\"full\"} "));
+    assert_eq!(full, Some("1"), "{metrics}");
+    let events = metrics.lines().find_map(|l| l.strip_prefix("weft_kube_manager_watch_events_total "));
+    assert!(
+        events.and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 9),
+        "init events of three watches: {metrics}"
+    );
     // The rest of the policy flows: it isolates x/a, with the odd peer left out.
     let groups = s.client.list_all::<SecurityGroup>(&Default::default()).await.unwrap();
     let odd = groups.iter().find(|g| g.name == "odd").expect("the policy is there");

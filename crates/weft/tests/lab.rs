@@ -283,6 +283,13 @@ impl Fixture {
         Command::new("ip").args(["netns", "exec", netns]).args(args).output().unwrap()
     }
 
+    /// What the node's agent serves at /metrics.
+    async fn agent_metrics(&self, node: &str) -> String {
+        let lab = weft_lab::Lab::open(&self.lab_dir).unwrap();
+        let addr = lab.node(node).and_then(|n| n.metrics).expect("the agent serves metrics");
+        common::http_get(addr, "/metrics").await
+    }
+
     fn nft(&self, node: &str, args: &[&str]) -> String {
         let out = self.run_in(&self.node_netns(node), &[&["nft"], args].concat());
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -488,6 +495,17 @@ async fn policies_applied_changed_and_deleted_real_packets_agree_with_explain() 
         table.lines().any(|l| l.contains("drop") && l.contains("counter packets") && !l.contains("packets 0 ")),
         "a's default drop counted the denied probes:\n{table}"
     );
+    // n1's agent says as much in its metrics, read from the kernel.
+    let metrics = lab.agent_metrics("n1").await;
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_agent_port_dropped_packets{port=\"k8s-x/a\",direction=\"ingress\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(dropped.is_some_and(|n| n > 0), "a's drops in n1's metrics:\n{metrics}");
+    assert!(metrics.lines().any(|l| l == "weft_agent_connected 1"), "{metrics}");
+    let listing: Value = serde_json::from_str(&lab.nft("n1", &["-a", "-j", "list", "table", "inet", "weft"])).unwrap();
+    let rules = metrics.lines().find_map(|l| l.strip_prefix("weft_agent_kernel_rules ")).and_then(|n| n.parse().ok());
+    assert_eq!(rules, Some(rules_of(&listing).len()), "{metrics}");
 
     // Allow pods of namespaces labelled ns=y to a's named port http only.
     lab.create(

@@ -1,0 +1,165 @@
+//! Prometheus metrics of the agent: how long applies take, what is in force, and — read from
+//! the kernel when scraped — the table's size and each port's default-drop counter.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use weft_compiler::NodeSpan;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApplyLabels {
+    /// `delta` (one update on top of the last) or `full` (a snapshot, or at start).
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    /// `project/name`.
+    port: String,
+    direction: &'static str,
+}
+
+#[derive(Debug)]
+pub struct AgentMetrics {
+    registry: Registry,
+    apply_seconds: Family<ApplyLabels, Histogram>,
+    apply_failures: Counter,
+    revision: Gauge,
+    connected: Gauge,
+    ports: Gauge,
+    kernel_rules: Gauge,
+    kernel_chains: Gauge,
+    kernel_sets: Gauge,
+    kernel_set_elements: Gauge,
+    dropped: Family<PortLabels, Gauge>,
+    /// The port chains' names (`pi-<id>`, `pe-<id>`) by the id's hex, to the port's name.
+    names: RwLock<BTreeMap<String, String>>,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("weft_agent");
+        let apply_seconds = Family::<ApplyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+        });
+        let m = AgentMetrics {
+            apply_seconds,
+            apply_failures: Counter::default(),
+            revision: Gauge::default(),
+            connected: Gauge::default(),
+            ports: Gauge::default(),
+            kernel_rules: Gauge::default(),
+            kernel_chains: Gauge::default(),
+            kernel_sets: Gauge::default(),
+            kernel_set_elements: Gauge::default(),
+            dropped: Family::default(),
+            names: RwLock::default(),
+            registry: Registry::default(),
+        };
+        registry.register("apply_seconds", "Time to put an update into the datapath", m.apply_seconds.clone());
+        registry.register("apply_failures", "Updates the datapath refused", m.apply_failures.clone());
+        registry.register("revision", "The revision of the span in force", m.revision.clone());
+        registry.register("connected", "Whether a stream to a controller is up and synced", m.connected.clone());
+        registry.register("ports", "Local ports in the span", m.ports.clone());
+        registry.register("kernel_rules", "Rules in weft's nftables table", m.kernel_rules.clone());
+        registry.register("kernel_chains", "Chains in weft's nftables table", m.kernel_chains.clone());
+        registry.register("kernel_sets", "Sets and maps in weft's nftables table", m.kernel_sets.clone());
+        registry.register("kernel_set_elements", "Elements of those sets and maps", m.kernel_set_elements.clone());
+        registry.register(
+            "port_dropped_packets",
+            "Packets a port's default drop rule dropped (the kernel's counter: it restarts when the \
+             port's chain is made again)",
+            m.dropped.clone(),
+        );
+        AgentMetrics { registry, ..m }
+    }
+}
+
+impl AgentMetrics {
+    pub(crate) fn applied(&self, full: bool, took: Duration, revision: i64, span: &NodeSpan) {
+        let kind = if full { "full" } else { "delta" };
+        self.apply_seconds.get_or_create(&ApplyLabels { kind }).observe(took.as_secs_f64());
+        self.revision.set(revision);
+        self.ports.set(span.ports.len() as i64);
+        let names = span.ports.iter().map(|(id, p)| (id.simple().to_string(), format!("{}/{}", p.project, p.name)));
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names.collect();
+    }
+
+    pub(crate) fn failed(&self) {
+        self.apply_failures.inc();
+    }
+
+    pub(crate) fn connected(&self, up: bool) {
+        self.connected.set(i64::from(up));
+    }
+
+    /// The metrics in the text format, with the kernel's figures taken from `table` (`nft -j
+    /// list table inet weft`; `None` when there is no table).
+    pub fn render(&self, table: Option<&Value>) -> String {
+        self.read_table(table);
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+
+    fn read_table(&self, table: Option<&Value>) {
+        let items = table.and_then(|t| t["nftables"].as_array()).map(Vec::as_slice).unwrap_or_default();
+        let (mut rules, mut chains, mut sets, mut elements) = (0, 0, 0, 0);
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        let mut dropped: BTreeMap<PortLabels, i64> = BTreeMap::new();
+        for item in items {
+            if item.get("chain").is_some() {
+                chains += 1;
+            } else if let Some(set) = item.get("set").or_else(|| item.get("map")) {
+                sets += 1;
+                elements += set["elem"].as_array().map_or(0, Vec::len) as i64;
+            } else if let Some(rule) = item.get("rule") {
+                rules += 1;
+                let chain = rule["chain"].as_str().unwrap_or("");
+                let (direction, id) = match chain.split_once('-') {
+                    Some(("pi", id)) => ("ingress", id),
+                    Some(("pe", id)) => ("egress", id),
+                    _ => continue,
+                };
+                let exprs = rule["expr"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if !exprs.iter().any(|e| e.get("drop").is_some()) {
+                    continue;
+                }
+                let packets: i64 = exprs.iter().filter_map(|e| e["counter"]["packets"].as_i64()).sum();
+                if let Some(port) = names.get(id) {
+                    *dropped.entry(PortLabels { port: port.clone(), direction }).or_default() += packets;
+                }
+            }
+        }
+        self.kernel_rules.set(rules);
+        self.kernel_chains.set(chains);
+        self.kernel_sets.set(sets);
+        self.kernel_set_elements.set(elements);
+        self.dropped.clear();
+        for (labels, packets) in dropped {
+            self.dropped.get_or_create(&labels).set(packets);
+        }
+    }
+}
+
+impl Ord for PortLabels {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.port, self.direction).cmp(&(&other.port, other.direction))
+    }
+}
+
+impl PartialOrd for PortLabels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
