@@ -24,6 +24,11 @@ pub struct Cli {
     /// Where weft keeps its state: the first admin token, a private database's location.
     #[arg(long, env = "WEFT_DATA_DIR", default_value = ".weft", global = true)]
     pub data_dir: PathBuf,
+    /// A TOML file of settings: top-level keys for these global flags, a table per
+    /// subcommand (`[server]`, `[agent]`, `[kube-manager]`) keyed by long flag names. The
+    /// command line and WEFT_* variables take precedence over it.
+    #[arg(long, env = "WEFT_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -244,8 +249,9 @@ pub struct ServerArgs {
     /// Address of the REST API.
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// PostgreSQL URL; without one, weft starts a private PostgreSQL for its data dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    /// PostgreSQL URL (else DATABASE_URL); without one, weft starts a private PostgreSQL
+    /// for its data dir.
+    #[arg(long, env = "WEFT_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// TLS certificate chain (PEM) for the REST API.
     #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key")]
@@ -277,6 +283,10 @@ pub struct ServerArgs {
     /// TLS private key (PEM) for the gRPC listener.
     #[arg(long, env = "WEFT_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     pub grpc_tls_key: Option<PathBuf>,
+    /// Print every setting with its effective value and where it came from (secrets
+    /// redacted), and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Debug, Args)]
@@ -657,7 +667,7 @@ async fn server(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
     };
     let config = weft_api::server::ServerConfig {
         listen: args.listen,
-        database_url: args.database_url,
+        database_url: args.database_url.or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty())),
         data_dir,
         tls,
         auth_enabled: !args.insecure_no_auth,

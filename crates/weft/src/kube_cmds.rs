@@ -29,10 +29,10 @@ pub struct KubeArgs {
     pub project_prefix: String,
     /// The cluster's kubeconfig; without it, the in-cluster configuration or `KUBECONFIG`
     /// or ~/.kube/config, as kubectl finds them.
-    #[arg(long, env = "KUBECONFIG", conflicts_with = "manifests")]
+    #[arg(long, env = "WEFT_KUBECONFIG", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
     /// Write without electing a leader: only when exactly one kube-manager runs per cluster.
-    #[arg(long, conflicts_with = "manifests")]
+    #[arg(long, env = "WEFT_NO_LEADER_ELECTION", conflicts_with = "manifests")]
     pub no_leader_election: bool,
     /// The namespace of the leader-election Lease [default: this pod's namespace, else
     /// `default`].
@@ -46,7 +46,7 @@ pub struct KubeArgs {
     pub lease_duration: Duration,
     /// This candidate's name in the Lease and in Events [default: POD_NAME, else
     /// hostname-pid].
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "WEFT_IDENTITY")]
     pub identity: Option<String>,
     /// Reconcile the whole cluster this often even when nothing says so (puts right what
     /// someone changed behind kube-manager's back).
@@ -102,7 +102,7 @@ async fn cluster(args: KubeArgs, weft: weft_client::Client, options: Options) ->
         None => kube::Config::infer().await.context("finding the cluster (give --kubeconfig)")?,
     };
     let kube = kube::Client::try_from(config).context("connecting to the cluster")?;
-    let identity = args.identity.clone().unwrap_or_else(|| {
+    let identity = args.identity.clone().or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });

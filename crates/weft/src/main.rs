@@ -3,6 +3,7 @@
 
 mod cli;
 mod client_cmds;
+mod config_file;
 mod demo;
 mod kube_cmds;
 mod lab_cmds;
@@ -19,7 +20,25 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let loaded = match config_file::load(std::env::args_os().collect()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = cli::Cli::parse_from(&loaded.argv);
+    if let cli::Command::Server(args) = &cli.command
+        && args.print_config
+    {
+        return match config_file::print_server(&loaded) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                output::print_error(&e);
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     cli::init_logging(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -378,3 +378,47 @@ async fn api_and_control_run_as_separate_processes() {
     let _ = std::fs::remove_dir_all(&api_dir);
     let _ = std::fs::remove_dir_all(&control_dir);
 }
+
+#[tokio::test]
+async fn a_config_file_sets_what_the_command_line_and_environment_leave_and_print_config_redacts_secrets() {
+    let dir = temp_dir("config-file");
+    let file = dir.join("weft.toml");
+    std::fs::write(
+        &file,
+        "log-format = \"json\"\n[server]\nlisten = \"127.0.0.1:9999\"\nchange-retention = \"2h\"\n\
+         db_max_connections = 7\ndatabase-url = \"postgres://weft:s3cret@db/weft\"\n",
+    )
+    .unwrap();
+    let print = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(WEFT);
+        cmd.args(["server", "--config"]).arg(&file).arg("--print-config").args(args);
+        for var in ["WEFT_LISTEN", "WEFT_DB_MAX_CONNECTIONS", "WEFT_LOG_FORMAT", "DATABASE_URL", "WEFT_DATABASE_URL"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = print(&["--listen", "127.0.0.1:7000"], &[("WEFT_DB_MAX_CONNECTIONS", "5")]);
+    for line in [
+        "log-format = \"json\"  # config file",
+        "listen = \"127.0.0.1:7000\"  # command line",
+        "db-max-connections = \"5\"  # environment (WEFT_DB_MAX_CONNECTIONS)",
+        "change-retention = \"2h\"  # config file",
+        "role = \"all\"  # default",
+        "database-url = \"postgres://weft:<redacted>@db/weft\"  # config file",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("s3cret"), "the password is printed:\n{text}");
+    let text = print(&[], &[]);
+    assert!(text.lines().any(|l| l == "listen = \"127.0.0.1:9999\"  # config file"), "{text}");
+
+    // A key that names no flag is an error naming it; nothing runs.
+    std::fs::write(&file, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(WEFT).args(["server", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[server] lisen: no such setting"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
