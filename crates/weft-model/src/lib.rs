@@ -107,6 +107,8 @@ mod tests {
         assert!(a.starts_with("weft"));
         assert_eq!(a, default_interface("k8s-default", "yelb-ui"));
         assert_ne!(a, default_interface("k8s-default", "yelb-db"));
+        // docs/cni.md gives this name as the worked example a CNI plugin can check against.
+        assert_eq!(a, "weft0ab4915f708");
     }
 
     #[test]

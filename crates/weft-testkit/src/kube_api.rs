@@ -110,22 +110,6 @@ fn failure(code: StatusCode, reason: &str, message: impl Into<String>) -> Respon
     (code, axum::Json(status(code, reason, message))).into_response()
 }
 
-/// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    match (target.as_object_mut(), patch.as_object()) {
-        (Some(t), Some(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        _ => *target = patch.clone(),
-    }
-}
-
 fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
@@ -438,7 +422,7 @@ impl FakeKube {
                 let Some(mut object) = state.objects.get(&resource).and_then(|o| o.get(&key(name))).cloned() else {
                     return failure(StatusCode::NOT_FOUND, "NotFound", format!("{plural} \"{name}\" not found"));
                 };
-                merge_patch(&mut object, &patch);
+                weft_model::merge_patch(&mut object, &patch);
                 axum::Json(state.write(&self.shared, &resource, "MODIFIED", object)).into_response()
             }
             (Method::DELETE, Some(name)) => match self.state().remove(&self.shared, &resource, &key(name)) {
