@@ -69,6 +69,7 @@ fn the_image_carries_the_datapath_tools_ci_installs_and_builds_as_ci_does() {
         assert!(dockerfile.contains(package), "the runtime image lacks {package}, which the agent calls");
     }
     assert!(dockerfile.contains("cargo build --release --locked"), "the image builds from the lock file");
+    assert!(ci.contains("cargo clippy --locked"), "and CI checks with the same lock file");
     // The build stage's toolchain is at least the workspace's rust-version.
     let cargo: toml_lite::Manifest = toml_lite::read(&root().join("Cargo.toml"));
     let from = dockerfile.lines().find(|l| l.starts_with("FROM rust:")).unwrap();
