@@ -501,6 +501,13 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_time(pool: PgPool) {
     let api = Api::new(pool).await;
+    // The compiler loads in the background: the writes below must come after, so that each
+    // is compiled as a change (not taken in with the snapshot).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while api.state.follower.hub.revision().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the compiler never loaded");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     api.store.create_node("n1").await.unwrap();
     api.store.create_node("n2").await.unwrap();
     api.store.node_connected("n1", "ctl-a", "127.0.0.1:1", "test").await.unwrap();
