@@ -81,12 +81,18 @@ pub async fn run(
     let mut current = match config.state_dir.load(&config.node) {
         Some(saved) => {
             // Enforce what the node had before anyone answers: no window without policy.
+            let started = std::time::Instant::now();
             match datapath.apply(&NodeSpan::default(), &saved.span, None) {
-                Ok(()) => tracing::info!(
-                    revision = saved.revision,
-                    ports = saved.span.ports.len(),
-                    "enforcing the saved span"
-                ),
+                Ok(()) => {
+                    if let Some(m) = &config.metrics {
+                        m.applied(true, started.elapsed(), saved.revision, &saved.span);
+                    }
+                    tracing::info!(
+                        revision = saved.revision,
+                        ports = saved.span.ports.len(),
+                        "enforcing the saved span"
+                    )
+                }
                 Err(e) => tracing::error!(error = %e, "cannot enforce the saved span"),
             }
             saved

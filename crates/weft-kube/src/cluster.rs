@@ -526,6 +526,12 @@ impl Manager<'_> {
             if self.reported.contains(&problem) {
                 continue;
             }
+            // In a cluster a pod or policy cannot outlive its namespace: one seen before its
+            // namespace (the watches are independent) goes in when the namespace arrives.
+            if problem.detail == reconcile::ORPHAN {
+                tracing::debug!(%problem, "waiting for its namespace");
+                continue;
+            }
             tracing::warn!(%problem, "left out: weft cannot represent it");
             if let Some(reference) = self.reference(&problem) {
                 let event = KubeEvent {

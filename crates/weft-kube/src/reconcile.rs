@@ -87,12 +87,15 @@ impl Desired {
     }
 }
 
+/// What an object whose namespace is not among those translated is reported with.
+pub const ORPHAN: &str = "its namespace is not known";
+
 fn orphan(kind: &'static str, meta: &ObjectMeta) -> Problem {
     Problem {
         kind,
         namespace: meta.namespace.clone(),
         name: meta.name.clone().unwrap_or_default(),
-        detail: "its namespace is not known".into(),
+        detail: ORPHAN.into(),
     }
 }
 
