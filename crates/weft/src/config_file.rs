@@ -227,6 +227,36 @@ fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
 
+    fn load_with(file: &str, args: &[&str]) -> Result<Vec<String>, String> {
+        let path = std::env::temp_dir().join(format!("weft-config-{}.toml", std::process::id()));
+        std::fs::write(&path, file).map_err(|e| e.to_string())?;
+        let mut argv: Vec<OsString> = vec!["weft".into(), "--config".into(), path.clone().into()];
+        argv.extend(args.iter().map(OsString::from));
+        let loaded = load(argv);
+        let _ = std::fs::remove_file(&path);
+        Ok(loaded?.argv.iter().skip(3).map(|a| a.to_string_lossy().into_owned()).collect())
+    }
+
+    #[test]
+    fn a_nested_table_sets_its_subcommands_flags_after_the_subcommand() {
+        let file = "log = \"debug\"\n[lab.up]\nmanifests = \"examples/yelb\"\n[server]\nlisten = \"0.0.0.0:1\"\n";
+        // WEFT_LOG, when the shell running the tests sets it, wins over the file.
+        let log: &[&str] = if std::env::var_os("WEFT_LOG").is_some() { &[] } else { &["--log=debug"] };
+        let argv = load_with(file, &["lab", "up"]).expect("loads");
+        assert_eq!(argv, [&["lab", "up"], log, &["--manifests=examples/yelb"]].concat());
+        // Another subcommand's table is not applied; the command line wins over the file.
+        let argv = load_with(file, &["lab", "up", "--manifests", "mine"]).expect("loads");
+        assert_eq!(argv, [&["lab", "up"], log, &["--manifests", "mine"]].concat());
+    }
+
+    #[test]
+    fn a_setting_that_is_no_flag_or_of_the_wrong_type_is_an_error_naming_it() {
+        let e = load_with("[server]\ninsecure-no-auth = \"yes\"\n", &["server"]).expect_err("a string for a switch");
+        assert!(e.contains("[server] insecure-no-auth"), "{e}");
+        let e = load_with("[server]\nmanifests = \"x\"\n", &["server"]).expect_err("kube-manager's flag");
+        assert!(e.contains("[server] manifests: no such setting"), "{e}");
+    }
+
     #[test]
     fn a_urls_password_is_redacted_and_nothing_else() {
         assert_eq!(redact_url("postgres://weft:s3cret@db:5432/weft"), "postgres://weft:<redacted>@db:5432/weft");
