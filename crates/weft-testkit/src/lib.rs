@@ -8,7 +8,40 @@
 
 pub mod kube_api;
 
-pub use weft_store::admin::ScratchDatabase as TestDatabase;
+use weft_store::admin::ScratchDatabase;
+
+/// A scratch database for one test, dropped when the test is done with it (also when the
+/// test fails), so that test runs leave nothing on the PostgreSQL server.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    pub name: String,
+    inner: Option<ScratchDatabase>,
+}
+
+impl TestDatabase {
+    /// Drops the database now.
+    pub async fn drop_database(mut self) {
+        if let Some(db) = self.inner.take() {
+            db.drop_database().await;
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(db) = self.inner.take() else { return };
+        // Drop may run inside the test's runtime, which cannot be blocked on: a thread of its
+        // own with a runtime of its own does the dropping (WITH (FORCE) ends any session
+        // still connected, such as a server process being killed).
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                runtime.block_on(db.drop_database());
+            }
+        })
+        .join();
+    }
+}
 
 /// The server tests use: `DATABASE_URL`, which must be set (see README.md).
 pub fn server_url() -> String {
@@ -17,7 +50,8 @@ pub fn server_url() -> String {
 
 /// A fresh, empty database on the test server (no migrations: `weft server` applies them).
 pub async fn fresh_database() -> TestDatabase {
-    TestDatabase::create(&server_url(), "weft_test").await.expect("create a test database on DATABASE_URL")
+    let db = ScratchDatabase::create(&server_url(), "weft_test").await.expect("create a test database on DATABASE_URL");
+    TestDatabase { url: db.url.clone(), name: db.name().to_string(), inner: Some(db) }
 }
 
 /// Creates one object in its own transaction; its revision. Panics on failure (test input).
