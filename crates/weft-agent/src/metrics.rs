@@ -20,7 +20,7 @@ struct ApplyLabels {
     kind: &'static str,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct PortLabels {
     /// `project/name`.
     port: String,
@@ -46,12 +46,9 @@ pub struct AgentMetrics {
 
 impl Default for AgentMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("weft_agent");
-        let apply_seconds = Family::<ApplyLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
-        });
-        let m = AgentMetrics {
-            apply_seconds,
+        let mut m = AgentMetrics {
+            registry: Registry::with_prefix("weft_agent"),
+            apply_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 16))),
             apply_failures: Counter::default(),
             revision: Gauge::default(),
             connected: Gauge::default(),
@@ -62,24 +59,24 @@ impl Default for AgentMetrics {
             kernel_set_elements: Gauge::default(),
             dropped: Family::default(),
             names: RwLock::default(),
-            registry: Registry::default(),
         };
-        registry.register("apply_seconds", "Time to put an update into the datapath", m.apply_seconds.clone());
-        registry.register("apply_failures", "Updates the datapath refused", m.apply_failures.clone());
-        registry.register("revision", "The revision of the span in force", m.revision.clone());
-        registry.register("connected", "Whether a stream to a controller is up and synced", m.connected.clone());
-        registry.register("ports", "Local ports in the span", m.ports.clone());
-        registry.register("kernel_rules", "Rules in weft's nftables table", m.kernel_rules.clone());
-        registry.register("kernel_chains", "Chains in weft's nftables table", m.kernel_chains.clone());
-        registry.register("kernel_sets", "Sets and maps in weft's nftables table", m.kernel_sets.clone());
-        registry.register("kernel_set_elements", "Elements of those sets and maps", m.kernel_set_elements.clone());
-        registry.register(
+        let r = &mut m.registry;
+        r.register("apply_seconds", "Time to put an update into the datapath", m.apply_seconds.clone());
+        r.register("apply_failures", "Updates the datapath refused", m.apply_failures.clone());
+        r.register("revision", "The revision of the span in force", m.revision.clone());
+        r.register("connected", "Whether a stream to a controller is up and synced", m.connected.clone());
+        r.register("ports", "Local ports in the span", m.ports.clone());
+        r.register("kernel_rules", "Rules in weft's nftables table", m.kernel_rules.clone());
+        r.register("kernel_chains", "Chains in weft's nftables table", m.kernel_chains.clone());
+        r.register("kernel_sets", "Sets and maps in weft's nftables table", m.kernel_sets.clone());
+        r.register("kernel_set_elements", "Elements of those sets and maps", m.kernel_set_elements.clone());
+        r.register(
             "port_dropped_packets",
             "Packets a port's default drop rule dropped (the kernel's counter: it restarts when the \
              port's chain is made again)",
             m.dropped.clone(),
         );
-        AgentMetrics { registry, ..m }
+        m
     }
 }
 
@@ -149,17 +146,5 @@ impl AgentMetrics {
         for (labels, packets) in dropped {
             self.dropped.get_or_create(&labels).set(packets);
         }
-    }
-}
-
-impl Ord for PortLabels {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (&self.port, self.direction).cmp(&(&other.port, other.direction))
-    }
-}
-
-impl PartialOrd for PortLabels {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
     }
 }

@@ -19,7 +19,7 @@ use weft_compiler::synthetic::{self, Shape};
 use weft_compiler::{Change, Compiler, NodeSpan, SpanDelta};
 use weft_model::{Port, SecurityGroup};
 
-use crate::BenchError;
+use crate::{BenchError, other};
 
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
@@ -118,10 +118,6 @@ fn run(cmd: &mut Command) -> Result<(), BenchError> {
     }
 }
 
-fn setup(e: impl std::fmt::Display) -> BenchError {
-    BenchError::Other(e.to_string())
-}
-
 const NODE: &str = "node-0";
 
 /// The synthetic cluster sized so that `node-0` has `ports` ports, plus policies in the
@@ -208,22 +204,22 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
 
     if let Some(path) = &config.dump {
         let commands = Ruleset::default().diff(&render::render(&span));
-        std::fs::write(path, ruleset::encode(&commands)).map_err(setup)?;
+        std::fs::write(path, ruleset::encode(&commands)).map_err(other)?;
     }
     let netns = Netns::create("apply")?;
     let mut full = Vec::new();
     for _ in 0..runs {
         let mut datapath = NftDatapath::new(Some(netns.0.clone()));
-        datapath.nft().delete_table().map_err(setup)?;
+        datapath.nft().delete_table().map_err(other)?;
         let started = Instant::now();
-        datapath.apply(&NodeSpan::default(), &span, None).map_err(setup)?;
+        datapath.apply(&NodeSpan::default(), &span, None).map_err(other)?;
         full.push(started.elapsed());
     }
 
     // One pod joining (and then leaving) a set node-0 uses: a pod labelled app=app0 in the
     // namespace of one of node-0's pods, placed on another node.
     let mut datapath = NftDatapath::new(Some(netns.0.clone()));
-    datapath.apply(&NodeSpan::default(), &span, None).map_err(setup)?;
+    datapath.apply(&NodeSpan::default(), &span, None).map_err(other)?;
     // Pod 0 is on node-0 (pods go round-robin), so namespace 0's sets are in its span.
     let local_ns = "k8s-ns0".to_string();
     let (mut adds, mut removes, mut member_commands) = (Vec::new(), Vec::new(), 0);
@@ -247,18 +243,18 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
             next.apply(&delta);
             member_commands = render::delta_commands(&current, &next, &delta).len();
             let started = Instant::now();
-            datapath.apply(&current, &next, Some(&delta)).map_err(setup)?;
+            datapath.apply(&current, &next, Some(&delta)).map_err(other)?;
             times.push(started.elapsed());
             current = next;
         }
     }
     // The re-check of established connections that follows a change that may revoke.
-    let mut socket = weft_agent::nft::netlink::Socket::open(Some(&netns.0)).map_err(setup)?;
+    let mut socket = weft_agent::nft::netlink::Socket::open(Some(&netns.0)).map_err(other)?;
     let own = weft_agent::nft::conntrack::node_addresses(Some(&netns.0));
     let mut passes = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        weft_agent::nft::conntrack::cut(&mut socket, &own, &current).map_err(setup)?;
+        weft_agent::nft::conntrack::cut(&mut socket, &own, &current).map_err(other)?;
         passes.push(started.elapsed());
     }
     drop(netns);
@@ -304,13 +300,13 @@ fn agent_rss(config: &DatapathConfig) -> Result<RssFigures, BenchError> {
 }
 
 fn measure_agent(binary: &Path, dir: &Path, span: &NodeSpan) -> Result<(f64, f64), BenchError> {
-    let state = StateDir::new(dir.join("state")).map_err(setup)?;
-    state.save(&Saved { node: NODE.into(), revision: 1, span: span.clone() }).map_err(setup)?;
+    let state = StateDir::new(dir.join("state")).map_err(other)?;
+    state.save(&Saved { node: NODE.into(), revision: 1, span: span.clone() }).map_err(other)?;
     // Never checked: nothing listens where the agent is sent.
-    state.save_credential("weftn_bench").map_err(setup)?;
+    state.save_credential("weftn_bench").map_err(other)?;
     let netns = Netns::create("agent")?;
     let log_path = dir.join("agent.log");
-    let log = std::fs::File::create(&log_path).map_err(setup)?;
+    let log = std::fs::File::create(&log_path).map_err(other)?;
     let mut agent = Command::new(binary)
         .args(["agent", "--node", NODE, "--controller", "http://127.0.0.1:9", "--datapath", "nftables", "--netns"])
         .arg(&netns.0)
@@ -322,7 +318,7 @@ fn measure_agent(binary: &Path, dir: &Path, span: &NodeSpan) -> Result<(f64, f64
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .map_err(setup)?;
+        .map_err(other)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let outcome = loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -330,7 +326,7 @@ fn measure_agent(binary: &Path, dir: &Path, span: &NodeSpan) -> Result<(f64, f64
             break Ok(crate::rss_mib(Some(agent.id())));
         }
         if text.contains("cannot enforce") || Instant::now() > deadline || matches!(agent.try_wait(), Ok(Some(_))) {
-            break Err(setup(format!("the agent did not enforce its saved span: {text}")));
+            break Err(other(format!("the agent did not enforce its saved span: {text}")));
         }
         std::thread::sleep(Duration::from_millis(20));
     };

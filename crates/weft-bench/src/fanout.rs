@@ -21,7 +21,7 @@ use weft_proto::v1::{self, AgentMessage, agent_message};
 use weft_store::Store;
 use weft_store::admin::ScratchDatabase;
 
-use crate::BenchError;
+use crate::{BenchError, other};
 
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
@@ -98,10 +98,6 @@ impl std::fmt::Display for FanoutReport {
         }
         Ok(())
     }
-}
-
-fn other(e: impl std::fmt::Display) -> BenchError {
-    BenchError::Other(e.to_string())
 }
 
 pub async fn fanout(config: FanoutConfig) -> Result<FanoutReport, BenchError> {

@@ -17,7 +17,7 @@ use weft_model::{Port, SecurityGroup};
 use weft_store::admin::ScratchDatabase;
 use weft_testkit::kube_api::FakeKube;
 
-use crate::{BenchError, start_server};
+use crate::{BenchError, other, start_server};
 
 #[derive(Debug, Clone)]
 pub struct KubeBenchConfig {
@@ -41,10 +41,6 @@ pub struct KubeReport {
     pub change_max: Duration,
     pub burst: Duration,
     pub burst_batches: u64,
-}
-
-fn other(e: impl fmt::Display) -> BenchError {
-    BenchError::Other(e.to_string())
 }
 
 fn namespace(i: usize) -> Namespace {

@@ -66,6 +66,11 @@ pub enum BenchError {
     Other(String),
 }
 
+/// Any other failure, by its message.
+pub(crate) fn other(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Other(e.to_string())
+}
+
 /// Throughput and latency of one workload.
 #[derive(Debug, Clone)]
 pub struct Rate {
@@ -116,7 +121,7 @@ where
     });
     let mut all = Vec::new();
     for r in join_all(tasks).await {
-        all.extend(r.map_err(|e| BenchError::Other(e.to_string()))??);
+        all.extend(r.map_err(other)??);
     }
     Ok(rate(all, start.elapsed()))
 }
@@ -139,7 +144,7 @@ async fn pgbench(url: &str, args: &[&str], script: Option<&str>) -> Result<f64, 
     let script_file;
     if let Some(script) = script {
         script_file = std::env::temp_dir().join(format!("weft-bench-{}.sql", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&script_file, script).map_err(|e| BenchError::Other(e.to_string()))?;
+        std::fs::write(&script_file, script).map_err(other)?;
         cmd.arg("-f").arg(&script_file);
     }
     cmd.arg(url);
@@ -227,8 +232,8 @@ pub(crate) async fn start_server(
         .ok_or_else(|| BenchError::Other("the bench database already has tokens".into()))?
         .secret;
     let state = weft_api::AppState::new(store, weft_api::Config::default()).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| BenchError::Other(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| BenchError::Other(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(other)?;
+    let addr = listener.local_addr().map_err(other)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(weft_api::serve(listener, weft_api::router(state), async move {
         let _ = stopped.await;
@@ -292,7 +297,7 @@ async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, Benc
                     async move {
                         let sg: SecurityGroup =
                             serde_json::from_value(json!({"name": format!("g-{c}-{i}"), "project": "bench"}))
-                                .map_err(|e| BenchError::Other(e.to_string()))?;
+                                .map_err(other)?;
                         client.create(&sg).await?;
                         Ok(())
                     }
@@ -381,7 +386,7 @@ async fn wrk_rate(
     let script_file = std::env::temp_dir().join(format!("weft-bench-{}.lua", uuid::Uuid::new_v4().simple()));
     match script {
         Some(script) => {
-            std::fs::write(&script_file, script).map_err(|e| BenchError::Other(e.to_string()))?;
+            std::fs::write(&script_file, script).map_err(other)?;
             cmd.arg("-s").arg(&script_file);
         }
         None => {
@@ -427,8 +432,8 @@ async fn wrk_rate(
 
 async fn time_ready(exe: &PathBuf, url: &str) -> Result<Duration, BenchError> {
     let data_dir = std::env::temp_dir().join(format!("weft-bench-{}", uuid::Uuid::new_v4().simple()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Other(e.to_string()))?;
-    let port = listener.local_addr().map_err(|e| BenchError::Other(e.to_string()))?.port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(other)?;
+    let port = listener.local_addr().map_err(other)?.port();
     drop(listener);
     let start = Instant::now();
     let mut child = tokio::process::Command::new(exe)

@@ -458,6 +458,7 @@ impl Manager<'_> {
         self.mirror = Some(mirror);
         self.full = false;
         self.last_full = Instant::now();
+        // Orphans are not reported: in a cluster their namespace's watch event is still to come.
         let problems: Vec<Problem> = desired.problems.into_iter().chain(outcome.conflicts).collect();
         self.reported.retain(|p| problems.contains(p));
         self.report(problems);
@@ -468,13 +469,21 @@ impl Manager<'_> {
         let changed = std::mem::take(&mut self.changed);
         let o = self.options;
         let project = |ns: &str| o.project(ns);
-        let mut scope = Scope::default();
-        scope.projects.extend(changed.namespaces.iter().map(|n| project(n)));
-        scope.projects.extend(changed.pods.iter().chain(&changed.policies).map(|(ns, _)| project(ns)));
-        scope.ports.extend(changed.pods.iter().map(|(ns, name)| (project(ns), name.clone())));
-        scope.groups.extend(changed.policies.iter().map(|(ns, name)| (project(ns), name.clone())));
+        // The namespaces touched, and with them their projects, planned from the namespaces
+        // (one that went has made this reconciliation a full one).
+        let namespaces: BTreeSet<&str> = changed
+            .namespaces
+            .iter()
+            .map(String::as_str)
+            .chain(changed.pods.iter().chain(&changed.policies).map(|(ns, _)| ns.as_str()))
+            .collect();
+        let scope = Scope {
+            projects: namespaces.iter().map(|ns| project(ns)).collect(),
+            ports: changed.pods.iter().map(|(ns, name)| (project(ns), name.clone())).collect(),
+            groups: changed.policies.iter().map(|(ns, name)| (project(ns), name.clone())).collect(),
+        };
         let mut desired = Desired::default();
-        for name in scope.projects.iter().filter_map(|p| p.strip_prefix(o.project_prefix.as_str())) {
+        for name in &namespaces {
             if let Some(ns) = self.namespaces.objects.get(&(String::new(), name.to_string())) {
                 desired.add_namespace(ns, o);
             }
@@ -526,12 +535,6 @@ impl Manager<'_> {
             if self.reported.contains(&problem) {
                 continue;
             }
-            // In a cluster a pod or policy cannot outlive its namespace: one seen before its
-            // namespace (the watches are independent) goes in when the namespace arrives.
-            if problem.detail == reconcile::ORPHAN {
-                tracing::debug!(%problem, "waiting for its namespace");
-                continue;
-            }
             tracing::warn!(%problem, "left out: weft cannot represent it");
             if let Some(reference) = self.reference(&problem) {
                 let event = KubeEvent {
@@ -547,35 +550,22 @@ impl Manager<'_> {
         }
     }
 
-    /// The Kubernetes object a problem is about. Problems found while writing name weft's
-    /// objects (`project/name`), which map back through the project prefix.
+    /// The Kubernetes object a problem is about, as an Event refers to it.
     fn reference(&self, p: &Problem) -> Option<ObjectReference> {
-        let (kind, api_version) = match p.kind {
-            "Namespace" | "project" => ("Namespace", "v1"),
-            "Pod" | "port" => ("Pod", "v1"),
-            "NetworkPolicy" | "security-group" => ("NetworkPolicy", "networking.k8s.io/v1"),
-            _ => return None,
-        };
-        let prefix = self.options.project_prefix.as_str();
-        let (namespace, name) = match (&p.namespace, p.name.split_once('/')) {
-            (Some(ns), _) => (ns.clone(), p.name.clone()),
-            (None, Some((project, name))) => (project.strip_prefix(prefix)?.to_string(), name.to_string()),
-            (None, None) if kind == "Namespace" => {
-                (String::new(), p.name.strip_prefix(prefix).unwrap_or(&p.name).to_string())
+        let key = (p.namespace.clone().unwrap_or_default(), p.name.clone());
+        let (api_version, uid) = match p.kind {
+            "Namespace" => ("v1", self.namespaces.objects.get(&key).and_then(|o| o.metadata.uid.clone())),
+            "Pod" => ("v1", self.pods.objects.get(&key).and_then(|o| o.metadata.uid.clone())),
+            "NetworkPolicy" => {
+                ("networking.k8s.io/v1", self.policies.objects.get(&key).and_then(|o| o.metadata.uid.clone()))
             }
-            (None, None) => return None,
-        };
-        let key = (namespace.clone(), name.clone());
-        let uid = match kind {
-            "Namespace" => self.namespaces.objects.get(&key).and_then(|o| o.metadata.uid.clone()),
-            "Pod" => self.pods.objects.get(&key).and_then(|o| o.metadata.uid.clone()),
-            _ => self.policies.objects.get(&key).and_then(|o| o.metadata.uid.clone()),
+            _ => return None,
         };
         Some(ObjectReference {
             api_version: Some(api_version.into()),
-            kind: Some(kind.into()),
-            namespace: (!namespace.is_empty()).then_some(namespace),
-            name: Some(name),
+            kind: Some(p.kind.into()),
+            namespace: p.namespace.clone(),
+            name: Some(p.name.clone()),
             uid,
             ..ObjectReference::default()
         })

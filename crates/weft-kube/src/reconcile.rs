@@ -26,7 +26,12 @@ pub struct Desired {
     /// By (project, name).
     pub ports: BTreeMap<Key, Port>,
     pub groups: BTreeMap<Key, SecurityGroup>,
+    /// What weft cannot represent, left out.
     pub problems: Vec<Problem>,
+    /// Pods and policies left out because their namespace is not among those translated:
+    /// in a directory, a mistake; in a cluster, a namespace whose watch event is still to
+    /// come.
+    pub orphans: Vec<Problem>,
 }
 
 impl Desired {
@@ -68,7 +73,7 @@ impl Desired {
             Ok(Some(port)) if known(&port.project) => {
                 self.ports.insert((port.project.clone(), port.name.clone()), port);
             }
-            Ok(Some(_)) => self.problems.push(orphan("Pod", &pod.metadata)),
+            Ok(Some(_)) => self.orphans.push(orphan("Pod", &pod.metadata)),
             Ok(None) => {}
             Err(problem) => self.problems.push(problem),
         }
@@ -81,21 +86,18 @@ impl Desired {
             Some(g) if known(&g.project) => {
                 self.groups.insert((g.project.clone(), g.name.clone()), g);
             }
-            Some(_) => self.problems.push(orphan("NetworkPolicy", &np.metadata)),
+            Some(_) => self.orphans.push(orphan("NetworkPolicy", &np.metadata)),
             None => {}
         }
     }
 }
-
-/// What an object whose namespace is not among those translated is reported with.
-pub const ORPHAN: &str = "its namespace is not known";
 
 fn orphan(kind: &'static str, meta: &ObjectMeta) -> Problem {
     Problem {
         kind,
         namespace: meta.namespace.clone(),
         name: meta.name.clone().unwrap_or_default(),
-        detail: ORPHAN.into(),
+        detail: "its namespace is not known".into(),
     }
 }
 
@@ -175,6 +177,7 @@ fn kind_plan<T: Serialize>(
     kind: Kind,
     wanted: &BTreeMap<Key, T>,
     mut current: BTreeMap<Key, Stored<'_, T>>,
+    o: &Options,
     owner: &str,
 ) -> Vec<BatchOp> {
     for (key, object) in wanted {
@@ -184,15 +187,15 @@ fn kind_plan<T: Serialize>(
                     .push(BatchOp::Create { kind, object: serde_json::to_value(object).unwrap_or_default() });
                 plan.created += 1;
             }
-            Some(Stored { annotations, .. }) if !owned_by(annotations, owner) => plan.conflicts.push(Problem {
-                kind: kind.as_str(),
-                namespace: None,
-                name: if key.0.is_empty() { key.1.clone() } else { format!("{}/{}", key.0, key.1) },
-                detail: format!(
+            Some(Stored { annotations, .. }) if !owned_by(annotations, owner) => plan.conflicts.push(o.problem(
+                kind,
+                &key.0,
+                &key.1,
+                format!(
                     "the name is taken by an object {} wrote; left alone",
                     annotations.get(OWNER_ANNOTATION).map_or("someone else", String::as_str)
                 ),
-            }),
+            )),
             Some(Stored { object: have, revision, .. }) => {
                 if content(have) != content(object) {
                     plan.operations.push(BatchOp::Replace {
@@ -217,19 +220,20 @@ fn kind_plan<T: Serialize>(
 
 /// The writes, in an order one batch accepts: projects created before what goes in them,
 /// ports and groups deleted before their projects.
-pub fn plan(desired: &Desired, current: &Current, owner: &str) -> Plan {
+pub fn plan(desired: &Desired, current: &Current, o: &Options) -> Plan {
+    let owner = &o.owner();
     let mut plan = Plan::default();
     let projects: BTreeMap<Key, Project> =
         desired.projects.iter().map(|(n, p)| ((String::new(), n.clone()), p.clone())).collect();
     let current_projects = stored(&current.projects, |p| ((String::new(), p.name.clone()), &p.annotations, p.revision));
-    let project_deletes = kind_plan(&mut plan, Kind::Project, &projects, current_projects, owner);
+    let project_deletes = kind_plan(&mut plan, Kind::Project, &projects, current_projects, o, owner);
     let mut wanted_groups = Cow::Borrowed(&desired.groups);
     let mut current_groups =
         stored(&current.groups, |g| ((g.project.clone(), g.name.clone()), &g.annotations, g.revision));
     default_groups(&mut plan, desired, current, owner, &mut wanted_groups, &mut current_groups);
-    let mut deletes = kind_plan(&mut plan, Kind::SecurityGroup, &wanted_groups, current_groups, owner);
+    let mut deletes = kind_plan(&mut plan, Kind::SecurityGroup, &wanted_groups, current_groups, o, owner);
     let current_ports = stored(&current.ports, |p| ((p.project.clone(), p.name.clone()), &p.annotations, p.revision));
-    deletes.extend(kind_plan(&mut plan, Kind::Port, &desired.ports, current_ports, owner));
+    deletes.extend(kind_plan(&mut plan, Kind::Port, &desired.ports, current_ports, o, owner));
     plan.deleted = deletes.len();
     plan.operations.extend(deletes);
     // A project goes with everything in it; one that holds what another owner wrote stays
@@ -251,12 +255,12 @@ pub fn plan(desired: &Desired, current: &Current, owner: &str) -> Plan {
         if let BatchOp::Delete { kind, target, .. } = op {
             let name = target.name.clone().unwrap_or_default();
             if foreign.contains(name.as_str()) {
-                plan.conflicts.push(Problem {
-                    kind: Kind::Project.as_str(),
-                    namespace: None,
-                    name,
-                    detail: "its namespace is gone, but it holds objects another owner wrote; left alone".into(),
-                });
+                plan.conflicts.push(o.problem(
+                    Kind::Project,
+                    "",
+                    &name,
+                    "its namespace is gone, but it holds objects another owner wrote; left alone".into(),
+                ));
                 continue;
             }
             plan.operations.push(BatchOp::Delete { kind, target, cascade: true });
@@ -289,7 +293,8 @@ fn default_groups(
         .collect();
     for key in keys {
         let Some(have) = stored.remove(&key) else { continue };
-        let want = match wanted.to_mut().remove(&key) {
+        let policy = if wanted.contains_key(&key) { wanted.to_mut().remove(&key) } else { None };
+        let want = match policy {
             Some(policy) => policy,
             None if owned_by(have.annotations, owner) => SecurityGroup::default_for(&key.0),
             None => continue,
@@ -357,7 +362,7 @@ pub async fn reconcile(client: &Client, desired: &Desired, o: &Options) -> Resul
 /// [`reconcile`], also returning what the config service holds afterwards.
 pub async fn reconcile_all(client: &Client, desired: &Desired, o: &Options) -> Result<(Outcome, Mirror), ClientError> {
     let current = list(client).await?;
-    let plan = plan(desired, &current, &o.owner());
+    let plan = plan(desired, &current, o);
     let mut mirror = Mirror::from(current);
     let outcome = apply(client, plan, &mut mirror).await?;
     Ok((outcome, mirror))
@@ -374,7 +379,7 @@ pub async fn reconcile_some(
     o: &Options,
 ) -> Result<Outcome, ClientError> {
     let current = mirror.subset(scope);
-    let plan = plan(desired, &current, &o.owner());
+    let plan = plan(desired, &current, o);
     apply(client, plan, mirror).await
 }
 
@@ -384,12 +389,6 @@ pub struct Scope {
     pub projects: BTreeSet<String>,
     pub ports: BTreeSet<Key>,
     pub groups: BTreeSet<Key>,
-}
-
-impl Scope {
-    pub fn is_empty(&self) -> bool {
-        self.projects.is_empty() && self.ports.is_empty() && self.groups.is_empty()
-    }
 }
 
 /// What the config service holds, as last listed and then written by this kube-manager, so
@@ -527,11 +526,13 @@ mod tests {
         let mut desired = Desired::default();
         desired.projects.insert("k8s-c".into(), ours(json!({"name": "k8s-c"})));
         desired.ports.insert(("k8s-c".into(), "api".into()), ours(json!({"name": "api", "project": "k8s-c"})));
-        let plan = plan(&desired, &current, "kube-manager/default");
+        let plan = plan(&desired, &current, &Options::default());
         assert_eq!(op_names(&plan), ["create k8s-c", "create api", "delete web", "delete k8s-a (cascade)"]);
         assert_eq!((plan.created, plan.deleted), (2, 2));
         assert_eq!(plan.conflicts.len(), 1, "k8s-b holds someone else's port: {:?}", plan.conflicts);
-        assert_eq!(plan.conflicts[0].name, "k8s-b");
+        // Named as the Kubernetes object it comes from: the namespace b.
+        assert_eq!((plan.conflicts[0].kind, plan.conflicts[0].namespace.as_deref()), ("Namespace", None));
+        assert_eq!(plan.conflicts[0].name, "b");
     }
 
     #[test]
@@ -542,7 +543,7 @@ mod tests {
         desired.projects.insert("k8s-a".into(), ours(json!({"name": "k8s-a"})));
         let policy: SecurityGroup = ours(json!({"name": "default", "project": "k8s-a", "selector": {}}));
         desired.groups.insert(("k8s-a".into(), "default".into()), policy.clone());
-        let taken = plan(&desired, &current, "kube-manager/default");
+        let taken = plan(&desired, &current, &Options::default());
         assert_eq!(op_names(&taken), ["replace default"]);
         assert!(matches!(taken.operations[0], BatchOp::Replace { if_match: Some(3), .. }));
         assert!(taken.conflicts.is_empty(), "{:?}", taken.conflicts);
@@ -554,13 +555,26 @@ mod tests {
             groups: vec![SecurityGroup { revision: Some(4), ..policy }],
         };
         desired.groups.clear();
-        let given_back = plan(&desired, &current, "kube-manager/default");
+        let given_back = plan(&desired, &current, &Options::default());
         assert_eq!(op_names(&given_back), ["replace default"]);
         let BatchOp::Replace { object, .. } = &given_back.operations[0] else { unreachable!() };
         let restored: SecurityGroup = serde_json::from_value(object.clone()).expect("a group");
         assert_eq!(content(&restored), content(&SecurityGroup::default_for("k8s-a")));
         // And left alone from then on.
         let current = Current { groups: vec![restored], ..current };
-        assert!(plan(&desired, &current, "kube-manager/default").is_empty());
+        assert!(plan(&desired, &current, &Options::default()).is_empty());
+    }
+
+    #[test]
+    fn a_pod_whose_namespace_is_not_translated_is_an_orphan_not_a_port_or_a_problem() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "a", "namespace": "gone"},
+            "status": {"podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}]}
+        }))
+        .expect("a pod");
+        let desired = Desired::of([], [&pod], [], &Options::default());
+        assert!(desired.ports.is_empty() && desired.problems.is_empty(), "{desired:?}");
+        assert_eq!(desired.orphans.len(), 1);
+        assert_eq!((desired.orphans[0].kind, desired.orphans[0].namespace.as_deref()), ("Pod", Some("gone")));
     }
 }

@@ -54,6 +54,20 @@ impl Options {
     fn annotations(&self) -> BTreeMap<String, String> {
         BTreeMap::from([(OWNER_ANNOTATION.to_string(), self.owner())])
     }
+
+    /// A problem with a weft object kube-manager writes, named after the Kubernetes object it
+    /// is the translation of (a project `<prefix>ns` is the Namespace `ns`).
+    pub fn problem(&self, kind: weft_model::Kind, project: &str, name: &str, detail: String) -> Problem {
+        let namespace =
+            |project: &str| project.strip_prefix(self.project_prefix.as_str()).unwrap_or(project).to_string();
+        let (kind, namespace, name) = match kind {
+            weft_model::Kind::Project => ("Namespace", None, namespace(name)),
+            weft_model::Kind::Port => ("Pod", Some(namespace(project)), name.to_string()),
+            weft_model::Kind::SecurityGroup => ("NetworkPolicy", Some(namespace(project)), name.to_string()),
+            other => (other.as_str(), Some(project.to_string()), name.to_string()),
+        };
+        Problem { kind, namespace, name, detail }
+    }
 }
 
 /// Something weft cannot represent, on the object it concerns.

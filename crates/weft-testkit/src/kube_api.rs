@@ -361,7 +361,7 @@ impl FakeKube {
         self.state().calls.insert((group, plural.to_string(), verb));
         match (method, name) {
             (Method::GET, None) if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
-                self.watch(&resource, namespace, &query)
+                self.watch(&resource, (&api_version, kind), namespace, &query)
             }
             (Method::GET, None) => self.list_page(&resource, kind, &api_version, namespace, &query),
             (Method::GET, Some(name)) => match self.state().objects.get(&resource).and_then(|o| o.get(&key(name))) {
@@ -477,7 +477,13 @@ impl FakeKube {
         .into_response()
     }
 
-    fn watch(&self, resource: &str, namespace: Option<&str>, query: &HashMap<String, String>) -> Response {
+    fn watch(
+        &self,
+        resource: &str,
+        (api_version, kind): (&str, &'static str),
+        namespace: Option<&str>,
+        query: &HashMap<String, String>,
+    ) -> Response {
         let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
         let timeout = query.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs);
         let from = query.get("resourceVersion").and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0);
@@ -521,10 +527,8 @@ impl FakeKube {
             }
         };
         let interval = *self.shared.bookmark_interval.lock().unwrap_or_else(|e| e.into_inner());
-        let kind = RESOURCES
-            .iter()
-            .find(|(p, r, ..)| resource == format!("{p}/{r}"))
-            .map(|(p, _, k, _)| (p.trim_start_matches("api/").trim_start_matches("apis/"), *k));
+        // A bookmark names the type and carries only a resourceVersion.
+        let mark = json!({"kind": kind, "apiVersion": api_version, "metadata": {}});
         tokio::spawn(async move {
             for l in first {
                 if tx.send(l).await.is_err() {
@@ -550,9 +554,8 @@ impl FakeKube {
                         Err(_) => return,
                     },
                     _ = tokio::time::sleep(interval), if bookmarks => {
-                        let (api_version, kind) = kind.unwrap_or(("v1", ""));
-                        let mark = json!({"kind": kind, "apiVersion": api_version,
-                            "metadata": {"resourceVersion": seen.to_string()}});
+                        let mut mark = mark.clone();
+                        mark["metadata"]["resourceVersion"] = json!(seen.to_string());
                         if tx.send(line("BOOKMARK", &mark)).await.is_err() {
                             return;
                         }

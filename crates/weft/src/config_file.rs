@@ -39,11 +39,17 @@ fn config_path(argv: &[OsString]) -> Option<PathBuf> {
     std::env::var_os("WEFT_CONFIG").map(PathBuf::from)
 }
 
-/// Which flags of `command` take a value (so the word after one is not a subcommand).
-fn takes_value(command: &Command, long: &str) -> bool {
+/// Whether the flag `word` (`--name` or `-n`) of `command` or a global one takes a value, so
+/// that the word after it is not a subcommand.
+fn takes_value(command: &Command, root: &Command, word: &str) -> bool {
+    let is = |a: &clap::Arg| match word.strip_prefix("--") {
+        Some(long) => a.get_long() == Some(long),
+        None => word.strip_prefix('-').is_some_and(|s| s.chars().eq(a.get_short())),
+    };
     command
         .get_arguments()
-        .find(|a| a.get_long() == Some(long))
+        .chain(root.get_arguments())
+        .find(|a| is(a))
         .is_some_and(|a| matches!(a.get_action(), ArgAction::Set | ArgAction::Append))
 }
 
@@ -76,13 +82,8 @@ pub fn load(argv: Vec<OsString>) -> Result<Loaded, String> {
         let current = chain.last().cloned().unwrap_or_else(|| root.clone());
         if word == "--" {
             break;
-        } else if let Some(long) = word.strip_prefix("--") {
-            if !long.contains('=') && (takes_value(&current, long) || takes_value(&root, long)) {
-                i += 1;
-            }
         } else if word.starts_with('-') {
-            // A short flag: only -o takes a value.
-            if word == "-o" || word == "-l" {
+            if !word.contains('=') && takes_value(&current, &root, word) {
                 i += 1;
             }
         } else if let Some(sub) = current.find_subcommand(word) {
@@ -228,7 +229,8 @@ mod tests {
     use super::*;
 
     fn load_with(file: &str, args: &[&str]) -> Result<Vec<String>, String> {
-        let path = std::env::temp_dir().join(format!("weft-config-{}.toml", std::process::id()));
+        // Tests run in parallel threads of one process: a file of each call's own.
+        let path = std::env::temp_dir().join(format!("weft-config-{}.toml", uuid::Uuid::new_v4().simple()));
         std::fs::write(&path, file).map_err(|e| e.to_string())?;
         let mut argv: Vec<OsString> = vec!["weft".into(), "--config".into(), path.clone().into()];
         argv.extend(args.iter().map(OsString::from));
@@ -247,6 +249,9 @@ mod tests {
         // Another subcommand's table is not applied; the command line wins over the file.
         let argv = load_with(file, &["lab", "up", "--manifests", "mine"]).expect("loads");
         assert_eq!(argv, [&["lab", "up"], log, &["--manifests", "mine"]].concat());
+        // A flag's value before the subcommand is not taken for one (`-o json`).
+        let argv = load_with(file, &["-o", "json", "lab", "up"]).expect("loads");
+        assert_eq!(argv, [&["-o", "json", "lab", "up"], log, &["--manifests=examples/yelb"]].concat());
     }
 
     #[test]

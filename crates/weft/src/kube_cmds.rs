@@ -142,6 +142,9 @@ fn desired(dir: &Path, options: &Options) -> anyhow::Result<Desired> {
     for problem in &desired.problems {
         tracing::warn!(%problem, "left out: weft cannot represent it");
     }
+    for orphan in &desired.orphans {
+        tracing::warn!(problem = %orphan, "left out: its Namespace is not in the directory");
+    }
     Ok(desired)
 }
 

@@ -71,30 +71,16 @@ fn the_image_carries_the_datapath_tools_ci_installs_and_builds_as_ci_does() {
     assert!(dockerfile.contains("cargo build --release --locked"), "the image builds from the lock file");
     assert!(ci.contains("cargo clippy --locked"), "and CI checks with the same lock file");
     // The build stage's toolchain is at least the workspace's rust-version.
-    let cargo: toml_lite::Manifest = toml_lite::read(&root().join("Cargo.toml"));
+    let cargo: toml::Table = std::fs::read_to_string(root().join("Cargo.toml")).unwrap().parse().unwrap();
+    let rust_version = cargo["workspace"]["package"]["rust-version"].as_str().unwrap();
     let from = dockerfile.lines().find(|l| l.starts_with("FROM rust:")).unwrap();
     let image = from.trim_start_matches("FROM rust:").split(['-', ' ']).next().unwrap();
-    assert!(version(image) >= version(&cargo.rust_version), "{image} is older than {}", cargo.rust_version);
+    assert!(version(image) >= version(rust_version), "{image} is older than {rust_version}");
     assert!(dockerfile.contains("USER weft"), "the image runs unprivileged unless told otherwise");
 }
 
 fn version(v: &str) -> Vec<u32> {
     v.split('.').map(|n| n.parse().unwrap()).collect()
-}
-
-/// Just enough of Cargo.toml.
-mod toml_lite {
-    use std::path::Path;
-
-    pub struct Manifest {
-        pub rust_version: String,
-    }
-
-    pub fn read(path: &Path) -> Manifest {
-        let text = std::fs::read_to_string(path).unwrap();
-        let line = text.lines().find(|l| l.starts_with("rust-version")).unwrap();
-        Manifest { rust_version: line.split('"').nth(1).unwrap().to_string() }
-    }
 }
 
 /// Every document of every file in deploy/kubernetes, as (kind, JSON).

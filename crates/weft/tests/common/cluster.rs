@@ -99,7 +99,7 @@ impl KubeCluster {
             &o,
         );
         let current = weft_kube::reconcile::list(&self.client).await.unwrap();
-        weft_kube::plan(&desired, &current, &o.owner()).is_empty()
+        weft_kube::plan(&desired, &current, &o).is_empty()
     }
 
     pub async fn until(&self, what: &str, logs: &[&str], mut done: impl AsyncFnMut() -> bool) {
