@@ -349,7 +349,12 @@ impl Lab {
             return Ok(pid);
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
-        let metrics = std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr())?;
+        // Picked once and kept: a restarted agent picking again could take a port that is
+        // free only for the moment (a controller's, while it is down).
+        let metrics = match n.metrics {
+            Some(addr) => addr,
+            None => std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr())?,
+        };
         let mut cmd = Command::new(binary);
         cmd.args(["agent", "--controller", &controller, "--node", node, "--datapath", "nftables", "--netns", &n.netns])
             .args(["--metrics-listen", &metrics.to_string()])
@@ -423,15 +428,22 @@ pub fn stop_within(pid: u32, grace: std::time::Duration) {
     if !is_ours(pid) {
         return;
     }
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline {
-        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
-            return;
+    let gone = |within: std::time::Duration| {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        false
+    };
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    if !gone(grace) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        // Until it is gone it holds its sockets (a metrics port its successor will want).
+        gone(std::time::Duration::from_secs(2));
     }
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
 
 fn is_zombie(pid: u32) -> bool {

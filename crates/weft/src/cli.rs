@@ -732,7 +732,8 @@ async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
                 metrics.render(table.as_ref())
             }
         })
-        .await?;
+        .await
+        .unwrap_or_else(|e| tracing::error!(error = %format!("{e:#}"), "serving no metrics; enforcing all the same"));
     }
     let (progress, _) = tokio::sync::watch::channel(weft_agent::Progress { revision: 0, synced: false });
     let (stop, stopped) = tokio::sync::watch::channel(false);
