@@ -151,7 +151,12 @@ fn a_netlink_change_the_kernel_refuses_falls_back_and_the_table_converges() {
     }
     let (ns, mut compiler, span, mut datapath) = shop_on_node_1("fallback");
     // Someone removes the set behind the agent's back: the element add cannot apply.
-    let (set, _) = kernel_sets(&ns).into_iter().find(|(n, e)| n.starts_with('s') && !e.is_empty()).unwrap();
+    // An IPv4 set of the span's holding api-1 (`s` and its id; `spoof-4` is the skeleton's),
+    // which api-2 joins below.
+    let (set, _) = kernel_sets(&ns)
+        .into_iter()
+        .find(|(n, e)| n.starts_with('s') && !n.contains('-') && e.iter().any(|x| x.contains("10.9.0.2")))
+        .unwrap();
     let listing = ns.nft(&["list", "table", "inet", ruleset::TABLE]);
     let rules_using: Vec<u64> = listing["nftables"]
         .as_array()
@@ -192,4 +197,91 @@ fn a_netlink_change_the_kernel_refuses_falls_back_and_the_table_converges() {
     datapath.apply(&span, &next, Some(&delta)).unwrap();
     assert!(datapath.last.full, "the refused delta ended in a reconcile of the whole table");
     assert_eq!(kernel_sets(&ns), rendered_sets(&next));
+}
+
+/// A group with a rule of every form the render writes: selector and CIDR remotes (a CIDR
+/// with excepts written into the rule, one with many prefixes as an interval set), ports,
+/// ranges and named ports both ways, any protocol with ports, ICMP and ICMPv6 with and without
+/// a code, a protocol by number, IPv6.
+fn every_form() -> Vec<Change> {
+    let mut changes = shop();
+    let many: Vec<String> = (0..6).map(|i| format!("192.168.{i}.0/24")).collect();
+    let mut group: weft_model::SecurityGroup = serde_json::from_value(json!({
+        "name": "forms", "project": "shop", "selector": {"matchLabels": {"app": "web"}}, "policy_types": ["ingress", "egress"],
+        "rules": [
+            {"direction": "ingress", "protocol": "udp", "ports": [{"from": 5000, "to": 5010}, 53], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "api"}}}},
+            {"direction": "ingress", "ports": [443], "remote": {"type": "cidr", "cidr": "172.16.0.0/16", "except": ["172.16.1.0/24"]}},
+            {"direction": "ingress", "protocol": "tcp", "ports": ["http"], "remote": {"type": "any"}},
+            {"direction": "ingress", "protocol": "icmp", "icmp": {"type": 8, "code": 0}, "remote": {"type": "cidr", "cidr": "10.0.0.0/8"}},
+            {"direction": "ingress", "protocol": "icmpv6", "icmp": {"type": 128}},
+            {"direction": "ingress", "protocol": 47, "remote": {"type": "cidr", "cidr": "fd00::/8"}},
+            {"direction": "egress", "protocol": "sctp", "ports": [9000], "remote": {"type": "cidr", "cidr": "0.0.0.0/0", "except": many}},
+            {"direction": "egress", "ports": ["http"], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "api"}}}},
+            {"direction": "egress", "remote": {"type": "any"}},
+        ]}))
+    .unwrap();
+    group.id = Some(Uuid::from_u64_pair(3, 2));
+    for (i, r) in group.rules.iter_mut().enumerate() {
+        r.id = Some(Uuid::from_u64_pair(5, i as u64));
+    }
+    changes.push(Change::UpsertGroup(group));
+    changes
+}
+
+/// The table as nft reads it back, without what the kernel numbers (handles) or counts
+/// (counters).
+fn listing_without_handles(ns: &Netns) -> Vec<Value> {
+    let mut listing = ns.nft(&["list", "table", "inet", ruleset::TABLE]);
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.remove("handle");
+                for (k, x) in map.iter_mut() {
+                    if k == "counter" {
+                        *x = Value::Null;
+                    } else {
+                        strip(x);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut listing);
+    let mut items: Vec<Value> =
+        listing["nftables"].as_array().unwrap().iter().filter(|i| i.get("metainfo").is_none()).cloned().collect();
+    items.sort_by_key(Value::to_string);
+    items
+}
+
+#[test]
+fn a_table_sent_over_netlink_reads_back_as_the_same_table_sent_through_nft() {
+    if !weft_testkit::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut compiler = Compiler::new();
+    compiler.load(1, every_form());
+    let span = compiler.span("node-1");
+    let target = render::render(&span);
+    assert!(target.chains.values().flat_map(|c| &c.rules).all(|r| r.wire.is_some()), "every rule has bytecode");
+
+    let (by_netlink, by_nft) = (Netns::new("wire"), Netns::new("json"));
+    let mut datapath = NftDatapath::new(Some(by_netlink.0.clone()));
+    datapath.apply(&NodeSpan::default(), &span, None).unwrap();
+    assert!(datapath.last.netlink, "the full apply went over netlink");
+    let commands = ruleset::Ruleset::default().diff(&target);
+    weft_agent::nft::Nft::new(Some(by_nft.0.clone())).run(&commands).unwrap();
+
+    let (wire, json) = (listing_without_handles(&by_netlink), listing_without_handles(&by_nft));
+    assert!(json.len() > 40, "the table has content: {} items", json.len());
+    for (w, j) in wire.iter().zip(&json) {
+        assert_eq!(w, j, "the same item read back");
+    }
+    assert_eq!(wire.len(), json.len());
+
+    // What the agent reads back is the table it rendered: nothing to change.
+    let kernel = ruleset::parse_listing(&by_netlink.nft(&["list", "table", "inet", ruleset::TABLE])).unwrap();
+    assert_eq!(kernel.diff(&target), vec![ruleset::Command::AddTable]);
 }

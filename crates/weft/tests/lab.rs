@@ -684,10 +684,12 @@ async fn a_spoofed_source_is_dropped_and_a_member_change_rewrites_nothing() {
     let set_name = rules_of(&after)
         .iter()
         .find_map(|(chain, _, expr)| {
-            (chain.starts_with("gi-") && expr.contains("saddr")).then(|| {
-                let at = expr.find("\"@").unwrap() + 2;
-                expr[at..at + expr[at..].find('"').unwrap()].to_string()
-            })
+            // A group's rule, in its own chain or written into its port's.
+            ((chain.starts_with("gi-") || chain.starts_with("pi-")) && expr.contains("saddr") && expr.contains("\"@s"))
+                .then(|| {
+                    let at = expr.find("\"@").unwrap() + 2;
+                    expr[at..at + expr[at..].find('"').unwrap()].to_string()
+                })
         })
         .unwrap();
     let (set_before, set_after) = (set_of(&before, &set_name), set_of(&after, &set_name));

@@ -1,11 +1,16 @@
 //! The kernel datapath: the node's span enforced by nftables (DESIGN.md §7).
 //!
-//! Every change is one transaction sent to `nft -j -f -`. JSON rather than nft's text syntax:
-//! the JSON input has no quoting or keyword traps (a chain may not be called `fwd` in text) and
-//! is what nft documents for programs; netlink directly would need libnftnl's C headers, which
-//! these machines do not have. After a change that may take an allowance away, the conntrack
-//! entries the new span no longer allows are deleted, so established connections are cut too.
+//! Every change is one transaction, sent to the kernel as one nf_tables netlink batch: rules
+//! are compiled to bytecode when rendered ([`bytecode`]) and the batch is encoded without nft
+//! ([`batch`]), because nft's own parsing and checking of a large table took two thirds of a
+//! full apply (docs/datapath.md). The nft binary still reads the table back (`nft -j list`),
+//! and takes a transaction the encoder cannot write, in its JSON input form (no quoting or
+//! keyword traps, unlike its text syntax). After a change that may take an allowance away,
+//! the conntrack entries the new span no longer allows are deleted, so established
+//! connections are cut too.
 
+pub mod batch;
+pub mod bytecode;
 pub mod conntrack;
 pub mod netlink;
 #[cfg(test)]
@@ -102,7 +107,7 @@ pub struct ApplyReport {
     pub commands: usize,
     /// Whether the table was compared with the kernel's and replaced where it differed.
     pub full: bool,
-    /// Whether the change went to the kernel over netlink (set elements only), not nft.
+    /// Whether the change went to the kernel over netlink, not through nft.
     pub netlink: bool,
     /// Whether established connections are being re-checked (after the change, not in it).
     pub conntrack_rechecked: bool,
@@ -112,8 +117,7 @@ pub struct ApplyReport {
 #[derive(Debug)]
 pub struct NftDatapath {
     nft: Nft,
-    /// Set element changes go straight to the kernel (opened on first use, again after an
-    /// error).
+    /// Where transactions go (opened on first use, again after an error).
     netlink: Option<netlink::Socket>,
     cutter: conntrack::Cutter,
     /// Whether the kernel's table is known to be the render of the span last applied, so a
@@ -137,30 +141,58 @@ impl NftDatapath {
         &self.nft
     }
 
-    /// Sends a delta's commands: element changes over netlink when that can carry them,
-    /// everything else (and anything netlink refused) through nft.
-    fn send_delta(&mut self, commands: &[Command]) -> Result<bool, DatapathError> {
-        if commands.iter().all(|c| matches!(c, Command::AddTable)) {
-            return Ok(false);
-        }
-        if let Some(batch) = netlink::ElementBatch::encode(commands) {
-            let sent = socket(&mut self.netlink, self.nft.netns.as_deref()).and_then(|s| s.send(&batch));
-            match sent {
-                Ok(()) => return Ok(true),
-                Err(e) => {
-                    tracing::debug!(error = %e, "netlink refused an element change; sending it through nft");
-                    self.netlink = None;
-                }
+    /// Sends one transaction over netlink, or through nft when it holds something the
+    /// encoder cannot write; says whether it went over netlink. A transaction the kernel
+    /// refuses is an error naming the command it refused.
+    fn send(&mut self, commands: &[Command]) -> Result<bool, DatapathError> {
+        let batch = match batch::Batch::encode(commands) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "sending the transaction through nft");
+                return self.nft.run(commands).map(|()| false);
+            }
+        };
+        let socket = match socket(&mut self.netlink, self.nft.netns.as_deref()) {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::warn!(error = %e, "no netlink socket; sending the transaction through nft");
+                return self.nft.run(commands).map(|()| false);
+            }
+        };
+        match socket.send(&batch) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // Answers to what failed may still be queued: the next batch gets a new socket.
+                self.netlink = None;
+                let command = e.command.and_then(|i| commands.get(i)).map(describe);
+                Err(DatapathError(match command {
+                    Some(c) => format!("the kernel refused the transaction at `{c}`: {}", e.error),
+                    None => format!("the kernel refused the transaction: {}", e.error),
+                }))
             }
         }
-        self.nft.run(commands).map(|()| false)
+    }
+
+    /// The kernel's table as nft lists it, `None` when there is none (asked over netlink
+    /// first: starting nft for a table that is not there is most of a fresh node's wait).
+    fn listing(&mut self) -> Result<Option<serde_json::Value>, DatapathError> {
+        let present = socket(&mut self.netlink, self.nft.netns.as_deref()).and_then(|s| s.has_table());
+        match present {
+            Ok(false) => Ok(None),
+            Ok(true) => self.nft.list(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask netlink for the table; listing it");
+                self.netlink = None;
+                self.nft.list()
+            }
+        }
     }
 
     /// Makes the kernel's table the render of `span`, changing only what differs (counters of
     /// unchanged rules survive a reconnect).
     fn reconcile(&mut self, span: &NodeSpan) -> Result<usize, DatapathError> {
         let target = render::render(span);
-        let kernel = match self.nft.list()? {
+        let kernel = match self.listing()? {
             None => Ruleset::default(),
             Some(listing) => match ruleset::parse_listing(&listing) {
                 Ok(r) => r,
@@ -168,14 +200,14 @@ impl NftDatapath {
                     tracing::warn!(error = %e, "the kernel's weft table is not one this agent wrote; replacing it");
                     let mut commands = vec![Command::AddTable, Command::DeleteTable];
                     commands.extend(Ruleset::default().diff(&target));
-                    self.nft.run(&commands)?;
+                    self.last.netlink = self.send(&commands)?;
                     return Ok(commands.len());
                 }
             },
         };
         let commands = kernel.diff(&target);
         if commands.len() > 1 {
-            self.nft.run(&commands)?;
+            self.last.netlink = self.send(&commands)?;
         }
         Ok(commands.len())
     }
@@ -183,12 +215,12 @@ impl NftDatapath {
 
 impl Datapath for NftDatapath {
     fn hold(&mut self) -> Result<(), DatapathError> {
-        if self.nft.list()?.is_some() {
+        if self.listing()?.is_some() {
             tracing::info!("keeping the kernel's weft table until the controller answers");
             return Ok(());
         }
         // The empty span's table: the skeleton, which drops every weft* interface it does not know.
-        self.nft.run(&Ruleset::default().diff(&render::render(&NodeSpan::default())))?;
+        self.send(&Ruleset::default().diff(&render::render(&NodeSpan::default())))?;
         tracing::info!("no saved span and no table: pods stay closed until the controller answers");
         Ok(())
     }
@@ -200,7 +232,8 @@ impl Datapath for NftDatapath {
             Some(d) if self.in_step => {
                 let commands = render::delta_commands(old, new, d);
                 report.commands = commands.len();
-                match self.send_delta(&commands) {
+                let empty = commands.iter().all(|c| matches!(c, Command::AddTable));
+                match if empty { Ok(false) } else { self.send(&commands) } {
                     Ok(netlink) => {
                         report.netlink = netlink;
                         true
@@ -216,7 +249,9 @@ impl Datapath for NftDatapath {
         if !incremental {
             self.in_step = false;
             report.full = true;
+            self.last.netlink = false;
             report.commands = self.reconcile(new)?;
+            report.netlink = self.last.netlink;
         }
         self.in_step = true;
         if delta.is_none_or(conntrack::may_revoke) {
@@ -233,5 +268,21 @@ impl Datapath for NftDatapath {
             "applied"
         );
         Ok(())
+    }
+}
+
+/// A command as an error message names it.
+fn describe(c: &Command) -> String {
+    match c {
+        Command::AddTable => "add table".into(),
+        Command::DeleteTable => "delete table".into(),
+        Command::AddSet { name, set } => format!("add set {name} ({:?}, {} elements)", set.kind, set.elements.len()),
+        Command::DeleteSet { name, .. } => format!("delete set {name}"),
+        Command::AddElements { name, elements, .. } => format!("add {} elements to {name}", elements.len()),
+        Command::DeleteElements { name, elements, .. } => format!("delete {} elements from {name}", elements.len()),
+        Command::AddChain { name, .. } => format!("add chain {name}"),
+        Command::FlushChain { name } => format!("flush chain {name}"),
+        Command::DeleteChain { name } => format!("delete chain {name}"),
+        Command::AddRule { chain, rule } => format!("add rule to {chain}: {}", rule.expr),
     }
 }

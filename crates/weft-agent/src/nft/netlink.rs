@@ -1,13 +1,6 @@
-//! Set element changes straight to the kernel over netlink (nf_tables), for the most frequent
-//! delta: a pod joining or leaving the address sets that select it; and the conntrack table
-//! (ctnetlink), listed and pruned after a change that may revoke.
-//!
-//! The nft binary, before it changes a set, builds a cache of the table that includes the
-//! elements of every set; the kernel finds each set by name in a list, so that costs grows
-//! with the square of the table's sets (about 200 ms for one element with 4,000 sets). The
-//! messages for an element change are small and fixed: table, set, keys. Everything else
-//! (sets, chains, rules) still goes through nft, and so does an element change this module
-//! does not encode (the caller falls back when [`ElementBatch::encode`] says no).
+//! Netlink sockets to the kernel's netfilter: nf_tables batches ([`Batch`], every change of
+//! the table) and the conntrack table (ctnetlink), listed and pruned after a change that may
+//! revoke.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,8 +10,9 @@ use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::sockopt::Timeout;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
+use super::batch::Batch;
 use super::conntrack::Flow;
-use super::ruleset::{Command, Element, SetKind, TABLE};
+use super::ruleset::TABLE;
 use crate::netns;
 
 const NLMSG_ERROR: u16 = 2;
@@ -46,22 +40,13 @@ const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
 const CTA_PROTO_ICMPV6_CODE: u16 = 9;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFTA_TABLE_NAME: u16 = 1;
 const NFPROTO_INET: u8 = 1;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_DATA_VALUE: u16 = 1;
+#[cfg(test)]
 const NLA_F_NESTED: u16 = 0x8000;
-/// Batches larger than this go through nft (a netlink message must fit the socket buffer).
-const MAX_BATCH_BYTES: usize = 64 << 10;
 
 /// A netlink socket in a network namespace (created there; it stays there).
 #[derive(Debug)]
@@ -70,6 +55,16 @@ pub struct Socket {
     seq: u32,
     /// Where answers are received, kept between requests.
     buf: Vec<u8>,
+    /// The send buffer's size as last set (0: the kernel's default).
+    send_buffer: usize,
+}
+
+/// A batch the kernel refused (or that could not be sent), and the index of the command
+/// whose message it refused.
+#[derive(Debug)]
+pub struct BatchError {
+    pub error: io::Error,
+    pub command: Option<usize>,
 }
 
 impl Socket {
@@ -95,17 +90,66 @@ impl Socket {
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the netlink thread panicked")))
         })?;
-        Ok(Socket { fd, seq: std::process::id().wrapping_mul(65_536), buf: vec![0; 256 << 10] })
+        Ok(Socket { fd, seq: std::process::id().wrapping_mul(65_536), buf: vec![0; 256 << 10], send_buffer: 0 })
     }
 
-    /// Sends one batch (all of it happens, or none) and waits for the kernel's answer to each
-    /// of its messages.
-    pub fn send(&mut self, batch: &ElementBatch) -> io::Result<()> {
+    /// Sends one batch (all of it happens, or none) and waits for the kernel's verdict. An
+    /// error names the batch's message that failed, when the kernel says which.
+    pub fn send(&mut self, batch: &Batch) -> Result<(), BatchError> {
         let first = self.seq.wrapping_add(1);
-        let (bytes, acked) = batch.frame(first);
-        self.seq = first.wrapping_add(batch.messages.len() as u32 + 2);
-        rustix::net::sendto(&self.fd, &bytes, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
-        self.acks(acked.into_iter().collect(), 0)
+        let (bytes, last) = batch.frame(first);
+        self.seq = last.wrapping_add(1);
+        let failed = |error: io::Error| BatchError { error, command: None };
+        // The kernel takes a batch in one datagram, which must fit the send buffer.
+        if bytes.len() + 4096 > self.send_buffer {
+            self.send_buffer = bytes.len().next_power_of_two().max(256 << 10) + 4096;
+            rustix::net::sockopt::set_socket_send_buffer_size_force(&self.fd, self.send_buffer)
+                .map_err(|e| failed(e.into()))?;
+        }
+        rustix::net::sendto(&self.fd, &bytes, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))
+            .map_err(|e| failed(e.into()))?;
+        let mut command = None;
+        let outcome = self.answers(|kind, seq, payload| {
+            let ours = seq.wrapping_sub(first) <= last.wrapping_sub(first);
+            if kind != NLMSG_ERROR || payload.len() < 4 || !ours {
+                return Ok(false);
+            }
+            let code = i32::from_ne_bytes(word(payload, 0));
+            if code != 0 {
+                command = batch.command_of(first, seq);
+                return Err(io::Error::from_raw_os_error(-code));
+            }
+            Ok(seq == last)
+        });
+        outcome.map_err(|error| BatchError { error, command })
+    }
+
+    /// Whether the kernel has weft's table: one small request, where listing it would start
+    /// nft (a full apply on a fresh node skips that).
+    pub fn has_table(&mut self) -> io::Result<bool> {
+        self.seq = self.seq.wrapping_add(1);
+        let (request_seq, mut request) = (self.seq, Vec::new());
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
+        let mut attrs = Vec::new();
+        attr(&mut attrs, NFTA_TABLE_NAME, &c_string(TABLE));
+        message(&mut request, kind, NLM_F_REQUEST | NLM_F_ACK, request_seq, [NFPROTO_INET, 0, 0, 0], &attrs);
+        rustix::net::sendto(&self.fd, &request, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        let mut found = false;
+        self.answers(|kind, seq, payload| {
+            if seq != request_seq {
+                return Ok(false);
+            }
+            if kind == NLMSG_ERROR && payload.len() >= 4 {
+                return match -i32::from_ne_bytes(word(payload, 0)) {
+                    0 => Ok(true),
+                    e if e == rustix::io::Errno::NOENT.raw_os_error() => Ok(true),
+                    e => Err(io::Error::from_raw_os_error(e)),
+                };
+            }
+            found |= kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE;
+            Ok(false)
+        })?;
+        Ok(found)
     }
 
     /// Reads the kernel's answers, each message's (type, sequence number, payload) to `each`,
@@ -222,7 +266,7 @@ fn request_chunks(bytes: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The attributes of a netlink payload: (type without flags, payload, the whole attribute).
-fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
+pub(super) fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
     let mut out = Vec::new();
     while bytes.len() >= 4 {
         let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
@@ -305,68 +349,8 @@ fn align(len: usize) -> usize {
     (len + 3) & !3
 }
 
-/// Element adds and deletes, encoded as nf_tables messages.
-#[derive(Debug, Default)]
-pub struct ElementBatch {
-    /// (message type, flags, attributes) of each message.
-    messages: Vec<(u16, u16, Vec<u8>)>,
-}
-
-impl ElementBatch {
-    /// The batch for `commands` when they are element changes of sets this module encodes
-    /// (addresses, address-port pairs) and small enough; `None` sends the caller to nft.
-    pub fn encode(commands: &[Command]) -> Option<ElementBatch> {
-        let mut batch = ElementBatch::default();
-        let mut size = 0;
-        for c in commands {
-            let (kind, flags, name, set_kind, elements) = match c {
-                Command::AddTable => continue,
-                Command::AddElements { name, kind, elements } => {
-                    (NFT_MSG_NEWSETELEM, NLM_F_CREATE, name, *kind, elements)
-                }
-                Command::DeleteElements { name, kind, elements } => (NFT_MSG_DELSETELEM, 0, name, *kind, elements),
-                _ => return None,
-            };
-            let mut list = Vec::new();
-            for e in elements {
-                let mut value = Vec::new();
-                attr(&mut value, NFTA_DATA_VALUE, &key(set_kind, e)?);
-                let mut element = Vec::new();
-                attr(&mut element, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &value);
-                attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &element);
-            }
-            let mut attrs = Vec::new();
-            attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, &c_string(TABLE));
-            attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &c_string(name));
-            attr(&mut attrs, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
-            size += attrs.len() + 20;
-            if size > MAX_BATCH_BYTES {
-                return None;
-            }
-            batch.messages.push(((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, attrs));
-        }
-        (!batch.messages.is_empty()).then_some(batch)
-    }
-
-    /// The batch as bytes, its messages numbered from `first`; and the numbers answered.
-    fn frame(&self, first: u32) -> (Vec<u8>, Vec<u32>) {
-        let mut out = Vec::new();
-        let subsystem = NFNL_SUBSYS_NFTABLES.to_be_bytes();
-        message(&mut out, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first, [0, 0, subsystem[0], subsystem[1]], &[]);
-        let mut acked = Vec::new();
-        for (i, (kind, flags, attrs)) in self.messages.iter().enumerate() {
-            let seq = first.wrapping_add(1 + i as u32);
-            message(&mut out, *kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq, [NFPROTO_INET, 0, 0, 0], attrs);
-            acked.push(seq);
-        }
-        let end = first.wrapping_add(1 + self.messages.len() as u32);
-        message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, [0, 0, subsystem[0], subsystem[1]], &[]);
-        (out, acked)
-    }
-}
-
 /// A netlink message: header, nfgenmsg (family, version, resource id), attributes.
-fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, nfgen: [u8; 4], attrs: &[u8]) {
+pub(super) fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, nfgen: [u8; 4], attrs: &[u8]) {
     let len = (16 + 4 + attrs.len()) as u32;
     out.extend_from_slice(&len.to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -377,7 +361,7 @@ fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, nfgen: [u8; 4], a
     out.extend_from_slice(attrs);
 }
 
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(super) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -385,59 +369,15 @@ fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     out.resize(out.len() + align(len) - len, 0);
 }
 
-fn c_string(s: &str) -> Vec<u8> {
+pub(super) fn c_string(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v
 }
 
-/// An element's key as the kernel stores it: each field of a concatenation takes a whole
-/// number of 32-bit registers.
-fn key(kind: SetKind, element: &Element) -> Option<Vec<u8>> {
-    let address = |a: &std::net::IpAddr| match a {
-        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    match (kind, element) {
-        (SetKind::Addr { .. }, Element::Addr(a)) => Some(address(a)),
-        (SetKind::AddrPort { .. }, Element::AddrPort(a, port)) => {
-            let mut k = address(a);
-            k.extend_from_slice(&port.to_be_bytes());
-            k.extend_from_slice(&[0, 0]);
-            Some(k)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encodes_only_element_changes_of_address_sets() {
-        let add = Command::AddElements {
-            name: "s1-4".into(),
-            kind: SetKind::Addr { v6: false },
-            elements: vec![Element::Addr("10.0.0.9".parse().expect("address"))],
-        };
-        let batch = ElementBatch::encode(&[Command::AddTable, add.clone()]).expect("an element change");
-        assert_eq!(batch.messages.len(), 1);
-        let (bytes, acked) = batch.frame(7);
-        assert_eq!(acked, vec![8]);
-        // Begin, the change, end: each message's length leads it.
-        let first = u32::from_ne_bytes(word(&bytes, 0)) as usize;
-        assert_eq!(first, 20);
-        assert!(bytes.windows(4).any(|w| w == [10, 0, 0, 9]), "the key is in the message");
-        assert!(bytes.windows(5).any(|w| w == *b"s1-4\0"));
-        let prefix = Command::AddElements {
-            name: "s2-4".into(),
-            kind: SetKind::Prefix { v6: false },
-            elements: vec![Element::Prefix("10.0.0.0/8".parse().expect("prefix"))],
-        };
-        assert!(ElementBatch::encode(&[prefix]).is_none(), "interval sets go through nft");
-        assert!(ElementBatch::encode(&[add, Command::FlushChain { name: "x".into() }]).is_none());
-    }
 
     #[test]
     fn reads_a_conntrack_entrys_original_tuple_and_keeps_its_name() {

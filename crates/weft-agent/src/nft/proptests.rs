@@ -13,7 +13,7 @@ use weft_compiler::compiled::{Selection, SetDefinition, SetMembers};
 use weft_compiler::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
 use weft_model::{NamedPort, Protocol};
 
-use super::render::{delta_commands, render, set_shape};
+use super::render::{delta_commands, render, set_name, set_shape};
 use super::ruleset::{Command, Ruleset};
 
 const ADDRESSES: [&str; 6] = ["10.0.0.1", "10.0.0.2", "10.0.1.1", "fd00::1", "fd00::2", "10.0.0.3"];
@@ -163,6 +163,10 @@ proptest! {
     #[test]
     fn the_table_diff_turns_one_table_into_the_other(a in arb_span(), b in arb_span()) {
         let (a, b) = (render(&build(&a)), render(&build(&b)));
+        // Every rule the render writes has its bytecode: none goes through nft.
+        for rule in b.chains.values().flat_map(|c| &c.rules) {
+            prop_assert!(rule.wire.is_some(), "{}", rule.expr);
+        }
         let mut table = a.clone();
         table.apply(&a.diff(&b)).map_err(TestCaseError::fail)?;
         prop_assert_eq!(&table, &b);
@@ -175,6 +179,28 @@ proptest! {
     #[test]
     fn delta_commands_turn_one_table_into_the_other(a in arb_span(), b in arb_span()) {
         let (a, b) = (build(&a), build(&b));
+        let delta = weft_compiler::diff(&a, &b);
+        let mut table = render(&a);
+        table.apply(&delta_commands(&a, &b, &delta)).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(table, render(&b));
+    }
+
+    #[test]
+    fn a_port_joining_or_leaving_groups_changes_what_it_must(
+        raw in arb_span(),
+        which in 0usize..5,
+        ingress in prop::option::of(prop::collection::vec(0usize..4, 0..3)),
+        egress in prop::option::of(prop::collection::vec(0usize..4, 0..3)),
+    ) {
+        // The same groups on both sides: only who uses them changes, which decides whether
+        // their rules are written into their ports' chains or into chains of their own.
+        let a = build(&raw);
+        let mut changed = raw.clone();
+        if let Some(port) = changed.ports.get_mut(which) {
+            port.2 = ingress;
+            port.3 = egress;
+        }
+        let b = build(&changed);
         let delta = weft_compiler::diff(&a, &b);
         let mut table = render(&a);
         table.apply(&delta_commands(&a, &b, &delta)).map_err(TestCaseError::fail)?;
@@ -199,15 +225,18 @@ proptest! {
             }
         } else {
             // A family's first member (or last), or other prefixes written into rules: the set
-            // and the chains of the groups that use it change, and nothing else.
-            let own = |name: &str| name.starts_with(&set_id(set).to_string());
+            // and the chains holding the rules of the groups that use it (their own, or their
+            // ports' when written into those) change, and nothing else.
+            let own = |name: &str| [false, true].iter().any(|v6| name == set_name(set_id(set), *v6));
             for c in &commands {
                 let fine = match c {
                     Command::AddTable => true,
                     Command::AddSet { name, .. } | Command::DeleteSet { name, .. }
                     | Command::AddElements { name, .. } | Command::DeleteElements { name, .. } => own(name),
-                    Command::AddChain { name, .. } | Command::FlushChain { name } | Command::DeleteChain { name } => name.starts_with('g'),
-                    Command::AddRule { chain, .. } => chain.starts_with('g'),
+                    Command::AddChain { name, .. } | Command::FlushChain { name } | Command::DeleteChain { name } => {
+                        name.starts_with('g') || name.starts_with('p')
+                    }
+                    Command::AddRule { chain, .. } => chain.starts_with('g') || chain.starts_with('p'),
                     Command::DeleteTable => false,
                 };
                 prop_assert!(fine, "{:?}", c);

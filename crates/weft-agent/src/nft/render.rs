@@ -40,7 +40,7 @@ const IFACES: &str = "ifaces";
 /// Transport protocols with ports: what "any protocol" means for a rule that names ports.
 const PORTED: [u8; 3] = [6, 17, 132];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Dir {
     In,
     Out,
@@ -52,8 +52,25 @@ fn fam(v6: bool) -> &'static str {
     if v6 { "6" } else { "4" }
 }
 
+/// A set's name in the table: `s` and 11 base-62 digits of 64 bits of its id and family.
+///
+/// The kernel finds the set a rule (or an element list) names by walking the table's sets
+/// and comparing names, with a byte-by-byte `strlen` of each; with a thousand sets that walk
+/// was half of a full apply's kernel time, so names are short. 64 bits rather than the
+/// id's 128: two sets of one node's table share a name with a probability of about n²/2⁶⁵
+/// (10⁻¹¹ for 20,000 sets), and the render logs it if they ever do.
 pub fn set_name(id: SetId, v6: bool) -> String {
-    format!("{id}-{}", fam(v6))
+    const DIGITS: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    // The family flips a fixed half of the bits: the two families of one set never collide.
+    let folded = (id.0 as u64) ^ ((id.0 >> 64) as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let mut rest = folded ^ if v6 { 0xc4ce_b9fe_1a85_ec53 } else { 0 };
+    let mut name = [b'0'; 12];
+    name[0] = b's';
+    for digit in name[1..].iter_mut().rev() {
+        *digit = DIGITS[(rest % 62) as usize];
+        rest /= 62;
+    }
+    String::from_utf8_lossy(&name).into_owned()
 }
 
 fn port_chain(port: Uuid, dir: Dir) -> String {
@@ -218,19 +235,72 @@ fn skeleton(out: &mut Ruleset) {
 
 /// The whole table for `span`.
 pub fn render(span: &NodeSpan) -> Ruleset {
+    let groups: Vec<_> = span.groups.iter().collect();
+    // Group rules are most of a large table, and each group renders on its own: half of them
+    // on a second thread (a full apply waits for the render).
+    let (first, second) = groups.split_at(groups.len() / 2);
+    let render_groups = |groups: &[(&Uuid, &std::sync::Arc<CompiledGroup>)]| {
+        let mut out = GroupRules::new();
+        for (id, group) in groups {
+            render_group(&mut out, **id, group, &span.sets);
+        }
+        out
+    };
+    let rules = std::thread::scope(|scope| {
+        let helper = (second.len() >= PARALLEL_GROUPS).then(|| scope.spawn(|| render_groups(second)));
+        let mut rules = render_groups(if helper.is_some() { first } else { &groups });
+        if let Some(helper) = helper {
+            rules.extend(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+        rules
+    });
+    let users = group_users(span);
     let mut out = Ruleset::default();
     skeleton(&mut out);
     for (id, set) in span.sets.iter() {
         render_set(&mut out, *id, set);
     }
-    for (id, group) in span.groups.iter() {
-        render_group(&mut out, *id, group, &span.sets);
+    for ((id, dir), group_rules) in &rules {
+        if !inlined(group_rules, &users, *id, *dir) {
+            out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: group_rules.clone() });
+        }
     }
     for (id, port) in &span.ports {
-        render_port(&mut out, *id, port, span);
+        render_port(&mut out, *id, port, &rules, &users);
     }
     render_port_globals(&mut out, span);
     out
+}
+
+/// Fewer groups than this (per half) render on one thread: a thread costs more than they do.
+const PARALLEL_GROUPS: usize = 64;
+
+/// Each group's kernel rules in each direction it has rules in.
+type GroupRules = BTreeMap<(Uuid, Dir), Vec<Rule>>;
+
+/// How many local ports each group applies to, in each direction.
+fn group_users(span: &NodeSpan) -> BTreeMap<(Uuid, Dir), usize> {
+    let mut users = BTreeMap::new();
+    for port in span.ports.values() {
+        for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
+            if let Isolation::Isolated(groups) = isolation {
+                for g in groups.iter() {
+                    *users.entry((*g, dir)).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    users
+}
+
+/// Whether a group's rules are written into the chains of the ports it applies to, rather
+/// than into a chain of its own that they jump to: when that takes no more kernel rules
+/// (rules × ports ≤ rules + ports: a group of one rule, or of one local port, which is most
+/// groups). It saves the chain and the jumps; a chain costs the kernel about as much as a
+/// rule to create, and the table's size still grows with rules plus ports.
+fn inlined(rules: &[Rule], users: &BTreeMap<(Uuid, Dir), usize>, group: Uuid, dir: Dir) -> bool {
+    let ports = users.get(&(group, dir)).copied().unwrap_or(0);
+    rules.len() * ports <= rules.len() + ports
 }
 
 fn set_kind(members: &SetMembers, v6: bool) -> SetKind {
@@ -294,8 +364,10 @@ fn render_set(out: &mut Ruleset, id: SetId, set: &AddressSet) {
     }
     for v6 in V4_V6 {
         let elements = set_elements(&set.members, v6);
-        if !elements.is_empty() {
-            out.sets.insert(set_name(id, v6), Set { kind: set_kind(&set.members, v6), elements });
+        if !elements.is_empty()
+            && out.sets.insert(set_name(id, v6), Set { kind: set_kind(&set.members, v6), elements }).is_some()
+        {
+            tracing::error!(set = %id, "two sets of the span have one name in the table; one of them is wrong");
         }
     }
 }
@@ -311,18 +383,18 @@ fn has_rules(group: &CompiledGroup, dir: Dir) -> bool {
 
 type Sets = BTreeMap<SetId, std::sync::Arc<AddressSet>>;
 
-fn render_group(out: &mut Ruleset, id: Uuid, group: &CompiledGroup, sets: &Sets) {
+fn render_group(out: &mut GroupRules, id: Uuid, group: &CompiledGroup, sets: &Sets) {
     for (dir, rules) in [(Dir::In, &group.ingress), (Dir::Out, &group.egress)] {
         if !has_rules(group, dir) {
             continue;
         }
-        let mut chain = Chain::default();
+        let mut lines = Vec::new();
         for rule in rules {
             for v6 in V4_V6 {
-                chain.rules.extend(rule_lines(rule, dir, v6, sets).into_iter().map(Rule::new));
+                lines.extend(rule_lines(rule, dir, v6, sets).into_iter().map(Rule::new));
             }
         }
-        out.chains.insert(group_chain(id, dir), chain);
+        out.insert((id, dir), lines);
     }
 }
 
@@ -421,15 +493,25 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<V
     lines
 }
 
-fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, span: &NodeSpan) {
+fn render_port(
+    out: &mut Ruleset,
+    id: Uuid,
+    port: &PortPolicy,
+    rules: &GroupRules,
+    users: &BTreeMap<(Uuid, Dir), usize>,
+) {
     for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
         let Isolation::Isolated(groups) = isolation else { continue };
         let mut chain = Chain::default();
         for g in groups.iter() {
             // A group the span does not hold, or with no rules this way, allows nothing (and
             // has no chain to jump to).
-            if span.groups.get(g).is_some_and(|group| has_rules(group, dir)) {
-                chain.rules.push(Rule::new(vec![json!({"jump": {"target": group_chain(*g, dir)}})]));
+            match rules.get(&(*g, dir)) {
+                None => {}
+                Some(group_rules) if inlined(group_rules, users, *g, dir) => {
+                    chain.rules.extend(group_rules.iter().cloned());
+                }
+                Some(_) => chain.rules.push(Rule::new(vec![json!({"jump": {"target": group_chain(*g, dir)}})])),
             }
         }
         chain.rules.push(Rule::new(vec![counter(), verdict("drop")]));
@@ -481,6 +563,17 @@ fn render_port_globals(out: &mut Ruleset, span: &NodeSpan) {
     out.sets.extend(named);
 }
 
+/// The groups a port's chains name, both directions.
+fn port_groups(port: &PortPolicy) -> impl Iterator<Item = Uuid> + '_ {
+    [&port.ingress, &port.egress].into_iter().flat_map(|isolation| {
+        let groups = match isolation {
+            Isolation::Isolated(groups) => Some(groups.iter().copied()),
+            _ => None,
+        };
+        groups.into_iter().flatten()
+    })
+}
+
 /// What a delta touches, by name.
 #[derive(Default)]
 struct Touched {
@@ -498,14 +591,29 @@ fn render_touched(span: &NodeSpan, touched: &Touched) -> Ruleset {
             render_set(&mut out, *id, set);
         }
     }
-    for id in &touched.groups {
+    // The rules of the touched groups, and of every group a touched port's chain may hold.
+    let mut needed = touched.groups.clone();
+    for id in &touched.ports {
+        if let Some(port) = span.ports.get(id) {
+            needed.extend(port_groups(port));
+        }
+    }
+    let mut rules = GroupRules::new();
+    for id in &needed {
         if let Some(group) = span.groups.get(id) {
-            render_group(&mut out, *id, group, &span.sets);
+            render_group(&mut rules, *id, group, &span.sets);
+        }
+    }
+    // Who uses each group decides where its rules go; only a change of groups or ports asks.
+    let users = if needed.is_empty() { BTreeMap::new() } else { group_users(span) };
+    for ((id, dir), group_rules) in &rules {
+        if touched.groups.contains(id) && !inlined(group_rules, &users, *id, *dir) {
+            out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: group_rules.clone() });
         }
     }
     for id in &touched.ports {
         if let Some(port) = span.ports.get(id) {
-            render_port(&mut out, *id, port, span);
+            render_port(&mut out, *id, port, &rules, &users);
         }
     }
     if touched.globals {
@@ -548,22 +656,19 @@ pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<
             }
         }
     }
-    // Port chains jump only to groups the span holds and that have rules in their direction: a
-    // group arriving, leaving, or gaining or losing a direction's rules changes them.
-    if !delta.groups_upserted.is_empty() || !delta.groups_removed.is_empty() {
-        let directions = |g: &CompiledGroup| (has_rules(g, Dir::In), has_rules(g, Dir::Out));
-        let arrived_or_left: BTreeSet<Uuid> = delta
-            .groups_upserted
-            .iter()
-            .filter(|(g, group)| old.groups.get(*g).is_none_or(|o| directions(o) != directions(group)))
-            .map(|(g, _)| g)
-            .chain(delta.groups_removed.iter())
-            .copied()
-            .collect();
-        for (id, port) in old.ports.iter().chain(new.ports.iter()) {
-            let uses =
-                |i: &Isolation| matches!(i, Isolation::Isolated(gs) if gs.iter().any(|g| arrived_or_left.contains(g)));
-            if uses(&port.ingress) || uses(&port.egress) {
+    // A port's chain holds its groups' rules or jumps to their chains, and which one depends
+    // on how many local ports each group has: the groups of a port that changed are touched,
+    // and so is every port of a touched group.
+    for id in &touched.ports {
+        for span in [old, new] {
+            if let Some(port) = span.ports.get(id) {
+                touched.groups.extend(port_groups(port));
+            }
+        }
+    }
+    for span in [old, new].into_iter().filter(|_| !touched.groups.is_empty()) {
+        for (id, port) in span.ports.iter() {
+            if port_groups(port).any(|g| touched.groups.contains(&g)) {
                 touched.ports.insert(*id);
             }
         }
@@ -614,4 +719,20 @@ fn elements(
         .chain(prefixes.iter().filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6).map(|p| Element::Prefix(*p)))
         .chain(pairs.iter().filter(|(a, _)| a.is_ipv6() == v6).map(|(a, p)| Element::AddrPort(*a, *p)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_names_are_short_fixed_and_distinct() {
+        let ids = [0, 1, 61, 62, 1 << 64, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, u128::MAX];
+        let names: Vec<String> = ids.iter().flat_map(|n| [false, true].map(|v6| set_name(SetId(*n), v6))).collect();
+        assert!(names.iter().all(|n| n.len() == 12 && n.starts_with('s')), "{names:?}");
+        assert_eq!(names[0], "s00000000000");
+        assert_eq!(&names[6][8..], "0010", "62 is 10 in base 62");
+        let distinct: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len());
+    }
 }

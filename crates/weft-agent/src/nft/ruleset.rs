@@ -1,7 +1,7 @@
 //! A model of weft's nftables table, the commands that change it, and the diff between two
 //! models: pure data, no I/O. The kernel datapath renders a span into a [`Ruleset`], computes
-//! the [`Command`]s that turn what the kernel has into it, and sends them as one nft JSON
-//! transaction.
+//! the [`Command`]s that turn what the kernel has into it, and sends them as one transaction
+//! (a netlink batch, [`super::batch`]; nft's JSON input is the fallback and the dump format).
 //!
 //! Rules carry a comment naming their content (a hash of their expressions), so a table read
 //! back from the kernel compares with a rendered one without parsing nft's own rewriting of
@@ -105,7 +105,7 @@ pub struct Hook {
     pub priority: i32,
 }
 
-/// A rule: its nft JSON expressions and the comment that names them.
+/// A rule: its nft JSON expressions, their bytecode, and the comment that names them.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub comment: String,
@@ -113,12 +113,22 @@ pub struct Rule {
     /// rather than cloning and re-encoding a tree per rule. Empty for a rule read back from
     /// the kernel (its comment says what it is).
     pub expr: std::sync::Arc<str>,
+    /// The same expressions as nf_tables bytecode ([`super::bytecode`]); `None` for a rule
+    /// read back from the kernel, or one the compiler could not translate (sent through nft).
+    pub wire: Option<std::sync::Arc<[u8]>>,
 }
 
 impl Rule {
     pub fn new(expr: Vec<Value>) -> Rule {
+        let wire = match super::bytecode::compile(&expr) {
+            Ok(bytes) => Some(bytes.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "a rule weft cannot encode for netlink; it goes through nft");
+                None
+            }
+        };
         let text = Value::Array(expr).to_string();
-        Rule { comment: content_hash(&text), expr: text.into() }
+        Rule { comment: content_hash(&text), expr: text.into(), wire }
     }
 }
 
@@ -410,7 +420,7 @@ pub fn parse_listing(listing: &Value) -> Result<Ruleset, String> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("{chain}: a rule without a comment"))?;
             let target = out.chains.get_mut(chain).ok_or_else(|| format!("a rule of unknown chain {chain}"))?;
-            target.rules.push(Rule { comment: comment.to_string(), expr: "".into() });
+            target.rules.push(Rule { comment: comment.to_string(), expr: "".into(), wire: None });
         }
     }
     Ok(out)
