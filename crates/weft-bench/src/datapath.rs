@@ -176,6 +176,13 @@ fn heavy_node(ports: usize, rules: usize) -> Vec<Change> {
     changes
 }
 
+/// The measured node's span (for profiling the render alone).
+pub fn heavy_span(ports: usize, rules: usize) -> NodeSpan {
+    let mut compiler = Compiler::new();
+    compiler.load(1, heavy_node(ports, rules));
+    compiler.span(NODE)
+}
+
 fn rule_count(span: &NodeSpan) -> usize {
     span.groups.values().map(|g| g.ingress.len() + g.egress.len()).sum()
 }

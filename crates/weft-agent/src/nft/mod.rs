@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod bytecode;
 pub mod conntrack;
+pub mod expr;
 pub mod netlink;
 #[cfg(test)]
 mod proptests;
@@ -283,6 +284,6 @@ fn describe(c: &Command) -> String {
         Command::AddChain { name, .. } => format!("add chain {name}"),
         Command::FlushChain { name } => format!("flush chain {name}"),
         Command::DeleteChain { name } => format!("delete chain {name}"),
-        Command::AddRule { chain, rule } => format!("add rule to {chain}: {}", rule.expr),
+        Command::AddRule { chain, rule } => format!("add rule to {chain}: {}", rule.expr()),
     }
 }

@@ -45,7 +45,6 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFPROTO_INET: u8 = 1;
-#[cfg(test)]
 const NLA_F_NESTED: u16 = 0x8000;
 
 /// A netlink socket in a network namespace (created there; it stays there).
@@ -366,6 +365,26 @@ pub(super) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(payload);
+    out.resize(out.len() + align(len) - len, 0);
+}
+
+/// A nested attribute written in place: its header, what `body` writes, then its length.
+pub(super) fn nest(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+    body(out);
+    let len = (out.len() - start) as u16;
+    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// A string attribute (with its NUL), written without a copy of the string.
+pub(super) fn attr_str(out: &mut Vec<u8>, kind: u16, s: &str) {
+    let len = 4 + s.len() + 1;
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
     out.resize(out.len() + align(len) - len, 0);
 }
 

@@ -165,7 +165,7 @@ proptest! {
         let (a, b) = (render(&build(&a)), render(&build(&b)));
         // Every rule the render writes has its bytecode: none goes through nft.
         for rule in b.chains.values().flat_map(|c| &c.rules) {
-            prop_assert!(rule.wire.is_some(), "{}", rule.expr);
+            prop_assert!(rule.wire.is_some(), "{}", rule.expr());
         }
         let mut table = a.clone();
         table.apply(&a.diff(&b)).map_err(TestCaseError::fail)?;
@@ -253,7 +253,7 @@ fn rules_name_their_content() {
         members: vec![vec![1]; 6],
     });
     let table = render(&span);
-    let group = table.chains.values().find(|c| c.rules.iter().any(|r| r.expr.contains("@s")));
+    let group = table.chains.values().find(|c| c.rules.iter().any(|r| r.expr().contains("\"@s")));
     let group = group.expect("a group chain that references a set");
     // A range of ports is written once per range, each rule with its own comment.
     let comments: BTreeSet<&str> = group.rules.iter().map(|r| r.comment.as_str()).collect();

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use serde_json::{Value, json};
+use super::expr::{Field, Left, Op, Right, Stmt};
 use uuid::Uuid;
 use weft_compiler::compiled::{L4Match, RemoteMatch, SetMembers};
 use weft_compiler::{
@@ -116,51 +116,43 @@ fn named_port_set(name: &str, v6: bool) -> String {
     }
 }
 
-// nft JSON expression builders.
+// Statement builders.
 
-fn payload(protocol: &str, field: &str) -> Value {
-    json!({"payload": {"protocol": protocol, "field": field}})
+fn payload(protocol: &'static str, field: &'static str) -> Left {
+    Left::Field(Field::Payload(protocol, field))
 }
 
-fn meta(key: &str) -> Value {
-    json!({"meta": {"key": key}})
+fn meta(key: &'static str) -> Left {
+    Left::Field(Field::Meta(key))
 }
 
-fn matches(left: Value, right: Value) -> Value {
-    json!({"match": {"op": "==", "left": left, "right": right}})
+fn matches(left: Left, right: Right) -> Stmt {
+    Stmt::Match { op: Op::Eq, left, right }
 }
 
-fn differs(left: Value, right: Value) -> Value {
-    json!({"match": {"op": "!=", "left": left, "right": right}})
+fn differs(left: Left, right: Right) -> Stmt {
+    Stmt::Match { op: Op::Ne, left, right }
 }
 
-fn ip_field(v6: bool, field: &str) -> Value {
-    payload(if v6 { "ip6" } else { "ip" }, field)
+fn ip_field(v6: bool, field: &'static str) -> Field {
+    Field::Payload(if v6 { "ip6" } else { "ip" }, field)
 }
 
-/// A prefix as an nft match value (a single address for a host prefix).
-fn prefix(p: &ipnet::IpNet) -> Value {
-    if p.prefix_len() == p.max_prefix_len() {
-        json!(p.addr().to_string())
-    } else {
-        json!({"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}})
-    }
+fn family(v6: bool) -> Right {
+    Right::Name(if v6 { "ipv6" } else { "ipv4" }.to_string())
 }
 
-fn set_ref(name: &str) -> Value {
-    json!(format!("@{name}"))
+/// A prefix as a match value (a single address for a host prefix).
+fn prefix(p: &ipnet::IpNet) -> Right {
+    if p.prefix_len() == p.max_prefix_len() { Right::Addr(p.addr()) } else { Right::Prefix(*p) }
 }
 
-fn counter() -> Value {
-    json!({"counter": null})
+fn set_ref(name: &str) -> Right {
+    Right::Set(name.to_string())
 }
 
-fn verdict(v: &str) -> Value {
-    json!({ v: null })
-}
-
-fn port_match(lo: u16, hi: u16) -> Value {
-    let right = if lo == hi { json!(lo) } else { json!({"range": [lo, hi]}) };
+fn port_match(lo: u16, hi: u16) -> Stmt {
+    let right = if lo == hi { Right::Number(lo.into()) } else { Right::Range(lo.into(), hi.into()) };
     matches(payload("th", "dport"), right)
 }
 
@@ -178,23 +170,25 @@ fn skeleton(out: &mut Ruleset) {
     // `in`, not `==`: a connection is in one state at a time, and `==` against a list of
     // flags compares with all of them at once.
     let established = Rule::new(vec![
-        json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
-        verdict("accept"),
+        Stmt::Match { op: Op::In, left: Left::Field(Field::CtState), right: Right::Names(&["established", "related"]) },
+        Stmt::Accept,
     ]);
-    let neighbour_discovery =
-        Rule::new(vec![matches(payload("icmpv6", "type"), json!({"range": [133, 137]})), verdict("accept")]);
-    let wildcard = json!(format!("{INTERFACE_PREFIX}*"));
+    let neighbour_discovery = Rule::new(vec![matches(payload("icmpv6", "type"), Right::Range(133, 137)), Stmt::Accept]);
+    let wildcard = Right::Name(format!("{INTERFACE_PREFIX}*"));
     // A TCP packet conntrack calls new that is not a SYN starts no connection: it is what is
     // left of one whose entry was cut (or forgotten). Let through, it would be taken up as a
     // new connection from whichever side sent it, and a cut connection whose next packet came
     // from its server would live on with its client's packets as "replies".
-    let midstream = |interface: &str| {
+    let midstream = |interface: &'static str| {
         Rule::new(vec![
             matches(meta(interface), wildcard.clone()),
-            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}}),
-            differs(json!({"&": [payload("tcp", "flags"), ["fin", "syn", "rst", "ack"]]}), json!("syn")),
-            counter(),
-            verdict("drop"),
+            Stmt::Match { op: Op::In, left: Left::Field(Field::CtState), right: Right::Name("new".into()) },
+            differs(
+                Left::Masked(Field::Payload("tcp", "flags"), &["fin", "syn", "rst", "ack"]),
+                Right::Name("syn".into()),
+            ),
+            Stmt::Counter,
+            Stmt::Drop,
         ])
     };
     let mut egress = vec![established.clone(), neighbour_discovery.clone(), midstream("iifname")];
@@ -202,32 +196,28 @@ fn skeleton(out: &mut Ruleset) {
         // A port may send only from its own addresses.
         egress.push(Rule::new(vec![
             matches(meta("iifname"), set_ref(IFACES)),
-            matches(meta("nfproto"), json!(if v6 { "ipv6" } else { "ipv4" })),
-            differs(json!({"concat": [meta("iifname"), ip_field(v6, "saddr")]}), set_ref(&spoof_set(v6))),
-            counter(),
-            verdict("drop"),
+            matches(meta("nfproto"), family(v6)),
+            differs(Left::Concat(vec![Field::Meta("iifname"), ip_field(v6, "saddr")]), set_ref(&spoof_set(v6))),
+            Stmt::Counter,
+            Stmt::Drop,
         ]));
     }
     egress.push(Rule::new(vec![
         matches(meta("iifname"), wildcard.clone()),
         differs(meta("iifname"), set_ref(IFACES)),
-        counter(),
-        verdict("drop"),
+        Stmt::Counter,
+        Stmt::Drop,
     ]));
     let mut ingress = vec![established, neighbour_discovery, midstream("oifname")];
     ingress.push(Rule::new(vec![
         matches(meta("oifname"), wildcard),
         differs(meta("oifname"), set_ref(IFACES)),
-        counter(),
-        verdict("drop"),
+        Stmt::Counter,
+        Stmt::Drop,
     ]));
     for v6 in V4_V6 {
-        egress.push(Rule::new(vec![
-            json!({"vmap": {"key": ip_field(v6, "saddr"), "data": set_ref(&dispatch_map(Dir::Out, v6))}}),
-        ]));
-        ingress.push(Rule::new(vec![
-            json!({"vmap": {"key": ip_field(v6, "daddr"), "data": set_ref(&dispatch_map(Dir::In, v6))}}),
-        ]));
+        egress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "saddr"), map: dispatch_map(Dir::Out, v6) }]));
+        ingress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "daddr"), map: dispatch_map(Dir::In, v6) }]));
     }
     out.chains.insert(EGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: -10 }), rules: egress });
     out.chains.insert(INGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: 0 }), rules: ingress });
@@ -401,7 +391,7 @@ fn render_group(out: &mut GroupRules, id: Uuid, group: &CompiledGroup, sets: &Se
 /// One compiled rule for one family, as kernel rules. Several port ranges (or "any protocol"
 /// with ports) become several rules rather than an anonymous set: the kernel's cost of
 /// creating anonymous sets grows with the square of their number in one transaction.
-fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<Value>> {
+fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<Stmt>> {
     let covers = match rule.family {
         Family::Both => true,
         Family::V4 => !v6,
@@ -412,7 +402,7 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<V
     }
     let remote_field = if dir == Dir::In { "saddr" } else { "daddr" };
     // Each head is the start of one kernel rule (an inlined prefix set gives one per prefix).
-    let mut heads: Vec<Vec<Value>> = vec![Vec::new()];
+    let mut heads: Vec<Vec<Stmt>> = vec![Vec::new()];
     match &rule.remote {
         // ICMP types and named ports are matched per family anyway.
         RemoteMatch::Any if matches!(rule.l4, L4Match::Icmp { .. } | L4Match::Named(_)) => {}
@@ -423,7 +413,7 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<V
                     return Vec::new();
                 }
             } else {
-                heads[0].push(matches(meta("nfproto"), json!(if v6 { "ipv6" } else { "ipv4" })));
+                heads[0].push(matches(meta("nfproto"), family(v6)));
             }
         }
         RemoteMatch::Set(id) | RemoteMatch::Pairs(id) => {
@@ -433,14 +423,14 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<V
                 SetShape::Named { v4, v6: has_v6 } if !(if v6 { has_v6 } else { v4 }) => return Vec::new(),
                 SetShape::Named { .. } => {
                     if matches!(rule.remote, RemoteMatch::Set(_)) {
-                        heads[0].push(matches(ip_field(v6, remote_field), set_ref(&set_name(*id, v6))));
+                        heads[0].push(matches(Left::Field(ip_field(v6, remote_field)), set_ref(&set_name(*id, v6))));
                     }
                 }
                 SetShape::Inline(prefixes) => {
                     heads = prefixes
                         .iter()
                         .filter(|p| matches!(p, ipnet::IpNet::V6(_)) == v6)
-                        .map(|p| vec![matches(ip_field(v6, remote_field), prefix(p))])
+                        .map(|p| vec![matches(Left::Field(ip_field(v6, remote_field)), prefix(p))])
                         .collect();
                 }
             }
@@ -456,17 +446,17 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<V
     for (head, protocol) in heads.iter().flat_map(|h| protocols.iter().map(move |p| (h, *p))) {
         let mut base = head.clone();
         if let Some(p) = protocol {
-            base.push(matches(meta("l4proto"), json!(p)));
+            base.push(matches(meta("l4proto"), Right::Number(p.into())));
         }
-        let tails: Vec<Vec<Value>> = match (&rule.l4, &rule.remote) {
+        let tails: Vec<Vec<Stmt>> = match (&rule.l4, &rule.remote) {
             (_, RemoteMatch::Pairs(id)) => vec![vec![matches(
-                json!({"concat": [ip_field(v6, "daddr"), payload("th", "dport")]}),
+                Left::Concat(vec![ip_field(v6, "daddr"), Field::Payload("th", "dport")]),
                 set_ref(&set_name(*id, v6)),
             )]],
             (L4Match::All, _) => vec![vec![]],
             (L4Match::Ranges(ranges), _) => ranges.iter().map(|(lo, hi)| vec![port_match(*lo, *hi)]).collect(),
             (L4Match::Named(name), _) => vec![vec![matches(
-                json!({"concat": [ip_field(v6, "daddr"), meta("l4proto"), payload("th", "dport")]}),
+                Left::Concat(vec![ip_field(v6, "daddr"), Field::Meta("l4proto"), Field::Payload("th", "dport")]),
                 set_ref(&named_port_set(name, v6)),
             )]],
             (L4Match::Icmp { icmp_type, code }, _) => {
@@ -475,9 +465,9 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<V
                 if protocol.is_some_and(|p| p != if v6 { 58 } else { 1 }) {
                     continue;
                 }
-                let mut t = vec![matches(payload(icmp, "type"), json!(icmp_type))];
+                let mut t = vec![matches(payload(icmp, "type"), Right::Number((*icmp_type).into()))];
                 if let Some(c) = code {
-                    t.push(matches(payload(icmp, "code"), json!(c)));
+                    t.push(matches(payload(icmp, "code"), Right::Number((*c).into())));
                 }
                 vec![t]
             }
@@ -485,8 +475,8 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<V
         for tail in tails {
             let mut line = base.clone();
             line.extend(tail);
-            line.push(counter());
-            line.push(verdict("accept"));
+            line.push(Stmt::Counter);
+            line.push(Stmt::Accept);
             lines.push(line);
         }
     }
@@ -511,10 +501,10 @@ fn render_port(
                 Some(group_rules) if inlined(group_rules, users, *g, dir) => {
                     chain.rules.extend(group_rules.iter().cloned());
                 }
-                Some(_) => chain.rules.push(Rule::new(vec![json!({"jump": {"target": group_chain(*g, dir)}})])),
+                Some(_) => chain.rules.push(Rule::new(vec![Stmt::Jump(group_chain(*g, dir))])),
             }
         }
-        chain.rules.push(Rule::new(vec![counter(), verdict("drop")]));
+        chain.rules.push(Rule::new(vec![Stmt::Counter, Stmt::Drop]));
         out.chains.insert(port_chain(id, dir), chain);
     }
 }

@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use super::expr::Stmt;
+
 /// The one table: `inet weft`.
 pub const TABLE: &str = "weft";
 
@@ -105,30 +107,36 @@ pub struct Hook {
     pub priority: i32,
 }
 
-/// A rule: its nft JSON expressions, their bytecode, and the comment that names them.
+/// A rule: its statements, their bytecode, and the comment that names them.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub comment: String,
-    /// The expressions as nft JSON text, written once: diffs and transactions share it
-    /// rather than cloning and re-encoding a tree per rule. Empty for a rule read back from
-    /// the kernel (its comment says what it is).
-    pub expr: std::sync::Arc<str>,
-    /// The same expressions as nf_tables bytecode ([`super::bytecode`]); `None` for a rule
-    /// read back from the kernel, or one the compiler could not translate (sent through nft).
+    /// Empty for a rule read back from the kernel (its comment says what it is).
+    pub stmts: std::sync::Arc<[Stmt]>,
+    /// The statements as nf_tables bytecode ([`super::bytecode`]); `None` for a rule read
+    /// back from the kernel, or one the compiler could not translate (sent through nft).
     pub wire: Option<std::sync::Arc<[u8]>>,
 }
 
 impl Rule {
-    pub fn new(expr: Vec<Value>) -> Rule {
-        let wire = match super::bytecode::compile(&expr) {
-            Ok(bytes) => Some(bytes.into()),
+    /// The comment is a hash of the bytecode: what the kernel runs is what names the rule.
+    pub fn new(stmts: Vec<Stmt>) -> Rule {
+        let (wire, comment) = match super::bytecode::compile(&stmts) {
+            Ok(bytes) => {
+                let comment = content_hash(&bytes);
+                (Some(bytes.into()), comment)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "a rule weft cannot encode for netlink; it goes through nft");
-                None
+                (None, content_hash(super::expr::to_json_text(&stmts).as_bytes()))
             }
         };
-        let text = Value::Array(expr).to_string();
-        Rule { comment: content_hash(&text), expr: text.into(), wire }
+        Rule { comment, stmts: stmts.into(), wire }
+    }
+
+    /// The statements in nft's JSON form, as text.
+    pub fn expr(&self) -> String {
+        super::expr::to_json_text(&self.stmts)
     }
 }
 
@@ -312,15 +320,15 @@ pub fn encode(commands: &[Command]) -> Vec<u8> {
         }
         // Writing to a Vec cannot fail.
         let _ = match c {
-            // The rule's expressions are JSON text already: spliced into its frame (an object
-            // left open), not re-encoded.
+            // The rule's statements are written as JSON text: spliced into its frame (an object
+            // left open).
             Command::AddRule { chain, rule } => {
                 let frame = json!({"family": "inet", "table": TABLE, "chain": chain, "comment": rule.comment});
                 let frame = frame.to_string();
                 out.extend_from_slice(b"{\"add\":{\"rule\":");
                 out.extend_from_slice(&frame.as_bytes()[..frame.len() - 1]);
                 out.extend_from_slice(b",\"expr\":");
-                out.extend_from_slice(rule.expr.as_bytes());
+                out.extend_from_slice(rule.expr().as_bytes());
                 out.extend_from_slice(b"}}}");
                 Ok(())
             }
@@ -382,11 +390,11 @@ fn command_json(c: &Command) -> Value {
     }
 }
 
-/// A short, stable name for a rule's content (FNV-1a, 64 bits, of its JSON text).
-fn content_hash(text: &str) -> String {
+/// A short, stable name for a rule's content (FNV-1a, 64 bits, of its bytecode).
+fn content_hash(bytes: &[u8]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        hash ^= u64::from(b);
+    for b in bytes {
+        hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("weft:{hash:016x}")
@@ -420,7 +428,7 @@ pub fn parse_listing(listing: &Value) -> Result<Ruleset, String> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("{chain}: a rule without a comment"))?;
             let target = out.chains.get_mut(chain).ok_or_else(|| format!("a rule of unknown chain {chain}"))?;
-            target.rules.push(Rule { comment: comment.to_string(), expr: "".into(), wire: None });
+            target.rules.push(Rule { comment: comment.to_string(), stmts: Vec::new().into(), wire: None });
         }
     }
     Ok(out)
