@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use super::bytecode;
-use super::netlink::{attr, c_string, message};
+use super::netlink::{attr, attr_str, c_string, message, nest};
 use super::ruleset::{Command, Element, Hook, SetKind, TABLE};
 
 const NLA_F_NESTED: u16 = 0x8000;
@@ -77,7 +77,6 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
-const NFTA_DATA_VALUE: u16 = 1;
 
 /// nft's datatype numbers, which it reads back to print a set's type; a concatenation is
 /// its parts' numbers, 6 bits each.
@@ -123,16 +122,16 @@ impl Batch {
                 Command::AddChain { name, hook } => push(NFT_MSG_NEWCHAIN, NLM_F_CREATE, chain_attrs(name, *hook)),
                 Command::FlushChain { name } => {
                     let mut a = Vec::new();
-                    attr(&mut a, NFTA_RULE_TABLE, &c_string(TABLE));
-                    attr(&mut a, NFTA_RULE_CHAIN, &c_string(name));
+                    attr_str(&mut a, NFTA_RULE_TABLE, TABLE);
+                    attr_str(&mut a, NFTA_RULE_CHAIN, name);
                     push(NFT_MSG_DELRULE, 0, a);
                 }
                 Command::DeleteChain { name } => push(NFT_MSG_DELCHAIN, 0, chain_attrs(name, None)),
                 Command::AddRule { chain, rule } => {
                     let wire = rule.wire.as_ref().ok_or_else(|| format!("rule {} has no bytecode", rule.comment))?;
                     let mut a = Vec::with_capacity(wire.len() + 96);
-                    attr(&mut a, NFTA_RULE_TABLE, &c_string(TABLE));
-                    attr(&mut a, NFTA_RULE_CHAIN, &c_string(chain));
+                    attr_str(&mut a, NFTA_RULE_TABLE, TABLE);
+                    attr_str(&mut a, NFTA_RULE_CHAIN, chain);
                     attr(&mut a, NFTA_RULE_EXPRESSIONS | NLA_F_NESTED, wire);
                     let comment = c_string(&rule.comment);
                     let len = u8::try_from(comment.len()).map_err(|_| format!("comment {} too long", rule.comment))?;
@@ -144,15 +143,14 @@ impl Batch {
                 Command::AddSet { name, set } => {
                     set_id += 1;
                     push(NFT_MSG_NEWSET, NLM_F_CREATE, set_attrs(name, set.kind, set_id));
-                    let elements: Vec<&Element> = set.elements.iter().collect();
-                    for chunk in element_lists(name, set.kind, &elements)? {
+                    for chunk in element_lists(name, set.kind, &set.elements)? {
                         push(NFT_MSG_NEWSETELEM, NLM_F_CREATE, chunk);
                     }
                 }
                 Command::DeleteSet { name, .. } => {
                     let mut a = Vec::new();
-                    attr(&mut a, NFTA_SET_TABLE, &c_string(TABLE));
-                    attr(&mut a, NFTA_SET_NAME, &c_string(name));
+                    attr_str(&mut a, NFTA_SET_TABLE, TABLE);
+                    attr_str(&mut a, NFTA_SET_NAME, name);
                     push(NFT_MSG_DELSET, 0, a);
                 }
                 Command::AddElements { name, kind, elements } | Command::DeleteElements { name, kind, elements } => {
@@ -160,18 +158,13 @@ impl Batch {
                         Command::AddElements { .. } => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
                         _ => (NFT_MSG_DELSETELEM, 0),
                     };
-                    let elements: Vec<&Element> = elements.iter().collect();
-                    for chunk in element_lists(name, *kind, &elements)? {
+                    for chunk in element_lists(name, *kind, elements)? {
                         push(verb, flags, chunk);
                     }
                 }
             }
         }
         Ok(batch)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
     }
 
     /// The batch as bytes, its messages numbered from `first`, and the number of the last
@@ -204,30 +197,26 @@ impl Batch {
         let index = seq.wrapping_sub(first).checked_sub(1)? as usize;
         self.messages.get(index).map(|m| m.command)
     }
-
-    /// How many messages (without the batch's begin and end).
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
 }
 
-fn table_attrs() -> Vec<u8> {
+/// The attributes naming weft's table (a table message's, or a request for it).
+pub(super) fn table_attrs() -> Vec<u8> {
     let mut a = Vec::new();
-    attr(&mut a, NFTA_TABLE_NAME, &c_string(TABLE));
+    attr_str(&mut a, NFTA_TABLE_NAME, TABLE);
     a
 }
 
 fn chain_attrs(name: &str, hook: Option<Hook>) -> Vec<u8> {
     let mut a = Vec::new();
-    attr(&mut a, NFTA_CHAIN_TABLE, &c_string(TABLE));
-    attr(&mut a, NFTA_CHAIN_NAME, &c_string(name));
+    attr_str(&mut a, NFTA_CHAIN_TABLE, TABLE);
+    attr_str(&mut a, NFTA_CHAIN_NAME, name);
     if let Some(h) = hook {
         let mut hook = Vec::new();
         attr(&mut hook, NFTA_HOOK_HOOKNUM, &NF_INET_FORWARD.to_be_bytes());
         attr(&mut hook, NFTA_HOOK_PRIORITY, &h.priority.to_be_bytes());
         attr(&mut a, NFTA_CHAIN_HOOK | NLA_F_NESTED, &hook);
         attr(&mut a, NFTA_CHAIN_POLICY, &NF_ACCEPT.to_be_bytes());
-        attr(&mut a, NFTA_CHAIN_TYPE, &c_string("filter"));
+        attr_str(&mut a, NFTA_CHAIN_TYPE, "filter");
     }
     a
 }
@@ -263,8 +252,8 @@ fn set_attrs(name: &str, kind: SetKind, id: u32) -> Vec<u8> {
         _ => 0,
     };
     let mut a = Vec::new();
-    attr(&mut a, NFTA_SET_TABLE, &c_string(TABLE));
-    attr(&mut a, NFTA_SET_NAME, &c_string(name));
+    attr_str(&mut a, NFTA_SET_TABLE, TABLE);
+    attr_str(&mut a, NFTA_SET_NAME, name);
     attr(&mut a, NFTA_SET_FLAGS, &flags.to_be_bytes());
     attr(&mut a, NFTA_SET_KEY_TYPE, &key_type.to_be_bytes());
     attr(&mut a, NFTA_SET_KEY_LEN, &key_len.to_be_bytes());
@@ -302,13 +291,13 @@ fn ifname(name: &str) -> Result<Vec<u8>, String> {
     Ok(k)
 }
 
-/// One element as the kernel takes it: key, flags, data (a map's verdict).
-type KernelElement = (Vec<u8>, u32, Option<Vec<u8>>);
+/// One element as the kernel takes it: key, flags, and for a map the chain it jumps to.
+type KernelElement<'a> = (Vec<u8>, u32, Option<&'a str>);
 
-/// The kernel elements of one element: (key, flags, data). A prefix in an interval set is two:
+/// The kernel elements of one element: (key, flags, jump target). A prefix in an interval set is two:
 /// its first address, and the address after its last marked as the interval's end (none when
 /// it runs to the end of the address space).
-fn kernel_elements(kind: SetKind, e: &Element) -> Result<Vec<KernelElement>, String> {
+fn kernel_elements(kind: SetKind, e: &Element) -> Result<Vec<KernelElement<'_>>, String> {
     let mismatch = || format!("element {e:?} in a set of {kind:?}");
     let padded_port = |p: u16| [p.to_be_bytes()[0], p.to_be_bytes()[1], 0, 0];
     Ok(match (kind, e) {
@@ -340,7 +329,7 @@ fn kernel_elements(kind: SetKind, e: &Element) -> Result<Vec<KernelElement>, Str
             vec![(k, 0, None)]
         }
         (SetKind::Dispatch { .. }, Element::Jump(a, chain)) => {
-            vec![(address(a), 0, Some(bytecode::verdict_data(bytecode::jump_code(), Some(chain))))]
+            vec![(address(a), 0, Some(chain.as_str()))]
         }
         _ => return Err(mismatch()),
     })
@@ -361,22 +350,24 @@ fn next_address(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The element list messages' attributes for `elements` of set `name`.
-fn element_lists(name: &str, kind: SetKind, elements: &[&Element]) -> Result<Vec<Vec<u8>>, String> {
+fn element_lists<'a>(
+    name: &str,
+    kind: SetKind,
+    elements: impl IntoIterator<Item = &'a Element>,
+) -> Result<Vec<Vec<u8>>, String> {
     let mut lists = Vec::new();
     let mut list = Vec::new();
     for e in elements {
-        for (key, flags, data) in kernel_elements(kind, e)? {
-            let mut value = Vec::new();
-            attr(&mut value, NFTA_DATA_VALUE, &key);
-            let mut element = Vec::new();
-            attr(&mut element, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &value);
-            if let Some(data) = data {
-                attr(&mut element, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data);
-            }
-            if flags != 0 {
-                attr(&mut element, NFTA_SET_ELEM_FLAGS, &flags.to_be_bytes());
-            }
-            attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &element);
+        for (key, flags, jump) in kernel_elements(kind, e)? {
+            nest(&mut list, NFTA_LIST_ELEM, |element| {
+                bytecode::data_attr(element, NFTA_SET_ELEM_KEY, &key);
+                if let Some(chain) = jump {
+                    bytecode::verdict_attr(element, NFTA_SET_ELEM_DATA, bytecode::NFT_JUMP, Some(chain));
+                }
+                if flags != 0 {
+                    attr(element, NFTA_SET_ELEM_FLAGS, &flags.to_be_bytes());
+                }
+            });
         }
         if list.len() > ELEMENTS_PER_MESSAGE_BYTES {
             lists.push(std::mem::take(&mut list));
@@ -388,9 +379,9 @@ fn element_lists(name: &str, kind: SetKind, elements: &[&Element]) -> Result<Vec
     Ok(lists
         .into_iter()
         .map(|list| {
-            let mut a = Vec::new();
-            attr(&mut a, NFTA_SET_ELEM_LIST_TABLE, &c_string(TABLE));
-            attr(&mut a, NFTA_SET_ELEM_LIST_SET, &c_string(name));
+            let mut a = Vec::with_capacity(list.len() + 32);
+            attr_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, TABLE);
+            attr_str(&mut a, NFTA_SET_ELEM_LIST_SET, name);
             attr(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
             a
         })
@@ -405,13 +396,15 @@ mod tests {
     #[test]
     fn a_prefix_is_a_start_and_the_end_after_it() {
         let p: ipnet::IpNet = "10.0.0.0/25".parse().expect("prefix");
-        let elements = kernel_elements(SetKind::Prefix { v6: false }, &Element::Prefix(p)).expect("encodes");
+        let element = Element::Prefix(p);
+        let elements = kernel_elements(SetKind::Prefix { v6: false }, &element).expect("encodes");
         assert_eq!(
             elements,
             vec![(vec![10, 0, 0, 0], 0, None), (vec![10, 0, 0, 128], NFT_SET_ELEM_INTERVAL_END, None)]
         );
         let all: ipnet::IpNet = "0.0.0.0/0".parse().expect("prefix");
-        let elements = kernel_elements(SetKind::Prefix { v6: false }, &Element::Prefix(all)).expect("encodes");
+        let element = Element::Prefix(all);
+        let elements = kernel_elements(SetKind::Prefix { v6: false }, &element).expect("encodes");
         assert_eq!(elements.len(), 1, "no end after the last address");
     }
 
@@ -420,7 +413,7 @@ mod tests {
         let elements = (0..20_000u32).map(|i| Element::Addr(IpAddr::from(i.to_be_bytes()))).collect();
         let set = Set { kind: SetKind::Addr { v6: false }, elements };
         let batch = Batch::encode(&[Command::AddTable, Command::AddSet { name: "big".into(), set }]).expect("encodes");
-        assert!(batch.len() > 3, "{} messages", batch.len());
+        assert!(batch.messages.len() > 3, "{} messages", batch.messages.len());
         assert!(batch.messages.iter().all(|m| m.attrs.len() < u16::MAX as usize));
         assert_eq!(batch.command_of(7, 8), Some(0));
         assert_eq!(batch.command_of(7, 9), Some(1));

@@ -68,7 +68,7 @@ const NFTA_IMMEDIATE_DATA: u16 = 2;
 
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
-const NFT_JUMP: i32 = -3;
+pub(super) const NFT_JUMP: i32 = -3;
 
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_IPV6: u8 = 10;
@@ -187,12 +187,14 @@ fn slot(f: Field) -> Result<Slot, String> {
 /// A value of `kind`, as register bytes.
 fn value(kind: Kind, v: &Right) -> Result<Vec<u8>, String> {
     let bad = || format!("a value {v:?} for {kind:?}");
-    let names = |v: &Right| -> Result<Vec<String>, String> {
-        match v {
-            Right::Name(s) => Ok(vec![s.clone()]),
-            Right::Names(n) => Ok(n.iter().map(|s| s.to_string()).collect()),
-            _ => Err(bad()),
-        }
+    // Flags, one or several, set together.
+    let flags = |bit: &dyn Fn(&str) -> Option<u32>| -> Result<u32, String> {
+        let names: &[&str] = match v {
+            Right::Name(s) => &[s.as_str()],
+            Right::Names(n) => n,
+            _ => return Err(bad()),
+        };
+        names.iter().try_fold(0, |bits, n| Ok(bits | bit(n).ok_or_else(bad)?))
     };
     Ok(match (kind, v) {
         (Kind::Addr { v6 }, Right::Addr(a)) => match a {
@@ -212,14 +214,8 @@ fn value(kind: Kind, v: &Right) -> Result<Vec<u8>, String> {
             Some(prefix) => prefix.as_bytes().to_vec(),
             None => c_string(s),
         },
-        (Kind::TcpFlags, _) => {
-            let bits = names(v)?.iter().map(|n| tcp_flag_bit(n).ok_or_else(bad)).sum::<Result<u8, String>>()?;
-            vec![bits]
-        }
-        (Kind::CtState, _) => {
-            let bits = names(v)?.iter().map(|n| ct_state_bit(n).ok_or_else(bad)).sum::<Result<u32, String>>()?;
-            bits.to_ne_bytes().to_vec()
-        }
+        (Kind::TcpFlags, _) => vec![flags(&|n| tcp_flag_bit(n).map(u32::from))? as u8],
+        (Kind::CtState, _) => flags(&ct_state_bit)?.to_ne_bytes().to_vec(),
         _ => return Err(bad()),
     })
 }
@@ -234,31 +230,24 @@ fn u32_attr(out: &mut Vec<u8>, kind: u16, v: u32) {
     attr(out, kind, &v.to_be_bytes());
 }
 
-fn data_attr(out: &mut Vec<u8>, kind: u16, bytes: &[u8]) {
+/// A value as `NFTA_*_DATA` carries it (a comparison's operand, a set element's key).
+pub(super) fn data_attr(out: &mut Vec<u8>, kind: u16, bytes: &[u8]) {
     nest(out, kind, |v| attr(v, NFTA_DATA_VALUE, bytes));
 }
 
 /// Zeros to compare or xor with: no value here is longer than an IPv6 address.
 const ZEROS: [u8; 16] = [0; 16];
 
-fn verdict_into(out: &mut Vec<u8>, code: i32, chain: Option<&str>) {
-    nest(out, NFTA_DATA_VERDICT, |v| {
-        attr(v, NFTA_VERDICT_CODE, &code.to_be_bytes());
-        if let Some(chain) = chain {
-            attr_str(v, NFTA_VERDICT_CHAIN, chain);
-        }
+/// A verdict as `NFTA_*_DATA` carries it (an immediate's, a map element's), in `kind`.
+pub(super) fn verdict_attr(out: &mut Vec<u8>, kind: u16, code: i32, chain: Option<&str>) {
+    nest(out, kind, |d| {
+        nest(d, NFTA_DATA_VERDICT, |v| {
+            attr(v, NFTA_VERDICT_CODE, &code.to_be_bytes());
+            if let Some(chain) = chain {
+                attr_str(v, NFTA_VERDICT_CHAIN, chain);
+            }
+        })
     });
-}
-
-/// A verdict as `NFTA_*_DATA` carries it (also a map element's data).
-pub fn verdict_data(code: i32, chain: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::new();
-    verdict_into(&mut out, code, chain);
-    out
-}
-
-pub fn jump_code() -> i32 {
-    NFT_JUMP
 }
 
 /// The expressions of one rule, as they are written.
@@ -333,7 +322,7 @@ impl Program {
     fn verdict(&mut self, code: i32, chain: Option<&str>) {
         self.expr("immediate", |d| {
             u32_attr(d, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
-            nest(d, NFTA_IMMEDIATE_DATA, |v| verdict_into(v, code, chain));
+            verdict_attr(d, NFTA_IMMEDIATE_DATA, code, chain);
         });
     }
 
@@ -517,6 +506,19 @@ mod tests {
         assert!(err.contains("meta mark"), "{err}");
         let port = matching(Op::Eq, Left::Field(Field::Payload("th", "dport")), Right::Number(70_000));
         assert!(compile(&[port]).is_err(), "a port is 16 bits");
+    }
+
+    #[test]
+    fn flags_are_set_together_and_an_unknown_one_is_an_error() {
+        assert_eq!(value(Kind::TcpFlags, &Right::Names(&["fin", "syn", "rst", "ack"])), Ok(vec![0x17]));
+        assert_eq!(
+            value(Kind::TcpFlags, &Right::Names(&["syn", "syn"])),
+            Ok(vec![0x02]),
+            "a repeated flag is one flag"
+        );
+        assert_eq!(value(Kind::CtState, &Right::Names(&["established", "related"])), Ok(6u32.to_ne_bytes().to_vec()));
+        let err = value(Kind::CtState, &Right::Name("open".into())).expect_err("no such state");
+        assert!(err.contains("open"), "{err}");
     }
 
     #[test]

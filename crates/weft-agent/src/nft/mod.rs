@@ -146,6 +146,10 @@ impl NftDatapath {
     /// encoder cannot write; says whether it went over netlink. A transaction the kernel
     /// refuses is an error naming the command it refused.
     fn send(&mut self, commands: &[Command]) -> Result<bool, DatapathError> {
+        // `add table` alone changes nothing (every diff starts with it).
+        if commands.iter().all(|c| matches!(c, Command::AddTable)) {
+            return Ok(false);
+        }
         let batch = match batch::Batch::encode(commands) {
             Ok(batch) => batch,
             Err(e) => {
@@ -190,8 +194,9 @@ impl NftDatapath {
     }
 
     /// Makes the kernel's table the render of `span`, changing only what differs (counters of
-    /// unchanged rules survive a reconnect).
-    fn reconcile(&mut self, span: &NodeSpan) -> Result<usize, DatapathError> {
+    /// unchanged rules survive a reconnect). Returns how many commands that took, and whether
+    /// they went over netlink.
+    fn reconcile(&mut self, span: &NodeSpan) -> Result<(usize, bool), DatapathError> {
         let target = render::render(span);
         let kernel = match self.listing()? {
             None => Ruleset::default(),
@@ -201,16 +206,14 @@ impl NftDatapath {
                     tracing::warn!(error = %e, "the kernel's weft table is not one this agent wrote; replacing it");
                     let mut commands = vec![Command::AddTable, Command::DeleteTable];
                     commands.extend(Ruleset::default().diff(&target));
-                    self.last.netlink = self.send(&commands)?;
-                    return Ok(commands.len());
+                    let netlink = self.send(&commands)?;
+                    return Ok((commands.len(), netlink));
                 }
             },
         };
         let commands = kernel.diff(&target);
-        if commands.len() > 1 {
-            self.last.netlink = self.send(&commands)?;
-        }
-        Ok(commands.len())
+        let netlink = self.send(&commands)?;
+        Ok((commands.len(), netlink))
     }
 }
 
@@ -233,8 +236,7 @@ impl Datapath for NftDatapath {
             Some(d) if self.in_step => {
                 let commands = render::delta_commands(old, new, d);
                 report.commands = commands.len();
-                let empty = commands.iter().all(|c| matches!(c, Command::AddTable));
-                match if empty { Ok(false) } else { self.send(&commands) } {
+                match self.send(&commands) {
                     Ok(netlink) => {
                         report.netlink = netlink;
                         true
@@ -250,9 +252,7 @@ impl Datapath for NftDatapath {
         if !incremental {
             self.in_step = false;
             report.full = true;
-            self.last.netlink = false;
-            report.commands = self.reconcile(new)?;
-            report.netlink = self.last.netlink;
+            (report.commands, report.netlink) = self.reconcile(new)?;
         }
         self.in_step = true;
         if delta.is_none_or(conntrack::may_revoke) {

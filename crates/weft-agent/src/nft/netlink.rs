@@ -12,7 +12,6 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
 use super::batch::Batch;
 use super::conntrack::Flow;
-use super::ruleset::TABLE;
 use crate::netns;
 
 const NLMSG_ERROR: u16 = 2;
@@ -43,7 +42,6 @@ const NLM_F_ACK: u16 = 0x4;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
-const NFTA_TABLE_NAME: u16 = 1;
 const NFPROTO_INET: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 
@@ -129,8 +127,7 @@ impl Socket {
         self.seq = self.seq.wrapping_add(1);
         let (request_seq, mut request) = (self.seq, Vec::new());
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
-        let mut attrs = Vec::new();
-        attr(&mut attrs, NFTA_TABLE_NAME, &c_string(TABLE));
+        let attrs = super::batch::table_attrs();
         message(&mut request, kind, NLM_F_REQUEST | NLM_F_ACK, request_seq, [NFPROTO_INET, 0, 0, 0], &attrs);
         rustix::net::sendto(&self.fd, &request, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
         let mut found = false;

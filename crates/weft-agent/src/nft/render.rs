@@ -29,7 +29,7 @@ use weft_compiler::{
     AddressSet, CompiledGroup, CompiledRule, Family, Isolation, MemberDelta, NodeSpan, PortPolicy, SetId, SpanDelta,
 };
 
-use super::ruleset::{Chain, Command, Element, Hook, Rule, Ruleset, Set, SetKind};
+use super::ruleset::{Chain, Command, Element, Hook, Rule, Ruleset, Set, SetKind, fnv1a64};
 
 /// Interfaces of pods on weft's datapath start with this (DESIGN.md §7); traffic of one the
 /// agent does not know is dropped, so a pod is never open before its policy arrives.
@@ -104,16 +104,7 @@ fn named_port_set(name: &str, v6: bool) -> String {
     let plain = !name.is_empty()
         && name.len() <= 32
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if plain {
-        format!("np-{name}-{}", fam(v6))
-    } else {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("np-{hash:016x}-{}", fam(v6))
-    }
+    if plain { format!("np-{name}-{}", fam(v6)) } else { format!("np-{:016x}-{}", fnv1a64(name.as_bytes()), fam(v6)) }
 }
 
 // Statement builders.
@@ -656,10 +647,12 @@ pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<
             }
         }
     }
-    for span in [old, new].into_iter().filter(|_| !touched.groups.is_empty()) {
-        for (id, port) in span.ports.iter() {
-            if port_groups(port).any(|g| touched.groups.contains(&g)) {
-                touched.ports.insert(*id);
+    if !touched.groups.is_empty() {
+        for span in [old, new] {
+            for (id, port) in span.ports.iter() {
+                if port_groups(port).any(|g| touched.groups.contains(&g)) {
+                    touched.ports.insert(*id);
+                }
             }
         }
     }

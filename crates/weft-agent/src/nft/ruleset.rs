@@ -3,7 +3,7 @@
 //! the [`Command`]s that turn what the kernel has into it, and sends them as one transaction
 //! (a netlink batch, [`super::batch`]; nft's JSON input is the fallback and the dump format).
 //!
-//! Rules carry a comment naming their content (a hash of their expressions), so a table read
+//! Rules carry a comment naming their content (a hash of their bytecode), so a table read
 //! back from the kernel compares with a rendered one without parsing nft's own rewriting of
 //! each expression.
 
@@ -390,14 +390,19 @@ fn command_json(c: &Command) -> Value {
     }
 }
 
-/// A short, stable name for a rule's content (FNV-1a, 64 bits, of its bytecode).
+/// A short, stable name for a rule's content (a hash of its bytecode).
 fn content_hash(bytes: &[u8]) -> String {
+    format!("weft:{:016x}", fnv1a64(bytes))
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms, for names derived from content.
+pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("weft:{hash:016x}")
+    hash
 }
 
 /// Reads a table back from `nft -j list table inet weft`. Anything this module would not
