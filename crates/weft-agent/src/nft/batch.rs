@@ -72,6 +72,7 @@ const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
@@ -143,7 +144,7 @@ impl Batch {
                 Command::AddSet { name, set } => {
                     set_id += 1;
                     push(NFT_MSG_NEWSET, NLM_F_CREATE, set_attrs(name, set.kind, set_id));
-                    for chunk in element_lists(name, set.kind, &set.elements)? {
+                    for chunk in element_lists(name, Some(set_id), set.kind, &set.elements)? {
                         push(NFT_MSG_NEWSETELEM, NLM_F_CREATE, chunk);
                     }
                 }
@@ -158,7 +159,7 @@ impl Batch {
                         Command::AddElements { .. } => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
                         _ => (NFT_MSG_DELSETELEM, 0),
                     };
-                    for chunk in element_lists(name, *kind, elements)? {
+                    for chunk in element_lists(name, None, *kind, elements)? {
                         push(verb, flags, chunk);
                     }
                 }
@@ -349,9 +350,11 @@ fn next_address(bytes: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The element list messages' attributes for `elements` of set `name`.
+/// `elements` as the attributes of element messages for set `name`, or for the set created
+/// in this batch with transaction id `new_set`.
 fn element_lists<'a>(
     name: &str,
+    new_set: Option<u32>,
     kind: SetKind,
     elements: impl IntoIterator<Item = &'a Element>,
 ) -> Result<Vec<Vec<u8>>, String> {
@@ -381,7 +384,13 @@ fn element_lists<'a>(
         .map(|list| {
             let mut a = Vec::with_capacity(list.len() + 32);
             attr_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, TABLE);
-            attr_str(&mut a, NFTA_SET_ELEM_LIST_SET, name);
+            // A set created in this batch is named by its transaction id: the kernel finds a
+            // name by walking all the table's sets, but an id from the newest transactions
+            // back, and the set was created just before (a tenth of a full apply's kernel time).
+            match new_set {
+                Some(id) => attr(&mut a, NFTA_SET_ELEM_LIST_SET_ID, &id.to_be_bytes()),
+                None => attr_str(&mut a, NFTA_SET_ELEM_LIST_SET, name),
+            }
             attr(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
             a
         })
@@ -418,6 +427,46 @@ mod tests {
         assert_eq!(batch.command_of(7, 8), Some(0));
         assert_eq!(batch.command_of(7, 9), Some(1));
         assert_eq!(batch.command_of(7, 7), None, "the batch's begin is no command");
+    }
+
+    #[test]
+    fn a_new_sets_elements_name_it_by_transaction_id_and_later_ones_by_name() {
+        use crate::nft::netlink::attributes;
+        let elements: std::collections::BTreeSet<Element> =
+            [Element::Addr("10.0.0.1".parse().expect("address"))].into_iter().collect();
+        let kind = SetKind::Addr { v6: false };
+        let batch = Batch::encode(&[
+            Command::AddSet { name: "a".into(), set: Set { kind, elements: elements.clone() } },
+            Command::AddSet { name: "b".into(), set: Set { kind, elements: elements.clone() } },
+            Command::AddElements { name: "a".into(), kind, elements: elements.into_iter().collect() },
+        ])
+        .expect("encodes");
+        let set_ids: Vec<Option<&[u8]>> = batch
+            .messages
+            .iter()
+            .filter(|m| m.kind & 0xff == NFT_MSG_NEWSET)
+            .map(|m| attributes(&m.attrs).into_iter().find(|a| a.0 == NFTA_SET_ID).map(|a| a.1))
+            .collect();
+        assert_eq!(set_ids, vec![Some(&1u32.to_be_bytes()[..]), Some(&2u32.to_be_bytes()[..])]);
+        // Each element message's (set id, set name) attributes.
+        let named_by: Vec<_> = batch
+            .messages
+            .iter()
+            .filter(|m| m.kind & 0xff == NFT_MSG_NEWSETELEM)
+            .map(|m| {
+                let attrs = attributes(&m.attrs);
+                let find = |kind| attrs.iter().find(|a| a.0 == kind).map(|a| a.1);
+                (find(NFTA_SET_ELEM_LIST_SET_ID), find(NFTA_SET_ELEM_LIST_SET))
+            })
+            .collect();
+        assert_eq!(
+            named_by,
+            vec![
+                (Some(&1u32.to_be_bytes()[..]), None),
+                (Some(&2u32.to_be_bytes()[..]), None),
+                (None, Some(&b"a\0"[..])),
+            ]
+        );
     }
 
     #[test]
