@@ -67,6 +67,13 @@ const BYTEORDER_HOST_ENDIAN: u32 = 1;
 const BYTEORDER_BIG_ENDIAN: u32 = 2;
 const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
+const NFT_SET_CONCAT: u32 = 0x80;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_DESC_CONCAT: u16 = 2;
+const NFTA_SET_FIELD_LEN: u16 = 1;
+const NFTA_SET_EXPR: u16 = 17;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -77,6 +84,7 @@ const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 
 /// nft's datatype numbers, which it reads back to print a set's type; a concatenation is
@@ -242,6 +250,9 @@ fn key_type(kind: SetKind) -> (u32, u32) {
         }
         SetKind::Iface => (TYPE_IFNAME, IFNAMSIZ as u32),
         SetKind::IfaceAddr { v6 } => (concat(&[TYPE_IFNAME, addr_type(v6)]), IFNAMSIZ as u32 + addr_len(v6)),
+        SetKind::Fold { v6 } => {
+            (concat(&[addr_type(v6), addr_type(v6), TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), 2 * addr_len(v6) + 8)
+        }
     }
 }
 
@@ -250,6 +261,7 @@ fn set_attrs(name: &str, kind: SetKind, id: u32) -> Vec<u8> {
     let flags = match kind {
         SetKind::Prefix { .. } => NFT_SET_INTERVAL,
         SetKind::Dispatch { .. } => NFT_SET_MAP,
+        SetKind::Fold { .. } => NFT_SET_INTERVAL | NFT_SET_CONCAT,
         _ => 0,
     };
     let mut a = Vec::new();
@@ -262,6 +274,22 @@ fn set_attrs(name: &str, kind: SetKind, id: u32) -> Vec<u8> {
         attr(&mut a, NFTA_SET_DATA_TYPE, &NFT_DATA_VERDICT.to_be_bytes());
     }
     attr(&mut a, NFTA_SET_ID, &id.to_be_bytes());
+    if let SetKind::Fold { v6 } = kind {
+        // An interval set of a concatenation is told its fields' lengths (the kernel picks
+        // its pipapo backend for it), and counts each element with a copy of its counter.
+        let addr = addr_len(v6);
+        nest(&mut a, NFTA_SET_DESC, |desc| {
+            nest(desc, NFTA_SET_DESC_CONCAT, |fields| {
+                for len in [addr, addr, 1, 2] {
+                    nest(fields, NFTA_LIST_ELEM, |f| attr(f, NFTA_SET_FIELD_LEN, &len.to_be_bytes()));
+                }
+            })
+        });
+        nest(&mut a, NFTA_SET_EXPR, |e| {
+            attr_str(e, NFTA_EXPR_NAME, "counter");
+            nest(e, NFTA_EXPR_DATA, |_| {});
+        });
+    }
     let byteorder = match kind {
         SetKind::Iface => Some(BYTEORDER_HOST_ENDIAN),
         SetKind::Addr { .. } | SetKind::Prefix { .. } | SetKind::Dispatch { .. } => Some(BYTEORDER_BIG_ENDIAN),
@@ -292,45 +320,75 @@ fn ifname(name: &str) -> Result<Vec<u8>, String> {
     Ok(k)
 }
 
-/// One element as the kernel takes it: key, flags, and for a map the chain it jumps to.
-type KernelElement<'a> = (Vec<u8>, u32, Option<&'a str>);
+/// One element as the kernel takes it: key, flags, and for a map the chain it jumps to; an
+/// element of a concatenated interval set also has the key its interval ends at (included).
+#[derive(Debug, PartialEq, Eq)]
+struct KernelElement<'a> {
+    key: Vec<u8>,
+    key_end: Option<Vec<u8>>,
+    flags: u32,
+    jump: Option<&'a str>,
+}
 
-/// The kernel elements of one element: (key, flags, jump target). A prefix in an interval set is two:
-/// its first address, and the address after its last marked as the interval's end (none when
-/// it runs to the end of the address space).
+impl KernelElement<'_> {
+    fn key(key: Vec<u8>) -> KernelElement<'static> {
+        KernelElement { key, key_end: None, flags: 0, jump: None }
+    }
+}
+
+/// The kernel elements of one element. A prefix in an interval set is two: its first
+/// address, and the address after its last marked as the interval's end (none when it runs
+/// to the end of the address space); a box of a concatenated interval set is one, with both
+/// ends.
 fn kernel_elements(kind: SetKind, e: &Element) -> Result<Vec<KernelElement<'_>>, String> {
     let mismatch = || format!("element {e:?} in a set of {kind:?}");
     let padded_port = |p: u16| [p.to_be_bytes()[0], p.to_be_bytes()[1], 0, 0];
     Ok(match (kind, e) {
-        (SetKind::Addr { .. }, Element::Addr(a)) => vec![(address(a), 0, None)],
+        (SetKind::Addr { .. }, Element::Addr(a)) => vec![KernelElement::key(address(a))],
         (SetKind::Prefix { .. }, Element::Prefix(p)) => {
             let start = address(&p.network());
             let end = next_address(&address(&p.broadcast()));
-            let mut out = vec![(start, 0, None)];
+            let mut out = vec![KernelElement::key(start)];
             if let Some(end) = end {
-                out.push((end, NFT_SET_ELEM_INTERVAL_END, None));
+                out.push(KernelElement { flags: NFT_SET_ELEM_INTERVAL_END, ..KernelElement::key(end) });
             }
             out
         }
         (SetKind::AddrPort { .. }, Element::AddrPort(a, port)) => {
             let mut k = address(a);
             k.extend_from_slice(&padded_port(*port));
-            vec![(k, 0, None)]
+            vec![KernelElement::key(k)]
         }
         (SetKind::AddrProtoPort { .. }, Element::AddrProtoPort(a, proto, port)) => {
             let mut k = address(a);
             k.extend_from_slice(&[*proto, 0, 0, 0]);
             k.extend_from_slice(&padded_port(*port));
-            vec![(k, 0, None)]
+            vec![KernelElement::key(k)]
         }
-        (SetKind::Iface, Element::Iface(name)) => vec![(ifname(name)?, 0, None)],
+        (SetKind::Iface, Element::Iface(name)) => vec![KernelElement::key(ifname(name)?)],
         (SetKind::IfaceAddr { .. }, Element::IfaceAddr(name, a)) => {
             let mut k = ifname(name)?;
             k.extend_from_slice(&address(a));
-            vec![(k, 0, None)]
+            vec![KernelElement::key(k)]
         }
         (SetKind::Dispatch { .. }, Element::Jump(a, chain)) => {
-            vec![(address(a), 0, Some(chain.as_str()))]
+            vec![KernelElement { jump: Some(chain.as_str()), ..KernelElement::key(address(a)) }]
+        }
+        (SetKind::Fold { v6 }, Element::Fold { local, remote, proto, ports }) => {
+            if [local, &remote.0, &remote.1].iter().any(|a| a.is_ipv6() != v6) {
+                return Err(mismatch());
+            }
+            let bound = |remote: &IpAddr, port: u16| {
+                let mut k = address(local);
+                k.extend_from_slice(&address(remote));
+                k.extend_from_slice(&[*proto, 0, 0, 0]);
+                k.extend_from_slice(&padded_port(port));
+                k
+            };
+            vec![KernelElement {
+                key_end: Some(bound(&remote.1, ports.1)),
+                ..KernelElement::key(bound(&remote.0, ports.0))
+            }]
         }
         _ => return Err(mismatch()),
     })
@@ -361,14 +419,17 @@ fn element_lists<'a>(
     let mut lists = Vec::new();
     let mut list = Vec::new();
     for e in elements {
-        for (key, flags, jump) in kernel_elements(kind, e)? {
+        for k in kernel_elements(kind, e)? {
             nest(&mut list, NFTA_LIST_ELEM, |element| {
-                bytecode::data_attr(element, NFTA_SET_ELEM_KEY, &key);
-                if let Some(chain) = jump {
+                bytecode::data_attr(element, NFTA_SET_ELEM_KEY, &k.key);
+                if let Some(end) = &k.key_end {
+                    bytecode::data_attr(element, NFTA_SET_ELEM_KEY_END, end);
+                }
+                if let Some(chain) = k.jump {
                     bytecode::verdict_attr(element, NFTA_SET_ELEM_DATA, bytecode::NFT_JUMP, Some(chain));
                 }
-                if flags != 0 {
-                    attr(element, NFTA_SET_ELEM_FLAGS, &flags.to_be_bytes());
+                if k.flags != 0 {
+                    attr(element, NFTA_SET_ELEM_FLAGS, &k.flags.to_be_bytes());
                 }
             });
         }
@@ -409,7 +470,10 @@ mod tests {
         let elements = kernel_elements(SetKind::Prefix { v6: false }, &element).expect("encodes");
         assert_eq!(
             elements,
-            vec![(vec![10, 0, 0, 0], 0, None), (vec![10, 0, 0, 128], NFT_SET_ELEM_INTERVAL_END, None)]
+            vec![
+                KernelElement::key(vec![10, 0, 0, 0]),
+                KernelElement { flags: NFT_SET_ELEM_INTERVAL_END, ..KernelElement::key(vec![10, 0, 0, 128]) }
+            ]
         );
         let all: ipnet::IpNet = "0.0.0.0/0".parse().expect("prefix");
         let element = Element::Prefix(all);
@@ -475,6 +539,6 @@ mod tests {
         assert_eq!(key_type(SetKind::IfaceAddr { v6: true }).1, 32);
         let e = Element::AddrProtoPort("10.0.0.1".parse().expect("address"), 6, 80);
         let k = kernel_elements(SetKind::AddrProtoPort { v6: false }, &e).expect("encodes");
-        assert_eq!(k[0].0, vec![10, 0, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
+        assert_eq!(k[0].key, vec![10, 0, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
     }
 }

@@ -7,7 +7,9 @@
 //!   ICMPv6 neighbour discovery accept                   ICMPv6 neighbour discovery accept
 //!   from a weft* interface, new TCP not a SYN: drop     to a weft* interface, the same: drop
 //!   from a port's interface, another source: drop      to an unknown weft* interface: drop
-//!   from an unknown weft* interface: drop               ip daddr vmap @ingress-4 ─► pi-<port>
+//!   from an unknown weft* interface: drop               local . remote . proto . port
+//!   local . remote . proto . port                          in @fold-in-4: counter accept
+//!     in @fold-out-4: counter accept                    ip daddr vmap @ingress-4 ─► pi-<port>
 //!   ip saddr vmap @egress-4 ─► pe-<port>                                                │
 //!                                │                       jump gi-<group> … ; counter drop ◄┘
 //!        jump ge-<group> … ; counter drop ◄┘              (group chains: one rule per
@@ -17,7 +19,10 @@
 //! Egress and ingress are two base chains on the forward hook: `accept` in a group chain ends
 //! only its own base chain, so a packet between two local ports passes the sender's egress and
 //! then the receiver's ingress, each decided by the same shared group chains. A port open in a
-//! direction has no entry in that direction's dispatch map.
+//! direction has no entry in that direction's dispatch map. The folded sets hold, per local
+//! address, what the port-range rules of groups written in place allow (docs/datapath.md):
+//! port chains only accept until their drop, so accepting those before the dispatch is the
+//! same verdict for fewer kernel rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -94,6 +99,15 @@ fn dispatch_map(dir: Dir, v6: bool) -> String {
     }
 }
 
+/// The folded set of a direction and family: rules of remote prefixes and ports of the
+/// groups written in place, as (local address, remote range, protocol, port range) boxes.
+fn fold_set(dir: Dir, v6: bool) -> String {
+    match dir {
+        Dir::In => format!("fold-in-{}", fam(v6)),
+        Dir::Out => format!("fold-out-{}", fam(v6)),
+    }
+}
+
 fn spoof_set(v6: bool) -> String {
     format!("spoof-{}", fam(v6))
 }
@@ -157,6 +171,9 @@ fn skeleton(out: &mut Ruleset) {
     out.sets.insert(IFACES.to_string(), Set { kind: SetKind::Iface, elements: BTreeSet::new() });
     for v6 in V4_V6 {
         out.sets.insert(spoof_set(v6), Set { kind: SetKind::IfaceAddr { v6 }, elements: BTreeSet::new() });
+        for dir in [Dir::In, Dir::Out] {
+            out.sets.insert(fold_set(dir, v6), Set { kind: SetKind::Fold { v6 }, elements: BTreeSet::new() });
+        }
     }
     // `in`, not `==`: a connection is in one state at a time, and `==` against a list of
     // flags compares with all of them at once.
@@ -206,8 +223,18 @@ fn skeleton(out: &mut Ruleset) {
         Stmt::Counter,
         Stmt::Drop,
     ]));
+    // The folded rules come before the dispatch: they only accept, as the port chains do
+    // before their default drop, so a packet they accept is one its port chain would.
+    let folded = |dir: Dir, v6: bool| {
+        let (local, remote) = if dir == Dir::In { ("daddr", "saddr") } else { ("saddr", "daddr") };
+        let key =
+            vec![ip_field(v6, local), ip_field(v6, remote), Field::Meta("l4proto"), Field::Payload("th", "dport")];
+        Rule::new(vec![matches(Left::Concat(key), set_ref(&fold_set(dir, v6))), Stmt::Counter, Stmt::Accept])
+    };
     for v6 in V4_V6 {
+        egress.push(folded(Dir::Out, v6));
         egress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "saddr"), map: dispatch_map(Dir::Out, v6) }]));
+        ingress.push(folded(Dir::In, v6));
         ingress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "daddr"), map: dispatch_map(Dir::In, v6) }]));
     }
     out.chains.insert(EGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: -10 }), rules: egress });
@@ -217,13 +244,14 @@ fn skeleton(out: &mut Ruleset) {
 /// The whole table for `span`.
 pub fn render(span: &NodeSpan) -> Ruleset {
     let groups: Vec<_> = span.groups.iter().collect();
+    let users = group_users(span);
     // Group rules are most of a large table, and each group renders on its own: half of them
     // on a second thread (a full apply waits for the render).
     let (first, second) = groups.split_at(groups.len() / 2);
     let render_groups = |groups: &[(&Uuid, &std::sync::Arc<CompiledGroup>)]| {
         let mut out = GroupRules::new();
         for (id, group) in groups {
-            render_group(&mut out, **id, group, &span.sets);
+            render_group(&mut out, **id, group, &span.sets, &users);
         }
         out
     };
@@ -235,19 +263,18 @@ pub fn render(span: &NodeSpan) -> Ruleset {
         }
         rules
     });
-    let users = group_users(span);
     let mut out = Ruleset::default();
     skeleton(&mut out);
     for (id, set) in span.sets.iter() {
         render_set(&mut out, *id, set);
     }
-    for ((id, dir), group_rules) in &rules {
-        if !inlined(group_rules, &users, *id, *dir) {
-            out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: group_rules.clone() });
+    for ((id, dir), lines) in &rules {
+        if !lines.in_place {
+            out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: lines.rules.clone() });
         }
     }
     for (id, port) in &span.ports {
-        render_port(&mut out, *id, port, &rules, &users);
+        render_port(&mut out, *id, port, &rules);
     }
     render_port_globals(&mut out, span);
     out
@@ -256,8 +283,31 @@ pub fn render(span: &NodeSpan) -> Ruleset {
 /// Fewer groups than this (per half) render on one thread: a thread costs more than they do.
 const PARALLEL_GROUPS: usize = 64;
 
+/// A group's rules in one direction, as the kernel gets them.
+#[derive(Debug, Clone, Default)]
+struct GroupLines {
+    /// Written into the chains of the ports it applies to, rather than a chain of its own.
+    in_place: bool,
+    rules: Vec<Rule>,
+    /// Of a group in place: its rules of remote prefixes and ports, as boxes for the folded
+    /// sets (a chain of its own keeps them as rules: folded, they would cost an element per
+    /// rule and port).
+    folds: Vec<FoldBox>,
+}
+
 /// Each group's kernel rules in each direction it has rules in.
-type GroupRules = BTreeMap<(Uuid, Dir), Vec<Rule>>;
+type GroupRules = BTreeMap<(Uuid, Dir), GroupLines>;
+
+/// What one folded rule allows, for every local address of a port it applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct FoldBox {
+    v6: bool,
+    proto: u8,
+    /// First and last remote address.
+    remote: (u128, u128),
+    /// First and last port.
+    ports: (u16, u16),
+}
 
 /// How many local ports each group applies to, in each direction.
 fn group_users(span: &NodeSpan) -> BTreeMap<(Uuid, Dir), usize> {
@@ -279,9 +329,9 @@ fn group_users(span: &NodeSpan) -> BTreeMap<(Uuid, Dir), usize> {
 /// (rules × ports ≤ rules + ports: a group of one rule, or of one local port, which is most
 /// groups). It saves the chain and the jumps; a chain costs the kernel about as much as a
 /// rule to create, and the table's size still grows with rules plus ports.
-fn inlined(rules: &[Rule], users: &BTreeMap<(Uuid, Dir), usize>, group: Uuid, dir: Dir) -> bool {
+fn in_place(rules: usize, users: &BTreeMap<(Uuid, Dir), usize>, group: Uuid, dir: Dir) -> bool {
     let ports = users.get(&(group, dir)).copied().unwrap_or(0);
-    rules.len() * ports <= rules.len() + ports
+    rules * ports <= rules + ports
 }
 
 fn set_kind(members: &SetMembers, v6: bool) -> SetKind {
@@ -292,12 +342,14 @@ fn set_kind(members: &SetMembers, v6: bool) -> SetKind {
     }
 }
 
-/// Prefix sets this small are written into the rules that use them (a rule per prefix) rather
-/// than kept as named sets: the kernel finds a named set by walking the table's list of sets,
-/// once per rule that uses one and once per set created, so a table's cost grows with the
-/// square of its named sets. A prefix set never changes (its members are its CIDR minus its
-/// excepts), so inlining costs no element updates.
-const INLINE_PREFIXES: usize = 4;
+/// Sets this small are not kept as named sets: the rules of groups written in place fold their
+/// members into the folded sets, and other rules are written once per member. The kernel
+/// finds a named set by walking the table's list of sets, once per rule that uses one and
+/// once per set created, so a table's cost grows with the square of its named sets; most
+/// selections are a few pods, and most CIDRs one prefix (its CIDR minus its excepts). The
+/// price: a member change of such a set changes the folded elements of the ports using it
+/// (element adds and deletes still) and rewrites the few rules of shared groups using it.
+const INLINE_MEMBERS: usize = 4;
 
 /// How a set is rendered: which families have a named nft set (a family with no members has
 /// none, and rules need none for it), or the prefixes written into the rules instead. Rules
@@ -310,7 +362,10 @@ pub(super) enum SetShape {
 
 pub(super) fn set_shape(set: &AddressSet) -> SetShape {
     match &set.members {
-        SetMembers::Prefixes(p) if p.len() <= INLINE_PREFIXES => SetShape::Inline(p.clone()),
+        SetMembers::Prefixes(p) if p.len() <= INLINE_MEMBERS => SetShape::Inline(p.clone()),
+        SetMembers::Addresses(a) if a.len() <= INLINE_MEMBERS => {
+            SetShape::Inline(a.iter().map(|a| ipnet::IpNet::from(*a)).collect())
+        }
         SetMembers::Prefixes(p) => SetShape::Named {
             v4: p.iter().any(|n| matches!(n, ipnet::IpNet::V4(_))),
             v6: p.iter().any(|n| matches!(n, ipnet::IpNet::V6(_))),
@@ -364,19 +419,148 @@ fn has_rules(group: &CompiledGroup, dir: Dir) -> bool {
 
 type Sets = BTreeMap<SetId, std::sync::Arc<AddressSet>>;
 
-fn render_group(out: &mut GroupRules, id: Uuid, group: &CompiledGroup, sets: &Sets) {
+fn render_group(
+    out: &mut GroupRules,
+    id: Uuid,
+    group: &CompiledGroup,
+    sets: &Sets,
+    users: &BTreeMap<(Uuid, Dir), usize>,
+) {
     for (dir, rules) in [(Dir::In, &group.ingress), (Dir::Out, &group.egress)] {
         if !has_rules(group, dir) {
             continue;
         }
-        let mut lines = Vec::new();
-        for rule in rules {
-            for v6 in V4_V6 {
-                lines.extend(rule_lines(rule, dir, v6, sets).into_iter().map(Rule::new));
+        let per_rule: Vec<Vec<Vec<Stmt>>> =
+            rules.iter().map(|r| V4_V6.iter().flat_map(|v6| rule_lines(r, dir, *v6, sets)).collect()).collect();
+        let count = per_rule.iter().map(Vec::len).sum();
+        let mut lines = GroupLines { in_place: in_place(count, users, id, dir), ..GroupLines::default() };
+        for (rule, stmts) in rules.iter().zip(per_rule) {
+            match fold_boxes(rule, sets).filter(|_| lines.in_place) {
+                Some(boxes) => lines.folds.extend(boxes),
+                None => lines.rules.extend(stmts.into_iter().map(Rule::new)),
             }
         }
         out.insert((id, dir), lines);
     }
+}
+
+/// The boxes a rule allows, when it folds: a remote of any address or of a set written
+/// inline, and ports (or all ports) of TCP, UDP or SCTP. Rules of any protocol, ICMP, named
+/// ports and named sets do not fold.
+fn fold_boxes(rule: &CompiledRule, sets: &Sets) -> Option<Vec<FoldBox>> {
+    let protocols: &[u8] = match (&rule.l4, rule.protocol) {
+        (L4Match::Ranges(_), None) => &PORTED,
+        (L4Match::Ranges(_) | L4Match::All, Some(p)) if PORTED.contains(&p) => {
+            std::slice::from_ref(PORTED.iter().find(|x| **x == p)?)
+        }
+        _ => return None,
+    };
+    let ports = match &rule.l4 {
+        L4Match::Ranges(r) => r.clone(),
+        _ => vec![(0, u16::MAX)],
+    };
+    let covers = |v6: bool| match rule.family {
+        Family::Both => true,
+        Family::V4 => !v6,
+        Family::V6 => v6,
+    };
+    let remotes: Vec<(bool, (u128, u128))> = match &rule.remote {
+        RemoteMatch::Any => V4_V6
+            .iter()
+            .filter(|v6| covers(**v6))
+            .map(|v6| (*v6, (0, if *v6 { u128::MAX } else { 0xffff_ffff })))
+            .collect(),
+        // Only sets written inline fold: any change of one re-renders the groups using it
+        // (see `delta_commands`), where a named set's member change is an element of its own.
+        RemoteMatch::Set(id) => match sets.get(id).map(|s| set_shape(s)) {
+            // A set the span does not hold matches nothing.
+            None => Vec::new(),
+            Some(SetShape::Inline(prefixes)) => prefixes
+                .iter()
+                .map(|p| (p.addr().is_ipv6(), (number(p.network()), number(p.broadcast()))))
+                .filter(|(v6, _)| covers(*v6))
+                .collect(),
+            Some(SetShape::Named { .. }) => return None,
+        },
+        RemoteMatch::Pairs(_) => return None,
+    };
+    let mut boxes = Vec::new();
+    for (v6, remote) in remotes {
+        for proto in protocols {
+            for range in &ports {
+                boxes.push(FoldBox { v6, proto: *proto, remote, ports: *range });
+            }
+        }
+    }
+    Some(boxes)
+}
+
+fn number(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v4) => u32::from(v4).into(),
+        IpAddr::V6(v6) => v6.into(),
+    }
+}
+
+fn address(n: u128, v6: bool) -> IpAddr {
+    if v6 { IpAddr::V6(n.into()) } else { IpAddr::V4((n as u32).into()) }
+}
+
+/// First and last of a range of addresses (as numbers), or of ports.
+type Span = (u128, u128);
+type Span16 = (u16, u16);
+/// A remote range and a port range.
+type RangeBox = (Span, Span16);
+
+/// The union of boxes (remote range × port range) as boxes that do not overlap: the kernel
+/// refuses an element of a concatenated interval set that overlaps another, and rules
+/// overlap freely (10.0.0.0/8 port 80–90 and 10.1.0.0/16 port 85–100). The remote ranges are
+/// cut where any box starts or ends; each piece takes the merged ports of the boxes covering
+/// it, and neighbouring pieces with the same ports join again.
+fn disjoint(boxes: &[RangeBox]) -> Vec<RangeBox> {
+    let mut cuts: Vec<u128> = boxes.iter().flat_map(|((lo, hi), _)| [Some(*lo), hi.checked_add(1)]).flatten().collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    // (remote range, merged ports) of each piece some box covers, in order.
+    let mut pieces: Vec<(Span, Vec<Span16>)> = Vec::new();
+    for (i, lo) in cuts.iter().enumerate() {
+        let hi = cuts.get(i + 1).map_or(u128::MAX, |next| next - 1);
+        let mut ports: Vec<(u16, u16)> =
+            boxes.iter().filter(|((a, b), _)| *a <= *lo && hi <= *b).map(|(_, p)| *p).collect();
+        if ports.is_empty() {
+            continue;
+        }
+        ports.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::new();
+        for (a, b) in ports {
+            match merged.last_mut() {
+                Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        match pieces.last_mut() {
+            Some(((_, prev_hi), prev)) if prev_hi.checked_add(1) == Some(*lo) && *prev == merged => *prev_hi = hi,
+            _ => pieces.push(((*lo, hi), merged)),
+        }
+    }
+    pieces.into_iter().flat_map(|(remote, ports)| ports.into_iter().map(move |p| (remote, p))).collect()
+}
+
+/// The folded elements of one local address: the boxes of its family, made disjoint per
+/// protocol.
+fn fold_elements(local: IpAddr, boxes: &[FoldBox]) -> impl Iterator<Item = Element> + '_ {
+    let v6 = local.is_ipv6();
+    let protocols: BTreeSet<u8> = boxes.iter().filter(|b| b.v6 == v6).map(|b| b.proto).collect();
+    protocols.into_iter().flat_map(move |proto| {
+        let of_proto: Vec<_> =
+            boxes.iter().filter(|b| b.v6 == v6 && b.proto == proto).map(|b| (b.remote, b.ports)).collect();
+        disjoint(&of_proto).into_iter().map(move |(remote, ports)| Element::Fold {
+            local,
+            remote: (address(remote.0, v6), address(remote.1, v6)),
+            proto,
+            ports,
+        })
+    })
 }
 
 /// One compiled rule for one family, as kernel rules. Several port ranges (or "any protocol"
@@ -474,29 +658,36 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<S
     lines
 }
 
-fn render_port(
-    out: &mut Ruleset,
-    id: Uuid,
-    port: &PortPolicy,
-    rules: &GroupRules,
-    users: &BTreeMap<(Uuid, Dir), usize>,
-) {
+fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, rules: &GroupRules) {
     for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
         let Isolation::Isolated(groups) = isolation else { continue };
         let mut chain = Chain::default();
+        let mut folds = Vec::new();
         for g in groups.iter() {
             // A group the span does not hold, or with no rules this way, allows nothing (and
             // has no chain to jump to).
             match rules.get(&(*g, dir)) {
                 None => {}
-                Some(group_rules) if inlined(group_rules, users, *g, dir) => {
-                    chain.rules.extend(group_rules.iter().cloned());
+                Some(lines) if lines.in_place => {
+                    chain.rules.extend(lines.rules.iter().cloned());
+                    folds.extend_from_slice(&lines.folds);
                 }
                 Some(_) => chain.rules.push(Rule::new(vec![Stmt::Jump(group_chain(*g, dir))])),
             }
         }
         chain.rules.push(Rule::new(vec![Stmt::Counter, Stmt::Drop]));
         out.chains.insert(port_chain(id, dir), chain);
+        if folds.is_empty() {
+            continue;
+        }
+        for local in &port.addresses {
+            let v6 = local.is_ipv6();
+            let set = out
+                .sets
+                .entry(fold_set(dir, v6))
+                .or_insert_with(|| Set { kind: SetKind::Fold { v6 }, elements: BTreeSet::new() });
+            set.elements.extend(fold_elements(*local, &folds));
+        }
     }
 }
 
@@ -579,29 +770,32 @@ fn render_touched(span: &NodeSpan, touched: &Touched) -> Ruleset {
             needed.extend(port_groups(port));
         }
     }
+    // Who uses each group decides where its rules go; only a change of groups or ports asks.
+    let users = if needed.is_empty() { BTreeMap::new() } else { group_users(span) };
     let mut rules = GroupRules::new();
     for id in &needed {
         if let Some(group) = span.groups.get(id) {
-            render_group(&mut rules, *id, group, &span.sets);
+            render_group(&mut rules, *id, group, &span.sets, &users);
         }
     }
-    // Who uses each group decides where its rules go; only a change of groups or ports asks.
-    let users = if needed.is_empty() { BTreeMap::new() } else { group_users(span) };
-    for ((id, dir), group_rules) in &rules {
-        if touched.groups.contains(id) && !inlined(group_rules, &users, *id, *dir) {
-            out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: group_rules.clone() });
+    for ((id, dir), lines) in &rules {
+        if touched.groups.contains(id) && !lines.in_place {
+            out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: lines.rules.clone() });
         }
     }
     for id in &touched.ports {
         if let Some(port) = span.ports.get(id) {
-            render_port(&mut out, *id, port, &rules, &users);
+            render_port(&mut out, *id, port, &rules);
         }
     }
     if touched.globals {
         let mut globals = Ruleset::default();
         skeleton(&mut globals);
         render_port_globals(&mut globals, span);
-        out.sets.extend(globals.sets);
+        // The folded sets hold the touched ports' elements only (both sides of the diff do).
+        for (name, set) in globals.sets {
+            out.sets.entry(name).or_insert(set);
+        }
     }
     out
 }
@@ -707,6 +901,104 @@ fn elements(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn covers(boxes: &[RangeBox], remote: u128, port: u16) -> bool {
+        boxes.iter().any(|((a, b), (lo, hi))| *a <= remote && remote <= *b && *lo <= port && port <= *hi)
+    }
+
+    proptest! {
+        #[test]
+        fn disjoint_boxes_cover_what_the_boxes_cover_once(
+            raw in prop::collection::vec((0u128..40, 0u128..12, 0u16..40, 0u16..12), 0..8),
+        ) {
+            let boxes: Vec<RangeBox> = raw.iter().map(|(a, w, p, q)| ((*a, a + w), (*p, p + q))).collect();
+            let pieces = disjoint(&boxes);
+            for remote in 0..56 {
+                for port in 0..56 {
+                    let hits = pieces.iter().filter(|b| covers(std::slice::from_ref(b), remote, port)).count();
+                    prop_assert_eq!(hits, usize::from(covers(&boxes, remote, port)), "at {} {}", remote, port);
+                }
+            }
+        }
+    }
+
+    fn policy(name: &str, address: &str, groups: &[Uuid]) -> PortPolicy {
+        PortPolicy {
+            project: "p".into(),
+            name: name.into(),
+            addresses: vec![address.parse().unwrap()],
+            interface: format!("weft{name}"),
+            named_ports: Default::default(),
+            ingress: Isolation::Isolated(std::sync::Arc::new(groups.to_vec())),
+            egress: Isolation::Open,
+        }
+    }
+
+    fn cidr_rule(n: u128, set: SetId, protocol: Option<u8>, l4: L4Match) -> CompiledRule {
+        CompiledRule { rule: Uuid::from_u128(n), family: Family::Both, protocol, l4, remote: RemoteMatch::Set(set) }
+    }
+
+    #[test]
+    fn rules_of_groups_in_place_fold_into_elements_and_shared_groups_keep_theirs() {
+        // 10.0.0.0/23 except 10.0.0.128/25, as the compiler gives it: two prefixes.
+        let cidr = SetId(1);
+        let prefixes = vec!["10.0.0.0/25".parse().unwrap(), "10.0.1.0/24".parse().unwrap()];
+        let set = AddressSet {
+            definition: weft_compiler::compiled::SetDefinition::Addresses(
+                weft_compiler::compiled::Selection::GroupMembers { group: Uuid::from_u128(99) },
+            ),
+            members: SetMembers::Prefixes(prefixes),
+        };
+        let (alone, shared) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        let group = |rules| {
+            std::sync::Arc::new(CompiledGroup { project: "p".into(), name: "g".into(), ingress: rules, egress: vec![] })
+        };
+        // One port's group: TCP 80-90 folds; a rule of any protocol cannot.
+        let alone_rules =
+            vec![cidr_rule(1, cidr, Some(6), L4Match::Ranges(vec![(80, 90)])), cidr_rule(2, cidr, None, L4Match::All)];
+        // Two ports share a group of two rules: a chain of its own, nothing folded.
+        let shared_rules = vec![
+            cidr_rule(3, cidr, Some(17), L4Match::Ranges(vec![(53, 53)])),
+            cidr_rule(4, cidr, Some(6), L4Match::Ranges(vec![(443, 443)])),
+        ];
+        let span = NodeSpan {
+            ports: [
+                (Uuid::from_u128(20), policy("a", "10.9.0.1", &[alone])),
+                (Uuid::from_u128(21), policy("b", "10.9.0.2", &[shared])),
+                (Uuid::from_u128(22), policy("c", "10.9.0.3", &[shared])),
+            ]
+            .into(),
+            groups: std::sync::Arc::new([(alone, group(alone_rules)), (shared, group(shared_rules))].into()),
+            sets: std::sync::Arc::new([(cidr, std::sync::Arc::new(set))].into()),
+        };
+        let table = render(&span);
+        let folded: Vec<&Element> = table.sets["fold-in-4"].elements.iter().collect();
+        let fold = |remote: (&str, &str)| Element::Fold {
+            local: "10.9.0.1".parse().unwrap(),
+            remote: (remote.0.parse().unwrap(), remote.1.parse().unwrap()),
+            proto: 6,
+            ports: (80, 90),
+        };
+        assert_eq!(folded, vec![&fold(("10.0.0.0", "10.0.0.127")), &fold(("10.0.1.0", "10.0.1.255"))]);
+        // a's chain: the rule of any protocol (once per prefix) and the default drop.
+        let a = &table.chains[&port_chain(Uuid::from_u128(20), Dir::In)];
+        assert_eq!(a.rules.len(), 3, "{:?}", a.rules.iter().map(Rule::expr).collect::<Vec<_>>());
+        assert!(a.rules[..2].iter().all(|r| !r.expr().contains("dport")));
+        let shared_chain = &table.chains[&group_chain(shared, Dir::In)];
+        assert_eq!(shared_chain.rules.len(), 4, "two rules, two prefixes each");
+        assert!(table.sets["fold-in-6"].elements.is_empty() && table.sets["fold-out-4"].elements.is_empty());
+    }
+
+    #[test]
+    fn disjoint_boxes_join_neighbours_and_reach_the_ends_of_the_space() {
+        // Two halves of a range with the same ports are one box; the top of the space, too.
+        let boxes = [((0, 9), (80, 80)), ((10, 19), (80, 80)), ((u128::MAX - 1, u128::MAX), (1, 2))];
+        assert_eq!(disjoint(&boxes), vec![((0, 19), (80, 80)), ((u128::MAX - 1, u128::MAX), (1, 2))]);
+        // Overlapping remotes split where their ports differ; touching ports merge.
+        let boxes = [((0, 9), (80, 90)), ((5, 14), (91, 100))];
+        assert_eq!(disjoint(&boxes), vec![((0, 4), (80, 90)), ((5, 9), (80, 100)), ((10, 14), (91, 100))]);
+    }
 
     #[test]
     fn set_names_are_short_fixed_and_distinct() {

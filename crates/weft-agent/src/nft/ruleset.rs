@@ -35,6 +35,10 @@ pub enum SetKind {
     IfaceAddr { v6: bool },
     /// `ipv4_addr : verdict`: local port dispatch.
     Dispatch { v6: bool },
+    /// `ipv4_addr . ipv4_addr . inet_proto . inet_service` with `flags interval` and a counter
+    /// per element: rules of remote prefixes and ports, folded (local address, remote range,
+    /// protocol, port range).
+    Fold { v6: bool },
 }
 
 impl SetKind {
@@ -45,7 +49,8 @@ impl SetKind {
             | SetKind::AddrPort { v6 }
             | SetKind::AddrProtoPort { v6 }
             | SetKind::IfaceAddr { v6 }
-            | SetKind::Dispatch { v6 } => v6,
+            | SetKind::Dispatch { v6 }
+            | SetKind::Fold { v6 } => v6,
             SetKind::Iface => false,
         }
     }
@@ -59,6 +64,7 @@ impl SetKind {
             SetKind::AddrProtoPort { .. } => json!([addr, "inet_proto", "inet_service"]),
             SetKind::Iface => json!("ifname"),
             SetKind::IfaceAddr { .. } => json!(["ifname", addr]),
+            SetKind::Fold { .. } => json!([addr, addr, "inet_proto", "inet_service"]),
         }
     }
 
@@ -78,6 +84,14 @@ pub enum Element {
     IfaceAddr(String, IpAddr),
     /// Address → `jump` to a chain.
     Jump(IpAddr, String),
+    /// A box of a folded set: traffic of `local` with a remote address in `remote` (first,
+    /// last), protocol `proto` and a port in `ports` (first, last).
+    Fold {
+        local: IpAddr,
+        remote: (IpAddr, IpAddr),
+        proto: u8,
+        ports: (u16, u16),
+    },
 }
 
 impl Element {
@@ -90,7 +104,26 @@ impl Element {
             Element::Iface(i) => json!(i),
             Element::IfaceAddr(i, a) => json!({"concat": [i, a.to_string()]}),
             Element::Jump(a, chain) => json!([a.to_string(), {"jump": {"target": chain}}]),
+            Element::Fold { local, remote, proto, ports } => {
+                let remote = address_range(remote.0, remote.1);
+                let ports = if ports.0 == ports.1 { json!(ports.0) } else { json!({"range": [ports.0, ports.1]}) };
+                json!({"concat": [local.to_string(), remote, proto, ports]})
+            }
         }
+    }
+}
+
+/// An address range as nft lists it: one address, a prefix where the range is one, or a range.
+fn address_range(first: IpAddr, last: IpAddr) -> Value {
+    let mut prefixes: Vec<IpNet> = match (first, last) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => ipnet::Ipv4Subnets::new(a, b, 0).map(IpNet::V4).take(2).collect(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => ipnet::Ipv6Subnets::new(a, b, 0).map(IpNet::V6).take(2).collect(),
+        _ => Vec::new(),
+    };
+    match prefixes.pop() {
+        Some(p) if prefixes.is_empty() && p.prefix_len() == p.max_prefix_len() => json!(p.addr().to_string()),
+        Some(p) if prefixes.is_empty() => json!({"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}}),
+        _ => json!({"range": [first.to_string(), last.to_string()]}),
     }
 }
 
@@ -352,8 +385,11 @@ fn command_json(c: &Command) -> Value {
         Command::DeleteTable => json!({"delete": {"table": table}}),
         Command::AddSet { name, set } => {
             let mut body = json!({"family": "inet", "table": TABLE, "name": name, "type": set.kind.key_type()});
-            if matches!(set.kind, SetKind::Prefix { .. }) {
+            if matches!(set.kind, SetKind::Prefix { .. } | SetKind::Fold { .. }) {
                 body["flags"] = json!(["interval"]);
+            }
+            if matches!(set.kind, SetKind::Fold { .. }) {
+                body["stmt"] = json!([{"counter": null}]);
             }
             if !set.elements.is_empty() {
                 body["elem"] = Value::Array(set.elements.iter().map(Element::to_json).collect());
@@ -456,6 +492,7 @@ fn parse_kind(set: &Value) -> Option<SetKind> {
         ([_, "inet_service"], false, false) => SetKind::AddrPort { v6 },
         ([_, "inet_proto", "inet_service"], false, false) => SetKind::AddrProtoPort { v6 },
         (["ifname", _], false, false) => SetKind::IfaceAddr { v6 },
+        ([_, _, "inet_proto", "inet_service"], true, false) => SetKind::Fold { v6 },
         _ => return None,
     })
 }
@@ -485,6 +522,27 @@ fn parse_port(v: &Value) -> Option<u16> {
     v.as_u64().and_then(|n| u16::try_from(n).ok())
 }
 
+/// An address range as nft lists it: an address, a prefix, or a range.
+fn parse_addr_range(v: &Value) -> Option<(IpAddr, IpAddr)> {
+    if let Some(p) = v.get("prefix") {
+        let net = IpNet::new(parse_addr(p.get("addr")?)?, u8::try_from(p.get("len")?.as_u64()?).ok()?).ok()?;
+        return Some((net.network(), net.broadcast()));
+    }
+    if let Some(r) = v.get("range").and_then(Value::as_array) {
+        return Some((parse_addr(r.first()?)?, parse_addr(r.get(1)?)?));
+    }
+    let a = parse_addr(v)?;
+    Some((a, a))
+}
+
+fn parse_port_range(v: &Value) -> Option<(u16, u16)> {
+    if let Some(r) = v.get("range").and_then(Value::as_array) {
+        return Some((parse_port(r.first()?)?, parse_port(r.get(1)?)?));
+    }
+    let p = parse_port(v)?;
+    Some((p, p))
+}
+
 fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
     // Elements with counters or comments come wrapped: {"elem": {"val": ...}}.
     let e = e.get("elem").and_then(|x| x.get("val")).unwrap_or(e);
@@ -512,6 +570,15 @@ fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
         SetKind::IfaceAddr { .. } => {
             let c = concat(e)?;
             Element::IfaceAddr(c.first()?.as_str()?.to_string(), parse_addr(c.get(1)?)?)
+        }
+        SetKind::Fold { .. } => {
+            let c = concat(e)?;
+            Element::Fold {
+                local: parse_addr(c.first()?)?,
+                remote: parse_addr_range(c.get(1)?)?,
+                proto: parse_proto(c.get(2)?)?,
+                ports: parse_port_range(c.get(3)?)?,
+            }
         }
         SetKind::Dispatch { .. } => {
             let pair = e.as_array()?;
