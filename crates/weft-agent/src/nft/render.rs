@@ -99,8 +99,8 @@ fn dispatch_map(dir: Dir, v6: bool) -> String {
     }
 }
 
-/// The folded set of a direction and family: rules of remote prefixes and ports of the
-/// groups written in place, as (local address, remote range, protocol, port range) boxes.
+/// The folded set of a direction and family: the rules of groups written in place that fold
+/// (see `fold_boxes`), as (local address, remote range, protocol, port range) boxes.
 fn fold_set(dir: Dir, v6: bool) -> String {
     match dir {
         Dir::In => format!("fold-in-{}", fam(v6)),
@@ -289,9 +289,8 @@ struct GroupLines {
     /// Written into the chains of the ports it applies to, rather than a chain of its own.
     in_place: bool,
     rules: Vec<Rule>,
-    /// Of a group in place: its rules of remote prefixes and ports, as boxes for the folded
-    /// sets (a chain of its own keeps them as rules: folded, they would cost an element per
-    /// rule and port).
+    /// Of a group in place: the rules that fold (see `fold_boxes`), as boxes for the folded
+    /// sets.
     folds: Vec<FoldBox>,
 }
 
@@ -435,7 +434,9 @@ fn render_group(
         let count = per_rule.iter().map(Vec::len).sum();
         let mut lines = GroupLines { in_place: in_place(count, users, id, dir), ..GroupLines::default() };
         for (rule, stmts) in rules.iter().zip(per_rule) {
-            match fold_boxes(rule, sets).filter(|_| lines.in_place) {
+            // Only a group in place folds: a chain of its own keeps its rules, which folded
+            // would cost an element per rule and port.
+            match lines.in_place.then(|| fold_boxes(rule, sets)).flatten() {
                 Some(boxes) => lines.folds.extend(boxes),
                 None => lines.rules.extend(stmts.into_iter().map(Rule::new)),
             }
@@ -448,26 +449,19 @@ fn render_group(
 /// inline, and ports (or all ports) of TCP, UDP or SCTP. Rules of any protocol, ICMP, named
 /// ports and named sets do not fold.
 fn fold_boxes(rule: &CompiledRule, sets: &Sets) -> Option<Vec<FoldBox>> {
-    let protocols: &[u8] = match (&rule.l4, rule.protocol) {
-        (L4Match::Ranges(_), None) => &PORTED,
-        (L4Match::Ranges(_) | L4Match::All, Some(p)) if PORTED.contains(&p) => {
-            std::slice::from_ref(PORTED.iter().find(|x| **x == p)?)
-        }
+    let protocols = match (&rule.l4, rule.protocol) {
+        (L4Match::Ranges(_), None) => PORTED.to_vec(),
+        (L4Match::Ranges(_) | L4Match::All, Some(p)) if PORTED.contains(&p) => vec![p],
         _ => return None,
     };
     let ports = match &rule.l4 {
         L4Match::Ranges(r) => r.clone(),
         _ => vec![(0, u16::MAX)],
     };
-    let covers = |v6: bool| match rule.family {
-        Family::Both => true,
-        Family::V4 => !v6,
-        Family::V6 => v6,
-    };
     let remotes: Vec<(bool, (u128, u128))> = match &rule.remote {
         RemoteMatch::Any => V4_V6
             .iter()
-            .filter(|v6| covers(**v6))
+            .filter(|v6| covers(rule.family, **v6))
             .map(|v6| (*v6, (0, if *v6 { u128::MAX } else { 0xffff_ffff })))
             .collect(),
         // Only sets written inline fold: any change of one re-renders the groups using it
@@ -478,7 +472,7 @@ fn fold_boxes(rule: &CompiledRule, sets: &Sets) -> Option<Vec<FoldBox>> {
             Some(SetShape::Inline(prefixes)) => prefixes
                 .iter()
                 .map(|p| (p.addr().is_ipv6(), (number(p.network()), number(p.broadcast()))))
-                .filter(|(v6, _)| covers(*v6))
+                .filter(|(v6, _)| covers(rule.family, *v6))
                 .collect(),
             Some(SetShape::Named { .. }) => return None,
         },
@@ -486,13 +480,22 @@ fn fold_boxes(rule: &CompiledRule, sets: &Sets) -> Option<Vec<FoldBox>> {
     };
     let mut boxes = Vec::new();
     for (v6, remote) in remotes {
-        for proto in protocols {
+        for proto in &protocols {
             for range in &ports {
                 boxes.push(FoldBox { v6, proto: *proto, remote, ports: *range });
             }
         }
     }
     Some(boxes)
+}
+
+/// Whether a rule of `family` says anything of the family `v6` names.
+fn covers(family: Family, v6: bool) -> bool {
+    match family {
+        Family::Both => true,
+        Family::V4 => !v6,
+        Family::V6 => v6,
+    }
 }
 
 fn number(a: IpAddr) -> u128 {
@@ -567,12 +570,7 @@ fn fold_elements(local: IpAddr, boxes: &[FoldBox]) -> impl Iterator<Item = Eleme
 /// with ports) become several rules rather than an anonymous set: the kernel's cost of
 /// creating anonymous sets grows with the square of their number in one transaction.
 fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<Stmt>> {
-    let covers = match rule.family {
-        Family::Both => true,
-        Family::V4 => !v6,
-        Family::V6 => v6,
-    };
-    if !covers {
+    if !covers(rule.family, v6) {
         return Vec::new();
     }
     let remote_field = if dir == Dir::In { "saddr" } else { "daddr" };
@@ -903,7 +901,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn covers(boxes: &[RangeBox], remote: u128, port: u16) -> bool {
+    fn covered(boxes: &[RangeBox], remote: u128, port: u16) -> bool {
         boxes.iter().any(|((a, b), (lo, hi))| *a <= remote && remote <= *b && *lo <= port && port <= *hi)
     }
 
@@ -916,8 +914,8 @@ mod tests {
             let pieces = disjoint(&boxes);
             for remote in 0..56 {
                 for port in 0..56 {
-                    let hits = pieces.iter().filter(|b| covers(std::slice::from_ref(b), remote, port)).count();
-                    prop_assert_eq!(hits, usize::from(covers(&boxes, remote, port)), "at {} {}", remote, port);
+                    let hits = pieces.iter().filter(|b| covered(std::slice::from_ref(b), remote, port)).count();
+                    prop_assert_eq!(hits, usize::from(covered(&boxes, remote, port)), "at {} {}", remote, port);
                 }
             }
         }

@@ -36,8 +36,7 @@ pub enum SetKind {
     /// `ipv4_addr : verdict`: local port dispatch.
     Dispatch { v6: bool },
     /// `ipv4_addr . ipv4_addr . inet_proto . inet_service` with `flags interval` and a counter
-    /// per element: rules of remote prefixes and ports, folded (local address, remote range,
-    /// protocol, port range).
+    /// per element: folded rules (local address, remote range, protocol, port range).
     Fold { v6: bool },
 }
 
@@ -98,7 +97,7 @@ impl Element {
     fn to_json(&self) -> Value {
         match self {
             Element::Addr(a) => json!(a.to_string()),
-            Element::Prefix(p) => json!({"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}}),
+            Element::Prefix(p) => prefix_json(p),
             Element::AddrPort(a, p) => json!({"concat": [a.to_string(), p]}),
             Element::AddrProtoPort(a, proto, p) => json!({"concat": [a.to_string(), proto, p]}),
             Element::Iface(i) => json!(i),
@@ -113,6 +112,10 @@ impl Element {
     }
 }
 
+fn prefix_json(p: &IpNet) -> Value {
+    json!({"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}})
+}
+
 /// An address range as nft lists it: one address, a prefix where the range is one, or a range.
 fn address_range(first: IpAddr, last: IpAddr) -> Value {
     let mut prefixes: Vec<IpNet> = match (first, last) {
@@ -122,7 +125,7 @@ fn address_range(first: IpAddr, last: IpAddr) -> Value {
     };
     match prefixes.pop() {
         Some(p) if prefixes.is_empty() && p.prefix_len() == p.max_prefix_len() => json!(p.addr().to_string()),
-        Some(p) if prefixes.is_empty() => json!({"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}}),
+        Some(p) if prefixes.is_empty() => prefix_json(&p),
         _ => json!({"range": [first.to_string(), last.to_string()]}),
     }
 }
