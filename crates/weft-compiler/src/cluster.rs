@@ -24,6 +24,10 @@ pub enum Change {
 pub enum Dangling {
     /// A port names a group that is not known.
     PortGroup { port: Uuid, group: String },
+    /// A port names a group of another project: it is not made a member (a port may be a
+    /// member only of its own project's groups; the API refuses such a write, so this is a row
+    /// written before that rule, or by hand).
+    ForeignGroup { port: Uuid, group: String },
     /// A rule's remote names a group that is not known.
     RuleGroup { group: Uuid, rule: Uuid, remote: String },
     /// An object's project is not known.
@@ -124,6 +128,24 @@ impl Cluster {
         self.group_by_name.get(&(r.project_or(own_project).to_string(), r.name.to_string())).copied()
     }
 
+    /// The group a port's explicit reference makes it a member of: only one of its own
+    /// project's (`weft_model::member_group`).
+    pub fn resolve_member_group(&self, own_project: &str, reference: &str) -> Option<Uuid> {
+        let name = weft_model::member_group(own_project, reference).ok()?;
+        self.group_by_name.get(&(own_project.to_string(), name.to_string())).copied()
+    }
+
+    /// What is wrong with a port's explicit reference, if anything.
+    pub fn port_reference_problem(&self, port: Uuid, own_project: &str, reference: &str) -> Option<Dangling> {
+        if weft_model::member_group(own_project, reference).is_err() {
+            Some(Dangling::ForeignGroup { port, group: reference.to_string() })
+        } else if self.resolve_member_group(own_project, reference).is_none() {
+            Some(Dangling::PortGroup { port, group: reference.to_string() })
+        } else {
+            None
+        }
+    }
+
     /// DESIGN.md §4's applied(P): the groups P names, plus every group of P's project whose
     /// selector matches P's labels. Unknown names are left out (and reported by the compiler).
     pub fn applied(&self, port: &Port) -> BTreeSet<Uuid> {
@@ -132,8 +154,11 @@ impl Cluster {
 
     /// applied() for any port of `project` with these labels and explicit groups.
     pub fn applied_to(&self, project: &str, labels: &Labels, explicit: Option<&[String]>) -> BTreeSet<Uuid> {
-        let mut applied: BTreeSet<Uuid> =
-            explicit.into_iter().flatten().filter_map(|reference| self.resolve_group(project, reference)).collect();
+        let mut applied: BTreeSet<Uuid> = explicit
+            .into_iter()
+            .flatten()
+            .filter_map(|reference| self.resolve_member_group(project, reference))
+            .collect();
         let from = (project.to_string(), String::new());
         for ((group_project, _), id) in self.group_by_name.range(from..) {
             if group_project != project {
@@ -155,7 +180,7 @@ impl Cluster {
         let indexed = || self.group_by_name.get(&(group.project.clone(), group.name.clone())) == Some(&id);
         let selected = group.project == project && group.selector.as_ref().is_some_and(|s| s.matches(labels));
         (selected && indexed())
-            || explicit.into_iter().flatten().any(|reference| self.resolve_group(project, reference) == Some(id))
+            || explicit.into_iter().flatten().any(|reference| self.resolve_member_group(project, reference) == Some(id))
     }
 
     /// The groups of applied(P) that isolate direction `d`.

@@ -72,9 +72,7 @@ pub fn compile(cluster: &Cluster) -> Compiled {
     let projects: FastSet<&str> = cluster.project_by_name.keys().map(String::as_str).collect();
     for (id, port) in cluster.ports() {
         for reference in port.security_groups.iter().flatten() {
-            if cluster.resolve_group(&port.project, reference).is_none() {
-                out.dangling.push(Dangling::PortGroup { port: *id, group: reference.clone() });
-            }
+            out.dangling.extend(cluster.port_reference_problem(*id, &port.project, reference));
         }
         if !projects.contains(port.project.as_str()) {
             out.dangling.push(Dangling::Project { object: *id, project: port.project.clone() });
@@ -85,7 +83,7 @@ pub fn compile(cluster: &Cluster) -> Compiled {
                 .security_groups
                 .iter()
                 .flatten()
-                .filter_map(|reference| cluster.resolve_group(&port.project, reference))
+                .filter_map(|reference| cluster.resolve_member_group(&port.project, reference))
                 .collect();
             let selected = selecting.get(port.project.as_str()).into_iter().flatten();
             applied.extend(selected.filter(|(_, s)| s.matches(&port.labels)).map(|(g, _)| *g));

@@ -311,9 +311,7 @@ impl Compiler {
         let mut out = self.cluster.rejected.clone();
         for (id, port) in self.cluster.ports() {
             for reference in port.security_groups.iter().flatten() {
-                if self.cluster.resolve_group(&port.project, reference).is_none() {
-                    out.push(Dangling::PortGroup { port: *id, group: reference.clone() });
-                }
+                out.extend(self.cluster.port_reference_problem(*id, &port.project, reference));
             }
             if self.cluster.project_by_name(&port.project).is_none() {
                 out.push(Dangling::Project { object: *id, project: port.project.clone() });
@@ -1176,12 +1174,13 @@ impl Compiler {
     }
 }
 
-/// The (project, name) of each group a port's explicit references name.
+/// The (project, name) of each group a port's explicit references make it a member of (only
+/// groups of its own project: `weft_model::member_group`).
 fn refs_of(project: &str, explicit: Option<&[String]>) -> BTreeSet<GroupKey> {
     explicit
         .into_iter()
         .flatten()
-        .filter_map(|r| ObjectRef::parse(r).ok().map(|r| (r.project_or(project).to_string(), r.name.to_string())))
+        .filter_map(|r| weft_model::member_group(project, r).ok().map(|name| (project.to_string(), name.to_string())))
         .collect()
 }
 

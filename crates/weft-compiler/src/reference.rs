@@ -42,12 +42,15 @@ pub fn allowed(c: &Cluster, src: &Endpoint, dst: &Endpoint, packet: &Packet) -> 
     egress && ingress
 }
 
-/// Whether P names G explicitly.
+/// Whether P names G explicitly, as a member: a port is a member only of its own project's
+/// groups, whatever else it names.
 fn names(port: &Port, g: &SecurityGroup) -> bool {
-    port.security_groups
-        .iter()
-        .flatten()
-        .any(|r| ObjectRef::parse(r).is_ok_and(|r| r.project_or(&port.project) == g.project && r.name == g.name))
+    g.project == port.project
+        && port
+            .security_groups
+            .iter()
+            .flatten()
+            .any(|r| weft_model::member_group(&port.project, r) == Ok(g.name.as_str()))
 }
 
 /// applied(P) = the groups P names explicitly, plus every group of P's project whose selector

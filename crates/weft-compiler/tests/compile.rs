@@ -175,6 +175,68 @@ fn dangling_references_are_reported_and_resolve_when_the_stream_completes() {
     assert!(groups.contains(&later));
 }
 
+/// Issue 17's first finding: a port of k8s-evil named `k8s-default/db-clients` and got what
+/// k8s-default allows that group's members. A port is a member only of its own project's
+/// groups; naming another's is reported, and changes nothing. A rule's remote may still name
+/// another project's group: that is the rule owner's decision about its own traffic.
+#[test]
+fn a_port_is_never_a_member_of_another_projects_group() {
+    let mut changes = vec![project("k8s-default"), project("k8s-evil")];
+    let (db, p) = port("db", "node-1", "10.0.0.5", json!({"app": "db"}));
+    changes.push(p);
+    let (client, p) = port("client", "node-1", "10.0.0.6", json!({"app": "client"}));
+    let Change::UpsertPort(mut client_port) = p else { unreachable!() };
+    client_port.security_groups = Some(vec!["db-clients".into()]);
+    changes.push(Change::UpsertPort(client_port));
+    let evil = Uuid::new_v4();
+    changes.push(Change::UpsertPort(Port {
+        id: Some(evil),
+        name: "evil".into(),
+        project: "k8s-evil".into(),
+        node: Some("node-2".into()),
+        ips: vec!["10.0.1.9".parse().unwrap()],
+        security_groups: Some(vec!["k8s-default/db-clients".into()]),
+        ..Default::default()
+    }));
+    changes.push(
+        group(json!({"name": "db-clients", "project": "k8s-default", "policy_types": ["egress"],
+            "rules": [{"direction": "egress", "remote": {"type": "any"}}]}))
+        .1,
+    );
+    changes.push(
+        group(json!({"name": "db-in", "project": "k8s-default", "selector": {"matchLabels": {"app": "db"}},
+            "policy_types": ["ingress"], "rules": [{"direction": "ingress", "protocol": "tcp", "ports": [5432],
+            "remote": {"type": "security_group", "security_group": "db-clients"}}]}))
+        .1,
+    );
+    // k8s-evil's own group that allows from k8s-default's clients: a remote in another project.
+    changes.push(
+        group(json!({"name": "from-clients", "project": "k8s-evil", "selector": {}, "policy_types": ["ingress"],
+            "rules": [{"direction": "ingress", "remote": {"type": "security_group", "security_group": "k8s-default/db-clients"}}]}))
+        .1,
+    );
+    let mut c = Cluster::new();
+    for (revision, change) in changes.iter().enumerate() {
+        c.apply(revision as i64 + 1, change.clone());
+    }
+    let compiled = compile(&c);
+    let (db_e, client_e, evil_e) = (Endpoint::Port(db), Endpoint::Port(client), Endpoint::Port(evil));
+    assert!(compiled.explain(&client_e, &db_e, &tcp("10.0.0.6", "10.0.0.5", 5432)).allowed);
+    assert!(!compiled.explain(&evil_e, &db_e, &tcp("10.0.1.9", "10.0.0.5", 5432)).allowed, "evil joined db-clients");
+    assert!(
+        compiled.explain(&client_e, &evil_e, &tcp("10.0.0.6", "10.0.1.9", 22)).allowed,
+        "a remote in another project"
+    );
+    let (_, evil_policy) = compiled.port(&evil).unwrap();
+    assert_eq!(evil_policy.egress, weft_compiler::Isolation::Open, "db-clients isolates evil's egress");
+    let foreign = Dangling::ForeignGroup { port: evil, group: "k8s-default/db-clients".into() };
+    assert!(compiled.dangling.contains(&foreign), "{:?}", compiled.dangling);
+    // The incremental compiler, fed the same changes, agrees.
+    let mut incremental = weft_compiler::Compiler::new();
+    incremental.load(changes.len() as i64, changes.clone());
+    assert_eq!(incremental.snapshot(), compiled);
+}
+
 /// Two controllers fed the same revisions send the same bytes: the deltas have no order that
 /// depends on hashing or on the history of the process (one of them loads the first half at
 /// once, as a restarted controller does).

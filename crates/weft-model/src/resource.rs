@@ -374,7 +374,7 @@ impl Port {
                     if groups[..i].contains(g) {
                         v.at(i, |v| v.error(format!("{g} is listed twice")));
                     } else {
-                        v.check(i, ObjectRef::parse(g).map(|_| ()));
+                        v.check(i, member_group(&self.project, g).map(|_| ()));
                     }
                 }
             });
@@ -393,6 +393,20 @@ impl Port {
             }
         });
         v.finish()
+    }
+}
+
+/// The name of the group a port's `security_groups` entry makes it a member of. A port may be
+/// a member only of its own project's groups: membership is what another project's rules
+/// trust (a rule whose remote is a group allows that group's members), so a port that could
+/// join any group could give itself what another tenant allows only its own ports.
+pub fn member_group<'a>(own_project: &str, reference: &'a str) -> Result<&'a str, String> {
+    let r = ObjectRef::parse(reference)?;
+    match r.project {
+        Some(p) if p != own_project => Err(format!(
+            "{reference:?} is a group of project {p:?}: a port may be a member only of its own project's groups"
+        )),
+        _ => Ok(r.name),
     }
 }
 

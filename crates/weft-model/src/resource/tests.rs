@@ -162,7 +162,7 @@ fn ports() {
         pointers(
             json!({"name": "p1", "project": "p", "node": "Node_1", "ips": ["10.0.0.1", "10.0.0.1", "0.0.0.0"],
                 "mac": "zz:00:00:00:00:00", "interface": "this-name-is-too-long",
-                "security_groups": ["a", "a", "x/y/z"],
+                "security_groups": ["a", "a", "x/y/z", "p/b", "other/c"],
                 "named_ports": {"http": {"protocol": "icmp", "port": 80}, "9x": {"protocol": "tcp", "port": 70000}}}),
             Port::validate
         ),
@@ -174,6 +174,7 @@ fn ports() {
             "/interface",
             "/security_groups/1",
             "/security_groups/2",
+            "/security_groups/4",
             "/named_ports/9x/port",
             "/named_ports/http/protocol"
         ]

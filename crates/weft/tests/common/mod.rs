@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod lab;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
