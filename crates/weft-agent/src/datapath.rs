@@ -2,11 +2,60 @@
 //! delta that led to it (a kernel datapath changes only what the delta touches); a datapath
 //! that fails keeps what it had.
 
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
 use weft_compiler::{NodeSpan, SpanDelta};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct DatapathError(pub String);
+
+/// The ports of a span whose interface the agent refuses to bind, and why: one that is not a
+/// port's interface (no weft prefix, not a valid name: the node's own links, `lo`, a name
+/// written before the API checked them), or one that two ports of the node name (neither can
+/// be trusted with the other's traffic). The agent reports these with its ack (issue 17).
+pub fn refused_interfaces(span: &NodeSpan) -> BTreeMap<Uuid, String> {
+    let mut named: BTreeMap<&str, usize> = BTreeMap::new();
+    for port in span.ports.values() {
+        *named.entry(port.interface.as_str()).or_default() += 1;
+    }
+    let mut out = BTreeMap::new();
+    for (id, port) in &span.ports {
+        if let Err(e) = weft_model::syntax::port_interface(&port.interface) {
+            out.insert(*id, e);
+        } else if named[port.interface.as_str()] > 1 {
+            out.insert(
+                *id,
+                format!(
+                    "interface {} is named by {} ports of this node",
+                    port.interface,
+                    named[port.interface.as_str()]
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// What the agent reports with its ack: each refused interface and each address it
+/// dispatches to no port, named by its port.
+pub fn problems(span: &NodeSpan) -> Vec<String> {
+    let refused = refused_interfaces(span);
+    let mut out = Vec::new();
+    for (id, port) in &span.ports {
+        if let Some(why) = refused.get(id) {
+            out.push(format!("port {}/{}: interface refused: {why}", port.project, port.name));
+        }
+        for address in &port.refused_addresses {
+            out.push(format!(
+                "port {}/{}: address {address} refused: another port claims it too, so it is dispatched to neither",
+                port.project, port.name
+            ));
+        }
+    }
+    out
+}
 
 pub trait Datapath: Send {
     /// Enforces `new`. `old` is the span last applied and `delta` what turns it into `new`

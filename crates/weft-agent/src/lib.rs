@@ -192,6 +192,8 @@ async fn session(
     };
     tracing::info!(server = %config.server, node = %config.node, "stream open");
     let mut parts: Vec<v1::ControllerMessage> = Vec::new();
+    // What the last ack reported as refused: logged when it changes, not with every ack.
+    let mut refused: Vec<String> = Vec::new();
     loop {
         let message = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -206,6 +208,7 @@ async fn session(
         let update = std::mem::take(&mut parts);
         let revision = update[0].revision;
         let started = std::time::Instant::now();
+        let mut problems = Vec::new();
         let error = match apply(datapath, current, &update) {
             Ok(()) => {
                 if let Some(m) = &config.metrics {
@@ -217,6 +220,13 @@ async fn session(
                     tracing::warn!(error = %e, "cannot save the span in the state dir");
                 }
                 progress.send_replace(Progress { revision: current.revision, synced: true });
+                problems = datapath::problems(&current.span);
+                if problems != refused {
+                    for problem in problems.iter().filter(|p| !refused.contains(p)) {
+                        tracing::warn!(revision, "{problem}");
+                    }
+                    refused.clone_from(&problems);
+                }
                 String::new()
             }
             Err(e) => {
@@ -227,7 +237,7 @@ async fn session(
                 e
             }
         };
-        let ack = v1::Ack { revision, error };
+        let ack = v1::Ack { revision, error, problems };
         if outbound.send(AgentMessage { kind: Some(agent_message::Kind::Ack(ack)) }).await.is_err() {
             return Ok(());
         }

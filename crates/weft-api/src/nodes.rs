@@ -76,6 +76,9 @@ pub struct NodeInfo {
     /// Ports on the node, as the compiler sees them.
     pub ports: usize,
     pub last_error: Option<String>,
+    /// What the agent applied but refuses to enforce as asked (a port's interface it will not
+    /// bind): the node does not enforce what the configuration says until these are gone.
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +96,9 @@ pub struct NodeRealization {
     pub realized_revision: i64,
     pub connected: bool,
     pub done: bool,
+    /// What the node refuses to enforce as asked, as its agent last said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Whether a revision is in every datapath it concerns.
@@ -105,6 +111,10 @@ pub struct Realization {
     pub nodes: Vec<NodeRealization>,
     /// Nodes not done yet.
     pub laggards: Vec<String>,
+    /// Nodes that applied what they were sent but refuse part of it (their `problems` say
+    /// what): the datapath is not what the configuration says there.
+    #[serde(default)]
+    pub refusing: Vec<String>,
 }
 
 /// A security group's reach and realization.
@@ -227,6 +237,7 @@ fn info(s: NodeStatus, lag_revisions: i64, lag_seconds: f64, ports: &BTreeMap<St
         lag_revisions,
         lag_seconds,
         last_error: s.last_error,
+        problems: s.problems,
     }
 }
 
@@ -253,7 +264,8 @@ pub async fn realization(
     names.extend(statuses.keys());
     let mut nodes = Vec::new();
     for name in names {
-        let (realized, connected) = statuses.get(name).map_or((0, false), |s| (s.realized_revision, s.connected));
+        let status = statuses.get(name);
+        let (realized, connected) = status.map_or((0, false), |s| (s.realized_revision, s.connected));
         let outcome = hub.realized(name, realized, query.revision, with_ports.contains(name));
         nodes.push(NodeRealization {
             done: outcome.is_ok(),
@@ -261,12 +273,15 @@ pub async fn realization(
             name: name.clone(),
             realized_revision: realized,
             connected,
+            problems: status.map(|s| s.problems.clone()).unwrap_or_default(),
         });
     }
     let laggards: Vec<String> = nodes.iter().filter(|n| !n.done).map(|n| n.name.clone()).collect();
+    let refusing: Vec<String> = nodes.iter().filter(|n| !n.problems.is_empty()).map(|n| n.name.clone()).collect();
     // The compiler must have reached the revision to know whom it concerns.
     let complete = compiled >= query.revision && laggards.is_empty();
-    Ok(axum::Json(Realization { revision: query.revision, compiled, complete, nodes, laggards }).into_response())
+    Ok(axum::Json(Realization { revision: query.revision, compiled, complete, nodes, laggards, refusing })
+        .into_response())
 }
 
 pub async fn group_status(

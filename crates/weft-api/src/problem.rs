@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use weft_model::ValidationErrors;
-use weft_store::{ConflictKind, StoreError};
+use weft_store::StoreError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -57,6 +57,14 @@ impl ApiError {
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    /// A field of the body that this caller may not set.
+    pub fn forbidden_field(pointer: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let mut e = Self::new(StatusCode::FORBIDDEN, "forbidden", format!("{pointer}: {detail}"));
+        e.errors.push(InvalidField { pointer: Some(pointer.to_string()), parameter: None, detail });
+        e
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -124,16 +132,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(errors) => ApiError::invalid(errors),
             StoreError::NotFound { kind, key } => ApiError::not_found(format!("{kind} {key} does not exist")),
-            StoreError::Conflict { kind, detail } => {
-                let slug = match kind {
-                    ConflictKind::Duplicate => "duplicate",
-                    ConflictKind::InUse => "in-use",
-                    ConflictKind::HasChildren => "has-children",
-                    ConflictKind::AddressInUse => "address-in-use",
-                    ConflictKind::AddressesExhausted => "addresses-exhausted",
-                };
-                ApiError::new(StatusCode::CONFLICT, slug, detail)
-            }
+            StoreError::Conflict { kind, detail } => ApiError::new(StatusCode::CONFLICT, kind.as_str(), detail),
             StoreError::PreconditionFailed { expected, current } => ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition-failed",

@@ -48,7 +48,8 @@ pub struct ExplainRequest {
 pub struct SideExplanation {
     /// The port (`project/name`).
     pub port: String,
-    /// open (no group isolates it this way), allowed, or denied.
+    /// open (no group isolates it this way), allowed, denied, or refused (the port's address
+    /// in the packet is one another port names too: dispatched to neither).
     pub verdict: String,
     /// The groups that isolate it this way (`project/name`).
     pub isolated_by: Vec<String>,
@@ -167,6 +168,7 @@ fn verdict(side: Side) -> &'static str {
         Side::Open => "open",
         Side::Allowed { .. } => "allowed",
         Side::Denied => "denied",
+        Side::Refused => "refused",
     }
 }
 

@@ -315,6 +315,28 @@ fn require_write(caller: &Caller, kind: Kind, project: &str) -> ApiResult<()> {
     if kind == Kind::Project { caller.require_admin() } else { caller.require_write(project) }
 }
 
+/// Fields only an admin may set or change. A port's `interface` is a claim on its node's
+/// links: the agent binds the port's anti-spoofing to it, so a writer who could name one could
+/// cut off other ports' traffic (issue 17: `eth0` did). Writers leave it out and get the name
+/// derived from the port's identity; sending back the interface a port already has is fine.
+fn require_admin_fields(caller: &Caller, new: &Resource, current: Option<&StoredObject>) -> ApiResult<()> {
+    let Resource::Port(port) = new else { return Ok(()) };
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let before = match current.map(StoredObject::decode).transpose()? {
+        Some(Resource::Port(old)) => old.interface,
+        _ => None,
+    };
+    if port.interface != before {
+        return Err(ApiError::forbidden_field(
+            "/interface",
+            "only an admin sets a port's interface; leave it out and the port gets the one derived from its name",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn op_create(
     txn: &mut Txn,
     caller: &Caller,
@@ -323,6 +345,7 @@ pub(crate) async fn op_create(
 ) -> ApiResult<StoredObject> {
     let resource = decode(kind, value)?;
     require_write(caller, kind, resource.project().unwrap_or(resource.name()))?;
+    require_admin_fields(caller, &resource, None)?;
     Ok(txn.create(resource).await?)
 }
 
@@ -337,6 +360,7 @@ pub(crate) async fn op_replace(
     let resource = decode(kind, value)?;
     let current = txn.get_for_update(kind, key).await?;
     require_write(caller, kind, &owner(&current)?)?;
+    require_admin_fields(caller, &resource, Some(&current))?;
     Ok(txn.replace(kind, key, resource, if_match).await?)
 }
 
@@ -359,6 +383,7 @@ pub(crate) async fn op_patch(
     })?;
     weft_model::merge_patch(&mut value, patch);
     let resource = decode(kind, value)?;
+    require_admin_fields(caller, &resource, Some(&current))?;
     Ok(txn.replace(kind, key, resource, if_match).await?)
 }
 

@@ -438,7 +438,8 @@ async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_t
     api.store.node_connected("n1", "ctl-a", "127.0.0.1:1", "test").await.unwrap();
     api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
     api.call(Method::POST, "/v1/projects", Some(json!({"name": "q"}))).await;
-    api.store.nodes_acked("ctl-a", &[("n1".into(), 1, 1, None)]).await.unwrap();
+    let acked = weft_store::nodes::Acked { node: "n1".into(), acked: 1, realized: 1, error: None, problems: vec![] };
+    api.store.nodes_acked("ctl-a", &[acked]).await.unwrap();
     // Once the compiler has both projects, the figures are settled.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while api.state.follower.hub.revision().unwrap_or(0) < 2 {

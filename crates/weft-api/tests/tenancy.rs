@@ -64,3 +64,108 @@ async fn a_port_cannot_join_another_projects_group(pool: PgPool) {
     let r = api.as_token(&writer_b, Method::POST, "/v1/security-groups", Some(rule)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }
+
+/// Finding 2: `interface` took `lo`, `eth0` and `x";drop` from any writer, and the node's
+/// anti-spoofing then dropped other pods' traffic. A writer cannot set it; an admin can, to a
+/// name with weft's prefix that no other port of the node has.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_ports_interface_is_an_admins_unique_weft_name(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let (writer_a, writer_b) = tenants(&api).await;
+    let port = |project: &str, name: &str, node: &str, interface: Option<&str>| {
+        let mut p = json!({"name": name, "project": project, "node": node, "security_groups": []});
+        if let Some(i) = interface {
+            p["interface"] = json!(i);
+        }
+        p
+    };
+    let before = api.revision().await;
+    let r = api.as_token(&writer_b, Method::POST, "/v1/ports", Some(port("b", "evil", "node-2", Some("eth0")))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.pointers(), ["/interface"], "{}", r.body);
+    for bad in ["eth0", "lo", "x\";drop", "weft", "weft/x"] {
+        let r = api.call(Method::POST, "/v1/ports", Some(port("b", "evil", "node-2", Some(bad)))).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", r.body);
+        assert_eq!(r.pointers(), ["/interface"], "{bad}: {}", r.body);
+    }
+    assert_eq!(api.changes_after(before).await, 0, "a refused write wrote something");
+
+    // An admin names one; its writer may edit the port as long as the interface stays.
+    let r = api.call(Method::POST, "/v1/ports", Some(port("a", "web", "node-2", Some("weftweb")))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let mut full = r.body.clone();
+    full["labels"] = json!({"app": "web"});
+    let r = api.as_token(&writer_a, Method::PUT, "/v1/ports/a/web", Some(full)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api.as_token(&writer_a, Method::PATCH, "/v1/ports/a/web", Some(json!({"interface": "weftother"}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = api.as_token(&writer_a, Method::PATCH, "/v1/ports/a/web", Some(json!({"interface": null}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    // Unique per node: another port's explicit name, or another port's derived one.
+    let r = api.call(Method::POST, "/v1/ports", Some(port("b", "twin", "node-2", Some("weftweb")))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.problem_type(), "urn:weft:problem:interface-in-use", "{}", r.body);
+    let r = api.as_token(&writer_b, Method::POST, "/v1/ports", Some(port("b", "plain", "node-2", None))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let derived = weft_model::default_interface("b", "plain");
+    let r = api.call(Method::POST, "/v1/ports", Some(port("a", "copycat", "node-2", Some(&derived)))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    // On another node the name is free; a port that moves takes its claim along.
+    let r = api.call(Method::POST, "/v1/ports", Some(port("a", "copycat", "node-3", Some(&derived)))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.as_token(&writer_b, Method::PATCH, "/v1/ports/b/plain", Some(json!({"node": "node-3"}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = api.as_token(&writer_b, Method::PATCH, "/v1/ports/b/plain", Some(json!({"node": "node-4"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api.call(Method::PATCH, "/v1/ports/a/copycat", Some(json!({"node": "node-2"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "node-2's name is free once plain left: {}", r.body);
+}
+
+/// Finding 3: addresses were unique only within one network, and the datapath identifies
+/// peers by address. An address belongs to one port, whatever network (or none) it is on.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn an_address_belongs_to_one_port_across_every_network(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let (writer_a, writer_b) = tenants(&api).await;
+    let net =
+        |p: &str| json!({"name": "pods", "project": p, "subnets": [{"cidr": "10.40.0.0/29", "gateway": "10.40.0.1"}]});
+    for (w, p) in [(&writer_a, "a"), (&writer_b, "b")] {
+        let r = api.as_token(w, Method::POST, "/v1/virtual-networks", Some(net(p))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = api
+        .as_token(&writer_a, Method::POST, "/v1/ports", Some(json!({"name": "db", "project": "a", "network": "pods"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let taken = r.body["ips"][0].as_str().unwrap().to_string();
+    assert_eq!(taken, "10.40.0.2");
+    let before = api.revision().await;
+    // b's own network has the same subnet; without a network at all, any address can be named.
+    for attack in [
+        json!({"name": "evil", "project": "b", "network": "pods", "ips": [taken]}),
+        json!({"name": "evil", "project": "b", "node": "node-1", "ips": [taken]}),
+    ] {
+        let r = api.as_token(&writer_b, Method::POST, "/v1/ports", Some(attack)).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+        assert_eq!(r.problem_type(), "urn:weft:problem:address-in-use", "{}", r.body);
+        assert!(!r.body["detail"].as_str().unwrap().contains("a/db"), "names another project's port: {}", r.body);
+    }
+    assert_eq!(api.changes_after(before).await, 0, "a refused write wrote something");
+    // IPAM on b's network skips what a's port holds.
+    let r = api
+        .as_token(&writer_b, Method::POST, "/v1/ports", Some(json!({"name": "web", "project": "b", "network": "pods"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["ips"][0], "10.40.0.3");
+    // Once a's port lets go of it, the address is free.
+    let r = api.as_token(&writer_a, Method::DELETE, "/v1/ports/a/db", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .as_token(&writer_b, Method::POST, "/v1/ports", Some(json!({"name": "evil", "project": "b", "ips": [taken]})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // A port keeps its own addresses across a replace.
+    let r = api.as_token(&writer_b, Method::PATCH, "/v1/ports/b/evil", Some(json!({"labels": {"x": "y"}}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}

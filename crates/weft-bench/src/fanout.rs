@@ -208,7 +208,7 @@ async fn agent(
         if !message.last {
             continue;
         }
-        let ack = v1::Ack { revision: message.revision, error: String::new() };
+        let ack = v1::Ack { revision: message.revision, error: String::new(), problems: vec![] };
         let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Ack(ack)) }).await;
         let now = Instant::now();
         if !synced {

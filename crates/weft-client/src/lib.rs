@@ -475,6 +475,23 @@ pub struct Realization {
     pub complete: bool,
     pub nodes: Vec<serde_json::Value>,
     pub laggards: Vec<String>,
+    /// Nodes that refuse part of what they were sent (each node's `problems` say what).
+    #[serde(default)]
+    pub refusing: Vec<String>,
+}
+
+impl Realization {
+    /// Every problem the refusing nodes report, as `node: problem` lines.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let name = node["name"].as_str().unwrap_or("?");
+            for problem in node["problems"].as_array().into_iter().flatten() {
+                out.push(format!("{name}: {}", problem.as_str().unwrap_or_default()));
+            }
+        }
+        out
+    }
 }
 
 /// Turns an error status into [`ClientError::Api`] (or `Unexpected` when the body is not a

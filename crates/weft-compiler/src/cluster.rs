@@ -19,7 +19,8 @@ pub enum Change {
     DeleteGroup(Uuid),
 }
 
-/// A reference that does not resolve (yet): reported, never fatal.
+/// What the compiler cannot take as given — a reference that does not resolve (yet), a claim
+/// another object holds too: reported, never fatal.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Dangling {
     /// A port names a group that is not known.
@@ -34,6 +35,9 @@ pub enum Dangling {
     Project { object: Uuid, project: String },
     /// An upsert without an id: ignored.
     NoId { kind: &'static str, name: String },
+    /// Two or more ports name one address: it is dispatched to none of them
+    /// (`PortPolicy::refused_addresses`).
+    ContestedAddress { address: std::net::IpAddr, ports: Vec<Uuid> },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -181,6 +185,17 @@ impl Cluster {
         let selected = group.project == project && group.selector.as_ref().is_some_and(|s| s.matches(labels));
         (selected && indexed())
             || explicit.into_iter().flatten().any(|reference| self.resolve_member_group(project, reference) == Some(id))
+    }
+
+    /// The addresses two or more ports name, with those ports (sorted).
+    pub fn contested_addresses(&self) -> std::collections::BTreeMap<std::net::IpAddr, Vec<Uuid>> {
+        let mut claims: crate::fast::FastMap<std::net::IpAddr, Vec<Uuid>> = crate::fast::FastMap::default();
+        for (id, port) in &self.ports {
+            for ip in &port.ips {
+                claims.entry(*ip).or_default().push(*id);
+            }
+        }
+        claims.into_iter().filter(|(_, ports)| ports.len() > 1).collect()
     }
 
     /// The groups of applied(P) that isolate direction `d`.

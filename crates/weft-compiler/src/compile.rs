@@ -70,6 +70,10 @@ pub fn compile(cluster: &Cluster) -> Compiled {
         }
     }
     let projects: FastSet<&str> = cluster.project_by_name.keys().map(String::as_str).collect();
+    let contested = cluster.contested_addresses();
+    for (address, ports) in &contested {
+        out.dangling.push(Dangling::ContestedAddress { address: *address, ports: ports.clone() });
+    }
     for (id, port) in cluster.ports() {
         for reference in port.security_groups.iter().flatten() {
             out.dangling.extend(cluster.port_reference_problem(*id, &port.project, reference));
@@ -155,7 +159,7 @@ pub fn compile(cluster: &Cluster) -> Compiled {
         let span = NodeSpan {
             ports: ports
                 .iter()
-                .map(|(id, port, class)| (*id, port_policy(port, &classes[*class], &mut named_ports)))
+                .map(|(id, port, class)| (*id, port_policy(port, &classes[*class], &contested, &mut named_ports)))
                 .collect(),
             groups: group_table,
             sets: set_table,
@@ -182,12 +186,19 @@ pub(crate) fn isolation(cluster: &Cluster, applied: &BTreeSet<Uuid>, d: Directio
 type NamedPortsIntern<'a> =
     FastMap<&'a BTreeMap<String, weft_model::NamedPort>, Arc<BTreeMap<String, weft_model::NamedPort>>>;
 
-fn port_policy<'a>(port: &'a Port, class: &Class, named_ports: &mut NamedPortsIntern<'a>) -> PortPolicy {
+fn port_policy<'a>(
+    port: &'a Port,
+    class: &Class,
+    contested: &BTreeMap<std::net::IpAddr, Vec<Uuid>>,
+    named_ports: &mut NamedPortsIntern<'a>,
+) -> PortPolicy {
+    let (refused_addresses, addresses) = port.ips.iter().partition(|a| contested.contains_key(a));
     PortPolicy {
         project: port.project.clone(),
         name: port.name.clone(),
-        addresses: port.ips.clone(),
-        interface: port.interface.clone().unwrap_or_else(|| weft_model::default_interface(&port.project, &port.name)),
+        addresses,
+        refused_addresses,
+        interface: port.effective_interface(),
         named_ports: Arc::clone(
             named_ports.entry(&port.named_ports).or_insert_with(|| Arc::new(port.named_ports.clone())),
         ),

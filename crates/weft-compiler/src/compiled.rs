@@ -165,7 +165,14 @@ pub enum Isolation {
 pub struct PortPolicy {
     pub project: String,
     pub name: String,
+    /// The addresses the port is dispatched by and may send from.
     pub addresses: Vec<IpAddr>,
+    /// Addresses the port names that another port names too (issue 17): the datapath
+    /// identifies peers and dispatches by address, so such an address is dispatched to no
+    /// port (its traffic is dropped both ways) and no port may send from it, until one of the
+    /// two gives it up. The API refuses such a claim; rows written before it did can hold one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_addresses: Vec<IpAddr>,
     pub interface: String,
     /// Shared between ports that define the same named ports (the pods of one deployment).
     pub named_ports: Arc<BTreeMap<String, NamedPort>>,

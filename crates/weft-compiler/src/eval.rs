@@ -29,16 +29,25 @@ pub enum Side {
     Allowed { group: Uuid, rule: Uuid },
     /// Isolated, and no rule allows it.
     Denied,
+    /// The port's address in the packet is one another port names too: dispatched to neither.
+    Refused,
 }
 
 impl Side {
     pub fn allows(self) -> bool {
-        !matches!(self, Side::Denied)
+        !matches!(self, Side::Denied | Side::Refused)
     }
 }
 
 /// Decides one direction of one port of `span` for `packet`.
 pub fn side(span: &NodeSpan, port: &PortPolicy, direction: Direction, packet: &Packet) -> Side {
+    let local = match direction {
+        Direction::Ingress => packet.dst,
+        Direction::Egress => packet.src,
+    };
+    if port.refused_addresses.contains(&local) {
+        return Side::Refused;
+    }
     let isolation = match direction {
         Direction::Ingress => &port.ingress,
         Direction::Egress => &port.egress,

@@ -174,6 +174,11 @@ pub struct Compiler {
     /// Sets no group may name any more: dropped at the end of the batch (a later change of
     /// the same batch may name them again).
     unreferenced: BTreeSet<SetId>,
+    /// The port that names each address, while only one does.
+    claimed: FastMap<IpAddr, Uuid>,
+    /// Addresses two or more ports name, and those ports: dispatched to none of them
+    /// (`PortPolicy::refused_addresses`).
+    contested: FastMap<IpAddr, BTreeSet<Uuid>>,
 }
 
 impl Default for Compiler {
@@ -212,6 +217,8 @@ impl Compiler {
             touched: BTreeMap::new(),
             journals: BTreeMap::new(),
             unreferenced: BTreeSet::new(),
+            claimed: FastMap::default(),
+            contested: FastMap::default(),
         }
     }
 
@@ -320,6 +327,9 @@ impl Compiler {
         for group in self.groups.values().filter(|g| !g.nodes.is_empty()) {
             out.extend(group.dangling.iter().cloned());
         }
+        for (address, ports) in &self.contested {
+            out.push(Dangling::ContestedAddress { address: *address, ports: ports.iter().copied().collect() });
+        }
         out.sort();
         out.dedup();
         out
@@ -403,6 +413,7 @@ impl Compiler {
 
     fn port_changed(&mut self, id: Uuid, old: Option<Port>) {
         let new = self.cluster.ports.get(&id).cloned();
+        let others = self.reclaim(id, old.as_ref().map_or(&[], |p| &p.ips), new.as_ref().map_or(&[], |p| &p.ips));
         let old_place = old.as_ref().and_then(|port| {
             let class = *self.class_of_port.get(&id)?;
             self.contribute(port, class, false);
@@ -442,6 +453,54 @@ impl Compiler {
         {
             self.drop_class(class);
         }
+        // Ports whose addresses this one now contests, or stopped contesting.
+        for other in others {
+            let (Some(port), Some(class)) = (self.cluster.ports.get(&other).cloned(), self.class_of_port.get(&other))
+            else {
+                continue;
+            };
+            let class = *class;
+            let node = self.node_id(&port.node);
+            let policy = self.policy(&port, class);
+            self.set_port(node, other, Some(policy));
+        }
+    }
+
+    /// Moves port `id`'s address claims from `old` to `new`, and returns the other ports whose
+    /// refused addresses change with it.
+    fn reclaim(&mut self, id: Uuid, old: &[IpAddr], new: &[IpAddr]) -> BTreeSet<Uuid> {
+        let mut others = BTreeSet::new();
+        for ip in old.iter().filter(|ip| !new.contains(ip)) {
+            if let Some(claimants) = self.contested.get_mut(ip) {
+                claimants.remove(&id);
+                if claimants.len() == 1 {
+                    others.extend(claimants.iter().copied());
+                    if let Some(last) = self.contested.remove(ip).and_then(|c| c.into_iter().next()) {
+                        self.claimed.insert(*ip, last);
+                    }
+                }
+            } else if self.claimed.get(ip) == Some(&id) {
+                self.claimed.remove(ip);
+            }
+        }
+        for ip in new.iter().filter(|ip| !old.contains(ip)) {
+            if let Some(claimants) = self.contested.get_mut(ip) {
+                claimants.insert(id);
+            } else {
+                match self.claimed.get(ip).copied() {
+                    Some(holder) if holder != id => {
+                        self.claimed.remove(ip);
+                        self.contested.insert(*ip, BTreeSet::from([holder, id]));
+                        others.insert(holder);
+                    }
+                    _ => {
+                        self.claimed.insert(*ip, id);
+                    }
+                }
+            }
+        }
+        others.remove(&id);
+        others
     }
 
     fn node_id(&mut self, node: &Option<String>) -> NodeId {
@@ -472,11 +531,9 @@ impl Compiler {
         PortPolicy {
             project: port.project.clone(),
             name: port.name.clone(),
-            addresses: port.ips.clone(),
-            interface: port
-                .interface
-                .clone()
-                .unwrap_or_else(|| weft_model::default_interface(&port.project, &port.name)),
+            addresses: port.ips.iter().copied().filter(|a| !self.contested.contains_key(a)).collect(),
+            refused_addresses: port.ips.iter().copied().filter(|a| self.contested.contains_key(a)).collect(),
+            interface: port.effective_interface(),
             named_ports,
             ingress: class.ingress.clone(),
             egress: class.egress.clone(),

@@ -115,6 +115,8 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
             Just(json!({"http": {"protocol": "tcp", "port": 8080}, "dns": {"protocol": "udp", "port": 5353}})),
             Just(json!({"dns": {"protocol": "udp", "port": 53}}))
         ],
+        // Names the previous port's address too: an address two ports claim.
+        prop::bool::weighted(0.1),
     );
     (projects, prop::collection::vec(group, 0..7), prop::collection::vec(port, 1..8)).prop_map(|(envs, groups, ports)| {
         let mut changes = Vec::new();
@@ -141,7 +143,7 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
             changes.push(Change::UpsertGroup(g));
         }
         let count = ports.len();
-        for (i, (project, node, app, tier, dual, groups, named)) in ports.into_iter().enumerate() {
+        for (i, (project, node, app, tier, dual, groups, named, borrows)) in ports.into_iter().enumerate() {
             let mut labels = BTreeMap::new();
             if let Some(a) = app {
                 labels.insert("app".to_string(), a.to_string());
@@ -152,6 +154,9 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
             let mut ips = vec![v4(i)];
             if dual {
                 ips.push(v6(i));
+            }
+            if borrows && i > 0 {
+                ips.push(v4(i - 1));
             }
             let port = Port {
                 id: Some(id(4, i)),

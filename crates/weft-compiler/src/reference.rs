@@ -67,6 +67,14 @@ fn applied<'a>(c: &'a Cluster, port: &Port) -> Vec<&'a SecurityGroup> {
 
 fn side_allows(c: &Cluster, p: &Uuid, d: Direction, packet: &Packet, other: &Endpoint) -> bool {
     let Some(port) = c.ports.get(p) else { return true };
+    // An address two ports name is dispatched to neither, and neither may send from it.
+    let local = match d {
+        Direction::Ingress => packet.dst,
+        Direction::Egress => packet.src,
+    };
+    if port.ips.contains(&local) && c.ports.iter().any(|(q, other)| q != p && other.ips.contains(&local)) {
+        return false;
+    }
     // P is isolated in d when some group in applied(P) has d in policy_types; only those
     // groups speak for d (Kubernetes: a policy only affects the directions it lists).
     let isolating: Vec<&SecurityGroup> = applied(c, port).into_iter().filter(|g| g.policy_types.contains(&d)).collect();

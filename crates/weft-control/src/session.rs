@@ -30,13 +30,23 @@ struct Progress {
     /// The realized revision last handed to the status writer.
     recorded: i64,
     error: Option<String>,
+    /// What the agent reported it refuses to enforce as asked, with its last good ack.
+    problems: Vec<String>,
 }
 
 impl Progress {
     /// Hands the node's status to the writer (which coalesces and batches it).
     fn record(&mut self, statuses: &StatusWriter, node: &str) {
         self.recorded = self.realized;
-        statuses.record(node, (self.acked, self.realized, self.error.clone()));
+        statuses.record(
+            node,
+            NodeStatus {
+                acked: self.acked,
+                realized: self.realized,
+                error: self.error.clone(),
+                problems: self.problems.clone(),
+            },
+        );
     }
 }
 
@@ -78,6 +88,12 @@ impl Session {
                     p.acked = p.acked.max(ack.revision);
                     if ack.error.is_empty() {
                         p.error = None;
+                        if p.problems != ack.problems {
+                            for problem in ack.problems.iter().filter(|x| !p.problems.contains(x)) {
+                                tracing::warn!(node = %self.node, revision = ack.revision, "the agent refuses: {problem}");
+                            }
+                            p.problems = ack.problems;
+                        }
                         p.realized = if p.pending.is_empty() { p.cursor } else { ack.revision };
                     } else {
                         tracing::warn!(node = %self.node, revision = ack.revision, error = %ack.error, "the agent could not apply an update");
@@ -169,8 +185,14 @@ async fn send(
     }
 }
 
-/// (acked, realized, error) of one node.
-type NodeStatus = (i64, i64, Option<String>);
+/// What a node's session last learnt of it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NodeStatus {
+    acked: i64,
+    realized: i64,
+    error: Option<String>,
+    problems: Vec<String>,
+}
 
 /// Node status from every session of one controller, written together: one statement per
 /// round, not one per ack (a set change that reaches a thousand agents is a thousand acks, and
@@ -189,10 +211,16 @@ impl StatusWriter {
 
     /// Writes what is pending.
     pub async fn flush(&self, store: &Store, controller: &str) {
-        let batch: Vec<(String, i64, i64, Option<String>)> =
+        let batch: Vec<weft_store::nodes::Acked> =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter()
-                .map(|(node, (acked, realized, error))| (node, acked, realized, error))
+                .map(|(node, s)| weft_store::nodes::Acked {
+                    node,
+                    acked: s.acked,
+                    realized: s.realized,
+                    error: s.error,
+                    problems: s.problems,
+                })
                 .collect();
         if batch.is_empty() {
             return;
@@ -265,7 +293,7 @@ mod tests {
         }
         // The follower passes revision 2: nothing in it for anyone here.
         hub.publish(2, None);
-        let realized = || statuses.pending.lock().unwrap_or_else(|e| e.into_inner()).get("node-1").map(|s| s.1);
+        let realized = || statuses.pending.lock().unwrap_or_else(|e| e.into_inner()).get("node-1").map(|s| s.realized);
         until(|| realized() == Some(2)).await;
         sender.abort();
     }

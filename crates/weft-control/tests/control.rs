@@ -104,7 +104,7 @@ impl TestAgent {
     }
 
     async fn ack(&self, revision: i64) {
-        let ack = v1::Ack { revision, error: String::new() };
+        let ack = v1::Ack { revision, error: String::new(), problems: vec![] };
         self.acks.send(AgentMessage { kind: Some(agent_message::Kind::Ack(ack)) }).await.unwrap();
     }
 }
@@ -178,7 +178,9 @@ async fn the_controller_serves_only_the_node_a_credential_names(pool: PgPool) {
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     // A stream that does not start with hello.
     let mut client = AgentClient::connect(format!("http://{}", control.local_addr)).await.unwrap();
-    let ack = AgentMessage { kind: Some(agent_message::Kind::Ack(v1::Ack { revision: 1, error: String::new() })) };
+    let ack = AgentMessage {
+        kind: Some(agent_message::Kind::Ack(v1::Ack { revision: 1, error: String::new(), problems: vec![] })),
+    };
     let refused = client.sync(tokio_stream::iter([ack])).await.err().unwrap();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     control.shutdown().await;

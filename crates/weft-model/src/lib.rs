@@ -64,7 +64,7 @@ pub fn default_interface(project: &str, name: &str) -> String {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("weft{:011x}", hash >> 20)
+    format!("{}{:011x}", syntax::INTERFACE_PREFIX, hash >> 20)
 }
 
 /// Applies an RFC 7396 JSON merge patch to `target`.

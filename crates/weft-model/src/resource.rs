@@ -337,6 +337,12 @@ pub struct Port {
 }
 
 impl Port {
+    /// The host-side interface the port is bound to: the one it names, or the one derived
+    /// from its identity (DESIGN.md §7).
+    pub fn effective_interface(&self) -> String {
+        self.interface.clone().unwrap_or_else(|| crate::default_interface(&self.project, &self.name))
+    }
+
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut v = Validator::new();
         validate_common(&mut v, &self.name, &self.labels, &self.annotations);
@@ -363,7 +369,7 @@ impl Port {
             v.check("mac", syntax::mac_address(mac));
         }
         if let Some(interface) = &self.interface {
-            v.check("interface", syntax::interface_name(interface));
+            v.check("interface", syntax::port_interface(interface));
         }
         if let Some(groups) = &self.security_groups {
             if groups.len() > MAX_LIST_LEN {

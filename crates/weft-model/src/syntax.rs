@@ -106,6 +106,23 @@ pub fn interface_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// What every host-side interface of a port starts with (DESIGN.md §7). The agent drops the
+/// traffic of an interface with this prefix that no port of its node names, and never touches
+/// an interface without it: the node's own links (its uplink, `lo`) can never be made a port's.
+pub const INTERFACE_PREFIX: &str = "weft";
+
+/// A port's host-side interface: a valid name with weft's prefix and something after it.
+pub fn port_interface(s: &str) -> Result<(), String> {
+    interface_name(s)?;
+    if s.len() > INTERFACE_PREFIX.len() && s.starts_with(INTERFACE_PREFIX) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a port's interface: a port's interface starts with {INTERFACE_PREFIX:?} (the node's own interfaces are never a port's)"
+        ))
+    }
+}
+
 /// A MAC address written as six colon-separated pairs of hex digits.
 pub fn mac_address(s: &str) -> Result<(), String> {
     let parts: Vec<&str> = s.split(':').collect();
@@ -165,6 +182,10 @@ mod tests {
         assert!(interface_name("weft a").is_err());
         assert!(interface_name("..").is_err());
         assert!(interface_name("").is_err());
+        assert!(port_interface("weft0ab4915f708").is_ok());
+        for not_a_port in ["eth0", "lo", "weft", "Weft1"] {
+            assert!(port_interface(not_a_port).is_err(), "{not_a_port}");
+        }
         assert!(mac_address("02:42:AC:11:00:02").is_ok());
         assert!(mac_address("02:42:ac:11:00").is_err());
         assert!(mac_address("02-42-ac-11-00-02").is_err());

@@ -93,6 +93,7 @@ fn port(id: &Uuid, p: &PortPolicy) -> v1::PortPolicy {
         project: p.project.clone(),
         name: p.name.clone(),
         addresses: p.addresses.iter().map(address).collect(),
+        refused_addresses: p.refused_addresses.iter().map(address).collect(),
         interface: p.interface.clone(),
         named_ports: p
             .named_ports
@@ -123,6 +124,7 @@ fn parse_port(p: &v1::PortPolicy) -> Result<(Uuid, PortPolicy), ConvertError> {
             project: p.project.clone(),
             name: p.name.clone(),
             addresses: p.addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?,
+            refused_addresses: p.refused_addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?,
             interface: p.interface.clone(),
             named_ports: Arc::new(named_ports),
             ingress: parse_isolation(p.ingress.as_ref())?,

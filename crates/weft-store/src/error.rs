@@ -15,6 +15,8 @@ pub enum ConflictKind {
     HasChildren,
     /// An address asked for is already held by another port.
     AddressInUse,
+    /// A port's interface on its node is already another port's.
+    InterfaceInUse,
     /// A network's subnets have no free address left.
     AddressesExhausted,
 }
@@ -26,6 +28,7 @@ impl ConflictKind {
             ConflictKind::InUse => "in-use",
             ConflictKind::HasChildren => "has-children",
             ConflictKind::AddressInUse => "address-in-use",
+            ConflictKind::InterfaceInUse => "interface-in-use",
             ConflictKind::AddressesExhausted => "addresses-exhausted",
         }
     }

@@ -32,7 +32,8 @@ pub(crate) async fn allocate(
         let mut found = None;
         for subnet in family {
             let held: Vec<IpNet> = sqlx::query_scalar(
-                "SELECT address FROM ip_allocations WHERE network_id = $1 AND address <<= $2 ORDER BY address",
+                "SELECT address FROM ip_allocations WHERE network_id = $1 AND address <<= $2 \
+                 UNION SELECT address FROM port_addresses WHERE address <<= $2 ORDER BY address",
             )
             .bind(network_id)
             .bind(subnet.cidr)

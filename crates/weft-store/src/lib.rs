@@ -173,6 +173,9 @@ impl Store {
     /// Applies the embedded migrations that the database does not have yet.
     pub async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await?;
+        for (port, interface) in self.claim_interfaces().await? {
+            tracing::warn!(port = %port, interface = %interface, "a port written before interfaces were unique shares its interface with another port: its agent refuses the interface until one of them changes");
+        }
         Ok(())
     }
 

@@ -33,6 +33,18 @@ pub struct NodeStatus {
     pub realized_revision: i64,
     /// The last error the agent reported applying an update.
     pub last_error: Option<String>,
+    /// What the agent applied but refuses to enforce as asked (with its last good ack).
+    pub problems: Vec<String>,
+}
+
+/// What a control process records of one node's acks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acked {
+    pub node: String,
+    pub acked: i64,
+    pub realized: i64,
+    pub error: Option<String>,
+    pub problems: Vec<String>,
 }
 
 /// A join token just created: the only time its secret is known.
@@ -56,12 +68,13 @@ type StatusRow = (
     Option<DateTime<Utc>>,
     i64,
     Option<String>,
+    sqlx::types::Json<Vec<String>>,
 );
 
 macro_rules! status_columns {
     () => {
         "name, created_at, connected AND last_seen > now() - make_interval(secs => $1), controller, \
-         address, agent_version, connected_at, last_seen, acked_revision, acked_at, realized_revision, last_error"
+         address, agent_version, connected_at, last_seen, acked_revision, acked_at, realized_revision, last_error, problems"
     };
 }
 
@@ -81,6 +94,7 @@ fn status(row: StatusRow) -> NodeStatus {
         acked_at: row.9,
         realized_revision: row.10,
         last_error: row.11,
+        problems: row.12.0,
     }
 }
 
@@ -177,16 +191,18 @@ impl Store {
         Ok(())
     }
 
-    /// Records many nodes' acks in one statement: (node, acked, realized, error).
-    pub async fn nodes_acked(&self, controller: &str, statuses: &[(String, i64, i64, Option<String>)]) -> Result<()> {
-        let names: Vec<&str> = statuses.iter().map(|s| s.0.as_str()).collect();
-        let acked: Vec<i64> = statuses.iter().map(|s| s.1).collect();
-        let realized: Vec<i64> = statuses.iter().map(|s| s.2).collect();
-        let errors: Vec<Option<&str>> = statuses.iter().map(|s| s.3.as_deref()).collect();
+    /// Records many nodes' acks in one statement.
+    pub async fn nodes_acked(&self, controller: &str, statuses: &[Acked]) -> Result<()> {
+        let names: Vec<&str> = statuses.iter().map(|s| s.node.as_str()).collect();
+        let acked: Vec<i64> = statuses.iter().map(|s| s.acked).collect();
+        let realized: Vec<i64> = statuses.iter().map(|s| s.realized).collect();
+        let errors: Vec<Option<&str>> = statuses.iter().map(|s| s.error.as_deref()).collect();
+        let problems: Vec<serde_json::Value> = statuses.iter().map(|s| serde_json::json!(s.problems)).collect();
         sqlx::query(
             "UPDATE nodes SET acked_revision = s.acked, acked_at = now(), realized_revision = s.realized, \
-             last_error = s.error, last_seen = now() \
-             FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[]) AS s(name, acked, realized, error) \
+             last_error = s.error, problems = s.problems, last_seen = now() \
+             FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[], $6::jsonb[]) \
+                  AS s(name, acked, realized, error, problems) \
              WHERE nodes.name = s.name AND nodes.controller = $1",
         )
         .bind(controller)
@@ -194,6 +210,7 @@ impl Store {
         .bind(&acked)
         .bind(&realized)
         .bind(&errors)
+        .bind(&problems)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -262,6 +262,7 @@ impl Txn {
         self.write_refs(id, project_id, &resource, false).await?;
         if let (Resource::Port(port), Some(project_id)) = (&resource, project_id) {
             self.hold_port_addresses(project_id, id, port).await?;
+            self.claim(id, port).await?;
         }
         if let Resource::Project(project) = &resource {
             Box::pin(self.create(Resource::SecurityGroup(SecurityGroup::default_for(&project.name)))).await?;
@@ -337,6 +338,7 @@ impl Txn {
         self.write_refs(id, current.project_id, &resource, true).await?;
         if let (Resource::Port(port), Some(project_id)) = (&resource, current.project_id) {
             self.hold_port_addresses(project_id, id, port).await?;
+            self.claim(id, port).await?;
         }
         Ok(StoredObject { id, kind, revision, created_at: current.object.created_at, updated_at: self.now, body })
     }
@@ -742,6 +744,50 @@ impl Txn {
         Ok(())
     }
 
+    /// Records what a port claims on the datapath — its addresses, whatever its network, and
+    /// its interface on its node — giving up what it no longer claims, and refuses a claim
+    /// another port holds (migrations/0003_port_claims.sql).
+    async fn claim(&mut self, port_id: Uuid, port: &Port) -> Result<()> {
+        let addresses: Vec<ipnet::IpNet> = port.ips.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
+        let interface = port.node.as_ref().map(|_| port.effective_interface());
+        // The deletes and the inserts touch disjoint rows; a claim the port already holds is
+        // "updated" to itself, so that it comes back as held.
+        let (held, bound): (Vec<ipnet::IpNet>, bool) = sqlx::query_as(
+            "WITH gone_a AS (DELETE FROM port_addresses WHERE port_id = $1 AND NOT address = ANY($2::inet[])), \
+             gone_i AS (DELETE FROM port_interfaces WHERE port_id = $1 \
+                        AND (node, interface) IS DISTINCT FROM ($3::text, $4::text)), \
+             a AS (INSERT INTO port_addresses (address, port_id) SELECT unnest($2::inet[]), $1 \
+                   ON CONFLICT (address) DO UPDATE SET port_id = EXCLUDED.port_id \
+                   WHERE port_addresses.port_id = EXCLUDED.port_id RETURNING address), \
+             i AS (INSERT INTO port_interfaces (node, interface, port_id) SELECT $3, $4, $1 WHERE $3 IS NOT NULL \
+                   ON CONFLICT (node, interface) DO UPDATE SET port_id = EXCLUDED.port_id \
+                   WHERE port_interfaces.port_id = EXCLUDED.port_id RETURNING 1) \
+             SELECT ARRAY(SELECT address FROM a), $3 IS NULL OR EXISTS (SELECT 1 FROM i)",
+        )
+        .bind(port_id)
+        .bind(&addresses)
+        .bind(port.node.as_deref())
+        .bind(interface.as_deref())
+        .fetch_one(&mut *self.tx)
+        .await?;
+        if let Some(taken) = port.ips.iter().find(|ip| !held.iter().any(|h| h.addr() == **ip)) {
+            return Err(StoreError::conflict(
+                ConflictKind::AddressInUse,
+                format!(
+                    "address {taken} is already held by another port (an address belongs to one port across every network)"
+                ),
+            ));
+        }
+        if !bound {
+            let (node, interface) = (port.node.as_deref().unwrap_or_default(), interface.unwrap_or_default());
+            return Err(StoreError::conflict(
+                ConflictKind::InterfaceInUse,
+                format!("interface {interface} on node {node} is already another port's"),
+            ));
+        }
+        Ok(())
+    }
+
     /// A network's new subnets must still contain every address its ports hold.
     async fn check_network_holds_allocations(&mut self, network_id: Uuid, vn: &VirtualNetwork) -> Result<()> {
         let held: Vec<(ipnet::IpNet, String)> = sqlx::query_as(
@@ -811,6 +857,39 @@ fn summarize(names: &[String]) -> String {
         s.push_str(&format!(" and {} more", names.len() - SHOWN));
     }
     s
+}
+
+impl Store {
+    /// Gives the ports written before migration 0003 their interface claims (the derived name
+    /// is a hash SQL does not compute). Cheap once done: one anti-join that finds nothing.
+    /// Returns the ports that could not claim theirs because another port holds it: their
+    /// agents refuse the interface (and say so) until one of the two changes.
+    pub async fn claim_interfaces(&self) -> Result<Vec<(String, String)>> {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, body::text FROM objects o WHERE kind = 'port' AND body ->> 'node' IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM port_interfaces i WHERE i.port_id = o.id) ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut refused = Vec::new();
+        for (id, body) in rows {
+            let port: Port = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id, source })?;
+            let Some(node) = &port.node else { continue };
+            let interface = port.effective_interface();
+            let done = sqlx::query(
+                "INSERT INTO port_interfaces (node, interface, port_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(node)
+            .bind(&interface)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 0 {
+                refused.push((format!("{}/{}", port.project, port.name), format!("{node}/{interface}")));
+            }
+        }
+        Ok(refused)
+    }
 }
 
 /// Every object at one consistent point, and where a follower of the change log goes on from.

@@ -541,3 +541,42 @@ async fn followers_wait_for_a_transaction_holding_a_lower_revision(pool: PgPool)
     assert_eq!(page.changes.last().map(|c| c.revision), Some(after));
     assert_eq!(page.up_to, after);
 }
+
+/// Ports written before interfaces were claims (migration 0003) get their claims at start,
+/// the oldest first; a port whose interface an older one holds is named, not claimed.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn interface_claims_of_older_ports_are_made_at_start_oldest_first(pool: PgPool) {
+    let store = Store::from_pool(pool.clone());
+    project(&store, "p").await;
+    for name in ["a", "b", "c"] {
+        let port = json!({"name": name, "project": "p", "node": "node-1", "security_groups": []});
+        create(&store, Kind::Port, port).await.unwrap();
+    }
+    // As a database migrated from before would hold them: no claims, and b naming a's
+    // derived interface, which the API would have refused.
+    sqlx::query("DELETE FROM port_interfaces").execute(&pool).await.unwrap();
+    let taken = weft_model::default_interface("p", "a");
+    sqlx::query(
+        "UPDATE objects SET body = jsonb_set(body::jsonb, '{interface}', to_jsonb($1::text))::json WHERE name = 'b'",
+    )
+    .bind(&taken)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let refused = store.claim_interfaces().await.unwrap();
+    assert_eq!(refused, vec![("p/b".to_string(), format!("node-1/{taken}"))]);
+    let claims: Vec<(String, String)> = sqlx::query_as(
+        "SELECT o.name, i.interface FROM port_interfaces i JOIN objects o ON o.id = i.port_id ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(claims, vec![("a".into(), taken.clone()), ("c".into(), weft_model::default_interface("p", "c"))]);
+    // Done once: a second start finds only the port still without a claim.
+    assert_eq!(store.claim_interfaces().await.unwrap().len(), 1);
+    // Its next write must give the interface up.
+    let mut txn = store.begin().await.unwrap();
+    let b = txn.get_for_update(Kind::Port, &by_name(Some("p"), "b")).await.unwrap();
+    let e = txn.replace(Kind::Port, &by_name(Some("p"), "b"), b.decode().unwrap(), None).await.unwrap_err();
+    assert_eq!(conflict(e), ConflictKind::InterfaceInUse);
+}

@@ -62,6 +62,38 @@ pub async fn create(store: &weft_store::Store, kind: weft_model::Kind, body: ser
     txn.commit().await.expect("commit")
 }
 
+/// Writes a port the way a version of weft that did not check it would have (issue 17: an
+/// interface or an address another port claims), object and change-log row in one revision,
+/// bypassing every check of the API and the store. For tests of what the compiler and the
+/// agents do with such rows. Returns the revision.
+pub async fn write_unchecked_port(store: &weft_store::Store, port: &weft_model::Port) -> i64 {
+    let id = port.id.unwrap_or_else(uuid::Uuid::new_v4);
+    let mut body = serde_json::to_value(port).expect("a port serialises");
+    if let Some(map) = body.as_object_mut() {
+        for meta in ["id", "revision", "created_at", "updated_at"] {
+            map.remove(meta);
+        }
+    }
+    sqlx::query_scalar(
+        "WITH r AS (SELECT nextval('revisions') AS revision), \
+         p AS (SELECT id FROM objects WHERE kind = 'project' AND name = $1), \
+         o AS (INSERT INTO objects (id, kind, project_id, scope, name, labels, body, revision) \
+               SELECT $2, 'port', p.id, p.id, $3, $4, $5::json, r.revision FROM r, p \
+               RETURNING created_at, updated_at), \
+         c AS (INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
+               SELECT r.revision, 0, 'port', $2, 'put', $5::json, o.created_at, o.updated_at FROM r, o) \
+         SELECT revision FROM r",
+    )
+    .bind(&port.project)
+    .bind(id)
+    .bind(&port.name)
+    .bind(serde_json::to_value(&port.labels).expect("labels serialise"))
+    .bind(body.to_string())
+    .fetch_one(store.pool())
+    .await
+    .expect("an unchecked port is written")
+}
+
 /// A compiler loaded with everything the store holds.
 pub async fn compiler(store: &weft_store::Store) -> weft_compiler::Compiler {
     use weft_compiler::Change;

@@ -392,12 +392,20 @@ async fn wait(c: &Client, out: crate::cli::Output, revision: i64, timeout: Durat
 }
 
 /// Waits until every node `revision` concerns has applied it; fails at `timeout` naming who
-/// has not.
+/// has not, and fails at once when a node applied it but refuses part of what it was sent
+/// (its datapath is then not what the configuration says, and no wait will change that).
 pub async fn realized(c: &Client, revision: i64, timeout: Duration) -> anyhow::Result<weft_client::Realization> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let realization = c.realization(revision).await?;
         if realization.complete {
+            if !realization.refusing.is_empty() {
+                anyhow::bail!(
+                    "revision {revision} is applied, but {} refuse part of it:\n  {}",
+                    realization.refusing.join(", "),
+                    realization.problems().join("\n  ")
+                );
+            }
             return Ok(realization);
         }
         if tokio::time::Instant::now() >= deadline {

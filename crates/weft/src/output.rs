@@ -87,13 +87,16 @@ pub fn show_nodes(out: Output, items: &[Value]) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|n| {
-            ["name", "connected", "address", "ports", "realized_revision", "lag_revisions", "lag_seconds", "last_error"]
-                .iter()
-                .map(|f| scalar(&n[*f]))
-                .collect()
+            let fields = ["name", "connected", "address", "ports", "realized_revision", "lag_revisions", "lag_seconds"];
+            let mut row: Vec<String> = fields.iter().map(|f| scalar(&n[*f])).collect();
+            row.push(scalar(&n["last_error"]));
+            // What the agent refuses is the thing an operator must not miss: said in full.
+            let problems = n["problems"].as_array().map(|p| p.iter().map(scalar).collect::<Vec<_>>().join("; "));
+            row.push(problems.filter(|p| !p.is_empty()).unwrap_or_else(|| "-".to_string()));
+            row
         })
         .collect();
-    print_rows(&["NAME", "CONNECTED", "ADDRESS", "PORTS", "REALIZED", "LAG", "LAG (S)", "ERROR"], rows);
+    print_rows(&["NAME", "CONNECTED", "ADDRESS", "PORTS", "REALIZED", "LAG", "LAG (S)", "ERROR", "PROBLEMS"], rows);
     Ok(())
 }
 

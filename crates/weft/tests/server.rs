@@ -235,7 +235,10 @@ impl Agent {
 
     async fn ack(&self, revision: i64) {
         use weft_proto::v1::{Ack, AgentMessage, agent_message::Kind};
-        self.acks.send(AgentMessage { kind: Some(Kind::Ack(Ack { revision, error: String::new() })) }).await.unwrap();
+        self.acks
+            .send(AgentMessage { kind: Some(Kind::Ack(Ack { revision, error: String::new(), problems: vec![] })) })
+            .await
+            .unwrap();
     }
 }
 

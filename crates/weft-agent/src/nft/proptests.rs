@@ -129,10 +129,17 @@ fn build(raw: &RawSpan) -> NodeSpan {
         })
         .collect();
     let mut ports = BTreeMap::new();
-    let mut used = BTreeSet::new();
+    let mut claims: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    for (_, addresses, ..) in &raw.ports {
+        for a in addresses.iter().map(|a| addr(*a)).collect::<BTreeSet<_>>() {
+            *claims.entry(a).or_default() += 1;
+        }
+    }
     for (p, addresses, ingress, egress, named) in &raw.ports {
-        // Two ports never share an address on one node.
-        let addresses: Vec<IpAddr> = addresses.iter().map(|a| addr(*a)).filter(|a| used.insert(*a)).collect();
+        // An address two ports name is refused to both (the compiler's contested address,
+        // dispatched to no one).
+        let (refused_addresses, addresses): (Vec<IpAddr>, Vec<IpAddr>) =
+            addresses.iter().map(|a| addr(*a)).collect::<BTreeSet<_>>().into_iter().partition(|a| claims[a] > 1);
         let isolation = |gs: &Option<Vec<usize>>| match gs {
             None => Isolation::Open,
             Some(gs) => Isolation::Isolated(Arc::new(gs.iter().map(|g| id(2, *g)).collect())),
@@ -150,6 +157,7 @@ fn build(raw: &RawSpan) -> NodeSpan {
                 project: "p".into(),
                 name: format!("port{p}"),
                 addresses,
+                refused_addresses,
                 interface: format!("weft{p}"),
                 named_ports: Arc::new(named_ports),
                 ingress: isolation(ingress),

@@ -38,10 +38,13 @@ use super::ruleset::{Chain, Command, Element, Hook, Rule, Ruleset, Set, SetKind,
 
 /// Interfaces of pods on weft's datapath start with this (DESIGN.md §7); traffic of one the
 /// agent does not know is dropped, so a pod is never open before its policy arrives.
-pub const INTERFACE_PREFIX: &str = "weft";
+pub use weft_model::syntax::INTERFACE_PREFIX;
 const EGRESS_CHAIN: &str = "egress";
 const INGRESS_CHAIN: &str = "ingress";
 const IFACES: &str = "ifaces";
+/// Where the dispatch maps send an address two ports claim (`PortPolicy::refused_addresses`):
+/// it belongs to neither, so its traffic is dropped both ways.
+const REFUSED_CHAIN: &str = "refused";
 /// Transport protocols with ports: what "any protocol" means for a rule that names ports.
 const PORTED: [u8; 3] = [6, 17, 132];
 
@@ -237,6 +240,10 @@ fn skeleton(out: &mut Ruleset) {
         ingress.push(folded(Dir::In, v6));
         ingress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "daddr"), map: dispatch_map(Dir::In, v6) }]));
     }
+    out.chains.insert(
+        REFUSED_CHAIN.to_string(),
+        Chain { hook: None, rules: vec![Rule::new(vec![Stmt::Counter, Stmt::Drop])] },
+    );
     out.chains.insert(EGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: -10 }), rules: egress });
     out.chains.insert(INGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: 0 }), rules: ingress });
 }
@@ -705,14 +712,26 @@ fn render_port_globals(out: &mut Ruleset, span: &NodeSpan) {
             named.insert(named_port_set(n, v6), Set { kind: SetKind::AddrProtoPort { v6 }, elements: BTreeSet::new() });
         }
     }
+    let refused = crate::datapath::refused_interfaces(span);
     for (id, port) in &span.ports {
         let iface = port.interface.clone();
-        if let Some(s) = out.sets.get_mut(IFACES) {
+        // A refused interface is not bound: traffic through it is not taken as the port's
+        // (an unknown weft* interface is dropped; any other is none of weft's business), and
+        // the port's policy still holds by address in the dispatch maps.
+        let bound = !refused.contains_key(id);
+        if bound && let Some(s) = out.sets.get_mut(IFACES) {
             s.elements.insert(Element::Iface(iface.clone()));
+        }
+        for addr in &port.refused_addresses {
+            for dir in [Dir::In, Dir::Out] {
+                if let Some(s) = out.sets.get_mut(&dispatch_map(dir, addr.is_ipv6())) {
+                    s.elements.insert(Element::Jump(*addr, REFUSED_CHAIN.to_string()));
+                }
+            }
         }
         for addr in &port.addresses {
             let v6 = addr.is_ipv6();
-            if let Some(s) = out.sets.get_mut(&spoof_set(v6)) {
+            if bound && let Some(s) = out.sets.get_mut(&spoof_set(v6)) {
                 s.elements.insert(Element::IfaceAddr(iface.clone(), *addr));
             }
             for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
@@ -926,6 +945,7 @@ mod tests {
             project: "p".into(),
             name: name.into(),
             addresses: vec![address.parse().unwrap()],
+            refused_addresses: vec![],
             interface: format!("weft{name}"),
             named_ports: Default::default(),
             ingress: Isolation::Isolated(std::sync::Arc::new(groups.to_vec())),
@@ -986,6 +1006,64 @@ mod tests {
         let shared_chain = &table.chains[&group_chain(shared, Dir::In)];
         assert_eq!(shared_chain.rules.len(), 4, "two rules, two prefixes each");
         assert!(table.sets["fold-in-6"].elements.is_empty() && table.sets["fold-out-4"].elements.is_empty());
+    }
+
+    /// Issue 17's finding 2: a port whose interface was the node's `eth0` put `eth0` in the
+    /// anti-spoofing sets, and the node dropped every forwarded packet from other nodes. The
+    /// agent binds only interfaces with weft's prefix that one port of the node names; a port
+    /// it refuses keeps its policy by address, and the refusal is reported.
+    #[test]
+    fn interfaces_that_are_no_ports_or_are_shared_are_never_bound_and_are_reported() {
+        let mut ports = BTreeMap::new();
+        for (n, name, interface, address) in [
+            (1, "uplink", "eth0", "10.9.0.1"),
+            (2, "loop", "lo", "10.9.0.2"),
+            (3, "twin-a", "weftshared", "10.9.0.3"),
+            (4, "twin-b", "weftshared", "10.9.0.4"),
+            (5, "fine", "weftfine", "10.9.0.5"),
+        ] {
+            let mut p = policy(name, address, &[Uuid::from_u128(7)]);
+            p.interface = interface.into();
+            ports.insert(Uuid::from_u128(n), p);
+        }
+        let group = CompiledGroup { project: "p".into(), name: "g".into(), ingress: vec![], egress: vec![] };
+        let span = NodeSpan {
+            ports,
+            groups: std::sync::Arc::new([(Uuid::from_u128(7), std::sync::Arc::new(group))].into()),
+            sets: Default::default(),
+        };
+        let table = render(&span);
+        let bound: Vec<&Element> = table.sets[IFACES].elements.iter().collect();
+        assert_eq!(bound, vec![&Element::Iface("weftfine".into())]);
+        let spoof: Vec<&Element> = table.sets["spoof-4"].elements.iter().collect();
+        assert_eq!(spoof, vec![&Element::IfaceAddr("weftfine".into(), "10.9.0.5".parse().unwrap())]);
+        // Every port's policy still holds by address.
+        assert_eq!(table.sets["ingress-4"].elements.len(), 5);
+        let problems = crate::datapath::problems(&span);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("port p/uplink: interface refused: \"eth0\" is not a port's interface"),
+            "{problems:#?}"
+        );
+        assert!(problems[2].contains("interface weftshared is named by 2 ports"), "{problems:#?}");
+    }
+
+    /// Issue 17's finding 3: an address two ports claim is dispatched to neither (a drop both
+    /// ways) and neither may send from it.
+    #[test]
+    fn a_contested_address_is_dispatched_to_a_drop_and_is_no_ports_source() {
+        let mut victim = policy("victim", "10.9.0.1", &[]);
+        victim.refused_addresses = std::mem::take(&mut victim.addresses);
+        victim.ingress = Isolation::Open;
+        let span = NodeSpan { ports: [(Uuid::from_u128(1), victim)].into(), ..NodeSpan::default() };
+        let table = render(&span);
+        let refused = Element::Jump("10.9.0.1".parse().unwrap(), REFUSED_CHAIN.to_string());
+        assert!(
+            table.sets["ingress-4"].elements.contains(&refused) && table.sets["egress-4"].elements.contains(&refused)
+        );
+        assert!(table.sets["spoof-4"].elements.is_empty());
+        assert_eq!(table.chains[REFUSED_CHAIN].rules.len(), 1);
+        assert_eq!(crate::datapath::problems(&span).len(), 1);
     }
 
     #[test]

@@ -170,6 +170,25 @@ impl Fixture {
         assert!(out.status.success(), "weft wait {revision}: {}{}", String::from_utf8_lossy(&out.stdout), self.logs());
     }
 
+    /// Waits until every node has applied the current revision, also when some refuse part
+    /// of it (`weft wait` fails then), and returns what the server says of it.
+    pub async fn applied(&self) -> weft_client::Realization {
+        let revision = self.client.info().await.unwrap().revision;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let realization = self.client.realization(revision).await.unwrap();
+            if realization.complete {
+                return realization;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "revision {revision} not applied: {realization:?}{}",
+                self.logs()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for entry in std::fs::read_dir(&self.lab_dir).into_iter().flatten().flatten() {
