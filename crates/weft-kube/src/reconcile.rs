@@ -5,7 +5,8 @@
 //! reported. [`plan`] is pure; [`reconcile`] lists, plans and applies.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -221,8 +222,23 @@ fn kind_plan<T: Serialize>(
 /// The writes, in an order one batch accepts: projects created before what goes in them,
 /// ports and groups deleted before their projects.
 pub fn plan(desired: &Desired, current: &Current, o: &Options) -> Plan {
+    plan_with(desired, current, &|_| None, o)
+}
+
+/// [`plan`], for a `current` that is part of what the config service holds: `elsewhere` names
+/// the port outside it that holds an address, if one does. An address belongs to one port
+/// (issue 17): a pod whose address another port holds (a terminated pod's, or one written by
+/// hand) is left out and reported until the address is free, rather than failing the batch
+/// the whole reconciliation is in.
+pub fn plan_with(
+    desired: &Desired,
+    current: &Current,
+    elsewhere: &dyn Fn(&IpAddr) -> Option<Key>,
+    o: &Options,
+) -> Plan {
     let owner = &o.owner();
     let mut plan = Plan::default();
+    let ports = ports_with_free_addresses(desired, current, elsewhere, owner, o, &mut plan);
     let projects: BTreeMap<Key, Project> =
         desired.projects.iter().map(|(n, p)| ((String::new(), n.clone()), p.clone())).collect();
     let current_projects = stored(&current.projects, |p| ((String::new(), p.name.clone()), &p.annotations, p.revision));
@@ -231,10 +247,15 @@ pub fn plan(desired: &Desired, current: &Current, o: &Options) -> Plan {
     let mut current_groups =
         stored(&current.groups, |g| ((g.project.clone(), g.name.clone()), &g.annotations, g.revision));
     default_groups(&mut plan, desired, current, owner, &mut wanted_groups, &mut current_groups);
-    let mut deletes = kind_plan(&mut plan, Kind::SecurityGroup, &wanted_groups, current_groups, o, owner);
+    let deletes = kind_plan(&mut plan, Kind::SecurityGroup, &wanted_groups, current_groups, o, owner);
     let current_ports = stored(&current.ports, |p| ((p.project.clone(), p.name.clone()), &p.annotations, p.revision));
-    deletes.extend(kind_plan(&mut plan, Kind::Port, &desired.ports, current_ports, o, owner));
-    plan.deleted = deletes.len();
+    let first_port = plan.operations.len();
+    let port_deletes = kind_plan(&mut plan, Kind::Port, &ports, current_ports, o, owner);
+    // Ports that go give their addresses up before others take them: deletes first, then
+    // replaces (which may give some up), then creates. Nothing refers to a port.
+    plan.operations[first_port..].sort_by_key(|op| matches!(op, BatchOp::Create { .. }));
+    plan.deleted = deletes.len() + port_deletes.len();
+    plan.operations.splice(first_port..first_port, port_deletes);
     plan.operations.extend(deletes);
     // A project goes with everything in it; one that holds what another owner wrote stays
     // (its project-made `default` group aside).
@@ -268,6 +289,62 @@ pub fn plan(desired: &Desired, current: &Current, o: &Options) -> Plan {
         }
     }
     plan
+}
+
+/// The ports to write: the desired ones whose addresses no other port holds once the plan is
+/// applied (ports another owner wrote keep theirs, ports this plan deletes give theirs up),
+/// first come first served in (project, name) order. A port left out keeps what the config
+/// service holds of it, if anything.
+fn ports_with_free_addresses<'a>(
+    desired: &'a Desired,
+    current: &'a Current,
+    elsewhere: &dyn Fn(&IpAddr) -> Option<Key>,
+    owner: &str,
+    o: &Options,
+    plan: &mut Plan,
+) -> Cow<'a, BTreeMap<Key, Port>> {
+    let key = |p: &Port| (p.project.clone(), p.name.clone());
+    let mut held: BTreeMap<IpAddr, Key> = BTreeMap::new();
+    for port in current.ports.iter().filter(|p| !owned_by(&p.annotations, owner)) {
+        held.extend(port.ips.iter().map(|ip| (*ip, key(port))));
+    }
+    let taken = |held: &BTreeMap<IpAddr, Key>, port: &Port, k: &Key| {
+        port.ips
+            .iter()
+            .copied()
+            .find(|ip| held.get(ip).is_some_and(|h| h != k) || elsewhere(ip).is_some_and(|h| &h != k))
+    };
+    let mut left_out = Vec::new();
+    for (k, port) in &desired.ports {
+        match taken(&held, port, k) {
+            None => held.extend(port.ips.iter().map(|ip| (*ip, k.clone()))),
+            Some(ip) => {
+                plan.conflicts.push(o.problem(
+                    Kind::Port,
+                    &k.0,
+                    &k.1,
+                    format!("its address {ip} is held by another port; left out until the address is free"),
+                ));
+                left_out.push(k);
+            }
+        }
+    }
+    if left_out.is_empty() {
+        return Cow::Borrowed(&desired.ports);
+    }
+    let mut ports = desired.ports.clone();
+    for k in left_out {
+        match current.ports.iter().find(|p| &key(p) == k) {
+            // Kept as it is: not deleted, not changed.
+            Some(stored) => {
+                ports.insert(k.clone(), stored.clone());
+            }
+            None => {
+                ports.remove(k);
+            }
+        }
+    }
+    Cow::Owned(ports)
 }
 
 /// The `default` group the config service gives every project is, in a project this
@@ -379,7 +456,8 @@ pub async fn reconcile_some(
     o: &Options,
 ) -> Result<Outcome, ClientError> {
     let current = mirror.subset(scope);
-    let plan = plan(desired, &current, o);
+    let elsewhere = |ip: &IpAddr| mirror.addresses.get(ip).filter(|k| !scope.ports.contains(*k)).cloned();
+    let plan = plan_with(desired, &current, &elsewhere, o);
     apply(client, plan, mirror).await
 }
 
@@ -398,15 +476,22 @@ pub struct Mirror {
     projects: BTreeMap<String, Project>,
     ports: BTreeMap<Key, Port>,
     groups: BTreeMap<Key, SecurityGroup>,
+    /// The port that holds each address: a pod's change is checked against every port, not
+    /// only those the change names.
+    addresses: HashMap<IpAddr, Key>,
 }
 
 impl From<Current> for Mirror {
     fn from(c: Current) -> Mirror {
-        Mirror {
+        let mut mirror = Mirror {
             projects: c.projects.into_iter().map(|p| (p.name.clone(), p)).collect(),
-            ports: c.ports.into_iter().map(|p| ((p.project.clone(), p.name.clone()), p)).collect(),
             groups: c.groups.into_iter().map(|g| ((g.project.clone(), g.name.clone()), g)).collect(),
+            ..Mirror::default()
+        };
+        for port in c.ports {
+            mirror.put_port(port);
         }
+        mirror
     }
 }
 
@@ -428,6 +513,23 @@ impl Mirror {
         self.len() == 0
     }
 
+    fn put_port(&mut self, port: Port) {
+        let key = (port.project.clone(), port.name.clone());
+        self.remove_port(&key);
+        self.addresses.extend(port.ips.iter().map(|ip| (*ip, key.clone())));
+        self.ports.insert(key, port);
+    }
+
+    fn remove_port(&mut self, key: &Key) {
+        if let Some(old) = self.ports.remove(key) {
+            for ip in &old.ips {
+                if self.addresses.get(ip) == Some(key) {
+                    self.addresses.remove(ip);
+                }
+            }
+        }
+    }
+
     /// Takes in a batch's results (in the order of its operations).
     fn record(&mut self, operations: &[BatchOp], result: &weft_client::BatchResult) {
         fn decode<T: serde::de::DeserializeOwned>(result: &serde_json::Value) -> Option<T> {
@@ -445,7 +547,7 @@ impl Mirror {
                 }
                 BatchOp::Create { kind: Kind::Port, .. } | BatchOp::Replace { kind: Kind::Port, .. } => {
                     if let Some(p) = decode::<Port>(result) {
-                        self.ports.insert((p.project.clone(), p.name.clone()), p);
+                        self.put_port(p);
                     }
                 }
                 BatchOp::Create { kind: Kind::SecurityGroup, .. }
@@ -461,12 +563,15 @@ impl Mirror {
                         Kind::Project => {
                             self.projects.remove(&name);
                             if *cascade {
-                                self.ports.retain(|(p, _), _| *p != name);
+                                let gone: Vec<Key> = self.ports.keys().filter(|(p, _)| *p == name).cloned().collect();
+                                for port in gone {
+                                    self.remove_port(&port);
+                                }
                                 self.groups.retain(|(p, _), _| *p != name);
                             }
                         }
                         Kind::Port => {
-                            self.ports.remove(&key);
+                            self.remove_port(&key);
                         }
                         Kind::SecurityGroup => {
                             self.groups.remove(&key);
@@ -527,12 +632,44 @@ mod tests {
         desired.projects.insert("k8s-c".into(), ours(json!({"name": "k8s-c"})));
         desired.ports.insert(("k8s-c".into(), "api".into()), ours(json!({"name": "api", "project": "k8s-c"})));
         let plan = plan(&desired, &current, &Options::default());
-        assert_eq!(op_names(&plan), ["create k8s-c", "create api", "delete web", "delete k8s-a (cascade)"]);
+        assert_eq!(op_names(&plan), ["create k8s-c", "delete web", "create api", "delete k8s-a (cascade)"]);
         assert_eq!((plan.created, plan.deleted), (2, 2));
         assert_eq!(plan.conflicts.len(), 1, "k8s-b holds someone else's port: {:?}", plan.conflicts);
         // Named as the Kubernetes object it comes from: the namespace b.
         assert_eq!((plan.conflicts[0].kind, plan.conflicts[0].namespace.as_deref()), ("Namespace", None));
         assert_eq!(plan.conflicts[0].name, "b");
+    }
+
+    /// An address belongs to one port (issue 17): a pod whose address another port holds is
+    /// left out and reported, never a batch the config service refuses; one that takes the
+    /// address of a pod that is gone or moved on is written after that one gives it up.
+    #[test]
+    fn a_pod_whose_address_another_port_holds_is_left_out_and_reported() {
+        let project = ours::<Project>(json!({"name": "k8s-a"}));
+        let port = |name: &str, ip: &str| ours::<Port>(json!({"name": name, "project": "k8s-a", "ips": [ip]}));
+        let current = Current {
+            projects: vec![project.clone()],
+            ports: vec![
+                theirs(json!({"name": "manual", "project": "k8s-a", "ips": ["10.0.0.1"]})),
+                port("gone", "10.0.0.2"),
+                port("moving", "10.0.0.3"),
+                port("stuck", "10.0.0.9"),
+            ],
+            groups: vec![SecurityGroup::default_for("k8s-a")],
+        };
+        let mut desired = Desired::default();
+        desired.projects.insert("k8s-a".into(), project);
+        for (name, ip) in [("clash", "10.0.0.1"), ("heir", "10.0.0.2"), ("moving", "10.0.0.4"), ("taker", "10.0.0.3")] {
+            desired.ports.insert(("k8s-a".into(), name.into()), port(name, ip));
+        }
+        // stuck wants an address a port outside this (partial) reconciliation holds.
+        desired.ports.insert(("k8s-a".into(), "stuck".into()), port("stuck", "10.0.0.8"));
+        let elsewhere = |ip: &IpAddr| (ip.to_string() == "10.0.0.8").then(|| ("k8s-b".to_string(), "x".to_string()));
+        let plan = plan_with(&desired, &current, &elsewhere, &Options::default());
+        assert_eq!(op_names(&plan), ["delete gone", "replace moving", "create heir", "create taker"]);
+        let left_out: Vec<&str> = plan.conflicts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(left_out, ["clash", "stuck"], "{:?}", plan.conflicts);
+        assert!(plan.conflicts[0].detail.contains("10.0.0.1 is held by another port"), "{:?}", plan.conflicts);
     }
 
     #[test]
