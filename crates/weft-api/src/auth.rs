@@ -20,6 +20,11 @@ use crate::problem::{ApiError, ApiResult};
 
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// How often a long-lived response (a watch of the change log) checks that its token is still
+/// good: a revocation or an expiry ends it within this (a revocation made through another API
+/// process within this plus [`CACHE_TTL`]).
+pub const STREAM_RECHECK: Duration = Duration::from_secs(2);
+
 /// Who is calling, as the handlers see it.
 #[derive(Debug, Clone)]
 pub enum Caller {
@@ -72,16 +77,45 @@ impl Caller {
         }
     }
 
+    /// When the caller's token expires, if it does.
+    pub fn expires_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Caller::Token(t) => t.expires_at,
+            Caller::Unauthenticated => None,
+        }
+    }
+
+    /// Whether the token a long-lived response was opened with is still good: neither
+    /// revoked nor expired since. Reads the database at most once per [`CACHE_TTL`] per token.
+    pub async fn still_valid(&self, state: &AppState) -> ApiResult<()> {
+        let Caller::Token(token) = self else { return Ok(()) };
+        let current = match state.tokens.get_by_id(token.id) {
+            Some(t) => t,
+            None => {
+                let t = state
+                    .store
+                    .token(token.id)
+                    .await?
+                    .ok_or_else(|| ApiError::unauthorized("this token was deleted"))?;
+                state.tokens.put_by_id(t.clone());
+                t
+            }
+        };
+        check_active(&current)
+    }
+
     /// The projects a list may show; `None` means all.
     pub fn readable_projects(&self) -> Option<Vec<String>> {
         if self.is_admin() { None } else { Some(self.project().map(String::from).into_iter().collect()) }
     }
 }
 
-/// Verified tokens by digest, so that most requests skip the database.
+/// Verified tokens by digest, so that most requests skip the database; and by id, for the
+/// long-lived responses that check again that their token is still good.
 #[derive(Debug, Default)]
 pub struct TokenCache {
     entries: Mutex<HashMap<Vec<u8>, (Token, Instant)>>,
+    by_id: Mutex<HashMap<uuid::Uuid, (Token, Instant)>>,
 }
 
 impl TokenCache {
@@ -98,9 +132,23 @@ impl TokenCache {
         entries.insert(digest, (token, Instant::now()));
     }
 
+    fn get_by_id(&self, id: uuid::Uuid) -> Option<Token> {
+        let entries = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(&id).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(t, _)| t.clone())
+    }
+
+    fn put_by_id(&self, token: Token) {
+        let mut entries = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 10_000 {
+            entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        }
+        entries.insert(token.id, (token, Instant::now()));
+    }
+
     /// Forgets a token at once (after a revocation through this process).
     pub fn forget(&self, id: uuid::Uuid) {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (t, _)| t.id != id);
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 }
 
@@ -147,12 +195,16 @@ async fn resolve(state: &AppState, header: Option<&HeaderValue>) -> ApiResult<To
             t
         }
     };
-    let now = chrono::Utc::now();
+    check_active(&token)?;
+    Ok(token)
+}
+
+fn check_active(token: &Token) -> ApiResult<()> {
     if token.revoked_at.is_some() {
         return Err(ApiError::unauthorized("this token was revoked"));
     }
-    if !token.is_active(now) {
+    if !token.is_active(chrono::Utc::now()) {
         return Err(ApiError::unauthorized("this token has expired"));
     }
-    Ok(token)
+    Ok(())
 }

@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use weft_store::{Change, StoreError};
+use weft_store::Change;
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, STREAM_RECHECK};
 use crate::problem::{ApiError, ApiResult};
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -54,7 +54,7 @@ pub async fn changes(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
         if let Err(e) = stream(state, caller, watch, first, &tx).await {
-            let problem = ApiError::from(e).to_problem();
+            let problem = e.to_problem();
             let line = serde_json::json!({"op": "error", "error": problem}).to_string() + "\n";
             let _ = tx.send(Ok(Bytes::from(line))).await;
         }
@@ -65,17 +65,31 @@ pub async fn changes(
 }
 
 /// Feeds the response until the client goes away (the channel closes) or, without `watch`,
-/// until caught up.
+/// until caught up; ends with an error line when the caller's token is revoked or expires
+/// (checked every [`STREAM_RECHECK`], and at the expiry).
 async fn stream(
     state: AppState,
     caller: Caller,
     watch: bool,
     first: weft_store::ChangePage,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-) -> Result<(), StoreError> {
+) -> Result<(), ApiError> {
     let mut revisions = state.revisions.clone();
     let mut page = first;
+    let next_check = || {
+        let mut at = tokio::time::Instant::now() + STREAM_RECHECK;
+        if let Some(expiry) = caller.expires_at() {
+            let left = (expiry - chrono::Utc::now()).to_std().unwrap_or_default();
+            at = at.min(tokio::time::Instant::now() + left);
+        }
+        at
+    };
+    let mut check_at = next_check();
     loop {
+        if tokio::time::Instant::now() >= check_at {
+            caller.still_valid(&state).await?;
+            check_at = next_check();
+        }
         let mut lines = String::new();
         for change in &page.changes {
             if visible(&caller, change) {
@@ -97,15 +111,20 @@ async fn stream(
             }
             loop {
                 let woken = tokio::select! {
-                    changed = revisions.wait_for(|r| *r > since) => Some(changed.is_ok()),
-                    _ = tokio::time::sleep(HEARTBEAT) => None,
+                    changed = revisions.wait_for(|r| *r > since) => Woken::Revision(changed.is_ok()),
+                    _ = tokio::time::sleep(HEARTBEAT) => Woken::Heartbeat,
+                    _ = tokio::time::sleep_until(check_at) => Woken::Recheck,
                     _ = tx.closed() => return Ok(()),
                     _ = state.stopped() => return Ok(()),
                 };
                 match woken {
-                    Some(true) => break,
-                    Some(false) => return Ok(()),
-                    None => {
+                    Woken::Revision(true) => break,
+                    Woken::Revision(false) => return Ok(()),
+                    Woken::Recheck => {
+                        caller.still_valid(&state).await?;
+                        check_at = next_check();
+                    }
+                    Woken::Heartbeat => {
                         let line = format!("{{\"op\":\"bookmark\",\"revision\":{since}}}\n");
                         if tx.send(Ok(Bytes::from(line))).await.is_err() {
                             return Ok(());
@@ -116,6 +135,15 @@ async fn stream(
         }
         page = state.store.changes_since(since, PAGE_REVISIONS).await?;
     }
+}
+
+/// What ended a caught-up stream's wait.
+enum Woken {
+    /// A new revision (or, `false`, the revision watch is gone).
+    Revision(bool),
+    Heartbeat,
+    /// Time to check the caller's token again.
+    Recheck,
 }
 
 /// Whether the caller may see a change: admins see everything, others their project's.

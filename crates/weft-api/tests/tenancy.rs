@@ -6,10 +6,13 @@
 
 mod common;
 
-use axum::http::{Method, StatusCode};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
 use common::Api;
+use http_body_util::BodyExt;
 use serde_json::json;
 use sqlx::PgPool;
+use tower::ServiceExt;
 use weft_store::tokens::Role;
 
 /// Two tenants, `a` and `b`, and a writer's token for each.
@@ -168,4 +171,58 @@ async fn an_address_belongs_to_one_port_across_every_network(pool: PgPool) {
     // A port keeps its own addresses across a replace.
     let r = api.as_token(&writer_b, Method::PATCH, "/v1/ports/b/evil", Some(json!({"labels": {"x": "y"}}))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// The lines a watch of the change log sends until it ends (at most `PATIENCE`: a guard against
+/// a hang, not a measure).
+async fn watch_until_it_ends(
+    api: &Api,
+    token: &str,
+    revoke: impl std::future::Future<Output = ()>,
+) -> Vec<serde_json::Value> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+    let request = Request::get("/v1/changes?since=0")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(std::str::from_utf8(&first).unwrap().contains("bookmark"));
+    revoke.await;
+    let mut text = String::new();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(frame) = body.frame().await {
+            text.push_str(std::str::from_utf8(&frame.unwrap().into_data().unwrap()).unwrap());
+        }
+    })
+    .await
+    .expect("the watch ended");
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Finding 4: a watch of the change log went on streaming after its token was revoked or had
+/// expired. It ends with an error line naming why.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_watch_ends_when_its_token_is_revoked_or_expires(pool: PgPool) {
+    let api = Api::new(pool).await;
+    tenants(&api).await;
+    let reader = api.store.create_token(Role::Reader, Some("a"), "", None).await.unwrap();
+    let revoke = async {
+        let r = api.call(Method::DELETE, &format!("/v1/tokens/{}", reader.token.id), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    };
+    let lines = watch_until_it_ends(&api, &reader.secret, revoke).await;
+    let last = lines.last().unwrap();
+    assert_eq!(last["op"], "error", "{lines:?}");
+    assert_eq!(last["error"]["status"], 401, "{last}");
+    assert!(last["error"]["detail"].as_str().unwrap().contains("revoked"), "{last}");
+
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let expiring = api.store.create_token(Role::Reader, Some("a"), "", Some(soon)).await.unwrap();
+    let lines = watch_until_it_ends(&api, &expiring.secret, async {}).await;
+    let last = lines.last().unwrap();
+    assert_eq!(last["op"], "error", "{lines:?}");
+    assert!(last["error"]["detail"].as_str().unwrap().contains("expired"), "{last}");
 }

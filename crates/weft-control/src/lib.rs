@@ -113,8 +113,9 @@ impl Control {
     /// Serves agents from a hub another part of the process keeps current.
     pub async fn serve(store: Store, hub: Arc<Hub>, config: Config) -> Result<Control, ControlError> {
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let sessions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let sessions: Sessions = Arc::default();
         tokio::spawn(heartbeat(store.clone(), config.name.clone(), Arc::clone(&sessions), shutdown_rx.clone()));
+        tokio::spawn(end_deleted_nodes(store.clone(), Arc::clone(&sessions), shutdown_rx.clone()));
         let statuses = Arc::new(session::StatusWriter::default());
         tokio::spawn(Arc::clone(&statuses).run(store.clone(), config.name.clone(), shutdown_rx.clone()));
         let service = Service {
@@ -158,7 +159,16 @@ impl Control {
     }
 }
 
-type Sessions = Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
+/// The stream this process holds for each node: its number (a node that reconnects gets a new
+/// one) and what ends it when the node is deleted.
+type Sessions = Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, watch::Sender<bool>)>>>;
+
+/// Ends the stream of a deleted node, if this process holds it.
+fn end_session(sessions: &Sessions, node: &str) {
+    if let Some((_, end)) = sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node) {
+        end.send_replace(true);
+    }
+}
 
 async fn heartbeat(store: Store, controller: String, sessions: Sessions, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -167,12 +177,35 @@ async fn heartbeat(store: Store, controller: String, sessions: Sessions, mut shu
             _ = shutdown.changed() => return,
         }
         let nodes: Vec<String> = sessions.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
-        if !nodes.is_empty()
-            && let Err(e) = store.nodes_seen(&controller, &nodes).await
-        {
-            tracing::warn!(error = %e, "cannot record which agents are connected");
+        if nodes.is_empty() {
+            continue;
+        }
+        match store.nodes_seen(&controller, &nodes).await {
+            // A deletion whose notification was lost is found here.
+            Ok(existing) => {
+                for gone in nodes.iter().filter(|n| !existing.contains(n)) {
+                    end_session(&sessions, gone);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record which agents are connected"),
         }
     }
+}
+
+/// Ends a deleted node's stream as soon as any process deletes it.
+async fn end_deleted_nodes(store: Store, sessions: Sessions, mut shutdown: watch::Receiver<bool>) {
+    let (tx, mut deleted) = mpsc::channel(64);
+    let follower = tokio::spawn(async move { store.follow_node_deletions(tx).await });
+    loop {
+        tokio::select! {
+            name = deleted.recv() => match name {
+                Some(name) => end_session(&sessions, &name),
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    follower.abort();
 }
 
 struct Service {
@@ -210,10 +243,11 @@ impl Agent for Service {
         }
         self.store.node_connected(&node, &self.controller, &peer, &hello.agent_version).await.map_err(unavailable)?;
         tracing::info!(node = %node, peer = %peer, last_revision = hello.last_revision, version = %hello.agent_version, "agent connected");
+        let (end, ended) = watch::channel(false);
         let id = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            let id = sessions.get(&node).map_or(1, |n| n + 1);
-            sessions.insert(node.clone(), id);
+            let id = sessions.get(&node).map_or(1, |(n, _)| n + 1);
+            sessions.insert(node.clone(), (id, end));
             id
         };
         let (outbound, rx) = mpsc::channel(8);
@@ -226,9 +260,9 @@ impl Agent for Service {
         };
         let (sessions, shutdown) = (Arc::clone(&self.sessions), self.shutdown.clone());
         tokio::spawn(async move {
-            session.run(hello.last_revision, inbound, outbound, shutdown).await;
+            session.run(hello.last_revision, inbound, outbound, shutdown, ended).await;
             let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
-            if sessions.get(&node) == Some(&id) {
+            if sessions.get(&node).is_some_and(|(n, _)| *n == id) {
                 sessions.remove(&node);
             }
         });

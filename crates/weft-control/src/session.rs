@@ -59,14 +59,30 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Serves the stream until the agent goes away or the controller shuts down.
+    /// Serves the stream until the agent goes away, the controller shuts down or the node is
+    /// deleted (`ended`; the agent is then told its credential no longer works).
     pub async fn run(
         self,
         last_revision: i64,
         mut inbound: Streaming<v1::AgentMessage>,
         outbound: mpsc::Sender<Result<Encoded, Status>>,
         mut shutdown: watch::Receiver<bool>,
+        mut ended: watch::Receiver<bool>,
     ) {
+        let closing = outbound.clone();
+        // Resolves once the node is deleted; never when a newer stream of the same node took
+        // the session's place (its sender is dropped then).
+        let deleted = async move {
+            loop {
+                if ended.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if *ended.borrow() {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(deleted);
         let progress =
             Arc::new(Mutex::new(Progress { realized: last_revision, recorded: last_revision, ..Progress::default() }));
         let sender = {
@@ -78,6 +94,13 @@ impl Session {
             let message = tokio::select! {
                 m = inbound.message() => m,
                 _ = shutdown.changed() => break,
+                () = &mut deleted => {
+                    sender.abort();
+                    tracing::warn!(node = %self.node, "the node was deleted: ending its agent's stream");
+                    let deleted = Status::unauthenticated(format!("node {} was deleted: its credential no longer works", self.node));
+                    let _ = closing.send(Err(deleted)).await;
+                    break;
+                }
             };
             match message {
                 Ok(Some(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Ack(ack)) })) => {

@@ -307,3 +307,41 @@ async fn a_controller_behind_the_change_logs_compaction_reloads(pool: PgPool) {
     assert!(agent.span.sets.values().any(|s| s.contains(&"10.0.0.3".parse().unwrap())));
     control.shutdown().await;
 }
+
+/// Issue 17, finding 4: deleting a node disconnects its agent at once (the stream ends with
+/// UNAUTHENTICATED, whichever control process deleted it), and its credential stops working.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn deleting_a_node_ends_its_agents_stream_and_its_credential(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let credential = store.create_node("node-1").await.unwrap();
+    let other = store.create_node("node-2").await.unwrap();
+    let control = start(&store).await;
+    let mut agent = TestAgent::connect(control.local_addr, "node-1", &credential).await.unwrap();
+    let mut bystander = TestAgent::connect(control.local_addr, "node-2", &other).await.unwrap();
+    let (revision, _) = agent.next_update().await;
+    agent.ack(revision).await;
+    bystander.next_update().await;
+    status_until(&store, "node-1", |n| n.connected).await;
+
+    // The controller hears of it as any process's deletion: through PostgreSQL.
+    assert!(store.delete_node("node-1").await.unwrap());
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match agent.inbound.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = ended.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("node-1 was deleted"), "{status:?}");
+    let refused = TestAgent::connect(control.local_addr, "node-1", &credential).await.err().expect("refused");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    // Another node's stream goes on.
+    create(&store, Kind::Port, json!({"name": "web-2", "project": "shop", "node": "node-2", "ips": ["10.0.0.3"], "labels": {"app": "web"}, "security_groups": []})).await;
+    bystander.next_update().await;
+}

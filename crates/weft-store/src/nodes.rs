@@ -11,6 +11,9 @@ use uuid::Uuid;
 use crate::tokens::{digest, generate_secret_with};
 use crate::{ConflictKind, Result, Store, StoreError};
 
+/// The PostgreSQL channel on which a node's deletion is announced (the payload is its name).
+pub const NODES_CHANNEL: &str = "weft_node_deleted";
+
 /// How long after its controller last refreshed it a node still counts as connected: a
 /// controller that died cannot say its agents left.
 pub const SEEN_WITHIN: Duration = Duration::from_secs(30);
@@ -126,9 +129,55 @@ impl Store {
         Ok(credential)
     }
 
+    /// Deletes a node: its credential stops working, and the control process that holds its
+    /// agent's stream hears of it on [`NODES_CHANNEL`] and ends the stream.
     pub async fn delete_node(&self, name: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name).execute(&self.pool).await?;
-        Ok(done.rows_affected() > 0)
+        let deleted: Option<String> = sqlx::query_scalar(
+            "WITH d AS (DELETE FROM nodes WHERE name = $1 RETURNING name) \
+             SELECT name FROM d, LATERAL (SELECT pg_notify($2, d.name)) n",
+        )
+        .bind(name)
+        .bind(NODES_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(deleted.is_some())
+    }
+
+    /// Sends the name of every node deleted from now on (by any process) to `deleted`, until
+    /// its receiver is dropped. Notifications can be lost while the listening connection is
+    /// down: callers also check, now and then, that their nodes still exist
+    /// ([`Store::nodes_seen`]).
+    pub async fn follow_node_deletions(&self, deleted: tokio::sync::mpsc::Sender<String>) {
+        loop {
+            match sqlx::postgres::PgListener::connect_with(&self.pool).await {
+                Ok(mut listener) => match listener.listen(NODES_CHANNEL).await {
+                    Ok(()) => loop {
+                        tokio::select! {
+                            notification = listener.try_recv() => match notification {
+                                Ok(Some(n)) => {
+                                    if deleted.send(n.payload().to_string()).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                // The connection was lost (the next call reconnects), or failed.
+                                Ok(None) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot hear of node deletions; retrying");
+                                    break;
+                                }
+                            },
+                            _ = deleted.closed() => return,
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN for node deletions; retrying"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot connect to hear of node deletions; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = deleted.closed() => return,
+            }
+        }
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeStatus>> {
@@ -216,14 +265,17 @@ impl Store {
         Ok(())
     }
 
-    /// Refreshes `last_seen` of the nodes whose streams this control process holds.
-    pub async fn nodes_seen(&self, controller: &str, nodes: &[String]) -> Result<()> {
-        sqlx::query("UPDATE nodes SET last_seen = now() WHERE controller = $1 AND name = ANY($2) AND connected")
-            .bind(controller)
-            .bind(nodes)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Refreshes `last_seen` of the nodes whose streams this control process holds, and
+    /// returns those of them that still exist (a node deleted meanwhile is not among them).
+    pub async fn nodes_seen(&self, controller: &str, nodes: &[String]) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "WITH u AS (UPDATE nodes SET last_seen = now() WHERE controller = $1 AND name = ANY($2) AND connected) \
+             SELECT name FROM nodes WHERE name = ANY($2)",
+        )
+        .bind(controller)
+        .bind(nodes)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The stream ended (only if this control process still holds it: the agent may already

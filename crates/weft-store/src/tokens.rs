@@ -141,6 +141,15 @@ impl Store {
         row.map(from_row).transpose()
     }
 
+    /// A token by id, whether active or not.
+    pub async fn token(&self, id: Uuid) -> Result<Option<Token>> {
+        let row: Option<TokenRow> = sqlx::query_as(concat!("SELECT ", token_columns!(), " FROM tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(from_row).transpose()
+    }
+
     pub async fn list_tokens(&self) -> Result<Vec<Token>> {
         let rows: Vec<TokenRow> =
             sqlx::query_as(concat!("SELECT ", token_columns!(), " FROM tokens ORDER BY created_at, id"))
