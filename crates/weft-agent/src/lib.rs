@@ -210,13 +210,18 @@ async fn session(
         let started = std::time::Instant::now();
         let mut problems = Vec::new();
         let error = match apply(datapath, current, &update) {
-            Ok(()) => {
+            Ok(delta) => {
                 if let Some(m) = &config.metrics {
                     let full = update.len() > 1 || update[0].snapshot;
                     m.applied(full, started.elapsed(), current.revision, &current.span);
                     m.connected(true);
                 }
-                if let Err(e) = config.state_dir.save(current) {
+                // Durable before the ack: a delta is appended, anything else saved whole.
+                let saved = match &delta {
+                    Some(delta) => config.state_dir.append(delta, current),
+                    None => config.state_dir.save(current),
+                };
+                if let Err(e) = saved {
                     tracing::warn!(error = %e, "cannot save the span in the state dir");
                 }
                 progress.send_replace(Progress { revision: current.revision, synced: true });
@@ -245,8 +250,13 @@ async fn session(
 }
 
 /// Applies one whole update: decoded, turned into the next span, enforced; `current` moves on
-/// only when all of that worked.
-fn apply(datapath: &mut impl Datapath, current: &mut Saved, update: &[v1::ControllerMessage]) -> Result<(), String> {
+/// only when all of that worked. Returns the delta when the update was one (not a snapshot,
+/// not in parts), for the state dir to append.
+fn apply(
+    datapath: &mut impl Datapath,
+    current: &mut Saved,
+    update: &[v1::ControllerMessage],
+) -> Result<Option<SpanDelta>, String> {
     let snapshot = update[0].snapshot;
     let mut span = if snapshot { NodeSpan::default() } else { current.span.clone() };
     let mut deltas: Vec<SpanDelta> = Vec::with_capacity(update.len());
@@ -265,5 +275,5 @@ fn apply(datapath: &mut impl Datapath, current: &mut Saved, update: &[v1::Contro
     datapath.apply(&current.span, &span, delta).map_err(|e| e.to_string())?;
     current.span = span;
     current.revision = update[0].revision;
-    Ok(())
+    Ok(delta.cloned())
 }

@@ -96,7 +96,12 @@ async fn joins_applies_saves_and_enforces_its_last_span_while_the_controller_is_
     shop(&store).await;
     let addr = free_addr();
     let control = control_on(&store, addr).await;
-    let token = store.create_join_token(Duration::from_secs(600), "test").await.unwrap();
+    let limits = weft_store::nodes::JoinTokenLimits {
+        expires_in: Duration::from_secs(600),
+        uses: 1,
+        node: Some("node-1".into()),
+    };
+    let token = store.create_join_token(&limits, "test").await.unwrap();
     let dir = temp_dir();
 
     let datapath = Shared::<MemoryDatapath>::default();

@@ -38,14 +38,33 @@ pub struct CreatedNode {
 pub struct CreateJoinToken {
     #[serde(default)]
     pub description: String,
-    /// Lifetime in seconds (default one day).
+    /// Lifetime in seconds: a day unless said otherwise, at most 30 days (a join token is a
+    /// key to the cluster's policy: it should not outlive the joining it is for).
     #[serde(default = "default_join_token_lifetime")]
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub expires_in_seconds: u64,
+    /// How many nodes it registers: one unless said otherwise.
+    #[serde(default = "one_use")]
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub uses: u32,
+    /// The one node it registers. A token without one cannot register a node name that ports
+    /// are placed on already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn default_join_token_lifetime() -> u64 {
     86_400
 }
+
+fn one_use() -> u32 {
+    1
+}
+
+/// The longest a join token lives.
+pub const MAX_JOIN_TOKEN_SECONDS: u64 = 30 * 86_400;
+/// The most nodes one join token registers.
+pub const MAX_JOIN_TOKEN_USES: u32 = 10_000;
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedJoinToken {
@@ -175,17 +194,52 @@ pub async fn create_join_token(
 ) -> ApiResult<Response> {
     caller.require_admin()?;
     let request: CreateJoinToken = body::json(&headers, body)?;
-    if request.expires_in_seconds == 0 || request.expires_in_seconds > 365 * 86_400 {
-        return Err(ApiError::invalid(weft_model::ValidationErrors::single(
-            "/expires_in_seconds",
-            "between 1 second and a year",
-        )));
+    let mut v = weft_model::Validator::new();
+    if !(1..=MAX_JOIN_TOKEN_SECONDS).contains(&request.expires_in_seconds) {
+        v.at("expires_in_seconds", |v| v.error(format!("between 1 and {MAX_JOIN_TOKEN_SECONDS} (30 days)")));
     }
-    let lifetime = std::time::Duration::from_secs(request.expires_in_seconds);
-    let created = state.store.create_join_token(lifetime, &request.description).await?;
-    tracing::info!(id = %created.id, expires_at = %created.expires_at, "join token created");
+    if !(1..=MAX_JOIN_TOKEN_USES).contains(&request.uses) {
+        v.at("uses", |v| v.error(format!("between 1 and {MAX_JOIN_TOKEN_USES}")));
+    }
+    if let Some(node) = &request.node {
+        v.check("node", weft_model::syntax::dns_subdomain(node));
+    }
+    v.finish().map_err(ApiError::invalid)?;
+    let limits = weft_store::nodes::JoinTokenLimits {
+        expires_in: std::time::Duration::from_secs(request.expires_in_seconds),
+        uses: request.uses,
+        node: request.node.clone(),
+    };
+    let created = state.store.create_join_token(&limits, &request.description).await?;
+    tracing::info!(id = %created.id, expires_at = %created.expires_at, uses = request.uses, node = ?request.node, "join token created");
     let body = CreatedJoinToken { id: created.id, token: created.secret, expires_at: created.expires_at };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+/// Join tokens, without their secrets (admin).
+pub async fn list_join_tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    Ok(axum::Json(serde_json::json!({ "items": state.store.list_join_tokens().await? })).into_response())
+}
+
+/// Revokes a join token: it registers no node from now on (admin).
+pub async fn revoke_join_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let Some(id) = id.parse::<Uuid>().ok() else {
+        return Err(ApiError::not_found(format!("{id:?} is not a join token's id")));
+    };
+    if !state.store.revoke_join_token(id).await? {
+        return Err(ApiError::not_found(format!("join token {id} does not exist")));
+    }
+    tracing::info!(id = %id, "join token revoked");
+    Ok(axum::Json(serde_json::json!({ "id": id, "revoked": true })).into_response())
 }
 
 /// Node status with the lag as this process's compiler sees it.

@@ -329,6 +329,22 @@ pub fn openapi() -> OpenApi {
             .request_body(Some(body(schema_ref("CreateJoinToken"), JSON)))
             .response("201", json_response("The token; shown only here", schema_ref("CreatedJoinToken"))),
     );
+    let join_token_list = with_common_errors(
+        OperationBuilder::new()
+            .tag("nodes")
+            .operation_id(Some("listJoinTokens"))
+            .summary(Some("Join tokens with their limits and uses, without secrets (admin)"))
+            .response("200", json_response("`items`: join tokens", ObjectBuilder::new().into())),
+    );
+    let join_token_revoke = with_common_errors(
+        OperationBuilder::new()
+            .tag("nodes")
+            .operation_id(Some("revokeJoinToken"))
+            .summary(Some("Revoke a join token: it registers no node from now on (admin)"))
+            .parameters(Some([param("id", ParameterIn::Path, true, "The join token's id")]))
+            .response("200", json_response("Revoked", ObjectBuilder::new().into()))
+            .response("404", problem("No such join token")),
+    );
     let realization = with_common_errors(
         OperationBuilder::new()
             .tag("nodes")
@@ -385,7 +401,12 @@ pub fn openapi() -> OpenApi {
     paths = paths
         .path("/v1/nodes", nodes)
         .path("/v1/nodes/{name}", PathItem::new(HttpMethod::Delete, node_delete.build()))
-        .path("/v1/join-tokens", PathItem::new(HttpMethod::Post, join_token_create.build()))
+        .path("/v1/join-tokens", {
+            let mut item = PathItem::new(HttpMethod::Post, join_token_create.build());
+            item.get = Some(join_token_list.build());
+            item
+        })
+        .path("/v1/join-tokens/{id}", PathItem::new(HttpMethod::Delete, join_token_revoke.build()))
         .path("/v1/realization", PathItem::new(HttpMethod::Get, realization.build()))
         .path("/v1/explain", PathItem::new(HttpMethod::Post, explain.build()))
         .path("/v1/reach", PathItem::new(HttpMethod::Get, reach.build()))

@@ -549,10 +549,38 @@ async fn nodes_and_join_tokens_are_for_admins_and_validated(pool: PgPool) {
     }
     let bad = api.call(Method::POST, "/v1/join-tokens", Some(json!({"expires_in_seconds": 0}))).await;
     assert_eq!((bad.status, bad.pointers()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["/expires_in_seconds"]));
+    let bad = api
+        .call(Method::POST, "/v1/join-tokens", Some(json!({"expires_in_seconds": 31 * 86_400, "uses": 0, "node": "N"})))
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    assert_eq!(bad.pointers(), ["/expires_in_seconds", "/uses", "/node"], "{}", bad.body);
+    for (method, uri) in
+        [(Method::GET, "/v1/join-tokens"), (Method::DELETE, "/v1/join-tokens/00000000-0000-0000-0000-000000000000")]
+    {
+        assert_eq!(api.as_token(&reader, method, uri, None).await.status, StatusCode::FORBIDDEN, "{uri}");
+    }
+    // Made without limits: one use, a day.
     let token = api.call(Method::POST, "/v1/join-tokens", Some(json!({"description": "rack 4"}))).await;
     assert_eq!(token.status, StatusCode::CREATED);
     let secret = token.body["token"].as_str().unwrap();
+    let expires: chrono::DateTime<chrono::Utc> = token.body["expires_at"].as_str().unwrap().parse().unwrap();
+    let lifetime = expires - chrono::Utc::now();
+    assert!(lifetime > chrono::Duration::hours(23) && lifetime <= chrono::Duration::hours(24), "{lifetime}");
     assert!(api.store.join(secret, "node-2").await.is_ok());
+    assert!(api.store.join(secret, "node-3").await.is_err(), "used once");
+    let listed = api.call(Method::GET, "/v1/join-tokens", None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let item = &listed.body["items"][0];
+    assert_eq!(
+        (item["uses"].as_i64(), item["used"].as_i64(), item["description"].as_str()),
+        (Some(1), Some(1), Some("rack 4"))
+    );
+    assert!(!listed.body.to_string().contains(secret), "secrets are never listed");
+    let id = item["id"].as_str().unwrap();
+    let revoked = api.call(Method::DELETE, &format!("/v1/join-tokens/{id}"), None).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let listed = api.call(Method::GET, "/v1/join-tokens", None).await;
+    assert!(listed.body["items"][0]["revoked_at"].is_string(), "{}", listed.body);
     assert_eq!(api.call(Method::DELETE, "/v1/nodes/node-2", None).await.status, StatusCode::OK);
     assert_eq!(api.call(Method::DELETE, "/v1/nodes/node-2", None).await.status, StatusCode::NOT_FOUND);
     // A group's status needs read access to its project.

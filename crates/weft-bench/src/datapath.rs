@@ -85,6 +85,12 @@ pub struct DatapathReport {
     pub member_commands: usize,
     /// The conntrack pass after a change that may revoke (the kernel walks its whole table).
     pub conntrack_pass: Timing,
+    /// A member change recorded in the state dir as the agent does it (appended, synced)...
+    pub state_append: Timing,
+    /// ...and as it did before (the whole span rewritten, synced).
+    pub state_rewrite: Timing,
+    /// The whole span's size on disk.
+    pub state_bytes: u64,
     pub rss: RssFigures,
 }
 
@@ -251,6 +257,13 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
     let local_ns = "k8s-ns0".to_string();
     let (mut adds, mut removes, mut member_commands) = (Vec::new(), Vec::new(), 0);
     let mut current = span.clone();
+    // The state dir the agent keeps the span in: each update as the agent records it now (an
+    // appended delta) and as it did before issue 17 (the whole span rewritten), same run.
+    let state_path = std::env::temp_dir().join(format!("weft-bench-state-{}", std::process::id()));
+    let state = StateDir::new(&state_path).map_err(other)?;
+    state.save(&Saved { node: NODE.into(), revision: 1, span: span.clone() }).map_err(other)?;
+    let span_bytes = std::fs::metadata(state_path.join("span.json")).map_err(other)?.len();
+    let (mut appends, mut rewrites) = (Vec::new(), Vec::new());
     for round in 0..runs {
         let id = Uuid::from_u64_pair(9, round as u64);
         let joining = Port {
@@ -272,9 +285,17 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
             let started = Instant::now();
             datapath.apply(&current, &next, Some(&delta)).map_err(other)?;
             times.push(started.elapsed());
+            let saved = Saved { node: NODE.into(), revision, span: next.clone() };
+            let started = Instant::now();
+            state.append(&delta, &saved).map_err(other)?;
+            appends.push(started.elapsed());
+            let started = Instant::now();
+            state.save(&saved).map_err(other)?;
+            rewrites.push(started.elapsed());
             current = next;
         }
     }
+    let _ = std::fs::remove_dir_all(&state_path);
     // The re-check of established connections that follows a change that may revoke.
     let mut socket = weft_agent::nft::netlink::Socket::open(Some(&netns.0)).map_err(other)?;
     let own = weft_agent::nft::conntrack::node_addresses(Some(&netns.0));
@@ -302,6 +323,9 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
         member_remove: Timing::of(removes),
         member_commands,
         conntrack_pass: Timing::of(passes),
+        state_append: Timing::of(appends),
+        state_rewrite: Timing::of(rewrites),
+        state_bytes: span_bytes,
         rss: agent_rss(config)?,
     })
 }
@@ -387,6 +411,14 @@ impl std::fmt::Display for DatapathReport {
             f,
             "  conntrack re-check   {}   (follows a change that may revoke; an empty table)",
             self.conntrack_pass
+        )?;
+        writeln!(
+            f,
+            "  state dir, an update appended {}; the whole span rewritten {} ({} KiB): {:.0}x",
+            self.state_append,
+            self.state_rewrite,
+            self.state_bytes / 1024,
+            ms(self.state_rewrite.median) / ms(self.state_append.median).max(1e-6)
         )?;
         writeln!(
             f,

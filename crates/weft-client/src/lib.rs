@@ -439,9 +439,35 @@ impl Client {
     }
 
     /// A join token (shown once) with which agents register their own nodes.
-    pub async fn create_join_token(&self, expires_in: Duration, description: &str) -> Result<serde_json::Value> {
-        let body = serde_json::json!({ "expires_in_seconds": expires_in.as_secs(), "description": description });
+    /// A join token that registers `uses` nodes (only `node`, when given) for `expires_in`.
+    pub async fn create_join_token(
+        &self,
+        expires_in: Duration,
+        uses: u32,
+        node: Option<&str>,
+        description: &str,
+    ) -> Result<serde_json::Value> {
+        let body = serde_json::json!({
+            "expires_in_seconds": expires_in.as_secs(),
+            "uses": uses,
+            "node": node,
+            "description": description,
+        });
         self.send(self.request(Method::POST, "/v1/join-tokens").json(&body)).await
+    }
+
+    pub async fn list_join_tokens(&self) -> Result<Vec<serde_json::Value>> {
+        #[derive(Deserialize)]
+        struct Items {
+            items: Vec<serde_json::Value>,
+        }
+        let items: Items = self.send(self.request(Method::GET, "/v1/join-tokens")).await?;
+        Ok(items.items)
+    }
+
+    pub async fn revoke_join_token(&self, id: Uuid) -> Result<()> {
+        let _: serde_json::Value = self.send(self.request(Method::DELETE, &format!("/v1/join-tokens/{id}"))).await?;
+        Ok(())
     }
 
     /// Whether `revision` is applied by every node it concerns.

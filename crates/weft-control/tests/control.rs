@@ -186,24 +186,60 @@ async fn the_controller_serves_only_the_node_a_credential_names(pool: PgPool) {
     control.shutdown().await;
 }
 
+/// A join token registers as many nodes as it was made for (one unless said otherwise), only
+/// the node it names if it names one, and a node ports are placed on only if it names it
+/// (issue 17, finding 5: a year-long, reusable token could claim any node's name, and with it
+/// that node's pods' policy).
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
-async fn a_node_joins_with_a_token_once_and_gets_its_own_credential(pool: PgPool) {
+async fn a_node_joins_with_a_token_within_its_limits_and_gets_its_own_credential(pool: PgPool) {
+    use weft_store::nodes::JoinTokenLimits;
     let store = Store::from_pool(pool);
     shop(&store).await;
-    let token = store.create_join_token(Duration::from_secs(600), "test").await.unwrap();
+    let limits = |uses: u32, node: Option<&str>| JoinTokenLimits {
+        expires_in: Duration::from_secs(600),
+        uses,
+        node: node.map(String::from),
+    };
     let control = start(&store).await;
     let mut client = AgentClient::connect(format!("http://{}", control.local_addr)).await.unwrap();
     let join = |node: &str, token: &str| v1::JoinRequest { join_token: token.into(), node: node.into() };
-    let credential = client.join(join("node-1", &token.secret)).await.unwrap().into_inner().credential;
+    let denied = |e: tonic::Status| (e.code(), e.message().to_string());
+
+    // A general token cannot take node-1, which the shop's ports are placed on.
+    let general = store.create_join_token(&limits(1, None), "test").await.unwrap();
+    let (code, why) = denied(client.join(join("node-1", &general.secret)).await.unwrap_err());
+    assert_eq!(code, Code::PermissionDenied);
+    assert!(why.contains("ports are placed on node node-1"), "{why}");
+    // It registers a new node once.
+    client.join(join("node-9", &general.secret)).await.unwrap();
+    let (code, why) = denied(client.join(join("node-8", &general.secret)).await.unwrap_err());
+    assert_eq!(code, Code::PermissionDenied);
+    assert!(why.contains("used up"), "{why}");
+
+    // A token made for node-1 registers node-1 and nothing else.
+    let bound = store.create_join_token(&limits(2, Some("node-1")), "test").await.unwrap();
+    let (code, why) = denied(client.join(join("node-2", &bound.secret)).await.unwrap_err());
+    assert_eq!(code, Code::PermissionDenied);
+    assert!(why.contains("for node node-1"), "{why}");
+    let credential = client.join(join("node-1", &bound.secret)).await.unwrap().into_inner().credential;
     let mut agent = TestAgent::connect(control.local_addr, "node-1", &credential).await.unwrap();
     assert!(agent.next_update().await.1);
     assert_eq!(agent.span, expected_span(&store, "node-1").await);
-    // The name is taken now; a bad token is refused; an expired one too.
-    assert_eq!(client.join(join("node-1", &token.secret)).await.unwrap_err().code(), Code::AlreadyExists);
-    assert_eq!(client.join(join("node-2", "weftj_bogus")).await.unwrap_err().code(), Code::PermissionDenied);
-    let expired = store.create_join_token(Duration::ZERO, "test").await.unwrap();
-    assert_eq!(client.join(join("node-2", &expired.secret)).await.unwrap_err().code(), Code::PermissionDenied);
-    assert_eq!(client.join(join("Not A Name", &token.secret)).await.unwrap_err().code(), Code::InvalidArgument);
+    // The name is taken now; a bad token is refused; an expired one, a revoked one too.
+    assert_eq!(client.join(join("node-1", &bound.secret)).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(client.join(join("node-7", "weftj_bogus")).await.unwrap_err().code(), Code::PermissionDenied);
+    let at_once = JoinTokenLimits { expires_in: Duration::ZERO, ..limits(5, None) };
+    let expired = store.create_join_token(&at_once, "test").await.unwrap();
+    assert_eq!(client.join(join("node-7", &expired.secret)).await.unwrap_err().code(), Code::PermissionDenied);
+    let many = store.create_join_token(&limits(5, None), "test").await.unwrap();
+    assert_eq!(client.join(join("Not A Name", &many.secret)).await.unwrap_err().code(), Code::InvalidArgument);
+    client.join(join("node-7", &many.secret)).await.unwrap();
+    assert!(store.revoke_join_token(many.id).await.unwrap());
+    assert_eq!(client.join(join("node-6", &many.secret)).await.unwrap_err().code(), Code::PermissionDenied);
+    let listed = store.list_join_tokens().await.unwrap();
+    let used: Vec<(i32, Option<i32>)> = listed.iter().map(|t| (t.used, t.uses)).collect();
+    assert_eq!(used, [(1, Some(1)), (1, Some(2)), (0, Some(5)), (1, Some(5))]);
+    assert!(listed[3].revoked_at.is_some());
     control.shutdown().await;
 }
 

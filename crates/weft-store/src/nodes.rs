@@ -58,6 +58,32 @@ pub struct NewJoinToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What a join token may register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenLimits {
+    /// How long it works.
+    pub expires_in: Duration,
+    /// How many nodes it registers.
+    pub uses: u32,
+    /// The one node name it registers, if it is bound to one.
+    pub node: Option<String>,
+}
+
+/// A join token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JoinTokenInfo {
+    pub id: Uuid,
+    pub description: String,
+    /// The node name it is bound to.
+    pub node: Option<String>,
+    /// How many nodes it may register (`None`: any number, for a token made before limits).
+    pub uses: Option<i32>,
+    pub used: i32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 type StatusRow = (
     String,
     DateTime<Utc>,
@@ -105,27 +131,34 @@ fn check_name(name: &str) -> Result<()> {
     weft_model::syntax::dns_subdomain(name).map_err(|e| StoreError::invalid("/name", e))
 }
 
+async fn insert_node(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    name: &str,
+    joined_with: Option<Uuid>,
+) -> Result<String> {
+    check_name(name)?;
+    let credential = generate_secret_with("weftn_");
+    sqlx::query("INSERT INTO nodes (name, digest, joined_with) VALUES ($1, $2, $3)")
+        .bind(name)
+        .bind(digest(&credential))
+        .bind(joined_with)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match StoreError::from_db(e, || format!("node {name}")) {
+            StoreError::Conflict { .. } => {
+                StoreError::conflict(ConflictKind::Duplicate, format!("node {name} is already registered"))
+            }
+            other => other,
+        })?;
+    Ok(credential)
+}
+
 impl Store {
     /// Registers a node and returns its credential (shown once).
     pub async fn create_node(&self, name: &str) -> Result<String> {
-        self.insert_node(name, None).await
-    }
-
-    async fn insert_node(&self, name: &str, joined_with: Option<Uuid>) -> Result<String> {
-        check_name(name)?;
-        let credential = generate_secret_with("weftn_");
-        sqlx::query("INSERT INTO nodes (name, digest, joined_with) VALUES ($1, $2, $3)")
-            .bind(name)
-            .bind(digest(&credential))
-            .bind(joined_with)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| match StoreError::from_db(e, || format!("node {name}")) {
-                StoreError::Conflict { .. } => {
-                    StoreError::conflict(ConflictKind::Duplicate, format!("node {name} is already registered"))
-                }
-                other => other,
-            })?;
+        let mut tx = self.pool.begin().await?;
+        let credential = insert_node(&mut tx, name, None).await?;
+        tx.commit().await?;
         Ok(credential)
     }
 
@@ -196,33 +229,101 @@ impl Store {
             .await?)
     }
 
-    pub async fn create_join_token(&self, expires_in: Duration, description: &str) -> Result<NewJoinToken> {
+    pub async fn create_join_token(&self, limits: &JoinTokenLimits, description: &str) -> Result<NewJoinToken> {
+        if let Some(node) = &limits.node {
+            weft_model::syntax::dns_subdomain(node).map_err(|e| StoreError::invalid("/node", e))?;
+        }
         let secret = generate_secret_with("weftj_");
         let id = Uuid::new_v4();
         let expires_at: DateTime<Utc> = sqlx::query_scalar(
-            "INSERT INTO join_tokens (id, digest, description, expires_at) \
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
+            "INSERT INTO join_tokens (id, digest, description, expires_at, uses, node) \
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6) RETURNING expires_at",
         )
         .bind(id)
         .bind(digest(&secret))
         .bind(description)
-        .bind(expires_in.as_secs_f64())
+        .bind(limits.expires_in.as_secs_f64())
+        .bind(i32::try_from(limits.uses).unwrap_or(i32::MAX))
+        .bind(limits.node.as_deref())
         .fetch_one(&self.pool)
         .await?;
         Ok(NewJoinToken { id, secret, expires_at })
     }
 
-    /// An agent registers its node with a join token: once per node name.
+    pub async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>> {
+        type Row =
+            (Uuid, String, Option<String>, Option<i32>, i32, DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, description, node, uses, used, created_at, expires_at, revoked_at FROM join_tokens \
+             ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, description, node, uses, used, created_at, expires_at, revoked_at)| JoinTokenInfo {
+                id,
+                description,
+                node,
+                uses,
+                used,
+                created_at,
+                expires_at,
+                revoked_at,
+            })
+            .collect())
+    }
+
+    /// Revokes a join token: it registers no node from now on. `false` when there is none.
+    pub async fn revoke_join_token(&self, id: Uuid) -> Result<bool> {
+        let done = sqlx::query("UPDATE join_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// An agent registers its node with a join token: once per node name, within the token's
+    /// uses, only the node the token names if it names one, and never a node name that ports
+    /// already reference unless the token names it (a general-purpose token must not let its
+    /// holder claim the name of a node whose pods exist, and so their policy).
     pub async fn join(&self, join_token: &str, node: &str) -> Result<String> {
-        let token: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM join_tokens WHERE digest = $1 AND expires_at > now()")
-                .bind(digest(join_token))
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(token) = token else {
-            return Err(StoreError::Denied("the join token is unknown or expired".into()));
+        let mut tx = self.pool.begin().await?;
+        let token: Option<(Uuid, Option<i32>, i32, Option<String>)> = sqlx::query_as(
+            "SELECT id, uses, used, node FROM join_tokens \
+             WHERE digest = $1 AND expires_at > now() AND revoked_at IS NULL FOR UPDATE",
+        )
+        .bind(digest(join_token))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, uses, used, bound)) = token else {
+            return Err(StoreError::Denied("the join token is unknown, expired or revoked".into()));
         };
-        self.insert_node(node, Some(token)).await
+        if uses.is_some_and(|uses| used >= uses) {
+            return Err(StoreError::Denied("the join token is used up".into()));
+        }
+        match bound {
+            Some(bound) if bound != node => {
+                return Err(StoreError::Denied(format!("the join token is for node {bound}, not {node}")));
+            }
+            Some(_) => {}
+            None => {
+                let referenced: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM port_interfaces WHERE node = $1)")
+                        .bind(node)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if referenced {
+                    return Err(StoreError::Denied(format!(
+                        "ports are placed on node {node} already: only a join token made for it (--node {node}) registers it"
+                    )));
+                }
+            }
+        }
+        let credential = insert_node(&mut tx, node, Some(id)).await?;
+        sqlx::query("UPDATE join_tokens SET used = used + 1 WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(credential)
     }
 
     /// A control process took the node's stream.

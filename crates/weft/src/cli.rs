@@ -303,9 +303,16 @@ pub struct AgentArgs {
     /// The node's credential (`weft node create`); else the one in the state dir.
     #[arg(long = "node-token", alias = "credential", env = "WEFT_NODE_TOKEN", hide_env_values = true)]
     pub credential: Option<String>,
+    /// A file holding the node's credential (better than --node-token, which `ps` shows).
+    #[arg(long, env = "WEFT_NODE_TOKEN_FILE", conflicts_with = "credential")]
+    pub node_token_file: Option<PathBuf>,
     /// A join token (`weft join-token create`) to register this node when it has no credential.
     #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// A file holding the join token (better than --join-token, which `ps` shows). In a
+    /// DaemonSet: a Secret with one key per node, each a token made for that node.
+    #[arg(long, env = "WEFT_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
     /// Where the span is enforced.
     #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "nftables")]
     pub datapath: DatapathKind,
@@ -495,12 +502,27 @@ pub enum NodeCommand {
 pub enum JoinTokenCommand {
     /// Create a join token; it is printed once.
     Create {
-        /// Lifetime, e.g. 1h or 7d.
+        /// Lifetime, e.g. 1h or 7d (at most 30 days).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         expires_in: Duration,
+        /// How many nodes it registers.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// The one node it registers. Needed to register a node that ports are placed on
+        /// already.
+        #[arg(long)]
+        node: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// Write the token to this file (mode 0600) instead of printing it: for a Secret of
+        /// one token per node (deploy/kubernetes/agent.yaml).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
+    /// Join tokens with their limits and how often each was used (never their secrets).
+    List,
+    /// Revoke a join token: it registers no node from now on.
+    Delete { id: uuid::Uuid },
 }
 
 #[derive(Debug, Subcommand)]
@@ -688,6 +710,14 @@ async fn server(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
     weft_api::server::run(config, shutdown_signal(), None).await.context("weft server")
 }
 
+/// A secret kept in a file, without the line end an editor or `echo` adds.
+fn secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let secret = text.trim().to_string();
+    anyhow::ensure!(!secret.is_empty(), "{} is empty", path.display());
+    Ok(secret)
+}
+
 async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
     if args.cleanup {
         let nft = weft_agent::nft::Nft::new(args.netns.clone());
@@ -708,12 +738,21 @@ async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let state_dir = weft_agent::StateDir::new(&args.state_dir)
         .with_context(|| format!("cannot use the state dir {}", args.state_dir.display()))?;
+    let credential =
+        args.credential.map(Ok).or_else(|| args.node_token_file.as_deref().map(secret_file)).transpose()?;
+    // A join token file is read only while the node has no credential yet: a DaemonSet's
+    // Secret may hold no token for a node registered some other way.
+    let join_token = match (args.join_token, &args.join_token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(path)) if credential.is_none() && state_dir.credential().is_none() => Some(secret_file(path)?),
+        _ => None,
+    };
     let config = weft_agent::Config {
         server: args.controller,
         node,
         state_dir,
-        credential: args.credential,
-        join_token: args.join_token,
+        credential,
+        join_token,
         ca,
         backoff: (Duration::from_millis(200), Duration::from_secs(30)),
         metrics: args.metrics_listen.map(|_| std::sync::Arc::new(weft_agent::metrics::AgentMetrics::default())),

@@ -59,9 +59,22 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
         Command::Sg { command: SgCommand::Rule { command } } => rule(&c, out, command).await,
         Command::Token { command } => token(&c, out, command).await,
         Command::Node { command } => node(&c, out, command).await,
-        Command::JoinToken { command: JoinTokenCommand::Create { expires_in, description } } => {
-            output::show(out, &c.create_join_token(expires_in, &description).await?, None)
-        }
+        Command::JoinToken { command } => match command {
+            JoinTokenCommand::Create { expires_in, uses, node, description, token_file } => {
+                let mut created = c.create_join_token(expires_in, uses, node.as_deref(), &description).await?;
+                if let (Some(path), Some(map)) = (token_file, created.as_object_mut()) {
+                    let token = map.remove("token").and_then(|t| t.as_str().map(String::from)).unwrap_or_default();
+                    write_private(&path, &format!("{token}\n"))?;
+                    map.insert("token_file".into(), json!(path));
+                }
+                output::show(out, &created, None)
+            }
+            JoinTokenCommand::List => output::show_join_tokens(out, &c.list_join_tokens().await?),
+            JoinTokenCommand::Delete { id } => {
+                c.revoke_join_token(id).await?;
+                output::show(out, &json!({ "revoked": id }), None)
+            }
+        },
         Command::Wait { revision, timeout } => wait(&c, out, revision, timeout).await,
         Command::Sg { command: SgCommand::Status { key } } => {
             output::show(out, &c.group_status(&Key::parse(Kind::SecurityGroup, &key)).await?, None)
@@ -432,4 +445,18 @@ async fn token(c: &Client, out: crate::cli::Output, command: TokenCommand) -> an
             output::show(out, &json!({ "revoked": id }), None)
         }
     }
+}
+
+/// Writes a secret to a new file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -80,6 +80,31 @@ pub fn show_tokens(out: Output, items: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn show_join_tokens(out: Output, items: &[Value]) -> anyhow::Result<()> {
+    if structured(out, &Value::Array(items.to_vec()))? {
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|t| {
+            let uses = match (&t["used"], &t["uses"]) {
+                (used, Value::Null) => format!("{}/any", scalar(used)),
+                (used, uses) => format!("{}/{}", scalar(used), scalar(uses)),
+            };
+            vec![
+                scalar(&t["id"]),
+                scalar(&t["node"]),
+                uses,
+                scalar(&t["expires_at"]),
+                scalar(&t["revoked_at"]),
+                scalar(&t["description"]),
+            ]
+        })
+        .collect();
+    print_rows(&["ID", "NODE", "USED", "EXPIRES", "REVOKED", "DESCRIPTION"], rows);
+    Ok(())
+}
+
 pub fn show_nodes(out: Output, items: &[Value]) -> anyhow::Result<()> {
     if structured(out, &Value::Array(items.to_vec()))? {
         return Ok(());

@@ -182,8 +182,14 @@ fn the_kubernetes_manifests_parse_and_run_each_part_as_it_should() {
         "spec.nodeName",
         "the node's name from the downward API"
     );
-    let join = env(c, "WEFT_JOIN_TOKEN").value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-    let _: Secret = typed(&docs, "Secret", &join.name);
+    // Each node's join token is a file of a Secret keyed by node name, never an argument.
+    let join = env(c, "WEFT_JOIN_TOKEN_FILE").value.clone().unwrap();
+    assert_eq!(join, "/etc/weft/join/$(WEFT_NODE)");
+    let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| join.starts_with(&m.mount_path)).unwrap();
+    let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!((secret.secret_name.as_deref(), secret.default_mode), (Some("weft-join-tokens"), Some(0o400)));
+    assert!(c.args.iter().flatten().all(|a| !a.contains("token")), "no secret on the command line: {:?}", c.args);
     let state = env(c, "WEFT_AGENT_STATE_DIR").value.clone().unwrap();
     let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.mount_path == state).unwrap();
     let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
@@ -261,4 +267,23 @@ async fn kube_managers_rbac_grants_exactly_what_it_calls() {
     let calls: BTreeSet<(String, String, String)> =
         cluster.fake.calls().into_iter().map(|(g, r, v)| (g, r, v.to_string())).collect();
     assert_eq!(calls, granted(&manifests()), "deploy/kubernetes/kube-manager.yaml's RBAC against the calls made");
+}
+
+/// Issue 17, finding 11: a credential on a command line is in every `ps` listing. What users
+/// copy (README, docs, manifests, compose) passes node credentials and join tokens through a
+/// file or the environment.
+#[test]
+fn no_instructions_pass_a_secret_on_a_command_line() {
+    let mut files = vec![root().join("README.md"), root().join("docker-compose.yml")];
+    for dir in ["docs", "deploy/kubernetes"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for flag in ["--node-token weft", "--credential weft", "--join-token weft", "--token weft"] {
+            assert!(!text.contains(flag), "{} passes a secret on a command line: {flag}", file.display());
+        }
+    }
 }
