@@ -12,6 +12,7 @@ mod batch;
 mod body;
 pub mod cache;
 mod changes;
+mod health;
 mod metrics;
 pub mod nodes;
 pub mod openapi;
@@ -50,11 +51,22 @@ pub struct Config {
     /// The compiler this process keeps current (shared with the controller when both run
     /// here); `None`: the API starts its own.
     pub follower: Option<Arc<weft_control::Follower>>,
+    /// Whether this process's gRPC service for agents is serving, when it runs one.
+    pub grpc_serving: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// How long the compiler may be behind a committed revision before `/readyz` fails.
+    pub stuck_after: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { auth_enabled: true, grpc_address: None, poll_interval: Duration::from_secs(1), follower: None }
+        Config {
+            auth_enabled: true,
+            grpc_address: None,
+            poll_interval: Duration::from_secs(1),
+            follower: None,
+            grpc_serving: None,
+            stuck_after: health::STUCK_AFTER,
+        }
     }
 }
 
@@ -73,6 +85,9 @@ pub struct AppState {
     pub grpc_address: Option<String>,
     /// The compiler kept current from the change log: realization, a group's reach.
     pub follower: Arc<weft_control::Follower>,
+    /// Whether this process's gRPC service for agents is serving, when it runs one.
+    pub grpc_serving: Option<Arc<std::sync::atomic::AtomicBool>>,
+    pub stuck_after: Duration,
     /// Set when the server begins to shut down: long-lived responses (watch streams) end, so
     /// that draining the open requests finishes.
     stopping: Arc<watch::Sender<bool>>,
@@ -100,6 +115,8 @@ impl AppState {
             metrics,
             revisions,
             grpc_address: config.grpc_address,
+            grpc_serving: config.grpc_serving,
+            stuck_after: config.stuck_after,
         })
     }
 }
@@ -193,11 +210,15 @@ async fn info(State(state): State<AppState>) -> Result<axum::Json<Info>, ApiErro
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => "ready\n".into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: the database does not answer");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "the database does not answer").into_response()
-        }
+    let problems = health::problems(&state).await;
+    if problems.is_empty() {
+        return "ready\n".into_response();
     }
+    let detail = problems.join("; ");
+    tracing::warn!("not ready: {detail}");
+    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", detail);
+    for problem in problems {
+        e = e.with_error(problem);
+    }
+    e.into_response()
 }

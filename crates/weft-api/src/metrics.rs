@@ -38,6 +38,10 @@ pub struct Metrics {
     /// The revision this process's compiler is at, and how far behind the configuration.
     controller_revision: Gauge,
     controller_lag: Gauge,
+    /// Since the first revision the compiler has not reached was committed: what agents wait,
+    /// whatever holds the compiler back (its own work, or a long transaction that keeps every
+    /// follower of the change log below it).
+    controller_delay: Gauge<f64, std::sync::atomic::AtomicU64>,
     agents_connected: Gauge,
     agent_connected: Family<NodeLabels, Gauge>,
     /// Revisions between the configuration and what the node has realized.
@@ -67,6 +71,7 @@ impl Metrics {
         let config_revision = Gauge::default();
         let controller_revision = Gauge::default();
         let controller_lag = Gauge::default();
+        let controller_delay = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let agents_connected = Gauge::default();
         let agent_connected = Family::<NodeLabels, Gauge>::default();
         let agent_lag = Family::<NodeLabels, Gauge>::default();
@@ -78,8 +83,13 @@ impl Metrics {
         );
         server.register(
             "controller_lag_revisions",
-            "Revisions the compiler is behind the configuration (change-log lag)",
+            "Revisions committed that the compiler has not reached (change-log lag, whatever holds it back)",
             controller_lag.clone(),
+        );
+        server.register(
+            "controller_lag_seconds",
+            "Seconds since the first revision the compiler has not reached was committed (0: caught up)",
+            controller_delay.clone(),
         );
         server.register(
             "compile_seconds",
@@ -106,6 +116,7 @@ impl Metrics {
             config_revision,
             controller_revision,
             controller_lag,
+            controller_delay,
             agents_connected,
             agent_connected,
             agent_lag,
@@ -114,11 +125,18 @@ impl Metrics {
 
     /// Reads what is only known by asking: revisions and the nodes' status.
     async fn refresh(&self, state: &AppState) {
-        let config = *state.revisions.borrow();
         let compiled = state.follower.hub.revision().unwrap_or(0);
+        // What is committed, not only what followers can read yet: a long transaction that
+        // holds the change log back shows as lag here (issue 17: it read 0 while agents got
+        // nothing for 19 s).
+        let (config, delay) = match crate::health::behind(state).await {
+            Ok(Some((last, since))) => (last, (chrono::Utc::now() - since).num_milliseconds().max(0) as f64 / 1e3),
+            _ => ((*state.revisions.borrow()).max(compiled), 0.0),
+        };
         self.config_revision.set(config);
         self.controller_revision.set(compiled);
         self.controller_lag.set((config - compiled).max(0));
+        self.controller_delay.set(delay);
         match state.store.list_nodes().await {
             Ok(nodes) => {
                 self.agent_connected.clear();

@@ -250,13 +250,20 @@ async fn node_infos(state: &AppState) -> ApiResult<Vec<NodeInfo>> {
     let ports: BTreeMap<String, usize> =
         hub.with_compiler(|c, _| c.node_ports().map(|(n, count)| (n.to_string(), count)).collect());
     let mut since: BTreeMap<i64, Option<chrono::DateTime<chrono::Utc>>> = BTreeMap::new();
+    // Revisions committed that the compiler has not reached yet (a long transaction holding
+    // the change log back, or a compiler behind): whom they concern is not known, so every
+    // node with ports may be behind by them, and is shown so.
+    let uncompiled = crate::health::behind(state).await.ok().flatten();
     let mut out = Vec::with_capacity(statuses.len());
     for s in statuses {
         let has_ports = ports.contains_key(&s.name);
-        let lag_revisions = match hub.realized(&s.name, s.realized_revision, compiled, has_ports) {
+        let mut lag_revisions = match hub.realized(&s.name, s.realized_revision, compiled, has_ports) {
             Ok(()) => 0,
             Err(needed) => (needed - s.realized_revision).max(1),
         };
+        if let (Some((last, _)), true) = (uncompiled, has_ports) {
+            lag_revisions = lag_revisions.max(last - s.realized_revision);
+        }
         let lag_seconds = if lag_revisions > 0 {
             let first = match since.get(&s.realized_revision) {
                 Some(t) => *t,

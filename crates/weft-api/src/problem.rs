@@ -40,11 +40,24 @@ pub struct ApiError {
     slug: &'static str,
     detail: String,
     errors: Vec<InvalidField>,
+    /// Seconds a client should wait before trying again (`Retry-After`).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, slug: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, slug, detail: detail.into(), errors: Vec::new() }
+        ApiError { status, slug, detail: detail.into(), errors: Vec::new(), retry_after: None }
+    }
+
+    /// The database cannot take the request now: 503, try again in a second.
+    pub fn database_unavailable() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database-unavailable",
+            "the database is unavailable; nothing was changed; try again shortly",
+        );
+        e.retry_after = Some(1);
+        e
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -88,6 +101,12 @@ impl ApiError {
         e
     }
 
+    /// Adds one of several reasons (a readiness check that failed) as an error entry.
+    pub fn with_error(mut self, detail: impl Into<String>) -> Self {
+        self.errors.push(InvalidField { pointer: None, parameter: None, detail: detail.into() });
+        self
+    }
+
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
     }
@@ -123,6 +142,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.to_problem()).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -146,6 +168,10 @@ impl From<StoreError> for ApiError {
                 ),
             ),
             StoreError::Denied(detail) => ApiError::new(StatusCode::FORBIDDEN, "denied", detail),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "the database is unavailable to a request");
+                ApiError::database_unavailable()
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::internal()

@@ -14,6 +14,10 @@ use weft_store::embedded::{EmbeddedError, PrivatePostgres};
 
 use crate::{AppState, Config, router, tls};
 
+/// The longest a REST request waits for a database connection: a request answers 503 (with
+/// Retry-After) within a second while PostgreSQL is down or restarting, instead of hanging.
+pub const API_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// How long open requests may take to finish once shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -104,7 +108,10 @@ async fn serve_with_database(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServerError> {
-    let store = Store::connect(url, config.max_connections).await?;
+    // The controller's pool (the follower, agents' streams, node status) waits for a
+    // connection as long as it must; the API's answers 503 within a second while the database
+    // is away (API_ACQUIRE_TIMEOUT).
+    let store = Store::connect(url, (config.max_connections / 4).max(4)).await?;
     store.migrate().await?;
     let poll = Config::default().poll_interval;
     let follower = Arc::new(weft_control::Follower::start(store.clone(), poll, weft_control::RING_UPDATES));
@@ -129,7 +136,17 @@ async fn serve_with_database(
         store.pool().close().await;
         return Ok(());
     }
-    let result = serve_api(config, store.clone(), follower, grpc_address, shutdown, ready).await;
+    let api_store = store.sibling(config.max_connections, API_ACQUIRE_TIMEOUT);
+    let grpc_serving = control.as_ref().map(|c| Arc::clone(&c.serving));
+    let api = Config {
+        auth_enabled: config.auth_enabled,
+        grpc_address,
+        follower: Some(follower),
+        grpc_serving,
+        ..Config::default()
+    };
+    let result = serve_api(config, api_store.clone(), api, shutdown, ready).await;
+    api_store.pool().close().await;
     if let Some(control) = control {
         control.shutdown().await;
     }
@@ -140,8 +157,7 @@ async fn serve_with_database(
 async fn serve_api(
     config: &ServerConfig,
     store: Store,
-    follower: Arc<weft_control::Follower>,
-    grpc_address: Option<String>,
+    api: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServerError> {
@@ -150,11 +166,7 @@ async fn serve_api(
     } else {
         tracing::warn!("authentication is OFF (--insecure-no-auth): anyone who reaches the API can change everything");
     }
-    let state = AppState::new(
-        store.clone(),
-        Config { auth_enabled: config.auth_enabled, grpc_address, follower: Some(follower), ..Config::default() },
-    )
-    .await?;
+    let state = AppState::new(store.clone(), api).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let compactor = tokio::spawn(compact_periodically(store.clone(), config.change_retention, stop_rx));
     let listener = tokio::net::TcpListener::bind(config.listen)

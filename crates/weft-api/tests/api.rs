@@ -221,7 +221,7 @@ async fn authentication_and_authorization(pool: PgPool) {
     assert_eq!(api.as_token("weft_bogus", Method::GET, "/v1/projects", None).await.status, StatusCode::UNAUTHORIZED);
     // health and metrics need no token
     assert_eq!(api.raw(Method::GET, "/healthz", None, &[], vec![]).await.status, StatusCode::OK);
-    assert_eq!(api.raw(Method::GET, "/readyz", None, &[], vec![]).await.status, StatusCode::OK);
+    api.until_ready().await;
 
     // tokens through the API
     let r = api.call(Method::POST, "/v1/tokens", Some(json!({"role": "writer", "project": "a"}))).await;

@@ -36,8 +36,19 @@ fn to_change(op: ChangeOp, object: &StoredObject) -> Option<Change> {
     }
 }
 
+/// Clears the hub's `following` when the follower ends, however it ends.
+struct Following(Arc<Hub>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.following.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Runs until `shutdown` turns true.
 pub(crate) async fn run(store: Store, hub: Arc<Hub>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+    hub.following.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _following = Following(Arc::clone(&hub));
     loop {
         if *shutdown.borrow() {
             return;

@@ -37,6 +37,9 @@ pub struct Hub {
     /// must be written down at once, or that process waits on a record that stays behind.
     pub(crate) included_through: std::sync::atomic::AtomicI64,
     ring_updates: usize,
+    /// Whether the change-log follower that feeds this hub is running (it clears this when it
+    /// ends, also by a panic): readiness says so when it is not.
+    pub(crate) following: std::sync::atomic::AtomicBool,
     /// How long the compiler takes over each revision's changes (a metric).
     pub compile_seconds: prometheus_client::metrics::histogram::Histogram,
 }
@@ -49,10 +52,16 @@ impl Hub {
             revision: watch::Sender::new(None),
             included_through: std::sync::atomic::AtomicI64::new(0),
             ring_updates: ring_updates.max(1),
+            following: std::sync::atomic::AtomicBool::new(false),
             compile_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
             ),
         }
+    }
+
+    /// Whether the change-log follower feeding this hub runs.
+    pub fn following(&self) -> bool {
+        self.following.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The revision the compiler is at, once loaded.

@@ -64,6 +64,9 @@ pub enum ControlError {
 pub struct Control {
     pub hub: Arc<Hub>,
     pub local_addr: SocketAddr,
+    /// Whether the gRPC service is serving: false once its server has ended (an error, or
+    /// shutdown). Readiness says so.
+    pub serving: Arc<std::sync::atomic::AtomicBool>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -140,6 +143,8 @@ impl Control {
         }
         let mut stop = shutdown_rx;
         let router = builder.add_service(AgentServer::new(service));
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = Arc::clone(&serving);
         let server = tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -147,9 +152,10 @@ impl Control {
             if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped).await {
                 tracing::error!(error = %e, "the gRPC server failed");
             }
+            flag.store(false, std::sync::atomic::Ordering::Relaxed);
         });
         tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "serving agents");
-        Ok(Control { hub, local_addr, shutdown, server })
+        Ok(Control { hub, local_addr, serving, shutdown, server })
     }
 
     /// Stops serving: every stream ends, agents reconnect elsewhere or later.

@@ -86,21 +86,26 @@ impl Store {
     /// The safe horizon: the highest revision H such that every revision <= H is committed and
     /// visible, or was rolled back. See the crate docs for why this is correct.
     pub async fn safe_horizon(&self) -> Result<i64> {
-        let mut conn = self.pool.acquire().await?;
-        // 1. The last revision handed out (0 before the first).
-        let last: i64 = sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM revisions")
-            .fetch_one(&mut *conn)
+        let (last, running) = {
+            let mut conn = self.pool.acquire().await?;
+            // 1. The last revision handed out (0 before the first).
+            let last: i64 = sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM revisions")
+                .fetch_one(&mut *conn)
+                .await?;
+            // 2. Then: the transactions of this database still running, by session and xid.
+            let running: Vec<(i32, String)> = sqlx::query_as(
+                "SELECT pid, backend_xid::text FROM pg_stat_activity \
+                 WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&mut *conn)
             .await?;
-        // 2. Then: the transactions of this database still running, by session and xid.
-        let running: Vec<(i32, String)> = sqlx::query_as(
-            "SELECT pid, backend_xid::text FROM pg_stat_activity \
-             WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+            (last, running)
+        };
         if running.is_empty() {
             return Ok(last);
         }
+        // The connection goes back to the pool between checks: a long transaction must not
+        // also pin a connection for every follower and request waiting on it.
         // 3. Wait until each has ended: its session no longer holds that xid.
         let (pids, xids): (Vec<i32>, Vec<String>) = running.into_iter().unzip();
         let mut pause = IN_FLIGHT_CHECK;
@@ -113,7 +118,7 @@ impl Store {
             )
             .bind(&pids)
             .bind(&xids)
-            .fetch_one(&mut *conn)
+            .fetch_one(&self.pool)
             .await?;
             if still == 0 {
                 return Ok(last);

@@ -90,3 +90,27 @@ impl StoreError {
         StoreError::Database(e)
     }
 }
+
+impl StoreError {
+    /// Whether the database cannot be reached or cannot take the request now (down, restarting,
+    /// out of connections, or the pool timed out waiting for one): a caller should try again
+    /// shortly, and the request itself was not wrong.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08: connection exceptions; 57P01-57P03: the server is shutting down or
+                // starting; 53300: too many connections.
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}

@@ -147,6 +147,19 @@ impl Store {
         Ok(Store::from_pool(pool))
     }
 
+    /// Another pool on the same database that shares this handle's commit notifications (a
+    /// commit through either wakes the followers of both), waiting at most `acquire_timeout`
+    /// for a connection: the REST API's, so that while the database is down a request is
+    /// answered 503 at once rather than after the controller's longer patience.
+    pub fn sibling(&self, max_connections: u32, acquire_timeout: Duration) -> Store {
+        let options = (*self.pool.connect_options()).clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options);
+        Store { pool, committed: std::sync::Arc::clone(&self.committed) }
+    }
+
     pub fn from_pool(pool: PgPool) -> Store {
         Store { pool, committed: std::sync::Arc::new(tokio::sync::watch::channel(0).0) }
     }

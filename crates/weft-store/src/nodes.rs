@@ -392,6 +392,31 @@ impl Store {
 }
 
 impl Store {
+    /// What the change log holds after `revision`: the last revision committed and when the
+    /// first was committed (`None` when nothing was committed after it, or it is compacted).
+    /// A follower at `revision` is that far behind, whatever holds it back.
+    pub async fn committed_beyond(&self, revision: i64) -> Result<Option<(i64, DateTime<Utc>)>> {
+        let row: (Option<i64>, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT max(revision), min(committed_at) FROM changes WHERE revision > $1")
+                .bind(revision)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.0.zip(row.1))
+    }
+
+    /// The oldest transaction open in weft's database other than this session's: its process
+    /// id and how long it has been open. A long one holds every follower of the change log
+    /// back (crate docs).
+    pub async fn oldest_transaction(&self) -> Result<Option<(i32, f64)>> {
+        Ok(sqlx::query_as(
+            "SELECT pid, extract(epoch FROM now() - xact_start)::float8 FROM pg_stat_activity \
+             WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+             ORDER BY xact_start LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// When the first revision after `revision` was committed, if the change log still has it.
     pub async fn committed_after(&self, revision: i64) -> Result<Option<DateTime<Utc>>> {
         Ok(sqlx::query_scalar("SELECT min(committed_at) FROM changes WHERE revision > $1")

@@ -268,7 +268,8 @@ pub struct ServerArgs {
     /// How long the change log keeps entries (e.g. 1h, 30m, 7d).
     #[arg(long, env = "WEFT_CHANGE_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub change_retention: Duration,
-    /// Database connections in the pool.
+    /// Database connections of the REST API's pool (the controller's has a quarter as many,
+    /// at least 4).
     #[arg(long, env = "WEFT_DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
     /// What this process runs: the REST API and the controller, or one of them.

@@ -41,9 +41,13 @@ impl Reply {
 
 impl Api {
     pub async fn new(pool: PgPool) -> Api {
+        Api::with_config(pool, Config::default()).await
+    }
+
+    pub async fn with_config(pool: PgPool, config: Config) -> Api {
         let store = Store::from_pool(pool);
         let admin = store.bootstrap_admin_token().await.unwrap().unwrap().secret;
-        let state = AppState::new(store.clone(), Config::default()).await.unwrap();
+        let state = AppState::new(store.clone(), config).await.unwrap();
         Api { router: router(state.clone()), store, state, admin }
     }
 
@@ -68,6 +72,19 @@ impl Api {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         Reply { status, headers, body }
+    }
+
+    /// Waits (at most 30 s) until `/readyz` answers 200: the compiler has loaded.
+    pub async fn until_ready(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let r = self.raw(Method::GET, "/readyz", None, &[], vec![]).await;
+            if r.status == StatusCode::OK {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready: {}", r.body);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
