@@ -40,11 +40,37 @@ pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Parses JSON text into a value; a syntax error is a 400 naming line and column.
+/// Parses JSON text into a value; a syntax error is a 400 naming line and column, and a NUL
+/// character in any string (which no name, label or description may hold, and PostgreSQL
+/// cannot store) a 422 naming where.
 pub fn parse_value(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+    let value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed-json", format!("the body is not valid JSON: {e}"))
-    })
+    })?;
+    if let Some(pointer) = nul_at(&value, String::new()) {
+        return Err(ApiError::invalid(weft_model::ValidationErrors::single(
+            &pointer,
+            "holds a NUL character (\\u0000), which no value may hold",
+        )));
+    }
+    Ok(value)
+}
+
+/// The JSON pointer of the first string (or key) holding a NUL character.
+fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(at),
+        serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_at(v, format!("{at}/{i}"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(format!("{at}/{}", escape(k)))
+            } else {
+                nul_at(v, format!("{at}/{}", escape(k)))
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// Decodes a value into `T`; a wrong type, a missing or an unknown field is a 422 naming it.
@@ -68,11 +94,16 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
     pointer
 }
 
-/// Reads a whole JSON body into `T`.
+/// Reads a whole JSON body, which must be an object, into `T` (serde would take an array
+/// for a struct, field by field: `[]` for a request whose fields all have defaults).
 pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     check_json_content_type(headers)?;
     let body = bytes(body)?;
-    decode(parse_value(&body)?)
+    let value = parse_value(&body)?;
+    if !value.is_object() {
+        return Err(ApiError::invalid(weft_model::ValidationErrors::single("", "the body must be a JSON object")));
+    }
+    decode(value)
 }
 
 #[cfg(test)]

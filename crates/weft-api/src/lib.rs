@@ -12,6 +12,7 @@ mod batch;
 mod body;
 pub mod cache;
 mod changes;
+mod guard;
 mod health;
 mod metrics;
 pub mod nodes;
@@ -168,6 +169,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }

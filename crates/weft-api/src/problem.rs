@@ -168,6 +168,10 @@ impl From<StoreError> for ApiError {
                 ),
             ),
             StoreError::Denied(detail) => ApiError::new(StatusCode::FORBIDDEN, "denied", detail),
+            e if e.is_bad_value() => {
+                tracing::warn!(error = %e, "PostgreSQL refused a value of a request");
+                ApiError::bad_request("a value of the request cannot be stored (PostgreSQL refused it)")
+            }
             e if e.is_unavailable() => {
                 tracing::warn!(error = %e, "the database is unavailable to a request");
                 ApiError::database_unavailable()

@@ -14,6 +14,10 @@ use crate::auth::Caller;
 use crate::body;
 use crate::problem::{ApiError, ApiResult};
 
+/// The longest lifetime a token can be given (a huge one used to overflow the clock and
+/// panic the handler).
+pub const MAX_TOKEN_SECONDS: u64 = 10 * 365 * 86_400;
+
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
@@ -26,6 +30,7 @@ pub struct CreateToken {
     pub description: String,
     /// Lifetime in seconds; absent: until revoked.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315_360_000)]
     pub expires_in_seconds: Option<u64>,
 }
 
@@ -76,11 +81,17 @@ pub async fn create(
         .parse()
         .map_err(|e: String| ApiError::invalid(weft_model::ValidationErrors::single("/role", e)))?;
     let expires_at = match request.expires_in_seconds {
-        Some(s) => {
-            let d = i64::try_from(s).ok().and_then(chrono::Duration::try_seconds).ok_or_else(|| {
-                ApiError::invalid(weft_model::ValidationErrors::single("/expires_in_seconds", "too large"))
-            })?;
-            Some(chrono::Utc::now() + d)
+        Some(s) if (1..=MAX_TOKEN_SECONDS).contains(&s) => {
+            let d = chrono::Duration::seconds(s as i64);
+            Some(chrono::Utc::now().checked_add_signed(d).ok_or_else(ApiError::internal)?)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(weft_model::ValidationErrors::single(
+                "/expires_in_seconds",
+                format!(
+                    "between 1 and {MAX_TOKEN_SECONDS} (10 years); leave it out for a token that lasts until revoked"
+                ),
+            )));
         }
         None => None,
     };

@@ -92,6 +92,13 @@ impl StoreError {
 }
 
 impl StoreError {
+    /// Whether PostgreSQL refused a value the request carried (a data exception, class 22: a
+    /// character it cannot store, a number out of range): bad input that validation let
+    /// through, not a fault of the server.
+    pub fn is_bad_value(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c.starts_with("22")))
+    }
+
     /// Whether the database cannot be reached or cannot take the request now (down, restarting,
     /// out of connections, or the pool timed out waiting for one): a caller should try again
     /// shortly, and the request itself was not wrong.
