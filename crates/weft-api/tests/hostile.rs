@@ -10,14 +10,16 @@ use common::Api;
 use serde_json::json;
 use sqlx::PgPool;
 
+/// A request, and the status and the pointer of the bad field its answer must have.
+type Case = (Method, &'static str, Option<serde_json::Value>, StatusCode, Option<&'static str>);
+
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn hostile_input_gets_a_4xx_problem_and_writes_nothing(pool: PgPool) {
     let api = Api::new(pool).await;
     let r = api.call(Method::POST, "/v1/projects", Some(json!({"name": "a"}))).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let before = api.revision().await;
-    // (method, path, body, status, pointer)
-    let cases: Vec<(Method, &str, Option<serde_json::Value>, StatusCode, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         // A lifetime that overflowed the clock and panicked the handler.
         (
             Method::POST,
