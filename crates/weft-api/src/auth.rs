@@ -45,7 +45,8 @@ impl Caller {
         if self.is_admin() { Ok(()) } else { Err(ApiError::forbidden("this needs an admin token")) }
     }
 
-    fn project(&self) -> Option<&str> {
+    /// The one project a reader or writer token is for (`None` for admins and without auth).
+    pub fn project(&self) -> Option<&str> {
         match self {
             Caller::Token(t) => t.project.as_deref(),
             Caller::Unauthenticated => None,

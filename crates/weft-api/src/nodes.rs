@@ -312,7 +312,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
 /// sent it anything.
 pub async fn realization(
     State(state): State<AppState>,
-    Extension(_caller): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<RealizationQuery>,
 ) -> ApiResult<Response> {
     let hub = &state.follower.hub;
@@ -321,8 +321,23 @@ pub async fn realization(
         state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
     let with_ports: std::collections::BTreeSet<String> =
         hub.with_compiler(|c, _| c.node_ports().map(|(n, _)| n.to_string()).collect());
+    // A project's token sees the nodes its project's ports are on, and what they say of its
+    // own ports only: nothing of other projects (issue 17).
+    let own: Option<(String, std::collections::BTreeSet<String>)> = match (caller.is_admin(), caller.project()) {
+        (true, _) => None,
+        (false, project) => {
+            let project = project.unwrap_or_default().to_string();
+            let nodes = hub.with_compiler(|c, _| {
+                c.cluster().ports().filter(|(_, p)| p.project == project).filter_map(|(_, p)| p.node.clone()).collect()
+            });
+            Some((project, nodes))
+        }
+    };
     let mut names: std::collections::BTreeSet<&String> = with_ports.iter().collect();
     names.extend(statuses.keys());
+    if let Some((_, nodes)) = &own {
+        names.retain(|n| nodes.contains(*n));
+    }
     let mut nodes = Vec::new();
     for name in names {
         let status = statuses.get(name);
@@ -334,7 +349,15 @@ pub async fn realization(
             name: name.clone(),
             realized_revision: realized,
             connected,
-            problems: status.map(|s| s.problems.clone()).unwrap_or_default(),
+            problems: status
+                .map(|s| match &own {
+                    None => s.problems.clone(),
+                    Some((project, _)) => {
+                        let prefix = format!("port {project}/");
+                        s.problems.iter().filter(|p| p.starts_with(&prefix)).cloned().collect()
+                    }
+                })
+                .unwrap_or_default(),
         });
     }
     let laggards: Vec<String> = nodes.iter().filter(|n| !n.done).map(|n| n.name.clone()).collect();
@@ -372,7 +395,9 @@ async fn group_status_of(state: &AppState, caller: &Caller, key: ObjectKey) -> A
     let Resource::SecurityGroup(group) = stored.decode()? else {
         return Err(ApiError::internal());
     };
-    caller.require_read(&group.project)?;
+    if !caller.can_read(&group.project) {
+        return Err(ApiError::not_found(format!("security group {key} does not exist")));
+    }
     let hub = &state.follower.hub;
     let compiled = hub.revision().unwrap_or(0);
     let holders: Vec<String> =

@@ -208,7 +208,9 @@ async fn get_one(
     match state.cache.get(kind, &key, committed_here) {
         Lookup::Found(cached) => {
             state.metrics.cache_hits.inc();
-            caller.require_read(&cached.owner)?;
+            if !caller.can_read(&cached.owner) {
+                return Err(not_found(kind, &key));
+            }
             let mut response = json_response(StatusCode::OK, cached.json.to_string());
             response.headers_mut().insert(header::ETAG, etag(cached.revision));
             return Ok(response);
@@ -222,7 +224,9 @@ async fn get_one(
         }
     }
     let object = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
-    caller.require_read(&owner(&object)?)?;
+    if !caller.can_read(&owner(&object)?) {
+        return Err(not_found(kind, &key));
+    }
     Ok(object_response(StatusCode::OK, &object))
 }
 
@@ -315,6 +319,17 @@ fn require_write(caller: &Caller, kind: Kind, project: &str) -> ApiResult<()> {
     if kind == Kind::Project { caller.require_admin() } else { caller.require_write(project) }
 }
 
+/// Checks that the caller may change an object that exists: one it may not even read is, to
+/// it, an object that does not exist (the same 404 as an absent one: a token of one project
+/// learns nothing of another's objects, issue 17); one it may read but not change is a 403.
+fn require_write_existing(caller: &Caller, kind: Kind, key: &ObjectKey, current: &StoredObject) -> ApiResult<()> {
+    let owner = owner(current)?;
+    if !caller.can_read(&owner) {
+        return Err(not_found(kind, key));
+    }
+    require_write(caller, kind, &owner)
+}
+
 /// Fields only an admin may set or change. A port's `interface` is a claim on its node's
 /// links: the agent binds the port's anti-spoofing to it, so a writer who could name one could
 /// cut off other ports' traffic (issue 17: `eth0` did). Writers leave it out and get the name
@@ -359,7 +374,7 @@ pub(crate) async fn op_replace(
 ) -> ApiResult<StoredObject> {
     let resource = decode(kind, value)?;
     let current = txn.get_for_update(kind, key).await?;
-    require_write(caller, kind, &owner(&current)?)?;
+    require_write_existing(caller, kind, key, &current)?;
     require_admin_fields(caller, &resource, Some(&current))?;
     Ok(txn.replace(kind, key, resource, if_match).await?)
 }
@@ -376,7 +391,7 @@ pub(crate) async fn op_patch(
         return Err(ApiError::invalid(weft_model::ValidationErrors::single("", "a merge patch is a JSON object")));
     }
     let current = txn.get_for_update(kind, key).await?;
-    require_write(caller, kind, &owner(&current)?)?;
+    require_write_existing(caller, kind, key, &current)?;
     let mut value: serde_json::Value = serde_json::from_str(&current.to_json()).map_err(|e| {
         tracing::error!(id = %current.id, error = %e, "stored object is not JSON");
         ApiError::internal()
@@ -396,6 +411,6 @@ pub(crate) async fn op_delete(
     if_match: Option<i64>,
 ) -> ApiResult<()> {
     let current = txn.get_for_update(kind, key).await?;
-    require_write(caller, kind, &owner(&current)?)?;
+    require_write_existing(caller, kind, key, &current)?;
     Ok(txn.delete(kind, key, cascade, if_match).await?)
 }

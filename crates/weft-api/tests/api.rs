@@ -254,9 +254,10 @@ async fn authentication_and_authorization(pool: PgPool) {
         StatusCode::FORBIDDEN
     );
     assert_eq!(api.as_token(&writer, Method::GET, "/v1/tokens", None).await.status, StatusCode::FORBIDDEN);
+    // another project's objects do not exist for it (issue 17)
     assert_eq!(
         api.as_token(&writer, Method::GET, "/v1/security-groups/b/default", None).await.status,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
     // a reader reads a, writes nothing
     assert_eq!(api.as_token(&reader, Method::GET, "/v1/security-groups/a/g", None).await.status, StatusCode::OK);
@@ -583,12 +584,12 @@ async fn nodes_and_join_tokens_are_for_admins_and_validated(pool: PgPool) {
     assert!(listed.body["items"][0]["revoked_at"].is_string(), "{}", listed.body);
     assert_eq!(api.call(Method::DELETE, "/v1/nodes/node-2", None).await.status, StatusCode::OK);
     assert_eq!(api.call(Method::DELETE, "/v1/nodes/node-2", None).await.status, StatusCode::NOT_FOUND);
-    // A group's status needs read access to its project.
+    // A group's status needs read access to its project: another's does not exist for it.
     let group = api.call(Method::GET, "/v1/security-groups/a/default/status", None).await;
     assert_eq!(group.status, StatusCode::OK, "{:?}", group.body);
     assert_eq!(group.body["name"], "default");
     let b = api.call(Method::POST, "/v1/projects", Some(json!({"name": "b"}))).await;
     assert_eq!(b.status, StatusCode::CREATED);
     let other = api.as_token(&reader, Method::GET, "/v1/security-groups/b/default/status", None).await;
-    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
 }

@@ -226,3 +226,75 @@ async fn a_watch_ends_when_its_token_is_revoked_or_expires(pool: PgPool) {
     assert_eq!(last["op"], "error", "{lines:?}");
     assert!(last["error"]["detail"].as_str().unwrap().contains("expired"), "{last}");
 }
+
+/// Finding 9: a project's token learned of other projects: 403 for what exists and 404 for
+/// what does not, explain naming their ports, realization listing every node and its problems.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_projects_token_learns_nothing_of_another_project(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let (writer_a, writer_b) = tenants(&api).await;
+    let port = |project: &str, name: &str, node: &str, ip: &str| json!({"name": name, "project": project, "node": node, "ips": [ip], "security_groups": []});
+    for (w, body) in
+        [(&writer_a, port("a", "db", "node-1", "10.0.0.1")), (&writer_b, port("b", "web", "node-2", "10.0.0.2"))]
+    {
+        let r = api.as_token(w, Method::POST, "/v1/ports", Some(body)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = api
+        .as_token(&writer_a, Method::POST, "/v1/security-groups", Some(json!({"name": "grp", "project": "a"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let db_id = api.call(Method::GET, "/v1/ports/a/db", None).await.body["id"].as_str().unwrap().to_string();
+
+    // What exists in a and what does not answer b alike, for reads and writes.
+    let same = |existing: &common::Reply, absent: &common::Reply| {
+        assert_eq!((existing.status, existing.problem_type()), (StatusCode::NOT_FOUND, "urn:weft:problem:not-found"));
+        assert_eq!((absent.status, absent.problem_type()), (existing.status, existing.problem_type()));
+    };
+    for (method, existing, absent, body) in [
+        (Method::GET, "/v1/ports/a/db".to_string(), "/v1/ports/a/nothing".to_string(), None),
+        (Method::GET, format!("/v1/ports/{db_id}"), format!("/v1/ports/{}", uuid::Uuid::new_v4()), None),
+        (Method::PATCH, "/v1/ports/a/db".into(), "/v1/ports/a/nothing".into(), Some(json!({"labels": {"x": "y"}}))),
+        (Method::DELETE, "/v1/security-groups/a/grp".into(), "/v1/security-groups/a/nothing".into(), None),
+        (Method::GET, "/v1/security-groups/a/grp/status".into(), "/v1/security-groups/a/nothing/status".into(), None),
+    ] {
+        let e = api.as_token(&writer_b, method.clone(), &existing, body.clone()).await;
+        let a = api.as_token(&writer_b, method.clone(), &absent, body).await;
+        same(&e, &a);
+    }
+    // A rule may name a's group whether it exists or not, and does not keep a from deleting it.
+    for remote in ["a/grp", "a/nothing"] {
+        let rule = json!({"name": format!("from-{}", remote.replace('/', "-")), "project": "b", "rules": [
+            {"direction": "ingress", "remote": {"type": "security_group", "security_group": remote}}]});
+        let r = api.as_token(&writer_b, Method::POST, "/v1/security-groups", Some(rule)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{remote}: {}", r.body);
+    }
+    let r = api.as_token(&writer_a, Method::DELETE, "/v1/security-groups/a/grp", None).await;
+    assert_eq!(r.status, StatusCode::OK, "b's rule held a's group: {}", r.body);
+
+    // explain: a's port by name does not exist for b; by address it is an address, unnamed.
+    api.until_ready().await;
+    let revision = api.revision().await;
+    let explain = |to: &str| json!({"from": "b/web", "to": to, "protocol": "tcp", "port": 80, "revision": revision});
+    let by_name = api.as_token(&writer_b, Method::POST, "/v1/explain", Some(explain("a/db"))).await;
+    let nothing = api.as_token(&writer_b, Method::POST, "/v1/explain", Some(explain("a/nothing"))).await;
+    assert_eq!((by_name.status, nothing.status), (StatusCode::BAD_REQUEST, StatusCode::BAD_REQUEST));
+    let by_address = api.as_token(&writer_b, Method::POST, "/v1/explain", Some(explain("10.0.0.1"))).await;
+    assert_eq!(by_address.status, StatusCode::OK, "{}", by_address.body);
+    assert!(
+        by_address.body.get("ingress").is_none() && !by_address.body.to_string().contains("a/"),
+        "{}",
+        by_address.body
+    );
+    let reach = api.as_token(&writer_b, Method::GET, &format!("/v1/reach?port=80&revision={revision}"), None).await;
+    assert_eq!(reach.body["endpoints"], json!(["b/web"]), "{}", reach.body);
+
+    // realization: the nodes b's ports are on, nothing else.
+    let r = api.as_token(&writer_b, Method::GET, &format!("/v1/realization?revision={revision}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let nodes: Vec<&str> = r.body["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["node-2"], "{}", r.body);
+    let all = api.call(Method::GET, &format!("/v1/realization?revision={revision}"), None).await;
+    assert_eq!(all.body["nodes"].as_array().unwrap().len(), 2, "{}", all.body);
+    assert_eq!(api.as_token(&writer_b, Method::GET, "/v1/nodes", None).await.status, StatusCode::FORBIDDEN);
+}

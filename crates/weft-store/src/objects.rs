@@ -639,6 +639,13 @@ impl Txn {
             Resource::SecurityGroup(sg) => {
                 for (i, rule) in sg.rules.iter().enumerate() {
                     if let Remote::SecurityGroup { security_group } = &rule.remote {
+                        // Another project's group is neither checked nor held: whether it
+                        // exists is none of this project's business, and a rule of this
+                        // project must not keep the other from deleting it (issue 17). The
+                        // compiler matches nothing while it does not exist.
+                        if ObjectRef::parse(security_group).is_ok_and(|r| r.project.is_some_and(|p| p != project)) {
+                            continue;
+                        }
                         let pointer = format!("/rules/{i}/remote/security_group");
                         targets.insert(
                             self.resolve(Kind::SecurityGroup, project_id, &project, security_group, &pointer).await?,

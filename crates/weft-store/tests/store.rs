@@ -155,7 +155,7 @@ async fn duplicates_and_missing_references(pool: PgPool) {
     assert_eq!(invalid_pointers(e), ["/security_groups/1"]);
     let e = create(&store, Kind::Port, json!({"name": "x", "project": "p", "network": "missing"})).await.unwrap_err();
     assert_eq!(invalid_pointers(e), ["/network"]);
-    let e = create(&store, Kind::SecurityGroup, json!({"name": "g", "project": "p", "rules": [{"direction": "ingress"}, {"direction": "egress", "remote": {"type": "security_group", "security_group": "q/x"}}]})).await.unwrap_err();
+    let e = create(&store, Kind::SecurityGroup, json!({"name": "g", "project": "p", "rules": [{"direction": "ingress"}, {"direction": "egress", "remote": {"type": "security_group", "security_group": "missing"}}]})).await.unwrap_err();
     assert_eq!(invalid_pointers(e), ["/rules/1/remote/security_group"]);
     // nothing of the failed writes was kept
     assert!(store.changes_since(1, 1000).await.unwrap().changes.is_empty());
@@ -168,16 +168,27 @@ async fn referenced_objects_cannot_be_deleted(pool: PgPool) {
     project(&store, "a").await;
     project(&store, "b").await;
     create(&store, Kind::SecurityGroup, json!({"name": "db", "project": "a"})).await.unwrap();
-    create(&store, Kind::SecurityGroup, json!({"name": "app", "project": "b", "rules": [{"direction": "egress", "remote": {"type": "security_group", "security_group": "a/db"}}]})).await.unwrap();
+    create(&store, Kind::SecurityGroup, json!({"name": "app", "project": "a", "rules": [{"direction": "egress", "remote": {"type": "security_group", "security_group": "db"}}]})).await.unwrap();
     let mut txn = store.begin().await.unwrap();
     let e = txn.delete(Kind::SecurityGroup, &by_name(Some("a"), "db"), false, None).await.unwrap_err();
-    assert!(e.to_string().contains("security-group b/app"), "{e}");
+    assert!(e.to_string().contains("security-group a/app"), "{e}");
     assert_eq!(conflict(e), ConflictKind::InUse);
     drop(txn);
-    // nor can a project whose group another project references, even with cascade
+    // Another project's rule names a group without holding it (issue 17): a tenant cannot keep
+    // another from deleting its own group, nor learn whether it exists.
+    create(
+        &store,
+        Kind::SecurityGroup,
+        json!({"name": "spy", "project": "b", "rules": [
+        {"direction": "egress", "remote": {"type": "security_group", "security_group": "a/app"}},
+        {"direction": "egress", "remote": {"type": "security_group", "security_group": "a/never"}}]}),
+    )
+    .await
+    .unwrap();
     let mut txn = store.begin().await.unwrap();
-    let e = txn.delete(Kind::Project, &by_name(None, "a"), true, None).await.unwrap_err();
-    assert_eq!(conflict(e), ConflictKind::InUse);
+    txn.delete(Kind::SecurityGroup, &by_name(Some("a"), "app"), false, None).await.unwrap();
+    txn.delete(Kind::Project, &by_name(None, "a"), true, None).await.unwrap();
+    txn.commit().await.unwrap();
 }
 
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
