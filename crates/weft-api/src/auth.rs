@@ -78,6 +78,14 @@ impl Caller {
         }
     }
 
+    /// The caller's token, when authentication is on.
+    pub fn token_id(&self) -> Option<uuid::Uuid> {
+        match self {
+            Caller::Token(t) => Some(t.id),
+            Caller::Unauthenticated => None,
+        }
+    }
+
     /// When the caller's token expires, if it does.
     pub fn expires_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         match self {

@@ -89,6 +89,8 @@ pub struct AppState {
     /// Whether this process's gRPC service for agents is serving, when it runs one.
     pub grpc_serving: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub stuck_after: Duration,
+    /// Who is computing a reach matrix: one per token, a few on the server.
+    pub reach_limits: Arc<reach::ReachLimits>,
     /// Set when the server begins to shut down: long-lived responses (watch streams) end, so
     /// that draining the open requests finishes.
     stopping: Arc<watch::Sender<bool>>,
@@ -118,6 +120,7 @@ impl AppState {
             grpc_address: config.grpc_address,
             grpc_serving: config.grpc_serving,
             stuck_after: config.stuck_after,
+            reach_limits: Arc::default(),
         })
     }
 }

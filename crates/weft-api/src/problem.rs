@@ -49,6 +49,12 @@ impl ApiError {
         ApiError { status, slug, detail: detail.into(), errors: Vec::new(), retry_after: None }
     }
 
+    /// Asks the client to wait this many seconds before trying again.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// The database cannot take the request now: 503, try again in a second.
     pub fn database_unavailable() -> Self {
         let mut e = Self::new(

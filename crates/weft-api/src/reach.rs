@@ -300,7 +300,15 @@ pub async fn reach(
     {
         return Err(ApiError::invalid_parameter("outside", "not of the family probed"));
     }
-    let matrix = state.follower.hub.with_compiler(|compiler, revision| -> ApiResult<ReachMatrix> {
+    // At most one matrix per token at a time (429 for a second), and MATRICES at a time on
+    // the server (the rest wait their turn, then 503): a reader must not be able to take the
+    // server's cores, nor the compiler's lock from the writes (issue 17: 8 concurrent 500x500
+    // matrices pushed write latency from 3 ms to 537 ms).
+    let _token_turn = state.reach_limits.one_per_token(&caller)?;
+    let _server_turn = state.reach_limits.server_turn().await?;
+    // Under the compiler's lock: only choosing the endpoints and taking their spans (shared,
+    // cheap). The matrix is computed from those, without the lock, off the async runtime.
+    let chosen = state.follower.hub.with_compiler(|compiler, revision| -> ApiResult<_> {
         let mut selected: Vec<Selected> = compiler
             .cluster()
             .ports()
@@ -325,6 +333,10 @@ pub async fn reach(
         if let Some(outside) = query.outside {
             ends.push(("outside".into(), Endpoint::Address(outside), outside));
         }
+        Ok((view, ends, revision))
+    })?;
+    let (view, ends, revision) = chosen;
+    let matrix = tokio::task::spawn_blocking(move || {
         let mut allowed = Vec::new();
         for (from, src, src_addr) in &ends {
             for (to, dst, dst_addr) in &ends {
@@ -333,13 +345,126 @@ pub async fn reach(
                 }
             }
         }
-        Ok(ReachMatrix {
+        ReachMatrix {
             revision,
-            protocol: if l4.icmp.is_some() { "icmp".into() } else { protocol.clone() },
+            protocol: if l4.icmp.is_some() { "icmp".into() } else { protocol },
             port: l4.port,
             endpoints: ends.into_iter().map(|(name, _, _)| name).collect(),
             allowed,
-        })
+        }
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "a reach matrix failed");
+        ApiError::internal()
     })?;
     Ok(axum::Json(matrix).into_response())
+}
+
+/// How many reach matrices the server computes at once.
+pub const MATRICES: usize = 1;
+
+/// How long a matrix waits for its turn before the server answers 503.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Who is computing a reach matrix now.
+#[derive(Debug)]
+pub struct ReachLimits {
+    turns: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The tokens with a matrix in progress (`None`: authentication off).
+    running: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Option<Uuid>>>>,
+}
+
+impl Default for ReachLimits {
+    fn default() -> Self {
+        ReachLimits { turns: std::sync::Arc::new(tokio::sync::Semaphore::new(MATRICES)), running: Default::default() }
+    }
+}
+
+/// A token's matrix in progress; the token may ask for another once it is dropped.
+#[derive(Debug)]
+pub struct TokenTurn {
+    running: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Option<Uuid>>>>,
+    token: Option<Uuid>,
+}
+
+impl Drop for TokenTurn {
+    fn drop(&mut self) {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.token);
+    }
+}
+
+impl ReachLimits {
+    /// The caller's turn, or 429 while one of its matrices is in progress.
+    fn one_per_token(&self, caller: &Caller) -> ApiResult<TokenTurn> {
+        let token = caller.token_id();
+        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(token) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "this token has a reach matrix in progress already; ask again once it is answered",
+            )
+            .retry_after(1));
+        }
+        Ok(TokenTurn { running: std::sync::Arc::clone(&self.running), token })
+    }
+
+    /// The server's turn: waits for a matrix in progress to finish, up to TURN_WAIT.
+    async fn server_turn(&self) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+        let busy = || {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server is computing other reach matrices; try again shortly",
+            )
+            .retry_after(1)
+        };
+        match tokio::time::timeout(TURN_WAIT, std::sync::Arc::clone(&self.turns).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(busy()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> Caller {
+        let now = chrono::Utc::now();
+        Caller::Token(weft_store::tokens::Token {
+            id: Uuid::new_v4(),
+            role: weft_store::tokens::Role::Reader,
+            project: Some("a".into()),
+            description: String::new(),
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+        })
+    }
+
+    /// Issue 17, finding 10: one token, one matrix at a time (429 with Retry-After), and a
+    /// bounded number on the server, the rest waiting their turn.
+    #[tokio::test]
+    async fn a_token_has_one_matrix_at_a_time_and_the_server_a_few() {
+        let limits = ReachLimits::default();
+        let (a, b) = (token(), token());
+        let first = limits.one_per_token(&a).expect("a's first");
+        let refused = limits.one_per_token(&a).expect_err("a's second while the first runs").into_response();
+        assert_eq!(refused.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[axum::http::header::RETRY_AFTER], "1");
+        let _other = limits.one_per_token(&b).expect("b is not held up by a");
+        drop(first);
+        let _again = limits.one_per_token(&a).expect("a's next, once the first is answered");
+
+        let turn = limits.server_turn().await.expect("the server's first turn");
+        let waiting = tokio::spawn({
+            let turns = std::sync::Arc::clone(&limits.turns);
+            async move { turns.acquire_owned().await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a second matrix waits while MATRICES run");
+        drop(turn);
+        assert!(waiting.await.expect("the waiter"), "and gets its turn after");
+    }
 }

@@ -173,6 +173,7 @@ pub struct ApiReport {
     pub create_group: Rate,
     pub pgbench: PgbenchFigures,
     pub list_page: Rate,
+    pub under_reach: UnderReach,
     pub ports: usize,
     pub ready_after: Option<Duration>,
 }
@@ -201,6 +202,17 @@ impl std::fmt::Display for ApiReport {
             self.list_page.per_second(),
             ms(self.list_page.p50),
             ms(self.list_page.p99)
+        )?;
+        let u = &self.under_reach;
+        row(f, "POST /v1/security-groups, one writer alone", &u.alone)?;
+        row(f, &format!("  the same, {} readers asking 500x500 reach", u.readers), &u.loaded)?;
+        writeln!(
+            f,
+            "  {:<46} {:>10.1}x p99; {} matrices answered, {} refused (429/503)",
+            "p99 under reach / alone",
+            ms(u.loaded.p99) / ms(u.alone.p99).max(1e-6),
+            u.matrices,
+            u.refused
         )?;
         if let Some(ready) = self.ready_after {
             writeln!(
@@ -344,6 +356,7 @@ async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, Benc
         token = page.continue_token;
     }
     let list_page = rate(latencies, started.elapsed());
+    let under_reach = writes_under_reach(&client, &base, config.duration).await?;
     let _ = stop.send(());
 
     let ready_after = match &config.weft_exe {
@@ -360,9 +373,77 @@ async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, Benc
         create_group,
         pgbench,
         list_page,
+        under_reach,
         ports: config.ports,
         ready_after,
     })
+}
+
+/// Writes while readers ask for reach matrices.
+#[derive(Debug)]
+pub struct UnderReach {
+    /// One writer alone, then with `readers` asking for 500x500 matrices as fast as answered.
+    pub alone: Rate,
+    pub loaded: Rate,
+    pub readers: usize,
+    /// Matrices answered, and refused (429: the token has one in progress; 503: the server's
+    /// turns were taken for too long).
+    pub matrices: usize,
+    pub refused: usize,
+}
+
+/// A project of 500 ports (the largest matrix), then one writer creating groups elsewhere,
+/// alone and while 8 readers (each its own token) ask for the project's matrix.
+async fn writes_under_reach(client: &Client, base: &str, duration: Duration) -> Result<UnderReach, BenchError> {
+    const READERS: usize = 8;
+    client.create(&weft_model::Project { name: "reach".into(), ..Default::default() }).await?;
+    let ops: Vec<weft_client::BatchOp> = (0..500)
+        .map(|i| weft_client::BatchOp::Create {
+            kind: weft_model::Kind::Port,
+            object: json!({"name": format!("p{i}"), "project": "reach", "node": format!("node-{}", i % 50),
+                "ips": [format!("10.250.{}.{}", i / 250, i % 250 + 1)], "labels": {"app": format!("a{}", i % 20)},
+                "security_groups": []}),
+        })
+        .collect();
+    client.batch(&ops).await?;
+    let duration = duration.min(Duration::from_secs(10));
+    let write = |client: Client, tag: &'static str| {
+        move |_: usize, i: usize| {
+            let client = client.clone();
+            async move {
+                let sg: SecurityGroup =
+                    serde_json::from_value(json!({"name": format!("{tag}-{i}"), "project": "bench"})).map_err(other)?;
+                client.create(&sg).await?;
+                Ok(())
+            }
+        }
+    };
+    let alone = load(1, duration, write(client.clone(), "alone")).await?;
+    let stop = Instant::now() + duration;
+    let mut readers = Vec::new();
+    for r in 0..READERS {
+        let reader = client.create_token("reader", Some("reach"), &format!("bench reader {r}"), None).await?;
+        let reader = Client::new(base, reader.token, None)?;
+        readers.push(tokio::spawn(async move {
+            let (mut answered, mut refused) = (0, 0);
+            while Instant::now() < stop {
+                match reader.reach(&[("project", "reach".into()), ("port", "80".into())]).await {
+                    Ok(_) => answered += 1,
+                    Err(e) if matches!(e.status(), Some(429 | 503)) => refused += 1,
+                    Err(e) => return Err(BenchError::from(e)),
+                }
+            }
+            Ok((answered, refused))
+        }));
+    }
+    let loaded = load(1, duration, write(client.clone(), "loaded")).await?;
+    let (mut matrices, mut refused) = (0, 0);
+    for r in join_all(readers).await {
+        let (a, f) = r.map_err(other)??;
+        matrices += a;
+        refused += f;
+    }
+    Ok(UnderReach { alone, loaded, readers: READERS, matrices, refused })
 }
 
 /// wrk, when installed: a load generator in C, as lean as pgbench, so that the two figures are

@@ -9,6 +9,7 @@
 //!                                        └────── span(node) for a snapshot ─┘     ◄── acks ─► nodes table
 //! ```
 
+mod accept;
 mod follower;
 mod hub;
 mod session;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::server::agent_server::{Agent, AgentServer};
 use weft_proto::{Encoded, v1};
@@ -134,6 +135,7 @@ impl Control {
             .map_err(|source| ControlError::Listen { addr: config.listen, source })?;
         let local_addr =
             listener.local_addr().map_err(|source| ControlError::Listen { addr: config.listen, source })?;
+        let listener = Arc::new(listener);
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key)) = &config.tls {
             let identity = tonic::transport::Identity::from_pem(cert, key);
@@ -149,7 +151,11 @@ impl Control {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped).await {
+            let incoming = accept::incoming(move || {
+                let listener = std::sync::Arc::clone(&listener);
+                async move { listener.accept().await.map(|(stream, _)| stream) }
+            });
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
                 tracing::error!(error = %e, "the gRPC server failed");
             }
             flag.store(false, std::sync::atomic::Ordering::Relaxed);
