@@ -37,6 +37,20 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 echo "tests use PostgreSQL at ${DATABASE_URL%%\?*}" >&2
 
+# schemathesis (PyPI) checks the REST API against api/openapi.yaml (crates/weft/tests/
+# schemathesis.rs): installed once, in a virtualenv under target/ (nothing outside the tree).
+SCHEMATHESIS_VERSION=4.32.5
+if [ -z "${WEFT_SCHEMATHESIS:-}" ]; then
+  venv=target/tools/schemathesis-$SCHEMATHESIS_VERSION
+  if [ ! -x "$venv/bin/st" ]; then
+    command -v python3 >/dev/null || { echo "python3 is missing: apt-get install python3 python3-venv" >&2; exit 1; }
+    rm -rf "$venv"
+    python3 -m venv "$venv" || { echo "cannot make a virtualenv: apt-get install python3-venv" >&2; exit 1; }
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2
+  fi
+  export WEFT_SCHEMATHESIS="$PWD/$venv/bin/st"
+fi
+
 # nextest runs each test in its own process under the limits of .config/nextest.toml (a hung
 # test is killed and named; lab tests take turns). Without it, cargo test runs the same tests.
 # Either way the whole run is bounded, so a hang can never stall CI for its full time.

@@ -57,14 +57,35 @@ fn problem(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
+/// A parameter, with the constraints the server enforces on it (no more: a value the schema
+/// calls invalid must be one the server refuses).
 fn param(name: &str, location: ParameterIn, required: bool, description: &str) -> utoipa::openapi::path::Parameter {
-    let ty = if matches!(name, "limit" | "since" | "revision" | "port") { Type::Integer } else { Type::String };
+    let typed = |ty| ObjectBuilder::new().schema_type(SchemaType::new(ty));
+    let integer = |min: i64, max: Option<i64>| {
+        let s = typed(Type::Integer).minimum(Some(min as f64));
+        match max {
+            Some(max) => s.maximum(Some(max as f64)),
+            None => s,
+        }
+    };
+    let words = |values: &[&str]| typed(Type::String).enum_values(Some(values.iter().copied()));
+    let schema = match name {
+        "limit" => integer(1, Some(i64::from(weft_store::MAX_PAGE))),
+        "since" => integer(0, None),
+        "revision" => typed(Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64))),
+        "port" => integer(0, Some(65535)),
+        "watch" | "cascade" => typed(Type::Boolean),
+        "family" => words(&["ipv4", "ipv6"]),
+        "protocol" => words(&["tcp", "udp", "sctp", "icmp", "icmpv6"]),
+        _ => typed(Type::String),
+    };
     ParameterBuilder::new()
         .name(name)
         .parameter_in(location)
         .required(if required { Required::True } else { Required::False })
         .description(Some(description))
-        .schema(Some(ObjectBuilder::new().schema_type(SchemaType::new(ty))))
+        .schema(Some(schema))
         .build()
 }
 
@@ -255,7 +276,9 @@ pub fn openapi() -> OpenApi {
             .summary(Some("Many writes in one transaction and one revision, all or nothing"))
             .request_body(Some(body(schema_ref("BatchRequest"), JSON)))
             .response("200", json_response("The revision and each operation's result", ObjectBuilder::new().into()))
+            .response("404", problem("An operation names an object that does not exist; nothing was written"))
             .response("409", problem("An operation conflicts; nothing was written"))
+            .response("412", problem("An operation's if_match names another revision; nothing was written"))
             .response("422", problem("An operation is invalid (pointer under /operations/N); nothing was written")),
     );
     let changes = with_common_errors(
@@ -393,7 +416,11 @@ pub fn openapi() -> OpenApi {
                 ),
                 param("revision", ParameterIn::Query, false, "Answer once the compiler has reached this revision"),
             ]))
-            .response("503", problem("The compiler has not reached the revision asked for within 10 s"))
+            .response("429", problem("This token has a matrix in progress already (Retry-After)"))
+            .response(
+                "503",
+                problem("The compiler has not reached the revision within 10 s, or the server is busy with other matrices (Retry-After)"),
+            )
             .response("200", json_response("The matrix, at the revision it reflects", schema_ref("ReachMatrix"))),
     );
     let mut nodes = PathItem::new(HttpMethod::Post, node_create.build());
@@ -474,7 +501,7 @@ pub fn openapi() -> OpenApi {
         .schemas_from_iter(schemas)
         .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
         .build();
-    OpenApiBuilder::new()
+    let mut doc = OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
                 .title("weft config API")
@@ -484,7 +511,47 @@ pub fn openapi() -> OpenApi {
         .paths(paths.build())
         .components(Some(components))
         .security(Some([SecurityRequirement::new("bearer", Vec::<String>::new())]))
-        .build()
+        .build();
+    document_every_status(&mut doc);
+    doc
+}
+
+/// Adds to each operation the errors any of its kind can answer, where it does not say more
+/// about them already: a schema-driven client (or fuzzer) must find every status the server
+/// answers documented (issue 17: 400 was on none of 22 operations that answer it).
+fn document_every_status(doc: &mut OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in operations.into_iter().flatten() {
+            let with_body = op.request_body.is_some();
+            let responses = &mut op.responses.responses;
+            let mut add = |code: &str, why: &str| {
+                responses.entry(code.to_string()).or_insert_with(|| RefOr::T(problem(why)));
+            };
+            match path.as_str() {
+                "/healthz" | "/metrics" => continue,
+                "/readyz" => {
+                    add("503", "Not ready: each reason in `errors`");
+                    continue;
+                }
+                _ => {}
+            }
+            add(
+                "400",
+                "A bad request: malformed JSON, a bad query parameter or If-Match header, a NUL byte in the path or query",
+            );
+            add("401", "No, unknown, expired or revoked token");
+            add("403", "The token may not do this");
+            add("414", "The URI is longer than 8 KiB");
+            add("500", "Internal error (details only in the server log)");
+            add("503", "The database is unavailable (Retry-After: 1); nothing was changed");
+            if with_body {
+                add("413", "Body too large");
+                add("415", "Not JSON");
+                add("422", "Invalid fields (each named by a JSON pointer)");
+            }
+        }
+    }
 }
 
 /// The document as YAML, as checked in at `api/openapi.yaml`.

@@ -97,9 +97,20 @@ pub struct ReachQuery {
 /// How long a request waits for the compiler to reach the revision it asks for.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Waits until this process's compiler has reached `revision`.
+/// Waits until this process's compiler has reached `revision`. A revision no write has taken
+/// yet is a bad request at once, not a wait that ends in 503.
 async fn caught_up(state: &AppState, revision: Option<i64>) -> ApiResult<()> {
     let Some(wanted) = revision else { return Ok(()) };
+    if state.follower.hub.revision().is_some_and(|at| at >= wanted) {
+        return Ok(());
+    }
+    let last = state.store.last_revision().await?;
+    if wanted > last {
+        return Err(ApiError::invalid_parameter(
+            "revision",
+            format!("no revision {wanted} exists: the configuration is at revision {last}"),
+        ));
+    }
     let mut at = state.follower.hub.subscribe();
     let reached = tokio::time::timeout(CATCH_UP, at.wait_for(|r| r.is_some_and(|r| r >= wanted))).await;
     match reached {

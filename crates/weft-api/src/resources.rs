@@ -290,7 +290,7 @@ async fn delete(
     let mut cascade = false;
     for (name, value) in params {
         match (name.as_str(), value.as_str()) {
-            ("cascade", "true" | "") => cascade = true,
+            ("cascade", "true") => cascade = true,
             ("cascade", "false") => cascade = false,
             ("cascade", _) => return Err(ApiError::invalid_parameter("cascade", "must be true or false")),
             (other, _) => return Err(ApiError::invalid_parameter(other, "unknown parameter; delete takes cascade")),

@@ -94,8 +94,10 @@ fn validate_common(v: &mut Validator, name: &str, labels: &Labels, annotations: 
 pub struct Project {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub name: String,
     #[serde(default)]
+    #[schema(schema_with = crate::selector::labels_schema)]
     pub labels: Labels,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
@@ -132,13 +134,17 @@ pub struct Subnet {
 pub struct VirtualNetwork {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub name: String,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub project: String,
     #[serde(default)]
+    #[schema(schema_with = crate::selector::labels_schema)]
     pub labels: Labels,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub subnets: Vec<Subnet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
@@ -201,9 +207,12 @@ pub fn both_directions() -> Vec<Direction> {
 pub struct SecurityGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub name: String,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub project: String,
     #[serde(default)]
+    #[schema(schema_with = crate::selector::labels_schema)]
     pub labels: Labels,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
@@ -214,6 +223,7 @@ pub struct SecurityGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
     #[serde(default)]
+    #[schema(max_items = 4096)]
     pub rules: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
@@ -295,6 +305,7 @@ impl SecurityGroup {
 #[serde(deny_unknown_fields)]
 pub struct NamedPort {
     pub protocol: Protocol,
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: i64,
 }
 
@@ -303,28 +314,36 @@ pub struct NamedPort {
 pub struct Port {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub name: String,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub project: String,
     #[serde(default)]
+    #[schema(schema_with = crate::selector::labels_schema)]
     pub labels: Labels,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     /// The node the port is bound to; absent for a port not (yet) placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub node: Option<String>,
     /// A virtual network of the same project; addresses not given are allocated from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub network: Option<String>,
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, max_items = 16)]
     pub ips: Vec<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")]
     pub mac: Option<String>,
     /// Host-side interface; absent: derived from the port's identity (DESIGN.md §7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^weft[A-Za-z0-9._-]{1,11}$")]
     pub interface: Option<String>,
     /// Groups named explicitly (`name` or `project/name`). Omitted on create: `[default]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 256)]
     pub security_groups: Option<Vec<String>>,
     #[serde(default)]
     pub named_ports: BTreeMap<String, NamedPort>,

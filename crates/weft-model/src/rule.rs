@@ -290,8 +290,10 @@ impl utoipa::ToSchema for PortMatch {}
 #[serde(deny_unknown_fields)]
 pub struct IcmpMatch {
     #[serde(rename = "type")]
+    #[schema(minimum = 0, maximum = 255)]
     pub icmp_type: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 255)]
     pub code: Option<i64>,
 }
 

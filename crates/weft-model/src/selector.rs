@@ -11,6 +11,27 @@ use crate::validation::Validator;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// The OpenAPI schema of a label map: keys and values as `syntax::qualified_key` and
+/// `syntax::label_value` take them (a schema-driven client generates labels the server takes,
+/// and nothing the server refuses passes the schema).
+pub fn labels_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let string = || ObjectBuilder::new().schema_type(SchemaType::new(Type::String));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::new(Type::Object))
+        .property_names(Some(
+            string()
+                .pattern(Some(
+                    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+                ))
+                .max_length(Some(317)),
+        ))
+        .additional_properties(Some(
+            string().pattern(Some("^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")).max_length(Some(63)),
+        ))
+        .build()
+}
+
 /// A label selector as Kubernetes defines it. The empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -135,6 +135,14 @@ impl Store {
         }
     }
 
+    /// The last revision handed out, committed or not (0 before the first): no revision after
+    /// it exists yet.
+    pub async fn last_revision(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM revisions")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// The changes after `since` up to the safe horizon, at most `max_revisions` revisions'
     /// worth. Fails with [`StoreError::Compacted`] when compaction has removed entries the
     /// caller has not seen.
