@@ -5,13 +5,11 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use common::{Api, Reply};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 use weft_store::Store;
 use weft_store::tokens::Role;
 
@@ -383,13 +381,7 @@ async fn change_log_watch_streams_and_reports_compaction(pool: PgPool) {
     assert_eq!(lines[2], json!({"op": "bookmark", "revision": 1}));
 
     // a live watch sees a write committed after it started
-    let request = Request::get("/v1/changes?since=1")
-        .header(header::AUTHORIZATION, format!("Bearer {}", api.admin))
-        .body(Body::empty())
-        .unwrap();
-    let response = api.router.clone().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
+    let mut body = api.watch(&api.admin, 1).await;
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(std::str::from_utf8(&first).unwrap(), "{\"op\":\"bookmark\",\"revision\":1}\n");
     api.call(Method::POST, "/v1/projects", Some(json!({"name": "q"}))).await;

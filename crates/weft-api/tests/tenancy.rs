@@ -6,13 +6,11 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use common::Api;
 use http_body_util::BodyExt;
 use serde_json::json;
 use sqlx::PgPool;
-use tower::ServiceExt;
 use weft_store::tokens::Role;
 
 /// Two tenants, `a` and `b`, and a writer's token for each.
@@ -181,13 +179,7 @@ async fn watch_until_it_ends(
     revoke: impl std::future::Future<Output = ()>,
 ) -> Vec<serde_json::Value> {
     const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
-    let request = Request::get("/v1/changes?since=0")
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
-    let response = api.router.clone().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
+    let mut body = api.watch(token, 0).await;
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert!(std::str::from_utf8(&first).unwrap().contains("bookmark"));
     revoke.await;

@@ -74,6 +74,17 @@ impl Api {
         Reply { status, headers, body }
     }
 
+    /// Opens a watch of the change log after `since` with `token`; its body, to read frames from.
+    pub async fn watch(&self, token: &str, since: i64) -> Body {
+        let request = Request::get(format!("/v1/changes?since={since}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body()
+    }
+
     /// Waits (at most 30 s) until `/readyz` answers 200: the compiler has loaded.
     pub async fn until_ready(&self) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
