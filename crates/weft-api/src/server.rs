@@ -110,8 +110,10 @@ async fn serve_with_database(
 ) -> Result<(), ServerError> {
     // The controller's pool (the follower, agents' streams, node status) waits for a
     // connection as long as it must; the API's answers 503 within a second while the database
-    // is away (API_ACQUIRE_TIMEOUT).
-    let store = Store::connect(url, (config.max_connections / 4).max(4)).await?;
+    // is away (API_ACQUIRE_TIMEOUT). Beside an API, the controller takes a quarter as many.
+    let control_connections =
+        if config.role.api() { (config.max_connections / 4).max(4) } else { config.max_connections };
+    let store = Store::connect(url, control_connections).await?;
     store.migrate().await?;
     let poll = Config::default().poll_interval;
     let follower = Arc::new(weft_control::Follower::start(store.clone(), poll, weft_control::RING_UPDATES));

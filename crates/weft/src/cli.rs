@@ -269,7 +269,7 @@ pub struct ServerArgs {
     #[arg(long, env = "WEFT_CHANGE_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub change_retention: Duration,
     /// Database connections of the REST API's pool (the controller's has a quarter as many,
-    /// at least 4).
+    /// at least 4; all of them with --role control).
     #[arg(long, env = "WEFT_DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
     /// What this process runs: the REST API and the controller, or one of them.
