@@ -56,6 +56,16 @@ async fn a_long_transaction_holding_the_change_log_back_shows_in_lag_and_readine
     let config =
         Config { stuck_after: Duration::from_secs(1), poll_interval: Duration::from_millis(50), ..Config::default() };
     let api = Api::with_config(pool.clone(), config).await;
+    // A node with a port, whose agent has everything so far.
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
+    let port = json!({"name": "web", "project": "p", "node": "n1", "ips": ["10.0.0.1"]});
+    assert_eq!(api.call(Method::POST, "/v1/ports", Some(port)).await.status, StatusCode::CREATED);
+    api.store.create_node("n1").await.unwrap();
+    let now = api.revision().await;
+    let acked =
+        weft_store::nodes::Acked { node: "n1".into(), acked: now, realized: now, error: None, problems: vec![] };
+    sqlx::query("UPDATE nodes SET controller = 'c1'").execute(&pool).await.unwrap();
+    api.store.nodes_acked("c1", &[acked]).await.unwrap();
     readiness_until(&api, |r| r.status == StatusCode::OK).await;
     let mut long = pool.begin().await.unwrap();
     // A transaction id taken, as any transaction that writes takes one.
@@ -69,6 +79,10 @@ async fn a_long_transaction_holding_the_change_log_back_shows_in_lag_and_readine
     let detail = not_ready.body["detail"].as_str().unwrap();
     assert!(detail.contains("held back by a transaction") && detail.contains(&format!("pid {pid}")), "{detail}");
     assert!(metric(&metrics(&api).await, "weft_api_server_controller_lag_seconds") >= 1.0);
+    // weft node list: n1 may be behind by what the compiler has not reached.
+    let nodes = api.call(Method::GET, "/v1/nodes", None).await;
+    let n1 = &nodes.body["items"][0];
+    assert!(n1["lag_revisions"].as_i64().unwrap() >= 1 && n1["lag_seconds"].as_f64().unwrap() >= 1.0, "{n1}");
     long.rollback().await.unwrap();
     readiness_until(&api, |r| r.status == StatusCode::OK).await;
     let text = metrics(&api).await;
