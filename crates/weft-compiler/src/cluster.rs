@@ -189,13 +189,16 @@ impl Cluster {
 
     /// The addresses two or more ports name, with those ports (sorted).
     pub fn contested_addresses(&self) -> std::collections::BTreeMap<std::net::IpAddr, Vec<Uuid>> {
-        let mut claims: crate::fast::FastMap<std::net::IpAddr, Vec<Uuid>> = crate::fast::FastMap::default();
-        for (id, port) in &self.ports {
-            for ip in &port.ips {
-                claims.entry(*ip).or_default().push(*id);
-            }
+        // Every (address, port) sorted, then the runs of one address: a fraction of the time
+        // and memory of a map of every address (100,000 ports: 3 MiB for a moment).
+        let mut claims: Vec<(std::net::IpAddr, Uuid)> =
+            self.ports.iter().flat_map(|(id, port)| port.ips.iter().map(move |ip| (*ip, *id))).collect();
+        claims.sort_unstable();
+        let mut contested = BTreeMap::new();
+        for run in claims.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+            contested.insert(run[0].0, run.iter().map(|(_, id)| *id).collect());
         }
-        claims.into_iter().filter(|(_, ports)| ports.len() > 1).collect()
+        contested
     }
 
     /// The groups of applied(P) that isolate direction `d`.

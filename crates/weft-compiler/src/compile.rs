@@ -192,7 +192,7 @@ fn port_policy<'a>(
     contested: &BTreeMap<std::net::IpAddr, Vec<Uuid>>,
     named_ports: &mut NamedPortsIntern<'a>,
 ) -> PortPolicy {
-    let (refused_addresses, addresses) = port.ips.iter().partition(|a| contested.contains_key(a));
+    let (addresses, refused_addresses) = split_claims(&port.ips, |a| contested.contains_key(a));
     PortPolicy {
         project: port.project.clone(),
         name: port.name.clone(),
@@ -205,6 +205,16 @@ fn port_policy<'a>(
         ingress: class.ingress.clone(),
         egress: class.egress.clone(),
     }
+}
+
+/// A port's addresses: those it alone claims, and those another port claims too. Exactly
+/// sized (100,000 ports each hold their list for the compiler's lifetime).
+pub(crate) fn split_claims(ips: &[IpAddr], contested: impl Fn(&IpAddr) -> bool) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    if !ips.iter().any(&contested) {
+        return (ips.to_vec(), Vec::new());
+    }
+    let (refused, own): (Vec<IpAddr>, Vec<IpAddr>) = ips.iter().partition(|a| contested(a));
+    (own, refused)
 }
 
 fn family(rule: &weft_model::Rule) -> Family {

@@ -526,13 +526,15 @@ impl Compiler {
     }
 
     fn policy(&mut self, port: &Port, class: ClassId) -> PortPolicy {
+        let (addresses, refused_addresses) =
+            crate::compile::split_claims(&port.ips, |a| self.contested.contains_key(a));
         let named_ports = self.intern(&port.named_ports);
         let class = self.class(class);
         PortPolicy {
             project: port.project.clone(),
             name: port.name.clone(),
-            addresses: port.ips.iter().copied().filter(|a| !self.contested.contains_key(a)).collect(),
-            refused_addresses: port.ips.iter().copied().filter(|a| self.contested.contains_key(a)).collect(),
+            addresses,
+            refused_addresses,
             interface: port.effective_interface(),
             named_ports,
             ingress: class.ingress.clone(),

@@ -262,7 +262,6 @@ impl Txn {
         self.write_refs(id, project_id, &resource, false).await?;
         if let (Resource::Port(port), Some(project_id)) = (&resource, project_id) {
             self.hold_port_addresses(project_id, id, port).await?;
-            self.claim(id, port).await?;
         }
         if let Resource::Project(project) = &resource {
             Box::pin(self.create(Resource::SecurityGroup(SecurityGroup::default_for(&project.name)))).await?;
@@ -543,17 +542,33 @@ impl Txn {
                  AND scope = '00000000-0000-0000-0000-000000000000' AND name = $9) p"
             }
         };
+        // A port's claims (migrations/0003_port_claims.sql) go in with it, in the same
+        // statement: a port created is one round trip, as before claims existed (a bulk load of
+        // 100,000 pods took a third longer with a statement of their own).
+        let port = match resource {
+            Resource::Port(port) => Some(port),
+            _ => None,
+        };
+        let claims = if port.is_some() {
+            ", a AS (INSERT INTO port_addresses (address, port_id) SELECT unnest($10::inet[]), $2 FROM o \
+                   ON CONFLICT DO NOTHING RETURNING address), \
+             i AS (INSERT INTO port_interfaces (node, interface, port_id) SELECT $11, $12, $2 FROM o \
+                   WHERE $11::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1) \
+             SELECT r.revision, o.project_id, ARRAY(SELECT address FROM a), \
+                    $11::text IS NULL OR EXISTS (SELECT 1 FROM i) FROM r, o"
+        } else {
+            " SELECT r.revision, o.project_id, ARRAY[]::inet[], true FROM r, o"
+        };
         let sql = format!(
             "WITH r AS (SELECT COALESCE($1::bigint, nextval('revisions')) AS revision), \
              o AS (INSERT INTO objects (id, kind, project_id, scope, name, labels, body, revision, created_at, updated_at) \
                    SELECT $2, $3, p.id, COALESCE(p.id, '00000000-0000-0000-0000-000000000000'), $4, $5, $6::json, \
                           r.revision, $7, $7 FROM r, {project_source} RETURNING project_id), \
              c AS (INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
-                   SELECT r.revision, $8, $3, $2, 'put', $6::json, $7, $7 FROM r, o) \
-             SELECT r.revision, o.project_id FROM r, o"
+                   SELECT r.revision, $8, $3, $2, 'put', $6::json, $7, $7 FROM r, o){claims}"
         );
         let seq = self.seq;
-        let row: Option<(i64, Option<Uuid>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(self.revision)
             .bind(id)
             .bind(kind.as_str())
@@ -562,14 +577,22 @@ impl Txn {
             .bind(&body)
             .bind(self.now)
             .bind(seq)
-            .bind(resource.project().unwrap_or_default())
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(|e| StoreError::from_db(e, || describe(resource)))?;
-        let Some((revision, project_id)) = row else {
+            .bind(resource.project().unwrap_or_default());
+        if let Some(port) = port {
+            query = query
+                .bind(port.ips.iter().map(|ip| ipnet::IpNet::from(*ip)).collect::<Vec<_>>())
+                .bind(port.node.clone())
+                .bind(port.node.as_ref().map(|_| port.effective_interface()));
+        }
+        let row: Option<(i64, Option<Uuid>, Vec<ipnet::IpNet>, bool)> =
+            query.fetch_optional(&mut *self.tx).await.map_err(|e| StoreError::from_db(e, || describe(resource)))?;
+        let Some((revision, project_id, held, bound)) = row else {
             let project = resource.project().unwrap_or_default();
             return Err(StoreError::invalid("/project", format!("project {project:?} does not exist")));
         };
+        if let Some(port) = port {
+            check_claims(port, &held, bound)?;
+        }
         self.revision = Some(revision);
         self.next_seq(1);
         let object = StoredObject { id, kind, revision, created_at: self.now, updated_at: self.now, body };
@@ -777,22 +800,7 @@ impl Txn {
         .bind(interface.as_deref())
         .fetch_one(&mut *self.tx)
         .await?;
-        if let Some(taken) = port.ips.iter().find(|ip| !held.iter().any(|h| h.addr() == **ip)) {
-            return Err(StoreError::conflict(
-                ConflictKind::AddressInUse,
-                format!(
-                    "address {taken} is already held by another port (an address belongs to one port across every network)"
-                ),
-            ));
-        }
-        if !bound {
-            let (node, interface) = (port.node.as_deref().unwrap_or_default(), interface.unwrap_or_default());
-            return Err(StoreError::conflict(
-                ConflictKind::InterfaceInUse,
-                format!("interface {interface} on node {node} is already another port's"),
-            ));
-        }
-        Ok(())
+        check_claims(port, &held, bound)
     }
 
     /// A network's new subnets must still contain every address its ports hold.
@@ -820,6 +828,26 @@ impl Txn {
         }
         Ok(())
     }
+}
+
+/// Whether a port got what it claims: every address (`held`) and its interface (`bound`).
+fn check_claims(port: &Port, held: &[ipnet::IpNet], bound: bool) -> Result<()> {
+    if let Some(taken) = port.ips.iter().find(|ip| !held.iter().any(|h| h.addr() == **ip)) {
+        return Err(StoreError::conflict(
+            ConflictKind::AddressInUse,
+            format!(
+                "address {taken} is already held by another port (an address belongs to one port across every network)"
+            ),
+        ));
+    }
+    if !bound {
+        let node = port.node.as_deref().unwrap_or_default();
+        return Err(StoreError::conflict(
+            ConflictKind::InterfaceInUse,
+            format!("interface {} on node {node} is already another port's", port.effective_interface()),
+        ));
+    }
+    Ok(())
 }
 
 /// Gives new rules an id; rules sent back with their id keep it.
@@ -873,8 +901,12 @@ impl Store {
     /// agents refuse the interface (and say so) until one of the two changes.
     pub async fn claim_interfaces(&self) -> Result<Vec<(String, String)>> {
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, body::text FROM objects o WHERE kind = 'port' AND body ->> 'node' IS NOT NULL \
-             AND NOT EXISTS (SELECT 1 FROM port_interfaces i WHERE i.port_id = o.id) ORDER BY created_at, id",
+            // The ports without a claim first (ids only), then their bodies: parsing every
+            // port's body at every start cost seconds at 100,000 ports. OFFSET 0 keeps the
+            // planner from pushing the body's test below the anti-join.
+            "SELECT id, body FROM (SELECT id, body::text AS body, created_at FROM objects o WHERE kind = 'port' \
+             AND NOT EXISTS (SELECT 1 FROM port_interfaces i WHERE i.port_id = o.id) OFFSET 0) unclaimed \
+             WHERE body::json ->> 'node' IS NOT NULL ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
