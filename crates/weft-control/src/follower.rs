@@ -101,7 +101,18 @@ async fn follow(
     loop {
         let target = *horizon.borrow_and_update();
         while cursor < target {
-            let page = store.changes_until(cursor, target, 1000).await?;
+            // The database busy or away for a moment: the same page again shortly, not a
+            // reload of everything (the pool waits for a connection only so long).
+            let page = match store.changes_until(cursor, target, 1000).await {
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(error = %e, "cannot read the change log now; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+                page => page?,
+            };
             let mut i = 0;
             while i < page.changes.len() {
                 let revision = page.changes[i].revision;

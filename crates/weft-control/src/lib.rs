@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::server::agent_server::{Agent, AgentServer};
 use weft_proto::{Encoded, v1};
-use weft_store::{Store, StoreError};
+use weft_store::{Store, StoreError, patiently};
 
 pub use hub::{Hub, RING_UPDATES};
 pub use session::SNAPSHOT_MESSAGE_BYTES;
@@ -245,7 +245,8 @@ impl Agent for Service {
             Some(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Hello(hello)) }) => hello,
             _ => return Err(Status::failed_precondition("the first message on a stream is hello")),
         };
-        let Some(node) = self.store.authenticate_node(&hello.credential).await.map_err(unavailable)? else {
+        let Some(node) = patiently(|| self.store.authenticate_node(&hello.credential)).await.map_err(unavailable)?
+        else {
             tracing::warn!(peer = %peer, claimed = %hello.node, "refused an agent: unknown node credential");
             return Err(Status::unauthenticated("unknown node credential"));
         };
@@ -253,7 +254,9 @@ impl Agent for Service {
             tracing::warn!(peer = %peer, claimed = %hello.node, credential_of = %node, "refused an agent: its credential names another node");
             return Err(Status::permission_denied(format!("this credential is node {node}'s, not {}'s", hello.node)));
         }
-        self.store.node_connected(&node, &self.controller, &peer, &hello.agent_version).await.map_err(unavailable)?;
+        patiently(|| self.store.node_connected(&node, &self.controller, &peer, &hello.agent_version))
+            .await
+            .map_err(unavailable)?;
         tracing::info!(node = %node, peer = %peer, last_revision = hello.last_revision, version = %hello.agent_version, "agent connected");
         let (end, ended) = watch::channel(false);
         let id = {
@@ -284,7 +287,7 @@ impl Agent for Service {
     async fn join(&self, request: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let v1::JoinRequest { join_token, node } = request.into_inner();
-        match self.store.join(&join_token, &node).await {
+        match patiently(|| self.store.join(&join_token, &node)).await {
             Ok(credential) => {
                 tracing::info!(node = %node, peer = %peer, "node joined");
                 Ok(Response::new(v1::JoinResponse { credential }))

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -134,7 +135,7 @@ impl Session {
         }
         sender.abort();
         self.statuses.flush(&self.store, &self.controller).await;
-        if let Err(e) = self.store.node_disconnected(&self.node, &self.controller).await {
+        if let Err(e) = weft_store::patiently(|| self.store.node_disconnected(&self.node, &self.controller)).await {
             tracing::warn!(node = %self.node, error = %e, "cannot record the node's disconnection");
         }
         tracing::info!(node = %self.node, "agent disconnected");
@@ -232,8 +233,8 @@ impl StatusWriter {
         self.wake.notify_one();
     }
 
-    /// Writes what is pending.
-    pub async fn flush(&self, store: &Store, controller: &str) {
+    /// Writes what is pending; false when it could not, and keeps it for the next round.
+    pub async fn flush(&self, store: &Store, controller: &str) -> bool {
         let batch: Vec<weft_store::nodes::Acked> =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter()
@@ -246,11 +247,26 @@ impl StatusWriter {
                 })
                 .collect();
         if batch.is_empty() {
-            return;
+            return true;
         }
         if let Err(e) = store.nodes_acked(controller, &batch).await {
-            tracing::warn!(nodes = batch.len(), error = %e, "cannot record node status");
+            tracing::warn!(nodes = batch.len(), error = %e, "cannot record node status; keeping it for the next round");
+            // Kept unless a newer status of the node came meanwhile.
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for s in batch {
+                pending.entry(s.node.clone()).or_insert(NodeStatus {
+                    acked: s.acked,
+                    realized: s.realized,
+                    error: s.error,
+                    problems: s.problems,
+                });
+            }
+            drop(pending);
+            // The writer's next round, should this flush be a session's last.
+            self.wake.notify_one();
+            return false;
         }
+        true
     }
 
     /// Writes as statuses come in, until `shutdown`.
@@ -263,7 +279,12 @@ impl StatusWriter {
                     return;
                 }
             }
-            self.flush(&store, &controller).await;
+            while !self.flush(&store, &controller).await {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
         }
     }
 }

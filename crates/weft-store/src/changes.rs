@@ -240,7 +240,7 @@ impl Store {
     /// commits, coalesced) and every `poll`, so that a lost notification only delays followers.
     /// The task ends when every receiver is dropped.
     pub async fn revision_watch(&self, poll: Duration) -> Result<watch::Receiver<i64>> {
-        let (tx, rx) = watch::channel(self.safe_horizon().await?);
+        let (tx, rx) = watch::channel(crate::patiently(|| self.safe_horizon()).await?);
         let store = self.clone();
         let mut local = self.local_commits();
         tokio::spawn(async move {

@@ -440,7 +440,7 @@ enum Outage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_postgres_is_down_the_api_answers_503_at_once_and_recovers_by_itself() {
     // A hang guard, not a measure: the server answers within about a second (its pool's
-    // API_ACQUIRE_TIMEOUT); before the fix it took 10 s.
+    // ACQUIRE_TIMEOUT); before the fix it took 10 s.
     const ANSWERS_WITHIN: Duration = Duration::from_secs(4);
     let data_dir = temp_dir("pg-outage");
     let server = Server::start(None, &data_dir, &[], "http").await;
