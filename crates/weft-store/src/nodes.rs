@@ -368,9 +368,15 @@ impl Store {
 
     /// Refreshes `last_seen` of the nodes whose streams this control process holds, and
     /// returns those of them that still exist (a node deleted meanwhile is not among them).
+    ///
+    /// A node whose row another statement holds is passed over: that statement is the status
+    /// writer's, which sets `last_seen` itself, and two statements locking many rows each in
+    /// their own order deadlock (seen under `weft bench fanout`).
     pub async fn nodes_seen(&self, controller: &str, nodes: &[String]) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "WITH u AS (UPDATE nodes SET last_seen = now() WHERE controller = $1 AND name = ANY($2) AND connected) \
+            "WITH u AS (UPDATE nodes SET last_seen = now() WHERE name IN \
+                 (SELECT name FROM nodes WHERE controller = $1 AND name = ANY($2) AND connected \
+                  FOR UPDATE SKIP LOCKED)) \
              SELECT name FROM nodes WHERE name = ANY($2)",
         )
         .bind(controller)
