@@ -11,8 +11,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde_json::Value;
 use weft_compiler::NodeSpan;
+
+use crate::nft::listing::TableStats;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ApplyLabels {
@@ -98,9 +99,9 @@ impl AgentMetrics {
         self.connected.set(i64::from(up));
     }
 
-    /// The metrics in the text format, with the kernel's figures taken from `table` (`nft -j
-    /// list table inet weft`; `None` when there is no table).
-    pub fn render(&self, table: Option<&Value>) -> String {
+    /// The metrics in the text format, with the kernel's figures taken from `table` (read
+    /// over netlink, [`crate::nft::table_stats`]; `None` when there is no table).
+    pub fn render(&self, table: Option<&TableStats>) -> String {
         self.read_table(table);
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
@@ -109,39 +110,27 @@ impl AgentMetrics {
         text
     }
 
-    fn read_table(&self, table: Option<&Value>) {
-        let items = table.and_then(|t| t["nftables"].as_array()).map(Vec::as_slice).unwrap_or_default();
-        let (mut rules, mut chains, mut sets, mut elements) = (0, 0, 0, 0);
+    fn read_table(&self, table: Option<&TableStats>) {
+        let empty = TableStats::default();
+        let table = table.unwrap_or(&empty);
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());
         let mut dropped: BTreeMap<PortLabels, i64> = BTreeMap::new();
-        for item in items {
-            if item.get("chain").is_some() {
-                chains += 1;
-            } else if let Some(set) = item.get("set").or_else(|| item.get("map")) {
-                sets += 1;
-                elements += set["elem"].as_array().map_or(0, Vec::len) as i64;
-            } else if let Some(rule) = item.get("rule") {
-                rules += 1;
-                let chain = rule["chain"].as_str().unwrap_or("");
-                let (direction, id) = match chain.split_once('-') {
-                    Some(("pi", id)) => ("ingress", id),
-                    Some(("pe", id)) => ("egress", id),
-                    _ => continue,
-                };
-                let exprs = rule["expr"].as_array().map(Vec::as_slice).unwrap_or_default();
-                if !exprs.iter().any(|e| e.get("drop").is_some()) {
-                    continue;
-                }
-                let packets: i64 = exprs.iter().filter_map(|e| e["counter"]["packets"].as_i64()).sum();
-                if let Some(port) = names.get(id) {
-                    *dropped.entry(PortLabels { port: port.clone(), direction }).or_default() += packets;
-                }
+        for (chain, packets) in &table.drops {
+            let (direction, id) = match chain.split_once('-') {
+                Some(("pi", id)) => ("ingress", id),
+                Some(("pe", id)) => ("egress", id),
+                _ => continue,
+            };
+            if let Some(port) = names.get(id) {
+                *dropped.entry(PortLabels { port: port.clone(), direction }).or_default() +=
+                    i64::try_from(*packets).unwrap_or(i64::MAX);
             }
         }
-        self.kernel_rules.set(rules);
-        self.kernel_chains.set(chains);
-        self.kernel_sets.set(sets);
-        self.kernel_set_elements.set(elements);
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.kernel_rules.set(count(table.rules));
+        self.kernel_chains.set(count(table.chains));
+        self.kernel_sets.set(count(table.sets));
+        self.kernel_set_elements.set(count(table.elements));
         self.dropped.clear();
         for (labels, packets) in dropped {
             self.dropped.get_or_create(&labels).set(packets);

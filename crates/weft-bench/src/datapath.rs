@@ -232,7 +232,7 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
     let mut socket = weft_agent::nft::netlink::Socket::open(Some(&netns.0)).map_err(other)?;
     let mut kernel = Vec::new();
     for _ in 0..runs {
-        NftDatapath::new(Some(netns.0.clone())).nft().delete_table().map_err(other)?;
+        weft_agent::nft::delete_table(Some(&netns.0)).map_err(other)?;
         let started = Instant::now();
         socket.send(&batch).map_err(|e| BenchError::Other(format!("the kernel refused the batch: {}", e.error)))?;
         kernel.push(started.elapsed());
@@ -240,7 +240,7 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
     let mut full = Vec::new();
     for _ in 0..runs {
         let mut datapath = NftDatapath::new(Some(netns.0.clone()));
-        datapath.nft().delete_table().map_err(other)?;
+        weft_agent::nft::delete_table(Some(&netns.0)).map_err(other)?;
         let started = Instant::now();
         datapath.apply(&NodeSpan::default(), &span, None).map_err(other)?;
         full.push(started.elapsed());
@@ -298,7 +298,7 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
     let _ = std::fs::remove_dir_all(&state_path);
     // The re-check of established connections that follows a change that may revoke.
     let mut socket = weft_agent::nft::netlink::Socket::open(Some(&netns.0)).map_err(other)?;
-    let own = weft_agent::nft::conntrack::node_addresses(Some(&netns.0));
+    let own = weft_agent::nft::conntrack::node_addresses(Some(&netns.0)).map_err(other)?;
     let mut passes = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();

@@ -721,8 +721,8 @@ fn secret_file(path: &std::path::Path) -> anyhow::Result<String> {
 
 async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
     if args.cleanup {
-        let nft = weft_agent::nft::Nft::new(args.netns.clone());
-        let removed = nft.delete_table().context("cannot remove the nftables table")?;
+        let removed =
+            weft_agent::nft::delete_table(args.netns.as_deref()).context("cannot remove the nftables table")?;
         eprintln!("{}", if removed { "removed table inet weft" } else { "no table inet weft to remove" });
         return Ok(());
     }
@@ -759,13 +759,17 @@ async fn agent(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         metrics: args.metrics_listen.map(|_| std::sync::Arc::new(weft_agent::metrics::AgentMetrics::default())),
     };
     if let (Some(addr), Some(metrics)) = (args.metrics_listen, config.metrics.clone()) {
-        let nft = std::sync::Arc::new(weft_agent::nft::Nft::new(args.netns.clone()));
+        let netns = args.netns.clone();
         let kernel = matches!(args.datapath, DatapathKind::Nftables);
         crate::metrics_http::serve(addr, move || {
-            let (metrics, nft) = (metrics.clone(), nft.clone());
+            let (metrics, netns) = (metrics.clone(), netns.clone());
             async move {
                 let table = if kernel {
-                    tokio::task::spawn_blocking(move || nft.list()).await.ok().and_then(Result::ok).flatten()
+                    tokio::task::spawn_blocking(move || weft_agent::nft::table_stats(netns.as_deref()))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
                 } else {
                     None
                 };

@@ -33,29 +33,29 @@ const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
+pub(super) const NFTA_TABLE_NAME: u16 = 1;
+pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
+pub(super) const NFTA_CHAIN_NAME: u16 = 3;
+pub(super) const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NF_INET_FORWARD: u32 = 2;
+pub(super) const NFTA_HOOK_HOOKNUM: u16 = 1;
+pub(super) const NFTA_HOOK_PRIORITY: u16 = 2;
+pub(super) const NF_INET_FORWARD: u32 = 2;
 const NF_ACCEPT: u32 = 1;
 
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_TABLE: u16 = 1;
+pub(super) const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_RULE_USERDATA: u16 = 7;
+pub(super) const NFTA_RULE_USERDATA: u16 = 7;
 /// The rule's comment, in the TLVs of its user data (libnftnl's NFTNL_UDATA_RULE_COMMENT).
-const UDATA_RULE_COMMENT: u8 = 0;
+pub(super) const UDATA_RULE_COMMENT: u8 = 0;
 
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_FLAGS: u16 = 3;
-const NFTA_SET_KEY_TYPE: u16 = 4;
-const NFTA_SET_KEY_LEN: u16 = 5;
+pub(super) const NFTA_SET_TABLE: u16 = 1;
+pub(super) const NFTA_SET_NAME: u16 = 2;
+pub(super) const NFTA_SET_FLAGS: u16 = 3;
+pub(super) const NFTA_SET_KEY_TYPE: u16 = 4;
+pub(super) const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_USERDATA: u16 = 13;
@@ -65,9 +65,9 @@ const NFTA_SET_USERDATA: u16 = 13;
 const UDATA_SET_KEYBYTEORDER: u8 = 0;
 const BYTEORDER_HOST_ENDIAN: u32 = 1;
 const BYTEORDER_BIG_ENDIAN: u32 = 2;
-const NFT_SET_INTERVAL: u32 = 0x4;
-const NFT_SET_MAP: u32 = 0x8;
-const NFT_SET_CONCAT: u32 = 0x80;
+pub(super) const NFT_SET_INTERVAL: u32 = 0x4;
+pub(super) const NFT_SET_MAP: u32 = 0x8;
+pub(super) const NFT_SET_CONCAT: u32 = 0x80;
 const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_DESC_CONCAT: u16 = 2;
 const NFTA_SET_FIELD_LEN: u16 = 1;
@@ -76,16 +76,16 @@ const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_SET_ELEM_FLAGS: u16 = 3;
-const NFTA_SET_ELEM_KEY_END: u16 = 10;
-const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_SET_ELEM_FLAGS: u16 = 3;
+pub(super) const NFTA_SET_ELEM_KEY_END: u16 = 10;
+pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 
 /// nft's datatype numbers, which it reads back to print a set's type; a concatenation is
 /// its parts' numbers, 6 bits each.
@@ -94,7 +94,7 @@ const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_IFNAME: u32 = 41;
-const IFNAMSIZ: usize = 16;
+pub(super) const IFNAMSIZ: usize = 16;
 
 /// A set element list is one attribute, whose length is 16 bits: elements are sent in
 /// messages of at most this many bytes each.
@@ -201,6 +201,12 @@ impl Batch {
         (out, last)
     }
 
+    /// The attributes of the messages of one nf_tables type (`NFT_MSG_*`).
+    #[cfg(test)]
+    pub(super) fn messages_of(&self, kind: u16) -> Vec<Vec<u8>> {
+        self.messages.iter().filter(|m| m.kind & 0xff == kind).map(|m| m.attrs.clone()).collect()
+    }
+
     /// The command that message `seq` of a batch framed from `first` comes from.
     pub fn command_of(&self, first: u32, seq: u32) -> Option<usize> {
         let index = seq.wrapping_sub(first).checked_sub(1)? as usize;
@@ -240,7 +246,7 @@ fn addr_len(v6: bool) -> u32 {
 
 /// The key's nft type and its length in bytes (each part of a concatenation on whole 32-bit
 /// words).
-fn key_type(kind: SetKind) -> (u32, u32) {
+pub(super) fn key_type(kind: SetKind) -> (u32, u32) {
     let concat = |types: &[u32]| types.iter().fold(0, |acc, t| (acc << 6) | t);
     match kind {
         SetKind::Addr { v6 } | SetKind::Prefix { v6 } | SetKind::Dispatch { v6 } => (addr_type(v6), addr_len(v6)),
@@ -256,14 +262,19 @@ fn key_type(kind: SetKind) -> (u32, u32) {
     }
 }
 
-fn set_attrs(name: &str, kind: SetKind, id: u32) -> Vec<u8> {
-    let (key_type, key_len) = key_type(kind);
-    let flags = match kind {
+/// The flags a set of `kind` is made with.
+pub(super) fn set_flags(kind: SetKind) -> u32 {
+    match kind {
         SetKind::Prefix { .. } => NFT_SET_INTERVAL,
         SetKind::Dispatch { .. } => NFT_SET_MAP,
         SetKind::Fold { .. } => NFT_SET_INTERVAL | NFT_SET_CONCAT,
         _ => 0,
-    };
+    }
+}
+
+fn set_attrs(name: &str, kind: SetKind, id: u32) -> Vec<u8> {
+    let (key_type, key_len) = key_type(kind);
+    let flags = set_flags(kind);
     let mut a = Vec::new();
     attr_str(&mut a, NFTA_SET_TABLE, TABLE);
     attr_str(&mut a, NFTA_SET_NAME, name);

@@ -14,12 +14,12 @@ use super::expr::{Field, Left, Op, Right, Stmt};
 use super::netlink::{attr, attr_str, c_string, nest};
 
 const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
+pub(super) const NFTA_EXPR_NAME: u16 = 1;
+pub(super) const NFTA_EXPR_DATA: u16 = 2;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
 
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
@@ -64,9 +64,9 @@ const NFTA_LOOKUP_FLAGS: u16 = 5;
 const NFT_LOOKUP_F_INV: u32 = 1;
 
 const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
+pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
 
-const NF_DROP: i32 = 0;
+pub(super) const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 pub(super) const NFT_JUMP: i32 = -3;
 

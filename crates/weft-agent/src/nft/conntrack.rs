@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::sync::mpsc;
 
 use weft_compiler::eval::{self, Packet};
@@ -13,7 +12,6 @@ use weft_compiler::{NodeSpan, PortPolicy, SpanDelta};
 use weft_model::Direction;
 
 use super::netlink::{Socket, TrackedFlow};
-use crate::netns;
 
 /// Whether a delta can take an allowance away. Pure additions (new members, new sets, new
 /// ports) cannot, and those are most deltas: the conntrack table is not read for them.
@@ -133,7 +131,15 @@ impl Checker {
 
     fn run(&mut self, span: &NodeSpan, refresh: bool) {
         if refresh || self.socket.is_none() {
-            self.node_addresses = node_addresses(self.netns.as_deref());
+            match node_addresses(self.netns.as_deref()) {
+                Ok(addresses) => self.node_addresses = addresses,
+                Err(e) => {
+                    // Without them a connection of the node's own could be taken for a pod's.
+                    tracing::warn!(error = %e, "cannot read the node's addresses; connections are re-checked later");
+                    self.socket = None;
+                    return;
+                }
+            }
         }
         let started = std::time::Instant::now();
         match super::socket(&mut self.socket, self.netns.as_deref()).and_then(|s| cut(s, &self.node_addresses, span)) {
@@ -172,17 +178,8 @@ pub fn cut(socket: &mut Socket, node_addresses: &BTreeSet<IpAddr>, span: &NodeSp
     Ok(doomed.len())
 }
 
-/// The addresses of the namespace itself (`ip -j addr`).
-pub fn node_addresses(netns: Option<&str>) -> BTreeSet<IpAddr> {
-    let Ok(out) = netns::command(netns, "ip").args(["-j", "addr", "show"]).stdin(Stdio::null()).output() else {
-        return BTreeSet::new();
-    };
-    let Ok(links) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return BTreeSet::new() };
-    links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|l| l.get("addr_info").and_then(|a| a.as_array()).cloned().unwrap_or_default())
-        .filter_map(|a| a.get("local").and_then(|x| x.as_str()).and_then(|x| x.parse().ok()))
-        .collect()
+/// The addresses of the namespace itself, asked over netlink (no `ip` runs on the node: a
+/// silent failure there would leave the node's own connections unprotected from a cut).
+pub fn node_addresses(netns: Option<&str>) -> std::io::Result<BTreeSet<IpAddr>> {
+    Socket::open_route(netns)?.addresses()
 }

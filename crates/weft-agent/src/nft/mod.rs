@@ -3,16 +3,19 @@
 //! Every change is one transaction, sent to the kernel as one nf_tables netlink batch: rules
 //! are compiled to bytecode when rendered ([`bytecode`]) and the batch is encoded without nft
 //! ([`batch`]), because nft's own parsing and checking of a large table took two thirds of a
-//! full apply (docs/datapath.md). The nft binary still reads the table back (`nft -j list`),
-//! and takes a transaction the encoder cannot write, in its JSON input form (no quoting or
-//! keyword traps, unlike its text syntax). After a change that may take an allowance away,
-//! the conntrack entries the new span no longer allows are deleted, so established
-//! connections are cut too.
+//! full apply (docs/datapath.md). The table is read back over netlink too ([`listing`]), so
+//! the agent runs no program at all: nothing on a node can be missing, or fail silently.
+//! After a change that may take an allowance away, the conntrack entries the new span no
+//! longer allows are deleted, so established connections are cut too.
+//!
+//! [`Nft`] drives the nft program itself; tests and tools use it to compare weft's encoding
+//! with nft's, never the agent.
 
 pub mod batch;
 pub mod bytecode;
 pub mod conntrack;
 pub mod expr;
+pub mod listing;
 pub mod netlink;
 #[cfg(test)]
 mod proptests;
@@ -29,7 +32,8 @@ use crate::datapath::{Datapath, DatapathError};
 use crate::netns;
 pub use ruleset::{Command, Ruleset};
 
-/// Runs `nft` in a namespace (or the agent's own).
+/// Runs `nft` in a namespace (or the agent's own): for tests and tools that compare weft's
+/// netlink encoding with nft's. The agent never runs it.
 #[derive(Debug, Clone, Default)]
 pub struct Nft {
     pub netns: Option<String>,
@@ -46,12 +50,9 @@ impl Nft {
     }
 
     fn input(&self, body: &[u8]) -> Result<(), DatapathError> {
-        let mut child = netns::command(self.netns.as_deref(), "nft")
-            .args(["-j", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut command = std::process::Command::new("nft");
+        command.args(["-j", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = netns::spawn(self.netns.as_deref(), &mut command)
             .map_err(|e| DatapathError(format!("cannot run nft: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(body).map_err(|e| DatapathError(format!("nft: {e}")))?;
@@ -66,10 +67,9 @@ impl Nft {
 
     /// The table as the kernel has it: `None` when there is none.
     pub fn list(&self) -> Result<Option<serde_json::Value>, DatapathError> {
-        let out = netns::command(self.netns.as_deref(), "nft")
-            .args(["-j", "list", "table", "inet", ruleset::TABLE])
-            .stdin(Stdio::null())
-            .output()
+        let mut command = std::process::Command::new("nft");
+        command.args(["-j", "list", "table", "inet", ruleset::TABLE]).stdin(Stdio::null());
+        let out = netns::output(self.netns.as_deref(), &mut command)
             .map_err(|e| DatapathError(format!("cannot run nft: {e}")))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
@@ -80,15 +80,25 @@ impl Nft {
         }
         serde_json::from_slice(&out.stdout).map(Some).map_err(|e| DatapathError(format!("nft list: {e}")))
     }
+}
 
-    /// Removes the table (and with it everything weft enforces here).
-    pub fn delete_table(&self) -> Result<bool, DatapathError> {
-        if self.list()?.is_none() {
-            return Ok(false);
-        }
-        self.run(&[Command::AddTable, Command::DeleteTable])?;
-        Ok(true)
+/// Removes weft's table from `netns` (and with it everything weft enforces there), over
+/// netlink; whether there was one.
+pub fn delete_table(netns: Option<&str>) -> Result<bool, DatapathError> {
+    let mut socket = netlink::Socket::open(netns).map_err(|e| DatapathError(format!("no netlink socket: {e}")))?;
+    if !socket.has_table().map_err(|e| DatapathError(format!("cannot ask for the table: {e}")))? {
+        return Ok(false);
     }
+    let batch = batch::Batch::encode(&[Command::AddTable, Command::DeleteTable]).map_err(DatapathError)?;
+    socket.send(&batch).map_err(|e| DatapathError(format!("the kernel refused to delete the table: {}", e.error)))?;
+    Ok(true)
+}
+
+/// The figures of weft's table in `netns`, read over netlink; `None` when there is none.
+pub fn table_stats(netns: Option<&str>) -> Result<Option<listing::TableStats>, DatapathError> {
+    let mut socket = netlink::Socket::open(netns).map_err(|e| DatapathError(format!("no netlink socket: {e}")))?;
+    let dump = socket.table().map_err(|e| DatapathError(format!("cannot read the table back: {e}")))?;
+    Ok(dump.as_ref().map(listing::stats))
 }
 
 /// The netlink socket in `slot`, opened in `netns` when there is none.
@@ -108,7 +118,7 @@ pub struct ApplyReport {
     pub commands: usize,
     /// Whether the table was compared with the kernel's and replaced where it differed.
     pub full: bool,
-    /// Whether the change went to the kernel over netlink, not through nft.
+    /// Whether anything went to the kernel (a diff of nothing sends nothing).
     pub netlink: bool,
     /// Whether established connections are being re-checked (after the change, not in it).
     pub conntrack_rechecked: bool,
@@ -117,7 +127,7 @@ pub struct ApplyReport {
 /// Enforces spans with nftables in one network namespace.
 #[derive(Debug)]
 pub struct NftDatapath {
-    nft: Nft,
+    netns: Option<String>,
     /// Where transactions go (opened on first use, again after an error).
     netlink: Option<netlink::Socket>,
     cutter: conntrack::Cutter,
@@ -131,38 +141,30 @@ impl NftDatapath {
     pub fn new(netns: Option<String>) -> NftDatapath {
         NftDatapath {
             cutter: conntrack::Cutter::start(netns.clone()),
-            nft: Nft::new(netns),
+            netns,
             netlink: None,
             in_step: false,
             last: ApplyReport::default(),
         }
     }
 
-    pub fn nft(&self) -> &Nft {
-        &self.nft
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
-    /// Sends one transaction over netlink, or through nft when it holds something the
-    /// encoder cannot write; says whether it went over netlink. A transaction the kernel
-    /// refuses is an error naming the command it refused.
+    /// Sends one transaction over netlink; says whether there was anything to send. A
+    /// transaction the kernel refuses is an error naming the command it refused.
     fn send(&mut self, commands: &[Command]) -> Result<bool, DatapathError> {
         // `add table` alone changes nothing (every diff starts with it).
         if commands.iter().all(|c| matches!(c, Command::AddTable)) {
             return Ok(false);
         }
-        let batch = match batch::Batch::encode(commands) {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(error = %e, "sending the transaction through nft");
-                return self.nft.run(commands).map(|()| false);
-            }
-        };
-        let socket = match socket(&mut self.netlink, self.nft.netns.as_deref()) {
+        // Every rule is rendered with its bytecode; one without is a bug, refused here.
+        let batch =
+            batch::Batch::encode(commands).map_err(|e| DatapathError(format!("cannot encode the transaction: {e}")))?;
+        let socket = match socket(&mut self.netlink, self.netns.as_deref()) {
             Ok(socket) => socket,
-            Err(e) => {
-                tracing::warn!(error = %e, "no netlink socket; sending the transaction through nft");
-                return self.nft.run(commands).map(|()| false);
-            }
+            Err(e) => return Err(DatapathError(format!("no netlink socket: {e}"))),
         };
         match socket.send(&batch) {
             Ok(()) => Ok(true),
@@ -178,17 +180,16 @@ impl NftDatapath {
         }
     }
 
-    /// The kernel's table as nft lists it, `None` when there is none (asked over netlink
-    /// first: starting nft for a table that is not there is most of a fresh node's wait).
-    fn listing(&mut self) -> Result<Option<serde_json::Value>, DatapathError> {
-        let present = socket(&mut self.netlink, self.nft.netns.as_deref()).and_then(|s| s.has_table());
-        match present {
-            Ok(false) => Ok(None),
-            Ok(true) => self.nft.list(),
+    /// The kernel's table read back over netlink: `None` when there is none, an error inside
+    /// when it is not one this agent wrote.
+    fn listing(&mut self) -> Result<Option<Result<Ruleset, String>>, DatapathError> {
+        let socket = socket(&mut self.netlink, self.netns.as_deref())
+            .map_err(|e| DatapathError(format!("no netlink socket: {e}")))?;
+        match socket.table() {
+            Ok(dump) => Ok(dump.map(|d| listing::decode(&d))),
             Err(e) => {
-                tracing::debug!(error = %e, "cannot ask netlink for the table; listing it");
                 self.netlink = None;
-                self.nft.list()
+                Err(DatapathError(format!("cannot read the table back: {e}")))
             }
         }
     }
@@ -200,7 +201,7 @@ impl NftDatapath {
         let target = render::render(span);
         let kernel = match self.listing()? {
             None => Ruleset::default(),
-            Some(listing) => match ruleset::parse_listing(&listing) {
+            Some(listing) => match listing {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "the kernel's weft table is not one this agent wrote; replacing it");

@@ -3,7 +3,7 @@
 //! revoke.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use rustix::net::netlink::{self, SocketAddrNetlink};
@@ -12,6 +12,7 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
 use super::batch::Batch;
 use super::conntrack::Flow;
+use super::listing::{self, TableDump};
 use crate::netns;
 
 const NLMSG_ERROR: u16 = 2;
@@ -44,6 +45,20 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFPROTO_INET: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
 
 /// A netlink socket in a network namespace (created there; it stays there).
 #[derive(Debug)]
@@ -65,27 +80,22 @@ pub struct BatchError {
 }
 
 impl Socket {
+    /// A netfilter socket (nf_tables, conntrack).
     pub fn open(netns: Option<&str>) -> io::Result<Socket> {
-        let path = netns.map(netns::path);
-        // setns changes only the calling thread: a thread of its own enters the namespace,
-        // creates the socket there and ends.
-        let fd = std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> io::Result<OwnedFd> {
-                    if let Some(path) = &path {
-                        let ns = std::fs::File::open(path)?;
-                        rustix::thread::move_into_link_name_space(
-                            ns.as_fd(),
-                            Some(rustix::thread::LinkNameSpaceType::Network),
-                        )?;
-                    }
-                    let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, Some(netlink::NETFILTER))?;
-                    rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))?;
-                    rustix::net::sockopt::set_socket_timeout(&fd, Timeout::Recv, Some(Duration::from_secs(2)))?;
-                    Ok(fd)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the netlink thread panicked")))
+        Socket::open_protocol(netns, Some(netlink::NETFILTER))
+    }
+
+    /// A routing socket (the namespace's links and addresses): NETLINK_ROUTE is protocol 0.
+    pub fn open_route(netns: Option<&str>) -> io::Result<Socket> {
+        Socket::open_protocol(netns, None)
+    }
+
+    fn open_protocol(netns: Option<&str>, protocol: Option<rustix::net::Protocol>) -> io::Result<Socket> {
+        let fd = netns::run_in(netns, || {
+            let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, protocol)?;
+            rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))?;
+            rustix::net::sockopt::set_socket_timeout(&fd, Timeout::Recv, Some(Duration::from_secs(2)))?;
+            Ok(fd)
         })?;
         Ok(Socket { fd, seq: std::process::id().wrapping_mul(65_536), buf: vec![0; 256 << 10], send_buffer: 0 })
     }
@@ -146,6 +156,95 @@ impl Socket {
             Ok(false)
         })?;
         Ok(found)
+    }
+
+    /// weft's table as the kernel holds it, `None` when there is none: its chains, sets,
+    /// each set's elements and its rules, dumped over netlink ([`listing::decode`] reads them).
+    pub fn table(&mut self) -> io::Result<Option<TableDump>> {
+        if !self.has_table()? {
+            return Ok(None);
+        }
+        let table = super::batch::table_attrs();
+        let mut dump = TableDump {
+            chains: self.dump(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, &table)?,
+            sets: self.dump(NFT_MSG_GETSET, NFT_MSG_NEWSET, &table)?,
+            rules: self.dump(NFT_MSG_GETRULE, NFT_MSG_NEWRULE, &table)?,
+            ..TableDump::default()
+        };
+        for name in dump.sets.iter().filter_map(|attrs| listing::set_name(attrs)).collect::<Vec<_>>() {
+            let mut which = Vec::new();
+            attr_str(&mut which, NFTA_SET_ELEM_LIST_TABLE, super::ruleset::TABLE);
+            attr_str(&mut which, NFTA_SET_ELEM_LIST_SET, &name);
+            let elements = self.dump(NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, &which)?;
+            dump.elements.insert(name, elements);
+        }
+        Ok(Some(dump))
+    }
+
+    /// An nf_tables dump of `request` (with `attrs`): the attributes of each `reply` message.
+    fn dump(&mut self, request: u16, reply: u16, attrs: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        self.seq = self.seq.wrapping_add(1);
+        let (request_seq, mut bytes) = (self.seq, Vec::new());
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | request;
+        message(&mut bytes, kind, NLM_F_REQUEST | NLM_F_DUMP, request_seq, [NFPROTO_INET, 0, 0, 0], attrs);
+        rustix::net::sendto(&self.fd, &bytes, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        let mut out = Vec::new();
+        self.answers(|kind, seq, payload| {
+            if seq != request_seq {
+                return Ok(false);
+            }
+            match kind {
+                NLMSG_DONE => Ok(true),
+                NLMSG_ERROR if payload.len() >= 4 => {
+                    Err(io::Error::from_raw_os_error(-i32::from_ne_bytes(word(payload, 0))))
+                }
+                k if k == (NFNL_SUBSYS_NFTABLES << 8) | reply && payload.len() >= 4 => {
+                    out.push(payload[4..].to_vec());
+                    Ok(false)
+                }
+                _ => Ok(false),
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// The addresses of the namespace's links (of a routing socket, [`Socket::open_route`]).
+    pub fn addresses(&mut self) -> io::Result<std::collections::BTreeSet<std::net::IpAddr>> {
+        self.seq = self.seq.wrapping_add(1);
+        let request_seq = self.seq;
+        // A header and an ifaddrmsg of any family: every address.
+        let mut bytes = Vec::with_capacity(24);
+        bytes.extend_from_slice(&24u32.to_ne_bytes());
+        bytes.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
+        bytes.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        bytes.extend_from_slice(&request_seq.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(&[0; 8]);
+        rustix::net::sendto(&self.fd, &bytes, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        let mut out = std::collections::BTreeSet::new();
+        self.answers(|kind, seq, payload| {
+            if seq != request_seq {
+                return Ok(false);
+            }
+            match kind {
+                NLMSG_DONE => Ok(true),
+                NLMSG_ERROR if payload.len() >= 4 => {
+                    Err(io::Error::from_raw_os_error(-i32::from_ne_bytes(word(payload, 0))))
+                }
+                RTM_NEWADDR if payload.len() >= 8 => {
+                    let attrs = attributes(&payload[8..]);
+                    // A point-to-point link's own address is its local one; otherwise the two
+                    // are the same, and IPv6 gives only the address.
+                    let find = |k| attrs.iter().find(|a| a.0 == k).map(|a| a.1);
+                    if let Some(a) = find(IFA_LOCAL).or_else(|| find(IFA_ADDRESS)).and_then(ip_address) {
+                        out.insert(a);
+                    }
+                    Ok(false)
+                }
+                _ => Ok(false),
+            }
+        })?;
+        Ok(out)
     }
 
     /// Reads the kernel's answers, each message's (type, sequence number, payload) to `each`,
@@ -297,16 +396,18 @@ fn tracked(family: u8, attrs: &[u8]) -> Option<TrackedFlow> {
     Some(TrackedFlow { flow: flow?, family, name })
 }
 
+fn ip_address(b: &[u8]) -> Option<std::net::IpAddr> {
+    match b.len() {
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
 fn tuple(payload: &[u8]) -> Option<Flow> {
     let (mut src, mut dst, mut protocol) = (None, None, None);
     let (mut sport, mut dport, mut itype, mut icode) = (None, None, None, None);
-    let address = |b: &[u8]| -> Option<std::net::IpAddr> {
-        match b.len() {
-            4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
-            16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
-            _ => None,
-        }
-    };
+    let address = ip_address;
     let port = |b: &[u8]| -> Option<u16> { Some(u16::from_be_bytes(<[u8; 2]>::try_from(b.get(..2)?).ok()?)) };
     for (kind, inner, _) in attributes(payload) {
         match kind {

@@ -1,7 +1,7 @@
 //! A model of weft's nftables table, the commands that change it, and the diff between two
 //! models: pure data, no I/O. The kernel datapath renders a span into a [`Ruleset`], computes
 //! the [`Command`]s that turn what the kernel has into it, and sends them as one transaction
-//! (a netlink batch, [`super::batch`]; nft's JSON input is the fallback and the dump format).
+//! (a netlink batch, [`super::batch`]; nft's JSON input form is written for tests and tools).
 //!
 //! Rules carry a comment naming their content (a hash of their bytecode), so a table read
 //! back from the kernel compares with a rendered one without parsing nft's own rewriting of
@@ -41,7 +41,7 @@ pub enum SetKind {
 }
 
 impl SetKind {
-    fn v6(self) -> bool {
+    pub(super) fn v6(self) -> bool {
         match self {
             SetKind::Addr { v6 }
             | SetKind::Prefix { v6 }
@@ -163,7 +163,7 @@ impl Rule {
                 (Some(bytes.into()), comment)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "a rule weft cannot encode for netlink; it goes through nft");
+                tracing::error!(error = %e, "a rule weft cannot encode for netlink: the transaction holding it will be refused");
                 (None, content_hash(super::expr::to_json_text(&stmts).as_bytes()))
             }
         };
@@ -442,151 +442,4 @@ pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
-}
-
-/// Reads a table back from `nft -j list table inet weft`. Anything this module would not
-/// have written (a set type it does not know, a rule without its comment) is an error: the
-/// caller then replaces the table whole.
-pub fn parse_listing(listing: &Value) -> Result<Ruleset, String> {
-    let items = listing.get("nftables").and_then(Value::as_array).ok_or("not an nft JSON listing")?;
-    let mut out = Ruleset::default();
-    for item in items {
-        if let Some(set) = item.get("set").or_else(|| item.get("map")) {
-            let name = set.get("name").and_then(Value::as_str).ok_or("a set without a name")?;
-            let kind = parse_kind(set).ok_or_else(|| format!("set {name}: unknown type"))?;
-            let mut elements = BTreeSet::new();
-            for e in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
-                elements.insert(parse_element(kind, e).ok_or_else(|| format!("set {name}: unknown element {e}"))?);
-            }
-            out.sets.insert(name.to_string(), Set { kind, elements });
-        } else if let Some(chain) = item.get("chain") {
-            let name = chain.get("name").and_then(Value::as_str).ok_or("a chain without a name")?;
-            let hook = chain
-                .get("hook")
-                .map(|_| Hook { priority: chain.get("prio").and_then(Value::as_i64).unwrap_or(0) as i32 });
-            out.chains.insert(name.to_string(), Chain { hook, rules: Vec::new() });
-        } else if let Some(rule) = item.get("rule") {
-            let chain = rule.get("chain").and_then(Value::as_str).ok_or("a rule without a chain")?;
-            let comment = rule
-                .get("comment")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("{chain}: a rule without a comment"))?;
-            let target = out.chains.get_mut(chain).ok_or_else(|| format!("a rule of unknown chain {chain}"))?;
-            target.rules.push(Rule { comment: comment.to_string(), stmts: Vec::new().into(), wire: None });
-        }
-    }
-    Ok(out)
-}
-
-fn parse_kind(set: &Value) -> Option<SetKind> {
-    let names: Vec<&str> = match set.get("type")? {
-        Value::String(s) => vec![s.as_str()],
-        Value::Array(a) => a.iter().map(Value::as_str).collect::<Option<_>>()?,
-        _ => return None,
-    };
-    let interval = set.get("flags").and_then(Value::as_array).is_some_and(|f| f.iter().any(|x| x == "interval"));
-    let is_map = set.get("map").is_some_and(|m| m == "verdict");
-    let v6 = names.contains(&"ipv6_addr");
-    Some(match (names.as_slice(), interval, is_map) {
-        ([_], false, true) => SetKind::Dispatch { v6 },
-        (["ifname"], false, false) => SetKind::Iface,
-        ([_], true, false) => SetKind::Prefix { v6 },
-        ([_], false, false) => SetKind::Addr { v6 },
-        ([_, "inet_service"], false, false) => SetKind::AddrPort { v6 },
-        ([_, "inet_proto", "inet_service"], false, false) => SetKind::AddrProtoPort { v6 },
-        (["ifname", _], false, false) => SetKind::IfaceAddr { v6 },
-        ([_, _, "inet_proto", "inet_service"], true, false) => SetKind::Fold { v6 },
-        _ => return None,
-    })
-}
-
-fn parse_addr(v: &Value) -> Option<IpAddr> {
-    v.as_str()?.parse().ok()
-}
-
-fn parse_proto(v: &Value) -> Option<u8> {
-    match v {
-        Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
-        Value::String(s) => match s.as_str() {
-            "tcp" => Some(6),
-            "udp" => Some(17),
-            "sctp" => Some(132),
-            "icmp" => Some(1),
-            "ipv6-icmp" | "icmpv6" => Some(58),
-            other => other.parse().ok(),
-        },
-        _ => None,
-    }
-}
-
-fn parse_port(v: &Value) -> Option<u16> {
-    // nft prints well-known ports by number in JSON; a name would be a listing this module
-    // did not write.
-    v.as_u64().and_then(|n| u16::try_from(n).ok())
-}
-
-/// An address range as nft lists it: an address, a prefix, or a range.
-fn parse_addr_range(v: &Value) -> Option<(IpAddr, IpAddr)> {
-    if let Some(p) = v.get("prefix") {
-        let net = IpNet::new(parse_addr(p.get("addr")?)?, u8::try_from(p.get("len")?.as_u64()?).ok()?).ok()?;
-        return Some((net.network(), net.broadcast()));
-    }
-    if let Some(r) = v.get("range").and_then(Value::as_array) {
-        return Some((parse_addr(r.first()?)?, parse_addr(r.get(1)?)?));
-    }
-    let a = parse_addr(v)?;
-    Some((a, a))
-}
-
-fn parse_port_range(v: &Value) -> Option<(u16, u16)> {
-    if let Some(r) = v.get("range").and_then(Value::as_array) {
-        return Some((parse_port(r.first()?)?, parse_port(r.get(1)?)?));
-    }
-    let p = parse_port(v)?;
-    Some((p, p))
-}
-
-fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
-    // Elements with counters or comments come wrapped: {"elem": {"val": ...}}.
-    let e = e.get("elem").and_then(|x| x.get("val")).unwrap_or(e);
-    let concat = |v: &Value| v.get("concat").and_then(Value::as_array).cloned();
-    Some(match kind {
-        SetKind::Addr { .. } => Element::Addr(parse_addr(e)?),
-        SetKind::Prefix { .. } => match e.get("prefix") {
-            Some(p) => {
-                let addr = parse_addr(p.get("addr")?)?;
-                let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
-                Element::Prefix(IpNet::new(addr, len).ok()?)
-            }
-            // A prefix of full length is listed as a bare address.
-            None => Element::Prefix(IpNet::from(parse_addr(e)?)),
-        },
-        SetKind::AddrPort { .. } => {
-            let c = concat(e)?;
-            Element::AddrPort(parse_addr(c.first()?)?, parse_port(c.get(1)?)?)
-        }
-        SetKind::AddrProtoPort { .. } => {
-            let c = concat(e)?;
-            Element::AddrProtoPort(parse_addr(c.first()?)?, parse_proto(c.get(1)?)?, parse_port(c.get(2)?)?)
-        }
-        SetKind::Iface => Element::Iface(e.as_str()?.to_string()),
-        SetKind::IfaceAddr { .. } => {
-            let c = concat(e)?;
-            Element::IfaceAddr(c.first()?.as_str()?.to_string(), parse_addr(c.get(1)?)?)
-        }
-        SetKind::Fold { .. } => {
-            let c = concat(e)?;
-            Element::Fold {
-                local: parse_addr(c.first()?)?,
-                remote: parse_addr_range(c.get(1)?)?,
-                proto: parse_proto(c.get(2)?)?,
-                ports: parse_port_range(c.get(3)?)?,
-            }
-        }
-        SetKind::Dispatch { .. } => {
-            let pair = e.as_array()?;
-            let target = pair.get(1)?.get("jump")?.get("target")?.as_str()?;
-            Element::Jump(parse_addr(pair.first()?)?, target.to_string())
-        }
-    })
 }
