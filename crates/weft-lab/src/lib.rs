@@ -13,6 +13,7 @@
 //! A lab records what it created in its directory (`lab.json`) as it goes, so `down` removes
 //! exactly that, also after a failure halfway.
 
+pub mod icmp;
 pub mod manifests;
 pub mod probe;
 pub mod serve;
@@ -123,7 +124,8 @@ fn ip(netns: &str, args: &[&str]) -> Result<String> {
 }
 
 fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
-    run(netns::command(Some(netns), "sysctl").args(["-q", "-w", &format!("{key}={value}")])).map(|_| ())
+    netns::sysctl(Some(netns), key, value)
+        .map_err(|e| LabError::Command { command: format!("sysctl {key}={value} in {netns}"), detail: e.to_string() })
 }
 
 /// Namespace names this lab uses: `wl-<lab>-<what>`.
@@ -304,7 +306,7 @@ impl Lab {
                 .ok_or_else(|| LabError::Invalid(format!("no pod {pod} in this lab")))?
         };
         let (program, args) = argv.split_first().ok_or_else(|| LabError::Invalid("no command given".into()))?;
-        Ok(netns::command(Some(&netns), program).args(args).status()?)
+        Ok(netns::status(Some(&netns), Command::new(program).args(args))?)
     }
 
     /// Where the `outside` namespace is on the underlay.
@@ -419,6 +421,34 @@ fn is_ours(pid: u32) -> bool {
 }
 
 /// Stops a process the lab started, if it is still one of ours (a weft process).
+/// The programs the lab runs, with the Debian package of each: it builds namespaces, links,
+/// addresses and routes with `ip`. Everything else (sysctls, signals, entering namespaces,
+/// ICMP) it does itself.
+pub const PROGRAMS: &[(&str, &str)] = &[("ip", "iproute2")];
+
+/// Whether the lab can run here: root, and its programs installed. Checked before anything is
+/// created; an error is one line naming what is missing.
+pub fn check_host() -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(LabError::Invalid("the lab needs root (network namespaces, nftables, raw sockets)".into()));
+    }
+    for (program, package) in PROGRAMS {
+        if !on_path(program) {
+            return Err(LabError::Invalid(format!("the lab needs `{program}`: apt-get install {package}")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `program` is an executable file in a directory of PATH.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
 pub fn stop(pid: u32) {
     stop_within(pid, std::time::Duration::from_secs(1));
 }
@@ -438,9 +468,14 @@ pub fn stop_within(pid: u32, grace: std::time::Duration) {
         }
         false
     };
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let signal = |signal| {
+        if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    };
+    signal(rustix::process::Signal::TERM);
     if !gone(grace) {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        signal(rustix::process::Signal::KILL);
         // Until it is gone it holds its sockets (a metrics port its successor will want).
         gone(std::time::Duration::from_secs(2));
     }

@@ -1,5 +1,6 @@
 //! Reachability measured with real packets: from every endpoint to every endpoint, a fresh
-//! attempt each time — a TCP connect, a UDP request waiting for its echo, a ping. A connection
+//! attempt each time — a TCP connect, a UDP request waiting for its echo, an ICMP echo
+//! (weft's own, [`crate::icmp`]). A connection
 //! refused counts as reached: the refusal came back from the destination, so the policy let
 //! the packets through both ways (nothing in weft's datapath rejects; it drops).
 
@@ -66,25 +67,36 @@ impl Matrix {
         self.allowed.iter().any(|(f, t)| f == from && t == to)
     }
 
-    /// A grid: one row per source, `X` where it reaches the column's destination.
+    /// A grid as Kubernetes users read one (the upstream NetworkPolicy e2e suite and
+    /// Cyclonus): a row per source, a column per destination numbered as the rows, `.` where
+    /// the source connects and `X` where it is blocked; a legend under it. Rows name each
+    /// endpoint whole (`project/name`), so pods of one name in several namespaces are told apart.
     pub fn table(&self) -> String {
-        let short: Vec<String> = self.endpoints.iter().map(|e| e.rsplit('/').next().unwrap_or(e).to_string()).collect();
-        let width = short.iter().map(String::len).max().unwrap_or(1);
-        let mut out = format!("{:>width$}", "from\\to");
-        for (i, _) in short.iter().enumerate() {
-            out.push_str(&format!(" {:>2}", i));
+        let n = self.endpoints.len();
+        let number = n.saturating_sub(1).to_string().len();
+        let corner = "from \\ to";
+        let width = self.endpoints.iter().map(String::len).max().unwrap_or(0).max(corner.len());
+        let mut out = format!("{:number$} {corner:<width$}", "");
+        for i in 0..n {
+            out.push_str(&format!(" {i:>number$}"));
         }
         out.push('\n');
         for (i, from) in self.endpoints.iter().enumerate() {
-            out.push_str(&format!("{:>width$}", short[i]));
+            out.push_str(&format!("{i:>number$} {from:<width$}"));
             for to in &self.endpoints {
-                out.push_str(if self.allows(from, to) { "  X" } else { "  ." });
+                let mark = if self.allows(from, to) { "." } else { "X" };
+                out.push_str(&format!(" {mark:>number$}"));
             }
-            out.push_str(&format!("   {i}\n"));
+            out.push('\n');
         }
+        out.push_str(LEGEND);
+        out.push('\n');
         out
     }
 }
+
+/// The line under every matrix.
+pub const LEGEND: &str = ". connected, X blocked (rows: from; columns: to, numbered as the rows)";
 
 /// From inside a namespace: one fresh attempt to each target at once; `true` where it got
 /// through within `timeout`.
@@ -123,19 +135,7 @@ fn attempt(target: IpAddr, protocol: Protocol, port: Option<u16>, timeout: Durat
         }
         // No SCTP module on these machines: an SCTP probe cannot get through.
         Protocol::Sctp => false,
-        Protocol::Icmp => {
-            let wait = timeout.as_secs().max(1).to_string();
-            let mut ping = std::process::Command::new("ping");
-            if target.is_ipv6() {
-                ping.arg("-6");
-            }
-            ping.args(["-n", "-q", "-c", "1", "-W", &wait, &target.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        }
+        Protocol::Icmp => crate::icmp::answered(target, timeout),
     }
 }
 
@@ -166,13 +166,14 @@ impl Lab {
             endpoints.iter().filter_map(|(name, _, a)| a.map(|a| (name.clone(), a))).collect();
         let mut children = Vec::new();
         for (name, netns, _) in &endpoints {
-            let mut cmd = crate::serve::in_netns(binary, netns);
+            let mut cmd = std::process::Command::new(binary);
             cmd.args(["lab", "probe-from", "--protocol", &protocol.to_string(), "--timeout-ms", "1000"]);
             if let Some(p) = port {
                 cmd.args(["--port", &p.to_string()]);
             }
             cmd.args(targets.iter().map(|(_, a)| a.to_string()));
-            let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let child = weft_agent::netns::spawn(Some(netns), &mut cmd)?;
             children.push((name.clone(), child));
         }
         let mut allowed = Vec::new();
@@ -281,4 +282,27 @@ fn converse(stream: TcpStream, role: Role, interval: Duration, timeout: Duration
     }
     say("closed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_matrix_reads_as_upstream_prints_one() {
+        let m = Matrix {
+            revision: None,
+            protocol: Protocol::Tcp,
+            port: Some(80),
+            endpoints: vec!["x/a".into(), "y/a".into(), "z/a".into()],
+            allowed: vec![("x/a".into(), "y/a".into()), ("y/a".into(), "y/a".into())],
+        };
+        let table = m.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "  from \\ to 0 1 2");
+        assert_eq!(lines[1], "0 x/a       X . X", "x/a connects to y/a only");
+        assert_eq!(lines[2], "1 y/a       X . X");
+        assert_eq!(lines[3], "2 z/a       X X X", "rows name each endpoint whole:\n{table}");
+        assert_eq!(lines[4], LEGEND);
+    }
 }

@@ -66,16 +66,13 @@ pub fn run(ports: &[ListenPort]) -> Result<()> {
 pub fn spawn(binary: &Path, netns: &str, listen: &[String], log: &Path) -> Result<u32> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
-    let mut cmd = netns::command(Some(netns), &binary.to_string_lossy());
+    let mut cmd = Command::new(binary);
     cmd.args(["lab", "serve"]);
     for l in listen {
         cmd.args(["--listen", l]);
     }
-    let child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0).stdin(Stdio::null()).stdout(out).stderr(err);
+    let child = netns::spawn(Some(netns), &mut cmd)
         .map_err(|e| LabError::Command { command: format!("{} lab serve", binary.display()), detail: e.to_string() })?;
     let pid = child.id();
     wait_ready(log, pid)?;
@@ -95,9 +92,4 @@ fn wait_ready(log: &Path, pid: u32) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(LabError::Invalid(format!("a pod listener did not start within 10 s (see {})", log.display())))
-}
-
-/// A command that runs `binary` with `args` in `netns`, for probes.
-pub fn in_netns(binary: &Path, netns: &str) -> Command {
-    netns::command(Some(netns), &binary.to_string_lossy())
 }

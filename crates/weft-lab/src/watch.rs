@@ -15,11 +15,11 @@ use crate::Result;
 /// is no round.
 pub type Reading = fn(&str) -> Option<bool>;
 
-/// `ping -O`: a reply, or `no answer yet`.
+/// `weft lab ping` ([`crate::icmp::round_line`]): a reply, or no answer.
 pub fn ping_round(line: &str) -> Option<bool> {
-    if line.contains("bytes from") {
+    if line.starts_with("reply from ") {
         Some(true)
-    } else if line.contains("no answer yet") {
+    } else if line.starts_with("no answer from ") {
         Some(false)
     } else {
         None
@@ -50,12 +50,9 @@ pub struct Watch {
 impl Watch {
     /// Runs `program` with `args` inside the namespace `netns`.
     pub fn spawn(netns: &str, program: &str, args: &[&str], reading: Reading) -> Result<Watch> {
-        let child = netns::command(Some(netns), program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut command = std::process::Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let child = netns::spawn(Some(netns), &mut command)?;
         Ok(Watch::of(child, reading))
     }
 

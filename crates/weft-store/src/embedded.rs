@@ -17,7 +17,7 @@ use tokio::process::Command;
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
     #[error(
-        "no PostgreSQL server binaries found (looked for initdb and pg_ctl in /usr/lib/postgresql/*/bin and PATH); install postgresql or set DATABASE_URL"
+        "no PostgreSQL server binaries (initdb, pg_ctl in /usr/lib/postgresql/*/bin or PATH): apt-get install postgresql, or set DATABASE_URL"
     )]
     NotInstalled,
     #[error("{step} failed: {detail}")]
@@ -40,6 +40,12 @@ fn is_root() -> bool {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
+}
+
+/// Whether a private server can be started here (its binaries are installed): checked before
+/// anything is created.
+pub fn check_installed() -> Result<(), EmbeddedError> {
+    find_bin().map(|_| ()).ok_or(EmbeddedError::NotInstalled)
 }
 
 fn find_bin() -> Option<PathBuf> {

@@ -116,11 +116,18 @@ pub async fn expected_span(store: &weft_store::Store, node: &str) -> weft_compil
     compiler(store).await.span(node)
 }
 
-/// Whether the tests run as root: network namespaces, nft and real packets need it; tests
-/// that need them say so and pass elsewhere (CI runs as root).
+/// Whether the tests run as root: network namespaces, nft and real packets need it. Tests
+/// that need them are `#[ignore]`d, so a run that is not root reports them as ignored, never
+/// as passed; scripts/test.sh runs them when it runs as root (CI does).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// Fails a test that needs root when it is run without (`--run-ignored` by a user who is not
+/// root): a failure saying so, not a pass.
+pub fn require_root() {
+    assert!(is_root(), "this test needs root (network namespaces, nftables, raw sockets): run it as root");
 }

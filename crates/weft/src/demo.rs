@@ -163,11 +163,7 @@ impl Narrator {
     }
 
     fn matrix(&self, m: &Matrix) {
-        println!(
-            "   reachable ({}{}), rows reach columns:",
-            m.protocol,
-            m.port.map(|p| format!("/{p}")).unwrap_or_default()
-        );
+        println!("   reachability ({}{}):", m.protocol, m.port.map(|p| format!("/{p}")).unwrap_or_default());
         for line in m.table().lines() {
             println!("     {line}");
         }
@@ -182,7 +178,18 @@ fn binary() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot find the weft binary")
 }
 
+/// What the walk-through needs of this machine, checked before anything is made: one line
+/// naming what is missing (scripts/demo.sh installs it).
+fn preflight() -> anyhow::Result<()> {
+    weft_lab::check_host().map_err(|e| anyhow::anyhow!("weft demo yelb: {e}"))?;
+    if std::env::var("DATABASE_URL").map_or(true, |u| u.is_empty()) {
+        weft_store::embedded::check_installed().map_err(|e| anyhow::anyhow!("weft demo yelb: {e}"))?;
+    }
+    Ok(())
+}
+
 async fn yelb(keep: bool) -> anyhow::Result<()> {
+    preflight()?;
     let started = Instant::now();
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
     let dir = std::env::temp_dir().join(format!("weft-demo-{tag}"));
@@ -225,7 +232,9 @@ async fn yelb(keep: bool) -> anyhow::Result<()> {
             stack.record.lab_name,
             dir.join("lab").display()
         );
-        println!("  weft lab probe --port 80; weft reach --port 5432; weft lab exec yelb-ui -- ping -c 1 10.47.1.21");
+        println!(
+            "  weft lab probe --port 80; weft reach --port 5432; weft lab exec yelb-ui -- weft lab ping --count 1 10.47.1.21"
+        );
         println!("  manifests kube-manager follows: {}", dir.join("manifests").display());
         println!("To tear it down: weft demo down {}", dir.display());
     }
@@ -335,7 +344,7 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
 
     let db = address_of(lab, "yelb-db")?;
     n.step("2. Before the policy (seed step 6): all pod communication is unrestricted");
-    n.command(&format!("weft lab exec yelb-ui -- ping -c 3 {db}"));
+    n.command(&format!("weft lab exec yelb-ui -- weft lab ping --count 3 {db}"));
     let answered = ping(lab, "yelb-ui", db)?;
     n.say(&format!("{answered} of 3 pings answered"));
     n.expect("ping from yelb-ui to yelb-db gets answers", answered > 0);
@@ -346,9 +355,9 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
 
     n.step("3. kubectl create -f yelb-policy.yaml (seed step 7)");
     let ui_netns = &lab.pod("yelb-ui").context("no pod yelb-ui")?.netns;
-    let mut running =
-        Watch::spawn(ui_netns, "ping", &["-n", "-O", "-i", "0.2", "-W", "1", &db.to_string()], ping_round)?;
-    n.say(&format!("a ping left running: weft lab exec yelb-ui -- ping {db}"));
+    let ping_args = ["lab", "ping", "--interval-ms", "200", "--timeout-ms", "500", &db.to_string()];
+    let mut running = Watch::spawn(ui_netns, &binary.to_string_lossy(), &ping_args, ping_round)?;
+    n.say(&format!("a ping left running: weft lab exec yelb-ui -- weft lab ping {db}"));
     let answering = tokio::task::block_in_place(|| running.in_a_row(true, 3, Duration::from_secs(10)));
     n.expect("the running ping gets answers before the policy", answering);
     n.command(&format!("cp yelb-policy.yaml {}/   # kube-manager follows it as a cluster would", manifests.display()));
@@ -368,7 +377,7 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     let stopped = tokio::task::block_in_place(|| running.in_a_row(false, 3, Duration::from_secs(10)));
     n.expect("the ping left running from yelb-ui to yelb-db stops getting answers", stopped);
     drop(running);
-    n.command(&format!("weft lab exec yelb-ui -- ping -c 3 {db}"));
+    n.command(&format!("weft lab exec yelb-ui -- weft lab ping --count 3 {db}"));
     let answered = ping(lab, "yelb-ui", db)?;
     n.say(&format!("{answered} of 3 pings answered"));
     n.expect("ping from yelb-ui to yelb-db gets no answer", answered == 0);
@@ -414,7 +423,7 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     n.command(&format!("weft wait --revision {revision}"));
     client_cmds::realized(&c, revision, STEP).await?;
     let answered = ping(lab, "yelb-ui", db)?;
-    n.say(&format!("weft lab exec yelb-ui -- ping -c 3 {db}: {answered} of 3 answered"));
+    n.say(&format!("weft lab exec yelb-ui -- weft lab ping --count 3 {db}: {answered} of 3 answered"));
     n.expect("ping from yelb-ui to yelb-db gets answers again", answered > 0);
     let web = observe(n, &c, lab, Protocol::Tcp, Some(80)).await?;
     n.expect("`outside` reaches yelb-ui on TCP 80", web.allows("outside", &pod("yelb-ui")));
@@ -450,17 +459,23 @@ async fn until(
     }
 }
 
-/// Three pings from a pod; how many were answered.
+/// Three pings from a pod (weft's own ICMP echo, sent from inside its namespace); how many
+/// were answered.
 fn ping(lab: &Lab, from: &str, to: IpAddr) -> anyhow::Result<usize> {
     let netns = &lab.pod(from).with_context(|| format!("no pod {from}"))?.netns;
-    let out = tokio::task::block_in_place(|| {
-        weft_agent::netns::command(Some(netns), "ping")
-            .args(["-n", "-c", "3", "-i", "0.2", "-W", "1", &to.to_string()])
-            .stdin(Stdio::null())
-            .output()
+    let answered = tokio::task::block_in_place(|| {
+        weft_agent::netns::run_in(Some(netns), || {
+            let mut pinger = weft_lab::icmp::Pinger::new(to.is_ipv6())?;
+            let mut answered = 0;
+            for _ in 0..3 {
+                let started = Instant::now();
+                answered += usize::from(pinger.echo(to, Duration::from_millis(500))?.is_some());
+                std::thread::sleep(Duration::from_millis(200).saturating_sub(started.elapsed()));
+            }
+            Ok(answered)
+        })
     })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().filter(|l| l.contains("bytes from")).count())
+    Ok(answered)
 }
 
 /// Probes every pair with real packets, prints the matrix, and checks it against what the

@@ -43,7 +43,7 @@ pub enum LabCommand {
         #[arg(long)]
         ipv6: bool,
     },
-    /// Run a command inside a pod (or `outside`): weft lab exec yelb-ui -- ping 10.47.1.21
+    /// Run a command inside a pod (or `outside`): weft lab exec yelb-ui -- weft lab ping 10.47.1.21
     Exec {
         #[command(flatten)]
         lab: LabArgs,
@@ -64,6 +64,22 @@ pub enum LabCommand {
     Serve {
         #[arg(long)]
         listen: Vec<ListenPort>,
+    },
+    /// Send ICMP echo requests and report each (`reply from A: seq=N time=T ms`, `no answer
+    /// from A: seq=N`); weft's own, no ping program: weft lab exec yelb-ui -- weft lab ping 10.47.1.21
+    Ping {
+        to: std::net::IpAddr,
+        /// Stop after this many (then exit 0 if any was answered); without it, until killed.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Send from this address (one of the namespace's) rather than the one the route picks.
+        #[arg(long)]
+        from: Option<std::net::IpAddr>,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// How long to wait for each reply.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
     },
     /// Hold one TCP connection and report each round trip (`ok N`, `lost N`, `closed`):
     /// weft lab exec yelb-ui -- weft lab talk --to 10.47.1.21 --port 5432
@@ -124,12 +140,7 @@ pub fn print_matrix(output: Output, matrix: &weft_lab::Matrix) -> anyhow::Result
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(matrix)?),
         Output::Yaml => print!("{}", serde_yaml::to_string(matrix)?),
-        Output::Table => {
-            for (i, e) in matrix.endpoints.iter().enumerate() {
-                println!("{i:>2} {e}");
-            }
-            print!("{}", matrix.table());
-        }
+        Output::Table => print!("{}", matrix.table()),
     }
     Ok(())
 }
@@ -146,6 +157,10 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
             println!("{}", serde_json::to_string(&results)?);
             Ok(())
         }
+        LabCommand::Ping { to, count, from, interval_ms, timeout_ms } => {
+            let (interval, timeout) = (Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms));
+            tokio::task::spawn_blocking(move || ping(to, from, count, interval, timeout)).await?
+        }
         LabCommand::Talk { to, listen, port, echo, interval_ms, timeout_ms } => {
             let role = if echo { weft_lab::probe::Role::Echo } else { weft_lab::probe::Role::Speak };
             let (interval, timeout) = (Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms));
@@ -156,6 +171,7 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
             Ok(())
         }
         LabCommand::Up { manifests, lab, project_prefix } => {
+            weft_lab::check_host()?;
             up(&manifests, &lab, &project_prefix, client, data_dir).await
         }
         LabCommand::Down { lab } => {
@@ -197,6 +213,39 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
             std::process::exit(status.code().unwrap_or(1));
         }
     }
+}
+
+/// `weft lab ping`: a line per round, then (with a count) a summary; fails when nothing was
+/// answered, like ping.
+fn ping(
+    to: std::net::IpAddr,
+    from: Option<std::net::IpAddr>,
+    count: Option<u64>,
+    interval: Duration,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut pinger =
+        weft_lab::icmp::Pinger::new(to.is_ipv6()).context("cannot open a raw ICMP socket (it needs root)")?;
+    if let Some(from) = from {
+        pinger.bind(from).with_context(|| format!("cannot send from {from}"))?;
+    }
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let mut stdout = std::io::stdout();
+    while count.is_none_or(|c| sent < c) {
+        let started = std::time::Instant::now();
+        let reply = pinger.echo(to, timeout)?;
+        sent += 1;
+        answered += u64::from(reply.is_some());
+        writeln!(stdout, "{}", weft_lab::icmp::round_line(to, sent, reply))?;
+        stdout.flush()?;
+        if count.is_none_or(|c| sent < c) {
+            std::thread::sleep(interval.saturating_sub(started.elapsed()));
+        }
+    }
+    println!("{sent} sent, {answered} answered");
+    anyhow::ensure!(answered > 0, "no answer from {to}");
+    Ok(())
 }
 
 /// Builds a lab from the Pod manifests in `manifests` and starts one nftables agent per node,

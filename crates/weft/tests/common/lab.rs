@@ -13,16 +13,6 @@ use weft_lab::watch::{Reading, Watch};
 use super::{Server, WEFT, free_port, temp_dir};
 
 /// Network namespaces, nft and real packets need root; elsewhere these tests say so and pass.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !weft_testkit::is_root() {
-            eprintln!("skipped: the lab needs root");
-            return;
-        }
-    };
-}
-
 /// One pod of a test lab: namespace, name, node, addresses, labels.
 pub struct PodDef {
     pub namespace: &'static str,
