@@ -1,8 +1,8 @@
 # weft's image: one binary, `weft`, for every role (server, agent, kube-manager).
 #
 # The build stage uses the toolchain CI uses (rust-toolchain: Rust 1.95 on Debian bookworm)
-# and builds with the lock file, as CI does; the runtime stage carries what the agent's
-# datapath calls, the same tools .ci/run installs for the datapath tests: nft, conntrack, ip.
+# and builds with the lock file, as CI does. The runtime stage carries no datapath tools: the
+# agent speaks netlink to the kernel itself (nftables, conntrack, addresses) and runs no program.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -13,7 +13,7 @@ RUN cargo build --release --locked --package weft \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      nftables conntrack iproute2 ca-certificates \
+      ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/weft --create-home weft
 COPY --from=build /out/weft /usr/local/bin/weft

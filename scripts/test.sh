@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Runs weft's whole test suite. Tests need a PostgreSQL server (each test gets a fresh database
-# on it): DATABASE_URL when set, else the local server on 127.0.0.1:5432 when it answers, else
-# a private server started here (and stopped at the end) with the installed initdb/pg_ctl.
+# Runs weft's whole test suite, on a fresh Debian machine with only Rust too. Tests need a
+# PostgreSQL server (each test gets a fresh database on it): DATABASE_URL when set, else the
+# local server on 127.0.0.1:5432 when it answers, else a private server started here (and
+# stopped at the end) with the installed initdb/pg_ctl.
 # WEFT_TEST_PRIVATE_PG=1 asks for the private server even when another one answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# What the tests need and this machine lacks is installed first (scripts/setup.sh: as root;
+# otherwise the build's needs are checked, and tests that need root are ignored anyway).
+command -v cargo >/dev/null || { echo "cargo is not on PATH: install Rust with rustup, then . \"\$HOME/.cargo/env\"" >&2; exit 1; }
+if [ "$(id -u)" = 0 ]; then scripts/setup.sh test; else scripts/setup.sh build; fi
 
 private_pg=""
 cleanup() {
