@@ -58,30 +58,28 @@ if [ -z "${WEFT_SCHEMATHESIS:-}" ]; then
 fi
 
 # nextest runs each test in its own process under the limits of .config/nextest.toml (a hung
-# test is killed and named; lab tests take turns). Without it, cargo test runs the same tests.
-# Either way the whole run is bounded, so a hang can never stall CI for its full time.
+# test is killed and named; lab tests take turns), and the whole run is bounded, so a hang can
+# never stall CI for its full time. Where cargo has no nextest, it is built once under target/
+# (like schemathesis, nothing outside the tree).
+NEXTEST_VERSION=0.9.143
+if ! cargo nextest --version >/dev/null 2>&1; then
+  tools=target/tools/nextest-$NEXTEST_VERSION
+  if [ ! -x "$tools/bin/cargo-nextest" ]; then
+    echo "building cargo-nextest $NEXTEST_VERSION under $tools (once)" >&2
+    cargo install --locked --quiet --root "$tools" "cargo-nextest@$NEXTEST_VERSION" >&2
+  fi
+  export PATH="$PWD/$tools/bin:$PATH"
+fi
 limit=${WEFT_TEST_TIMEOUT:-40m}
 # Tests that need root (network namespaces, nftables, raw sockets) are #[ignore]d: run as root,
 # they run too; otherwise they are reported as ignored, never as passed.
-nextest_root=() test_root=()
+root=()
 if [ "$(id -u)" = 0 ]; then
-  nextest_root=(--run-ignored all) test_root=(-- --include-ignored)
+  root=(--run-ignored all)
 else
   echo "not root: the tests that need root are reported as skipped (ignored)" >&2
 fi
-if cargo nextest --version >/dev/null 2>&1; then
-  # Not exec: the EXIT trap still has a private PostgreSQL to stop.
-  status=0
-  timeout --kill-after=30s "$limit" cargo nextest run --workspace --all-targets --no-tests=pass "${nextest_root[@]}" "$@" || status=$?
-  exit "$status"
-fi
-log=$(mktemp /tmp/weft-test-log.XXXXXX)
-set +e
-timeout --kill-after=30s "$limit" cargo test --workspace --all-targets "$@" "${test_root[@]}" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
-# One closing line for the whole run: cargo prints a result per test binary.
-awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "%d passed, %d failed\n", p, f }' "$log"
-rm -f "$log"
+# Not exec: the EXIT trap still has a private PostgreSQL to stop.
+status=0
+timeout --kill-after=30s "$limit" cargo nextest run --workspace --all-targets --no-tests=pass "${root[@]}" "$@" || status=$?
 exit "$status"
