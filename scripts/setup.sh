@@ -7,9 +7,10 @@
 #                            and ring (TLS) compiles C
 #   scripts/setup.sh demo    build, and what `weft demo yelb` runs: ip (iproute2) for the lab's
 #                            namespaces, PostgreSQL's server binaries for its private database
-#   scripts/setup.sh test    demo, and what the tests use besides: pg_isready, nft (tests read
-#                            the kernel's table with it to compare), python3 with venv
-#                            (schemathesis), docker-compose (validates docker-compose.yml)
+#   scripts/setup.sh test    demo, and what the tests use besides: pg_isready, nft and conntrack
+#                            (tests read the kernel's table and connections with them to
+#                            compare), kill (procps), python3 with venv (schemathesis),
+#                            docker-compose (validates docker-compose.yml)
 #
 # Needs root to install; without it, it names what is missing and the command that installs it.
 set -euo pipefail
@@ -22,8 +23,9 @@ case "$what" in build | demo | test) ;; *)
 esac
 
 missing=()
-# want PROGRAM PACKAGE: PACKAGE when PROGRAM is not on PATH.
-want() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+# want PROGRAM PACKAGE: PACKAGE when PROGRAM is not an executable on PATH (a shell builtin of
+# that name does not count: the tests start the program).
+want() { [ -n "$(type -P "$1")" ] || missing+=("$2"); }
 
 want cc gcc
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
@@ -36,6 +38,8 @@ fi
 if [ "$what" = test ]; then
   want pg_isready postgresql-client
   want nft nftables
+  want conntrack conntrack
+  want kill procps
   want python3 python3
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   want docker-compose docker-compose

@@ -307,7 +307,5 @@ fn the_readme_commands_install_through_the_one_setup_script_ci_uses() {
     for package in ["gcc", "make", "iproute2", "postgresql", "python3-venv"] {
         assert!(setup.contains(package), "scripts/setup.sh knows {package}");
     }
-    for gone in ["iputils-ping", "conntrack"] {
-        assert!(!setup.contains(gone), "nothing runs {gone} any more");
-    }
+    assert!(!setup.contains("iputils-ping"), "nothing runs ping any more");
 }
