@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use weft_store::Store;
 use weft_store::embedded::{EmbeddedError, PrivatePostgres};
 
+use weft_control::supervise::Death;
+
 use crate::{AppState, Config, router, tls};
 
 /// The longest an operation waits for a database connection: a request answers 503 (with
@@ -73,6 +75,9 @@ pub enum ServerError {
     Io { context: String, source: std::io::Error },
     #[error("controller: {0}")]
     Control(#[from] weft_control::ControlError),
+    /// A critical task ended: the process ends with it, so that it is restarted.
+    #[error("{0}; the server stops so that it is restarted")]
+    Died(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -128,13 +133,24 @@ async fn serve_with_database(
         false => None,
     };
     let grpc_address = config.grpc_address.clone().or_else(|| control.as_ref().map(|c| c.local_addr.to_string()));
+    // The process does not outlive its follower or its gRPC server (weft_control::supervise).
+    let deaths = (follower.death(), control.as_ref().map_or_else(Death::never, weft_control::Control::death));
+    let died = async move {
+        tokio::select! {
+            reason = deaths.0.wait() => reason,
+            reason = deaths.1.wait() => reason,
+        }
+    };
     if !config.role.api() {
-        shutdown.await;
+        let outcome = tokio::select! {
+            () = shutdown => Ok(()),
+            reason = died => Err(ServerError::Died(reason)),
+        };
         if let Some(control) = control {
             control.shutdown().await;
         }
         store.pool().close().await;
-        return Ok(());
+        return outcome;
     }
     let grpc_serving = control.as_ref().map(|c| Arc::clone(&c.serving));
     let api = Config {
@@ -144,7 +160,7 @@ async fn serve_with_database(
         grpc_serving,
         ..Config::default()
     };
-    let result = serve_api(config, store.clone(), api, shutdown, ready).await;
+    let result = serve_api(config, store.clone(), api, shutdown, died, ready).await;
     if let Some(control) = control {
         control.shutdown().await;
     }
@@ -152,11 +168,14 @@ async fn serve_with_database(
     result
 }
 
+/// Serves the REST API until `shutdown` completes, or until a critical task of the process
+/// dies (`died`, or the compactor), which is an error naming it.
 async fn serve_api(
     config: &ServerConfig,
     store: Store,
     api: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    died: impl Future<Output = String>,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServerError> {
     if config.auth_enabled {
@@ -166,7 +185,18 @@ async fn serve_api(
     }
     let state = AppState::new(store.clone(), api).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let compactor = tokio::spawn(compact_periodically(store.clone(), config.change_retention, stop_rx));
+    let (compactor, compactor_death) = weft_control::supervise::spawn_critical(
+        "the change-log compactor",
+        {
+            let stop = stop_rx.clone();
+            let compacting = compact_periodically(store.clone(), config.change_retention, stop);
+            async move {
+                compacting.await;
+                Ok(())
+            }
+        },
+        stop_rx,
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(io(format!("cannot listen on {}", config.listen)))?;
@@ -201,11 +231,21 @@ async fn serve_api(
         state.stopped().await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
     };
+    let died = async {
+        tokio::select! {
+            reason = died => reason,
+            reason = compactor_death.wait() => reason,
+        }
+    };
     let served = tokio::select! {
         served = serving => served,
         _ = drain_expired => {
             tracing::warn!("open requests did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
             Ok(())
+        }
+        reason = died => {
+            state.begin_shutdown();
+            Err(ServerError::Died(reason))
         }
     };
     let _ = stop_tx.send(true);

@@ -13,6 +13,7 @@ mod accept;
 mod follower;
 mod hub;
 mod session;
+pub mod supervise;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub struct Control {
     pub serving: Arc<std::sync::atomic::AtomicBool>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+    death: supervise::Death,
 }
 
 /// A compiler kept current from the change log, without serving agents: what an API process
@@ -78,14 +80,29 @@ pub struct Control {
 pub struct Follower {
     pub hub: Arc<Hub>,
     shutdown: watch::Sender<bool>,
+    death: supervise::Death,
 }
 
 impl Follower {
+    /// Starts following; a critical task ([`Follower::death`]).
     pub fn start(store: Store, poll: Duration, ring_updates: usize) -> Follower {
         let hub = Arc::new(Hub::new(ring_updates));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(follower::run(store, Arc::clone(&hub), poll, shutdown_rx));
-        Follower { hub, shutdown }
+        let task = follower::run(store, Arc::clone(&hub), poll, shutdown_rx.clone());
+        let (_, death) = supervise::spawn_critical(
+            "the change-log follower",
+            async move {
+                task.await;
+                Ok(())
+            },
+            shutdown_rx,
+        );
+        Follower { hub, shutdown, death }
+    }
+
+    /// Resolves if the follower ends without being stopped.
+    pub fn death(&self) -> supervise::Death {
+        self.death.clone()
     }
 
     pub fn stop(&self) {
@@ -143,25 +160,33 @@ impl Control {
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
                 .map_err(|e| ControlError::Tls(e.to_string()))?;
         }
-        let mut stop = shutdown_rx;
+        let mut stop = shutdown_rx.clone();
         let router = builder.add_service(AgentServer::new(service));
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let flag = Arc::clone(&serving);
-        let server = tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            let incoming = accept::incoming(move || {
-                let listener = std::sync::Arc::clone(&listener);
-                async move { listener.accept().await.map(|(stream, _)| stream) }
-            });
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
-                tracing::error!(error = %e, "the gRPC server failed");
-            }
-            flag.store(false, std::sync::atomic::Ordering::Relaxed);
-        });
+        let (server, death) = supervise::spawn_critical(
+            "the agents' gRPC server",
+            async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                let incoming = accept::incoming(move || {
+                    let listener = std::sync::Arc::clone(&listener);
+                    async move { listener.accept().await.map(|(stream, _)| stream) }
+                });
+                let served = router.serve_with_incoming_shutdown(incoming, stopped).await;
+                flag.store(false, std::sync::atomic::Ordering::Relaxed);
+                served.map_err(|e| e.to_string())
+            },
+            shutdown_rx,
+        );
         tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "serving agents");
-        Ok(Control { hub, local_addr, serving, shutdown, server })
+        Ok(Control { hub, local_addr, serving, shutdown, server, death })
+    }
+
+    /// Resolves if the gRPC server ends without being shut down.
+    pub fn death(&self) -> supervise::Death {
+        self.death.clone()
     }
 
     /// Stops serving: every stream ends, agents reconnect elsewhere or later.
