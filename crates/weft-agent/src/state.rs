@@ -3,7 +3,8 @@
 //! applied with its revision, so that a restarted agent enforces it before the controller
 //! answers.
 //!
-//! The span is `span.json` (a whole span, written atomically: temporary file, then rename)
+//! The span is `span.json` (a whole span with its [`FORMAT`], written atomically: temporary
+//! file, then rename)
 //! plus `span.log`, the updates applied since, one JSON line each, appended and synced before
 //! the agent acks them. An update costs what it changes, not what the node holds: rewriting
 //! the whole span on every update made a node of many pods spend its time writing (issue 17:
@@ -28,6 +29,28 @@ pub struct Saved {
     pub node: String,
     pub revision: i64,
     pub span: NodeSpan,
+}
+
+/// The format of `span.json` (and of the `span.log` that goes with it) this agent writes. A
+/// file of a format it does not know (written by a newer agent before a downgrade) is not
+/// read: the agent then starts as a new node does, from the kernel's table and the
+/// controller's snapshot, rather than failing or misreading it. A file without a format is
+/// of format 1, the first.
+pub const FORMAT: u32 = 1;
+
+/// `span.json` as written.
+#[derive(Serialize)]
+struct SavedFile<'a> {
+    format: u32,
+    #[serde(flatten)]
+    saved: &'a Saved,
+}
+
+/// The part of `span.json` read first: which format it is.
+#[derive(Deserialize)]
+struct Format {
+    #[serde(default)]
+    format: Option<u32>,
 }
 
 /// One line of `span.log`.
@@ -83,6 +106,21 @@ impl StateDir {
     /// span with the logged updates after it applied.
     pub fn load(&self, node: &str) -> Option<Saved> {
         let bytes = std::fs::read(self.base()).ok()?;
+        match serde_json::from_slice::<Format>(&bytes).map(|f| f.format.unwrap_or(1)) {
+            Ok(FORMAT) => {}
+            Ok(other) => {
+                tracing::warn!(
+                    format = other,
+                    known = FORMAT,
+                    "the saved span is of a format this agent does not know; starting from the kernel's table and the controller's snapshot"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved span does not read back; ignoring it");
+                return None;
+            }
+        }
         let mut saved = match serde_json::from_slice::<Saved>(&bytes) {
             Ok(saved) if saved.node == node => saved,
             Ok(saved) => {
@@ -111,7 +149,7 @@ impl StateDir {
 
     /// Saves a whole span (after a snapshot, or when the log has grown): the log starts anew.
     pub fn save(&self, saved: &Saved) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(saved).map_err(std::io::Error::other)?;
+        let bytes = serde_json::to_vec(&SavedFile { format: FORMAT, saved }).map_err(std::io::Error::other)?;
         write_atomically(&self.base(), &bytes)?;
         // The log's lines are all at or below the saved revision now: a crash before this
         // leaves them, and loading skips them.
@@ -184,6 +222,26 @@ mod tests {
     fn dir() -> StateDir {
         let path = std::env::temp_dir().join(format!("weft-state-test-{}", Uuid::new_v4().simple()));
         StateDir::new(path).expect("a state dir")
+    }
+
+    /// A span saved by an agent of another format is not read (issue 19, item 9); one saved
+    /// before formats were written is format 1.
+    #[test]
+    fn a_saved_span_of_an_unknown_format_is_left_alone_and_one_without_is_the_first() {
+        let state = dir();
+        let saved = Saved { node: "n1".into(), revision: 3, span: NodeSpan::default() };
+        state.save(&saved).expect("saved");
+        let text = std::fs::read_to_string(state.base()).expect("written");
+        assert!(text.starts_with(&format!("{{\"format\":{FORMAT},")), "{text}");
+        assert_eq!(state.load("n1"), Some(saved.clone()));
+        let unversioned = serde_json::to_vec(&saved).expect("encodes");
+        std::fs::write(state.base(), unversioned).expect("written");
+        assert_eq!(state.load("n1"), Some(saved.clone()), "no format: the first");
+        let future =
+            text.replacen(&format!("\"format\":{FORMAT}"), "\"format\":99", 1).replace("\"span\":", "\"spans\":");
+        std::fs::write(state.base(), future).expect("written");
+        assert_eq!(state.load("n1"), None, "format 99 is not read, whatever its shape");
+        let _ = std::fs::remove_dir_all(state.path());
     }
 
     fn size(path: &Path) -> u64 {

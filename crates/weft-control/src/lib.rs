@@ -283,6 +283,11 @@ impl Agent for Service {
             .await
             .map_err(unavailable)?;
         tracing::info!(node = %node, peer = %peer, last_revision = hello.last_revision, version = %hello.agent_version, "agent connected");
+        if hello.agent_version != env!("CARGO_PKG_VERSION") {
+            // A mixed cluster mid-upgrade works (docs/operations.md); an agent left behind is
+            // worth a line, and weft node list shows each agent's version.
+            tracing::warn!(node = %node, agent = %hello.agent_version, controller = env!("CARGO_PKG_VERSION"), "an agent of another version connected");
+        }
         let (end, ended) = watch::channel(false);
         let id = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());

@@ -90,3 +90,25 @@ fn bad_input_is_an_error_naming_the_field() {
     };
     assert!(from_proto(&bad).unwrap_err().to_string().contains("3 bytes"));
 }
+
+/// A field from the future (one a newer peer sends and this one has no number for): the
+/// message decodes to what it carries besides, in both directions (issue 19, item 9). A
+/// server upgraded before its agents, or an agent before its server, adds fields; neither
+/// side fails on the other's.
+#[test]
+fn a_field_from_a_newer_peer_is_ignored_both_ways() {
+    // Field 1000, varint 7, then field 1001, length-delimited "new": what a newer side could add.
+    let future: &[u8] = &[0xc0, 0x3e, 0x07, 0xca, 0x3e, 0x03, b'n', b'e', b'w'];
+    let ack = v1::AgentMessage {
+        kind: Some(v1::agent_message::Kind::Ack(v1::Ack { revision: 42, error: String::new(), problems: vec![] })),
+    };
+    let mut bytes = ack.encode_to_vec();
+    bytes.extend_from_slice(future);
+    assert_eq!(v1::AgentMessage::decode(bytes.as_slice()).unwrap(), ack, "agent to controller");
+
+    let compiler = cluster();
+    let message = snapshot(1, &compiler.span("node-1"), 1 << 24).into_iter().next().unwrap();
+    let mut bytes = message.encode_to_vec();
+    bytes.extend_from_slice(future);
+    assert_eq!(v1::ControllerMessage::decode(bytes.as_slice()).unwrap(), message, "controller to agent");
+}

@@ -112,7 +112,16 @@ pub fn show_nodes(out: Output, items: &[Value]) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|n| {
-            let fields = ["name", "connected", "address", "ports", "realized_revision", "lag_revisions", "lag_seconds"];
+            let fields = [
+                "name",
+                "connected",
+                "address",
+                "agent_version",
+                "ports",
+                "realized_revision",
+                "lag_revisions",
+                "lag_seconds",
+            ];
             let mut row: Vec<String> = fields.iter().map(|f| scalar(&n[*f])).collect();
             row.push(scalar(&n["last_error"]));
             // What the agent refuses is the thing an operator must not miss: said in full.
@@ -121,7 +130,10 @@ pub fn show_nodes(out: Output, items: &[Value]) -> anyhow::Result<()> {
             row
         })
         .collect();
-    print_rows(&["NAME", "CONNECTED", "ADDRESS", "PORTS", "REALIZED", "LAG", "LAG (S)", "ERROR", "PROBLEMS"], rows);
+    print_rows(
+        &["NAME", "CONNECTED", "ADDRESS", "VERSION", "PORTS", "REALIZED", "LAG", "LAG (S)", "ERROR", "PROBLEMS"],
+        rows,
+    );
     Ok(())
 }
 
