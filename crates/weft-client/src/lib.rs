@@ -1,4 +1,4 @@
-//! A typed async client for weft's REST API, used by the `weft` CLI and (later) kube-manager.
+//! A typed async client for weft's REST API, used by the `weft` CLI and kube-manager.
 //!
 //! ```text
 //!   Client::create(&Port{..}) ─► POST /v1/ports ─► Port (with id, revision)

@@ -2,7 +2,7 @@
 //! security groups, ports), their validation, and Kubernetes label selectors.
 //!
 //! Everything here is plain data and pure functions, shared by the store, the API, the client
-//! and (later) the compiler:
+//! and the compiler:
 //!
 //! ```text
 //!   JSON body ──serde──► Project / VirtualNetwork / SecurityGroup / Port ──validate()──► store
@@ -59,12 +59,19 @@ impl<'a> ObjectRef<'a> {
 /// limit). FNV is used because it is tiny, stable across releases and platforms, and a CNI
 /// plugin in any language can compute it.
 pub fn default_interface(project: &str, name: &str) -> String {
+    let hash = fnv1a64(format!("{project}/{name}").as_bytes());
+    format!("{}{:011x}", syntax::INTERFACE_PREFIX, hash >> 20)
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms, for names derived from content
+/// (interface names here, rule comments and set names in the agent).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in project.bytes().chain(std::iter::once(b'/')).chain(name.bytes()) {
-        hash ^= u64::from(b);
+    for b in bytes {
+        hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{}{:011x}", syntax::INTERFACE_PREFIX, hash >> 20)
+    hash
 }
 
 /// Applies an RFC 7396 JSON merge patch to `target`.

@@ -1,4 +1,4 @@
-//! Reading the change log: what followers (the watch endpoint, later the controller) consume,
+//! Reading the change log: what followers (the watch endpoint, the controller) consume,
 //! its compaction, and the notification that wakes them.
 
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //!          ▼
 //!   Store::safe_horizon() ─► H: every revision <= H is committed and visible, or never will be
 //!          │
-//!   Store::changes_since(r) reads (r, H] ─► followers (the watch endpoint, later the controller)
+//!   Store::changes_since(r) reads (r, H] ─► followers (the watch endpoint, the controller)
 //! ```
 //!
 //! # How followers never skip a revision

@@ -434,12 +434,4 @@ fn content_hash(bytes: &[u8]) -> String {
     format!("weft:{:016x}", fnv1a64(bytes))
 }
 
-/// FNV-1a, 64 bits: stable across releases and platforms, for names derived from content.
-pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
+pub(super) use weft_model::fnv1a64;
