@@ -27,6 +27,7 @@ mod incremental;
 mod proptests;
 #[cfg(test)]
 mod reference;
+#[cfg(any(test, feature = "synthetic"))]
 pub mod synthetic;
 
 pub use cluster::{Change, Cluster, Dangling};

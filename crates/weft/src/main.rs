@@ -1,6 +1,8 @@
 //! The `weft` binary: parses the command line and hands over to the library that owns each
 //! subcommand.
 
+#[cfg(feature = "bench")]
+mod bench_cmds;
 mod cli;
 mod client_cmds;
 mod config_file;

@@ -309,3 +309,16 @@ fn the_readme_commands_install_through_the_one_setup_script_ci_uses() {
     }
     assert!(!setup.contains("iputils-ping"), "nothing runs ping any more");
 }
+
+/// The shipped binary carries no test support (issue 19, item 3): `weft bench`, with its
+/// synthetic clusters and fake Kubernetes API server, is in a build with the `bench` feature
+/// only, and the binary says how to get one.
+#[test]
+fn the_shipped_binary_has_no_benchmarks_and_says_how_to_build_them() {
+    let out = Command::new(common::WEFT).args(["bench", "compiler"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cargo build --release --features bench"), "{err}");
+    let help = Command::new(common::WEFT).arg("--help").output().unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("bench"), "no bench in the shipped binary's help");
+}

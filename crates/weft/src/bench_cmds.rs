@@ -1,0 +1,182 @@
+//! `weft bench`: benchmarks that print figures, as ratios to a baseline where there is one
+//! (never pass/fail). Only in a build with the `bench` feature: they bring the synthetic
+//! clusters and the fake Kubernetes API server, which the shipped binary does not carry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::cli::parse_duration;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Simulated agents against a real `weft server` holding a synthetic cluster: snapshot
+    /// time for all of them at once, server memory, REST write to every affected ack.
+    Fanout {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Agents, one per node.
+        #[arg(long, default_value_t = 1_000)]
+        agents: usize,
+        #[arg(long, default_value_t = 25_000)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 4)]
+        pods_per_namespace: usize,
+        /// Writes of each kind timed.
+        #[arg(long, default_value_t = 100)]
+        writes: usize,
+    },
+    /// REST API throughput and latency beside pgbench's on the same PostgreSQL.
+    Api {
+        /// A PostgreSQL server; the bench creates and drops its own databases there.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Concurrent clients (for weft and for pgbench alike).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// How long each workload runs.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Ports stored for the list and start-up figures.
+        #[arg(long, default_value_t = 100_000)]
+        ports: usize,
+    },
+    /// The nftables datapath (as root, in network namespaces of its own): full apply of a
+    /// large span, one set member joining and leaving, and an agent's memory.
+    Datapath {
+        /// Local ports of the measured node.
+        #[arg(long, default_value_t = 500)]
+        ports: usize,
+        /// Rules at least in the measured node's span.
+        #[arg(long, default_value_t = 5_000)]
+        rules: usize,
+        /// Repetitions of each timed step.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Namespaces (4 pods each, 1,000 nodes) of the cluster the agent's memory is measured
+        /// with: 25,000 is 100,000 pods, 100 ports per node.
+        #[arg(long, default_value_t = 25_000)]
+        rss_namespaces: usize,
+        /// Write the full apply's transaction (nft JSON) here, to time `nft -j -f` on by hand.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
+    /// kube-manager between the fake Kubernetes API server and a `weft server`: initial sync,
+    /// policy change latency, a burst of pod changes.
+    Kube {
+        /// A PostgreSQL server; the bench creates and drops its own database there.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, default_value_t = 1_000)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        /// Policy changes timed one at a time.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// Pods changed at once.
+        #[arg(long, default_value_t = 1_000)]
+        burst: usize,
+    },
+    /// The ACL compiler on a synthetic cluster: full compile time and memory.
+    Compiler {
+        /// `realistic` (DESIGN.md §8's shape; Antrea's benchmark scale by default) or `dense`.
+        #[arg(long, default_value = "realistic", value_parser = ["realistic", "dense"])]
+        shape: String,
+        #[arg(long, default_value_t = 25_000)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 4)]
+        pods_per_namespace: usize,
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Dense shape: pods, and policies that each select every pod.
+        #[arg(long, default_value_t = 10_000)]
+        dense_pods: usize,
+        #[arg(long, default_value_t = 10_000)]
+        dense_policies: usize,
+        /// Changes of each kind to time after the full compile (realistic shape only; 0: none).
+        #[arg(long, default_value_t = 0)]
+        changes: usize,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Api { database_url, clients, duration, ports } => {
+            let config = weft_bench::ApiBenchConfig {
+                database_url,
+                clients,
+                duration,
+                ports,
+                weft_exe: std::env::current_exe().ok(),
+            };
+            let report = weft_bench::api(config).await?;
+            print!("{report}");
+            Ok(())
+        }
+        BenchCommand::Datapath { ports, rules, runs, rss_namespaces, dump } => {
+            let config = weft_bench::datapath::DatapathConfig {
+                ports,
+                rules,
+                runs,
+                rss_namespaces,
+                binary: std::env::current_exe().context("cannot find the weft binary")?,
+                dump,
+            };
+            let report = tokio::task::spawn_blocking(move || weft_bench::datapath::run_bench(&config)).await??;
+            print!("{report}");
+            Ok(())
+        }
+        BenchCommand::Kube { database_url, namespaces, pods, policies, changes, burst } => {
+            let config = weft_bench::kube::KubeBenchConfig { database_url, namespaces, pods, policies, changes, burst };
+            print!("{}", weft_bench::kube::run(config).await?);
+            Ok(())
+        }
+        BenchCommand::Fanout { database_url, agents, namespaces, pods_per_namespace, writes } => {
+            let config = weft_bench::fanout::FanoutConfig {
+                database_url,
+                agents,
+                shape: weft_compiler_shape(namespaces, pods_per_namespace, agents),
+                writes,
+                weft_exe: std::env::current_exe().context("the weft executable")?,
+            };
+            print!("{}", weft_bench::fanout::fanout(config).await?);
+            Ok(())
+        }
+        BenchCommand::Compiler {
+            shape,
+            namespaces,
+            pods_per_namespace,
+            nodes,
+            dense_pods,
+            dense_policies,
+            changes,
+        } => {
+            let workload = if shape == "dense" {
+                weft_bench::compiler::Workload::Dense { pods: dense_pods, policies: dense_policies, nodes }
+            } else {
+                weft_bench::compiler::Workload::Realistic(weft_compiler_shape(namespaces, pods_per_namespace, nodes))
+            };
+            // The incremental compiler first, so that the memory it reports is its own.
+            let incremental = match (&workload, changes > 0) {
+                (weft_bench::compiler::Workload::Realistic(shape), true) => {
+                    Some(weft_bench::compiler::incremental(shape, changes))
+                }
+                _ => None,
+            };
+            print!("{}", weft_bench::compiler::run(&workload));
+            if let Some(report) = incremental {
+                print!("{report}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn weft_compiler_shape(namespaces: usize, pods_per_namespace: usize, nodes: usize) -> weft_bench::compiler::Shape {
+    weft_bench::compiler::Shape { namespaces, pods_per_namespace, nodes, ..weft_bench::compiler::Shape::antrea() }
+}
