@@ -184,25 +184,13 @@ impl Socket {
     /// An nf_tables dump of `request` (with `attrs`): the attributes of each `reply` message.
     fn dump(&mut self, request: u16, reply: u16, attrs: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1);
-        let (request_seq, mut bytes) = (self.seq, Vec::new());
+        let mut bytes = Vec::new();
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | request;
-        message(&mut bytes, kind, NLM_F_REQUEST | NLM_F_DUMP, request_seq, [NFPROTO_INET, 0, 0, 0], attrs);
-        rustix::net::sendto(&self.fd, &bytes, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        message(&mut bytes, kind, NLM_F_REQUEST | NLM_F_DUMP, self.seq, [NFPROTO_INET, 0, 0, 0], attrs);
         let mut out = Vec::new();
-        self.answers(|kind, seq, payload| {
-            if seq != request_seq {
-                return Ok(false);
-            }
-            match kind {
-                NLMSG_DONE => Ok(true),
-                NLMSG_ERROR if payload.len() >= 4 => {
-                    Err(io::Error::from_raw_os_error(-i32::from_ne_bytes(word(payload, 0))))
-                }
-                k if k == (NFNL_SUBSYS_NFTABLES << 8) | reply && payload.len() >= 4 => {
-                    out.push(payload[4..].to_vec());
-                    Ok(false)
-                }
-                _ => Ok(false),
+        self.dumped(&bytes, |kind, payload| {
+            if kind == (NFNL_SUBSYS_NFTABLES << 8) | reply && payload.len() >= 4 {
+                out.push(payload[4..].to_vec());
             }
         })?;
         Ok(out)
@@ -211,17 +199,34 @@ impl Socket {
     /// The addresses of the namespace's links (of a routing socket, [`Socket::open_route`]).
     pub fn addresses(&mut self) -> io::Result<std::collections::BTreeSet<std::net::IpAddr>> {
         self.seq = self.seq.wrapping_add(1);
-        let request_seq = self.seq;
         // A header and an ifaddrmsg of any family: every address.
         let mut bytes = Vec::with_capacity(24);
         bytes.extend_from_slice(&24u32.to_ne_bytes());
         bytes.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
         bytes.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-        bytes.extend_from_slice(&request_seq.to_ne_bytes());
+        bytes.extend_from_slice(&self.seq.to_ne_bytes());
         bytes.extend_from_slice(&0u32.to_ne_bytes());
         bytes.extend_from_slice(&[0; 8]);
-        rustix::net::sendto(&self.fd, &bytes, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
         let mut out = std::collections::BTreeSet::new();
+        self.dumped(&bytes, |kind, payload| {
+            if kind == RTM_NEWADDR && payload.len() >= 8 {
+                let attrs = attributes(&payload[8..]);
+                // A point-to-point link's own address is its local one; otherwise the two
+                // are the same, and IPv6 gives only the address.
+                let find = |k| attrs.iter().find(|a| a.0 == k).map(|a| a.1);
+                if let Some(a) = find(IFA_LOCAL).or_else(|| find(IFA_ADDRESS)).and_then(ip_address) {
+                    out.insert(a);
+                }
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Sends a dump request (numbered `self.seq`) and hands each message of its answer, type
+    /// and payload, to `each`, until the dump is done; an error answer fails it.
+    fn dumped(&mut self, request: &[u8], mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+        let request_seq = self.seq;
+        rustix::net::sendto(&self.fd, request, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
         self.answers(|kind, seq, payload| {
             if seq != request_seq {
                 return Ok(false);
@@ -231,20 +236,12 @@ impl Socket {
                 NLMSG_ERROR if payload.len() >= 4 => {
                     Err(io::Error::from_raw_os_error(-i32::from_ne_bytes(word(payload, 0))))
                 }
-                RTM_NEWADDR if payload.len() >= 8 => {
-                    let attrs = attributes(&payload[8..]);
-                    // A point-to-point link's own address is its local one; otherwise the two
-                    // are the same, and IPv6 gives only the address.
-                    let find = |k| attrs.iter().find(|a| a.0 == k).map(|a| a.1);
-                    if let Some(a) = find(IFA_LOCAL).or_else(|| find(IFA_ADDRESS)).and_then(ip_address) {
-                        out.insert(a);
-                    }
+                _ => {
+                    each(kind, payload);
                     Ok(false)
                 }
-                _ => Ok(false),
             }
-        })?;
-        Ok(out)
+        })
     }
 
     /// Reads the kernel's answers, each message's (type, sequence number, payload) to `each`,
@@ -304,23 +301,11 @@ impl Socket {
         let mut request = Vec::new();
         let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
         message(&mut request, kind, NLM_F_REQUEST | NLM_F_DUMP, self.seq, [0, 0, 0, 0], &[]);
-        rustix::net::sendto(&self.fd, &request, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
-        let (mut out, request) = (Vec::new(), self.seq);
-        self.answers(|kind, seq, payload| {
-            if seq != request {
-                return Ok(false);
+        let mut out = Vec::new();
+        self.dumped(&request, |kind, payload| {
+            if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && payload.len() >= 4 {
+                out.extend(tracked(payload[0], &payload[4..]));
             }
-            match kind {
-                NLMSG_DONE => return Ok(true),
-                NLMSG_ERROR if payload.len() >= 4 => {
-                    return Err(io::Error::from_raw_os_error(-i32::from_ne_bytes(word(payload, 0))));
-                }
-                k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && payload.len() >= 4 => {
-                    out.extend(tracked(payload[0], &payload[4..]));
-                }
-                _ => {}
-            }
-            Ok(false)
         })?;
         Ok(out)
     }
