@@ -64,6 +64,27 @@ fn find_bin() -> Option<PathBuf> {
     candidates.into_iter().find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
 }
 
+/// Removes the private cluster that belongs to `data_dir` (it must be stopped): as root it
+/// lives outside the data dir, in /var/tmp, where removing the data dir leaves it. Only a
+/// directory this module would have made is removed.
+pub fn remove_cluster(data_dir: &Path) -> std::io::Result<()> {
+    let location = match std::fs::read_to_string(data_dir.join("postgres.location")) {
+        Ok(text) => PathBuf::from(text.trim()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let ours = location.parent() == Some(Path::new("/var/tmp"))
+        && location.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weft-postgres-"))
+        || location.starts_with(data_dir);
+    if !ours {
+        return Err(std::io::Error::other(format!("{} is not a private cluster of weft's", location.display())));
+    }
+    match std::fs::remove_dir_all(&location) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 impl PrivatePostgres {
     /// Starts (initialising on first use) the private cluster that belongs to `data_dir`.
     pub async fn start(data_dir: &Path) -> Result<PrivatePostgres, EmbeddedError> {

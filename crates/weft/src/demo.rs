@@ -88,7 +88,7 @@ impl Stack {
     }
 
     /// Stops kube-manager, the lab and the server (which stops a private PostgreSQL), drops a
-    /// scratch database and removes the directory.
+    /// scratch database or removes the private cluster, and removes the directory.
     async fn teardown(mut self) {
         self.keep = true; // Done here; Drop has nothing left to do.
         stop(self.kube_manager.take(), self.record.kube_manager_pid);
@@ -98,6 +98,10 @@ impl Stack {
         stop(self.server.take(), self.record.server_pid);
         if let Some((server, name)) = self.record.database.take() {
             ScratchDatabase::existing(&server, &name).drop_database().await;
+        }
+        // A private PostgreSQL's cluster, which lives in /var/tmp when the demo runs as root.
+        if let Err(e) = weft_store::embedded::remove_cluster(&self.dir.join("data")) {
+            eprintln!("cannot remove the demo's private PostgreSQL: {e}");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

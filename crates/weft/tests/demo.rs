@@ -181,3 +181,25 @@ fn a_missing_tool_is_named_before_anything_is_made() {
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "nothing narrated");
     assert_eq!((demos(), demo_namespaces()), (before, namespaces), "nothing made");
 }
+
+/// Without DATABASE_URL the demo runs on a private PostgreSQL, which as root keeps its cluster
+/// in /var/tmp: the demo removes it too (it used to stay behind, one per run).
+#[ignore = "needs root (network namespaces, nftables): scripts/test.sh runs it when run as root"]
+#[test]
+fn the_demo_on_a_private_postgres_leaves_no_cluster_behind() {
+    weft_testkit::require_root();
+    let clusters = || -> Vec<String> {
+        std::fs::read_dir("/var/tmp")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("weft-postgres-"))
+            .collect()
+    };
+    let before = clusters();
+    let out = Command::new(WEFT).args(["demo", "yelb"]).env_remove("DATABASE_URL").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "weft demo yelb failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("PostgreSQL: a private server"), "{text}");
+    assert_eq!(clusters(), before, "the private cluster was removed");
+}
