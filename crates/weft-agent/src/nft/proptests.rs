@@ -216,6 +216,49 @@ proptest! {
         prop_assert_eq!(table, render(&b));
     }
 
+    /// The conntrack pass is skipped after a change `may_revoke` calls harmless: then every
+    /// flow the old span allowed, the new one allows too, or a connection would outlive its
+    /// allowance (issue 19, item 8). Checked for any two spans, and for a set that gains members
+    /// (which is what most changes are, and what may_revoke lets through).
+    #[test]
+    fn a_change_that_cannot_revoke_takes_no_allowance_away(
+        raw in arb_span(),
+        other in arb_span(),
+        set in 0usize..6,
+        picks in prop::collection::vec(0usize..6, 0..4),
+    ) {
+        let a = build(&raw);
+        let mut grown = raw.clone();
+        grown.members[set].extend(picks);
+        for b in [build(&other), build(&grown)] {
+            let delta = weft_compiler::diff(&a, &b);
+            if super::conntrack::may_revoke(&delta) {
+                continue;
+            }
+            let (before, after) = (super::conntrack::ports_by_address(&a), super::conntrack::ports_by_address(&b));
+            for (src, dst) in (0..ADDRESSES.len()).flat_map(|i| (0..ADDRESSES.len()).map(move |j| (addr(i), addr(j)))) {
+                if src.is_ipv6() != dst.is_ipv6() {
+                    continue;
+                }
+                let icmp = if src.is_ipv6() { 58 } else { 1 };
+                for (protocol, dport) in [(6, Some(80)), (6, Some(81)), (17, Some(80)), (6, Some(443)), (icmp, None)] {
+                    let flow = super::conntrack::Flow {
+                        protocol,
+                        src,
+                        dst,
+                        sport: dport.map(|_| 40000),
+                        dport,
+                        icmp: dport.is_none().then_some((if icmp == 1 { 8 } else { 128 }, 0)),
+                    };
+                    prop_assert!(
+                        !super::conntrack::allowed(&a, &before, &flow) || super::conntrack::allowed(&b, &after, &flow),
+                        "{:?} was allowed and no longer is, yet the change was called harmless: {:?}", flow, delta
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_member_change_is_element_commands_only(raw in arb_span(), set in 0usize..6, picks in prop::collection::vec(0usize..6, 0..7)) {
         let a = build(&raw);
