@@ -141,14 +141,20 @@ fn pgbench_tps(output: &str) -> Option<f64> {
 async fn pgbench(url: &str, args: &[&str], script: Option<&str>) -> Result<f64, BenchError> {
     let mut cmd = tokio::process::Command::new("pgbench");
     cmd.args(args);
-    let script_file;
+    let mut script_file = None;
     if let Some(script) = script {
-        script_file = std::env::temp_dir().join(format!("weft-bench-{}.sql", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&script_file, script).map_err(other)?;
-        cmd.arg("-f").arg(&script_file);
+        let path = std::env::temp_dir().join(format!("weft-bench-{}.sql", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, script).map_err(other)?;
+        cmd.arg("-f").arg(&path);
+        script_file = Some(path);
     }
     cmd.arg(url);
-    let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| BenchError::Other(format!("pgbench: {e}")))?;
+    let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| BenchError::Other(format!("pgbench: {e}")));
+    // The script goes with the run (it stayed behind in /tmp, one per pgbench run).
+    if let Some(path) = script_file {
+        let _ = std::fs::remove_file(path);
+    }
+    let out = out?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     pgbench_tps(&text).ok_or_else(|| BenchError::Other(format!("pgbench gave no tps:\n{text}")))
 }
