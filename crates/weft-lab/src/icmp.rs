@@ -127,6 +127,33 @@ fn checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+impl Pinger {
+    /// Echo requests to `target` every `interval` (or as soon as the last reply came, if
+    /// later), `count` of them or until `round` says stop; `round` gets each one's number
+    /// (from 1) and reply. How many were answered.
+    pub fn rounds(
+        &mut self,
+        target: IpAddr,
+        count: Option<u64>,
+        interval: Duration,
+        timeout: Duration,
+        mut round: impl FnMut(u64, Option<Duration>) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        let (mut sent, mut answered) = (0u64, 0u64);
+        while count.is_none_or(|c| sent < c) {
+            let started = Instant::now();
+            let reply = self.echo(target, timeout)?;
+            sent += 1;
+            answered += u64::from(reply.is_some());
+            round(sent, reply)?;
+            if count.is_none_or(|c| sent < c) {
+                std::thread::sleep(interval.saturating_sub(started.elapsed()));
+            }
+        }
+        Ok(answered)
+    }
+}
+
 /// One echo to `target` from the calling thread's namespace: whether it was answered within
 /// `timeout`. An error (no raw socket: not root) counts as unanswered.
 pub fn answered(target: IpAddr, timeout: Duration) -> bool {

@@ -465,18 +465,12 @@ async fn until(
 
 /// Three pings from a pod (weft's own ICMP echo, sent from inside its namespace); how many
 /// were answered.
-fn ping(lab: &Lab, from: &str, to: IpAddr) -> anyhow::Result<usize> {
+fn ping(lab: &Lab, from: &str, to: IpAddr) -> anyhow::Result<u64> {
     let netns = &lab.pod(from).with_context(|| format!("no pod {from}"))?.netns;
     let answered = tokio::task::block_in_place(|| {
         weft_agent::netns::run_in(Some(netns), || {
             let mut pinger = weft_lab::icmp::Pinger::new(to.is_ipv6())?;
-            let mut answered = 0;
-            for _ in 0..3 {
-                let started = Instant::now();
-                answered += usize::from(pinger.echo(to, Duration::from_millis(500))?.is_some());
-                std::thread::sleep(Duration::from_millis(200).saturating_sub(started.elapsed()));
-            }
-            Ok(answered)
+            pinger.rounds(to, Some(3), Duration::from_millis(200), Duration::from_millis(500), |_, _| Ok(()))
         })
     })?;
     Ok(answered)

@@ -230,19 +230,13 @@ fn ping(
     if let Some(from) = from {
         pinger.bind(from).with_context(|| format!("cannot send from {from}"))?;
     }
-    let (mut sent, mut answered) = (0u64, 0u64);
     let mut stdout = std::io::stdout();
-    while count.is_none_or(|c| sent < c) {
-        let started = std::time::Instant::now();
-        let reply = pinger.echo(to, timeout)?;
-        sent += 1;
-        answered += u64::from(reply.is_some());
-        writeln!(stdout, "{}", weft_lab::icmp::round_line(to, sent, reply))?;
-        stdout.flush()?;
-        if count.is_none_or(|c| sent < c) {
-            std::thread::sleep(interval.saturating_sub(started.elapsed()));
-        }
-    }
+    let mut sent = 0;
+    let answered = pinger.rounds(to, count, interval, timeout, |seq, reply| {
+        sent = seq;
+        writeln!(stdout, "{}", weft_lab::icmp::round_line(to, seq, reply))?;
+        stdout.flush()
+    })?;
     println!("{sent} sent, {answered} answered");
     anyhow::ensure!(answered > 0, "no answer from {to}");
     Ok(())

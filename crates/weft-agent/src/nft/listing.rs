@@ -23,7 +23,7 @@ use super::bytecode::{
     NF_DROP, NFT_JUMP, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA,
     NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
 };
-use super::netlink::attributes;
+use super::netlink::{attributes, ip_address as address};
 use super::ruleset::{Chain, Element, Hook, Rule, Ruleset, Set, SetKind, TABLE};
 
 /// A set nft makes for a rule's inline `{ ... }`: never one of weft's (it writes none).
@@ -231,14 +231,6 @@ fn listed(attrs: &[u8]) -> Result<Listed, String> {
         }
     };
     Ok(Listed { key, key_end, interval_end, jump })
-}
-
-fn address(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
 }
 
 /// A port padded to a word, as a concatenation holds it.

@@ -10,7 +10,10 @@ use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::sockopt::Timeout;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
-use super::batch::Batch;
+use super::batch::{
+    Batch, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE,
+};
 use super::conntrack::Flow;
 use super::listing::{self, TableDump};
 use crate::netns;
@@ -46,15 +49,9 @@ const NFT_MSG_GETTABLE: u16 = 1;
 const NFPROTO_INET: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETRULE: u16 = 7;
-const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETSET: u16 = 10;
-const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 const IFA_ADDRESS: u16 = 1;
@@ -381,7 +378,8 @@ fn tracked(family: u8, attrs: &[u8]) -> Option<TrackedFlow> {
     Some(TrackedFlow { flow: flow?, family, name })
 }
 
-fn ip_address(b: &[u8]) -> Option<std::net::IpAddr> {
+/// An address of 4 or 16 bytes, as netlink carries one.
+pub(super) fn ip_address(b: &[u8]) -> Option<std::net::IpAddr> {
     match b.len() {
         4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
         16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
