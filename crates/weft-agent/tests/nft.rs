@@ -10,8 +10,8 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
-use weft_agent::nft::{NftDatapath, ruleset};
-use weft_agent::{Datapath, nft::render};
+use weft_agent::Datapath;
+use weft_agent::nft::{self, NftDatapath};
 use weft_compiler::{Change, Compiler, NodeSpan};
 
 /// A network namespace of the test's own, removed when dropped.
@@ -105,13 +105,13 @@ fn element(elem: &Value) -> String {
 
 /// The elements of every set in the kernel's table, by name.
 fn kernel_sets(ns: &Netns) -> Vec<(String, BTreeSet<String>)> {
-    sets_in(&ns.nft(&["list", "table", "inet", ruleset::TABLE]), |item| item.get("set"))
+    sets_in(&ns.nft(&["list", "table", "inet", nft::TABLE]), |item| item.get("set"))
 }
 
 /// What the render of `span` says those sets hold, read back the same way.
 fn rendered_sets(span: &NodeSpan) -> Vec<(String, BTreeSet<String>)> {
-    let commands = ruleset::Ruleset::default().diff(&render::render(span));
-    sets_in(&ruleset::to_json(&commands), |item| item["add"].get("set"))
+    let commands = nft::Ruleset::default().diff(&nft::render(span));
+    sets_in(&nft::nft_json(&commands), |item| item["add"].get("set"))
 }
 
 /// The shop compiled, and node-1's span applied to a namespace of its own.
@@ -183,7 +183,7 @@ fn a_netlink_change_the_kernel_refuses_falls_back_and_the_table_converges() {
         .into_iter()
         .find(|(n, e)| n.starts_with('s') && !n.contains('-') && e.iter().any(|x| x.contains("10.9.0.2")))
         .unwrap();
-    let listing = ns.nft(&["list", "table", "inet", ruleset::TABLE]);
+    let listing = ns.nft(&["list", "table", "inet", nft::TABLE]);
     let rules_using: Vec<u64> = listing["nftables"]
         .as_array()
         .unwrap()
@@ -204,14 +204,14 @@ fn a_netlink_change_the_kernel_refuses_falls_back_and_the_table_converges() {
     };
     for h in &rules_using {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "nft", "delete", "rule", "inet", ruleset::TABLE, &chain_of(*h), "handle"])
+            .args(["netns", "exec", &ns.0, "nft", "delete", "rule", "inet", nft::TABLE, &chain_of(*h), "handle"])
             .arg(h.to_string())
             .output()
             .unwrap();
         assert!(out.status.success());
     }
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "nft", "delete", "set", "inet", ruleset::TABLE, &set])
+        .args(["netns", "exec", &ns.0, "nft", "delete", "set", "inet", nft::TABLE, &set])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -257,7 +257,7 @@ fn every_form() -> Vec<Change> {
 /// The table as nft reads it back, without what the kernel numbers (handles) or counts
 /// (counters).
 fn listing_without_handles(ns: &Netns) -> Vec<Value> {
-    let mut listing = ns.nft(&["list", "table", "inet", ruleset::TABLE]);
+    let mut listing = ns.nft(&["list", "table", "inet", nft::TABLE]);
     fn strip(v: &mut Value) {
         match v {
             Value::Object(map) => {
@@ -288,15 +288,15 @@ fn a_table_sent_over_netlink_reads_back_as_the_same_table_sent_through_nft() {
     let mut compiler = Compiler::new();
     compiler.load(1, every_form());
     let span = compiler.span("node-1");
-    let target = render::render(&span);
+    let target = nft::render(&span);
     assert!(target.chains.values().flat_map(|c| &c.rules).all(|r| r.wire.is_some()), "every rule has bytecode");
 
     let (by_netlink, by_nft) = (Netns::new("wire"), Netns::new("json"));
     let mut datapath = NftDatapath::new(Some(by_netlink.0.clone()));
     datapath.apply(&NodeSpan::default(), &span, None).unwrap();
     assert!(datapath.last.netlink, "the full apply went over netlink");
-    let commands = ruleset::Ruleset::default().diff(&target);
-    weft_agent::nft::Nft::new(Some(by_nft.0.clone())).run(&commands).unwrap();
+    let commands = nft::Ruleset::default().diff(&target);
+    nft::Nft::new(Some(by_nft.0.clone())).run(&commands).unwrap();
 
     let (wire, json) = (listing_without_handles(&by_netlink), listing_without_handles(&by_nft));
     assert!(json.len() > 40, "the table has content: {} items", json.len());
@@ -306,7 +306,7 @@ fn a_table_sent_over_netlink_reads_back_as_the_same_table_sent_through_nft() {
     assert_eq!(wire.len(), json.len());
 
     // What the agent reads back is the table it rendered: nothing to change.
-    let mut socket = weft_agent::nft::netlink::Socket::open(Some(&by_netlink.0)).unwrap();
-    let kernel = weft_agent::nft::listing::decode(&socket.table().unwrap().expect("a table")).unwrap();
-    assert_eq!(kernel.diff(&target), vec![ruleset::Command::AddTable]);
+    let mut socket = nft::Socket::open(Some(&by_netlink.0)).unwrap();
+    let kernel = nft::decode_table(&socket.table().unwrap().expect("a table")).unwrap();
+    assert_eq!(kernel.diff(&target), vec![nft::Command::AddTable]);
 }

@@ -7,7 +7,7 @@ fn main() {
     let span = weft_bench::datapath::heavy_span(500, 5000);
     for _ in 0..5 {
         let t = Instant::now();
-        let r = weft_agent::nft::render::render(&span);
+        let r = weft_agent::nft::render(&span);
         let a = t.elapsed();
         let t = Instant::now();
         drop(r);

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use uuid::Uuid;
-use weft_agent::nft::batch::Batch;
-use weft_agent::nft::{NftDatapath, Ruleset, render, ruleset};
+use weft_agent::nft::{self, Batch, NftDatapath, Ruleset};
 use weft_agent::{Datapath, Saved, StateDir};
 use weft_compiler::synthetic::{self, Shape};
 use weft_compiler::{Change, Compiler, NodeSpan, SpanDelta};
@@ -209,12 +208,12 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
     let mut compiler = Compiler::new();
     compiler.load(1, heavy_node(config.ports, config.rules));
     let span = compiler.span(NODE);
-    let rendered = render::render(&span);
+    let rendered = nft::render(&span);
 
     let (mut render_times, mut encode_times) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let started = Instant::now();
-        let rendered = render::render(&span);
+        let rendered = nft::render(&span);
         render_times.push(started.elapsed());
         let started = Instant::now();
         let batch = Batch::encode(&Ruleset::default().diff(&rendered)).map_err(BenchError::Other)?;
@@ -223,16 +222,16 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
     }
 
     if let Some(path) = &config.dump {
-        let commands = Ruleset::default().diff(&render::render(&span));
-        std::fs::write(path, ruleset::encode(&commands)).map_err(other)?;
+        let commands = Ruleset::default().diff(&nft::render(&span));
+        std::fs::write(path, nft::nft_input(&commands)).map_err(other)?;
     }
     let netns = Netns::create("apply")?;
     // The kernel's part alone: the encoded batch sent to an empty namespace.
     let batch = Batch::encode(&Ruleset::default().diff(&rendered)).map_err(BenchError::Other)?;
-    let mut socket = weft_agent::nft::netlink::Socket::open(Some(&netns.0)).map_err(other)?;
+    let mut socket = nft::Socket::open(Some(&netns.0)).map_err(other)?;
     let mut kernel = Vec::new();
     for _ in 0..runs {
-        weft_agent::nft::delete_table(Some(&netns.0)).map_err(other)?;
+        nft::delete_table(Some(&netns.0)).map_err(other)?;
         let started = Instant::now();
         socket.send(&batch).map_err(|e| BenchError::Other(format!("the kernel refused the batch: {}", e.error)))?;
         kernel.push(started.elapsed());
@@ -240,7 +239,7 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
     let mut full = Vec::new();
     for _ in 0..runs {
         let mut datapath = NftDatapath::new(Some(netns.0.clone()));
-        weft_agent::nft::delete_table(Some(&netns.0)).map_err(other)?;
+        nft::delete_table(Some(&netns.0)).map_err(other)?;
         let started = Instant::now();
         datapath.apply(&NodeSpan::default(), &span, None).map_err(other)?;
         full.push(started.elapsed());
@@ -281,7 +280,7 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
             let delta: SpanDelta = compiler.apply(revision, [change]).for_node(NODE);
             let mut next = current.clone();
             next.apply(&delta);
-            member_commands = render::delta_commands(&current, &next, &delta).len();
+            member_commands = nft::delta_commands(&current, &next, &delta).len();
             let started = Instant::now();
             datapath.apply(&current, &next, Some(&delta)).map_err(other)?;
             times.push(started.elapsed());
@@ -297,12 +296,12 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
     }
     let _ = std::fs::remove_dir_all(&state_path);
     // The re-check of established connections that follows a change that may revoke.
-    let mut socket = weft_agent::nft::netlink::Socket::open(Some(&netns.0)).map_err(other)?;
-    let own = weft_agent::nft::conntrack::node_addresses(Some(&netns.0)).map_err(other)?;
+    let mut socket = nft::Socket::open(Some(&netns.0)).map_err(other)?;
+    let own = nft::node_addresses(Some(&netns.0)).map_err(other)?;
     let mut passes = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        weft_agent::nft::conntrack::cut(&mut socket, &own, &current).map_err(other)?;
+        nft::cut_revoked(&mut socket, &own, &current).map_err(other)?;
         passes.push(started.elapsed());
     }
     drop(netns);

@@ -22,7 +22,12 @@ pub enum Family {
 
 impl Family {
     pub fn covers(self, addr: &IpAddr) -> bool {
-        matches!((self, addr), (Family::Both, _) | (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)))
+        self.has(addr.is_ipv6())
+    }
+
+    /// Whether a rule of this family says anything of IPv6 (`v6`) or of IPv4 (not `v6`).
+    pub fn has(self, v6: bool) -> bool {
+        matches!((self, v6), (Family::Both, _) | (Family::V4, false) | (Family::V6, true))
     }
 }
 

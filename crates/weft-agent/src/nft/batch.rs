@@ -9,20 +9,17 @@
 use std::net::IpAddr;
 
 use super::bytecode;
-use super::netlink::{attr, attr_str, c_string, message, nest};
 use super::ruleset::{Command, Element, Hook, SetKind, TABLE};
+use super::wire::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, attr, attr_str, c_string, message, nest};
 
-const NLA_F_NESTED: u16 = 0x8000;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFPROTO_INET: u8 = 1;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFPROTO_INET: u8 = 1;
 
-const NFT_MSG_NEWTABLE: u16 = 0;
+pub(super) const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
 pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
@@ -506,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_new_sets_elements_name_it_by_transaction_id_and_later_ones_by_name() {
-        use crate::nft::netlink::attributes;
+        use crate::nft::wire::attributes;
         let elements: std::collections::BTreeSet<Element> =
             [Element::Addr("10.0.0.1".parse().expect("address"))].into_iter().collect();
         let kind = SetKind::Addr { v6: false };

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use super::expr::{Field, Left, Op, Right, Stmt};
-use super::netlink::{attr, attr_str, c_string, nest};
+use super::wire::{attr, attr_str, c_string, nest};
 
 const NFTA_LIST_ELEM: u16 = 1;
 pub(super) const NFTA_EXPR_NAME: u16 = 1;
@@ -453,10 +453,10 @@ mod tests {
 
     /// The expression names of a compiled rule, in order.
     fn names(bytes: &[u8]) -> Vec<String> {
-        super::super::netlink::attributes(bytes)
+        super::super::wire::attributes(bytes)
             .into_iter()
             .filter_map(|(_, elem, _)| {
-                let (_, name, _) = super::super::netlink::attributes(elem).into_iter().next()?;
+                let (_, name, _) = super::super::wire::attributes(elem).into_iter().next()?;
                 Some(String::from_utf8_lossy(name).trim_end_matches('\0').to_string())
             })
             .collect()

@@ -11,7 +11,8 @@ use weft_compiler::eval::{self, Packet};
 use weft_compiler::{NodeSpan, PortPolicy, SpanDelta};
 use weft_model::Direction;
 
-use super::netlink::{Socket, TrackedFlow};
+use super::ctnetlink::{Flow, TrackedFlow};
+use super::netlink::Socket;
 
 /// Whether a delta can take an allowance away. Pure additions (new members, new sets, new
 /// ports) cannot, and those are most deltas: the conntrack table is not read for them.
@@ -24,17 +25,6 @@ pub fn may_revoke(delta: &SpanDelta) -> bool {
         })
         // A port that changes may have become isolated; a removed one has no policy to keep.
         || !delta.ports_upserted.is_empty()
-}
-
-/// One conntrack entry's original direction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Flow {
-    pub protocol: u8,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
-    pub icmp: Option<(u8, u8)>,
 }
 
 /// The local port at each address of a span.

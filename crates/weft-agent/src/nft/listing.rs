@@ -23,8 +23,8 @@ use super::bytecode::{
     NF_DROP, NFT_JUMP, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA,
     NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
 };
-use super::netlink::{attributes, ip_address as address};
 use super::ruleset::{Chain, Element, Hook, Rule, Ruleset, Set, SetKind, TABLE};
+use super::wire::{attributes, ip_address as address};
 
 /// A set nft makes for a rule's inline `{ ... }`: never one of weft's (it writes none).
 const NFT_SET_ANONYMOUS: u32 = 0x1;

@@ -1,6 +1,8 @@
-//! Netlink sockets to the kernel's netfilter: nf_tables batches ([`Batch`], every change of
-//! the table) and the conntrack table (ctnetlink), listed and pruned after a change that may
-//! revoke.
+//! Netlink sockets, the only I/O of the datapath: nf_tables batches sent ([`Batch`], every
+//! change of the table) and the table dumped back, the conntrack table listed and pruned after
+//! a change that may revoke, and a namespace's addresses. What goes over them is encoded and
+//! decoded, without a socket, in [`super::wire`], [`super::batch`], [`super::listing`] and
+//! [`super::ctnetlink`].
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -11,43 +13,18 @@ use rustix::net::sockopt::Timeout;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
 use super::batch::{
-    Batch, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE,
+    Batch, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM,
+    NFT_MSG_NEWTABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
 };
-use super::conntrack::Flow;
+use super::ctnetlink::{self, TrackedFlow};
 use super::listing::{self, TableDump};
+use super::wire::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, align, attr_str, attributes, ip_address, message,
+    request_chunks, word,
+};
 use crate::netns;
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-const IPCTNL_MSG_CT_NEW: u16 = 0;
-const IPCTNL_MSG_CT_GET: u16 = 1;
-const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_ZONE: u16 = 18;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_IP_V6_SRC: u16 = 3;
-const CTA_IP_V6_DST: u16 = 4;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-const CTA_PROTO_ICMP_TYPE: u16 = 5;
-const CTA_PROTO_ICMP_CODE: u16 = 6;
-const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
-const CTA_PROTO_ICMPV6_CODE: u16 = 9;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const NLM_F_ACK: u16 = 0x4;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
-const NFPROTO_INET: u8 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSET: u16 = 10;
@@ -282,28 +259,13 @@ impl Socket {
     }
 }
 
-/// A conntrack entry as the kernel listed it: its original direction, and the attributes
-/// that name it for deletion (as the kernel wrote them).
-#[derive(Debug, Clone)]
-pub struct TrackedFlow {
-    pub flow: Flow,
-    family: u8,
-    name: Vec<u8>,
-}
-
 impl Socket {
     /// Every conntrack entry of the namespace (both families).
     pub fn conntrack(&mut self) -> io::Result<Vec<TrackedFlow>> {
         self.seq = self.seq.wrapping_add(1);
-        let mut request = Vec::new();
-        let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
-        message(&mut request, kind, NLM_F_REQUEST | NLM_F_DUMP, self.seq, [0, 0, 0, 0], &[]);
+        let request = ctnetlink::dump_request(self.seq);
         let mut out = Vec::new();
-        self.dumped(&request, |kind, payload| {
-            if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && payload.len() >= 4 {
-                out.extend(tracked(payload[0], &payload[4..]));
-            }
-        })?;
+        self.dumped(&request, |kind, payload| out.extend(ctnetlink::listed(kind, payload)))?;
         Ok(out)
     }
 
@@ -313,191 +275,12 @@ impl Socket {
         let mut waiting = std::collections::BTreeSet::new();
         for entry in entries {
             self.seq = self.seq.wrapping_add(1);
-            let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
-            message(&mut request, kind, NLM_F_REQUEST | NLM_F_ACK, self.seq, [entry.family, 0, 0, 0], &entry.name);
+            ctnetlink::delete_request(&mut request, self.seq, entry);
             waiting.insert(self.seq);
         }
         for chunk in request_chunks(&request) {
             rustix::net::sendto(&self.fd, chunk, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
         }
         self.acks(waiting, rustix::io::Errno::NOENT.raw_os_error())
-    }
-}
-
-/// Whole messages, at most 32 KiB a send (a datagram must fit the socket's buffer).
-fn request_chunks(bytes: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let (mut start, mut at) = (0, 0);
-    while at + 4 <= bytes.len() {
-        let len = align(u32::from_ne_bytes(word(bytes, at)) as usize).max(4);
-        if at + len - start > 32 << 10 && at > start {
-            out.push(&bytes[start..at]);
-            start = at;
-        }
-        at += len;
-    }
-    if start < bytes.len() {
-        out.push(&bytes[start..]);
-    }
-    out
-}
-
-/// The attributes of a netlink payload: (type without flags, payload, the whole attribute).
-pub(super) fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
-    let mut out = Vec::new();
-    while bytes.len() >= 4 {
-        let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
-        if len < 4 || len > bytes.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & NLA_TYPE_MASK;
-        out.push((kind, &bytes[4..len], &bytes[..len]));
-        bytes = &bytes[align(len).min(bytes.len())..];
-    }
-    out
-}
-
-/// One listed entry: its original tuple read, and kept as the kernel wrote it.
-fn tracked(family: u8, attrs: &[u8]) -> Option<TrackedFlow> {
-    let mut name = Vec::new();
-    let mut flow = None;
-    for (kind, payload, whole) in attributes(attrs) {
-        match kind {
-            CTA_TUPLE_ORIG => {
-                flow = tuple(payload);
-                name.extend_from_slice(whole);
-                name.resize(align(name.len()), 0);
-            }
-            CTA_ZONE => {
-                name.extend_from_slice(whole);
-                name.resize(align(name.len()), 0);
-            }
-            _ => {}
-        }
-    }
-    Some(TrackedFlow { flow: flow?, family, name })
-}
-
-/// An address of 4 or 16 bytes, as netlink carries one.
-pub(super) fn ip_address(b: &[u8]) -> Option<std::net::IpAddr> {
-    match b.len() {
-        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
-        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
-        _ => None,
-    }
-}
-
-fn tuple(payload: &[u8]) -> Option<Flow> {
-    let (mut src, mut dst, mut protocol) = (None, None, None);
-    let (mut sport, mut dport, mut itype, mut icode) = (None, None, None, None);
-    let address = ip_address;
-    let port = |b: &[u8]| -> Option<u16> { Some(u16::from_be_bytes(<[u8; 2]>::try_from(b.get(..2)?).ok()?)) };
-    for (kind, inner, _) in attributes(payload) {
-        match kind {
-            CTA_TUPLE_IP => {
-                for (k, v, _) in attributes(inner) {
-                    match k {
-                        CTA_IP_V4_SRC | CTA_IP_V6_SRC => src = address(v),
-                        CTA_IP_V4_DST | CTA_IP_V6_DST => dst = address(v),
-                        _ => {}
-                    }
-                }
-            }
-            CTA_TUPLE_PROTO => {
-                for (k, v, _) in attributes(inner) {
-                    match k {
-                        CTA_PROTO_NUM => protocol = v.first().copied(),
-                        CTA_PROTO_SRC_PORT => sport = port(v),
-                        CTA_PROTO_DST_PORT => dport = port(v),
-                        CTA_PROTO_ICMP_TYPE | CTA_PROTO_ICMPV6_TYPE => itype = v.first().copied(),
-                        CTA_PROTO_ICMP_CODE | CTA_PROTO_ICMPV6_CODE => icode = v.first().copied(),
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Some(Flow { protocol: protocol?, src: src?, dst: dst?, sport, dport, icmp: itype.zip(icode) })
-}
-
-fn word(buf: &[u8], at: usize) -> [u8; 4] {
-    [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
-}
-
-fn align(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-/// A netlink message: header, nfgenmsg (family, version, resource id), attributes.
-pub(super) fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, nfgen: [u8; 4], attrs: &[u8]) {
-    let len = (16 + 4 + attrs.len()) as u32;
-    out.extend_from_slice(&len.to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&nfgen);
-    out.extend_from_slice(attrs);
-}
-
-pub(super) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(out.len() + align(len) - len, 0);
-}
-
-/// A nested attribute written in place: its header, what `body` writes, then its length.
-pub(super) fn nest(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    body(out);
-    let len = (out.len() - start) as u16;
-    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-}
-
-/// A string attribute (with its NUL), written without a copy of the string.
-pub(super) fn attr_str(out: &mut Vec<u8>, kind: u16, s: &str) {
-    let len = 4 + s.len() + 1;
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-    out.resize(out.len() + align(len) - len, 0);
-}
-
-pub(super) fn c_string(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_conntrack_entrys_original_tuple_and_keeps_its_name() {
-        let mut ip = Vec::new();
-        attr(&mut ip, CTA_IP_V4_SRC, &[10, 0, 0, 1]);
-        attr(&mut ip, CTA_IP_V4_DST, &[10, 0, 0, 2]);
-        let mut proto = Vec::new();
-        attr(&mut proto, CTA_PROTO_NUM, &[6]);
-        attr(&mut proto, CTA_PROTO_SRC_PORT, &45678u16.to_be_bytes());
-        attr(&mut proto, CTA_PROTO_DST_PORT, &80u16.to_be_bytes());
-        let mut tuple = Vec::new();
-        attr(&mut tuple, CTA_TUPLE_IP | NLA_F_NESTED, &ip);
-        attr(&mut tuple, CTA_TUPLE_PROTO | NLA_F_NESTED, &proto);
-        let mut entry = Vec::new();
-        attr(&mut entry, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple);
-        // The reply tuple, which must not be read as the original.
-        attr(&mut entry, 2 | NLA_F_NESTED, &tuple);
-        let tracked = tracked(2, &entry).expect("an entry");
-        assert_eq!(tracked.flow.src, "10.0.0.1".parse::<std::net::IpAddr>().expect("address"));
-        assert_eq!((tracked.flow.protocol, tracked.flow.sport, tracked.flow.dport), (6, Some(45678), Some(80)));
-        assert_eq!(tracked.name.len(), 4 + tuple.len(), "the name is the original tuple as written");
     }
 }

@@ -242,7 +242,7 @@ proptest! {
                 }
                 let icmp = if src.is_ipv6() { 58 } else { 1 };
                 for (protocol, dport) in [(6, Some(80)), (6, Some(81)), (17, Some(80)), (6, Some(443)), (icmp, None)] {
-                    let flow = super::conntrack::Flow {
+                    let flow = super::ctnetlink::Flow {
                         protocol,
                         src,
                         dst,

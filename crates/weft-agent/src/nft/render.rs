@@ -22,19 +22,23 @@
 //! direction has no entry in that direction's dispatch map. The folded sets hold, per local
 //! address, what the port-range rules of groups written in place allow (docs/datapath.md):
 //! port chains only accept until their drop, so accepting those before the dispatch is the
-//! same verdict for fewer kernel rules.
+//! same verdict for fewer kernel rules ([`fold`]). A delta's commands are in [`delta`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::expr::{Field, Left, Op, Right, Stmt};
 use uuid::Uuid;
 use weft_compiler::compiled::{L4Match, RemoteMatch, SetMembers};
-use weft_compiler::{
-    AddressSet, CompiledGroup, CompiledRule, Family, Isolation, MemberDelta, NodeSpan, PortPolicy, SetId, SpanDelta,
-};
+use weft_compiler::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
 
-use super::ruleset::{Chain, Command, Element, Hook, Rule, Ruleset, Set, SetKind, fnv1a64};
+use super::expr::{Field, Left, Op, Right, Stmt};
+use super::ruleset::{Chain, Element, Hook, Rule, Ruleset, Set, SetKind, fnv1a64};
+
+mod delta;
+mod fold;
+
+pub use delta::delta_commands;
+use fold::{FoldBox, fold_boxes, fold_elements};
 
 /// Interfaces of pods on weft's datapath start with this (DESIGN.md §7); traffic of one the
 /// agent does not know is dropped, so a pod is never open before its policy arrives.
@@ -304,17 +308,6 @@ struct GroupLines {
 /// Each group's kernel rules in each direction it has rules in.
 type GroupRules = BTreeMap<(Uuid, Dir), GroupLines>;
 
-/// What one folded rule allows, for every local address of a port it applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct FoldBox {
-    v6: bool,
-    proto: u8,
-    /// First and last remote address.
-    remote: (u128, u128),
-    /// First and last port.
-    ports: (u16, u16),
-}
-
 /// How many local ports each group applies to, in each direction.
 fn group_users(span: &NodeSpan) -> BTreeMap<(Uuid, Dir), usize> {
     let mut users = BTreeMap::new();
@@ -452,132 +445,11 @@ fn render_group(
     }
 }
 
-/// The boxes a rule allows, when it folds: a remote of any address or of a set written
-/// inline, and ports (or all ports) of TCP, UDP or SCTP. Rules of any protocol, ICMP, named
-/// ports and named sets do not fold.
-fn fold_boxes(rule: &CompiledRule, sets: &Sets) -> Option<Vec<FoldBox>> {
-    let protocols = match (&rule.l4, rule.protocol) {
-        (L4Match::Ranges(_), None) => PORTED.to_vec(),
-        (L4Match::Ranges(_) | L4Match::All, Some(p)) if PORTED.contains(&p) => vec![p],
-        _ => return None,
-    };
-    let ports = match &rule.l4 {
-        L4Match::Ranges(r) => r.clone(),
-        _ => vec![(0, u16::MAX)],
-    };
-    let remotes: Vec<(bool, (u128, u128))> = match &rule.remote {
-        RemoteMatch::Any => V4_V6
-            .iter()
-            .filter(|v6| covers(rule.family, **v6))
-            .map(|v6| (*v6, (0, if *v6 { u128::MAX } else { 0xffff_ffff })))
-            .collect(),
-        // Only sets written inline fold: any change of one re-renders the groups using it
-        // (see `delta_commands`), where a named set's member change is an element of its own.
-        RemoteMatch::Set(id) => match sets.get(id).map(|s| set_shape(s)) {
-            // A set the span does not hold matches nothing.
-            None => Vec::new(),
-            Some(SetShape::Inline(prefixes)) => prefixes
-                .iter()
-                .map(|p| (p.addr().is_ipv6(), (number(p.network()), number(p.broadcast()))))
-                .filter(|(v6, _)| covers(rule.family, *v6))
-                .collect(),
-            Some(SetShape::Named { .. }) => return None,
-        },
-        RemoteMatch::Pairs(_) => return None,
-    };
-    let mut boxes = Vec::new();
-    for (v6, remote) in remotes {
-        for proto in &protocols {
-            for range in &ports {
-                boxes.push(FoldBox { v6, proto: *proto, remote, ports: *range });
-            }
-        }
-    }
-    Some(boxes)
-}
-
-/// Whether a rule of `family` says anything of the family `v6` names.
-fn covers(family: Family, v6: bool) -> bool {
-    match family {
-        Family::Both => true,
-        Family::V4 => !v6,
-        Family::V6 => v6,
-    }
-}
-
-fn number(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(v4) => u32::from(v4).into(),
-        IpAddr::V6(v6) => v6.into(),
-    }
-}
-
-fn address(n: u128, v6: bool) -> IpAddr {
-    if v6 { IpAddr::V6(n.into()) } else { IpAddr::V4((n as u32).into()) }
-}
-
-/// First and last of a range of addresses (as numbers), or of ports.
-type Span = (u128, u128);
-type Span16 = (u16, u16);
-/// A remote range and a port range.
-type RangeBox = (Span, Span16);
-
-/// The union of boxes (remote range × port range) as boxes that do not overlap: the kernel
-/// refuses an element of a concatenated interval set that overlaps another, and rules
-/// overlap freely (10.0.0.0/8 port 80–90 and 10.1.0.0/16 port 85–100). The remote ranges are
-/// cut where any box starts or ends; each piece takes the merged ports of the boxes covering
-/// it, and neighbouring pieces with the same ports join again.
-fn disjoint(boxes: &[RangeBox]) -> Vec<RangeBox> {
-    let mut cuts: Vec<u128> = boxes.iter().flat_map(|((lo, hi), _)| [Some(*lo), hi.checked_add(1)]).flatten().collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    // (remote range, merged ports) of each piece some box covers, in order.
-    let mut pieces: Vec<(Span, Vec<Span16>)> = Vec::new();
-    for (i, lo) in cuts.iter().enumerate() {
-        let hi = cuts.get(i + 1).map_or(u128::MAX, |next| next - 1);
-        let mut ports: Vec<(u16, u16)> =
-            boxes.iter().filter(|((a, b), _)| *a <= *lo && hi <= *b).map(|(_, p)| *p).collect();
-        if ports.is_empty() {
-            continue;
-        }
-        ports.sort_unstable();
-        let mut merged: Vec<(u16, u16)> = Vec::new();
-        for (a, b) in ports {
-            match merged.last_mut() {
-                Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
-                _ => merged.push((a, b)),
-            }
-        }
-        match pieces.last_mut() {
-            Some(((_, prev_hi), prev)) if prev_hi.checked_add(1) == Some(*lo) && *prev == merged => *prev_hi = hi,
-            _ => pieces.push(((*lo, hi), merged)),
-        }
-    }
-    pieces.into_iter().flat_map(|(remote, ports)| ports.into_iter().map(move |p| (remote, p))).collect()
-}
-
-/// The folded elements of one local address: the boxes of its family, made disjoint per
-/// protocol.
-fn fold_elements(local: IpAddr, boxes: &[FoldBox]) -> impl Iterator<Item = Element> + '_ {
-    let v6 = local.is_ipv6();
-    let protocols: BTreeSet<u8> = boxes.iter().filter(|b| b.v6 == v6).map(|b| b.proto).collect();
-    protocols.into_iter().flat_map(move |proto| {
-        let of_proto: Vec<_> =
-            boxes.iter().filter(|b| b.v6 == v6 && b.proto == proto).map(|b| (b.remote, b.ports)).collect();
-        disjoint(&of_proto).into_iter().map(move |(remote, ports)| Element::Fold {
-            local,
-            remote: (address(remote.0, v6), address(remote.1, v6)),
-            proto,
-            ports,
-        })
-    })
-}
-
 /// One compiled rule for one family, as kernel rules. Several port ranges (or "any protocol"
 /// with ports) become several rules rather than an anonymous set: the kernel's cost of
 /// creating anonymous sets grows with the square of their number in one transaction.
 fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<Stmt>> {
-    if !covers(rule.family, v6) {
+    if !rule.family.has(v6) {
         return Vec::new();
     }
     let remote_field = if dir == Dir::In { "saddr" } else { "daddr" };
@@ -763,182 +635,9 @@ fn port_groups(port: &PortPolicy) -> impl Iterator<Item = Uuid> + '_ {
     })
 }
 
-/// What a delta touches, by name.
-#[derive(Default)]
-struct Touched {
-    groups: BTreeSet<Uuid>,
-    ports: BTreeSet<Uuid>,
-    sets: BTreeSet<SetId>,
-    globals: bool,
-}
-
-/// The objects `touched` names, as `span` has them (absent ones are simply not there).
-fn render_touched(span: &NodeSpan, touched: &Touched) -> Ruleset {
-    let mut out = Ruleset::default();
-    for id in &touched.sets {
-        if let Some(set) = span.sets.get(id) {
-            render_set(&mut out, *id, set);
-        }
-    }
-    // The rules of the touched groups, and of every group a touched port's chain may hold.
-    let mut needed = touched.groups.clone();
-    for id in &touched.ports {
-        if let Some(port) = span.ports.get(id) {
-            needed.extend(port_groups(port));
-        }
-    }
-    // Who uses each group decides where its rules go; only a change of groups or ports asks.
-    let users = if needed.is_empty() { BTreeMap::new() } else { group_users(span) };
-    let mut rules = GroupRules::new();
-    for id in &needed {
-        if let Some(group) = span.groups.get(id) {
-            render_group(&mut rules, *id, group, &span.sets, &users);
-        }
-    }
-    for ((id, dir), lines) in &rules {
-        if touched.groups.contains(id) && !lines.in_place {
-            out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: lines.rules.clone() });
-        }
-    }
-    for id in &touched.ports {
-        if let Some(port) = span.ports.get(id) {
-            render_port(&mut out, *id, port, &rules);
-        }
-    }
-    if touched.globals {
-        let mut globals = Ruleset::default();
-        skeleton(&mut globals);
-        render_port_globals(&mut globals, span);
-        // The folded sets hold the touched ports' elements only (both sides of the diff do).
-        for (name, set) in globals.sets {
-            out.sets.entry(name).or_insert(set);
-        }
-    }
-    out
-}
-
-/// The commands that turn the table of `old` into the table of `new`, given `delta` (which
-/// turns `old` into `new`). A set's member change is an element add/delete; only the chains,
-/// sets and maps the delta touches are rendered.
-pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<Command> {
-    let mut touched = Touched::default();
-    touched.groups.extend(delta.groups_upserted.keys().chain(&delta.groups_removed));
-    touched.ports.extend(delta.ports_upserted.keys().chain(&delta.ports_removed));
-    touched.sets.extend(delta.sets_defined.keys().chain(&delta.sets_dropped));
-    // Rules follow their sets' shapes (named per family, or inlined): a set arriving, leaving,
-    // or gaining its first (losing its last) member of a family re-renders the rules using it.
-    let shape = |span: &NodeSpan, id: &SetId| span.sets.get(id).map(|s| set_shape(s));
-    let reshaped: BTreeSet<SetId> = delta
-        .sets_changed
-        .keys()
-        .filter(|id| shape(old, id) != shape(new, id))
-        .chain(delta.sets_defined.keys())
-        .chain(&delta.sets_dropped)
-        .copied()
-        .collect();
-    if !reshaped.is_empty() {
-        touched.sets.extend(&reshaped);
-        for (id, group) in old.groups.iter().chain(new.groups.iter()) {
-            let uses = group.ingress.iter().chain(&group.egress).any(|r| match r.remote {
-                RemoteMatch::Set(s) | RemoteMatch::Pairs(s) => reshaped.contains(&s),
-                RemoteMatch::Any => false,
-            });
-            if uses {
-                touched.groups.insert(*id);
-            }
-        }
-    }
-    // A port's chain holds its groups' rules or jumps to their chains, and which one depends
-    // on how many local ports each group has: the groups of a port that changed are touched,
-    // and so is every port of a touched group.
-    for id in &touched.ports {
-        for span in [old, new] {
-            if let Some(port) = span.ports.get(id) {
-                touched.groups.extend(port_groups(port));
-            }
-        }
-    }
-    if !touched.groups.is_empty() {
-        for span in [old, new] {
-            for (id, port) in span.ports.iter() {
-                if port_groups(port).any(|g| touched.groups.contains(&g)) {
-                    touched.ports.insert(*id);
-                }
-            }
-        }
-    }
-    touched.globals = !touched.ports.is_empty() || !touched.groups.is_empty();
-    let before = render_touched(old, &touched);
-    let after = render_touched(new, &touched);
-    let mut commands = before.diff(&after);
-    // Member changes of sets both sides hold, straight from the delta.
-    let mut members = Vec::new();
-    for (id, change) in &delta.sets_changed {
-        if touched.sets.contains(id) {
-            continue;
-        }
-        let Some(set) = new.sets.get(id) else { continue };
-        member_commands(*id, &set.members, change, &mut members);
-    }
-    commands.splice(1..1, members);
-    commands
-}
-
-fn member_commands(id: SetId, members: &SetMembers, change: &MemberDelta, out: &mut Vec<Command>) {
-    for v6 in V4_V6 {
-        let kind = set_kind(members, v6);
-        let removed = elements(&change.removed_addresses, &change.removed_prefixes, &change.removed_pairs, v6);
-        let added = elements(&change.added_addresses, &change.added_prefixes, &change.added_pairs, v6);
-        let name = set_name(id, v6);
-        if !removed.is_empty() {
-            out.push(Command::DeleteElements { name: name.clone(), kind, elements: removed });
-        }
-        if !added.is_empty() {
-            out.push(Command::AddElements { name, kind, elements: added });
-        }
-    }
-}
-
-/// One side of a member change (added or removed), as the elements of one family's nft set.
-fn elements(
-    addresses: &BTreeSet<IpAddr>,
-    prefixes: &[ipnet::IpNet],
-    pairs: &BTreeSet<(IpAddr, u16)>,
-    v6: bool,
-) -> Vec<Element> {
-    addresses
-        .iter()
-        .filter(|a| a.is_ipv6() == v6)
-        .map(|a| Element::Addr(*a))
-        .chain(prefixes.iter().filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6).map(|p| Element::Prefix(*p)))
-        .chain(pairs.iter().filter(|(a, _)| a.is_ipv6() == v6).map(|(a, p)| Element::AddrPort(*a, *p)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    fn covered(boxes: &[RangeBox], remote: u128, port: u16) -> bool {
-        boxes.iter().any(|((a, b), (lo, hi))| *a <= remote && remote <= *b && *lo <= port && port <= *hi)
-    }
-
-    proptest! {
-        #[test]
-        fn disjoint_boxes_cover_what_the_boxes_cover_once(
-            raw in prop::collection::vec((0u128..40, 0u128..12, 0u16..40, 0u16..12), 0..8),
-        ) {
-            let boxes: Vec<RangeBox> = raw.iter().map(|(a, w, p, q)| ((*a, a + w), (*p, p + q))).collect();
-            let pieces = disjoint(&boxes);
-            for remote in 0..56 {
-                for port in 0..56 {
-                    let hits = pieces.iter().filter(|b| covered(std::slice::from_ref(b), remote, port)).count();
-                    prop_assert_eq!(hits, usize::from(covered(&boxes, remote, port)), "at {} {}", remote, port);
-                }
-            }
-        }
-    }
 
     fn policy(name: &str, address: &str, groups: &[Uuid]) -> PortPolicy {
         PortPolicy {
@@ -1064,16 +763,6 @@ mod tests {
         assert!(table.sets["spoof-4"].elements.is_empty());
         assert_eq!(table.chains[REFUSED_CHAIN].rules.len(), 1);
         assert_eq!(crate::datapath::problems(&span).len(), 1);
-    }
-
-    #[test]
-    fn disjoint_boxes_join_neighbours_and_reach_the_ends_of_the_space() {
-        // Two halves of a range with the same ports are one box; the top of the space, too.
-        let boxes = [((0, 9), (80, 80)), ((10, 19), (80, 80)), ((u128::MAX - 1, u128::MAX), (1, 2))];
-        assert_eq!(disjoint(&boxes), vec![((0, 19), (80, 80)), ((u128::MAX - 1, u128::MAX), (1, 2))]);
-        // Overlapping remotes split where their ports differ; touching ports merge.
-        let boxes = [((0, 9), (80, 90)), ((5, 14), (91, 100))];
-        assert_eq!(disjoint(&boxes), vec![((0, 4), (80, 90)), ((5, 9), (80, 100)), ((10, 14), (91, 100))]);
     }
 
     #[test]

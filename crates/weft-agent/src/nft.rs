@@ -1,26 +1,49 @@
 //! The kernel datapath: the node's span enforced by nftables (DESIGN.md §7).
 //!
+//! The module is a tree with a pure half and one module of I/O:
+//!
+//! ```text
+//!  span ──render──► Ruleset ──diff──► [Command] ──batch──► netlink bytes ──netlink──► kernel
+//!        (render,    (ruleset,          │                  (wire: the TLV codec)     │
+//!         fold,       expr, bytecode)   └─json (nft's input form, for tests and tools)│
+//!         delta)                                                                      │
+//!  Ruleset ◄──listing── netlink dump ◄────────────────────────────────────────────────┘
+//!  conntrack (what a change revokes) ──ctnetlink──► netlink
+//! ```
+//!
 //! Every change is one transaction, sent to the kernel as one nf_tables netlink batch: rules
 //! are compiled to bytecode when rendered ([`bytecode`]) and the batch is encoded without nft
 //! ([`batch`]), because nft's own parsing and checking of a large table took two thirds of a
 //! full apply (docs/datapath.md). The table is read back over netlink too ([`listing`]), so
 //! the agent runs no program at all: nothing on a node can be missing, or fail silently.
 //! After a change that may take an allowance away, the conntrack entries the new span no
-//! longer allows are deleted, so established connections are cut too.
+//! longer allows are deleted, so established connections are cut too ([`conntrack`]).
+//! Only [`netlink`] touches a socket; everything else is pure and tested without a kernel.
 //!
 //! [`Nft`] drives the nft program itself; tests and tools use it to compare weft's encoding
 //! with nft's, never the agent.
 
-pub mod batch;
-pub mod bytecode;
-pub mod conntrack;
-pub mod expr;
-pub mod listing;
-pub mod netlink;
+mod batch;
+mod bytecode;
+mod conntrack;
+mod ctnetlink;
+mod expr;
+mod json;
+mod listing;
+mod netlink;
 #[cfg(test)]
 mod proptests;
-pub mod render;
-pub mod ruleset;
+mod render;
+mod ruleset;
+mod wire;
+
+pub use batch::Batch;
+pub use conntrack::{cut as cut_revoked, node_addresses};
+pub use json::{encode as nft_input, to_json as nft_json};
+pub use listing::{TableStats, decode as decode_table};
+pub use netlink::Socket;
+pub use render::{delta_commands, render};
+pub use ruleset::{Command, Ruleset, TABLE};
 
 use std::io::Write;
 use std::process::Stdio;
@@ -30,7 +53,6 @@ use weft_compiler::{NodeSpan, SpanDelta};
 
 use crate::datapath::{Datapath, DatapathError};
 use crate::netns;
-pub use ruleset::{Command, Ruleset};
 
 /// Runs `nft` in a namespace (or the agent's own): for tests and tools that compare weft's
 /// netlink encoding with nft's. The agent never runs it.
@@ -46,7 +68,7 @@ impl Nft {
 
     /// Sends one transaction: all of it happens, or none.
     pub fn run(&self, commands: &[Command]) -> Result<(), DatapathError> {
-        self.input(&ruleset::encode(commands))
+        self.input(&json::encode(commands))
     }
 
     fn input(&self, body: &[u8]) -> Result<(), DatapathError> {
