@@ -12,22 +12,22 @@
 //! With a lease configured, only the candidate holding it writes; the others wait, and a
 //! holder that cannot renew in time stops writing before anyone else may start.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use weft_client::Client;
 
-use crate::lease::{Elector, LeaseConfig};
-use crate::reconcile::{self, Desired, Mirror, Scope};
+use crate::index::{ClusterIndex, Input, PartialWork};
+use crate::lease::{self, LeaseConfig};
+use crate::reconcile::{self, Mirror};
 use crate::translate::{Options, Problem};
 
 #[derive(Debug, Clone)]
@@ -65,138 +65,25 @@ const BURST_GAP: Duration = Duration::from_millis(10);
 /// A refused write is retried after this, doubling up to [`MOST_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MOST_BACKOFF: Duration = Duration::from_secs(30);
-/// Full reconciliations retried at once when an object changed between listing and writing.
-const ATTEMPTS: usize = 5;
 
 /// Runs kube-manager until `stop` completes: follows, leads when the lease is won, releases
 /// the lease on the way out.
 pub async fn run(kube: kube::Client, weft: Client, config: ClusterConfig, stop: impl Future<Output = ()>) {
-    tokio::pin!(stop);
-    let Some(lease) = config.lease.clone() else {
+    let leading = |on: bool| {
         if let Some(m) = &config.metrics {
-            m.leader.set(1);
+            m.leader.set(i64::from(on));
         }
-        tokio::select! {
-            _ = manage(&kube, &weft, &config) => {}
-            _ = &mut stop => {}
-        }
-        return;
     };
-    let mut elector = Elector::new(kube.clone(), lease.clone());
-    loop {
-        loop {
-            match tokio::time::timeout(lease.retry, elector.try_acquire()).await {
-                Ok(Ok(true)) => break,
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the lease"),
-                Err(_) => tracing::warn!("the lease did not answer in time"),
-            }
+    match config.lease.clone() {
+        None => {
+            leading(true);
             tokio::select! {
-                _ = tokio::time::sleep(lease.retry) => {}
-                _ = &mut stop => return,
+                _ = manage(&kube, &weft, &config) => {}
+                _ = stop => {}
             }
         }
-        tracing::info!(identity = %lease.identity, lease = %lease.name, "leading");
-        let leading = |on: bool| {
-            if let Some(m) = &config.metrics {
-                m.leader.set(i64::from(on));
-            }
-        };
-        leading(true);
-        let lost = tokio::select! {
-            _ = manage(&kube, &weft, &config) => false,
-            _ = keep(&mut elector) => true,
-            _ = &mut stop => false,
-        };
-        leading(false);
-        if lost {
-            tracing::warn!(identity = %lease.identity, "lost the lease: stopped writing, following");
-            continue;
-        }
-        if let Err(e) = elector.release().await {
-            tracing::warn!(error = %e, "could not release the lease; another kube-manager takes over when it expires");
-        }
-        return;
+        Some(lease) => lease::lead(kube.clone(), lease, || manage(&kube, &weft, &config), leading, stop).await,
     }
-}
-
-/// Renews the lease; returns when it is lost or was not renewed within the deadline.
-async fn keep(elector: &mut Elector) {
-    let (retry, deadline) = (elector.config().retry, elector.config().renew_deadline());
-    let mut renewed = Instant::now();
-    loop {
-        tokio::time::sleep(retry).await;
-        match tokio::time::timeout(retry, elector.try_acquire()).await {
-            Ok(Ok(true)) => renewed = Instant::now(),
-            Ok(Ok(false)) => return,
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the lease"),
-            Err(_) => tracing::warn!("renewing the lease did not answer in time"),
-        }
-        if renewed.elapsed() >= deadline {
-            return;
-        }
-    }
-}
-
-/// One watched type: its objects by (namespace, name), and the listing under way.
-#[derive(Debug)]
-struct Watched<K> {
-    objects: BTreeMap<(String, String), K>,
-    listing: Option<BTreeMap<(String, String), K>>,
-    listed: bool,
-}
-
-impl<K> Default for Watched<K> {
-    fn default() -> Self {
-        Watched { objects: BTreeMap::new(), listing: None, listed: false }
-    }
-}
-
-enum Absorbed {
-    Changed((String, String), bool),
-    Listed,
-    Nothing,
-}
-
-fn key_of<K: ResourceExt>(object: &K) -> (String, String) {
-    (object.namespace().unwrap_or_default(), object.name_any())
-}
-
-impl<K: ResourceExt> Watched<K> {
-    /// Takes in one watch event. A change says whether the object is new.
-    fn absorb(&mut self, event: Event<K>) -> Absorbed {
-        match event {
-            Event::Init => {
-                self.listing = Some(BTreeMap::new());
-                Absorbed::Nothing
-            }
-            Event::InitApply(object) => {
-                self.listing.get_or_insert_default().insert(key_of(&object), object);
-                Absorbed::Nothing
-            }
-            Event::InitDone => {
-                self.objects = self.listing.take().unwrap_or_default();
-                self.listed = true;
-                Absorbed::Listed
-            }
-            Event::Apply(object) => {
-                let key = key_of(&object);
-                let new = self.objects.insert(key.clone(), object).is_none();
-                Absorbed::Changed(key, new)
-            }
-            Event::Delete(object) => {
-                let key = key_of(&object);
-                self.objects.remove(&key);
-                Absorbed::Changed(key, false)
-            }
-        }
-    }
-}
-
-enum Input {
-    Namespace(Event<Namespace>),
-    Pod(Box<Event<Pod>>),
-    Policy(Event<NetworkPolicy>),
 }
 
 fn watch<K>(client: &kube::Client) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + use<K>
@@ -211,11 +98,7 @@ where
 struct Manager<'a> {
     weft: &'a Client,
     options: &'a Options,
-    namespaces: Watched<Namespace>,
-    pods: Watched<Pod>,
-    policies: Watched<NetworkPolicy>,
-    changed: Changed,
-    full: bool,
+    index: ClusterIndex,
     mirror: Option<Mirror>,
     last_full: Instant,
     backoff: Duration,
@@ -227,19 +110,6 @@ struct Manager<'a> {
     progress: Option<tokio::sync::watch::Sender<Progress>>,
     metrics: Option<std::sync::Arc<crate::KubeMetrics>>,
     events: u64,
-}
-
-#[derive(Debug, Default)]
-struct Changed {
-    namespaces: BTreeSet<String>,
-    pods: BTreeSet<(String, String)>,
-    policies: BTreeSet<(String, String)>,
-}
-
-impl Changed {
-    fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.pods.is_empty() && self.policies.is_empty()
-    }
 }
 
 /// Publishes Events in the order given, off the reconciliation's path.
@@ -269,11 +139,7 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
     let mut m = Manager {
         weft,
         options: &config.options,
-        namespaces: Watched::default(),
-        pods: Watched::default(),
-        policies: Watched::default(),
-        changed: Changed::default(),
-        full: true,
+        index: ClusterIndex::new(),
         mirror: None,
         last_full: Instant::now(),
         backoff: FIRST_BACKOFF,
@@ -327,7 +193,7 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
             last_input = Instant::now();
         }
         if m.last_full.elapsed() >= config.resync {
-            m.full = true;
+            m.index.want_full();
         }
         if m.retry_at.is_some_and(|at| Instant::now() < at) {
             continue;
@@ -349,50 +215,14 @@ impl Manager<'_> {
                 return;
             }
         };
-        match input {
-            Input::Namespace(e) => match self.namespaces.absorb(e) {
-                Absorbed::Changed((_, name), new) => {
-                    if !self.namespaces.objects.contains_key(&("".into(), name.clone())) {
-                        // Its project goes with what is in it: that takes the whole picture.
-                        self.full = true;
-                    } else if new {
-                        // What arrived before its namespace was left out; now it can go in.
-                        self.changed.pods.extend(self.pods.objects.keys().filter(|(ns, _)| *ns == name).cloned());
-                        self.changed
-                            .policies
-                            .extend(self.policies.objects.keys().filter(|(ns, _)| *ns == name).cloned());
-                    }
-                    self.changed.namespaces.insert(name);
-                }
-                Absorbed::Listed => self.full = true,
-                Absorbed::Nothing => {}
-            },
-            Input::Pod(e) => match self.pods.absorb(*e) {
-                Absorbed::Changed(key, _) => {
-                    self.changed.pods.insert(key);
-                }
-                Absorbed::Listed => self.full = true,
-                Absorbed::Nothing => {}
-            },
-            Input::Policy(e) => match self.policies.absorb(e) {
-                Absorbed::Changed(key, _) => {
-                    self.changed.policies.insert(key);
-                }
-                Absorbed::Listed => self.full = true,
-                Absorbed::Nothing => {}
-            },
-        }
-    }
-
-    fn listed(&self) -> bool {
-        self.namespaces.listed && self.pods.listed && self.policies.listed
+        self.index.take(input);
     }
 
     async fn step(&mut self) {
-        if !self.listed() || (!self.full && self.changed.is_empty()) {
+        if !self.index.has_work() {
             return;
         }
-        let full = self.full || self.mirror.is_none();
+        let full = self.index.wants_full() || self.mirror.is_none();
         let started = Instant::now();
         let result = if full { self.full().await } else { self.partial().await };
         match result {
@@ -422,7 +252,7 @@ impl Manager<'_> {
                 }
                 tracing::warn!(error = %e, retry_in = ?self.backoff, "cannot reconcile with the config service");
                 // The mirror may be stale: list again next time.
-                self.full = true;
+                self.index.want_full();
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(MOST_BACKOFF);
             }
@@ -430,22 +260,9 @@ impl Manager<'_> {
     }
 
     async fn full(&mut self) -> Result<i64, weft_client::ClientError> {
-        let desired = Desired::of(
-            self.namespaces.objects.values(),
-            self.pods.objects.values(),
-            self.policies.objects.values(),
-            self.options,
-        );
-        self.changed = Changed::default();
+        let desired = self.index.desired_all(self.options);
         let started = Instant::now();
-        let mut attempt = 1;
-        let (outcome, mirror) = loop {
-            match reconcile::reconcile_all(self.weft, &desired, self.options).await {
-                Ok(done) => break done,
-                Err(e) if attempt < ATTEMPTS && e.status() == Some(412) => attempt += 1,
-                Err(e) => return Err(e),
-            }
-        };
+        let (outcome, mirror) = reconcile::reconcile_all_retrying(self.weft, &desired, self.options).await?;
         tracing::info!(
             revision = outcome.revision,
             created = outcome.created,
@@ -456,7 +273,7 @@ impl Manager<'_> {
             "reconciled in full"
         );
         self.mirror = Some(mirror);
-        self.full = false;
+        self.index.full_done();
         self.last_full = Instant::now();
         // Orphans are not reported: in a cluster their namespace's watch event is still to come.
         let problems: Vec<Problem> = desired.problems.into_iter().chain(outcome.conflicts).collect();
@@ -466,42 +283,8 @@ impl Manager<'_> {
     }
 
     async fn partial(&mut self) -> Result<i64, weft_client::ClientError> {
-        let changed = std::mem::take(&mut self.changed);
         let o = self.options;
-        let project = |ns: &str| o.project(ns);
-        // The namespaces touched, and with them their projects, planned from the namespaces
-        // (one that went has made this reconciliation a full one).
-        let namespaces: BTreeSet<&str> = changed
-            .namespaces
-            .iter()
-            .map(String::as_str)
-            .chain(changed.pods.iter().chain(&changed.policies).map(|(ns, _)| ns.as_str()))
-            .collect();
-        let scope = Scope {
-            projects: namespaces.iter().map(|ns| project(ns)).collect(),
-            ports: changed.pods.iter().map(|(ns, name)| (project(ns), name.clone())).collect(),
-            groups: changed.policies.iter().map(|(ns, name)| (project(ns), name.clone())).collect(),
-        };
-        let mut desired = Desired::default();
-        for name in &namespaces {
-            if let Some(ns) = self.namespaces.objects.get(&(String::new(), name.to_string())) {
-                desired.add_namespace(ns, o);
-            }
-        }
-        let known = |p: &str| {
-            p.strip_prefix(o.project_prefix.as_str())
-                .is_some_and(|ns| self.namespaces.objects.contains_key(&(String::new(), ns.to_string())))
-        };
-        for key in &changed.pods {
-            if let Some(pod) = self.pods.objects.get(key) {
-                desired.add_pod(pod, &known, o);
-            }
-        }
-        for key in &changed.policies {
-            if let Some(np) = self.policies.objects.get(key) {
-                desired.add_policy(np, &known, o);
-            }
-        }
+        let PartialWork { desired, scope, changed } = self.index.desired_changed(o);
         let Some(mirror) = self.mirror.as_mut() else { return Ok(0) };
         let started = Instant::now();
         let outcome = reconcile::reconcile_some(self.weft, &desired, &scope, mirror, o).await?;
@@ -516,15 +299,7 @@ impl Manager<'_> {
             );
         }
         let problems: Vec<Problem> = desired.problems.into_iter().chain(outcome.conflicts).collect();
-        let touched = |p: &Problem| match p.kind {
-            "Namespace" => changed.namespaces.contains(&p.name),
-            "Pod" => p.namespace.as_ref().is_some_and(|ns| changed.pods.contains(&(ns.clone(), p.name.clone()))),
-            "NetworkPolicy" => {
-                p.namespace.as_ref().is_some_and(|ns| changed.policies.contains(&(ns.clone(), p.name.clone())))
-            }
-            _ => false,
-        };
-        self.reported.retain(|p| !touched(p) || problems.contains(p));
+        self.reported.retain(|p| !changed.touches(p) || problems.contains(p));
         self.report(problems);
         Ok(outcome.revision)
     }
@@ -536,7 +311,7 @@ impl Manager<'_> {
                 continue;
             }
             tracing::warn!(%problem, "left out: weft cannot represent it");
-            if let Some(reference) = self.reference(&problem) {
+            if let Some(reference) = self.index.reference(&problem) {
                 let event = KubeEvent {
                     type_: EventType::Warning,
                     reason: "NotEnforced".into(),
@@ -548,26 +323,5 @@ impl Manager<'_> {
             }
             self.reported.insert(problem);
         }
-    }
-
-    /// The Kubernetes object a problem is about, as an Event refers to it.
-    fn reference(&self, p: &Problem) -> Option<ObjectReference> {
-        let key = (p.namespace.clone().unwrap_or_default(), p.name.clone());
-        let (api_version, uid) = match p.kind {
-            "Namespace" => ("v1", self.namespaces.objects.get(&key).and_then(|o| o.metadata.uid.clone())),
-            "Pod" => ("v1", self.pods.objects.get(&key).and_then(|o| o.metadata.uid.clone())),
-            "NetworkPolicy" => {
-                ("networking.k8s.io/v1", self.policies.objects.get(&key).and_then(|o| o.metadata.uid.clone()))
-            }
-            _ => return None,
-        };
-        Some(ObjectReference {
-            api_version: Some(api_version.into()),
-            kind: Some(p.kind.into()),
-            namespace: p.namespace.clone(),
-            name: Some(p.name.clone()),
-            uid,
-            ..ObjectReference::default()
-        })
     }
 }

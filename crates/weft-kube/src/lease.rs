@@ -4,6 +4,7 @@
 //! agree), or at once when the holder released it. Every write carries the resourceVersion
 //! it read, so two candidates cannot both win.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -129,6 +130,72 @@ impl Elector {
             Ok(_) => Ok(()),
             Err(e) if is_conflict(&e) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Runs `work` only while this candidate holds the lease, until `stop` completes: tries to
+/// take the lease every `retry`, runs `work` once it is won, and stops it as soon as the
+/// lease was not renewed within the deadline, before another candidate may take over (then
+/// follows again). `leading` is told each change. The lease is released on the way out.
+pub async fn lead<W, F>(
+    kube: kube::Client,
+    lease: LeaseConfig,
+    mut work: W,
+    leading: impl Fn(bool),
+    stop: impl Future<Output = ()>,
+) where
+    W: FnMut() -> F,
+    F: Future<Output = ()>,
+{
+    tokio::pin!(stop);
+    let mut elector = Elector::new(kube, lease.clone());
+    loop {
+        loop {
+            match tokio::time::timeout(lease.retry, elector.try_acquire()).await {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the lease"),
+                Err(_) => tracing::warn!("the lease did not answer in time"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(lease.retry) => {}
+                _ = &mut stop => return,
+            }
+        }
+        tracing::info!(identity = %lease.identity, lease = %lease.name, "leading");
+        leading(true);
+        let lost = tokio::select! {
+            _ = work() => false,
+            _ = keep(&mut elector) => true,
+            _ = &mut stop => false,
+        };
+        leading(false);
+        if lost {
+            tracing::warn!(identity = %lease.identity, "lost the lease: stopped writing, following");
+            continue;
+        }
+        if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "could not release the lease; another candidate takes over when it expires");
+        }
+        return;
+    }
+}
+
+/// Renews the lease; returns when it is lost or was not renewed within the deadline.
+async fn keep(elector: &mut Elector) {
+    let (retry, deadline) = (elector.config().retry, elector.config().renew_deadline());
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(retry).await;
+        match tokio::time::timeout(retry, elector.try_acquire()).await {
+            Ok(Ok(true)) => renewed = Instant::now(),
+            Ok(Ok(false)) => return,
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the lease"),
+            Err(_) => tracing::warn!("renewing the lease did not answer in time"),
+        }
+        if renewed.elapsed() >= deadline {
+            return;
         }
     }
 }

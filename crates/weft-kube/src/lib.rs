@@ -7,10 +7,11 @@
 //!                                          Current ◄─ list ┘   (POST /v1/batch)
 //! ```
 //!
-//! [`cluster`] follows a cluster (list, watch, leader election through a Lease); [`manifests`]
-//! reads a directory instead.
+//! [`cluster`] follows a cluster (list, watch, leader election through a [`lease`]) into a
+//! synchronous [`index`] of it; [`manifests`] reads and follows a directory instead.
 
 pub mod cluster;
+pub mod index;
 pub mod lease;
 pub mod manifests;
 pub mod metrics;
@@ -19,7 +20,10 @@ pub mod translate;
 
 pub use cluster::{ClusterConfig, Progress};
 pub use lease::LeaseConfig;
-pub use manifests::{Manifests, read_dir};
+pub use manifests::{FollowError, Manifests, read_dir};
 pub use metrics::KubeMetrics;
-pub use reconcile::{Current, Desired, Mirror, Outcome, Plan, Scope, plan, reconcile, reconcile_all, reconcile_some};
-pub use translate::{CLUSTER_LABEL, OWNER_ANNOTATION, Options, Problem};
+pub use reconcile::{
+    Current, Desired, Mirror, Outcome, Plan, Scope, plan, reconcile, reconcile_all, reconcile_all_retrying,
+    reconcile_some,
+};
+pub use translate::{CLUSTER_LABEL, OWNER_ANNOTATION, Options, Problem, ProblemKind};

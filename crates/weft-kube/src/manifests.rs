@@ -2,14 +2,21 @@
 //! documents each (`---`), `List`s of items. Namespaces, Pods and NetworkPolicies are read;
 //! other kinds (Deployments, Services...) are counted and left alone. A namespace that
 //! objects name but no manifest declares exists, as it would in a cluster (`default`).
+//! [`follow`] reconciles the config service with the directory whenever it changes.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
+use weft_client::{Client, ClientError};
+
+use crate::reconcile::{Desired, Outcome, reconcile_all_retrying};
+use crate::translate::Options;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -105,4 +112,98 @@ fn add(value: serde_yaml::Value, m: &mut Manifests) -> Result<(), String> {
 fn decode<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, kind: &str) -> Result<T, String> {
     let name = value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?").to_string();
     serde_yaml::from_value(value).map_err(|e| format!("{kind} {name}: {e}"))
+}
+
+/// The translation of a directory's manifests; what cannot be represented, and pods and
+/// policies whose Namespace is not there, are logged and left out.
+pub fn desired(dir: &Path, options: &Options) -> Result<Desired, ManifestError> {
+    let manifests = read_dir(dir)?;
+    if !manifests.skipped.is_empty() {
+        tracing::debug!(kinds = ?manifests.skipped, "manifests of other kinds left alone");
+    }
+    let desired = Desired::of(&manifests.namespaces, &manifests.pods, &manifests.policies, options);
+    for problem in &desired.problems {
+        tracing::warn!(%problem, "left out: weft cannot represent it");
+    }
+    for orphan in &desired.orphans {
+        tracing::warn!(problem = %orphan, "left out: its Namespace is not in the directory");
+    }
+    Ok(desired)
+}
+
+/// Why a directory was not reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Manifests(#[from] ManifestError),
+    #[error("reconciling with the config service: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// Reconciles the config service with the directory once (planning again when a
+/// concurrent write got in between); conflicts are logged.
+pub async fn reconcile_once(client: &Client, dir: &Path, options: &Options) -> Result<Outcome, FollowError> {
+    let desired = desired(dir, options)?;
+    let (outcome, _) = reconcile_all_retrying(client, &desired, options).await?;
+    for conflict in &outcome.conflicts {
+        tracing::warn!(%conflict, "not reconciled");
+    }
+    Ok(outcome)
+}
+
+/// How often the directory is looked at.
+const POLL: Duration = Duration::from_millis(250);
+/// How often it is reconciled even when unchanged, so that a change made through the API to
+/// an object kube-manager owns is put right.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// What the directory looks like: its files with their sizes and modification times.
+fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, SystemTime)>> {
+    files(dir)
+        .ok()?
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok()?;
+            Some((f, meta.len(), meta.modified().ok()?))
+        })
+        .collect()
+}
+
+/// Reconciles whenever the directory changes (and every [`RESYNC`] anyway) until `stop`
+/// completes. A directory that does not read (a file half written, a YAML error) changes
+/// nothing: the config service keeps what it has until the directory reads again. A
+/// reconciliation that fails is tried again at the next look.
+pub async fn follow(client: &Client, dir: &Path, options: &Options, stop: impl Future<Output = ()>) {
+    let mut seen = None;
+    let mut last = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        let now = fingerprint(dir);
+        if now != seen || last.elapsed() >= RESYNC {
+            last = Instant::now();
+            match reconcile_once(client, dir, options).await {
+                Ok(o) => {
+                    seen = now;
+                    if o.created + o.updated + o.deleted > 0 {
+                        tracing::info!(
+                            revision = o.revision,
+                            created = o.created,
+                            updated = o.updated,
+                            deleted = o.deleted,
+                            "reconciled"
+                        );
+                    }
+                }
+                Err(FollowError::Manifests(e)) => {
+                    seen = now;
+                    tracing::warn!(error = %e, "the manifests do not read; keeping what the config service has");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reconcile; trying again"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = &mut stop => return,
+        }
+    }
 }

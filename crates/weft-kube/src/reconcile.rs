@@ -15,7 +15,7 @@ use serde::Serialize;
 use weft_client::{BatchOp, Client, ClientError, Target};
 use weft_model::{DEFAULT_GROUP, Kind, Port, Project, SecurityGroup};
 
-use crate::translate::{self, OWNER_ANNOTATION, Options, Problem};
+use crate::translate::{self, OWNER_ANNOTATION, Options, Problem, ProblemKind};
 
 /// The most operations one batch takes (the API's limit).
 const BATCH_OPERATIONS: usize = 10_000;
@@ -74,7 +74,7 @@ impl Desired {
             Ok(Some(port)) if known(&port.project) => {
                 self.ports.insert((port.project.clone(), port.name.clone()), port);
             }
-            Ok(Some(_)) => self.orphans.push(orphan("Pod", &pod.metadata)),
+            Ok(Some(_)) => self.orphans.push(orphan(ProblemKind::Pod, &pod.metadata)),
             Ok(None) => {}
             Err(problem) => self.problems.push(problem),
         }
@@ -87,13 +87,13 @@ impl Desired {
             Some(g) if known(&g.project) => {
                 self.groups.insert((g.project.clone(), g.name.clone()), g);
             }
-            Some(_) => self.orphans.push(orphan("NetworkPolicy", &np.metadata)),
+            Some(_) => self.orphans.push(orphan(ProblemKind::NetworkPolicy, &np.metadata)),
             None => {}
         }
     }
 }
 
-fn orphan(kind: &'static str, meta: &ObjectMeta) -> Problem {
+fn orphan(kind: ProblemKind, meta: &ObjectMeta) -> Problem {
     Problem {
         kind,
         namespace: meta.namespace.clone(),
@@ -436,6 +436,29 @@ pub async fn reconcile(client: &Client, desired: &Desired, o: &Options) -> Resul
     Ok(reconcile_all(client, desired, o).await?.0)
 }
 
+/// A reconciliation refused because an object changed between listing and writing (a 412)
+/// is planned again at once, up to this many times in all.
+const ATTEMPTS: usize = 5;
+
+/// [`reconcile_all`], planned again when a concurrent write got in between listing and
+/// writing.
+pub async fn reconcile_all_retrying(
+    client: &Client,
+    desired: &Desired,
+    o: &Options,
+) -> Result<(Outcome, Mirror), ClientError> {
+    let mut attempt = 1;
+    loop {
+        match reconcile_all(client, desired, o).await {
+            Err(e) if attempt < ATTEMPTS && e.status() == Some(412) => {
+                tracing::info!(attempt, "an object changed while reconciling; planning again");
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// [`reconcile`], also returning what the config service holds afterwards.
 pub async fn reconcile_all(client: &Client, desired: &Desired, o: &Options) -> Result<(Outcome, Mirror), ClientError> {
     let current = list(client).await?;
@@ -636,7 +659,7 @@ mod tests {
         assert_eq!((plan.created, plan.deleted), (2, 2));
         assert_eq!(plan.conflicts.len(), 1, "k8s-b holds someone else's port: {:?}", plan.conflicts);
         // Named as the Kubernetes object it comes from: the namespace b.
-        assert_eq!((plan.conflicts[0].kind, plan.conflicts[0].namespace.as_deref()), ("Namespace", None));
+        assert_eq!((plan.conflicts[0].kind, plan.conflicts[0].namespace.as_deref()), (ProblemKind::Namespace, None));
         assert_eq!(plan.conflicts[0].name, "b");
     }
 
@@ -712,6 +735,9 @@ mod tests {
         let desired = Desired::of([], [&pod], [], &Options::default());
         assert!(desired.ports.is_empty() && desired.problems.is_empty(), "{desired:?}");
         assert_eq!(desired.orphans.len(), 1);
-        assert_eq!((desired.orphans[0].kind, desired.orphans[0].namespace.as_deref()), ("Pod", Some("gone")));
+        assert_eq!(
+            (desired.orphans[0].kind, desired.orphans[0].namespace.as_deref()),
+            (ProblemKind::Pod, Some("gone"))
+        );
     }
 }

@@ -61,10 +61,10 @@ impl Options {
         let namespace =
             |project: &str| project.strip_prefix(self.project_prefix.as_str()).unwrap_or(project).to_string();
         let (kind, namespace, name) = match kind {
-            weft_model::Kind::Project => ("Namespace", None, namespace(name)),
-            weft_model::Kind::Port => ("Pod", Some(namespace(project)), name.to_string()),
-            weft_model::Kind::SecurityGroup => ("NetworkPolicy", Some(namespace(project)), name.to_string()),
-            other => (other.as_str(), Some(project.to_string()), name.to_string()),
+            weft_model::Kind::Project => (ProblemKind::Namespace, None, namespace(name)),
+            weft_model::Kind::Port => (ProblemKind::Pod, Some(namespace(project)), name.to_string()),
+            weft_model::Kind::SecurityGroup => (ProblemKind::NetworkPolicy, Some(namespace(project)), name.to_string()),
+            other => (ProblemKind::Weft(other), Some(project.to_string()), name.to_string()),
         };
         Problem { kind, namespace, name, detail }
     }
@@ -73,10 +73,31 @@ impl Options {
 /// Something weft cannot represent, on the object it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Problem {
-    pub kind: &'static str,
+    pub kind: ProblemKind,
     pub namespace: Option<String>,
     pub name: String,
     pub detail: String,
+}
+
+/// What kind of object a [`Problem`] is on: a Kubernetes object kube-manager translates, or
+/// (for a name taken in the config service by an object of a kind it does not write) weft's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProblemKind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+    Weft(weft_model::Kind),
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProblemKind::Namespace => "Namespace",
+            ProblemKind::Pod => "Pod",
+            ProblemKind::NetworkPolicy => "NetworkPolicy",
+            ProblemKind::Weft(kind) => kind.as_str(),
+        })
+    }
 }
 
 impl std::fmt::Display for Problem {
@@ -104,7 +125,12 @@ pub fn namespace(ns: &Namespace, o: &Options) -> Result<Project, Problem> {
     labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
     labels.insert(CLUSTER_LABEL.into(), o.cluster.clone());
     let project = Project { name: o.project(&name), labels, annotations: o.annotations(), ..Project::default() };
-    project.validate().map_err(|e| Problem { kind: "Namespace", namespace: None, name, detail: e.to_string() })?;
+    project.validate().map_err(|e| Problem {
+        kind: ProblemKind::Namespace,
+        namespace: None,
+        name,
+        detail: e.to_string(),
+    })?;
     Ok(project)
 }
 
@@ -113,8 +139,12 @@ pub fn namespace(ns: &Namespace, o: &Options) -> Result<Project, Problem> {
 /// (its address may belong to another pod already).
 pub fn pod(pod: &Pod, o: &Options) -> Result<Option<Port>, Problem> {
     let (name, namespace) = (name_of(&pod.metadata), namespace_of(&pod.metadata));
-    let problem =
-        |detail: String| Problem { kind: "Pod", namespace: Some(namespace.clone()), name: name.clone(), detail };
+    let problem = |detail: String| Problem {
+        kind: ProblemKind::Pod,
+        namespace: Some(namespace.clone()),
+        name: name.clone(),
+        detail,
+    };
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     if spec.and_then(|s| s.host_network) == Some(true) {
@@ -203,7 +233,12 @@ pub fn network_policy(np: &NetworkPolicy, o: &Options) -> (Option<SecurityGroup>
     let (name, namespace) = (name_of(&np.metadata), namespace_of(&np.metadata));
     let mut problems = Vec::new();
     let mut report = |detail: String| {
-        problems.push(Problem { kind: "NetworkPolicy", namespace: Some(namespace.clone()), name: name.clone(), detail })
+        problems.push(Problem {
+            kind: ProblemKind::NetworkPolicy,
+            namespace: Some(namespace.clone()),
+            name: name.clone(),
+            detail,
+        })
     };
     let Some(spec) = &np.spec else {
         report("no spec".into());

@@ -270,7 +270,7 @@ spec:
     );
     let g = g.unwrap();
     assert_eq!(problems.len(), 3, "{problems:?}");
-    assert!(problems.iter().all(|p| p.kind == "NetworkPolicy" && p.name == "p"), "{problems:?}");
+    assert!(problems.iter().all(|p| p.kind == weft_kube::ProblemKind::NetworkPolicy && p.name == "p"), "{problems:?}");
     // The bad peer and the bad port entry are left out; the second entry's only port entry is
     // bad, so that entry allows nothing (not every port).
     let expected: Vec<Rule> = serde_json::from_value(json!([{"direction": "ingress", "protocol": "tcp", "ports": [81],

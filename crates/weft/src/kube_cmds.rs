@@ -3,11 +3,11 @@
 //! read from a directory of manifests (`--manifests`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use weft_kube::{Desired, Options, Outcome};
+use weft_kube::Options;
 
 use crate::cli::{ClientArgs, Output};
 use crate::client_cmds;
@@ -61,13 +61,6 @@ pub struct KubeArgs {
 /// In a pod, the namespace it runs in, as the service account mount gives it.
 const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
-/// How often the directory is looked at, and how often it is reconciled anyway (so that a
-/// change made through the API to an object kube-manager owns is put right).
-const POLL: Duration = Duration::from_millis(250);
-const RESYNC: Duration = Duration::from_secs(30);
-/// A batch refused because an object changed since it was listed is planned again.
-const ATTEMPTS: usize = 5;
-
 pub async fn run(args: KubeArgs, client: &ClientArgs, data_dir: &Path) -> anyhow::Result<()> {
     let c = client_cmds::client(client, data_dir)?;
     let options = Options { project_prefix: args.project_prefix.clone(), cluster: args.cluster_name.clone() };
@@ -75,7 +68,7 @@ pub async fn run(args: KubeArgs, client: &ClientArgs, data_dir: &Path) -> anyhow
         return cluster(args, c, options).await;
     };
     if args.once {
-        let outcome = once(&c, &dir, &options).await?;
+        let outcome = weft_kube::manifests::reconcile_once(&c, &dir, &options).await?;
         match client.output {
             Output::Json => println!(
                 "{}",
@@ -89,7 +82,8 @@ pub async fn run(args: KubeArgs, client: &ClientArgs, data_dir: &Path) -> anyhow
         }
         return Ok(());
     }
-    watch(&c, &dir, &options).await
+    weft_kube::manifests::follow(&c, &dir, &options, crate::cli::shutdown_signal()).await;
+    Ok(())
 }
 
 async fn cluster(args: KubeArgs, weft: weft_client::Client, options: Options) -> anyhow::Result<()> {
@@ -131,97 +125,4 @@ async fn cluster(args: KubeArgs, weft: weft_client::Client, options: Options) ->
         weft_kube::ClusterConfig { options, lease, resync: args.resync, instance: identity, progress: None, metrics };
     weft_kube::cluster::run(kube, weft, config, crate::cli::shutdown_signal()).await;
     Ok(())
-}
-
-fn desired(dir: &Path, options: &Options) -> anyhow::Result<Desired> {
-    let manifests = weft_kube::read_dir(dir)?;
-    if !manifests.skipped.is_empty() {
-        tracing::debug!(kinds = ?manifests.skipped, "manifests of other kinds left alone");
-    }
-    let desired = Desired::of(&manifests.namespaces, &manifests.pods, &manifests.policies, options);
-    for problem in &desired.problems {
-        tracing::warn!(%problem, "left out: weft cannot represent it");
-    }
-    for orphan in &desired.orphans {
-        tracing::warn!(problem = %orphan, "left out: its Namespace is not in the directory");
-    }
-    Ok(desired)
-}
-
-/// Reconciles, planning again when a concurrent write got in between.
-async fn reconcile(c: &weft_client::Client, desired: &Desired, options: &Options) -> anyhow::Result<Outcome> {
-    let mut attempt = 1;
-    loop {
-        match weft_kube::reconcile(c, desired, options).await {
-            Ok(outcome) => {
-                for conflict in &outcome.conflicts {
-                    tracing::warn!(%conflict, "not reconciled");
-                }
-                return Ok(outcome);
-            }
-            Err(e) if attempt < ATTEMPTS && e.status() == Some(412) => {
-                tracing::info!(attempt, "an object changed while reconciling; planning again");
-                attempt += 1;
-            }
-            Err(e) => return Err(e).context("reconciling with the config service"),
-        }
-    }
-}
-
-async fn once(c: &weft_client::Client, dir: &Path, options: &Options) -> anyhow::Result<Outcome> {
-    let desired = desired(dir, options)?;
-    reconcile(c, &desired, options).await
-}
-
-/// What the directory looks like: its files with their sizes and modification times.
-fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, SystemTime)>> {
-    let files = weft_kube::manifests::files(dir).ok()?;
-    files
-        .into_iter()
-        .map(|f| {
-            let meta = std::fs::metadata(&f).ok()?;
-            Some((f, meta.len(), meta.modified().ok()?))
-        })
-        .collect()
-}
-
-/// Reconciles whenever the directory changes (and every [`RESYNC`] anyway) until stopped. A
-/// directory that does not read (a file half written, a YAML error) changes nothing: the
-/// config service keeps what it has until the directory reads again.
-async fn watch(c: &weft_client::Client, dir: &Path, options: &Options) -> anyhow::Result<()> {
-    let mut seen = None;
-    let mut last = Instant::now();
-    let stop = tokio::signal::ctrl_c();
-    tokio::pin!(stop);
-    loop {
-        let now = fingerprint(dir);
-        if now != seen || last.elapsed() >= RESYNC {
-            last = Instant::now();
-            match desired(dir, options) {
-                Ok(desired) => match reconcile(c, &desired, options).await {
-                    Ok(o) => {
-                        seen = now;
-                        if o.created + o.updated + o.deleted > 0 {
-                            tracing::info!(
-                                revision = o.revision,
-                                created = o.created,
-                                updated = o.updated,
-                                deleted = o.deleted,
-                                "reconciled"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot reconcile; trying again"),
-                },
-                Err(e) => {
-                    seen = now;
-                    tracing::warn!(error = %format!("{e:#}"), "the manifests do not read; keeping what the config service has");
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = &mut stop => return Ok(()),
-        }
-    }
 }
