@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::cli::parse_duration;
+use crate::common::parse_duration;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

@@ -10,39 +10,308 @@ use serde_json::{Value, json};
 use weft_client::{Client, Key, ListOptions};
 use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
-use crate::cli::{
-    ClientArgs, Command, DeleteArgs, JoinTokenCommand, ListArgs, NetworkCreate, NodeCommand, ObjectCommand,
-    ObjectSource, PortCreate, ProjectCreate, RuleAdd, RuleCommand, SgCommand, SgCreate, TokenCommand, UpdateArgs,
-};
+use clap::{Args, Subcommand};
+
+use crate::common::{ClientArgs, Output, client, parse_duration};
 use crate::output;
 
-pub fn client(args: &ClientArgs, data_dir: &Path) -> anyhow::Result<Client> {
-    let token = match &args.token {
-        Some(t) => Some(t.clone()),
-        None => {
-            let path = data_dir.join("admin.token");
-            std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string())
-        }
-    };
-    Ok(Client::new(&args.server, token, args.ca.as_deref())?)
+/// The verbs of the REST API's objects, and the server's state.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Projects (tenants; a Kubernetes namespace becomes one).
+    Project {
+        #[command(subcommand)]
+        command: ObjectCommand<ProjectCreate>,
+    },
+    /// Virtual networks and their subnets.
+    Network {
+        #[command(subcommand)]
+        command: ObjectCommand<NetworkCreate>,
+    },
+    /// Security groups and their rules.
+    Sg {
+        #[command(subcommand)]
+        command: SgCommand,
+    },
+    /// Ports (virtual machine interfaces, pods).
+    Port {
+        #[command(subcommand)]
+        command: ObjectCommand<PortCreate>,
+    },
+    /// API tokens (admin only).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Nodes: register one (its credential is printed once), list them with their connection
+    /// and realization, delete one.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Join tokens, with which agents register their own nodes.
+    JoinToken {
+        #[command(subcommand)]
+        command: JoinTokenCommand,
+    },
+    /// Wait until every node a revision concerns has applied it.
+    Wait {
+        #[arg(long)]
+        revision: i64,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// The server's version, current revision and agent address.
+    Info,
+    /// Exit 0 when the server is ready (`GET /readyz`, no token needed), 1 otherwise: for
+    /// health checks.
+    Ready,
+    /// Print the change log after a revision, then follow it.
+    Changes {
+        /// Print what came after this revision.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+        /// Stop once caught up instead of following new revisions.
+        #[arg(long)]
+        no_watch: bool,
+    },
 }
 
-pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow::Result<()> {
+/// The verbs every kind has.
+#[derive(Debug, Subcommand)]
+pub enum ObjectCommand<C: Args> {
+    /// Create one (from flags, or from a JSON/YAML file with -f).
+    Create(C),
+    /// Show one.
+    Get { key: String },
+    /// List them.
+    List(ListArgs),
+    /// Change labels, or replace the whole object from a file with -f.
+    Update(UpdateArgs),
+    /// Delete one.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this project's.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Kubernetes label selector, e.g. `app=db,tier in (a,b),!legacy`.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// `name` (projects) or `project/name`, or an id.
+    pub key: String,
+    /// Replace the object with this file's content (JSON or YAML).
+    #[arg(short = 'f', long, conflicts_with_all = ["label", "remove_label"])]
+    pub file: Option<PathBuf>,
+    /// Set a label (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Remove a label (repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub remove_label: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub key: String,
+    /// Also delete what the object contains (a project's objects, a network's ports).
+    #[arg(long)]
+    pub cascade: bool,
+}
+
+/// Where a created object comes from: its name and labels as flags, or a JSON/YAML file (the
+/// flags then override the file's name and labels).
+#[derive(Debug, Args)]
+pub struct ObjectSource {
+    /// `name` for a project, `project/name` for everything else.
+    pub key: Option<String>,
+    /// A JSON or YAML file holding the object.
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    /// A label (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectCreate {
+    #[command(flatten)]
+    pub source: ObjectSource,
+}
+
+#[derive(Debug, Args)]
+pub struct NetworkCreate {
+    #[command(flatten)]
+    pub source: ObjectSource,
+    /// A subnet, optionally with its gateway: `10.0.0.0/24` or `10.0.0.0/24,gateway=10.0.0.1`.
+    #[arg(long)]
+    pub subnet: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SgCreate {
+    #[command(flatten)]
+    pub source: ObjectSource,
+    /// Apply to the project's ports matching this selector (`""` for all of them).
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Directions the group isolates (default both).
+    #[arg(long, value_delimiter = ',')]
+    pub policy_types: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortCreate {
+    #[command(flatten)]
+    pub source: ObjectSource,
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A virtual network of the project; addresses not given are allocated from it.
+    #[arg(long)]
+    pub network: Option<String>,
+    #[arg(long)]
+    pub ip: Vec<std::net::IpAddr>,
+    #[arg(long)]
+    pub mac: Option<String>,
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Security groups (repeatable); without any, the port gets the project's `default`.
+    #[arg(long = "sg")]
+    pub security_groups: Vec<String>,
+    /// Give the port no security group at all.
+    #[arg(long, conflicts_with = "security_groups")]
+    pub no_security_groups: bool,
+    /// A named port: `http=tcp/80` (repeatable).
+    #[arg(long)]
+    pub named_port: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SgCommand {
+    #[command(flatten)]
+    Object(ObjectCommand<SgCreate>),
+    /// Add or remove rules.
+    Rule {
+        #[command(subcommand)]
+        command: RuleCommand,
+    },
+    /// The nodes a group reaches and whether each has applied its last change.
+    Status { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Register a node; its credential is printed once.
+    Create { name: String },
+    /// Nodes with their connection, last ack and lag.
+    List,
+    /// Forget a node (its credential stops working).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a join token; it is printed once.
+    Create {
+        /// Lifetime, e.g. 1h or 7d (at most 30 days).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires_in: Duration,
+        /// How many nodes it registers.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// The one node it registers. Needed to register a node that ports are placed on
+        /// already.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Write the token to this file (mode 0600) instead of printing it: for a Secret of
+        /// one token per node (deploy/kubernetes/agent.yaml).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Join tokens with their limits and how often each was used (never their secrets).
+    List,
+    /// Revoke a join token: it registers no node from now on.
+    Delete { id: uuid::Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Add a rule to a group.
+    Add(Box<RuleAdd>),
+    /// Remove a rule by its id.
+    Remove { group: String, rule_id: uuid::Uuid },
+}
+
+#[derive(Debug, Args)]
+pub struct RuleAdd {
+    /// The group: `project/name` or an id.
+    pub group: String,
+    #[arg(long, value_parser = ["ingress", "egress"])]
+    pub direction: String,
+    /// any, tcp, udp, sctp, icmp, icmpv6 or a protocol number.
+    #[arg(long, default_value = "any")]
+    pub protocol: String,
+    /// Ports: `80`, `8000-8080` or a port name (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub ports: Vec<String>,
+    /// IPv4, IPv6 or any.
+    #[arg(long)]
+    pub ethertype: Option<String>,
+    /// ICMP type[/code].
+    #[arg(long)]
+    pub icmp: Option<String>,
+    /// Remote: a CIDR.
+    #[arg(long, group = "remote")]
+    pub remote_cidr: Option<String>,
+    /// Prefixes excepted from --remote-cidr (comma-separated).
+    #[arg(long, value_delimiter = ',', requires = "remote_cidr")]
+    pub except: Vec<String>,
+    /// Remote: members of a security group (`name` or `project/name`).
+    #[arg(long, group = "remote")]
+    pub remote_sg: Option<String>,
+    /// Remote: ports matching a label selector.
+    #[arg(long, group = "remote")]
+    pub remote_selector: Option<String>,
+    /// With --remote-selector: in projects matching this selector.
+    #[arg(long, requires = "remote_selector")]
+    pub remote_projects: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        #[arg(long, value_parser = ["admin", "reader", "writer"])]
+        role: String,
+        /// The project of a reader or writer token.
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Lifetime, e.g. 12h or 30d; without it the token lives until revoked.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token.
+    Revoke { id: uuid::Uuid },
+}
+
+pub async fn run(command: ClientCommand, args: &ClientArgs, data_dir: &Path) -> anyhow::Result<()> {
     let c = client(args, data_dir)?;
     let out = args.output;
     match command {
-        Command::Server(_)
-        | Command::Agent(_)
-        | Command::Bench { .. }
-        | Command::Lab { .. }
-        | Command::KubeManager(_)
-        | Command::Reach(_)
-        | Command::Trace(_)
-        | Command::Demo { .. } => {
-            unreachable!("handled by the caller")
-        }
-        Command::Info => output::show(out, &serde_json::to_value(c.info().await?)?, None),
-        Command::Ready => match c.ready().await {
+        ClientCommand::Info => output::show(out, &serde_json::to_value(c.info().await?)?, None),
+        ClientCommand::Ready => match c.ready().await {
             Ok(true) => {
                 println!("ready");
                 Ok(())
@@ -50,16 +319,16 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
             Ok(false) => anyhow::bail!("{} is not ready", args.server),
             Err(e) => Err(e).with_context(|| format!("{} does not answer", args.server)),
         },
-        Command::Project { command } => object::<Project, _>(&c, out, command, project_body).await,
-        Command::Network { command } => object::<VirtualNetwork, _>(&c, out, command, network_body).await,
-        Command::Port { command } => object::<Port, _>(&c, out, command, port_body).await,
-        Command::Sg { command: SgCommand::Object(command) } => {
+        ClientCommand::Project { command } => object::<Project, _>(&c, out, command, project_body).await,
+        ClientCommand::Network { command } => object::<VirtualNetwork, _>(&c, out, command, network_body).await,
+        ClientCommand::Port { command } => object::<Port, _>(&c, out, command, port_body).await,
+        ClientCommand::Sg { command: SgCommand::Object(command) } => {
             object::<SecurityGroup, _>(&c, out, command, sg_body).await
         }
-        Command::Sg { command: SgCommand::Rule { command } } => rule(&c, out, command).await,
-        Command::Token { command } => token(&c, out, command).await,
-        Command::Node { command } => node(&c, out, command).await,
-        Command::JoinToken { command } => match command {
+        ClientCommand::Sg { command: SgCommand::Rule { command } } => rule(&c, out, command).await,
+        ClientCommand::Token { command } => token(&c, out, command).await,
+        ClientCommand::Node { command } => node(&c, out, command).await,
+        ClientCommand::JoinToken { command } => match command {
             JoinTokenCommand::Create { expires_in, uses, node, description, token_file } => {
                 let mut created = c.create_join_token(expires_in, uses, node.as_deref(), &description).await?;
                 if let (Some(path), Some(map)) = (token_file, created.as_object_mut()) {
@@ -75,18 +344,18 @@ pub async fn run(command: Command, args: &ClientArgs, data_dir: &Path) -> anyhow
                 output::show(out, &json!({ "revoked": id }), None)
             }
         },
-        Command::Wait { revision, timeout } => wait(&c, out, revision, timeout).await,
-        Command::Sg { command: SgCommand::Status { key } } => {
+        ClientCommand::Wait { revision, timeout } => wait(&c, out, revision, timeout).await,
+        ClientCommand::Sg { command: SgCommand::Status { key } } => {
             output::show(out, &c.group_status(&Key::parse(Kind::SecurityGroup, &key)).await?, None)
         }
-        Command::Changes { since, no_watch } => changes(&c, out, since, !no_watch).await,
+        ClientCommand::Changes { since, no_watch } => changes(&c, out, since, !no_watch).await,
     }
 }
 
 /// Common handling of create/get/list/update/delete for one kind.
 async fn object<R, C>(
     c: &Client,
-    out: crate::cli::Output,
+    out: Output,
     command: ObjectCommand<C>,
     body: fn(&C) -> anyhow::Result<Value>,
 ) -> anyhow::Result<()>
@@ -284,7 +553,7 @@ fn port_body(a: &PortCreate) -> anyhow::Result<Value> {
 /// An edit of a group's rules, applied to the group as read.
 type RuleEdit = Box<dyn Fn(&mut SecurityGroup) -> anyhow::Result<()>>;
 
-async fn rule(c: &Client, out: crate::cli::Output, command: RuleCommand) -> anyhow::Result<()> {
+async fn rule(c: &Client, out: Output, command: RuleCommand) -> anyhow::Result<()> {
     let (group_key, edit): (String, RuleEdit) = match command {
         RuleCommand::Add(add) => {
             let rule = rule_from_flags(&add)?;
@@ -373,7 +642,7 @@ fn rule_from_flags(a: &RuleAdd) -> anyhow::Result<weft_model::Rule> {
     Ok(serde_json::from_value(rule)?)
 }
 
-async fn changes(c: &Client, out: crate::cli::Output, since: i64, watch: bool) -> anyhow::Result<()> {
+async fn changes(c: &Client, out: Output, since: i64, watch: bool) -> anyhow::Result<()> {
     use futures::StreamExt;
     let mut stream = Box::pin(c.changes(since, watch).await?);
     while let Some(event) = stream.next().await {
@@ -386,7 +655,7 @@ async fn changes(c: &Client, out: crate::cli::Output, since: i64, watch: bool) -
     Ok(())
 }
 
-async fn node(c: &Client, out: crate::cli::Output, command: NodeCommand) -> anyhow::Result<()> {
+async fn node(c: &Client, out: Output, command: NodeCommand) -> anyhow::Result<()> {
     match command {
         NodeCommand::Create { name } => output::show(out, &c.create_node(&name).await?, None),
         NodeCommand::List => output::show_nodes(out, &c.list_nodes().await?),
@@ -399,7 +668,7 @@ async fn node(c: &Client, out: crate::cli::Output, command: NodeCommand) -> anyh
 
 /// Polls the realization of `revision` until it is complete, or fails at the timeout naming
 /// the nodes that have not applied it.
-async fn wait(c: &Client, out: crate::cli::Output, revision: i64, timeout: Duration) -> anyhow::Result<()> {
+async fn wait(c: &Client, out: Output, revision: i64, timeout: Duration) -> anyhow::Result<()> {
     let realization = realized(c, revision, timeout).await?;
     output::show(out, &serde_json::to_value(&realization)?, None)
 }
@@ -433,7 +702,7 @@ pub async fn realized(c: &Client, revision: i64, timeout: Duration) -> anyhow::R
     }
 }
 
-async fn token(c: &Client, out: crate::cli::Output, command: TokenCommand) -> anyhow::Result<()> {
+async fn token(c: &Client, out: Output, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { role, project, description, expires_in } => {
             let created = c.create_token(&role, project.as_deref(), &description, expires_in).await?;

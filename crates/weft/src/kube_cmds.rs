@@ -9,8 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use weft_kube::Options;
 
-use crate::cli::{ClientArgs, Output};
-use crate::client_cmds;
+use crate::common::{ClientArgs, Output};
 
 #[derive(Debug, Args)]
 pub struct KubeArgs {
@@ -42,7 +41,7 @@ pub struct KubeArgs {
     #[arg(long, env = "WEFT_LEASE_NAME")]
     pub lease_name: Option<String>,
     /// How long the lease holds without renewal; another kube-manager takes over after it.
-    #[arg(long, env = "WEFT_LEASE_DURATION", default_value = "15s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "WEFT_LEASE_DURATION", default_value = "15s", value_parser = crate::common::parse_duration)]
     pub lease_duration: Duration,
     /// This candidate's name in the Lease and in Events [default: POD_NAME, else
     /// hostname-pid].
@@ -50,7 +49,7 @@ pub struct KubeArgs {
     pub identity: Option<String>,
     /// Reconcile the whole cluster this often even when nothing says so (puts right what
     /// someone changed behind kube-manager's back).
-    #[arg(long, env = "WEFT_RESYNC", default_value = "5m", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "WEFT_RESYNC", default_value = "5m", value_parser = crate::common::parse_duration)]
     pub resync: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (watch events, reconciliations,
     /// errors, leadership).
@@ -61,14 +60,31 @@ pub struct KubeArgs {
 /// In a pod, the namespace it runs in, as the service account mount gives it.
 const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
+/// Runs kube-manager against a cluster, or a directory of manifests. Every flag is taken
+/// apart here, so one that is added and never used does not compile.
 pub async fn run(args: KubeArgs, client: &ClientArgs, data_dir: &Path) -> anyhow::Result<()> {
-    let c = client_cmds::client(client, data_dir)?;
-    let options = Options { project_prefix: args.project_prefix.clone(), cluster: args.cluster_name.clone() };
-    let Some(dir) = args.manifests.clone() else {
-        return cluster(args, c, options).await;
-    };
-    if args.once {
-        let outcome = weft_kube::manifests::reconcile_once(&c, &dir, &options).await?;
+    let KubeArgs {
+        manifests,
+        once,
+        cluster_name,
+        project_prefix,
+        kubeconfig,
+        no_leader_election,
+        lease_namespace,
+        lease_name,
+        lease_duration,
+        identity,
+        resync,
+        metrics_listen,
+    } = args;
+    let weft = crate::common::client(client, data_dir)?;
+    let options = Options { project_prefix, cluster: cluster_name.clone() };
+    if let Some(dir) = manifests {
+        if !once {
+            weft_kube::manifests::follow(&weft, &dir, &options, crate::common::shutdown_signal()).await;
+            return Ok(());
+        }
+        let outcome = weft_kube::manifests::reconcile_once(&weft, &dir, &options).await?;
         match client.output {
             Output::Json => println!(
                 "{}",
@@ -82,12 +98,7 @@ pub async fn run(args: KubeArgs, client: &ClientArgs, data_dir: &Path) -> anyhow
         }
         return Ok(());
     }
-    weft_kube::manifests::follow(&c, &dir, &options, crate::cli::shutdown_signal()).await;
-    Ok(())
-}
-
-async fn cluster(args: KubeArgs, weft: weft_client::Client, options: Options) -> anyhow::Result<()> {
-    let config = match &args.kubeconfig {
+    let config = match &kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
@@ -96,33 +107,33 @@ async fn cluster(args: KubeArgs, weft: weft_client::Client, options: Options) ->
         None => kube::Config::infer().await.context("finding the cluster (give --kubeconfig)")?,
     };
     let kube = kube::Client::try_from(config).context("connecting to the cluster")?;
-    let identity = args.identity.clone().or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(|| {
+    // In a pod, the Downward API gives POD_NAME and POD_NAMESPACE (deploy/kubernetes).
+    let identity = identity.or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let lease = (!args.no_leader_election).then(|| weft_kube::LeaseConfig {
-        namespace: args.lease_namespace.clone().unwrap_or_else(|| {
+    let lease = (!no_leader_election).then(|| weft_kube::LeaseConfig {
+        namespace: lease_namespace.unwrap_or_else(|| {
             std::env::var("POD_NAMESPACE")
                 .ok()
                 .or_else(|| std::fs::read_to_string(POD_NAMESPACE_FILE).ok().map(|n| n.trim().to_string()))
                 .unwrap_or_else(|| "default".into())
         }),
-        name: args.lease_name.clone().unwrap_or_else(|| format!("weft-kube-manager-{}", args.cluster_name)),
+        name: lease_name.unwrap_or_else(|| format!("weft-kube-manager-{cluster_name}")),
         identity: identity.clone(),
-        duration: args.lease_duration,
-        retry: (args.lease_duration / 5).max(Duration::from_millis(100)),
+        duration: lease_duration,
+        retry: (lease_duration / 5).max(Duration::from_millis(100)),
     });
     tracing::info!(cluster = %options.cluster, %identity, leader_election = lease.is_some(), "following the cluster");
-    let metrics = args.metrics_listen.map(|_| std::sync::Arc::new(weft_kube::KubeMetrics::default()));
-    if let (Some(addr), Some(metrics)) = (args.metrics_listen, metrics.clone()) {
+    let metrics = metrics_listen.map(|_| std::sync::Arc::new(weft_kube::KubeMetrics::default()));
+    if let (Some(addr), Some(metrics)) = (metrics_listen, metrics.clone()) {
         crate::metrics_http::serve(addr, move || {
             let metrics = metrics.clone();
             async move { metrics.render() }
         })
         .await?;
     }
-    let config =
-        weft_kube::ClusterConfig { options, lease, resync: args.resync, instance: identity, progress: None, metrics };
-    weft_kube::cluster::run(kube, weft, config, crate::cli::shutdown_signal()).await;
+    let config = weft_kube::ClusterConfig { options, lease, resync, instance: identity, progress: None, metrics };
+    weft_kube::cluster::run(kube, weft, config, crate::common::shutdown_signal()).await;
     Ok(())
 }

@@ -9,8 +9,7 @@ use clap::Subcommand;
 use weft_lab::manifests::ListenPort;
 use weft_lab::{Lab, Protocol, Spec};
 
-use crate::cli::{ClientArgs, Output};
-use crate::client_cmds;
+use crate::common::{ClientArgs, Output};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -186,7 +185,7 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
             let opened = Lab::open(&lab.dir())?;
             let binary = binary()?;
             let mut matrix = tokio::task::spawn_blocking(move || opened.probe(&binary, protocol, port, ipv6)).await??;
-            if let Ok(c) = client_cmds::client(client, data_dir)
+            if let Ok(c) = crate::common::client(client, data_dir)
                 && let Ok(info) = c.info().await
             {
                 matrix.revision = Some(info.revision);
@@ -279,7 +278,7 @@ async fn up(
     client: &ClientArgs,
     data_dir: &Path,
 ) -> anyhow::Result<()> {
-    let c = client_cmds::client(client, data_dir)?;
+    let c = crate::common::client(client, data_dir)?;
     let lab = create(manifests, &args.name, &args.dir(), prefix, &c).await?;
     println!(
         "lab {} is up: {} nodes, {} pods (recorded in {})",

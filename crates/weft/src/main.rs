@@ -1,10 +1,12 @@
 //! The `weft` binary: parses the command line and hands over to the library that owns each
 //! subcommand.
 
+mod agent_cmds;
 #[cfg(feature = "bench")]
 mod bench_cmds;
 mod cli;
 mod client_cmds;
+mod common;
 mod config_file;
 mod demo;
 mod kube_cmds;
@@ -12,6 +14,7 @@ mod lab_cmds;
 mod metrics_http;
 mod output;
 mod policy_cmds;
+mod server_cmds;
 
 use clap::Parser;
 

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use weft_model::Kind;
 
-use crate::cli::Output;
+use crate::common::Output;
 
 pub fn print_error(e: &anyhow::Error) {
     if let Some(weft_client::ClientError::Api(problem)) = e.downcast_ref::<weft_client::ClientError>() {

@@ -6,8 +6,7 @@ use std::net::IpAddr;
 
 use clap::Args;
 
-use crate::cli::{ClientArgs, Output};
-use crate::client_cmds;
+use crate::common::{ClientArgs, Output};
 
 #[derive(Debug, Args)]
 pub struct ReachArgs {
@@ -48,7 +47,7 @@ pub struct TraceArgs {
 }
 
 pub async fn reach(args: ReachArgs, client: &ClientArgs, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let c = client_cmds::client(client, data_dir)?;
+    let c = crate::common::client(client, data_dir)?;
     // What the server holds now, including this user's own last write.
     let revision = c.info().await?.revision.to_string();
     let mut query = vec![("protocol", args.protocol), ("family", args.family), ("revision", revision)];
@@ -82,7 +81,7 @@ fn port_and_protocol(port: Option<&str>, protocol: Option<&str>) -> anyhow::Resu
 }
 
 pub async fn trace(args: TraceArgs, client: &ClientArgs, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let c = client_cmds::client(client, data_dir)?;
+    let c = crate::common::client(client, data_dir)?;
     let (port, protocol) = port_and_protocol(args.port.as_deref(), args.protocol.as_deref())?;
     let revision = c.info().await?.revision;
     let request = serde_json::json!({"from": args.from, "to": args.to, "protocol": protocol, "port": port,

@@ -1,0 +1,152 @@
+//! `weft agent`: its flags, made into the agent's configuration, with its metrics server
+//! and datapath.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::common::{secret_file, shutdown_signal};
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The controller's gRPC address (https:// with --ca).
+    #[arg(long, env = "WEFT_CONTROLLER", default_value = "http://127.0.0.1:8081")]
+    pub controller: String,
+    /// This node's name (as ports name it).
+    #[arg(long, env = "WEFT_NODE", required_unless_present = "cleanup")]
+    pub node: Option<String>,
+    /// Where the agent keeps its credential and its last applied span.
+    #[arg(long, env = "WEFT_AGENT_STATE_DIR", default_value = "/var/lib/weft-agent")]
+    pub state_dir: PathBuf,
+    /// The node's credential (`weft node create`); else the one in the state dir.
+    #[arg(long = "node-token", alias = "credential", env = "WEFT_NODE_TOKEN", hide_env_values = true)]
+    pub credential: Option<String>,
+    /// A file holding the node's credential (better than --node-token, which `ps` shows).
+    #[arg(long, env = "WEFT_NODE_TOKEN_FILE", conflicts_with = "credential")]
+    pub node_token_file: Option<PathBuf>,
+    /// A join token (`weft join-token create`) to register this node when it has no credential.
+    #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// A file holding the join token (better than --join-token, which `ps` shows). In a
+    /// DaemonSet: a Secret with one key per node, each a token made for that node.
+    #[arg(long, env = "WEFT_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
+    /// Where the span is enforced.
+    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "nftables")]
+    pub datapath: DatapathKind,
+    /// The network namespace (an `ip netns` name) whose forwarding the nftables datapath
+    /// programs; the agent's own when absent. The agent itself stays where the controller is
+    /// reachable.
+    #[arg(long, env = "WEFT_NETNS")]
+    pub netns: Option<String>,
+    /// Remove weft's nftables table (in --netns) and exit: the node stops enforcing policy.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (apply time, the table's size, each
+    /// port's drops).
+    #[arg(long, env = "WEFT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatapathKind {
+    /// nftables (`inet weft` table): the kernel enforces the span.
+    Nftables,
+    /// Held in memory: for simulated nodes and trying weft out; enforces nothing in the kernel.
+    Memory,
+}
+
+/// Runs the agent until SIGINT or SIGTERM (or, with --cleanup, removes weft's table). Every
+/// flag is taken apart here, so one that is added and never used does not compile.
+pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
+    let AgentArgs {
+        controller,
+        node,
+        state_dir,
+        credential,
+        node_token_file,
+        join_token,
+        join_token_file,
+        datapath,
+        netns,
+        cleanup,
+        metrics_listen,
+    } = args;
+    if cleanup {
+        let removed = weft_agent::nft::delete_table(netns.as_deref()).context("cannot remove the nftables table")?;
+        eprintln!("{}", if removed { "removed table inet weft" } else { "no table inet weft to remove" });
+        return Ok(());
+    }
+    let node = node.context("--node is required")?;
+    if let Some(ns) = &netns
+        && !weft_agent::netns::exists(ns)
+    {
+        anyhow::bail!("no network namespace {ns} (ip netns list)");
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = match ca {
+        Some(path) => Some(std::fs::read(&path).with_context(|| format!("cannot read the CA {}", path.display()))?),
+        None => None,
+    };
+    let state_dir = weft_agent::StateDir::new(&state_dir)
+        .with_context(|| format!("cannot use the state dir {}", state_dir.display()))?;
+    let credential = credential.map(Ok).or_else(|| node_token_file.as_deref().map(secret_file)).transpose()?;
+    // A join token file is read only while the node has no credential yet: a DaemonSet's
+    // Secret may hold no token for a node registered some other way.
+    let join_token = match (join_token, &join_token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(path)) if credential.is_none() && state_dir.credential().is_none() => Some(secret_file(path)?),
+        _ => None,
+    };
+    let config = weft_agent::Config {
+        server: controller,
+        node,
+        state_dir,
+        credential,
+        join_token,
+        ca,
+        backoff: (Duration::from_millis(200), Duration::from_secs(30)),
+        metrics: metrics_listen.map(|_| std::sync::Arc::new(weft_agent::metrics::AgentMetrics::default())),
+    };
+    if let (Some(addr), Some(metrics)) = (metrics_listen, config.metrics.clone()) {
+        let netns = netns.clone();
+        let kernel = matches!(datapath, DatapathKind::Nftables);
+        crate::metrics_http::serve(addr, move || {
+            let (metrics, netns) = (metrics.clone(), netns.clone());
+            async move {
+                let table = if kernel {
+                    tokio::task::spawn_blocking(move || weft_agent::nft::table_stats(netns.as_deref()))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                } else {
+                    None
+                };
+                metrics.render(table.as_ref())
+            }
+        })
+        .await
+        .unwrap_or_else(|e| tracing::error!(error = %format!("{e:#}"), "serving no metrics; enforcing all the same"));
+    }
+    let (progress, _) = tokio::sync::watch::channel(weft_agent::Progress { revision: 0, synced: false });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.send_replace(true);
+    });
+    match datapath {
+        DatapathKind::Memory => {
+            tracing::warn!("the memory datapath enforces nothing in the kernel");
+            weft_agent::run(config, weft_agent::MemoryDatapath::default(), progress, stopped).await?;
+        }
+        DatapathKind::Nftables => {
+            let datapath = weft_agent::NftDatapath::new(netns);
+            weft_agent::run(config, datapath, progress, stopped).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! `weft server`: its flags, made into the server's configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::common::{parse_duration, shutdown_signal};
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address of the REST API.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL (else DATABASE_URL); without one, weft starts a private PostgreSQL
+    /// for its data dir.
+    #[arg(long, env = "WEFT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// TLS certificate chain (PEM) for the REST API.
+    #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the REST API.
+    #[arg(long, env = "WEFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Turn authentication off. Anyone who reaches the API can change everything.
+    #[arg(long, env = "WEFT_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// The gRPC address agents should use, as /v1/info reports it.
+    #[arg(long, env = "WEFT_GRPC_ADDRESS")]
+    pub grpc_address: Option<String>,
+    /// How long the change log keeps entries (e.g. 1h, 30m, 7d).
+    #[arg(long, env = "WEFT_CHANGE_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub change_retention: Duration,
+    /// Database connections of the REST API's pool (the controller's has a quarter as many,
+    /// at least 4; all of them with --role control).
+    #[arg(long, env = "WEFT_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    pub db_max_connections: u32,
+    /// What this process runs: the REST API and the controller, or one of them.
+    #[arg(long, env = "WEFT_ROLE", value_enum, default_value = "all")]
+    pub role: ServerRole,
+    /// Where the controller serves agents (gRPC).
+    #[arg(long, env = "WEFT_GRPC_LISTEN", default_value = "127.0.0.1:8081")]
+    pub grpc_listen: SocketAddr,
+    /// TLS certificate chain (PEM) for the gRPC listener.
+    #[arg(long, env = "WEFT_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the gRPC listener.
+    #[arg(long, env = "WEFT_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// Print every setting with its effective value and where it came from (secrets
+    /// redacted), and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServerRole {
+    All,
+    Api,
+    Control,
+}
+
+/// Runs the server until SIGINT or SIGTERM. Every flag is taken apart here, so one that is
+/// added and never used does not compile.
+pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
+    let ServerArgs {
+        listen,
+        database_url,
+        tls_cert,
+        tls_key,
+        insecure_no_auth,
+        grpc_address,
+        change_retention,
+        db_max_connections,
+        role,
+        grpc_listen,
+        grpc_tls_cert,
+        grpc_tls_key,
+        // Handled before logging starts (main.rs): it prints and exits.
+        print_config: _,
+    } = args;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls_files = |cert, key| match (cert, key) {
+        (Some(cert), Some(key)) => Some(weft_api::tls::TlsFiles { cert, key }),
+        _ => None,
+    };
+    let config = weft_api::server::ServerConfig {
+        listen,
+        // DATABASE_URL is the variable every PostgreSQL tool reads; WEFT_DATABASE_URL wins.
+        database_url: database_url.or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty())),
+        data_dir,
+        tls: tls_files(tls_cert, tls_key),
+        auth_enabled: !insecure_no_auth,
+        grpc_address,
+        change_retention,
+        max_connections: db_max_connections,
+        role: match role {
+            ServerRole::All => weft_api::server::Role::All,
+            ServerRole::Api => weft_api::server::Role::Api,
+            ServerRole::Control => weft_api::server::Role::Control,
+        },
+        grpc_listen,
+        grpc_tls: tls_files(grpc_tls_cert, grpc_tls_key),
+    };
+    weft_api::server::run(config, shutdown_signal(), None).await.context("weft server")
+}
