@@ -2,8 +2,8 @@
 //! costs no database round trip.
 //!
 //! ```text
-//!   start: safe horizon H0, then list every object ──► cache at H0
-//!   follower: changes (H, H'] from the change log ────► cache at H'   (woken by the horizon)
+//!   start: a consistent snapshot at H0 ────────────────► cache at H0   (weft_store::follow,
+//!   follower: changes (H, H'] from the change log ────► cache at H'    woken by the horizon)
 //!   GET: cache at >= the last revision this process committed? serve it : ask PostgreSQL
 //! ```
 //!
@@ -16,12 +16,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio::sync::watch;
 use uuid::Uuid;
 use weft_model::Kind;
-use weft_store::{ChangeOp, ListQuery, ObjectKey, Store, StoreError, StoredObject};
+use weft_store::follow::{Event, FollowConfig, Next};
+use weft_store::{ChangeOp, ObjectKey, Store, StoredObject};
 
 /// (kind, project for project-scoped kinds, name)
 type NameKey = (Kind, Option<String>, String);
@@ -118,80 +118,54 @@ impl ObjectCache {
         }
     }
 
-    /// Replaces the whole content with what the store holds now.
-    async fn load(&self, store: &Store) -> Result<(), StoreError> {
-        // The horizon first: every revision up to it is in the lists that follow.
-        let horizon = store.safe_horizon().await?;
-        let mut fresh = State { revision: Some(horizon), ..State::default() };
-        for kind in Kind::ALL {
-            let mut query = ListQuery { limit: weft_store::MAX_PAGE, ..ListQuery::default() };
-            loop {
-                let page = store.list(kind, &query).await?;
-                for object in &page.items {
-                    Self::put(&mut fresh, object);
+    /// Takes one event of the change-log follower ([`weft_store::follow`]). A snapshot is
+    /// built off to the side (`loading`) and swapped in whole; until then, and while a reload
+    /// is under way, GETs go to PostgreSQL.
+    fn take(&self, loading: &mut Option<State>, event: Event<'_>) -> Next {
+        match event {
+            Event::Reset => {
+                self.state.write().unwrap_or_else(|e| e.into_inner()).revision = None;
+                *loading = Some(State::default());
+            }
+            Event::Snapshot(objects) => {
+                if let Some(fresh) = loading.as_mut() {
+                    for object in &objects {
+                        Self::put(fresh, object);
+                    }
                 }
-                match page.continue_token {
-                    Some(token) => query.continue_after = Some(token),
-                    None => break,
+            }
+            Event::Loaded { revision, .. } => {
+                let Some(mut fresh) = loading.take() else { return Next::Reload };
+                fresh.revision = Some(revision);
+                tracing::info!(objects = fresh.by_id.len(), revision, "object cache loaded");
+                *self.state.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            }
+            Event::Batch { changes, .. } => {
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                for change in changes {
+                    match change.op {
+                        ChangeOp::Put => Self::put(&mut state, &change.object),
+                        ChangeOp::Delete => Self::delete(&mut state, change.object.id, change.revision),
+                    }
+                }
+            }
+            Event::Advanced(revision) => {
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                if state.revision.is_some() {
+                    state.revision = Some(revision);
                 }
             }
         }
-        tracing::info!(objects = fresh.by_id.len(), revision = horizon, "object cache loaded");
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(())
+        Next::Continue
     }
 
-    /// Applies the change log after the cache's revision, up to `horizon`.
-    async fn catch_up(&self, store: &Store, horizon: i64) -> Result<(), StoreError> {
-        loop {
-            let Some(since) = self.revision() else { return Ok(()) };
-            let page = store.changes_until(since, horizon, 1000).await?;
-            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            for change in &page.changes {
-                match change.op {
-                    ChangeOp::Put => Self::put(&mut state, &change.object),
-                    ChangeOp::Delete => Self::delete(&mut state, change.object.id, change.revision),
-                }
-            }
-            state.revision = Some(page.up_to);
-            if page.caught_up() {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Loads the cache, then follows the horizon until every receiver of `horizon` is gone.
-    /// A follower that falls behind compaction reloads.
-    pub fn spawn_follower(self: &Arc<Self>, store: Store, mut horizon: watch::Receiver<i64>) {
+    /// Loads the cache, then follows the horizon until every sender of `horizon` is gone.
+    pub fn spawn_follower(self: &Arc<Self>, store: Store, horizon: watch::Receiver<i64>) {
         let cache = Arc::clone(self);
         tokio::spawn(async move {
-            loop {
-                if cache.revision().is_none()
-                    && let Err(e) = cache.load(&store).await
-                {
-                    tracing::warn!(error = %e, "cannot load the object cache; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                let target = *horizon.borrow_and_update();
-                match cache.catch_up(&store, target).await {
-                    Ok(()) => {}
-                    Err(StoreError::Compacted { .. }) => {
-                        tracing::warn!("the object cache fell behind the change log's compaction; reloading");
-                        cache.state.write().unwrap_or_else(|e| e.into_inner()).revision = None;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot follow the change log; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                }
-                let applied = cache.revision().unwrap_or(0);
-                if horizon.wait_for(|h| *h > applied).await.is_err() {
-                    return;
-                }
-            }
+            let mut loading = None;
+            let sink = |event: Event<'_>| cache.take(&mut loading, event);
+            weft_store::follow::follow(&store, horizon, FollowConfig::default(), sink, std::future::pending()).await;
         });
     }
 }

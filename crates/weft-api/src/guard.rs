@@ -46,11 +46,7 @@ pub async fn guard(request: Request, next: Next) -> Response {
     let response = match std::panic::AssertUnwindSafe(next.run(request)).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = weft_model::panic_message(&*panic);
             tracing::error!(%method, path, panic = %what, "a request handler panicked");
             return ApiError::internal().into_response();
         }

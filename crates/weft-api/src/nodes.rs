@@ -247,8 +247,9 @@ async fn node_infos(state: &AppState) -> ApiResult<Vec<NodeInfo>> {
     let statuses = state.store.list_nodes().await?;
     let hub = &state.follower.hub;
     let compiled = hub.revision().unwrap_or(0);
+    // No compiler in service (loading): no node is known to have ports, as at start.
     let ports: BTreeMap<String, usize> =
-        hub.with_compiler(|c, _| c.node_ports().map(|(n, count)| (n.to_string(), count)).collect());
+        hub.with_compiler(|c, _| c.node_ports().map(|(n, count)| (n.to_string(), count)).collect()).unwrap_or_default();
     let mut since: BTreeMap<i64, Option<chrono::DateTime<chrono::Utc>>> = BTreeMap::new();
     // Revisions committed that the compiler has not reached yet (a long transaction holding
     // the change log back, or a compiler behind): whom they concern is not known, so every
@@ -320,16 +321,22 @@ pub async fn realization(
     let statuses: BTreeMap<String, NodeStatus> =
         state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
     let with_ports: std::collections::BTreeSet<String> =
-        hub.with_compiler(|c, _| c.node_ports().map(|(n, _)| n.to_string()).collect());
+        hub.with_compiler(|c, _| c.node_ports().map(|(n, _)| n.to_string()).collect()).unwrap_or_default();
     // A project's token sees the nodes its project's ports are on, and what they say of its
     // own ports only: nothing of other projects (issue 17).
     let own: Option<(String, std::collections::BTreeSet<String>)> = match (caller.is_admin(), caller.project()) {
         (true, _) => None,
         (false, project) => {
             let project = project.unwrap_or_default().to_string();
-            let nodes = hub.with_compiler(|c, _| {
-                c.cluster().ports().filter(|(_, p)| p.project == project).filter_map(|(_, p)| p.node.clone()).collect()
-            });
+            let nodes = hub
+                .with_compiler(|c, _| {
+                    c.cluster()
+                        .ports()
+                        .filter(|(_, p)| p.project == project)
+                        .filter_map(|(_, p)| p.node.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
             Some((project, nodes))
         }
     };
@@ -401,7 +408,7 @@ async fn group_status_of(state: &AppState, caller: &Caller, key: ObjectKey) -> A
     let hub = &state.follower.hub;
     let compiled = hub.revision().unwrap_or(0);
     let holders: Vec<String> =
-        hub.with_compiler(|c, _| c.group_nodes(&stored.id).into_iter().map(String::from).collect());
+        hub.with_compiler(|c, _| c.group_nodes(&stored.id).into_iter().map(String::from).collect()).unwrap_or_default();
     let statuses: BTreeMap<String, NodeStatus> =
         state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
     let nodes: Vec<GroupNode> = holders

@@ -252,32 +252,48 @@ pub async fn explain(
     caught_up(&state, request.revision).await?;
     let ipv6 = family(request.family.as_deref())?;
     let l4 = L4::parse(&request.protocol, request.port, ipv6)?;
-    let answer = state.follower.hub.with_compiler(|compiler, revision| -> ApiResult<ExplainResponse> {
-        let (src, src_addr, src_name) = endpoint(compiler, &caller, &request.from, ipv6, "from")?;
-        let (dst, dst_addr, dst_name) = endpoint(compiler, &caller, &request.to, ipv6, "to")?;
-        let ports: Vec<Uuid> = [&src, &dst]
-            .into_iter()
-            .filter_map(|e| if let Endpoint::Port(id) = e { Some(*id) } else { None })
-            .collect();
-        let view = compiler.view_of(&ports);
-        let e = view.explain(&src, &dst, &l4.packet(src_addr, dst_addr));
-        let side = |end: &Endpoint, name: Option<String>, direction, decided: Option<Side>| match (end, name, decided) {
-            (Endpoint::Port(id), Some(name), Some(s)) => {
-                Some(side_explanation(compiler, &view, (*id, name), direction, s))
-            }
-            _ => None,
-        };
-        Ok(ExplainResponse {
-            revision,
-            allowed: e.allowed,
-            always: e
-                .always
-                .map(|a| serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
-            egress: side(&src, src_name, Direction::Egress, e.egress),
-            ingress: side(&dst, dst_name, Direction::Ingress, e.ingress),
+    let answer = state
+        .follower
+        .hub
+        .with_compiler(|compiler, revision| -> ApiResult<ExplainResponse> {
+            let (src, src_addr, src_name) = endpoint(compiler, &caller, &request.from, ipv6, "from")?;
+            let (dst, dst_addr, dst_name) = endpoint(compiler, &caller, &request.to, ipv6, "to")?;
+            let ports: Vec<Uuid> = [&src, &dst]
+                .into_iter()
+                .filter_map(|e| if let Endpoint::Port(id) = e { Some(*id) } else { None })
+                .collect();
+            let view = compiler.view_of(&ports);
+            let e = view.explain(&src, &dst, &l4.packet(src_addr, dst_addr));
+            let side =
+                |end: &Endpoint, name: Option<String>, direction, decided: Option<Side>| match (end, name, decided) {
+                    (Endpoint::Port(id), Some(name), Some(s)) => {
+                        Some(side_explanation(compiler, &view, (*id, name), direction, s))
+                    }
+                    _ => None,
+                };
+            Ok(ExplainResponse {
+                revision,
+                allowed: e.allowed,
+                always: e.always.map(|a| {
+                    serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                }),
+                egress: side(&src, src_name, Direction::Egress, e.egress),
+                ingress: side(&dst, dst_name, Direction::Ingress, e.ingress),
+            })
         })
-    })?;
+        .ok_or_else(not_loaded)??;
     Ok(axum::Json(answer).into_response())
+}
+
+/// Explain and reach while this process has no compiler in service (at start, or while one
+/// that failed is loaded again).
+fn not_loaded() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "not-ready",
+        "the compiler is being loaded from the configuration; try again",
+    )
+    .retry_after(1)
 }
 
 pub async fn reach(
@@ -345,7 +361,8 @@ pub async fn reach(
             ends.push(("outside".into(), Endpoint::Address(outside), outside));
         }
         Ok((view, ends, revision))
-    })?;
+    })
+    .ok_or_else(not_loaded)??;
     let (view, ends, revision) = chosen;
     let matrix = tokio::task::spawn_blocking(move || {
         let mut allowed = Vec::new();

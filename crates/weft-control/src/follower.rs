@@ -1,16 +1,20 @@
-//! Loads a consistent snapshot from PostgreSQL, then follows the change log (woken by the
-//! store's horizon watch, which LISTEN/NOTIFY and polling drive), feeding the compiler and
-//! publishing each revision's updates to the hub. A follower that falls behind what the change
-//! log keeps reloads.
+//! The compiler kept current from the change log: [`weft_store::follow`] gives a consistent
+//! snapshot, then each revision's changes; the compiler takes them in and each revision's
+//! updates are published to the hub, encoded once.
+//!
+//! A compiler that panics halfway through a revision is never served: it is taken out of
+//! the hub at once (explain, reach and new agent snapshots wait, realization says the
+//! controller is not loaded), and the follower loads a new one from a snapshot.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use weft_compiler::{Change, Compiler};
 use weft_model::{Kind, Resource};
 use weft_proto::DeltaEncoder;
-use weft_store::{ChangeOp, Store, StoreError, StoredObject};
+use weft_store::follow::{Event, FollowConfig, Next};
+use weft_store::{ChangeOp, Store, StoredObject};
 
 use crate::hub::Hub;
 
@@ -45,116 +49,109 @@ impl Drop for Following {
     }
 }
 
+/// A compiler being loaded from a snapshot, off to the side until it is whole.
+struct Loading {
+    compiler: Compiler,
+    objects: usize,
+    started: Instant,
+}
+
 /// Runs until `shutdown` turns true.
 pub(crate) async fn run(store: Store, hub: Arc<Hub>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
     hub.following.store(true, std::sync::atomic::Ordering::Relaxed);
     let _following = Following(Arc::clone(&hub));
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        match follow(&store, &hub, poll, &mut shutdown).await {
-            Ok(()) => return,
-            Err(StoreError::Compacted { requested, compacted }) => {
-                tracing::warn!(
-                    requested,
-                    compacted,
-                    "the controller fell behind the change log's compaction; reloading"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow the change log; starting again from a snapshot");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-async fn follow(
-    store: &Store,
-    hub: &Arc<Hub>,
-    poll: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), StoreError> {
-    let mut horizon = store.revision_watch(poll).await?;
-    let started = std::time::Instant::now();
-    // The compiler takes the objects a chunk at a time as they stream in: the stored text of
-    // the whole configuration is never held at once.
-    let mut compiler = Compiler::new();
-    let mut objects = 0;
-    let (revision, included) = store
-        .snapshot_in_chunks(1000, |chunk| {
-            objects += chunk.len();
-            compiler.load(0, chunk.iter().filter_map(|o| to_change(ChangeOp::Put, o)));
-        })
-        .await?;
-    compiler.load(revision, []);
-    let loaded = compiler;
-    {
-        let mut state = hub.compiler.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = loaded;
-        state.1 = revision;
-    }
-    hub.reset(revision, included.iter().next_back().copied().unwrap_or(0));
-    tracing::info!(objects, revision, elapsed_ms = started.elapsed().as_millis() as u64, "controller loaded");
-    let mut cursor = revision;
-    loop {
-        let target = *horizon.borrow_and_update();
-        while cursor < target {
-            // The database busy or away for a moment: the same page again shortly, not a
-            // reload of everything (the pool waits for a connection only so long).
-            let page = match store.changes_until(cursor, target, 1000).await {
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(error = %e, "cannot read the change log now; trying again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                        _ = shutdown.changed() => return Ok(()),
-                    }
-                }
-                page => page?,
-            };
-            let mut i = 0;
-            while i < page.changes.len() {
-                let revision = page.changes[i].revision;
-                let end =
-                    page.changes[i..].iter().position(|c| c.revision != revision).map_or(page.changes.len(), |n| i + n);
-                if !included.contains(&revision) {
-                    let batch: Vec<Change> =
-                        page.changes[i..end].iter().filter_map(|c| to_change(c.op, &c.object)).collect();
-                    apply(hub, revision, batch);
-                }
-                i = end;
-            }
-            cursor = page.up_to;
-            advance(hub, cursor);
+    let horizon = loop {
+        match store.revision_watch(poll).await {
+            Ok(horizon) => break horizon,
+            Err(e) => tracing::warn!(error = %e, "cannot read the change log's horizon; trying again"),
         }
         tokio::select! {
-            changed = horizon.changed() => if changed.is_err() { return Ok(()) },
-            _ = shutdown.changed() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
         }
-    }
+    };
+    let mut loading: Option<Loading> = None;
+    let sink = |event: Event<'_>| match event {
+        Event::Reset => {
+            loading = Some(Loading { compiler: Compiler::new(), objects: 0, started: Instant::now() });
+            Next::Continue
+        }
+        // The compiler takes the objects a chunk at a time as they stream in: the stored text
+        // of the whole configuration is never held at once.
+        Event::Snapshot(chunk) => {
+            if let Some(l) = loading.as_mut() {
+                l.objects += chunk.len();
+                l.compiler.load(0, chunk.iter().filter_map(|o| to_change(ChangeOp::Put, o)));
+            }
+            Next::Continue
+        }
+        Event::Loaded { revision, included } => {
+            let Some(Loading { mut compiler, objects, started }) = loading.take() else { return Next::Reload };
+            compiler.load(revision, []);
+            hub.install(compiler, revision, included.last().copied().unwrap_or(0));
+            tracing::info!(objects, revision, elapsed_ms = started.elapsed().as_millis() as u64, "controller loaded");
+            Next::Continue
+        }
+        Event::Batch { revision, changes } => {
+            apply(&hub, revision, changes.iter().filter_map(|c| to_change(c.op, &c.object)).collect())
+        }
+        Event::Advanced(revision) => advance(&hub, revision),
+    };
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    weft_store::follow::follow(&store, horizon, FollowConfig::default(), sink, stop).await;
 }
 
-/// One revision's changes through the compiler, its updates encoded once and published.
-fn apply(hub: &Hub, revision: i64, batch: Vec<Change>) {
-    let deltas = {
-        let mut state = hub.compiler.lock().unwrap_or_else(|e| e.into_inner());
-        let started = std::time::Instant::now();
-        let deltas = state.0.apply(revision, batch);
-        hub.compile_seconds.observe(started.elapsed().as_secs_f64());
-        state.1 = revision;
-        deltas
+/// One revision's changes through the compiler, its updates encoded once and published. A
+/// compiler that panics is taken out of service, and a reload asked for.
+fn apply(hub: &Hub, revision: i64, batch: Vec<Change>) -> Next {
+    let started = Instant::now();
+    let Some(applied) = hub.apply(|compiler| compiler.apply(revision, batch), revision) else {
+        // Not loaded: nothing to apply to (a reload is under way).
+        return Next::Reload;
     };
-    let updates = (!deltas.is_empty()).then(|| DeltaEncoder::new(&deltas));
-    hub.publish(revision, updates);
+    match applied {
+        Ok(deltas) => {
+            hub.compile_seconds.observe(started.elapsed().as_secs_f64());
+            let updates = (!deltas.is_empty()).then(|| DeltaEncoder::new(&deltas));
+            hub.publish(revision, updates);
+            Next::Continue
+        }
+        Err(panic) => {
+            let what = weft_model::panic_message(&*panic);
+            tracing::error!(revision, panic = %what, "the compiler failed halfway through a revision; it is out of service until a snapshot is loaded again");
+            Next::Reload
+        }
+    }
 }
 
 /// Revisions without changes for the compiler (rolled back, or networks only) still move
 /// every node's realized revision on.
-fn advance(hub: &Hub, revision: i64) {
-    {
-        let mut state = hub.compiler.lock().unwrap_or_else(|e| e.into_inner());
-        state.1 = state.1.max(revision);
+fn advance(hub: &Hub, revision: i64) -> Next {
+    if !hub.advance(revision) {
+        return Next::Reload;
     }
     hub.publish(revision, None);
+    Next::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compiler_that_panics_is_taken_out_of_service_and_a_reload_asked_for() {
+        let hub = Hub::new(16);
+        hub.install(Compiler::new(), 7, 0);
+        assert_eq!(hub.with_compiler(|_, revision| revision), Some(7));
+        let outcome = hub.apply(|_| -> () { panic!("halfway") }, 8);
+        assert!(matches!(outcome, Some(Err(_))), "the panic is caught and reported");
+        assert_eq!(hub.with_compiler(|_, revision| revision), None, "the half-applied compiler serves nothing");
+        assert_eq!(hub.revision(), None, "sessions wait, readiness says not loaded");
+        assert_eq!(apply(&hub, 9, Vec::new()), Next::Reload, "nothing to apply to until a reload");
+        hub.install(Compiler::new(), 9, 0);
+        assert_eq!(apply(&hub, 10, Vec::new()), Next::Continue);
+        assert_eq!(hub.with_compiler(|_, revision| revision), Some(10));
+    }
 }

@@ -26,8 +26,9 @@ pub(crate) struct Ring {
 #[derive(Debug)]
 pub struct Hub {
     /// The compiler, and the revision through which it has every change (revisions without
-    /// changes for it included).
-    pub(crate) compiler: Mutex<(Compiler, i64)>,
+    /// changes for it included); `None` until one is loaded, and while one that failed
+    /// halfway through a revision is replaced.
+    compiler: Mutex<Option<(Compiler, i64)>>,
     pub(crate) ring: RwLock<Ring>,
     /// The revision the compiler is at; `None` until the first snapshot is loaded.
     pub(crate) revision: watch::Sender<Option<i64>>,
@@ -47,7 +48,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(ring_updates: usize) -> Hub {
         Hub {
-            compiler: Mutex::new((Compiler::new(), 0)),
+            compiler: Mutex::new(None),
             ring: RwLock::default(),
             revision: watch::Sender::new(None),
             included_through: std::sync::atomic::AtomicI64::new(0),
@@ -73,10 +74,57 @@ impl Hub {
         self.revision.subscribe()
     }
 
-    /// Runs `f` on the compiler and the revision it is at (briefly: the follower waits).
-    pub fn with_compiler<T>(&self, f: impl FnOnce(&Compiler, i64) -> T) -> T {
+    /// Runs `f` on the compiler and the revision it is at (briefly: the follower waits);
+    /// `None` while no compiler is loaded.
+    pub fn with_compiler<T>(&self, f: impl FnOnce(&Compiler, i64) -> T) -> Option<T> {
         let state = self.compiler.lock().unwrap_or_else(|e| e.into_inner());
-        f(&state.0, state.1)
+        state.as_ref().map(|(compiler, revision)| f(compiler, *revision))
+    }
+
+    /// Puts a compiler loaded from a snapshot at `revision` in service: every session starts
+    /// again from a snapshot.
+    pub(crate) fn install(&self, compiler: Compiler, revision: i64, included_through: i64) {
+        *self.compiler.lock().unwrap_or_else(|e| e.into_inner()) = Some((compiler, revision));
+        self.reset(revision, included_through);
+    }
+
+    /// Runs `f` on the compiler to take in `revision`: `None` when none is loaded, an error
+    /// holding the panic when `f` panicked. A compiler that panicked may be half-applied: it
+    /// is dropped, and nothing is served until [`Hub::install`] puts a new one in service.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn apply<T>(
+        &self,
+        f: impl FnOnce(&mut Compiler) -> T,
+        revision: i64,
+    ) -> Option<Result<T, Box<dyn std::any::Any + Send>>> {
+        let mut state = self.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        let (compiler, at) = state.as_mut()?;
+        // Caught inside the lock: the mutex is not poisoned, and no one sees the compiler
+        // between the panic and its removal.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(compiler))) {
+            Ok(out) => {
+                *at = revision;
+                Some(Ok(out))
+            }
+            Err(panic) => {
+                *state = None;
+                self.revision.send_replace(None);
+                Some(Err(panic))
+            }
+        }
+    }
+
+    /// The compiler has every change through `revision` (one without changes for it);
+    /// whether one is loaded.
+    pub(crate) fn advance(&self, revision: i64) -> bool {
+        let mut state = self.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        match state.as_mut() {
+            Some((_, at)) => {
+                *at = (*at).max(revision);
+                true
+            }
+            None => false,
+        }
     }
 
     /// How many updates the ring keeps.
@@ -90,7 +138,7 @@ impl Hub {
     }
 
     /// A new state replaces the old: every session starts again from a snapshot.
-    pub(crate) fn reset(&self, revision: i64, included_through: i64) {
+    fn reset(&self, revision: i64, included_through: i64) {
         self.included_through.store(included_through, std::sync::atomic::Ordering::Relaxed);
         let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
         *ring = Ring { floor: revision, ..Ring::default() };

@@ -162,7 +162,13 @@ async fn send(
         let updates = if fresh { None } else { hub.updates_after(cursor) };
         match updates {
             None => {
-                let (span, revision) = hub.with_compiler(|c, revision| (c.span(&node), revision));
+                let Some((span, revision)) = hub.with_compiler(|c, revision| (c.span(&node), revision)) else {
+                    // The compiler is being loaded again (one failed halfway): wait for it.
+                    if revisions.wait_for(Option::is_some).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
                 // Encoded as built: what waits to be sent is bytes, not decoded structures.
                 let mut messages = Vec::new();
                 snapshot_with(revision, &span, SNAPSHOT_MESSAGE_BYTES, |m| messages.push(Encoded::of(&m)));
@@ -313,8 +319,7 @@ mod tests {
     #[tokio::test]
     async fn realization_through_revisions_the_snapshot_held_is_recorded_at_once() {
         let hub = Arc::new(Hub::new(1000));
-        hub.compiler.lock().unwrap_or_else(|e| e.into_inner()).1 = 1;
-        hub.reset(1, 2);
+        hub.install(weft_compiler::Compiler::new(), 1, 2);
         let statuses = Arc::new(StatusWriter::default());
         let progress = Arc::new(Mutex::new(Progress::default()));
         let (outbound, mut sent) = mpsc::channel(16);

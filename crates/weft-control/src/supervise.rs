@@ -47,13 +47,7 @@ where
             Ok(Ok(())) => format!("{name} ended"),
             Ok(Err(e)) => format!("{name} failed: {e}"),
             Err(e) if e.is_panic() => {
-                let payload = e.into_panic();
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                format!("{name} panicked: {message}")
+                format!("{name} panicked: {}", weft_model::panic_message(&*e.into_panic()))
             }
             Err(_) => format!("{name} was cancelled"),
         };

@@ -63,6 +63,15 @@ pub fn default_interface(project: &str, name: &str) -> String {
     format!("{}{:011x}", syntax::INTERFACE_PREFIX, hash >> 20)
 }
 
+/// What a caught panic said (its `&str` or `String` payload), for the log.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// FNV-1a, 64 bits: stable across releases and platforms, for names derived from content
 /// (interface names here, rule comments and set names in the agent).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
