@@ -18,7 +18,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How far the configuration is ahead of this process's compiler: the last revision committed
 /// and when the first it has not reached was committed.
 pub(crate) async fn behind(state: &AppState) -> Result<Option<(i64, chrono::DateTime<chrono::Utc>)>, String> {
-    let compiled = state.follower.hub.revision().unwrap_or(0);
+    let compiled = state.policy.revision().unwrap_or(0);
     match tokio::time::timeout(PROBE_TIMEOUT, state.store.committed_beyond(compiled)).await {
         Ok(Ok(beyond)) => Ok(beyond),
         Ok(Err(e)) => Err(e.to_string()),
@@ -29,7 +29,7 @@ pub(crate) async fn behind(state: &AppState) -> Result<Option<(i64, chrono::Date
 /// Everything that keeps this process from being ready, one sentence each.
 pub(crate) async fn problems(state: &AppState) -> Vec<String> {
     let mut out = Vec::new();
-    let hub = &state.follower.hub;
+    let hub = &state.policy;
     if let Some(serving) = &state.grpc_serving
         && !serving.load(std::sync::atomic::Ordering::Relaxed)
     {

@@ -20,11 +20,10 @@ pub mod openapi;
 pub mod problem;
 pub mod reach;
 mod resources;
-pub mod server;
+mod serve;
 pub mod tls;
 mod tokens;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,11 +33,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
 use tokio::sync::watch;
+use weft_compiler::PolicyView;
 use weft_model::Kind;
 use weft_store::Store;
 
 pub use batch::{BatchRequest, Operation};
 pub use problem::{ApiError, InvalidField, Problem};
+pub use serve::{DRAIN_TIMEOUT, ServeError, serve};
 
 /// How the API process is set up.
 #[derive(Debug, Clone)]
@@ -49,9 +50,9 @@ pub struct Config {
     pub grpc_address: Option<String>,
     /// How often followers poll for new revisions when no notification arrives.
     pub poll_interval: Duration,
-    /// The compiler this process keeps current (shared with the controller when both run
-    /// here); `None`: the API starts its own.
-    pub follower: Option<Arc<weft_control::Follower>>,
+    /// The histogram of the compiler's time per revision, registered with the API's
+    /// metrics when this process keeps one.
+    pub compile_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
     /// Whether this process's gRPC service for agents is serving, when it runs one.
     pub grpc_serving: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// How long the compiler may be behind a committed revision before `/readyz` fails.
@@ -64,7 +65,7 @@ impl Default for Config {
             auth_enabled: true,
             grpc_address: None,
             poll_interval: Duration::from_secs(1),
-            follower: None,
+            compile_seconds: None,
             grpc_serving: None,
             stuck_after: health::STUCK_AFTER,
         }
@@ -84,8 +85,9 @@ pub struct AppState {
     /// Every object, for GETs without a database round trip.
     pub cache: Arc<cache::ObjectCache>,
     pub grpc_address: Option<String>,
-    /// The compiler kept current from the change log: realization, a group's reach.
-    pub follower: Arc<weft_control::Follower>,
+    /// The compiler kept current from the change log (explain, reach, realization), as
+    /// the process's wiring gives it.
+    pub policy: Arc<dyn PolicyView>,
     /// Whether this process's gRPC service for agents is serving, when it runs one.
     pub grpc_serving: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub stuck_after: Duration,
@@ -97,19 +99,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub async fn new(store: Store, config: Config) -> Result<AppState, weft_store::StoreError> {
+    pub async fn new(
+        store: Store,
+        policy: Arc<dyn PolicyView>,
+        config: Config,
+    ) -> Result<AppState, weft_store::StoreError> {
         let revisions = store.revision_watch(config.poll_interval).await?;
         let cache = Arc::new(cache::ObjectCache::default());
         cache.spawn_follower(store.clone(), revisions.clone());
-        let follower = match config.follower {
-            Some(f) => f,
-            None => {
-                Arc::new(weft_control::Follower::start(store.clone(), config.poll_interval, weft_control::RING_UPDATES))
-            }
-        };
-        let metrics = Arc::new(metrics::Metrics::new(&follower.hub));
+        let metrics = Arc::new(metrics::Metrics::new(config.compile_seconds));
         Ok(AppState {
-            follower,
+            policy,
             stopping: Arc::new(watch::channel(false).0),
             cache,
             store,
@@ -175,16 +175,6 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then drains open requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    axum::serve(listener.tap_io(|tcp| no_delay(tcp)), router).with_graceful_shutdown(shutdown).await
 }
 
 /// Without TCP_NODELAY the tail of a response can wait for the client's delayed ACK (~40 ms).

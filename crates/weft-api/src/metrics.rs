@@ -55,7 +55,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(hub: &weft_control::Hub) -> Self {
+    /// `compile_seconds`: the compiler's own histogram, where this process holds one that
+    /// keeps it.
+    pub fn new(compile_seconds: Option<Histogram>) -> Self {
         let mut registry = Registry::with_prefix("weft_api");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
@@ -91,11 +93,9 @@ impl Metrics {
             "Seconds since the first revision the compiler has not reached was committed (0: caught up)",
             controller_delay.clone(),
         );
-        server.register(
-            "compile_seconds",
-            "Time the compiler takes over one revision's changes",
-            hub.compile_seconds.clone(),
-        );
+        if let Some(compile_seconds) = compile_seconds {
+            server.register("compile_seconds", "Time the compiler takes over one revision's changes", compile_seconds);
+        }
         server.register("agents_connected", "Nodes with an agent connected to a controller", agents_connected.clone());
         server.register(
             "agent_connected",
@@ -125,7 +125,7 @@ impl Metrics {
 
     /// Reads what is only known by asking: revisions and the nodes' status.
     async fn refresh(&self, state: &AppState) {
-        let compiled = state.follower.hub.revision().unwrap_or(0);
+        let compiled = state.policy.revision().unwrap_or(0);
         // What is committed, not only what followers can read yet: a long transaction that
         // holds the change log back shows as lag here (issue 17: it read 0 while agents got
         // nothing for 19 s).

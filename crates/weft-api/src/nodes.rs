@@ -245,7 +245,7 @@ pub async fn revoke_join_token(
 /// Node status with the lag as this process's compiler sees it.
 async fn node_infos(state: &AppState) -> ApiResult<Vec<NodeInfo>> {
     let statuses = state.store.list_nodes().await?;
-    let hub = &state.follower.hub;
+    let hub = &state.policy;
     let compiled = hub.revision().unwrap_or(0);
     // No compiler in service (loading): no node is known to have ports, as at start.
     let ports: BTreeMap<String, usize> =
@@ -316,7 +316,7 @@ pub async fn realization(
     Extension(caller): Extension<Caller>,
     Query(query): Query<RealizationQuery>,
 ) -> ApiResult<Response> {
-    let hub = &state.follower.hub;
+    let hub = &state.policy;
     let compiled = hub.revision().unwrap_or(0);
     let statuses: BTreeMap<String, NodeStatus> =
         state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
@@ -405,7 +405,7 @@ async fn group_status_of(state: &AppState, caller: &Caller, key: ObjectKey) -> A
     if !caller.can_read(&group.project) {
         return Err(ApiError::not_found(format!("security group {key} does not exist")));
     }
-    let hub = &state.follower.hub;
+    let hub = &state.policy;
     let compiled = hub.revision().unwrap_or(0);
     let holders: Vec<String> =
         hub.with_compiler(|c, _| c.group_nodes(&stored.id).into_iter().map(String::from).collect()).unwrap_or_default();

@@ -101,7 +101,7 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
 /// yet is a bad request at once, not a wait that ends in 503.
 async fn caught_up(state: &AppState, revision: Option<i64>) -> ApiResult<()> {
     let Some(wanted) = revision else { return Ok(()) };
-    if state.follower.hub.revision().is_some_and(|at| at >= wanted) {
+    if state.policy.revision().is_some_and(|at| at >= wanted) {
         return Ok(());
     }
     let last = state.store.last_revision().await?;
@@ -111,16 +111,14 @@ async fn caught_up(state: &AppState, revision: Option<i64>) -> ApiResult<()> {
             format!("no revision {wanted} exists: the configuration is at revision {last}"),
         ));
     }
-    let mut at = state.follower.hub.subscribe();
-    let reached = tokio::time::timeout(CATCH_UP, at.wait_for(|r| r.is_some_and(|r| r >= wanted))).await;
-    match reached {
-        Ok(Ok(_)) => Ok(()),
+    match tokio::time::timeout(CATCH_UP, state.policy.reached(wanted)).await {
+        Ok(()) => Ok(()),
         _ => Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "not-yet",
             format!(
                 "the compiler is at revision {}, not yet {wanted}; try again",
-                state.follower.hub.revision().unwrap_or(0)
+                state.policy.revision().unwrap_or(0)
             ),
         )),
     }
@@ -253,8 +251,7 @@ pub async fn explain(
     let ipv6 = family(request.family.as_deref())?;
     let l4 = L4::parse(&request.protocol, request.port, ipv6)?;
     let answer = state
-        .follower
-        .hub
+        .policy
         .with_compiler(|compiler, revision| -> ApiResult<ExplainResponse> {
             let (src, src_addr, src_name) = endpoint(compiler, &caller, &request.from, ipv6, "from")?;
             let (dst, dst_addr, dst_name) = endpoint(compiler, &caller, &request.to, ipv6, "to")?;
@@ -335,7 +332,7 @@ pub async fn reach(
     let _server_turn = state.reach_limits.server_turn().await?;
     // Under the compiler's lock: only choosing the endpoints and taking their spans (shared,
     // cheap). The matrix is computed from those, without the lock, off the async runtime.
-    let chosen = state.follower.hub.with_compiler(|compiler, revision| -> ApiResult<_> {
+    let chosen = state.policy.with_compiler(|compiler, revision| -> ApiResult<_> {
         let mut selected: Vec<Selected> = compiler
             .cluster()
             .ports()

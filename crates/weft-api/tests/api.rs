@@ -422,7 +422,7 @@ async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_t
     // The compiler loads in the background: the writes below must come after, so that each
     // is compiled as a change (not taken in with the snapshot).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while api.state.follower.hub.revision().is_none() {
+    while api.state.policy.revision().is_none() {
         assert!(std::time::Instant::now() < deadline, "the compiler never loaded");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
@@ -435,7 +435,7 @@ async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_t
     api.store.nodes_acked("ctl-a", &[acked]).await.unwrap();
     // Once the compiler has both projects, the figures are settled.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while api.state.follower.hub.revision().unwrap_or(0) < 2 {
+    while api.state.policy.revision().unwrap_or(0) < 2 {
         assert!(std::time::Instant::now() < deadline, "the compiler never caught up");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

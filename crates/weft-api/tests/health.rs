@@ -102,7 +102,7 @@ async fn readiness_names_a_dead_follower_and_a_grpc_service_that_is_down(pool: P
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.body["detail"], "the agents' gRPC service is not serving", "{}", r.body);
     serving.store(true, std::sync::atomic::Ordering::Relaxed);
-    api.state.follower.stop();
+    api.follower.stop();
     let r = readiness_until(&api, |r| r.status == StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(r.body["detail"], "the change-log follower is not running", "{}", r.body);
     assert_eq!(r.body["type"], "urn:weft:problem:not-ready");

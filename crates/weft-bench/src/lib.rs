@@ -249,13 +249,26 @@ pub(crate) async fn start_server(
         .await?
         .ok_or_else(|| BenchError::Other("the bench database already has tokens".into()))?
         .secret;
-    let state = weft_api::AppState::new(store, weft_api::Config::default()).await?;
+    // An API-only process's compiler, as `weft server --role api` holds one.
+    let config = weft_api::Config::default();
+    let follower = weft_control::Follower::start(
+        store.clone(),
+        config.poll_interval,
+        weft_control::RING_UPDATES,
+        weft_control::Encoding::None,
+    );
+    let state = weft_api::AppState::new(store, std::sync::Arc::clone(&follower.hub) as _, config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(other)?;
     let addr = listener.local_addr().map_err(other)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(weft_api::serve(listener, weft_api::router(state), async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(async move {
+        let stopping = async move {
+            let _ = stopped.await;
+        };
+        let served = weft_api::serve(state, listener, None, stopping).await;
+        drop(follower);
+        served
+    });
     Ok((addr, token, stop))
 }
 

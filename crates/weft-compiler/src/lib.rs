@@ -29,6 +29,7 @@ mod proptests;
 mod reference;
 #[cfg(any(test, feature = "synthetic"))]
 pub mod synthetic;
+pub mod view;
 
 pub use cluster::{Change, Cluster, Dangling};
 pub use compile::{Compiled, compile};
@@ -37,3 +38,4 @@ pub use delta::{Deltas, MemberDelta, NodeName, SharedSetChange, SpanDelta, diff}
 pub use eval::{Packet, Side};
 pub use explain::{AlwaysAllowed, Endpoint, Explanation};
 pub use incremental::Compiler;
+pub use view::PolicyView;

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use weft_compiler::{Change, Compiler};
 use weft_model::{Kind, Resource};
-use weft_proto::DeltaEncoder;
 use weft_store::follow::{Event, FollowConfig, Next};
 use weft_store::{ChangeOp, Store, StoredObject};
 
@@ -114,8 +113,7 @@ fn apply(hub: &Hub, revision: i64, batch: Vec<Change>) -> Next {
     match applied {
         Ok(deltas) => {
             hub.compile_seconds.observe(started.elapsed().as_secs_f64());
-            let updates = (!deltas.is_empty()).then(|| DeltaEncoder::new(&deltas));
-            hub.publish(revision, updates);
+            hub.publish(revision, (!deltas.is_empty()).then_some(&deltas));
             Next::Continue
         }
         Err(panic) => {
@@ -142,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_compiler_that_panics_is_taken_out_of_service_and_a_reload_asked_for() {
-        let hub = Hub::new(16);
+        let hub = Hub::new(16, crate::hub::Encoding::None);
         hub.install(Compiler::new(), 7, 0);
         assert_eq!(hub.with_compiler(|_, revision| revision), Some(7));
         let outcome = hub.apply(|_| -> () { panic!("halfway") }, 8);

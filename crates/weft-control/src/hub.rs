@@ -5,7 +5,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
-use weft_compiler::Compiler;
+use weft_compiler::view::Waiting;
+use weft_compiler::{Compiler, Deltas, NodeName, PolicyView};
 use weft_proto::DeltaEncoder;
 
 /// How many recent updates are kept by default for sessions that are behind; a session further
@@ -19,8 +20,52 @@ pub(crate) struct Ring {
     /// A session that has everything up to at least this revision can follow on from the
     /// entries; one behind it needs a snapshot.
     pub floor: i64,
-    pub entries: VecDeque<(i64, Arc<DeltaEncoder>, usize)>,
+    pub entries: VecDeque<(i64, Update, usize)>,
     pub bytes: usize,
+}
+
+/// One revision's updates as the ring keeps them.
+#[derive(Debug, Clone)]
+pub(crate) enum Update {
+    /// Encoded once for the agents this process serves.
+    Encoded(Arc<DeltaEncoder>),
+    /// Only which nodes it concerns, for realization: what a process that serves no agents
+    /// keeps (it encodes nothing).
+    Nodes(Arc<[NodeName]>),
+}
+
+impl Update {
+    fn of(deltas: &Deltas, encode: bool) -> Update {
+        if encode {
+            Update::Encoded(Arc::new(DeltaEncoder::new(deltas)))
+        } else {
+            Update::Nodes(deltas.nodes.keys().cloned().collect())
+        }
+    }
+
+    fn concerns(&self, node: &str) -> bool {
+        match self {
+            Update::Encoded(e) => e.for_node(node).is_some(),
+            Update::Nodes(nodes) => nodes.iter().any(|n| &**n == node),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Update::Encoded(e) => e.messages().map(|(_, m)| prost::Message::encoded_len(m)).sum(),
+            Update::Nodes(nodes) => nodes.iter().map(|n| n.len() + 16).sum(),
+        }
+    }
+}
+
+/// Whether a hub encodes each revision's updates for agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// For a process that serves agents (the controller).
+    ForAgents,
+    /// For a process that only answers the API: realization needs which nodes a revision
+    /// concerns, not the encoded messages.
+    None,
 }
 
 #[derive(Debug)]
@@ -38,6 +83,7 @@ pub struct Hub {
     /// must be written down at once, or that process waits on a record that stays behind.
     pub(crate) included_through: std::sync::atomic::AtomicI64,
     ring_updates: usize,
+    encode: bool,
     /// Whether the change-log follower that feeds this hub is running (it clears this when it
     /// ends, also by a panic): readiness says so when it is not.
     pub(crate) following: std::sync::atomic::AtomicBool,
@@ -46,8 +92,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(ring_updates: usize) -> Hub {
+    pub fn new(ring_updates: usize, encoding: Encoding) -> Hub {
         Hub {
+            encode: encoding == Encoding::ForAgents,
             compiler: Mutex::new(None),
             ring: RwLock::default(),
             revision: watch::Sender::new(None),
@@ -146,12 +193,13 @@ impl Hub {
         self.revision.send_replace(Some(revision));
     }
 
-    /// Publishes one revision's updates.
-    pub(crate) fn publish(&self, revision: i64, updates: Option<DeltaEncoder>) {
-        if let Some(updates) = updates {
-            let size: usize = updates.messages().map(|(_, m)| prost::Message::encoded_len(m)).sum();
+    /// Publishes one revision's updates (`None`: it changed nothing for any node).
+    pub(crate) fn publish(&self, revision: i64, deltas: Option<&Deltas>) {
+        if let Some(deltas) = deltas {
+            let update = Update::of(deltas, self.encode);
+            let size = update.size();
             let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
-            ring.entries.push_back((revision, Arc::new(updates), size));
+            ring.entries.push_back((revision, update, size));
             ring.bytes += size;
             while ring.entries.len() > self.ring_updates || ring.bytes > RING_BYTES {
                 let Some((evicted, _, size)) = ring.entries.pop_front() else { break };
@@ -180,7 +228,7 @@ impl Hub {
             .rev()
             .skip_while(|(r, _, _)| *r > revision)
             .take_while(|(r, _, _)| *r > realized)
-            .find(|(_, u, _)| u.for_node(node).is_some());
+            .find(|(_, u, _)| u.concerns(node));
         match pending {
             Some((r, _, _)) => Err(*r),
             None => Ok(()),
@@ -193,6 +241,67 @@ impl Hub {
         if cursor < ring.floor {
             return None;
         }
-        Some(ring.entries.iter().filter(|(r, _, _)| *r > cursor).map(|(r, u, _)| (*r, Arc::clone(u))).collect())
+        let encoded = ring.entries.iter().filter(|(r, _, _)| *r > cursor).filter_map(|(r, u, _)| match u {
+            Update::Encoded(e) => Some((*r, Arc::clone(e))),
+            Update::Nodes(_) => None,
+        });
+        Some(encoded.collect())
+    }
+}
+
+impl PolicyView for Hub {
+    fn revision(&self) -> Option<i64> {
+        Hub::revision(self)
+    }
+
+    fn reached(&self, revision: i64) -> Waiting<'_> {
+        let mut at = self.subscribe();
+        Box::pin(async move {
+            // The sender lives as long as the hub.
+            let _ = at.wait_for(|r| r.is_some_and(|r| r >= revision)).await;
+        })
+    }
+
+    fn following(&self) -> bool {
+        Hub::following(self)
+    }
+
+    fn read(&self, f: &mut dyn FnMut(&Compiler, i64)) -> bool {
+        self.with_compiler(|compiler, revision| f(compiler, revision)).is_some()
+    }
+
+    fn realized(&self, node: &str, realized: i64, revision: i64, has_ports: bool) -> Result<(), i64> {
+        Hub::realized(self, node, realized, revision, has_ports)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deltas(revision: i64, nodes: &[&str]) -> Deltas {
+        Deltas {
+            revision,
+            nodes: nodes.iter().map(|n| (NodeName::from(*n), Default::default())).collect(),
+            ..Deltas::default()
+        }
+    }
+
+    /// An API-only process answers realization from which nodes each revision concerns, and
+    /// encodes nothing for agents it never serves.
+    #[test]
+    fn a_hub_for_the_api_alone_keeps_whom_revisions_concern_and_encodes_nothing() {
+        for encoding in [Encoding::ForAgents, Encoding::None] {
+            let hub = Hub::new(16, encoding);
+            hub.install(Compiler::new(), 1, 0);
+            hub.publish(2, Some(&deltas(2, &["n1"])));
+            hub.publish(3, Some(&deltas(3, &["n2"])));
+            assert_eq!(hub.realized("n1", 1, 3, true), Err(2), "{encoding:?}");
+            assert_eq!(hub.realized("n2", 2, 3, true), Err(3), "{encoding:?}");
+            assert_eq!(hub.realized("n1", 2, 3, true), Ok(()), "{encoding:?}");
+            let ring = hub.ring.read().unwrap_or_else(|e| e.into_inner());
+            let encoded = ring.entries.iter().filter(|(_, u, _)| matches!(u, Update::Encoded(_))).count();
+            assert_eq!(encoded, if encoding == Encoding::ForAgents { 2 } else { 0 });
+        }
     }
 }

@@ -27,7 +27,7 @@ use weft_proto::server::agent_server::{Agent, AgentServer};
 use weft_proto::{Encoded, v1};
 use weft_store::{Store, StoreError, patiently};
 
-pub use hub::{Hub, RING_UPDATES};
+pub use hub::{Encoding, Hub, RING_UPDATES};
 pub use session::SNAPSHOT_MESSAGE_BYTES;
 
 /// How often the controller tells the database which agents it still holds.
@@ -74,8 +74,9 @@ pub struct Control {
     death: supervise::Death,
 }
 
-/// A compiler kept current from the change log, without serving agents: what an API process
-/// that answers realization and explain questions holds.
+/// A compiler kept current from the change log: what the controller serves agents from
+/// ([`Encoding::ForAgents`]), and what an API process answers explain, reach and realization
+/// from ([`Encoding::None`] when no controller runs there: nothing is encoded for agents).
 #[derive(Debug)]
 pub struct Follower {
     pub hub: Arc<Hub>,
@@ -85,8 +86,8 @@ pub struct Follower {
 
 impl Follower {
     /// Starts following; a critical task ([`Follower::death`]).
-    pub fn start(store: Store, poll: Duration, ring_updates: usize) -> Follower {
-        let hub = Arc::new(Hub::new(ring_updates));
+    pub fn start(store: Store, poll: Duration, ring_updates: usize, encoding: Encoding) -> Follower {
+        let hub = Arc::new(Hub::new(ring_updates, encoding));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = follower::run(store, Arc::clone(&hub), poll, shutdown_rx.clone());
         let (_, death) = supervise::spawn_critical(
@@ -119,7 +120,7 @@ impl Drop for Follower {
 impl Control {
     /// Starts following the change log and serving agents.
     pub async fn start(store: Store, config: Config) -> Result<Control, ControlError> {
-        let follower = Follower::start(store.clone(), config.poll, config.ring_updates);
+        let follower = Follower::start(store.clone(), config.poll, config.ring_updates, Encoding::ForAgents);
         let hub = Arc::clone(&follower.hub);
         let control = Control::serve(store, hub, config).await?;
         // The follower stops with the controller.

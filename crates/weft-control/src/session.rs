@@ -318,7 +318,7 @@ mod tests {
     /// when the record next catches up, or that process waits on a stale record.
     #[tokio::test]
     async fn realization_through_revisions_the_snapshot_held_is_recorded_at_once() {
-        let hub = Arc::new(Hub::new(1000));
+        let hub = Arc::new(Hub::new(1000, crate::hub::Encoding::ForAgents));
         hub.install(weft_compiler::Compiler::new(), 1, 2);
         let statuses = Arc::new(StatusWriter::default());
         let progress = Arc::new(Mutex::new(Progress::default()));

@@ -18,8 +18,11 @@ impl Death {
     /// asked.
     pub async fn wait(&self) -> String {
         let mut notice = self.0.clone();
-        match notice.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
+        // The reason is copied out first: the watch's guard must not be held across an await
+        // (the future is sent between threads).
+        let reason = notice.wait_for(Option::is_some).await.map(|r| r.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
             Err(_) => std::future::pending().await,
         }
     }

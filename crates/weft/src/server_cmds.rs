@@ -86,7 +86,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(weft_api::tls::TlsFiles { cert, key }),
         _ => None,
     };
-    let config = weft_api::server::ServerConfig {
+    let config = weft_server::ServerConfig {
         listen,
         // DATABASE_URL is the variable every PostgreSQL tool reads; WEFT_DATABASE_URL wins.
         database_url: database_url.or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty())),
@@ -97,12 +97,12 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         change_retention,
         max_connections: db_max_connections,
         role: match role {
-            ServerRole::All => weft_api::server::Role::All,
-            ServerRole::Api => weft_api::server::Role::Api,
-            ServerRole::Control => weft_api::server::Role::Control,
+            ServerRole::All => weft_server::Role::All,
+            ServerRole::Api => weft_server::Role::Api,
+            ServerRole::Control => weft_server::Role::Control,
         },
         grpc_listen,
         grpc_tls: tls_files(grpc_tls_cert, grpc_tls_key),
     };
-    weft_api::server::run(config, shutdown_signal(), None).await.context("weft server")
+    weft_server::run(config, shutdown_signal(), None).await.context("weft server")
 }

@@ -40,7 +40,7 @@ async fn server_runs_its_own_postgres_and_stops_it() {
     assert_eq!(first.op, "put");
     let started = Instant::now();
     let status = server.stop();
-    assert!(started.elapsed() < weft_api::server::DRAIN_TIMEOUT, "shutdown waited for the open watch");
+    assert!(started.elapsed() < weft_api::DRAIN_TIMEOUT, "shutdown waited for the open watch");
     assert!(status.success(), "exit status {status}");
     assert!(!cluster.join("data/postmaster.pid").exists(), "the private PostgreSQL was stopped");
 

@@ -9,14 +9,20 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use sqlx::PgPool;
+use std::sync::Arc;
 use tower::ServiceExt;
+
 use weft_api::{AppState, Config, router};
+use weft_control::{Encoding, Follower};
 use weft_store::Store;
 
 pub struct Api {
     pub router: Router,
     pub store: Store,
     pub state: AppState,
+    /// The compiler the API reads, kept current from the change log, as an API-only
+    /// process holds one.
+    pub follower: Arc<Follower>,
     pub admin: String,
 }
 
@@ -47,8 +53,11 @@ impl Api {
     pub async fn with_config(pool: PgPool, config: Config) -> Api {
         let store = Store::from_pool(pool);
         let admin = store.bootstrap_admin_token().await.unwrap().unwrap().secret;
-        let state = AppState::new(store.clone(), config).await.unwrap();
-        Api { router: router(state.clone()), store, state, admin }
+        let follower =
+            Arc::new(Follower::start(store.clone(), config.poll_interval, weft_control::RING_UPDATES, Encoding::None));
+        let config = Config { compile_seconds: Some(follower.hub.compile_seconds.clone()), ..config };
+        let state = AppState::new(store.clone(), Arc::clone(&follower.hub) as _, config).await.unwrap();
+        Api { router: router(state.clone()), store, state, follower, admin }
     }
 
     pub async fn raw(

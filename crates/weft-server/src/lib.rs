@@ -1,6 +1,17 @@
-//! `weft server`'s API side as a library: database (configured or private), migrations, the
-//! first admin token, change-log compaction, and the REST listener with optional TLS, all
-//! stopped by one shutdown signal.
+//! The `weft server` process, wired in one place: the database (configured or private) and
+//! its migrations, the compiler kept current from the change log, the controller and the REST
+//! API as the role says, the first admin token, change-log compaction, and supervision: the
+//! process does not outlive a critical task (the follower, the gRPC server, the compactor).
+//! All of it stops on one shutdown signal.
+//!
+//! ```text
+//!   store ──► Follower (compiler + hub) ──► Control (gRPC, agents)        --role control|all
+//!                    └── PolicyView ──────► weft_api::AppState (REST)      --role api|all
+//! ```
+//!
+//! The API reads the compiler through `weft_compiler::PolicyView`; only this crate knows
+//! that the controller's hub is what implements it. An API-only process keeps a compiler
+//! that encodes nothing for agents (`Encoding::None`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,19 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use weft_api::{AppState, Config, tls};
+use weft_control::supervise::Death;
+use weft_control::{Encoding, Follower};
 use weft_store::Store;
 use weft_store::embedded::{EmbeddedError, PrivatePostgres};
-
-use weft_control::supervise::Death;
-
-use crate::{AppState, Config, router, tls};
 
 /// The longest an operation waits for a database connection: a request answers 503 (with
 /// Retry-After) within a second while PostgreSQL is down or restarting, instead of hanging.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// How long open requests may take to finish once shutdown begins.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub use weft_api::DRAIN_TIMEOUT;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -71,6 +80,8 @@ pub enum ServerError {
     Embedded(#[from] EmbeddedError),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("REST API: {0}")]
+    Serve(#[from] weft_api::ServeError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("controller: {0}")]
@@ -119,7 +130,10 @@ async fn serve_with_database(
     let store = Store::connect_waiting(url, config.max_connections, ACQUIRE_TIMEOUT).await?;
     store.migrate().await?;
     let poll = Config::default().poll_interval;
-    let follower = Arc::new(weft_control::Follower::start(store.clone(), poll, weft_control::RING_UPDATES));
+    // Encoded updates are for agents: a process without a controller keeps only which nodes
+    // each revision concerns, for realization.
+    let encoding = if config.role.control() { Encoding::ForAgents } else { Encoding::None };
+    let follower = Arc::new(Follower::start(store.clone(), poll, weft_control::RING_UPDATES, encoding));
     let control = match config.role.control() {
         true => {
             let mut settings = weft_control::Config::new(config.grpc_listen);
@@ -156,11 +170,11 @@ async fn serve_with_database(
     let api = Config {
         auth_enabled: config.auth_enabled,
         grpc_address,
-        follower: Some(follower),
+        compile_seconds: Some(follower.hub.compile_seconds.clone()),
         grpc_serving,
         ..Config::default()
     };
-    let result = serve_api(config, store.clone(), api, shutdown, died, ready).await;
+    let result = serve_api(config, store.clone(), Arc::clone(&follower.hub), api, shutdown, died, ready).await;
     if let Some(control) = control {
         control.shutdown().await;
     }
@@ -169,13 +183,15 @@ async fn serve_with_database(
 }
 
 /// Serves the REST API until `shutdown` completes, or until a critical task of the process
-/// dies (`died`, or the compactor), which is an error naming it.
+/// dies (`died`, or the compactor), which is an error naming it (open requests still get the
+/// drain).
 async fn serve_api(
     config: &ServerConfig,
     store: Store,
+    policy: Arc<weft_control::Hub>,
     api: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    died: impl Future<Output = String>,
+    died: impl Future<Output = String> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServerError> {
     if config.auth_enabled {
@@ -183,7 +199,7 @@ async fn serve_api(
     } else {
         tracing::warn!("authentication is OFF (--insecure-no-auth): anyone who reaches the API can change everything");
     }
-    let state = AppState::new(store.clone(), api).await?;
+    let state = AppState::new(store.clone(), policy, api).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (compactor, compactor_death) = weft_control::supervise::spawn_critical(
         "the change-log compactor",
@@ -200,57 +216,26 @@ async fn serve_api(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(io(format!("cannot listen on {}", config.listen)))?;
-    let local = listener.local_addr().map_err(io("local address"))?;
-    let app = router(state.clone());
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    tracing::info!(address = %format!("{scheme}://{local}"), "REST API listening");
     if let Some(ready) = ready {
-        let _ = ready.send(local);
+        let _ = ready.send(listener.local_addr().map_err(io("local address"))?);
     }
-    let signal = {
-        let state = state.clone();
-        async move {
-            shutdown.await;
-            state.begin_shutdown();
-        }
-    };
-    let serving = async {
-        match &config.tls {
-            Some(files) => {
-                let listener = tls::TlsListener::new(listener, files)?;
-                axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(io("serving HTTPS"))
-            }
-            None => {
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| crate::no_delay(tcp));
-                axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(io("serving HTTP"))
-            }
-        }
-    };
-    // Open requests get DRAIN_TIMEOUT to finish once shutdown begins; then they are dropped.
-    let drain_expired = async {
-        state.stopped().await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let died = async {
+    // Why the API stops: the shutdown signal, or a critical task's death (remembered here).
+    let (death_tx, mut death_rx) = watch::channel(None::<String>);
+    let stopping = async move {
         tokio::select! {
-            reason = died => reason,
-            reason = compactor_death.wait() => reason,
+            () = shutdown => {}
+            reason = died => { death_tx.send_replace(Some(reason)); }
+            reason = compactor_death.wait() => { death_tx.send_replace(Some(reason)); }
         }
     };
-    let served = tokio::select! {
-        served = serving => served,
-        _ = drain_expired => {
-            tracing::warn!("open requests did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
-            Ok(())
-        }
-        reason = died => {
-            state.begin_shutdown();
-            Err(ServerError::Died(reason))
-        }
-    };
+    let served = weft_api::serve(state, listener, config.tls.as_ref(), stopping).await;
     let _ = stop_tx.send(true);
     let _ = compactor.await;
-    served
+    served?;
+    match death_rx.borrow_and_update().clone() {
+        Some(reason) => Err(ServerError::Died(reason)),
+        None => Ok(()),
+    }
 }
 
 /// On a database without tokens, creates the admin token and writes it to
