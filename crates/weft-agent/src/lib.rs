@@ -58,6 +58,9 @@ pub enum AgentError {
     Transport(String),
     #[error("the controller refused: {0}")]
     Refused(tonic::Status),
+    /// The stream broke the protocol (DESIGN.md §6): the agent drops it and asks again.
+    #[error("the controller's stream broke the protocol: {0}")]
+    Protocol(String),
     #[error("state dir: {0}")]
     State(#[from] std::io::Error),
 }
@@ -192,6 +195,8 @@ async fn session(
     };
     tracing::info!(server = %config.server, node = %config.node, "stream open");
     let mut parts: Vec<v1::ControllerMessage> = Vec::new();
+    // A stream starts with a snapshot; a delta is only ever applied on top of this stream's.
+    let mut snapshotted = false;
     // What the last ack reported as refused: logged when it changes, not with every ack.
     let mut refused: Vec<String> = Vec::new();
     loop {
@@ -207,6 +212,19 @@ async fn session(
         }
         let update = std::mem::take(&mut parts);
         let revision = update[0].revision;
+        // A delta applies to the span it was computed against: one that comes before this
+        // stream's snapshot, or that does not move the revision on, would be applied to
+        // another span. Nothing of it is applied; a new stream brings a snapshot.
+        if update[0].snapshot {
+            snapshotted = true;
+        } else if !snapshotted {
+            return Err(AgentError::Protocol(format!("an update to revision {revision} before the stream's snapshot")));
+        } else if revision <= current.revision {
+            return Err(AgentError::Protocol(format!(
+                "an update to revision {revision} after revision {}: out of order",
+                current.revision
+            )));
+        }
         let started = std::time::Instant::now();
         let mut problems = Vec::new();
         let error = match apply(datapath, current, &update) {

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::watch;
-use weft_agent::{Config, Datapath, DatapathError, MemoryDatapath, Progress, Shared, StateDir};
+use weft_agent::{Datapath, DatapathError, MemoryDatapath, Shared, StateDir};
 use weft_compiler::{NodeSpan, SpanDelta};
 use weft_control::Control;
 use weft_model::Kind;
 use weft_store::Store;
 use weft_testkit::{create, expected_span};
 
-const PATIENCE: Duration = Duration::from_secs(20);
+mod common;
+use common::{PATIENCE, config, spawn, temp_dir};
 
 async fn shop(store: &Store) {
     create(store, Kind::Project, json!({"name": "shop"})).await;
@@ -37,65 +37,25 @@ async fn port(store: &Store, name: &str, node: &str, ip: &str, app: &str) -> i64
     create(store, Kind::Port, body).await
 }
 
+/// A controller on `addr`: port 0 picks a free port when it binds (no port chosen first and
+/// bound later, which another test could take in between); the same address again restarts
+/// one where an earlier one was.
 async fn control_on(store: &Store, addr: SocketAddr) -> Control {
     let mut config = weft_control::Config::new(addr);
     config.poll = Duration::from_millis(50);
     Control::start(store.clone(), config).await.unwrap()
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn config(addr: SocketAddr, dir: &std::path::Path, join_token: Option<String>) -> Config {
-    Config {
-        server: format!("http://{addr}"),
-        node: "node-1".into(),
-        state_dir: StateDir::new(dir).unwrap(),
-        credential: None,
-        join_token,
-        ca: None,
-        backoff: (Duration::from_millis(20), Duration::from_millis(200)),
-        metrics: None,
-    }
-}
-
-struct Running {
-    progress: watch::Receiver<Progress>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), weft_agent::AgentError>>,
-}
-
-fn spawn(config: Config, datapath: impl Datapath + 'static) -> Running {
-    let (progress_tx, progress) = watch::channel(Progress { revision: 0, synced: false });
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(weft_agent::run(config, datapath, progress_tx, stop_rx));
-    Running { progress, stop, task }
-}
-
-impl Running {
-    async fn until(&mut self, f: impl Fn(&Progress) -> bool) -> Progress {
-        *tokio::time::timeout(PATIENCE, self.progress.wait_for(|p| f(p))).await.unwrap().unwrap()
-    }
-
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-fn temp_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-agent-test-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn joins_applies_saves_and_enforces_its_last_span_while_the_controller_is_away(pool: PgPool) {
     let store = Store::from_pool(pool);
     shop(&store).await;
-    let addr = free_addr();
-    let control = control_on(&store, addr).await;
+    let control = control_on(&store, any_port()).await;
+    let addr = control.local_addr;
     let limits = weft_store::nodes::JoinTokenLimits {
         expires_in: Duration::from_secs(600),
         uses: 1,
@@ -170,8 +130,8 @@ impl Datapath for Refusing {
 async fn an_update_that_cannot_be_applied_is_reported_and_the_last_good_state_stays(pool: PgPool) {
     let store = Store::from_pool(pool);
     shop(&store).await;
-    let addr = free_addr();
-    let control = control_on(&store, addr).await;
+    let control = control_on(&store, any_port()).await;
+    let addr = control.local_addr;
     let credential = store.create_node("node-1").await.unwrap();
     let dir = temp_dir();
     let datapath = Shared(std::sync::Arc::new(std::sync::Mutex::new(Refusing::default())));
@@ -184,15 +144,11 @@ async fn an_update_that_cannot_be_applied_is_reported_and_the_last_good_state_st
 
     port(&store, "api-0", "node-2", "10.0.0.2", "api").await;
     // The controller hears about it: the node's status carries the error.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    weft_testkit::eventually("the agent's error recorded", PATIENCE, || async {
         let nodes = store.list_nodes().await.unwrap();
-        if nodes[0].last_error.as_deref().is_some_and(|e| e.contains("the kernel said no")) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no error recorded: {nodes:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        weft_testkit::when(nodes[0].last_error.as_deref().is_some_and(|e| e.contains("the kernel said no")), nodes)
+    })
+    .await;
     // What is in force, and what the agent would save, is still the last good state.
     assert_eq!(datapath.0.lock().unwrap().span, good);
     assert_eq!(agent.progress.borrow().revision, first.revision);
@@ -208,10 +164,10 @@ async fn the_stream_runs_over_tls_verified_with_the_agents_ca(pool: PgPool) {
     let store = Store::from_pool(pool);
     shop(&store).await;
     let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let addr = free_addr();
-    let mut settings = weft_control::Config::new(addr);
+    let mut settings = weft_control::Config::new(any_port());
     settings.tls = Some((ca.cert.pem().into_bytes(), ca.signing_key.serialize_pem().into_bytes()));
     let control = Control::start(store.clone(), settings).await.unwrap();
+    let addr = control.local_addr;
     let credential = store.create_node("node-1").await.unwrap();
     let dir = temp_dir();
     let mut cfg = config(addr, &dir, None);

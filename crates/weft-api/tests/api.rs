@@ -421,11 +421,8 @@ async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_t
     let api = Api::new(pool).await;
     // The compiler loads in the background: the writes below must come after, so that each
     // is compiled as a change (not taken in with the snapshot).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while api.state.policy.revision().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the compiler never loaded");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let patience = std::time::Duration::from_secs(10);
+    tokio::time::timeout(patience, api.state.policy.reached(0)).await.expect("the compiler loaded");
     api.store.create_node("n1").await.unwrap();
     api.store.create_node("n2").await.unwrap();
     api.store.node_connected("n1", "ctl-a", "127.0.0.1:1", "test").await.unwrap();
@@ -434,11 +431,7 @@ async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_t
     let acked = weft_store::nodes::Acked { node: "n1".into(), acked: 1, realized: 1, error: None, problems: vec![] };
     api.store.nodes_acked("ctl-a", &[acked]).await.unwrap();
     // Once the compiler has both projects, the figures are settled.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while api.state.policy.revision().unwrap_or(0) < 2 {
-        assert!(std::time::Instant::now() < deadline, "the compiler never caught up");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(patience, api.state.policy.reached(2)).await.expect("the compiler caught up");
     let r = api.raw(Method::GET, "/metrics", None, &[], vec![]).await;
     let text = r.body.as_str().unwrap();
     for line in [
@@ -458,15 +451,11 @@ async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_t
 
 /// Waits (bounded) until `check` holds for the reply to a GET.
 async fn eventually(api: &Api, uri: &str, check: impl Fn(&Reply) -> bool) -> Reply {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    weft_testkit::eventually(uri, std::time::Duration::from_secs(10), || async {
         let r = api.call(Method::GET, uri, None).await;
-        if check(&r) {
-            return r;
-        }
-        assert!(std::time::Instant::now() < deadline, "{uri} never satisfied the check; last: {} {}", r.status, r.body);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        if check(&r) { Ok(r) } else { Err(format!("{} {}", r.status, r.body)) }
+    })
+    .await
 }
 
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
@@ -476,11 +465,12 @@ async fn gets_follow_writes_made_through_another_api_process(pool: PgPool) {
     let other = Store::from_pool(pool);
     api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
     // Once the cache has caught up with this process's writes, GETs come from it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while api.state.cache.revision().unwrap_or(0) < *api.store.local_commits().borrow() {
-        assert!(std::time::Instant::now() < deadline, "the cache never caught up");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let committed = *api.store.local_commits().borrow();
+    weft_testkit::eventually("the cache caught up", std::time::Duration::from_secs(10), || async {
+        let at = api.state.cache.revision();
+        weft_testkit::when(at.unwrap_or(0) >= committed, at)
+    })
+    .await;
 
     let write = |body: serde_json::Value| {
         let other = other.clone();

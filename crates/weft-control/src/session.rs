@@ -303,13 +303,11 @@ mod tests {
 
     /// Waits (at most 10 s) until `ready` holds.
     async fn until(mut ready: impl FnMut() -> bool) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !ready() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+        weft_testkit::eventually("the condition", Duration::from_secs(10), || {
+            let holds = ready();
+            async move { weft_testkit::when(holds, "not yet") }
         })
-        .await
-        .expect("the condition held in time");
+        .await;
     }
 
     /// A controller whose snapshot already held revision 2 though it committed after the

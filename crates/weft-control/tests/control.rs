@@ -111,15 +111,11 @@ impl TestAgent {
 
 /// Waits until the node's recorded status satisfies `f`.
 async fn status_until(store: &Store, node: &str, f: impl Fn(&weft_store::nodes::NodeStatus) -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    weft_testkit::eventually(&format!("node {node} reaching the status"), PATIENCE, || async {
         let nodes = store.list_nodes().await.unwrap();
-        if nodes.iter().any(|n| n.name == node && f(n)) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "node {node} never reached the status: {nodes:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        weft_testkit::when(nodes.iter().any(|n| n.name == node && f(n)), nodes)
+    })
+    .await;
 }
 
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]

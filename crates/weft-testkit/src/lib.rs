@@ -4,9 +4,13 @@
 //!
 //! The server is the one `DATABASE_URL` names (CI provides it; see scripts/test.sh).
 //!
-//! [`kube_api::FakeKube`] stands in for a Kubernetes API server, which cannot run here.
+//! [`kube_api::FakeKube`] stands in for a Kubernetes API server, which cannot run here;
+//! [`eventually`] is how every test waits for a condition.
 
 pub mod kube_api;
+mod poll;
+
+pub use poll::{eventually, eventually_blocking, when};
 
 use weft_store::admin::ScratchDatabase;
 

@@ -9,7 +9,7 @@ mod common;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Server, WEFT, temp_dir};
 use serde_json::{Value, json};
@@ -163,12 +163,8 @@ async fn manifests_are_followed_as_they_change_and_a_broken_file_changes_nothing
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
     let until = |what: &str, done: &mut dyn FnMut() -> bool| {
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}: not within 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        weft_testkit::eventually_blocking(what, Duration::from_secs(30), || weft_testkit::when(done(), "not yet"));
     };
     let ports = || {
         let c = s.client.clone();

@@ -9,7 +9,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ChildGuard;
 use common::cluster::{KubeCluster, namespace, policy};
@@ -32,11 +32,9 @@ fn pod(ns: &str, name: &str, ip: &str) -> Pod {
 
 fn kill(child: &mut ChildGuard, signal: &str) {
     Command::new("kill").args([signal, &child.0.id().to_string()]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "kube-manager did not stop on {signal}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    weft_testkit::eventually_blocking(&format!("kube-manager stopped on {signal}"), Duration::from_secs(10), || {
+        child.0.try_wait().unwrap().ok_or("running")
+    });
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -137,10 +135,18 @@ async fn one_leader_writes_and_another_takes_over_when_it_stops_or_dies() {
     s.until_converged("km-1 syncs", &["km-1"]).await;
     assert_eq!(s.holder().as_deref(), Some("km-1"));
     let mut two = s.manager("km-2");
+    let two_started = k8s_openapi::jiff::Timestamp::now();
     // km-2 follows: it does not lead while km-1 renews.
     s.fake.apply(&pod("x", "b", "10.0.0.2"));
     s.until_converged("km-1 applies a change", &["km-1", "km-2"]).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // longer than the lease: km-2 must still wait
+    // Proving an absence takes a lease's time: until km-1 has renewed a whole lease duration
+    // (2 s) after km-2 started, long enough for km-2 to take a lease nobody renewed.
+    s.until("km-1 renewing through a lease duration", &["km-1", "km-2"], async || {
+        let lease = s.fake.list::<Lease>().into_iter().next().and_then(|l| l.spec);
+        let renewed = lease.as_ref().and_then(|l| l.renew_time.as_ref()).map(|t| t.0);
+        renewed.is_some_and(|t| t.duration_since(two_started).as_secs_f64() > 2.0)
+    })
+    .await;
     assert_eq!(s.holder().as_deref(), Some("km-1"));
     assert!(!s.log("km-2").contains("leading"), "km-2 led while km-1 held the lease:\n{}", s.log("km-2"));
 

@@ -391,11 +391,10 @@ async fn enforcement_survives_agent_restart_reboot_and_controller_outage() {
     let bare = lab.probe("tcp", Some(80), false);
     assert!(bare.allows("outside", "k8s-x/b"), "without its table b is open (the test sees the difference)");
     lab.lab(&["agent", "start", "n2"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lab.nft("n2", &["list", "table", "inet", "weft"]).contains("chain ingress") {
-        assert!(Instant::now() < deadline, "b's agent did not restore its table:\n{}", lab.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    weft_testkit::eventually_blocking("b's agent restoring its table", Duration::from_secs(20), || {
+        let table = lab.nft("n2", &["list", "table", "inet", "weft"]);
+        if table.contains("chain ingress") { Ok(()) } else { Err(lab.logs()) }
+    });
     same(&lab, "b's node rebooted, its agent enforcing the saved span");
 
     // A node that lost its state dir too: its pod stays closed until the controller answers.
@@ -404,11 +403,10 @@ async fn enforcement_survives_agent_restart_reboot_and_controller_outage() {
     assert!(out.status.success());
     std::fs::remove_file(lab.lab_dir.join("agents/n1/span.json")).unwrap();
     lab.lab(&["agent", "start", "n1"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lab.nft("n1", &["list", "table", "inet", "weft"]).contains("chain ingress") {
-        assert!(Instant::now() < deadline, "a's agent installed no table:\n{}", lab.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    weft_testkit::eventually_blocking("a's agent installing a table", Duration::from_secs(20), || {
+        let table = lab.nft("n1", &["list", "table", "inet", "weft"]);
+        if table.contains("chain ingress") { Ok(()) } else { Err(lab.logs()) }
+    });
     let closed = lab.probe("tcp", Some(80), false);
     let reaching_a: Vec<_> = closed.allowed.iter().filter(|(f, t)| (f == "k8s-x/a") != (t == "k8s-x/a")).collect();
     assert!(reaching_a.is_empty(), "a port its agent does not know is closed both ways: {reaching_a:?}");

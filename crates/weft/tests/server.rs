@@ -332,11 +332,10 @@ async fn api_and_control_run_as_separate_processes() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(&grpc).is_err() {
-        assert!(Instant::now() < deadline, "the control process does not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    weft_testkit::eventually("the control process listening", Duration::from_secs(60), async || {
+        std::net::TcpStream::connect(&grpc).map(drop).map_err(|e| e.to_string())
+    })
+    .await;
     // The API process serves no agents.
     let info = api.weft(&["info", "-o", "json"]);
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
@@ -367,14 +366,10 @@ async fn api_and_control_run_as_separate_processes() {
     acking.abort();
 
     Command::new("kill").args(["-TERM", &control.0.id().to_string()]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = control.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the control process did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = weft_testkit::eventually("the control process stopped", Duration::from_secs(30), async || {
+        control.0.try_wait().unwrap().ok_or("running")
+    })
+    .await;
     assert!(status.success(), "{}", std::fs::read_to_string(control_dir.join("server.log")).unwrap());
     assert!(api.stop().success());
     db.drop_database().await;
@@ -477,35 +472,32 @@ async fn while_postgres_is_down_the_api_answers_503_at_once_and_recovers_by_itse
         assert!(text.contains("the database does not answer"), "{text}");
 
         // Back: nothing is restarted but PostgreSQL.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while weft_store::embedded::PrivatePostgres::start(&data_dir).await.is_err() {
-            assert!(Instant::now() < deadline, "PostgreSQL does not start again");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let revision = loop {
+        let patience = Duration::from_secs(60);
+        weft_testkit::eventually("PostgreSQL started again", patience, async || {
+            weft_store::embedded::PrivatePostgres::start(&data_dir).await.map(drop)
+        })
+        .await;
+        let revision = weft_testkit::eventually("writes back", patience, async || {
             let (status, _, text) =
                 http(addr, "POST", "/v1/projects", Some(&token), Some(&project(&format!("after-{round}")))).await;
             if status == 201 {
-                break serde_json::from_str::<serde_json::Value>(&text).unwrap()["revision"].as_i64().unwrap();
+                return Ok(serde_json::from_str::<serde_json::Value>(&text).unwrap()["revision"].as_i64().unwrap());
             }
             assert_eq!(status, 503, "{text}");
-            assert!(Instant::now() < deadline, "writes never came back: {text}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+            Err(text)
+        })
+        .await;
         // The compiler follows again: explain answers at the new revision.
         let explain = format!(
             "{{\"from\":\"10.0.0.1\",\"to\":\"10.0.0.2\",\"protocol\":\"tcp\",\"port\":80,\"revision\":{revision}}}"
         );
         let (status, _, text) = http(addr, "POST", "/v1/explain", Some(&token), Some(&explain)).await;
         assert_eq!(status, 200, "{text}");
-        loop {
+        weft_testkit::eventually("ready again", patience, async || {
             let (status, _, text) = http(addr, "GET", "/readyz", None, None).await;
-            if status == 200 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never ready again: {text}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            weft_testkit::when(status == 200, text)
+        })
+        .await;
     }
     assert!(server.stop().success());
     let _ = std::fs::remove_dir_all(&cluster);

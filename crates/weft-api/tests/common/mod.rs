@@ -96,15 +96,11 @@ impl Api {
 
     /// Waits (at most 30 s) until `/readyz` answers 200: the compiler has loaded.
     pub async fn until_ready(&self) {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
+        weft_testkit::eventually("/readyz answering 200", std::time::Duration::from_secs(30), || async {
             let r = self.raw(Method::GET, "/readyz", None, &[], vec![]).await;
-            if r.status == StatusCode::OK {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never ready: {}", r.body);
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+            weft_testkit::when(r.status == StatusCode::OK, r.body)
+        })
+        .await;
     }
 
     pub async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {

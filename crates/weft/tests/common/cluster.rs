@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -103,14 +103,10 @@ impl KubeCluster {
     }
 
     pub async fn until(&self, what: &str, logs: &[&str], mut done: impl AsyncFnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done().await {
-            if Instant::now() > deadline {
-                let logs: Vec<String> = logs.iter().map(|id| format!("--- {id}:\n{}", self.log(id))).collect();
-                panic!("{what}: not within 30 s\n{}", logs.join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        weft_testkit::eventually(what, Duration::from_secs(30), async || {
+            if done().await { Ok(()) } else { Err(Logs(self, logs)) }
+        })
+        .await;
     }
 
     pub async fn until_converged(&self, what: &str, logs: &[&str]) {
@@ -126,5 +122,17 @@ impl KubeCluster {
 
     pub fn holder(&self) -> Option<String> {
         self.fake.list::<Lease>().first().and_then(|l| l.spec.as_ref()?.holder_identity.clone())
+    }
+}
+
+/// Some processes' logs, read when shown (a test that fails shows them).
+struct Logs<'a>(&'a KubeCluster, &'a [&'a str]);
+
+impl std::fmt::Display for Logs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for id in self.1 {
+            writeln!(f, "--- {id}:\n{}", self.0.log(id))?;
+        }
+        Ok(())
     }
 }

@@ -164,19 +164,12 @@ impl Fixture {
     /// of it (`weft wait` fails then), and returns what the server says of it.
     pub async fn applied(&self) -> weft_client::Realization {
         let revision = self.client.info().await.unwrap().revision;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
+        let what = format!("revision {revision} applied");
+        weft_testkit::eventually(&what, std::time::Duration::from_secs(60), async || {
             let realization = self.client.realization(revision).await.unwrap();
-            if realization.complete {
-                return realization;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "revision {revision} not applied: {realization:?}{}",
-                self.logs()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+            if realization.complete { Ok(realization) } else { Err(format!("{realization:?}{}", self.logs())) }
+        })
+        .await
     }
 
     pub fn logs(&self) -> String {

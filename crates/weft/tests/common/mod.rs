@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub mod cluster;
 pub mod lab;
@@ -111,14 +111,10 @@ impl Server {
     pub async fn wait_ready(&self) {
         let ca = self.data_dir.join("ca.pem");
         let client = weft_client::Client::new(&self.url, None, ca.exists().then_some(ca.as_path())).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if client.ready().await.unwrap_or(false) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "server not ready in 60 s:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        weft_testkit::eventually("the server ready", Duration::from_secs(60), async || {
+            if client.ready().await.unwrap_or(false) { Ok(()) } else { Err(format!("its log:\n{}", self.log())) }
+        })
+        .await;
     }
 
     /// The REST listener's address.
@@ -154,14 +150,9 @@ impl Server {
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop in 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        weft_testkit::eventually_blocking("the server stopped", Duration::from_secs(30), || {
+            self.child.try_wait().unwrap().ok_or("running")
+        })
     }
 }
 

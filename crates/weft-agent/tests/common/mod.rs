@@ -1,0 +1,55 @@
+//! What the agent's tests share: an agent run in the test's runtime, its configuration and
+//! a state dir of its own.
+
+#![allow(dead_code, clippy::unwrap_used)] // each test file uses some of these; they fail loudly
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use weft_agent::{Config, Datapath, Progress, StateDir};
+
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn config(addr: SocketAddr, dir: &std::path::Path, join_token: Option<String>) -> Config {
+    Config {
+        server: format!("http://{addr}"),
+        node: "node-1".into(),
+        state_dir: StateDir::new(dir).unwrap(),
+        credential: None,
+        join_token,
+        ca: None,
+        backoff: (Duration::from_millis(20), Duration::from_millis(200)),
+        metrics: None,
+    }
+}
+
+pub struct Running {
+    pub progress: watch::Receiver<Progress>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), weft_agent::AgentError>>,
+}
+
+pub fn spawn(config: Config, datapath: impl Datapath + 'static) -> Running {
+    let (progress_tx, progress) = watch::channel(Progress { revision: 0, synced: false });
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(weft_agent::run(config, datapath, progress_tx, stop_rx));
+    Running { progress, stop, task }
+}
+
+impl Running {
+    pub async fn until(&mut self, f: impl Fn(&Progress) -> bool) -> Progress {
+        *tokio::time::timeout(PATIENCE, self.progress.wait_for(|p| f(p))).await.unwrap().unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+pub fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-agent-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
