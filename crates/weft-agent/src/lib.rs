@@ -54,8 +54,14 @@ pub struct Config {
 pub enum AgentError {
     #[error("no node credential: give --credential, or --join-token to register {0}")]
     NoCredential(String),
-    #[error("{0}")]
-    Transport(String),
+    #[error("cannot reach the controller at {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the stream to the controller failed: {0}")]
+    Stream(#[source] tonic::Status),
     #[error("the controller refused: {0}")]
     Refused(tonic::Status),
     /// The stream broke the protocol (DESIGN.md §6): the agent drops it and asks again.
@@ -142,7 +148,7 @@ pub async fn run(
 }
 
 async fn channel(config: &Config) -> Result<Channel, AgentError> {
-    let transport = |e: tonic::transport::Error| AgentError::Transport(format!("{}: {e}", config.server));
+    let transport = |source| AgentError::Connect { server: config.server.clone(), source };
     let mut endpoint = Endpoint::from_shared(config.server.clone())
         .map_err(transport)?
         .connect_timeout(Duration::from_secs(5))
@@ -191,7 +197,7 @@ async fn session(
             tracing::error!(node = %config.node, error = %status.message(), "the controller refuses this node's credential");
             return Err(AgentError::Refused(status));
         }
-        Err(status) => return Err(AgentError::Transport(status.to_string())),
+        Err(status) => return Err(AgentError::Stream(status)),
     };
     tracing::info!(server = %config.server, node = %config.node, "stream open");
     let mut parts: Vec<v1::ControllerMessage> = Vec::new();
@@ -203,7 +209,7 @@ async fn session(
         let message = match inbound.message().await {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(()),
-            Err(status) => return Err(AgentError::Transport(status.to_string())),
+            Err(status) => return Err(AgentError::Stream(status)),
         };
         let last = message.last;
         parts.push(message);

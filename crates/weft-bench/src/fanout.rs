@@ -183,7 +183,8 @@ async fn agent(
                 node: node.clone(),
                 credential: credential.clone(),
                 last_revision: 0,
-                agent_version: "bench".into(),
+                // The server's own version: a simulated agent is not one of another version.
+                agent_version: env!("CARGO_PKG_VERSION").into(),
             };
             let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
             let inbound =
