@@ -26,7 +26,9 @@ where
             }
         }),
     );
-    tracing::info!(address = %addr, "metrics listening");
+    // The bound address: with port 0, the one the kernel chose.
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(address = %bound, "metrics listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "metrics listener stopped");

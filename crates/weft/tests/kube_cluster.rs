@@ -92,8 +92,8 @@ async fn what_weft_cannot_represent_becomes_a_warning_event_on_the_policy() {
         "odd",
         json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "not-a-cidr"}}]}]}),
     ));
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
-    let _km = s.manager_with("km-1", &["--metrics-listen", &metrics_addr.to_string()]);
+    let _km = s.manager_with("km-1", &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_addr = common::bound_address(&s.log_path("km-1"), "metrics listening", 1).await;
     s.until_converged("the first sync", &["km-1"]).await;
     let warned = async || {
         s.fake.list::<Event>().iter().any(|e| {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Server, WEFT, free_port, http, temp_dir};
+use common::{Server, WEFT, http, temp_dir};
 
 #[tokio::test]
 async fn server_runs_its_own_postgres_and_stops_it() {
@@ -321,10 +321,10 @@ async fn api_and_control_run_as_separate_processes() {
     let api_dir = temp_dir("role-api");
     let api = Server::start(Some(&db.url), &api_dir, &["--role", "api"], "http").await;
     let control_dir = temp_dir("role-control");
-    let grpc = format!("127.0.0.1:{}", free_port());
     let mut control = common::ChildGuard(
         Command::new(WEFT)
-            .args(["server", "--role", "control", "--grpc-listen", &grpc, "--database-url", &db.url, "--data-dir"])
+            .args(["server", "--role", "control", "--grpc-listen", "127.0.0.1:0", "--database-url", &db.url])
+            .arg("--data-dir")
             .arg(&control_dir)
             .env_remove("DATABASE_URL")
             .stdout(Stdio::null())
@@ -332,10 +332,7 @@ async fn api_and_control_run_as_separate_processes() {
             .spawn()
             .unwrap(),
     );
-    weft_testkit::eventually("the control process listening", Duration::from_secs(60), async || {
-        std::net::TcpStream::connect(&grpc).map(drop).map_err(|e| e.to_string())
-    })
-    .await;
+    let grpc = common::bound_address(&control_dir.join("server.log"), "serving agents", 1).await.to_string();
     // The API process serves no agents.
     let info = api.weft(&["info", "-o", "json"]);
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();

@@ -81,7 +81,7 @@ impl KubeCluster {
         )
     }
 
-    fn log_path(&self, identity: &str) -> PathBuf {
+    pub fn log_path(&self, identity: &str) -> PathBuf {
         self.server.data_dir.join(format!("km-{identity}.log"))
     }
 

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use serde_json::{Value, json};
 use weft_lab::watch::{Reading, Watch};
 
-use super::{Server, WEFT, free_port, temp_dir};
+use super::{Server, WEFT, temp_dir};
 
 /// Network namespaces, nft and real packets need root; elsewhere these tests say so and pass.
 /// One pod of a test lab: namespace, name, node, addresses, labels.
@@ -60,10 +60,11 @@ impl Fixture {
     pub async fn up(tag: &str, pods: &[PodDef]) -> Fixture {
         let db = weft_testkit::fresh_database().await;
         let data_dir = temp_dir(tag);
-        let rest_port = free_port();
-        let grpc = format!("127.0.0.1:{}", free_port());
-        let server = Server::start_on(rest_port, Some(&db.url), &data_dir, &["--grpc-listen", &grpc], "http").await;
+        // Both listeners on ports of the server's choosing; a restart takes the same again.
+        let server = Server::start(Some(&db.url), &data_dir, &["--grpc-listen", "127.0.0.1:0"], "http").await;
+        let rest_port = server.addr().port();
         let client = server.admin_client();
+        let grpc = client.info().await.unwrap().grpc_address.expect("the server serves agents");
         let manifest_dir = data_dir.join("manifests");
         std::fs::create_dir_all(&manifest_dir).unwrap();
         std::fs::write(manifest_dir.join("pods.yaml"), manifests(pods)).unwrap();

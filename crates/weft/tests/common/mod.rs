@@ -54,8 +54,24 @@ pub async fn http(
     (status, headers, body.to_string())
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The address a process bound (told port 0, it lets the kernel choose: no port is chosen
+/// first and bound later, which another test could take in between), read from its log: the
+/// `nth` line (from 1) that says `message`, which names the address.
+pub async fn bound_address(log: &Path, message: &str, nth: usize) -> std::net::SocketAddr {
+    let what = format!("{message} (line {nth}) in {}", log.display());
+    weft_testkit::eventually(&what, Duration::from_secs(60), async || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let line = text.lines().filter(|l| l.contains(message)).nth(nth - 1).ok_or("not yet")?;
+        let at = line.find("127.0.0.1:").ok_or("no address")?;
+        let port: String = line[at + 10..].chars().take_while(char::is_ascii_digit).collect();
+        port.parse::<u16>().map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p))).map_err(|_| "no port")
+    })
+    .await
+}
+
+/// How many lines of `log` say `message` so far.
+pub fn lines_saying(log: &Path, message: &str) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains(message)).count()
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -64,6 +80,9 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// What `weft server` logs once its REST listener is bound, with the address.
+const LISTENING: &str = "REST API listening";
+
 pub struct Server {
     pub child: Child,
     pub url: String,
@@ -71,13 +90,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `weft server` and waits until /readyz answers.
+    /// Starts `weft server` on a port of its choosing and waits until /readyz answers.
     pub async fn start(database_url: Option<&str>, data_dir: &Path, extra: &[&str], scheme: &str) -> Server {
-        Server::start_on(free_port(), database_url, data_dir, extra, scheme).await
+        Server::start_on(0, database_url, data_dir, extra, scheme).await
     }
 
-    /// Starts `weft server` on a given REST port (a restarted server keeps its address); the
-    /// gRPC address is `extra`'s `--grpc-listen`, else any free port.
+    /// Starts `weft server` on a given REST port (a restarted server keeps its address; 0: a
+    /// port of its choosing, read back from its log); the gRPC address is `extra`'s
+    /// `--grpc-listen`, else any free port.
     pub async fn start_on(
         port: u16,
         database_url: Option<&str>,
@@ -102,7 +122,13 @@ impl Server {
         if let Some(url) = database_url {
             cmd.args(["--database-url", url]);
         }
+        let log = data_dir.join("server.log");
+        let started_before = lines_saying(&log, LISTENING);
         let child = cmd.spawn().unwrap();
+        let port = match port {
+            0 => bound_address(&log, LISTENING, started_before + 1).await.port(),
+            port => port,
+        };
         let server = Server { child, url: format!("{scheme}://127.0.0.1:{port}"), data_dir: data_dir.to_path_buf() };
         server.wait_ready().await;
         server
