@@ -7,9 +7,28 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 use weft_compiler::{NodeSpan, SpanDelta};
 
+/// Why a datapath could not do what it was asked; the kernel's own error is kept as the
+/// source where there is one.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DatapathError(pub String);
+pub enum DatapathError {
+    /// What was being done, and what the kernel (or the socket to it, or a program) said.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else, in a sentence.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl DatapathError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
+        let context = context.into();
+        move |source| DatapathError::Io { context, source }
+    }
+}
 
 /// The ports of a span whose interface the agent refuses to bind, and why: one that is not a
 /// port's interface (no weft prefix, not a valid name: the node's own links, `lo`, a name

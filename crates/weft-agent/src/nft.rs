@@ -74,16 +74,19 @@ impl Nft {
     fn input(&self, body: &[u8]) -> Result<(), DatapathError> {
         let mut command = std::process::Command::new("nft");
         command.args(["-j", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = netns::spawn(self.netns.as_deref(), &mut command)
-            .map_err(|e| DatapathError(format!("cannot run nft: {e}")))?;
+        let mut child =
+            netns::spawn(self.netns.as_deref(), &mut command).map_err(DatapathError::io("cannot run nft"))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(body).map_err(|e| DatapathError(format!("nft: {e}")))?;
+            stdin.write_all(body).map_err(DatapathError::io("nft"))?;
         }
-        let out = child.wait_with_output().map_err(|e| DatapathError(format!("nft: {e}")))?;
+        let out = child.wait_with_output().map_err(DatapathError::io("nft"))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(DatapathError(format!("nft refused the transaction: {}", String::from_utf8_lossy(&out.stderr).trim())))
+            Err(DatapathError::Other(format!(
+                "nft refused the transaction: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
         }
     }
 
@@ -91,35 +94,34 @@ impl Nft {
     pub fn list(&self) -> Result<Option<serde_json::Value>, DatapathError> {
         let mut command = std::process::Command::new("nft");
         command.args(["-j", "list", "table", "inet", ruleset::TABLE]).stdin(Stdio::null());
-        let out = netns::output(self.netns.as_deref(), &mut command)
-            .map_err(|e| DatapathError(format!("cannot run nft: {e}")))?;
+        let out = netns::output(self.netns.as_deref(), &mut command).map_err(DatapathError::io("cannot run nft"))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             if err.contains("No such file or directory") {
                 return Ok(None);
             }
-            return Err(DatapathError(format!("nft list: {}", err.trim())));
+            return Err(DatapathError::Other(format!("nft list: {}", err.trim())));
         }
-        serde_json::from_slice(&out.stdout).map(Some).map_err(|e| DatapathError(format!("nft list: {e}")))
+        serde_json::from_slice(&out.stdout).map(Some).map_err(|e| DatapathError::Other(format!("nft list: {e}")))
     }
 }
 
 /// Removes weft's table from `netns` (and with it everything weft enforces there), over
 /// netlink; whether there was one.
 pub fn delete_table(netns: Option<&str>) -> Result<bool, DatapathError> {
-    let mut socket = netlink::Socket::open(netns).map_err(|e| DatapathError(format!("no netlink socket: {e}")))?;
-    if !socket.has_table().map_err(|e| DatapathError(format!("cannot ask for the table: {e}")))? {
+    let mut socket = netlink::Socket::open(netns).map_err(DatapathError::io("no netlink socket"))?;
+    if !socket.has_table().map_err(DatapathError::io("cannot ask for the table"))? {
         return Ok(false);
     }
-    let batch = batch::Batch::encode(&[Command::AddTable, Command::DeleteTable]).map_err(DatapathError)?;
-    socket.send(&batch).map_err(|e| DatapathError(format!("the kernel refused to delete the table: {}", e.error)))?;
+    let batch = batch::Batch::encode(&[Command::AddTable, Command::DeleteTable]).map_err(DatapathError::Other)?;
+    socket.send(&batch).map_err(|e| DatapathError::io("the kernel refused to delete the table")(e.error))?;
     Ok(true)
 }
 
 /// The figures of weft's table in `netns`, read over netlink; `None` when there is none.
 pub fn table_stats(netns: Option<&str>) -> Result<Option<listing::TableStats>, DatapathError> {
-    let mut socket = netlink::Socket::open(netns).map_err(|e| DatapathError(format!("no netlink socket: {e}")))?;
-    let dump = socket.table().map_err(|e| DatapathError(format!("cannot read the table back: {e}")))?;
+    let mut socket = netlink::Socket::open(netns).map_err(DatapathError::io("no netlink socket"))?;
+    let dump = socket.table().map_err(DatapathError::io("cannot read the table back"))?;
     Ok(dump.as_ref().map(listing::stats))
 }
 
@@ -182,11 +184,11 @@ impl NftDatapath {
             return Ok(false);
         }
         // Every rule is rendered with its bytecode; one without is a bug, refused here.
-        let batch =
-            batch::Batch::encode(commands).map_err(|e| DatapathError(format!("cannot encode the transaction: {e}")))?;
+        let batch = batch::Batch::encode(commands)
+            .map_err(|e| DatapathError::Other(format!("cannot encode the transaction: {e}")))?;
         let socket = match socket(&mut self.netlink, self.netns.as_deref()) {
             Ok(socket) => socket,
-            Err(e) => return Err(DatapathError(format!("no netlink socket: {e}"))),
+            Err(e) => return Err(DatapathError::io("no netlink socket")(e)),
         };
         match socket.send(&batch) {
             Ok(()) => Ok(true),
@@ -194,10 +196,11 @@ impl NftDatapath {
                 // Answers to what failed may still be queued: the next batch gets a new socket.
                 self.netlink = None;
                 let command = e.command.and_then(|i| commands.get(i)).map(describe);
-                Err(DatapathError(match command {
-                    Some(c) => format!("the kernel refused the transaction at `{c}`: {}", e.error),
-                    None => format!("the kernel refused the transaction: {}", e.error),
-                }))
+                let context = match command {
+                    Some(c) => format!("the kernel refused the transaction at `{c}`"),
+                    None => "the kernel refused the transaction".to_string(),
+                };
+                Err(DatapathError::Io { context, source: e.error })
             }
         }
     }
@@ -205,13 +208,13 @@ impl NftDatapath {
     /// The kernel's table read back over netlink: `None` when there is none, an error inside
     /// when it is not one this agent wrote.
     fn listing(&mut self) -> Result<Option<Result<Ruleset, String>>, DatapathError> {
-        let socket = socket(&mut self.netlink, self.netns.as_deref())
-            .map_err(|e| DatapathError(format!("no netlink socket: {e}")))?;
+        let socket =
+            socket(&mut self.netlink, self.netns.as_deref()).map_err(DatapathError::io("no netlink socket"))?;
         match socket.table() {
             Ok(dump) => Ok(dump.map(|d| listing::decode(&d))),
             Err(e) => {
                 self.netlink = None;
-                Err(DatapathError(format!("cannot read the table back: {e}")))
+                Err(DatapathError::io("cannot read the table back")(e))
             }
         }
     }

@@ -119,7 +119,7 @@ impl Datapath for Refusing {
     fn apply(&mut self, _old: &NodeSpan, span: &NodeSpan, _: Option<&SpanDelta>) -> Result<(), DatapathError> {
         self.seen += 1;
         if self.seen > 1 {
-            return Err(DatapathError("the kernel said no".into()));
+            return Err(DatapathError::Other("the kernel said no".into()));
         }
         self.span = span.clone();
         Ok(())
