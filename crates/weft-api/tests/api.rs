@@ -575,3 +575,24 @@ async fn nodes_and_join_tokens_are_for_admins_and_validated(pool: PgPool) {
     let other = api.as_token(&reader, Method::GET, "/v1/security-groups/b/default/status", None).await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
 }
+
+/// A port's instance (a pod's UID, a VM's id) is stored and served as given, and one that is
+/// not an instance id is refused naming the field, with nothing written.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_ports_instance_round_trips_and_a_bad_one_is_refused(pool: PgPool) {
+    let api = Api::new(pool).await;
+    api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
+    let uid = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
+    let r = api.call(Method::POST, "/v1/ports", Some(json!({"name": "web", "project": "p", "instance": uid}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let r = api.call(Method::GET, &format!("/v1/ports/{id}"), None).await;
+    assert_eq!(r.body["instance"], uid, "{}", r.body);
+    for bad in ["", "a b", "-x", &"a".repeat(129)] {
+        let r = api.call(Method::POST, "/v1/ports", Some(json!({"name": "db", "project": "p", "instance": bad}))).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {}", r.body);
+        assert_eq!(r.pointers(), ["/instance"], "{bad:?}: {}", r.body);
+    }
+    let r = api.call(Method::GET, "/v1/ports?project=p", None).await;
+    assert_eq!(r.body["items"].as_array().map(Vec::len), Some(1), "nothing of the refused ports: {}", r.body);
+}

@@ -188,6 +188,8 @@ pub fn pod(pod: &Pod, o: &Options) -> Result<Option<Port>, Problem> {
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         annotations: o.annotations(),
         node: spec.and_then(|s| s.node_name.clone()),
+        // A pod created again under its name is another instance (DESIGN.md §9).
+        instance: pod.metadata.uid.clone(),
         ips,
         security_groups: Some(Vec::new()),
         named_ports,

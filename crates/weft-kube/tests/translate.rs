@@ -48,7 +48,7 @@ fn a_namespace_becomes_a_project_with_its_labels_and_the_clusters() {
 fn a_pod_becomes_a_port_with_its_node_addresses_labels_and_named_ports() {
     let pod: Pod = yaml(
         r#"
-metadata: {name: web-1, namespace: shop, labels: {app: web}}
+metadata: {name: web-1, namespace: shop, labels: {app: web}, uid: 0a1b2c3d-4e5f-6789-abcd-ef0123456789}
 spec:
   nodeName: node-2
   containers:
@@ -64,6 +64,7 @@ status: {phase: Running, podIP: 10.1.0.5, podIPs: [{ip: 10.1.0.5}, {ip: "fd00::5
     let port = translate::pod(&pod, &options()).unwrap().unwrap();
     assert_eq!((port.name.as_str(), port.project.as_str()), ("web-1", "k8s-shop"));
     assert_eq!(port.node.as_deref(), Some("node-2"));
+    assert_eq!(port.instance.as_deref(), Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789"), "the pod's UID");
     assert_eq!(port.ips, vec!["10.1.0.5".parse::<std::net::IpAddr>().unwrap(), "fd00::5".parse().unwrap()]);
     assert_eq!(port.labels["app"], "web");
     assert_eq!(port.security_groups, Some(vec![]), "no explicit groups: policies select it by its labels");

@@ -341,6 +341,12 @@ pub struct Port {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^weft[A-Za-z0-9._-]{1,11}$")]
     pub interface: Option<String>,
+    /// What the port is the interface of, as its orchestrator names it: a Kubernetes pod's
+    /// UID, a virtual machine's id (DESIGN.md §9). A new instance under the same name (a pod
+    /// created again) is told apart from the old one by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9]([A-Za-z0-9._:-]{0,126}[A-Za-z0-9])?$", max_length = 128)]
+    pub instance: Option<String>,
     /// Groups named explicitly (`name` or `project/name`). Omitted on create: `[default]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_items = 256)]
@@ -389,6 +395,9 @@ impl Port {
         }
         if let Some(interface) = &self.interface {
             v.check("interface", syntax::port_interface(interface));
+        }
+        if let Some(instance) = &self.instance {
+            v.check("instance", syntax::instance_id(instance));
         }
         if let Some(groups) = &self.security_groups {
             if groups.len() > MAX_LIST_LEN {

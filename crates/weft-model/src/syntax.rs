@@ -130,9 +130,38 @@ pub fn mac_address(s: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("{s:?} is not a MAC address like 02:42:ac:11:00:02")) }
 }
 
+/// An instance id: what an orchestrator names the workload of a port by (a pod's UID, a
+/// VM's id). Letters, digits and `._:-`, starting and ending with a letter or digit, at most
+/// 128 characters: every UUID and cloud instance id fits, and it is safe in a log line.
+pub fn instance_id(s: &str) -> Result<(), String> {
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && edge(s.bytes().next())
+        && edge(s.bytes().last())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not an instance id: letters, digits and ._:- (starting and ending with a letter or digit), at most 128"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_ids() {
+        for good in ["0a1b2c3d-4e5f-6789-abcd-ef0123456789", "i-0abc123", "vm:42", "a", &"a".repeat(128)] {
+            assert!(instance_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "a b", "a/b", "ü", &"a".repeat(129)] {
+            assert!(instance_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn dns_subdomains() {
