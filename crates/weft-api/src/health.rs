@@ -29,15 +29,15 @@ pub(crate) async fn behind(state: &AppState) -> Result<Option<(i64, chrono::Date
 /// Everything that keeps this process from being ready, one sentence each.
 pub(crate) async fn problems(state: &AppState) -> Vec<String> {
     let mut out = Vec::new();
-    let hub = &state.policy;
+    let policy = &state.policy;
     if let Some(serving) = &state.grpc_serving
         && !serving.load(std::sync::atomic::Ordering::Relaxed)
     {
         out.push("the agents' gRPC service is not serving".to_string());
     }
-    if !hub.following() {
+    if !policy.following() {
         out.push("the change-log follower is not running".to_string());
-    } else if hub.revision().is_none() {
+    } else if policy.revision().is_none() {
         out.push("the change-log follower has not loaded the configuration yet".to_string());
     }
     match behind(state).await {
@@ -47,8 +47,8 @@ pub(crate) async fn problems(state: &AppState) -> Vec<String> {
         }
         Ok(Some((_, since))) => {
             let late = (chrono::Utc::now() - since).to_std().unwrap_or_default();
-            if late > state.stuck_after && hub.following() && hub.revision().is_some() {
-                let compiled = hub.revision().unwrap_or(0);
+            if late > state.stuck_after && policy.following() && policy.revision().is_some() {
+                let compiled = policy.revision().unwrap_or(0);
                 let horizon = *state.revisions.borrow();
                 let why = if horizon <= compiled {
                     match state.store.oldest_transaction().await {

@@ -48,8 +48,6 @@ pub struct Config {
     pub auth_enabled: bool,
     /// The gRPC address agents should use, as `/v1/info` reports it.
     pub grpc_address: Option<String>,
-    /// How often followers poll for new revisions when no notification arrives.
-    pub poll_interval: Duration,
     /// The histogram of the compiler's time per revision, registered with the API's
     /// metrics when this process keeps one.
     pub compile_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
@@ -64,7 +62,6 @@ impl Default for Config {
         Config {
             auth_enabled: true,
             grpc_address: None,
-            poll_interval: Duration::from_secs(1),
             compile_seconds: None,
             grpc_serving: None,
             stuck_after: health::STUCK_AFTER,
@@ -99,16 +96,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub async fn new(
-        store: Store,
-        policy: Arc<dyn PolicyView>,
-        config: Config,
-    ) -> Result<AppState, weft_store::StoreError> {
-        let revisions = store.revision_watch(config.poll_interval).await?;
+    /// `revisions` is the process's one [`Store::revision_watch`], shared with its compiler's
+    /// follower.
+    pub fn new(store: Store, policy: Arc<dyn PolicyView>, revisions: watch::Receiver<i64>, config: Config) -> AppState {
         let cache = Arc::new(cache::ObjectCache::default());
         cache.spawn_follower(store.clone(), revisions.clone());
         let metrics = Arc::new(metrics::Metrics::new(config.compile_seconds));
-        Ok(AppState {
+        AppState {
             policy,
             stopping: Arc::new(watch::channel(false).0),
             cache,
@@ -121,7 +115,7 @@ impl AppState {
             grpc_serving: config.grpc_serving,
             stuck_after: config.stuck_after,
             reach_limits: Arc::default(),
-        })
+        }
     }
 }
 

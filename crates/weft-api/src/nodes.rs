@@ -245,11 +245,12 @@ pub async fn revoke_join_token(
 /// Node status with the lag as this process's compiler sees it.
 async fn node_infos(state: &AppState) -> ApiResult<Vec<NodeInfo>> {
     let statuses = state.store.list_nodes().await?;
-    let hub = &state.policy;
-    let compiled = hub.revision().unwrap_or(0);
+    let policy = &state.policy;
+    let compiled = policy.revision().unwrap_or(0);
     // No compiler in service (loading): no node is known to have ports, as at start.
-    let ports: BTreeMap<String, usize> =
-        hub.with_compiler(|c, _| c.node_ports().map(|(n, count)| (n.to_string(), count)).collect()).unwrap_or_default();
+    let ports: BTreeMap<String, usize> = policy
+        .with_compiler(|c, _| c.node_ports().map(|(n, count)| (n.to_string(), count)).collect())
+        .unwrap_or_default();
     let mut since: BTreeMap<i64, Option<chrono::DateTime<chrono::Utc>>> = BTreeMap::new();
     // Revisions committed that the compiler has not reached yet (a long transaction holding
     // the change log back, or a compiler behind): whom they concern is not known, so every
@@ -258,7 +259,7 @@ async fn node_infos(state: &AppState) -> ApiResult<Vec<NodeInfo>> {
     let mut out = Vec::with_capacity(statuses.len());
     for s in statuses {
         let has_ports = ports.contains_key(&s.name);
-        let mut lag_revisions = match hub.realized(&s.name, s.realized_revision, compiled, has_ports) {
+        let mut lag_revisions = match policy.realized(&s.name, s.realized_revision, compiled, has_ports) {
             Ok(()) => 0,
             Err(needed) => (needed - s.realized_revision).max(1),
         };
@@ -316,19 +317,19 @@ pub async fn realization(
     Extension(caller): Extension<Caller>,
     Query(query): Query<RealizationQuery>,
 ) -> ApiResult<Response> {
-    let hub = &state.policy;
-    let compiled = hub.revision().unwrap_or(0);
+    let policy = &state.policy;
+    let compiled = policy.revision().unwrap_or(0);
     let statuses: BTreeMap<String, NodeStatus> =
         state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
     let with_ports: std::collections::BTreeSet<String> =
-        hub.with_compiler(|c, _| c.node_ports().map(|(n, _)| n.to_string()).collect()).unwrap_or_default();
+        policy.with_compiler(|c, _| c.node_ports().map(|(n, _)| n.to_string()).collect()).unwrap_or_default();
     // A project's token sees the nodes its project's ports are on, and what they say of its
     // own ports only: nothing of other projects (issue 17).
     let own: Option<(String, std::collections::BTreeSet<String>)> = match (caller.is_admin(), caller.project()) {
         (true, _) => None,
         (false, project) => {
             let project = project.unwrap_or_default().to_string();
-            let nodes = hub
+            let nodes = policy
                 .with_compiler(|c, _| {
                     c.cluster()
                         .ports()
@@ -349,7 +350,7 @@ pub async fn realization(
     for name in names {
         let status = statuses.get(name);
         let (realized, connected) = status.map_or((0, false), |s| (s.realized_revision, s.connected));
-        let outcome = hub.realized(name, realized, query.revision, with_ports.contains(name));
+        let outcome = policy.realized(name, realized, query.revision, with_ports.contains(name));
         nodes.push(NodeRealization {
             done: outcome.is_ok(),
             needed: outcome.err().unwrap_or(realized.min(query.revision)),
@@ -405,10 +406,11 @@ async fn group_status_of(state: &AppState, caller: &Caller, key: ObjectKey) -> A
     if !caller.can_read(&group.project) {
         return Err(ApiError::not_found(format!("security group {key} does not exist")));
     }
-    let hub = &state.policy;
-    let compiled = hub.revision().unwrap_or(0);
-    let holders: Vec<String> =
-        hub.with_compiler(|c, _| c.group_nodes(&stored.id).into_iter().map(String::from).collect()).unwrap_or_default();
+    let policy = &state.policy;
+    let compiled = policy.revision().unwrap_or(0);
+    let holders: Vec<String> = policy
+        .with_compiler(|c, _| c.group_nodes(&stored.id).into_iter().map(String::from).collect())
+        .unwrap_or_default();
     let statuses: BTreeMap<String, NodeStatus> =
         state.store.list_nodes().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
     let nodes: Vec<GroupNode> = holders

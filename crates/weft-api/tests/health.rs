@@ -49,9 +49,8 @@ async fn metrics(api: &Api) -> String {
 /// fails naming the transaction once it holds the compiler back past `stuck_after`.
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn a_long_transaction_holding_the_change_log_back_shows_in_lag_and_readiness(pool: PgPool) {
-    let config =
-        Config { stuck_after: Duration::from_secs(1), poll_interval: Duration::from_millis(50), ..Config::default() };
-    let api = Api::with_config(pool.clone(), config).await;
+    let config = Config { stuck_after: Duration::from_secs(1), ..Config::default() };
+    let api = Api::with_poll(pool.clone(), config, Duration::from_millis(50)).await;
     // A node with a port, whose agent has everything so far.
     api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
     let port = json!({"name": "web", "project": "p", "node": "n1", "ips": ["10.0.0.1"]});

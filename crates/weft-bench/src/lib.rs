@@ -250,14 +250,15 @@ pub(crate) async fn start_server(
         .ok_or_else(|| BenchError::Other("the bench database already has tokens".into()))?
         .secret;
     // An API-only process's compiler, as `weft server --role api` holds one.
-    let config = weft_api::Config::default();
+    let horizon = store.revision_watch(std::time::Duration::from_secs(1)).await?;
     let follower = weft_control::Follower::start(
         store.clone(),
-        config.poll_interval,
+        horizon.clone(),
         weft_control::RING_UPDATES,
         weft_control::Encoding::None,
     );
-    let state = weft_api::AppState::new(store, std::sync::Arc::clone(&follower.hub) as _, config).await?;
+    let policy = std::sync::Arc::clone(&follower.hub) as _;
+    let state = weft_api::AppState::new(store, policy, horizon, weft_api::Config::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(other)?;
     let addr = listener.local_addr().map_err(other)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -7,7 +7,7 @@
 //! controller is not loaded), and the follower loads a new one from a snapshot.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::watch;
 use weft_compiler::{Change, Compiler};
@@ -55,20 +55,16 @@ struct Loading {
     started: Instant,
 }
 
-/// Runs until `shutdown` turns true.
-pub(crate) async fn run(store: Store, hub: Arc<Hub>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+/// Runs until `shutdown` turns true, reading up to `horizon` (the process's one
+/// [`Store::revision_watch`]).
+pub(crate) async fn run(
+    store: Store,
+    hub: Arc<Hub>,
+    horizon: watch::Receiver<i64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     hub.following.store(true, std::sync::atomic::Ordering::Relaxed);
     let _following = Following(Arc::clone(&hub));
-    let horizon = loop {
-        match store.revision_watch(poll).await {
-            Ok(horizon) => break horizon,
-            Err(e) => tracing::warn!(error = %e, "cannot read the change log's horizon; trying again"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-    };
     let mut loading: Option<Loading> = None;
     let sink = |event: Event<'_>| match event {
         Event::Reset => {

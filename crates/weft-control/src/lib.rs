@@ -59,6 +59,8 @@ pub enum ControlError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A running controller.
@@ -85,11 +87,13 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Starts following; a critical task ([`Follower::death`]).
-    pub fn start(store: Store, poll: Duration, ring_updates: usize, encoding: Encoding) -> Follower {
+    /// Starts following up to `horizon`, the process's [`Store::revision_watch`] (one per
+    /// process: each costs a LISTEN connection and a horizon query per round); a critical
+    /// task ([`Follower::death`]).
+    pub fn start(store: Store, horizon: watch::Receiver<i64>, ring_updates: usize, encoding: Encoding) -> Follower {
         let hub = Arc::new(Hub::new(ring_updates, encoding));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = follower::run(store, Arc::clone(&hub), poll, shutdown_rx.clone());
+        let task = follower::run(store, Arc::clone(&hub), horizon, shutdown_rx.clone());
         let (_, death) = supervise::spawn_critical(
             "the change-log follower",
             async move {
@@ -120,7 +124,8 @@ impl Drop for Follower {
 impl Control {
     /// Starts following the change log and serving agents.
     pub async fn start(store: Store, config: Config) -> Result<Control, ControlError> {
-        let follower = Follower::start(store.clone(), config.poll, config.ring_updates, Encoding::ForAgents);
+        let horizon = store.revision_watch(config.poll).await?;
+        let follower = Follower::start(store.clone(), horizon, config.ring_updates, Encoding::ForAgents);
         let hub = Arc::clone(&follower.hub);
         let control = Control::serve(store, hub, config).await?;
         // The follower stops with the controller.

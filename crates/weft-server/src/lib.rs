@@ -32,6 +32,9 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
 
 pub use weft_api::DRAIN_TIMEOUT;
 
+/// How often the change log's horizon is looked at when no notification arrives.
+const POLL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -96,19 +99,15 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError 
     move |source| ServerError::Io { context, source }
 }
 
-/// Runs until `shutdown` completes. `ready` receives the bound address once the listener is up
-/// (tests bind port 0).
-pub async fn run(
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
-) -> Result<(), ServerError> {
+/// Runs until `shutdown` completes. The REST listener says where it is bound in the log
+/// ("REST API listening"), also when it was told port 0.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     let private = match &config.database_url {
         Some(_) => None,
         None => Some(PrivatePostgres::start(&config.data_dir).await?),
     };
     let url = config.database_url.clone().or_else(|| private.as_ref().map(PrivatePostgres::url)).unwrap_or_default();
-    let result = serve_with_database(&config, &url, shutdown, ready).await;
+    let result = serve_with_database(&config, &url, shutdown).await;
     if let Some(pg) = private {
         tracing::info!("stopping the private PostgreSQL");
         if let Err(e) = pg.stop().await {
@@ -122,18 +121,20 @@ async fn serve_with_database(
     config: &ServerConfig,
     url: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServerError> {
     // One pool, which waits at most ACQUIRE_TIMEOUT for a connection: a request answers 503
     // within a second while the database is away, and the controller's background work retries
     // (two pools, one of them patient, cost 130 MiB at 100,000 pods in `weft bench fanout`).
     let store = Store::connect_waiting(url, config.max_connections, ACQUIRE_TIMEOUT).await?;
     store.migrate().await?;
-    let poll = Config::default().poll_interval;
+    let poll = POLL;
+    // One watch of the change log's horizon for the process: the compiler's follower and the
+    // API's object cache (and its watch streams) read up to it.
+    let horizon = store.revision_watch(poll).await?;
     // Encoded updates are for agents: a process without a controller keeps only which nodes
     // each revision concerns, for realization.
     let encoding = if config.role.control() { Encoding::ForAgents } else { Encoding::None };
-    let follower = Arc::new(Follower::start(store.clone(), poll, weft_control::RING_UPDATES, encoding));
+    let follower = Follower::start(store.clone(), horizon.clone(), weft_control::RING_UPDATES, encoding);
     let control = match config.role.control() {
         true => {
             let mut settings = weft_control::Config::new(config.grpc_listen);
@@ -174,7 +175,7 @@ async fn serve_with_database(
         grpc_serving,
         ..Config::default()
     };
-    let result = serve_api(config, store.clone(), Arc::clone(&follower.hub), api, shutdown, died, ready).await;
+    let result = serve_api(config, store.clone(), (Arc::clone(&follower.hub), horizon), api, shutdown, died).await;
     if let Some(control) = control {
         control.shutdown().await;
     }
@@ -188,18 +189,17 @@ async fn serve_with_database(
 async fn serve_api(
     config: &ServerConfig,
     store: Store,
-    policy: Arc<weft_control::Hub>,
+    (policy, horizon): (Arc<weft_control::Hub>, watch::Receiver<i64>),
     api: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     died: impl Future<Output = String> + Send + 'static,
-    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServerError> {
     if config.auth_enabled {
         bootstrap_admin_token(&store, &config.data_dir).await?;
     } else {
         tracing::warn!("authentication is OFF (--insecure-no-auth): anyone who reaches the API can change everything");
     }
-    let state = AppState::new(store.clone(), policy, api).await?;
+    let state = AppState::new(store.clone(), policy, horizon, api);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (compactor, compactor_death) = weft_control::supervise::spawn_critical(
         "the change-log compactor",
@@ -216,25 +216,22 @@ async fn serve_api(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(io(format!("cannot listen on {}", config.listen)))?;
-    if let Some(ready) = ready {
-        let _ = ready.send(listener.local_addr().map_err(io("local address"))?);
-    }
-    // Why the API stops: the shutdown signal, or a critical task's death (remembered here).
-    let (death_tx, mut death_rx) = watch::channel(None::<String>);
+    // Why the API stops: the shutdown signal, or a critical task's death (sent here).
+    let (death_tx, mut death_rx) = tokio::sync::oneshot::channel::<String>();
     let stopping = async move {
         tokio::select! {
             () = shutdown => {}
-            reason = died => { death_tx.send_replace(Some(reason)); }
-            reason = compactor_death.wait() => { death_tx.send_replace(Some(reason)); }
+            reason = died => { let _ = death_tx.send(reason); }
+            reason = compactor_death.wait() => { let _ = death_tx.send(reason); }
         }
     };
     let served = weft_api::serve(state, listener, config.tls.as_ref(), stopping).await;
     let _ = stop_tx.send(true);
     let _ = compactor.await;
     served?;
-    match death_rx.borrow_and_update().clone() {
-        Some(reason) => Err(ServerError::Died(reason)),
-        None => Ok(()),
+    match death_rx.try_recv() {
+        Ok(reason) => Err(ServerError::Died(reason)),
+        Err(_) => Ok(()),
     }
 }
 

@@ -104,5 +104,5 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         grpc_listen,
         grpc_tls: tls_files(grpc_tls_cert, grpc_tls_key),
     };
-    weft_server::run(config, shutdown_signal(), None).await.context("weft server")
+    weft_server::run(config, shutdown_signal()).await.context("weft server")
 }

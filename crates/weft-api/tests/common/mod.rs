@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use tower::ServiceExt;
 
 use weft_api::{AppState, Config, router};
@@ -51,12 +52,19 @@ impl Api {
     }
 
     pub async fn with_config(pool: PgPool, config: Config) -> Api {
+        Api::with_poll(pool, config, Duration::from_secs(1)).await
+    }
+
+    /// An API whose process looks at the change log's horizon every `poll` when no
+    /// notification arrives.
+    pub async fn with_poll(pool: PgPool, config: Config, poll: Duration) -> Api {
         let store = Store::from_pool(pool);
         let admin = store.bootstrap_admin_token().await.unwrap().unwrap().secret;
+        let horizon = store.revision_watch(poll).await.unwrap();
         let follower =
-            Arc::new(Follower::start(store.clone(), config.poll_interval, weft_control::RING_UPDATES, Encoding::None));
+            Arc::new(Follower::start(store.clone(), horizon.clone(), weft_control::RING_UPDATES, Encoding::None));
         let config = Config { compile_seconds: Some(follower.hub.compile_seconds.clone()), ..config };
-        let state = AppState::new(store.clone(), Arc::clone(&follower.hub) as _, config).await.unwrap();
+        let state = AppState::new(store.clone(), Arc::clone(&follower.hub) as _, horizon, config);
         Api { router: router(state.clone()), store, state, follower, admin }
     }
 
