@@ -213,6 +213,7 @@ mod tests {
             addresses: vec![std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8])],
             refused_addresses: vec![],
             interface: format!("weft{i:011x}"),
+            instance: None,
             named_ports: Arc::new(BTreeMap::new()),
             ingress: Isolation::Open,
             egress: Isolation::Open,

@@ -108,6 +108,7 @@ fn port(name: &str, n: u8) -> (Uuid, PortPolicy) {
         addresses: vec![std::net::IpAddr::from([10, 0, 0, n])],
         refused_addresses: vec![],
         interface: format!("weft{name}"),
+        instance: None,
         named_ports: Default::default(),
         ingress: Isolation::Open,
         egress: Isolation::Open,

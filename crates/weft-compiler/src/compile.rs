@@ -199,6 +199,7 @@ fn port_policy<'a>(
         addresses,
         refused_addresses,
         interface: port.effective_interface(),
+        instance: port.instance.clone(),
         named_ports: Arc::clone(
             named_ports.entry(&port.named_ports).or_insert_with(|| Arc::new(port.named_ports.clone())),
         ),

@@ -179,6 +179,11 @@ pub struct PortPolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_addresses: Vec<IpAddr>,
     pub interface: String,
+    /// What the port is the interface of (a pod's UID): the CNI plugin wires a sandbox to the
+    /// port only when the sandbox's pod is this instance, so a pod created again under the
+    /// same name never takes its predecessor's port (DESIGN.md §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Shared between ports that define the same named ports (the pods of one deployment).
     pub named_ports: Arc<BTreeMap<String, NamedPort>>,
     pub ingress: Isolation,

@@ -536,6 +536,7 @@ impl Compiler {
             addresses,
             refused_addresses,
             interface: port.effective_interface(),
+            instance: port.instance.clone(),
             named_ports,
             ingress: class.ingress.clone(),
             egress: class.egress.clone(),

@@ -94,6 +94,8 @@ pub fn cluster(shape: &Shape) -> Vec<Change> {
                 ]),
                 node: Some(format!("node-{}", pod % shape.nodes)),
                 ips: vec![address(pod)],
+                // A pod's UID, as kube-manager writes it.
+                instance: Some(id(3, pod as u64).to_string()),
                 security_groups: Some(vec![]),
                 named_ports: serde_json::from_value(json!({"http": {"protocol": "tcp", "port": 8080}}))
                     .unwrap_or_default(),

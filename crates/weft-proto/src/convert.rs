@@ -95,6 +95,7 @@ fn port(id: &Uuid, p: &PortPolicy) -> v1::PortPolicy {
         addresses: p.addresses.iter().map(address).collect(),
         refused_addresses: p.refused_addresses.iter().map(address).collect(),
         interface: p.interface.clone(),
+        instance: p.instance.clone().unwrap_or_default(),
         named_ports: p
             .named_ports
             .iter()
@@ -126,6 +127,7 @@ fn parse_port(p: &v1::PortPolicy) -> Result<(Uuid, PortPolicy), ConvertError> {
             addresses: p.addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?,
             refused_addresses: p.refused_addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?,
             interface: p.interface.clone(),
+            instance: Some(p.instance.clone()).filter(|i| !i.is_empty()),
             named_ports: Arc::new(named_ports),
             ingress: parse_isolation(p.ingress.as_ref())?,
             egress: parse_isolation(p.egress.as_ref())?,

@@ -159,6 +159,7 @@ fn build(raw: &RawSpan) -> NodeSpan {
                 addresses,
                 refused_addresses,
                 interface: format!("weft{p}"),
+                instance: None,
                 named_ports: Arc::new(named_ports),
                 ingress: isolation(ingress),
                 egress: isolation(egress),

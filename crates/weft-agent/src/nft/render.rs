@@ -646,6 +646,7 @@ mod tests {
             addresses: vec![address.parse().unwrap()],
             refused_addresses: vec![],
             interface: format!("weft{name}"),
+            instance: None,
             named_ports: Default::default(),
             ingress: Isolation::Isolated(std::sync::Arc::new(groups.to_vec())),
             egress: Isolation::Open,
