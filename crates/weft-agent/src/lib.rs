@@ -8,12 +8,15 @@
 //!   stream lost: keep enforcing, reconnect with backoff, converge on the next snapshot
 //! ```
 
+pub mod cni;
 pub mod datapath;
+pub mod link;
 pub mod metrics;
 pub mod netns;
 pub mod nft;
 pub mod state;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -72,12 +75,44 @@ pub enum AgentError {
 }
 
 /// What the agent has in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// The revision of the span in the datapath (0: none yet).
     pub revision: i64,
     /// Whether a stream to a controller is up and its snapshot applied.
     pub synced: bool,
+    /// The node's ports whose policy is in the datapath, by (project, name): what the CNI
+    /// plugin's ADD waits for.
+    pub ports: Arc<LocalPorts>,
+}
+
+/// A port of the node's span, as a pod's wiring needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPort {
+    pub id: uuid::Uuid,
+    pub instance: Option<String>,
+    pub interface: String,
+    /// The addresses it is dispatched by (a contested one is not among them).
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+pub type LocalPorts = std::collections::BTreeMap<(String, String), LocalPort>;
+
+fn local_ports(span: &NodeSpan) -> Arc<LocalPorts> {
+    Arc::new(
+        span.ports
+            .iter()
+            .map(|(id, p)| {
+                let port = LocalPort {
+                    id: *id,
+                    instance: p.instance.clone(),
+                    interface: p.interface.clone(),
+                    addresses: p.addresses.clone(),
+                };
+                ((p.project.clone(), p.name.clone()), port)
+            })
+            .collect(),
+    )
 }
 
 /// Runs the agent until `shutdown` turns true. `progress` follows what is in force.
@@ -113,7 +148,7 @@ pub async fn run(
             Saved { node: config.node.clone(), ..Saved::default() }
         }
     };
-    progress.send_replace(Progress { revision: current.revision, synced: false });
+    progress.send_replace(Progress { revision: current.revision, synced: false, ports: local_ports(&current.span) });
     let mut pause = config.backoff.0;
     loop {
         if *shutdown.borrow() {
@@ -248,7 +283,11 @@ async fn session(
                 if let Err(e) = saved {
                     tracing::warn!(error = %e, "cannot save the span in the state dir");
                 }
-                progress.send_replace(Progress { revision: current.revision, synced: true });
+                progress.send_replace(Progress {
+                    revision: current.revision,
+                    synced: true,
+                    ports: local_ports(&current.span),
+                });
                 problems = datapath::problems(&current.span);
                 if problems != refused {
                     for problem in problems.iter().filter(|p| !refused.contains(p)) {

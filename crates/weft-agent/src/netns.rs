@@ -26,11 +26,20 @@ pub fn exists(name: &str) -> bool {
 /// and returns what it returns.
 pub fn run_in<T: Send>(netns: Option<&str>, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     let Some(name) = netns else { return f() };
-    let path = path(name);
+    run_at(&path(name), name, f)
+}
+
+/// Runs `f` inside the namespace at `path` (a CNI_NETNS: `/run/netns/cni-…`,
+/// `/proc/PID/ns/net`) on a thread of its own.
+pub fn run_in_path<T: Send>(path: &std::path::Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    run_at(path, &path.display().to_string(), f)
+}
+
+fn run_at<T: Send>(path: &std::path::Path, name: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                let ns = std::fs::File::open(&path)
+                let ns = std::fs::File::open(path)
                     .map_err(|e| io::Error::new(e.kind(), format!("no network namespace {name}: {e}")))?;
                 rustix::thread::move_into_link_name_space(
                     ns.as_fd(),

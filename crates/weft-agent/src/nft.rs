@@ -35,7 +35,7 @@ mod netlink;
 mod proptests;
 mod render;
 mod ruleset;
-mod wire;
+pub(crate) mod wire;
 
 pub use batch::Batch;
 pub use conntrack::{cut as cut_revoked, node_addresses};

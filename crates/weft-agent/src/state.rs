@@ -188,7 +188,7 @@ fn open_private(path: &Path, options: &mut std::fs::OpenOptions) -> std::io::Res
     options.open(path)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = open_private(&tmp, std::fs::OpenOptions::new().write(true).create(true).truncate(true))?;
     file.write_all(bytes)?;

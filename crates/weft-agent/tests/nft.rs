@@ -1,5 +1,5 @@
-//! The nftables datapath against the kernel, in a network namespace of the test's own (root;
-//! elsewhere these tests say so and pass): set member changes of real compiler deltas reach
+//! The nftables datapath against the kernel, in a network namespace of the test's own (root,
+//! reported ignored elsewhere): set member changes of real compiler deltas reach
 //! the kernel's sets over netlink, element by element, and the table stays the render of the
 //! span.
 
@@ -13,29 +13,7 @@ use uuid::Uuid;
 use weft_agent::Datapath;
 use weft_agent::nft::{self, NftDatapath};
 use weft_compiler::{Change, Compiler, NodeSpan};
-
-/// A network namespace of the test's own, removed when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("wt-{tag}-{}", &Uuid::new_v4().simple().to_string()[..8]);
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
-        Netns(name)
-    }
-
-    fn nft(&self, args: &[&str]) -> Value {
-        let out = Command::new("ip").args(["netns", "exec", &self.0, "nft", "-j"]).args(args).output().unwrap();
-        assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use weft_testkit::Netns;
 
 fn port(n: u64, name: &str, node: &str, ips: &[&str], app: &str) -> Change {
     let mut p: weft_model::Port = serde_json::from_value(json!({

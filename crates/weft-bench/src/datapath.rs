@@ -360,7 +360,17 @@ fn measure_agent(binary: &Path, dir: &Path, span: &NodeSpan) -> Result<(f64, f64
     let log_path = dir.join("agent.log");
     let log = std::fs::File::create(&log_path).map_err(other)?;
     let mut agent = Command::new(binary)
-        .args(["agent", "--node", NODE, "--controller", "http://127.0.0.1:9", "--datapath", "nftables", "--netns"])
+        .args([
+            "agent",
+            "--node",
+            NODE,
+            "--controller",
+            "http://127.0.0.1:9",
+            "--datapath",
+            "nftables",
+            "--no-cni",
+            "--netns",
+        ])
         .arg(&netns.0)
         .arg("--state-dir")
         .arg(state.path())

@@ -102,9 +102,9 @@ pub fn queue_dir(socket: &Path) -> PathBuf {
 pub fn queue_delete(request: &Request, socket: &Path) -> std::io::Result<PathBuf> {
     let dir = queue_dir(socket);
     std::fs::create_dir_all(&dir)?;
-    // from_env checked both: no path separators in either.
+    // from_env checked both: neither holds a `/` or a `:`, so names never collide.
     let name = format!(
-        "{}-{}.json",
+        "{}:{}.json",
         request.container_id.as_deref().unwrap_or("none"),
         request.ifname.as_deref().unwrap_or("none")
     );

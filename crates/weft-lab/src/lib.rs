@@ -362,6 +362,10 @@ impl Lab {
             .args(["--metrics-listen", &metrics.to_string()])
             .arg("--state-dir")
             .arg(&state_dir)
+            // Each node's agent serves its CNI calls in the lab's directory, never the host's
+            // /run/weft.
+            .arg("--cni-socket")
+            .arg(state_dir.join("cni.sock"))
             .env_remove("WEFT_NODE_TOKEN")
             .env_remove("WEFT_JOIN_TOKEN")
             .stdin(Stdio::null())

@@ -8,8 +8,10 @@
 //! [`eventually`] is how every test waits for a condition.
 
 pub mod kube_api;
+pub mod netns;
 mod poll;
 
+pub use netns::Netns;
 pub use poll::{eventually, eventually_blocking, when};
 
 use weft_store::admin::ScratchDatabase;

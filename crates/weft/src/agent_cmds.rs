@@ -49,6 +49,21 @@ pub struct AgentArgs {
     /// port's drops).
     #[arg(long, env = "WEFT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the CNI plugin (`weft-cni`) reaches the agent; its conflist's `socket` names the
+    /// same path.
+    #[arg(long, env = "WEFT_CNI_SOCKET", default_value = weft_cni::shim::DEFAULT_SOCKET)]
+    pub cni_socket: PathBuf,
+    /// Serve no CNI calls: pods are wired by something else (docs/cni.md's contract).
+    #[arg(long, env = "WEFT_NO_CNI")]
+    pub no_cni: bool,
+    /// A pod of namespace `ns` has its port in the project `<prefix>ns` (kube-manager's
+    /// --project-prefix).
+    #[arg(long, env = "WEFT_PROJECT_PREFIX", default_value = "k8s-")]
+    pub project_prefix: String,
+    /// How long a CNI ADD waits for its pod's port to reach the node when the conflist's
+    /// `timeoutSeconds` does not say; after it the runtime hears "try again later".
+    #[arg(long, env = "WEFT_CNI_WAIT", default_value = "60s", value_parser = crate::common::parse_duration)]
+    pub cni_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,6 +89,10 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         netns,
         cleanup,
         metrics_listen,
+        cni_socket,
+        no_cni,
+        project_prefix,
+        cni_wait,
     } = args;
     if cleanup {
         let removed = weft_agent::nft::delete_table(netns.as_deref()).context("cannot remove the nftables table")?;
@@ -91,6 +110,7 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         Some(path) => Some(std::fs::read(&path).with_context(|| format!("cannot read the CA {}", path.display()))?),
         None => None,
     };
+    let cni_records = state_dir.join("cni");
     let state_dir = weft_agent::StateDir::new(&state_dir)
         .with_context(|| format!("cannot use the state dir {}", state_dir.display()))?;
     let credential = credential.map(Ok).or_else(|| node_token_file.as_deref().map(secret_file)).transpose()?;
@@ -132,21 +152,55 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .unwrap_or_else(|e| tracing::error!(error = %format!("{e:#}"), "serving no metrics; enforcing all the same"));
     }
-    let (progress, _) = tokio::sync::watch::channel(weft_agent::Progress { revision: 0, synced: false });
+    let (progress, in_force) = tokio::sync::watch::channel(weft_agent::Progress::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         stop.send_replace(true);
     });
-    match datapath {
-        DatapathKind::Memory => {
-            tracing::warn!("the memory datapath enforces nothing in the kernel");
-            weft_agent::run(config, weft_agent::MemoryDatapath::default(), progress, stopped).await?;
+    // Pods wired onto a datapath that enforces nothing would run without their policy.
+    let cni = match (no_cni, datapath) {
+        (true, _) => None,
+        (false, DatapathKind::Memory) => {
+            tracing::warn!("serving no CNI calls: the memory datapath would wire pods without their policy");
+            None
         }
-        DatapathKind::Nftables => {
-            let datapath = weft_agent::NftDatapath::new(netns);
-            weft_agent::run(config, datapath, progress, stopped).await?;
+        (false, DatapathKind::Nftables) => {
+            let config = weft_agent::cni::CniConfig {
+                socket: cni_socket,
+                node_netns: netns.clone(),
+                records: cni_records,
+                project_prefix,
+                wait: cni_wait,
+            };
+            Some(weft_agent::cni::Cni::new(config, in_force).context("cannot keep CNI records in the state dir")?)
         }
+    };
+    let agent = async {
+        match datapath {
+            DatapathKind::Memory => {
+                tracing::warn!("the memory datapath enforces nothing in the kernel");
+                weft_agent::run(config, weft_agent::MemoryDatapath::default(), progress, stopped.clone()).await
+            }
+            DatapathKind::Nftables => {
+                let datapath = weft_agent::NftDatapath::new(netns);
+                weft_agent::run(config, datapath, progress, stopped.clone()).await
+            }
+        }
+    };
+    let Some(cni) = cni else {
+        agent.await?;
+        return Ok(());
+    };
+    let mut cni_stopped = stopped.clone();
+    let cni_shutdown = async move {
+        let _ = cni_stopped.wait_for(|s| *s).await;
+    };
+    // The CNI server is critical: pods cannot start without it, so an agent that cannot serve
+    // it ends, and its supervisor (the DaemonSet) restarts it.
+    tokio::select! {
+        outcome = agent => outcome?,
+        served = cni.serve(cni_shutdown) => served.context("the CNI server stopped")?,
     }
     Ok(())
 }

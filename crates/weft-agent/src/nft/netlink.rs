@@ -64,14 +64,57 @@ impl Socket {
         Socket::open_protocol(netns, None)
     }
 
+    /// A routing socket in the namespace at `path` (a sandbox's, as a CNI call names it).
+    pub fn open_route_at(path: &std::path::Path) -> io::Result<Socket> {
+        let fd = netns::run_in_path(path, || Socket::new_fd(None))?;
+        Ok(Socket::of(fd))
+    }
+
     fn open_protocol(netns: Option<&str>, protocol: Option<rustix::net::Protocol>) -> io::Result<Socket> {
-        let fd = netns::run_in(netns, || {
-            let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, protocol)?;
-            rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))?;
-            rustix::net::sockopt::set_socket_timeout(&fd, Timeout::Recv, Some(Duration::from_secs(2)))?;
-            Ok(fd)
+        let fd = netns::run_in(netns, || Socket::new_fd(protocol))?;
+        Ok(Socket::of(fd))
+    }
+
+    fn new_fd(protocol: Option<rustix::net::Protocol>) -> io::Result<OwnedFd> {
+        let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, protocol)?;
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))?;
+        rustix::net::sockopt::set_socket_timeout(&fd, Timeout::Recv, Some(Duration::from_secs(2)))?;
+        Ok(fd)
+    }
+
+    fn of(fd: OwnedFd) -> Socket {
+        Socket { fd, seq: std::process::id().wrapping_mul(65_536), buf: vec![0; 256 << 10], send_buffer: 0 }
+    }
+
+    /// Sends the one request `build` writes (numbered as it is given, and asking for an ack)
+    /// and returns the messages answered before the ack, as (type, payload); an error ack
+    /// is the error.
+    pub(crate) fn ask(&mut self, build: impl FnOnce(u32) -> Vec<u8>) -> io::Result<Vec<(u16, Vec<u8>)>> {
+        self.seq = self.seq.wrapping_add(1);
+        let request_seq = self.seq;
+        rustix::net::sendto(&self.fd, &build(request_seq), SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
+        let mut out = Vec::new();
+        self.answers(|kind, seq, payload| {
+            if seq != request_seq {
+                return Ok(false);
+            }
+            if kind == NLMSG_ERROR && payload.len() >= 4 {
+                let code = i32::from_ne_bytes(word(payload, 0));
+                return if code == 0 { Ok(true) } else { Err(io::Error::from_raw_os_error(-code)) };
+            }
+            out.push((kind, payload.to_vec()));
+            Ok(false)
         })?;
-        Ok(Socket { fd, seq: std::process::id().wrapping_mul(65_536), buf: vec![0; 256 << 10], send_buffer: 0 })
+        Ok(out)
+    }
+
+    /// Sends the dump request `build` writes and returns every message of its answer.
+    pub(crate) fn dump_all(&mut self, build: impl FnOnce(u32) -> Vec<u8>) -> io::Result<Vec<(u16, Vec<u8>)>> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = build(self.seq);
+        let mut out = Vec::new();
+        self.dumped(&request, |kind, payload| out.push((kind, payload.to_vec())))?;
+        Ok(out)
     }
 
     /// Sends one batch (all of it happens, or none) and waits for the kernel's verdict. An

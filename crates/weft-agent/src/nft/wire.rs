@@ -6,18 +6,18 @@
 use std::net::IpAddr;
 
 /// Netlink's message types of its own (every protocol's answers use them).
-pub(super) const NLMSG_ERROR: u16 = 2;
-pub(super) const NLMSG_DONE: u16 = 3;
-pub(super) const NLM_F_REQUEST: u16 = 0x1;
-pub(super) const NLM_F_ACK: u16 = 0x4;
-pub(super) const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 /// The attribute-type bit that marks a nested attribute, and the mask that drops it (and
 /// the byte-order bit).
-pub(super) const NLA_F_NESTED: u16 = 0x8000;
+pub(crate) const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// Whole messages, at most 32 KiB a send (a datagram must fit the socket's buffer).
-pub(super) fn request_chunks(bytes: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn request_chunks(bytes: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let (mut start, mut at) = (0, 0);
     while at + 4 <= bytes.len() {
@@ -35,7 +35,7 @@ pub(super) fn request_chunks(bytes: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The attributes of a netlink payload: (type without flags, payload, the whole attribute).
-pub(super) fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
+pub(crate) fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
     let mut out = Vec::new();
     while bytes.len() >= 4 {
         let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
@@ -50,7 +50,7 @@ pub(super) fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
 }
 
 /// An address of 4 or 16 bytes, as netlink carries one.
-pub(super) fn ip_address(b: &[u8]) -> Option<IpAddr> {
+pub(crate) fn ip_address(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
         16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
@@ -58,27 +58,32 @@ pub(super) fn ip_address(b: &[u8]) -> Option<IpAddr> {
     }
 }
 
-pub(super) fn word(buf: &[u8], at: usize) -> [u8; 4] {
+pub(crate) fn word(buf: &[u8], at: usize) -> [u8; 4] {
     [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
 }
 
-pub(super) fn align(len: usize) -> usize {
+pub(crate) fn align(len: usize) -> usize {
     (len + 3) & !3
 }
 
 /// A netlink message: header, nfgenmsg (family, version, resource id), attributes.
-pub(super) fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, nfgen: [u8; 4], attrs: &[u8]) {
-    let len = (16 + 4 + attrs.len()) as u32;
+pub(crate) fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, nfgen: [u8; 4], attrs: &[u8]) {
+    message_with(out, kind, flags, seq, &nfgen, attrs);
+}
+
+/// A netlink message with a family header of any size (rtnetlink's ifinfomsg, rtmsg, ...).
+pub(crate) fn message_with(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, header: &[u8], attrs: &[u8]) {
+    let len = (16 + header.len() + attrs.len()) as u32;
     out.extend_from_slice(&len.to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(&flags.to_ne_bytes());
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&nfgen);
+    out.extend_from_slice(header);
     out.extend_from_slice(attrs);
 }
 
-pub(super) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(crate) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -87,7 +92,7 @@ pub(super) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
 }
 
 /// A nested attribute written in place: its header, what `body` writes, then its length.
-pub(super) fn nest(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn nest(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
@@ -97,7 +102,7 @@ pub(super) fn nest(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)
 }
 
 /// A string attribute (with its NUL), written without a copy of the string.
-pub(super) fn attr_str(out: &mut Vec<u8>, kind: u16, s: &str) {
+pub(crate) fn attr_str(out: &mut Vec<u8>, kind: u16, s: &str) {
     let len = 4 + s.len() + 1;
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -106,7 +111,7 @@ pub(super) fn attr_str(out: &mut Vec<u8>, kind: u16, s: &str) {
     out.resize(out.len() + align(len) - len, 0);
 }
 
-pub(super) fn c_string(s: &str) -> Vec<u8> {
+pub(crate) fn c_string(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v

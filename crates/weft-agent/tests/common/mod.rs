@@ -31,7 +31,7 @@ pub struct Running {
 }
 
 pub fn spawn(config: Config, datapath: impl Datapath + 'static) -> Running {
-    let (progress_tx, progress) = watch::channel(Progress { revision: 0, synced: false });
+    let (progress_tx, progress) = watch::channel(Progress::default());
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(weft_agent::run(config, datapath, progress_tx, stop_rx));
     Running { progress, stop, task }
@@ -39,7 +39,7 @@ pub fn spawn(config: Config, datapath: impl Datapath + 'static) -> Running {
 
 impl Running {
     pub async fn until(&mut self, f: impl Fn(&Progress) -> bool) -> Progress {
-        *tokio::time::timeout(PATIENCE, self.progress.wait_for(|p| f(p))).await.unwrap().unwrap()
+        tokio::time::timeout(PATIENCE, self.progress.wait_for(|p| f(p))).await.unwrap().unwrap().clone()
     }
 
     pub async fn stop(self) {

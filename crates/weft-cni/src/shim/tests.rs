@@ -138,9 +138,9 @@ fn without_the_agent_each_verb_answers_as_the_runtime_needs() {
         assert!(out.success && out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
     }
     let queued: Vec<_> = std::fs::read_dir(queue_dir(&socket)).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(queued, vec![std::ffi::OsString::from("c1-eth0.json")]);
+    assert_eq!(queued, vec![std::ffi::OsString::from("c1:eth0.json")]);
     let request: Request =
-        serde_json::from_slice(&std::fs::read(queue_dir(&socket).join("c1-eth0.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(queue_dir(&socket).join("c1:eth0.json")).unwrap()).unwrap();
     assert_eq!((request.command, request.netns), (Command::Del, None));
     std::fs::remove_dir_all(dir).unwrap();
 }

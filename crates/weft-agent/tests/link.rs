@@ -1,0 +1,126 @@
+//! A pod's interface made and removed over rtnetlink, in namespaces of the test's own (root):
+//! the pod reaches the node through its gateway with no proxy ARP and no default route on the
+//! node, a failure leaves nothing behind, and removal from either side removes both.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_agent::link::{self, PodWiring};
+use weft_agent::netns;
+use weft_testkit::Netns;
+
+const HOST_IF: &str = "weft0123456789a";
+
+fn wiring<'a>(node: &'a Netns, pod: &'a PathBuf, addresses: &'a [IpAddr]) -> PodWiring<'a> {
+    PodWiring {
+        node_netns: Some(&node.0),
+        pod_netns: pod,
+        host_interface: HOST_IF,
+        ifname: "eth0",
+        addresses,
+        mtu: Some(1400),
+    }
+}
+
+/// Whether a connection from the pod reaches a listener of the node's.
+fn connects(pod: &Netns, node: &Netns, target: SocketAddr) -> bool {
+    let listener = netns::run_in(Some(node.name()), || TcpListener::bind(target)).unwrap();
+    let accepted = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"hi").unwrap();
+    });
+    let answered = netns::run_in(Some(&pod.0), || {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf)?;
+        Ok(&buf == b"hi")
+    })
+    .unwrap_or(false);
+    if answered {
+        accepted.join().unwrap();
+    }
+    answered
+}
+
+#[ignore = "needs root (network namespaces): scripts/test.sh runs it when run as root"]
+#[test]
+fn a_wired_pod_reaches_the_node_through_its_gateway_and_leaves_nothing_when_removed() {
+    let node = Netns::new("node");
+    let pod = Netns::new("pod");
+    // The node's own address on lo, and no default route: the case proxy ARP fails in.
+    node.ip(&["link", "set", "lo", "up"]);
+    node.ip(&["addr", "add", "10.99.0.1/32", "dev", "lo"]);
+    node.ip(&["-6", "addr", "add", "fd99::1/128", "dev", "lo"]);
+    let addresses: Vec<IpAddr> = vec!["10.32.0.5".parse().unwrap(), "fd32::5".parse().unwrap()];
+    let path = pod.path();
+    let wired = link::wire(&wiring(&node, &path, &addresses)).unwrap();
+    assert_eq!(wired.mtu, Some(1400));
+
+    let inside = link::sandbox_side(&path, "eth0").unwrap().unwrap();
+    assert!(inside.link.up);
+    assert_eq!(inside.link.mac, wired.pod_mac);
+    for a in &addresses {
+        assert!(inside.addresses.iter().any(|(x, _)| x == a), "{a} in {:?}", inside.addresses);
+    }
+    let gateways: Vec<Option<IpAddr>> = inside.routes.iter().filter(|r| r.prefix == 0).map(|r| r.gateway).collect();
+    assert!(gateways.contains(&Some("169.254.1.1".parse().unwrap())), "{:?}", inside.routes);
+    assert!(gateways.contains(&Some("fe80::1".parse().unwrap())), "{:?}", inside.routes);
+    let host = link::host_side(Some(&node.0), HOST_IF).unwrap().unwrap();
+    assert!(host.link.up);
+    assert_eq!(host.link.mac, Some(link::HOST_MAC));
+    for a in &addresses {
+        assert!(host.routes.iter().any(|r| r.destination == *a), "route to {a} in {:?}", host.routes);
+    }
+
+    assert!(connects(&pod, &node, "10.99.0.1:7001".parse().unwrap()), "IPv4 through 169.254.1.1");
+    assert!(connects(&pod, &node, "[fd99::1]:7002".parse().unwrap()), "IPv6 through fe80::1");
+
+    // Removed from the sandbox's side, both ends and the node's routes are gone; again, nothing.
+    assert!(link::remove_in_sandbox(&path, "eth0").unwrap());
+    assert_eq!(link::host_side(Some(&node.0), HOST_IF).unwrap(), None);
+    assert!(!link::remove_in_sandbox(&path, "eth0").unwrap());
+    assert!(!link::remove_host_side(Some(&node.0), HOST_IF).unwrap());
+    // A sandbox that is gone has nothing to remove.
+    assert!(!link::remove_in_sandbox(std::path::Path::new("/run/netns/wt-never-was"), "eth0").unwrap());
+}
+
+#[ignore = "needs root (network namespaces): scripts/test.sh runs it when run as root"]
+#[test]
+fn a_failed_wiring_leaves_nothing_and_never_touches_what_was_there() {
+    let node = Netns::new("node");
+    let pod = Netns::new("pod");
+    let addresses: Vec<IpAddr> = vec!["10.32.0.6".parse().unwrap()];
+    // No such sandbox: the error names it, and nothing is made on the node.
+    let missing = PathBuf::from("/run/netns/wt-missing-sandbox");
+    let e = link::wire(&wiring(&node, &missing, &addresses)).unwrap_err();
+    assert!(e.to_string().contains("wt-missing-sandbox"), "{e}");
+    assert_eq!(link::host_side(Some(&node.0), HOST_IF).unwrap(), None);
+
+    // The pair is made, then the pod's side fails (IPv6 is off in the sandbox): the pair made
+    // is removed, from both namespaces.
+    netns::sysctl(Some(&pod.0), "net.ipv6.conf.default.disable_ipv6", "1").unwrap();
+    let path = pod.path();
+    let dual: Vec<IpAddr> = vec!["10.32.0.6".parse().unwrap(), "fd32::6".parse().unwrap()];
+    let e = link::wire(&wiring(&node, &path, &dual)).unwrap_err();
+    assert!(e.to_string().contains("fd32::6"), "{e}");
+    assert_eq!(link::host_side(Some(&node.0), HOST_IF).unwrap(), None);
+    assert_eq!(link::sandbox_side(&path, "eth0").unwrap(), None);
+
+    // The sandbox's eth0 exists: an error, and the sandbox's own eth0 stays.
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"]);
+    assert!(link::wire(&wiring(&node, &path, &addresses)).is_err());
+    assert_eq!(link::host_side(Some(&node.0), HOST_IF).unwrap(), None);
+    assert!(link::sandbox_side(&path, "eth0").unwrap().is_some());
+
+    // The node side's name is taken: an error, and what holds the name stays.
+    node.ip(&["link", "add", HOST_IF, "type", "veth", "peer", "name", "taken-peer"]);
+    pod.ip(&["link", "del", "eth0"]);
+    let e = link::wire(&wiring(&node, &path, &addresses)).unwrap_err();
+    assert!(e.to_string().contains(HOST_IF), "{e}");
+    assert!(link::host_side(Some(&node.0), HOST_IF).unwrap().is_some());
+    assert_eq!(link::sandbox_side(&path, "eth0").unwrap(), None);
+}
