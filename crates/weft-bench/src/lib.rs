@@ -13,6 +13,7 @@
 pub mod compiler;
 pub mod datapath;
 pub mod fanout;
+pub mod ipam;
 pub mod kube;
 
 /// A process's resident set and its peak (`/proc/<pid>/status`: VmRSS, VmHWM), in MiB.

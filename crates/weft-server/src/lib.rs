@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub grpc_address: Option<String>,
     /// How long the change log keeps an entry.
     pub change_retention: Duration,
+    /// How long IPAM keeps a released address out of its hands.
+    pub address_reuse_grace: Duration,
     pub max_connections: u32,
     pub role: Role,
     /// Where the controller serves agents (gRPC).
@@ -125,7 +127,9 @@ async fn serve_with_database(
     // One pool, which waits at most ACQUIRE_TIMEOUT for a connection: a request answers 503
     // within a second while the database is away, and the controller's background work retries
     // (two pools, one of them patient, cost 130 MiB at 100,000 pods in `weft bench fanout`).
-    let store = Store::connect_waiting(url, config.max_connections, ACQUIRE_TIMEOUT).await?;
+    let store = Store::connect_waiting(url, config.max_connections, ACQUIRE_TIMEOUT)
+        .await?
+        .with_address_reuse_grace(config.address_reuse_grace);
     store.migrate().await?;
     let poll = POLL;
     // One watch of the change log's horizon for the process: the compiler's follower and the

@@ -1,9 +1,14 @@
-//! Address allocation for ports on virtual networks: the first free address of the network's
-//! subnets, one per address family. Callers hold the network row's lock, so allocations on one
-//! network are serialised and never collide; the primary key of `ip_allocations` enforces it
-//! regardless.
+//! Address allocation for ports on virtual networks: one address per family of the network's
+//! subnets, found next fit — from where the subnet's last allocation stopped, a page of its
+//! held addresses at a time through the indexes — so an allocation costs a few index reads
+//! whatever the number of addresses held, and an address released is handed out again only
+//! after the cursor has come round to it and its grace period has passed (conntrack and
+//! neighbour entries elsewhere may still point at it; migrations/0005_ipam_next_fit.sql).
+//! Callers hold the network row's lock, so allocations on one network are serialised and never
+//! collide; the primary key of `ip_allocations` enforces it regardless.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use uuid::Uuid;
@@ -11,11 +16,15 @@ use weft_model::{Subnet, VirtualNetwork};
 
 use crate::error::{ConflictKind, Result, StoreError};
 
+/// How many held addresses one read brings.
+const PAGE: i64 = 256;
+
 /// One address from each family the network has subnets of (IPv4 first).
 pub(crate) async fn allocate(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     network_id: Uuid,
     vn: &VirtualNetwork,
+    grace: Duration,
 ) -> Result<Vec<IpAddr>> {
     if vn.subnets.is_empty() {
         return Err(StoreError::invalid(
@@ -31,16 +40,7 @@ pub(crate) async fn allocate(
         }
         let mut found = None;
         for subnet in family {
-            let held: Vec<IpNet> = sqlx::query_scalar(
-                "SELECT address FROM ip_allocations WHERE network_id = $1 AND address <<= $2 \
-                 UNION SELECT address FROM port_addresses WHERE address <<= $2 ORDER BY address",
-            )
-            .bind(network_id)
-            .bind(subnet.cidr)
-            .fetch_all(&mut **tx)
-            .await?;
-            let held: Vec<u128> = held.iter().map(|n| to_u128(n.addr())).collect();
-            if let Some(a) = first_free(subnet, &held) {
+            if let Some(a) = allocate_in(tx, network_id, subnet, grace).await? {
                 found = Some(a);
                 break;
             }
@@ -56,6 +56,96 @@ pub(crate) async fn allocate(
         }
     }
     Ok(addresses)
+}
+
+/// The next free address of one subnet, from its cursor to its end and then from its start:
+/// the cursor moves past it.
+async fn allocate_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    network_id: Uuid,
+    subnet: &Subnet,
+    grace: Duration,
+) -> Result<Option<IpAddr>> {
+    let v4 = matches!(subnet.cidr, IpNet::V4(_));
+    let (first, last) = host_range(&subnet.cidr);
+    let gateway = subnet.gateway.map(to_u128);
+    let cursor: Option<IpNet> =
+        sqlx::query_scalar("SELECT next FROM ipam_cursors WHERE network_id = $1 AND subnet = $2")
+            .bind(network_id)
+            .bind(subnet.cidr)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let start = cursor.map(|c| to_u128(c.addr())).filter(|c| (first..=last).contains(c)).unwrap_or(first);
+    let mut rounds = vec![(start, last)];
+    if start > first {
+        rounds.push((first, start - 1));
+    }
+    for (from, to) in rounds {
+        let mut candidate = from;
+        loop {
+            let held: Vec<IpNet> = sqlx::query_scalar(
+                "SELECT address FROM ip_allocations WHERE network_id = $1 AND address >= $2 AND address <= $3                  UNION SELECT address FROM port_addresses WHERE address >= $2 AND address <= $3                  UNION SELECT address FROM ip_released WHERE network_id = $1 AND address >= $2 AND address <= $3                        AND released_at > now() - make_interval(secs => $4)                  ORDER BY 1 LIMIT $5",
+            )
+            .bind(network_id)
+            .bind(IpNet::from(from_u128(v4, candidate)))
+            .bind(IpNet::from(from_u128(v4, to)))
+            .bind(grace.as_secs_f64())
+            .bind(PAGE)
+            .fetch_all(&mut **tx)
+            .await?;
+            let held: Vec<u128> = held.iter().map(|n| to_u128(n.addr())).collect();
+            match scan(candidate, to, gateway, &held, held.len() < PAGE as usize) {
+                Scan::Free(a) => {
+                    let next = if a >= last { first } else { a + 1 };
+                    sqlx::query(
+                        "INSERT INTO ipam_cursors (network_id, subnet, next) VALUES ($1, $2, $3)                          ON CONFLICT (network_id, subnet) DO UPDATE SET next = EXCLUDED.next",
+                    )
+                    .bind(network_id)
+                    .bind(subnet.cidr)
+                    .bind(IpNet::from(from_u128(v4, next)))
+                    .execute(&mut **tx)
+                    .await?;
+                    return Ok(Some(from_u128(v4, a)));
+                }
+                Scan::From(next) => candidate = next,
+                Scan::Exhausted => break,
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What one page of held addresses says about `[candidate, to]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// This address is free.
+    Free(u128),
+    /// Everything before this address is taken; the next page starts here.
+    From(u128),
+    /// Nothing is free up to `to`.
+    Exhausted,
+}
+
+/// Looks for a free address from `candidate` on, given the held addresses from there in order
+/// (`held`), which are all of them up to `to` when `complete`, else those up to the page's
+/// last. The gateway is never free.
+fn scan(candidate: u128, to: u128, gateway: Option<u128>, held: &[u128], complete: bool) -> Scan {
+    let known_until = if complete { to } else { held.last().copied().unwrap_or(to).min(to) };
+    let mut c = candidate;
+    let mut held = held.iter().copied().peekable();
+    while c <= known_until {
+        if Some(c) == gateway {
+            c += 1;
+            continue;
+        }
+        while held.next_if(|&a| a < c).is_some() {}
+        if held.peek() == Some(&c) {
+            c += 1;
+            continue;
+        }
+        return Scan::Free(c);
+    }
+    if c > to { Scan::Exhausted } else { Scan::From(c) }
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -82,25 +172,15 @@ fn host_range(cidr: &IpNet) -> (u128, u128) {
     }
 }
 
-/// The lowest address of `subnet` that is neither held (`held` is sorted) nor the gateway.
-pub(crate) fn first_free(subnet: &Subnet, held: &[u128]) -> Option<IpAddr> {
+/// The lowest address of `subnet` that is neither held (`held` is sorted, all of them) nor the
+/// gateway.
+#[cfg(test)]
+fn first_free(subnet: &Subnet, held: &[u128]) -> Option<IpAddr> {
     let (first, last) = host_range(&subnet.cidr);
-    let gateway = subnet.gateway.map(to_u128);
-    let mut candidate = first;
-    let mut held = held.iter().copied().peekable();
-    while candidate <= last {
-        if Some(candidate) == gateway {
-            candidate += 1;
-            continue;
-        }
-        while held.next_if(|&a| a < candidate).is_some() {}
-        if held.peek() == Some(&candidate) {
-            candidate += 1;
-            continue;
-        }
-        return Some(from_u128(matches!(subnet.cidr, IpNet::V4(_)), candidate));
+    match scan(first, last, subnet.gateway.map(to_u128), held, true) {
+        Scan::Free(a) => Some(from_u128(matches!(subnet.cidr, IpNet::V4(_)), a)),
+        _ => None,
     }
-    None
 }
 
 #[cfg(test)]
@@ -133,5 +213,19 @@ mod tests {
         );
         assert_eq!(first_free(&subnet("10.0.0.4/31", None), &[]), Some("10.0.0.4".parse().unwrap()));
         assert_eq!(first_free(&subnet("10.0.0.4/32", None), &ips(&["10.0.0.4"])), None);
+    }
+
+    #[test]
+    fn a_full_page_says_where_the_next_one_starts() {
+        let gw = Some(1);
+        // Held 2..=5 on a page of 4: nothing known free, the next page starts at 6.
+        assert_eq!(scan(2, 100, gw, &[2, 3, 4, 5], false), Scan::From(6));
+        // A gap inside a full page is free.
+        assert_eq!(scan(2, 100, gw, &[2, 4, 5, 6], false), Scan::Free(3));
+        // The gateway is skipped; past `to` nothing is free.
+        assert_eq!(scan(1, 100, gw, &[2, 3], true), Scan::Free(4));
+        assert_eq!(scan(1, 3, gw, &[2, 3], true), Scan::Exhausted);
+        assert_eq!(scan(98, 100, None, &[98, 99, 100], false), Scan::Exhausted);
+        assert_eq!(scan(5, 4, None, &[], true), Scan::Exhausted);
     }
 }

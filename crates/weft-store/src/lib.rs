@@ -98,7 +98,14 @@ pub struct Store {
     /// The revision of the last commit made through this handle (or its clones): wakes this
     /// process's followers without a round trip to the database.
     committed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
+    /// How long an address released stays out of IPAM's hands.
+    address_reuse_grace: Duration,
 }
+
+/// How long a released address is not handed out again unless a store says otherwise: longer
+/// than a closed TCP connection's conntrack entry lingers (TIME_WAIT, 120 s) and than a
+/// neighbour entry stays reachable.
+pub const ADDRESS_REUSE_GRACE: Duration = Duration::from_secs(300);
 
 /// How an object is named in a request: by id, or by project and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +187,17 @@ impl Store {
     }
 
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool, committed: std::sync::Arc::new(tokio::sync::watch::channel(0).0) }
+        Store {
+            pool,
+            committed: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            address_reuse_grace: ADDRESS_REUSE_GRACE,
+        }
+    }
+
+    /// The same store, keeping released addresses out of IPAM's hands for `grace`.
+    pub fn with_address_reuse_grace(mut self, grace: Duration) -> Store {
+        self.address_reuse_grace = grace;
+        self
     }
 
     /// Follows the revisions committed through this process.

@@ -727,7 +727,7 @@ impl Txn {
             port.ips = old.ips.clone();
         }
         if port.ips.is_empty() {
-            port.ips = ipam::allocate(&mut self.tx, network_id, &vn).await?;
+            port.ips = ipam::allocate(&mut self.tx, network_id, &vn, self.store.address_reuse_grace).await?;
         } else {
             for (i, ip) in port.ips.iter().enumerate() {
                 if !vn.subnets.iter().any(|s| s.cidr.contains(ip)) {

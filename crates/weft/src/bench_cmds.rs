@@ -28,6 +28,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         writes: usize,
     },
+    /// IPAM at scale: ports allocated addresses on one network of a scratch database, the
+    /// time per port of the first thousand beside the last thousand's.
+    Ipam {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, default_value_t = 150_000)]
+        allocations: usize,
+        /// Ports per transaction (kube-manager writes in batches).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
     /// REST API throughput and latency beside pgbench's on the same PostgreSQL.
     Api {
         /// A PostgreSQL server; the bench creates and drops its own databases there.
@@ -129,6 +140,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             };
             let report = tokio::task::spawn_blocking(move || weft_bench::datapath::run_bench(&config)).await??;
             print!("{report}");
+            Ok(())
+        }
+        BenchCommand::Ipam { database_url, allocations, batch } => {
+            let config = weft_bench::ipam::IpamBenchConfig { database_url, allocations, batch };
+            print!("{}", weft_bench::ipam::run(config).await?);
             Ok(())
         }
         BenchCommand::Kube { database_url, namespaces, pods, policies, changes, burst } => {

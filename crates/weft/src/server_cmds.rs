@@ -33,6 +33,10 @@ pub struct ServerArgs {
     /// How long the change log keeps entries (e.g. 1h, 30m, 7d).
     #[arg(long, env = "WEFT_CHANGE_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub change_retention: Duration,
+    /// How long an address a port released is not handed out again (conntrack and neighbour
+    /// entries on other nodes may still point at it).
+    #[arg(long, env = "WEFT_ADDRESS_REUSE_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub address_reuse_grace: Duration,
     /// Database connections of the REST API's pool (the controller's has a quarter as many,
     /// at least 4; all of them with --role control).
     #[arg(long, env = "WEFT_DB_MAX_CONNECTIONS", default_value_t = 32)]
@@ -73,6 +77,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         insecure_no_auth,
         grpc_address,
         change_retention,
+        address_reuse_grace,
         db_max_connections,
         role,
         grpc_listen,
@@ -95,6 +100,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         auth_enabled: !insecure_no_auth,
         grpc_address,
         change_retention,
+        address_reuse_grace,
         max_connections: db_max_connections,
         role: match role {
             ServerRole::All => weft_server::Role::All,
