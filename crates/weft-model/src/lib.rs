@@ -17,8 +17,8 @@ pub mod syntax;
 pub mod validation;
 
 pub use resource::{
-    DEFAULT_GROUP, Kind, MAX_PORT_IPS, MAX_RULES, NamedPort, Port, Project, Resource, SecurityGroup, Subnet,
-    VirtualNetwork, both_directions, member_group,
+    DEFAULT_GROUP, Kind, MAX_PORT_IPS, MAX_RULES, NamedPort, NodeBlocks, Port, Project, Resource, SecurityGroup,
+    Subnet, VirtualNetwork, both_directions, member_group,
 };
 pub use rule::{Direction, Ethertype, IcmpMatch, PortMatch, Protocol, Remote, Rule, canonical_net, port_number};
 pub use selector::{LabelSelector, Labels, Operator, Requirement};

@@ -129,6 +129,44 @@ pub struct Subnet {
     pub gateway: Option<IpAddr>,
 }
 
+/// How a network is split into per-node blocks (the cluster's pod network, DESIGN.md §9): a
+/// port on a node gets its addresses from a block of its node's, claimed from the network's
+/// subnets when the node has none or its blocks are full, so that one route per block reaches
+/// every pod of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeBlocks {
+    /// An IPv4 block's prefix length (24: 254 addresses), 16 to 30.
+    #[serde(default = "NodeBlocks::default_ipv4")]
+    #[schema(minimum = 16, maximum = 30, default = 24)]
+    pub ipv4: u8,
+    /// An IPv6 block's prefix length, 48 to 126.
+    #[serde(default = "NodeBlocks::default_ipv6")]
+    #[schema(minimum = 48, maximum = 126, default = 80)]
+    pub ipv6: u8,
+}
+
+impl NodeBlocks {
+    fn default_ipv4() -> u8 {
+        24
+    }
+
+    fn default_ipv6() -> u8 {
+        80
+    }
+
+    /// The block prefix length for a subnet of this family.
+    pub fn prefix_for(&self, cidr: &IpNet) -> u8 {
+        if matches!(cidr, IpNet::V4(_)) { self.ipv4 } else { self.ipv6 }
+    }
+}
+
+impl Default for NodeBlocks {
+    fn default() -> Self {
+        NodeBlocks { ipv4: NodeBlocks::default_ipv4(), ipv6: NodeBlocks::default_ipv6() }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualNetwork {
@@ -146,6 +184,13 @@ pub struct VirtualNetwork {
     #[serde(default)]
     #[schema(max_items = 256)]
     pub subnets: Vec<Subnet>,
+    /// Ports of every project may use it, naming it `project/name` (Tungsten Fabric's
+    /// `is_shared`): the cluster's pod network, which the pods of every namespace share.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// Split into per-node blocks: a port on a node gets its addresses from its node's block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_blocks: Option<NodeBlocks>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,6 +214,14 @@ impl VirtualNetwork {
                     if let Some(gw) = subnet.gateway {
                         v.check("gateway", gateway(&subnet.cidr, gw));
                     }
+                    if let Some(blocks) = &self.node_blocks {
+                        let prefix = blocks.prefix_for(&subnet.cidr);
+                        if prefix < subnet.cidr.prefix_len() {
+                            v.at("cidr", |v| {
+                                v.error(format!("{} is smaller than one of node_blocks' /{prefix} blocks", subnet.cidr))
+                            });
+                        }
+                    }
                     let overlap = self.subnets[..i]
                         .iter()
                         .position(|s| s.cidr.contains(&subnet.cidr) || subnet.cidr.contains(&s.cidr));
@@ -180,6 +233,16 @@ impl VirtualNetwork {
                 });
             }
         });
+        if let Some(blocks) = &self.node_blocks {
+            v.at("node_blocks", |v| {
+                if !(16..=30).contains(&blocks.ipv4) {
+                    v.at("ipv4", |v| v.error(format!("/{} is not a block size: 16 to 30", blocks.ipv4)));
+                }
+                if !(48..=126).contains(&blocks.ipv6) {
+                    v.at("ipv6", |v| v.error(format!("/{} is not a block size: 48 to 126", blocks.ipv6)));
+                }
+            });
+        }
         v.finish()
     }
 }
@@ -327,9 +390,10 @@ pub struct Port {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
     pub node: Option<String>,
-    /// A virtual network of the same project; addresses not given are allocated from it.
+    /// A virtual network of the same project (`name`), or a shared one of another
+    /// (`project/name`); addresses not given are allocated from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length = 253)]
+    #[schema(max_length = 507)]
     pub network: Option<String>,
     #[serde(default)]
     #[schema(value_type = Vec<String>, max_items = 16)]
@@ -376,7 +440,7 @@ impl Port {
             v.check("node", syntax::dns_subdomain(node));
         }
         if let Some(network) = &self.network {
-            v.check("network", syntax::dns_subdomain(network));
+            v.check("network", crate::ObjectRef::parse(network).map(|_| ()));
         }
         if self.ips.len() > MAX_PORT_IPS {
             v.at("ips", |v| v.error(format!("at most {MAX_PORT_IPS} addresses")));

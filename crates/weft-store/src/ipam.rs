@@ -19,11 +19,13 @@ use crate::error::{ConflictKind, Result, StoreError};
 /// How many held addresses one read brings.
 const PAGE: i64 = 256;
 
-/// One address from each family the network has subnets of (IPv4 first).
+/// One address from each family the network has subnets of (IPv4 first); on a network split
+/// into node blocks, from the blocks of the port's `node`.
 pub(crate) async fn allocate(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     network_id: Uuid,
     vn: &VirtualNetwork,
+    node: Option<&str>,
     grace: Duration,
 ) -> Result<Vec<IpAddr>> {
     if vn.subnets.is_empty() {
@@ -38,24 +40,139 @@ pub(crate) async fn allocate(
         if family.is_empty() {
             continue;
         }
-        let mut found = None;
-        for subnet in family {
-            if let Some(a) = allocate_in(tx, network_id, subnet, grace).await? {
-                found = Some(a);
-                break;
+        let found = match (&vn.node_blocks, node) {
+            (Some(blocks), Some(node)) => from_blocks(tx, network_id, &family, blocks, node, grace).await?,
+            (Some(_), None) => {
+                return Err(StoreError::invalid(
+                    "/node",
+                    format!("network {:?} gives each node its own addresses: the port needs a node", vn.name),
+                ));
             }
-        }
+            (None, _) => {
+                let mut found = None;
+                for subnet in family {
+                    if let Some(a) = allocate_in(tx, network_id, subnet, grace).await? {
+                        found = Some(a);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        let family_name = if v4 { "IPv4" } else { "IPv6" };
         match found {
             Some(a) => addresses.push(a),
+            None if vn.node_blocks.is_some() => {
+                return Err(StoreError::conflict(
+                    ConflictKind::AddressesExhausted,
+                    format!(
+                        "network {:?} has no free {family_name} address in the blocks of node {:?}, and no free block left",
+                        vn.name,
+                        node.unwrap_or_default()
+                    ),
+                ));
+            }
             None => {
                 return Err(StoreError::conflict(
                     ConflictKind::AddressesExhausted,
-                    format!("network {:?} has no free {} address left", vn.name, if v4 { "IPv4" } else { "IPv6" }),
+                    format!("network {:?} has no free {family_name} address left", vn.name),
                 ));
             }
         }
     }
     Ok(addresses)
+}
+
+/// An address from one of `node`'s blocks of this family, claiming a new block from the
+/// subnets when the node has none or they are full.
+async fn from_blocks(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    network_id: Uuid,
+    family: &[&Subnet],
+    blocks: &weft_model::NodeBlocks,
+    node: &str,
+    grace: Duration,
+) -> Result<Option<IpAddr>> {
+    let held: Vec<IpNet> =
+        sqlx::query_scalar("SELECT block FROM ip_blocks WHERE network_id = $1 AND node = $2 ORDER BY block")
+            .bind(network_id)
+            .bind(node)
+            .fetch_all(&mut **tx)
+            .await?;
+    let in_block = |block: IpNet| {
+        let subnet = family.iter().find(|s| s.cidr.contains(&block))?;
+        Some(Subnet { cidr: block, gateway: subnet.gateway.filter(|g| block.contains(g)) })
+    };
+    for block in held.into_iter().filter_map(in_block) {
+        if let Some(a) = allocate_in(tx, network_id, &block, grace).await? {
+            return Ok(Some(a));
+        }
+    }
+    for subnet in family {
+        let Some(block) = claim_block(tx, network_id, subnet, blocks.prefix_for(&subnet.cidr), node).await? else {
+            continue;
+        };
+        if let Some(block) = in_block(block)
+            && let Some(a) = allocate_in(tx, network_id, &block, grace).await?
+        {
+            return Ok(Some(a));
+        }
+    }
+    Ok(None)
+}
+
+/// Claims for `node` the lowest block of `subnet` (of `/prefix`) that overlaps no claimed one.
+/// Reads the subnet's claimed blocks: a few thousand rows at most (one or two per node), and
+/// only when a node needs a new block.
+async fn claim_block(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    network_id: Uuid,
+    subnet: &Subnet,
+    prefix: u8,
+    node: &str,
+) -> Result<Option<IpNet>> {
+    let claimed: Vec<IpNet> =
+        sqlx::query_scalar("SELECT block FROM ip_blocks WHERE network_id = $1 AND block <<= $2 ORDER BY block")
+            .bind(network_id)
+            .bind(subnet.cidr)
+            .fetch_all(&mut **tx)
+            .await?;
+    let claimed: Vec<(u128, u128)> = claimed.iter().map(|b| (to_u128(b.network()), to_u128(b.broadcast()))).collect();
+    let Some(start) = free_block(&subnet.cidr, prefix, &claimed) else { return Ok(None) };
+    let v4 = matches!(subnet.cidr, IpNet::V4(_));
+    let block =
+        IpNet::new(from_u128(v4, start), prefix).map_err(|e| StoreError::invalid("/node_blocks", e.to_string()))?;
+    sqlx::query("INSERT INTO ip_blocks (network_id, block, node) VALUES ($1, $2, $3)")
+        .bind(network_id)
+        .bind(block)
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Some(block))
+}
+
+/// The first address of the lowest `/prefix` block of `cidr` that overlaps none of `claimed`
+/// (first and last addresses, in order).
+fn free_block(cidr: &IpNet, prefix: u8, claimed: &[(u128, u128)]) -> Option<u128> {
+    if prefix < cidr.prefix_len() || prefix > cidr.max_prefix_len() {
+        return None;
+    }
+    let step = 1u128 << (cidr.max_prefix_len() - prefix);
+    let (base, end) = (to_u128(cidr.network()), to_u128(cidr.broadcast()));
+    let mut start = base;
+    let mut claimed = claimed.iter().peekable();
+    while start <= end && end - start >= step - 1 {
+        let last = start + (step - 1);
+        while claimed.next_if(|(_, e)| *e < start).is_some() {}
+        match claimed.peek() {
+            Some(&&(s, e)) if s <= last => {
+                // Overlaps a claimed block: the next candidate starts past it, aligned.
+                start = base + ((e - base) / step + 1) * step;
+            }
+            _ => return Some(start),
+        }
+    }
+    None
 }
 
 /// The next free address of one subnet, from its cursor to its end and then from its start:
@@ -213,6 +330,25 @@ mod tests {
         );
         assert_eq!(first_free(&subnet("10.0.0.4/31", None), &[]), Some("10.0.0.4".parse().unwrap()));
         assert_eq!(first_free(&subnet("10.0.0.4/32", None), &ips(&["10.0.0.4"])), None);
+    }
+
+    #[test]
+    fn blocks_are_claimed_lowest_first_around_those_taken() {
+        let net: IpNet = "10.0.0.0/22".parse().unwrap();
+        let block = |s: &str| {
+            let b: IpNet = s.parse().unwrap();
+            (to_u128(b.network()), to_u128(b.broadcast()))
+        };
+        let at = |s: &str| Some(to_u128(s.parse().unwrap()));
+        assert_eq!(free_block(&net, 24, &[]), at("10.0.0.0"));
+        assert_eq!(free_block(&net, 24, &[block("10.0.0.0/24"), block("10.0.2.0/24")]), at("10.0.1.0"));
+        // A smaller block claimed before the size changed still blocks its /24.
+        assert_eq!(free_block(&net, 24, &[block("10.0.0.0/24"), block("10.0.1.128/25")]), at("10.0.2.0"));
+        let all: Vec<_> = ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24"].map(block).to_vec();
+        assert_eq!(free_block(&net, 24, &all), None);
+        assert_eq!(free_block(&net, 21, &[]), None, "a block larger than the subnet");
+        let v6: IpNet = "fd00::/64".parse().unwrap();
+        assert_eq!(free_block(&v6, 80, &[block("fd00::/80")]), at("fd00::1:0:0:0"));
     }
 
     #[test]

@@ -165,8 +165,13 @@ impl Store {
     /// Deletes a node: its credential stops working, and the control process that holds its
     /// agent's stream hears of it on [`NODES_CHANNEL`] and ends the stream.
     pub async fn delete_node(&self, name: &str) -> Result<bool> {
+        // The node's address blocks go with it, those that hold no address: its pods are gone
+        // with it, or will be, and a block still holding one is released when its node is
+        // deleted again (a node of the same name may come back and take it up).
         let deleted: Option<String> = sqlx::query_scalar(
-            "WITH d AS (DELETE FROM nodes WHERE name = $1 RETURNING name) \
+            "WITH d AS (DELETE FROM nodes WHERE name = $1 RETURNING name), \
+             b AS (DELETE FROM ip_blocks k WHERE k.node = $1 AND NOT EXISTS \
+                   (SELECT 1 FROM ip_allocations a WHERE a.network_id = k.network_id AND a.address <<= k.block)) \
              SELECT name FROM d, LATERAL (SELECT pg_notify($2, d.name)) n",
         )
         .bind(name)

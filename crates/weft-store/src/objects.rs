@@ -721,13 +721,24 @@ impl Txn {
             .await?;
         let vn: VirtualNetwork =
             serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id: network_id, source })?;
+        if vn.project != project && !vn.shared {
+            return Err(StoreError::invalid(
+                "/network",
+                format!("network {network:?} is not shared: only ports of project {:?} may use it", vn.project),
+            ));
+        }
+        // A port keeps its addresses across writes, unless it moves to another node of a
+        // network whose addresses are per node (they would be routed to the old one).
         if port.ips.is_empty()
-            && let Some(old) = old.filter(|o| o.network.as_deref() == Some(network.as_str()))
+            && let Some(old) = old.filter(|o| {
+                o.network.as_deref() == Some(network.as_str()) && (vn.node_blocks.is_none() || o.node == port.node)
+            })
         {
             port.ips = old.ips.clone();
         }
         if port.ips.is_empty() {
-            port.ips = ipam::allocate(&mut self.tx, network_id, &vn, self.store.address_reuse_grace).await?;
+            let grace = self.store.address_reuse_grace;
+            port.ips = ipam::allocate(&mut self.tx, network_id, &vn, port.node.as_deref(), grace).await?;
         } else {
             for (i, ip) in port.ips.iter().enumerate() {
                 if !vn.subnets.iter().any(|s| s.cidr.contains(ip)) {
@@ -823,6 +834,22 @@ impl Txn {
                 return Err(StoreError::conflict(
                     ConflictKind::InUse,
                     format!("port {port:?} holds {ip}, which the new subnets make a gateway"),
+                ));
+            }
+        }
+        if !vn.shared {
+            let outsider: Option<(String, String)> = sqlx::query_as(
+                "SELECT p.name, o.name FROM refs r JOIN objects o ON o.id = r.from_id \
+                 JOIN objects n ON n.id = r.to_id JOIN objects p ON p.id = o.project_id \
+                 WHERE r.to_id = $1 AND o.project_id IS DISTINCT FROM n.project_id LIMIT 1",
+            )
+            .bind(network_id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+            if let Some((project, port)) = outsider {
+                return Err(StoreError::conflict(
+                    ConflictKind::InUse,
+                    format!("port {project}/{port} of another project uses the network: it must stay shared"),
                 ));
             }
         }

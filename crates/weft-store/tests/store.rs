@@ -297,6 +297,82 @@ async fn ipam_hands_out_first_free_addresses_concurrently(pool: PgPool) {
     assert_eq!(invalid_pointers(e), ["/ips/0"]);
 }
 
+/// The addresses a port got.
+async fn port_ips(store: &Store, body: serde_json::Value) -> Result<Vec<IpAddr>, StoreError> {
+    let Resource::Port(port) = create(store, Kind::Port, body).await?.decode().unwrap() else { panic!() };
+    Ok(port.ips)
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_shared_network_gives_each_node_its_own_blocks(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    for p in ["k8s-cluster", "k8s-a", "other"] {
+        project(&store, p).await;
+    }
+    create(
+        &store,
+        Kind::VirtualNetwork,
+        json!({"name": "pods", "project": "k8s-cluster", "shared": true, "node_blocks": {"ipv4": 24, "ipv6": 120},
+               "subnets": [{"cidr": "10.244.0.0/22"}, {"cidr": "fd44::/64"}]}),
+    )
+    .await
+    .unwrap();
+    let pod = |name: &str, node: &str| json!({"name": name, "project": "k8s-a", "network": "k8s-cluster/pods", "node": node, "security_groups": []});
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    // Each node its own block, lowest first; a port of another project uses the shared network.
+    assert_eq!(port_ips(&store, pod("a0", "n1")).await.unwrap(), [ip("10.244.0.1"), ip("fd44::1")]);
+    assert_eq!(port_ips(&store, pod("b0", "n2")).await.unwrap(), [ip("10.244.1.1"), ip("fd44::101")]);
+    // A full block: the node claims the next free one. Each family on its own: a /120 of IPv6
+    // holds one address more than a /24 of IPv4 (no broadcast address).
+    for i in 1..254 {
+        port_ips(&store, pod(&format!("a{i}"), "n1")).await.unwrap();
+    }
+    assert_eq!(port_ips(&store, pod("a254", "n1")).await.unwrap(), [ip("10.244.2.1"), ip("fd44::ff")]);
+    assert_eq!(port_ips(&store, pod("a255", "n1")).await.unwrap(), [ip("10.244.2.2"), ip("fd44::201")]);
+
+    // A port on a blocked network needs a node; a network not shared is its project's own.
+    let e = create(&store, Kind::Port, json!({"name": "nowhere", "project": "k8s-a", "network": "k8s-cluster/pods"}))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/node"]);
+    create(
+        &store,
+        Kind::VirtualNetwork,
+        json!({"name": "own", "project": "other", "subnets": [{"cidr": "10.9.0.0/24"}]}),
+    )
+    .await
+    .unwrap();
+    let e =
+        create(&store, Kind::Port, json!({"name": "x", "project": "k8s-a", "network": "other/own"})).await.unwrap_err();
+    assert_eq!(invalid_pointers(e), ["/network"]);
+    // Nor can the pod network stop being shared while other projects' ports use it.
+    let mut txn = store.begin().await.unwrap();
+    let e = txn
+        .replace(
+            Kind::VirtualNetwork,
+            &by_name(Some("k8s-cluster"), "pods"),
+            resource(
+                Kind::VirtualNetwork,
+                json!({"name": "pods", "project": "k8s-cluster", "node_blocks": {"ipv4": 24, "ipv6": 120},
+                       "subnets": [{"cidr": "10.244.0.0/22"}, {"cidr": "fd44::/64"}]}),
+            ),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(conflict(e), ConflictKind::InUse);
+    drop(txn);
+
+    // A deleted node's empty blocks are released and go to the next node that needs one.
+    let mut txn = store.begin().await.unwrap();
+    txn.delete(Kind::Port, &by_name(Some("k8s-a"), "b0"), false, None).await.unwrap();
+    txn.commit().await.unwrap();
+    store.delete_node("n2").await.unwrap();
+    let n3 = port_ips(&store, pod("c0", "n3")).await.unwrap();
+    assert!("10.244.1.0/24".parse::<ipnet::IpNet>().unwrap().contains(&n3[0]), "{n3:?}");
+    assert_ne!(n3[0], ip("10.244.1.1"), "the released address waits out its grace period");
+}
+
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn ipam_reports_exhaustion(pool: PgPool) {
     let store = Store::from_pool(pool);

@@ -101,6 +101,25 @@ fn subnets_and_gateways() {
 }
 
 #[test]
+fn node_blocks_fit_their_subnets_and_shared_networks_are_named_with_their_project() {
+    let e = errors(
+        json!({"name": "pods", "project": "k8s-cluster", "shared": true, "node_blocks": {"ipv4": 12, "ipv6": 80},
+               "subnets": [{"cidr": "10.244.0.0/16"}, {"cidr": "fd44::/96"}]}),
+        VirtualNetwork::validate,
+    );
+    let bad: Vec<_> = e.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(bad, ["/subnets/0/cidr", "/subnets/1/cidr", "/node_blocks/ipv4"]);
+    assert!(e[1].1.contains("smaller than one of node_blocks' /80 blocks"), "{}", e[1].1);
+    let defaults: VirtualNetwork =
+        serde_json::from_value(json!({"name": "pods", "project": "p", "shared": true, "node_blocks": {}})).unwrap();
+    assert_eq!(defaults.node_blocks, Some(NodeBlocks { ipv4: 24, ipv6: 80 }));
+    assert!(defaults.validate().is_ok());
+    let port = |network: &str| json!({"name": "a", "project": "k8s-a", "network": network});
+    assert!(pointers(port("k8s-cluster/pods"), Port::validate).is_empty());
+    assert_eq!(pointers(port("Bad/pods"), Port::validate), ["/network"]);
+}
+
+#[test]
 fn rules() {
     let sg = |rule: serde_json::Value| json!({"name": "g", "project": "p", "rules": [rule]});
     let cases = [
