@@ -13,7 +13,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use weft_client::{BatchOp, Client, ClientError, Target};
-use weft_model::{DEFAULT_GROUP, Kind, Port, Project, SecurityGroup};
+use weft_model::{DEFAULT_GROUP, Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
 use crate::translate::{self, OWNER_ANNOTATION, Options, Problem, ProblemKind};
 
@@ -44,6 +44,9 @@ impl Desired {
         o: &Options,
     ) -> Desired {
         let mut d = Desired::default();
+        if let Some((project, _)) = o.pod_network_objects() {
+            d.projects.insert(project.name.clone(), project);
+        }
         for ns in namespaces {
             d.add_namespace(ns, o);
         }
@@ -238,7 +241,8 @@ pub fn plan_with(
 ) -> Plan {
     let owner = &o.owner();
     let mut plan = Plan::default();
-    let ports = ports_with_free_addresses(desired, current, elsewhere, owner, o, &mut plan);
+    let allocated = with_allocated_addresses(&desired.ports, current, o, &mut plan);
+    let ports = ports_with_free_addresses(&allocated, current, elsewhere, owner, o, &mut plan);
     let projects: BTreeMap<Key, Project> =
         desired.projects.iter().map(|(n, p)| ((String::new(), n.clone()), p.clone())).collect();
     let current_projects = stored(&current.projects, |p| ((String::new(), p.name.clone()), &p.annotations, p.revision));
@@ -253,7 +257,14 @@ pub fn plan_with(
     let port_deletes = kind_plan(&mut plan, Kind::Port, &ports, current_ports, o, owner);
     // Ports that go give their addresses up before others take them: deletes first, then
     // replaces (which may give some up), then creates. Nothing refers to a port.
-    plan.operations[first_port..].sort_by_key(|op| matches!(op, BatchOp::Create { .. }));
+    // Creates that ask for addresses go before those IPAM gives some to, so that no allocation
+    // takes an address a pod already has.
+    plan.operations[first_port..].sort_by_key(|op| match op {
+        BatchOp::Create { object, .. } => {
+            if object.get("ips").and_then(|ips| ips.as_array()).is_some_and(|ips| !ips.is_empty()) { 1 } else { 2 }
+        }
+        _ => 0,
+    });
     plan.deleted = deletes.len() + port_deletes.len();
     plan.operations.splice(first_port..first_port, port_deletes);
     plan.operations.extend(deletes);
@@ -291,12 +302,57 @@ pub fn plan_with(
     plan
 }
 
+/// The desired ports as the config service will hold them: a port on the pod network that asks
+/// for no address keeps the ones IPAM gave it (the config service keeps them on a replace, as
+/// long as the port stays on its node), so it is not written again for want of them. A pod
+/// whose addresses differ from those IPAM gave its port (something else wired it) is reported:
+/// the port follows the pod.
+fn with_allocated_addresses<'a>(
+    desired: &'a BTreeMap<Key, Port>,
+    current: &Current,
+    o: &Options,
+    plan: &mut Plan,
+) -> Cow<'a, BTreeMap<Key, Port>> {
+    if o.pod_network.is_none() {
+        return Cow::Borrowed(desired);
+    }
+    let stored: HashMap<(&str, &str), &Port> =
+        current.ports.iter().map(|p| ((p.project.as_str(), p.name.as_str()), p)).collect();
+    let mut ports = Cow::Borrowed(desired);
+    for (key, port) in desired {
+        let Some(have) = stored.get(&(key.0.as_str(), key.1.as_str())) else { continue };
+        if port.network.is_none() || have.network != port.network || have.ips.is_empty() {
+            continue;
+        }
+        if port.ips.is_empty() {
+            if have.node == port.node
+                && let Some(p) = ports.to_mut().get_mut(key)
+            {
+                p.ips.clone_from(&have.ips);
+            }
+        } else if port.ips != have.ips {
+            let show = |ips: &[IpAddr]| ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", ");
+            plan.conflicts.push(o.problem(
+                Kind::Port,
+                &key.0,
+                &key.1,
+                format!(
+                    "its addresses ({}) differ from those weft allocated its port ({}): the port follows the pod",
+                    show(&port.ips),
+                    show(&have.ips)
+                ),
+            ));
+        }
+    }
+    ports
+}
+
 /// The ports to write: the desired ones whose addresses no other port holds once the plan is
 /// applied (ports another owner wrote keep theirs, ports this plan deletes give theirs up),
 /// first come first served in (project, name) order. A port left out keeps what the config
 /// service holds of it, if anything.
 fn ports_with_free_addresses<'a>(
-    desired: &'a Desired,
+    desired: &'a BTreeMap<Key, Port>,
     current: &'a Current,
     elsewhere: &dyn Fn(&IpAddr) -> Option<Key>,
     owner: &str,
@@ -315,7 +371,7 @@ fn ports_with_free_addresses<'a>(
             .find(|ip| held.get(ip).is_some_and(|h| h != k) || elsewhere(ip).is_some_and(|h| &h != k))
     };
     let mut left_out = Vec::new();
-    for (k, port) in &desired.ports {
+    for (k, port) in desired {
         match taken(&held, port, k) {
             None => held.extend(port.ips.iter().map(|ip| (*ip, k.clone()))),
             Some(ip) => {
@@ -330,9 +386,9 @@ fn ports_with_free_addresses<'a>(
         }
     }
     if left_out.is_empty() {
-        return Cow::Borrowed(&desired.ports);
+        return Cow::Borrowed(desired);
     }
-    let mut ports = desired.ports.clone();
+    let mut ports = desired.clone();
     for k in left_out {
         match current.ports.iter().find(|p| &key(p) == k) {
             // Kept as it is: not deleted, not changed.
@@ -461,11 +517,52 @@ pub async fn reconcile_all_retrying(
 
 /// [`reconcile`], also returning what the config service holds afterwards.
 pub async fn reconcile_all(client: &Client, desired: &Desired, o: &Options) -> Result<(Outcome, Mirror), ClientError> {
+    let network_problem = ensure_pod_network(client, o).await?;
     let current = list(client).await?;
-    let plan = plan(desired, &current, o);
+    let mut plan = plan(desired, &current, o);
+    plan.conflicts.extend(network_problem);
     let mut mirror = Mirror::from(current);
     let outcome = apply(client, plan, &mut mirror).await?;
     Ok((outcome, mirror))
+}
+
+/// Makes the config service hold the pod network as `o` says, when it says one (DESIGN.md
+/// §9): its project, and the shared network split into node blocks, created or put right.
+/// The network is not in the batch plan: kube-manager owns only the one, and pods' ports need
+/// it before their batch. A network of that name another owner wrote is left alone and
+/// reported: pods' ports then fail to be written, each reported.
+pub async fn ensure_pod_network(client: &Client, o: &Options) -> Result<Option<Problem>, ClientError> {
+    let Some((project, network)) = o.pod_network_objects() else { return Ok(None) };
+    let owner = o.owner();
+    match client.get::<Project>(&weft_client::Key::Project(project.name.clone())).await {
+        Ok(_) => {}
+        Err(e) if e.status() == Some(404) => {
+            client.create(&project).await?;
+            tracing::info!(project = %project.name, "created the pod network's project");
+        }
+        Err(e) => return Err(e),
+    }
+    let key = weft_client::Key::Named { project: project.name.clone(), name: network.name.clone() };
+    match client.get::<VirtualNetwork>(&key).await {
+        Ok(have) if !owned_by(&have.annotations, &owner) => Ok(Some(o.problem(
+            Kind::VirtualNetwork,
+            &project.name,
+            &network.name,
+            "the pod network's name is taken by a network another owner wrote; left alone".into(),
+        ))),
+        Ok(have) if content(&have) != content(&network) => {
+            client.replace(&key, &network, have.revision).await?;
+            tracing::info!(network = %o.pod_network_ref(), "put the pod network right");
+            Ok(None)
+        }
+        Ok(_) => Ok(None),
+        Err(e) if e.status() == Some(404) => {
+            client.create(&network).await?;
+            tracing::info!(network = %o.pod_network_ref(), "created the pod network");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Reconciles only some objects against what `mirror` says the config service holds:
@@ -666,6 +763,46 @@ mod tests {
     /// An address belongs to one port (issue 17): a pod whose address another port holds is
     /// left out and reported, never a batch the config service refuses; one that takes the
     /// address of a pod that is gone or moved on is written after that one gives it up.
+    #[test]
+    fn a_port_on_the_pod_network_keeps_what_ipam_gave_it_and_follows_its_pod() {
+        let o = Options {
+            pod_network: Some(crate::translate::PodNetwork {
+                subnets: vec!["10.244.0.0/16".parse().unwrap()],
+                blocks: weft_model::NodeBlocks::default(),
+            }),
+            ..Options::default()
+        };
+        let (network_project, _) = o.pod_network_objects().unwrap();
+        let pod = |node: &str, ips: &[&str]| {
+            ours::<Port>(json!({"name": "p", "project": "k8s-a", "network": "cluster.default/pods", "node": node,
+                                "ips": ips, "security_groups": []}))
+        };
+        let current = Current {
+            projects: vec![ours(json!({"name": "k8s-a"})), network_project.clone()],
+            ports: vec![pod("n1", &["10.244.0.1"])],
+            groups: vec![],
+        };
+        let desired_with = |port: Port| {
+            let mut d = Desired::default();
+            d.projects.insert("k8s-a".into(), ours(json!({"name": "k8s-a"})));
+            d.projects.insert(network_project.name.clone(), network_project.clone());
+            d.ports.insert(("k8s-a".into(), "p".into()), port);
+            d
+        };
+        // Asking for no address: what IPAM gave it stands, nothing to write.
+        let plan = plan(&desired_with(pod("n1", &[])), &current, &o);
+        assert!(plan.is_empty() && plan.conflicts.is_empty(), "{:?} {:?}", op_names(&plan), plan.conflicts);
+        // On another node, it is written again, for IPAM to give it that node's addresses.
+        let moved = super::plan(&desired_with(pod("n2", &[])), &current, &o);
+        assert_eq!(op_names(&moved), ["replace p"]);
+        assert_eq!(moved.operations.len(), 1);
+        // The pod has other addresses than its port: the port follows, and it is reported.
+        let other = super::plan(&desired_with(pod("n1", &["10.244.0.9"])), &current, &o);
+        assert_eq!(op_names(&other), ["replace p"]);
+        assert_eq!(other.conflicts.len(), 1);
+        assert!(other.conflicts[0].detail.contains("10.244.0.9") && other.conflicts[0].detail.contains("10.244.0.1"));
+    }
+
     #[test]
     fn a_pod_whose_address_another_port_holds_is_left_out_and_reported() {
         let project = ours::<Project>(json!({"name": "k8s-a"}));

@@ -15,8 +15,8 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_model::{
-    Direction, LabelSelector, NamedPort, Operator, Port, PortMatch, Project, Protocol, Remote, Requirement, Rule,
-    SecurityGroup,
+    Direction, LabelSelector, NamedPort, NodeBlocks, Operator, Port, PortMatch, Project, Protocol, Remote, Requirement,
+    Rule, SecurityGroup, Subnet, VirtualNetwork,
 };
 
 /// Who wrote an object: kube-manager for one cluster. Objects without this annotation, or
@@ -33,17 +33,60 @@ pub struct Options {
     /// A namespace `ns` becomes project `<prefix>ns`.
     pub project_prefix: String,
     pub cluster: String,
+    /// The cluster's pod network: with one, a pod's port is written as soon as the pod is
+    /// scheduled, and weft's IPAM gives it its addresses (DESIGN.md §9); without, a pod's port
+    /// is written once something else gave it an address (`status.podIPs`).
+    pub pod_network: Option<PodNetwork>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { project_prefix: "k8s-".into(), cluster: "default".into() }
+        Options { project_prefix: "k8s-".into(), cluster: "default".into(), pod_network: None }
     }
 }
+
+/// The cluster's pod network: a shared virtual network split into per-node blocks, in a
+/// project of its own (`cluster.<cluster name>`: no namespace's project can be named so, a
+/// namespace's name having no dot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetwork {
+    pub subnets: Vec<IpNet>,
+    pub blocks: NodeBlocks,
+}
+
+/// The pod network's name in its project.
+pub const POD_NETWORK: &str = "pods";
 
 impl Options {
     pub fn project(&self, namespace: &str) -> String {
         format!("{}{namespace}", self.project_prefix)
+    }
+
+    /// The project that holds the pod network.
+    pub fn pod_network_project(&self) -> String {
+        format!("cluster.{}", self.cluster)
+    }
+
+    /// How a port names the pod network.
+    pub fn pod_network_ref(&self) -> String {
+        format!("{}/{POD_NETWORK}", self.pod_network_project())
+    }
+
+    /// The pod network's project and network objects, as kube-manager keeps them.
+    pub fn pod_network_objects(&self) -> Option<(Project, VirtualNetwork)> {
+        let pods = self.pod_network.as_ref()?;
+        let project =
+            Project { name: self.pod_network_project(), annotations: self.annotations(), ..Project::default() };
+        let network = VirtualNetwork {
+            name: POD_NETWORK.into(),
+            project: project.name.clone(),
+            annotations: self.annotations(),
+            subnets: pods.subnets.iter().map(|cidr| Subnet { cidr: *cidr, gateway: None }).collect(),
+            shared: true,
+            node_blocks: Some(pods.blocks),
+            ..VirtualNetwork::default()
+        };
+        Some((project, network))
     }
 
     /// The owner annotation's value for this cluster.
@@ -135,8 +178,10 @@ pub fn namespace(ns: &Namespace, o: &Options) -> Result<Project, Problem> {
 }
 
 /// Pod → port: its node, addresses, labels and named container ports, no explicit groups.
-/// `Ok(None)` for a pod that is no port: no address yet, on the host's network, or finished
-/// (its address may belong to another pod already).
+/// `Ok(None)` for a pod that is no port: on the host's network, finished (its address may
+/// belong to another pod already), or, without a pod network, with no address yet and, with
+/// one, not yet scheduled. With a pod network, the port is on it and the pod's addresses, if
+/// it has any already, are the ones it asks for; else weft's IPAM gives it some.
 pub fn pod(pod: &Pod, o: &Options) -> Result<Option<Port>, Problem> {
     let (name, namespace) = (name_of(&pod.metadata), namespace_of(&pod.metadata));
     let problem = |detail: String| Problem {
@@ -162,13 +207,25 @@ pub fn pod(pod: &Pod, o: &Options) -> Result<Option<Port>, Problem> {
     {
         addresses.push(ip);
     }
-    if addresses.is_empty() {
-        return Ok(None);
+    let node = spec.and_then(|s| s.node_name.clone());
+    match &o.pod_network {
+        None if addresses.is_empty() => return Ok(None),
+        Some(_) if node.is_none() => return Ok(None),
+        _ => {}
     }
     let ips = addresses
         .iter()
         .map(|a| a.parse::<IpAddr>().map_err(|_| problem(format!("status.podIPs: {a:?} is not an address"))))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(pods) = &o.pod_network
+        && let Some(outside) = ips.iter().find(|ip| !pods.subnets.iter().any(|s| s.contains(*ip)))
+    {
+        let cidrs: Vec<String> = pods.subnets.iter().map(|s| s.to_string()).collect();
+        return Err(problem(format!(
+            "its address {outside} lies outside the pod network ({}): another plugin wired it, so weft writes no port for it",
+            cidrs.join(", ")
+        )));
+    }
     let mut named_ports = BTreeMap::new();
     for container in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
         for p in container.ports.iter().flatten() {
@@ -187,7 +244,8 @@ pub fn pod(pod: &Pod, o: &Options) -> Result<Option<Port>, Problem> {
         project: o.project(&namespace),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         annotations: o.annotations(),
-        node: spec.and_then(|s| s.node_name.clone()),
+        node,
+        network: o.pod_network.as_ref().map(|_| o.pod_network_ref()),
         // A pod created again under its name is another instance (DESIGN.md §9).
         instance: pod.metadata.uid.clone(),
         ips,

@@ -12,7 +12,7 @@ fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
 }
 
 fn options() -> Options {
-    Options { project_prefix: "k8s-".into(), cluster: "east".into() }
+    Options { project_prefix: "k8s-".into(), cluster: "east".into(), pod_network: None }
 }
 
 /// The group of a policy that translates without problems.
@@ -40,7 +40,7 @@ fn a_namespace_becomes_a_project_with_its_labels_and_the_clusters() {
     assert_eq!(p.labels["kubernetes.io/metadata.name"], "shop", "the name label, as the API server adds it");
     assert_eq!(p.labels[CLUSTER_LABEL], "east");
     assert_eq!(p.annotations[OWNER_ANNOTATION], "kube-manager/east");
-    let other = Options { project_prefix: "kube-".into(), cluster: "east".into() };
+    let other = Options { project_prefix: "kube-".into(), cluster: "east".into(), pod_network: None };
     assert_eq!(translate::namespace(&ns, &other).unwrap().name, "kube-shop");
 }
 
@@ -91,6 +91,64 @@ fn pods_without_an_address_on_the_hosts_network_or_finished_are_no_ports() {
     let running: Pod = yaml("metadata: {name: a}\nspec: {containers: []}\nstatus: {phase: Running, podIP: 10.1.0.9}");
     assert!(translate::pod(&running, &o).unwrap().is_some());
     assert_eq!(translate::pod(&running, &o).unwrap().unwrap().project, "k8s-default", "no namespace: default");
+}
+
+/// Options with a pod network of 10.244.0.0/16 and fd44::/56.
+fn with_pod_network() -> Options {
+    Options {
+        pod_network: Some(translate::PodNetwork {
+            subnets: vec!["10.244.0.0/16".parse().unwrap(), "fd44::/56".parse().unwrap()],
+            blocks: weft_model::NodeBlocks::default(),
+        }),
+        ..options()
+    }
+}
+
+#[test]
+fn with_a_pod_network_a_pod_is_a_port_once_scheduled_and_asks_for_the_addresses_it_has() {
+    let o = with_pod_network();
+    let (project, network) = o.pod_network_objects().unwrap();
+    assert_eq!((project.name.as_str(), network.name.as_str()), ("cluster.east", "pods"));
+    assert!(network.shared && network.node_blocks.is_some());
+    assert!(network.validate().is_ok() && project.validate().is_ok());
+    // Not scheduled yet: no port. Scheduled with no address: a port on the pod network, for
+    // IPAM to give addresses to.
+    let pending: Pod = yaml(
+        "metadata: {name: a, namespace: x, uid: u1}
+spec: {containers: []}
+status: {phase: Pending}",
+    );
+    assert_eq!(translate::pod(&pending, &o).unwrap(), None);
+    let scheduled: Pod = yaml(
+        "metadata: {name: a, namespace: x, uid: u1}
+spec: {nodeName: n1, containers: []}
+status: {phase: Pending}",
+    );
+    let port = translate::pod(&scheduled, &o).unwrap().unwrap();
+    assert_eq!(port.network.as_deref(), Some("cluster.east/pods"));
+    assert_eq!((port.node.as_deref(), port.ips.len()), (Some("n1"), 0));
+    assert!(port.validate().is_ok());
+    // An address it has already (brownfield, manifests) is the one it asks for.
+    let running: Pod = yaml(
+        "metadata: {name: a, namespace: x}
+spec: {nodeName: n1, containers: []}
+status: {phase: Running, podIPs: [{ip: 10.244.3.7}, {ip: 'fd44::7'}]}",
+    );
+    assert_eq!(translate::pod(&running, &o).unwrap().unwrap().ips.len(), 2);
+    // One outside the pod network: another plugin wired it; reported, no port.
+    let foreign: Pod = yaml(
+        "metadata: {name: a, namespace: x}
+spec: {nodeName: n1, containers: []}
+status: {podIP: 192.168.9.9}",
+    );
+    let problem = translate::pod(&foreign, &o).unwrap_err();
+    assert!(problem.detail.contains("outside the pod network"), "{problem}");
+    // The host's network is never a port.
+    let host: Pod = yaml(
+        "metadata: {name: a}
+spec: {nodeName: n1, hostNetwork: true, containers: []}",
+    );
+    assert_eq!(translate::pod(&host, &o).unwrap(), None);
 }
 
 #[test]

@@ -55,6 +55,18 @@ pub struct KubeArgs {
     /// errors, leadership).
     #[arg(long, env = "WEFT_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The cluster's pod network (one IPv4 and/or one IPv6 CIDR, repeated or comma-separated):
+    /// with it, a pod's port is written as soon as the pod is scheduled and weft's IPAM gives
+    /// it its addresses from its node's block, for weft-cni to wire (docs/cni.md); without
+    /// it, a pod's port is written once something else gave the pod an address.
+    #[arg(long, env = "WEFT_POD_NETWORK_CIDR", value_delimiter = ',')]
+    pub pod_network_cidr: Vec<ipnet::IpNet>,
+    /// The prefix length of each node's IPv4 block of the pod network.
+    #[arg(long, env = "WEFT_NODE_BLOCK_IPV4", default_value_t = 24)]
+    pub node_block_ipv4: u8,
+    /// The prefix length of each node's IPv6 block of the pod network.
+    #[arg(long, env = "WEFT_NODE_BLOCK_IPV6", default_value_t = 80)]
+    pub node_block_ipv6: u8,
 }
 
 /// In a pod, the namespace it runs in, as the service account mount gives it.
@@ -76,9 +88,16 @@ pub async fn run(args: KubeArgs, client: &ClientArgs, data_dir: &Path) -> anyhow
         identity,
         resync,
         metrics_listen,
+        pod_network_cidr,
+        node_block_ipv4,
+        node_block_ipv6,
     } = args;
     let weft = crate::common::client(client, data_dir)?;
-    let options = Options { project_prefix, cluster: cluster_name.clone() };
+    let pod_network = (!pod_network_cidr.is_empty()).then_some(weft_kube::translate::PodNetwork {
+        subnets: pod_network_cidr,
+        blocks: weft_model::NodeBlocks { ipv4: node_block_ipv4, ipv6: node_block_ipv6 },
+    });
+    let options = Options { project_prefix, cluster: cluster_name.clone(), pod_network };
     if let Some(dir) = manifests {
         if !once {
             weft_kube::manifests::follow(&weft, &dir, &options, crate::common::shutdown_signal()).await;

@@ -139,6 +139,48 @@ async fn manifests_once_make_the_config_service_hold_exactly_the_directory() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn with_a_pod_network_scheduled_pods_get_addresses_from_their_nodes_blocks() {
+    let s = Setup::new("kube-pod-network").await;
+    std::fs::write(
+        s.manifests.join("new.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: new-1, namespace: default, uid: u-new-1, labels: {app: new}}\n\
+         spec: {nodeName: node-1, containers: [{name: c, image: i}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: new-2, namespace: default, uid: u-new-2, labels: {app: new}}\n\
+         spec: {nodeName: node-2, containers: [{name: c, image: i}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: pending, namespace: default, labels: {app: new}}\n\
+         spec: {containers: [{name: c, image: i}]}\n",
+    )
+    .unwrap();
+    let args = ["--pod-network-cidr", "10.47.0.0/16,fd47::/56"];
+    let (first, stderr) = s.once(&args);
+    // The namespace's project, yelb's 4 ports and 5 policies, and the 2 scheduled pods' ports.
+    assert_eq!(first["created"].as_i64(), Some(1 + 4 + 5 + 2), "{first}\n{stderr}");
+    let key = |kind, k: &str| weft_client::Key::parse(kind, k);
+    let network: weft_model::VirtualNetwork =
+        s.client.get(&key(weft_model::Kind::VirtualNetwork, "cluster.default/pods")).await.unwrap();
+    assert!(network.shared);
+    let port = |name: &'static str| {
+        let client = s.client.clone();
+        async move { client.get::<Port>(&key(weft_model::Kind::Port, &format!("k8s-default/{name}"))).await }
+    };
+    // Each scheduled pod's port has an address of each family from its node's block; the
+    // manifests' own addresses are kept; a pod not scheduled has no port yet.
+    let in_net = |ip: &std::net::IpAddr, net: &str| net.parse::<ipnet::IpNet>().unwrap().contains(ip);
+    let new1 = port("new-1").await.unwrap();
+    assert_eq!(new1.network.as_deref(), Some("cluster.default/pods"));
+    assert_eq!(new1.instance.as_deref(), Some("u-new-1"));
+    assert!(in_net(&new1.ips[0], "10.47.0.0/24") && in_net(&new1.ips[1], "fd47::/80"), "{:?}", new1.ips);
+    let new2 = port("new-2").await.unwrap();
+    assert!(in_net(&new2.ips[0], "10.47.1.0/24") && in_net(&new2.ips[1], "fd47::1:0:0:0/80"), "{:?}", new2.ips);
+    assert_eq!(port("yelb-ui").await.unwrap().ips, vec!["10.47.0.11".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(port("pending").await.unwrap_err().status(), Some(404));
+    // Again: what IPAM gave stands, nothing is written.
+    let (again, _) = s.once(&args);
+    assert_eq!((again["created"].as_i64(), again["updated"].as_i64()), (Some(0), Some(0)), "{again}");
+    assert_eq!(port("new-1").await.unwrap().ips, new1.ips);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn manifests_are_followed_as_they_change_and_a_broken_file_changes_nothing() {
     let s = Setup::new("kube-watch").await;
     std::fs::remove_file(s.manifests.join("yelb-policy.yaml")).unwrap();
