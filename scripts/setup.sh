@@ -10,7 +10,10 @@
 #   scripts/setup.sh test    demo, and what the tests use besides: pg_isready, nft and conntrack
 #                            (tests read the kernel's table and connections with them to
 #                            compare), kill (procps), python3 with venv (schemathesis),
-#                            docker-compose (validates docker-compose.yml)
+#                            docker-compose (validates docker-compose.yml), and a container
+#                            runtime for the CNI plugin's test: containerd (which a test starts
+#                            privately, with its own sockets and directories), runc, the
+#                            reference CNI plugins (loopback) and busybox-static (its pause image)
 #
 # Needs root to install; without it, it names what is missing and the command that installs it.
 set -euo pipefail
@@ -43,6 +46,10 @@ if [ "$what" = test ]; then
   want python3 python3
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   want docker-compose docker-compose
+  want containerd containerd
+  want runc runc
+  [ -e /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
+  [ -e /bin/busybox ] || missing+=(busybox-static)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -7,6 +7,7 @@
 //! [`kube_api::FakeKube`] stands in for a Kubernetes API server, which cannot run here;
 //! [`eventually`] is how every test waits for a condition.
 
+pub mod containerd;
 pub mod kube_api;
 pub mod netns;
 mod poll;
