@@ -10,6 +10,7 @@
 //! The load generator runs in the same process as the server, as pgbench runs beside
 //! PostgreSQL: on a 2-core machine both share the cores with what they measure.
 
+pub mod cni;
 pub mod compiler;
 pub mod datapath;
 pub mod fanout;

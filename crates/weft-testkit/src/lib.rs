@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod kube_api;
 pub mod netns;
 mod poll;
+pub mod span_controller;
 
 pub use netns::Netns;
 pub use poll::{eventually, eventually_blocking, when};

@@ -28,6 +28,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         writes: usize,
     },
+    /// The CNI plugin (as root): pods wired through weft-cni (beside this binary) against a
+    /// real agent on nftables in namespaces of the bench's own: ADD, ADD to an allowed peer's
+    /// first answer, DEL, and many ADDs at once, on a node already holding pods.
+    Cni {
+        /// Pods on the node before anything is timed.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// ADDs and DELs timed one at a time.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Pods added at once.
+        #[arg(long, default_value_t = 100)]
+        concurrent: usize,
+    },
     /// IPAM at scale: ports allocated addresses on one network of a scratch database, the
     /// time per port of the first thousand beside the last thousand's.
     Ipam {
@@ -140,6 +154,14 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             };
             let report = tokio::task::spawn_blocking(move || weft_bench::datapath::run_bench(&config)).await??;
             print!("{report}");
+            Ok(())
+        }
+        BenchCommand::Cni { pods, runs, concurrent } => {
+            let exe = std::env::current_exe().context("the weft executable")?;
+            let plugin = exe.with_file_name("weft-cni");
+            anyhow::ensure!(plugin.exists(), "no {} beside weft: cargo build --release builds it", plugin.display());
+            let config = weft_bench::cni::CniBenchConfig { pods, runs, concurrent, plugin };
+            print!("{}", weft_bench::cni::run(config).await?);
             Ok(())
         }
         BenchCommand::Ipam { database_url, allocations, batch } => {

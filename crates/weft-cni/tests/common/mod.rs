@@ -11,52 +11,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::watch;
 use uuid::Uuid;
 use weft_agent::cni::{Cni, CniConfig};
 use weft_agent::{Config, NftDatapath, Progress, StateDir, netns};
 use weft_compiler::{Change, Compiler, NodeSpan};
-use weft_proto::server::agent_server::{Agent, AgentServer};
-use weft_proto::{Encoded, v1};
 use weft_testkit::Netns;
 
 pub const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A controller that sends the node's whole span as a snapshot each time the test changes it.
-pub struct Controller(watch::Receiver<(i64, NodeSpan)>);
-
-#[tonic::async_trait]
-impl Agent for Controller {
-    type SyncStream = ReceiverStream<Result<Encoded, Status>>;
-
-    async fn sync(&self, request: Request<Streaming<v1::AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
-        let mut inbound = request.into_inner();
-        inbound.message().await?;
-        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-        let (tx, rx) = mpsc::channel(16);
-        let mut spans = self.0.clone();
-        tokio::spawn(async move {
-            loop {
-                let (revision, span) = spans.borrow_and_update().clone();
-                for m in weft_proto::snapshot(revision, &span, 1 << 20) {
-                    if tx.send(Ok(Encoded::of(&m))).await.is_err() {
-                        return;
-                    }
-                }
-                if spans.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn join(&self, _: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
-        Err(Status::unimplemented("no joins here"))
-    }
-}
 
 pub fn port(n: u64, name: &str, ip: &str, app: &str, uid: &str) -> Change {
     let mut p: weft_model::Port = serde_json::from_value(json!({
@@ -100,7 +62,7 @@ pub struct Node {
     pub netns: Netns,
     pub dir: PathBuf,
     pub socket: PathBuf,
-    spans: watch::Sender<(i64, NodeSpan)>,
+    spans: weft_testkit::span_controller::Spans,
     pub progress: watch::Receiver<Progress>,
     stop: watch::Sender<bool>,
 }
@@ -112,14 +74,7 @@ impl Node {
         netns::sysctl(Some(netns.name()), "net.ipv4.ip_forward", "1").unwrap();
         let dir = std::env::temp_dir().join(format!("weft-cni-test-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (spans, spans_rx) = watch::channel((1, span(present, "uid-db")));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(AgentServer::new(Controller(spans_rx)))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let (addr, spans) = weft_testkit::span_controller::serve(span(present, "uid-db")).await;
         let config = Config {
             server: format!("http://{addr}"),
             node: "node-1".into(),

@@ -1,0 +1,66 @@
+//! A controller that speaks the agent protocol and serves one span the caller steers: each
+//! time the span changes, every stream gets it whole as a snapshot. For tests and benchmarks
+//! of what happens on a node (the CNI plugin, a pod's wiring) without a database or a
+//! compiler kept current.
+
+#![allow(clippy::unwrap_used)] // test support fails loudly by design
+
+use std::net::SocketAddr;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use weft_compiler::NodeSpan;
+use weft_proto::server::agent_server::{Agent, AgentServer};
+use weft_proto::{Encoded, v1};
+
+/// The span at a revision; changing it (a higher revision) sends it to every agent.
+pub type Spans = watch::Sender<(i64, NodeSpan)>;
+
+struct Controller(watch::Receiver<(i64, NodeSpan)>);
+
+#[tonic::async_trait]
+impl Agent for Controller {
+    type SyncStream = ReceiverStream<Result<Encoded, Status>>;
+
+    async fn sync(&self, request: Request<Streaming<v1::AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+        let mut inbound = request.into_inner();
+        inbound.message().await?;
+        // Acks are read and dropped, so the agent is never held up.
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        let (tx, rx) = mpsc::channel(16);
+        let mut spans = self.0.clone();
+        tokio::spawn(async move {
+            loop {
+                let (revision, span) = spans.borrow_and_update().clone();
+                for m in weft_proto::snapshot(revision, &span, 1 << 20) {
+                    if tx.send(Ok(Encoded::of(&m))).await.is_err() {
+                        return;
+                    }
+                }
+                if spans.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn join(&self, _: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
+        Err(Status::unimplemented("no joins here"))
+    }
+}
+
+/// Serves `span` (at revision 1) on a loopback port picked here; the address, and the sender
+/// that changes the span.
+pub async fn serve(span: NodeSpan) -> (SocketAddr, Spans) {
+    let (spans, rx) = watch::channel((1, span));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentServer::new(Controller(rx)))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, spans)
+}
