@@ -467,6 +467,42 @@ impl Cni {
     }
 }
 
+/// The file the runtime finds weft's network in: first in lexical order, as runtimes take the
+/// first conflist of their directory.
+pub const CONFLIST: &str = "10-weft.conflist";
+
+/// weft's network configuration for a node's runtime: `weft-cni` reaching the agent at
+/// `socket`, then the reference `portmap` for hostPort. `cniVersion` 1.0.0 with `cniVersions`
+/// offering 1.1.0: containerd 1.6 refuses a 1.1.0 result. `mtu` 0: the node's.
+pub fn conflist(socket: &Path, wait: Duration, mtu: u32) -> String {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "cniVersions": ["1.0.0", "1.1.0"],
+        "name": "weft",
+        "plugins": [
+            {"type": "weft-cni", "socket": socket, "timeoutSeconds": wait.as_secs(), "mtu": mtu},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+        ]
+    });
+    serde_json::to_string_pretty(&conf).unwrap_or_default()
+}
+
+/// Writes `content` as the runtime's conflist in `dir`, whole or not at all (aside, then
+/// renamed), unless it is there already. Called once the agent has synced: a runtime that
+/// finds the file sends pods this way, so it must not appear before the agent can wire them;
+/// and it is never removed when the agent stops, or pods could not be torn down (cilium#24009).
+pub fn install_conflist(dir: &Path, content: &str) -> std::io::Result<bool> {
+    let path = dir.join(CONFLIST);
+    if std::fs::read_to_string(&path).is_ok_and(|have| have == content) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir)?;
+    let partial = dir.join(format!(".{CONFLIST}.{}", std::process::id()));
+    std::fs::write(&partial, content)?;
+    std::fs::rename(&partial, &path)?;
+    Ok(true)
+}
+
 /// The (container id, ifname, netns) of a per-container call; from_env checked their syntax
 /// in the plugin, and again here for a caller that is not the plugin.
 fn attachment(request: &Request) -> Result<(String, String, Option<String>), CniError> {
@@ -546,5 +582,27 @@ fn reply(answer: &Answer) -> Response {
             };
             (status, [("content-type", "application/json")], e.to_json()).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conflist_chains_portmap_after_weft_cni_and_is_written_whole_once() {
+        let text = conflist(Path::new("/run/weft/cni.sock"), Duration::from_secs(60), 0);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["plugins"][0]["type"], "weft-cni");
+        assert_eq!(v["plugins"][0]["socket"], "/run/weft/cni.sock");
+        assert_eq!(v["plugins"][1]["type"], "portmap");
+        assert_eq!(v["plugins"][1]["capabilities"]["portMappings"], true);
+        let dir = std::env::temp_dir().join(format!("weft-conflist-{}", uuid::Uuid::new_v4().simple()));
+        assert!(install_conflist(&dir, &text).unwrap_or(false));
+        assert!(!install_conflist(&dir, &text).unwrap_or(true), "unchanged: not written again");
+        assert_eq!(std::fs::read_to_string(dir.join(CONFLIST)).unwrap_or_default(), text);
+        assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 1, "nothing half-written left");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -64,6 +64,51 @@ pub struct AgentArgs {
     /// `timeoutSeconds` does not say; after it the runtime hears "try again later".
     #[arg(long, env = "WEFT_CNI_WAIT", default_value = "60s", value_parser = crate::common::parse_duration)]
     pub cni_wait: Duration,
+    /// The container runtime's CNI configuration directory (e.g. /etc/cni/net.d): once the
+    /// agent has synced with a controller it writes weft's conflist there (10-weft.conflist:
+    /// weft-cni, then portmap), and never removes it.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The pods' interface MTU written in the conflist; 0: the MTU of the link the node's
+    /// default route leaves by.
+    #[arg(long, env = "WEFT_CNI_MTU", default_value_t = 0)]
+    pub cni_mtu: u32,
+}
+
+/// `weft install-cni`: the CNI plugin's binaries copied into a node's CNI directory.
+#[derive(Debug, Args)]
+pub struct InstallCniArgs {
+    /// Where the binaries are: weft-cni, and the reference loopback and portmap.
+    #[arg(long, default_value = "/usr/local/lib/weft/cni")]
+    pub from: PathBuf,
+    /// The node's CNI binary directory (the runtime's CNI_PATH).
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub to: PathBuf,
+}
+
+/// Copies every file of `from` into `to`, each written aside and renamed into place (mode
+/// 0755): a runtime exec'ing a plugin while it is replaced runs the old one or the new one,
+/// never half of one (the agent DaemonSet's init container does this on every node).
+pub fn install_cni(args: InstallCniArgs) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let InstallCniArgs { from, to } = args;
+    std::fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut installed = 0;
+    for entry in std::fs::read_dir(&from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        let partial = to.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+        std::fs::copy(entry.path(), &partial).with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&partial, to.join(&name))?;
+        println!("installed {}", to.join(&name).display());
+        installed += 1;
+    }
+    anyhow::ensure!(installed > 0, "no plugin binaries in {}", from.display());
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +138,8 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         no_cni,
         project_prefix,
         cni_wait,
+        cni_conf_dir,
+        cni_mtu,
     } = args;
     if cleanup {
         let removed = weft_agent::nft::delete_table(netns.as_deref()).context("cannot remove the nftables table")?;
@@ -166,6 +213,22 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
             None
         }
         (false, DatapathKind::Nftables) => {
+            if let Some(dir) = cni_conf_dir {
+                let content = weft_agent::cni::conflist(&cni_socket, cni_wait, cni_mtu);
+                let mut synced = in_force.clone();
+                tokio::spawn(async move {
+                    if synced.wait_for(|p| p.synced).await.is_err() {
+                        return;
+                    }
+                    match weft_agent::cni::install_conflist(&dir, &content) {
+                        Ok(true) => {
+                            tracing::info!(dir = %dir.display(), "wrote weft's conflist: pods are wired through weft-cni")
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot write weft's conflist"),
+                    }
+                });
+            }
             let config = weft_agent::cni::CniConfig {
                 socket: cni_socket,
                 node_netns: netns.clone(),

@@ -43,6 +43,9 @@ pub enum Command {
     Server(crate::server_cmds::ServerArgs),
     /// The node agent: one stream to a controller, the node's span enforced by a datapath.
     Agent(crate::agent_cmds::AgentArgs),
+    /// Copy the CNI plugin's binaries into a node's CNI directory, each replaced whole (the
+    /// agent DaemonSet's init container).
+    InstallCni(crate::agent_cmds::InstallCniArgs),
     #[command(flatten)]
     Client(crate::client_cmds::ClientCommand),
     /// Walk-throughs on this machine with real packets: `weft demo yelb` (as root).
@@ -92,6 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => crate::server_cmds::run(args, cli.data_dir).await,
         Command::Agent(args) => crate::agent_cmds::run(args, cli.client.ca).await,
+        Command::InstallCni(args) => crate::agent_cmds::install_cni(args),
         Command::Lab { command } => crate::lab_cmds::run(command, &cli.client, &cli.data_dir).await,
         Command::KubeManager(args) => crate::kube_cmds::run(args, &cli.client, &cli.data_dir).await,
         Command::Reach(args) => crate::policy_cmds::reach(args, &cli.client, &cli.data_dir).await,

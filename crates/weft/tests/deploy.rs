@@ -70,6 +70,12 @@ fn the_image_needs_no_datapath_tools_and_builds_as_ci_does() {
         assert!(!instructions.contains(package), "the runtime image installs {package}, which nothing runs");
     }
     assert!(ci.contains("scripts/setup.sh test"), "CI installs through the script the README's commands use");
+    // The CNI plugin and the reference plugins it needs, where install-cni takes them from.
+    assert!(dockerfile.contains("--package weft-cni"), "the image builds the plugin");
+    for plugin in ["weft-cni", "loopback", "portmap"] {
+        assert!(dockerfile.contains(&format!("/out/cni/{plugin}")), "the image carries {plugin}");
+    }
+    assert!(dockerfile.contains("/usr/local/lib/weft/cni/"), "where `weft install-cni` looks by default");
     assert!(dockerfile.contains("cargo build --release --locked"), "the image builds from the lock file");
     assert!(ci.contains("cargo clippy --locked"), "and CI checks with the same lock file");
     // The build stage's toolchain is at least the workspace's rust-version.
@@ -178,7 +184,29 @@ fn the_kubernetes_manifests_parse_and_run_each_part_as_it_should() {
     assert_eq!(pod.host_network, Some(true));
     let c = &pod.containers[0];
     let caps = c.security_context.as_ref().unwrap().capabilities.as_ref().unwrap();
-    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]), "NET_ADMIN and nothing more");
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_string(), "SYS_ADMIN".to_string()][..]),
+        "NET_ADMIN, and SYS_ADMIN to enter sandboxes' namespaces; nothing more"
+    );
+    // The CNI plugin: installed by the init container into the node's CNI directory, the
+    // conflist written by the agent into the runtime's, the socket between them on the host.
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.args.as_deref().unwrap()[0], "install-cni");
+    let host_path = |name: &str| {
+        let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == name).unwrap();
+        volume.host_path.as_ref().unwrap().path.clone()
+    };
+    let mounted = |c: &k8s_openapi::api::core::v1::Container, path: &str| {
+        let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.mount_path == path).unwrap();
+        (host_path(&mount.name), mount.mount_propagation.clone())
+    };
+    assert_eq!(mounted(init, "/host/opt/cni/bin").0, "/opt/cni/bin");
+    let args = c.args.clone().unwrap();
+    let conf_dir = &args[args.iter().position(|a| a == "--cni-conf-dir").unwrap() + 1];
+    assert_eq!(mounted(c, conf_dir).0, "/etc/cni/net.d");
+    assert_eq!(mounted(c, "/run/weft").0, "/run/weft", "the socket at the path the conflist names");
+    assert_eq!(mounted(c, "/run/netns"), ("/run/netns".to_string(), Some("HostToContainer".to_string())));
     assert_eq!(
         env(c, "WEFT_NODE").value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
         "spec.nodeName",
@@ -321,4 +349,45 @@ fn the_shipped_binary_has_no_benchmarks_and_says_how_to_build_them() {
     assert!(err.contains("cargo build --release --features bench"), "{err}");
     let help = Command::new(common::WEFT).arg("--help").output().unwrap();
     assert!(!String::from_utf8_lossy(&help.stdout).contains("bench"), "no bench in the shipped binary's help");
+}
+
+#[test]
+fn install_cni_replaces_each_plugin_whole_and_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("weft-install-cni-{}", std::process::id()));
+    let (from, to) = (dir.join("from"), dir.join("to"));
+    std::fs::create_dir_all(&from).unwrap();
+    std::fs::create_dir_all(&to).unwrap();
+    for plugin in ["weft-cni", "loopback", "portmap"] {
+        std::fs::write(from.join(plugin), format!("new {plugin}")).unwrap();
+    }
+    // An older weft-cni is there already: it is replaced.
+    std::fs::write(to.join("weft-cni"), "old").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("install-cni")
+        .arg("--from")
+        .arg(&from)
+        .arg("--to")
+        .arg(&to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> =
+        std::fs::read_dir(&to).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["loopback", "portmap", "weft-cni"], "nothing written aside is left");
+    assert_eq!(std::fs::read_to_string(to.join("weft-cni")).unwrap(), "new weft-cni");
+    assert_eq!(std::fs::metadata(to.join("portmap")).unwrap().permissions().mode() & 0o777, 0o755);
+    // Nothing to install is an error, not a silent success.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["install-cni", "--from"])
+        .arg(&empty)
+        .arg("--to")
+        .arg(&to)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    std::fs::remove_dir_all(dir).unwrap();
 }
