@@ -286,27 +286,40 @@ impl Cni {
     }
 
     async fn del(&self, request: &Request) -> Result<(), CniError> {
-        let (container_id, ifname, netns) = attachment(request)?;
+        // Not the namespace: removing the node side removes the pair, whether the sandbox's
+        // namespace is still there or not.
+        let (container_id, ifname, _) = attachment(request)?;
         let Some(found) = self.records.get(&container_id, &ifname) else {
             // Nothing of ours: a second DEL, a sandbox whose ADD never came or failed, or one
             // an earlier sandbox of the pod has since been replaced by. Nothing to do, and the
             // newer sandbox's interface is never touched.
             return Ok(());
         };
-        let lock = self.lock(&found.host_interface);
-        let _held = lock.lock().await;
+        let held = self.lock(&found.host_interface).lock_owned().await;
         let Some(record) = self.records.get(&container_id, &ifname) else { return Ok(()) };
         let node_netns = self.config.node_netns.clone();
         let records = self.records.clone();
+        // The pod's traffic stops now; removing the pair takes the kernel an RCU grace period
+        // (20-30 ms here), which the runtime need not wait for. It is finished in the
+        // background, still under the pod's lock, so a new sandbox of the pod waits for it;
+        // and the record goes only once it is done, so an agent that dies meanwhile finds it
+        // at start and finishes the job.
+        let interface = record.host_interface.clone();
+        let node = node_netns.clone();
+        let down = tokio::task::spawn_blocking(move || link::take_down(node.as_deref(), &interface))
+            .await
+            .map_err(|e| CniError::new(code::IO_FAILURE, format!("the unwiring task failed: {e}")))?;
+        if let Err(e) = down {
+            tracing::warn!(interface = %record.host_interface, error = %e, "cannot set a pod's interface down");
+        }
         tokio::task::spawn_blocking(move || {
-            if let Some(ns) = netns.filter(|n| *n == record.netns) {
-                let _ = link::remove_in_sandbox(Path::new(&ns), &record.ifname);
-            }
+            let _held = held;
             unwire(node_netns.as_deref(), &record);
-            records.remove(&record.container_id, &record.ifname).map_err(io_failure("cannot remove the CNI record"))
-        })
-        .await
-        .map_err(|e| CniError::new(code::IO_FAILURE, format!("the unwiring task failed: {e}")))?
+            if let Err(e) = records.remove(&record.container_id, &record.ifname) {
+                tracing::warn!(container = %record.container_id, error = %e, "cannot remove a CNI record");
+            }
+        });
+        Ok(())
     }
 
     async fn check(&self, request: &Request, conf: &NetConf) -> Result<(), CniError> {

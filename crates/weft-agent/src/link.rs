@@ -152,6 +152,17 @@ fn delete(socket: &mut Socket, name: &str) -> io::Result<bool> {
     }
 }
 
+/// Sets a pod's node-side interface down, which stops its traffic at once (its removal takes
+/// the kernel an RCU grace period); whether it existed.
+pub fn take_down(node_netns: Option<&str>, host_interface: &str) -> io::Result<bool> {
+    let mut socket = Socket::open_route(node_netns)?;
+    let Some(link) = find(&mut socket, host_interface)? else { return Ok(false) };
+    socket
+        .ask(|seq| rtnl::set_down(seq, link.index))
+        .map_err(context(format_args!("cannot set {host_interface} down")))?;
+    Ok(true)
+}
+
 /// Removes a pod's node-side interface (its peer and routes go with it); whether it existed.
 pub fn remove_host_side(node_netns: Option<&str>, host_interface: &str) -> io::Result<bool> {
     delete(&mut Socket::open_route(node_netns)?, host_interface)

@@ -69,6 +69,9 @@ pub struct CniReport {
     pub add: Spread,
     pub reachable: Spread,
     pub del: Spread,
+    /// DEL to the node side of the pod's interface gone: the kernel removes a veth pair after
+    /// an RCU grace period, which DEL does not wait for.
+    pub gone: Spread,
     pub concurrent_wall: Duration,
     pub concurrent_failed: usize,
     pub concurrent_distinct: usize,
@@ -81,6 +84,7 @@ impl std::fmt::Display for CniReport {
         writeln!(f, "  ADD (weft-cni exec'd to exit)             {}", self.add)?;
         writeln!(f, "  ADD to an allowed peer's first answer     {}", self.reachable)?;
         writeln!(f, "  DEL                                       {}", self.del)?;
+        writeln!(f, "  DEL to the interface gone from the node   {}", self.gone)?;
         writeln!(
             f,
             "  {} ADDs at once: {:.0} ms in all, {} failed, {} distinct addresses",
@@ -234,12 +238,14 @@ async fn measure(config: &CniBenchConfig, node: &Netns, dir: &Path) -> Result<Cn
     .map_err(other)?;
     let plugin = config.plugin.clone();
     let config = config.clone();
-    let report = tokio::task::spawn_blocking(move || timed(&config, &plugin, &conf)).await.map_err(other)?;
+    let node_name = node.name().to_string();
+    let report =
+        tokio::task::spawn_blocking(move || timed(&config, &plugin, &conf, &node_name)).await.map_err(other)?;
     stop.send_replace(true);
     report
 }
 
-fn timed(config: &CniBenchConfig, plugin: &Path, conf: &[u8]) -> Result<CniReport, BenchError> {
+fn timed(config: &CniBenchConfig, plugin: &Path, conf: &[u8], node: &str) -> Result<CniReport, BenchError> {
     let mut sandboxes = Vec::new();
     let add = |pod: &str, sandbox: &Netns| -> Result<(), BenchError> {
         let (ok, printed) = exec(plugin, "ADD", pod, Some(&sandbox.path()), conf)?;
@@ -252,7 +258,7 @@ fn timed(config: &CniBenchConfig, plugin: &Path, conf: &[u8]) -> Result<CniRepor
         add(&pod_name(i), &sandbox)?;
         sandboxes.push(sandbox);
     }
-    let (mut adds, mut reachable, mut dels) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut adds, mut reachable, mut dels, mut gone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..config.runs {
         let i = config.pods + run;
         let (pod, sandbox) = (pod_name(i), Netns::new("cnir"));
@@ -270,6 +276,14 @@ fn timed(config: &CniBenchConfig, plugin: &Path, conf: &[u8]) -> Result<CniRepor
         if !ok {
             return Err(BenchError::Other(format!("DEL {pod}: {}", String::from_utf8_lossy(&printed))));
         }
+        let interface = weft_model::default_interface(PROJECT, &pod);
+        while weft_agent::link::host_side(Some(node), &interface).map_err(other)?.is_some() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err(BenchError::Other(format!("{pod}'s interface still there 10 s after DEL")));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        gone.push(started.elapsed());
     }
     // At once: each its own thread, all started together.
     let first = config.pods + config.runs;
@@ -305,6 +319,7 @@ fn timed(config: &CniBenchConfig, plugin: &Path, conf: &[u8]) -> Result<CniRepor
         add: Spread::of(adds),
         reachable: Spread::of(reachable),
         del: Spread::of(dels),
+        gone: Spread::of(gone),
         concurrent_wall,
         concurrent_failed: failed,
         concurrent_distinct: distinct.len(),

@@ -57,7 +57,8 @@ async fn pods_are_wired_under_their_policy_from_the_first_packet_and_unwired_who
     // DEL: both ends go; again, without a namespace, for one that never existed: all succeed.
     let (ok, printed) = call("DEL", "c-db", Some(&db.path()), "db", "uid-db", &conf);
     assert!(ok, "{printed}");
-    assert!(!node.host_link("db"));
+    // The pair's removal finishes after DEL answers (the kernel's grace period), then the record.
+    node.until_gone("db", &["c-other:eth0.json", "c-web:eth0.json"]).await;
     assert!(weft_agent::link::sandbox_side(&db.path(), "eth0").unwrap().is_none());
     assert!(call("DEL", "c-db", Some(&db.path()), "db", "uid-db", &conf).0);
     assert!(call("DEL", "c-db", None, "db", "uid-db", &conf).0);

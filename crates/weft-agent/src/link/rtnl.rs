@@ -113,6 +113,13 @@ pub fn set_up(seq: u32, index: i32) -> Vec<u8> {
     out
 }
 
+/// Sets link `index` down.
+pub fn set_down(seq: u32, index: i32) -> Vec<u8> {
+    let mut out = Vec::new();
+    message_with(&mut out, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &ifinfo(index, 0, IFF_UP), &[]);
+    out
+}
+
 /// Looks a link up by name (the answer is an RTM_NEWLINK, [`read_link`]).
 pub fn get_link(seq: u32, name: &str) -> Vec<u8> {
     let mut attrs = Vec::new();

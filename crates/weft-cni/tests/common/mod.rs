@@ -136,6 +136,16 @@ impl Node {
         names
     }
 
+    /// Waits until pod `pod`'s interface is gone from the node and the records left are
+    /// `records`: a DEL answers before the kernel has removed the pair.
+    pub async fn until_gone(&self, pod: &str, records: &[&str]) {
+        weft_testkit::eventually("the pod's interface and record gone", PATIENCE, async || {
+            let left = self.records();
+            if !self.host_link(pod) && left == records { Ok(()) } else { Err(format!("records {left:?}")) }
+        })
+        .await;
+    }
+
     /// The node side of a pod's interface, if the node has it.
     pub fn host_link(&self, pod: &str) -> bool {
         weft_agent::link::host_side(Some(self.netns.name()), &weft_model::default_interface("k8s-default", pod))
