@@ -51,6 +51,9 @@ pub struct Config {
     pub backoff: (Duration, Duration),
     /// Where applies and what is in force are recorded, when metrics are served.
     pub metrics: Option<std::sync::Arc<metrics::AgentMetrics>>,
+    /// The node's addresses on the network between nodes, said in the hello: where the other
+    /// nodes route this node's pods.
+    pub underlay: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +227,7 @@ async fn session(
         credential,
         last_revision: current.revision,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        underlay: config.underlay.iter().map(weft_proto::encode_address).collect(),
     };
     let _ = outbound.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
     let mut inbound = match client.sync(ReceiverStream::new(rx)).await {

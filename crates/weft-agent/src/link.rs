@@ -234,6 +234,31 @@ pub fn node_mtu(node_netns: Option<&str>) -> io::Result<Option<u32>> {
         .and_then(|l| l.mtu))
 }
 
+/// The node's addresses on the network between nodes, as far as the namespace tells: the
+/// global addresses of the links its default routes leave by (IPv4 and IPv6). None when it has
+/// no default route: then the agent must be told (`--node-address`).
+pub fn underlay_addresses(node_netns: Option<&str>) -> io::Result<Vec<IpAddr>> {
+    let mut socket = Socket::open_route(node_netns)?;
+    let default_links: Vec<(bool, i32)> = socket
+        .dump_all(|seq| rtnl::dump(seq, rtnl::RTM_GETROUTE))?
+        .iter()
+        .filter_map(|(_, p)| rtnl::read_route(p))
+        .filter(|r| r.main_table && r.prefix == 0)
+        .filter_map(|r| Some((r.destination.is_ipv4(), r.index?)))
+        .collect();
+    let usable = |a: &IpAddr| match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+    };
+    Ok(socket
+        .dump_all(|seq| rtnl::dump(seq, rtnl::RTM_GETADDR))?
+        .iter()
+        .filter_map(|(_, p)| rtnl::read_address(p))
+        .filter(|(index, a, _)| default_links.contains(&(a.is_ipv4(), *index)) && usable(a))
+        .map(|(_, a, _)| a)
+        .collect())
+}
+
 /// The MAC as runtimes print it.
 pub fn mac_text(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")

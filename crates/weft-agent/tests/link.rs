@@ -124,3 +124,22 @@ fn a_failed_wiring_leaves_nothing_and_never_touches_what_was_there() {
     assert!(link::host_side(Some(&node.0), HOST_IF).unwrap().is_some());
     assert_eq!(link::sandbox_side(&path, "eth0").unwrap(), None);
 }
+
+#[ignore = "needs root (network namespaces): scripts/test.sh runs it when run as root"]
+#[test]
+fn the_nodes_underlay_addresses_are_those_its_default_routes_leave_by() {
+    let node = Netns::new("node");
+    assert_eq!(link::underlay_addresses(Some(node.name())).unwrap(), [] as [IpAddr; 0], "no default route: none");
+    node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    node.ip(&["link", "set", "up0", "up"]);
+    node.ip(&["link", "set", "up1", "up"]);
+    node.ip(&["addr", "add", "192.0.2.5/24", "dev", "up0"]);
+    node.ip(&["-6", "addr", "add", "fd00::5/64", "dev", "up0", "nodad"]);
+    node.ip(&["addr", "add", "198.51.100.9/24", "dev", "up1"]);
+    node.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+    node.ip(&["-6", "route", "add", "default", "via", "fd00::1"]);
+    let mut found = link::underlay_addresses(Some(node.name())).unwrap();
+    found.sort();
+    let expected: Vec<IpAddr> = vec!["192.0.2.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+    assert_eq!(found, expected, "the default routes' link's global addresses, not up1's nor fe80::");
+}

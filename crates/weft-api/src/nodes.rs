@@ -81,6 +81,10 @@ pub struct NodeInfo {
     pub connected: bool,
     pub controller: Option<String>,
     pub address: Option<String>,
+    /// The node's addresses on the network between nodes, as its agent said: where other
+    /// nodes route its pods.
+    #[schema(value_type = Vec<String>)]
+    pub underlay: Vec<std::net::IpAddr>,
     pub agent_version: Option<String>,
     pub connected_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
@@ -291,6 +295,7 @@ fn info(s: NodeStatus, lag_revisions: i64, lag_seconds: f64, ports: &BTreeMap<St
         connected: s.connected,
         controller: s.controller,
         address: s.address,
+        underlay: s.underlay,
         agent_version: s.agent_version,
         connected_at: s.connected_at,
         last_seen: s.last_seen,

@@ -425,7 +425,7 @@ async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_t
     tokio::time::timeout(patience, api.state.policy.reached(0)).await.expect("the compiler loaded");
     api.store.create_node("n1").await.unwrap();
     api.store.create_node("n2").await.unwrap();
-    api.store.node_connected("n1", "ctl-a", "127.0.0.1:1", "test").await.unwrap();
+    api.store.node_connected("n1", "ctl-a", "127.0.0.1:1", "test", &["192.0.2.7".parse().unwrap()]).await.unwrap();
     api.call(Method::POST, "/v1/projects", Some(json!({"name": "p"}))).await;
     api.call(Method::POST, "/v1/projects", Some(json!({"name": "q"}))).await;
     let acked = weft_store::nodes::Acked { node: "n1".into(), acked: 1, realized: 1, error: None, problems: vec![] };
@@ -447,6 +447,10 @@ async fn server_metrics_report_the_controllers_and_each_agents_lag_and_compile_t
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
+    // The node's underlay address, as its agent said it in its hello.
+    let nodes = api.call(Method::GET, "/v1/nodes", None).await;
+    let n1 = nodes.body["items"].as_array().unwrap().iter().find(|n| n["name"] == "n1").unwrap().clone();
+    assert_eq!(n1["underlay"], json!(["192.0.2.7"]), "{n1}");
 }
 
 /// Waits (bounded) until `check` holds for the reply to a GET.

@@ -185,6 +185,7 @@ async fn agent(
                 last_revision: 0,
                 // The server's own version: a simulated agent is not one of another version.
                 agent_version: env!("CARGO_PKG_VERSION").into(),
+                underlay: Vec::new(),
             };
             let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
             let inbound =

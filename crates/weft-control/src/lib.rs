@@ -285,7 +285,10 @@ impl Agent for Service {
             tracing::warn!(peer = %peer, claimed = %hello.node, credential_of = %node, "refused an agent: its credential names another node");
             return Err(Status::permission_denied(format!("this credential is node {node}'s, not {}'s", hello.node)));
         }
-        patiently(|| self.store.node_connected(&node, &self.controller, &peer, &hello.agent_version))
+        // An address that is not one is dropped: the node is served all the same.
+        let underlay: Vec<std::net::IpAddr> =
+            hello.underlay.iter().filter_map(|b| weft_proto::parse_address(b).ok()).collect();
+        patiently(|| self.store.node_connected(&node, &self.controller, &peer, &hello.agent_version, &underlay))
             .await
             .map_err(unavailable)?;
         tracing::info!(node = %node, peer = %peer, last_revision = hello.last_revision, version = %hello.agent_version, "agent connected");

@@ -77,6 +77,8 @@ impl TestAgent {
             credential: credential.into(),
             last_revision: 0,
             agent_version: "test".into(),
+            // Its underlay address, and bytes that are no address (dropped, the node served).
+            underlay: vec![weft_proto::encode_address(&UNDERLAY.parse().unwrap()), vec![1, 2, 3]],
         };
         acks.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await.unwrap();
         let inbound = client.sync(ReceiverStream::new(rx)).await?.into_inner();
@@ -109,6 +111,9 @@ impl TestAgent {
     }
 }
 
+/// What every test agent says its underlay address is.
+const UNDERLAY: &str = "192.0.2.9";
+
 /// Waits until the node's recorded status satisfies `f`.
 async fn status_until(store: &Store, node: &str, f: impl Fn(&weft_store::nodes::NodeStatus) -> bool) {
     weft_testkit::eventually(&format!("node {node} reaching the status"), PATIENCE, || async {
@@ -133,6 +138,8 @@ async fn an_agent_gets_its_span_then_deltas_and_its_acks_are_recorded(pool: PgPo
     agent.ack(revision).await;
     status_until(&store, "node-1", |n| n.connected && n.acked_revision == revision && n.realized_revision >= revision)
         .await;
+    let underlay = store.list_nodes().await.unwrap()[0].underlay.clone();
+    assert_eq!(underlay, [UNDERLAY.parse::<std::net::IpAddr>().unwrap()], "the hello's underlay address is recorded");
 
     // A db port elsewhere joins the set node-1's rule references: a delta, at its revision.
     let added = port(&store, "db-2", "node-3", "10.0.0.3", "db").await;

@@ -366,6 +366,9 @@ impl Lab {
             // /run/weft.
             .arg("--cni-socket")
             .arg(state_dir.join("cni.sock"))
+            // The lab's nodes have no default route: each is told its underlay addresses.
+            .arg("--node-address")
+            .arg(format!("{},{}", n.address, n.address6))
             .env_remove("WEFT_NODE_TOKEN")
             .env_remove("WEFT_JOIN_TOKEN")
             .stdin(Stdio::null())

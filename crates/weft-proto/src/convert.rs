@@ -29,14 +29,16 @@ fn invalid(field: &'static str, message: impl std::fmt::Display) -> ConvertError
     ConvertError::Invalid { field, message: message.to_string() }
 }
 
-fn address(a: &IpAddr) -> Vec<u8> {
+/// An address as the protocol carries one: 4 or 16 bytes.
+pub fn address(a: &IpAddr) -> Vec<u8> {
     match a {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
 
-fn parse_address(bytes: &[u8]) -> Result<IpAddr, ConvertError> {
+/// An address of 4 or 16 bytes.
+pub fn parse_address(bytes: &[u8]) -> Result<IpAddr, ConvertError> {
     match bytes.len() {
         4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).map_err(|e| invalid("address", e))?)),
         16 => Ok(IpAddr::from(<[u8; 16]>::try_from(bytes).map_err(|e| invalid("address", e))?)),

@@ -5,7 +5,9 @@ use bytes::{Buf, BufMut, Bytes};
 
 mod convert;
 
-pub use convert::{ConvertError, DeltaEncoder, from_proto, snapshot, snapshot_with, to_proto};
+pub use convert::{
+    ConvertError, DeltaEncoder, address as encode_address, from_proto, parse_address, snapshot, snapshot_with, to_proto,
+};
 
 /// The messages and the agent's client.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]

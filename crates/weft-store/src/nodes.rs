@@ -27,6 +27,8 @@ pub struct NodeStatus {
     /// The control process its stream is (or was last) on.
     pub controller: Option<String>,
     pub address: Option<String>,
+    /// The node's addresses between nodes, as its agent last said.
+    pub underlay: Vec<std::net::IpAddr>,
     pub agent_version: Option<String>,
     pub connected_at: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
@@ -98,12 +100,14 @@ type StatusRow = (
     i64,
     Option<String>,
     sqlx::types::Json<Vec<String>>,
+    Vec<ipnet::IpNet>,
 );
 
 macro_rules! status_columns {
     () => {
         "name, created_at, connected AND last_seen > now() - make_interval(secs => $1), controller, \
-         address, agent_version, connected_at, last_seen, acked_revision, acked_at, realized_revision, last_error, problems"
+         address, agent_version, connected_at, last_seen, acked_revision, acked_at, realized_revision, last_error, problems, \
+         underlay"
     };
 }
 
@@ -116,6 +120,7 @@ fn status(row: StatusRow) -> NodeStatus {
         connected,
         controller,
         address,
+        underlay: row.13.iter().map(|n| n.addr()).collect(),
         agent_version,
         connected_at,
         last_seen,
@@ -332,15 +337,23 @@ impl Store {
     }
 
     /// A control process took the node's stream.
-    pub async fn node_connected(&self, node: &str, controller: &str, address: &str, agent_version: &str) -> Result<()> {
+    pub async fn node_connected(
+        &self,
+        node: &str,
+        controller: &str,
+        address: &str,
+        agent_version: &str,
+        underlay: &[std::net::IpAddr],
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE nodes SET controller = $2, connected = true, address = $3, agent_version = $4, \
-             connected_at = now(), last_seen = now() WHERE name = $1",
+             connected_at = now(), last_seen = now(), underlay = $5 WHERE name = $1",
         )
         .bind(node)
         .bind(controller)
         .bind(address)
         .bind(agent_version)
+        .bind(underlay.iter().map(|a| ipnet::IpNet::from(*a)).collect::<Vec<_>>())
         .execute(&self.pool)
         .await?;
         Ok(())

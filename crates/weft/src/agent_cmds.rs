@@ -73,6 +73,11 @@ pub struct AgentArgs {
     /// default route leaves by.
     #[arg(long, env = "WEFT_CNI_MTU", default_value_t = 0)]
     pub cni_mtu: u32,
+    /// The node's addresses on the network between nodes (repeated or comma-separated), which
+    /// the agent tells its controller: where other nodes route this node's pods. Default: the
+    /// addresses of the links the node's default routes leave by.
+    #[arg(long, env = "WEFT_NODE_ADDRESS", value_delimiter = ',')]
+    pub node_address: Vec<std::net::IpAddr>,
 }
 
 /// `weft install-cni`: the CNI plugin's binaries copied into a node's CNI directory.
@@ -140,6 +145,7 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         cni_wait,
         cni_conf_dir,
         cni_mtu,
+        node_address,
     } = args;
     if cleanup {
         let removed = weft_agent::nft::delete_table(netns.as_deref()).context("cannot remove the nftables table")?;
@@ -168,6 +174,21 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         (None, Some(path)) if credential.is_none() && state_dir.credential().is_none() => Some(secret_file(path)?),
         _ => None,
     };
+    let underlay = if node_address.is_empty() {
+        let ns = netns.clone();
+        match tokio::task::spawn_blocking(move || weft_agent::link::underlay_addresses(ns.as_deref())).await? {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the node's addresses; give --node-address");
+                Vec::new()
+            }
+        }
+    } else {
+        node_address
+    };
+    if underlay.is_empty() {
+        tracing::warn!("the node has no default route to tell its address by: give --node-address");
+    }
     let config = weft_agent::Config {
         server: controller,
         node,
@@ -177,6 +198,7 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         ca,
         backoff: (Duration::from_millis(200), Duration::from_secs(30)),
         metrics: metrics_listen.map(|_| std::sync::Arc::new(weft_agent::metrics::AgentMetrics::default())),
+        underlay,
     };
     if let (Some(addr), Some(metrics)) = (metrics_listen, config.metrics.clone()) {
         let netns = netns.clone();

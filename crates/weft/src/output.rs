@@ -123,6 +123,9 @@ pub fn show_nodes(out: Output, items: &[Value]) -> anyhow::Result<()> {
                 "lag_seconds",
             ];
             let mut row: Vec<String> = fields.iter().map(|f| scalar(&n[*f])).collect();
+            // Where the other nodes route this node's pods, as its agent said.
+            let underlay = n["underlay"].as_array().map(|a| a.iter().map(scalar).collect::<Vec<_>>().join(","));
+            row.insert(3, underlay.filter(|u| !u.is_empty()).unwrap_or_else(|| "-".to_string()));
             row.push(scalar(&n["last_error"]));
             // What the agent refuses is the thing an operator must not miss: said in full.
             let problems = n["problems"].as_array().map(|p| p.iter().map(scalar).collect::<Vec<_>>().join("; "));
@@ -131,7 +134,19 @@ pub fn show_nodes(out: Output, items: &[Value]) -> anyhow::Result<()> {
         })
         .collect();
     print_rows(
-        &["NAME", "CONNECTED", "ADDRESS", "VERSION", "PORTS", "REALIZED", "LAG", "LAG (S)", "ERROR", "PROBLEMS"],
+        &[
+            "NAME",
+            "CONNECTED",
+            "ADDRESS",
+            "UNDERLAY",
+            "VERSION",
+            "PORTS",
+            "REALIZED",
+            "LAG",
+            "LAG (S)",
+            "ERROR",
+            "PROBLEMS",
+        ],
         rows,
     );
     Ok(())

@@ -215,8 +215,13 @@ impl Agent {
         use weft_proto::v1::{AgentMessage, Hello, agent_client::AgentClient, agent_message::Kind};
         let mut client = AgentClient::connect(format!("http://{grpc}")).await.unwrap();
         let (acks, rx) = tokio::sync::mpsc::channel(4);
-        let hello =
-            Hello { node: node.into(), credential: credential.into(), last_revision: 0, agent_version: "it".into() };
+        let hello = Hello {
+            node: node.into(),
+            credential: credential.into(),
+            last_revision: 0,
+            agent_version: "it".into(),
+            underlay: Vec::new(),
+        };
         acks.send(AgentMessage { kind: Some(Kind::Hello(hello)) }).await.unwrap();
         let inbound = client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
         Agent { acks, inbound }

@@ -84,6 +84,7 @@ impl Node {
             ca: None,
             backoff: (Duration::from_millis(20), Duration::from_millis(200)),
             metrics: None,
+            underlay: Vec::new(),
         };
         let (progress_tx, progress) = watch::channel(Progress::default());
         let (stop, stopped) = watch::channel(false);
