@@ -85,6 +85,9 @@ pub struct NodeInfo {
     /// nodes route its pods.
     #[schema(value_type = Vec<String>)]
     pub underlay: Vec<std::net::IpAddr>,
+    /// The pod-network blocks its ports get their addresses from.
+    #[schema(value_type = Vec<String>)]
+    pub blocks: Vec<ipnet::IpNet>,
     pub agent_version: Option<String>,
     pub connected_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
@@ -296,6 +299,7 @@ fn info(s: NodeStatus, lag_revisions: i64, lag_seconds: f64, ports: &BTreeMap<St
         controller: s.controller,
         address: s.address,
         underlay: s.underlay,
+        blocks: s.blocks,
         agent_version: s.agent_version,
         connected_at: s.connected_at,
         last_seen: s.last_seen,

@@ -29,6 +29,8 @@ pub struct NodeStatus {
     pub address: Option<String>,
     /// The node's addresses between nodes, as its agent last said.
     pub underlay: Vec<std::net::IpAddr>,
+    /// The pod-network blocks the node's ports get their addresses from (DESIGN.md §9).
+    pub blocks: Vec<ipnet::IpNet>,
     pub agent_version: Option<String>,
     pub connected_at: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
@@ -101,13 +103,14 @@ type StatusRow = (
     Option<String>,
     sqlx::types::Json<Vec<String>>,
     Vec<ipnet::IpNet>,
+    Vec<ipnet::IpNet>,
 );
 
 macro_rules! status_columns {
     () => {
         "name, created_at, connected AND last_seen > now() - make_interval(secs => $1), controller, \
          address, agent_version, connected_at, last_seen, acked_revision, acked_at, realized_revision, last_error, problems, \
-         underlay"
+         underlay, ARRAY(SELECT b.block FROM ip_blocks b WHERE b.node = nodes.name ORDER BY b.block)"
     };
 }
 
@@ -121,6 +124,7 @@ fn status(row: StatusRow) -> NodeStatus {
         controller,
         address,
         underlay: row.13.iter().map(|n| n.addr()).collect(),
+        blocks: row.14,
         agent_version,
         connected_at,
         last_seen,

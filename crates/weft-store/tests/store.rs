@@ -309,6 +309,7 @@ async fn a_shared_network_gives_each_node_its_own_blocks(pool: PgPool) {
     for p in ["k8s-cluster", "k8s-a", "other"] {
         project(&store, p).await;
     }
+    store.create_node("n1").await.unwrap();
     create(
         &store,
         Kind::VirtualNetwork,
@@ -329,6 +330,10 @@ async fn a_shared_network_gives_each_node_its_own_blocks(pool: PgPool) {
     }
     assert_eq!(port_ips(&store, pod("a254", "n1")).await.unwrap(), [ip("10.244.2.1"), ip("fd44::ff")]);
     assert_eq!(port_ips(&store, pod("a255", "n1")).await.unwrap(), [ip("10.244.2.2"), ip("fd44::201")]);
+    // The blocks are the node's, shown with it.
+    let n1 = store.list_nodes().await.unwrap().into_iter().find(|n| n.name == "n1").unwrap();
+    let blocks: Vec<String> = n1.blocks.iter().map(|b| b.to_string()).collect();
+    assert_eq!(blocks, ["10.244.0.0/24", "10.244.2.0/24", "fd44::/120", "fd44::200/120"]);
 
     // A port on a blocked network needs a node; a network not shared is its project's own.
     let e = create(&store, Kind::Port, json!({"name": "nowhere", "project": "k8s-a", "network": "k8s-cluster/pods"}))
