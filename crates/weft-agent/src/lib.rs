@@ -14,6 +14,7 @@ pub mod link;
 pub mod metrics;
 pub mod netns;
 pub mod nft;
+pub mod routes;
 pub mod state;
 
 use std::sync::Arc;
@@ -185,7 +186,7 @@ pub async fn run(
     }
 }
 
-async fn channel(config: &Config) -> Result<Channel, AgentError> {
+pub(crate) async fn channel(config: &Config) -> Result<Channel, AgentError> {
     let transport = |source| AgentError::Connect { server: config.server.clone(), source };
     let mut endpoint = Endpoint::from_shared(config.server.clone())
         .map_err(transport)?

@@ -259,6 +259,46 @@ pub fn underlay_addresses(node_netns: Option<&str>) -> io::Result<Vec<IpAddr>> {
         .collect())
 }
 
+/// The protocol tag of the routes to other nodes' pods: the agent replaces and removes only
+/// routes that carry it, never the node's own ('W', unassigned in iproute2's rt_protos).
+pub const ROUTE_PROTOCOL: u8 = 87;
+
+/// Makes the node's routes to other nodes' pods exactly `desired` (destination → gateway):
+/// missing or changed ones added (replacing), weft's routes no longer wanted removed. Routes
+/// of other protocols are never touched. Returns (added or changed, removed).
+pub fn sync_routes(node_netns: Option<&str>, desired: &[(ipnet::IpNet, IpAddr)]) -> io::Result<(usize, usize)> {
+    let mut socket = Socket::open_route(node_netns)?;
+    let current: std::collections::BTreeMap<(IpAddr, u8), Option<IpAddr>> = socket
+        .dump_all(|seq| rtnl::dump(seq, rtnl::RTM_GETROUTE))?
+        .iter()
+        .filter_map(|(_, p)| rtnl::read_route(p))
+        .filter(|r| r.main_table && r.protocol == ROUTE_PROTOCOL)
+        .map(|r| ((r.destination, r.prefix), r.gateway))
+        .collect();
+    let wanted: std::collections::BTreeMap<(IpAddr, u8), IpAddr> =
+        desired.iter().map(|(net, via)| ((net.network(), net.prefix_len()), *via)).collect();
+    let (mut added, mut removed) = (0, 0);
+    for (&(destination, prefix), &via) in &wanted {
+        if current.get(&(destination, prefix)) == Some(&Some(via)) {
+            continue;
+        }
+        match socket.ask(|seq| rtnl::new_route_via(seq, destination, prefix, via, ROUTE_PROTOCOL)) {
+            Ok(_) => added += 1,
+            // An unreachable gateway (a node not on this node's underlay) is skipped, not fatal.
+            Err(e) => {
+                tracing::warn!(route = %format!("{destination}/{prefix} via {via}"), error = %e, "cannot add a route")
+            }
+        }
+    }
+    for &(destination, prefix) in current.keys().filter(|k| !wanted.contains_key(k)) {
+        socket
+            .ask(|seq| rtnl::del_route(seq, destination, prefix, ROUTE_PROTOCOL))
+            .map_err(context(format_args!("cannot remove the route to {destination}/{prefix}")))?;
+        removed += 1;
+    }
+    Ok((added, removed))
+}
+
 /// The MAC as runtimes print it.
 pub fn mac_text(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")

@@ -143,3 +143,54 @@ fn the_nodes_underlay_addresses_are_those_its_default_routes_leave_by() {
     let expected: Vec<IpAddr> = vec!["192.0.2.5".parse().unwrap(), "fd00::5".parse().unwrap()];
     assert_eq!(found, expected, "the default routes' link's global addresses, not up1's nor fe80::");
 }
+
+#[ignore = "needs root (network namespaces): scripts/test.sh runs it when run as root"]
+#[test]
+fn routes_to_other_nodes_pods_are_made_exactly_what_the_table_says_and_no_others_touched() {
+    let node = Netns::new("node");
+    node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    node.ip(&["link", "set", "up0", "up"]);
+    node.ip(&["link", "set", "up1", "up"]);
+    node.ip(&["addr", "add", "192.0.2.5/24", "dev", "up0"]);
+    node.ip(&["-6", "addr", "add", "fd00::5/64", "dev", "up0", "nodad"]);
+    // The node's own route, which weft must never touch.
+    node.ip(&["route", "add", "10.9.0.0/24", "via", "192.0.2.99"]);
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let ours = |node: &Netns| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", node.name(), "route", "show", "proto", "87"])
+            .output()
+            .unwrap();
+        let mut lines: Vec<String> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect();
+        let out6 = std::process::Command::new("ip")
+            .args(["-n", node.name(), "-6", "route", "show", "proto", "87"])
+            .output()
+            .unwrap();
+        lines.extend(String::from_utf8_lossy(&out6.stdout).lines().map(|l| l.trim().to_string()));
+        lines
+    };
+    let first = [
+        (net("10.244.1.0/24"), ip("192.0.2.6")),
+        (net("10.47.0.11/32"), ip("192.0.2.7")),
+        (net("fd44::/80"), ip("fd00::6")),
+    ];
+    assert_eq!(link::sync_routes(Some(node.name()), &first).unwrap(), (3, 0));
+    let routes = ours(&node);
+    assert!(routes.iter().any(|l| l.starts_with("10.244.1.0/24 via 192.0.2.6")), "{routes:?}");
+    assert!(routes.iter().any(|l| l.starts_with("10.47.0.11 via 192.0.2.7")), "{routes:?}");
+    assert!(routes.iter().any(|l| l.starts_with("fd44::/80 via fd00::6")), "{routes:?}");
+    // The same table again: nothing to do.
+    assert_eq!(link::sync_routes(Some(node.name()), &first).unwrap(), (0, 0));
+    // A block moves to another node, a pod goes: one changed, one removed, the node's own stays.
+    let second = [(net("10.244.1.0/24"), ip("192.0.2.8")), (net("fd44::/80"), ip("fd00::6"))];
+    assert_eq!(link::sync_routes(Some(node.name()), &second).unwrap(), (1, 1));
+    let routes = ours(&node);
+    assert!(routes.iter().any(|l| l.starts_with("10.244.1.0/24 via 192.0.2.8")), "{routes:?}");
+    assert!(!routes.iter().any(|l| l.starts_with("10.47.0.11")), "{routes:?}");
+    let all = std::process::Command::new("ip").args(["-n", node.name(), "route", "show"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&all.stdout).contains("10.9.0.0/24 via 192.0.2.99"), "the node's own route stays");
+    assert_eq!(link::sync_routes(Some(node.name()), &[]).unwrap(), (0, 2));
+    assert!(ours(&node).is_empty());
+}

@@ -70,6 +70,12 @@ impl Agent for Service {
     async fn join(&self, _: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
         Err(Status::unimplemented("no joins here"))
     }
+
+    type RoutesStream = ReceiverStream<Result<v1::RouteTable, Status>>;
+
+    async fn routes(&self, _: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
+        Err(Status::unimplemented("no routes here"))
+    }
 }
 
 /// Serves the scripts on a listener bound here (port 0: no port chosen first and bound later).

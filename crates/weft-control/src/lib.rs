@@ -145,8 +145,11 @@ impl Control {
         tokio::spawn(end_deleted_nodes(store.clone(), Arc::clone(&sessions), shutdown_rx.clone()));
         let statuses = Arc::new(session::StatusWriter::default());
         tokio::spawn(Arc::clone(&statuses).run(store.clone(), config.name.clone(), shutdown_rx.clone()));
+        let (routes_tx, routes) = watch::channel(Arc::new(v1::RouteTable::default()));
+        tokio::spawn(route_feed(store.clone(), routes_tx, shutdown_rx.clone()));
         let service = Service {
             statuses,
+            routes,
             store,
             hub: Arc::clone(&hub),
             controller: config.name.clone(),
@@ -253,11 +256,51 @@ async fn end_deleted_nodes(store: Store, sessions: Sessions, mut shutdown: watch
 
 struct Service {
     statuses: Arc<session::StatusWriter>,
+    /// The route table every agent is served, kept current by [`route_feed`].
+    routes: watch::Receiver<Arc<v1::RouteTable>>,
     store: Store,
     hub: Arc<Hub>,
     controller: String,
     sessions: Sessions,
     shutdown: watch::Receiver<bool>,
+}
+
+/// How often the route table is read again: blocks are claimed and nodes say their underlay
+/// rarely, and a pod's requested address outside its node's blocks is routed within this.
+const ROUTES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps the route table current: read from the database, sent on when it changed. A read that
+/// fails keeps the last table (agents keep their routes).
+async fn route_feed(store: Store, routes: watch::Sender<Arc<v1::RouteTable>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match store.route_table().await {
+            Ok(rows) => {
+                let table = v1::RouteTable {
+                    routes: rows
+                        .into_iter()
+                        .map(|(destination, node, via)| v1::Route {
+                            destination: weft_proto::encode_address(&destination.addr()),
+                            prefix: u32::from(destination.prefix_len()),
+                            node,
+                            via: via.iter().map(weft_proto::encode_address).collect(),
+                        })
+                        .collect(),
+                };
+                routes.send_if_modified(|current| {
+                    let changed = **current != table;
+                    if changed {
+                        *current = Arc::new(table);
+                    }
+                    changed
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the route table; agents keep the last one"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ROUTES_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 fn unavailable(e: StoreError) -> Status {
@@ -318,6 +361,35 @@ impl Agent for Service {
             let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
             if sessions.get(&node).is_some_and(|(n, _)| *n == id) {
                 sessions.remove(&node);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type RoutesStream = ReceiverStream<Result<v1::RouteTable, Status>>;
+
+    async fn routes(&self, request: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
+        let v1::RoutesRequest { node, credential } = request.into_inner();
+        let Some(known) = patiently(|| self.store.authenticate_node(&credential)).await.map_err(unavailable)? else {
+            return Err(Status::unauthenticated("unknown node credential"));
+        };
+        if known != node {
+            return Err(Status::permission_denied(format!("this credential is node {known}'s, not {node}'s")));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let mut routes = self.routes.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let table = routes.borrow_and_update().clone();
+                if tx.send(Ok((*table).clone())).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = routes.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -141,6 +141,37 @@ async fn an_agent_gets_its_span_then_deltas_and_its_acks_are_recorded(pool: PgPo
     let underlay = store.list_nodes().await.unwrap()[0].underlay.clone();
     assert_eq!(underlay, [UNDERLAY.parse::<std::net::IpAddr>().unwrap()], "the hello's underlay address is recorded");
 
+    // The route table, on its own stream: node-1's pod (no pod network: a host route) through
+    // node-1's underlay address; another node's credential is refused it.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
+    let request = |node: &str| v1::RoutesRequest { node: node.into(), credential: credential.clone() };
+    let mut tables = client.routes(request("node-1")).await.unwrap().into_inner();
+    let expected = v1::Route {
+        destination: vec![10, 0, 0, 1],
+        prefix: 32,
+        node: "node-1".into(),
+        via: vec![weft_proto::encode_address(&UNDERLAY.parse().unwrap())],
+    };
+    // The controller reads the table every 2 s: the first may predate the hello.
+    let table = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let table = tables.message().await.unwrap().unwrap();
+            if table.routes.contains(&expected) {
+                return table;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(table.routes, [expected], "node-2 never said where it is: none of its pods");
+    let refused = client.routes(request("node-2")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
     // A db port elsewhere joins the set node-1's rule references: a delta, at its revision.
     let added = port(&store, "db-2", "node-3", "10.0.0.3", "db").await;
     let (revision, snapshot) = agent.next_update().await;

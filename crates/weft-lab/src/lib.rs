@@ -369,6 +369,8 @@ impl Lab {
             // The lab's nodes have no default route: each is told its underlay addresses.
             .arg("--node-address")
             .arg(format!("{},{}", n.address, n.address6))
+            // The lab routes its pods between nodes itself, as it wires them itself.
+            .arg("--no-routes")
             .env_remove("WEFT_NODE_TOKEN")
             .env_remove("WEFT_JOIN_TOKEN")
             .stdin(Stdio::null())

@@ -340,6 +340,25 @@ impl Store {
         Ok(credential)
     }
 
+    /// Where every node's pods are (DESIGN.md §9), as (destination, node, the node's underlay
+    /// addresses): each block of a node that has told its underlay, and each port address
+    /// outside its node's blocks (an address a pod asked for, or a port on no pod network).
+    pub async fn route_table(&self) -> Result<Vec<(ipnet::IpNet, String, Vec<std::net::IpAddr>)>> {
+        let rows: Vec<(ipnet::IpNet, String, Vec<ipnet::IpNet>)> = sqlx::query_as(
+            "SELECT b.block::inet, b.node, n.underlay FROM ip_blocks b JOIN nodes n ON n.name = b.node \
+             WHERE cardinality(n.underlay) > 0 \
+             UNION ALL \
+             SELECT host(a.address)::inet, n.name, n.underlay FROM port_addresses a \
+             JOIN objects o ON o.id = a.port_id JOIN nodes n ON n.name = o.body->>'node' \
+             WHERE cardinality(n.underlay) > 0 AND NOT EXISTS \
+               (SELECT 1 FROM ip_blocks b WHERE b.node = n.name AND a.address <<= b.block) \
+             ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(d, node, via)| (d, node, via.iter().map(|v| v.addr()).collect())).collect())
+    }
+
     /// A control process took the node's stream.
     pub async fn node_connected(
         &self,

@@ -334,6 +334,24 @@ async fn a_shared_network_gives_each_node_its_own_blocks(pool: PgPool) {
     let n1 = store.list_nodes().await.unwrap().into_iter().find(|n| n.name == "n1").unwrap();
     let blocks: Vec<String> = n1.blocks.iter().map(|b| b.to_string()).collect();
     assert_eq!(blocks, ["10.244.0.0/24", "10.244.2.0/24", "fd44::/120", "fd44::200/120"]);
+    // The route table: n1's blocks through its underlay address, and an address one of its
+    // pods asked for outside them as a host route; n2, which never said where it is, none.
+    store.node_connected("n1", "ctl", "127.0.0.1:1", "t", &[ip("192.0.2.1")]).await.unwrap();
+    let mut asked = pod("asked", "n1");
+    asked["ips"] = json!(["10.244.1.77"]);
+    port_ips(&store, asked).await.unwrap();
+    let table: Vec<String> =
+        store.route_table().await.unwrap().iter().map(|(d, n, via)| format!("{d} {n} {via:?}")).collect();
+    assert_eq!(
+        table,
+        [
+            "10.244.0.0/24 n1 [192.0.2.1]",
+            "10.244.1.77/32 n1 [192.0.2.1]",
+            "10.244.2.0/24 n1 [192.0.2.1]",
+            "fd44::/120 n1 [192.0.2.1]",
+            "fd44::200/120 n1 [192.0.2.1]"
+        ]
+    );
 
     // A port on a blocked network needs a node; a network not shared is its project's own.
     let e = create(&store, Kind::Port, json!({"name": "nowhere", "project": "k8s-a", "network": "k8s-cluster/pods"}))
@@ -371,6 +389,8 @@ async fn a_shared_network_gives_each_node_its_own_blocks(pool: PgPool) {
     // A deleted node's empty blocks are released and go to the next node that needs one.
     let mut txn = store.begin().await.unwrap();
     txn.delete(Kind::Port, &by_name(Some("k8s-a"), "b0"), false, None).await.unwrap();
+    // (and the address n1's pod asked for inside it: a block holding one is kept)
+    txn.delete(Kind::Port, &by_name(Some("k8s-a"), "asked"), false, None).await.unwrap();
     txn.commit().await.unwrap();
     store.delete_node("n2").await.unwrap();
     let n3 = port_ips(&store, pod("c0", "n3")).await.unwrap();

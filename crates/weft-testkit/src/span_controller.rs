@@ -49,6 +49,12 @@ impl Agent for Controller {
     async fn join(&self, _: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
         Err(Status::unimplemented("no joins here"))
     }
+
+    type RoutesStream = ReceiverStream<Result<v1::RouteTable, Status>>;
+
+    async fn routes(&self, _: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
+        Err(Status::unimplemented("no routes here"))
+    }
 }
 
 /// Serves `span` (at revision 1) on a loopback port picked here; the address, and the sender

@@ -78,6 +78,10 @@ pub struct AgentArgs {
     /// addresses of the links the node's default routes leave by.
     #[arg(long, env = "WEFT_NODE_ADDRESS", value_delimiter = ',')]
     pub node_address: Vec<std::net::IpAddr>,
+    /// Install no routes to other nodes' pods: the cluster routes them some other way (BGP,
+    /// an overlay).
+    #[arg(long, env = "WEFT_NO_ROUTES")]
+    pub no_routes: bool,
 }
 
 /// `weft install-cni`: the CNI plugin's binaries copied into a node's CNI directory.
@@ -146,6 +150,7 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         cni_conf_dir,
         cni_mtu,
         node_address,
+        no_routes,
     } = args;
     if cleanup {
         let removed = weft_agent::nft::delete_table(netns.as_deref()).context("cannot remove the nftables table")?;
@@ -261,6 +266,10 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
             Some(weft_agent::cni::Cni::new(config, in_force).context("cannot keep CNI records in the state dir")?)
         }
     };
+    // Routes to other nodes' pods, on a stream of their own; only where pods are wired here.
+    if !no_routes && matches!(datapath, DatapathKind::Nftables) {
+        tokio::spawn(weft_agent::routes::follow(config.clone(), netns.clone(), stopped.clone()));
+    }
     let agent = async {
         match datapath {
             DatapathKind::Memory => {

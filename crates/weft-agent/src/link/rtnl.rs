@@ -16,6 +16,7 @@ pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_GETADDR: u16 = 22;
 pub const RTM_NEWROUTE: u16 = 24;
+pub const RTM_DELROUTE: u16 = 25;
 pub const RTM_GETROUTE: u16 = 26;
 pub const RTM_NEWNEIGH: u16 = 28;
 
@@ -156,8 +157,39 @@ pub fn new_address(seq: u32, index: i32, address: IpAddr, prefix: u8) -> Vec<u8>
 /// destination: a host route left by a sandbox of the pod that died unannounced points at
 /// the pod's old interface.
 pub fn new_route(seq: u32, destination: IpAddr, prefix: u8, gateway: Option<IpAddr>, index: i32) -> Vec<u8> {
+    route_message(seq, destination, prefix, gateway, Some(index), RTPROT_STATIC)
+}
+
+/// A route through `gateway` (the kernel finds the link), tagged with `protocol`, replacing
+/// any route to the same destination.
+pub fn new_route_via(seq: u32, destination: IpAddr, prefix: u8, gateway: IpAddr, protocol: u8) -> Vec<u8> {
+    route_message(seq, destination, prefix, Some(gateway), None, protocol)
+}
+
+/// Deletes the main table's route to `destination/prefix` tagged with `protocol`.
+pub fn del_route(seq: u32, destination: IpAddr, prefix: u8, protocol: u8) -> Vec<u8> {
+    // Scope "nowhere" matches a route of any scope.
+    let mut header = vec![family(destination), prefix, 0, 0, RT_TABLE_MAIN, protocol, 255, 0];
+    header.extend_from_slice(&0u32.to_ne_bytes());
+    let mut attrs = Vec::new();
+    if prefix > 0 {
+        attr(&mut attrs, RTA_DST, &octets(destination));
+    }
+    let mut out = Vec::new();
+    message_with(&mut out, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, seq, &header, &attrs);
+    out
+}
+
+fn route_message(
+    seq: u32,
+    destination: IpAddr,
+    prefix: u8,
+    gateway: Option<IpAddr>,
+    index: Option<i32>,
+    protocol: u8,
+) -> Vec<u8> {
     let scope = if gateway.is_some() { RT_SCOPE_UNIVERSE } else { RT_SCOPE_LINK };
-    let mut header = vec![family(destination), prefix, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope, RTN_UNICAST];
+    let mut header = vec![family(destination), prefix, 0, 0, RT_TABLE_MAIN, protocol, scope, RTN_UNICAST];
     header.extend_from_slice(&0u32.to_ne_bytes());
     let mut attrs = Vec::new();
     if prefix > 0 {
@@ -166,7 +198,9 @@ pub fn new_route(seq: u32, destination: IpAddr, prefix: u8, gateway: Option<IpAd
     if let Some(gw) = gateway {
         attr(&mut attrs, RTA_GATEWAY, &octets(gw));
     }
-    attr(&mut attrs, RTA_OIF, &(index as u32).to_ne_bytes());
+    if let Some(index) = index {
+        attr(&mut attrs, RTA_OIF, &(index as u32).to_ne_bytes());
+    }
     let mut out = Vec::new();
     message_with(
         &mut out,
@@ -270,6 +304,7 @@ pub fn read_route(payload: &[u8]) -> Option<RouteInfo> {
         gateway: find(RTA_GATEWAY).and_then(ip_address),
         index: find(RTA_OIF).and_then(|v| v.try_into().ok()).map(i32::from_ne_bytes),
         main_table: table == RT_TABLE_MAIN,
+        protocol: payload[5],
     })
 }
 
@@ -280,6 +315,8 @@ pub struct RouteInfo {
     pub gateway: Option<IpAddr>,
     pub index: Option<i32>,
     pub main_table: bool,
+    /// Who added it (RTPROT_*): weft's routes between nodes carry [`super::ROUTE_PROTOCOL`].
+    pub protocol: u8,
 }
 
 #[cfg(test)]
