@@ -265,16 +265,29 @@ struct Service {
     shutdown: watch::Receiver<bool>,
 }
 
-/// How often the route table is read again: blocks are claimed and nodes say their underlay
-/// rarely, and a pod's requested address outside its node's blocks is routed within this.
+/// How often the controller asks whether the route table may have changed: a pod's address
+/// outside its node's blocks, a new block, a node's new underlay address are routed within it.
 const ROUTES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Keeps the route table current: read from the database, sent on when it changed. A read that
-/// fails keeps the last table (agents keep their routes).
+/// Keeps the route table current: read again from the database (a query over every port)
+/// only when the configuration's revision or a node's underlay changed, sent on when it
+/// changed. A read that fails keeps the last table (agents keep their routes).
 async fn route_feed(store: Store, routes: watch::Sender<Arc<v1::RouteTable>>, mut shutdown: watch::Receiver<bool>) {
+    let mut read_at: Option<(i64, String)> = None;
     loop {
-        match store.route_table().await {
-            Ok(rows) => {
+        let version = match (store.current_revision().await, store.underlay_fingerprint().await) {
+            (Ok(revision), Ok(underlay)) => Some((revision, underlay)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot tell whether the route table changed");
+                None
+            }
+        };
+        let stale = version.is_some() && version != read_at;
+        let read = if stale { Some(store.route_table().await) } else { None };
+        match read {
+            None => {}
+            Some(Ok(rows)) => {
+                read_at = version;
                 let table = v1::RouteTable {
                     routes: rows
                         .into_iter()
@@ -294,7 +307,7 @@ async fn route_feed(store: Store, routes: watch::Sender<Arc<v1::RouteTable>>, mu
                     changed
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the route table; agents keep the last one"),
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot read the route table; agents keep the last one"),
         }
         tokio::select! {
             _ = tokio::time::sleep(ROUTES_EVERY) => {}

@@ -359,6 +359,16 @@ impl Store {
         Ok(rows.into_iter().map(|(d, node, via)| (d, node, via.iter().map(|v| v.addr()).collect())).collect())
     }
 
+    /// What the route table depends on besides the configuration's revision (blocks are
+    /// claimed in ports' writes): every node's underlay addresses, as one short digest.
+    pub async fn underlay_fingerprint(&self) -> Result<String> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce(md5(string_agg(name || '=' || underlay::text, ';' ORDER BY name)), '') FROM nodes",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// A control process took the node's stream.
     pub async fn node_connected(
         &self,
