@@ -402,6 +402,12 @@ impl Cni {
 
     fn status(&self) -> Result<(), CniError> {
         let progress = self.progress.borrow();
+        if progress.synced && progress.apply_failing {
+            return Err(CniError::new(
+                code::LIMITED_CONNECTIVITY,
+                "the weft agent cannot apply its controller's last update: the node enforces its last good state, and new pods may wait",
+            ));
+        }
         if progress.synced {
             return Ok(());
         }
@@ -601,6 +607,33 @@ fn reply(answer: &Answer) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_says_whether_the_agent_synced_and_whether_its_updates_apply() {
+        let dir = std::env::temp_dir().join(format!("weft-cni-status-{}", uuid::Uuid::new_v4().simple()));
+        let (progress, rx) = watch::channel(Progress::default());
+        let config = CniConfig {
+            socket: dir.join("cni.sock"),
+            node_netns: None,
+            records: dir.join("records"),
+            project_prefix: "k8s-".into(),
+            wait: Duration::from_secs(1),
+        };
+        let Ok(cni) = Cni::new(config, rx) else { panic!("a records dir") };
+        assert_eq!(cni.status().map_err(|e| e.code), Err(code::NOT_AVAILABLE), "not synced yet");
+        progress.send_modify(|p| p.synced = true);
+        assert_eq!(cni.status().map_err(|e| e.code), Ok(()));
+        progress.send_modify(|p| p.apply_failing = true);
+        assert_eq!(cni.status().map_err(|e| e.code), Err(code::LIMITED_CONNECTIVITY), "an update fails to apply");
+        progress.send_modify(|p| {
+            p.synced = false;
+            p.revision = 7;
+        });
+        let away = cni.status().unwrap_err();
+        assert_eq!(away.code, code::NOT_AVAILABLE);
+        assert!(away.msg.contains("running pods keep their policy"), "{}", away.msg);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn the_conflist_chains_portmap_after_weft_cni_and_is_written_whole_once() {

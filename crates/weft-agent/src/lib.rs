@@ -88,6 +88,9 @@ pub struct Progress {
     /// The node's ports whose policy is in the datapath, by (project, name): what the CNI
     /// plugin's ADD waits for.
     pub ports: Arc<LocalPorts>,
+    /// Whether the last update failed to apply: the datapath holds the last good state, and
+    /// what came after it is not enforced (CNI STATUS says so).
+    pub apply_failing: bool,
 }
 
 /// A port of the node's span, as a pod's wiring needs it.
@@ -152,7 +155,12 @@ pub async fn run(
             Saved { node: config.node.clone(), ..Saved::default() }
         }
     };
-    progress.send_replace(Progress { revision: current.revision, synced: false, ports: local_ports(&current.span) });
+    progress.send_replace(Progress {
+        revision: current.revision,
+        synced: false,
+        ports: local_ports(&current.span),
+        apply_failing: false,
+    });
     let mut pause = config.backoff.0;
     loop {
         if *shutdown.borrow() {
@@ -292,6 +300,7 @@ async fn session(
                     revision: current.revision,
                     synced: true,
                     ports: local_ports(&current.span),
+                    apply_failing: false,
                 });
                 problems = datapath::problems(&current.span);
                 if problems != refused {
@@ -307,6 +316,7 @@ async fn session(
                 if let Some(m) = &config.metrics {
                     m.failed();
                 }
+                progress.send_modify(|p| p.apply_failing = true);
                 e
             }
         };

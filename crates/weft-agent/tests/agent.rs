@@ -152,6 +152,8 @@ async fn an_update_that_cannot_be_applied_is_reported_and_the_last_good_state_st
     // What is in force, and what the agent would save, is still the last good state.
     assert_eq!(datapath.0.lock().unwrap().span, good);
     assert_eq!(agent.progress.borrow().revision, first.revision);
+    assert!(!first.apply_failing);
+    assert!(agent.progress.borrow().apply_failing, "the agent says its updates fail (CNI STATUS: 51)");
     assert_eq!(StateDir::new(&dir).unwrap().load("node-1").unwrap().span, good);
     agent.stop().await;
     control.shutdown().await;
