@@ -334,11 +334,30 @@ fn require_write_existing(caller: &Caller, kind: Kind, key: &ObjectKey, current:
 /// links: the agent binds the port's anti-spoofing to it, so a writer who could name one could
 /// cut off other ports' traffic (issue 17: `eth0` did). Writers leave it out and get the name
 /// derived from the port's identity; sending back the interface a port already has is fine.
+/// A network's `shared` and `node_blocks` make it the cluster's pod network: other projects'
+/// ports use it, and its blocks are routed on every node (DESIGN.md §9), so a writer who could
+/// set them could route any prefix of the cluster's to a node of their choosing.
 fn require_admin_fields(caller: &Caller, new: &Resource, current: Option<&StoredObject>) -> ApiResult<()> {
-    let Resource::Port(port) = new else { return Ok(()) };
     if caller.is_admin() {
         return Ok(());
     }
+    if let Resource::VirtualNetwork(vn) = new {
+        let before = match current.map(StoredObject::decode).transpose()? {
+            Some(Resource::VirtualNetwork(old)) => (old.shared, old.node_blocks),
+            _ => (false, None),
+        };
+        if vn.shared != before.0 {
+            return Err(ApiError::forbidden_field("/shared", "only an admin shares a network with every project"));
+        }
+        if vn.node_blocks != before.1 {
+            return Err(ApiError::forbidden_field(
+                "/node_blocks",
+                "only an admin splits a network into node blocks: they are routed on every node",
+            ));
+        }
+        return Ok(());
+    }
+    let Resource::Port(port) = new else { return Ok(()) };
     let before = match current.map(StoredObject::decode).transpose()? {
         Some(Resource::Port(old)) => old.interface,
         _ => None,

@@ -290,3 +290,47 @@ async fn a_projects_token_learns_nothing_of_another_project(pool: PgPool) {
     assert_eq!(all.body["nodes"].as_array().unwrap().len(), 2, "{}", all.body);
     assert_eq!(api.as_token(&writer_b, Method::GET, "/v1/nodes", None).await.status, StatusCode::FORBIDDEN);
 }
+
+/// The pod network (issue 20): only an admin shares a network or splits it into node blocks
+/// (its blocks are routed on every node); another project's network is usable only when
+/// shared, and a reference to one that is not, or does not exist, or is in a project that does
+/// not exist, reads the same.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn only_an_admin_makes_the_pod_network_and_other_projects_learn_nothing_of_theirs(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let (writer_a, writer_b) = tenants(&api).await;
+    let network = |name: &str, extra: serde_json::Value| {
+        let mut n = json!({"name": name, "project": "b", "subnets": [{"cidr": "10.244.0.0/16"}]});
+        n.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        n
+    };
+    let before = api.revision().await;
+    for (extra, pointer) in [(json!({"shared": true}), "/shared"), (json!({"node_blocks": {}}), "/node_blocks")] {
+        let r = api.as_token(&writer_b, Method::POST, "/v1/virtual-networks", Some(network("pods", extra))).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        assert_eq!(r.pointers(), [pointer], "{}", r.body);
+    }
+    assert_eq!(api.changes_after(before).await, 0, "a refused write wrote something");
+    let r = api.as_token(&writer_b, Method::POST, "/v1/virtual-networks", Some(network("own", json!({})))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.as_token(&writer_b, Method::PATCH, "/v1/virtual-networks/b/own", Some(json!({"shared": true}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    // b's own network, one that does not exist, one in no project: the same answer to a.
+    let port =
+        |network: &str| json!({"name": "p", "project": "a", "node": "n1", "network": network, "security_groups": []});
+    let mut details = Vec::new();
+    for reference in ["b/own", "b/none", "nobody/own"] {
+        let r = api.as_token(&writer_a, Method::POST, "/v1/ports", Some(port(reference))).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{reference}: {}", r.body);
+        assert_eq!(r.pointers(), ["/network"], "{}", r.body);
+        details.push(r.body["errors"][0]["detail"].as_str().unwrap_or_default().replace(reference, "X"));
+    }
+    assert!(details.iter().all(|d| *d == details[0]), "{details:?}");
+    // The admin shares it: then a's ports use it.
+    let r = api.call(Method::PATCH, "/v1/virtual-networks/b/own", Some(json!({"shared": true}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api.as_token(&writer_a, Method::POST, "/v1/ports", Some(port("b/own"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["ips"], json!(["10.244.0.1"]), "{}", r.body);
+}

@@ -141,37 +141,6 @@ async fn an_agent_gets_its_span_then_deltas_and_its_acks_are_recorded(pool: PgPo
     let underlay = store.list_nodes().await.unwrap()[0].underlay.clone();
     assert_eq!(underlay, [UNDERLAY.parse::<std::net::IpAddr>().unwrap()], "the hello's underlay address is recorded");
 
-    // The route table, on its own stream: node-1's pod (no pod network: a host route) through
-    // node-1's underlay address; another node's credential is refused it.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
-    let request = |node: &str| v1::RoutesRequest { node: node.into(), credential: credential.clone() };
-    let mut tables = client.routes(request("node-1")).await.unwrap().into_inner();
-    let expected = v1::Route {
-        destination: vec![10, 0, 0, 1],
-        prefix: 32,
-        node: "node-1".into(),
-        via: vec![weft_proto::encode_address(&UNDERLAY.parse().unwrap())],
-    };
-    // The controller reads the table every 2 s: the first may predate the hello.
-    let table = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let table = tables.message().await.unwrap().unwrap();
-            if table.routes.contains(&expected) {
-                return table;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(table.routes, [expected], "node-2 never said where it is: none of its pods");
-    let refused = client.routes(request("node-2")).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-
     // A db port elsewhere joins the set node-1's rule references: a delta, at its revision.
     let added = port(&store, "db-2", "node-3", "10.0.0.3", "db").await;
     let (revision, snapshot) = agent.next_update().await;
@@ -414,4 +383,56 @@ async fn deleting_a_node_ends_its_agents_stream_and_its_credential(pool: PgPool)
     // Another node's stream goes on.
     create(&store, Kind::Port, json!({"name": "web-2", "project": "shop", "node": "node-2", "ips": ["10.0.0.3"], "labels": {"app": "web"}, "security_groups": []})).await;
     bystander.next_update().await;
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn the_route_table_streams_each_nodes_blocks_through_its_underlay(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let credential = store.create_node("node-1").await.unwrap();
+    let control = start(&store).await;
+    let mut agent = TestAgent::connect(control.local_addr, "node-1", &credential).await.unwrap();
+    let (revision, _) = agent.next_update().await;
+    agent.ack(revision).await;
+    status_until(&store, "node-1", |n| !n.underlay.is_empty()).await;
+
+    // The route table, on its own stream: the block node-1's pod on the pod network got,
+    // through node-1's underlay address (web-1, on no such network, is no pod's to route);
+    // another node's credential is refused it.
+    create(
+        &store,
+        Kind::VirtualNetwork,
+        json!({"name": "pods", "project": "shop", "node_blocks": {"ipv4": 24}, "subnets": [{"cidr": "10.244.0.0/16"}]}),
+    )
+    .await;
+    create(&store, Kind::Port, json!({"name": "pod-1", "project": "shop", "node": "node-1", "network": "pods"})).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
+    let request = |node: &str| v1::RoutesRequest { node: node.into(), credential: credential.clone() };
+    let mut tables = client.routes(request("node-1")).await.unwrap().into_inner();
+    let expected = v1::Route {
+        destination: vec![10, 244, 0, 0],
+        prefix: 24,
+        node: "node-1".into(),
+        via: vec![weft_proto::encode_address(&UNDERLAY.parse().unwrap())],
+    };
+    // The controller reads the table every 2 s: the first may predate the hello.
+    let table = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let table = tables.message().await.unwrap().unwrap();
+            if table.routes.contains(&expected) {
+                return table;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(table.routes, [expected], "node-2 never said where it is: none of its pods");
+    let refused = client.routes(request("node-2")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    control.shutdown().await;
 }

@@ -341,14 +341,17 @@ impl Store {
     }
 
     /// Where every node's pods are (DESIGN.md §9), as (destination, node, the node's underlay
-    /// addresses): each block of a node that has told its underlay, and each port address
-    /// outside its node's blocks (an address a pod asked for, or a port on no pod network).
+    /// addresses): each block of a node that has told its underlay, and each address a port
+    /// holds on a network split into node blocks outside its node's blocks (one a pod asked
+    /// for). Only such networks, which only an admin makes: an address of a port elsewhere is
+    /// no pod's to route, and routing it would let a port's writer send any prefix to a node.
     pub async fn route_table(&self) -> Result<Vec<(ipnet::IpNet, String, Vec<std::net::IpAddr>)>> {
         let rows: Vec<(ipnet::IpNet, String, Vec<ipnet::IpNet>)> = sqlx::query_as(
             "SELECT b.block::inet, b.node, n.underlay FROM ip_blocks b JOIN nodes n ON n.name = b.node \
              WHERE cardinality(n.underlay) > 0 \
              UNION ALL \
-             SELECT host(a.address)::inet, n.name, n.underlay FROM port_addresses a \
+             SELECT host(a.address)::inet, n.name, n.underlay FROM ip_allocations a \
+             JOIN objects v ON v.id = a.network_id AND v.body->'node_blocks' IS NOT NULL \
              JOIN objects o ON o.id = a.port_id JOIN nodes n ON n.name = o.body->>'node' \
              WHERE cardinality(n.underlay) > 0 AND NOT EXISTS \
                (SELECT 1 FROM ip_blocks b WHERE b.node = n.name AND a.address <<= b.block) \

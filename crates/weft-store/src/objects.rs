@@ -644,6 +644,29 @@ impl Txn {
             .ok_or_else(|| StoreError::invalid(pointer, format!("{kind} {reference:?} does not exist")))
     }
 
+    /// A port's network: `name` in its own project, or `project/name`, which must be shared.
+    /// Whether another project or its network exists is none of the port's writer's business:
+    /// every failure of a reference into another project reads the same.
+    async fn resolve_network(&mut self, project_id: Uuid, project: &str, reference: &str) -> Result<Uuid> {
+        let foreign = ObjectRef::parse(reference).is_ok_and(|r| r.project.is_some_and(|p| p != project));
+        let not_shared = || StoreError::invalid("/network", format!("{reference:?} is no shared network"));
+        let id = match self.resolve(Kind::VirtualNetwork, project_id, project, reference, "/network").await {
+            Err(StoreError::Invalid(_)) if foreign => return Err(not_shared()),
+            other => other?,
+        };
+        if foreign {
+            let shared: Option<bool> =
+                sqlx::query_scalar("SELECT (body->>'shared')::boolean FROM objects WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *self.tx)
+                    .await?;
+            if shared != Some(true) {
+                return Err(not_shared());
+            }
+        }
+        Ok(id)
+    }
+
     /// Rewrites the references an object holds (to networks and security groups).
     async fn write_refs(
         &mut self,
@@ -678,8 +701,7 @@ impl Txn {
             }
             Resource::Port(port) => {
                 if let Some(network) = &port.network {
-                    targets
-                        .insert(self.resolve(Kind::VirtualNetwork, project_id, &project, network, "/network").await?);
+                    targets.insert(self.resolve_network(project_id, &project, network).await?);
                 }
                 for (i, g) in port.security_groups.iter().flatten().enumerate() {
                     let pointer = format!("/security_groups/{i}");
@@ -714,19 +736,13 @@ impl Txn {
             return Ok(());
         };
         let project = port.project.clone();
-        let network_id = self.resolve(Kind::VirtualNetwork, project_id, &project, &network, "/network").await?;
+        let network_id = self.resolve_network(project_id, &project, &network).await?;
         let body: String = sqlx::query_scalar("SELECT body::text FROM objects WHERE id = $1 FOR NO KEY UPDATE")
             .bind(network_id)
             .fetch_one(&mut *self.tx)
             .await?;
         let vn: VirtualNetwork =
             serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id: network_id, source })?;
-        if vn.project != project && !vn.shared {
-            return Err(StoreError::invalid(
-                "/network",
-                format!("network {network:?} is not shared: only ports of project {:?} may use it", vn.project),
-            ));
-        }
         // A port keeps its addresses across writes, unless it moves to another node of a
         // network whose addresses are per node (they would be routed to the old one).
         if port.ips.is_empty()
@@ -763,7 +779,7 @@ impl Txn {
         let Some(network) = &port.network else {
             return Ok(());
         };
-        let network_id = self.resolve(Kind::VirtualNetwork, project_id, &port.project, network, "/network").await?;
+        let network_id = self.resolve_network(project_id, &port.project, network).await?;
         let held: Vec<IpAddr> = sqlx::query_scalar(
             "INSERT INTO ip_allocations (network_id, address, port_id) SELECT $1, unnest($2::inet[]), $3 \
              ON CONFLICT DO NOTHING RETURNING address",
