@@ -30,6 +30,7 @@ mod ctnetlink;
 mod expr;
 mod json;
 mod listing;
+mod nat;
 mod netlink;
 #[cfg(test)]
 mod proptests;
@@ -41,6 +42,7 @@ pub use batch::Batch;
 pub use conntrack::{cut as cut_revoked, node_addresses};
 pub use json::{encode as nft_input, to_json as nft_json};
 pub use listing::{TableStats, decode as decode_table};
+pub use nat::{NAT_CHAIN, NAT_TABLE};
 pub use netlink::Socket;
 pub use render::{delta_commands, render};
 pub use ruleset::{Command, Ruleset, TABLE};
@@ -116,6 +118,14 @@ pub fn delete_table(netns: Option<&str>) -> Result<bool, DatapathError> {
     let batch = batch::Batch::encode(&[Command::AddTable, Command::DeleteTable]).map_err(DatapathError::Other)?;
     socket.send(&batch).map_err(|e| DatapathError::io("the kernel refused to delete the table")(e.error))?;
     Ok(true)
+}
+
+/// Makes `inet weft-nat` masquerade pod traffic leaving `cluster` (none: removes the table),
+/// in one transaction ([`nat`]).
+pub fn set_masquerade(netns: Option<&str>, cluster: &[ipnet::IpNet]) -> Result<(), DatapathError> {
+    let mut socket = netlink::Socket::open(netns).map_err(DatapathError::io("no netlink socket"))?;
+    let batch = nat::batch(cluster).map_err(DatapathError::Other)?;
+    socket.send(&batch).map_err(|e| DatapathError::io("the kernel refused the masquerade table")(e.error))
 }
 
 /// The figures of weft's table in `netns`, read over netlink; `None` when there is none.

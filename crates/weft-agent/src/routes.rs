@@ -1,8 +1,9 @@
 //! Routes to the other nodes' pods (DESIGN.md §9): the controller's route table, followed on
 //! its own stream (apart from the span's, so it never delays an ack), made the node's routes —
 //! one per other node's block, and one per pod address outside its node's blocks — each
-//! through that node's underlay address. Fail static: while no controller answers, the routes
-//! installed stay.
+//! through that node's underlay address — and the masquerade of pod traffic leaving the
+//! cluster's pod networks, which the table names ([`crate::nft::set_masquerade`]). Fail
+//! static: while no controller answers, the routes and the masquerade installed stay.
 
 use std::net::IpAddr;
 
@@ -11,15 +12,24 @@ use weft_proto::v1::{self, agent_client::AgentClient};
 
 use crate::{AgentError, Config, link};
 
+/// What the node makes of the route table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uses {
+    /// Routes to the other nodes' pods.
+    pub routes: bool,
+    /// Masquerade of pod traffic leaving the cluster's pod networks.
+    pub masquerade: bool,
+}
+
 /// Follows the route table until `shutdown`, reconnecting with backoff.
-pub async fn follow(config: Config, node_netns: Option<String>, mut shutdown: watch::Receiver<bool>) {
+pub async fn follow(config: Config, node_netns: Option<String>, uses: Uses, mut shutdown: watch::Receiver<bool>) {
     let mut pause = config.backoff.0;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let outcome = tokio::select! {
-            outcome = session(&config, node_netns.clone()) => outcome,
+            outcome = session(&config, node_netns.clone(), uses) => outcome,
             _ = shutdown.changed() => return,
         };
         match outcome {
@@ -35,7 +45,7 @@ pub async fn follow(config: Config, node_netns: Option<String>, mut shutdown: wa
     }
 }
 
-async fn session(config: &Config, node_netns: Option<String>) -> Result<(), AgentError> {
+async fn session(config: &Config, node_netns: Option<String>, uses: Uses) -> Result<(), AgentError> {
     let credential = config
         .credential
         .clone()
@@ -44,7 +54,28 @@ async fn session(config: &Config, node_netns: Option<String>) -> Result<(), Agen
     let mut client = AgentClient::new(crate::channel(config).await?);
     let request = v1::RoutesRequest { node: config.node.clone(), credential };
     let mut tables = client.routes(request).await.map_err(AgentError::Stream)?.into_inner();
+    // The cluster networks masqueraded by this session: the table is set again only when
+    // they change (and once per session, in case it was changed behind the agent's back).
+    let mut masqueraded: Option<Vec<ipnet::IpNet>> = None;
     while let Some(table) = tables.message().await.map_err(AgentError::Stream)? {
+        if uses.masquerade {
+            let networks = cluster(&table);
+            if masqueraded.as_ref() != Some(&networks) {
+                let netns = node_netns.clone();
+                let set = networks.clone();
+                match tokio::task::spawn_blocking(move || crate::nft::set_masquerade(netns.as_deref(), &set)).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(cluster = ?networks, "pod traffic leaving the cluster's networks is masqueraded");
+                        masqueraded = Some(networks);
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot set the masquerade of pod traffic"),
+                    Err(e) => tracing::error!(error = %e, "the masquerade task failed"),
+                }
+            }
+        }
+        if !uses.routes {
+            continue;
+        }
         let desired = wanted(&table, &config.node);
         let netns = node_netns.clone();
         let count = desired.len();
@@ -81,6 +112,13 @@ pub fn wanted(table: &v1::RouteTable, own: &str) -> Vec<(ipnet::IpNet, IpAddr)> 
         .collect()
 }
 
+/// The cluster's pod networks a table names, in order, each once (a malformed one skipped).
+pub fn cluster(table: &v1::RouteTable) -> Vec<ipnet::IpNet> {
+    let networks: std::collections::BTreeSet<ipnet::IpNet> =
+        table.cluster.iter().filter_map(|p| weft_proto::parse_prefix(p).ok()).map(|p| p.trunc()).collect();
+    networks.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,11 +143,29 @@ mod tests {
                 route("10.47.0.11", 32, "n3", &["fd00::3"]),
                 v1::Route { destination: vec![1, 2, 3], prefix: 24, node: "n2".into(), via: vec![] },
             ],
+            cluster: vec![],
         };
         let mut got: Vec<String> = wanted(&table, "n1").iter().map(|(n, v)| format!("{n} via {v}")).collect();
         got.sort();
         // n1's own block is not routed; n3 has no IPv4 address to route an IPv4 pod through;
         // a malformed row is skipped.
         assert_eq!(got, ["10.244.1.0/24 via 192.0.2.2", "fd44::/80 via fd00::2"]);
+    }
+
+    #[test]
+    fn the_cluster_networks_are_read_once_each_in_order_and_a_malformed_one_is_skipped() {
+        let prefix = |a: &[u8], length| v1::Prefix { address: a.to_vec(), length };
+        let table = v1::RouteTable {
+            routes: vec![],
+            cluster: vec![
+                prefix(&[10, 245, 0, 0], 16),
+                prefix(&[10, 244, 1, 2], 16),
+                prefix(&[10, 244, 0, 0], 16),
+                prefix(&[1, 2, 3], 8),
+                prefix(&[10, 0, 0, 0], 40),
+            ],
+        };
+        let got: Vec<String> = cluster(&table).iter().map(|p| p.to_string()).collect();
+        assert_eq!(got, ["10.244.0.0/16", "10.245.0.0/16"]);
     }
 }

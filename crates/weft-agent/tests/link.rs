@@ -1,6 +1,7 @@
 //! A pod's interface made and removed over rtnetlink, in namespaces of the test's own (root):
 //! the pod reaches the node through its gateway with no proxy ARP and no default route on the
-//! node, a failure leaves nothing behind, and removal from either side removes both.
+//! node, a failure leaves nothing behind, and removal from either side removes both; routes
+//! to other nodes' pods, and the masquerade of pod traffic leaving the cluster.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -12,6 +13,8 @@ use std::time::Duration;
 use weft_agent::link::{self, PodWiring};
 use weft_agent::netns;
 use weft_testkit::Netns;
+
+mod common;
 
 const HOST_IF: &str = "weft0123456789a";
 
@@ -193,4 +196,92 @@ fn routes_to_other_nodes_pods_are_made_exactly_what_the_table_says_and_no_others
     assert!(String::from_utf8_lossy(&all.stdout).contains("10.9.0.0/24 via 192.0.2.99"), "the node's own route stays");
     assert_eq!(link::sync_routes(Some(node.name()), &[]).unwrap(), (0, 2));
     assert!(ours(&node).is_empty());
+}
+
+/// The address a listener in `at` sees a connection from `from` to `target` come from; None
+/// when none arrives.
+fn peer_seen(from: &Netns, at: &Netns, target: SocketAddr) -> Option<IpAddr> {
+    let listener = netns::run_in(Some(at.name()), || TcpListener::bind(target)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let connected = netns::run_in(Some(from.name()), || TcpStream::connect_timeout(&target, Duration::from_secs(3)));
+    connected.ok()?;
+    weft_testkit::eventually_blocking("the connection accepted", Duration::from_secs(3), || {
+        listener.accept().map(|(_, peer)| peer.ip()).map_err(|e| e.to_string())
+    })
+    .into()
+}
+
+#[ignore = "needs root (network namespaces): scripts/test.sh runs it when run as root"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_traffic_leaving_the_cluster_is_masqueraded_as_the_table_says_and_pod_to_pod_traffic_never_is() {
+    // A node with two pods, and a network beyond it that routes the pods' addresses back to
+    // the node: without masquerade, what lies beyond sees the pod's own address.
+    let node = Netns::new("node");
+    let beyond = Netns::new("beyond");
+    node.ip(&["link", "set", "lo", "up"]);
+    netns::sysctl(Some(node.name()), "net.ipv4.ip_forward", "1").unwrap();
+    netns::sysctl(Some(node.name()), "net.ipv6.conf.all.forwarding", "1").unwrap();
+    node.ip(&["link", "add", "out0", "type", "veth", "peer", "name", "out1", "netns", beyond.name()]);
+    node.ip(&["link", "set", "out0", "up"]);
+    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "out0"]);
+    node.ip(&["-6", "addr", "add", "fd00::1/64", "dev", "out0", "nodad"]);
+    beyond.ip(&["link", "set", "out1", "up"]);
+    beyond.ip(&["addr", "add", "192.0.2.2/24", "dev", "out1"]);
+    beyond.ip(&["-6", "addr", "add", "fd00::2/64", "dev", "out1", "nodad"]);
+    beyond.ip(&["route", "add", "10.244.0.0/16", "via", "192.0.2.1"]);
+    beyond.ip(&["-6", "route", "add", "fd44::/64", "via", "fd00::1"]);
+    let pods = [Netns::new("pod"), Netns::new("pod")];
+    let pod_addresses: [Vec<IpAddr>; 2] = [
+        vec!["10.244.0.5".parse().unwrap(), "fd44::5".parse().unwrap()],
+        vec!["10.244.0.6".parse().unwrap(), "fd44::6".parse().unwrap()],
+    ];
+    for ((pod, addresses), host_interface) in pods.iter().zip(&pod_addresses).zip([HOST_IF, "weft0123456789b"]) {
+        let path = pod.path();
+        link::wire(&PodWiring { host_interface, ..wiring(&node, &path, addresses) }).unwrap();
+    }
+    let seen = |target: &str| peer_seen(&pods[0], &beyond, target.parse().unwrap());
+    let seen_by_pod = |target: &str| peer_seen(&pods[0], &pods[1], target.parse().unwrap());
+    assert_eq!(seen("192.0.2.2:7101"), Some("10.244.0.5".parse().unwrap()), "no masquerade yet");
+
+    // The agent follows a route table naming the cluster's pod networks.
+    let cluster = |nets: &[&str]| weft_proto::v1::RouteTable {
+        routes: vec![],
+        cluster: nets.iter().map(|n| weft_proto::encode_prefix(&n.parse().unwrap())).collect(),
+    };
+    let span = weft_compiler::Compiler::new().span("node-1");
+    let (addr, _spans, tables) =
+        weft_testkit::span_controller::serve_with_routes(span, cluster(&["10.244.0.0/16", "fd44::/64"])).await;
+    let dir = std::env::temp_dir().join(format!("weft-masq-{}", uuid::Uuid::new_v4().simple()));
+    let config = weft_agent::Config { credential: Some("test".into()), ..common::config(addr, &dir, None) };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let uses = weft_agent::routes::Uses { routes: false, masquerade: true };
+    tokio::spawn(weft_agent::routes::follow(config, Some(node.name().to_string()), uses, stopped));
+
+    tokio::task::block_in_place(|| {
+        // Leaving the cluster: the node's address, of each family. Between pods: their own.
+        weft_testkit::eventually_blocking("masqueraded", Duration::from_secs(20), || match seen("192.0.2.2:7102") {
+            Some(a) if a == "192.0.2.1".parse::<IpAddr>().unwrap() => Ok(()),
+            other => Err(format!("seen as {other:?}")),
+        });
+        assert_eq!(seen("[fd00::2]:7103"), Some("fd00::1".parse().unwrap()));
+        // nft reads weft's encoding back as the rules it meant.
+        let listed = node.nft(&["list", "table", "inet", weft_agent::nft::NAT_TABLE]).to_string();
+        for part in [r#""masquerade":null"#, r#""addr":"10.244.0.0","len":16"#, r#""addr":"fd44::","len":64"#] {
+            assert!(listed.contains(part), "{part} in {listed}");
+        }
+        assert_eq!(seen_by_pod("10.244.0.6:7104"), Some("10.244.0.5".parse().unwrap()));
+        assert_eq!(seen_by_pod("[fd44::6]:7105"), Some("fd44::5".parse().unwrap()));
+        // No cluster network any more: no masquerade, and no table left behind.
+        tables.send_replace(cluster(&[]));
+        weft_testkit::eventually_blocking("not masqueraded", Duration::from_secs(20), || {
+            match seen("192.0.2.2:7106") {
+                Some(a) if a == "10.244.0.5".parse::<IpAddr>().unwrap() => Ok(()),
+                other => Err(format!("seen as {other:?}")),
+            }
+        });
+    });
+    let tables_left = node.nft(&["list", "tables"]);
+    assert!(!tables_left.to_string().contains(weft_agent::nft::NAT_TABLE), "{tables_left}");
+    stop.send_replace(true);
+    let _ = std::fs::remove_dir_all(dir);
 }

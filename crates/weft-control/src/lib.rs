@@ -145,7 +145,7 @@ impl Control {
         tokio::spawn(end_deleted_nodes(store.clone(), Arc::clone(&sessions), shutdown_rx.clone()));
         let statuses = Arc::new(session::StatusWriter::default());
         tokio::spawn(Arc::clone(&statuses).run(store.clone(), config.name.clone(), shutdown_rx.clone()));
-        let (routes_tx, routes) = watch::channel(Arc::new(v1::RouteTable::default()));
+        let (routes_tx, routes) = watch::channel(None);
         tokio::spawn(route_feed(store.clone(), routes_tx, shutdown_rx.clone()));
         let service = Service {
             statuses,
@@ -257,7 +257,8 @@ async fn end_deleted_nodes(store: Store, sessions: Sessions, mut shutdown: watch
 struct Service {
     statuses: Arc<session::StatusWriter>,
     /// The route table every agent is served, kept current by [`route_feed`].
-    routes: watch::Receiver<Arc<v1::RouteTable>>,
+    /// None until the table was first read: an agent is never told there are no routes.
+    routes: watch::Receiver<Option<Arc<v1::RouteTable>>>,
     store: Store,
     hub: Arc<Hub>,
     controller: String,
@@ -272,7 +273,11 @@ const ROUTES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Keeps the route table current: read again from the database (a query over every port)
 /// only when the configuration's revision or a node's underlay changed, sent on when it
 /// changed. A read that fails keeps the last table (agents keep their routes).
-async fn route_feed(store: Store, routes: watch::Sender<Arc<v1::RouteTable>>, mut shutdown: watch::Receiver<bool>) {
+async fn route_feed(
+    store: Store,
+    routes: watch::Sender<Option<Arc<v1::RouteTable>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut read_at: Option<(i64, String)> = None;
     loop {
         let version = match (store.current_revision().await, store.underlay_fingerprint().await) {
@@ -283,10 +288,10 @@ async fn route_feed(store: Store, routes: watch::Sender<Arc<v1::RouteTable>>, mu
             }
         };
         let stale = version.is_some() && version != read_at;
-        let read = if stale { Some(store.route_table().await) } else { None };
+        let read = if stale { Some(read_route_table(&store).await) } else { None };
         match read {
             None => {}
-            Some(Ok(rows)) => {
+            Some(Ok((rows, cluster))) => {
                 read_at = version;
                 let table = v1::RouteTable {
                     routes: rows
@@ -298,11 +303,12 @@ async fn route_feed(store: Store, routes: watch::Sender<Arc<v1::RouteTable>>, mu
                             via: via.iter().map(weft_proto::encode_address).collect(),
                         })
                         .collect(),
+                    cluster: cluster.iter().map(weft_proto::encode_prefix).collect(),
                 };
                 routes.send_if_modified(|current| {
-                    let changed = **current != table;
+                    let changed = current.as_deref() != Some(&table);
                     if changed {
-                        *current = Arc::new(table);
+                        *current = Some(Arc::new(table));
                     }
                     changed
                 });
@@ -314,6 +320,12 @@ async fn route_feed(store: Store, routes: watch::Sender<Arc<v1::RouteTable>>, mu
             _ = shutdown.changed() => return,
         }
     }
+}
+
+type RouteRows = Vec<(ipnet::IpNet, String, Vec<std::net::IpAddr>)>;
+
+async fn read_route_table(store: &Store) -> Result<(RouteRows, Vec<ipnet::IpNet>), StoreError> {
+    Ok((store.route_table().await?, store.cluster_prefixes().await?))
 }
 
 fn unavailable(e: StoreError) -> Status {
@@ -395,7 +407,9 @@ impl Agent for Service {
         tokio::spawn(async move {
             loop {
                 let table = routes.borrow_and_update().clone();
-                if tx.send(Ok((*table).clone())).await.is_err() {
+                if let Some(table) = table
+                    && tx.send(Ok((*table).clone())).await.is_err()
+                {
                     return;
                 }
                 tokio::select! {

@@ -432,6 +432,8 @@ async fn the_route_table_streams_each_nodes_blocks_through_its_underlay(pool: Pg
     .await
     .unwrap();
     assert_eq!(table.routes, [expected], "node-2 never said where it is: none of its pods");
+    // With it, the cluster's pod networks, where pod traffic is not masqueraded.
+    assert_eq!(table.cluster, [v1::Prefix { address: vec![10, 244, 0, 0], length: 16 }]);
     let refused = client.routes(request("node-2")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     control.shutdown().await;

@@ -54,11 +54,13 @@ fn parse_set(field: &'static str, s: &str) -> Result<SetId, ConvertError> {
     s.parse().map_err(|e| invalid(field, e))
 }
 
-fn prefix(p: &IpNet) -> v1::Prefix {
+/// A prefix as the protocol carries one.
+pub fn prefix(p: &IpNet) -> v1::Prefix {
     v1::Prefix { address: address(&p.addr()), length: u32::from(p.prefix_len()) }
 }
 
-fn parse_prefix(p: &v1::Prefix) -> Result<IpNet, ConvertError> {
+/// A prefix of 4 or 16 bytes and a length that fits them.
+pub fn parse_prefix(p: &v1::Prefix) -> Result<IpNet, ConvertError> {
     let length = u8::try_from(p.length).map_err(|e| invalid("prefix", e))?;
     IpNet::new(parse_address(&p.address)?, length).map_err(|e| invalid("prefix", e))
 }

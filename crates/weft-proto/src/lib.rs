@@ -6,7 +6,8 @@ use bytes::{Buf, BufMut, Bytes};
 mod convert;
 
 pub use convert::{
-    ConvertError, DeltaEncoder, address as encode_address, from_proto, parse_address, snapshot, snapshot_with, to_proto,
+    ConvertError, DeltaEncoder, address as encode_address, from_proto, parse_address, parse_prefix,
+    prefix as encode_prefix, snapshot, snapshot_with, to_proto,
 };
 
 /// The messages and the agent's client.

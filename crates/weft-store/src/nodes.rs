@@ -362,6 +362,17 @@ impl Store {
         Ok(rows.into_iter().map(|(d, node, via)| (d, node, via.iter().map(|v| v.addr()).collect())).collect())
     }
 
+    /// The cluster's pod networks: the subnets of every network split into node blocks. Pod
+    /// traffic to anywhere else is masqueraded where it leaves its node (DESIGN.md §9).
+    pub async fn cluster_prefixes(&self) -> Result<Vec<ipnet::IpNet>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT (s->>'cidr')::cidr FROM objects v, json_array_elements(v.body->'subnets') s \
+             WHERE v.kind = 'virtual-network' AND v.body->'node_blocks' IS NOT NULL ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// What the route table depends on besides the configuration's revision (blocks are
     /// claimed in ports' writes): every node's underlay addresses, as one short digest.
     pub async fn underlay_fingerprint(&self) -> Result<String> {

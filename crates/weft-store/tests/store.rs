@@ -368,6 +368,10 @@ async fn a_shared_network_gives_each_node_its_own_blocks(pool: PgPool) {
     let e =
         create(&store, Kind::Port, json!({"name": "x", "project": "k8s-a", "network": "other/own"})).await.unwrap_err();
     assert_eq!(invalid_pointers(e), ["/network"]);
+    // The cluster's pod networks, where pod traffic is not masqueraded: the blocked network's
+    // subnets, and not those of a project's own network.
+    let cluster: Vec<String> = store.cluster_prefixes().await.unwrap().iter().map(|p| p.to_string()).collect();
+    assert_eq!(cluster, ["10.244.0.0/22", "fd44::/64"]);
     // Nor can the pod network stop being shared while other projects' ports use it.
     let mut txn = store.begin().await.unwrap();
     let e = txn

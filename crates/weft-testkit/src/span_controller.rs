@@ -1,7 +1,8 @@
 //! A controller that speaks the agent protocol and serves one span the caller steers: each
-//! time the span changes, every stream gets it whole as a snapshot. For tests and benchmarks
-//! of what happens on a node (the CNI plugin, a pod's wiring) without a database or a
-//! compiler kept current.
+//! time the span changes, every stream gets it whole as a snapshot; and, when asked, a route
+//! table the caller steers too. For tests and benchmarks of what happens on a node (the CNI
+//! plugin, a pod's wiring, routes and masquerade) without a database or a compiler kept
+//! current.
 
 #![allow(clippy::unwrap_used)] // test support fails loudly by design
 
@@ -17,7 +18,14 @@ use weft_proto::{Encoded, v1};
 /// The span at a revision; changing it (a higher revision) sends it to every agent.
 pub type Spans = watch::Sender<(i64, NodeSpan)>;
 
-struct Controller(watch::Receiver<(i64, NodeSpan)>);
+/// The route table; changing it sends it to every agent following it.
+pub type Tables = watch::Sender<v1::RouteTable>;
+
+struct Controller {
+    spans: watch::Receiver<(i64, NodeSpan)>,
+    /// None: the Routes call is unimplemented, as a controller without routes would answer.
+    tables: Option<watch::Receiver<v1::RouteTable>>,
+}
 
 #[tonic::async_trait]
 impl Agent for Controller {
@@ -29,7 +37,7 @@ impl Agent for Controller {
         // Acks are read and dropped, so the agent is never held up.
         tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
         let (tx, rx) = mpsc::channel(16);
-        let mut spans = self.0.clone();
+        let mut spans = self.spans.clone();
         tokio::spawn(async move {
             loop {
                 let (revision, span) = spans.borrow_and_update().clone();
@@ -53,7 +61,17 @@ impl Agent for Controller {
     type RoutesStream = ReceiverStream<Result<v1::RouteTable, Status>>;
 
     async fn routes(&self, _: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
-        Err(Status::unimplemented("no routes here"))
+        let Some(mut tables) = self.tables.clone() else { return Err(Status::unimplemented("no routes here")) };
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let table = tables.borrow_and_update().clone();
+                if tx.send(Ok(table)).await.is_err() || tables.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -61,12 +79,23 @@ impl Agent for Controller {
 /// that changes the span.
 pub async fn serve(span: NodeSpan) -> (SocketAddr, Spans) {
     let (spans, rx) = watch::channel((1, span));
+    (listen(Controller { spans: rx, tables: None }).await, spans)
+}
+
+/// As [`serve`], and serves `table` on the Routes stream; the sender changes it.
+pub async fn serve_with_routes(span: NodeSpan, table: v1::RouteTable) -> (SocketAddr, Spans, Tables) {
+    let (spans, rx) = watch::channel((1, span));
+    let (tables, tables_rx) = watch::channel(table);
+    (listen(Controller { spans: rx, tables: Some(tables_rx) }).await, spans, tables)
+}
+
+async fn listen(controller: Controller) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AgentServer::new(Controller(rx)))
+            .add_service(AgentServer::new(controller))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    (addr, spans)
+    addr
 }

@@ -82,6 +82,11 @@ pub struct AgentArgs {
     /// an overlay).
     #[arg(long, env = "WEFT_NO_ROUTES")]
     pub no_routes: bool,
+    /// Leave pod traffic to outside the cluster's pod networks with the pod's own address
+    /// (the network beyond routes the pods' addresses); by default it leaves the node
+    /// masqueraded to the node's address (table inet weft-nat).
+    #[arg(long, env = "WEFT_NO_MASQUERADE")]
+    pub no_masquerade: bool,
 }
 
 /// `weft install-cni`: the CNI plugin's binaries copied into a node's CNI directory.
@@ -151,10 +156,13 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         cni_mtu,
         node_address,
         no_routes,
+        no_masquerade,
     } = args;
     if cleanup {
         let removed = weft_agent::nft::delete_table(netns.as_deref()).context("cannot remove the nftables table")?;
         eprintln!("{}", if removed { "removed table inet weft" } else { "no table inet weft to remove" });
+        weft_agent::nft::set_masquerade(netns.as_deref(), &[]).context("cannot remove the masquerade table")?;
+        eprintln!("no table inet {} left", weft_agent::nft::NAT_TABLE);
         return Ok(());
     }
     let node = node.context("--node is required")?;
@@ -267,8 +275,16 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     // Routes to other nodes' pods, on a stream of their own; only where pods are wired here.
-    if !no_routes && matches!(datapath, DatapathKind::Nftables) {
-        tokio::spawn(weft_agent::routes::follow(config.clone(), netns.clone(), stopped.clone()));
+    // And the masquerade of pod traffic leaving the cluster, which the route table names.
+    let uses = weft_agent::routes::Uses { routes: !no_routes, masquerade: !no_masquerade };
+    if matches!(datapath, DatapathKind::Nftables) {
+        if no_masquerade {
+            // Turned off after it was on: what the agent set before goes.
+            weft_agent::nft::set_masquerade(netns.as_deref(), &[]).context("cannot remove the masquerade table")?;
+        }
+        if uses.routes || uses.masquerade {
+            tokio::spawn(weft_agent::routes::follow(config.clone(), netns.clone(), uses, stopped.clone()));
+        }
     }
     let agent = async {
         match datapath {

@@ -12,15 +12,15 @@ use super::bytecode;
 use super::ruleset::{Command, Element, Hook, SetKind, TABLE};
 use super::wire::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, attr, attr_str, c_string, message, nest};
 
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_APPEND: u16 = 0x800;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 pub(super) const NFPROTO_INET: u8 = 1;
 
 pub(super) const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
+pub(super) const NFT_MSG_DELTABLE: u16 = 2;
 pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 pub(super) const NFT_MSG_NEWRULE: u16 = 6;
@@ -34,16 +34,16 @@ pub(super) const NFTA_TABLE_NAME: u16 = 1;
 pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
 pub(super) const NFTA_CHAIN_NAME: u16 = 3;
 pub(super) const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
+pub(super) const NFTA_CHAIN_POLICY: u16 = 5;
+pub(super) const NFTA_CHAIN_TYPE: u16 = 7;
 pub(super) const NFTA_HOOK_HOOKNUM: u16 = 1;
 pub(super) const NFTA_HOOK_PRIORITY: u16 = 2;
 pub(super) const NF_INET_FORWARD: u32 = 2;
-const NF_ACCEPT: u32 = 1;
+pub(super) const NF_ACCEPT: u32 = 1;
 
 pub(super) const NFTA_RULE_TABLE: u16 = 1;
 pub(super) const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
 pub(super) const NFTA_RULE_USERDATA: u16 = 7;
 /// The rule's comment, in the TLVs of its user data (libnftnl's NFTNL_UDATA_RULE_COMMENT).
 pub(super) const UDATA_RULE_COMMENT: u8 = 0;
@@ -196,6 +196,12 @@ impl Batch {
             &[],
         );
         (out, last)
+    }
+
+    /// Adds a message built elsewhere (another table's: [`super::nat`]), as its own command.
+    pub(super) fn push(&mut self, kind: u16, flags: u16, attrs: Vec<u8>) {
+        let command = self.messages.len();
+        self.messages.push(Message { kind: (NFNL_SUBSYS_NFTABLES << 8) | kind, flags, attrs, command });
     }
 
     /// The attributes of the messages of one nf_tables type (`NFT_MSG_*`).

@@ -429,6 +429,8 @@ impl Program {
             Stmt::Accept => self.verdict(NF_ACCEPT, None),
             Stmt::Drop => self.verdict(NF_DROP, None),
             Stmt::Jump(target) => self.verdict(NFT_JUMP, Some(target)),
+            // No flags, no port range: nft's own encoding of a plain `masquerade`.
+            Stmt::Masquerade => self.expr("masq", |_| {}),
             Stmt::Vmap { key, map } => {
                 self.left(&Left::Field(*key))?;
                 self.lookup(map, Some(NFT_REG_VERDICT), false);

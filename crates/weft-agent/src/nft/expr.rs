@@ -71,6 +71,8 @@ pub enum Stmt {
     Accept,
     Drop,
     Jump(String),
+    /// Source NAT to the address of the interface the packet leaves by (a nat chain's).
+    Masquerade,
 }
 
 impl Field {
@@ -124,6 +126,7 @@ impl Stmt {
             Stmt::Accept => json!({"accept": null}),
             Stmt::Drop => json!({"drop": null}),
             Stmt::Jump(target) => json!({"jump": {"target": target}}),
+            Stmt::Masquerade => json!({"masquerade": null}),
         }
     }
 }
