@@ -11,5 +11,5 @@ if [ "$(id -u)" != 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "cargo is not on PATH: install Rust with rustup, then . \"\$HOME/.cargo/env\"" >&2; exit 1; }
 scripts/setup.sh demo
-cargo build --release --locked --package weft
+cargo build --release --locked --package weft --package weft-cni
 exec ./target/release/weft demo yelb "$@"

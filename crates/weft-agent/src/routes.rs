@@ -65,7 +65,11 @@ async fn session(config: &Config, node_netns: Option<String>, uses: Uses) -> Res
                 let set = networks.clone();
                 match tokio::task::spawn_blocking(move || crate::nft::set_masquerade(netns.as_deref(), &set)).await {
                     Ok(Ok(())) => {
-                        tracing::info!(cluster = ?networks, "pod traffic leaving the cluster's networks is masqueraded");
+                        if networks.is_empty() {
+                            tracing::info!("no cluster pod network: nothing masqueraded");
+                        } else {
+                            tracing::info!(cluster = ?networks, "pod traffic leaving the cluster's networks is masqueraded");
+                        }
                         masqueraded = Some(networks);
                     }
                     Ok(Err(e)) => tracing::error!(error = %e, "cannot set the masquerade of pod traffic"),

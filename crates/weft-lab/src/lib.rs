@@ -1,18 +1,21 @@
 //! A cluster on one machine, made of network namespaces (DESIGN.md §8): a namespace per node,
-//! hanging off a bridge in an underlay namespace; a namespace per pod with a veth into its
-//! node, the node side named as the agent expects (DESIGN.md §7); an `outside` namespace for
-//! traffic from beyond the cluster. Pod addresses are routed inside these namespaces only:
-//! nothing here touches the host's interfaces, routes or ruleset.
+//! hanging off a bridge in an underlay namespace; a namespace per pod, its sandbox, which the
+//! node's agent wires through the CNI plugin as a kubelet would have it wired (`weft-cni` ADD:
+//! a veth into the node, named as DESIGN.md §7 derives it); an `outside` namespace for
+//! traffic from beyond the cluster. The agents route each other's pods from the controller's
+//! route table and masquerade pod traffic leaving the cluster; the lab routes only the
+//! outside's way to the pods. Nothing here touches the host's interfaces, routes or ruleset.
 //!
 //! ```text
-//!   pod ns: eth0 10.47.0.11/32 ─veth─ weftXXXXXXXXXXX ┐ node ns (forwarding, nft table inet weft)
-//!           default via 169.254.1.1 (the node's lo)    └ eth0 192.0.2.N/24 ─veth─ br0 in the underlay ns
+//!   pod ns: eth0 10.47.0.11/32 ─veth─ weftXXXXXXXXXXX ┐ node ns (forwarding, nft tables inet weft, weft-nat)
+//!           default via 169.254.1.1 (weft-cni)         └ eth0 192.0.2.N/24 ─veth─ br0 in the underlay ns
 //!   outside ns: eth0 192.0.2.254/24 ─veth─ br0            routes to every pod via its node
 //! ```
 //!
 //! A lab records what it created in its directory (`lab.json`) as it goes, so `down` removes
 //! exactly that, also after a failure halfway.
 
+pub mod cni;
 pub mod icmp;
 pub mod manifests;
 pub mod probe;
@@ -36,6 +39,9 @@ pub enum LabError {
     Invalid(String),
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
+    /// The CNI plugin answered with an error (its code and message, as the spec has them).
+    #[error("{what} failed: code {code}: {msg}")]
+    Plugin { what: String, code: u64, msg: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -46,15 +52,14 @@ pub type Result<T> = std::result::Result<T, LabError>;
 const UNDERLAY_V4: [u8; 3] = [192, 0, 2];
 const UNDERLAY_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd77, 0x77, 0, 0, 0, 0, 0, 0);
 const OUTSIDE_HOST: u8 = 254;
-/// The pods' gateway: an address of the node, so the node answers the pods' ARP for it.
-const GATEWAY_V4: &str = "169.254.1.1";
-const GATEWAY_V6: &str = "fe80::1";
 
 /// What a lab is made of.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spec {
     /// A short name: namespaces are `wl-<name>-...`.
     pub name: String,
+    /// What a namespace's name is prefixed with to name its project.
+    pub project_prefix: String,
     pub nodes: Vec<String>,
     pub pods: Vec<Pod>,
 }
@@ -79,6 +84,9 @@ pub struct PodState {
     pub interface: String,
     #[serde(default)]
     pub server_pid: Option<u32>,
+    /// The sandbox id the CNI plugin wired it under, once it has.
+    #[serde(default)]
+    pub container: Option<String>,
 }
 
 /// What a lab has created, kept in `<dir>/lab.json`.
@@ -95,6 +103,13 @@ pub struct State {
     /// The controller's gRPC address the agents use.
     #[serde(default)]
     pub controller: Option<String>,
+    /// What a namespace's name is prefixed with to name its project.
+    #[serde(default = "default_project_prefix")]
+    pub project_prefix: String,
+}
+
+fn default_project_prefix() -> String {
+    "k8s-".into()
 }
 
 /// A lab on this machine.
@@ -169,14 +184,17 @@ impl Lab {
         Ok(name)
     }
 
-    /// Builds the namespaces, links and routes of `spec`, and starts a listener in every pod
-    /// (`binary lab serve`). On failure, what was made so far is removed.
+    /// Builds the namespaces and links of `spec`, the pods' sandboxes among them, and starts
+    /// a listener in every pod (`binary lab serve`; it listens before the pod has an address,
+    /// as a container may). The pods are wired later ([`Lab::wire_pods`]), once their nodes'
+    /// agents run. On failure, what was made so far is removed.
     pub fn create(spec: &Spec, dir: &Path, binary: &Path) -> Result<Lab> {
         validate(spec)?;
         if dir.join("lab.json").exists() {
             return Err(LabError::Invalid(format!("{} holds a lab already: weft lab down first", dir.display())));
         }
-        let mut lab = Lab { dir: dir.to_path_buf(), state: State { name: spec.name.clone(), ..State::default() } };
+        let state = State { name: spec.name.clone(), project_prefix: spec.project_prefix.clone(), ..State::default() };
+        let mut lab = Lab { dir: dir.to_path_buf(), state };
         match lab.build(spec, binary) {
             Ok(()) => Ok(lab),
             Err(e) => {
@@ -194,9 +212,6 @@ impl Lab {
             let netns = self.add_namespace(ns_name(&spec.name, &format!("n-{node}")))?;
             let host = u8::try_from(i + 1).map_err(|_| LabError::Invalid("at most 250 nodes".into()))?;
             let (v4, v6) = self.attach(&underlay, &netns, &format!("n{i}"), host)?;
-            // The pods' gateway is the node itself: a local address answers their ARP (proxy
-            // ARP would need a route to it through another interface).
-            ip(&netns, &["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", "lo"])?;
             sysctl(&netns, "net.ipv4.ip_forward", "1")?;
             sysctl(&netns, "net.ipv6.conf.all.forwarding", "1")?;
             self.state.nodes.push(NodeState {
@@ -213,49 +228,17 @@ impl Lab {
         self.attach(&underlay, &outside, "out", OUTSIDE_HOST)?;
         self.state.outside = Some(outside.clone());
         self.save()?;
-        let node_of: BTreeMap<&str, &NodeState> = self.state.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-        let mut pods = Vec::new();
+        // The sandboxes: empty namespaces, as a runtime makes them before the CNI plugin runs.
         for pod in &spec.pods {
-            let node = node_of[pod.node.as_str()];
-            let netns = ns_name(&spec.name, &format!("p-{}-{}", pod.namespace, pod.name));
-            let interface = weft_model::default_interface(&pod.project, &pod.name);
-            pods.push((pod.clone(), netns, interface, node.clone()));
-        }
-        for (pod, netns, interface, node) in &pods {
-            let netns = self.add_namespace(netns.clone())?;
-            ip(&node.netns, &["link", "add", interface, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+            let netns = self.add_namespace(ns_name(&spec.name, &format!("p-{}-{}", pod.namespace, pod.name)))?;
             self.state.pods.push(PodState {
                 pod: pod.clone(),
-                netns: netns.clone(),
-                interface: interface.clone(),
+                netns,
+                interface: weft_model::default_interface(&pod.project, &pod.name),
                 server_pid: None,
+                container: None,
             });
             self.save()?;
-            ip(&netns, &["link", "set", "eth0", "up"])?;
-            ip(&node.netns, &["link", "set", interface, "up"])?;
-            ip(&netns, &["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
-            ip(&netns, &["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
-            ip(&node.netns, &["-6", "addr", "add", &format!("{GATEWAY_V6}/64"), "dev", interface, "nodad"])?;
-            ip(&netns, &["-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0"])?;
-            for a in &pod.addresses {
-                let (len, family) = if a.is_ipv6() { (128, "-6") } else { (32, "-4") };
-                ip(&netns, &[family, "addr", "add", &format!("{a}/{len}"), "dev", "eth0", "nodad"])?;
-                ip(&node.netns, &[family, "route", "add", &format!("{a}/{len}"), "dev", interface])?;
-            }
-        }
-        // Every node and the outside reach every pod through the pod's node.
-        for (pod, _, _, node) in &pods {
-            for a in &pod.addresses {
-                let (len, family, via) = if a.is_ipv6() {
-                    (128, "-6", node.address6.to_string())
-                } else {
-                    (32, "-4", node.address.to_string())
-                };
-                let others = self.state.nodes.iter().filter(|n| n.name != node.name).map(|n| n.netns.clone());
-                for other in others.chain(std::iter::once(outside.clone())) {
-                    ip(&other, &[family, "route", "add", &format!("{a}/{len}"), "via", &via])?;
-                }
-            }
         }
         // Listeners: each pod on its declared ports; the outside on every port a pod declares.
         let listeners: Vec<(String, Vec<String>)> = self
@@ -290,6 +273,115 @@ impl Lab {
         ip(netns, &["-6", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
         ip(netns, &["link", "set", "eth0", "up"])?;
         Ok((v4, v6))
+    }
+
+    /// Wires every pod not wired yet as a kubelet has its runtime do it: `plugin` ADD for the
+    /// pod's sandbox, with its node agent's socket, all pods at once (each ADD waits up to
+    /// `timeout` for its pod's port to reach the node). Then routes the outside to each pod
+    /// through its node, and waits until every node routes every other node's pods (the
+    /// agents install the controller's route table, read every 2 s). The first failure is the
+    /// error, after every call has answered.
+    pub fn wire_pods(&mut self, plugin: &Path, timeout: std::time::Duration) -> Result<()> {
+        let sockets: BTreeMap<String, PathBuf> =
+            self.state.nodes.iter().map(|n| (n.name.clone(), self.agent_state_dir(&n.name).join("cni.sock"))).collect();
+        let unwired: Vec<usize> =
+            (0..self.state.pods.len()).filter(|i| self.state.pods[*i].container.is_none()).collect();
+        let answers: Vec<(usize, String, Result<Vec<IpAddr>>)> = std::thread::scope(|scope| {
+            let calls: Vec<_> = unwired
+                .iter()
+                .map(|&i| {
+                    let p = &self.state.pods[i];
+                    let sockets = &sockets;
+                    scope.spawn(move || {
+                        let container = format!("lab-{}", p.netns);
+                        let netns = PathBuf::from("/run/netns").join(&p.netns);
+                        let attachment = cni::Attachment {
+                            plugin,
+                            socket: &sockets[&p.pod.node],
+                            container: &container,
+                            netns: &netns,
+                            pod: &p.pod,
+                            timeout,
+                        };
+                        // Error 11 is "try again later" (the agent starting, the port not
+                        // there yet): a kubelet tries again, and so does the lab, until the
+                        // wait is over.
+                        let deadline = std::time::Instant::now() + timeout;
+                        loop {
+                            let added = attachment.add();
+                            match added {
+                                Err(LabError::Plugin { code: 11, .. }) if std::time::Instant::now() < deadline => {
+                                    std::thread::sleep(std::time::Duration::from_millis(100))
+                                }
+                                added => return (i, container, added),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            calls.into_iter().filter_map(|c| c.join().ok()).collect()
+        });
+        let mut failure = None;
+        for (i, container, added) in answers {
+            match added {
+                Ok(addresses) => {
+                    self.state.pods[i].pod.addresses = addresses;
+                    self.state.pods[i].container = Some(container);
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        self.save()?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        self.route_outside_to_pods()?;
+        self.until_nodes_route_pods(timeout)
+    }
+
+    /// The outside is the network beyond the cluster: it reaches each pod through its node.
+    fn route_outside_to_pods(&self) -> Result<()> {
+        let outside = self.state.outside.clone().ok_or_else(|| LabError::Invalid("no outside namespace".into()))?;
+        for p in &self.state.pods {
+            let node = self.node(&p.pod.node).ok_or_else(|| LabError::Invalid(format!("no node {}", p.pod.node)))?;
+            for a in &p.pod.addresses {
+                let (len, family, via) =
+                    if a.is_ipv6() { (128, "-6", node.address6) } else { (32, "-4", node.address) };
+                ip(&outside, &[family, "route", "replace", &format!("{a}/{len}"), "via", &via.to_string()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every node's route to every other node's pod goes through that node.
+    fn until_nodes_route_pods(&self, timeout: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        for n in &self.state.nodes {
+            for p in self.state.pods.iter().filter(|p| p.pod.node != n.name) {
+                let Some(home) = self.node(&p.pod.node) else { continue };
+                for a in &p.pod.addresses {
+                    let via = if a.is_ipv6() { home.address6 } else { home.address };
+                    loop {
+                        let route = ip(&n.netns, &["route", "get", &a.to_string()]).unwrap_or_default();
+                        if route.contains(&format!("via {via} ")) {
+                            break;
+                        }
+                        if std::time::Instant::now() > deadline {
+                            return Err(LabError::Invalid(format!(
+                                "node {} has no route to pod {} ({a}) through node {} after {timeout:?}: {}; is \
+                                 the pod on a network split into node blocks (kube-manager --pod-network-cidr)?",
+                                n.name,
+                                p.pod.endpoint(),
+                                home.name,
+                                route.trim()
+                            )));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn pod(&self, name: &str) -> Option<&PodState> {
@@ -345,6 +437,7 @@ impl Lab {
             .clone()
             .ok_or_else(|| LabError::Invalid("no controller recorded for this lab".into()))?;
         let state_dir = self.agent_state_dir(node);
+        let project_prefix = self.state.project_prefix.clone();
         let log_path = self.dir.join(format!("agent-{node}.log"));
         let n = self.node_mut(node)?;
         if let Some(pid) = n.agent_pid.filter(|p| is_ours(*p)) {
@@ -369,8 +462,8 @@ impl Lab {
             // The lab's nodes have no default route: each is told its underlay addresses.
             .arg("--node-address")
             .arg(format!("{},{}", n.address, n.address6))
-            // The lab routes its pods between nodes itself, as it wires them itself.
-            .arg("--no-routes")
+            // Pods of a namespace become projects with the lab's prefix, in CNI calls too.
+            .args(["--project-prefix", &project_prefix])
             .env_remove("WEFT_NODE_TOKEN")
             .env_remove("WEFT_JOIN_TOKEN")
             .stdin(Stdio::null())

@@ -1,6 +1,7 @@
 //! The pods of a lab, read from Kubernetes manifests: every Pod must say where it runs
-//! (`spec.nodeName`) and its address (`status.podIP`/`podIPs`), which a real cluster fills in
-//! and a lab cannot invent.
+//! (`spec.nodeName`), which a real cluster's scheduler fills in and a lab cannot invent. Its
+//! address (`status.podIP`/`podIPs`) is optional: kube-manager asks IPAM for the one given,
+//! or for any, and the lab learns it from the CNI plugin's answer.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -40,8 +41,12 @@ pub struct Pod {
     /// The weft project the namespace becomes (`k8s-<namespace>` by default).
     pub project: String,
     pub node: String,
+    /// The manifest's addresses until the pod is wired; then the ones it got.
     pub addresses: Vec<IpAddr>,
     pub ports: Vec<ListenPort>,
+    /// `metadata.uid`, which the runtime passes the plugin (K8S_POD_UID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl Pod {
@@ -69,8 +74,8 @@ fn pods_of(manifests: &weft_kube::Manifests, project_prefix: &str) -> std::resul
     manifests.pods.iter().map(|p| pod(p, project_prefix)).collect()
 }
 
-/// A lab pod: where the manifest places it, at the address it gives, listening on every
-/// container port.
+/// A lab pod: where the manifest places it, with the addresses it asks for, listening on
+/// every container port.
 fn pod(p: &k8s_openapi::api::core::v1::Pod, project_prefix: &str) -> std::result::Result<Pod, String> {
     let name = p.metadata.name.clone().ok_or("a Pod without metadata.name")?;
     let namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -88,11 +93,6 @@ fn pod(p: &k8s_openapi::api::core::v1::Pod, project_prefix: &str) -> std::result
             addresses.push(ip);
         }
     }
-    if addresses.is_empty() {
-        return Err(format!(
-            "pod {namespace}/{name}: no status.podIP (the lab gives pods the address their manifest says)"
-        ));
-    }
     let mut ports = Vec::new();
     for container_port in spec.into_iter().flat_map(|s| &s.containers).flat_map(|c| c.ports.iter().flatten()) {
         let port = u16::try_from(container_port.container_port).map_err(|_| {
@@ -103,7 +103,8 @@ fn pod(p: &k8s_openapi::api::core::v1::Pod, project_prefix: &str) -> std::result
     }
     ports.sort();
     ports.dedup();
-    Ok(Pod { project: format!("{project_prefix}{namespace}"), namespace, name, node, addresses, ports })
+    let uid = p.metadata.uid.clone();
+    Ok(Pod { project: format!("{project_prefix}{namespace}"), namespace, name, node, addresses, ports, uid })
 }
 
 #[cfg(test)]
@@ -111,15 +112,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pods_need_a_node_and_an_address() {
+    fn pods_need_a_node_and_may_ask_for_addresses() {
         let ok = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    ports: [{name: http, containerPort: 80}, {containerPort: 53, protocol: UDP}]\nstatus: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: 'fd00::1'}]}\n";
         let pods = parse_pods(ok, "k8s-").expect("parses");
         assert_eq!(pods.len(), 1);
         assert_eq!(pods[0].endpoint(), "k8s-x/a");
         assert_eq!(pods[0].addresses.len(), 2);
         assert_eq!(pods[0].ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(), ["tcp/80", "udp/53"]);
-        let no_ip = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {nodeName: n1, containers: []}\n";
-        assert!(parse_pods(no_ip, "k8s-").unwrap_err().contains("status.podIP"));
+        let no_ip = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, uid: u-1}\nspec: {nodeName: n1, containers: []}\n";
+        let pods = parse_pods(no_ip, "k8s-").expect("an address is IPAM's to give");
+        assert!(pods[0].addresses.is_empty());
+        assert_eq!(pods[0].uid.as_deref(), Some("u-1"));
         let no_node =
             "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\nstatus: {podIP: 10.0.0.1}\n";
         assert!(parse_pods(no_node, "k8s-").unwrap_err().contains("spec.nodeName"));

@@ -1,7 +1,8 @@
 //! `weft demo yelb`: the seed's walk-through (shared/seed/use-case-4-network-policies.txt) made
 //! true on this machine, with real packets. A server (on a private PostgreSQL, or a scratch
-//! database of DATABASE_URL's server), a two-node lab of the yelb pods with one nftables agent
-//! per node, and kube-manager watching a directory of the demo's own. The policies go into that
+//! database of DATABASE_URL's server), kube-manager watching a directory of the demo's own
+//! (the pods' ports on the cluster's pod network), and a two-node lab of the yelb pods with
+//! one nftables agent per node, each pod wired through the CNI plugin. The policies go into that
 //! directory (`kubectl create -f yelb-policy.yaml`) and come out again, and every expectation of
 //! the seed is checked by probing. Everything the demo makes is removed at the end, also after
 //! a failure or Ctrl-C, unless `--keep` (then `weft demo down DIR`).
@@ -25,6 +26,8 @@ use crate::policy_cmds::trace_lines;
 const APP: &str = include_str!("../../../examples/yelb/app.yaml");
 const POLICY: &str = include_str!("../../../examples/yelb/yelb-policy.yaml");
 const PROJECT: &str = "k8s-default";
+/// The cluster's pod network: yelb's manifests ask for addresses in it.
+const POD_NETWORK: &str = "10.47.0.0/16";
 /// How long one step may wait for the stack (a write realized, a ping to stop).
 const STEP: Duration = Duration::from_secs(30);
 
@@ -253,7 +256,7 @@ async fn yelb(keep: bool) -> anyhow::Result<()> {
 async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     let dir = stack.dir.clone();
     let binary = binary()?;
-    n.step("1. The stack: weft server, a lab of two nodes with the yelb pods, kube-manager");
+    n.step("1. The stack: weft server, kube-manager, a lab of two nodes with the yelb pods");
 
     // PostgreSQL: a scratch database of DATABASE_URL's server, else weft's private one.
     let database_url = match std::env::var("DATABASE_URL") {
@@ -302,23 +305,13 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     let c = weft_client::Client::new(&url, Some(token.trim().to_string()), None)?;
     n.say(&format!("weft server at {url}, agents' gRPC at 127.0.0.1:{grpc}"));
 
-    let app = dir.join("app");
-    std::fs::create_dir_all(&app)?;
-    std::fs::write(app.join("app.yaml"), APP)?;
-    let lab = crate::lab_cmds::create(&app, &stack.record.lab_name, &dir.join("lab"), "k8s-", &c).await?;
-    n.say(&format!(
-        "lab {}: nodes {}, pods {}, an `outside` network; an nftables agent per node",
-        lab.state.name,
-        lab.state.nodes.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(" and "),
-        lab.state.pods.iter().map(|p| p.pod.name.as_str()).collect::<Vec<_>>().join(", ")
-    ));
-    stack.lab = Some(lab);
-
+    // kube-manager first, as in a cluster: a pod's port is written once it is scheduled, and
+    // its sandbox's CNI ADD finds the port on the node.
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     std::fs::write(manifests.join("app.yaml"), APP)?;
     let kube_manager = Command::new(&binary)
-        .args(["kube-manager", "--manifests"])
+        .args(["kube-manager", "--pod-network-cidr", POD_NETWORK, "--manifests"])
         .arg(&manifests)
         .arg("--data-dir")
         .arg(&data)
@@ -331,7 +324,23 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
         .context("cannot start kube-manager")?;
     stack.record.kube_manager_pid = Some(kube_manager.id());
     stack.kube_manager = Some(kube_manager);
-    n.say(&format!("kube-manager following {} (app.yaml: the namespace and the four pods)", manifests.display()));
+    n.say(&format!(
+        "kube-manager following {} (app.yaml: the namespace and the four pods), the pod network {POD_NETWORK}",
+        manifests.display()
+    ));
+
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::write(app.join("app.yaml"), APP)?;
+    let wiring = crate::lab_cmds::Wiring { plugin: None, wait: STEP };
+    let lab = crate::lab_cmds::create(&app, &stack.record.lab_name, &dir.join("lab"), "k8s-", &wiring, &c).await?;
+    n.say(&format!(
+        "lab {}: nodes {}, pods {} wired by weft-cni, an `outside` network; an nftables agent per node",
+        lab.state.name,
+        lab.state.nodes.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(" and "),
+        lab.state.pods.iter().map(|p| p.pod.name.as_str()).collect::<Vec<_>>().join(", ")
+    ));
+    stack.lab = Some(lab);
     let revision = until(&c, "kube-manager wrote the four pods", |ports: &[Port], _: &[SecurityGroup]| {
         ports.iter().filter(|p| p.project == PROJECT).count() == 4
     })

@@ -13,9 +13,11 @@ use crate::common::{ClientArgs, Output};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Build the lab from Pod manifests and start one nftables agent per node.
+    /// Build the lab from Pod manifests, start one nftables agent per node, and wire every
+    /// pod through the CNI plugin (its port must be written: kube-manager --pod-network-cidr).
     Up {
-        /// Directory of Kubernetes YAML (Pods must give spec.nodeName and status.podIP).
+        /// Directory of Kubernetes YAML (Pods must give spec.nodeName; status.podIPs, when
+        /// given, are the addresses they ask for).
         #[arg(long)]
         manifests: PathBuf,
         #[command(flatten)]
@@ -23,6 +25,12 @@ pub enum LabCommand {
         /// The project a namespace becomes: this prefix and the namespace's name.
         #[arg(long, default_value = "k8s-")]
         project_prefix: String,
+        /// The CNI plugin to wire pods with; default: weft-cni beside this binary.
+        #[arg(long)]
+        cni_plugin: Option<PathBuf>,
+        /// How long a pod's wiring waits for its port to reach its node.
+        #[arg(long, default_value = "60s", value_parser = crate::common::parse_duration)]
+        wait: Duration,
     },
     /// Stop the lab's agents and listeners and remove its namespaces.
     Down {
@@ -169,9 +177,10 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
             }
             Ok(())
         }
-        LabCommand::Up { manifests, lab, project_prefix } => {
+        LabCommand::Up { manifests, lab, project_prefix, cni_plugin, wait } => {
             weft_lab::check_host()?;
-            up(&manifests, &lab, &project_prefix, client, data_dir).await
+            let wiring = Wiring { plugin: cni_plugin, wait };
+            up(&manifests, &lab, &project_prefix, &wiring, client, data_dir).await
         }
         LabCommand::Down { lab } => {
             let dir = lab.dir();
@@ -241,13 +250,24 @@ fn ping(
     Ok(())
 }
 
-/// Builds a lab from the Pod manifests in `manifests` and starts one nftables agent per node,
-/// registered with the server `c` talks to; on failure, what was made is removed.
+/// How a lab wires its pods.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    /// The CNI plugin; None: weft-cni beside the weft binary.
+    pub plugin: Option<PathBuf>,
+    /// How long each pod's ADD waits for its port.
+    pub wait: Duration,
+}
+
+/// Builds a lab from the Pod manifests in `manifests`, starts one nftables agent per node,
+/// registered with the server `c` talks to, and wires every pod through the CNI plugin (its
+/// port must be written, or come within the wait); on failure, what was made is removed.
 pub async fn create(
     manifests: &Path,
     name: &str,
     dir: &Path,
     prefix: &str,
+    wiring: &Wiring,
     c: &weft_client::Client,
 ) -> anyhow::Result<Lab> {
     let pods = weft_lab::read_manifests(manifests, prefix)?;
@@ -260,26 +280,43 @@ pub async fn create(
     let info = c.info().await.context("cannot reach the server")?;
     let grpc = info.grpc_address.context("the server runs no controller (GET /v1/info has no grpc_address)")?;
     let grpc = if grpc.contains("://") { grpc } else { format!("http://{grpc}") };
-    let spec = Spec { name: name.to_string(), nodes, pods };
+    let spec = Spec { name: name.to_string(), project_prefix: prefix.to_string(), nodes, pods };
     let binary = binary()?;
+    let plugin = match &wiring.plugin {
+        Some(p) => p.clone(),
+        None => weft_lab::cni::plugin_beside(&binary)?,
+    };
     let (dir_c, binary_c) = (dir.to_path_buf(), binary.clone());
     let mut lab = tokio::task::spawn_blocking(move || Lab::create(&spec, &dir_c, &binary_c)).await??;
     if let Err(e) = start_agents(&mut lab, c, &grpc, &binary).await {
         lab.down();
         return Err(e);
     }
-    Ok(lab)
+    let wait = wiring.wait;
+    let wired = tokio::task::spawn_blocking(move || {
+        let outcome = lab.wire_pods(&plugin, wait);
+        (lab, outcome)
+    })
+    .await?;
+    match wired {
+        (lab, Ok(())) => Ok(lab),
+        (mut lab, Err(e)) => {
+            lab.down();
+            Err(anyhow::Error::new(e).context("cannot wire the lab's pods"))
+        }
+    }
 }
 
 async fn up(
     manifests: &Path,
     args: &LabArgs,
     prefix: &str,
+    wiring: &Wiring,
     client: &ClientArgs,
     data_dir: &Path,
 ) -> anyhow::Result<()> {
     let c = crate::common::client(client, data_dir)?;
-    let lab = create(manifests, &args.name, &args.dir(), prefix, &c).await?;
+    let lab = create(manifests, &args.name, &args.dir(), prefix, wiring, &c).await?;
     println!(
         "lab {} is up: {} nodes, {} pods (recorded in {})",
         args.name,

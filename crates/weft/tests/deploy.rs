@@ -328,6 +328,13 @@ fn the_readme_commands_install_through_the_one_setup_script_ci_uses() {
         let script = std::fs::read_to_string(root().join(command.trim_start_matches("./"))).unwrap();
         assert!(script.contains("scripts/setup.sh"), "{command} installs through scripts/setup.sh");
     }
+    // The demo wires its pods through the CNI plugin, which lives in a package of its own;
+    // and with two binaries in the workspace, `cargo run` must name the one it runs.
+    let demo = std::fs::read_to_string(root().join("scripts/demo.sh")).unwrap();
+    assert!(demo.contains("--package weft --package weft-cni"), "the demo builds weft and weft-cni");
+    for line in readme.lines().filter(|l| l.contains("cargo run")) {
+        assert!(line.contains("--bin weft"), "the README's `cargo run` names its binary: {line}");
+    }
     let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
     assert!(ci.contains("scripts/setup.sh test") && ci.contains("./scripts/test.sh"));
     assert!(!ci.contains("apt-get"), "CI installs nothing the scripts do not");

@@ -80,8 +80,16 @@ impl Fixture {
             client,
             db,
         };
-        let out = fixture.weft(&["lab", "up", "--manifests", manifest_dir.to_str().unwrap()]);
-        assert!(out.status.success(), "weft lab up: {}", String::from_utf8_lossy(&out.stderr));
+        // What kube-manager writes as the pods are scheduled, before their sandboxes are
+        // wired: the cluster's pod network, a project per namespace, a port per pod.
+        fixture.create("projects", json!({"name": POD_NETWORK_PROJECT})).await;
+        fixture
+            .create(
+                "virtual-networks",
+                json!({"name": "pods", "project": POD_NETWORK_PROJECT, "shared": true, "node_blocks": {},
+                       "subnets": [{"cidr": "10.64.0.0/10"}, {"cidr": "fd71::/56"}]}),
+            )
+            .await;
         let namespaces: BTreeSet<&str> = pods.iter().map(|p| p.namespace).collect();
         for ns in namespaces {
             fixture.create("projects", json!({"name": format!("k8s-{ns}"), "labels": {"ns": ns}})).await;
@@ -90,6 +98,8 @@ impl Fixture {
             let project = format!("k8s-{}", pod.namespace);
             fixture.create("ports", port_json(pod.name, &project, pod.node, pod.addresses, &pod.labels)).await;
         }
+        let out = fixture.weft(&["lab", "up", "--manifests", manifest_dir.to_str().unwrap(), "--wait", "30s"]);
+        assert!(out.status.success(), "weft lab up: {}{}", String::from_utf8_lossy(&out.stderr), fixture.logs());
         fixture.converge().await;
         fixture
     }
@@ -132,6 +142,7 @@ impl Fixture {
         let kind = match collection {
             "projects" => weft_model::Kind::Project,
             "ports" => weft_model::Kind::Port,
+            "virtual-networks" => weft_model::Kind::VirtualNetwork,
             _ => weft_model::Kind::SecurityGroup,
         };
         let resource = weft_model::Resource::from_json(kind, body).unwrap();
@@ -329,9 +340,14 @@ impl Drop for Fixture {
     }
 }
 
+/// The project of the cluster's pod network, as kube-manager names it.
+pub const POD_NETWORK_PROJECT: &str = "cluster.default";
+
+/// A pod's port on the cluster's pod network, at the addresses it asks for.
 pub fn port_json(name: &str, project: &str, node: &str, addresses: &[&str], labels: &Value) -> Value {
     json!({
         "name": name, "project": project, "node": node, "ips": addresses, "labels": labels, "security_groups": [],
+        "network": format!("{POD_NETWORK_PROJECT}/pods"),
         "named_ports": {"http": {"protocol": "tcp", "port": 80}, "alt": {"protocol": "tcp", "port": 81},
                         "dns": {"protocol": "udp", "port": 53}},
     })
