@@ -13,7 +13,9 @@
 #                            docker-compose (validates docker-compose.yml), and a container
 #                            runtime for the CNI plugin's test: containerd (which a test starts
 #                            privately, with its own sockets and directories), runc, the
-#                            reference CNI plugins (loopback) and busybox-static (its pause image)
+#                            reference CNI plugins (loopback; portmap, for hostPort, with
+#                            iptables, which it runs in a test's own namespace) and
+#                            busybox-static (its pause image)
 #
 # Needs root to install; without it, it names what is missing and the command that installs it.
 set -euo pipefail
@@ -49,6 +51,8 @@ if [ "$what" = test ]; then
   want containerd containerd
   want runc runc
   [ -e /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
+  [ -e /usr/lib/cni/portmap ] || missing+=(containernetworking-plugins)
+  want iptables iptables
   [ -e /bin/busybox ] || missing+=(busybox-static)
 fi
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, PATIENCE, call, connects};
+use common::{Node, PATIENCE, call, connects, exec_plugin, reaches, runtime_env};
 use serde_json::json;
 use weft_testkit::Netns;
 
@@ -146,4 +146,76 @@ async fn without_the_agent_a_del_is_queued_and_replayed_when_it_is_back() {
     })
     .await;
     assert!(!queue.join("c-web:eth0.json").exists());
+}
+
+/// hostPort, as a runtime does it with weft's conflist: weft-cni's ADD, then the reference
+/// `portmap` with ADD's result and the pod's port mappings (libcni's chaining, done here in
+/// the node's namespace, so portmap's iptables rules are the test's own). Traffic to the
+/// node's port reaches the pod under the pod's policy, as traffic to the pod's address does.
+#[ignore = "needs root, nftables, iptables and the reference portmap plugin (scripts/setup.sh test installs them): scripts/test.sh runs it when run as root"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_port_chained_through_portmap_reaches_its_pod_under_the_pods_policy() {
+    let portmap = std::path::Path::new("/usr/lib/cni/portmap");
+    assert!(
+        portmap.exists() && std::process::Command::new("iptables").arg("-V").output().is_ok(),
+        "apt-get install containernetworking-plugins iptables (scripts/setup.sh test)"
+    );
+    let node = Node::start(&["db", "web", "other"]).await;
+    // The node's address on a network beyond it, where a client outside the cluster is.
+    let outside = Netns::new("out");
+    node.netns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", outside.name()]);
+    node.netns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+    node.netns.ip(&["link", "set", "up0", "up"]);
+    outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "up1"]);
+    outside.ip(&["link", "set", "up1", "up"]);
+    // The conflist's portmap entry, as the agent writes it.
+    let conflist: serde_json::Value =
+        serde_json::from_str(&weft_agent::cni::conflist(&node.socket, Duration::from_secs(2), 0)).unwrap();
+    let entry = conflist["plugins"][1].clone();
+    assert_eq!(entry["type"], "portmap");
+
+    // portmap runs in the node's namespace, as a runtime runs it on the node.
+    let portmap_call =
+        |command: &str, container: &str, sandbox: &Netns, pod: &str, uid: &str, conf: &serde_json::Value| {
+            let env = runtime_env(command, container, Some(&sandbox.path()), pod, uid);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            exec_plugin(portmap, Some(node.netns.name()), &env, conf)
+        };
+    let conf = node.conf(json!({}));
+    let mut sandboxes = Vec::new();
+    for (pod, host_port, container_port) in [("db", 15432, 5432), ("web", 18080, 8080), ("other", 18081, 8080)] {
+        let sandbox = Netns::new(pod);
+        let (container, uid) = (format!("c-{pod}"), format!("uid-{pod}"));
+        let (ok, result) = call("ADD", &container, Some(&sandbox.path()), pod, &uid, &conf);
+        assert!(ok, "{result}");
+        let mut chained = entry.clone();
+        let fields = chained.as_object_mut().unwrap();
+        fields.insert("cniVersion".into(), conflist["cniVersion"].clone());
+        fields.insert("name".into(), conflist["name"].clone());
+        fields.insert("prevResult".into(), result);
+        fields.insert(
+            "runtimeConfig".into(),
+            json!({"portMappings": [{"hostPort": host_port, "containerPort": container_port, "protocol": "tcp"}]}),
+        );
+        let (ok, printed) = portmap_call("ADD", &container, &sandbox, pod, &uid, &chained);
+        assert!(ok, "portmap ADD: {printed}");
+        sandboxes.push((sandbox, container, uid, chained));
+    }
+    let [(db, ..), (web, ..), (other, ..)] = &sandboxes[..] else { unreachable!() };
+    let node_port = |port: u16| std::net::SocketAddr::from(([192, 0, 2, 1], port));
+    let pod_port = |address: [u8; 4], port: u16| std::net::SocketAddr::from((address, port));
+    // `other` is open: its host port reaches it from outside the cluster.
+    assert!(reaches(outside.name(), node_port(18081), other.name(), pod_port([10, 32, 0, 12], 8080)));
+    // db takes only web, on 5432: through its host port too, web gets in and outside does not.
+    assert!(!reaches(outside.name(), node_port(15432), db.name(), pod_port([10, 32, 0, 10], 5432)), "outside → db");
+    assert!(reaches(web.name(), node_port(15432), db.name(), pod_port([10, 32, 0, 10], 5432)), "web → db");
+    assert!(!reaches(other.name(), node_port(15432), db.name(), pod_port([10, 32, 0, 10], 5432)), "other → db");
+
+    // The runtime's DEL runs the chain backwards: portmap's mapping goes, then the pod.
+    let (_, container, uid, chained) = &sandboxes[2];
+    let (ok, printed) = portmap_call("DEL", container, other, "other", uid, chained);
+    assert!(ok, "portmap DEL: {printed}");
+    assert!(!reaches(outside.name(), node_port(18081), other.name(), pod_port([10, 32, 0, 12], 8080)));
+    assert!(call("DEL", container, Some(&other.path()), "other", uid, &conf).0);
+    node.until_gone("other", &["c-db:eth0.json", "c-web:eth0.json"]).await;
 }

@@ -167,13 +167,17 @@ impl Drop for Node {
 
 /// One call of the plugin binary: its exit status and what it printed.
 pub fn plugin(env: &[(&str, &str)], conf: &Value) -> (bool, Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-cni"))
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    exec_plugin(Path::new(env!("CARGO_BIN_EXE_weft-cni")), None, env, conf)
+}
+
+/// One call of a CNI plugin, in namespace `netns` (a runtime's own) or here, with only the
+/// environment `env` (and a PATH, for plugins that run programs): its exit status and what it
+/// printed.
+pub fn exec_plugin(program: &Path, netns: Option<&str>, env: &[(&str, &str)], conf: &Value) -> (bool, Value) {
+    let mut command = Command::new(program);
+    command.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let mut child =
+        netns::spawn(netns, command.envs(env.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::piped())).unwrap();
     child.stdin.take().unwrap().write_all(&serde_json::to_vec(conf).unwrap()).unwrap();
     let out = child.wait_with_output().unwrap();
     let printed = if out.stdout.is_empty() { Value::Null } else { serde_json::from_slice(&out.stdout).unwrap() };
@@ -188,24 +192,40 @@ pub fn call(
     uid: &str,
     conf: &Value,
 ) -> (bool, Value) {
-    let netns = sandbox.map(|p| p.display().to_string()).unwrap_or_default();
-    let args = format!("IgnoreUnknown=1;K8S_POD_UID={uid};K8S_POD_NAME={pod};K8S_POD_NAMESPACE=default");
-    let env = [
-        ("CNI_COMMAND", command),
-        ("CNI_CONTAINERID", container),
-        ("CNI_NETNS", netns.as_str()),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_ARGS", args.as_str()),
-        ("CNI_PATH", "/opt/cni/bin"),
-    ];
+    let env = runtime_env(command, container, sandbox, pod, uid);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     plugin(&env, conf)
+}
+
+/// The environment a runtime gives a plugin for one call about a pod of namespace `default`.
+pub fn runtime_env(
+    command: &str,
+    container: &str,
+    sandbox: Option<&Path>,
+    pod: &str,
+    uid: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", container.to_string()),
+        ("CNI_NETNS", sandbox.map(|p| p.display().to_string()).unwrap_or_default()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_UID={uid};K8S_POD_NAME={pod};K8S_POD_NAMESPACE=default")),
+        ("CNI_PATH", "/opt/cni/bin".to_string()),
+    ]
 }
 
 /// Whether a TCP connection from namespace `from` to `to:port` is answered; `to`'s namespace
 /// listens for it (both by their `ip netns` names).
 pub fn connects(from: &str, to: &str, address: &str, port: u16) -> bool {
     let target: SocketAddr = format!("{address}:{port}").parse().unwrap();
-    let listener = netns::run_in(Some(to), || TcpListener::bind(target)).unwrap();
+    reaches(from, target, to, target)
+}
+
+/// Whether a TCP connection from namespace `from` to `target` is answered by a listener on
+/// `listen` in namespace `to` (another address and port where something translates them).
+pub fn reaches(from: &str, target: SocketAddr, to: &str, listen: SocketAddr) -> bool {
+    let listener = netns::run_in(Some(to), || TcpListener::bind(listen)).unwrap();
     listener.set_nonblocking(false).unwrap();
     let server = std::thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {
@@ -221,7 +241,7 @@ pub fn connects(from: &str, to: &str, address: &str, port: u16) -> bool {
     .unwrap_or(false);
     if !answered {
         // Unblock the listener's accept so its thread ends.
-        let _ = netns::run_in(Some(to), || TcpStream::connect_timeout(&target, Duration::from_millis(200)));
+        let _ = netns::run_in(Some(to), || TcpStream::connect_timeout(&listen, Duration::from_millis(200)));
     }
     server.join().unwrap();
     answered
