@@ -30,7 +30,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Router, middleware};
 use tokio::sync::watch;
 use weft_compiler::PolicyView;
@@ -141,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/nodes", post(nodes::create).get(nodes::list))
         .route("/v1/nodes/{name}", delete(nodes::delete))
+        .route("/v1/nodes/{name}/blocks", put(nodes::assign_blocks))
         .route("/v1/join-tokens", post(nodes::create_join_token).get(nodes::list_join_tokens))
         .route("/v1/join-tokens/{id}", delete(nodes::revoke_join_token))
         .route("/v1/realization", get(nodes::realization))

@@ -193,6 +193,53 @@ pub async fn delete(
     Ok(axum::Json(serde_json::json!({ "name": name, "deleted": true })).into_response())
 }
 
+/// The blocks of the pod network the cluster assigned a node (Kubernetes' Node.spec.podCIDRs).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBlocks {
+    /// The network, `project/name`: one split into node blocks.
+    #[schema(max_length = 507)]
+    pub network: String,
+    /// Network addresses within the network's subnets; none withdraws the assignment.
+    #[schema(value_type = Vec<String>, max_items = 16, example = json!(["10.244.3.0/24", "fd44::3:0:0:0/80"]))]
+    pub blocks: Vec<ipnet::IpNet>,
+}
+
+/// A node's blocks on a network after an assignment: the assigned ones, and any it claimed
+/// before that still hold addresses.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeBlocks {
+    pub node: String,
+    pub network: String,
+    #[schema(value_type = Vec<String>)]
+    pub blocks: Vec<ipnet::IpNet>,
+}
+
+/// The most blocks one assignment names (Kubernetes assigns one per family).
+pub const MAX_ASSIGNED_BLOCKS: usize = 16;
+
+/// `PUT /v1/nodes/{name}/blocks` (admin): what kube-manager calls when the cluster assigns a
+/// node its pod CIDRs. The node need not be registered yet: the Kubernetes Node comes first.
+pub async fn assign_blocks(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let request: AssignBlocks = body::json(&headers, body)?;
+    let mut v = weft_model::Validator::new();
+    v.check("node", weft_model::syntax::dns_subdomain(&name));
+    if request.blocks.len() > MAX_ASSIGNED_BLOCKS {
+        v.at("blocks", |v| v.error(format!("at most {MAX_ASSIGNED_BLOCKS}")));
+    }
+    v.finish().map_err(ApiError::invalid)?;
+    let blocks = state.store.assign_node_blocks(&request.network, &name, &request.blocks).await?;
+    tracing::info!(node = %name, network = %request.network, blocks = ?blocks, "node blocks assigned");
+    Ok(axum::Json(NodeBlocks { node: name, network: request.network, blocks }).into_response())
+}
+
 pub async fn create_join_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -15,8 +15,8 @@ use utoipa::openapi::{
 use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
 use crate::nodes::{
-    CreateJoinToken, CreateNode, CreatedJoinToken, CreatedNode, GroupNode, GroupStatus, NodeInfo, NodeRealization,
-    Realization,
+    AssignBlocks, CreateJoinToken, CreateNode, CreatedJoinToken, CreatedNode, GroupNode, GroupStatus, NodeBlocks,
+    NodeInfo, NodeRealization, Realization,
 };
 use crate::problem::Problem;
 use crate::reach::{ExplainRequest, ExplainResponse, ReachMatrix, SideExplanation};
@@ -235,6 +235,8 @@ pub fn openapi() -> OpenApi {
     collect::<CreateNode>(&mut schemas);
     collect::<CreatedNode>(&mut schemas);
     collect::<NodeInfo>(&mut schemas);
+    collect::<AssignBlocks>(&mut schemas);
+    collect::<NodeBlocks>(&mut schemas);
     collect::<CreateJoinToken>(&mut schemas);
     collect::<CreatedJoinToken>(&mut schemas);
     collect::<Realization>(&mut schemas);
@@ -344,6 +346,20 @@ pub fn openapi() -> OpenApi {
             .response("200", json_response("Deleted", ObjectBuilder::new().into()))
             .response("404", problem("No such node")),
     );
+    let node_blocks = with_common_errors(
+        OperationBuilder::new()
+            .tag("nodes")
+            .operation_id(Some("assignNodeBlocks"))
+            .summary(Some("The pod-network blocks the cluster assigned a node: Node.spec.podCIDRs (admin)"))
+            .parameters(Some([param("name", ParameterIn::Path, true, "The node's name")]))
+            .request_body(Some(body(schema_ref("AssignBlocks"), JSON)))
+            .response("200", json_response("The node's blocks on the network, after", schema_ref("NodeBlocks")))
+            .response("400", problem("The body is not JSON"))
+            .response("404", problem("No such network"))
+            .response("409", problem("A block is another node's, or overlaps one of the node's holding addresses"))
+            .response("415", problem("The body is not application/json"))
+            .response("422", problem("A field is invalid; the problem names it")),
+    );
     let join_token_create = with_common_errors(
         OperationBuilder::new()
             .tag("nodes")
@@ -428,6 +444,7 @@ pub fn openapi() -> OpenApi {
     paths = paths
         .path("/v1/nodes", nodes)
         .path("/v1/nodes/{name}", PathItem::new(HttpMethod::Delete, node_delete.build()))
+        .path("/v1/nodes/{name}/blocks", PathItem::new(HttpMethod::Put, node_blocks.build()))
         .path("/v1/join-tokens", {
             let mut item = PathItem::new(HttpMethod::Post, join_token_create.build());
             item.get = Some(join_token_list.build());

@@ -334,3 +334,42 @@ async fn only_an_admin_makes_the_pod_network_and_other_projects_learn_nothing_of
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.body["ips"], json!(["10.244.0.1"]), "{}", r.body);
 }
+
+/// The blocks the cluster assigns a node (Node.spec.podCIDRs, issue 20) are an admin's to
+/// pass on: they decide which node every address of the pod network is routed to.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn only_an_admin_assigns_a_node_its_pod_network_blocks_and_a_bad_one_is_named(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let (_, writer_b) = tenants(&api).await;
+    let pods = json!({"name": "pods", "project": "b", "shared": true, "node_blocks": {}, "subnets": [{"cidr": "10.244.0.0/16"}]});
+    assert_eq!(api.call(Method::POST, "/v1/virtual-networks", Some(pods)).await.status, StatusCode::CREATED);
+    let assign = |blocks: serde_json::Value| json!({"network": "b/pods", "blocks": blocks});
+    let r = api.as_token(&writer_b, Method::PUT, "/v1/nodes/n1/blocks", Some(assign(json!(["10.244.3.0/24"])))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    let r = api.call(Method::PUT, "/v1/nodes/n1/blocks", Some(assign(json!(["10.244.3.0/24"])))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, json!({"node": "n1", "network": "b/pods", "blocks": ["10.244.3.0/24"]}));
+    // Shown with the node once it is registered.
+    assert_eq!(api.call(Method::POST, "/v1/nodes", Some(json!({"name": "n1"}))).await.status, StatusCode::CREATED);
+    let listed = api.call(Method::GET, "/v1/nodes", None).await;
+    assert_eq!(listed.body["items"][0]["blocks"], json!(["10.244.3.0/24"]), "{}", listed.body);
+
+    for (body, status, pointer) in [
+        (assign(json!(["10.244.3.1/24"])), StatusCode::UNPROCESSABLE_ENTITY, Some("/blocks/0")),
+        (assign(json!(["10.9.0.0/24"])), StatusCode::UNPROCESSABLE_ENTITY, Some("/blocks/0")),
+        (assign(json!(["not a block"])), StatusCode::UNPROCESSABLE_ENTITY, None),
+        (json!({"network": "b/none", "blocks": []}), StatusCode::NOT_FOUND, None),
+    ] {
+        let r = api.call(Method::PUT, "/v1/nodes/n2/blocks", Some(body)).await;
+        assert_eq!(r.status, status, "{}", r.body);
+        if let Some(pointer) = pointer {
+            assert_eq!(r.pointers(), [pointer], "{}", r.body);
+        }
+    }
+    let r = api.call(Method::PUT, "/v1/nodes/n2/blocks", Some(assign(json!(["10.244.3.0/24"])))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.problem_type(), "urn:weft:problem:block-in-use", "{}", r.body);
+    let r = api.call(Method::PUT, "/v1/nodes/Not_A_Node/blocks", Some(assign(json!([])))).await;
+    assert_eq!((r.status, r.pointers()), (StatusCode::UNPROCESSABLE_ENTITY, vec!["/node"]), "{}", r.body);
+}

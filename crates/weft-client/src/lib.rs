@@ -438,6 +438,24 @@ impl Client {
         Ok(())
     }
 
+    /// Makes `blocks` the pod-network blocks the cluster assigned `node` on `network`
+    /// (`project/name`); none withdraws them. The node's blocks on the network, after.
+    pub async fn assign_node_blocks(
+        &self,
+        node: &str,
+        network: &str,
+        blocks: &[ipnet::IpNet],
+    ) -> Result<Vec<ipnet::IpNet>> {
+        #[derive(Deserialize)]
+        struct Assigned {
+            blocks: Vec<ipnet::IpNet>,
+        }
+        let body = serde_json::json!({ "network": network, "blocks": blocks });
+        let path = format!("/v1/nodes/{}/blocks", enc(node));
+        let assigned: Assigned = self.send(self.request(Method::PUT, &path).json(&body)).await?;
+        Ok(assigned.blocks)
+    }
+
     /// A join token (shown once) with which agents register their own nodes.
     /// A join token that registers `uses` nodes (only `node`, when given) for `expires_in`.
     pub async fn create_join_token(

@@ -280,7 +280,7 @@ async fn route_feed(
 ) {
     let mut read_at: Option<(i64, String)> = None;
     loop {
-        let version = match (store.current_revision().await, store.underlay_fingerprint().await) {
+        let version = match (store.current_revision().await, store.route_fingerprint().await) {
             (Ok(revision), Ok(underlay)) => Some((revision, underlay)),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "cannot tell whether the route table changed");

@@ -1,5 +1,5 @@
 //! kube-manager against a cluster: watchers on Namespaces, Pods and NetworkPolicies keep a
-//! copy of the cluster; once all three have listed, the config service is reconciled to its
+//! copy of the cluster (and one on Nodes passes their pod CIDRs on, [`crate::nodes`]); once all three have listed, the config service is reconciled to its
 //! translation in full; after that each watch event reconciles only the objects it touched,
 //! against a mirror of what the config service holds, with the events that arrived together
 //! in one batch.
@@ -17,7 +17,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -125,8 +125,38 @@ fn publisher(recorder: Recorder) -> tokio::sync::mpsc::UnboundedSender<(KubeEven
     tx
 }
 
-/// Follows the cluster and writes it into the config service; returns only if the watches end.
+/// Follows the cluster and writes it into the config service, and its Nodes' pod CIDRs into
+/// the pod network's blocks; returns only if the watches end.
 async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
+    let reporter = Reporter { controller: "weft-kube-manager".into(), instance: Some(config.instance.clone()) };
+    let events_out = publisher(Recorder::new(kube.clone(), reporter));
+    let (listed, mut nodes_listed) = tokio::sync::watch::channel(false);
+    let nodes = crate::nodes::follow(weft, &config.options, watch::<Node>(kube), events_out.clone(), listed);
+    // Pods' ports wait for the Nodes' pod CIDRs (a port written first would take its address
+    // from a block weft claims), but not for ever: without the right to list Nodes, pods must
+    // still get their ports.
+    let objects = async {
+        if tokio::time::timeout(NODES_FIRST, nodes_listed.wait_for(|l| *l)).await.is_err() {
+            tracing::warn!("the cluster's Nodes are not listed yet: pods' ports are written without their pod CIDRs");
+        }
+        manage_objects(kube, weft, config, events_out).await
+    };
+    tokio::select! {
+        _ = objects => {}
+        _ = nodes => {}
+    }
+}
+
+/// How long the first reconciliation waits for the Nodes' pod CIDRs to be passed on.
+const NODES_FIRST: Duration = Duration::from_secs(30);
+
+/// Namespaces, Pods and NetworkPolicies into projects, ports and security groups.
+async fn manage_objects(
+    kube: &kube::Client,
+    weft: &Client,
+    config: &ClusterConfig,
+    events_out: tokio::sync::mpsc::UnboundedSender<(KubeEvent, ObjectReference)>,
+) {
     let inputs = futures::stream::select(
         futures::stream::select(
             watch::<Namespace>(kube).map(|e| e.map(Input::Namespace)),
@@ -135,7 +165,6 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
         watch::<NetworkPolicy>(kube).map(|e| e.map(Input::Policy)),
     );
     tokio::pin!(inputs);
-    let reporter = Reporter { controller: "weft-kube-manager".into(), instance: Some(config.instance.clone()) };
     let mut m = Manager {
         weft,
         options: &config.options,
@@ -145,7 +174,7 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
         backoff: FIRST_BACKOFF,
         retry_at: None,
         reported: HashSet::new(),
-        events_out: publisher(Recorder::new(kube.clone(), reporter)),
+        events_out,
         progress: config.progress.clone(),
         metrics: config.metrics.clone(),
         events: 0,

@@ -8,13 +8,15 @@
 //! ```
 //!
 //! [`cluster`] follows a cluster (list, watch, leader election through a [`lease`]) into a
-//! synchronous [`index`] of it; [`manifests`] reads and follows a directory instead.
+//! synchronous [`index`] of it, and its Nodes' pod CIDRs into the pod network's blocks
+//! ([`nodes`]); [`manifests`] reads and follows a directory instead.
 
 pub mod cluster;
 pub mod index;
 pub mod lease;
 pub mod manifests;
 pub mod metrics;
+pub mod nodes;
 pub mod reconcile;
 pub mod translate;
 

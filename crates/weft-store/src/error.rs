@@ -19,6 +19,9 @@ pub enum ConflictKind {
     InterfaceInUse,
     /// A network's subnets have no free address left.
     AddressesExhausted,
+    /// A block assigned to a node overlaps another node's block, or one of the node's own
+    /// that still holds addresses.
+    BlockInUse,
 }
 
 impl ConflictKind {
@@ -30,6 +33,7 @@ impl ConflictKind {
             ConflictKind::AddressInUse => "address-in-use",
             ConflictKind::InterfaceInUse => "interface-in-use",
             ConflictKind::AddressesExhausted => "addresses-exhausted",
+            ConflictKind::BlockInUse => "block-in-use",
         }
     }
 }

@@ -84,7 +84,8 @@ pub(crate) async fn allocate(
 }
 
 /// An address from one of `node`'s blocks of this family, claiming a new block from the
-/// subnets when the node has none or they are full.
+/// subnets when the node has none or they are full — unless the cluster assigned the node
+/// blocks of this family: then only those ([`assign`]).
 async fn from_blocks(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     network_id: Uuid,
@@ -93,20 +94,26 @@ async fn from_blocks(
     node: &str,
     grace: Duration,
 ) -> Result<Option<IpAddr>> {
-    let held: Vec<IpNet> =
-        sqlx::query_scalar("SELECT block FROM ip_blocks WHERE network_id = $1 AND node = $2 ORDER BY block")
+    let held: Vec<(IpNet, bool)> =
+        sqlx::query_as("SELECT block, assigned FROM ip_blocks WHERE network_id = $1 AND node = $2 ORDER BY block")
             .bind(network_id)
             .bind(node)
             .fetch_all(&mut **tx)
             .await?;
+    let in_family = |block: &IpNet| family.iter().any(|s| s.cidr.contains(block));
+    let assigned = held.iter().any(|(b, assigned)| *assigned && in_family(b));
     let in_block = |block: IpNet| {
         let subnet = family.iter().find(|s| s.cidr.contains(&block))?;
         Some(Subnet { cidr: block, gateway: subnet.gateway.filter(|g| block.contains(g)) })
     };
-    for block in held.into_iter().filter_map(in_block) {
+    let usable = held.into_iter().filter(|(_, a)| *a || !assigned).map(|(b, _)| b);
+    for block in usable.filter_map(in_block) {
         if let Some(a) = allocate_in(tx, network_id, &block, grace).await? {
             return Ok(Some(a));
         }
+    }
+    if assigned {
+        return Ok(None);
     }
     for subnet in family {
         let Some(block) = claim_block(tx, network_id, subnet, blocks.prefix_for(&subnet.cidr), node).await? else {
@@ -298,6 +305,99 @@ fn first_free(subnet: &Subnet, held: &[u128]) -> Option<IpAddr> {
         Scan::Free(a) => Some(from_u128(matches!(subnet.cidr, IpNet::V4(_)), a)),
         _ => None,
     }
+}
+
+/// Makes `blocks` the blocks the cluster assigned `node` on the network (Kubernetes'
+/// Node.spec.podCIDRs): each must be a network address within the network's subnets. A block
+/// weft had claimed for the node that overlaps one is given up if it holds no address; one of
+/// another node's that overlaps is a conflict. Blocks assigned before and not now are given up
+/// if empty, and kept as claimed ones otherwise. The node's blocks on the network, after.
+pub(crate) async fn assign(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    network_id: Uuid,
+    vn: &VirtualNetwork,
+    node: &str,
+    blocks: &[IpNet],
+) -> Result<Vec<IpNet>> {
+    for (i, block) in blocks.iter().enumerate() {
+        let pointer = format!("/blocks/{i}");
+        if block.trunc() != *block {
+            return Err(StoreError::invalid(
+                &pointer,
+                format!("{block} is not a network address (it is in {})", block.trunc()),
+            ));
+        }
+        if !vn.subnets.iter().any(|s| s.cidr.contains(block)) {
+            return Err(StoreError::invalid(
+                &pointer,
+                format!("{block} is not within network {:?}'s subnets", vn.name),
+            ));
+        }
+        if let Some(j) = blocks[..i].iter().position(|b| b.contains(block) || block.contains(b)) {
+            return Err(StoreError::invalid(&pointer, format!("{block} overlaps /blocks/{j}")));
+        }
+    }
+    let overlapping: Vec<(IpNet, String, bool)> = sqlx::query_as(
+        "SELECT k.block, k.node, EXISTS (SELECT 1 FROM ip_allocations a \
+                WHERE a.network_id = k.network_id AND a.address <<= k.block) \
+         FROM ip_blocks k WHERE k.network_id = $1 AND k.block && ANY($2::cidr[]) ORDER BY k.block",
+    )
+    .bind(network_id)
+    .bind(blocks)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut given_up = Vec::new();
+    for (held, owner, used) in overlapping {
+        if owner != node {
+            return Err(StoreError::conflict(
+                ConflictKind::BlockInUse,
+                format!("{held} of network {:?} is node {owner:?}'s: it cannot be node {node:?}'s too", vn.name),
+            ));
+        }
+        if !blocks.contains(&held) {
+            if used {
+                return Err(StoreError::conflict(
+                    ConflictKind::BlockInUse,
+                    format!("node {node:?}'s block {held} overlaps the assignment and still holds addresses"),
+                ));
+            }
+            given_up.push(held);
+        }
+    }
+    sqlx::query("DELETE FROM ip_blocks WHERE network_id = $1 AND node = $2 AND block = ANY($3::cidr[])")
+        .bind(network_id)
+        .bind(node)
+        .bind(&given_up)
+        .execute(&mut **tx)
+        .await?;
+    // What was assigned before and is not now: given up when empty, else kept as claimed.
+    sqlx::query(
+        "WITH old AS (SELECT k.block, EXISTS (SELECT 1 FROM ip_allocations a \
+                      WHERE a.network_id = k.network_id AND a.address <<= k.block) AS used \
+                      FROM ip_blocks k WHERE k.network_id = $1 AND k.node = $2 AND k.assigned \
+                      AND NOT k.block = ANY($3::cidr[])), \
+         gone AS (DELETE FROM ip_blocks k USING old WHERE k.network_id = $1 AND k.block = old.block AND NOT old.used) \
+         UPDATE ip_blocks k SET assigned = false FROM old WHERE k.network_id = $1 AND k.block = old.block AND old.used",
+    )
+    .bind(network_id)
+    .bind(node)
+    .bind(blocks)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ip_blocks (network_id, block, node, assigned) SELECT $1, b, $2, true FROM unnest($3::cidr[]) b \
+         ON CONFLICT (network_id, block) DO UPDATE SET assigned = true",
+    )
+    .bind(network_id)
+    .bind(node)
+    .bind(blocks)
+    .execute(&mut **tx)
+    .await?;
+    Ok(sqlx::query_scalar("SELECT block FROM ip_blocks WHERE network_id = $1 AND node = $2 ORDER BY block")
+        .bind(network_id)
+        .bind(node)
+        .fetch_all(&mut **tx)
+        .await?)
 }
 
 #[cfg(test)]

@@ -176,10 +176,11 @@ impl Store {
     pub async fn delete_node(&self, name: &str) -> Result<bool> {
         // The node's address blocks go with it, those that hold no address: its pods are gone
         // with it, or will be, and a block still holding one is released when its node is
-        // deleted again (a node of the same name may come back and take it up).
+        // deleted again (a node of the same name may come back and take it up). Blocks the
+        // cluster assigned stay: they are the Kubernetes Node's, withdrawn when it goes.
         let deleted: Option<String> = sqlx::query_scalar(
             "WITH d AS (DELETE FROM nodes WHERE name = $1 RETURNING name), \
-             b AS (DELETE FROM ip_blocks k WHERE k.node = $1 AND NOT EXISTS \
+             b AS (DELETE FROM ip_blocks k WHERE k.node = $1 AND NOT k.assigned AND NOT EXISTS \
                    (SELECT 1 FROM ip_allocations a WHERE a.network_id = k.network_id AND a.address <<= k.block)) \
              SELECT name FROM d, LATERAL (SELECT pg_notify($2, d.name)) n",
         )
@@ -373,14 +374,51 @@ impl Store {
         .await?)
     }
 
-    /// What the route table depends on besides the configuration's revision (blocks are
-    /// claimed in ports' writes): every node's underlay addresses, as one short digest.
-    pub async fn underlay_fingerprint(&self) -> Result<String> {
+    /// What the route table depends on besides the configuration's revision (blocks claimed
+    /// in ports' writes come with one): every node's underlay addresses and every block's
+    /// node (an assigned block comes with no revision), as one short digest.
+    pub async fn route_fingerprint(&self) -> Result<String> {
         Ok(sqlx::query_scalar(
-            "SELECT coalesce(md5(string_agg(name || '=' || underlay::text, ';' ORDER BY name)), '') FROM nodes",
+            "SELECT md5(coalesce((SELECT string_agg(name || '=' || underlay::text, ';' ORDER BY name) FROM nodes), '') \
+             || '|' || coalesce((SELECT string_agg(block::text || '=' || node, ';' ORDER BY block) FROM ip_blocks), ''))",
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// Makes `blocks` the blocks the cluster assigned `node` on `network` (`project/name`, a
+    /// network split into node blocks): Kubernetes' Node.spec.podCIDRs, passed on by
+    /// kube-manager; none withdraws them. The node's ports get that family's addresses only
+    /// from its assigned blocks. The node need not be registered yet. Its blocks on the
+    /// network, after.
+    pub async fn assign_node_blocks(
+        &self,
+        network: &str,
+        node: &str,
+        blocks: &[ipnet::IpNet],
+    ) -> Result<Vec<ipnet::IpNet>> {
+        let not_found = || StoreError::NotFound { kind: weft_model::Kind::VirtualNetwork, key: network.to_string() };
+        let (project, name) = network.split_once('/').ok_or_else(not_found)?;
+        let mut tx = self.pool.begin().await?;
+        // The network row's lock, as ports' writes take it: allocations and blocks of the
+        // network are serialised.
+        let row: Option<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT v.id, v.body::text FROM objects v JOIN objects p ON p.id = v.project_id \
+             WHERE v.kind = 'virtual-network' AND p.name = $1 AND v.name = $2 FOR UPDATE OF v",
+        )
+        .bind(project)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (id, body) = row.ok_or_else(not_found)?;
+        let vn: weft_model::VirtualNetwork =
+            serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id, source })?;
+        if vn.node_blocks.is_none() {
+            return Err(StoreError::invalid("/network", format!("{network:?} is not split into node blocks")));
+        }
+        let held = crate::ipam::assign(&mut tx, id, &vn, node, blocks).await?;
+        tx.commit().await?;
+        Ok(held)
     }
 
     /// A control process took the node's stream.

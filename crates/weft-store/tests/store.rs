@@ -297,6 +297,62 @@ async fn ipam_hands_out_first_free_addresses_concurrently(pool: PgPool) {
     assert_eq!(invalid_pointers(e), ["/ips/0"]);
 }
 
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_node_the_cluster_assigned_blocks_gets_its_addresses_only_from_them(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    for p in ["k8s-cluster", "k8s-a"] {
+        project(&store, p).await;
+    }
+    create(
+        &store,
+        Kind::VirtualNetwork,
+        json!({"name": "pods", "project": "k8s-cluster", "shared": true, "node_blocks": {"ipv4": 24},
+               "subnets": [{"cidr": "10.244.0.0/16"}]}),
+    )
+    .await
+    .unwrap();
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let pod = |name: &str, node: &str| json!({"name": name, "project": "k8s-a", "network": "k8s-cluster/pods", "node": node, "security_groups": []});
+    let assign = |node: &'static str, blocks: &[&str]| {
+        let blocks: Vec<ipnet::IpNet> = blocks.iter().map(|b| net(b)).collect();
+        let store = store.clone();
+        async move { store.assign_node_blocks("k8s-cluster/pods", node, &blocks).await }
+    };
+    // n1 claims a block of weft's choosing; n2, assigned one, takes its addresses from it.
+    assert_eq!(port_ips(&store, pod("a", "n1")).await.unwrap(), [ip("10.244.0.1")]);
+    let before = store.route_fingerprint().await.unwrap();
+    assert_eq!(assign("n2", &["10.244.5.0/24"]).await.unwrap(), [net("10.244.5.0/24")]);
+    assert_ne!(store.route_fingerprint().await.unwrap(), before, "an assigned block is a route to read again");
+    assert_eq!(port_ips(&store, pod("b", "n2")).await.unwrap(), [ip("10.244.5.1")]);
+    // Again, the same: nothing changes.
+    assert_eq!(assign("n2", &["10.244.5.0/24"]).await.unwrap(), [net("10.244.5.0/24")]);
+    // Another node's block, an overlap with a block holding addresses: conflicts.
+    assert_eq!(conflict(assign("n3", &["10.244.0.0/24"]).await.unwrap_err()), ConflictKind::BlockInUse);
+    assert_eq!(conflict(assign("n2", &["10.244.5.0/25"]).await.unwrap_err()), ConflictKind::BlockInUse);
+    // Not a network address, outside the subnets, overlapping each other: invalid, by index.
+    assert_eq!(invalid_pointers(assign("n3", &["10.244.7.1/24"]).await.unwrap_err()), ["/blocks/0"]);
+    assert_eq!(invalid_pointers(assign("n3", &["10.9.0.0/24"]).await.unwrap_err()), ["/blocks/0"]);
+    assert_eq!(invalid_pointers(assign("n3", &["10.244.8.0/24", "10.244.8.0/25"]).await.unwrap_err()), ["/blocks/1"]);
+    let missing = store.assign_node_blocks("k8s-cluster/none", "n3", &[]).await.unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound { .. }), "{missing:?}");
+    // A full assigned block is the end: a node the cluster assigns never claims one itself.
+    store.create_node("n4").await.unwrap();
+    assign("n4", &["10.244.9.0/30"]).await.unwrap();
+    let held = [port_ips(&store, pod("c1", "n4")).await.unwrap(), port_ips(&store, pod("c2", "n4")).await.unwrap()];
+    assert_eq!(held, [[ip("10.244.9.1")], [ip("10.244.9.2")]]);
+    assert_eq!(conflict(port_ips(&store, pod("c3", "n4")).await.unwrap_err()), ConflictKind::AddressesExhausted);
+    // The weft node goes; the cluster's assignment stays until the cluster withdraws it.
+    assert!(store.delete_node("n4").await.unwrap());
+    assert_eq!(conflict(assign("n5", &["10.244.9.0/30"]).await.unwrap_err()), ConflictKind::BlockInUse);
+    // Withdrawn: a block that holds addresses stays the node's, as one it claimed; an empty
+    // one is given up, and another node may have it.
+    assert_eq!(assign("n2", &[]).await.unwrap(), [net("10.244.5.0/24")]);
+    assign("n3", &["10.244.6.0/24"]).await.unwrap();
+    assert_eq!(assign("n3", &[]).await.unwrap(), Vec::<ipnet::IpNet>::new());
+    assert_eq!(assign("n5", &["10.244.6.0/24"]).await.unwrap(), [net("10.244.6.0/24")]);
+}
+
 /// The addresses a port got.
 async fn port_ips(store: &Store, body: serde_json::Value) -> Result<Vec<IpAddr>, StoreError> {
     let Resource::Port(port) = create(store, Kind::Port, body).await?.decode().unwrap() else { panic!() };

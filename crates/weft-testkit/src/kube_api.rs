@@ -35,6 +35,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 const RESOURCES: &[(&str, &str, &str, bool)] = &[
     ("api/v1", "namespaces", "Namespace", false),
     ("api/v1", "pods", "Pod", true),
+    ("api/v1", "nodes", "Node", false),
     ("api/v1", "events", "Event", true),
     ("apis/networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", true),
     ("apis/coordination.k8s.io/v1", "leases", "Lease", true),

@@ -284,8 +284,25 @@ async fn kube_managers_rbac_grants_exactly_what_it_calls() {
         json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "not-a-cidr"}}]},
             {"from": [{"ipBlock": {"cidr": "nor-this"}}]}]}),
     ));
-    let mut km = cluster.manager("km-1");
-    cluster.until_converged("the first sync", &["km-1"]).await;
+    // A node with a pod CIDR, as the deployment's pod network sees it.
+    cluster.fake.apply(
+        &serde_json::from_value::<k8s_openapi::api::core::v1::Node>(
+            json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.7.0/24"}}),
+        )
+        .unwrap(),
+    );
+    let deployed: Deployment = typed(&manifests(), "Deployment", "weft-kube-manager");
+    let args = deployed.spec.template.spec.unwrap().containers[0].args.clone().unwrap();
+    let cidr = &args[args.iter().position(|a| a == "--pod-network-cidr").unwrap() + 1];
+    let mut km = cluster.manager_with("km-1", &["--pod-network-cidr", cidr]);
+    let options = weft_kube::Options {
+        pod_network: Some(weft_kube::translate::PodNetwork {
+            subnets: vec![cidr.parse().unwrap()],
+            blocks: weft_model::NodeBlocks::default(),
+        }),
+        ..weft_kube::Options::default()
+    };
+    cluster.until("the first sync", &["km-1"], async || cluster.converged_with(&options).await).await;
     let events = async || {
         let events = cluster.fake.list::<Event>();
         events.len() == 1 && events[0].series.as_ref().is_some_and(|s| s.count == 2)

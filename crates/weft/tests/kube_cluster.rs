@@ -167,3 +167,54 @@ async fn one_leader_writes_and_another_takes_over_when_it_stops_or_dies() {
     let transitions = s.fake.list::<Lease>()[0].spec.as_ref().and_then(|l| l.lease_transitions);
     assert_eq!(transitions, Some(2));
 }
+
+/// Where the cluster assigns nodes their pod CIDRs, a node's podCIDR is its block of the pod
+/// network: its pods get addresses from it, one outside the pod network is a warning Event on
+/// the Node, and the block goes with the Node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_pod_cidr_is_its_block_and_its_pods_get_their_addresses_from_it() {
+    use k8s_openapi::api::core::v1::Node;
+    let s = KubeCluster::new("km-podcidr").await;
+    s.client.create_node("n1").await.unwrap();
+    let node = |name: &str, cidr: &str| -> Node {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}}))
+            .unwrap()
+    };
+    s.fake.apply(&node("n1", "10.244.7.0/24"));
+    s.fake.apply(&node("n2", "10.9.0.0/24"));
+    s.fake.apply(&namespace("x", json!({})));
+    let scheduled: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "a", "namespace": "x", "uid": "uid-a"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+    }))
+    .unwrap();
+    s.fake.apply(&scheduled);
+    let _km = s.manager_with("km-1", &["--pod-network-cidr", "10.244.0.0/16"]);
+    let blocks_of_n1 = async || {
+        let nodes = s.client.list_nodes().await.unwrap();
+        nodes.iter().find(|n| n["name"] == "n1").map(|n| n["blocks"].clone()).unwrap_or_default()
+    };
+    s.until("n1's podCIDR is its block", &["km-1"], async || blocks_of_n1().await == json!(["10.244.7.0/24"])).await;
+    let port_ips = async || {
+        let key = weft_client::Key::Named { project: "k8s-x".into(), name: "a".into() };
+        s.client.get::<weft_model::Port>(&key).await.map(|p| p.ips).unwrap_or_default()
+    };
+    s.until("a's port on n1's block", &["km-1"], async || {
+        port_ips().await == ["10.244.7.1".parse::<std::net::IpAddr>().unwrap()]
+    })
+    .await;
+    // n2's podCIDR is not the pod network's: said on n2, which gets blocks of weft's own.
+    let warned = async || {
+        s.fake.list::<Event>().iter().any(|e| {
+            e.reason.as_deref() == Some("PodCIDRNotUsed")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("n2")
+                && e.note.as_deref().is_some_and(|n| n.contains("outside weft's pod network"))
+        })
+    };
+    s.until("a warning on n2", &["km-1"], warned).await;
+    // The pod and then its Node go: the block is given up.
+    s.fake.delete::<Pod>(Some("x"), "a");
+    s.until("a's port gone", &["km-1"], async || s.port_names().await.is_empty()).await;
+    s.fake.delete::<Node>(None, "n1");
+    s.until("n1's block given up", &["km-1"], async || blocks_of_n1().await == json!([])).await;
+}

@@ -91,15 +91,19 @@ impl KubeCluster {
 
     /// Whether the config service holds exactly the translation of what the fake holds.
     pub async fn converged(&self) -> bool {
-        let o = Options::default();
+        self.converged_with(&Options::default()).await
+    }
+
+    /// As [`KubeCluster::converged`], for a kube-manager run with options `o`.
+    pub async fn converged_with(&self, o: &Options) -> bool {
         let desired = Desired::of(
             &self.fake.list::<Namespace>(),
             &self.fake.list::<Pod>(),
             &self.fake.list::<NetworkPolicy>(),
-            &o,
+            o,
         );
         let current = weft_kube::reconcile::list(&self.client).await.unwrap();
-        weft_kube::plan(&desired, &current, &o).is_empty()
+        weft_kube::plan(&desired, &current, o).is_empty()
     }
 
     pub async fn until(&self, what: &str, logs: &[&str], mut done: impl AsyncFnMut() -> bool) {
