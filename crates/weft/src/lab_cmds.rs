@@ -302,7 +302,9 @@ pub async fn create(
         (lab, Ok(())) => Ok(lab),
         (mut lab, Err(e)) => {
             lab.down();
-            Err(anyhow::Error::new(e).context("cannot wire the lab's pods"))
+            Err(anyhow::Error::new(e).context(
+                "cannot wire the lab's pods (their ports come first: weft kube-manager --manifests DIR --pod-network-cidr CIDR)",
+            ))
         }
     }
 }

@@ -445,3 +445,37 @@ fn lab_down_removes_everything_also_after_a_test_fails_midway() {
     let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&tables.stdout).contains("inet weft"), "the host has no weft table");
 }
+
+/// A pod whose port never comes (kube-manager not run): `lab up` waits for it as a kubelet
+/// would, then fails naming the pod and what comes first, and leaves nothing behind.
+#[ignore = "needs root (network namespaces, nftables): scripts/test.sh runs it when run as root"]
+#[tokio::test(flavor = "multi_thread")]
+async fn lab_up_without_the_pods_ports_fails_naming_them_and_leaves_nothing() {
+    weft_testkit::require_root();
+    let db = weft_testkit::fresh_database().await;
+    let data_dir = common::temp_dir("lab-noport");
+    let server = common::Server::start(Some(&db.url), &data_dir, &["--grpc-listen", "127.0.0.1:0"], "http").await;
+    let manifests = data_dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("pods.yaml"), common::lab::manifests(&two_pods())).unwrap();
+    let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let lab_dir = data_dir.join("lab");
+    let out = server.weft(&[
+        "lab",
+        "up",
+        "--manifests",
+        manifests.to_str().unwrap(),
+        "--wait",
+        "2s",
+        "--name",
+        &name,
+        "--lab-dir",
+        lab_dir.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("k8s-x/a") && said.contains("has not reached this node"), "{said}");
+    assert!(said.contains("weft kube-manager"), "what comes first is named: {said}");
+    assert!(leftovers(&name).is_empty(), "namespaces left: {:?}", leftovers(&name));
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
