@@ -58,6 +58,9 @@ pub struct SideExplanation {
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Uuid>,
+    /// What that rule was written from (kube-manager: the NetworkPolicy and its entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<weft_model::RuleOrigin>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -233,11 +236,14 @@ fn side_explanation(
     let mut isolated_by: Vec<String> =
         view.isolated_by(&port.0, direction).unwrap_or_default().iter().map(|g| group_name(compiler, g)).collect();
     isolated_by.sort();
-    let (group, rule) = match side {
-        Side::Allowed { group, rule } => (Some(group_name(compiler, &group)), Some(rule)),
-        _ => (None, None),
+    let (group, rule, origin) = match side {
+        Side::Allowed { group, rule } => {
+            let written = compiler.cluster().group(&group).and_then(|g| g.rules.iter().find(|r| r.id == Some(rule)));
+            (Some(group_name(compiler, &group)), Some(rule), written.and_then(|r| r.origin.clone()))
+        }
+        _ => (None, None, None),
     };
-    SideExplanation { port: port.1, verdict: verdict(side).into(), isolated_by, group, rule }
+    SideExplanation { port: port.1, verdict: verdict(side).into(), isolated_by, group, rule, origin }
 }
 
 pub async fn explain(

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_model::{
     Direction, LabelSelector, NamedPort, NodeBlocks, Operator, Port, PortMatch, Project, Protocol, Remote, Requirement,
-    Rule, SecurityGroup, Subnet, VirtualNetwork,
+    Rule, RuleOrigin, SecurityGroup, Subnet, VirtualNetwork,
 };
 
 /// Who wrote an object: kube-manager for one cluster. Objects without this annotation, or
@@ -347,7 +347,15 @@ pub fn network_policy(np: &NetworkPolicy, o: &Options) -> (Option<SecurityGroup>
             continue;
         }
         for (i, (peers, ports)) in entries.into_iter().enumerate() {
-            rules.extend(entry_rules(direction, peers, ports, o, &format!("spec.{field}[{i}]"), &mut report));
+            let origin = RuleOrigin {
+                kind: "NetworkPolicy".into(),
+                namespace: Some(namespace.clone()),
+                name: name.clone(),
+                index: u32::try_from(i).ok(),
+            };
+            let at = format!("spec.{field}[{i}]");
+            let entry = entry_rules(direction, peers, ports, o, &at, &mut report);
+            rules.extend(entry.into_iter().map(|r| Rule { origin: Some(origin.clone()), ..r }));
         }
     }
     let group = SecurityGroup {
@@ -435,6 +443,7 @@ fn entry_rules(
                 ports: ports.clone(),
                 icmp: None,
                 remote: remote.clone(),
+                origin: None,
             });
         }
     }

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use serde_json::json;
 use weft_kube::translate::{self, CLUSTER_LABEL, OWNER_ANNOTATION, Options};
-use weft_model::{Direction, LabelSelector, Protocol, Remote, Rule, SecurityGroup};
+use weft_model::{Direction, LabelSelector, Protocol, Remote, SecurityGroup};
 
 fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_yaml::from_str(text).unwrap()
@@ -22,9 +22,47 @@ fn group(text: &str) -> SecurityGroup {
     group.unwrap()
 }
 
-/// The rules as JSON (ids are the server's), for comparing with what a test expects.
+/// The rules as JSON (ids are the server's), for comparing with what a test expects; their
+/// origin, which every rule has, is left out (a test of its own checks it).
 fn rules(g: &SecurityGroup) -> serde_json::Value {
-    serde_json::to_value(&g.rules).unwrap()
+    let mut rules = serde_json::to_value(&g.rules).unwrap();
+    for rule in rules.as_array_mut().unwrap() {
+        rule.as_object_mut().unwrap().remove("origin");
+    }
+    rules
+}
+
+#[test]
+fn every_rule_names_the_network_policy_entry_it_comes_from() {
+    let g = group(
+        r#"
+metadata: {name: db-in, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}, {podSelector: {matchLabels: {app: api}}}]
+  - ports: [{port: 5432}]
+  egress:
+  - {}
+"#,
+    );
+    let origins: Vec<String> = g.rules.iter().map(|r| r.origin.as_ref().unwrap().to_string()).collect();
+    assert_eq!(
+        origins,
+        [
+            "NetworkPolicy shop/db-in [0]",
+            "NetworkPolicy shop/db-in [0]",
+            "NetworkPolicy shop/db-in [1]",
+            "NetworkPolicy shop/db-in [0]"
+        ],
+        "one entry's peers share its origin; each direction counts its own entries"
+    );
+    assert_eq!(g.rules[3].direction, Direction::Egress);
+    assert_eq!(
+        serde_json::to_value(&g.rules[2].origin).unwrap(),
+        json!({"kind": "NetworkPolicy", "namespace": "shop", "name": "db-in", "index": 1})
+    );
 }
 
 fn selector(v: serde_json::Value) -> LabelSelector {
@@ -332,10 +370,9 @@ spec:
     assert!(problems.iter().all(|p| p.kind == weft_kube::ProblemKind::NetworkPolicy && p.name == "p"), "{problems:?}");
     // The bad peer and the bad port entry are left out; the second entry's only port entry is
     // bad, so that entry allows nothing (not every port).
-    let expected: Vec<Rule> = serde_json::from_value(json!([{"direction": "ingress", "protocol": "tcp", "ports": [81],
-        "remote": {"type": "selector", "ports": {"matchLabels": {"app": "web"}}}}]))
-    .unwrap();
-    assert_eq!(g.rules, expected);
+    let expected = json!([{"direction": "ingress", "protocol": "tcp", "ports": [81],
+        "remote": {"type": "selector", "ports": {"matchLabels": {"app": "web"}}}}]);
+    assert_eq!(rules(&g), expected);
 
     // A pod selector that cannot be read: the policy cannot be placed at all.
     let (g, problems) = translate::network_policy(

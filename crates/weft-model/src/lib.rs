@@ -20,7 +20,9 @@ pub use resource::{
     DEFAULT_GROUP, Kind, MAX_PORT_IPS, MAX_RULES, NamedPort, NodeBlocks, Port, Project, Resource, SecurityGroup,
     Subnet, VirtualNetwork, both_directions, member_group,
 };
-pub use rule::{Direction, Ethertype, IcmpMatch, PortMatch, Protocol, Remote, Rule, canonical_net, port_number};
+pub use rule::{
+    Direction, Ethertype, IcmpMatch, PortMatch, Protocol, Remote, Rule, RuleOrigin, canonical_net, port_number,
+};
 pub use selector::{LabelSelector, Labels, Operator, Requirement};
 pub use validation::{FieldError, ValidationErrors, Validator};
 

@@ -311,6 +311,7 @@ impl SecurityGroup {
             ports: vec![],
             icmp: None,
             remote,
+            origin: None,
         };
         SecurityGroup {
             id: None,

@@ -341,6 +341,59 @@ mod any_remote {
     }
 }
 
+/// Where a rule comes from, when a program wrote it from an object of its own: kube-manager
+/// names the NetworkPolicy and the index of its `ingress`/`egress` entry, so what a rule
+/// decided (a flow record, explain) names the policy rule a user wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleOrigin {
+    /// The kind of object, e.g. `NetworkPolicy`.
+    #[schema(min_length = 1, max_length = 63)]
+    pub kind: String,
+    /// Its namespace, where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 253)]
+    pub namespace: Option<String>,
+    #[schema(min_length = 1, max_length = 253)]
+    pub name: String,
+    /// The entry of its direction's list the rule comes from (`spec.ingress[index]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4096)]
+    pub index: Option<u32>,
+}
+
+impl RuleOrigin {
+    fn validate(&self, v: &mut Validator) {
+        let text = |v: &mut Validator, field: &str, s: &str, max: usize| {
+            if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
+                v.at(field, |v| v.error(format!("1 to {max} characters, none of them control characters")));
+            }
+        };
+        text(v, "kind", &self.kind, 63);
+        text(v, "name", &self.name, 253);
+        if let Some(namespace) = &self.namespace {
+            text(v, "namespace", namespace, 253);
+        }
+        if self.index.is_some_and(|i| i > 4096) {
+            v.at("index", |v| v.error("at most 4096"));
+        }
+    }
+}
+
+impl std::fmt::Display for RuleOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ", self.kind)?;
+        if let Some(namespace) = &self.namespace {
+            write!(f, "{namespace}/")?;
+        }
+        write!(f, "{}", self.name)?;
+        if let Some(index) = self.index {
+            write!(f, " [{index}]")?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
@@ -359,6 +412,10 @@ pub struct Rule {
     pub icmp: Option<IcmpMatch>,
     #[serde(default)]
     pub remote: Remote,
+    /// What the rule was written from, when a program wrote it (kube-manager: the
+    /// NetworkPolicy entry); absent for rules a person wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<RuleOrigin>,
 }
 
 impl Rule {
@@ -412,6 +469,9 @@ impl Rule {
             v.at("protocol", |v| v.error(format!("protocol {} does not exist in {family:?}", self.protocol)));
         }
         v.at("remote", |v| self.validate_remote(v));
+        if let Some(origin) = &self.origin {
+            v.at("origin", |v| origin.validate(v));
+        }
     }
 
     fn validate_remote(&self, v: &mut Validator) {

@@ -118,9 +118,10 @@ pub fn trace_lines(answer: &serde_json::Value, from: &str, to: &str, what: &str)
         let line = match side["verdict"].as_str().unwrap_or_default() {
             "open" => "open: no policy isolates it this way".to_string(),
             "allowed" => format!(
-                "allowed by {} (rule {}); isolated by {}",
+                "allowed by {} (rule {}{}); isolated by {}",
                 side["group"].as_str().unwrap_or("?"),
                 side["rule"].as_str().unwrap_or("?"),
+                origin_text(&side["origin"]).map(|o| format!(", from {o}")).unwrap_or_default(),
                 isolated.join(", ")
             ),
             _ => format!("denied: isolated by {}, and no rule of theirs allows it", isolated.join(", ")),
@@ -128,6 +129,11 @@ pub fn trace_lines(answer: &serde_json::Value, from: &str, to: &str, what: &str)
         lines.push(format!("  {direction} of {port}: {line}"));
     }
     lines
+}
+
+/// A rule's origin as `NetworkPolicy default/yelb-db-in [0]`, when it has one.
+fn origin_text(origin: &serde_json::Value) -> Option<String> {
+    serde_json::from_value::<weft_model::RuleOrigin>(origin.clone()).ok().map(|o| o.to_string())
 }
 
 #[cfg(test)]

@@ -281,6 +281,12 @@ async fn reach_and_trace_explain_the_yelb_policies() {
     assert_eq!(allowed["ingress"]["port"], "k8s-default/yelb-db", "a port's address means that port");
     assert_eq!(allowed["ingress"]["group"], "k8s-default/yelb-db-in");
     assert!(allowed["ingress"]["rule"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
+    // The rule is named by the NetworkPolicy entry it was written from.
+    let origin = json!({"kind": "NetworkPolicy", "namespace": "default", "name": "yelb-db-in", "index": 0});
+    assert_eq!(allowed["ingress"]["origin"], origin, "{allowed}");
+    let text = s.server.weft(&["trace", "k8s-default/yelb-appserver", "k8s-default/yelb-db", "--port", "5432/tcp"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("from NetworkPolicy default/yelb-db-in [0]"), "{text}");
     let text = s.server.weft(&["trace", "k8s-default/yelb-ui", "k8s-default/yelb-db", "--port", "5432/tcp"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("denied: isolated by k8s-default/default-deny"), "{text}");

@@ -132,6 +132,12 @@ fn rules() {
         (json!({"direction": "ingress", "protocol": "icmp", "icmp": {"type": 8, "code": -1}}), "/rules/0/icmp/code"),
         (json!({"direction": "ingress", "protocol": "tcp", "icmp": {"type": 8}}), "/rules/0/icmp"),
         (json!({"direction": "ingress", "protocol": "icmp", "ethertype": "IPv6"}), "/rules/0/protocol"),
+        (json!({"direction": "ingress", "origin": {"kind": "", "name": "p"}}), "/rules/0/origin/kind"),
+        (json!({"direction": "ingress", "origin": {"kind": "NetworkPolicy", "name": "p\n"}}), "/rules/0/origin/name"),
+        (
+            json!({"direction": "ingress", "origin": {"kind": "NetworkPolicy", "name": "p", "index": 5000}}),
+            "/rules/0/origin/index",
+        ),
         (
             json!({"direction": "ingress", "protocol": "icmpv6", "remote": {"type": "cidr", "cidr": "10.0.0.0/8"}}),
             "/rules/0/protocol",
