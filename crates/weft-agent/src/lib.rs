@@ -10,6 +10,7 @@
 
 pub mod cni;
 pub mod datapath;
+pub mod flows;
 pub mod link;
 pub mod metrics;
 pub mod netns;

@@ -41,6 +41,8 @@ pub struct AgentMetrics {
     kernel_sets: Gauge,
     kernel_set_elements: Gauge,
     dropped: Family<PortLabels, Gauge>,
+    denied_samples: Counter,
+    denied_samples_lost: Counter,
     /// The port chains' names (`pi-<id>`, `pe-<id>`) by the id's hex, to the port's name.
     names: RwLock<BTreeMap<String, String>>,
 }
@@ -59,6 +61,8 @@ impl Default for AgentMetrics {
             kernel_sets: Gauge::default(),
             kernel_set_elements: Gauge::default(),
             dropped: Family::default(),
+            denied_samples: Counter::default(),
+            denied_samples_lost: Counter::default(),
             names: RwLock::default(),
         };
         let r = &mut m.registry;
@@ -77,6 +81,16 @@ impl Default for AgentMetrics {
              port's chain is made again)",
             m.dropped.clone(),
         );
+        r.register(
+            "denied_samples",
+            "Denied packets sampled (at most 20 a second per port and direction; the drop counters count them all)",
+            m.denied_samples.clone(),
+        );
+        r.register(
+            "denied_samples_lost",
+            "Times the kernel dropped denied samples because the agent's socket was full",
+            m.denied_samples_lost.clone(),
+        );
         m
     }
 }
@@ -89,6 +103,14 @@ impl AgentMetrics {
         self.ports.set(span.ports.len() as i64);
         let names = span.ports.iter().map(|(id, p)| (id.simple().to_string(), format!("{}/{}", p.project, p.name)));
         *self.names.write().unwrap_or_else(|e| e.into_inner()) = names.collect();
+    }
+
+    pub(crate) fn denied_sampled(&self) {
+        self.denied_samples.inc();
+    }
+
+    pub(crate) fn denied_samples_lost(&self) {
+        self.denied_samples_lost.inc();
     }
 
     pub(crate) fn failed(&self) {

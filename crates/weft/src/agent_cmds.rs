@@ -275,6 +275,18 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     // Routes to other nodes' pods, on a stream of their own; only where pods are wired here.
+    // What the datapath denies, sampled (DESIGN.md §10): counted, and logged at debug level.
+    if matches!(datapath, DatapathKind::Nftables) {
+        let (netns, metrics, stopped) = (netns.clone(), config.metrics.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            weft_agent::flows::follow_denied(netns.as_deref(), metrics, stopped, |s| {
+                tracing::debug!(
+                    port = %s.port, ingress = s.ingress, src = %s.packet.src, dst = %s.packet.dst,
+                    protocol = s.packet.protocol, ports = ?s.packet.ports, icmp = ?s.packet.icmp, "denied"
+                );
+            })
+        });
+    }
     // And the masquerade of pod traffic leaving the cluster, which the route table names.
     let uses = weft_agent::routes::Uses { routes: !no_routes, masquerade: !no_masquerade };
     if matches!(datapath, DatapathKind::Nftables) {

@@ -63,6 +63,17 @@ const NFTA_LOOKUP_DREG: u16 = 3;
 const NFTA_LOOKUP_FLAGS: u16 = 5;
 const NFT_LOOKUP_F_INV: u32 = 1;
 
+const NFTA_LIMIT_RATE: u16 = 1;
+const NFTA_LIMIT_UNIT: u16 = 2;
+const NFTA_LIMIT_BURST: u16 = 3;
+const NFTA_LIMIT_TYPE: u16 = 4;
+const NFTA_LIMIT_FLAGS: u16 = 5;
+const NFT_LIMIT_PKTS: u32 = 0;
+
+const NFTA_LOG_GROUP: u16 = 1;
+const NFTA_LOG_PREFIX: u16 = 2;
+const NFTA_LOG_SNAPLEN: u16 = 3;
+
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
 
@@ -431,6 +442,24 @@ impl Program {
             Stmt::Jump(target) => self.verdict(NFT_JUMP, Some(target)),
             // No flags, no port range: nft's own encoding of a plain `masquerade`.
             Stmt::Masquerade => self.expr("masq", |_| {}),
+            // Rate in packets a second, as nft writes `limit rate N/second burst B packets`.
+            Stmt::Limit { per_second, burst } => self.expr("limit", |d| {
+                attr(d, NFTA_LIMIT_RATE, &per_second.to_be_bytes());
+                attr(d, NFTA_LIMIT_UNIT, &1u64.to_be_bytes());
+                u32_attr(d, NFTA_LIMIT_BURST, *burst);
+                u32_attr(d, NFTA_LIMIT_TYPE, NFT_LIMIT_PKTS);
+                u32_attr(d, NFTA_LIMIT_FLAGS, 0);
+            }),
+            Stmt::Log { group, prefix, snaplen } => {
+                if prefix.len() > 127 {
+                    return Err(format!("log prefix {prefix:?} is longer than 127 bytes"));
+                }
+                self.expr("log", |d| {
+                    attr_str(d, NFTA_LOG_PREFIX, prefix);
+                    attr(d, NFTA_LOG_GROUP, &group.to_be_bytes());
+                    u32_attr(d, NFTA_LOG_SNAPLEN, *snaplen);
+                })
+            }
             Stmt::Vmap { key, map } => {
                 self.left(&Left::Field(*key))?;
                 self.lookup(map, Some(NFT_REG_VERDICT), false);

@@ -73,6 +73,19 @@ pub enum Stmt {
     Jump(String),
     /// Source NAT to the address of the interface the packet leaves by (a nat chain's).
     Masquerade,
+    /// Matches while packets come at most `per_second` a second (and `burst` at once): a
+    /// token bucket of the kernel's.
+    Limit {
+        per_second: u64,
+        burst: u32,
+    },
+    /// Sends the packet (its first `snaplen` bytes) to nfnetlink_log group `group`, tagged with
+    /// `prefix` (at most 127 bytes).
+    Log {
+        group: u16,
+        prefix: String,
+        snaplen: u32,
+    },
 }
 
 impl Field {
@@ -127,6 +140,12 @@ impl Stmt {
             Stmt::Drop => json!({"drop": null}),
             Stmt::Jump(target) => json!({"jump": {"target": target}}),
             Stmt::Masquerade => json!({"masquerade": null}),
+            Stmt::Limit { per_second, burst } => {
+                json!({"limit": {"rate": per_second, "burst": burst, "per": "second"}})
+            }
+            Stmt::Log { group, prefix, snaplen } => {
+                json!({"log": {"prefix": prefix, "group": group, "snaplen": snaplen}})
+            }
         }
     }
 }

@@ -11,9 +11,11 @@
 //!   local . remote . proto . port                          in @fold-in-4: counter accept
 //!     in @fold-out-4: counter accept                    ip daddr vmap @ingress-4 ─► pi-<port>
 //!   ip saddr vmap @egress-4 ─► pe-<port>                                                │
-//!                                │                       jump gi-<group> … ; counter drop ◄┘
-//!        jump ge-<group> … ; counter drop ◄┘              (group chains: one rule per
-//!                                                          compiled rule, `counter accept`)
+//!                                │             jump gi-<group> … ; sample ; counter drop ◄┘
+//!   jump ge-<group> … ; sample ; counter drop ◄┘          (group chains: one rule per
+//!                                                          compiled rule, `counter accept`;
+//!                                                          sample: denied packets to NFLOG,
+//!                                                          rate-limited per port)
 //! ```
 //!
 //! Egress and ingress are two base chains on the forward hook: `accept` in a group chain ends
@@ -90,6 +92,36 @@ fn port_chain(port: Uuid, dir: Dir) -> String {
         Dir::In => format!("pi-{}", port.simple()),
         Dir::Out => format!("pe-{}", port.simple()),
     }
+}
+
+/// The nfnetlink_log group denied samples go to. Not 1 or 2 (Calico's), 86 (Weave's) or 100
+/// (kube-router's): several of them may share a node's kernel.
+pub const DENIED_SAMPLES_GROUP: u16 = 17461;
+/// Samples of one port's denied packets, a direction, at most this many a second (the drop
+/// counter after it counts every one): a flood of denied packets costs the agent a bounded
+/// number of messages, and the loss is visible as counted minus sampled.
+pub const DENIED_SAMPLES_PER_SECOND: u64 = 20;
+const DENIED_SAMPLES_BURST: u32 = 40;
+/// Enough of a packet for its network and transport headers (IPv6 with a few extension headers).
+const DENIED_SAMPLE_BYTES: u32 = 128;
+
+/// The log prefix of a port's denied samples: `weft:D:<i|e>:<port id>`, which the agent's
+/// reader parses back ([`crate::flows`]).
+pub fn denied_prefix(port: Uuid, ingress: bool) -> String {
+    format!("weft:D:{}:{}", if ingress { 'i' } else { 'e' }, port.simple())
+}
+
+/// The rule before a port chain's drop that samples what it drops. Apart from the drop:
+/// `limit` is a match, and in the drop rule it would let packets over the rate through.
+fn denied_sample(port: Uuid, dir: Dir) -> Vec<Stmt> {
+    vec![
+        Stmt::Limit { per_second: DENIED_SAMPLES_PER_SECOND, burst: DENIED_SAMPLES_BURST },
+        Stmt::Log {
+            group: DENIED_SAMPLES_GROUP,
+            prefix: denied_prefix(port, dir == Dir::In),
+            snaplen: DENIED_SAMPLE_BYTES,
+        },
+    ]
 }
 
 fn group_chain(group: Uuid, dir: Dir) -> String {
@@ -552,6 +584,7 @@ fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, rules: &GroupRule
                 Some(_) => chain.rules.push(Rule::new(vec![Stmt::Jump(group_chain(*g, dir))])),
             }
         }
+        chain.rules.push(Rule::new(denied_sample(id, dir)));
         chain.rules.push(Rule::new(vec![Stmt::Counter, Stmt::Drop]));
         out.chains.insert(port_chain(id, dir), chain);
         if folds.is_empty() {
@@ -699,10 +732,17 @@ mod tests {
             ports: (80, 90),
         };
         assert_eq!(folded, vec![&fold(("10.0.0.0", "10.0.0.127")), &fold(("10.0.1.0", "10.0.1.255"))]);
-        // a's chain: the rule of any protocol (once per prefix) and the default drop.
+        // a's chain: the rule of any protocol (once per prefix), the denied sample of what
+        // falls through, and the default drop.
         let a = &table.chains[&port_chain(Uuid::from_u128(20), Dir::In)];
-        assert_eq!(a.rules.len(), 3, "{:?}", a.rules.iter().map(Rule::expr).collect::<Vec<_>>());
+        assert_eq!(a.rules.len(), 4, "{:?}", a.rules.iter().map(Rule::expr).collect::<Vec<_>>());
         assert!(a.rules[..2].iter().all(|r| !r.expr().contains("dport")));
+        let sample = a.rules[2].expr();
+        assert!(
+            sample.contains(r#""limit""#) && sample.contains(&denied_prefix(Uuid::from_u128(20), true)),
+            "{sample}"
+        );
+        assert!(a.rules[3].expr().contains("drop"));
         let shared_chain = &table.chains[&group_chain(shared, Dir::In)];
         assert_eq!(shared_chain.rules.len(), 4, "two rules, two prefixes each");
         assert!(table.sets["fold-in-6"].elements.is_empty() && table.sets["fold-out-4"].elements.is_empty());
