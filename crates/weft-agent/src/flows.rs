@@ -1,12 +1,16 @@
-//! What the datapath denied, as samples (DESIGN.md §10): every port chain ends with a rule that
-//! sends the packets it is about to drop to nfnetlink_log at a bounded rate per port and
-//! direction, tagged `weft:D:<i|e>:<port id>` ([`crate::nft::render`]), and the drop rule after
-//! it counts every one. This module reads those messages back, in the node's namespace, as
-//! [`DeniedSample`]s: which port, which way, and the packet's addresses, protocol and ports.
-//! Denied packets never reach conntrack (they are dropped before their entry is confirmed), so
-//! these samples and the counters are all there is to know of them.
+//! What the datapath denied, and the names ports look up, as samples (DESIGN.md §10).
 //!
-//! Decoding is pure ([`decode`], [`packet`]); [`DeniedReader`] is the socket.
+//! * Every port chain ends with a rule that sends the packets it is about to drop to
+//!   nfnetlink_log at a bounded rate per port and direction, tagged `weft:D:<i|e>:<port id>`
+//!   ([`crate::nft::render`]), and the drop rule after it counts every one: [`DeniedSample`]s,
+//!   which port, which way, and the packet's addresses, protocol and ports. Denied packets
+//!   never reach conntrack (they are dropped before their entry is confirmed), so these samples
+//!   and the counters are all there is to know of them.
+//! * A port's new UDP connection to port 53 is logged once, tagged `weft:N`: a [`DnsQuery`],
+//!   the name asked for. Names can be sensitive: the agent reads them only when asked to
+//!   (`--no-dns-names` turns it off), and unread, the kernel sends nothing.
+//!
+//! Decoding is pure ([`decode`], [`packet`], [`dns_question`]); [`SampleReader`] is the socket.
 
 use std::io;
 use std::net::IpAddr;
@@ -22,6 +26,25 @@ pub struct DeniedSample {
     /// Dropped by the port's ingress (else its egress).
     pub ingress: bool,
     pub packet: PacketHeader,
+}
+
+/// A DNS query a port sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsQuery {
+    /// The querying port's address (the agent knows which port holds it).
+    pub src: IpAddr,
+    pub server: IpAddr,
+    /// The name asked for, as asked (ASCII; at most 253 characters).
+    pub name: String,
+    /// The record type (1 A, 28 AAAA, 33 SRV, ...).
+    pub qtype: u16,
+}
+
+/// One message of the groups the agent reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sample {
+    Denied(DeniedSample),
+    Dns(DnsQuery),
 }
 
 /// The headers of a sampled packet that say what it was.
@@ -42,13 +65,20 @@ const NFULA_PREFIX: u16 = 10;
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;
 
-/// A denied sample from one nfnetlink_log message's payload (after the netlink header: the
-/// nfgenmsg, then attributes); None for a message that is not weft's denied sample, or a
-/// packet too short to say what it was.
-pub fn decode(message: &[u8]) -> Option<DeniedSample> {
+/// A sample from one nfnetlink_log message's payload (after the netlink header: the
+/// nfgenmsg, then attributes); None for a message that is not weft's, or a packet too short
+/// to say what it was.
+pub fn decode(message: &[u8]) -> Option<Sample> {
     let attrs = crate::nft::wire::attributes(message.get(4..)?);
     let text = attrs.iter().find(|(kind, ..)| *kind & 0x7fff == NFULA_PREFIX).map(|(_, v, _)| *v)?;
     let prefix = std::str::from_utf8(text).ok()?.trim_end_matches('\0');
+    let payload = attrs.iter().find(|(kind, ..)| *kind & 0x7fff == NFULA_PAYLOAD).map(|(_, v, _)| *v)?;
+    if prefix == crate::nft::DNS_QUERY_PREFIX {
+        let (header, transport) = packet_and_transport(payload)?;
+        // UDP: 8 bytes of header, then the DNS message.
+        let (name, qtype) = dns_question(transport.get(8..)?)?;
+        return Some(Sample::Dns(DnsQuery { src: header.src, server: header.dst, name, qtype }));
+    }
     let rest = prefix.strip_prefix("weft:D:")?;
     let (way, port) = rest.split_once(':')?;
     let ingress = match way {
@@ -57,12 +87,50 @@ pub fn decode(message: &[u8]) -> Option<DeniedSample> {
         _ => return None,
     };
     let port = Uuid::parse_str(port).ok()?;
-    let payload = attrs.iter().find(|(kind, ..)| *kind & 0x7fff == NFULA_PAYLOAD).map(|(_, v, _)| *v)?;
-    Some(DeniedSample { port, ingress, packet: packet(payload)? })
+    Some(Sample::Denied(DeniedSample { port, ingress, packet: packet(payload)? }))
+}
+
+/// The question of a DNS query: its name and record type. None for a response, a message
+/// without a question, a compressed or malformed name, or one that is not printable ASCII.
+pub fn dns_question(message: &[u8]) -> Option<(String, u16)> {
+    let flags = u16::from_be_bytes([*message.get(2)?, *message.get(3)?]);
+    let questions = u16::from_be_bytes([*message.get(4)?, *message.get(5)?]);
+    if flags & 0x8000 != 0 || questions == 0 {
+        return None;
+    }
+    let mut name = String::new();
+    let mut at = 12;
+    loop {
+        let len = usize::from(*message.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        // A pointer (0xc0) or reserved label type: never in a plain query's question.
+        if len > 63 {
+            return None;
+        }
+        let label = message.get(at..at + len)?;
+        if !label.iter().all(|b| b.is_ascii_graphic()) || name.len() + len + 1 > 254 {
+            return None;
+        }
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(std::str::from_utf8(label).ok()?);
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*message.get(at)?, *message.get(at + 1)?]);
+    Some((if name.is_empty() { ".".into() } else { name }, qtype))
 }
 
 /// The headers of an IPv4 or IPv6 packet (its first bytes).
 pub fn packet(bytes: &[u8]) -> Option<PacketHeader> {
+    packet_and_transport(bytes).map(|(header, _)| header)
+}
+
+/// The headers, and the bytes from the transport header on.
+fn packet_and_transport(bytes: &[u8]) -> Option<(PacketHeader, &[u8])> {
     let version = bytes.first()? >> 4;
     let (src, dst, mut protocol, mut at) = match version {
         4 => {
@@ -93,27 +161,31 @@ pub fn packet(bytes: &[u8]) -> Option<PacketHeader> {
         1 | 58 => (None, transport.first().copied().zip(transport.get(1).copied())),
         _ => (None, None),
     };
-    Some(PacketHeader { src, dst, protocol, ports, icmp })
+    Some((PacketHeader { src, dst, protocol, ports, icmp }, transport))
 }
 
-/// nfnetlink_log's group of denied samples, read in a node's namespace.
+/// The groups of denied samples and (when asked) DNS queries, read in a node's namespace.
 #[derive(Debug)]
-pub struct DeniedReader {
+pub struct SampleReader {
     socket: Socket,
 }
 
-impl DeniedReader {
-    /// Binds the denied samples' group in `netns` (or the agent's own namespace).
-    pub fn open(netns: Option<&str>) -> io::Result<DeniedReader> {
+impl SampleReader {
+    /// Binds the denied samples' group, and the DNS queries' when `dns_names`, in `netns` (or
+    /// the agent's own namespace).
+    pub fn open(netns: Option<&str>, dns_names: bool) -> io::Result<SampleReader> {
         let mut socket = Socket::open(netns)?;
         socket.bind_nflog(DENIED_SAMPLES_GROUP, 128)?;
-        Ok(DeniedReader { socket })
+        if dns_names {
+            socket.bind_nflog(crate::nft::DNS_QUERIES_GROUP, 384)?;
+        }
+        Ok(SampleReader { socket })
     }
 
     /// The samples of one receive (none when nothing came within the socket's receive
     /// timeout, 2 s), to `each`. Whether the kernel lost samples since the last call (the
     /// socket's buffer was full): the loss is counted, and reading goes on.
-    pub fn next(&mut self, mut each: impl FnMut(DeniedSample)) -> io::Result<bool> {
+    pub fn next(&mut self, mut each: impl FnMut(Sample)) -> io::Result<bool> {
         let outcome = self.socket.receive(|kind, payload| {
             if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
                 && let Some(sample) = decode(payload)
@@ -129,17 +201,18 @@ impl DeniedReader {
     }
 }
 
-/// Reads denied samples in `netns` until `stopped` says so, each to `each` (and counted in
-/// `metrics`); the loss the kernel reports is counted and logged. Blocking: run it on a thread
-/// of its own. A group another process holds (EBUSY) ends it with a warning: enforcement does
-/// not depend on it.
-pub fn follow_denied(
+/// Reads samples in `netns` (DNS queries too when `dns_names`) until `stopped` says so, each
+/// to `each` (denied ones counted in `metrics`); the loss the kernel reports is counted and
+/// logged. Blocking: run it on a thread of its own. A group another process holds (EBUSY)
+/// ends it with a warning: enforcement does not depend on it.
+pub fn follow(
     netns: Option<&str>,
+    dns_names: bool,
     metrics: Option<std::sync::Arc<crate::metrics::AgentMetrics>>,
     stopped: tokio::sync::watch::Receiver<bool>,
-    mut each: impl FnMut(DeniedSample),
+    mut each: impl FnMut(Sample),
 ) {
-    let mut reader = match DeniedReader::open(netns) {
+    let mut reader = match SampleReader::open(netns, dns_names) {
         Ok(reader) => reader,
         Err(e) => {
             tracing::warn!(error = %e, group = DENIED_SAMPLES_GROUP, "cannot read denied samples: denied traffic is only counted");
@@ -148,7 +221,7 @@ pub fn follow_denied(
     };
     while !*stopped.borrow() {
         match reader.next(|sample| {
-            if let Some(m) = &metrics {
+            if let (Some(m), Sample::Denied(_)) = (&metrics, &sample) {
                 m.denied_sampled();
             }
             each(sample);
@@ -158,10 +231,10 @@ pub fn follow_denied(
                 if let Some(m) = &metrics {
                     m.denied_samples_lost();
                 }
-                tracing::warn!("the kernel dropped denied samples: the agent did not read them fast enough");
+                tracing::warn!("the kernel dropped samples: the agent did not read them fast enough");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reading denied samples failed; stopping");
+                tracing::warn!(error = %e, "reading samples failed; stopping");
                 return;
             }
         }
@@ -188,7 +261,9 @@ mod tests {
     #[test]
     fn a_denied_sample_names_its_port_its_way_and_what_the_packet_was() {
         let port = Uuid::from_u64_pair(2, 1);
-        let sample = decode(&message(&format!("weft:D:i:{}", port.simple()), &ipv4_udp())).unwrap();
+        let Some(Sample::Denied(sample)) = decode(&message(&format!("weft:D:i:{}", port.simple()), &ipv4_udp())) else {
+            panic!("not a denied sample")
+        };
         assert_eq!(sample.port, port);
         assert!(sample.ingress);
         let p = sample.packet;
@@ -199,6 +274,32 @@ mod tests {
         assert!(decode(&message("weft:D:i:nope", &ipv4_udp())).is_none());
         assert!(decode(&message(&format!("weft:D:x:{}", port.simple()), &ipv4_udp())).is_none());
         assert!(decode(&[2, 0]).is_none());
+    }
+
+    #[test]
+    fn a_dns_query_names_what_it_asks_for_and_a_response_or_a_pointer_is_no_query() {
+        let query = |flags: u16, name: &[u8]| {
+            let mut m = vec![0x12, 0x34];
+            m.extend_from_slice(&flags.to_be_bytes());
+            m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+            m.extend_from_slice(name);
+            m.extend_from_slice(&[0, 1, 0, 1]);
+            m
+        };
+        let name = b"\x07yelb-db\x07default\x03svc\x07cluster\x05local\x00";
+        assert_eq!(dns_question(&query(0x0100, name)), Some(("yelb-db.default.svc.cluster.local".into(), 1)));
+        assert_eq!(dns_question(&query(0x8180, name)), None, "a response");
+        assert_eq!(dns_question(&query(0x0100, b"\xc0\x0c")), None, "a pointer");
+        assert_eq!(dns_question(&query(0x0100, b"\x03a\x00b\x00")), None, "not printable");
+        assert_eq!(dns_question(&query(0x0100, name)[..20]), None, "truncated");
+        // Carried in an IPv4 UDP packet to port 53, under weft's prefix.
+        let dns = query(0x0100, name);
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 32, 0, 12, 10, 96, 0, 10];
+        p.extend_from_slice(&[0xc3, 0x50, 0, 53, 0, 0, 0, 0]);
+        p.extend_from_slice(&dns);
+        let Some(Sample::Dns(q)) = decode(&message(crate::nft::DNS_QUERY_PREFIX, &p)) else { panic!("not a query") };
+        assert_eq!((q.src.to_string(), q.server.to_string()), ("10.32.0.12".into(), "10.96.0.10".into()));
+        assert_eq!((q.name.as_str(), q.qtype), ("yelb-db.default.svc.cluster.local", 1));
     }
 
     #[test]

@@ -297,31 +297,8 @@ fn a_table_sent_over_netlink_reads_back_as_the_same_table_sent_through_nft() {
 #[test]
 fn denied_packets_are_sampled_with_their_port_and_tuple_at_a_bounded_rate() {
     weft_testkit::require_root();
-    let (node, _compiler, _span, _datapath) = shop_on_node_1("sample");
-    weft_agent::netns::sysctl(Some(node.name()), "net.ipv4.ip_forward", "1").unwrap();
-    // web wired into the node; a client beyond the node, routed to it.
-    let web = Netns::new("web");
-    let addresses = ["10.9.0.1".parse().unwrap()];
-    let interface = weft_model::default_interface("shop", "web");
-    let path = web.path();
-    let wiring = weft_agent::link::PodWiring {
-        node_netns: Some(node.name()),
-        pod_netns: &path,
-        host_interface: &interface,
-        ifname: "eth0",
-        addresses: &addresses,
-        mtu: None,
-    };
-    weft_agent::link::wire(&wiring).unwrap();
-    let client = Netns::new("client");
-    node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", client.name()]);
-    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-    node.ip(&["link", "set", "up0", "up"]);
-    client.ip(&["addr", "add", "192.0.2.2/24", "dev", "up1"]);
-    client.ip(&["link", "set", "up1", "up"]);
-    client.ip(&["route", "add", "10.9.0.0/24", "via", "192.0.2.1"]);
-
-    let mut reader = weft_agent::flows::DeniedReader::open(Some(node.name())).unwrap();
+    let (node, _web, client, _datapath) = web_and_a_client("sample");
+    let mut reader = weft_agent::flows::SampleReader::open(Some(node.name()), false).unwrap();
     const SENT: usize = 200;
     let started = std::time::Instant::now();
     weft_agent::netns::run_in(Some(client.name()), || {
@@ -337,7 +314,12 @@ fn denied_packets_are_sampled_with_their_port_and_tuple_at_a_bounded_rate() {
     let mut samples = Vec::new();
     loop {
         let before = samples.len();
-        assert!(!reader.next(|s| samples.push(s)).unwrap(), "no sample lost");
+        let lost = reader.next(|s| {
+            if let weft_agent::flows::Sample::Denied(s) = s {
+                samples.push(s)
+            }
+        });
+        assert!(!lost.unwrap(), "no sample lost");
         if samples.len() == before {
             break;
         }
@@ -356,4 +338,80 @@ fn denied_packets_are_sampled_with_their_port_and_tuple_at_a_bounded_rate() {
     let stats = nft::table_stats(Some(node.name())).unwrap().unwrap();
     let dropped = stats.drops.iter().find(|(chain, _)| chain == &format!("pi-{}", web_id.simple())).map(|(_, n)| *n);
     assert_eq!(dropped, Some(SENT as u64), "{:?}", stats.drops);
+}
+
+/// The shop on node-1 in the kernel, web wired into the node as a pod, and a client beyond the
+/// node routed to it (and the node routing 10.96.0.0/12, where a cluster's DNS would be,
+/// through the client).
+fn web_and_a_client(tag: &str) -> (Netns, Netns, Netns, NftDatapath) {
+    let (node, _compiler, _span, datapath) = shop_on_node_1(tag);
+    weft_agent::netns::sysctl(Some(node.name()), "net.ipv4.ip_forward", "1").unwrap();
+    let web = Netns::new("web");
+    let addresses = ["10.9.0.1".parse().unwrap()];
+    let interface = weft_model::default_interface("shop", "web");
+    let path = web.path();
+    let wiring = weft_agent::link::PodWiring {
+        node_netns: Some(node.name()),
+        pod_netns: &path,
+        host_interface: &interface,
+        ifname: "eth0",
+        addresses: &addresses,
+        mtu: None,
+    };
+    weft_agent::link::wire(&wiring).unwrap();
+    let client = Netns::new("client");
+    node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", client.name()]);
+    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+    node.ip(&["link", "set", "up0", "up"]);
+    node.ip(&["route", "add", "10.96.0.0/12", "via", "192.0.2.2"]);
+    client.ip(&["addr", "add", "192.0.2.2/24", "dev", "up1"]);
+    client.ip(&["link", "set", "up1", "up"]);
+    client.ip(&["route", "add", "10.9.0.0/24", "via", "192.0.2.1"]);
+    (node, web, client, datapath)
+}
+
+/// A port's DNS queries reach the agent as the names asked for, one per query, when it reads
+/// them; unread, the kernel keeps them.
+#[ignore = "needs root (network namespaces, nftables): scripts/test.sh runs it when run as root"]
+#[test]
+fn a_ports_dns_queries_are_read_as_the_names_it_asks_for() {
+    weft_testkit::require_root();
+    let (node, web, _client, _datapath) = web_and_a_client("dns");
+    let mut reader = weft_agent::flows::SampleReader::open(Some(node.name()), true).unwrap();
+    let query = |name: &str| {
+        let mut m = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            m.push(label.len() as u8);
+            m.extend_from_slice(label.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 28, 0, 1]);
+        m
+    };
+    weft_agent::netns::run_in(Some(web.name()), || {
+        for name in ["yelb-db.default.svc.cluster.local", "example.org"] {
+            // A socket each, as a resolver's queries take a port each.
+            std::net::UdpSocket::bind("10.9.0.1:0")?.send_to(&query(name), "10.96.0.10:53")?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut names = Vec::new();
+    weft_testkit::eventually_blocking("both queries read", std::time::Duration::from_secs(10), || {
+        reader
+            .next(|s| {
+                if let weft_agent::flows::Sample::Dns(q) = s {
+                    names.push((q.src.to_string(), q.server.to_string(), q.name, q.qtype));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if names.len() >= 2 { Ok(()) } else { Err(format!("{names:?}")) }
+    });
+    let server = || ("10.9.0.1".to_string(), "10.96.0.10".to_string());
+    assert_eq!(
+        names,
+        [
+            (server().0, server().1, "yelb-db.default.svc.cluster.local".to_string(), 28),
+            (server().0, server().1, "example.org".to_string(), 28)
+        ]
+    );
 }

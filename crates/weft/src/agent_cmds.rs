@@ -87,6 +87,10 @@ pub struct AgentArgs {
     /// masqueraded to the node's address (table inet weft-nat).
     #[arg(long, env = "WEFT_NO_MASQUERADE")]
     pub no_masquerade: bool,
+    /// Do not read the names pods look up in DNS (names can be sensitive): the kernel then
+    /// sends the agent nothing of them.
+    #[arg(long, env = "WEFT_NO_DNS_NAMES")]
+    pub no_dns_names: bool,
 }
 
 /// `weft install-cni`: the CNI plugin's binaries copied into a node's CNI directory.
@@ -157,6 +161,7 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         node_address,
         no_routes,
         no_masquerade,
+        no_dns_names,
     } = args;
     if cleanup {
         let removed = weft_agent::nft::delete_table(netns.as_deref()).context("cannot remove the nftables table")?;
@@ -275,15 +280,19 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     // Routes to other nodes' pods, on a stream of their own; only where pods are wired here.
-    // What the datapath denies, sampled (DESIGN.md §10): counted, and logged at debug level.
+    // What the datapath denies, sampled, and the names pods look up (DESIGN.md §10): counted,
+    // and logged at debug level.
     if matches!(datapath, DatapathKind::Nftables) {
         let (netns, metrics, stopped) = (netns.clone(), config.metrics.clone(), stopped.clone());
         std::thread::spawn(move || {
-            weft_agent::flows::follow_denied(netns.as_deref(), metrics, stopped, |s| {
-                tracing::debug!(
+            weft_agent::flows::follow(netns.as_deref(), !no_dns_names, metrics, stopped, |sample| match sample {
+                weft_agent::flows::Sample::Denied(s) => tracing::debug!(
                     port = %s.port, ingress = s.ingress, src = %s.packet.src, dst = %s.packet.dst,
                     protocol = s.packet.protocol, ports = ?s.packet.ports, icmp = ?s.packet.icmp, "denied"
-                );
+                ),
+                weft_agent::flows::Sample::Dns(q) => {
+                    tracing::debug!(src = %q.src, server = %q.server, name = %q.name, qtype = q.qtype, "dns query")
+                }
             })
         });
     }

@@ -8,6 +8,7 @@
 //!   from a weft* interface, new TCP not a SYN: drop     to a weft* interface, the same: drop
 //!   from a port's interface, another source: drop      to an unknown weft* interface: drop
 //!   from an unknown weft* interface: drop               local . remote . proto . port
+//!   a port's new UDP to 53: DNS query to NFLOG
 //!   local . remote . proto . port                          in @fold-in-4: counter accept
 //!     in @fold-out-4: counter accept                    ip daddr vmap @ingress-4 ─► pi-<port>
 //!   ip saddr vmap @egress-4 ─► pe-<port>                                                │
@@ -104,6 +105,13 @@ pub const DENIED_SAMPLES_PER_SECOND: u64 = 20;
 const DENIED_SAMPLES_BURST: u32 = 40;
 /// Enough of a packet for its network and transport headers (IPv6 with a few extension headers).
 const DENIED_SAMPLE_BYTES: u32 = 128;
+
+/// The nfnetlink_log group of the ports' DNS queries (UDP to port 53, one message a query).
+pub const DNS_QUERIES_GROUP: u16 = 17462;
+/// The prefix of a DNS query's message.
+pub const DNS_QUERY_PREFIX: &str = "weft:N";
+/// Enough of a query for its name: headers, the DNS header and a name of 253 characters.
+const DNS_QUERY_BYTES: u32 = 384;
 
 /// The log prefix of a port's denied samples: `weft:D:<i|e>:<port id>`, which the agent's
 /// reader parses back ([`crate::flows`]).
@@ -254,6 +262,17 @@ fn skeleton(out: &mut Ruleset) {
         differs(meta("iifname"), set_ref(IFACES)),
         Stmt::Counter,
         Stmt::Drop,
+    ]));
+    // A port's DNS queries, one message each (a query takes a new source port, so a new
+    // connection): the names go to whoever reads the group (the agent, unless told not to:
+    // names can be sensitive); with no reader the kernel sends nothing. Before the dispatch,
+    // so a query the policy then denies is seen too.
+    egress.push(Rule::new(vec![
+        matches(meta("iifname"), set_ref(IFACES)),
+        matches(meta("l4proto"), Right::Number(17)),
+        matches(payload("th", "dport"), Right::Number(53)),
+        Stmt::Match { op: Op::In, left: Left::Field(Field::CtState), right: Right::Name("new".into()) },
+        Stmt::Log { group: DNS_QUERIES_GROUP, prefix: DNS_QUERY_PREFIX.into(), snaplen: DNS_QUERY_BYTES },
     ]));
     let mut ingress = vec![established, neighbour_discovery, midstream("oifname")];
     ingress.push(Rule::new(vec![
