@@ -16,6 +16,7 @@ use std::io;
 use std::net::IpAddr;
 
 use uuid::Uuid;
+use weft_proto::v1;
 
 use crate::nft::{DENIED_SAMPLES_GROUP, Socket};
 
@@ -237,6 +238,132 @@ pub fn follow(
                 tracing::warn!(error = %e, "reading samples failed; stopping");
                 return;
             }
+        }
+    }
+}
+
+/// A sample, and when the agent read it (milliseconds since the Unix epoch).
+pub type Timed = (Sample, i64);
+
+/// The time now in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Most records in one report.
+const REPORT_RECORDS: usize = 256;
+
+/// The records of one report: denied samples as they are (they name their port), DNS
+/// queries under the local port that holds their source address (one no port holds, say a
+/// port just gone, is left out).
+pub fn records(samples: Vec<Timed>, ports: &crate::LocalPorts) -> (Vec<v1::DeniedRecord>, Vec<v1::DnsRecord>) {
+    let holder: std::collections::HashMap<IpAddr, uuid::Uuid> =
+        ports.values().flat_map(|p| p.addresses.iter().map(move |a| (*a, p.id))).collect();
+    let mut denied = Vec::new();
+    let mut dns = Vec::new();
+    for (sample, at_ms) in samples {
+        match sample {
+            Sample::Denied(d) => {
+                let p = d.packet;
+                denied.push(v1::DeniedRecord {
+                    port: d.port.to_string(),
+                    ingress: d.ingress,
+                    src: weft_proto::encode_address(&p.src),
+                    dst: weft_proto::encode_address(&p.dst),
+                    protocol: u32::from(p.protocol),
+                    src_port: p.ports.map(|(s, _)| u32::from(s)),
+                    dst_port: p.ports.map(|(_, d)| u32::from(d)),
+                    icmp_type: p.icmp.map(|(t, _)| u32::from(t)),
+                    icmp_code: p.icmp.map(|(_, c)| u32::from(c)),
+                    at_ms,
+                });
+            }
+            Sample::Dns(q) => {
+                if let Some(port) = holder.get(&q.src) {
+                    dns.push(v1::DnsRecord {
+                        port: port.to_string(),
+                        server: weft_proto::encode_address(&q.server),
+                        name: q.name,
+                        qtype: u32::from(q.qtype),
+                        at_ms,
+                    });
+                }
+            }
+        }
+    }
+    (denied, dns)
+}
+
+/// Sends the samples to the controller on the `Flows` stream, in reports of what has come
+/// since the last, until `shutdown`; reconnects with backoff. Apart from the span's stream:
+/// telemetry never holds up an ack. Samples that come while no controller answers wait in
+/// `samples` (bounded by its sender, who drops and counts what does not fit); a report lost
+/// with a broken stream is not sent again.
+pub async fn report(
+    config: crate::Config,
+    progress: tokio::sync::watch::Receiver<crate::Progress>,
+    mut samples: tokio::sync::mpsc::Receiver<Timed>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut pause = config.backoff.0;
+    loop {
+        let outcome = tokio::select! {
+            outcome = report_session(&config, &progress, &mut samples) => outcome,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "cannot report flows to the controller; trying again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        pause = (pause * 2).min(config.backoff.1);
+    }
+}
+
+async fn report_session(
+    config: &crate::Config,
+    progress: &tokio::sync::watch::Receiver<crate::Progress>,
+    samples: &mut tokio::sync::mpsc::Receiver<Timed>,
+) -> Result<(), crate::AgentError> {
+    let credential = config
+        .credential
+        .clone()
+        .or_else(|| config.state_dir.credential())
+        .ok_or_else(|| crate::AgentError::NoCredential(config.node.clone()))?;
+    let mut client = v1::agent_client::AgentClient::new(crate::channel(config).await?);
+    let (tx, rx) = tokio::sync::mpsc::channel::<v1::FlowReport>(4);
+    let first = v1::FlowReport { node: config.node.clone(), credential, ..Default::default() };
+    tx.send(first).await.map_err(|_| crate::AgentError::Protocol("the flow stream closed".into()))?;
+    let call = tokio::spawn(async move { client.flows(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    loop {
+        let Some(first) = samples.recv().await else {
+            // The reader ended: say so to the controller by ending the stream.
+            drop(tx);
+            return match call.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err(crate::AgentError::Stream(status)),
+                Err(e) => Err(crate::AgentError::Protocol(e.to_string())),
+            };
+        };
+        let mut batch = vec![first];
+        while batch.len() < REPORT_RECORDS {
+            match samples.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let ports = std::sync::Arc::clone(&progress.borrow().ports);
+        let (denied, dns) = records(batch, &ports);
+        if tx.send(v1::FlowReport { denied, dns, ..Default::default() }).await.is_err() {
+            // The call ended: its answer says why.
+            return match call.await {
+                Ok(Err(status)) => Err(crate::AgentError::Stream(status)),
+                _ => Err(crate::AgentError::Protocol("the flow stream closed".into())),
+            };
         }
     }
 }

@@ -197,3 +197,69 @@ async fn the_stream_runs_over_tls_verified_with_the_agents_ca(pool: PgPool) {
     control.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// What the datapath saw reaches the controller on the agent's Flows stream (DESIGN.md §10):
+/// a denied sample as it is, a DNS query under the local port holding its source address.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) {
+    use weft_agent::flows::{DeniedSample, DnsQuery, PacketHeader, Sample};
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let credential = store.create_node("node-1").await.unwrap();
+    let control = control_on(&store, any_port()).await;
+    let key = weft_store::ObjectKey::Name { project: Some("shop".into()), name: "db-0".into() };
+    let db = store.get(Kind::Port, &key).await.unwrap().unwrap().id;
+    let dir = temp_dir();
+    let mut agent_config = config(control.local_addr, &dir, None);
+    agent_config.credential = Some(credential);
+    // The agent's ports in force, as its stream would have them.
+    let local = weft_agent::LocalPort {
+        id: db,
+        instance: None,
+        interface: "weftdb".into(),
+        addresses: vec!["10.0.0.1".parse().unwrap()],
+    };
+    let progress = weft_agent::Progress {
+        ports: std::sync::Arc::new([(("shop".to_string(), "db-0".to_string()), local)].into()),
+        ..Default::default()
+    };
+    let (_progress_tx, progress_rx) = tokio::sync::watch::channel(progress);
+    let (samples, queued) = tokio::sync::mpsc::channel(16);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(weft_agent::flows::report(agent_config, progress_rx, queued, stopped));
+    let packet = PacketHeader {
+        src: "10.0.0.9".parse().unwrap(),
+        dst: "10.0.0.1".parse().unwrap(),
+        protocol: 6,
+        ports: Some((40000, 5432)),
+        icmp: None,
+    };
+    samples.send((Sample::Denied(DeniedSample { port: db, ingress: true, packet }), 7)).await.unwrap();
+    let query = DnsQuery {
+        src: "10.0.0.1".parse().unwrap(),
+        server: "10.96.0.10".parse().unwrap(),
+        name: "api.shop.svc.cluster.local".into(),
+        qtype: 1,
+    };
+    samples.send((Sample::Dns(query.clone()), 8)).await.unwrap();
+    // A query from an address no local port holds names no port: left out.
+    samples.send((Sample::Dns(DnsQuery { src: "10.0.0.77".parse().unwrap(), ..query }), 9)).await.unwrap();
+    let kept = weft_testkit::eventually("both records at the controller", PATIENCE, async || {
+        let kept = control.flows.records(|_| true);
+        if kept.len() >= 2 { Ok(kept) } else { Err(format!("{kept:?}")) }
+    })
+    .await;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|r| r.node == "node-1" && r.port == db), "{kept:?}");
+    assert_eq!((kept[0].at_ms, kept[1].at_ms), (7, 8));
+    assert!(matches!(
+        &kept[0].what,
+        weft_control::flows::Observed::Denied { ingress: true, protocol: 6, ports: Some((40000, 5432)), .. }
+    ));
+    assert!(
+        matches!(&kept[1].what, weft_control::flows::Observed::Dns { name, .. } if name == "api.shop.svc.cluster.local")
+    );
+    assert_eq!(control.flows.refused.load(std::sync::atomic::Ordering::Relaxed), 0);
+    stop.send_replace(true);
+    control.shutdown().await;
+}

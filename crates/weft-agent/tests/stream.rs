@@ -71,6 +71,10 @@ impl Agent for Service {
         Err(Status::unimplemented("no joins here"))
     }
 
+    async fn flows(&self, _: Request<Streaming<v1::FlowReport>>) -> Result<Response<v1::FlowReceipt>, Status> {
+        Err(Status::unimplemented("no flows here"))
+    }
+
     type RoutesStream = ReceiverStream<Result<v1::RouteTable, Status>>;
 
     async fn routes(&self, _: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {

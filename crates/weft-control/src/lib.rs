@@ -10,6 +10,7 @@
 //! ```
 
 mod accept;
+pub mod flows;
 mod follower;
 mod hub;
 mod session;
@@ -71,10 +72,15 @@ pub struct Control {
     /// Whether the gRPC service is serving: false once its server has ended (an error, or
     /// shutdown). Readiness says so.
     pub serving: Arc<std::sync::atomic::AtomicBool>,
+    /// What the agents report their datapaths saw (DESIGN.md §10).
+    pub flows: Arc<flows::FlowLog>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     death: supervise::Death,
 }
+
+/// The most flow records a controller keeps in memory (the newest).
+pub const FLOW_RECORDS: usize = 100_000;
 
 /// A compiler kept current from the change log: what the controller serves agents from
 /// ([`Encoding::ForAgents`]), and what an API process answers explain, reach and realization
@@ -147,7 +153,9 @@ impl Control {
         tokio::spawn(Arc::clone(&statuses).run(store.clone(), config.name.clone(), shutdown_rx.clone()));
         let (routes_tx, routes) = watch::channel(None);
         tokio::spawn(route_feed(store.clone(), routes_tx, shutdown_rx.clone()));
+        let flows = Arc::new(flows::FlowLog::new(FLOW_RECORDS));
         let service = Service {
+            flows: Arc::clone(&flows),
             statuses,
             routes,
             store,
@@ -190,7 +198,7 @@ impl Control {
             shutdown_rx,
         );
         tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "serving agents");
-        Ok(Control { hub, local_addr, serving, shutdown, server, death })
+        Ok(Control { hub, local_addr, serving, flows, shutdown, server, death })
     }
 
     /// Resolves if the gRPC server ends without being shut down.
@@ -259,6 +267,7 @@ struct Service {
     /// The route table every agent is served, kept current by [`route_feed`].
     /// None until the table was first read: an agent is never told there are no routes.
     routes: watch::Receiver<Option<Arc<v1::RouteTable>>>,
+    flows: Arc<flows::FlowLog>,
     store: Store,
     hub: Arc<Hub>,
     controller: String,
@@ -420,6 +429,39 @@ impl Agent for Service {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn flows(&self, request: Request<Streaming<v1::FlowReport>>) -> Result<Response<v1::FlowReceipt>, Status> {
+        let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Ok(Response::new(v1::FlowReceipt::default()));
+        };
+        let Some(known) = patiently(|| self.store.authenticate_node(&first.credential)).await.map_err(unavailable)?
+        else {
+            return Err(Status::unauthenticated("unknown node credential"));
+        };
+        if known != first.node {
+            return Err(Status::permission_denied(format!("this credential is node {known}'s, not {}'s", first.node)));
+        }
+        // Records are checked against the configuration: wait until it is loaded.
+        let mut loaded = self.hub.revision.subscribe();
+        if loaded.wait_for(|r| r.is_some()).await.is_err() {
+            return Err(Status::unavailable("the controller is stopping"));
+        }
+        let mut receipt = v1::FlowReceipt::default();
+        let mut report = Some(first);
+        while let Some(r) = report {
+            let taken = self.hub.with_compiler(|compiler, _| self.flows.take(&known, r, compiler));
+            let (accepted, refused) =
+                taken.ok_or_else(|| Status::unavailable("the controller has not loaded the configuration yet"))?;
+            receipt.accepted += accepted;
+            receipt.refused += refused;
+            if refused > 0 {
+                tracing::debug!(node = %known, refused, "flow records about ports not on the node refused");
+            }
+            report = inbound.message().await?;
+        }
+        Ok(Response::new(receipt))
     }
 
     async fn join(&self, request: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {

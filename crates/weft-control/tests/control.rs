@@ -438,3 +438,75 @@ async fn the_route_table_streams_each_nodes_blocks_through_its_underlay(pool: Pg
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     control.shutdown().await;
 }
+
+/// The Flows stream (DESIGN.md §10): a node's reports are kept only for its own ports, and a
+/// credential speaks only for its node.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    let credential = store.create_node("node-1").await.unwrap();
+    let control = start(&store).await;
+    let id_of = async |name: &str| {
+        let key = weft_store::ObjectKey::Name { project: Some("shop".into()), name: name.into() };
+        store.get(Kind::Port, &key).await.unwrap().unwrap().id.to_string()
+    };
+    let (web, db) = (id_of("web-1").await, id_of("db-1").await);
+    // The controller answers once it has loaded the configuration.
+    status_until_loaded(&control).await;
+    let address = |s: &str| weft_proto::encode_address(&s.parse().unwrap());
+    let denied = |port: &str| v1::DeniedRecord {
+        port: port.into(),
+        ingress: true,
+        src: address("10.0.0.2"),
+        dst: address("10.0.0.1"),
+        protocol: 6,
+        src_port: Some(40000),
+        dst_port: Some(5432),
+        icmp_type: None,
+        icmp_code: None,
+        at_ms: 1,
+    };
+    let report = |node: &str, credential: &str| v1::FlowReport {
+        node: node.into(),
+        credential: credential.into(),
+        // web-1 is node-1's; db-1 is node-2's; the third names no port at all.
+        denied: vec![denied(&web), denied(&db), denied("not-a-port")],
+        dns: vec![v1::DnsRecord {
+            port: web.clone(),
+            server: address("10.96.0.10"),
+            name: "db.shop.svc.cluster.local".into(),
+            qtype: 1,
+            at_ms: 2,
+        }],
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
+    let receipt = client.flows(tokio_stream::iter(vec![report("node-1", &credential)])).await.unwrap().into_inner();
+    assert_eq!((receipt.accepted, receipt.refused), (2, 2));
+    let kept = control.flows.records(|_| true);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|r| r.node == "node-1" && r.port.to_string() == web), "{kept:?}");
+    assert!(
+        matches!(&kept[1].what, weft_control::flows::Observed::Dns { name, qtype: 1, .. } if name == "db.shop.svc.cluster.local")
+    );
+    // node-1's credential does not speak for node-2, nor does a made-up one for anyone.
+    let refused = client.flows(tokio_stream::iter(vec![report("node-2", &credential)])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let refused = client.flows(tokio_stream::iter(vec![report("node-1", "weftn_nope")])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(control.flows.records(|_| true).len(), 2);
+    control.shutdown().await;
+}
+
+/// Waits until the controller has loaded the configuration.
+async fn status_until_loaded(control: &Control) {
+    weft_testkit::eventually("the configuration loaded", PATIENCE, async || {
+        control.hub.with_compiler(|_, revision| revision).ok_or("not yet")
+    })
+    .await;
+}

@@ -137,6 +137,9 @@ pub enum DatapathKind {
     Memory,
 }
 
+/// Flow samples that wait for a controller, at most.
+const SAMPLES_QUEUED: usize = 4096;
+
 /// Runs the agent until SIGINT or SIGTERM (or, with --cleanup, removes weft's table). Every
 /// flag is taken apart here, so one that is added and never used does not compile.
 pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
@@ -245,6 +248,34 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown_signal().await;
         stop.send_replace(true);
     });
+    // What the datapath denies, sampled, and the names pods look up (DESIGN.md §10): logged at
+    // debug level and reported to the controller on a stream of their own. Samples wait for a
+    // controller in a bounded queue; what does not fit is dropped and counted.
+    if matches!(datapath, DatapathKind::Nftables) {
+        let (samples, queued) = tokio::sync::mpsc::channel::<weft_agent::flows::Timed>(SAMPLES_QUEUED);
+        let (netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            let mut dropped = 0u64;
+            weft_agent::flows::follow(netns.as_deref(), !no_dns_names, metrics, stopped_reader, |sample| {
+                match &sample {
+                    weft_agent::flows::Sample::Denied(s) => tracing::debug!(
+                        port = %s.port, ingress = s.ingress, src = %s.packet.src, dst = %s.packet.dst,
+                        protocol = s.packet.protocol, ports = ?s.packet.ports, icmp = ?s.packet.icmp, "denied"
+                    ),
+                    weft_agent::flows::Sample::Dns(q) => {
+                        tracing::debug!(src = %q.src, server = %q.server, name = %q.name, qtype = q.qtype, "dns query")
+                    }
+                }
+                if samples.try_send((sample, weft_agent::flows::now_ms())).is_err() {
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(dropped, "flow samples waiting for a controller overflowed; dropped");
+                    }
+                }
+            })
+        });
+        tokio::spawn(weft_agent::flows::report(config.clone(), in_force.clone(), queued, stopped.clone()));
+    }
     // Pods wired onto a datapath that enforces nothing would run without their policy.
     let cni = match (no_cni, datapath) {
         (true, _) => None,
@@ -280,22 +311,6 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     // Routes to other nodes' pods, on a stream of their own; only where pods are wired here.
-    // What the datapath denies, sampled, and the names pods look up (DESIGN.md §10): counted,
-    // and logged at debug level.
-    if matches!(datapath, DatapathKind::Nftables) {
-        let (netns, metrics, stopped) = (netns.clone(), config.metrics.clone(), stopped.clone());
-        std::thread::spawn(move || {
-            weft_agent::flows::follow(netns.as_deref(), !no_dns_names, metrics, stopped, |sample| match sample {
-                weft_agent::flows::Sample::Denied(s) => tracing::debug!(
-                    port = %s.port, ingress = s.ingress, src = %s.packet.src, dst = %s.packet.dst,
-                    protocol = s.packet.protocol, ports = ?s.packet.ports, icmp = ?s.packet.icmp, "denied"
-                ),
-                weft_agent::flows::Sample::Dns(q) => {
-                    tracing::debug!(src = %q.src, server = %q.server, name = %q.name, qtype = q.qtype, "dns query")
-                }
-            })
-        });
-    }
     // And the masquerade of pod traffic leaving the cluster, which the route table names.
     let uses = weft_agent::routes::Uses { routes: !no_routes, masquerade: !no_masquerade };
     if matches!(datapath, DatapathKind::Nftables) {

@@ -1,0 +1,126 @@
+//! What the nodes' datapaths saw (DESIGN.md §10), as the agents report it on their `Flows`
+//! stream: denied samples and DNS queries. A record is kept only when its port is on the node
+//! that reports it, so a node cannot speak for another's pods; the rest are counted as
+//! refused. The records are held in memory, the newest up to a capacity, the oldest dropped
+//! and counted: the controller's live view, which the API and the aggregation read.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use uuid::Uuid;
+use weft_compiler::Compiler;
+use weft_proto::v1;
+
+/// A record a node reported, after the controller checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub node: String,
+    pub port: Uuid,
+    /// When the agent read it, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    pub what: Observed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// A packet the port's policy dropped.
+    Denied { ingress: bool, src: IpAddr, dst: IpAddr, protocol: u8, ports: Option<(u16, u16)>, icmp: Option<(u8, u8)> },
+    /// A DNS query the port sent.
+    Dns { server: IpAddr, name: String, qtype: u16 },
+}
+
+/// The newest records, up to a capacity.
+#[derive(Debug)]
+pub struct FlowLog {
+    records: Mutex<VecDeque<FlowRecord>>,
+    capacity: usize,
+    /// Records dropped to make room, and records refused (about another node's ports, or
+    /// malformed).
+    pub overflowed: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+impl FlowLog {
+    pub fn new(capacity: usize) -> FlowLog {
+        FlowLog {
+            records: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            overflowed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    fn push(&self, new: Vec<FlowRecord>) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.extend(new);
+        let over = records.len().saturating_sub(self.capacity);
+        if over > 0 {
+            records.drain(..over);
+            self.overflowed.fetch_add(over as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The records kept, oldest first, that `keep` keeps.
+    pub fn records(&self, keep: impl Fn(&FlowRecord) -> bool) -> Vec<FlowRecord> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.iter().filter(|r| keep(r)).cloned().collect()
+    }
+
+    /// Checks a report from `node` against what the compiler knows of the ports and keeps
+    /// what is about the node's own ports; (kept, refused).
+    pub fn take(&self, node: &str, report: v1::FlowReport, compiler: &Compiler) -> (u64, u64) {
+        let ours = |port: &str| {
+            let id = Uuid::parse_str(port).ok()?;
+            let on_node = compiler.cluster().port(&id)?.node.as_deref() == Some(node);
+            on_node.then_some(id)
+        };
+        let mut kept = Vec::new();
+        let mut refused = 0u64;
+        for d in report.denied {
+            match ours(&d.port).zip(denied(&d)) {
+                Some((port, what)) => kept.push(FlowRecord { node: node.to_string(), port, at_ms: d.at_ms, what }),
+                None => refused += 1,
+            }
+        }
+        for q in report.dns {
+            let server = weft_proto::parse_address(&q.server).ok();
+            let sane = q.name.len() <= 253 && q.name.bytes().all(|b| b.is_ascii_graphic());
+            match (ours(&q.port), server, u16::try_from(q.qtype)) {
+                (Some(port), Some(server), Ok(qtype)) if sane => kept.push(FlowRecord {
+                    node: node.to_string(),
+                    port,
+                    at_ms: q.at_ms,
+                    what: Observed::Dns { server, name: q.name, qtype },
+                }),
+                _ => refused += 1,
+            }
+        }
+        let accepted = kept.len() as u64;
+        self.push(kept);
+        self.refused.fetch_add(refused, Ordering::Relaxed);
+        (accepted, refused)
+    }
+}
+
+fn denied(d: &v1::DeniedRecord) -> Option<Observed> {
+    let byte = |v: Option<u32>| v.map(u8::try_from).transpose().ok();
+    let port = |v: Option<u32>| v.map(u16::try_from).transpose().ok();
+    let ports = match (port(d.src_port)?, port(d.dst_port)?) {
+        (Some(s), Some(t)) => Some((s, t)),
+        _ => None,
+    };
+    let icmp = match (byte(d.icmp_type)?, byte(d.icmp_code)?) {
+        (Some(t), Some(c)) => Some((t, c)),
+        _ => None,
+    };
+    Some(Observed::Denied {
+        ingress: d.ingress,
+        src: weft_proto::parse_address(&d.src).ok()?,
+        dst: weft_proto::parse_address(&d.dst).ok()?,
+        protocol: u8::try_from(d.protocol).ok()?,
+        ports,
+        icmp,
+    })
+}
