@@ -445,11 +445,19 @@ impl Agent for Service {
         }
         // Records are checked against the configuration: wait until it is loaded.
         let mut loaded = self.hub.revision.subscribe();
-        if loaded.wait_for(|r| r.is_some()).await.is_err() {
+        let mut stopping = self.shutdown.clone();
+        let ready = tokio::select! {
+            ready = loaded.wait_for(|r| r.is_some()) => ready.is_ok(),
+            _ = stopping.wait_for(|s| *s) => false,
+        };
+        if !ready {
             return Err(Status::unavailable("the controller is stopping"));
         }
         let mut receipt = v1::FlowReceipt::default();
         let mut report = Some(first);
+        // The stream is the agent's to end, or the controller's when it stops: an open
+        // client stream would hold the server's graceful shutdown for ever.
+        let mut shutdown = self.shutdown.clone();
         while let Some(r) = report {
             let taken = self.hub.with_compiler(|compiler, _| self.flows.take(&known, r, compiler));
             let (accepted, refused) =
@@ -459,7 +467,10 @@ impl Agent for Service {
             if refused > 0 {
                 tracing::debug!(node = %known, refused, "flow records about ports not on the node refused");
             }
-            report = inbound.message().await?;
+            report = tokio::select! {
+                next = inbound.message() => next?,
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
         }
         Ok(Response::new(receipt))
     }

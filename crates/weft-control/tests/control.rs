@@ -500,7 +500,19 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
     let refused = client.flows(tokio_stream::iter(vec![report("node-1", "weftn_nope")])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     assert_eq!(control.flows.records(|_| true).len(), 2);
-    control.shutdown().await;
+    // A stream the agent keeps open does not hold the controller's shutdown.
+    let (open, reports) = tokio::sync::mpsc::channel(1);
+    open.send(report("node-1", &credential)).await.unwrap();
+    let held = tokio::spawn(async move { client.flows(tokio_stream::wrappers::ReceiverStream::new(reports)).await });
+    weft_testkit::eventually("the open stream's first report kept", PATIENCE, async || {
+        let kept = control.flows.records(|_| true).len();
+        if kept == 4 { Ok(()) } else { Err(kept) }
+    })
+    .await;
+    tokio::time::timeout(PATIENCE, control.shutdown()).await.expect("the controller stopped with a stream open");
+    let ended = tokio::time::timeout(PATIENCE, held).await;
+    assert!(ended.is_ok(), "the open stream ended with the controller");
+    drop(open);
 }
 
 /// Waits until the controller has loaded the configuration.
