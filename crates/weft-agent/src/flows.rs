@@ -80,7 +80,7 @@ pub fn decode(message: &[u8]) -> Option<Sample> {
         let (name, qtype) = dns_question(transport.get(8..)?)?;
         return Some(Sample::Dns(DnsQuery { src: header.src, server: header.dst, name, qtype }));
     }
-    let rest = prefix.strip_prefix("weft:D:")?;
+    let rest = prefix.strip_prefix(crate::nft::DENIED_PREFIX)?;
     let (way, port) = rest.split_once(':')?;
     let ingress = match way {
         "i" => true,

@@ -326,7 +326,9 @@ fn denied_packets_are_sampled_with_their_port_and_tuple_at_a_bounded_rate() {
     }
     let web_id = Uuid::from_u64_pair(2, 1);
     assert!(!samples.is_empty(), "the denied packets were sampled");
-    let allowed = 40 + (sending.as_secs_f64() * nft::DENIED_SAMPLES_PER_SECOND as f64).ceil() as usize + 1;
+    let allowed = nft::DENIED_SAMPLES_BURST as usize
+        + (sending.as_secs_f64() * nft::DENIED_SAMPLES_PER_SECOND as f64).ceil() as usize
+        + 1;
     assert!(samples.len() <= allowed, "{} samples of {SENT} packets sent in {sending:?}", samples.len());
     for s in &samples {
         assert_eq!((s.port, s.ingress), (web_id, true));

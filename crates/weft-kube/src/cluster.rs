@@ -112,6 +112,17 @@ struct Manager<'a> {
     events: u64,
 }
 
+/// A warning Event kube-manager puts on an object.
+pub(crate) fn warning(reason: &str, action: &str, note: String) -> KubeEvent {
+    KubeEvent {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    }
+}
+
 /// Publishes Events in the order given, off the reconciliation's path.
 fn publisher(recorder: Recorder) -> tokio::sync::mpsc::UnboundedSender<(KubeEvent, ObjectReference)> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(KubeEvent, ObjectReference)>();
@@ -341,13 +352,7 @@ impl Manager<'_> {
             }
             tracing::warn!(%problem, "left out: weft cannot represent it");
             if let Some(reference) = self.index.reference(&problem) {
-                let event = KubeEvent {
-                    type_: EventType::Warning,
-                    reason: "NotEnforced".into(),
-                    note: Some(format!("weft leaves this out: {}", problem.detail)),
-                    action: "Translate".into(),
-                    secondary: None,
-                };
+                let event = warning("NotEnforced", "Translate", format!("weft leaves this out: {}", problem.detail));
                 let _ = self.events_out.send((event, reference));
             }
             self.reported.insert(problem);

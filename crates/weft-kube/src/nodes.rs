@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Resource;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::Event as KubeEvent;
 use kube::runtime::watcher::{self, Event};
 use weft_client::{Client, ClientError};
 
@@ -90,19 +90,22 @@ pub(crate) async fn follow(
         };
         let Some(name) = node.metadata.name.clone() else { continue };
         let (blocks, mut problems) = if gone { (Vec::new(), Vec::new()) } else { blocks_of(&node, options) };
-        if !given.get(&name).map_or(blocks.is_empty(), |had| *had == blocks) {
+        let changed = !given.get(&name).map_or(blocks.is_empty(), |had| *had == blocks);
+        if changed {
             match assign(weft, &name, &network, &blocks).await {
                 Ok(held) => {
                     tracing::info!(node = %name, blocks = ?blocks, held = ?held, "the node's pod CIDRs are its blocks")
                 }
                 Err(e) => problems.push(format!("weft cannot take the node's pod CIDRs as its blocks: {e}")),
             }
-            given.insert(name.clone(), blocks);
         }
         if gone {
             given.remove(&name);
             warned.remove(&name);
             continue;
+        }
+        if changed {
+            given.insert(name.clone(), blocks);
         }
         // Each problem is said once, until the Node changes what it says.
         if warned.get(&name) == Some(&problems) {
@@ -110,13 +113,7 @@ pub(crate) async fn follow(
         }
         for problem in &problems {
             tracing::warn!(node = %name, "{problem}");
-            let event = KubeEvent {
-                type_: EventType::Warning,
-                reason: "PodCIDRNotUsed".into(),
-                note: Some(problem.clone()),
-                action: "AssignBlocks".into(),
-                secondary: None,
-            };
+            let event = crate::cluster::warning("PodCIDRNotUsed", "AssignBlocks", problem.clone());
             let _ = events_out.send((event, node.object_ref(&())));
         }
         warned.insert(name, problems);

@@ -60,11 +60,6 @@ impl Attachment<'_> {
         Ok(addresses)
     }
 
-    /// DEL: the pod's interface removed (idempotent, as the spec requires).
-    pub fn del(&self) -> Result<()> {
-        self.call("DEL").map(|_| ())
-    }
-
     fn call(&self, command: &str) -> Result<Value> {
         let what = format!("{} {command} for pod {}", self.plugin.display(), self.pod.endpoint());
         let mut args =

@@ -398,7 +398,8 @@ impl Store {
         blocks: &[ipnet::IpNet],
     ) -> Result<Vec<ipnet::IpNet>> {
         let not_found = || StoreError::NotFound { kind: weft_model::Kind::VirtualNetwork, key: network.to_string() };
-        let (project, name) = network.split_once('/').ok_or_else(not_found)?;
+        let reference = weft_model::ObjectRef::parse(network).map_err(|e| StoreError::invalid("/network", e))?;
+        let (Some(project), name) = (reference.project, reference.name) else { return Err(not_found()) };
         let mut tx = self.pool.begin().await?;
         // The network row's lock, as ports' writes take it: allocations and blocks of the
         // network are serialised.

@@ -102,7 +102,9 @@ pub const DENIED_SAMPLES_GROUP: u16 = 17461;
 /// counter after it counts every one): a flood of denied packets costs the agent a bounded
 /// number of messages, and the loss is visible as counted minus sampled.
 pub const DENIED_SAMPLES_PER_SECOND: u64 = 20;
-const DENIED_SAMPLES_BURST: u32 = 40;
+pub const DENIED_SAMPLES_BURST: u32 = 40;
+/// What every denied sample's log prefix starts with; then `<i|e>:<port id>`.
+pub const DENIED_PREFIX: &str = "weft:D:";
 /// Enough of a packet for its network and transport headers (IPv6 with a few extension headers).
 const DENIED_SAMPLE_BYTES: u32 = 128;
 
@@ -116,7 +118,7 @@ const DNS_QUERY_BYTES: u32 = 384;
 /// The log prefix of a port's denied samples: `weft:D:<i|e>:<port id>`, which the agent's
 /// reader parses back ([`crate::flows`]).
 pub fn denied_prefix(port: Uuid, ingress: bool) -> String {
-    format!("weft:D:{}:{}", if ingress { 'i' } else { 'e' }, port.simple())
+    format!("{DENIED_PREFIX}{}:{}", if ingress { 'i' } else { 'e' }, port.simple())
 }
 
 /// The rule before a port chain's drop that samples what it drops. Apart from the drop:
