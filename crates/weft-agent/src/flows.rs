@@ -10,6 +10,12 @@
 //!   the name asked for. Names can be sensitive: the agent reads them only when asked to
 //!   (`--no-dns-names` turns it off), and unread, the kernel sends nothing.
 //!
+//! * Every connection a port makes or takes is heard from conntrack when it begins and when
+//!   it ends ([`follow_connections`]): each allow rule marks the connections it lets through
+//!   ([`crate::nft::rule_mark`]), so the mark says, for each local side, which rule decided,
+//!   and the node's conntrack accounting gives the packets and bytes both ways at the end. No
+//!   message per packet: one when a connection begins, one when it ends.
+//!
 //! Decoding is pure ([`decode`], [`packet`], [`dns_question`]); [`SampleReader`] is the socket.
 
 use std::io;
@@ -46,6 +52,7 @@ pub struct DnsQuery {
 pub enum Sample {
     Denied(DeniedSample),
     Dns(DnsQuery),
+    Connection(crate::nft::ConnectionEvent),
 }
 
 /// The headers of a sampled packet that say what it was.
@@ -242,6 +249,71 @@ pub fn follow(
     }
 }
 
+/// The receive buffer of the conntrack events' socket: 10,000 new connections a second are
+/// about 3 MB of events a second, and the reader may be descheduled for a while.
+const CONNECTION_EVENTS_BUFFER: usize = 8 << 20;
+
+/// Turns on the namespace's conntrack accounting (packets and bytes of every connection),
+/// which connections begun before it lack. Per namespace, as the node's other conntrack
+/// settings; off by default in the kernel.
+pub fn account_connections(netns: Option<&str>) -> io::Result<()> {
+    crate::netns::sysctl(netns, "net.netfilter.nf_conntrack_acct", "1")
+}
+
+/// Hears conntrack's new and destroyed connections in `netns` until `stopped` says so, each
+/// with a local port's address (as `local` answers, asked with the current ports) to `each`;
+/// the loss the kernel reports is counted and logged. Blocking: run it on a thread of its own.
+pub fn follow_connections(
+    netns: Option<&str>,
+    progress: tokio::sync::watch::Receiver<crate::Progress>,
+    metrics: Option<std::sync::Arc<crate::metrics::AgentMetrics>>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    mut each: impl FnMut(crate::nft::ConnectionEvent),
+) {
+    if let Err(e) = account_connections(netns) {
+        tracing::warn!(error = %e, "cannot turn on conntrack accounting: connections are reported without packets and bytes");
+    }
+    let mut socket = match Socket::open_conntrack_events(netns, CONNECTION_EVENTS_BUFFER) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hear conntrack's events: allowed connections are not reported");
+            return;
+        }
+    };
+    let mut ports: Option<std::sync::Arc<crate::LocalPorts>> = None;
+    let mut local: std::collections::HashSet<IpAddr> = std::collections::HashSet::new();
+    while !*stopped.borrow() {
+        let current = std::sync::Arc::clone(&progress.borrow().ports);
+        if !ports.as_ref().is_some_and(|p| std::sync::Arc::ptr_eq(p, &current)) {
+            local = current.values().flat_map(|p| p.addresses.iter().copied()).collect();
+            ports = Some(current);
+        }
+        let outcome = socket.receive(|kind, payload| {
+            if let Some(event) = crate::nft::connection_event(kind, payload)
+                && (local.contains(&event.flow.src) || local.contains(&event.flow.dst))
+            {
+                if let (Some(m), false) = (&metrics, event.ended) {
+                    m.connection_heard();
+                }
+                each(event);
+            }
+        });
+        match outcome {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOBUFS.raw_os_error()) => {
+                if let Some(m) = &metrics {
+                    m.connection_events_lost();
+                }
+                tracing::warn!("the kernel dropped conntrack events: the agent did not read them fast enough");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "hearing conntrack's events failed; stopping");
+                return;
+            }
+        }
+    }
+}
+
 /// A sample, and when the agent read it (milliseconds since the Unix epoch).
 pub type Timed = (Sample, i64);
 
@@ -256,17 +328,18 @@ const REPORT_RECORDS: usize = 256;
 
 /// The records of one report: denied samples as they are (they name their port), DNS
 /// queries under the local port that holds their source address (one no port holds, say a
-/// port just gone, is left out).
-pub fn records(samples: Vec<Timed>, ports: &crate::LocalPorts) -> (Vec<v1::DeniedRecord>, Vec<v1::DnsRecord>) {
+/// port just gone, is left out), connections once for each local side, with what decided
+/// there as `marks` reads their mark.
+pub fn records(samples: Vec<Timed>, ports: &crate::LocalPorts, marks: &crate::nft::SpanMarks) -> v1::FlowReport {
     let holder: std::collections::HashMap<IpAddr, uuid::Uuid> =
         ports.values().flat_map(|p| p.addresses.iter().map(move |a| (*a, p.id))).collect();
-    let mut denied = Vec::new();
-    let mut dns = Vec::new();
+    let mut report = v1::FlowReport::default();
     for (sample, at_ms) in samples {
         match sample {
+            Sample::Connection(c) => report.connections.extend(connection_records(&c, at_ms, marks)),
             Sample::Denied(d) => {
                 let p = d.packet;
-                denied.push(v1::DeniedRecord {
+                report.denied.push(v1::DeniedRecord {
                     port: d.port.to_string(),
                     ingress: d.ingress,
                     src: weft_proto::encode_address(&p.src),
@@ -281,7 +354,7 @@ pub fn records(samples: Vec<Timed>, ports: &crate::LocalPorts) -> (Vec<v1::Denie
             }
             Sample::Dns(q) => {
                 if let Some(port) = holder.get(&q.src) {
-                    dns.push(v1::DnsRecord {
+                    report.dns.push(v1::DnsRecord {
                         port: port.to_string(),
                         server: weft_proto::encode_address(&q.server),
                         name: q.name,
@@ -292,7 +365,52 @@ pub fn records(samples: Vec<Timed>, ports: &crate::LocalPorts) -> (Vec<v1::Denie
             }
         }
     }
-    (denied, dns)
+    report
+}
+
+/// A connection's records: one for each side a local port holds.
+fn connection_records(
+    c: &crate::nft::ConnectionEvent,
+    at_ms: i64,
+    marks: &crate::nft::SpanMarks,
+) -> Vec<v1::ConnectionRecord> {
+    let f = &c.flow;
+    let marked = crate::nft::Marked { src: f.src, dst: f.dst, protocol: f.protocol, dport: f.dport, mark: c.mark };
+    let (egress, ingress) = marks.decide(&marked);
+    [(egress, false), (ingress, true)]
+        .into_iter()
+        .filter_map(|(side, is_ingress)| {
+            let (port, decision) = side?;
+            let (group, rule, isolated) = match decision {
+                crate::nft::Decision::Open => (String::new(), String::new(), false),
+                crate::nft::Decision::Rule(r) => (r.group.to_string(), r.rule.to_string(), true),
+                crate::nft::Decision::Unknown => (String::new(), String::new(), true),
+            };
+            Some(v1::ConnectionRecord {
+                port: port.to_string(),
+                ingress: is_ingress,
+                src: weft_proto::encode_address(&f.src),
+                dst: weft_proto::encode_address(&f.dst),
+                protocol: u32::from(f.protocol),
+                src_port: f.sport.map(u32::from),
+                dst_port: f.dport.map(u32::from),
+                icmp_type: f.icmp.map(|(t, _)| u32::from(t)),
+                icmp_code: f.icmp.map(|(_, c)| u32::from(c)),
+                at_ms,
+                group,
+                rule,
+                isolated,
+                ended: c.ended,
+                id: c.id,
+                counters: c.counters.map(|n| v1::Counters {
+                    packets_sent: n.packets_sent,
+                    bytes_sent: n.bytes_sent,
+                    packets_received: n.packets_received,
+                    bytes_received: n.bytes_received,
+                }),
+            })
+        })
+        .collect()
 }
 
 /// Sends the samples to the controller on the `Flows` stream, in reports of what has come
@@ -339,6 +457,8 @@ async fn report_session(
     let first = v1::FlowReport { node: config.node.clone(), credential, ..Default::default() };
     tx.send(first).await.map_err(|_| crate::AgentError::Protocol("the flow stream closed".into()))?;
     let call = tokio::spawn(async move { client.flows(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let mut marks: Option<(std::sync::Arc<weft_compiler::NodeSpan>, crate::nft::SpanMarks)> = None;
+    let empty = crate::nft::SpanMarks::default();
     loop {
         let Some(first) = samples.recv().await else {
             // The reader ended: say so to the controller by ending the stream.
@@ -356,9 +476,15 @@ async fn report_session(
                 Err(_) => break,
             }
         }
+        // The span's marks, read again when the span changes.
+        let span = std::sync::Arc::clone(&progress.borrow().span);
+        if !marks.as_ref().is_some_and(|(of, _)| std::sync::Arc::ptr_eq(of, &span)) {
+            let read = crate::nft::SpanMarks::of(&span);
+            marks = Some((span, read));
+        }
         let ports = std::sync::Arc::clone(&progress.borrow().ports);
-        let (denied, dns) = records(batch, &ports);
-        if tx.send(v1::FlowReport { denied, dns, ..Default::default() }).await.is_err() {
+        let report = records(batch, &ports, marks.as_ref().map(|(_, m)| m).unwrap_or(&empty));
+        if tx.send(report).await.is_err() {
             // The call ended: its answer says why.
             return match call.await {
                 Ok(Err(status)) => Err(crate::AgentError::Stream(status)),

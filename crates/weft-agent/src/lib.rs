@@ -89,6 +89,8 @@ pub struct Progress {
     /// The node's ports whose policy is in the datapath, by (project, name): what the CNI
     /// plugin's ADD waits for.
     pub ports: Arc<LocalPorts>,
+    /// The span in the datapath: what the flow reports read a connection's marks against.
+    pub span: Arc<NodeSpan>,
     /// Whether the last update failed to apply: the datapath holds the last good state, and
     /// what came after it is not enforced (CNI STATUS says so).
     pub apply_failing: bool,
@@ -160,6 +162,7 @@ pub async fn run(
         revision: current.revision,
         synced: false,
         ports: local_ports(&current.span),
+        span: Arc::new(current.span.clone()),
         apply_failing: false,
     });
     let mut pause = config.backoff.0;
@@ -301,6 +304,7 @@ async fn session(
                     revision: current.revision,
                     synced: true,
                     ports: local_ports(&current.span),
+                    span: Arc::new(current.span.clone()),
                     apply_failing: false,
                 });
                 problems = datapath::problems(&current.span);

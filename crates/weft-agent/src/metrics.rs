@@ -43,6 +43,8 @@ pub struct AgentMetrics {
     dropped: Family<PortLabels, Gauge>,
     denied_samples: Counter,
     denied_samples_lost: Counter,
+    connections: Counter,
+    connection_events_lost: Counter,
     /// The port chains' names (`pi-<id>`, `pe-<id>`) by the id's hex, to the port's name.
     names: RwLock<BTreeMap<String, String>>,
 }
@@ -63,6 +65,8 @@ impl Default for AgentMetrics {
             dropped: Family::default(),
             denied_samples: Counter::default(),
             denied_samples_lost: Counter::default(),
+            connections: Counter::default(),
+            connection_events_lost: Counter::default(),
             names: RwLock::default(),
         };
         let r = &mut m.registry;
@@ -91,6 +95,16 @@ impl Default for AgentMetrics {
             "Times the kernel dropped denied samples because the agent's socket was full",
             m.denied_samples_lost.clone(),
         );
+        r.register(
+            "connections",
+            "Connections of local ports heard from conntrack when they began",
+            m.connections.clone(),
+        );
+        r.register(
+            "connection_events_lost",
+            "Times the kernel dropped conntrack events because the agent's socket was full",
+            m.connection_events_lost.clone(),
+        );
         m
     }
 }
@@ -111,6 +125,14 @@ impl AgentMetrics {
 
     pub(crate) fn denied_samples_lost(&self) {
         self.denied_samples_lost.inc();
+    }
+
+    pub(crate) fn connection_heard(&self) {
+        self.connections.inc();
+    }
+
+    pub(crate) fn connection_events_lost(&self) {
+        self.connection_events_lost.inc();
     }
 
     pub(crate) fn failed(&self) {

@@ -40,13 +40,15 @@ pub(crate) mod wire;
 
 pub use batch::Batch;
 pub use conntrack::{cut as cut_revoked, node_addresses};
+pub use ctnetlink::{ConnectionEvent, Counters, Flow as ConnectionTuple, event as connection_event};
 pub use json::{encode as nft_input, to_json as nft_json};
 pub use listing::{TableStats, decode as decode_table};
 pub use nat::{NAT_CHAIN, NAT_TABLE};
 pub use netlink::Socket;
 pub use render::{
     DENIED_PREFIX, DENIED_SAMPLES_BURST, DENIED_SAMPLES_GROUP, DENIED_SAMPLES_PER_SECOND, DNS_QUERIES_GROUP,
-    DNS_QUERY_PREFIX, delta_commands, denied_prefix, render,
+    DNS_QUERY_PREFIX, Decision, FOLDED_EGRESS_MARK, FOLDED_INGRESS_MARK, Marked, RuleRef, SpanMarks, delta_commands,
+    denied_prefix, render, rule_mark,
 };
 pub use ruleset::{Command, Ruleset, TABLE};
 

@@ -199,7 +199,8 @@ async fn the_stream_runs_over_tls_verified_with_the_agents_ca(pool: PgPool) {
 }
 
 /// What the datapath saw reaches the controller on the agent's Flows stream (DESIGN.md §10):
-/// a denied sample as it is, a DNS query under the local port holding its source address.
+/// a denied sample as it is, a DNS query under the local port holding its source address, a
+/// connection under its local side, with what decided there.
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) {
     use weft_agent::flows::{DeniedSample, DnsQuery, PacketHeader, Sample};
@@ -219,8 +220,21 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
         interface: "weftdb".into(),
         addresses: vec!["10.0.0.1".parse().unwrap()],
     };
+    // db-0 open both ways: no group isolates it.
+    let policy = weft_compiler::PortPolicy {
+        project: "shop".into(),
+        name: "db-0".into(),
+        addresses: local.addresses.clone(),
+        refused_addresses: vec![],
+        interface: "weftdb".into(),
+        instance: None,
+        named_ports: Default::default(),
+        ingress: weft_compiler::Isolation::Open,
+        egress: weft_compiler::Isolation::Open,
+    };
     let progress = weft_agent::Progress {
         ports: std::sync::Arc::new([(("shop".to_string(), "db-0".to_string()), local)].into()),
+        span: std::sync::Arc::new(weft_compiler::NodeSpan { ports: [(db, policy)].into(), ..Default::default() }),
         ..Default::default()
     };
     let (_progress_tx, progress_rx) = tokio::sync::watch::channel(progress);
@@ -244,12 +258,27 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
     samples.send((Sample::Dns(query.clone()), 8)).await.unwrap();
     // A query from an address no local port holds names no port: left out.
     samples.send((Sample::Dns(DnsQuery { src: "10.0.0.77".parse().unwrap(), ..query }), 9)).await.unwrap();
-    let kept = weft_testkit::eventually("both records at the controller", PATIENCE, async || {
+    let connection = weft_agent::nft::ConnectionEvent {
+        ended: false,
+        id: 5,
+        flow: weft_agent::nft::ConnectionTuple {
+            protocol: 6,
+            src: "10.0.0.9".parse().unwrap(),
+            dst: "10.0.0.1".parse().unwrap(),
+            sport: Some(40001),
+            dport: Some(5432),
+            icmp: None,
+        },
+        mark: 0,
+        counters: None,
+    };
+    samples.send((Sample::Connection(connection), 10)).await.unwrap();
+    let kept = weft_testkit::eventually("the three records at the controller", PATIENCE, async || {
         let kept = control.flows.records(|_| true);
-        if kept.len() >= 2 { Ok(kept) } else { Err(format!("{kept:?}")) }
+        if kept.len() >= 3 { Ok(kept) } else { Err(format!("{kept:?}")) }
     })
     .await;
-    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept.len(), 3, "{kept:?}");
     assert!(kept.iter().all(|r| r.node == "node-1" && r.port == db), "{kept:?}");
     assert_eq!((kept[0].at_ms, kept[1].at_ms), (7, 8));
     assert!(matches!(
@@ -258,6 +287,11 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
     ));
     assert!(
         matches!(&kept[1].what, weft_control::flows::Observed::Dns { name, .. } if name == "api.shop.svc.cluster.local")
+    );
+    let weft_control::flows::Observed::Connection(c) = &kept[2].what else { panic!("{kept:?}") };
+    assert_eq!(
+        (c.ingress, c.allowed_by, c.ports, c.id),
+        (true, weft_control::flows::AllowedBy::Open, Some((40001, 5432)), 5)
     );
     assert_eq!(control.flows.refused.load(std::sync::atomic::Ordering::Relaxed), 0);
     stop.send_replace(true);

@@ -345,13 +345,12 @@ fn denied_packets_are_sampled_with_their_port_and_tuple_at_a_bounded_rate() {
 /// The shop on node-1 in the kernel, web wired into the node as a pod, and a client beyond the
 /// node routed to it (and the node routing 10.96.0.0/12, where a cluster's DNS would be,
 /// through the client).
-fn web_and_a_client(tag: &str) -> (Netns, Netns, Netns, NftDatapath) {
-    let (node, _compiler, _span, datapath) = shop_on_node_1(tag);
-    weft_agent::netns::sysctl(Some(node.name()), "net.ipv4.ip_forward", "1").unwrap();
-    let web = Netns::new("web");
-    let addresses = ["10.9.0.1".parse().unwrap()];
-    let interface = weft_model::default_interface("shop", "web");
-    let path = web.path();
+/// A pod of the shop on `node`: a namespace of its own, wired to the node as the agent wires
+/// one (its port's interface, its address).
+fn shop_pod(node: &Netns, name: &str, address: &str) -> Netns {
+    let pod = Netns::new(name);
+    let (addresses, interface, path) =
+        ([address.parse().unwrap()], weft_model::default_interface("shop", name), pod.path());
     let wiring = weft_agent::link::PodWiring {
         node_netns: Some(node.name()),
         pod_netns: &path,
@@ -361,6 +360,13 @@ fn web_and_a_client(tag: &str) -> (Netns, Netns, Netns, NftDatapath) {
         mtu: None,
     };
     weft_agent::link::wire(&wiring).unwrap();
+    pod
+}
+
+fn web_and_a_client(tag: &str) -> (Netns, Netns, Netns, NftDatapath) {
+    let (node, _compiler, _span, datapath) = shop_on_node_1(tag);
+    weft_agent::netns::sysctl(Some(node.name()), "net.ipv4.ip_forward", "1").unwrap();
+    let web = shop_pod(&node, "web", "10.9.0.1");
     let client = Netns::new("client");
     node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", client.name()]);
     node.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
@@ -416,4 +422,117 @@ fn a_ports_dns_queries_are_read_as_the_names_it_asks_for() {
             (server().0, server().1, "example.org".to_string(), 28)
         ]
     );
+}
+
+/// Allowed connections are heard with what allowed them (DESIGN.md §10): web and db on one
+/// node, web's egress allowing any protocol to db (a rule of its own) and db's ingress TCP
+/// 5432 from web (a rule folded into the set); a connection between them is heard when it
+/// begins, its mark naming both rules, and when it ends, with its packets and bytes.
+#[ignore = "needs root (network namespaces, nftables): scripts/test.sh runs it when run as root"]
+#[test]
+fn a_connection_is_heard_with_the_rules_that_allowed_each_side_and_its_bytes() {
+    weft_testkit::require_root();
+    let mut project: weft_model::Project = serde_json::from_value(json!({"name": "shop"})).unwrap();
+    project.id = Some(Uuid::from_u64_pair(1, 1));
+    let group = |n: u64, name: &str, app: &str, rule: Value| {
+        let mut g: weft_model::SecurityGroup = serde_json::from_value(json!({
+            "name": name, "project": "shop", "selector": {"matchLabels": {"app": app}}, "rules": [rule],
+        }))
+        .unwrap();
+        g.id = Some(Uuid::from_u64_pair(3, n));
+        g.rules[0].id = Some(Uuid::from_u64_pair(4, n));
+        g
+    };
+    let web_out = group(
+        1,
+        "web-out",
+        "web",
+        json!({"direction": "egress", "remote": {"type": "selector", "ports": {"matchLabels": {"app": "db"}}}}),
+    );
+    let db_in = group(
+        2,
+        "db-in",
+        "db",
+        json!({"direction": "ingress", "protocol": "tcp", "ports": [5432], "remote": {"type": "selector", "ports": {"matchLabels": {"app": "web"}}}}),
+    );
+    let mut compiler = Compiler::new();
+    compiler.load(
+        1,
+        vec![
+            Change::UpsertProject(project),
+            Change::UpsertGroup(web_out),
+            Change::UpsertGroup(db_in),
+            port(1, "web", "node-1", &["10.9.0.1"], "web"),
+            port(3, "db", "node-1", &["10.9.0.3"], "db"),
+        ],
+    );
+    let span = compiler.span("node-1");
+    let node = Netns::new("conn");
+    let mut datapath = NftDatapath::new(Some(node.0.clone()));
+    datapath.apply(&NodeSpan::default(), &span, None).unwrap();
+    let folded = node.nft(&["list", "set", "inet", nft::TABLE, "fold-in-4"]).to_string();
+    assert!(folded.contains("10.9.0.3"), "db's rule is folded: {folded}");
+    weft_agent::netns::sysctl(Some(node.name()), "net.ipv4.ip_forward", "1").unwrap();
+    // The node's own address, which it asks for its pods' MACs from (a node has one).
+    node.ip(&["link", "add", "underlay", "type", "veth", "peer", "name", "underlay-peer"]);
+    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "underlay"]);
+    node.ip(&["link", "set", "underlay", "up"]);
+    // A closed connection's entry goes within a second, not two minutes.
+    weft_agent::netns::sysctl(Some(node.name()), "net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1").unwrap();
+    let pods = [shop_pod(&node, "web", "10.9.0.1"), shop_pod(&node, "db", "10.9.0.3")];
+    weft_agent::flows::account_connections(Some(node.name())).unwrap();
+    let mut events = nft::Socket::open_conntrack_events(Some(node.name()), 1 << 20).unwrap();
+
+    let listener =
+        weft_agent::netns::run_in(Some(pods[1].name()), || std::net::TcpListener::bind("10.9.0.3:5432")).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut asked = [0u8; 5];
+        stream.read_exact(&mut asked).unwrap();
+        stream.write_all(&[7u8; 1000]).unwrap();
+    });
+    let client = weft_agent::netns::run_in(Some(pods[0].name()), || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect("10.9.0.3:5432")?;
+        stream.write_all(b"hello")?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        Ok((stream.local_addr()?.port(), answer.len()))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", node.nft(&["list", "ruleset"])));
+    server.join().unwrap();
+    assert_eq!(client.1, 1000);
+
+    let (mut began, mut ended) = (None, None);
+    weft_testkit::eventually_blocking("the connection heard begin and end", std::time::Duration::from_secs(60), || {
+        events
+            .receive(|kind, payload| {
+                if let Some(e) = nft::connection_event(kind, payload)
+                    && e.flow.sport == Some(client.0)
+                {
+                    if e.ended { ended = Some(e) } else { began = Some(e) }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if began.is_some() && ended.is_some() { Ok(()) } else { Err(format!("{began:?} {ended:?}")) }
+    });
+    let (began, ended) = (began.unwrap(), ended.unwrap());
+    assert_eq!(began.id, ended.id);
+    assert_eq!(began.mark, ended.mark);
+    let marks = nft::SpanMarks::of(&span);
+    let marked =
+        nft::Marked { src: began.flow.src, dst: began.flow.dst, protocol: 6, dport: Some(5432), mark: began.mark };
+    let rule = |n: u64| {
+        nft::Decision::Rule(nft::RuleRef { group: Uuid::from_u64_pair(3, n), rule: Uuid::from_u64_pair(4, n) })
+    };
+    assert_eq!(
+        marks.decide(&marked),
+        (Some((Uuid::from_u64_pair(2, 1), rule(1))), Some((Uuid::from_u64_pair(2, 3), rule(2)))),
+        "mark {:#x}",
+        began.mark
+    );
+    let counted = ended.counters.expect("the node accounts connections");
+    assert!(counted.bytes_sent >= 5 && counted.bytes_received >= 1000, "{counted:?}");
+    assert!(counted.packets_sent >= 3 && counted.packets_received >= 2, "{counted:?}");
 }

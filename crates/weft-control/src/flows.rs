@@ -1,5 +1,5 @@
 //! What the nodes' datapaths saw (DESIGN.md §10), as the agents report it on their `Flows`
-//! stream: denied samples and DNS queries. A record is kept only when its port is on the node
+//! stream: connections begun and ended with what allowed them, denied samples and DNS queries. A record is kept only when its port is on the node
 //! that reports it, so a node cannot speak for another's pods; the rest are counted as
 //! refused. The records are held in memory, the newest up to a capacity, the oldest dropped
 //! and counted: the controller's live view, which the API and the aggregation read.
@@ -29,6 +29,39 @@ pub enum Observed {
     Denied { ingress: bool, src: IpAddr, dst: IpAddr, protocol: u8, ports: Option<(u16, u16)>, icmp: Option<(u8, u8)> },
     /// A DNS query the port sent.
     Dns { server: IpAddr, name: String, qtype: u16 },
+    /// A connection the port made (`ingress` false) or took, as it began or ended.
+    Connection(Connection),
+}
+
+/// A connection one of its local sides reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub ingress: bool,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    pub ports: Option<(u16, u16)>,
+    pub icmp: Option<(u8, u8)>,
+    pub allowed_by: AllowedBy,
+    pub ended: bool,
+    /// Conntrack's id of it on the node.
+    pub id: u32,
+    /// Packets and bytes from its originator, then from its responder (when it ended).
+    pub counters: Option<[u64; 4]>,
+}
+
+/// What let a connection through on one side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowedBy {
+    /// No group isolates the port that way.
+    Open,
+    Rule {
+        group: Uuid,
+        rule: Uuid,
+    },
+    /// The port is isolated, and its node cannot tell by which rule (the connection began
+    /// before the port was isolated).
+    Unknown,
 }
 
 /// The newest records, up to a capacity.
@@ -97,11 +130,44 @@ impl FlowLog {
                 _ => refused += 1,
             }
         }
+        for c in report.connections {
+            match ours(&c.port).zip(connection(&c)) {
+                Some((port, what)) => kept.push(FlowRecord {
+                    node: node.to_string(),
+                    port,
+                    at_ms: c.at_ms,
+                    what: Observed::Connection(what),
+                }),
+                None => refused += 1,
+            }
+        }
         let accepted = kept.len() as u64;
         self.push(kept);
         self.refused.fetch_add(refused, Ordering::Relaxed);
         (accepted, refused)
     }
+}
+
+fn connection(c: &v1::ConnectionRecord) -> Option<Connection> {
+    let byte = |v: Option<u32>| v.map(u8::try_from).transpose().ok();
+    let port = |v: Option<u32>| v.map(u16::try_from).transpose().ok();
+    let allowed_by = match (c.group.is_empty(), c.rule.is_empty(), c.isolated) {
+        (true, true, false) => AllowedBy::Open,
+        (true, true, true) => AllowedBy::Unknown,
+        _ => AllowedBy::Rule { group: Uuid::parse_str(&c.group).ok()?, rule: Uuid::parse_str(&c.rule).ok()? },
+    };
+    Some(Connection {
+        ingress: c.ingress,
+        src: weft_proto::parse_address(&c.src).ok()?,
+        dst: weft_proto::parse_address(&c.dst).ok()?,
+        protocol: u8::try_from(c.protocol).ok()?,
+        ports: port(c.src_port)?.zip(port(c.dst_port)?),
+        icmp: byte(c.icmp_type)?.zip(byte(c.icmp_code)?),
+        allowed_by,
+        ended: c.ended,
+        id: c.id,
+        counters: c.counters.map(|n| [n.packets_sent, n.bytes_sent, n.packets_received, n.bytes_received]),
+    })
 }
 
 fn denied(d: &v1::DeniedRecord) -> Option<Observed> {

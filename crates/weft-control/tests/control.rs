@@ -467,6 +467,26 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
         icmp_code: None,
         at_ms: 1,
     };
+    let (group, rule) = (uuid::Uuid::from_u128(7), |s: &str| match s {
+        "a" => uuid::Uuid::from_u128(8).to_string(),
+        "b" => uuid::Uuid::from_u128(9).to_string(),
+        other => other.to_string(),
+    });
+    let connection = |port: &str, which: &str| v1::ConnectionRecord {
+        port: port.into(),
+        ingress: false,
+        src: address("10.0.0.1"),
+        dst: address("10.0.0.2"),
+        protocol: 6,
+        src_port: Some(40001),
+        dst_port: Some(5432),
+        at_ms: 3,
+        group: group.to_string(),
+        rule: rule(which),
+        isolated: true,
+        id: 42,
+        ..Default::default()
+    };
     let report = |node: &str, credential: &str| v1::FlowReport {
         node: node.into(),
         credential: credential.into(),
@@ -479,6 +499,9 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
             qtype: 1,
             at_ms: 2,
         }],
+        // web-1's connection, allowed by a rule; db-1's (another node's); one whose rule is
+        // no id.
+        connections: vec![connection(&web, "a"), connection(&db, "b"), connection(&web, "not-a-rule")],
     };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
         .unwrap()
@@ -487,26 +510,29 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
         .unwrap();
     let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
     let receipt = client.flows(tokio_stream::iter(vec![report("node-1", &credential)])).await.unwrap().into_inner();
-    assert_eq!((receipt.accepted, receipt.refused), (2, 2));
+    assert_eq!((receipt.accepted, receipt.refused), (3, 4));
     let kept = control.flows.records(|_| true);
-    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept.len(), 3, "{kept:?}");
     assert!(kept.iter().all(|r| r.node == "node-1" && r.port.to_string() == web), "{kept:?}");
     assert!(
         matches!(&kept[1].what, weft_control::flows::Observed::Dns { name, qtype: 1, .. } if name == "db.shop.svc.cluster.local")
     );
+    let weft_control::flows::Observed::Connection(c) = &kept[2].what else { panic!("{kept:?}") };
+    assert_eq!(c.allowed_by, weft_control::flows::AllowedBy::Rule { group, rule: uuid::Uuid::from_u128(8) });
+    assert_eq!((c.ports, c.id, c.ended), (Some((40001, 5432)), 42, false));
     // node-1's credential does not speak for node-2, nor does a made-up one for anyone.
     let refused = client.flows(tokio_stream::iter(vec![report("node-2", &credential)])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     let refused = client.flows(tokio_stream::iter(vec![report("node-1", "weftn_nope")])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    assert_eq!(control.flows.records(|_| true).len(), 2);
+    assert_eq!(control.flows.records(|_| true).len(), 3);
     // A stream the agent keeps open does not hold the controller's shutdown.
     let (open, reports) = tokio::sync::mpsc::channel(1);
     open.send(report("node-1", &credential)).await.unwrap();
     let held = tokio::spawn(async move { client.flows(tokio_stream::wrappers::ReceiverStream::new(reports)).await });
     weft_testkit::eventually("the open stream's first report kept", PATIENCE, async || {
         let kept = control.flows.records(|_| true).len();
-        if kept == 4 { Ok(()) } else { Err(kept) }
+        if kept == 6 { Ok(()) } else { Err(kept) }
     })
     .await;
     tokio::time::timeout(PATIENCE, control.shutdown()).await.expect("the controller stopped with a stream open");

@@ -248,15 +248,16 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown_signal().await;
         stop.send_replace(true);
     });
-    // What the datapath denies, sampled, and the names pods look up (DESIGN.md §10): logged at
-    // debug level and reported to the controller on a stream of their own. Samples wait for a
+    // What the datapath denies, sampled, the names pods look up and the connections they make
+    // (DESIGN.md §10): samples logged at debug level, and all reported to the controller on a stream of their own. Samples wait for a
     // controller in a bounded queue; what does not fit is dropped and counted.
     if matches!(datapath, DatapathKind::Nftables) {
         let (samples, queued) = tokio::sync::mpsc::channel::<weft_agent::flows::Timed>(SAMPLES_QUEUED);
-        let (netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());
+        let connections = samples.clone();
+        let (sample_netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());
         std::thread::spawn(move || {
             let mut dropped = 0u64;
-            weft_agent::flows::follow(netns.as_deref(), !no_dns_names, metrics, stopped_reader, |sample| {
+            weft_agent::flows::follow(sample_netns.as_deref(), !no_dns_names, metrics, stopped_reader, |sample| {
                 match &sample {
                     weft_agent::flows::Sample::Denied(s) => tracing::debug!(
                         port = %s.port, ingress = s.ingress, src = %s.packet.src, dst = %s.packet.dst,
@@ -265,11 +266,26 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
                     weft_agent::flows::Sample::Dns(q) => {
                         tracing::debug!(src = %q.src, server = %q.server, name = %q.name, qtype = q.qtype, "dns query")
                     }
+                    weft_agent::flows::Sample::Connection(_) => {}
                 }
                 if samples.try_send((sample, weft_agent::flows::now_ms())).is_err() {
                     dropped += 1;
                     if dropped.is_power_of_two() {
                         tracing::warn!(dropped, "flow samples waiting for a controller overflowed; dropped");
+                    }
+                }
+            })
+        });
+        let progress_seen = in_force.clone();
+        let (netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            let mut dropped = 0u64;
+            weft_agent::flows::follow_connections(netns.as_deref(), progress_seen, metrics, stopped_reader, |event| {
+                let sample = weft_agent::flows::Sample::Connection(event);
+                if connections.try_send((sample, weft_agent::flows::now_ms())).is_err() {
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(dropped, "connections waiting for a controller overflowed; dropped");
                     }
                 }
             })

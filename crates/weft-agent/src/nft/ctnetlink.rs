@@ -11,7 +11,16 @@ const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_MARK: u16 = 8;
+const CTA_COUNTERS_ORIG: u16 = 9;
+const CTA_COUNTERS_REPLY: u16 = 10;
+const CTA_ID: u16 = 12;
 const CTA_ZONE: u16 = 18;
+const CTA_COUNTERS_PACKETS: u16 = 1;
+const CTA_COUNTERS_BYTES: u16 = 2;
+/// The multicast groups of new and destroyed connections (NFNLGRP_CONNTRACK_NEW, _DESTROY).
+pub(super) const GROUP_NEW: u32 = 1;
+pub(super) const GROUP_DESTROY: u32 = 3;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -61,6 +70,68 @@ pub(super) fn listed(kind: u16, payload: &[u8]) -> Option<TrackedFlow> {
     } else {
         None
     }
+}
+
+/// A connection conntrack confirmed (its first packet was let through) or destroyed (it
+/// ended, or timed out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    pub ended: bool,
+    /// Conntrack's id of the entry: the same in its new and its destroy event.
+    pub id: u32,
+    pub flow: Flow,
+    pub mark: u32,
+    /// Packets and bytes each way, when the namespace accounts them (`nf_conntrack_acct`).
+    pub counters: Option<Counters>,
+}
+
+/// Packets and bytes of a connection: from its originator, and from its responder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+}
+
+/// The connection an event message names (a new entry, or a destroyed one), if it is one.
+pub fn event(kind: u16, payload: &[u8]) -> Option<ConnectionEvent> {
+    let ended = match kind {
+        k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => false,
+        k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE => true,
+        _ => return None,
+    };
+    let (mut flow, mut id, mut mark) = (None, None, 0);
+    let (mut sent, mut received) = (None, None);
+    let be_u32 = |v: &[u8]| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?));
+    for (kind, value, _) in attributes(payload.get(4..)?) {
+        match kind {
+            CTA_TUPLE_ORIG => flow = tuple(value),
+            CTA_ID => id = be_u32(value),
+            CTA_MARK => mark = be_u32(value).unwrap_or(0),
+            CTA_COUNTERS_ORIG => sent = counters(value),
+            CTA_COUNTERS_REPLY => received = counters(value),
+            _ => {}
+        }
+    }
+    let counters = sent.zip(received).map(|((packets_sent, bytes_sent), (packets_received, bytes_received))| {
+        Counters { packets_sent, bytes_sent, packets_received, bytes_received }
+    });
+    Some(ConnectionEvent { ended, id: id?, flow: flow?, mark, counters })
+}
+
+/// (packets, bytes) of a counters attribute.
+fn counters(value: &[u8]) -> Option<(u64, u64)> {
+    let be_u64 = |v: &[u8]| Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?));
+    let (mut packets, mut bytes) = (None, None);
+    for (kind, v, _) in attributes(value) {
+        match kind {
+            CTA_COUNTERS_PACKETS => packets = be_u64(v),
+            CTA_COUNTERS_BYTES => bytes = be_u64(v),
+            _ => {}
+        }
+    }
+    packets.zip(bytes)
 }
 
 /// Appends the request that deletes `entry` (numbered `seq`, acknowledged) to `out`.

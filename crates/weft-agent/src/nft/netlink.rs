@@ -59,6 +59,23 @@ impl Socket {
         Socket::open_protocol(netns, Some(netlink::NETFILTER))
     }
 
+    /// A netfilter socket that hears conntrack's new and destroyed connections in `netns`,
+    /// with a receive buffer of `buffer` bytes: past the system's limit where the agent may
+    /// (it runs as root), so that a burst of connections is read rather than lost.
+    pub fn open_conntrack_events(netns: Option<&str>, buffer: usize) -> io::Result<Socket> {
+        let fd = netns::run_in(netns, || {
+            let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, Some(netlink::NETFILTER))?;
+            let groups = (1 << (ctnetlink::GROUP_NEW - 1)) | (1 << (ctnetlink::GROUP_DESTROY - 1));
+            rustix::net::bind(&fd, &SocketAddrNetlink::new(0, groups))?;
+            rustix::net::sockopt::set_socket_timeout(&fd, Timeout::Recv, Some(Duration::from_secs(2)))?;
+            if rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, buffer).is_err() {
+                rustix::net::sockopt::set_socket_recv_buffer_size(&fd, buffer)?;
+            }
+            Ok(fd)
+        })?;
+        Ok(Socket::of(fd))
+    }
+
     /// A routing socket (the namespace's links and addresses): NETLINK_ROUTE is protocol 0.
     pub fn open_route(netns: Option<&str>) -> io::Result<Socket> {
         Socket::open_protocol(netns, None)
