@@ -18,6 +18,8 @@
 //!
 //! Decoding is pure ([`decode`], [`packet`], [`dns_question`]); [`SampleReader`] is the socket.
 
+pub mod window;
+
 use std::io;
 use std::net::IpAddr;
 
@@ -413,30 +415,108 @@ fn connection_records(
         .collect()
 }
 
-/// Sends the samples to the controller on the `Flows` stream, in reports of what has come
-/// since the last, until `shutdown`; reconnects with backoff. Apart from the span's stream:
-/// telemetry never holds up an ack. Samples that come while no controller answers wait in
-/// `samples` (bounded by its sender, who drops and counts what does not fit); a report lost
-/// with a broken stream is not sent again.
+/// Reads the port chains' drop counters (by port id and direction), blocking; None where the
+/// datapath has none.
+pub type DropCounters = std::sync::Arc<dyn Fn() -> Vec<crate::nft::DropCount> + Send + Sync>;
+
+/// How often the drop counters are read and a window's end is looked for.
+const WINDOW_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the reporting keeps across its connections to controllers: the windows, and the
+/// span's marks as last read.
+struct Collector {
+    windows: window::Windows,
+    marks: Option<(std::sync::Arc<weft_compiler::NodeSpan>, crate::nft::SpanMarks)>,
+    drop_counters: Option<DropCounters>,
+    /// Live records dropped while no controller answered (the windows count them).
+    unsent: u64,
+}
+
+impl Collector {
+    /// A batch of samples as a report of live records, counted in the windows.
+    fn take(&mut self, batch: Vec<Timed>, progress: &tokio::sync::watch::Receiver<crate::Progress>) -> v1::FlowReport {
+        // The span's marks, read again when the span changes.
+        let span = std::sync::Arc::clone(&progress.borrow().span);
+        if !self.marks.as_ref().is_some_and(|(of, _)| std::sync::Arc::ptr_eq(of, &span)) {
+            let read = crate::nft::SpanMarks::of(&span);
+            self.marks = Some((span, read));
+        }
+        let ports = std::sync::Arc::clone(&progress.borrow().ports);
+        let empty = crate::nft::SpanMarks::default();
+        let report = records(batch, &ports, self.marks.as_ref().map(|(_, m)| m).unwrap_or(&empty));
+        self.windows.add(&report);
+        report
+    }
+
+    /// Reads the drop counters into the open window; the window that closed, if one did.
+    async fn tick(&mut self) -> Option<v1::FlowWindow> {
+        if let Some(read) = self.drop_counters.clone() {
+            let counters = tokio::task::spawn_blocking(move || read()).await.unwrap_or_default();
+            self.windows.drops(now_ms(), &counters);
+        }
+        self.windows.close_due(now_ms())
+    }
+}
+
+/// At most this many samples, read at once, make one report.
+async fn batch_of(samples: &mut tokio::sync::mpsc::Receiver<Timed>) -> Option<Vec<Timed>> {
+    let mut batch = vec![samples.recv().await?];
+    while batch.len() < REPORT_RECORDS {
+        match samples.try_recv() {
+            Ok(more) => batch.push(more),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Sends what the datapath saw to the controller on the `Flows` stream until `shutdown`,
+/// reconnecting with backoff: live records as they come, each window of 15 s as it closes
+/// ([`window`]), and to a controller it (re)connects to, its last windows again. Apart from
+/// the span's stream: telemetry never holds up an ack. While no controller answers, samples
+/// are still counted in the windows; their live records are dropped (and counted in the log),
+/// and a report lost with a broken stream is not sent again.
 pub async fn report(
     config: crate::Config,
     progress: tokio::sync::watch::Receiver<crate::Progress>,
     mut samples: tokio::sync::mpsc::Receiver<Timed>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    drop_counters: Option<DropCounters>,
 ) {
+    let mut collector = Collector { windows: window::Windows::default(), marks: None, drop_counters, unsent: 0 };
     let mut pause = config.backoff.0;
     loop {
         let outcome = tokio::select! {
-            outcome = report_session(&config, &progress, &mut samples) => outcome,
+            outcome = report_session(&config, &progress, &mut samples, &mut collector) => outcome,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match outcome {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "cannot report flows to the controller; trying again"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        let waited = tokio::time::sleep(pause);
+        tokio::pin!(waited);
+        let mut ticks = tokio::time::interval(WINDOW_TICK);
+        loop {
+            // The guard `wait_for` answers with is not Send: dropped before the handlers run.
+            let stopping = async {
+                let _ = shutdown.wait_for(|s| *s).await;
+            };
+            tokio::select! {
+                _ = &mut waited => break,
+                () = stopping => return,
+                _ = ticks.tick() => { collector.tick().await; }
+                batch = batch_of(&mut samples) => match batch {
+                    Some(batch) => {
+                        let report = collector.take(batch, &progress);
+                        collector.unsent += (report.connections.len() + report.denied.len() + report.dns.len()) as u64;
+                        if collector.unsent.is_power_of_two() {
+                            tracing::warn!(unsent = collector.unsent, "flow records dropped: no controller answers (the windows count them)");
+                        }
+                    }
+                    None => return,
+                },
+            }
         }
         pause = (pause * 2).min(config.backoff.1);
     }
@@ -446,6 +526,7 @@ async fn report_session(
     config: &crate::Config,
     progress: &tokio::sync::watch::Receiver<crate::Progress>,
     samples: &mut tokio::sync::mpsc::Receiver<Timed>,
+    collector: &mut Collector,
 ) -> Result<(), crate::AgentError> {
     let credential = config
         .credential
@@ -454,36 +535,34 @@ async fn report_session(
         .ok_or_else(|| crate::AgentError::NoCredential(config.node.clone()))?;
     let mut client = v1::agent_client::AgentClient::new(crate::channel(config).await?);
     let (tx, rx) = tokio::sync::mpsc::channel::<v1::FlowReport>(4);
-    let first = v1::FlowReport { node: config.node.clone(), credential, ..Default::default() };
+    let first = v1::FlowReport {
+        node: config.node.clone(),
+        credential,
+        windows: collector.windows.recent(now_ms()),
+        ..Default::default()
+    };
     tx.send(first).await.map_err(|_| crate::AgentError::Protocol("the flow stream closed".into()))?;
     let call = tokio::spawn(async move { client.flows(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
-    let mut marks: Option<(std::sync::Arc<weft_compiler::NodeSpan>, crate::nft::SpanMarks)> = None;
-    let empty = crate::nft::SpanMarks::default();
+    let mut ticks = tokio::time::interval(WINDOW_TICK);
     loop {
-        let Some(first) = samples.recv().await else {
-            // The reader ended: say so to the controller by ending the stream.
-            drop(tx);
-            return match call.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(status)) => Err(crate::AgentError::Stream(status)),
-                Err(e) => Err(crate::AgentError::Protocol(e.to_string())),
-            };
+        let report = tokio::select! {
+            _ = ticks.tick() => match collector.tick().await {
+                Some(closed) => v1::FlowReport { windows: vec![closed], ..Default::default() },
+                None => continue,
+            },
+            batch = batch_of(samples) => match batch {
+                Some(batch) => collector.take(batch, progress),
+                None => {
+                    // The reader ended: say so to the controller by ending the stream.
+                    drop(tx);
+                    return match call.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(status)) => Err(crate::AgentError::Stream(status)),
+                        Err(e) => Err(crate::AgentError::Protocol(e.to_string())),
+                    };
+                }
+            },
         };
-        let mut batch = vec![first];
-        while batch.len() < REPORT_RECORDS {
-            match samples.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        // The span's marks, read again when the span changes.
-        let span = std::sync::Arc::clone(&progress.borrow().span);
-        if !marks.as_ref().is_some_and(|(of, _)| std::sync::Arc::ptr_eq(of, &span)) {
-            let read = crate::nft::SpanMarks::of(&span);
-            marks = Some((span, read));
-        }
-        let ports = std::sync::Arc::clone(&progress.borrow().ports);
-        let report = records(batch, &ports, marks.as_ref().map(|(_, m)| m).unwrap_or(&empty));
         if tx.send(report).await.is_err() {
             // The call ended: its answer says why.
             return match call.await {

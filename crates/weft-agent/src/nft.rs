@@ -140,6 +140,22 @@ pub fn table_stats(netns: Option<&str>) -> Result<Option<listing::TableStats>, D
     Ok(dump.as_ref().map(listing::stats))
 }
 
+/// A port chain's drop counter: ((port id, ingress), packets dropped).
+pub type DropCount = ((String, bool), u64);
+
+/// The packets each port chain's default drop has dropped, by (port id, ingress).
+pub fn port_drops(netns: Option<&str>) -> Result<Vec<DropCount>, DatapathError> {
+    let stats = table_stats(netns)?.unwrap_or_default();
+    let port = |chain: &str| {
+        let (ingress, hex) = match chain.strip_prefix("pi-") {
+            Some(hex) => (true, hex),
+            None => (false, chain.strip_prefix("pe-")?),
+        };
+        Some((uuid::Uuid::parse_str(hex).ok()?.to_string(), ingress))
+    };
+    Ok(stats.drops.iter().filter_map(|(chain, packets)| Some((port(chain)?, *packets))).collect())
+}
+
 /// The netlink socket in `slot`, opened in `netns` when there is none.
 pub(crate) fn socket<'a>(
     slot: &'a mut Option<netlink::Socket>,

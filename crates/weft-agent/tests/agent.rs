@@ -240,7 +240,7 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
     let (_progress_tx, progress_rx) = tokio::sync::watch::channel(progress);
     let (samples, queued) = tokio::sync::mpsc::channel(16);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(weft_agent::flows::report(agent_config, progress_rx, queued, stopped));
+    tokio::spawn(weft_agent::flows::report(agent_config, progress_rx, queued, stopped, None));
     let packet = PacketHeader {
         src: "10.0.0.9".parse().unwrap(),
         dst: "10.0.0.1".parse().unwrap(),

@@ -4,7 +4,7 @@
 //! refused. The records are held in memory, the newest up to a capacity, the oldest dropped
 //! and counted: the controller's live view, which the API and the aggregation read.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use uuid::Uuid;
 use weft_compiler::Compiler;
 use weft_proto::v1;
+
+/// How long the nodes' windows are kept in memory.
+const WINDOWS_KEPT_MS: i64 = 3_600_000;
+/// The longest window a node may send (agents send 15 s).
+const WINDOW_MAX_MS: i64 = 60_000;
 
 /// A record a node reported, after the controller checked it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,10 +69,14 @@ pub enum AllowedBy {
     Unknown,
 }
 
-/// The newest records, up to a capacity.
+/// The newest records, up to a capacity, and the nodes' windows of the last hour.
 #[derive(Debug)]
 pub struct FlowLog {
     records: Mutex<VecDeque<FlowRecord>>,
+    /// By (window start, node): the last a node sent of each window (DESIGN.md §10). A
+    /// window sent again (an agent that reconnected) replaces what was there: nothing is
+    /// counted twice.
+    windows: Mutex<BTreeMap<(i64, String), v1::FlowWindow>>,
     capacity: usize,
     /// Records dropped to make room, and records refused (about another node's ports, or
     /// malformed).
@@ -79,6 +88,7 @@ impl FlowLog {
     pub fn new(capacity: usize) -> FlowLog {
         FlowLog {
             records: Mutex::new(VecDeque::new()),
+            windows: Mutex::new(BTreeMap::new()),
             capacity: capacity.max(1),
             overflowed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -99,6 +109,41 @@ impl FlowLog {
     pub fn records(&self, keep: impl Fn(&FlowRecord) -> bool) -> Vec<FlowRecord> {
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         records.iter().filter(|r| keep(r)).cloned().collect()
+    }
+
+    /// The windows kept whose start is at or after `since_ms`, by (start, node).
+    pub fn windows(&self, since_ms: i64) -> Vec<((i64, String), v1::FlowWindow)> {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.range((since_ms, String::new())..).map(|(k, w)| (k.clone(), w.clone())).collect()
+    }
+
+    /// Keeps `node`'s windows, each replacing what the node sent of it before, with only
+    /// what is about the node's own ports (`ours`); forgets windows older than an hour.
+    /// What was left out, counted.
+    fn keep_windows(&self, node: &str, windows: Vec<v1::FlowWindow>, ours: impl Fn(&str) -> bool) -> u64 {
+        let mut refused = 0u64;
+        let mut kept = Vec::new();
+        for mut w in windows {
+            if w.end_ms <= w.start_ms || w.end_ms - w.start_ms > WINDOW_MAX_MS {
+                refused += 1;
+                continue;
+            }
+            let before = w.aggregates.len() + w.drops.len();
+            w.aggregates.retain(|a| ours(&a.port));
+            w.drops.retain(|d| ours(&d.port));
+            refused += (before - w.aggregates.len() - w.drops.len()) as u64;
+            kept.push(w);
+        }
+        let newest = kept.iter().map(|w| w.end_ms).max().unwrap_or(0);
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        for w in kept {
+            windows.insert((w.start_ms, node.to_string()), w);
+        }
+        // The hour the controller keeps, by the newest window any node sent.
+        let newest = newest.max(windows.keys().next_back().map_or(0, |(start, _)| *start));
+        let oldest = newest - WINDOWS_KEPT_MS;
+        windows.retain(|(start, _), _| *start >= oldest);
+        refused
     }
 
     /// Checks a report from `node` against what the compiler knows of the ports and keeps
@@ -141,6 +186,7 @@ impl FlowLog {
                 None => refused += 1,
             }
         }
+        refused += self.keep_windows(node, report.windows, |port| ours(port).is_some());
         let accepted = kept.len() as u64;
         self.push(kept);
         self.refused.fetch_add(refused, Ordering::Relaxed);

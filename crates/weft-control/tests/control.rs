@@ -502,6 +502,17 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
         // web-1's connection, allowed by a rule; db-1's (another node's); one whose rule is
         // no id.
         connections: vec![connection(&web, "a"), connection(&db, "b"), connection(&web, "not-a-rule")],
+        // A window of web-1's connections, and of db-1's (left out).
+        windows: vec![v1::FlowWindow {
+            start_ms: 15_000,
+            end_ms: 30_000,
+            closed: true,
+            aggregates: [&web, &db]
+                .iter()
+                .map(|port| v1::FlowAggregate { port: port.to_string(), started: 1, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        }],
     };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
         .unwrap()
@@ -510,7 +521,11 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
         .unwrap();
     let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
     let receipt = client.flows(tokio_stream::iter(vec![report("node-1", &credential)])).await.unwrap().into_inner();
-    assert_eq!((receipt.accepted, receipt.refused), (3, 4));
+    assert_eq!((receipt.accepted, receipt.refused), (3, 5));
+    let windows = control.flows.windows(0);
+    assert_eq!(windows.len(), 1);
+    assert_eq!(windows[0].0, (15_000, "node-1".to_string()));
+    assert_eq!(windows[0].1.aggregates.len(), 1, "only web-1's");
     let kept = control.flows.records(|_| true);
     assert_eq!(kept.len(), 3, "{kept:?}");
     assert!(kept.iter().all(|r| r.node == "node-1" && r.port.to_string() == web), "{kept:?}");
@@ -535,6 +550,9 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
         if kept == 6 { Ok(()) } else { Err(kept) }
     })
     .await;
+    // The window sent again replaced itself: counted once.
+    let windows = control.flows.windows(0);
+    assert_eq!((windows.len(), windows[0].1.aggregates[0].started), (1, 1));
     tokio::time::timeout(PATIENCE, control.shutdown()).await.expect("the controller stopped with a stream open");
     let ended = tokio::time::timeout(PATIENCE, held).await;
     assert!(ended.is_ok(), "the open stream ended with the controller");

@@ -277,20 +277,39 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
             })
         });
         let progress_seen = in_force.clone();
-        let (netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());
+        let (conntrack_netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());
         std::thread::spawn(move || {
             let mut dropped = 0u64;
-            weft_agent::flows::follow_connections(netns.as_deref(), progress_seen, metrics, stopped_reader, |event| {
-                let sample = weft_agent::flows::Sample::Connection(event);
-                if connections.try_send((sample, weft_agent::flows::now_ms())).is_err() {
-                    dropped += 1;
-                    if dropped.is_power_of_two() {
-                        tracing::warn!(dropped, "connections waiting for a controller overflowed; dropped");
+            weft_agent::flows::follow_connections(
+                conntrack_netns.as_deref(),
+                progress_seen,
+                metrics,
+                stopped_reader,
+                |event| {
+                    let sample = weft_agent::flows::Sample::Connection(event);
+                    if connections.try_send((sample, weft_agent::flows::now_ms())).is_err() {
+                        dropped += 1;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(dropped, "connections waiting for a controller overflowed; dropped");
+                        }
                     }
-                }
+                },
+            )
+        });
+        let counters_netns = netns.clone();
+        let drop_counters: weft_agent::flows::DropCounters = std::sync::Arc::new(move || {
+            weft_agent::nft::port_drops(counters_netns.as_deref()).unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "cannot read the drop counters");
+                Vec::new()
             })
         });
-        tokio::spawn(weft_agent::flows::report(config.clone(), in_force.clone(), queued, stopped.clone()));
+        tokio::spawn(weft_agent::flows::report(
+            config.clone(),
+            in_force.clone(),
+            queued,
+            stopped.clone(),
+            Some(drop_counters),
+        ));
     }
     // Pods wired onto a datapath that enforces nothing would run without their policy.
     let cni = match (no_cni, datapath) {
