@@ -47,6 +47,8 @@ pub struct DnsQuery {
     pub name: String,
     /// The record type (1 A, 28 AAAA, 33 SRV, ...).
     pub qtype: u16,
+    /// The query's source port.
+    pub src_port: Option<u16>,
 }
 
 /// One message of the groups the agent reads.
@@ -87,7 +89,8 @@ pub fn decode(message: &[u8]) -> Option<Sample> {
         let (header, transport) = packet_and_transport(payload)?;
         // UDP: 8 bytes of header, then the DNS message.
         let (name, qtype) = dns_question(transport.get(8..)?)?;
-        return Some(Sample::Dns(DnsQuery { src: header.src, server: header.dst, name, qtype }));
+        let src_port = header.ports.map(|(s, _)| s);
+        return Some(Sample::Dns(DnsQuery { src: header.src, server: header.dst, name, qtype, src_port }));
     }
     let rest = prefix.strip_prefix(crate::nft::DENIED_PREFIX)?;
     let (way, port) = rest.split_once(':')?;
@@ -284,22 +287,24 @@ pub fn follow_connections(
     };
     let mut ports: Option<std::sync::Arc<crate::LocalPorts>> = None;
     let mut local: std::collections::HashSet<IpAddr> = std::collections::HashSet::new();
+    let mut heard = Vec::new();
     while !*stopped.borrow() {
+        let outcome = socket.receive(|kind, payload| heard.extend(crate::nft::connection_event(kind, payload)));
+        // The ports as they are now, after the events came: a receive waits up to 2 s, and a
+        // port wired meanwhile has its first connection in this one.
         let current = std::sync::Arc::clone(&progress.borrow().ports);
         if !ports.as_ref().is_some_and(|p| std::sync::Arc::ptr_eq(p, &current)) {
             local = current.values().flat_map(|p| p.addresses.iter().copied()).collect();
             ports = Some(current);
         }
-        let outcome = socket.receive(|kind, payload| {
-            if let Some(event) = crate::nft::connection_event(kind, payload)
-                && (local.contains(&event.flow.src) || local.contains(&event.flow.dst))
-            {
+        for event in heard.drain(..) {
+            if local.contains(&event.flow.src) || local.contains(&event.flow.dst) {
                 if let (Some(m), false) = (&metrics, event.ended) {
                     m.connection_heard();
                 }
                 each(event);
             }
-        });
+        }
         match outcome {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOBUFS.raw_os_error()) => {
@@ -362,6 +367,7 @@ pub fn records(samples: Vec<Timed>, ports: &crate::LocalPorts, marks: &crate::nf
                         name: q.name,
                         qtype: u32::from(q.qtype),
                         at_ms,
+                        src_port: q.src_port.map(u32::from),
                     });
                 }
             }

@@ -254,6 +254,7 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
         server: "10.96.0.10".parse().unwrap(),
         name: "api.shop.svc.cluster.local".into(),
         qtype: 1,
+        src_port: Some(50000),
     };
     samples.send((Sample::Dns(query.clone()), 8)).await.unwrap();
     // A query from an address no local port holds names no port: left out.

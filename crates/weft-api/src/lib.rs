@@ -12,6 +12,7 @@ mod batch;
 mod body;
 pub mod cache;
 mod changes;
+mod flows;
 mod guard;
 mod health;
 mod metrics;
@@ -146,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/join-tokens/{id}", delete(nodes::revoke_join_token))
         .route("/v1/realization", get(nodes::realization))
         .route("/v1/explain", post(reach::explain))
+        .route("/v1/flows", get(flows::flows))
         .route("/v1/reach", get(reach::reach))
         .route("/v1/security-groups/{key}/status", get(nodes::group_status))
         .route("/v1/security-groups/{project}/{name}/status", get(nodes::group_status_by_name));

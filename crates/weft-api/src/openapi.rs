@@ -247,6 +247,20 @@ pub fn openapi() -> OpenApi {
     collect::<ExplainResponse>(&mut schemas);
     collect::<SideExplanation>(&mut schemas);
     collect::<ReachMatrix>(&mut schemas);
+    {
+        use weft_model::flow::{
+            DnsQuestion, Flow, FlowCounters, FlowEndpoint, FlowGroup, FlowKind, FlowRule, SideDecision, Verdict,
+        };
+        collect::<Flow>(&mut schemas);
+        collect::<FlowEndpoint>(&mut schemas);
+        collect::<FlowRule>(&mut schemas);
+        collect::<FlowGroup>(&mut schemas);
+        collect::<SideDecision>(&mut schemas);
+        collect::<FlowCounters>(&mut schemas);
+        collect::<DnsQuestion>(&mut schemas);
+        collect::<FlowKind>(&mut schemas);
+        collect::<Verdict>(&mut schemas);
+    }
     schemas.push((
         "Revision".to_string(),
         ObjectBuilder::new()
@@ -300,6 +314,48 @@ pub fn openapi() -> OpenApi {
                     .build(),
             )
             .response("410", problem("`since` was compacted: list again and watch from the list's revision")),
+    );
+    let flows = with_common_errors(
+        OperationBuilder::new()
+            .tag("flows")
+            .operation_id(Some("listFlows"))
+            .summary(Some("What the datapath saw, with what decided each side (a project token: its project's)"))
+            .parameters(Some([
+                param("project", ParameterIn::Query, false, "Flows with a port of this project at an end"),
+                param("from", ParameterIn::Query, false, "A label selector over the source's port"),
+                param("to", ParameterIn::Query, false, "A label selector over the destination's port"),
+                param("verdict", ParameterIn::Query, false, "allowed or denied"),
+                param("protocol", ParameterIn::Query, false, "tcp, udp, sctp, icmp, icmpv6 or a number"),
+                param("port", ParameterIn::Query, false, "The destination port"),
+                param(
+                    "policy",
+                    ParameterIn::Query,
+                    false,
+                    "A group, or the NetworkPolicy a rule came from, that decided",
+                ),
+                param("since", ParameterIn::Query, false, "A time (RFC 3339) or a duration back from now (15m)"),
+                param("until", ParameterIn::Query, false, "A time (RFC 3339) or a duration back from now"),
+                param("since_id", ParameterIn::Query, false, "Flows after this id, oldest first"),
+                param("limit", ParameterIn::Query, false, "At most this many (1 to 10,000; default 100): the newest"),
+                param("watch", ParameterIn::Query, false, "Stream flows as they are written (newline-delimited)"),
+            ]))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("`{\"items\": [Flow]}`, oldest first; with watch, one Flow per line")
+                    .content(
+                        JSON,
+                        ContentBuilder::new()
+                            .schema(Some(
+                                ObjectBuilder::new()
+                                    .property("items", ArrayBuilder::new().items(schema_ref("Flow")))
+                                    .required("items"),
+                            ))
+                            .build(),
+                    )
+                    .content("application/x-ndjson", ContentBuilder::new().build())
+                    .build(),
+            ),
     );
     let token_create = with_common_errors(
         OperationBuilder::new()
@@ -470,6 +526,7 @@ pub fn openapi() -> OpenApi {
     paths = paths
         .path("/v1/batch", PathItem::new(HttpMethod::Post, batch.build()))
         .path("/v1/changes", PathItem::new(HttpMethod::Get, changes.build()))
+        .path("/v1/flows", PathItem::new(HttpMethod::Get, flows.build()))
         .path(
             "/v1/info",
             PathItem::new(

@@ -504,6 +504,42 @@ impl Client {
         self.send(self.request(Method::GET, "/v1/reach").query(query)).await
     }
 
+    /// Flows the datapath saw (`GET /v1/flows`), with query parameters such as `project`,
+    /// `from`, `to`, `verdict`, `protocol`, `port`, `policy`, `since`, `limit`: oldest first.
+    pub async fn flows(&self, query: &[(&str, String)]) -> Result<Vec<weft_model::flow::Flow>> {
+        #[derive(serde::Deserialize)]
+        struct Items {
+            items: Vec<weft_model::flow::Flow>,
+        }
+        let items: Items = self.send(self.request(Method::GET, "/v1/flows").query(query)).await?;
+        Ok(items.items)
+    }
+
+    /// Follows the flows written after `since_id` (`GET /v1/flows?watch=true`), filtered by
+    /// `query` as [`Client::flows`].
+    pub async fn watch_flows(
+        &self,
+        query: &[(&str, String)],
+        since_id: i64,
+    ) -> Result<impl Stream<Item = Result<weft_model::flow::Flow>> + use<>> {
+        let request = self
+            .request(Method::GET, "/v1/flows")
+            .query(query)
+            .query(&[("watch", "true".to_string()), ("since_id", since_id.to_string())]);
+        let response = check(request.send().await?).await?;
+        Ok(lines(response.bytes_stream()).map(|line| {
+            let line = line?;
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| ClientError::Unexpected { status: 200, detail: e.to_string() })?;
+            if let Some(problem) = value.get("error") {
+                let problem = serde_json::from_value(problem.clone())
+                    .map_err(|e| ClientError::Unexpected { status: 200, detail: e.to_string() })?;
+                return Err(ClientError::Api(problem));
+            }
+            serde_json::from_value(value).map_err(|e| ClientError::Unexpected { status: 200, detail: e.to_string() })
+        }))
+    }
+
     /// A security group's reach (the nodes whose span holds it) and realization.
     pub async fn group_status(&self, key: &Key) -> Result<serde_json::Value> {
         self.send(self.request(Method::GET, &format!("{}/status", key.path(Kind::SecurityGroup)))).await

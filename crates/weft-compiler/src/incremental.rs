@@ -249,6 +249,11 @@ impl Compiler {
         &self.cluster
     }
 
+    /// The port holding `address` (none when no port, or two, claim it).
+    pub fn port_holding(&self, address: &IpAddr) -> Option<Uuid> {
+        self.claimed.get(address).copied()
+    }
+
     /// The revision of the last change applied.
     pub fn revision(&self) -> i64 {
         self.cluster.revision()

@@ -4,6 +4,8 @@
 //! refused. The records are held in memory, the newest up to a capacity, the oldest dropped
 //! and counted: the controller's live view, which the API and the aggregation read.
 
+mod join;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -11,6 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use uuid::Uuid;
 use weft_compiler::Compiler;
+use weft_model::Direction;
+use weft_model::flow::{
+    DnsQuestion, Flow, FlowCounters, FlowEndpoint, FlowGroup, FlowKind, FlowRule, SideDecision, Verdict,
+};
 use weft_proto::v1;
 
 /// How long the nodes' windows are kept in memory.
@@ -32,8 +38,8 @@ pub struct FlowRecord {
 pub enum Observed {
     /// A packet the port's policy dropped.
     Denied { ingress: bool, src: IpAddr, dst: IpAddr, protocol: u8, ports: Option<(u16, u16)>, icmp: Option<(u8, u8)> },
-    /// A DNS query the port sent.
-    Dns { server: IpAddr, name: String, qtype: u16 },
+    /// A DNS query the port sent (from its source port).
+    Dns { server: IpAddr, name: String, qtype: u16, src_port: Option<u16> },
     /// A connection the port made (`ingress` false) or took, as it began or ended.
     Connection(Connection),
 }
@@ -77,11 +83,15 @@ pub struct FlowLog {
     /// window sent again (an agent that reconnected) replaces what was there: nothing is
     /// counted twice.
     windows: Mutex<BTreeMap<(i64, String), v1::FlowWindow>>,
+    /// Records as flows, waiting for their other half ([`join`]) to be written.
+    joiner: Mutex<join::Joiner>,
     capacity: usize,
     /// Records dropped to make room, and records refused (about another node's ports, or
     /// malformed).
     pub overflowed: AtomicU64,
     pub refused: AtomicU64,
+    /// Flows the flow log would not take.
+    pub unwritten: AtomicU64,
 }
 
 impl FlowLog {
@@ -89,9 +99,11 @@ impl FlowLog {
         FlowLog {
             records: Mutex::new(VecDeque::new()),
             windows: Mutex::new(BTreeMap::new()),
+            joiner: Mutex::new(join::Joiner::default()),
             capacity: capacity.max(1),
             overflowed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            unwritten: AtomicU64::new(0),
         }
     }
 
@@ -109,6 +121,11 @@ impl FlowLog {
     pub fn records(&self, keep: impl Fn(&FlowRecord) -> bool) -> Vec<FlowRecord> {
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         records.iter().filter(|r| keep(r)).cloned().collect()
+    }
+
+    /// The flows to write now: joined, or alone once their other half is not coming.
+    pub fn due(&self) -> Vec<Flow> {
+        self.joiner.lock().unwrap_or_else(|e| e.into_inner()).due(now_ms())
     }
 
     /// The windows kept whose start is at or after `since_ms`, by (start, node).
@@ -170,7 +187,12 @@ impl FlowLog {
                     node: node.to_string(),
                     port,
                     at_ms: q.at_ms,
-                    what: Observed::Dns { server, name: q.name, qtype },
+                    what: Observed::Dns {
+                        server,
+                        name: q.name,
+                        qtype,
+                        src_port: q.src_port.and_then(|p| u16::try_from(p).ok()),
+                    },
                 }),
                 _ => refused += 1,
             }
@@ -188,9 +210,182 @@ impl FlowLog {
         }
         refused += self.keep_windows(node, report.windows, |port| ours(port).is_some());
         let accepted = kept.len() as u64;
+        {
+            let now = now_ms();
+            let mut joiner = self.joiner.lock().unwrap_or_else(|e| e.into_inner());
+            for half in kept.iter().filter_map(|r| half(compiler, r)) {
+                joiner.add(half, now);
+            }
+        }
         self.push(kept);
         self.refused.fetch_add(refused, Ordering::Relaxed);
         (accepted, refused)
+    }
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An end of a flow, as the compiler knows it: the port holding the address, if any.
+fn endpoint(compiler: &Compiler, address: IpAddr) -> FlowEndpoint {
+    let port = compiler.port_holding(&address).and_then(|id| Some((id, compiler.cluster().port(&id)?)));
+    match port {
+        Some((id, p)) => FlowEndpoint {
+            address,
+            port: Some(id),
+            project: Some(p.project.clone()),
+            name: Some(p.name.clone()),
+            labels: p.labels.clone(),
+            node: p.node.clone(),
+        },
+        None => FlowEndpoint::outside(address),
+    }
+}
+
+/// A group's rule, with the group's name and the rule's origin as the compiler has them now.
+fn flow_rule(compiler: &Compiler, group: Uuid, rule: Uuid) -> SideDecision {
+    let Some(g) = compiler.cluster().group(&group) else { return SideDecision::AllowedUnknown };
+    let origin = g.rules.iter().find(|r| r.id == Some(rule)).and_then(|r| r.origin.clone());
+    SideDecision::Allowed {
+        rule: FlowRule { group, project: g.project.clone(), group_name: g.name.clone(), rule, origin },
+    }
+}
+
+/// The groups that isolate `port` one way: none of their rules allowed what it dropped.
+fn isolated_by(compiler: &Compiler, port: Uuid, ingress: bool) -> SideDecision {
+    let cluster = compiler.cluster();
+    let groups = cluster.port(&port).map_or_else(Vec::new, |p| {
+        let direction = if ingress { Direction::Ingress } else { Direction::Egress };
+        cluster.isolating(&cluster.applied(p), direction)
+    });
+    let isolated_by = groups
+        .iter()
+        .filter_map(|id| {
+            let g = cluster.group(id)?;
+            Some(FlowGroup { id: *id, project: g.project.clone(), name: g.name.clone() })
+        })
+        .collect();
+    SideDecision::Denied { isolated_by }
+}
+
+/// A record as one half of a flow: the side its node decided, the ends as the compiler knows
+/// them. A packet the ingress dropped passed its source's egress, which a port of the same
+/// node reports no other half for (its connection was never confirmed).
+fn half(compiler: &Compiler, record: &FlowRecord) -> Option<Flow> {
+    let mut flow =
+        match &record.what {
+            Observed::Connection(c) => {
+                let decision = match c.allowed_by {
+                    AllowedBy::Open => SideDecision::Open,
+                    AllowedBy::Rule { group, rule } => flow_rule(compiler, group, rule),
+                    AllowedBy::Unknown => SideDecision::AllowedUnknown,
+                };
+                Flow {
+                    kind: FlowKind::Connection,
+                    verdict: Verdict::Allowed,
+                    ended: c.ended,
+                    egress: (!c.ingress).then(|| decision.clone()),
+                    ingress: c.ingress.then_some(decision),
+                    counters: c.counters.map(|[packets_sent, bytes_sent, packets_received, bytes_received]| {
+                        FlowCounters { packets_sent, bytes_sent, packets_received, bytes_received }
+                    }),
+                    ..blank(compiler, record, c.src, c.dst, c.protocol, c.ports, c.icmp)
+                }
+            }
+            Observed::Denied { ingress, src, dst, protocol, ports, icmp } => {
+                let mut flow = Flow {
+                    kind: FlowKind::Denied,
+                    verdict: Verdict::Denied,
+                    ..blank(compiler, record, *src, *dst, *protocol, *ports, *icmp)
+                };
+                if *ingress {
+                    flow.ingress = Some(isolated_by(compiler, record.port, true));
+                    if flow.src.node.as_deref() == Some(record.node.as_str()) {
+                        flow.egress = Some(SideDecision::AllowedUnknown);
+                    }
+                } else {
+                    flow.egress = Some(isolated_by(compiler, record.port, false));
+                }
+                flow
+            }
+            Observed::Dns { server, name, qtype, src_port } => {
+                let port = compiler.cluster().port(&record.port)?;
+                let src = *port.ips.iter().find(|a| a.is_ipv4() == server.is_ipv4())?;
+                Flow {
+                    kind: FlowKind::Dns,
+                    verdict: Verdict::Allowed,
+                    dns: Some(DnsQuestion { name: name.clone(), qtype: *qtype }),
+                    ..blank(compiler, record, src, *server, 17, src_port.map(|s| (s, 53)), None)
+                }
+            }
+        };
+    flow.nodes = vec![record.node.clone()];
+    Some(flow)
+}
+
+/// A flow with its ends, protocol and ports, and nothing decided yet.
+fn blank(
+    compiler: &Compiler,
+    record: &FlowRecord,
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    ports: Option<(u16, u16)>,
+    icmp: Option<(u8, u8)>,
+) -> Flow {
+    Flow {
+        id: 0,
+        at_ms: record.at_ms,
+        kind: FlowKind::Connection,
+        verdict: Verdict::Allowed,
+        ended: false,
+        protocol,
+        src: endpoint(compiler, src),
+        dst: endpoint(compiler, dst),
+        src_port: ports.map(|(s, _)| s),
+        dst_port: ports.map(|(_, d)| d),
+        icmp_type: icmp.map(|(t, _)| t),
+        icmp_code: icmp.map(|(_, c)| c),
+        egress: None,
+        ingress: None,
+        dns: None,
+        counters: None,
+        nodes: Vec::new(),
+    }
+}
+
+/// Writes the flows `log` makes to the flow log every half second, and deletes what is older
+/// than `retention` every minute, until `shutdown`. A write that fails is logged and its
+/// flows dropped (they are live records; the windows hold the counts).
+pub async fn write(
+    log: std::sync::Arc<FlowLog>,
+    store: weft_store::Store,
+    retention: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut pruned = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let due = log.due();
+        if let Err(e) = store.insert_flows(&due).await {
+            log.unwritten.fetch_add(due.len() as u64, Ordering::Relaxed);
+            tracing::warn!(error = %e, flows = due.len(), "cannot write flows; dropped");
+        }
+        if pruned.elapsed() >= std::time::Duration::from_secs(60) {
+            pruned = tokio::time::Instant::now();
+            let before =
+                chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::hours(1));
+            match store.prune_flows(before).await {
+                Ok(n) => tracing::debug!(deleted = n, "old flows deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete old flows"),
+            }
+        }
     }
 }
 

@@ -45,12 +45,21 @@ pub struct Config {
     pub name: String,
     /// How many recent updates are kept for agents that are behind (past it: a snapshot).
     pub ring_updates: usize,
+    /// How long the flow log keeps a flow.
+    pub flow_retention: Duration,
 }
 
 impl Config {
     pub fn new(listen: SocketAddr) -> Config {
         let name = format!("control-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        Config { listen, tls: None, poll: Duration::from_secs(1), name, ring_updates: hub::RING_UPDATES }
+        Config {
+            listen,
+            tls: None,
+            poll: Duration::from_secs(1),
+            name,
+            ring_updates: hub::RING_UPDATES,
+            flow_retention: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -154,6 +163,7 @@ impl Control {
         let (routes_tx, routes) = watch::channel(None);
         tokio::spawn(route_feed(store.clone(), routes_tx, shutdown_rx.clone()));
         let flows = Arc::new(flows::FlowLog::new(FLOW_RECORDS));
+        tokio::spawn(flows::write(Arc::clone(&flows), store.clone(), config.flow_retention, shutdown_rx.clone()));
         let service = Service {
             flows: Arc::clone(&flows),
             statuses,

@@ -498,6 +498,7 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
             name: "db.shop.svc.cluster.local".into(),
             qtype: 1,
             at_ms: 2,
+            src_port: Some(50000),
         }],
         // web-1's connection, allowed by a rule; db-1's (another node's); one whose rule is
         // no id.
@@ -522,6 +523,20 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
     let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
     let receipt = client.flows(tokio_stream::iter(vec![report("node-1", &credential)])).await.unwrap().into_inner();
     assert_eq!((receipt.accepted, receipt.refused), (3, 5));
+    // Written to the flow log as flows: none of their other halves comes (node-2 says
+    // nothing), so each goes alone once it has waited.
+    let written = weft_testkit::eventually("the records in the flow log", PATIENCE, async || {
+        let query = weft_store::flows::FlowQuery { limit: 100, ..Default::default() };
+        let flows = store.flows(&query).await.unwrap();
+        if flows.len() >= 3 { Ok(flows) } else { Err(flows.len()) }
+    })
+    .await;
+    let kinds: Vec<_> = written.iter().map(|f| (f.kind, f.src.name.clone(), f.dst.name.clone())).collect();
+    use weft_model::flow::FlowKind;
+    assert!(kinds.contains(&(FlowKind::Denied, Some("db-1".into()), Some("web-1".into()))), "{kinds:?}");
+    assert!(kinds.contains(&(FlowKind::Connection, Some("web-1".into()), Some("db-1".into()))), "{kinds:?}");
+    assert!(kinds.contains(&(FlowKind::Dns, Some("web-1".into()), None)), "{kinds:?}");
+    assert!(written.iter().all(|f| f.nodes == ["node-1"]), "{written:?}");
     let windows = control.flows.windows(0);
     assert_eq!(windows.len(), 1);
     assert_eq!(windows[0].0, (15_000, "node-1".to_string()));

@@ -1,5 +1,6 @@
 //! weft's domain: the four resources of the config service (projects, virtual networks,
-//! security groups, ports), their validation, and Kubernetes label selectors.
+//! security groups, ports), their validation, Kubernetes label selectors, and the flows the
+//! datapath reports.
 //!
 //! Everything here is plain data and pure functions, shared by the store, the API, the client
 //! and the compiler:
@@ -10,6 +11,7 @@
 //!                                      LabelSelector::matches(labels)
 //! ```
 
+pub mod flow;
 mod resource;
 mod rule;
 pub mod selector;

@@ -42,6 +42,7 @@ pub mod admin;
 mod changes;
 pub mod embedded;
 mod error;
+pub mod flows;
 pub mod follow;
 mod ipam;
 pub mod nodes;

@@ -66,6 +66,42 @@ pub enum ClientCommand {
     /// Exit 0 when the server is ready (`GET /readyz`, no token needed), 1 otherwise: for
     /// health checks.
     Ready,
+    /// What the datapath saw, in the style of `hubble observe`: connections with the rule that
+    /// allowed each side, denied packets with the policies that isolate their port, DNS
+    /// queries. The last ones first (oldest first), then, with -f, the new ones as they come.
+    Flows {
+        /// Only flows with a port of this project at an end (a project token: its own).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only flows from ports these labels select, e.g. app=yelb-ui.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only flows to ports these labels select.
+        #[arg(long)]
+        to: Option<String>,
+        /// allowed or denied.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// The destination port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// tcp, udp, sctp, icmp, icmpv6 or a number.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Only flows a policy decided: a security group's name, or the NetworkPolicy its rule
+        /// came from.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only flows since then: a duration back (30s, 15m, 12h, 7d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// How many of the last flows to print first.
+        #[arg(long, default_value_t = 20)]
+        last: u32,
+        /// Keep printing new flows as they come.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Print the change log after a revision, then follow it.
     Changes {
         /// Print what came after this revision.
@@ -349,6 +385,20 @@ pub async fn run(command: ClientCommand, args: &ClientArgs, data_dir: &Path) -> 
             output::show(out, &c.group_status(&Key::parse(Kind::SecurityGroup, &key)).await?, None)
         }
         ClientCommand::Changes { since, no_watch } => changes(&c, out, since, !no_watch).await,
+        ClientCommand::Flows { project, from, to, verdict, port, protocol, policy, since, last, follow } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            let named =
+                [("project", project), ("from", from), ("to", to), ("verdict", verdict), ("protocol", protocol)];
+            for (name, value) in named.into_iter().chain([("policy", policy), ("since", since)]) {
+                if let Some(v) = value {
+                    query.push((name, v));
+                }
+            }
+            if let Some(p) = port {
+                query.push(("port", p.to_string()));
+            }
+            flows(&c, out, &query, last, follow).await
+        }
     }
 }
 
@@ -640,6 +690,30 @@ fn rule_from_flags(a: &RuleAdd) -> anyhow::Result<weft_model::Rule> {
         json!({ "type": "any" })
     };
     Ok(serde_json::from_value(rule)?)
+}
+
+async fn flows(c: &Client, out: Output, query: &[(&str, String)], last: u32, follow: bool) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut first = query.to_vec();
+    first.push(("limit", last.max(1).to_string()));
+    let shown = if last == 0 { Vec::new() } else { c.flows(&first).await? };
+    let mut since_id = shown.last().map_or(0, |f| f.id);
+    for flow in &shown {
+        output::show_flow(out, flow)?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    if since_id == 0 {
+        // Nothing shown: from the newest on.
+        let newest: Vec<(&str, String)> = vec![("limit", "1".into())];
+        since_id = c.flows(&newest).await?.last().map_or(0, |f| f.id);
+    }
+    let mut stream = Box::pin(c.watch_flows(query, since_id).await?);
+    while let Some(flow) = stream.next().await {
+        output::show_flow(out, &flow?)?;
+    }
+    Ok(())
 }
 
 async fn changes(c: &Client, out: Output, since: i64, watch: bool) -> anyhow::Result<()> {

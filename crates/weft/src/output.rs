@@ -294,6 +294,88 @@ fn print_rows(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 /// One change-log event: a line of JSON, or `REVISION OP KIND PROJECT/NAME`.
+/// One flow: a line in the style of `hubble observe` (time, nodes, source → destination,
+/// protocol and port, kind and verdict, what decided each side), or the record as JSON/YAML.
+pub fn show_flow(out: Output, flow: &weft_model::flow::Flow) -> anyhow::Result<()> {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string(flow)?),
+        Output::Yaml => print!("---\n{}", serde_yaml::to_string(flow)?),
+        Output::Table => println!("{}", flow_line(flow)),
+    }
+    Ok(())
+}
+
+fn flow_line(f: &weft_model::flow::Flow) -> String {
+    use weft_model::flow::{FlowKind, SideDecision, Verdict};
+    let time = chrono::DateTime::from_timestamp_millis(f.at_ms)
+        .map(|t| t.with_timezone(&chrono::Local).format("%b %e %H:%M:%S%.3f").to_string())
+        .unwrap_or_default();
+    let end = |e: &weft_model::flow::FlowEndpoint, port: Option<u16>| {
+        let name = match (&e.project, &e.name) {
+            (Some(p), Some(n)) => format!("{p}/{n}"),
+            _ => e.address.to_string(),
+        };
+        match port {
+            Some(p) => format!("{name}:{p}"),
+            None => name,
+        }
+    };
+    let what = match (f.protocol, f.icmp_type) {
+        (1 | 58, Some(8 | 128)) => format!("{} echo request", f.protocol_name()),
+        (1 | 58, Some(t)) => format!("{} type {t}", f.protocol_name()),
+        _ => f.protocol_name(),
+    };
+    let kind = match (f.kind, f.ended) {
+        (FlowKind::Connection, false) => "connection",
+        (FlowKind::Connection, true) => "closed",
+        (FlowKind::Denied, _) => "packet",
+        (FlowKind::Dns, _) => "dns-query",
+    };
+    let verdict = match f.verdict {
+        Verdict::Allowed => "ALLOWED",
+        Verdict::Denied => "DENIED",
+    };
+    let side = |name: &str, d: &Option<SideDecision>| -> Option<String> {
+        let d = d.as_ref()?;
+        Some(match d {
+            SideDecision::Open => format!("{name}: open"),
+            SideDecision::AllowedUnknown => format!("{name}: allowed"),
+            SideDecision::Allowed { rule } => match &rule.origin {
+                Some(o) => {
+                    let ns = o.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+                    let index = o.index.map(|i| format!(" [{i}]")).unwrap_or_default();
+                    format!("{name}: {} {ns}{}{index}", o.kind, o.name)
+                }
+                None => format!("{name}: {}/{}", rule.project, rule.group_name),
+            },
+            SideDecision::Denied { isolated_by } => {
+                let groups: Vec<String> = isolated_by.iter().map(|g| g.name.clone()).collect();
+                format!("{name}: isolated by {}", groups.join(", "))
+            }
+        })
+    };
+    let decided: Vec<String> = [side("egress", &f.egress), side("ingress", &f.ingress)].into_iter().flatten().collect();
+    let mut line = format!(
+        "{time} [{}]: {} -> {} {what} {kind} {verdict}",
+        f.nodes.join(","),
+        end(&f.src, f.src_port),
+        end(&f.dst, f.dst_port)
+    );
+    if !decided.is_empty() {
+        line.push_str(&format!(" ({})", decided.join("; ")));
+    }
+    if let Some(q) = &f.dns {
+        line.push_str(&format!(" query {} type {}", q.name, q.qtype));
+    }
+    if let Some(c) = &f.counters {
+        line.push_str(&format!(
+            " {}/{} packets {}/{} bytes",
+            c.packets_sent, c.packets_received, c.bytes_sent, c.bytes_received
+        ));
+    }
+    line
+}
+
 pub fn show_change(out: Output, event: &weft_client::ChangeEvent) -> anyhow::Result<()> {
     let object = event.object.clone().unwrap_or(Value::Null);
     match out {

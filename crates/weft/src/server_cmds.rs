@@ -33,6 +33,9 @@ pub struct ServerArgs {
     /// How long the change log keeps entries (e.g. 1h, 30m, 7d).
     #[arg(long, env = "WEFT_CHANGE_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub change_retention: Duration,
+    /// How long the flow log keeps a flow the controllers wrote (`weft flows`, GET /v1/flows).
+    #[arg(long, env = "WEFT_FLOW_LOG_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub flow_log_retention: Duration,
     /// How long an address a port released is not handed out again (conntrack and neighbour
     /// entries on other nodes may still point at it).
     #[arg(long, env = "WEFT_ADDRESS_REUSE_GRACE", default_value = "5m", value_parser = parse_duration)]
@@ -77,6 +80,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         insecure_no_auth,
         grpc_address,
         change_retention,
+        flow_log_retention,
         address_reuse_grace,
         db_max_connections,
         role,
@@ -100,6 +104,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         auth_enabled: !insecure_no_auth,
         grpc_address,
         change_retention,
+        flow_log_retention,
         address_reuse_grace,
         max_connections: db_max_connections,
         role: match role {
