@@ -6,6 +6,8 @@
 //! `watch=true`, newline-delimited flows as they are written, from `since_id` (default: from
 //! now on). A project reader sees only flows with a port of its project at an end.
 
+pub mod graph;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -253,4 +255,126 @@ async fn follow(
             _ = state.stopped() => return Ok(()),
         }
     }
+}
+
+/// The longest window a graph may cover: the rollups' default retention.
+const GRAPH_WINDOW_MAX_S: i64 = 7 * 86_400;
+
+/// `GET /v1/flows/graph?project=&window=15m&group=app` ([`graph`]).
+pub async fn flow_graph(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let mut project = None;
+    let mut window_s: i64 = 900;
+    let mut key = "app".to_string();
+    for (name, value) in params {
+        match name.as_str() {
+            "project" => project = Some(value),
+            "window" => {
+                let until = Utc::now();
+                let since = time("window", &value)?;
+                window_s = (until - since).num_seconds();
+                if !(60..=GRAPH_WINDOW_MAX_S).contains(&window_s) {
+                    return Err(ApiError::invalid_parameter("window", "must be a duration from 1m to 7d"));
+                }
+            }
+            "group" => {
+                let plain = !value.is_empty()
+                    && value.len() <= 317
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+                if !plain {
+                    return Err(ApiError::invalid_parameter("group", "must be a label key, e.g. app or tier"));
+                }
+                key = value;
+            }
+            other => {
+                return Err(ApiError::invalid_parameter(
+                    other,
+                    "unknown parameter; a graph takes project, window and group",
+                ));
+            }
+        }
+    }
+    let project = match project.or_else(|| caller.project().map(str::to_string)) {
+        Some(p) => p,
+        None => return Err(ApiError::invalid_parameter("project", "the graph is of one project: name it")),
+    };
+    caller.require_read(&project)?;
+    let until = Utc::now();
+    let since = until - chrono::Duration::seconds(window_s);
+    // Whole minutes: the one the window starts in, up to the one now.
+    let first = since - chrono::Duration::seconds(since.timestamp().rem_euclid(60));
+    let rows = state.store.flow_minutes(Some(&project), None, first, until + chrono::Duration::minutes(1)).await?;
+    let graph = state
+        .policy
+        .with_compiler(|compiler, _| graph::build(compiler, &project, &key, &rows, (since, until)))
+        .ok_or_else(crate::reach::not_loaded)?;
+    Ok(Json(graph).into_response())
+}
+
+/// A rule's connections in one minute.
+#[derive(Debug, serde::Serialize)]
+struct RuleMinute {
+    minute: DateTime<Utc>,
+    connections: i64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct RuleHits {
+    rule: uuid::Uuid,
+    direction: weft_model::Direction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<weft_model::RuleOrigin>,
+    /// Connections the rule allowed in the window.
+    connections: i64,
+    /// Per minute, the minutes with any.
+    minutes: Vec<RuleMinute>,
+}
+
+/// `GET /v1/security-groups/{project}/{name}/hits?window=1h`: the connections each of the
+/// group's rules allowed, per minute, from the flow rollups (a rule's connections are counted
+/// on the side it decided, so once each).
+pub async fn group_hits(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Path((project, name)): axum::extract::Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let mut since = Utc::now() - chrono::Duration::hours(1);
+    for (parameter, value) in params {
+        match parameter.as_str() {
+            "window" => since = time("window", &value)?,
+            other => return Err(ApiError::invalid_parameter(other, "unknown parameter; hits take window")),
+        }
+    }
+    let key = weft_store::ObjectKey::Name { project: Some(project.clone()), name: name.clone() };
+    let missing = || ApiError::not_found(format!("security group {project}/{name} does not exist"));
+    let stored = state.store.get(weft_model::Kind::SecurityGroup, &key).await?.ok_or_else(missing)?;
+    let weft_model::Resource::SecurityGroup(group) = stored.decode()? else { return Err(ApiError::internal()) };
+    if !caller.can_read(&group.project) {
+        return Err(missing());
+    }
+    let until = Utc::now() + chrono::Duration::minutes(1);
+    let rows = state.store.flow_minutes(None, Some(stored.id), since, until).await?;
+    let rules: Vec<RuleHits> = group
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let id = r.id?;
+            let mut minutes: std::collections::BTreeMap<DateTime<Utc>, i64> = std::collections::BTreeMap::new();
+            for row in rows.iter().filter(|row| row.rule == Some(id) && !row.denied) {
+                *minutes.entry(row.minute).or_default() += row.started;
+            }
+            Some(RuleHits {
+                rule: id,
+                direction: r.direction,
+                origin: r.origin.clone(),
+                connections: minutes.values().sum(),
+                minutes: minutes.into_iter().map(|(minute, connections)| RuleMinute { minute, connections }).collect(),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"group": stored.id, "since": since, "until": until, "rules": rules})).into_response())
 }

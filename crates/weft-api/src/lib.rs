@@ -148,9 +148,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/realization", get(nodes::realization))
         .route("/v1/explain", post(reach::explain))
         .route("/v1/flows", get(flows::flows))
+        .route("/v1/flows/graph", get(flows::flow_graph))
         .route("/v1/reach", get(reach::reach))
         .route("/v1/security-groups/{key}/status", get(nodes::group_status))
-        .route("/v1/security-groups/{project}/{name}/status", get(nodes::group_status_by_name));
+        .route("/v1/security-groups/{project}/{name}/status", get(nodes::group_status_by_name))
+        .route("/v1/security-groups/{project}/{name}/hits", get(flows::group_hits));
     for kind in Kind::ALL {
         v1 = v1.merge(resources::routes(kind));
     }

@@ -357,6 +357,38 @@ pub fn openapi() -> OpenApi {
                     .build(),
             ),
     );
+    let flow_graph = with_common_errors(
+        OperationBuilder::new()
+            .tag("flows")
+            .operation_id(Some("flowGraph"))
+            .summary(Some("A project's traffic groups: ports grouped by a label, edges with verdicts and deciders"))
+            .parameters(Some([
+                param("project", ParameterIn::Query, false, "The project (a project token: its own)"),
+                param("window", ParameterIn::Query, false, "How far back, 1m to 7d (default 15m)"),
+                param("group", ParameterIn::Query, false, "The label to group ports by (default app)"),
+            ]))
+            .response(
+                "200",
+                json_response(
+                    "Nodes (id, label, ports, dropped, column, row) and edges (from, to, protocol, service, \
+                     verdict, connections, denied, bytes, egress and ingress decisions)",
+                    ObjectBuilder::new().into(),
+                ),
+            ),
+    );
+    let group_hits = with_common_errors(
+        OperationBuilder::new()
+            .tag("flows")
+            .operation_id(Some("groupHits"))
+            .summary(Some("The connections each of a group's rules allowed, per minute"))
+            .parameters(Some([
+                param("project", ParameterIn::Path, true, "The project's name"),
+                param("name", ParameterIn::Path, true, "The group's name"),
+                param("window", ParameterIn::Query, false, "How far back (default 1h)"),
+            ]))
+            .response("200", json_response("Per rule: connections, and per minute", ObjectBuilder::new().into()))
+            .response("404", problem("No such group (or not the token's project)")),
+    );
     let token_create = with_common_errors(
         OperationBuilder::new()
             .tag("tokens")
@@ -527,6 +559,8 @@ pub fn openapi() -> OpenApi {
         .path("/v1/batch", PathItem::new(HttpMethod::Post, batch.build()))
         .path("/v1/changes", PathItem::new(HttpMethod::Get, changes.build()))
         .path("/v1/flows", PathItem::new(HttpMethod::Get, flows.build()))
+        .path("/v1/flows/graph", PathItem::new(HttpMethod::Get, flow_graph.build()))
+        .path("/v1/security-groups/{project}/{name}/hits", PathItem::new(HttpMethod::Get, group_hits.build()))
         .path(
             "/v1/info",
             PathItem::new(

@@ -290,7 +290,7 @@ pub async fn explain(
 
 /// Explain and reach while this process has no compiler in service (at start, or while one
 /// that failed is loaded again).
-fn not_loaded() -> ApiError {
+pub(crate) fn not_loaded() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "not-ready",

@@ -18,6 +18,79 @@ use weft_model::flow::{
     DnsQuestion, Flow, FlowCounters, FlowEndpoint, FlowGroup, FlowKind, FlowRule, SideDecision, Verdict,
 };
 use weft_proto::v1;
+use weft_store::flows::MinuteRow;
+
+/// A node's window, and its entries as rollup rows (enriched when it came).
+#[derive(Debug)]
+struct Stored {
+    window: v1::FlowWindow,
+    rows: Vec<MinuteRow>,
+}
+
+const MINUTE_MS: i64 = 60_000;
+
+/// What a rollup row is summed by: all but its counts.
+type RowKey = (uuid::Uuid, bool, Option<String>, i32, Option<i32>, bool, Option<Uuid>, Option<Uuid>, bool);
+
+fn row_key(r: &MinuteRow) -> RowKey {
+    (r.port, r.ingress, r.remote.clone(), r.protocol, r.service, r.denied, r.grp, r.rule, r.isolated)
+}
+
+fn add(sum: &mut MinuteRow, r: &MinuteRow) {
+    sum.started += r.started;
+    sum.ended += r.ended;
+    sum.packets_sent += r.packets_sent;
+    sum.bytes_sent += r.bytes_sent;
+    sum.packets_received += r.packets_received;
+    sum.bytes_received += r.bytes_received;
+    sum.sampled += r.sampled;
+    sum.dropped += r.dropped;
+}
+
+/// A window's entries as rollup rows of its minute: each with its port's project and its
+/// remote address's port, when it is one (a port gone since is the remote's address only).
+fn rows(node: &str, w: &v1::FlowWindow, compiler: &Compiler) -> Vec<MinuteRow> {
+    let minute_ms = w.start_ms - w.start_ms.rem_euclid(MINUTE_MS);
+    let minute = chrono::DateTime::from_timestamp_millis(minute_ms).unwrap_or_default();
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let base = |port: &str, ingress: bool| -> Option<MinuteRow> {
+        let id = Uuid::parse_str(port).ok()?;
+        let project = compiler.cluster().port(&id)?.project.clone();
+        // A row of drops only, unless an aggregate's say otherwise.
+        Some(MinuteRow { denied: true, isolated: true, ..MinuteRow::empty(minute, node, id, &project, ingress) })
+    };
+    let mut out = Vec::new();
+    for a in &w.aggregates {
+        let (Some(mut row), Ok(remote)) = (base(&a.port, a.ingress), weft_proto::parse_address(&a.remote)) else {
+            continue;
+        };
+        let end = endpoint(compiler, remote);
+        row.remote = Some(remote.to_string());
+        row.remote_port = end.port;
+        row.remote_project = end.project;
+        row.protocol = i32::try_from(a.protocol).unwrap_or(0);
+        row.service = a.service.and_then(|s| i32::try_from(s).ok());
+        row.denied = a.denied;
+        row.grp = Uuid::parse_str(&a.group).ok();
+        row.rule = Uuid::parse_str(&a.rule).ok();
+        row.isolated = a.isolated;
+        row.started = count(a.started);
+        row.ended = count(a.ended);
+        row.packets_sent = count(a.packets_sent);
+        row.bytes_sent = count(a.bytes_sent);
+        row.packets_received = count(a.packets_received);
+        row.bytes_received = count(a.bytes_received);
+        row.sampled = count(a.sampled);
+        out.push(row);
+    }
+    for d in &w.drops {
+        if let Some(mut row) = base(&d.port, d.ingress) {
+            row.dropped = count(d.counted);
+            out.push(row);
+        }
+    }
+    out
+}
 
 /// How long the nodes' windows are kept in memory.
 const WINDOWS_KEPT_MS: i64 = 3_600_000;
@@ -82,7 +155,9 @@ pub struct FlowLog {
     /// By (window start, node): the last a node sent of each window (DESIGN.md §10). A
     /// window sent again (an agent that reconnected) replaces what was there: nothing is
     /// counted twice.
-    windows: Mutex<BTreeMap<(i64, String), v1::FlowWindow>>,
+    windows: Mutex<BTreeMap<(i64, String), Stored>>,
+    /// The (minute, node) whose rollup changed since it was last written.
+    dirty: Mutex<std::collections::BTreeSet<(i64, String)>>,
     /// Records as flows, waiting for their other half ([`join`]) to be written.
     joiner: Mutex<join::Joiner>,
     capacity: usize,
@@ -99,6 +174,7 @@ impl FlowLog {
         FlowLog {
             records: Mutex::new(VecDeque::new()),
             windows: Mutex::new(BTreeMap::new()),
+            dirty: Mutex::new(std::collections::BTreeSet::new()),
             joiner: Mutex::new(join::Joiner::default()),
             capacity: capacity.max(1),
             overflowed: AtomicU64::new(0),
@@ -131,13 +207,44 @@ impl FlowLog {
     /// The windows kept whose start is at or after `since_ms`, by (start, node).
     pub fn windows(&self, since_ms: i64) -> Vec<((i64, String), v1::FlowWindow)> {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        windows.range((since_ms, String::new())..).map(|(k, w)| (k.clone(), w.clone())).collect()
+        windows.range((since_ms, String::new())..).map(|(k, w)| (k.clone(), w.window.clone())).collect()
+    }
+
+    /// The rollups of the (minute, node) whose windows changed since the last call: each
+    /// the sum of the node's windows in the minute, whole.
+    pub fn minutes_due(&self) -> Vec<(i64, String, Vec<MinuteRow>)> {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        dirty
+            .into_iter()
+            .map(|(minute, node)| {
+                let mut sums: BTreeMap<RowKey, MinuteRow> = BTreeMap::new();
+                let in_minute = windows
+                    .range((minute, String::new())..(minute + MINUTE_MS, String::new()))
+                    .filter(|((_, n), _)| *n == node);
+                for row in in_minute.flat_map(|(_, w)| &w.rows) {
+                    match sums.entry(row_key(row)) {
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(row.clone());
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut e) => add(e.get_mut(), row),
+                    }
+                }
+                (minute, node, sums.into_values().collect())
+            })
+            .collect()
     }
 
     /// Keeps `node`'s windows, each replacing what the node sent of it before, with only
     /// what is about the node's own ports (`ours`); forgets windows older than an hour.
     /// What was left out, counted.
-    fn keep_windows(&self, node: &str, windows: Vec<v1::FlowWindow>, ours: impl Fn(&str) -> bool) -> u64 {
+    fn keep_windows(
+        &self,
+        node: &str,
+        windows: Vec<v1::FlowWindow>,
+        ours: impl Fn(&str) -> bool,
+        compiler: &Compiler,
+    ) -> u64 {
         let mut refused = 0u64;
         let mut kept = Vec::new();
         for mut w in windows {
@@ -152,9 +259,17 @@ impl FlowLog {
             kept.push(w);
         }
         let newest = kept.iter().map(|w| w.end_ms).max().unwrap_or(0);
+        let stored: Vec<Stored> =
+            kept.into_iter().map(|w| Stored { rows: rows(node, &w, compiler), window: w }).collect();
+        {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            for w in &stored {
+                dirty.insert((w.window.start_ms - w.window.start_ms.rem_euclid(MINUTE_MS), node.to_string()));
+            }
+        }
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        for w in kept {
-            windows.insert((w.start_ms, node.to_string()), w);
+        for w in stored {
+            windows.insert((w.window.start_ms, node.to_string()), w);
         }
         // The hour the controller keeps, by the newest window any node sent.
         let newest = newest.max(windows.keys().next_back().map_or(0, |(start, _)| *start));
@@ -208,7 +323,7 @@ impl FlowLog {
                 None => refused += 1,
             }
         }
-        refused += self.keep_windows(node, report.windows, |port| ours(port).is_some());
+        refused += self.keep_windows(node, report.windows, |port| ours(port).is_some(), compiler);
         let accepted = kept.len() as u64;
         {
             let now = now_ms();
@@ -260,13 +375,14 @@ fn isolated_by(compiler: &Compiler, port: Uuid, ingress: bool) -> SideDecision {
         let direction = if ingress { Direction::Ingress } else { Direction::Egress };
         cluster.isolating(&cluster.applied(p), direction)
     });
-    let isolated_by = groups
+    let mut isolated_by: Vec<FlowGroup> = groups
         .iter()
         .filter_map(|id| {
             let g = cluster.group(id)?;
             Some(FlowGroup { id: *id, project: g.project.clone(), name: g.name.clone() })
         })
         .collect();
+    isolated_by.sort_by(|a, b| (&a.project, &a.name).cmp(&(&b.project, &b.name)));
     SideDecision::Denied { isolated_by }
 }
 
@@ -356,17 +472,22 @@ fn blank(
     }
 }
 
-/// Writes the flows `log` makes to the flow log every half second, and deletes what is older
-/// than `retention` every minute, until `shutdown`. A write that fails is logged and its
+/// How often the minutes whose windows changed are written.
+const ROLLUP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes the flows `log` makes to the flow log every half second and the minutes whose
+/// windows changed every 5 s, and deletes flows older than `retention` and rollups older than
+/// `rollup_retention` every minute, until `shutdown`. A write that fails is logged and its
 /// flows dropped (they are live records; the windows hold the counts).
 pub async fn write(
     log: std::sync::Arc<FlowLog>,
     store: weft_store::Store,
-    retention: std::time::Duration,
+    (retention, rollup_retention): (std::time::Duration, std::time::Duration),
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_millis(500));
     let mut pruned = tokio::time::Instant::now();
+    let mut rolled = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -377,13 +498,26 @@ pub async fn write(
             log.unwritten.fetch_add(due.len() as u64, Ordering::Relaxed);
             tracing::warn!(error = %e, flows = due.len(), "cannot write flows; dropped");
         }
+        if rolled.elapsed() >= ROLLUP_EVERY {
+            rolled = tokio::time::Instant::now();
+            for (minute_ms, node, rows) in log.minutes_due() {
+                let minute = chrono::DateTime::from_timestamp_millis(minute_ms).unwrap_or_default();
+                if let Err(e) = store.replace_flow_minute(minute, &node, &rows).await {
+                    tracing::warn!(error = %e, node, %minute, "cannot write a minute's flow rollup");
+                }
+            }
+        }
         if pruned.elapsed() >= std::time::Duration::from_secs(60) {
             pruned = tokio::time::Instant::now();
-            let before =
-                chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::hours(1));
-            match store.prune_flows(before).await {
+            let ago = |d: std::time::Duration| {
+                chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1))
+            };
+            match store.prune_flows(ago(retention)).await {
                 Ok(n) => tracing::debug!(deleted = n, "old flows deleted"),
                 Err(e) => tracing::warn!(error = %e, "cannot delete old flows"),
+            }
+            if let Err(e) = store.prune_flow_minutes(ago(rollup_retention)).await {
+                tracing::warn!(error = %e, "cannot delete old flow rollups");
             }
         }
     }

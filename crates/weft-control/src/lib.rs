@@ -47,6 +47,8 @@ pub struct Config {
     pub ring_updates: usize,
     /// How long the flow log keeps a flow.
     pub flow_retention: Duration,
+    /// How long the per-minute rollups of the nodes' flow windows are kept.
+    pub flow_rollup_retention: Duration,
 }
 
 impl Config {
@@ -59,6 +61,7 @@ impl Config {
             name,
             ring_updates: hub::RING_UPDATES,
             flow_retention: Duration::from_secs(3600),
+            flow_rollup_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -163,7 +166,8 @@ impl Control {
         let (routes_tx, routes) = watch::channel(None);
         tokio::spawn(route_feed(store.clone(), routes_tx, shutdown_rx.clone()));
         let flows = Arc::new(flows::FlowLog::new(FLOW_RECORDS));
-        tokio::spawn(flows::write(Arc::clone(&flows), store.clone(), config.flow_retention, shutdown_rx.clone()));
+        let retention = (config.flow_retention, config.flow_rollup_retention);
+        tokio::spawn(flows::write(Arc::clone(&flows), store.clone(), retention, shutdown_rx.clone()));
         let service = Service {
             flows: Arc::clone(&flows),
             statuses,

@@ -510,7 +510,13 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
             closed: true,
             aggregates: [&web, &db]
                 .iter()
-                .map(|port| v1::FlowAggregate { port: port.to_string(), started: 1, ..Default::default() })
+                .map(|port| v1::FlowAggregate {
+                    port: port.to_string(),
+                    remote: address("10.0.0.2"),
+                    protocol: 6,
+                    started: 1,
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         }],
@@ -565,9 +571,19 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
         if kept == 6 { Ok(()) } else { Err(kept) }
     })
     .await;
-    // The window sent again replaced itself: counted once.
+    // The window sent again replaced itself: counted once, in memory and in its minute's
+    // rollup, which names web-1's project and db-1 as the remote end.
     let windows = control.flows.windows(0);
     assert_eq!((windows.len(), windows[0].1.aggregates[0].started), (1, 1));
+    let epoch = chrono::DateTime::from_timestamp_millis(0).unwrap();
+    let rolled = weft_testkit::eventually("the minute's rollup written", PATIENCE, async || {
+        let rows = store.flow_minutes(None, None, epoch, epoch + chrono::Duration::minutes(1)).await.unwrap();
+        if rows.is_empty() { Err("none yet") } else { Ok(rows) }
+    })
+    .await;
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert_eq!((rolled[0].project.as_str(), rolled[0].started, rolled[0].node.as_str()), ("shop", 1, "node-1"));
+    assert_eq!(rolled[0].remote_port.map(|p| p.to_string()), Some(db.clone()), "{rolled:?}");
     tokio::time::timeout(PATIENCE, control.shutdown()).await.expect("the controller stopped with a stream open");
     let ended = tokio::time::timeout(PATIENCE, held).await;
     assert!(ended.is_ok(), "the open stream ended with the controller");

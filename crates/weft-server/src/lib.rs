@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub change_retention: Duration,
     /// How long the flow log keeps a flow.
     pub flow_log_retention: Duration,
+    /// How long the per-minute flow rollups are kept.
+    pub flow_retention: Duration,
     /// How long IPAM keeps a released address out of its hands.
     pub address_reuse_grace: Duration,
     pub max_connections: u32,
@@ -146,6 +148,7 @@ async fn serve_with_database(
             let mut settings = weft_control::Config::new(config.grpc_listen);
             settings.poll = poll;
             settings.flow_retention = config.flow_log_retention;
+            settings.flow_rollup_retention = config.flow_retention;
             if let Some(files) = &config.grpc_tls {
                 let read = |p: &Path| std::fs::read(p).map_err(io(format!("cannot read {}", p.display())));
                 settings.tls = Some((read(&files.cert)?, read(&files.key)?));

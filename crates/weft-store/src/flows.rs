@@ -109,3 +109,150 @@ impl Store {
         Ok(done.rows_affected())
     }
 }
+
+/// A node's port's traffic of one kind in a minute (migrations/0010): the sum of its flow
+/// windows' entries with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MinuteRow {
+    pub minute: DateTime<Utc>,
+    pub node: String,
+    pub port: uuid::Uuid,
+    pub project: String,
+    pub ingress: bool,
+    /// The remote address; none on a row of drops only.
+    pub remote: Option<String>,
+    pub remote_port: Option<uuid::Uuid>,
+    pub remote_project: Option<String>,
+    pub protocol: i32,
+    pub service: Option<i32>,
+    pub denied: bool,
+    pub grp: Option<uuid::Uuid>,
+    pub rule: Option<uuid::Uuid>,
+    pub isolated: bool,
+    pub started: i64,
+    pub ended: i64,
+    pub packets_sent: i64,
+    pub bytes_sent: i64,
+    pub packets_received: i64,
+    pub bytes_received: i64,
+    pub sampled: i64,
+    pub dropped: i64,
+}
+
+impl MinuteRow {
+    /// A row of `port`'s side in `minute`, with nothing counted yet and no remote.
+    pub fn empty(minute: DateTime<Utc>, node: &str, port: uuid::Uuid, project: &str, ingress: bool) -> MinuteRow {
+        MinuteRow {
+            minute,
+            node: node.to_string(),
+            port,
+            project: project.to_string(),
+            ingress,
+            remote: None,
+            remote_port: None,
+            remote_project: None,
+            protocol: 0,
+            service: None,
+            denied: false,
+            grp: None,
+            rule: None,
+            isolated: false,
+            started: 0,
+            ended: 0,
+            packets_sent: 0,
+            bytes_sent: 0,
+            packets_received: 0,
+            bytes_received: 0,
+            sampled: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl Store {
+    /// Replaces what the flow rollups hold of `node`'s `minute` with `rows`, in one transaction.
+    pub async fn replace_flow_minute(&self, minute: DateTime<Utc>, node: &str, rows: &[MinuteRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM flow_minutes WHERE minute = $1 AND node = $2")
+            .bind(minute)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        if !rows.is_empty() {
+            let col = |f: fn(&MinuteRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+            sqlx::query(
+                "INSERT INTO flow_minutes (minute, node, port, project, ingress, remote, remote_port, \
+                 remote_project, protocol, service, denied, grp, rule, isolated, started, ended, packets_sent, \
+                 bytes_sent, packets_received, bytes_received, sampled, dropped) \
+                 SELECT $1, $2, port, project, ingress, remote::inet, remote_port, remote_project, protocol, service, \
+                 denied, grp, rule, isolated, started, ended, packets_sent, bytes_sent, packets_received, \
+                 bytes_received, sampled, dropped \
+                 FROM UNNEST($3::uuid[], $4::text[], $5::bool[], $6::text[], $7::uuid[], $8::text[], $9::int[], \
+                 $10::int[], $11::bool[], $12::uuid[], $13::uuid[], $14::bool[], $15::bigint[], $16::bigint[], \
+                 $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[]) \
+                 AS t(port, project, ingress, remote, remote_port, remote_project, protocol, service, denied, grp, \
+                 rule, isolated, started, ended, packets_sent, bytes_sent, packets_received, bytes_received, \
+                 sampled, dropped)",
+            )
+            .bind(minute)
+            .bind(node)
+            .bind(rows.iter().map(|r| r.port).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.project.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.ingress).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.remote.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.remote_port).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.remote_project.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.protocol).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.service).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.denied).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.grp).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.rule).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.isolated).collect::<Vec<_>>())
+            .bind(col(|r| r.started))
+            .bind(col(|r| r.ended))
+            .bind(col(|r| r.packets_sent))
+            .bind(col(|r| r.bytes_sent))
+            .bind(col(|r| r.packets_received))
+            .bind(col(|r| r.bytes_received))
+            .bind(col(|r| r.sampled))
+            .bind(col(|r| r.dropped))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The rollups of minutes in [since, until) naming `project` at either end (every project's
+    /// when none), or, with `group`, the rows a rule of that group decided.
+    pub async fn flow_minutes(
+        &self,
+        project: Option<&str>,
+        group: Option<uuid::Uuid>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<MinuteRow>> {
+        let rows = sqlx::query_as(
+            "SELECT minute, node, port, project, ingress, host(remote) AS remote, remote_port, remote_project, \
+             protocol, service, denied, grp, rule, isolated, started, ended, packets_sent, bytes_sent, \
+             packets_received, bytes_received, sampled, dropped FROM flow_minutes \
+             WHERE minute >= $1 AND minute < $2 \
+             AND ($3::text IS NULL OR project = $3 OR remote_project = $3) \
+             AND ($4::uuid IS NULL OR grp = $4) \
+             ORDER BY minute, node, port",
+        )
+        .bind(since)
+        .bind(until)
+        .bind(project)
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Deletes the rollups of minutes before `before`; how many rows.
+    pub async fn prune_flow_minutes(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM flow_minutes WHERE minute < $1").bind(before).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+}

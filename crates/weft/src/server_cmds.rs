@@ -36,6 +36,10 @@ pub struct ServerArgs {
     /// How long the flow log keeps a flow the controllers wrote (`weft flows`, GET /v1/flows).
     #[arg(long, env = "WEFT_FLOW_LOG_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub flow_log_retention: Duration,
+    /// How long the per-minute rollups of what the nodes' ports did are kept (the graph, the
+    /// per-rule hit counts).
+    #[arg(long, env = "WEFT_FLOW_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub flow_retention: Duration,
     /// How long an address a port released is not handed out again (conntrack and neighbour
     /// entries on other nodes may still point at it).
     #[arg(long, env = "WEFT_ADDRESS_REUSE_GRACE", default_value = "5m", value_parser = parse_duration)]
@@ -81,6 +85,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         grpc_address,
         change_retention,
         flow_log_retention,
+        flow_retention,
         address_reuse_grace,
         db_max_connections,
         role,
@@ -105,6 +110,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         grpc_address,
         change_retention,
         flow_log_retention,
+        flow_retention,
         address_reuse_grace,
         max_connections: db_max_connections,
         role: match role {

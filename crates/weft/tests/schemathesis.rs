@@ -44,8 +44,10 @@ async fn the_api_answers_every_request_as_its_openapi_document_says() {
         .args(["--url", &server.url])
         .args(["--header", &format!("Authorization: Bearer {}", server.admin_token())])
         .args(["--checks", "not_a_server_error,status_code_conformance,negative_data_rejection"])
-        // It streams the change log until the client goes away (tested elsewhere).
-        .args(["--exclude-path", "/v1/changes"])
+        // They stream (the change log; flows with watch=true) until the client goes away, which
+        // schemathesis reads as a timeout (tested elsewhere: weft-api's tests/flows.rs checks
+        // every parameter of /v1/flows).
+        .args(["--exclude-path", "/v1/changes", "--exclude-path", "/v1/flows"])
         .args(["--max-time", SECONDS, "--workers", "1", "--seed", SEED])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", st.display()));
