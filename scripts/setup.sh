@@ -15,7 +15,8 @@
 #                            privately, with its own sockets and directories), runc, the
 #                            reference CNI plugins (loopback; portmap, for hostPort, with
 #                            iptables, which it runs in a test's own namespace) and
-#                            busybox-static (its pause image)
+#                            busybox-static (its pause image); chromium and chromium-driver
+#                            (the traffic-groups page's test drives a headless browser)
 #
 # Needs root to install; without it, it names what is missing and the command that installs it.
 set -euo pipefail
@@ -54,6 +55,8 @@ if [ "$what" = test ]; then
   [ -e /usr/lib/cni/portmap ] || missing+=(containernetworking-plugins)
   want iptables iptables
   [ -e /bin/busybox ] || missing+=(busybox-static)
+  want chromium chromium
+  want chromedriver chromium-driver
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -167,7 +167,15 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         request.extensions_mut().insert(Caller::Unauthenticated);
         return next.run(request).await;
     }
-    match resolve(&state, request.headers().get(header::AUTHORIZATION)).await {
+    // The traffic-groups page's requests carry its session cookie and the header that no
+    // other site's form can send (crate::ui).
+    let from_page = request.headers().get(header::AUTHORIZATION).is_none()
+        && request.headers().get(crate::ui::UI_HEADER).is_some_and(|v| v == "1");
+    let resolved = match crate::ui::session_secret(request.headers()).filter(|_| from_page) {
+        Some(secret) => token_for(&state, &secret).await,
+        None => resolve(&state, request.headers().get(header::AUTHORIZATION)).await,
+    };
+    match resolved {
         Ok(token) => {
             request.extensions_mut().insert(Caller::Token(token));
             next.run(request).await
@@ -194,6 +202,11 @@ async fn resolve(state: &AppState, header: Option<&HeaderValue>) -> ApiResult<To
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("the Authorization header is not a bearer token"))?;
+    token_for(state, secret).await
+}
+
+/// The active token a secret is, from the cache or the database.
+pub(crate) async fn token_for(state: &AppState, secret: &str) -> ApiResult<Token> {
     let key = digest(secret);
     let token = match state.tokens.get(&key) {
         Some(t) => t,

@@ -24,6 +24,7 @@ mod resources;
 mod serve;
 pub mod tls;
 mod tokens;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct Config {
     pub grpc_serving: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// How long the compiler may be behind a committed revision before `/readyz` fails.
     pub stuck_after: Duration,
+    /// The page's session cookie is Secure (the API is served over TLS).
+    pub secure_cookies: bool,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             compile_seconds: None,
             grpc_serving: None,
             stuck_after: health::STUCK_AFTER,
+            secure_cookies: false,
         }
     }
 }
@@ -89,6 +93,7 @@ pub struct AppState {
     /// Whether this process's gRPC service for agents is serving, when it runs one.
     pub grpc_serving: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub stuck_after: Duration,
+    pub secure_cookies: bool,
     /// Who is computing a reach matrix: one per token, a few on the server.
     pub reach_limits: Arc<reach::ReachLimits>,
     /// Set when the server begins to shut down: long-lived responses (watch streams) end, so
@@ -115,6 +120,7 @@ impl AppState {
             grpc_address: config.grpc_address,
             grpc_serving: config.grpc_serving,
             stuck_after: config.stuck_after,
+            secure_cookies: config.secure_cookies,
             reach_limits: Arc::default(),
         }
     }
@@ -161,6 +167,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics::render))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::root))
+        .route("/ui/sign-in", get(ui::sign_in_page).post(ui::sign_in))
+        .route("/ui/sign-out", axum::routing::post(ui::sign_out))
+        .route("/ui/traffic-groups", get(ui::traffic_groups))
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/info and api/openapi.yaml") })
         .method_not_allowed_fallback(|| async {

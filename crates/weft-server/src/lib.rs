@@ -183,6 +183,7 @@ async fn serve_with_database(
         grpc_address,
         compile_seconds: Some(follower.hub.compile_seconds.clone()),
         grpc_serving,
+        secure_cookies: config.tls.is_some(),
         ..Config::default()
     };
     let result = serve_api(config, store.clone(), (Arc::clone(&follower.hub), horizon), api, shutdown, died).await;
