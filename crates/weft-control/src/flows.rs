@@ -25,7 +25,38 @@ use weft_store::flows::MinuteRow;
 struct Stored {
     window: v1::FlowWindow,
     rows: Vec<MinuteRow>,
+    /// What it takes of memory, estimated.
+    bytes: usize,
 }
+
+impl Stored {
+    fn new(rows: Vec<MinuteRow>, window: v1::FlowWindow) -> Stored {
+        use std::mem::size_of;
+        // Each entry's strings: a port, a group and a rule id (36 bytes each), an address.
+        let aggregates = window.aggregates.len() * (size_of::<v1::FlowAggregate>() + 3 * 36 + 16);
+        let drops = window.drops.len() * (size_of::<v1::PortDrops>() + 36);
+        let rows_bytes = rows.len() * (size_of::<MinuteRow>() + 2 * 36 + 40);
+        Stored { bytes: size_of::<Stored>() + 64 + aggregates + drops + rows_bytes, window, rows }
+    }
+}
+
+/// The nodes' windows, by (start, node), and the memory they take (estimated).
+#[derive(Debug, Default)]
+struct Windows {
+    map: BTreeMap<(i64, String), Stored>,
+    bytes: usize,
+}
+
+impl Windows {
+    fn pop_first(&mut self) {
+        if let Some((_, w)) = self.map.pop_first() {
+            self.bytes -= w.bytes;
+        }
+    }
+}
+
+/// What a record takes of memory, estimated: the record, its node's name and a DNS name.
+const RECORD_BYTES: usize = std::mem::size_of::<FlowRecord>() + 64;
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -155,7 +186,10 @@ pub struct FlowLog {
     /// By (window start, node): the last a node sent of each window (DESIGN.md §10). A
     /// window sent again (an agent that reconnected) replaces what was there: nothing is
     /// counted twice.
-    windows: Mutex<BTreeMap<(i64, String), Stored>>,
+    windows: Mutex<Windows>,
+    /// What the windows may take of memory (estimated); past it the oldest go, counted.
+    windows_budget: usize,
+    pub windows_evicted: AtomicU64,
     /// The (minute, node) whose rollup changed since it was last written.
     dirty: Mutex<std::collections::BTreeSet<(i64, String)>>,
     /// Records as flows, waiting for their other half ([`join`]) to be written.
@@ -170,10 +204,15 @@ pub struct FlowLog {
 }
 
 impl FlowLog {
-    pub fn new(capacity: usize) -> FlowLog {
+    /// A log that keeps, by estimate, at most `memory` bytes: half for the newest records,
+    /// half for the nodes' windows of the last hour.
+    pub fn new(memory: usize) -> FlowLog {
+        let capacity = (memory / 2 / RECORD_BYTES).max(1);
         FlowLog {
             records: Mutex::new(VecDeque::new()),
-            windows: Mutex::new(BTreeMap::new()),
+            windows: Mutex::new(Windows::default()),
+            windows_budget: memory / 2,
+            windows_evicted: AtomicU64::new(0),
             dirty: Mutex::new(std::collections::BTreeSet::new()),
             joiner: Mutex::new(join::Joiner::default()),
             capacity: capacity.max(1),
@@ -207,7 +246,7 @@ impl FlowLog {
     /// The windows kept whose start is at or after `since_ms`, by (start, node).
     pub fn windows(&self, since_ms: i64) -> Vec<((i64, String), v1::FlowWindow)> {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        windows.range((since_ms, String::new())..).map(|(k, w)| (k.clone(), w.window.clone())).collect()
+        windows.map.range((since_ms, String::new())..).map(|(k, w)| (k.clone(), w.window.clone())).collect()
     }
 
     /// The rollups of the (minute, node) whose windows changed since the last call: each
@@ -220,6 +259,7 @@ impl FlowLog {
             .map(|(minute, node)| {
                 let mut sums: BTreeMap<RowKey, MinuteRow> = BTreeMap::new();
                 let in_minute = windows
+                    .map
                     .range((minute, String::new())..(minute + MINUTE_MS, String::new()))
                     .filter(|((_, n), _)| *n == node);
                 for row in in_minute.flat_map(|(_, w)| &w.rows) {
@@ -258,24 +298,52 @@ impl FlowLog {
             refused += (before - w.aggregates.len() - w.drops.len()) as u64;
             kept.push(w);
         }
-        let newest = kept.iter().map(|w| w.end_ms).max().unwrap_or(0);
-        let stored: Vec<Stored> =
-            kept.into_iter().map(|w| Stored { rows: rows(node, &w, compiler), window: w }).collect();
+        let stored: Vec<Stored> = kept.into_iter().map(|w| Stored::new(rows(node, &w, compiler), w)).collect();
         {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             for w in &stored {
                 dirty.insert((w.window.start_ms - w.window.start_ms.rem_euclid(MINUTE_MS), node.to_string()));
             }
         }
+        self.store_windows(node, stored);
+        refused
+    }
+
+    /// Keeps `node`'s windows, each replacing the one it sent before; forgets what is older
+    /// than the hour before the newest window, then, past the memory the windows may take, the
+    /// oldest (counted).
+    fn store_windows(&self, node: &str, stored: Vec<Stored>) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = stored.iter().map(|w| w.window.start_ms).max().unwrap_or(0);
         for w in stored {
-            windows.insert((w.window.start_ms, node.to_string()), w);
+            windows.bytes += w.bytes;
+            if let Some(old) = windows.map.insert((w.window.start_ms, node.to_string()), w) {
+                windows.bytes -= old.bytes;
+            }
         }
         // The hour the controller keeps, by the newest window any node sent.
-        let newest = newest.max(windows.keys().next_back().map_or(0, |(start, _)| *start));
+        let newest = newest.max(windows.map.keys().next_back().map_or(0, |(start, _)| *start));
         let oldest = newest - WINDOWS_KEPT_MS;
-        windows.retain(|(start, _), _| *start >= oldest);
-        refused
+        while windows.map.first_key_value().is_some_and(|((start, _), _)| *start < oldest) {
+            windows.pop_first();
+        }
+        let mut evicted = 0u64;
+        while windows.bytes > self.windows_budget && windows.map.len() > 1 {
+            windows.pop_first();
+            evicted += 1;
+        }
+        if evicted > 0 {
+            let before = self.windows_evicted.fetch_add(evicted, Ordering::Relaxed);
+            if (before + evicted).is_power_of_two() || before == 0 {
+                tracing::warn!(evicted = before + evicted, "flow windows past --flow-memory: the oldest were dropped");
+            }
+        }
+    }
+
+    /// The memory the log takes, estimated: (records, windows) in bytes.
+    pub fn memory(&self) -> (usize, usize) {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner()).len() * RECORD_BYTES;
+        (records, self.windows.lock().unwrap_or_else(|e| e.into_inner()).bytes)
     }
 
     /// Checks a report from `node` against what the compiler knows of the ports and keeps
@@ -564,4 +632,43 @@ fn denied(d: &v1::DeniedRecord) -> Option<Observed> {
         ports,
         icmp,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(start_ms: i64, entries: usize) -> v1::FlowWindow {
+        v1::FlowWindow {
+            start_ms,
+            end_ms: start_ms + 15_000,
+            closed: true,
+            aggregates: vec![v1::FlowAggregate::default(); entries],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn windows_past_their_memory_go_oldest_first_and_are_counted() {
+        let budget = 200_000;
+        let log = FlowLog::new(2 * budget);
+        for i in 0..20 {
+            log.store_windows("n1", vec![Stored::new(vec![], window(i * 15_000, 200))]);
+        }
+        let (_, bytes) = log.memory();
+        assert!(bytes <= budget, "{bytes} bytes kept");
+        let kept = log.windows(0);
+        assert!(kept.len() < 20, "{} windows kept", kept.len());
+        assert_eq!(kept.last().map(|((start, _), _)| *start), Some(19 * 15_000), "the newest stay");
+        assert_eq!(log.windows_evicted.load(Ordering::Relaxed) as usize, 20 - kept.len());
+        // A window sent again replaces itself: no more memory.
+        log.store_windows("n1", vec![Stored::new(vec![], window(19 * 15_000, 200))]);
+        assert_eq!(log.memory().1, bytes);
+        // Older than the hour before the newest: gone, memory or not.
+        let roomy = FlowLog::new(1 << 30);
+        roomy.store_windows("n1", vec![Stored::new(vec![], window(0, 1))]);
+        roomy.store_windows("n2", vec![Stored::new(vec![], window(WINDOWS_KEPT_MS + 15_000, 1))]);
+        assert_eq!(roomy.windows(0).len(), 1);
+        assert_eq!(roomy.windows_evicted.load(Ordering::Relaxed), 0, "the hour is no eviction");
+    }
 }

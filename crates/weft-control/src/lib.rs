@@ -49,6 +49,9 @@ pub struct Config {
     pub flow_retention: Duration,
     /// How long the per-minute rollups of the nodes' flow windows are kept.
     pub flow_rollup_retention: Duration,
+    /// What the flows held in memory may take (estimated): the newest records and the last
+    /// hour of the nodes' windows, half each.
+    pub flow_memory: usize,
 }
 
 impl Config {
@@ -62,6 +65,7 @@ impl Config {
             ring_updates: hub::RING_UPDATES,
             flow_retention: Duration::from_secs(3600),
             flow_rollup_retention: Duration::from_secs(7 * 86_400),
+            flow_memory: FLOW_MEMORY,
         }
     }
 }
@@ -91,8 +95,8 @@ pub struct Control {
     death: supervise::Death,
 }
 
-/// The most flow records a controller keeps in memory (the newest).
-pub const FLOW_RECORDS: usize = 100_000;
+/// What the flows a controller holds in memory may take by default (`--flow-memory`).
+pub const FLOW_MEMORY: usize = 256 << 20;
 
 /// A compiler kept current from the change log: what the controller serves agents from
 /// ([`Encoding::ForAgents`]), and what an API process answers explain, reach and realization
@@ -165,7 +169,7 @@ impl Control {
         tokio::spawn(Arc::clone(&statuses).run(store.clone(), config.name.clone(), shutdown_rx.clone()));
         let (routes_tx, routes) = watch::channel(None);
         tokio::spawn(route_feed(store.clone(), routes_tx, shutdown_rx.clone()));
-        let flows = Arc::new(flows::FlowLog::new(FLOW_RECORDS));
+        let flows = Arc::new(flows::FlowLog::new(config.flow_memory));
         let retention = (config.flow_retention, config.flow_rollup_retention);
         tokio::spawn(flows::write(Arc::clone(&flows), store.clone(), retention, shutdown_rx.clone()));
         let service = Service {

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub flow_log_retention: Duration,
     /// How long the per-minute flow rollups are kept.
     pub flow_retention: Duration,
+    /// What the controller's flows in memory may take, in bytes.
+    pub flow_memory: usize,
     /// How long IPAM keeps a released address out of its hands.
     pub address_reuse_grace: Duration,
     pub max_connections: u32,
@@ -149,6 +151,7 @@ async fn serve_with_database(
             settings.poll = poll;
             settings.flow_retention = config.flow_log_retention;
             settings.flow_rollup_retention = config.flow_retention;
+            settings.flow_memory = config.flow_memory;
             if let Some(files) = &config.grpc_tls {
                 let read = |p: &Path| std::fs::read(p).map_err(io(format!("cannot read {}", p.display())));
                 settings.tls = Some((read(&files.cert)?, read(&files.key)?));

@@ -40,6 +40,11 @@ pub struct ServerArgs {
     /// per-rule hit counts).
     #[arg(long, env = "WEFT_FLOW_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub flow_retention: Duration,
+    /// What the controller's flows in memory may take (the newest records and the last hour
+    /// of the nodes' windows, half each; estimated), e.g. 256MiB or 1GiB: past it the oldest
+    /// go, counted.
+    #[arg(long, env = "WEFT_FLOW_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    pub flow_memory: usize,
     /// How long an address a port released is not handed out again (conntrack and neighbour
     /// entries on other nodes may still point at it).
     #[arg(long, env = "WEFT_ADDRESS_REUSE_GRACE", default_value = "5m", value_parser = parse_duration)]
@@ -66,6 +71,21 @@ pub struct ServerArgs {
     pub print_config: bool,
 }
 
+/// Parses `256MiB`, `1GiB`, `512KiB` (or plain bytes): at least 1 MiB.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: usize = number.parse().map_err(|_| format!("{s:?} is not a size like 256MiB or 1GiB"))?;
+    let bytes = match unit {
+        "" => Some(n),
+        "KiB" => n.checked_mul(1 << 10),
+        "MiB" => n.checked_mul(1 << 20),
+        "GiB" => n.checked_mul(1 << 30),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use KiB, MiB or GiB")),
+    };
+    bytes.filter(|b| *b >= 1 << 20).ok_or_else(|| format!("{s:?}: give at least 1MiB"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ServerRole {
     All,
@@ -86,6 +106,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         change_retention,
         flow_log_retention,
         flow_retention,
+        flow_memory,
         address_reuse_grace,
         db_max_connections,
         role,
@@ -111,6 +132,7 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         change_retention,
         flow_log_retention,
         flow_retention,
+        flow_memory,
         address_reuse_grace,
         max_connections: db_max_connections,
         role: match role {
@@ -122,4 +144,18 @@ pub async fn run(args: ServerArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         grpc_tls: tls_files(grpc_tls_cert, grpc_tls_key),
     };
     weft_server::run(config, shutdown_signal()).await.context("weft server")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_with_their_units_and_a_tiny_one_is_refused() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2097152"), Ok(2 << 20));
+        assert!(parse_size("12KiB").unwrap_err().contains("at least 1MiB"));
+        assert!(parse_size("1TB").unwrap_err().contains("unknown unit"));
+    }
 }

@@ -145,6 +145,9 @@ async fn the_page_shows_the_denied_and_the_allowed_edge_and_the_rule_behind_a_cl
     c.wait().for_element(Locator::Id("failed")).await.unwrap();
     c.find(Locator::Id("token")).await.unwrap().send_keys(&server.admin_token()).await.unwrap();
     c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    // Signed in once the form's answer has led to the page (a navigation before that would
+    // cancel the form's, and its cookie with it).
+    c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Id("graph")).await.unwrap();
     c.goto(&page).await.unwrap();
 
     let denied = r#"g[data-edge="app=yelb-ui->app=yelb-db"][data-verdict="denied"]"#;
