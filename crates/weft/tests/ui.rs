@@ -15,13 +15,16 @@ use common::Server;
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 
-/// chromedriver on a port of its own, stopped with the test.
-struct Driver(Child, u16);
+/// chromedriver on a port of its own, and the chromium it starts with a profile of its own:
+/// both stopped with the test, passed or failed (chromium outlives its driver otherwise).
+struct Driver(Child, u16, std::path::PathBuf);
 
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let profile = format!("--user-data-dir={}", self.2.display());
+        let _ = Command::new("pkill").args(["-KILL", "-f", &profile]).status();
     }
 }
 
@@ -37,7 +40,7 @@ async fn browser(profile: &std::path::Path) -> (Driver, fantoccini::Client) {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver (Debian's chromium-driver: scripts/setup.sh test installs it)");
-    let driver = Driver(child, port);
+    let driver = Driver(child, port, profile.to_path_buf());
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
