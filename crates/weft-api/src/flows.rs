@@ -153,6 +153,28 @@ fn filters(caller: &Caller, params: HashMap<String, String>) -> ApiResult<Filter
     Ok(f)
 }
 
+/// A flow as a project token may see it: an end of another project is its address only, and
+/// what decided on that end's side (and a DNS question it asked) is not said.
+fn redacted(caller: &Caller, mut flow: Flow) -> Flow {
+    let Some(own) = caller.project().filter(|_| !caller.is_admin()) else { return flow };
+    let foreign = |e: &weft_model::flow::FlowEndpoint| e.project.as_deref().is_some_and(|p| p != own);
+    let hide = |d: SideDecision| match d {
+        SideDecision::Allowed { .. } => SideDecision::AllowedUnknown,
+        SideDecision::Denied { .. } => SideDecision::Denied { isolated_by: vec![] },
+        other => other,
+    };
+    if foreign(&flow.src) {
+        flow.src = weft_model::flow::FlowEndpoint::outside(flow.src.address);
+        flow.egress = flow.egress.map(hide);
+        flow.dns = None;
+    }
+    if foreign(&flow.dst) {
+        flow.dst = weft_model::flow::FlowEndpoint::outside(flow.dst.address);
+        flow.ingress = flow.ingress.map(hide);
+    }
+    flow
+}
+
 /// Whether a flow passes the filters the database could not apply.
 fn wanted(f: &Filters, flow: &Flow) -> bool {
     let labelled = |s: &Option<LabelSelector>, end: &weft_model::flow::FlowEndpoint| {
@@ -176,13 +198,21 @@ fn decided_by(flow: &Flow, name: &str) -> bool {
 }
 
 /// Reads what the filters select: up to the limit, after matching what SQL cannot.
-async fn read(state: &AppState, f: &Filters) -> ApiResult<Vec<Flow>> {
+async fn read(state: &AppState, caller: &Caller, f: &Filters) -> ApiResult<Vec<Flow>> {
     let plain = f.from.is_none() && f.to.is_none() && f.policy.is_none();
     let mut query = f.query.clone();
     if !plain {
         query.limit = (f.query.limit * OVERREAD).min(MAX_LIMIT * OVERREAD);
     }
-    let mut flows: Vec<Flow> = state.store.flows(&query).await?.into_iter().filter(|flow| wanted(f, flow)).collect();
+    // Filtered as the caller sees them: a selector or a policy does not match what is hidden.
+    let mut flows: Vec<Flow> = state
+        .store
+        .flows(&query)
+        .await?
+        .into_iter()
+        .map(|flow| redacted(caller, flow))
+        .filter(|flow| wanted(f, flow))
+        .collect();
     let limit = usize::try_from(f.query.limit).unwrap_or(usize::MAX);
     if flows.len() > limit {
         if f.query.newest {
@@ -201,7 +231,7 @@ pub async fn flows(
 ) -> ApiResult<Response> {
     let mut f = filters(&caller, params)?;
     if !f.watch {
-        let items = read(&state, &f).await?;
+        let items = read(&state, &caller, &f).await?;
         return Ok(Json(serde_json::json!({ "items": items })).into_response());
     }
     // From now on, unless asked for since an id.
@@ -242,8 +272,8 @@ async fn follow(
             f.query.after_id = last.id;
         }
         let mut lines = String::new();
-        for flow in flows.iter().filter(|flow| wanted(&f, flow)) {
-            lines.push_str(&serde_json::to_string(flow).unwrap_or_default());
+        for flow in flows.into_iter().map(|flow| redacted(&caller, flow)).filter(|flow| wanted(&f, flow)) {
+            lines.push_str(&serde_json::to_string(&flow).unwrap_or_default());
             lines.push('\n');
         }
         if !lines.is_empty() && tx.send(Ok(Bytes::from(lines))).await.is_err() {
@@ -309,7 +339,7 @@ pub async fn flow_graph(
     let rows = state.store.flow_minutes(Some(&project), None, first, until + chrono::Duration::minutes(1)).await?;
     let graph = state
         .policy
-        .with_compiler(|compiler, _| graph::build(compiler, &project, &key, &rows, (since, until)))
+        .with_compiler(|compiler, _| graph::build(compiler, &project, &key, !caller.is_admin(), &rows, (since, until)))
         .ok_or_else(crate::reach::not_loaded)?;
     Ok(Json(graph).into_response())
 }

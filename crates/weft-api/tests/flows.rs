@@ -105,6 +105,24 @@ async fn flows_are_filtered_and_a_reader_sees_its_projects_only(pool: PgPool) {
     assert_eq!(names(&api, &reader, "").await, ["x>y"]);
     let r = api.as_token(&reader, Method::GET, "/v1/flows?project=a", None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    // A flow from b's port to a's: b's reader sees a's end as an address, nothing of what a
+    // decided, and cannot find it by a's labels or policies.
+    let mut across = three().remove(1);
+    across.src = end("10.0.1.1", "b", "x", "x");
+    api.store.insert_flows(&[across]).await.unwrap();
+    let r = api.as_token(&reader, Method::GET, "/v1/flows?protocol=tcp&port=5432", None).await;
+    let seen = &r.body["items"][0];
+    assert_eq!(
+        (seen["src"]["name"].as_str(), seen["dst"]["address"].as_str()),
+        (Some("x"), Some("10.0.0.3")),
+        "{seen}"
+    );
+    assert!(seen["dst"].get("name").is_none() && seen["dst"].get("labels").is_none(), "{seen}");
+    assert_eq!(seen["ingress"]["decision"], "allowed_unknown", "{seen}");
+    for hidden in ["?to=app%3Ddb", "?policy=db-in"] {
+        assert!(names(&api, &reader, hidden).await.is_empty(), "{hidden}");
+    }
+    assert_eq!(names(&api, &admin, "?protocol=tcp&port=5432").await, ["app>db", "x>db"], "an admin sees both ends");
     // What a parameter must be, named.
     for (query, parameter) in [
         ("?verdict=maybe", "verdict"),
@@ -121,7 +139,7 @@ async fn flows_are_filtered_and_a_reader_sees_its_projects_only(pool: PgPool) {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // since: only what is newer.
     assert!(names(&api, &admin, "?until=1h").await.is_empty());
-    assert_eq!(names(&api, &admin, "?since=1h").await.len(), 3);
+    assert_eq!(names(&api, &admin, "?since=1h").await.len(), 4);
 }
 
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]

@@ -81,12 +81,24 @@ pub struct Graph {
 }
 
 pub const OUTSIDE: &str = "outside";
+/// What a project token sees of other projects' ports.
+pub const OTHER_PROJECTS: &str = "other projects";
 
 /// What a port is to the graph: its group's id and label, and its project when not the graph's.
-fn group_of(compiler: &Compiler, project: &str, key: &str, port: Option<Uuid>) -> (String, String, Option<String>) {
+fn group_of(
+    compiler: &Compiler,
+    project: &str,
+    key: &str,
+    port: Option<Uuid>,
+    redact: bool,
+) -> (String, String, Option<String>) {
     let Some(p) = port.and_then(|id| compiler.cluster().port(&id)) else {
         return (OUTSIDE.to_string(), OUTSIDE.to_string(), None);
     };
+    // A project token learns nothing of another project's ports: they are one group.
+    if redact && p.project != project {
+        return (OTHER_PROJECTS.to_string(), OTHER_PROJECTS.to_string(), None);
+    }
     let label = p.labels.get(key).cloned().unwrap_or_else(|| p.name.clone());
     if p.project == project {
         (format!("{key}={label}"), label, None)
@@ -123,17 +135,20 @@ fn decision(compiler: &Compiler, row: &MinuteRow) -> EdgeDecision {
     }
 }
 
-/// The graph of `rows` (a project's minutes) grouped by the label `key`.
+/// The graph of `rows` (a project's minutes) grouped by the label `key`; with `redact` (a
+/// project token's graph), other projects' ports are one group, unnamed, and what decided on
+/// their side is not said.
 pub fn build(
     compiler: &Compiler,
     project: &str,
     key: &str,
+    redact: bool,
     rows: &[MinuteRow],
     (since, until): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
 ) -> Graph {
     let mut nodes: BTreeMap<String, GraphNode> = BTreeMap::new();
     let mut node = |port: Option<Uuid>| -> String {
-        let (id, label, other) = group_of(compiler, project, key, port);
+        let (id, label, other) = group_of(compiler, project, key, port, redact);
         let entry = nodes.entry(id.clone()).or_insert_with(|| GraphNode {
             id: id.clone(),
             label,
@@ -186,7 +201,13 @@ pub fn build(
             entry.0.connections += row.started;
             entry.0.bytes += row.bytes_sent + row.bytes_received;
         }
-        let d = decision(compiler, row);
+        let d = match decision(compiler, row) {
+            EdgeDecision::Denied { .. } if redact && row.project != project => {
+                EdgeDecision::Denied { isolated_by: vec![] }
+            }
+            EdgeDecision::Allowed { .. } if redact && row.project != project => EdgeDecision::AllowedUnknown,
+            d => d,
+        };
         if row.ingress {
             entry.2.insert(d)
         } else {
