@@ -11,13 +11,14 @@
 //!   (`--no-dns-names` turns it off), and unread, the kernel sends nothing.
 //!
 //! * Every connection a port makes or takes is heard from conntrack when it begins and when
-//!   it ends ([`follow_connections`]): each allow rule marks the connections it lets through
-//!   ([`crate::nft::rule_mark`]), so the mark says, for each local side, which rule decided,
-//!   and the node's conntrack accounting gives the packets and bytes both ways at the end. No
-//!   message per packet: one when a connection begins, one when it ends.
+//!   it ends ([`follow_connections`]): conntrack confirms only what every local chain let
+//!   through, and the span in force says which rule allowed each local side
+//!   ([`attribution`]); the node's conntrack accounting gives the packets and bytes both ways
+//!   at the end. No message per packet: one when a connection begins, one when it ends.
 //!
 //! Decoding is pure ([`decode`], [`packet`], [`dns_question`]); [`SampleReader`] is the socket.
 
+pub mod attribution;
 pub mod window;
 
 use std::io;
@@ -336,14 +337,18 @@ const REPORT_RECORDS: usize = 256;
 /// The records of one report: denied samples as they are (they name their port), DNS
 /// queries under the local port that holds their source address (one no port holds, say a
 /// port just gone, is left out), connections once for each local side, with what decided
-/// there as `marks` reads their mark.
-pub fn records(samples: Vec<Timed>, ports: &crate::LocalPorts, marks: &crate::nft::SpanMarks) -> v1::FlowReport {
+/// there in the span `attribution` holds.
+pub fn records(
+    samples: Vec<Timed>,
+    ports: &crate::LocalPorts,
+    attribution: &attribution::Attribution,
+) -> v1::FlowReport {
     let holder: std::collections::HashMap<IpAddr, uuid::Uuid> =
         ports.values().flat_map(|p| p.addresses.iter().map(move |a| (*a, p.id))).collect();
     let mut report = v1::FlowReport::default();
     for (sample, at_ms) in samples {
         match sample {
-            Sample::Connection(c) => report.connections.extend(connection_records(&c, at_ms, marks)),
+            Sample::Connection(c) => report.connections.extend(connection_records(&c, at_ms, attribution)),
             Sample::Denied(d) => {
                 let p = d.packet;
                 report.denied.push(v1::DeniedRecord {
@@ -380,19 +385,18 @@ pub fn records(samples: Vec<Timed>, ports: &crate::LocalPorts, marks: &crate::nf
 fn connection_records(
     c: &crate::nft::ConnectionEvent,
     at_ms: i64,
-    marks: &crate::nft::SpanMarks,
+    attribution: &attribution::Attribution,
 ) -> Vec<v1::ConnectionRecord> {
     let f = &c.flow;
-    let marked = crate::nft::Marked { src: f.src, dst: f.dst, protocol: f.protocol, dport: f.dport, mark: c.mark };
-    let (egress, ingress) = marks.decide(&marked);
+    let (egress, ingress) = attribution.decide(f);
     [(egress, false), (ingress, true)]
         .into_iter()
         .filter_map(|(side, is_ingress)| {
             let (port, decision) = side?;
             let (group, rule, isolated) = match decision {
-                crate::nft::Decision::Open => (String::new(), String::new(), false),
-                crate::nft::Decision::Rule(r) => (r.group.to_string(), r.rule.to_string(), true),
-                crate::nft::Decision::Unknown => (String::new(), String::new(), true),
+                attribution::Decision::Open => (String::new(), String::new(), false),
+                attribution::Decision::Rule(r) => (r.group.to_string(), r.rule.to_string(), true),
+                attribution::Decision::Unknown => (String::new(), String::new(), true),
             };
             Some(v1::ConnectionRecord {
                 port: port.to_string(),
@@ -429,10 +433,10 @@ pub type DropCounters = std::sync::Arc<dyn Fn() -> Vec<crate::nft::DropCount> + 
 const WINDOW_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the reporting keeps across its connections to controllers: the windows, and the
-/// span's marks as last read.
+/// span connections are attributed against.
 struct Collector {
     windows: window::Windows,
-    marks: Option<(std::sync::Arc<weft_compiler::NodeSpan>, crate::nft::SpanMarks)>,
+    attribution: attribution::Attribution,
     drop_counters: Option<DropCounters>,
     /// Live records dropped while no controller answered (the windows count them).
     unsent: u64,
@@ -441,21 +445,20 @@ struct Collector {
 impl Collector {
     /// A batch of samples as a report of live records, counted in the windows.
     fn take(&mut self, batch: Vec<Timed>, progress: &tokio::sync::watch::Receiver<crate::Progress>) -> v1::FlowReport {
-        // The span's marks, read again when the span changes.
+        // The span's ports by address, indexed again when the span changes.
         let span = std::sync::Arc::clone(&progress.borrow().span);
-        if !self.marks.as_ref().is_some_and(|(of, _)| std::sync::Arc::ptr_eq(of, &span)) {
-            let read = crate::nft::SpanMarks::of(&span);
-            self.marks = Some((span, read));
+        if !std::sync::Arc::ptr_eq(self.attribution.span(), &span) {
+            self.attribution = attribution::Attribution::of(span);
         }
         let ports = std::sync::Arc::clone(&progress.borrow().ports);
-        let empty = crate::nft::SpanMarks::default();
-        let report = records(batch, &ports, self.marks.as_ref().map(|(_, m)| m).unwrap_or(&empty));
+        let report = records(batch, &ports, &self.attribution);
         self.windows.add(&report);
         report
     }
 
-    /// Reads the drop counters into the open window; the window that closed, if one did.
-    async fn tick(&mut self) -> Option<v1::FlowWindow> {
+    /// Reads the drop counters into the open window; the windows that closed since the last
+    /// tick.
+    async fn tick(&mut self) -> Vec<v1::FlowWindow> {
         if let Some(read) = self.drop_counters.clone() {
             let counters = tokio::task::spawn_blocking(move || read()).await.unwrap_or_default();
             self.windows.drops(now_ms(), &counters);
@@ -489,7 +492,12 @@ pub async fn report(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     drop_counters: Option<DropCounters>,
 ) {
-    let mut collector = Collector { windows: window::Windows::default(), marks: None, drop_counters, unsent: 0 };
+    let mut collector = Collector {
+        windows: window::Windows::default(),
+        attribution: attribution::Attribution::default(),
+        drop_counters,
+        unsent: 0,
+    };
     let mut pause = config.backoff.0;
     loop {
         let outcome = tokio::select! {
@@ -553,8 +561,8 @@ async fn report_session(
     loop {
         let report = tokio::select! {
             _ = ticks.tick() => match collector.tick().await {
-                Some(closed) => v1::FlowReport { windows: vec![closed], ..Default::default() },
-                None => continue,
+                closed if closed.is_empty() => continue,
+                closed => v1::FlowReport { windows: closed, ..Default::default() },
             },
             batch = batch_of(samples) => match batch {
                 Some(batch) => collector.take(batch, progress),

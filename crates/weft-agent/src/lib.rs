@@ -89,7 +89,7 @@ pub struct Progress {
     /// The node's ports whose policy is in the datapath, by (project, name): what the CNI
     /// plugin's ADD waits for.
     pub ports: Arc<LocalPorts>,
-    /// The span in the datapath: what the flow reports read a connection's marks against.
+    /// The span in the datapath: what the flow reports attribute connections against.
     pub span: Arc<NodeSpan>,
     /// Whether the last update failed to apply: the datapath holds the last good state, and
     /// what came after it is not enforced (CNI STATUS says so).

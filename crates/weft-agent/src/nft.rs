@@ -47,8 +47,7 @@ pub use nat::{NAT_CHAIN, NAT_TABLE};
 pub use netlink::Socket;
 pub use render::{
     DENIED_PREFIX, DENIED_SAMPLES_BURST, DENIED_SAMPLES_GROUP, DENIED_SAMPLES_PER_SECOND, DNS_QUERIES_GROUP,
-    DNS_QUERY_PREFIX, Decision, FOLDED_EGRESS_MARK, FOLDED_INGRESS_MARK, Marked, RuleRef, SpanMarks, delta_commands,
-    denied_prefix, render, rule_mark,
+    DNS_QUERY_PREFIX, delta_commands, denied_prefix, render,
 };
 pub use ruleset::{Command, Ruleset, TABLE};
 

@@ -270,7 +270,6 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
             dport: Some(5432),
             icmp: None,
         },
-        mark: 0,
         counters: None,
     };
     samples.send((Sample::Connection(connection), 10)).await.unwrap();

@@ -427,7 +427,7 @@ fn a_ports_dns_queries_are_read_as_the_names_it_asks_for() {
 /// Allowed connections are heard with what allowed them (DESIGN.md §10): web and db on one
 /// node, web's egress allowing any protocol to db (a rule of its own) and db's ingress TCP
 /// 5432 from web (a rule folded into the set); a connection between them is heard when it
-/// begins, its mark naming both rules, and when it ends, with its packets and bytes.
+/// begins, attributed to both rules, and when it ends, with its packets and bytes.
 #[ignore = "needs root (network namespaces, nftables): scripts/test.sh runs it when run as root"]
 #[test]
 fn a_connection_is_heard_with_the_rules_that_allowed_each_side_and_its_bytes() {
@@ -519,18 +519,12 @@ fn a_connection_is_heard_with_the_rules_that_allowed_each_side_and_its_bytes() {
     });
     let (began, ended) = (began.unwrap(), ended.unwrap());
     assert_eq!(began.id, ended.id);
-    assert_eq!(began.mark, ended.mark);
-    let marks = nft::SpanMarks::of(&span);
-    let marked =
-        nft::Marked { src: began.flow.src, dst: began.flow.dst, protocol: 6, dport: Some(5432), mark: began.mark };
-    let rule = |n: u64| {
-        nft::Decision::Rule(nft::RuleRef { group: Uuid::from_u64_pair(3, n), rule: Uuid::from_u64_pair(4, n) })
-    };
+    assert_eq!((began.flow.protocol, began.flow.dport), (6, Some(5432)));
+    use weft_agent::flows::attribution::{Attribution, Decision, RuleRef};
+    let rule = |n: u64| Decision::Rule(RuleRef { group: Uuid::from_u64_pair(3, n), rule: Uuid::from_u64_pair(4, n) });
     assert_eq!(
-        marks.decide(&marked),
-        (Some((Uuid::from_u64_pair(2, 1), rule(1))), Some((Uuid::from_u64_pair(2, 3), rule(2)))),
-        "mark {:#x}",
-        began.mark
+        Attribution::of(std::sync::Arc::new(span)).decide(&began.flow),
+        (Some((Uuid::from_u64_pair(2, 1), rule(1))), Some((Uuid::from_u64_pair(2, 3), rule(2))))
     );
     let counted = ended.counters.expect("the node accounts connections");
     assert!(counted.bytes_sent >= 5 && counted.bytes_received >= 1000, "{counted:?}");

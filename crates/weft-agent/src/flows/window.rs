@@ -34,11 +34,14 @@ struct Key {
     isolated: bool,
 }
 
-/// The windows of a node: the open one, and the last closed ones.
+/// The windows of a node: the open one, the last closed ones, and those closed and not sent.
 #[derive(Debug, Default)]
 pub struct Windows {
     open: Option<Open>,
     closed: std::collections::VecDeque<v1::FlowWindow>,
+    /// Closed, to be sent: a window closes when time moves past it, whether a record, a
+    /// counter reading or the clock finds it so, and each is sent once it has.
+    unsent: Vec<v1::FlowWindow>,
     /// The drop counters of each port chain as last read, by (port, ingress).
     drops_read: HashMap<(String, bool), u64>,
 }
@@ -71,14 +74,19 @@ impl Windows {
         })
     }
 
-    /// Closes the open window, if any; what it became.
-    fn close(&mut self) -> Option<v1::FlowWindow> {
-        let closed = self.open.take()?.to_message(true);
+    /// Closes the open window, if any, to be sent.
+    fn close(&mut self) {
+        let Some(open) = self.open.take() else { return };
+        let closed = open.to_message(true);
         self.closed.push_back(closed.clone());
         if self.closed.len() > CLOSED_KEPT {
             self.closed.pop_front();
         }
-        Some(closed)
+        // Bounded as the closed ones are: while nothing is sent, the oldest go.
+        if self.unsent.len() >= CLOSED_KEPT {
+            self.unsent.remove(0);
+        }
+        self.unsent.push(closed);
     }
 
     /// Counts a report's records in the window of each. A record older than the open window
@@ -164,9 +172,12 @@ impl Windows {
         }
     }
 
-    /// The open window, closed when `now_ms` is past it: to be sent.
-    pub fn close_due(&mut self, now_ms: i64) -> Option<v1::FlowWindow> {
-        if self.open.as_ref().is_some_and(|o| o.start_ms < window_start(now_ms)) { self.close() } else { None }
+    /// The windows closed and not yet sent, the open one among them when `now_ms` is past it.
+    pub fn close_due(&mut self, now_ms: i64) -> Vec<v1::FlowWindow> {
+        if self.open.as_ref().is_some_and(|o| o.start_ms < window_start(now_ms)) {
+            self.close();
+        }
+        std::mem::take(&mut self.unsent)
     }
 
     /// What a controller the agent (re)connects to is sent: the last closed windows, and the
@@ -257,7 +268,7 @@ mod tests {
             ..Default::default()
         };
         w.add(&report);
-        assert!(w.close_due(start + 100).is_none(), "still open");
+        assert!(w.close_due(start + 100).is_empty(), "still open");
         let recent = w.recent(start + 100);
         assert_eq!(recent.len(), 1);
         assert!(!recent[0].closed);
@@ -265,11 +276,11 @@ mod tests {
         assert_eq!(recent[0].aggregates[0].started, 2);
         w.add(&v1::FlowReport { connections: vec![connection(start + 3, 40000, true)], ..Default::default() });
         // Time moves on: the window closes, whole, once.
-        let closed = w.close_due(start + WINDOW_MS + 1).expect("closed");
+        let closed = w.close_due(start + WINDOW_MS + 1).pop().expect("closed");
         assert!(closed.closed);
         let a = &closed.aggregates[0];
         assert_eq!((closed.start_ms, a.started, a.ended, a.bytes_received), (start, 2, 1, 1000));
-        assert!(w.close_due(start + WINDOW_MS + 2).is_none(), "nothing happened in the next");
+        assert!(w.close_due(start + WINDOW_MS + 2).is_empty(), "nothing happened in the next");
         // A record late by a window counts in the open one.
         w.add(&v1::FlowReport { connections: vec![connection(start + WINDOW_MS + 5, 1, false)], ..Default::default() });
         w.add(&v1::FlowReport { connections: vec![connection(start + 7, 1, false)], ..Default::default() });
@@ -311,5 +322,28 @@ mod tests {
         // A counter that went down was made again: it counts from zero.
         w.drops(start + 30, &[(key, 7)]);
         assert_eq!(w.recent(start + 40)[0].drops[0].counted, 57);
+    }
+
+    #[test]
+    fn a_window_closed_by_a_counter_reading_or_a_record_is_sent_all_the_same() {
+        let mut w = Windows::default();
+        let start = 5 * WINDOW_MS;
+        let key = ("db".to_string(), true);
+        w.add(&v1::FlowReport { connections: vec![connection(start + 1, 40000, false)], ..Default::default() });
+        // The agent reads the counters before it looks for a window to send: the reading in
+        // the next window closes this one.
+        w.drops(start + WINDOW_MS + 1, &[(key, 1)]);
+        let sent = w.close_due(start + WINDOW_MS + 1);
+        assert_eq!(sent.iter().map(|s| (s.start_ms, s.closed)).collect::<Vec<_>>(), [(start, true)]);
+        assert!(w.close_due(start + WINDOW_MS + 2).is_empty(), "sent once");
+        // A record of a later window closes the open one too.
+        w.add(&v1::FlowReport { connections: vec![connection(start + 2 * WINDOW_MS, 1, false)], ..Default::default() });
+        w.add(&v1::FlowReport { connections: vec![connection(start + 3 * WINDOW_MS, 2, false)], ..Default::default() });
+        let sent = w.close_due(start + 3 * WINDOW_MS + 1);
+        assert_eq!(
+            sent.iter().map(|s| s.start_ms).collect::<Vec<_>>(),
+            [start + WINDOW_MS, start + 2 * WINDOW_MS],
+            "the reading's window (nothing in it but where counting starts) and the record's"
+        );
     }
 }

@@ -41,9 +41,7 @@ const NFT_META_L4PROTO: u32 = 16;
 
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
-const NFTA_CT_SREG: u16 = 4;
 const NFT_CT_STATE: u32 = 0;
-const NFT_CT_MARK: u32 = 3;
 
 const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
@@ -332,13 +330,6 @@ impl Program {
         });
     }
 
-    fn set_ct_mark(&mut self) {
-        self.expr("ct", |d| {
-            u32_attr(d, NFTA_CT_KEY, NFT_CT_MARK);
-            u32_attr(d, NFTA_CT_SREG, NFT_REG_1);
-        });
-    }
-
     fn verdict(&mut self, code: i32, chain: Option<&str>) {
         self.expr("immediate", |d| {
             u32_attr(d, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
@@ -472,26 +463,6 @@ impl Program {
             Stmt::Vmap { key, map } => {
                 self.left(&Left::Field(*key))?;
                 self.lookup(map, Some(NFT_REG_VERDICT), false);
-            }
-            // The mark in host byte order, as conntrack keeps it.
-            Stmt::SetCtMark(mark) => {
-                self.expr("immediate", |d| {
-                    u32_attr(d, NFTA_IMMEDIATE_DREG, NFT_REG_1);
-                    data_attr(d, NFTA_IMMEDIATE_DATA, &mark.to_ne_bytes());
-                });
-                self.set_ct_mark();
-            }
-            // nft's `ct mark | bits`: reg1 = (mark & !bits) ^ bits.
-            Stmt::OrCtMark(bits) => {
-                self.load(&Slot { load: Load::Ct(NFT_CT_MARK), len: 4, kind: Kind::CtState, needs: None }, NFT_REG_1);
-                self.expr("bitwise", |d| {
-                    u32_attr(d, NFTA_BITWISE_SREG, NFT_REG_1);
-                    u32_attr(d, NFTA_BITWISE_DREG, NFT_REG_1);
-                    u32_attr(d, NFTA_BITWISE_LEN, 4);
-                    data_attr(d, NFTA_BITWISE_MASK, &(!bits).to_ne_bytes());
-                    data_attr(d, NFTA_BITWISE_XOR, &bits.to_ne_bytes());
-                });
-                self.set_ct_mark();
             }
         }
         Ok(())

@@ -11,7 +11,6 @@ const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_MARK: u16 = 8;
 const CTA_COUNTERS_ORIG: u16 = 9;
 const CTA_COUNTERS_REPLY: u16 = 10;
 const CTA_ID: u16 = 12;
@@ -80,7 +79,6 @@ pub struct ConnectionEvent {
     /// Conntrack's id of the entry: the same in its new and its destroy event.
     pub id: u32,
     pub flow: Flow,
-    pub mark: u32,
     /// Packets and bytes each way, when the namespace accounts them (`nf_conntrack_acct`).
     pub counters: Option<Counters>,
 }
@@ -101,14 +99,13 @@ pub fn event(kind: u16, payload: &[u8]) -> Option<ConnectionEvent> {
         k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE => true,
         _ => return None,
     };
-    let (mut flow, mut id, mut mark) = (None, None, 0);
+    let (mut flow, mut id) = (None, None);
     let (mut sent, mut received) = (None, None);
     let be_u32 = |v: &[u8]| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?));
     for (kind, value, _) in attributes(payload.get(4..)?) {
         match kind {
             CTA_TUPLE_ORIG => flow = tuple(value),
             CTA_ID => id = be_u32(value),
-            CTA_MARK => mark = be_u32(value).unwrap_or(0),
             CTA_COUNTERS_ORIG => sent = counters(value),
             CTA_COUNTERS_REPLY => received = counters(value),
             _ => {}
@@ -117,7 +114,7 @@ pub fn event(kind: u16, payload: &[u8]) -> Option<ConnectionEvent> {
     let counters = sent.zip(received).map(|((packets_sent, bytes_sent), (packets_received, bytes_received))| {
         Counters { packets_sent, bytes_sent, packets_received, bytes_received }
     });
-    Some(ConnectionEvent { ended, id: id?, flow: flow?, mark, counters })
+    Some(ConnectionEvent { ended, id: id?, flow: flow?, counters })
 }
 
 /// (packets, bytes) of a counters attribute.

@@ -86,10 +86,6 @@ pub enum Stmt {
         prefix: String,
         snaplen: u32,
     },
-    /// `ct mark set <mark>`: the connection's mark, whatever it was.
-    SetCtMark(u32),
-    /// `ct mark set ct mark | <bits>`: these bits added to the connection's mark.
-    OrCtMark(u32),
 }
 
 impl Field {
@@ -150,11 +146,6 @@ impl Stmt {
             Stmt::Log { group, prefix, snaplen } => {
                 json!({"log": {"prefix": prefix, "group": group, "snaplen": snaplen}})
             }
-            Stmt::SetCtMark(mark) => json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": mark}}),
-            Stmt::OrCtMark(bits) => json!({"mangle": {
-                "key": {"ct": {"key": "mark"}},
-                "value": {"|": [{"ct": {"key": "mark"}}, bits]},
-            }}),
         }
     }
 }

@@ -39,11 +39,9 @@ use super::ruleset::{Chain, Element, Hook, Rule, Ruleset, Set, SetKind, fnv1a64}
 
 mod delta;
 mod fold;
-mod marks;
 
 pub use delta::delta_commands;
 use fold::{FoldBox, fold_boxes, fold_elements};
-pub use marks::{Decision, Marked, RuleRef, SpanMarks};
 
 /// Interfaces of pods on weft's datapath start with this (DESIGN.md §7); traffic of one the
 /// agent does not know is dropped, so a pod is never open before its policy arrives.
@@ -134,41 +132,6 @@ fn denied_sample(port: Uuid, dir: Dir) -> Vec<Stmt> {
             snaplen: DENIED_SAMPLE_BYTES,
         },
     ]
-}
-
-/// The connection mark of a group's rule that allows, in a direction (DESIGN.md §10): 32 bits
-/// of a hash of the group, the rule and the direction, never 0 or a folded mark.
-///
-/// A new connection's packet takes the mark of the rule that allows it: its source port's
-/// egress writes the whole mark (it decides first), its destination port's ingress adds its
-/// bits (`|`), so a connection between two ports of one node carries both. The agent reads the
-/// mark from conntrack and finds, among the rules of the connection's ports, the egress and
-/// ingress marks whose union it is ([`SpanMarks`]); a union two pairs of rules could make is
-/// reported as not known rather than guessed. Both statements are idempotent: a connection's
-/// second SYN, which passes the rules again, leaves its mark as it was.
-pub fn rule_mark(group: Uuid, rule: Uuid, ingress: bool) -> u32 {
-    let mut bytes = [0u8; 33];
-    bytes[..16].copy_from_slice(group.as_bytes());
-    bytes[16..32].copy_from_slice(rule.as_bytes());
-    bytes[32] = u8::from(ingress);
-    let hash = fnv1a64(&bytes);
-    let mark = (hash ^ (hash >> 32)) as u32;
-    if mark == 0 || mark == FOLDED_EGRESS_MARK || mark == FOLDED_INGRESS_MARK { mark ^ 0x5bd1_e995 } else { mark }
-}
-
-/// The marks of connections a folded set allowed (one per direction): an element of the set
-/// cannot name its rule in the mark (a map's value would replace the egress bits an ingress
-/// decision must keep), so the agent finds the rule as the kernel found the element, by the
-/// connection's addresses, protocol and port among the port's folded rules.
-pub const FOLDED_EGRESS_MARK: u32 = 0x0000_0e0f;
-pub const FOLDED_INGRESS_MARK: u32 = 0x0000_010f;
-
-/// The statement that marks a connection an allow rule (or the folded set) lets through.
-fn mark_stmt(dir: Dir, mark: u32) -> Stmt {
-    match dir {
-        Dir::Out => Stmt::SetCtMark(mark),
-        Dir::In => Stmt::OrCtMark(mark),
-    }
 }
 
 fn group_chain(group: Uuid, dir: Dir) -> String {
@@ -326,8 +289,7 @@ fn skeleton(out: &mut Ruleset) {
         let (local, remote) = if dir == Dir::In { ("daddr", "saddr") } else { ("saddr", "daddr") };
         let key =
             vec![ip_field(v6, local), ip_field(v6, remote), Field::Meta("l4proto"), Field::Payload("th", "dport")];
-        let mark = mark_stmt(dir, if dir == Dir::In { FOLDED_INGRESS_MARK } else { FOLDED_EGRESS_MARK });
-        Rule::new(vec![matches(Left::Concat(key), set_ref(&fold_set(dir, v6))), mark, Stmt::Counter, Stmt::Accept])
+        Rule::new(vec![matches(Left::Concat(key), set_ref(&fold_set(dir, v6))), Stmt::Counter, Stmt::Accept])
     };
     for v6 in V4_V6 {
         egress.push(folded(Dir::Out, v6));
@@ -521,7 +483,7 @@ fn render_group(
             continue;
         }
         let per_rule: Vec<Vec<Vec<Stmt>>> =
-            rules.iter().map(|r| V4_V6.iter().flat_map(|v6| rule_lines(id, r, dir, *v6, sets)).collect()).collect();
+            rules.iter().map(|r| V4_V6.iter().flat_map(|v6| rule_lines(r, dir, *v6, sets)).collect()).collect();
         let count = per_rule.iter().map(Vec::len).sum();
         let mut lines = GroupLines { in_place: in_place(count, users, id, dir), ..GroupLines::default() };
         for (rule, stmts) in rules.iter().zip(per_rule) {
@@ -539,11 +501,10 @@ fn render_group(
 /// One compiled rule for one family, as kernel rules. Several port ranges (or "any protocol"
 /// with ports) become several rules rather than an anonymous set: the kernel's cost of
 /// creating anonymous sets grows with the square of their number in one transaction.
-fn rule_lines(group: Uuid, rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<Stmt>> {
+fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<Stmt>> {
     if !rule.family.has(v6) {
         return Vec::new();
     }
-    let mark = mark_stmt(dir, rule_mark(group, rule.rule, dir == Dir::In));
     let remote_field = if dir == Dir::In { "saddr" } else { "daddr" };
     // Each head is the start of one kernel rule (an inlined prefix set gives one per prefix).
     let mut heads: Vec<Vec<Stmt>> = vec![Vec::new()];
@@ -619,7 +580,6 @@ fn rule_lines(group: Uuid, rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets)
         for tail in tails {
             let mut line = base.clone();
             line.extend(tail);
-            line.push(mark.clone());
             line.push(Stmt::Counter);
             line.push(Stmt::Accept);
             lines.push(line);
