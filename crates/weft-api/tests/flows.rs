@@ -265,6 +265,38 @@ async fn the_graph_groups_ports_by_label_and_says_what_decided_each_edge(pool: P
     // The project's default group isolates too (ingress from its own members only).
     assert_eq!(ping["ingress"][0]["isolated_by"], json!(["db-in", "default"]), "{ping}");
     assert_eq!(edge("app=app", "outside")["connections"], 2);
+    // A minute before: what decided is said by the names written with its rows, as they were
+    // then, though that group is gone now.
+    let before = minute - chrono::Duration::minutes(1);
+    let old_rule = weft_store::flows::MinuteRow {
+        minute: before,
+        grp: Some(Uuid::from_u128(77)),
+        rule: Some(Uuid::from_u128(78)),
+        isolated: true,
+        started: 1,
+        group_name: Some("old-db-in".into()),
+        origin: Some("NetworkPolicy a/old-db-in [1]".into()),
+        ..row("db", true, Some(("10.0.0.2", Some("app"))), 6, 5433)
+    };
+    let old_denial = weft_store::flows::MinuteRow {
+        minute: before,
+        denied: true,
+        isolated: true,
+        sampled: 1,
+        isolated_by: Some("gone-deny, old-db-in".into()),
+        ..row("db", true, Some(("10.0.0.1", Some("ui"))), 6, 80)
+    };
+    api.store.replace_flow_minute(before, "n1", &[old_rule, old_denial]).await.unwrap();
+    let r = api.call(Method::GET, "/v1/flows/graph?project=a&window=15m", None).await;
+    let edges = r.body["edges"].as_array().unwrap();
+    let on = |service: i64| edges.iter().find(|e| e["service"] == service).unwrap().clone();
+    assert_eq!(
+        (on(5433)["ingress"][0]["group_name"].as_str(), on(5433)["ingress"][0]["origin"].as_str()),
+        (Some("old-db-in"), Some("NetworkPolicy a/old-db-in [1]")),
+        "{}",
+        r.body
+    );
+    assert_eq!(on(80)["ingress"][0]["isolated_by"], json!(["gone-deny", "old-db-in"]), "{}", r.body);
     // The rule's hits: the connections it allowed, per minute.
     let r = api.call(Method::GET, "/v1/security-groups/a/db-in/hits?window=1h", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

@@ -6,7 +6,7 @@
 
 mod join;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +80,7 @@ fn add(sum: &mut MinuteRow, r: &MinuteRow) {
 
 /// A window's entries as rollup rows of its minute: each with its port's project and its
 /// remote address's port, when it is one (a port gone since is the remote's address only).
-fn rows(node: &str, w: &v1::FlowWindow, compiler: &Compiler) -> Vec<MinuteRow> {
+fn rows(node: &str, w: &v1::FlowWindow, compiler: &Compiler, names: &Names) -> Vec<MinuteRow> {
     let minute_ms = w.start_ms - w.start_ms.rem_euclid(MINUTE_MS);
     let minute = chrono::DateTime::from_timestamp_millis(minute_ms).unwrap_or_default();
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
@@ -112,15 +112,79 @@ fn rows(node: &str, w: &v1::FlowWindow, compiler: &Compiler) -> Vec<MinuteRow> {
         row.packets_received = count(a.packets_received);
         row.bytes_received = count(a.bytes_received);
         row.sampled = count(a.sampled);
+        named(compiler, names, &mut row);
         out.push(row);
     }
     for d in &w.drops {
         if let Some(mut row) = base(&d.port, d.ingress) {
             row.dropped = count(d.counted);
+            named(compiler, names, &mut row);
             out.push(row);
         }
     }
     out
+}
+
+/// What decided the records heard lately, by name as the compiler had them when the records
+/// came: a window is rolled up when it closes, up to 15 s later, when the policy that decided
+/// may be gone; its rows name what decided then.
+#[derive(Debug, Default)]
+struct Names {
+    /// By (group, rule): the group's name and the rule's origin.
+    rules: HashMap<(Uuid, Uuid), (String, Option<String>)>,
+    /// By (port, ingress): the groups that isolated it, joined by ", ".
+    isolating: HashMap<(Uuid, bool), String>,
+}
+
+/// Names kept at most, each way; past it they start again (a window rolled up then asks the
+/// compiler).
+const NAMES_KEPT: usize = 100_000;
+
+impl Names {
+    fn note(&mut self, compiler: &Compiler, record: &FlowRecord) {
+        match &record.what {
+            Observed::Connection(Connection { allowed_by: AllowedBy::Rule { group, rule }, .. }) => {
+                if let SideDecision::Allowed { rule: r } = flow_rule(compiler, *group, *rule) {
+                    if self.rules.len() >= NAMES_KEPT {
+                        self.rules.clear();
+                    }
+                    self.rules.insert((*group, *rule), (r.group_name, r.origin.map(|o| o.to_string())));
+                }
+            }
+            Observed::Denied { ingress, .. } => {
+                if self.isolating.len() >= NAMES_KEPT {
+                    self.isolating.clear();
+                }
+                self.isolating.insert((record.port, *ingress), isolating_names(compiler, record.port, *ingress));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn isolating_names(compiler: &Compiler, port: Uuid, ingress: bool) -> String {
+    match isolated_by(compiler, port, ingress) {
+        SideDecision::Denied { isolated_by } => isolated_by.into_iter().map(|g| g.name).collect::<Vec<_>>().join(", "),
+        _ => String::new(),
+    }
+}
+
+/// Writes into a rollup row what decided it, by name: as the records of it named it when they
+/// came ([`Names`]), else as the compiler has it now. A past minute then says what decided
+/// then, whatever the policy became.
+fn named(compiler: &Compiler, names: &Names, row: &mut MinuteRow) {
+    if row.denied {
+        let noted = names.isolating.get(&(row.port, row.ingress)).cloned();
+        row.isolated_by = Some(noted.unwrap_or_else(|| isolating_names(compiler, row.port, row.ingress)));
+    } else if let (Some(group), Some(rule)) = (row.grp, row.rule) {
+        if let Some((name, origin)) = names.rules.get(&(group, rule)) {
+            row.group_name = Some(name.clone());
+            row.origin = origin.clone();
+        } else if let SideDecision::Allowed { rule } = flow_rule(compiler, group, rule) {
+            row.group_name = Some(rule.group_name);
+            row.origin = rule.origin.map(|o| o.to_string());
+        }
+    }
 }
 
 /// How long the nodes' windows are kept in memory.
@@ -194,6 +258,8 @@ pub struct FlowLog {
     dirty: Mutex<std::collections::BTreeSet<(i64, String)>>,
     /// Records as flows, waiting for their other half ([`join`]) to be written.
     joiner: Mutex<join::Joiner>,
+    /// What decided the records heard lately, by name as it was then.
+    names: Mutex<Names>,
     capacity: usize,
     /// Records dropped to make room, and records refused (about another node's ports, or
     /// malformed).
@@ -215,6 +281,7 @@ impl FlowLog {
             windows_evicted: AtomicU64::new(0),
             dirty: Mutex::new(std::collections::BTreeSet::new()),
             joiner: Mutex::new(join::Joiner::default()),
+            names: Mutex::new(Names::default()),
             capacity: capacity.max(1),
             overflowed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -298,7 +365,10 @@ impl FlowLog {
             refused += (before - w.aggregates.len() - w.drops.len()) as u64;
             kept.push(w);
         }
-        let stored: Vec<Stored> = kept.into_iter().map(|w| Stored::new(rows(node, &w, compiler), w)).collect();
+        let stored: Vec<Stored> = {
+            let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            kept.into_iter().map(|w| Stored::new(rows(node, &w, compiler, &names), w)).collect()
+        };
         {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             for w in &stored {
@@ -389,6 +459,12 @@ impl FlowLog {
                     what: Observed::Connection(what),
                 }),
                 None => refused += 1,
+            }
+        }
+        {
+            let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            for record in &kept {
+                names.note(compiler, record);
             }
         }
         refused += self.keep_windows(node, report.windows, |port| ours(port).is_some(), compiler);

@@ -16,6 +16,7 @@
 //! exactly that, also after a failure halfway.
 
 pub mod cni;
+pub mod dns;
 pub mod icmp;
 pub mod manifests;
 pub mod probe;
@@ -30,7 +31,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use weft_agent::netns;
 
-pub use manifests::{Pod, read_manifests};
+pub use manifests::{ListenPort, Pod, read_manifests};
 pub use probe::{Matrix, Protocol};
 
 #[derive(Debug, thiserror::Error)]
@@ -240,22 +241,25 @@ impl Lab {
             });
             self.save()?;
         }
-        // Listeners: each pod on its declared ports; the outside on every port a pod declares.
-        let listeners: Vec<(String, Vec<String>)> = self
+        // Listeners: each pod on its declared ports (a pod declaring UDP 53 is the lab's DNS,
+        // as kube-dns is a cluster's); the outside on every port a pod declares.
+        let dns = ListenPort { protocol: Protocol::Udp, port: 53 };
+        let listeners: Vec<(String, Vec<String>, bool)> = self
             .state
             .pods
             .iter()
-            .map(|p| (p.netns.clone(), p.pod.ports.iter().map(|x| x.to_string()).collect()))
+            .map(|p| (p.netns.clone(), p.pod.ports.iter().map(|x| x.to_string()).collect(), p.pod.ports.contains(&dns)))
             .collect();
-        for (i, (netns, listen)) in listeners.into_iter().enumerate() {
-            let pid = serve::spawn(binary, &netns, &listen, &self.dir.join(format!("serve-{netns}.log")))?;
+        for (i, (netns, listen, answers_dns)) in listeners.into_iter().enumerate() {
+            let log = self.dir.join(format!("serve-{netns}.log"));
+            let pid = serve::spawn(binary, &netns, &listen, answers_dns.then_some(self.dir.as_path()), &log)?;
             self.state.pods[i].server_pid = Some(pid);
             self.save()?;
         }
         let mut all: Vec<String> = spec.pods.iter().flat_map(|p| p.ports.iter().map(|x| x.to_string())).collect();
         all.sort();
         all.dedup();
-        let pid = serve::spawn(binary, &outside, &all, &self.dir.join("serve-outside.log"))?;
+        let pid = serve::spawn(binary, &outside, &all, None, &self.dir.join("serve-outside.log"))?;
         self.state.outside_server_pid = Some(pid);
         self.save()?;
         Ok(())

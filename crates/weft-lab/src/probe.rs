@@ -140,13 +140,14 @@ fn attempt(target: IpAddr, protocol: Protocol, port: Option<u16>, timeout: Durat
 }
 
 impl Lab {
-    /// Every endpoint of the lab (pods by `project/name`, then `outside`) with the namespace
-    /// it lives in and the address it is probed at.
-    pub fn endpoints(&self, ipv6: bool) -> Vec<(String, String, Option<IpAddr>)> {
+    /// Every endpoint of the lab (pods by `project/name`, those of `project` only when given,
+    /// then `outside`) with the namespace it lives in and the address it is probed at.
+    pub fn endpoints(&self, ipv6: bool, project: Option<&str>) -> Vec<(String, String, Option<IpAddr>)> {
         let mut out: Vec<(String, String, Option<IpAddr>)> = self
             .state
             .pods
             .iter()
+            .filter(|p| project.is_none_or(|name| p.pod.project == name))
             .map(|p| (p.pod.endpoint(), p.netns.clone(), p.pod.addresses.iter().copied().find(|a| a.is_ipv6() == ipv6)))
             .collect();
         out.sort();
@@ -156,12 +157,20 @@ impl Lab {
         out
     }
 
-    /// Probes every pair at once (one `binary lab probe-from` per source namespace).
-    pub fn probe(&self, binary: &Path, protocol: Protocol, port: Option<u16>, ipv6: bool) -> Result<Matrix> {
+    /// Probes every pair at once (one `binary lab probe-from` per source namespace): of the
+    /// pods of `project` and `outside` when a project is given.
+    pub fn probe(
+        &self,
+        binary: &Path,
+        protocol: Protocol,
+        port: Option<u16>,
+        ipv6: bool,
+        project: Option<&str>,
+    ) -> Result<Matrix> {
         if protocol != Protocol::Icmp && port.is_none() {
             return Err(LabError::Invalid(format!("a {protocol} probe needs a port")));
         }
-        let endpoints = self.endpoints(ipv6);
+        let endpoints = self.endpoints(ipv6, project);
         let targets: Vec<(String, IpAddr)> =
             endpoints.iter().filter_map(|(name, _, a)| a.map(|a| (name.clone(), a))).collect();
         let mut children = Vec::new();

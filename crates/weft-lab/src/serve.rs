@@ -1,6 +1,7 @@
 //! The listeners inside pods: every declared TCP port greets and echoes, every UDP port
-//! echoes. Run as `weft lab serve` inside the pod's namespace; SCTP is skipped where the
-//! kernel has no SCTP (these machines cannot load the module).
+//! echoes, but UDP 53 answers DNS for the lab's pods when given the lab ([`crate::dns`]). Run
+//! as `weft lab serve` inside the pod's namespace; SCTP is skipped where the kernel has no
+//! SCTP (these machines cannot load the module).
 
 use std::io::Write;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
@@ -15,8 +16,9 @@ use crate::{LabError, Protocol, Result};
 
 const READY: &str = "weft lab serve: listening";
 
-/// Listens on `ports` until killed. Binds `[::]` (both families).
-pub fn run(ports: &[ListenPort]) -> Result<()> {
+/// Listens on `ports` until killed. Binds `[::]` (both families). With `dns`, the directory
+/// of a lab, UDP port 53 answers DNS questions for its pods.
+pub fn run(ports: &[ListenPort], dns: Option<&Path>) -> Result<()> {
     let any = |port| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
     let mut threads = Vec::new();
     for p in ports {
@@ -38,6 +40,11 @@ pub fn run(ports: &[ListenPort]) -> Result<()> {
                         });
                     }
                 }));
+            }
+            Protocol::Udp if p.port == 53 && dns.is_some() => {
+                let socket = UdpSocket::bind(any(p.port))?;
+                let lab = dns.map(Path::to_path_buf).unwrap_or_default();
+                threads.push(std::thread::spawn(move || crate::dns::serve(&socket, &lab)));
             }
             Protocol::Udp => {
                 let socket = UdpSocket::bind(any(p.port))?;
@@ -62,14 +69,18 @@ pub fn run(ports: &[ListenPort]) -> Result<()> {
     }
 }
 
-/// Starts `binary lab serve` inside `netns`, its output in `log`; returns its pid.
-pub fn spawn(binary: &Path, netns: &str, listen: &[String], log: &Path) -> Result<u32> {
+/// Starts `binary lab serve` inside `netns`, its output in `log`, answering DNS for the lab
+/// in `dns`; returns its pid.
+pub fn spawn(binary: &Path, netns: &str, listen: &[String], dns: Option<&Path>, log: &Path) -> Result<u32> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(binary);
     cmd.args(["lab", "serve"]);
     for l in listen {
         cmd.args(["--listen", l]);
+    }
+    if let Some(lab) = dns {
+        cmd.arg("--dns").arg(lab);
     }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0).stdin(Stdio::null()).stdout(out).stderr(err);
     let child = netns::spawn(Some(netns), &mut cmd)

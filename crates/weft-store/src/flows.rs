@@ -137,6 +137,11 @@ pub struct MinuteRow {
     pub bytes_received: i64,
     pub sampled: i64,
     pub dropped: i64,
+    /// What decided, by name when the window was rolled up: the allowing rule's group and
+    /// origin, or a denied row's isolating groups (joined by ", ").
+    pub group_name: Option<String>,
+    pub origin: Option<String>,
+    pub isolated_by: Option<String>,
 }
 
 impl MinuteRow {
@@ -165,6 +170,9 @@ impl MinuteRow {
             bytes_received: 0,
             sampled: 0,
             dropped: 0,
+            group_name: None,
+            origin: None,
+            isolated_by: None,
         }
     }
 }
@@ -183,16 +191,17 @@ impl Store {
             sqlx::query(
                 "INSERT INTO flow_minutes (minute, node, port, project, ingress, remote, remote_port, \
                  remote_project, protocol, service, denied, grp, rule, isolated, started, ended, packets_sent, \
-                 bytes_sent, packets_received, bytes_received, sampled, dropped) \
+                 bytes_sent, packets_received, bytes_received, sampled, dropped, group_name, origin, isolated_by) \
                  SELECT $1, $2, port, project, ingress, remote::inet, remote_port, remote_project, protocol, service, \
                  denied, grp, rule, isolated, started, ended, packets_sent, bytes_sent, packets_received, \
-                 bytes_received, sampled, dropped \
+                 bytes_received, sampled, dropped, group_name, origin, isolated_by \
                  FROM UNNEST($3::uuid[], $4::text[], $5::bool[], $6::text[], $7::uuid[], $8::text[], $9::int[], \
                  $10::int[], $11::bool[], $12::uuid[], $13::uuid[], $14::bool[], $15::bigint[], $16::bigint[], \
-                 $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[]) \
+                 $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], \
+                 $23::text[], $24::text[], $25::text[]) \
                  AS t(port, project, ingress, remote, remote_port, remote_project, protocol, service, denied, grp, \
                  rule, isolated, started, ended, packets_sent, bytes_sent, packets_received, bytes_received, \
-                 sampled, dropped)",
+                 sampled, dropped, group_name, origin, isolated_by)",
             )
             .bind(minute)
             .bind(node)
@@ -216,6 +225,9 @@ impl Store {
             .bind(col(|r| r.bytes_received))
             .bind(col(|r| r.sampled))
             .bind(col(|r| r.dropped))
+            .bind(rows.iter().map(|r| r.group_name.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.origin.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.isolated_by.clone()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         }
@@ -235,7 +247,7 @@ impl Store {
         let rows = sqlx::query_as(
             "SELECT minute, node, port, project, ingress, host(remote) AS remote, remote_port, remote_project, \
              protocol, service, denied, grp, rule, isolated, started, ended, packets_sent, bytes_sent, \
-             packets_received, bytes_received, sampled, dropped FROM flow_minutes \
+             packets_received, bytes_received, sampled, dropped, group_name, origin, isolated_by FROM flow_minutes \
              WHERE minute >= $1 AND minute < $2 \
              AND ($3::text IS NULL OR project = $3 OR remote_project = $3) \
              AND ($4::uuid IS NULL OR grp = $4) \

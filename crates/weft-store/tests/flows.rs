@@ -31,6 +31,9 @@ fn row(minute: chrono::DateTime<chrono::Utc>, project: &str, started: i64) -> Mi
         bytes_received: 4,
         sampled: 0,
         dropped: 0,
+        group_name: Some("db-in".into()),
+        origin: Some("NetworkPolicy shop/db-in [0]".into()),
+        isolated_by: None,
     }
 }
 
@@ -40,13 +43,24 @@ async fn a_nodes_minute_is_replaced_whole_and_read_by_project_and_group(pool: Pg
     let minute = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
     let next = minute + chrono::Duration::minutes(1);
     store.replace_flow_minute(minute, "n1", &[row(minute, "shop", 2)]).await.unwrap();
-    store.replace_flow_minute(minute, "n1", &[row(minute, "shop", 5)]).await.unwrap();
+    // What decided, by name, comes back as written: a denied row's isolating groups too.
+    let denied = MinuteRow {
+        denied: true,
+        grp: None,
+        rule: None,
+        group_name: None,
+        origin: None,
+        isolated_by: Some("db-in, default-deny".into()),
+        port: uuid::Uuid::from_u128(5),
+        ..row(minute, "shop", 0)
+    };
+    store.replace_flow_minute(minute, "n1", &[row(minute, "shop", 5), denied.clone()]).await.unwrap();
     let rows = store.flow_minutes(Some("shop"), None, minute, next).await.unwrap();
-    assert_eq!(rows, vec![row(minute, "shop", 5)], "replaced, not added");
-    assert_eq!(store.flow_minutes(Some("other"), None, minute, next).await.unwrap().len(), 1, "the remote's project");
+    assert_eq!(rows, vec![row(minute, "shop", 5), denied], "replaced, not added");
+    assert_eq!(store.flow_minutes(Some("other"), None, minute, next).await.unwrap().len(), 2, "the remote's project");
     assert!(store.flow_minutes(Some("third"), None, minute, next).await.unwrap().is_empty());
     let group = Some(uuid::Uuid::from_u128(3));
     assert_eq!(store.flow_minutes(None, group, minute, next).await.unwrap().len(), 1);
     assert!(store.flow_minutes(None, None, next, next + chrono::Duration::minutes(1)).await.unwrap().is_empty());
-    assert_eq!(store.prune_flow_minutes(next).await.unwrap(), 1);
+    assert_eq!(store.prune_flow_minutes(next).await.unwrap(), 2);
 }

@@ -1,10 +1,12 @@
 //! `weft demo yelb`: the seed's walk-through (shared/seed/use-case-4-network-policies.txt) made
 //! true on this machine, with real packets. A server (on a private PostgreSQL, or a scratch
 //! database of DATABASE_URL's server), kube-manager watching a directory of the demo's own
-//! (the pods' ports on the cluster's pod network), and a two-node lab of the yelb pods with
-//! one nftables agent per node, each pod wired through the CNI plugin. The policies go into that
-//! directory (`kubectl create -f yelb-policy.yaml`) and come out again, and every expectation of
-//! the seed is checked by probing. Everything the demo makes is removed at the end, also after
+//! (the pods' ports on the cluster's pod network), and a two-node lab of the yelb pods and a
+//! kube-system DNS with one nftables agent per node, each pod wired through the CNI plugin. The
+//! policies go into that directory (`kubectl create -f yelb-policy.yaml`) and come out again,
+//! and every expectation of the seed is checked by probing; with the policies in force the
+//! app's tiers talk as yelb does, and what the policy decided (the seed's step 8) is read back
+//! from the flow records. Everything the demo makes is removed at the end, also after
 //! a failure or Ctrl-C, unless `--keep` (then `weft demo down DIR`).
 
 use std::net::IpAddr;
@@ -24,6 +26,8 @@ use crate::client_cmds;
 use crate::policy_cmds::trace_lines;
 
 const APP: &str = include_str!("../../../examples/yelb/app.yaml");
+/// The cluster's DNS, in kube-system: what yelb-appserver resolves its peers through.
+const KUBE_DNS: &str = include_str!("../../../examples/yelb/kube-dns.yaml");
 const POLICY: &str = include_str!("../../../examples/yelb/yelb-policy.yaml");
 const PROJECT: &str = "k8s-default";
 /// The cluster's pod network: yelb's manifests ask for addresses in it.
@@ -242,6 +246,12 @@ async fn yelb(keep: bool) -> anyhow::Result<()> {
         println!(
             "  weft lab probe --port 80; weft reach --port 5432; weft lab exec yelb-ui -- weft lab ping --count 1 10.47.1.21"
         );
+        println!("  weft flows --project {PROJECT} -f      # what the policy decides, as it happens");
+        println!(
+            "  the traffic-groups page: {}/ui/traffic-groups?project={PROJECT}&group=app (sign in with the token in {})",
+            stack.record.url,
+            dir.join("data").join("admin.token").display()
+        );
         println!("  manifests kube-manager follows: {}", dir.join("manifests").display());
         println!("To tear it down: weft demo down {}", dir.display());
     }
@@ -310,6 +320,7 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     std::fs::write(manifests.join("app.yaml"), APP)?;
+    std::fs::write(manifests.join("kube-dns.yaml"), KUBE_DNS)?;
     let kube_manager = Command::new(&binary)
         .args(["kube-manager", "--pod-network-cidr", POD_NETWORK, "--manifests"])
         .arg(&manifests)
@@ -325,13 +336,14 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     stack.record.kube_manager_pid = Some(kube_manager.id());
     stack.kube_manager = Some(kube_manager);
     n.say(&format!(
-        "kube-manager following {} (app.yaml: the namespace and the four pods), the pod network {POD_NETWORK}",
+        "kube-manager following {} (app.yaml: the namespace and the four pods; kube-dns.yaml: kube-system's DNS), the pod network {POD_NETWORK}",
         manifests.display()
     ));
 
     let app = dir.join("app");
     std::fs::create_dir_all(&app)?;
     std::fs::write(app.join("app.yaml"), APP)?;
+    std::fs::write(app.join("kube-dns.yaml"), KUBE_DNS)?;
     let wiring = crate::lab_cmds::Wiring { plugin: None, wait: STEP };
     let lab = crate::lab_cmds::create(&app, &stack.record.lab_name, &dir.join("lab"), "k8s-", &wiring, &c).await?;
     n.say(&format!(
@@ -341,8 +353,8 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
         lab.state.pods.iter().map(|p| p.pod.name.as_str()).collect::<Vec<_>>().join(", ")
     ));
     stack.lab = Some(lab);
-    let revision = until(&c, "kube-manager wrote the four pods", |ports: &[Port], _: &[SecurityGroup]| {
-        ports.iter().filter(|p| p.project == PROJECT).count() == 4
+    let revision = until(&c, "kube-manager wrote the four pods and kube-dns", |ports: &[Port], _: &[SecurityGroup]| {
+        ports.iter().filter(|p| p.project == PROJECT).count() == 4 && ports.iter().any(|p| p.name == "kube-dns")
     })
     .await?;
     client_cmds::realized(&c, revision, STEP).await?;
@@ -426,7 +438,9 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     let cache = observe(n, &c, lab, Protocol::Tcp, Some(6379)).await?;
     n.expect("yelb-appserver reaches redis-server on TCP 6379", cache.allows(&app, &redis));
 
-    n.step("5. kubectl delete -f yelb-policy.yaml: back to the baseline");
+    flows(n, &c, lab, &url, &data).await?;
+
+    n.step("6. kubectl delete -f yelb-policy.yaml: back to the baseline");
     std::fs::remove_file(manifests.join("yelb-policy.yaml"))?;
     n.command(&format!("rm {}/yelb-policy.yaml", manifests.display()));
     let revision = until(&c, "kube-manager removed the policies", |_: &[Port], groups: &[SecurityGroup]| {
@@ -445,6 +459,179 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
 
 fn pod(name: &str) -> String {
     format!("{PROJECT}/{name}")
+}
+
+/// Seed step 8: the app's tiers talk as yelb does, and what the policy decided of it (the
+/// denied ping of step 4 too) is read back from `weft flows` and named on the traffic-groups
+/// page.
+async fn flows(
+    n: &mut Narrator,
+    c: &weft_client::Client,
+    lab: &Lab,
+    url: &str,
+    data: &std::path::Path,
+) -> anyhow::Result<()> {
+    n.step("5. What the policy decided (seed step 8): weft flows and the traffic-groups page");
+    let began = chrono::Utc::now();
+    let said = tokio::task::block_in_place(|| app_traffic(lab));
+    let talked = said.iter().all(|(_, ok)| *ok);
+    for (line, _) in &said {
+        n.say(line);
+    }
+    n.expect(
+        "the tiers talk as the app does: outside -> yelb-ui:80, yelb-ui -> yelb-appserver:4567, yelb-appserver resolves yelb-db and redis-server and reaches them on 5432 and 6379",
+        talked,
+    );
+    // The records reach the flow log within a few seconds (the controller holds each a moment
+    // to join its two sides); what the seed says must be among them.
+    let query = [("project", PROJECT.to_string()), ("since", "15m".to_string()), ("limit", "5000".to_string())];
+    let deadline = Instant::now() + STEP;
+    let (mut ping, mut named, mut sql) = (None, false, None);
+    while Instant::now() < deadline {
+        let seen = c.flows(&query).await?;
+        ping = seen.iter().find(|f| denied_ping(f)).cloned();
+        named = ["yelb-db", "redis-server"].iter().all(|peer| {
+            let name = weft_lab::dns::service_name(peer, "default");
+            seen.iter().any(|f| {
+                f.src.name.as_deref() == Some("yelb-appserver") && f.dns.as_ref().is_some_and(|q| q.name == name)
+            })
+        });
+        sql = seen.iter().find(|f| allowed_sql(f)).cloned();
+        if ping.is_some() && named && sql.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let shown = |n: &Narrator, query: &[(&str, String)], flows: &[weft_model::flow::Flow]| {
+        let args: Vec<String> = query.iter().map(|(k, v)| format!("--{k} {v}")).collect();
+        n.command(&format!("weft flows {}", args.join(" ")).replace("--limit", "--last"));
+        for f in flows {
+            n.say(&crate::output::flow_line(f));
+        }
+    };
+    let pings = [
+        ("project", PROJECT.to_string()),
+        ("from", "app=yelb-ui".to_string()),
+        ("to", "app=yelb-db".to_string()),
+        ("protocol", "icmp".to_string()),
+        ("verdict", "denied".to_string()),
+        ("limit", "3".to_string()),
+    ];
+    shown(n, &pings, &c.flows(&pings).await?);
+    n.expect(
+        "the denied ping from yelb-ui to yelb-db is recorded, yelb-db isolated by default-deny and yelb-db-in",
+        ping.is_some(),
+    );
+    let since = began.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // What the app did since it began to talk (the probes before left denials of their own).
+    let app = [
+        ("project", PROJECT.to_string()),
+        ("since", since),
+        ("verdict", "allowed".to_string()),
+        ("limit", "40".to_string()),
+    ];
+    shown(n, &app, &c.flows(&app).await?);
+    n.expect("yelb-appserver's DNS queries are recorded with their names (yelb-db, redis-server)", named);
+    n.expect(
+        "yelb-appserver -> yelb-db:5432 is recorded as allowed by yelb-db-in's rule (NetworkPolicy yelb-db-in, ingress[0])",
+        sql.is_some(),
+    );
+    n.say(&format!("the traffic-groups page: {url}/ui/traffic-groups?project={PROJECT}&group=app"));
+    n.say(&format!("(sign in with the admin token in {})", data.join("admin.token").display()));
+    Ok(())
+}
+
+/// A denied ping from yelb-ui to yelb-db, its ingress naming both groups that isolate yelb-db.
+fn denied_ping(f: &weft_model::flow::Flow) -> bool {
+    use weft_model::flow::{SideDecision, Verdict};
+    let isolated_by = match &f.ingress {
+        Some(SideDecision::Denied { isolated_by }) => isolated_by.iter().map(|g| g.name.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    f.verdict == Verdict::Denied
+        && f.protocol == 1
+        && f.src.name.as_deref() == Some("yelb-ui")
+        && f.dst.name.as_deref() == Some("yelb-db")
+        && isolated_by.contains(&"default-deny")
+        && isolated_by.contains(&"yelb-db-in")
+}
+
+/// yelb-appserver's connection to yelb-db on 5432, allowed on yelb-db's side by the rule of
+/// yelb-db-in that came from the NetworkPolicy's first ingress entry.
+fn allowed_sql(f: &weft_model::flow::Flow) -> bool {
+    use weft_model::flow::{SideDecision, Verdict};
+    let by_rule = match &f.ingress {
+        Some(SideDecision::Allowed { rule }) => {
+            rule.group_name == "yelb-db-in"
+                && rule
+                    .origin
+                    .as_ref()
+                    .is_some_and(|o| o.kind == "NetworkPolicy" && o.name == "yelb-db-in" && o.index == Some(0))
+        }
+        _ => false,
+    };
+    f.verdict == Verdict::Allowed
+        && f.src.name.as_deref() == Some("yelb-appserver")
+        && f.dst.name.as_deref() == Some("yelb-db")
+        && f.dst_port == Some(5432)
+        && by_rule
+}
+
+/// What yelb's tiers do, with real connections from inside the pods: a browser outside loads
+/// the page from yelb-ui, yelb-ui asks yelb-appserver's API, and yelb-appserver resolves its
+/// peers through kube-dns (as its resolv.conf would have it) and reaches its database and its
+/// cache. Each exchange, and whether it went through.
+fn app_traffic(lab: &Lab) -> Vec<(String, bool)> {
+    let outside = lab.state.outside.clone().unwrap_or_default();
+    let netns = |pod: &str| lab.pod(pod).map(|p| p.netns.clone()).unwrap_or_default();
+    let address = |pod: &str| address_of(lab, pod).map_err(|e| std::io::Error::other(e.to_string()));
+    let appserver = netns("yelb-appserver");
+    let mut said = vec![
+        talk(("outside", &outside), "yelb-ui", address("yelb-ui"), 80),
+        talk(("yelb-ui", &netns("yelb-ui")), "yelb-appserver", address("yelb-appserver"), 4567),
+    ];
+    for (peer, port) in [("yelb-db", 5432), ("redis-server", 6379)] {
+        let name = weft_lab::dns::service_name(peer, "default");
+        let resolved = address("kube-dns").and_then(|dns| {
+            weft_agent::netns::run_in(Some(&appserver), || weft_lab::dns::resolve(dns, &name, Duration::from_secs(2)))
+        });
+        let resolved = match resolved.map(|found| found.first().copied()) {
+            Ok(Some(a)) => {
+                said.push((format!("yelb-appserver resolves {name}: {a} (kube-dns)"), true));
+                Ok(a)
+            }
+            Ok(None) => Err(std::io::Error::other(format!("{name}: no address"))),
+            Err(e) => Err(e),
+        };
+        said.push(talk(("yelb-appserver", &appserver), peer, resolved, port));
+    }
+    said
+}
+
+/// A connection from a pod (its name and namespace) to another's port, and what came of it.
+fn talk(from: (&str, &str), to: &str, address: std::io::Result<IpAddr>, port: u16) -> (String, bool) {
+    let outcome =
+        address.and_then(|a| weft_agent::netns::run_in(Some(from.1), || exchange(std::net::SocketAddr::new(a, port))));
+    match outcome {
+        Ok(()) => (format!("{} -> {to}:{port}: connected, asked, answered", from.0), true),
+        Err(e) => (format!("{} -> {to}:{port}: {e}", from.0), false),
+    }
+}
+
+/// One exchange with a lab listener: its greeting, then a line echoed back.
+fn exchange(to: std::net::SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut greeting = [0u8; 9];
+    stream.read_exact(&mut greeting)?;
+    stream.write_all(b"GET /\n")?;
+    let mut echo = [0u8; 6];
+    stream.read_exact(&mut echo)?;
+    if &echo != b"GET /\n" {
+        return Err(std::io::Error::other("the answer was not the echo"));
+    }
+    stream.shutdown(std::net::Shutdown::Both)
 }
 
 fn address_of(lab: &Lab, pod: &str) -> anyhow::Result<IpAddr> {
@@ -485,8 +672,8 @@ fn ping(lab: &Lab, from: &str, to: IpAddr) -> anyhow::Result<u64> {
     Ok(answered)
 }
 
-/// Probes every pair with real packets, prints the matrix, and checks it against what the
-/// compiler says (`weft reach`).
+/// Probes every pair of the app's project (and `outside`) with real packets, prints the
+/// matrix, and checks it against what the compiler says (`weft reach`).
 async fn observe(
     n: &mut Narrator,
     c: &weft_client::Client,
@@ -496,12 +683,16 @@ async fn observe(
 ) -> anyhow::Result<Matrix> {
     let binary = binary()?;
     n.command(&match port {
-        Some(p) => format!("weft lab probe --protocol {protocol} --port {p}"),
-        None => format!("weft lab probe --protocol {protocol}"),
+        Some(p) => format!("weft lab probe --project {PROJECT} --protocol {protocol} --port {p}"),
+        None => format!("weft lab probe --project {PROJECT} --protocol {protocol}"),
     });
-    let measured = tokio::task::block_in_place(|| lab.probe(&binary, protocol, port, false))?;
+    let measured = tokio::task::block_in_place(|| lab.probe(&binary, protocol, port, false, Some(PROJECT)))?;
     n.matrix(&measured);
-    let mut query = vec![("protocol", protocol.to_string()), ("outside", Lab::outside_address(false).to_string())];
+    let mut query = vec![
+        ("protocol", protocol.to_string()),
+        ("outside", Lab::outside_address(false).to_string()),
+        ("project", PROJECT.to_string()),
+    ];
     query.extend(port.map(|p| ("port", p.to_string())));
     query.push(("revision", c.info().await?.revision.to_string()));
     let predicted: Matrix = serde_json::from_value(c.reach(&query).await?)?;

@@ -49,6 +49,9 @@ pub enum LabCommand {
         /// Probe IPv6 addresses instead of IPv4.
         #[arg(long)]
         ipv6: bool,
+        /// Only the pods of this project (and `outside`).
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Run a command inside a pod (or `outside`): weft lab exec yelb-ui -- weft lab ping 10.47.1.21
     Exec {
@@ -71,6 +74,9 @@ pub enum LabCommand {
     Serve {
         #[arg(long)]
         listen: Vec<ListenPort>,
+        /// Answer DNS on UDP 53 for the pods of the lab in this directory.
+        #[arg(long)]
+        dns: Option<PathBuf>,
     },
     /// Send ICMP echo requests and report each (`reply from A: seq=N time=T ms`, `no answer
     /// from A: seq=N`); weft's own, no ping program: weft lab exec yelb-ui -- weft lab ping 10.47.1.21
@@ -158,7 +164,7 @@ fn binary() -> anyhow::Result<PathBuf> {
 
 pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> anyhow::Result<()> {
     match command {
-        LabCommand::Serve { listen } => Ok(weft_lab::serve::run(&listen)?),
+        LabCommand::Serve { listen, dns } => Ok(weft_lab::serve::run(&listen, dns.as_deref())?),
         LabCommand::ProbeFrom { protocol, port, timeout_ms, targets } => {
             let results = weft_lab::probe::attempts(&targets, protocol, port, Duration::from_millis(timeout_ms));
             println!("{}", serde_json::to_string(&results)?);
@@ -190,10 +196,12 @@ pub async fn run(command: LabCommand, client: &ClientArgs, data_dir: &Path) -> a
             eprintln!("lab {} removed", lab.name);
             Ok(())
         }
-        LabCommand::Probe { lab, protocol, port, ipv6 } => {
+        LabCommand::Probe { lab, protocol, port, ipv6, project } => {
             let opened = Lab::open(&lab.dir())?;
             let binary = binary()?;
-            let mut matrix = tokio::task::spawn_blocking(move || opened.probe(&binary, protocol, port, ipv6)).await??;
+            let mut matrix =
+                tokio::task::spawn_blocking(move || opened.probe(&binary, protocol, port, ipv6, project.as_deref()))
+                    .await??;
             if let Ok(c) = crate::common::client(client, data_dir)
                 && let Ok(info) = c.info().await
             {

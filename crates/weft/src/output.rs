@@ -305,7 +305,7 @@ pub fn show_flow(out: Output, flow: &weft_model::flow::Flow) -> anyhow::Result<(
     Ok(())
 }
 
-fn flow_line(f: &weft_model::flow::Flow) -> String {
+pub fn flow_line(f: &weft_model::flow::Flow) -> String {
     use weft_model::flow::{FlowKind, SideDecision, Verdict};
     let time = chrono::DateTime::from_timestamp_millis(f.at_ms)
         .map(|t| t.with_timezone(&chrono::Local).format("%b %e %H:%M:%S%.3f").to_string())

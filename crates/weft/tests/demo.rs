@@ -47,6 +47,15 @@ impl Drop for PathWithout {
     }
 }
 
+/// A stack `weft demo yelb --keep` left running, taken down when dropped (passed or failed).
+struct KeptDemo(std::path::PathBuf);
+
+impl Drop for KeptDemo {
+    fn drop(&mut self) {
+        let _ = Command::new(WEFT).args(["demo", "down"]).arg(&self.0).status();
+    }
+}
+
 #[ignore = "needs root (network namespaces, nftables): scripts/test.sh runs it when run as root"]
 #[test]
 fn the_yelb_walk_through_meets_every_expectation_of_the_seed() {
@@ -57,14 +66,19 @@ fn the_yelb_walk_through_meets_every_expectation_of_the_seed() {
     let path = PathWithout::new(&["ping", "ping4", "ping6", "nft", "conntrack"]);
     let started = Instant::now();
     // DATABASE_URL (as tests have it): the demo works in a scratch database of that server.
+    // --keep, so that its traffic-groups page can be looked at afterwards.
     let out = Command::new(WEFT)
-        .args(["demo", "yelb"])
+        .args(["demo", "yelb", "--keep"])
         .env("DATABASE_URL", weft_testkit::server_url())
         .env("PATH", &path.dir)
         .output()
         .unwrap();
     let took = started.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
+    let kept = text
+        .lines()
+        .find_map(|l| l.strip_prefix("To tear it down: weft demo down "))
+        .map(|dir| KeptDemo(dir.trim().into()));
     assert!(out.status.success(), "weft demo yelb failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
     for expectation in [
         "✓ ping from yelb-ui to yelb-db gets answers",
@@ -78,10 +92,17 @@ fn the_yelb_walk_through_meets_every_expectation_of_the_seed() {
         "✓ yelb-appserver reaches yelb-db on TCP 5432",
         "✓ yelb-ui does not reach yelb-db on TCP 5432",
         "✓ yelb-appserver reaches redis-server on TCP 6379",
+        "✓ the tiers talk as the app does",
+        "✓ the denied ping from yelb-ui to yelb-db is recorded, yelb-db isolated by default-deny and yelb-db-in",
+        "✓ yelb-appserver's DNS queries are recorded with their names (yelb-db, redis-server)",
+        "✓ yelb-appserver -> yelb-db:5432 is recorded as allowed by yelb-db-in's rule",
         "✓ ping from yelb-ui to yelb-db gets answers again",
         "✓ the compiler (weft reach) predicts exactly these pairs",
         "$ weft trace k8s-default/yelb-ui k8s-default/yelb-db --port 5432/tcp",
         "$ weft lab exec yelb-ui -- weft lab ping --count 3 10.47.1.21",
+        "$ weft flows --project k8s-default",
+        "query yelb-db.default.svc.cluster.local type 1",
+        "/ui/traffic-groups?project=k8s-default",
     ] {
         assert!(text.contains(expectation), "missing {expectation:?} in:\n{text}");
     }
@@ -90,7 +111,52 @@ fn the_yelb_walk_through_meets_every_expectation_of_the_seed() {
     let (met, total) = summary.split_once(" of ").unwrap();
     assert_eq!(met.trim_start_matches("yelb walk-through: "), total.split_whitespace().next().unwrap(), "{summary}");
     eprintln!("{summary} (the test measured {took:?})");
-    assert_eq!(demo_namespaces(), before, "the demo removed the namespaces it made");
+    let kept = kept.expect("--keep says how to tear the stack down");
+    tokio::runtime::Runtime::new().unwrap().block_on(the_demo_page(&kept.0));
+    drop(kept);
+    assert_eq!(demo_namespaces(), before, "weft demo down removed the namespaces the demo made");
+}
+
+/// The traffic-groups page of the demo's project, in a real headless chromium: what the
+/// walk-through did is there, the ping yelb-ui sent yelb-db denied (by the groups that
+/// isolate yelb-db) and yelb-appserver's connections to yelb-db allowed by yelb-db-in's rule.
+/// Both edges also carry what the walk-through did without the policy (before it, and after
+/// it was deleted): the ping edge is `both`.
+async fn the_demo_page(dir: &std::path::Path) {
+    use fantoccini::Locator;
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("demo.json")).unwrap()).unwrap();
+    let url = record["url"].as_str().unwrap();
+    let token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap();
+    let profile = dir.join("chromium");
+    let (_driver, c) = common::browser::start(&profile).await;
+    let page = format!("{url}/ui/traffic-groups?project=k8s-default&group=app");
+    c.goto(&page).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().ends_with("/ui/sign-in"), "sent to sign in");
+    common::browser::sign_in(&c, token.trim()).await;
+    c.goto(&page).await.unwrap();
+    // The rollups come a window (15 s) and a write (5 s) after the traffic; the page
+    // refreshes itself every 5 s.
+    let label = |edge: &str| format!(r#"text.edge-label[data-edge="{edge}"]"#);
+    let (ping, sql) = ("app=yelb-ui->app=yelb-db", "app=yelb-appserver->app=yelb-db");
+    let found = c.wait().at_most(std::time::Duration::from_secs(60)).for_element(Locator::Css(&label(sql))).await;
+    common::browser::keep_screenshot(&c, "traffic-groups-demo.png").await;
+    found.unwrap().click().await.unwrap();
+    let service = r#"[data-testid="service"][data-service="TCP/5432"]"#;
+    let box_ = c.wait().for_element(Locator::Css(service)).await.unwrap();
+    assert_eq!(box_.attr("data-verdict").await.unwrap().as_deref(), Some("allowed"));
+    let ingress = c.find(Locator::Css(&format!(r#"{service} [data-testid="ingress"]"#))).await.unwrap();
+    let said = ingress.text().await.unwrap();
+    assert!(said.contains("NetworkPolicy default/yelb-db-in [0]"), "{said}");
+    common::browser::keep_screenshot(&c, "traffic-groups-demo-db.png").await;
+    c.find(Locator::Css(&label(ping))).await.unwrap().click().await.unwrap();
+    let service = r#"[data-testid="service"][data-service="ICMP echo"]"#;
+    let box_ = c.wait().for_element(Locator::Css(service)).await.unwrap();
+    let verdict = box_.attr("data-verdict").await.unwrap();
+    assert!(matches!(verdict.as_deref(), Some("denied" | "both")), "{verdict:?}");
+    let ingress = c.find(Locator::Css(&format!(r#"{service} [data-testid="ingress"]"#))).await.unwrap();
+    let said = ingress.text().await.unwrap();
+    assert!(said.contains("isolated by") && said.contains("default-deny") && said.contains("yelb-db-in"), "{said}");
+    c.close().await.unwrap();
 }
 
 /// Ctrl-C in the middle of the walk-through: the demo stops, and takes down everything it made

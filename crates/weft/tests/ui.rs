@@ -8,59 +8,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::Server;
-use fantoccini::{ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde_json::json;
-
-/// chromedriver on a port of its own, and the chromium it starts with a profile of its own:
-/// both stopped with the test, passed or failed (chromium outlives its driver otherwise).
-struct Driver(Child, u16, std::path::PathBuf);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let profile = format!("--user-data-dir={}", self.2.display());
-        let _ = Command::new("pkill").args(["-KILL", "-f", &profile]).status();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn browser(profile: &std::path::Path) -> (Driver, fantoccini::Client) {
-    let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (Debian's chromium-driver: scripts/setup.sh test installs it)");
-    let driver = Driver(child, port, profile.to_path_buf());
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({"binary": "/usr/bin/chromium", "args": [
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1500,950",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            format!("--user-data-dir={}", profile.display()),
-        ]}),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let client = weft_testkit::eventually("chromedriver answering", Duration::from_secs(20), async || {
-        ClientBuilder::new(connector.clone())
-            .capabilities(caps.clone())
-            .connect(&format!("http://127.0.0.1:{}", driver.1))
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    (driver, client)
-}
 
 async fn yelb(server: &Server, db_url: &str) {
     let client = server.admin_client();
@@ -128,7 +80,7 @@ async fn the_page_shows_the_denied_and_the_allowed_edge_and_the_rule_behind_a_cl
     let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
     yelb(&server, &db.url).await;
     let profile = data_dir.join("chromium");
-    let (_driver, c) = browser(&profile).await;
+    let (_driver, c) = common::browser::start(&profile).await;
 
     // Not signed in: the page is the sign-in page, and the API answers nothing.
     let page = format!("{}/ui/traffic-groups?project=k8s-default", server.url);
@@ -146,32 +98,34 @@ async fn the_page_shows_the_denied_and_the_allowed_edge_and_the_rule_behind_a_cl
     c.find(Locator::Id("token")).await.unwrap().send_keys("weft_not-a-token").await.unwrap();
     c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
     c.wait().for_element(Locator::Id("failed")).await.unwrap();
-    c.find(Locator::Id("token")).await.unwrap().send_keys(&server.admin_token()).await.unwrap();
-    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
-    // Signed in once the form's answer has led to the page (a navigation before that would
-    // cancel the form's, and its cookie with it).
-    c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Id("graph")).await.unwrap();
+    common::browser::sign_in(&c, &server.admin_token()).await;
     c.goto(&page).await.unwrap();
 
-    let denied = r#"g[data-edge="app=yelb-ui->app=yelb-db"][data-verdict="denied"]"#;
-    let allowed = r#"g[data-edge="app=yelb-appserver->app=yelb-db"][data-verdict="allowed"]"#;
+    let denied = r#"g.edge[data-edge="app=yelb-ui->app=yelb-db"][data-verdict="denied"]"#;
+    let allowed = r#"g.edge[data-edge="app=yelb-appserver->app=yelb-db"][data-verdict="allowed"]"#;
+    let label = |edge: &str| format!(r#"text.edge-label[data-edge="{edge}"]"#);
     c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(denied)).await.unwrap();
-    let edge = c.find(Locator::Css(allowed)).await.unwrap();
-    assert!(edge.text().await.unwrap().contains("TCP/5432 · 12 conn"), "{}", edge.text().await.unwrap());
-    c.find(Locator::Css(&format!("{allowed} text"))).await.unwrap().click().await.unwrap();
-    let ingress =
-        c.wait().for_element(Locator::Css(r#"[data-testid="ingress"] [data-testid="decision"]"#)).await.unwrap();
+    c.find(Locator::Css(allowed)).await.unwrap();
+    let said = c.find(Locator::Css(&label("app=yelb-appserver->app=yelb-db"))).await.unwrap();
+    let text = said.text().await.unwrap();
+    assert!(text.contains("TCP/5432 · 12 conn"), "{text}");
+    said.click().await.unwrap();
+    let ingress = c
+        .wait()
+        .for_element(Locator::Css(r#"[data-service="TCP/5432"] [data-testid="ingress"] [data-testid="decision"]"#))
+        .await
+        .unwrap();
     let said = ingress.text().await.unwrap();
     assert!(said.contains("NetworkPolicy default/yelb-db-in [0]") && said.contains("np-yelb-db-in"), "{said}");
-    let screenshot = c.screenshot().await.unwrap();
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    std::fs::write(artifacts.join("traffic-groups.png"), screenshot).unwrap();
+    common::browser::keep_screenshot(&c, "traffic-groups.png").await;
     // The denied edge says why.
-    c.find(Locator::Css(&format!("{denied} text"))).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css(&label("app=yelb-ui->app=yelb-db"))).await.unwrap().click().await.unwrap();
     let verdict = c.wait().for_element(Locator::Css(r#"[data-testid="edge-verdict"]"#)).await.unwrap();
     assert_eq!(verdict.text().await.unwrap(), "denied");
-    let ingress = c.find(Locator::Css(r#"[data-testid="ingress"] [data-testid="decision"]"#)).await.unwrap();
+    let ingress = c
+        .find(Locator::Css(r#"[data-service="ICMP echo"] [data-testid="ingress"] [data-testid="decision"]"#))
+        .await
+        .unwrap();
     let said = ingress.text().await.unwrap();
     assert!(said.contains("DENIED: isolated by") && said.contains("np-yelb-db-in"), "{said}");
     c.close().await.unwrap();

@@ -107,9 +107,15 @@ fn group_of(
     }
 }
 
+/// What decided a row: by the names the controller wrote with it (as they were then), or, for
+/// a row written without them, as the policy in force has it.
 fn decision(compiler: &Compiler, row: &MinuteRow) -> EdgeDecision {
     let cluster = compiler.cluster();
     if row.denied {
+        if let Some(names) = &row.isolated_by {
+            let isolated_by = names.split(", ").filter(|n| !n.is_empty()).map(str::to_string).collect();
+            return EdgeDecision::Denied { isolated_by };
+        }
         let direction = if row.ingress { Direction::Ingress } else { Direction::Egress };
         let groups =
             cluster.port(&row.port).map_or_else(Vec::new, |p| cluster.isolating(&cluster.applied(p), direction));
@@ -119,16 +125,15 @@ fn decision(compiler: &Compiler, row: &MinuteRow) -> EdgeDecision {
         return EdgeDecision::Denied { isolated_by };
     }
     match (row.grp, row.rule, row.isolated) {
-        (Some(group), Some(rule), _) => match cluster.group(&group) {
-            Some(g) => {
-                let origin = g.rules.iter().find(|r| r.id == Some(rule)).and_then(|r| r.origin.as_ref()).map(|o| {
-                    let ns = o.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
-                    let index = o.index.map(|i| format!(" [{i}]")).unwrap_or_default();
-                    format!("{} {ns}{}{index}", o.kind, o.name)
-                });
-                EdgeDecision::Allowed { group, group_name: g.name.clone(), rule, origin }
+        (Some(group), Some(rule), _) => match (&row.group_name, cluster.group(&group)) {
+            (Some(name), _) => {
+                EdgeDecision::Allowed { group, group_name: name.clone(), rule, origin: row.origin.clone() }
             }
-            None => EdgeDecision::AllowedUnknown,
+            (None, Some(g)) => {
+                let origin = g.rules.iter().find(|r| r.id == Some(rule)).and_then(|r| r.origin.as_ref());
+                EdgeDecision::Allowed { group, group_name: g.name.clone(), rule, origin: origin.map(|o| o.to_string()) }
+            }
+            (None, None) => EdgeDecision::AllowedUnknown,
         },
         (_, _, false) => EdgeDecision::Open,
         _ => EdgeDecision::AllowedUnknown,

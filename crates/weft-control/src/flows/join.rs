@@ -104,9 +104,14 @@ impl Joiner {
 
 /// Whether a flow has all it will get: each end that is a port has its side's decision (an
 /// ingress never decides what the egress dropped), and it is more than a DNS query, which
-/// waits for its connection or its drop.
+/// waits for its connection or its drop (and a query's connection for its question).
 fn complete(f: &Flow) -> bool {
     if f.kind == FlowKind::Dns {
+        return false;
+    }
+    // A port's query to a DNS server waits for its question as the question waits for it:
+    // the agent reads them from different sockets, and either may come first.
+    if f.protocol == 17 && f.dst_port == Some(53) && !f.ended && f.dns.is_none() && f.src.port.is_some() {
         return false;
     }
     let egress_denied = matches!(f.egress, Some(SideDecision::Denied { .. }));
@@ -257,5 +262,29 @@ mod tests {
         assert_eq!(f.kind, FlowKind::Connection);
         assert_eq!(f.dns.map(|d| d.name).as_deref(), Some("yelb-db.default.svc.cluster.local"));
         assert_eq!(f.egress, Some(rule(1)));
+    }
+
+    #[test]
+    fn a_dns_connection_whose_both_sides_came_first_waits_for_its_question() {
+        let udp = |mut f: Flow| {
+            f.protocol = 17;
+            f.dst_port = Some(53);
+            f
+        };
+        let mut j = Joiner::default();
+        j.add(udp(half("n1", FlowKind::Connection, Some(rule(1)), None)), 0);
+        j.add(udp(half("n2", FlowKind::Connection, None, Some(SideDecision::Open))), 1);
+        assert!(j.due(2).is_empty(), "both sides, but the question may still come");
+        let mut query = udp(half("n1", FlowKind::Dns, None, None));
+        query.dns = Some(DnsQuestion { name: "redis-server.default.svc.cluster.local".into(), qtype: 1 });
+        j.add(query, 3);
+        let f = j.due(4).pop().expect("joined");
+        assert_eq!((f.kind, f.egress, f.ingress), (FlowKind::Connection, Some(rule(1)), Some(SideDecision::Open)));
+        assert_eq!(f.dns.map(|d| d.name).as_deref(), Some("redis-server.default.svc.cluster.local"));
+        assert_eq!(f.nodes, ["n1", "n2"]);
+        // With no question (a node that reads no names), the connection goes alone in time.
+        j.add(udp(half("n1", FlowKind::Connection, Some(rule(1)), None)), 10);
+        assert!(j.due(10 + HOLD_MS - 1).is_empty());
+        assert_eq!(j.due(10 + HOLD_MS).len(), 1);
     }
 }
