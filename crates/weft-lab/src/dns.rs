@@ -158,14 +158,19 @@ pub fn resolve(server: IpAddr, name: &str, timeout: Duration) -> std::io::Result
 }
 
 /// Answers DNS on `socket` for the pods of the lab recorded in `lab_dir`, until the socket
-/// fails. The record is read again at each question.
+/// fails. The record is read again at each question. What is no DNS query is echoed, as every
+/// lab UDP port echoes: `weft lab probe --protocol udp --port 53` gets its answer here too.
 pub fn serve(socket: &UdpSocket, lab_dir: &Path) {
     let mut buf = [0u8; 1500];
     while let Ok((n, from)) = socket.recv_from(&mut buf) {
-        let names = crate::Lab::open(lab_dir).map(|lab| names(&lab.state)).unwrap_or_default();
-        if let Some(reply) = answer(&buf[..n], |name| names.get(name).cloned()) {
-            let _ = socket.send_to(&reply, from);
-        }
+        let reply = match weft_agent::flows::dns_question(&buf[..n]) {
+            Some(_) => {
+                let names = crate::Lab::open(lab_dir).map(|lab| names(&lab.state)).unwrap_or_default();
+                answer(&buf[..n], |name| names.get(name).cloned())
+            }
+            None => None,
+        };
+        let _ = socket.send_to(reply.as_deref().unwrap_or(&buf[..n]), from);
     }
 }
 
