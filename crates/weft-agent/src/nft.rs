@@ -47,7 +47,7 @@ pub use nat::{NAT_CHAIN, NAT_TABLE};
 pub use netlink::Socket;
 pub use render::{
     DENIED_PREFIX, DENIED_SAMPLES_BURST, DENIED_SAMPLES_GROUP, DENIED_SAMPLES_PER_SECOND, DNS_QUERIES_GROUP,
-    DNS_QUERY_PREFIX, delta_commands, denied_prefix, render,
+    DNS_QUERY_PREFIX, conntrack_floor, delta_commands, denied_prefix, render,
 };
 pub use ruleset::{Command, Ruleset, TABLE};
 

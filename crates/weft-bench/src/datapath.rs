@@ -103,10 +103,10 @@ pub struct RssFigures {
 }
 
 /// A network namespace of the bench's own, removed when dropped.
-struct Netns(String);
+pub(crate) struct Netns(pub(crate) String);
 
 impl Netns {
-    fn create(what: &str) -> Result<Netns, BenchError> {
+    pub(crate) fn create(what: &str) -> Result<Netns, BenchError> {
         let name = format!("wl-bench-{what}-{}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name]))?;
         Ok(Netns(name))
@@ -119,7 +119,7 @@ impl Drop for Netns {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<(), BenchError> {
+pub(crate) fn run(cmd: &mut Command) -> Result<(), BenchError> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| BenchError::Other(format!("{cmd:?}: {e}")))?;
     if out.status.success() {
         Ok(())
@@ -128,11 +128,11 @@ fn run(cmd: &mut Command) -> Result<(), BenchError> {
     }
 }
 
-const NODE: &str = "node-0";
+pub(crate) const NODE: &str = "node-0";
 
 /// The synthetic cluster sized so that `node-0` has `ports` ports, plus policies in the
 /// namespaces of its pods that bring its span to at least `rules` rules.
-fn heavy_node(ports: usize, rules: usize) -> Vec<Change> {
+pub(crate) fn heavy_node(ports: usize, rules: usize) -> Vec<Change> {
     let nodes = 20;
     let shape = Shape { namespaces: ports * nodes / 4, pods_per_namespace: 4, nodes, ..Shape::antrea() };
     let mut changes = synthetic::cluster(&shape);

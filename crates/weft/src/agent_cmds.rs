@@ -91,6 +91,11 @@ pub struct AgentArgs {
     /// sends the agent nothing of them.
     #[arg(long, env = "WEFT_NO_DNS_NAMES")]
     pub no_dns_names: bool,
+    /// Capture no flows (DESIGN.md §10): read no conntrack events, denied samples or DNS names
+    /// and report none; the drop counters still count, in the metrics. With no reader the
+    /// kernel sends nothing, and conntrack accounting is left off.
+    #[arg(long, env = "WEFT_NO_FLOW_CAPTURE")]
+    pub no_flow_capture: bool,
 }
 
 /// `weft install-cni`: the CNI plugin's binaries copied into a node's CNI directory.
@@ -165,6 +170,7 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         no_routes,
         no_masquerade,
         no_dns_names,
+        no_flow_capture,
     } = args;
     if cleanup {
         let removed = weft_agent::nft::delete_table(netns.as_deref()).context("cannot remove the nftables table")?;
@@ -251,7 +257,10 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
     // What the datapath denies, sampled, the names pods look up and the connections they make
     // (DESIGN.md §10): samples logged at debug level, and all reported to the controller on a stream of their own. Samples wait for a
     // controller in a bounded queue; what does not fit is dropped and counted.
-    if matches!(datapath, DatapathKind::Nftables) {
+    if no_flow_capture {
+        tracing::info!("capturing no flows (--no-flow-capture)");
+    }
+    if matches!(datapath, DatapathKind::Nftables) && !no_flow_capture {
         let (samples, queued) = tokio::sync::mpsc::channel::<weft_agent::flows::Timed>(SAMPLES_QUEUED);
         let connections = samples.clone();
         let (sample_netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());

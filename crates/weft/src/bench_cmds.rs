@@ -88,6 +88,36 @@ pub enum BenchCommand {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
+    /// Real packets between two pods on two nodes (network namespaces; root): new TCP
+    /// connections a second and bulk throughput with no table, conntrack only, weft's table for
+    /// a 5,000-rule span, and that with flow capture on, interleaved; then a paced flood of new
+    /// connections with capture on, its loss counted exactly.
+    Packets {
+        /// Runs of each datapath (interleaved).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds each measurement lasts.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// The flood's new connections a second...
+        #[arg(long, default_value_t = 10_000)]
+        flood_rate: u32,
+        /// ...for this many seconds.
+        #[arg(long, default_value_t = 10)]
+        flood_seconds: u32,
+        /// Local ports of the server's node.
+        #[arg(long, default_value_t = 500)]
+        ports: usize,
+        /// Rules at least in the server's node's span.
+        #[arg(long, default_value_t = 5_000)]
+        rules: usize,
+        /// New connections timed into the flow log (a real server and agents).
+        #[arg(long, default_value_t = 10)]
+        follows: usize,
+        /// A PostgreSQL server for the server's scratch database; unset: its private one.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
     /// kube-manager between the fake Kubernetes API server and a `weft server`: initial sync,
     /// policy change latency, a burst of pod changes.
     Kube {
@@ -153,6 +183,24 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 dump,
             };
             let report = tokio::task::spawn_blocking(move || weft_bench::datapath::run_bench(&config)).await??;
+            print!("{report}");
+            Ok(())
+        }
+        BenchCommand::Packets { runs, seconds, flood_rate, flood_seconds, ports, rules, follows, database_url } => {
+            let binary = std::env::current_exe().context("cannot find the weft binary")?;
+            let database_url = database_url.filter(|u| !u.is_empty());
+            let config = weft_bench::packets::PacketsConfig {
+                runs,
+                seconds,
+                flood_rate,
+                flood_seconds,
+                ports,
+                rules,
+                binary,
+                database_url,
+                follows,
+            };
+            let report = tokio::task::spawn_blocking(move || weft_bench::packets::run_bench(&config)).await??;
             print!("{report}");
             Ok(())
         }

@@ -61,6 +61,11 @@ impl Attribution {
         &self.span
     }
 
+    /// The local port that holds `address`.
+    pub fn port_of(&self, address: &IpAddr) -> Option<Uuid> {
+        self.ports.get(address).copied()
+    }
+
     /// Each local side of a connection and what decided it: (the source port and its egress
     /// decision, the destination port and its ingress decision), None for a side that is not
     /// a local port.

@@ -361,10 +361,20 @@ impl Socket {
     /// The messages of one receive, each (type, payload) to `each`; nothing when none came
     /// within the receive timeout. ENOBUFS (the kernel had more than the socket could hold,
     /// and dropped it) is the error: the caller counts the loss and goes on.
-    pub fn receive(&mut self, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
-        let received = match rustix::net::recv(&self.fd, &mut self.buf[..], RecvFlags::empty()) {
+    pub fn receive(&mut self, each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+        self.receive_with(RecvFlags::empty(), each).map(|_| ())
+    }
+
+    /// What is queued on the socket now, one datagram's messages to `each`, without waiting:
+    /// whether there was one.
+    pub fn receive_queued(&mut self, each: impl FnMut(u16, &[u8])) -> io::Result<bool> {
+        self.receive_with(RecvFlags::DONTWAIT, each)
+    }
+
+    fn receive_with(&mut self, flags: RecvFlags, mut each: impl FnMut(u16, &[u8])) -> io::Result<bool> {
+        let received = match rustix::net::recv(&self.fd, &mut self.buf[..], flags) {
             Ok((received, _)) => received,
-            Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(rustix::io::Errno::AGAIN) => return Ok(false),
             Err(e) => return Err(e.into()),
         };
         let buf = &self.buf;
@@ -377,7 +387,7 @@ impl Socket {
             each(u16::from_ne_bytes([buf[at + 4], buf[at + 5]]), &buf[at + 16..at + len]);
             at += align(len);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Every conntrack entry of the namespace (both families).

@@ -305,6 +305,19 @@ fn skeleton(out: &mut Ruleset) {
     out.chains.insert(INGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: 0 }), rules: ingress });
 }
 
+/// The floor of any stateful filter, for benchmarks (`weft bench packets`): the table with one
+/// forward chain whose one rule accepts what conntrack calls established or related, and lets
+/// everything else through by the chain's policy. It costs what conntrack costs and no more.
+pub fn conntrack_floor() -> Ruleset {
+    let established = Rule::new(vec![
+        Stmt::Match { op: Op::In, left: Left::Field(Field::CtState), right: Right::Names(&["established", "related"]) },
+        Stmt::Accept,
+    ]);
+    let mut out = Ruleset::default();
+    out.chains.insert(INGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: 0 }), rules: vec![established] });
+    out
+}
+
 /// The whole table for `span`.
 pub fn render(span: &NodeSpan) -> Ruleset {
     let groups: Vec<_> = span.groups.iter().collect();
