@@ -326,3 +326,81 @@ async fn the_graph_groups_ports_by_label_and_says_what_decided_each_edge(pool: P
     let r = api.call(Method::GET, "/v1/flows/graph?project=a&window=30d", None).await;
     assert_eq!((r.status, r.body["errors"][0]["parameter"].as_str()), (StatusCode::BAD_REQUEST, Some("window")));
 }
+
+/// A project's reader sees the graph of its project with every other project's ports as one
+/// group, "other projects", and nothing of what decided on their side: not the rule that let
+/// its port in, nor the groups that isolate it. An admin sees the same rows in full.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_project_reader_sees_other_projects_in_the_graph_as_one_group_without_their_deciders(pool: PgPool) {
+    use serde_json::json;
+    let api = Api::new(pool).await;
+    let mut ids = std::collections::HashMap::new();
+    for (project, name, ip) in [("a", "db", "10.0.0.3"), ("b", "x", "10.0.1.1")] {
+        let r = api.call(Method::POST, "/v1/projects", Some(json!({"name": project}))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let port = json!({"name": name, "project": project, "node": "n1", "ips": [ip], "labels": {"app": name}});
+        let r = api.call(Method::POST, "/v1/ports", Some(port)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        ids.insert(name, Uuid::parse_str(r.body["id"].as_str().unwrap()).unwrap());
+    }
+    api.until_ready().await;
+    // The compiler has the ports (reach at a revision waits for it).
+    let revision = api.revision().await;
+    let r = api.call(Method::GET, &format!("/v1/reach?protocol=tcp&port=80&revision={revision}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let now = chrono::Utc::now();
+    let minute = now - chrono::Duration::seconds(now.timestamp().rem_euclid(60));
+    let row = |port: &str, project: &str, ingress: bool, remote: (&str, &str, &str), service: i32| {
+        weft_store::flows::MinuteRow {
+            remote: Some(remote.0.into()),
+            remote_port: Some(ids[remote.1]),
+            remote_project: Some(remote.2.into()),
+            protocol: 6,
+            service: Some(service),
+            ..weft_store::flows::MinuteRow::empty(minute, "n1", ids[port], project, ingress)
+        }
+    };
+    let rows = [
+        // b's x connects to a's db on 5432: a's rule let it in; on 80: a's groups dropped it.
+        weft_store::flows::MinuteRow { started: 2, ..row("x", "b", false, ("10.0.0.3", "db", "a"), 5432) },
+        weft_store::flows::MinuteRow {
+            started: 2,
+            isolated: true,
+            grp: Some(Uuid::from_u128(1)),
+            rule: Some(Uuid::from_u128(2)),
+            group_name: Some("db-in".into()),
+            origin: Some("NetworkPolicy a/db-in [0]".into()),
+            ..row("db", "a", true, ("10.0.1.1", "x", "b"), 5432)
+        },
+        weft_store::flows::MinuteRow {
+            denied: true,
+            isolated: true,
+            sampled: 3,
+            isolated_by: Some("db-in, default-deny".into()),
+            ..row("db", "a", true, ("10.0.1.1", "x", "b"), 80)
+        },
+    ];
+    api.store.replace_flow_minute(minute, "n1", &rows).await.unwrap();
+
+    let reader = api.store.create_token(Role::Reader, Some("b"), "", None).await.unwrap().secret;
+    let r = api.as_token(&reader, Method::GET, "/v1/flows/graph?project=b", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let ids_of = |body: &serde_json::Value| -> Vec<String> {
+        body["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids_of(&r.body), ["app=x", "other projects"], "{}", r.body);
+    let text = r.body.to_string();
+    assert!(!text.contains("db-in") && !text.contains("\"a/") && !text.contains("default-deny"), "{text}");
+    let edges = r.body["edges"].as_array().unwrap();
+    let on = |service: i64| edges.iter().find(|e| e["service"] == service).unwrap().clone();
+    assert_eq!((on(5432)["from"].as_str(), on(5432)["to"].as_str()), (Some("app=x"), Some("other projects")));
+    assert_eq!(on(5432)["ingress"], json!([{"decision": "allowed_unknown"}]), "{}", r.body);
+    assert_eq!(on(80)["ingress"], json!([{"decision": "denied", "isolated_by": []}]), "{}", r.body);
+    assert_eq!(on(80)["verdict"], "denied");
+    // An admin sees a's group by its project and label, and what decided there.
+    let r = api.call(Method::GET, "/v1/flows/graph?project=b", None).await;
+    assert_eq!(ids_of(&r.body), ["app=x", "a/app=db"], "{}", r.body);
+    let edges = r.body["edges"].as_array().unwrap();
+    let to_db = edges.iter().find(|e| e["service"] == 5432).unwrap();
+    assert_eq!(to_db["ingress"][0]["group_name"], "db-in", "{}", r.body);
+}

@@ -163,8 +163,9 @@ pub fn build(
             column: 0,
             row: 0,
         });
-        if let Some(name) =
-            port.and_then(|id| compiler.cluster().port(&id)).map(|p| format!("{}/{}", p.project, p.name))
+        // Another project's port is named to no project token: not in the group's list either.
+        let shown = port.and_then(|id| compiler.cluster().port(&id)).filter(|p| !redact || p.project == project);
+        if let Some(name) = shown.map(|p| format!("{}/{}", p.project, p.name))
             && !entry.ports.contains(&name)
         {
             entry.ports.push(name);
