@@ -296,4 +296,5 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
     assert_eq!(control.flows.refused.load(std::sync::atomic::Ordering::Relaxed), 0);
     stop.send_replace(true);
     control.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

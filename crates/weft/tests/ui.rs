@@ -80,7 +80,7 @@ async fn the_page_shows_the_denied_and_the_allowed_edge_and_the_rule_behind_a_cl
     let server = Server::start(Some(&db.url), &data_dir, &[], "http").await;
     yelb(&server, &db.url).await;
     let profile = data_dir.join("chromium");
-    let (_driver, c) = common::browser::start(&profile).await;
+    let (driver, c) = common::browser::start(&profile).await;
 
     // Not signed in: the page is the sign-in page, and the API answers nothing.
     let page = format!("{}/ui/traffic-groups?project=k8s-default", server.url);
@@ -129,4 +129,7 @@ async fn the_page_shows_the_denied_and_the_allowed_edge_and_the_rule_behind_a_cl
     let said = ingress.text().await.unwrap();
     assert!(said.contains("DENIED: isolated by") && said.contains("np-yelb-db-in"), "{said}");
     c.close().await.unwrap();
+    drop(driver);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -15,8 +15,10 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-        let profile = format!("--user-data-dir={}", self.2.display());
-        let _ = Command::new("pkill").args(["-KILL", "-f", &profile]).status();
+        // By the profile's path, after `--`: a pattern beginning with `--user-data-dir=`
+        // reads to pkill as an option it does not know, and it killed nothing.
+        let profile = self.2.display().to_string();
+        let _ = Command::new("pkill").args(["-KILL", "-f", "--", &profile]).status();
     }
 }
 
