@@ -9,7 +9,6 @@
 //! form elsewhere cannot act with a signed-in browser's token. Without a valid cookie the page is
 //! a redirect to the sign-in page, the only thing an unauthenticated browser gets.
 
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -87,26 +86,10 @@ pub async fn sign_in_page(Query(params): Query<std::collections::HashMap<String,
     html(StatusCode::OK, SIGN_IN.replace("<!--FAILED-->", message))
 }
 
-/// The value of `name` in a form-urlencoded body.
-fn form_value(body: &[u8], name: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    let raw = text.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
-    let mut out = Vec::with_capacity(raw.len());
-    let bytes = raw.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+/// The sign-in form.
+#[derive(Debug, serde::Deserialize)]
+pub struct SignIn {
+    token: String,
 }
 
 /// Whether a form post came from a page of this server: its Origin (when the browser sends
@@ -119,11 +102,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
     !host.is_empty() && origin_host == host
 }
 
-pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<axum::Form<SignIn>, axum::extract::rejection::FormRejection>,
+) -> Response {
     if !same_origin(&headers) {
         return see_other("/ui/sign-in?failed");
     }
-    let Some(secret) = form_value(&body, "token").map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
+    let Some(secret) = form.ok().map(|f| f.0.token.trim().to_string()).filter(|t| !t.is_empty()) else {
         return see_other("/ui/sign-in?failed");
     };
     if state.auth_enabled && crate::auth::token_for(&state, &secret).await.is_err() {
@@ -152,10 +139,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_forms_token_is_decoded_and_the_session_found_among_cookies() {
-        assert_eq!(form_value(b"token=weft_a%2Bb+c&x=1", "token").as_deref(), Some("weft_a+b c"));
-        assert_eq!(form_value(b"other=1", "token"), None);
-        assert_eq!(form_value(b"token=%zz", "token"), None);
+    fn the_session_is_found_among_cookies() {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_static("a=1; weft_session=weft_s3cret; b=2"));
         assert_eq!(session_secret(&headers).as_deref(), Some("weft_s3cret"));

@@ -26,6 +26,12 @@ async fn the_page_needs_a_signed_in_session_and_the_api_takes_it_only_from_the_p
     let r = api.raw(Method::POST, "/ui/sign-in", None, &form, b"token=weft_nope".to_vec()).await;
     assert_eq!((r.status, location(&r).as_deref()), (StatusCode::SEE_OTHER, Some("/ui/sign-in?failed")));
     assert!(r.headers.get("set-cookie").is_none());
+    // A form without a token, or no form at all: the same.
+    for (headers, body) in [(&form[..], b"other=1".to_vec()), (&[][..], b"token=weft_x".to_vec())] {
+        let r = api.raw(Method::POST, "/ui/sign-in", None, headers, body).await;
+        assert_eq!((r.status, location(&r).as_deref()), (StatusCode::SEE_OTHER, Some("/ui/sign-in?failed")));
+        assert!(r.headers.get("set-cookie").is_none());
+    }
     // Another site's form: refused whatever the token.
     let body = format!("token={}", api.admin).into_bytes();
     let elsewhere = [form[0], ("origin", "https://evil.example"), ("host", "weft.example")];

@@ -267,6 +267,40 @@ struct Agent {
 }
 
 impl Agent {
+    /// Starts `weft agent` for `node` in `netns`, capturing flows or not, its state directory
+    /// (its own, removed with it) made ready by `prepare`, its log in `agent.log` beside it.
+    fn spawn(
+        binary: &std::path::Path,
+        (node, netns): (&str, &str),
+        controller: &str,
+        capture: bool,
+        prepare: impl FnOnce(&StateDir) -> std::io::Result<()>,
+    ) -> Result<Agent, BenchError> {
+        let dir = std::env::temp_dir().join(format!("weft-bench-packets-{node}-{}", std::process::id()));
+        let state = StateDir::new(dir.join("state")).map_err(other)?;
+        prepare(&state).map_err(other)?;
+        let metrics = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(other)?;
+        let mut command = std::process::Command::new(binary);
+        command
+            .args(["agent", "--node", node, "--controller", controller, "--datapath", "nftables", "--no-cni"])
+            .args(["--netns", netns, "--metrics-listen", &metrics.to_string(), "--no-routes", "--no-masquerade"])
+            .arg("--state-dir")
+            .arg(state.path());
+        if !capture {
+            command.arg("--no-flow-capture");
+        }
+        let child = command
+            .env("WEFT_LOG", "info")
+            .env_remove("WEFT_NODE_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log")).map_err(other)?)
+            .spawn()
+            .map_err(other)?;
+        Ok(Agent { child, dir, metrics })
+    }
+
+    /// An agent with `span` saved and no controller, once it enforces the span.
     fn start(
         binary: &std::path::Path,
         node: &str,
@@ -274,31 +308,11 @@ impl Agent {
         span: &NodeSpan,
         capture: bool,
     ) -> Result<Agent, BenchError> {
-        let dir = std::env::temp_dir().join(format!("weft-bench-packets-{node}-{}", std::process::id()));
-        let state = StateDir::new(dir.join("state")).map_err(other)?;
-        state.save(&Saved { node: node.into(), revision: 1, span: span.clone() }).map_err(other)?;
-        state.save_credential("weftn_bench").map_err(other)?;
-        let metrics = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(other)?;
-        let log_path = dir.join("agent.log");
-        let log = std::fs::File::create(&log_path).map_err(other)?;
-        let mut command = std::process::Command::new(binary);
-        command
-            .args(["agent", "--node", node, "--controller", "http://127.0.0.1:9", "--datapath", "nftables", "--no-cni"])
-            .args(["--netns", netns, "--metrics-listen", &metrics.to_string(), "--no-routes", "--no-masquerade"]);
-        if !capture {
-            command.arg("--no-flow-capture");
-        }
-        let child = command
-            .arg("--state-dir")
-            .arg(state.path())
-            .env("WEFT_LOG", "info")
-            .env_remove("WEFT_NODE_TOKEN")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(other)?;
-        let mut agent = Agent { child, dir, metrics };
+        let mut agent = Agent::spawn(binary, (node, netns), "http://127.0.0.1:9", capture, |state| {
+            state.save(&Saved { node: node.into(), revision: 1, span: span.clone() })?;
+            state.save_credential("weftn_bench")
+        })?;
+        let log_path = agent.dir.join("agent.log");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -323,23 +337,7 @@ impl Agent {
         controller: &str,
         credential: &str,
     ) -> Result<Agent, BenchError> {
-        let dir = std::env::temp_dir().join(format!("weft-bench-packets-{node}-{}", std::process::id()));
-        let state = StateDir::new(dir.join("state")).map_err(other)?;
-        state.save_credential(credential).map_err(other)?;
-        let metrics = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(other)?;
-        let child = std::process::Command::new(binary)
-            .args(["agent", "--node", node, "--controller", controller, "--datapath", "nftables", "--no-cni"])
-            .args(["--netns", netns, "--metrics-listen", &metrics.to_string(), "--no-routes", "--no-masquerade"])
-            .arg("--state-dir")
-            .arg(state.path())
-            .env("WEFT_LOG", "warn")
-            .env_remove("WEFT_NODE_TOKEN")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("agent.log")).map_err(other)?)
-            .spawn()
-            .map_err(other)?;
-        Ok(Agent { child, dir, metrics })
+        Agent::spawn(binary, (node, netns), controller, true, |state| state.save_credential(credential))
     }
 
     /// A figure of the agent's metrics (a plain GET of /metrics).

@@ -141,30 +141,40 @@ struct Names {
 const NAMES_KEPT: usize = 100_000;
 
 impl Names {
-    fn note(&mut self, compiler: &Compiler, record: &FlowRecord) {
+    /// Notes what decided `record` by the names its flow half gave it (no second lookup).
+    fn note(&mut self, record: &FlowRecord, half: &Flow) {
+        let side = |ingress: bool| if ingress { half.ingress.as_ref() } else { half.egress.as_ref() };
         match &record.what {
-            Observed::Connection(Connection { allowed_by: AllowedBy::Rule { group, rule }, .. }) => {
-                if let SideDecision::Allowed { rule: r } = flow_rule(compiler, *group, *rule) {
+            Observed::Connection(c @ Connection { allowed_by: AllowedBy::Rule { group, rule }, .. }) => {
+                if let Some(SideDecision::Allowed { rule: r }) = side(c.ingress) {
                     if self.rules.len() >= NAMES_KEPT {
                         self.rules.clear();
                     }
-                    self.rules.insert((*group, *rule), (r.group_name, r.origin.map(|o| o.to_string())));
+                    self.rules
+                        .insert((*group, *rule), (r.group_name.clone(), r.origin.as_ref().map(|o| o.to_string())));
                 }
             }
             Observed::Denied { ingress, .. } => {
-                if self.isolating.len() >= NAMES_KEPT {
-                    self.isolating.clear();
+                if let Some(SideDecision::Denied { isolated_by }) = side(*ingress) {
+                    if self.isolating.len() >= NAMES_KEPT {
+                        self.isolating.clear();
+                    }
+                    self.isolating.insert((record.port, *ingress), joined(isolated_by));
                 }
-                self.isolating.insert((record.port, *ingress), isolating_names(compiler, record.port, *ingress));
             }
             _ => {}
         }
     }
 }
 
+/// Group names as a rollup row keeps them.
+fn joined(groups: &[FlowGroup]) -> String {
+    groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
 fn isolating_names(compiler: &Compiler, port: Uuid, ingress: bool) -> String {
     match isolated_by(compiler, port, ingress) {
-        SideDecision::Denied { isolated_by } => isolated_by.into_iter().map(|g| g.name).collect::<Vec<_>>().join(", "),
+        SideDecision::Denied { isolated_by } => joined(&isolated_by),
         _ => String::new(),
     }
 }
@@ -461,10 +471,11 @@ impl FlowLog {
                 None => refused += 1,
             }
         }
+        let halves: Vec<(&FlowRecord, Flow)> = kept.iter().filter_map(|r| Some((r, half(compiler, r)?))).collect();
         {
             let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-            for record in &kept {
-                names.note(compiler, record);
+            for (record, half) in &halves {
+                names.note(record, half);
             }
         }
         refused += self.keep_windows(node, report.windows, |port| ours(port).is_some(), compiler);
@@ -472,7 +483,7 @@ impl FlowLog {
         {
             let now = now_ms();
             let mut joiner = self.joiner.lock().unwrap_or_else(|e| e.into_inner());
-            for half in kept.iter().filter_map(|r| half(compiler, r)) {
+            for (_, half) in halves {
                 joiner.add(half, now);
             }
         }

@@ -15,6 +15,8 @@ use crate::manifests::ListenPort;
 use crate::{LabError, Protocol, Result};
 
 const READY: &str = "weft lab serve: listening";
+/// What a TCP listener says first on each connection.
+const GREETING: &[u8] = b"weft-lab\n";
 
 /// Listens on `ports` until killed. Binds `[::]` (both families). With `dns`, the directory
 /// of a lab, UDP port 53 answers DNS questions for its pods.
@@ -30,7 +32,7 @@ pub fn run(ports: &[ListenPort], dns: Option<&Path>) -> Result<()> {
                         // A greeting, then an echo until the client closes: connections can
                         // stay open, so tests can watch one being cut.
                         std::thread::spawn(move || {
-                            let _ = stream.write_all(b"weft-lab\n");
+                            let _ = stream.write_all(GREETING);
                             let mut buf = [0u8; 1024];
                             while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
                                 if n == 0 || stream.write_all(&buf[..n]).is_err() {
@@ -41,19 +43,17 @@ pub fn run(ports: &[ListenPort], dns: Option<&Path>) -> Result<()> {
                     }
                 }));
             }
-            Protocol::Udp if p.port == 53 && dns.is_some() => {
-                let socket = UdpSocket::bind(any(p.port))?;
-                let lab = dns.map(Path::to_path_buf).unwrap_or_default();
-                threads.push(std::thread::spawn(move || crate::dns::serve(&socket, &lab)));
-            }
             Protocol::Udp => {
                 let socket = UdpSocket::bind(any(p.port))?;
-                threads.push(std::thread::spawn(move || {
-                    let mut buf = [0u8; 2048];
-                    while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                        let _ = socket.send_to(&buf[..n], from);
-                    }
-                }));
+                match dns.filter(|_| p.port == 53).map(Path::to_path_buf) {
+                    Some(lab) => threads.push(std::thread::spawn(move || crate::dns::serve(&socket, &lab))),
+                    None => threads.push(std::thread::spawn(move || {
+                        let mut buf = [0u8; 2048];
+                        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                            let _ = socket.send_to(&buf[..n], from);
+                        }
+                    })),
+                }
             }
             Protocol::Sctp | Protocol::Icmp => eprintln!("weft lab serve: {p} skipped (no listener of that kind here)"),
         }
@@ -67,6 +67,24 @@ pub fn run(ports: &[ListenPort], dns: Option<&Path>) -> Result<()> {
     loop {
         std::thread::park();
     }
+}
+
+/// One exchange with a pod's TCP listener, as an application has one: its greeting, then a
+/// line sent and echoed back, then closed.
+pub fn exchange(to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&to, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut greeting = [0u8; GREETING.len()];
+    stream.read_exact(&mut greeting)?;
+    let line = b"GET /\n";
+    stream.write_all(line)?;
+    let mut echo = [0u8; 6];
+    stream.read_exact(&mut echo)?;
+    if greeting != GREETING || &echo != line {
+        return Err(std::io::Error::other("not what a lab listener answers"));
+    }
+    stream.shutdown(std::net::Shutdown::Both)
 }
 
 /// Starts `binary lab serve` inside `netns`, its output in `log`, answering DNS for the lab

@@ -610,28 +610,15 @@ fn app_traffic(lab: &Lab) -> Vec<(String, bool)> {
 
 /// A connection from a pod (its name and namespace) to another's port, and what came of it.
 fn talk(from: (&str, &str), to: &str, address: std::io::Result<IpAddr>, port: u16) -> (String, bool) {
-    let outcome =
-        address.and_then(|a| weft_agent::netns::run_in(Some(from.1), || exchange(std::net::SocketAddr::new(a, port))));
+    let outcome = address.and_then(|a| {
+        weft_agent::netns::run_in(Some(from.1), || {
+            weft_lab::serve::exchange(std::net::SocketAddr::new(a, port), Duration::from_secs(2))
+        })
+    });
     match outcome {
         Ok(()) => (format!("{} -> {to}:{port}: connected, asked, answered", from.0), true),
         Err(e) => (format!("{} -> {to}:{port}: {e}", from.0), false),
     }
-}
-
-/// One exchange with a lab listener: its greeting, then a line echoed back.
-fn exchange(to: std::net::SocketAddr) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut greeting = [0u8; 9];
-    stream.read_exact(&mut greeting)?;
-    stream.write_all(b"GET /\n")?;
-    let mut echo = [0u8; 6];
-    stream.read_exact(&mut echo)?;
-    if &echo != b"GET /\n" {
-        return Err(std::io::Error::other("the answer was not the echo"));
-    }
-    stream.shutdown(std::net::Shutdown::Both)
 }
 
 fn address_of(lab: &Lab, pod: &str) -> anyhow::Result<IpAddr> {

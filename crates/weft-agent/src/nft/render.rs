@@ -55,7 +55,7 @@ const REFUSED_CHAIN: &str = "refused";
 /// Transport protocols with ports: what "any protocol" means for a rule that names ports.
 const PORTED: [u8; 3] = [6, 17, 132];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Dir {
     In,
     Out,
@@ -226,10 +226,7 @@ fn skeleton(out: &mut Ruleset) {
     }
     // `in`, not `==`: a connection is in one state at a time, and `==` against a list of
     // flags compares with all of them at once.
-    let established = Rule::new(vec![
-        Stmt::Match { op: Op::In, left: Left::Field(Field::CtState), right: Right::Names(&["established", "related"]) },
-        Stmt::Accept,
-    ]);
+    let established = established();
     let neighbour_discovery = Rule::new(vec![matches(payload("icmpv6", "type"), Right::Range(133, 137)), Stmt::Accept]);
     let wildcard = Right::Name(format!("{INTERFACE_PREFIX}*"));
     // A TCP packet conntrack calls new that is not a SYN starts no connection: it is what is
@@ -305,16 +302,21 @@ fn skeleton(out: &mut Ruleset) {
     out.chains.insert(INGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: 0 }), rules: ingress });
 }
 
+/// What conntrack calls established or related: accepted, first in both base chains.
+fn established() -> Rule {
+    Rule::new(vec![
+        Stmt::Match { op: Op::In, left: Left::Field(Field::CtState), right: Right::Names(&["established", "related"]) },
+        Stmt::Accept,
+    ])
+}
+
 /// The floor of any stateful filter, for benchmarks (`weft bench packets`): the table with one
 /// forward chain whose one rule accepts what conntrack calls established or related, and lets
 /// everything else through by the chain's policy. It costs what conntrack costs and no more.
 pub fn conntrack_floor() -> Ruleset {
-    let established = Rule::new(vec![
-        Stmt::Match { op: Op::In, left: Left::Field(Field::CtState), right: Right::Names(&["established", "related"]) },
-        Stmt::Accept,
-    ]);
     let mut out = Ruleset::default();
-    out.chains.insert(INGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: 0 }), rules: vec![established] });
+    out.chains
+        .insert(INGRESS_CHAIN.to_string(), Chain { hook: Some(Hook { priority: 0 }), rules: vec![established()] });
     out
 }
 
