@@ -83,9 +83,9 @@ const NFULNL_MSG_PACKET: u16 = 0;
 /// to say what it was.
 pub fn decode(message: &[u8]) -> Option<Sample> {
     let attrs = crate::nft::wire::attributes(message.get(4..)?);
-    let text = attrs.iter().find(|(kind, ..)| *kind & 0x7fff == NFULA_PREFIX).map(|(_, v, _)| *v)?;
+    let text = attrs.clone().find(|(kind, ..)| *kind & 0x7fff == NFULA_PREFIX).map(|(_, v, _)| v)?;
     let prefix = std::str::from_utf8(text).ok()?.trim_end_matches('\0');
-    let payload = attrs.iter().find(|(kind, ..)| *kind & 0x7fff == NFULA_PAYLOAD).map(|(_, v, _)| *v)?;
+    let payload = attrs.clone().find(|(kind, ..)| *kind & 0x7fff == NFULA_PAYLOAD).map(|(_, v, _)| v)?;
     if prefix == crate::nft::DNS_QUERY_PREFIX {
         let (header, transport) = packet_and_transport(payload)?;
         // UDP: 8 bytes of header, then the DNS message.
@@ -266,15 +266,15 @@ pub fn account_connections(netns: Option<&str>) -> io::Result<()> {
     crate::netns::sysctl(netns, "net.netfilter.nf_conntrack_acct", "1")
 }
 
-/// Hears conntrack's new and destroyed connections in `netns` until `stopped` says so, each
-/// with a local port's address (as `local` answers, asked with the current ports) to `each`;
+/// Hears conntrack's new and destroyed connections in `netns` until `stopped` says so, those
+/// with a local port's address (asked of the current ports) to `gathered`, as read together;
 /// the loss the kernel reports is counted and logged. Blocking: run it on a thread of its own.
 pub fn follow_connections(
     netns: Option<&str>,
     progress: tokio::sync::watch::Receiver<crate::Progress>,
     metrics: Option<std::sync::Arc<crate::metrics::AgentMetrics>>,
     stopped: tokio::sync::watch::Receiver<bool>,
-    mut each: impl FnMut(crate::nft::ConnectionEvent),
+    mut gathered: impl FnMut(Vec<crate::nft::ConnectionEvent>),
 ) {
     if let Err(e) = account_connections(netns) {
         tracing::warn!(error = %e, "cannot turn on conntrack accounting: connections are reported without packets and bytes");
@@ -308,13 +308,14 @@ pub fn follow_connections(
             local = current.values().flat_map(|p| p.addresses.iter().copied()).collect();
             ports = Some(current);
         }
-        for event in heard.drain(..) {
-            if local.contains(&event.flow.src) || local.contains(&event.flow.dst) {
-                if let (Some(m), false) = (&metrics, event.ended) {
-                    m.connection_heard();
-                }
-                each(event);
+        heard.retain(|event| local.contains(&event.flow.src) || local.contains(&event.flow.dst));
+        if !heard.is_empty() {
+            if let Some(m) = &metrics {
+                m.connections_heard(heard.iter().filter(|e| !e.ended).count() as u64);
             }
+            // The gathering goes on whole: one hand-over (and one wake-up of the reporting)
+            // for hundreds of connections, not one each.
+            gathered(std::mem::take(&mut heard));
         }
         match outcome {
             Ok(()) => {}
@@ -344,6 +345,44 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A sample, and when the agent read it (milliseconds since the Unix epoch).
 pub type Timed = (Sample, i64);
+
+/// Samples handed to the reporting at once, at most [`REPORT_RECORDS`].
+pub type Batch = Vec<Timed>;
+
+/// The queue from the readers' threads to the reporting: batches, not single samples, so that
+/// a reader that gathered hundreds wakes the reporting once (a wake-up per connection cost the
+/// node more CPU than reading it: `weft bench packets`). Bounded: at most `capacity` batches
+/// wait for a controller; what does not fit is dropped and counted.
+pub fn sample_queue(capacity: usize) -> (SampleSender, tokio::sync::mpsc::Receiver<Batch>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    (SampleSender { tx, dropped: 0 }, rx)
+}
+
+/// A reader's end of [`sample_queue`].
+#[derive(Debug, Clone)]
+pub struct SampleSender {
+    tx: tokio::sync::mpsc::Sender<Batch>,
+    dropped: u64,
+}
+
+impl SampleSender {
+    /// Queues `samples`, in batches of at most [`REPORT_RECORDS`]; a batch the queue has no
+    /// room for is dropped, counted and (at each power of two) logged.
+    pub fn send(&mut self, mut samples: Vec<Timed>) {
+        while !samples.is_empty() {
+            let rest = samples.split_off(samples.len().min(REPORT_RECORDS));
+            let count = samples.len() as u64;
+            if self.tx.try_send(samples).is_err() {
+                let before = self.dropped;
+                self.dropped += count;
+                if (before + 1..=self.dropped).any(u64::is_power_of_two) {
+                    tracing::warn!(dropped = self.dropped, "flow samples waiting for a controller overflowed; dropped");
+                }
+            }
+            samples = rest;
+        }
+    }
+}
 
 /// The time now in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -481,12 +520,13 @@ impl Collector {
     }
 }
 
-/// At most this many samples, read at once, make one report.
-async fn batch_of(samples: &mut tokio::sync::mpsc::Receiver<Timed>) -> Option<Vec<Timed>> {
-    let mut batch = vec![samples.recv().await?];
+/// The samples queued now, as one report's (fewer than twice [`REPORT_RECORDS`]); waits for
+/// the first batch. Cancel-safe: nothing is awaited once a batch is taken.
+async fn batch_of(samples: &mut tokio::sync::mpsc::Receiver<Batch>) -> Option<Batch> {
+    let mut batch = samples.recv().await?;
     while batch.len() < REPORT_RECORDS {
         match samples.try_recv() {
-            Ok(more) => batch.push(more),
+            Ok(more) => batch.extend(more),
             Err(_) => break,
         }
     }
@@ -502,7 +542,7 @@ async fn batch_of(samples: &mut tokio::sync::mpsc::Receiver<Timed>) -> Option<Ve
 pub async fn report(
     config: crate::Config,
     progress: tokio::sync::watch::Receiver<crate::Progress>,
-    mut samples: tokio::sync::mpsc::Receiver<Timed>,
+    mut samples: tokio::sync::mpsc::Receiver<Batch>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     drop_counters: Option<DropCounters>,
 ) {
@@ -553,7 +593,7 @@ pub async fn report(
 async fn report_session(
     config: &crate::Config,
     progress: &tokio::sync::watch::Receiver<crate::Progress>,
-    samples: &mut tokio::sync::mpsc::Receiver<Timed>,
+    samples: &mut tokio::sync::mpsc::Receiver<Batch>,
     collector: &mut Collector,
 ) -> Result<(), crate::AgentError> {
     let credential = config
@@ -660,6 +700,31 @@ mod tests {
         let Some(Sample::Dns(q)) = decode(&message(crate::nft::DNS_QUERY_PREFIX, &p)) else { panic!("not a query") };
         assert_eq!((q.src.to_string(), q.server.to_string()), ("10.32.0.12".into(), "10.96.0.10".into()));
         assert_eq!((q.name.as_str(), q.qtype), ("yelb-db.default.svc.cluster.local", 1));
+    }
+
+    #[test]
+    fn samples_are_queued_in_batches_of_a_report_and_what_does_not_fit_is_dropped_and_counted() {
+        let (mut queue, mut queued) = sample_queue(2);
+        let query = |at_ms| {
+            let q = DnsQuery {
+                src: "10.0.0.1".parse().unwrap(),
+                server: "10.96.0.10".parse().unwrap(),
+                name: "db.shop.svc.cluster.local".into(),
+                qtype: 1,
+                src_port: Some(50000),
+            };
+            (Sample::Dns(q), at_ms)
+        };
+        // 600 read at once: two batches of a report's size fit, the rest does not.
+        queue.send((0..600).map(query).collect());
+        let first = queued.try_recv().unwrap();
+        assert_eq!((first.len(), first[0].1, first[255].1), (REPORT_RECORDS, 0, 255));
+        assert_eq!(queued.try_recv().unwrap()[0].1, 256);
+        assert!(queued.try_recv().is_err());
+        assert_eq!(queue.dropped, 600 - 2 * REPORT_RECORDS as u64);
+        // Room again: the next batch goes.
+        queue.send(vec![query(900)]);
+        assert_eq!(queued.try_recv().unwrap().len(), 1);
     }
 
     #[test]

@@ -127,8 +127,8 @@ impl AgentMetrics {
         self.denied_samples_lost.inc();
     }
 
-    pub(crate) fn connection_heard(&self) {
-        self.connections.inc();
+    pub(crate) fn connections_heard(&self, count: u64) {
+        self.connections.inc_by(count);
     }
 
     pub(crate) fn connection_events_lost(&self) {

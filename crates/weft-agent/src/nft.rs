@@ -135,24 +135,43 @@ pub fn set_masquerade(netns: Option<&str>, cluster: &[ipnet::IpNet]) -> Result<(
 /// The figures of weft's table in `netns`, read over netlink; `None` when there is none.
 pub fn table_stats(netns: Option<&str>) -> Result<Option<listing::TableStats>, DatapathError> {
     let mut socket = netlink::Socket::open(netns).map_err(DatapathError::io("no netlink socket"))?;
-    let dump = socket.table().map_err(DatapathError::io("cannot read the table back"))?;
-    Ok(dump.as_ref().map(listing::stats))
+    socket.table_stats().map_err(DatapathError::io("cannot read the table back"))
 }
 
 /// A port chain's drop counter: ((port id, ingress), packets dropped).
 pub type DropCount = ((String, bool), u64);
 
-/// The packets each port chain's default drop has dropped, by (port id, ingress).
-pub fn port_drops(netns: Option<&str>) -> Result<Vec<DropCount>, DatapathError> {
-    let stats = table_stats(netns)?.unwrap_or_default();
-    let port = |chain: &str| {
-        let (ingress, hex) = match chain.strip_prefix("pi-") {
-            Some(hex) => (true, hex),
-            None => (false, chain.strip_prefix("pe-")?),
+/// Reads the port chains' drop counters in a namespace, again and again (every few seconds):
+/// one socket for all readings, and only the rules dumped.
+#[derive(Debug)]
+pub struct DropCounterReader {
+    netns: Option<String>,
+    socket: Option<netlink::Socket>,
+}
+
+impl DropCounterReader {
+    pub fn new(netns: Option<String>) -> DropCounterReader {
+        DropCounterReader { netns, socket: None }
+    }
+
+    /// The packets each port chain's default drop has dropped, by (port id, ingress).
+    pub fn read(&mut self) -> Result<Vec<DropCount>, DatapathError> {
+        let socket = socket(&mut self.socket, self.netns.as_deref()).map_err(DatapathError::io("no netlink socket"))?;
+        let drops = socket.drop_counters();
+        if drops.is_err() {
+            // Opened again next time: a failed dump may leave answers on it.
+            self.socket = None;
+        }
+        let port = |chain: &str| {
+            let (ingress, hex) = match chain.strip_prefix("pi-") {
+                Some(hex) => (true, hex),
+                None => (false, chain.strip_prefix("pe-")?),
+            };
+            Some((uuid::Uuid::parse_str(hex).ok()?.to_string(), ingress))
         };
-        Some((uuid::Uuid::parse_str(hex).ok()?.to_string(), ingress))
-    };
-    Ok(stats.drops.iter().filter_map(|(chain, packets)| Some((port(chain)?, *packets))).collect())
+        let drops = drops.map_err(DatapathError::io("cannot read the drop counters"))?;
+        Ok(drops.iter().filter_map(|(chain, packets)| Some((port(chain)?, *packets))).collect())
+    }
 }
 
 /// The netlink socket in `slot`, opened in `netns` when there is none.

@@ -239,6 +239,7 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
     };
     let (_progress_tx, progress_rx) = tokio::sync::watch::channel(progress);
     let (samples, queued) = tokio::sync::mpsc::channel(16);
+    // One sample a batch, as the denied samples' reader queues them.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(weft_agent::flows::report(agent_config, progress_rx, queued, stopped, None));
     let packet = PacketHeader {
@@ -248,7 +249,7 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
         ports: Some((40000, 5432)),
         icmp: None,
     };
-    samples.send((Sample::Denied(DeniedSample { port: db, ingress: true, packet }), 7)).await.unwrap();
+    samples.send(vec![(Sample::Denied(DeniedSample { port: db, ingress: true, packet }), 7)]).await.unwrap();
     let query = DnsQuery {
         src: "10.0.0.1".parse().unwrap(),
         server: "10.96.0.10".parse().unwrap(),
@@ -256,9 +257,9 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
         qtype: 1,
         src_port: Some(50000),
     };
-    samples.send((Sample::Dns(query.clone()), 8)).await.unwrap();
+    samples.send(vec![(Sample::Dns(query.clone()), 8)]).await.unwrap();
     // A query from an address no local port holds names no port: left out.
-    samples.send((Sample::Dns(DnsQuery { src: "10.0.0.77".parse().unwrap(), ..query }), 9)).await.unwrap();
+    samples.send(vec![(Sample::Dns(DnsQuery { src: "10.0.0.77".parse().unwrap(), ..query }), 9)]).await.unwrap();
     let connection = weft_agent::nft::ConnectionEvent {
         ended: false,
         id: 5,
@@ -272,7 +273,7 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
         },
         counters: None,
     };
-    samples.send((Sample::Connection(connection), 10)).await.unwrap();
+    samples.send(vec![(Sample::Connection(connection), 10)]).await.unwrap();
     let kept = weft_testkit::eventually("the three records at the controller", PATIENCE, async || {
         let kept = control.flows.records(|_| true);
         if kept.len() >= 3 { Ok(kept) } else { Err(format!("{kept:?}")) }

@@ -287,6 +287,13 @@ fn a_table_sent_over_netlink_reads_back_as_the_same_table_sent_through_nft() {
     let mut socket = nft::Socket::open(Some(&by_netlink.0)).unwrap();
     let kernel = nft::decode_table(&socket.table().unwrap().expect("a table")).unwrap();
     assert_eq!(kernel.diff(&target), vec![nft::Command::AddTable]);
+    // The metrics' figures, counted as the dumps arrive, are those of the table rendered (a
+    // prefix one element, though the kernel holds both its ends).
+    let stats = socket.table_stats().unwrap().expect("a table");
+    assert_eq!(stats.chains, target.chains.len());
+    assert_eq!(stats.rules, target.chains.values().map(|c| c.rules.len()).sum::<usize>());
+    assert_eq!(stats.sets, target.sets.len());
+    assert_eq!(stats.elements, target.sets.values().map(|s| s.elements.len()).sum::<usize>());
 }
 
 /// Denied packets are sampled (DESIGN.md §10): a burst of packets web's ingress drops reaches
@@ -340,6 +347,13 @@ fn denied_packets_are_sampled_with_their_port_and_tuple_at_a_bounded_rate() {
     let stats = nft::table_stats(Some(node.name())).unwrap().unwrap();
     let dropped = stats.drops.iter().find(|(chain, _)| chain == &format!("pi-{}", web_id.simple())).map(|(_, n)| *n);
     assert_eq!(dropped, Some(SENT as u64), "{:?}", stats.drops);
+    // The agent's reader of the drop counters (one socket, reading again and again) says so too.
+    let mut drops = nft::DropCounterReader::new(Some(node.name().to_string()));
+    for _ in 0..2 {
+        let read = drops.read().unwrap();
+        let web = read.iter().find(|((port, ingress), _)| port == &web_id.to_string() && *ingress).map(|(_, n)| *n);
+        assert_eq!(web, Some(SENT as u64), "{read:?}");
+    }
 }
 
 /// The shop on node-1 in the kernel, web wired into the node as a pod, and a client beyond the

@@ -575,7 +575,10 @@ fn measure(
     drop(agents);
     nft::delete_table(Some(lab.node(C))).map_err(other)?;
     nft::delete_table(Some(lab.node(S))).map_err(other)?;
-    let to_flow_log = tokio::runtime::Handle::current().block_on(to_flow_log(config, lab))?;
+    let to_flow_log = match config.follows {
+        0 => Vec::new(),
+        _ => tokio::runtime::Handle::current().block_on(to_flow_log(config, lab))?,
+    };
     Ok(PacketsReport { config: config.clone(), kernel_rules, figures, flood, to_flow_log })
 }
 
@@ -705,7 +708,7 @@ async fn follow_connections_into_the_log(
     let mut flows = Box::pin(c.watch_flows(&[("project", PROJECT.to_string())], newest).await?);
     let client = lab.pods[C].0.clone();
     let mut out = Vec::new();
-    for _ in 0..config.follows.max(1) {
+    for _ in 0..config.follows {
         let started = Instant::now();
         let pod = client.clone();
         let port = tokio::task::spawn_blocking(move || {
@@ -824,13 +827,17 @@ impl std::fmt::Display for PacketsReport {
         let mut follows = self.to_flow_log.clone();
         follows.sort();
         let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
-        writeln!(
-            f,
-            "  a new connection into `weft flows -f` (a real server, the two agents reporting to it): {:.0} ms median, {:.0} ms at most of {}   (target <= 2 s)",
-            ms(follows.get(follows.len() / 2)),
-            ms(follows.last()),
-            follows.len()
-        )?;
+        if follows.is_empty() {
+            writeln!(f, "  a new connection into `weft flows -f`: not measured (--follows 0)")?;
+        } else {
+            writeln!(
+                f,
+                "  a new connection into `weft flows -f` (a real server, the two agents reporting to it): {:.0} ms median, {:.0} ms at most of {}   (target <= 2 s)",
+                ms(follows.get(follows.len() / 2)),
+                ms(follows.last()),
+                follows.len()
+            )?;
+        }
         writeln!(
             f,
             "  agent memory with capture on, after the flood: the server's node {:.1} MiB RSS ({:.1} peak; a 5,000-rule span of {} ports), the client's node {:.1} MiB ({:.1} peak)   (target <= 40 MiB)",

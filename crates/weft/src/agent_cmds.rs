@@ -142,8 +142,9 @@ pub enum DatapathKind {
     Memory,
 }
 
-/// Flow samples that wait for a controller, at most.
-const SAMPLES_QUEUED: usize = 4096;
+/// Batches of flow samples that wait for a controller, at most (a batch holds up to 256: a
+/// gathering of conntrack's events, or a single sample).
+const SAMPLE_BATCHES_QUEUED: usize = 64;
 
 /// Runs the agent until SIGINT or SIGTERM (or, with --cleanup, removes weft's table). Every
 /// flag is taken apart here, so one that is added and never used does not compile.
@@ -261,11 +262,10 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!("capturing no flows (--no-flow-capture)");
     }
     if matches!(datapath, DatapathKind::Nftables) && !no_flow_capture {
-        let (samples, queued) = tokio::sync::mpsc::channel::<weft_agent::flows::Timed>(SAMPLES_QUEUED);
-        let connections = samples.clone();
+        let (mut samples, queued) = weft_agent::flows::sample_queue(SAMPLE_BATCHES_QUEUED);
+        let mut connections = samples.clone();
         let (sample_netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());
         std::thread::spawn(move || {
-            let mut dropped = 0u64;
             weft_agent::flows::follow(sample_netns.as_deref(), !no_dns_names, metrics, stopped_reader, |sample| {
                 match &sample {
                     weft_agent::flows::Sample::Denied(s) => tracing::debug!(
@@ -277,37 +277,28 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
                     }
                     weft_agent::flows::Sample::Connection(_) => {}
                 }
-                if samples.try_send((sample, weft_agent::flows::now_ms())).is_err() {
-                    dropped += 1;
-                    if dropped.is_power_of_two() {
-                        tracing::warn!(dropped, "flow samples waiting for a controller overflowed; dropped");
-                    }
-                }
+                samples.send(vec![(sample, weft_agent::flows::now_ms())]);
             })
         });
         let progress_seen = in_force.clone();
         let (conntrack_netns, metrics, stopped_reader) = (netns.clone(), config.metrics.clone(), stopped.clone());
         std::thread::spawn(move || {
-            let mut dropped = 0u64;
             weft_agent::flows::follow_connections(
                 conntrack_netns.as_deref(),
                 progress_seen,
                 metrics,
                 stopped_reader,
-                |event| {
-                    let sample = weft_agent::flows::Sample::Connection(event);
-                    if connections.try_send((sample, weft_agent::flows::now_ms())).is_err() {
-                        dropped += 1;
-                        if dropped.is_power_of_two() {
-                            tracing::warn!(dropped, "connections waiting for a controller overflowed; dropped");
-                        }
-                    }
+                |events| {
+                    let at_ms = weft_agent::flows::now_ms();
+                    connections
+                        .send(events.into_iter().map(|e| (weft_agent::flows::Sample::Connection(e), at_ms)).collect());
                 },
             )
         });
-        let counters_netns = netns.clone();
+        let drop_reader = std::sync::Mutex::new(weft_agent::nft::DropCounterReader::new(netns.clone()));
         let drop_counters: weft_agent::flows::DropCounters = std::sync::Arc::new(move || {
-            weft_agent::nft::port_drops(counters_netns.as_deref()).unwrap_or_else(|e| {
+            let mut reader = drop_reader.lock().unwrap_or_else(|e| e.into_inner());
+            reader.read().unwrap_or_else(|e| {
                 tracing::debug!(error = %e, "cannot read the drop counters");
                 Vec::new()
             })

@@ -111,7 +111,7 @@ pub enum BenchCommand {
         /// Rules at least in the server's node's span.
         #[arg(long, default_value_t = 5_000)]
         rules: usize,
-        /// New connections timed into the flow log (a real server and agents).
+        /// New connections timed into the flow log (a real server and agents); 0: none.
         #[arg(long, default_value_t = 10)]
         follows: usize,
         /// A PostgreSQL server for the server's scratch database; unset: its private one.

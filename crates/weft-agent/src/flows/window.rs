@@ -192,22 +192,31 @@ impl Windows {
 
 impl Open {
     fn entry(&mut self, key: Key) -> Option<&mut v1::FlowAggregate> {
-        if !self.entries.contains_key(&key) && self.entries.len() >= KEYS_PER_WINDOW {
-            self.overflowed += 1;
-            return None;
+        // One search of the map per record: most records count in an entry already there.
+        let full = self.entries.len() >= KEYS_PER_WINDOW;
+        match self.entries.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => Some(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(_) if full => {
+                self.overflowed += 1;
+                None
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let k = e.key();
+                let aggregate = v1::FlowAggregate {
+                    port: k.port.clone(),
+                    ingress: k.ingress,
+                    remote: k.remote.clone(),
+                    protocol: k.protocol,
+                    service: k.service,
+                    denied: k.denied,
+                    group: k.group.clone(),
+                    rule: k.rule.clone(),
+                    isolated: k.isolated,
+                    ..Default::default()
+                };
+                Some(e.insert(aggregate))
+            }
         }
-        Some(self.entries.entry(key).or_insert_with_key(|k| v1::FlowAggregate {
-            port: k.port.clone(),
-            ingress: k.ingress,
-            remote: k.remote.clone(),
-            protocol: k.protocol,
-            service: k.service,
-            denied: k.denied,
-            group: k.group.clone(),
-            rule: k.rule.clone(),
-            isolated: k.isolated,
-            ..Default::default()
-        }))
     }
 
     fn to_message(&self, closed: bool) -> v1::FlowWindow {

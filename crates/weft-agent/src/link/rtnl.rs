@@ -284,7 +284,7 @@ pub fn read_address(payload: &[u8]) -> Option<(i32, IpAddr, u8)> {
     let prefix = payload[1];
     let index = u32::from_ne_bytes(payload[4..8].try_into().ok()?) as i32;
     let attrs = attributes(&payload[8..]);
-    let find = |k| attrs.iter().find(|a| a.0 == k).map(|a| a.1);
+    let find = |k| attrs.clone().find(|a| a.0 == k).map(|a| a.1);
     let address = find(IFA_LOCAL).or_else(|| find(IFA_ADDRESS)).and_then(ip_address)?;
     Some((index, address, prefix))
 }
@@ -296,7 +296,7 @@ pub fn read_route(payload: &[u8]) -> Option<RouteInfo> {
     }
     let (prefix, table) = (payload[1], payload[4]);
     let attrs = attributes(&payload[12..]);
-    let find = |k| attrs.iter().find(|a| a.0 == k).map(|a| a.1);
+    let find = |k| attrs.clone().find(|a| a.0 == k).map(|a| a.1);
     let unspecified = if payload[0] == AF_INET { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u8; 16]) };
     Some(RouteInfo {
         destination: find(RTA_DST).and_then(ip_address).unwrap_or(unspecified),
@@ -328,14 +328,14 @@ mod tests {
         let bytes = new_veth(7, "weft0123456789a", [0xee; 6], "eth0", 42, Some(1400));
         assert_eq!(u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize, bytes.len());
         assert_eq!(u16::from_ne_bytes([bytes[4], bytes[5]]), RTM_NEWLINK);
-        let attrs = attributes(&bytes[32..]);
+        let attrs: Vec<_> = attributes(&bytes[32..]).collect();
         let names: Vec<u16> = attrs.iter().map(|a| a.0).collect();
         assert_eq!(names, vec![IFLA_IFNAME, IFLA_ADDRESS, IFLA_MTU, IFLA_LINKINFO]);
         assert_eq!(attrs[0].1, b"weft0123456789a\0");
-        let info = attributes(attrs[3].1);
+        let info: Vec<_> = attributes(attrs[3].1).collect();
         assert_eq!(info[0].1, b"veth\0");
-        let peer_body = attributes(info[1].1)[0].1;
-        let peer_attrs = attributes(&peer_body[16..]);
+        let peer_body = attributes(info[1].1).next().unwrap().1;
+        let peer_attrs: Vec<_> = attributes(&peer_body[16..]).collect();
         assert_eq!(peer_attrs[0].1, b"eth0\0");
         assert_eq!((peer_attrs[1].0, peer_attrs[1].1), (IFLA_NET_NS_FD, &42u32.to_ne_bytes()[..]));
     }

@@ -523,7 +523,7 @@ mod tests {
             .messages
             .iter()
             .filter(|m| m.kind & 0xff == NFT_MSG_NEWSET)
-            .map(|m| attributes(&m.attrs).into_iter().find(|a| a.0 == NFTA_SET_ID).map(|a| a.1))
+            .map(|m| attributes(&m.attrs).find(|a| a.0 == NFTA_SET_ID).map(|a| a.1))
             .collect();
         assert_eq!(set_ids, vec![Some(&1u32.to_be_bytes()[..]), Some(&2u32.to_be_bytes()[..])]);
         // Each element message's (set id, set name) attributes.
@@ -533,7 +533,7 @@ mod tests {
             .filter(|m| m.kind & 0xff == NFT_MSG_NEWSETELEM)
             .map(|m| {
                 let attrs = attributes(&m.attrs);
-                let find = |kind| attrs.iter().find(|a| a.0 == kind).map(|a| a.1);
+                let find = |kind| attrs.clone().find(|a| a.0 == kind).map(|a| a.1);
                 (find(NFTA_SET_ELEM_LIST_SET_ID), find(NFTA_SET_ELEM_LIST_SET))
             })
             .collect();

@@ -485,9 +485,8 @@ mod tests {
     /// The expression names of a compiled rule, in order.
     fn names(bytes: &[u8]) -> Vec<String> {
         super::super::wire::attributes(bytes)
-            .into_iter()
             .filter_map(|(_, elem, _)| {
-                let (_, name, _) = super::super::wire::attributes(elem).into_iter().next()?;
+                let (_, name, _) = super::super::wire::attributes(elem).next()?;
                 Some(String::from_utf8_lossy(name).trim_end_matches('\0').to_string())
             })
             .collect()

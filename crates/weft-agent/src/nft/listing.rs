@@ -42,7 +42,7 @@ pub struct TableDump {
 
 /// The value of the first attribute of `kind` in `attrs`.
 fn find(attrs: &[u8], kind: u16) -> Option<&[u8]> {
-    attributes(attrs).into_iter().find(|a| a.0 == kind).map(|a| a.1)
+    attributes(attrs).find(|a| a.0 == kind).map(|a| a.1)
 }
 
 /// A NUL-terminated string attribute.
@@ -115,7 +115,8 @@ pub fn decode(dump: &TableDump) -> Result<Ruleset, String> {
     Ok(out)
 }
 
-/// What the metrics tell of the kernel's table.
+/// What the metrics tell of the kernel's table (of one this agent did not write, too: what can
+/// be counted is), counted message by message as the dumps arrive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableStats {
     pub chains: usize,
@@ -130,42 +131,56 @@ pub struct TableStats {
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_COUNTER_PACKETS: u16 = 2;
 
-/// The figures of a table the dumps describe (of one this agent did not write, too: what can
-/// be counted is).
-pub fn stats(dump: &TableDump) -> TableStats {
-    let ruleset = decode(dump).ok();
-    let mut out = TableStats {
-        chains: dump.chains.iter().filter(|a| ours(a, NFTA_CHAIN_TABLE)).count(),
-        sets: dump.sets.iter().filter(|a| set_name(a).is_some()).count(),
-        elements: ruleset.as_ref().map_or(0, |r| r.sets.values().map(|s| s.elements.len()).sum()),
-        ..TableStats::default()
-    };
-    for attrs in dump.rules.iter().filter(|a| ours(a, NFTA_RULE_TABLE)) {
-        out.rules += 1;
-        let Some(chain) = find(attrs, NFTA_RULE_CHAIN).and_then(string) else { continue };
-        let (mut drops, mut packets) = (false, 0);
-        for (_, expr, _) in find(attrs, NFTA_RULE_EXPRESSIONS).map(attributes).unwrap_or_default() {
-            let data = find(expr, NFTA_EXPR_DATA).unwrap_or_default();
-            match find(expr, NFTA_EXPR_NAME).and_then(string) {
-                Some("counter") => {
-                    let value = find(data, NFTA_COUNTER_PACKETS).and_then(|v| v.get(..8)?.try_into().ok());
-                    packets += value.map_or(0, u64::from_be_bytes);
-                }
-                Some("immediate") => {
-                    let code = find(data, NFTA_IMMEDIATE_DATA)
-                        .and_then(|d| find(d, NFTA_DATA_VERDICT))
-                        .and_then(|v| find(v, NFTA_VERDICT_CODE))
-                        .and_then(be_u32);
-                    drops |= code == Some(NF_DROP as u32);
-                }
-                _ => {}
-            }
+impl TableStats {
+    /// Counts a chain dump's message.
+    pub fn chain(&mut self, attrs: &[u8]) {
+        self.chains += usize::from(ours(attrs, NFTA_CHAIN_TABLE));
+    }
+
+    /// Counts a set element dump's message: its elements, as weft counts them (an interval's
+    /// end is part of its prefix).
+    pub fn elements(&mut self, attrs: &[u8]) {
+        let Some(list) = find(attrs, NFTA_SET_ELEM_LIST_ELEMENTS) else { return };
+        self.elements += attributes(list)
+            .filter(|(k, element, _)| {
+                *k == NFTA_LIST_ELEM
+                    && find(element, NFTA_SET_ELEM_FLAGS).and_then(be_u32).unwrap_or(0) & NFT_SET_ELEM_INTERVAL_END == 0
+            })
+            .count();
+    }
+
+    /// Counts a rule dump's message, and its drop counter when it drops.
+    pub fn rule(&mut self, attrs: &[u8]) {
+        if !ours(attrs, NFTA_RULE_TABLE) {
+            return;
         }
-        if drops {
-            out.drops.push((chain.to_string(), packets));
+        self.rules += 1;
+        self.drops.extend(drop_counter(attrs));
+    }
+}
+
+/// The chain and packet counter of a rule of weft's table that drops.
+pub fn drop_counter(attrs: &[u8]) -> Option<(String, u64)> {
+    let chain = find(attrs, NFTA_RULE_CHAIN).and_then(string)?;
+    let (mut drops, mut packets) = (false, 0);
+    for (_, expr, _) in find(attrs, NFTA_RULE_EXPRESSIONS).map(attributes).unwrap_or_default() {
+        let data = find(expr, NFTA_EXPR_DATA).unwrap_or_default();
+        match find(expr, NFTA_EXPR_NAME).and_then(string) {
+            Some("counter") => {
+                let value = find(data, NFTA_COUNTER_PACKETS).and_then(|v| v.get(..8)?.try_into().ok());
+                packets += value.map_or(0, u64::from_be_bytes);
+            }
+            Some("immediate") => {
+                let code = find(data, NFTA_IMMEDIATE_DATA)
+                    .and_then(|d| find(d, NFTA_DATA_VERDICT))
+                    .and_then(|v| find(v, NFTA_VERDICT_CODE))
+                    .and_then(be_u32);
+                drops |= code == Some(NF_DROP as u32);
+            }
+            _ => {}
         }
     }
-    out
+    drops.then(|| (chain.to_string(), packets))
 }
 
 /// The comment in a rule's user data (type-length-value records).

@@ -217,17 +217,57 @@ impl Socket {
 
     /// An nf_tables dump of `request` (with `attrs`): the attributes of each `reply` message.
     fn dump(&mut self, request: u16, reply: u16, attrs: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.each_dumped(request, reply, attrs, |a| out.push(a.to_vec()))?;
+        Ok(out)
+    }
+
+    /// An nf_tables dump of `request` (with `attrs`), each `reply` message's attributes to
+    /// `each` where they were received: nothing of the dump is kept.
+    fn each_dumped(&mut self, request: u16, reply: u16, attrs: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let mut bytes = Vec::new();
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | request;
         message(&mut bytes, kind, NLM_F_REQUEST | NLM_F_DUMP, self.seq, [NFPROTO_INET, 0, 0, 0], attrs);
-        let mut out = Vec::new();
         self.dumped(&bytes, |kind, payload| {
             if kind == (NFNL_SUBSYS_NFTABLES << 8) | reply && payload.len() >= 4 {
-                out.push(payload[4..].to_vec());
+                each(&payload[4..]);
             }
-        })?;
-        Ok(out)
+        })
+    }
+
+    /// The figures of weft's table (None when there is none), counted as the dumps arrive:
+    /// a table of thousands of rules is never held whole for them (metrics are scraped often).
+    pub fn table_stats(&mut self) -> io::Result<Option<listing::TableStats>> {
+        if !self.has_table()? {
+            return Ok(None);
+        }
+        let table = super::batch::table_attrs();
+        let mut stats = listing::TableStats::default();
+        self.each_dumped(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, &table, |a| stats.chain(a))?;
+        let mut names = Vec::new();
+        self.each_dumped(NFT_MSG_GETSET, NFT_MSG_NEWSET, &table, |a| names.extend(listing::set_name(a)))?;
+        stats.sets = names.len();
+        for name in names {
+            let mut which = Vec::new();
+            attr_str(&mut which, NFTA_SET_ELEM_LIST_TABLE, super::ruleset::TABLE);
+            attr_str(&mut which, NFTA_SET_ELEM_LIST_SET, &name);
+            self.each_dumped(NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, &which, |a| stats.elements(a))?;
+        }
+        self.each_dumped(NFT_MSG_GETRULE, NFT_MSG_NEWRULE, &table, |a| stats.rule(a))?;
+        Ok(Some(stats))
+    }
+
+    /// The packet counter of each rule of weft's table that drops, with its chain (none
+    /// without a table): a dump of the rules alone, read as it arrives.
+    pub fn drop_counters(&mut self) -> io::Result<Vec<(String, u64)>> {
+        if !self.has_table()? {
+            return Ok(Vec::new());
+        }
+        let mut drops = Vec::new();
+        let table = super::batch::table_attrs();
+        self.each_dumped(NFT_MSG_GETRULE, NFT_MSG_NEWRULE, &table, |a| drops.extend(listing::drop_counter(a)))?;
+        Ok(drops)
     }
 
     /// The addresses of the namespace's links (of a routing socket, [`Socket::open_route`]).
@@ -247,7 +287,7 @@ impl Socket {
                 let attrs = attributes(&payload[8..]);
                 // A point-to-point link's own address is its local one; otherwise the two
                 // are the same, and IPv6 gives only the address.
-                let find = |k| attrs.iter().find(|a| a.0 == k).map(|a| a.1);
+                let find = |k| attrs.clone().find(|a| a.0 == k).map(|a| a.1);
                 if let Some(a) = find(IFA_LOCAL).or_else(|| find(IFA_ADDRESS)).and_then(ip_address) {
                     out.insert(a);
                 }
@@ -333,6 +373,12 @@ impl Socket {
     /// packet sent on its own (no batching: what is logged is already rate-limited). One
     /// socket per group; a group another socket holds is EBUSY.
     pub fn bind_nflog(&mut self, group: u16, range: u32) -> io::Result<()> {
+        self.bind_nflog_batched(group, range, 1)
+    }
+
+    /// Binds an nfnetlink_log group whose messages the kernel gathers, up to `batch` in one
+    /// datagram (or what it holds after its flush timeout, 1 s).
+    pub fn bind_nflog_batched(&mut self, group: u16, range: u32, batch: u32) -> io::Result<()> {
         let kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
         let family_header = |g: u16| {
             let g = g.to_be_bytes();
@@ -350,7 +396,7 @@ impl Socket {
             mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
             let mut attrs = Vec::new();
             super::wire::attr(&mut attrs, NFULA_CFG_MODE, &mode);
-            super::wire::attr(&mut attrs, NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
+            super::wire::attr(&mut attrs, NFULA_CFG_QTHRESH, &batch.to_be_bytes());
             let mut out = Vec::new();
             message(&mut out, kind, NLM_F_REQUEST | NLM_F_ACK, seq, family_header(group), &attrs);
             out

@@ -35,18 +35,35 @@ pub(crate) fn request_chunks(bytes: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The attributes of a netlink payload: (type without flags, payload, the whole attribute).
-pub(crate) fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
-    let mut out = Vec::new();
-    while bytes.len() >= 4 {
+pub(crate) fn attributes(bytes: &[u8]) -> Attributes<'_> {
+    Attributes { bytes }
+}
+
+/// The attributes of a netlink payload, read as they are asked for: (type without its flags,
+/// value, the whole attribute). Nothing is allocated, which matters on the path of conntrack's
+/// events, two for every connection a node sees.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Attributes<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = (u16, &'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let bytes = self.bytes;
+        if bytes.len() < 4 {
+            return None;
+        }
         let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
         if len < 4 || len > bytes.len() {
-            break;
+            self.bytes = &[];
+            return None;
         }
         let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & NLA_TYPE_MASK;
-        out.push((kind, &bytes[4..len], &bytes[..len]));
-        bytes = &bytes[align(len).min(bytes.len())..];
+        self.bytes = &bytes[align(len).min(bytes.len())..];
+        Some((kind, &bytes[4..len], &bytes[..len]))
     }
-    out
 }
 
 /// An address of 4 or 16 bytes, as netlink carries one.
