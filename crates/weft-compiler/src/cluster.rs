@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use uuid::Uuid;
-use weft_model::{Direction, Labels, ObjectRef, Port, Project, SecurityGroup};
+use weft_model::{ClusterPolicy, Direction, Labels, ObjectRef, Port, Project, SecurityGroup};
 
 /// One change of the input, with the revision it came in.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +17,9 @@ pub enum Change {
     DeletePort(Uuid),
     UpsertGroup(SecurityGroup),
     DeleteGroup(Uuid),
+    /// A tiered cluster policy (DESIGN.md §11).
+    UpsertClusterPolicy(ClusterPolicy),
+    DeleteClusterPolicy(Uuid),
 }
 
 /// What the compiler cannot take as given — a reference that does not resolve (yet), a claim
@@ -47,6 +50,7 @@ pub struct Cluster {
     pub(crate) ports: BTreeMap<Uuid, Port>,
     pub(crate) groups: BTreeMap<Uuid, SecurityGroup>,
     pub(crate) group_by_name: BTreeMap<(String, String), Uuid>,
+    pub(crate) cluster_policies: BTreeMap<Uuid, ClusterPolicy>,
     pub(crate) revision: i64,
     /// Upserts that could not be taken (no id).
     pub(crate) rejected: Vec<Dangling>,
@@ -107,7 +111,28 @@ impl Cluster {
                     self.group_by_name.remove(&(old.project, old.name));
                 }
             }
+            Change::UpsertClusterPolicy(policy) => {
+                let Some(id) = policy.id else {
+                    self.rejected.push(Dangling::NoId { kind: "cluster-policy", name: policy.name });
+                    return;
+                };
+                self.cluster_policies.insert(id, policy);
+            }
+            Change::DeleteClusterPolicy(id) => {
+                self.cluster_policies.remove(&id);
+            }
         }
+    }
+
+    /// The tiered policies whose subject selects `port`, in the order they decide: admin
+    /// before baseline, then by priority, then by name (DESIGN.md §11).
+    pub fn cluster_policies_of(&self, port: &Port) -> Vec<&ClusterPolicy> {
+        let no_labels = Labels::new();
+        let project_labels = self.project_by_name(&port.project).map_or(&no_labels, |p| &p.labels);
+        let mut out: Vec<&ClusterPolicy> =
+            self.cluster_policies.values().filter(|c| c.subject.selects(&port.labels, project_labels)).collect();
+        out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        out
     }
 
     pub fn port(&self, id: &Uuid) -> Option<&Port> {

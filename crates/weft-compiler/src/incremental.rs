@@ -411,6 +411,11 @@ impl Compiler {
                 self.cluster.apply(revision, Change::DeleteGroup(id));
                 self.group_changed(id, old);
             }
+            // Kept for the reference evaluator; the compiled form has no tiers yet (issue 22
+            // lands them in steps), and no source sends these changes until it does.
+            change @ (Change::UpsertClusterPolicy(_) | Change::DeleteClusterPolicy(_)) => {
+                self.cluster.apply(revision, change);
+            }
         }
     }
 

@@ -1,10 +1,13 @@
-//! DESIGN.md §4 as plain code, for tests only: no index, no caching, no compiled form. Every
-//! sentence of §4 maps to a few lines here; the compiler is checked against it.
+//! DESIGN.md §4 and §11 as plain code, for tests only: no index, no caching, no compiled form.
+//! Every sentence of §4 and §11 maps to a few lines here; the compiler is checked against it.
 
 use std::net::IpAddr;
 
 use uuid::Uuid;
-use weft_model::{Direction, Ethertype, ObjectRef, Port, PortMatch, Remote, Rule, SecurityGroup};
+use weft_model::{
+    Direction, Ethertype, ObjectRef, PolicyAction, PolicyRemote, Port, PortMatch, Remote, Rule, SecurityGroup, Tier,
+    TieredRule,
+};
 
 use crate::cluster::Cluster;
 use crate::eval::{Packet, is_neighbour_discovery};
@@ -75,15 +78,85 @@ fn side_allows(c: &Cluster, p: &Uuid, d: Direction, packet: &Packet, other: &End
     if port.ips.contains(&local) && c.ports.iter().any(|(q, other)| q != p && other.ips.contains(&local)) {
         return false;
     }
-    // P is isolated in d when some group in applied(P) has d in policy_types; only those
-    // groups speak for d (Kubernetes: a policy only affects the directions it lists).
-    let isolating: Vec<&SecurityGroup> = applied(c, port).into_iter().filter(|g| g.policy_types.contains(&d)).collect();
-    if isolating.is_empty() {
-        return true;
+    // §11: the admin policies selecting P, in order, each rule of d in order; the first that
+    // matches decides: accept allows, deny denies, pass skips the rest of the admin tier.
+    let policies = c.cluster_policies_of(port);
+    if let Some(decided) = tier_decides(c, &policies, Tier::Admin, port, d, packet, other) {
+        return decided;
     }
-    isolating
-        .iter()
-        .any(|g| g.rules.iter().filter(|r| r.direction == d).any(|r| rule_matches(c, g, r, port, d, packet, other)))
+    // P is isolated in d when some group in applied(P) has d in policy_types; only those
+    // groups speak for d (Kubernetes: a policy only affects the directions it lists), and they
+    // decide: the baseline tier is not asked.
+    let isolating: Vec<&SecurityGroup> = applied(c, port).into_iter().filter(|g| g.policy_types.contains(&d)).collect();
+    if !isolating.is_empty() {
+        return isolating.iter().any(|g| {
+            g.rules.iter().filter(|r| r.direction == d).any(|r| rule_matches(c, g, r, port, d, packet, other))
+        });
+    }
+    // Then the baseline policies, the same way; nothing decided (or a pass): allowed.
+    tier_decides(c, &policies, Tier::Baseline, port, d, packet, other).unwrap_or(true)
+}
+
+/// What a tier decides for P's side `d`: Some(allowed) at the first rule that accepts or
+/// denies, None when no rule matches or one passes.
+fn tier_decides(
+    c: &Cluster,
+    policies: &[&weft_model::ClusterPolicy],
+    tier: Tier,
+    port: &Port,
+    d: Direction,
+    packet: &Packet,
+    other: &Endpoint,
+) -> Option<bool> {
+    for policy in policies.iter().filter(|p| p.tier == tier) {
+        let rules = match d {
+            Direction::Ingress => &policy.ingress,
+            Direction::Egress => &policy.egress,
+        };
+        for rule in rules {
+            if tiered_rule_matches(c, rule, port, d, packet, other) {
+                return match rule.action {
+                    PolicyAction::Accept => Some(true),
+                    PolicyAction::Deny => Some(false),
+                    PolicyAction::Pass => None,
+                };
+            }
+        }
+    }
+    None
+}
+
+/// Whether a tiered rule matches: one of its protocols (none: any protocol and port) and one
+/// of its remotes.
+fn tiered_rule_matches(
+    c: &Cluster,
+    rule: &TieredRule,
+    port: &Port,
+    d: Direction,
+    packet: &Packet,
+    other: &Endpoint,
+) -> bool {
+    let protocol = rule.protocols.is_empty()
+        || rule.protocols.iter().any(|p| {
+            p.protocol.number() == Some(packet.protocol)
+                && match &p.port {
+                    None => true,
+                    Some(m) => port_matches(c, m, port, d, packet, other),
+                }
+        });
+    let remote = match d {
+        Direction::Ingress => packet.src,
+        Direction::Egress => packet.dst,
+    };
+    protocol
+        && rule.remotes.iter().any(|r| match r {
+            PolicyRemote::Networks { networks } => networks.iter().any(|n| n.contains(&remote)),
+            PolicyRemote::Selector { ports, projects } => c.ports.values().any(|q| {
+                q.ips.contains(&remote)
+                    && ports.matches(&q.labels)
+                    && c.project_by_name(&q.project).is_some_and(|p| projects.matches(&p.labels))
+            }),
+        })
 }
 
 fn rule_matches(
@@ -108,32 +181,36 @@ fn rule_matches(
             return false;
         }
     }
-    if !rule.ports.is_empty() {
-        // A named port is resolved against P on ingress, against the destination on egress
-        // (so only destinations that are known ports can match one).
-        let target: Option<&Port> = match d {
-            Direction::Ingress => Some(port),
-            Direction::Egress => match other {
-                Endpoint::Port(id) => c.ports.get(id),
-                _ => None,
-            },
-        };
-        let hit = rule.ports.iter().any(|p| match p {
-            PortMatch::Single(n) => packet.port.is_some_and(|x| i64::from(x) == *n),
-            PortMatch::Range { from, to } => packet.port.is_some_and(|x| (*from..=*to).contains(&i64::from(x))),
-            PortMatch::Named(name) => target.and_then(|t| t.named_ports.get(name)).is_some_and(|np| {
-                np.protocol.number() == Some(packet.protocol) && packet.port.is_some_and(|x| i64::from(x) == np.port)
-            }),
-        });
-        if !hit {
-            return false;
-        }
+    if !rule.ports.is_empty() && !rule.ports.iter().any(|m| port_matches(c, m, port, d, packet, other)) {
+        return false;
     }
     let remote = match d {
         Direction::Ingress => packet.src,
         Direction::Egress => packet.dst,
     };
     remote_contains(c, g, &rule.remote, &remote)
+}
+
+/// Whether the packet's destination port is `m`. A named port is resolved against P on
+/// ingress, against the destination on egress (so only destinations that are known ports can
+/// match one).
+fn port_matches(c: &Cluster, m: &PortMatch, port: &Port, d: Direction, packet: &Packet, other: &Endpoint) -> bool {
+    match m {
+        PortMatch::Single(n) => packet.port.is_some_and(|x| i64::from(x) == *n),
+        PortMatch::Range { from, to } => packet.port.is_some_and(|x| (*from..=*to).contains(&i64::from(x))),
+        PortMatch::Named(name) => {
+            let target: Option<&Port> = match d {
+                Direction::Ingress => Some(port),
+                Direction::Egress => match other {
+                    Endpoint::Port(id) => c.ports.get(id),
+                    _ => None,
+                },
+            };
+            target.and_then(|t| t.named_ports.get(name)).is_some_and(|np| {
+                np.protocol.number() == Some(packet.protocol) && packet.port.is_some_and(|x| i64::from(x) == np.port)
+            })
+        }
+    }
 }
 
 fn remote_contains(c: &Cluster, g: &SecurityGroup, remote: &Remote, addr: &IpAddr) -> bool {
@@ -158,3 +235,6 @@ fn remote_contains(c: &Cluster, g: &SecurityGroup, remote: &Remote, addr: &IpAdd
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

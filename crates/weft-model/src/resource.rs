@@ -66,7 +66,7 @@ impl std::fmt::Display for Kind {
 }
 
 /// Fields every resource has, checked the same way everywhere.
-fn validate_common(v: &mut Validator, name: &str, labels: &Labels, annotations: &BTreeMap<String, String>) {
+pub(crate) fn validate_common(v: &mut Validator, name: &str, labels: &Labels, annotations: &BTreeMap<String, String>) {
     v.check("name", syntax::dns_subdomain(name));
     v.at("labels", |v| {
         for (key, value) in labels {

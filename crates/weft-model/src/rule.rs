@@ -173,7 +173,7 @@ pub enum PortMatch {
 }
 
 impl PortMatch {
-    fn validate(&self, v: &mut Validator) {
+    pub(crate) fn validate(&self, v: &mut Validator) {
         match self {
             PortMatch::Single(p) => {
                 if let Err(e) = port_number(*p) {
@@ -363,7 +363,7 @@ pub struct RuleOrigin {
 }
 
 impl RuleOrigin {
-    fn validate(&self, v: &mut Validator) {
+    pub(crate) fn validate(&self, v: &mut Validator) {
         let text = |v: &mut Validator, field: &str, s: &str, max: usize| {
             if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
                 v.at(field, |v| v.error(format!("1 to {max} characters, none of them control characters")));
