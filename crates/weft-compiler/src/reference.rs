@@ -138,7 +138,8 @@ fn tiered_rule_matches(
 ) -> bool {
     let protocol = rule.protocols.is_empty()
         || rule.protocols.iter().any(|p| {
-            p.protocol.number() == Some(packet.protocol)
+            // No protocol: a port name's own (port_matches checks it).
+            p.protocol.is_none_or(|protocol| protocol.number() == Some(packet.protocol))
                 && match &p.port {
                     None => true,
                     Some(m) => port_matches(c, m, port, d, packet, other),

@@ -12,6 +12,7 @@
 //! ([`nodes`]); [`manifests`] reads and follows a directory instead.
 
 pub mod cluster;
+pub mod cnp;
 pub mod index;
 pub mod lease;
 pub mod manifests;

@@ -94,7 +94,7 @@ impl Options {
         format!("kube-manager/{}", self.cluster)
     }
 
-    fn annotations(&self) -> BTreeMap<String, String> {
+    pub(crate) fn annotations(&self) -> BTreeMap<String, String> {
         BTreeMap::from([(OWNER_ANNOTATION.to_string(), self.owner())])
     }
 
@@ -129,6 +129,7 @@ pub enum ProblemKind {
     Namespace,
     Pod,
     NetworkPolicy,
+    ClusterNetworkPolicy,
     Weft(weft_model::Kind),
 }
 
@@ -138,6 +139,7 @@ impl std::fmt::Display for ProblemKind {
             ProblemKind::Namespace => "Namespace",
             ProblemKind::Pod => "Pod",
             ProblemKind::NetworkPolicy => "NetworkPolicy",
+            ProblemKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             ProblemKind::Weft(kind) => kind.as_str(),
         })
     }
@@ -266,7 +268,7 @@ fn protocol(p: Option<&str>) -> Result<Protocol, String> {
     }
 }
 
-fn selector(s: &meta::LabelSelector) -> Result<LabelSelector, String> {
+pub(crate) fn selector(s: &meta::LabelSelector) -> Result<LabelSelector, String> {
     let match_expressions = s
         .match_expressions
         .iter()

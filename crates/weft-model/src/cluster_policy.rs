@@ -111,8 +111,10 @@ pub enum PolicyRemote {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyProtocol {
-    /// tcp, udp or sctp.
-    pub protocol: Protocol,
+    /// tcp, udp or sctp. Absent only with a port name: the protocol the named port has
+    /// (Kubernetes' `destinationNamedPort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
     /// Absent: every port of the protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<PortMatch>,
@@ -233,8 +235,11 @@ impl TieredRule {
             }
             for (i, p) in self.protocols.iter().enumerate() {
                 v.at(i, |v| {
-                    if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp | Protocol::Sctp) {
-                        v.at("protocol", |v| v.error(format!("{} is not tcp, udp or sctp", p.protocol)));
+                    match p.protocol {
+                        Some(Protocol::Tcp | Protocol::Udp | Protocol::Sctp) => {}
+                        Some(other) => v.at("protocol", |v| v.error(format!("{other} is not tcp, udp or sctp"))),
+                        None if matches!(p.port, Some(PortMatch::Named(_))) => {}
+                        None => v.at("protocol", |v| v.error("tcp, udp or sctp, unless the port is a port name")),
                     }
                     match &p.port {
                         None => {}

@@ -54,6 +54,7 @@ fn the_limits_of_the_crd_are_errors_naming_their_field() {
     body["egress"][0]["protocols"] = json!([{"protocol": "tcp", "port": "http"}]);
     body["egress"][1]["protocols"] = json!([
         {"protocol": "icmp"},
+        {"port": 80},
         {"protocol": "tcp", "port": {"from": 80, "to": 80}},
         {"protocol": "udp", "port": 70000}
     ]);
@@ -67,12 +68,17 @@ fn the_limits_of_the_crd_are_errors_naming_their_field() {
         "/egress/0/protocols/0/port",
         "/egress/1/name",
         "/egress/1/protocols/0/protocol",
-        "/egress/1/protocols/1/port",
+        "/egress/1/protocols/1/protocol",
         "/egress/1/protocols/2/port",
+        "/egress/1/protocols/3/port",
     ] {
         assert!(at(pointer), "an error at {pointer}: {got:?}");
     }
-    assert_eq!(got.len(), 8, "{got:?}");
+    assert_eq!(got.len(), 9, "{got:?}");
+    // A port name alone is the named port's protocol.
+    let mut body = tenancy();
+    body["egress"][1]["protocols"] = json!([{"port": "dns"}]);
+    assert_eq!(policy(body).validate(), Ok(()));
 }
 
 #[test]
