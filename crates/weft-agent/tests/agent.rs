@@ -65,17 +65,17 @@ async fn joins_applies_saves_and_enforces_its_last_span_while_the_controller_is_
     let dir = temp_dir();
 
     let datapath = Shared::<MemoryDatapath>::default();
-    let mut agent = spawn(config(addr, &dir, Some(token.secret.clone())), datapath.clone());
+    let mut agent = spawn(config(addr, dir.path(), Some(token.secret.clone())), datapath.clone());
     agent.until(|p| p.synced).await;
     let expected = expected_span(&store, "node-1").await;
     assert_eq!(datapath.0.lock().unwrap().span, expected);
     // The credential is kept, readable by root only.
-    let credential = StateDir::new(&dir).unwrap().credential().unwrap();
+    let credential = StateDir::new(dir.path()).unwrap().credential().unwrap();
     assert_eq!(store.authenticate_node(&credential).await.unwrap().as_deref(), Some("node-1"));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(dir.join("credential")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(dir.path().join("credential")).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     let added = port(&store, "api-0", "node-2", "10.0.0.2", "api").await;
@@ -92,7 +92,7 @@ async fn joins_applies_saves_and_enforces_its_last_span_while_the_controller_is_
     // Restarted with the controller away: the saved span is enforced at once (no join token
     // now: the credential comes from the state dir).
     let restarted = Shared::<MemoryDatapath>::default();
-    let mut agent = spawn(config(addr, &dir, None), restarted.clone());
+    let mut agent = spawn(config(addr, dir.path(), None), restarted.clone());
     let p = agent.until(|p| p.revision >= added).await;
     assert!(!p.synced);
     assert_eq!(restarted.0.lock().unwrap().span, span);
@@ -105,7 +105,6 @@ async fn joins_applies_saves_and_enforces_its_last_span_while_the_controller_is_
     assert_eq!(restarted.0.lock().unwrap().span, expected);
     agent.stop().await;
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A datapath that refuses every update after the first.
@@ -135,7 +134,7 @@ async fn an_update_that_cannot_be_applied_is_reported_and_the_last_good_state_st
     let credential = store.create_node("node-1").await.unwrap();
     let dir = temp_dir();
     let datapath = Shared(std::sync::Arc::new(std::sync::Mutex::new(Refusing::default())));
-    let mut cfg = config(addr, &dir, None);
+    let mut cfg = config(addr, dir.path(), None);
     cfg.credential = Some(credential);
     let mut agent = spawn(cfg, datapath.clone());
     let first = agent.until(|p| p.synced).await;
@@ -154,10 +153,9 @@ async fn an_update_that_cannot_be_applied_is_reported_and_the_last_good_state_st
     assert_eq!(agent.progress.borrow().revision, first.revision);
     assert!(!first.apply_failing);
     assert!(agent.progress.borrow().apply_failing, "the agent says its updates fail (CNI STATUS: 51)");
-    assert_eq!(StateDir::new(&dir).unwrap().load("node-1").unwrap().span, good);
+    assert_eq!(StateDir::new(dir.path()).unwrap().load("node-1").unwrap().span, good);
     agent.stop().await;
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
@@ -172,7 +170,7 @@ async fn the_stream_runs_over_tls_verified_with_the_agents_ca(pool: PgPool) {
     let addr = control.local_addr;
     let credential = store.create_node("node-1").await.unwrap();
     let dir = temp_dir();
-    let mut cfg = config(addr, &dir, None);
+    let mut cfg = config(addr, dir.path(), None);
     cfg.server = format!("https://localhost:{}", addr.port());
     cfg.credential = Some(credential.clone());
     cfg.ca = Some(ca.cert.pem().into_bytes());
@@ -184,7 +182,7 @@ async fn the_stream_runs_over_tls_verified_with_the_agents_ca(pool: PgPool) {
     agent.stop().await;
     // Without the CA the controller is not trusted; in plaintext it does not answer.
     for (server, ca) in [(format!("https://localhost:{}", addr.port()), None), (format!("http://{addr}"), None)] {
-        let mut cfg = config(addr, &dir, None);
+        let mut cfg = config(addr, dir.path(), None);
         cfg.server = server;
         cfg.ca = ca;
         cfg.credential = Some(credential.clone());
@@ -195,7 +193,6 @@ async fn the_stream_runs_over_tls_verified_with_the_agents_ca(pool: PgPool) {
         agent.stop().await;
     }
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// What the datapath saw reaches the controller on the agent's Flows stream (DESIGN.md §10):
@@ -211,7 +208,7 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
     let key = weft_store::ObjectKey::Name { project: Some("shop".into()), name: "db-0".into() };
     let db = store.get(Kind::Port, &key).await.unwrap().unwrap().id;
     let dir = temp_dir();
-    let mut agent_config = config(control.local_addr, &dir, None);
+    let mut agent_config = config(control.local_addr, dir.path(), None);
     agent_config.credential = Some(credential);
     // The agent's ports in force, as its stream would have them.
     let local = weft_agent::LocalPort {
@@ -297,5 +294,4 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
     assert_eq!(control.flows.refused.load(std::sync::atomic::Ordering::Relaxed), 0);
     stop.send_replace(true);
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -251,8 +251,8 @@ async fn pod_traffic_leaving_the_cluster_is_masqueraded_as_the_table_says_and_po
     let span = weft_compiler::Compiler::new().span("node-1");
     let (addr, _spans, tables) =
         weft_testkit::span_controller::serve_with_routes(span, cluster(&["10.244.0.0/16", "fd44::/64"])).await;
-    let dir = std::env::temp_dir().join(format!("weft-masq-{}", uuid::Uuid::new_v4().simple()));
-    let config = weft_agent::Config { credential: Some("test".into()), ..common::config(addr, &dir, None) };
+    let dir = weft_testkit::TempDir::new("weft-masq");
+    let config = weft_agent::Config { credential: Some("test".into()), ..common::config(addr, dir.path(), None) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let uses = weft_agent::routes::Uses { routes: false, masquerade: true };
     tokio::spawn(weft_agent::routes::follow(config, Some(node.name().to_string()), uses, stopped));
@@ -283,5 +283,4 @@ async fn pod_traffic_leaving_the_cluster_is_masqueraded_as_the_table_says_and_po
     let tables_left = node.nft(&["list", "tables"]);
     assert!(!tables_left.to_string().contains(weft_agent::nft::NAT_TABLE), "{tables_left}");
     stop.send_replace(true);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -144,7 +144,7 @@ fn adding(revision: i64, name: &str, n: u8, last: bool) -> Step {
 async fn run_until(scripts: Vec<Vec<Step>>, done: impl Fn(&[Vec<String>]) -> bool) -> (Vec<Vec<String>>, usize) {
     let (addr, scripted) = controller(scripts).await;
     let dir = temp_dir();
-    let mut cfg = config(addr, &dir, None);
+    let mut cfg = config(addr, dir.path(), None);
     cfg.credential = Some("scripted".into());
     let datapath = Recording::default();
     let agent = spawn(cfg, datapath.clone());
@@ -154,7 +154,6 @@ async fn run_until(scripts: Vec<Vec<Step>>, done: impl Fn(&[Vec<String>]) -> boo
     })
     .await;
     agent.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
     let opened = *scripted.opened.lock().unwrap();
     (applied, opened)
 }

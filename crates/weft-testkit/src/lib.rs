@@ -51,6 +51,30 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A directory of the test's own under the system's temporary directory, removed when dropped
+/// (also when the test fails).
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// A new directory named `<prefix>-<random>`.
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot make {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The server tests use: `DATABASE_URL`, which must be set (see README.md).
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL").expect("DATABASE_URL must name a PostgreSQL server for tests (see README.md)")

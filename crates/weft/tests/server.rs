@@ -453,7 +453,19 @@ async fn while_postgres_is_down_the_api_answers_503_at_once_and_recovers_by_itse
             Outage::Killed => {
                 let pid = std::fs::read_to_string(cluster.join("data/postmaster.pid")).unwrap();
                 let pid = pid.lines().next().unwrap().trim().to_string();
+                let backends = children_of(&pid);
                 assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+                // A backend serves its connection for a moment after its postmaster died (it
+                // notices at its next wait): the outage begins when they have all ended.
+                weft_testkit::eventually(
+                    "the killed postmaster's backends ended",
+                    Duration::from_secs(30),
+                    async || match backends.iter().find(|b| alive(b)) {
+                        Some(b) => Err(format!("backend {b} still runs")),
+                        None => Ok(()),
+                    },
+                )
+                .await;
             }
         }
         for (method, path, body) in [
@@ -504,4 +516,27 @@ async fn while_postgres_is_down_the_api_answers_503_at_once_and_recovers_by_itse
     assert!(server.stop().success());
     let _ = std::fs::remove_dir_all(&cluster);
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The processes whose parent is `pid` (their ids), from /proc.
+fn children_of(pid: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let child = e.file_name().into_string().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // After "pid (comm)": the state, then the parent's pid.
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_string();
+            (parent == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// Whether process `pid` runs (a zombie, ended and not yet reaped, does not).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string)))
+        .is_some_and(|state| state != "Z" && state != "X")
 }

@@ -49,8 +49,7 @@ impl Running {
     }
 }
 
-pub fn temp_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-agent-test-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// The agent's state directory for a test, removed when the test is done (also when it fails).
+pub fn temp_dir() -> weft_testkit::TempDir {
+    weft_testkit::TempDir::new("weft-agent-test")
 }
