@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::WEFT;
 use common::lab::{Fixture, PodDef, port_json};
+use common::{WEFT, alive};
 use serde_json::{Value, json};
 use weft_lab::watch::{Watch, ping_round, talk_round};
 
@@ -63,10 +63,6 @@ fn leftovers(name: &str) -> Vec<String> {
         .filter(|l| l.starts_with(&format!("wl-{name}-")))
         .map(str::to_string)
         .collect()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"))
 }
 
 /// The kernel's rules of a table listing (`nft -a -j list table`), each as its chain, handle

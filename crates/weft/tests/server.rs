@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Server, WEFT, http, temp_dir};
+use common::{Server, WEFT, alive, http, temp_dir};
 
 #[tokio::test]
 async fn server_runs_its_own_postgres_and_stops_it() {
@@ -452,15 +452,15 @@ async fn while_postgres_is_down_the_api_answers_503_at_once_and_recovers_by_itse
             Outage::Stopped => running.stop().await.unwrap(),
             Outage::Killed => {
                 let pid = std::fs::read_to_string(cluster.join("data/postmaster.pid")).unwrap();
-                let pid = pid.lines().next().unwrap().trim().to_string();
-                let backends = children_of(&pid);
-                assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+                let pid: u32 = pid.lines().next().unwrap().trim().parse().unwrap();
+                let backends = children_of(pid);
+                assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
                 // A backend serves its connection for a moment after its postmaster died (it
                 // notices at its next wait): the outage begins when they have all ended.
                 weft_testkit::eventually(
                     "the killed postmaster's backends ended",
                     Duration::from_secs(30),
-                    async || match backends.iter().find(|b| alive(b)) {
+                    async || match backends.iter().find(|b| alive(**b)) {
                         Some(b) => Err(format!("backend {b} still runs")),
                         None => Ok(()),
                     },
@@ -518,25 +518,17 @@ async fn while_postgres_is_down_the_api_answers_503_at_once_and_recovers_by_itse
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// The processes whose parent is `pid` (their ids), from /proc.
-fn children_of(pid: &str) -> Vec<String> {
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|e| {
-            let child = e.file_name().into_string().ok()?;
+            let child = e.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
             // After "pid (comm)": the state, then the parent's pid.
-            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_string();
+            let parent: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
             (parent == pid).then_some(child)
         })
         .collect()
-}
-
-/// Whether process `pid` runs (a zombie, ended and not yet reaped, does not).
-fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string)))
-        .is_some_and(|state| state != "Z" && state != "X")
 }

@@ -373,12 +373,6 @@ impl Socket {
     /// packet sent on its own (no batching: what is logged is already rate-limited). One
     /// socket per group; a group another socket holds is EBUSY.
     pub fn bind_nflog(&mut self, group: u16, range: u32) -> io::Result<()> {
-        self.bind_nflog_batched(group, range, 1)
-    }
-
-    /// Binds an nfnetlink_log group whose messages the kernel gathers, up to `batch` in one
-    /// datagram (or what it holds after its flush timeout, 1 s).
-    pub fn bind_nflog_batched(&mut self, group: u16, range: u32, batch: u32) -> io::Result<()> {
         let kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
         let family_header = |g: u16| {
             let g = g.to_be_bytes();
@@ -396,7 +390,7 @@ impl Socket {
             mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
             let mut attrs = Vec::new();
             super::wire::attr(&mut attrs, NFULA_CFG_MODE, &mode);
-            super::wire::attr(&mut attrs, NFULA_CFG_QTHRESH, &batch.to_be_bytes());
+            super::wire::attr(&mut attrs, NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
             let mut out = Vec::new();
             message(&mut out, kind, NLM_F_REQUEST | NLM_F_ACK, seq, family_header(group), &attrs);
             out

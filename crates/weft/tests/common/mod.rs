@@ -204,3 +204,12 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// Whether process `pid` runs (a zombie, ended and not yet reaped, does not).
+pub fn alive(pid: u32) -> bool {
+    // After "pid (comm)", which may hold spaces: the state.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string)))
+        .is_some_and(|state| state != "Z" && state != "X")
+}
