@@ -90,12 +90,13 @@ fn target_key(
     }
     let from_object = |field: &str| object.and_then(|o| o.get(field)).and_then(|v| v.as_str()).map(String::from);
     let name = name.or_else(|| from_object("name"));
-    let project = if kind == Kind::Project { None } else { project.or_else(|| from_object("project")) };
+    let scoped = kind.is_cluster_scoped();
+    let project = if scoped { None } else { project.or_else(|| from_object("project")) };
     match (name, project) {
-        (Some(name), project) if kind == Kind::Project || project.is_some() => Ok(ObjectKey::Name { project, name }),
+        (Some(name), project) if scoped || project.is_some() => Ok(ObjectKey::Name { project, name }),
         _ => Err(ApiError::invalid(weft_model::ValidationErrors::single(
             "",
-            format!("name the {kind}: give id, or name{}", if kind == Kind::Project { "" } else { " and project" }),
+            format!("name the {kind}: give id, or name{}", if scoped { "" } else { " and project" }),
         ))),
     }
 }

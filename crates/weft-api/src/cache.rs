@@ -31,8 +31,8 @@ pub struct CachedObject {
     /// The object as served (`StoredObject::to_json`).
     pub json: Arc<str>,
     pub revision: i64,
-    /// The project that owns it (a project owns itself).
-    pub owner: String,
+    /// The project that owns it (a project owns itself); `None`: the cluster's.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug)]
@@ -102,7 +102,10 @@ impl ObjectCache {
         if state.by_id.get(&object.id).is_some_and(|e| e.object.revision > object.revision) {
             return;
         }
-        let owner = identity.project.clone().unwrap_or_else(|| identity.name.clone());
+        let owner = match object.kind {
+            Kind::ClusterPolicy => None,
+            _ => Some(identity.project.clone().unwrap_or_else(|| identity.name.clone())),
+        };
         let name: NameKey = (object.kind, identity.project, identity.name);
         state.by_name.insert(name.clone(), object.id);
         let cached = CachedObject { json: object.to_json().into(), revision: object.revision, owner };

@@ -148,5 +148,7 @@ enum Woken {
 
 /// Whether the caller may see a change: admins see everything, others their project's.
 fn visible(caller: &Caller, change: &Change) -> bool {
-    caller.is_admin() || crate::resources::owner(&change.object).is_ok_and(|p| caller.can_read(&p))
+    caller.is_admin()
+        || crate::resources::owner(&change.object)
+            .is_ok_and(|owner| crate::resources::may_read(caller, owner.as_deref()))
 }

@@ -12,6 +12,7 @@ mod batch;
 mod body;
 pub mod cache;
 mod changes;
+mod cluster_status;
 mod flows;
 mod guard;
 mod health;

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
 };
-use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
+use weft_model::{ClusterPolicy, Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
 use crate::nodes::{
     AssignBlocks, CreateJoinToken, CreateNode, CreatedJoinToken, CreatedNode, GroupNode, GroupStatus, NodeBlocks,
@@ -40,6 +40,7 @@ fn schema_name(kind: Kind) -> &'static str {
         Kind::VirtualNetwork => "VirtualNetwork",
         Kind::SecurityGroup => "SecurityGroup",
         Kind::Port => "Port",
+        Kind::ClusterPolicy => "ClusterPolicy",
     }
 }
 
@@ -179,14 +180,22 @@ fn collection_operations(kind: Kind) -> PathItem {
     let list = with_common_errors(
         OperationBuilder::new()
             .tag(tag)
-            .operation_id(Some(format!("list{name}s")))
-            .parameters(Some([
-                param("project", ParameterIn::Query, false, "Only this project's objects"),
-                param("labelSelector", ParameterIn::Query, false, "Kubernetes label selector syntax"),
-                param("name", ParameterIn::Query, false, "Only objects with this name"),
-                param("limit", ParameterIn::Query, false, "Page size (1-1000, default 500)"),
-                param("continue", ParameterIn::Query, false, "The continue token of the previous page"),
-            ]))
+            .operation_id(Some(match name.strip_suffix('y') {
+                Some(stem) => format!("list{stem}ies"),
+                None => format!("list{name}s"),
+            }))
+            .parameters(Some(
+                [
+                    (kind != Kind::ClusterPolicy)
+                        .then(|| param("project", ParameterIn::Query, false, "Only this project's objects")),
+                    Some(param("labelSelector", ParameterIn::Query, false, "Kubernetes label selector syntax")),
+                    Some(param("name", ParameterIn::Query, false, "Only objects with this name")),
+                    Some(param("limit", ParameterIn::Query, false, "Page size (1-1000, default 500)")),
+                    Some(param("continue", ParameterIn::Query, false, "The continue token of the previous page")),
+                ]
+                .into_iter()
+                .flatten(),
+            ))
             .response("200", json_response("A page of objects and the revision it reflects", list_schema.into()))
             .response("400", problem("A bad query parameter")),
     );
@@ -226,6 +235,7 @@ pub fn openapi() -> OpenApi {
     collect::<VirtualNetwork>(&mut schemas);
     collect::<SecurityGroup>(&mut schemas);
     collect::<Port>(&mut schemas);
+    collect::<ClusterPolicy>(&mut schemas);
     collect::<Problem>(&mut schemas);
     collect::<Info>(&mut schemas);
     collect::<BatchRequest>(&mut schemas);
@@ -274,8 +284,11 @@ pub fn openapi() -> OpenApi {
     let mut paths = PathsBuilder::new();
     for kind in Kind::ALL {
         paths = paths.path(format!("/v1/{}", kind.plural()), collection_operations(kind));
-        if kind == Kind::Project {
-            paths = paths.path("/v1/projects/{key}", item_operations(kind, &[("key", "The project's id or name")]));
+        if kind.is_cluster_scoped() {
+            paths = paths.path(
+                format!("/v1/{}/{{key}}", kind.plural()),
+                item_operations(kind, &[("key", &format!("The {kind}'s id or name"))]),
+            );
         } else {
             paths = paths
                 .path(format!("/v1/{}/{{key}}", kind.plural()), item_operations(kind, &[("key", "The object's id")]))

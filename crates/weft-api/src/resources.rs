@@ -1,4 +1,4 @@
-//! The four resources' endpoints: list, create, get, replace, patch, delete, and the batch
+//! The resources' endpoints: list, create, get, replace, patch, delete, and the batch
 //! endpoint built from the same operations. Every write is one store transaction.
 
 use std::collections::HashMap;
@@ -21,8 +21,8 @@ use crate::body;
 use crate::cache::Lookup;
 use crate::problem::{ApiError, ApiResult};
 
-/// Routes of one kind: `/v1/<kind>`, `/v1/<kind>/{id}` and, below a project,
-/// `/v1/<kind>/{project}/{name}`.
+/// Routes of one kind: `/v1/<kind>`, `/v1/<kind>/{id}` (or name, for a kind that belongs to no
+/// project) and, below a project, `/v1/<kind>/{project}/{name}`.
 pub fn routes(kind: Kind) -> Router<AppState> {
     let collection = format!("/v1/{}", kind.plural());
     let mut router = Router::new()
@@ -40,7 +40,7 @@ pub fn routes(kind: Kind) -> Router<AppState> {
                 delete(kind, single_key(kind, k), s, c, h, q).await
             }),
     );
-    if kind != Kind::Project {
+    if !kind.is_cluster_scoped() {
         router = router.route(
             &format!("{collection}/{{project}}/{{name}}"),
             get(move |s, c, Path(k): Path<(String, String)>| async move { get_one(kind, named_key(k), s, c).await })
@@ -58,12 +58,12 @@ pub fn routes(kind: Kind) -> Router<AppState> {
     router
 }
 
-/// `/v1/projects/{name-or-id}`; `/v1/<child-kind>/{id}`.
+/// `/v1/projects/{name-or-id}`, `/v1/cluster-policies/{name-or-id}`; `/v1/<child-kind>/{id}`.
 fn single_key(kind: Kind, key: String) -> ApiResult<ObjectKey> {
     if let Ok(id) = key.parse::<Uuid>() {
         return Ok(ObjectKey::Id(id));
     }
-    if kind == Kind::Project {
+    if kind.is_cluster_scoped() {
         Ok(ObjectKey::Name { project: None, name: key })
     } else {
         Err(ApiError::not_found(format!(
@@ -78,8 +78,9 @@ fn named_key((project, name): (String, String)) -> ApiResult<ObjectKey> {
     Ok(ObjectKey::Name { project: Some(project), name })
 }
 
-/// The project that owns a stored object (a project owns itself).
-pub(crate) fn owner(object: &StoredObject) -> ApiResult<String> {
+/// The project that owns a stored object (a project owns itself); `None` for what belongs to
+/// the cluster (a cluster policy), which only an admin reads.
+pub(crate) fn owner(object: &StoredObject) -> ApiResult<Option<String>> {
     #[derive(Deserialize)]
     struct Owner {
         name: String,
@@ -89,7 +90,18 @@ pub(crate) fn owner(object: &StoredObject) -> ApiResult<String> {
         tracing::error!(id = %object.id, error = %e, "stored object without a name");
         ApiError::internal()
     })?;
-    Ok(o.project.unwrap_or(o.name))
+    Ok(match object.kind {
+        Kind::ClusterPolicy => None,
+        _ => Some(o.project.unwrap_or(o.name)),
+    })
+}
+
+/// Whether the caller may read what `owner` owns ([`owner`]).
+pub(crate) fn may_read(caller: &Caller, owner: Option<&str>) -> bool {
+    match owner {
+        Some(project) => caller.can_read(project),
+        None => caller.is_admin(),
+    }
 }
 
 /// `If-Match: "12"` (or `W/"12"`, or `12`); `*` and absence mean no condition.
@@ -113,8 +125,28 @@ pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
-fn object_response(status: StatusCode, object: &StoredObject) -> Response {
-    let mut response = json_response(status, object.to_json());
+/// An object as served: a cluster policy with its status (among `places`, every policy's).
+fn served_json(object: &StoredObject, places: &[weft_store::PolicyPlace]) -> ApiResult<String> {
+    if object.kind != Kind::ClusterPolicy {
+        return Ok(object.to_json());
+    }
+    #[derive(Deserialize)]
+    struct Name {
+        name: String,
+    }
+    let name: Name = serde_json::from_str(&object.body).map_err(|e| {
+        tracing::error!(id = %object.id, error = %e, "stored object without a name");
+        ApiError::internal()
+    })?;
+    Ok(crate::cluster_status::with_status(object.to_json(), &crate::cluster_status::status_of(places, &name.name)))
+}
+
+fn object_response(status: StatusCode, object: &StoredObject, places: &[weft_store::PolicyPlace]) -> Response {
+    let json = match served_json(object, places) {
+        Ok(json) => json,
+        Err(e) => return e.into_response(),
+    };
+    let mut response = json_response(status, json);
     response.headers_mut().insert(header::ETAG, etag(object.revision));
     if status == StatusCode::CREATED
         && let Ok(location) = HeaderValue::from_str(&format!("/v1/{}/{}", object.kind.plural(), object.id))
@@ -125,7 +157,7 @@ fn object_response(status: StatusCode, object: &StoredObject) -> Response {
 }
 
 /// Query parameters of a list, checked one by one so that a bad one is named.
-fn list_query(caller: &Caller, params: HashMap<String, String>) -> ApiResult<ListQuery> {
+fn list_query(kind: Kind, caller: &Caller, params: HashMap<String, String>) -> ApiResult<ListQuery> {
     let mut query = ListQuery::default();
     for (name, value) in params {
         match name.as_str() {
@@ -157,6 +189,10 @@ fn list_query(caller: &Caller, params: HashMap<String, String>) -> ApiResult<Lis
             }
         }
     }
+    require_cluster_admin(caller, kind)?;
+    if kind == Kind::ClusterPolicy && query.project.is_some() {
+        return Err(ApiError::invalid_parameter("project", "cluster policies belong to no project"));
+    }
     if let Some(project) = &query.project {
         caller.require_read(project)?;
     }
@@ -170,7 +206,7 @@ async fn list(
     Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let query = list_query(&caller, params)?;
+    let query = list_query(kind, &caller, params)?;
     // Read before listing: every revision up to it is in the page. Computed afresh rather
     // than taken from the follower, so that a list after a write reports that write.
     let revision = state.store.safe_horizon().await?;
@@ -181,12 +217,13 @@ async fn list(
         e => e.into(),
     })?;
     let mut body = String::with_capacity(page.items.iter().map(|o| o.body.len() + 160).sum::<usize>() + 64);
+    let places = if kind == Kind::ClusterPolicy { state.store.cluster_policy_places().await? } else { Vec::new() };
     body.push_str("{\"items\":[");
     for (i, item) in page.items.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&item.to_json());
+        body.push_str(&served_json(item, &places)?);
     }
     body.push_str(&format!("],\"revision\":{revision}"));
     if let Some(token) = &page.continue_token {
@@ -203,12 +240,19 @@ async fn get_one(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Response> {
     let key = key?;
+    require_cluster_admin(&caller, kind)?;
+    if kind == Kind::ClusterPolicy {
+        // Served with a status computed from the other policies: from the database, both.
+        let object = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
+        let places = state.store.cluster_policy_places().await?;
+        return Ok(object_response(StatusCode::OK, &object, &places));
+    }
     // The cache answers once it has applied everything this process has committed.
     let committed_here = *state.store.local_commits().borrow();
     match state.cache.get(kind, &key, committed_here) {
         Lookup::Found(cached) => {
             state.metrics.cache_hits.inc();
-            if !caller.can_read(&cached.owner) {
+            if !may_read(&caller, cached.owner.as_deref()) {
                 return Err(not_found(kind, &key));
             }
             let mut response = json_response(StatusCode::OK, cached.json.to_string());
@@ -224,10 +268,10 @@ async fn get_one(
         }
     }
     let object = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
-    if !caller.can_read(&owner(&object)?) {
+    if !may_read(&caller, owner(&object)?.as_deref()) {
         return Err(not_found(kind, &key));
     }
-    Ok(object_response(StatusCode::OK, &object))
+    Ok(object_response(StatusCode::OK, &object, &[]))
 }
 
 fn not_found(kind: Kind, key: &ObjectKey) -> ApiError {
@@ -245,8 +289,9 @@ async fn create(
     let value = body::parse_value(&body::bytes(body)?)?;
     let mut txn = state.store.begin().await?;
     let mut object = op_create(&mut txn, &caller, kind, value).await?;
+    let places = places_in(&mut txn, kind).await?;
     object.revision = txn.commit().await?;
-    Ok(object_response(StatusCode::CREATED, &object))
+    Ok(object_response(StatusCode::CREATED, &object, &places))
 }
 
 /// PUT replaces the object with the body; PATCH merges the body into it (RFC 7396).
@@ -274,8 +319,9 @@ async fn update(
         Update::Replace => op_replace(&mut txn, &caller, kind, &key, value, if_match).await?,
         Update::MergePatch => op_patch(&mut txn, &caller, kind, &key, &value, if_match).await?,
     };
+    let places = places_in(&mut txn, kind).await?;
     object.revision = txn.commit().await?;
-    Ok(object_response(StatusCode::OK, &object))
+    Ok(object_response(StatusCode::OK, &object, &places))
 }
 
 async fn delete(
@@ -305,6 +351,11 @@ async fn delete(
     Ok(response)
 }
 
+/// Every cluster policy's place as a write of `kind` left them, for its response's status.
+async fn places_in(txn: &mut Txn, kind: Kind) -> ApiResult<Vec<weft_store::PolicyPlace>> {
+    if kind == Kind::ClusterPolicy { Ok(txn.cluster_policy_places().await?) } else { Ok(Vec::new()) }
+}
+
 /// Decodes a body as `kind`, naming any bad field.
 fn decode(kind: Kind, value: serde_json::Value) -> ApiResult<Resource> {
     Ok(match kind {
@@ -312,11 +363,19 @@ fn decode(kind: Kind, value: serde_json::Value) -> ApiResult<Resource> {
         Kind::VirtualNetwork => Resource::VirtualNetwork(body::decode(value)?),
         Kind::SecurityGroup => Resource::SecurityGroup(body::decode(value)?),
         Kind::Port => Resource::Port(body::decode(value)?),
+        Kind::ClusterPolicy => Resource::ClusterPolicy(body::decode(value)?),
     })
 }
 
+/// Cluster policies are an admin's alone, to read as to write: refused before anything is
+/// looked up, so that the answer says nothing of what exists.
+fn require_cluster_admin(caller: &Caller, kind: Kind) -> ApiResult<()> {
+    if kind == Kind::ClusterPolicy { caller.require_admin() } else { Ok(()) }
+}
+
+/// Projects and cluster policies are an admin's to write; the rest, their project's writers'.
 fn require_write(caller: &Caller, kind: Kind, project: &str) -> ApiResult<()> {
-    if kind == Kind::Project { caller.require_admin() } else { caller.require_write(project) }
+    if kind.is_cluster_scoped() { caller.require_admin() } else { caller.require_write(project) }
 }
 
 /// Checks that the caller may change an object that exists: one it may not even read is, to
@@ -324,10 +383,10 @@ fn require_write(caller: &Caller, kind: Kind, project: &str) -> ApiResult<()> {
 /// learns nothing of another's objects, issue 17); one it may read but not change is a 403.
 fn require_write_existing(caller: &Caller, kind: Kind, key: &ObjectKey, current: &StoredObject) -> ApiResult<()> {
     let owner = owner(current)?;
-    if !caller.can_read(&owner) {
+    if !may_read(caller, owner.as_deref()) {
         return Err(not_found(kind, key));
     }
-    require_write(caller, kind, &owner)
+    require_write(caller, kind, owner.as_deref().unwrap_or_default())
 }
 
 /// Fields only an admin may set or change. A port's `interface` is a claim on its node's
@@ -377,6 +436,7 @@ pub(crate) async fn op_create(
     kind: Kind,
     value: serde_json::Value,
 ) -> ApiResult<StoredObject> {
+    require_cluster_admin(caller, kind)?;
     let resource = decode(kind, value)?;
     require_write(caller, kind, resource.project().unwrap_or(resource.name()))?;
     require_admin_fields(caller, &resource, None)?;
@@ -391,6 +451,7 @@ pub(crate) async fn op_replace(
     value: serde_json::Value,
     if_match: Option<i64>,
 ) -> ApiResult<StoredObject> {
+    require_cluster_admin(caller, kind)?;
     let resource = decode(kind, value)?;
     let current = txn.get_for_update(kind, key).await?;
     require_write_existing(caller, kind, key, &current)?;
@@ -406,6 +467,7 @@ pub(crate) async fn op_patch(
     patch: &serde_json::Value,
     if_match: Option<i64>,
 ) -> ApiResult<StoredObject> {
+    require_cluster_admin(caller, kind)?;
     if !patch.is_object() {
         return Err(ApiError::invalid(weft_model::ValidationErrors::single("", "a merge patch is a JSON object")));
     }
@@ -429,6 +491,7 @@ pub(crate) async fn op_delete(
     cascade: bool,
     if_match: Option<i64>,
 ) -> ApiResult<()> {
+    require_cluster_admin(caller, kind)?;
     let current = txn.get_for_update(kind, key).await?;
     require_write_existing(caller, kind, key, &current)?;
     Ok(txn.delete(kind, key, cascade, if_match).await?)

@@ -91,13 +91,16 @@ impl Resource for SecurityGroup {
 impl Resource for Port {
     const KIND: Kind = Kind::Port;
 }
+impl Resource for weft_model::ClusterPolicy {
+    const KIND: Kind = Kind::ClusterPolicy;
+}
 
 /// How to address one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
     Id(Uuid),
-    /// A project by name.
-    Project(String),
+    /// A project or a cluster policy by name.
+    Name(String),
     /// A project's object by name.
     Named {
         project: String,
@@ -106,13 +109,14 @@ pub enum Key {
 }
 
 impl Key {
-    /// Parses `id`, `name` (projects) or `project/name` (everything else).
+    /// Parses `id`, `name` (projects, cluster policies) or `project/name` (everything else).
     pub fn parse(kind: Kind, s: &str) -> Key {
         if let Ok(id) = s.parse() {
             return Key::Id(id);
         }
         match (kind, s.split_once('/')) {
-            (Kind::Project, _) | (_, None) => Key::Project(s.to_string()),
+            (kind, _) if kind.is_cluster_scoped() => Key::Name(s.to_string()),
+            (_, None) => Key::Name(s.to_string()),
             (_, Some((project, name))) => Key::Named { project: project.to_string(), name: name.to_string() },
         }
     }
@@ -120,7 +124,7 @@ impl Key {
     fn path(&self, kind: Kind) -> String {
         match self {
             Key::Id(id) => format!("/v1/{}/{id}", kind.plural()),
-            Key::Project(name) => format!("/v1/{}/{}", kind.plural(), enc(name)),
+            Key::Name(name) => format!("/v1/{}/{}", kind.plural(), enc(name)),
             Key::Named { project, name } => format!("/v1/{}/{}/{}", kind.plural(), enc(project), enc(name)),
         }
     }
@@ -651,6 +655,6 @@ mod tests {
         assert_eq!(Key::parse(Kind::Project, "k8s-a").path(Kind::Project), "/v1/projects/k8s-a");
         let id = Uuid::new_v4();
         assert_eq!(Key::parse(Kind::SecurityGroup, &id.to_string()), Key::Id(id));
-        assert_eq!(Key::Project("a b/c".into()).path(Kind::Project), "/v1/projects/a%20b%2Fc");
+        assert_eq!(Key::Name("a b/c".into()).path(Kind::Project), "/v1/projects/a%20b%2Fc");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use uuid::Uuid;
-use weft_model::{ClusterPolicy, Direction, Labels, ObjectRef, Port, Project, SecurityGroup};
+use weft_model::{ClusterPolicy, Direction, Kind, Labels, ObjectRef, Port, Project, Resource, SecurityGroup};
 
 /// One change of the input, with the revision it came in.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,31 @@ pub enum Change {
     /// A tiered cluster policy (DESIGN.md §11).
     UpsertClusterPolicy(ClusterPolicy),
     DeleteClusterPolicy(Uuid),
+}
+
+impl Change {
+    /// The compiler's view of an object written; `None` for what does not affect policy
+    /// (networks).
+    pub fn upsert(resource: Resource) -> Option<Change> {
+        match resource {
+            Resource::Project(p) => Some(Change::UpsertProject(p)),
+            Resource::Port(p) => Some(Change::UpsertPort(p)),
+            Resource::SecurityGroup(g) => Some(Change::UpsertGroup(g)),
+            Resource::ClusterPolicy(p) => Some(Change::UpsertClusterPolicy(p)),
+            Resource::VirtualNetwork(_) => None,
+        }
+    }
+
+    /// The compiler's view of an object deleted.
+    pub fn delete(kind: Kind, id: Uuid) -> Option<Change> {
+        match kind {
+            Kind::Project => Some(Change::DeleteProject(id)),
+            Kind::Port => Some(Change::DeletePort(id)),
+            Kind::SecurityGroup => Some(Change::DeleteGroup(id)),
+            Kind::ClusterPolicy => Some(Change::DeleteClusterPolicy(id)),
+            Kind::VirtualNetwork => None,
+        }
+    }
 }
 
 /// What the compiler cannot take as given — a reference that does not resolve (yet), a claim

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 use weft_compiler::{Change, Compiler};
-use weft_model::{Kind, Resource};
 use weft_store::follow::{Event, FollowConfig, Next};
 use weft_store::{ChangeOp, Store, StoredObject};
 
@@ -21,21 +20,13 @@ use crate::hub::Hub;
 fn to_change(op: ChangeOp, object: &StoredObject) -> Option<Change> {
     match op {
         ChangeOp::Put => match object.decode() {
-            Ok(Resource::Project(p)) => Some(Change::UpsertProject(p)),
-            Ok(Resource::Port(p)) => Some(Change::UpsertPort(p)),
-            Ok(Resource::SecurityGroup(g)) => Some(Change::UpsertGroup(g)),
-            Ok(Resource::VirtualNetwork(_)) => None,
+            Ok(resource) => Change::upsert(resource),
             Err(e) => {
                 tracing::error!(id = %object.id, error = %e, "a stored object does not decode; the controller skips it");
                 None
             }
         },
-        ChangeOp::Delete => match object.kind {
-            Kind::Project => Some(Change::DeleteProject(object.id)),
-            Kind::Port => Some(Change::DeletePort(object.id)),
-            Kind::SecurityGroup => Some(Change::DeleteGroup(object.id)),
-            Kind::VirtualNetwork => None,
-        },
+        ChangeOp::Delete => Change::delete(object.kind, object.id),
     }
 }
 

@@ -182,6 +182,7 @@ pub fn cluster_network_policy(cnp: &ClusterNetworkPolicy, o: &Options) -> (Optio
         revision: None,
         created_at: None,
         updated_at: None,
+        status: None,
     };
     if let Err(e) = policy.validate() {
         report(format!("not representable: {e}"));

@@ -534,7 +534,7 @@ pub async fn reconcile_all(client: &Client, desired: &Desired, o: &Options) -> R
 pub async fn ensure_pod_network(client: &Client, o: &Options) -> Result<Option<Problem>, ClientError> {
     let Some((project, network)) = o.pod_network_objects() else { return Ok(None) };
     let owner = o.owner();
-    match client.get::<Project>(&weft_client::Key::Project(project.name.clone())).await {
+    match client.get::<Project>(&weft_client::Key::Name(project.name.clone())).await {
         Ok(_) => {}
         Err(e) if e.status() == Some(404) => {
             client.create(&project).await?;

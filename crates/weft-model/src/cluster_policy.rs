@@ -165,6 +165,21 @@ pub struct ClusterPolicy {
     pub created_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
+    /// What the server reports of the policy when it serves it; ignored on input, so that a
+    /// client can GET, edit and PUT a policy back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(read_only)]
+    pub status: Option<ClusterPolicyStatus>,
+}
+
+/// What the server reports of a cluster policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterPolicyStatus {
+    /// The other policies of the same tier and priority, in name order. Policies tied so decide
+    /// by name (the CRD leaves the order to the implementation): a warning that the order may
+    /// not be the one meant.
+    #[serde(default)]
+    pub ties: Vec<String>,
 }
 
 impl ClusterPolicy {

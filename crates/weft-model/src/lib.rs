@@ -19,7 +19,9 @@ pub mod selector;
 pub mod syntax;
 pub mod validation;
 
-pub use cluster_policy::{ClusterPolicy, PolicyAction, PolicyProtocol, PolicyRemote, PolicySubject, Tier, TieredRule};
+pub use cluster_policy::{
+    ClusterPolicy, ClusterPolicyStatus, PolicyAction, PolicyProtocol, PolicyRemote, PolicySubject, Tier, TieredRule,
+};
 pub use resource::{
     DEFAULT_GROUP, Kind, MAX_PORT_IPS, MAX_RULES, NamedPort, NodeBlocks, Port, Project, Resource, SecurityGroup,
     Subnet, VirtualNetwork, both_directions, member_group,

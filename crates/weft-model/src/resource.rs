@@ -1,4 +1,4 @@
-//! The four resources of DESIGN.md §3. One struct per resource serves as request body and
+//! The resources of DESIGN.md §3 and §11. One struct per resource serves as request body and
 //! response: server-assigned fields (`id`, `revision`, timestamps) are ignored on input, so
 //! that a client can GET, edit and PUT an object back.
 
@@ -30,10 +30,17 @@ pub enum Kind {
     VirtualNetwork,
     SecurityGroup,
     Port,
+    ClusterPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Project, Kind::VirtualNetwork, Kind::SecurityGroup, Kind::Port];
+    pub const ALL: [Kind; 5] =
+        [Kind::Project, Kind::VirtualNetwork, Kind::SecurityGroup, Kind::Port, Kind::ClusterPolicy];
+
+    /// Whether objects of this kind belong to no project: addressed by name alone.
+    pub fn is_cluster_scoped(self) -> bool {
+        matches!(self, Kind::Project | Kind::ClusterPolicy)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,6 +48,7 @@ impl Kind {
             Kind::VirtualNetwork => "virtual-network",
             Kind::SecurityGroup => "security-group",
             Kind::Port => "port",
+            Kind::ClusterPolicy => "cluster-policy",
         }
     }
 
@@ -51,6 +59,7 @@ impl Kind {
             Kind::VirtualNetwork => "virtual-networks",
             Kind::SecurityGroup => "security-groups",
             Kind::Port => "ports",
+            Kind::ClusterPolicy => "cluster-policies",
         }
     }
 
@@ -512,7 +521,7 @@ pub fn member_group<'a>(own_project: &str, reference: &'a str) -> Result<&'a str
 #[cfg(test)]
 mod tests;
 
-/// Any one of the four resources, as a write carries it.
+/// Any one of the resources, as a write carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Resource {
@@ -520,6 +529,7 @@ pub enum Resource {
     VirtualNetwork(VirtualNetwork),
     SecurityGroup(SecurityGroup),
     Port(Port),
+    ClusterPolicy(crate::ClusterPolicy),
 }
 
 macro_rules! each_resource {
@@ -529,6 +539,7 @@ macro_rules! each_resource {
             Resource::VirtualNetwork($r) => $e,
             Resource::SecurityGroup($r) => $e,
             Resource::Port($r) => $e,
+            Resource::ClusterPolicy($r) => $e,
         }
     };
 }
@@ -541,6 +552,7 @@ impl Resource {
             Kind::VirtualNetwork => Resource::VirtualNetwork(serde_json::from_value(value)?),
             Kind::SecurityGroup => Resource::SecurityGroup(serde_json::from_value(value)?),
             Kind::Port => Resource::Port(serde_json::from_value(value)?),
+            Kind::ClusterPolicy => Resource::ClusterPolicy(serde_json::from_value(value)?),
         })
     }
 
@@ -550,6 +562,7 @@ impl Resource {
             Resource::VirtualNetwork(_) => Kind::VirtualNetwork,
             Resource::SecurityGroup(_) => Kind::SecurityGroup,
             Resource::Port(_) => Kind::Port,
+            Resource::ClusterPolicy(_) => Kind::ClusterPolicy,
         }
     }
 
@@ -557,10 +570,10 @@ impl Resource {
         each_resource!(self, r => &r.name)
     }
 
-    /// The owning project's name; `None` for a project.
+    /// The owning project's name; `None` for a project and a cluster policy.
     pub fn project(&self) -> Option<&str> {
         match self {
-            Resource::Project(_) => None,
+            Resource::Project(_) | Resource::ClusterPolicy(_) => None,
             Resource::VirtualNetwork(r) => Some(&r.project),
             Resource::SecurityGroup(r) => Some(&r.project),
             Resource::Port(r) => Some(&r.project),
@@ -582,6 +595,9 @@ impl Resource {
             r.revision = None;
             r.created_at = None;
             r.updated_at = None;
-        })
+        });
+        if let Resource::ClusterPolicy(p) = self {
+            p.status = None;
+        }
     }
 }

@@ -118,7 +118,10 @@ impl Store {
         ));
         q.push_bind(kind.as_str());
         if let Some(project) = &query.project {
-            if kind == Kind::Project {
+            if kind == Kind::ClusterPolicy {
+                // Cluster policies belong to no project.
+                q.push(" AND false");
+            } else if kind == Kind::Project {
                 q.push(" AND name = ").push_bind(project.clone());
             } else {
                 q.push(" AND scope = (SELECT id FROM objects WHERE kind = 'project' AND scope = ")
@@ -129,7 +132,9 @@ impl Store {
             }
         }
         if let Some(allowed) = &query.allowed_projects {
-            if kind == Kind::Project {
+            if kind == Kind::ClusterPolicy {
+                q.push(" AND false");
+            } else if kind == Kind::Project {
                 q.push(" AND name = ANY(").push_bind(allowed.clone()).push(")");
             } else {
                 q.push(" AND project_id IN (SELECT id FROM objects WHERE kind = 'project' AND name = ANY(")
@@ -158,6 +163,33 @@ impl Store {
         }
         let continue_token = if more { last.map(|(scope, name)| encode_continue(scope, &name)) } else { None };
         Ok(ListPage { items, continue_token })
+    }
+}
+
+/// A cluster policy's place among the others: its status's ties are computed from these.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PolicyPlace {
+    pub name: String,
+    pub tier: String,
+    pub priority: i64,
+}
+
+/// Every cluster policy's place, in name order. Cluster policies are few (a cluster's
+/// administrators write them), so every response that reports ties reads them all.
+const POLICY_PLACES: &str = "SELECT name, body->>'tier' AS tier, (body->>'priority')::bigint AS priority \
+     FROM objects WHERE kind = 'cluster-policy' ORDER BY name";
+
+impl Store {
+    /// Every cluster policy's place ([`PolicyPlace`]).
+    pub async fn cluster_policy_places(&self) -> Result<Vec<PolicyPlace>> {
+        Ok(sqlx::query_as(POLICY_PLACES).fetch_all(&self.pool).await?)
+    }
+}
+
+impl Txn {
+    /// Every cluster policy's place as this transaction sees it: with its own writes.
+    pub async fn cluster_policy_places(&mut self) -> Result<Vec<PolicyPlace>> {
+        Ok(sqlx::query_as(POLICY_PLACES).fetch_all(&mut *self.tx).await?)
     }
 }
 
@@ -246,7 +278,7 @@ impl Txn {
         resource.clear_meta();
         let id = Uuid::new_v4();
         match &mut resource {
-            Resource::Project(_) | Resource::VirtualNetwork(_) => {}
+            Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
             Resource::SecurityGroup(sg) => assign_rule_ids(sg),
             Resource::Port(port) => {
                 if port.security_groups.is_none() {
@@ -398,7 +430,7 @@ impl Txn {
                 }
                 ports.into_iter().map(|(id, _)| id).collect()
             }
-            Kind::SecurityGroup | Kind::Port => Vec::new(),
+            Kind::SecurityGroup | Kind::Port | Kind::ClusterPolicy => Vec::new(),
         };
         let mut doomed = dependents.clone();
         doomed.push(id);
@@ -681,7 +713,7 @@ impl Txn {
         let project = project.to_string();
         let mut targets = BTreeSet::new();
         match resource {
-            Resource::Project(_) | Resource::VirtualNetwork(_) => {}
+            Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
             Resource::SecurityGroup(sg) => {
                 for (i, rule) in sg.rules.iter().enumerate() {
                     if let Remote::SecurityGroup { security_group } = &rule.remote {

@@ -128,15 +128,11 @@ pub async fn write_unchecked_port(store: &weft_store::Store, port: &weft_model::
 
 /// A compiler loaded with everything the store holds.
 pub async fn compiler(store: &weft_store::Store) -> weft_compiler::Compiler {
-    use weft_compiler::Change;
-    use weft_model::Resource;
     let snapshot = store.snapshot().await.expect("snapshot");
-    let changes = snapshot.objects.iter().filter_map(|o| match o.decode().expect("stored object decodes") {
-        Resource::Project(p) => Some(Change::UpsertProject(p)),
-        Resource::Port(p) => Some(Change::UpsertPort(p)),
-        Resource::SecurityGroup(g) => Some(Change::UpsertGroup(g)),
-        Resource::VirtualNetwork(_) => None,
-    });
+    let changes = snapshot
+        .objects
+        .iter()
+        .filter_map(|o| weft_compiler::Change::upsert(o.decode().expect("stored object decodes")));
     let mut compiler = weft_compiler::Compiler::new();
     compiler.load(snapshot.horizon, changes);
     compiler

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use weft_client::{Client, Key, ListOptions};
-use weft_model::{Kind, Port, Project, SecurityGroup, VirtualNetwork};
+use weft_model::{ClusterPolicy, Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
 use clap::{Args, Subcommand};
 
@@ -37,6 +37,13 @@ pub enum ClientCommand {
     Port {
         #[command(subcommand)]
         command: ObjectCommand<PortCreate>,
+    },
+    /// Tiered cluster policies (admin only): ordered rules that accept, deny or pass, before
+    /// the security groups (tier admin) or after them (tier baseline). Rules come from a file
+    /// (-f); flags set the rest.
+    ClusterPolicy {
+        #[command(subcommand)]
+        command: ObjectCommand<ClusterPolicyCreate>,
     },
     /// API tokens (admin only).
     Token {
@@ -188,6 +195,24 @@ pub struct NetworkCreate {
     /// A subnet, optionally with its gateway: `10.0.0.0/24` or `10.0.0.0/24,gateway=10.0.0.1`.
     #[arg(long)]
     pub subnet: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterPolicyCreate {
+    #[command(flatten)]
+    pub source: ObjectSource,
+    /// admin (before the security groups) or baseline (after them).
+    #[arg(long, value_parser = ["admin", "baseline"])]
+    pub tier: Option<String>,
+    /// 0-1000; lower decides first within the tier.
+    #[arg(long)]
+    pub priority: Option<i64>,
+    /// Apply to ports matching this selector (default: every port of the selected projects).
+    #[arg(long)]
+    pub ports: Option<String>,
+    /// Apply to ports of projects matching this selector (default: every project).
+    #[arg(long)]
+    pub projects: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +383,9 @@ pub async fn run(command: ClientCommand, args: &ClientArgs, data_dir: &Path) -> 
         ClientCommand::Project { command } => object::<Project, _>(&c, out, command, project_body).await,
         ClientCommand::Network { command } => object::<VirtualNetwork, _>(&c, out, command, network_body).await,
         ClientCommand::Port { command } => object::<Port, _>(&c, out, command, port_body).await,
+        ClientCommand::ClusterPolicy { command } => {
+            object::<ClusterPolicy, _>(&c, out, command, cluster_policy_body).await
+        }
         ClientCommand::Sg { command: SgCommand::Object(command) } => {
             object::<SecurityGroup, _>(&c, out, command, sg_body).await
         }
@@ -467,7 +495,7 @@ where
 fn fill_identity(value: &mut Value, key: &Key) {
     let Value::Object(map) = value else { return };
     match key {
-        Key::Project(name) => {
+        Key::Name(name) => {
             map.entry("name").or_insert_with(|| Value::String(name.clone()));
         }
         Key::Named { project, name } => {
@@ -554,6 +582,29 @@ fn network_body(a: &NetworkCreate) -> anyhow::Result<Value> {
             })
             .collect::<anyhow::Result<_>>()?;
         v["subnets"] = Value::Array(subnets);
+    }
+    Ok(v)
+}
+
+fn cluster_policy_body(a: &ClusterPolicyCreate) -> anyhow::Result<Value> {
+    let mut v = base_body(&a.source, false)?;
+    if let Some(tier) = &a.tier {
+        v["tier"] = Value::String(tier.clone());
+    }
+    if let Some(priority) = a.priority {
+        v["priority"] = json!(priority);
+    }
+    for (field, selector) in [("ports", &a.ports), ("projects", &a.projects)] {
+        if let Some(s) = selector {
+            let selector = weft_model::LabelSelector::parse(s)?;
+            if !v["subject"].is_object() {
+                v["subject"] = json!({});
+            }
+            v["subject"][field] = serde_json::to_value(selector)?;
+        }
+    }
+    if v.get("subject").is_none() {
+        v["subject"] = json!({});
     }
     Ok(v)
 }

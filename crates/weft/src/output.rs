@@ -39,6 +39,10 @@ pub fn show(out: Output, value: &Value, kind: Option<Kind>) -> anyhow::Result<()
                 println!();
                 rules_table(value);
             }
+            if kind == Kind::ClusterPolicy {
+                println!();
+                tiered_rules_table(value);
+            }
         }
         None => {
             if let Value::Object(map) = value {
@@ -174,6 +178,15 @@ fn columns(kind: Kind) -> Vec<(&'static str, &'static str)> {
             ("GROUPS", "security_groups"),
             ("LABELS", "labels"),
         ],
+        Kind::ClusterPolicy => vec![
+            ("TIER", "tier"),
+            ("PRIORITY", "priority"),
+            ("NAME", "name"),
+            ("SUBJECT", "subject"),
+            ("INGRESS", "ingress"),
+            ("EGRESS", "egress"),
+            ("TIED-WITH", "status"),
+        ],
     }
 }
 
@@ -186,6 +199,9 @@ fn cell(kind: Kind, field: &str, value: &Value) -> String {
                 .map(|s| if s.is_empty() { "(all ports)".to_string() } else { s.to_string() })
                 .unwrap_or_default(),
         },
+        (Kind::ClusterPolicy, "ingress" | "egress") => value.as_array().map_or(0, Vec::len).to_string(),
+        (Kind::ClusterPolicy, "subject") => selectors(value),
+        (Kind::ClusterPolicy, "status") => scalar(&value["ties"]),
         (Kind::VirtualNetwork, "subnets") => value
             .as_array()
             .map(|a| a.iter().map(|s| scalar(&s["cidr"])).collect::<Vec<_>>().join(","))
@@ -208,6 +224,66 @@ fn table(columns: &[(&str, &str)], items: &[Value], kind: Kind) {
     let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
     let rows = items.iter().map(|item| columns.iter().map(|(_, f)| cell(kind, f, &item[*f])).collect()).collect();
     print_rows(&headers, rows);
+}
+
+/// A subject's or remote's `ports` and `projects` selectors, as `projects: ... ports: ...`
+/// (an empty selector matches everything and is left out).
+fn selectors(value: &Value) -> String {
+    let mut parts = Vec::new();
+    for field in ["projects", "ports"] {
+        let selector = serde_json::from_value::<weft_model::LabelSelector>(value[field].clone()).unwrap_or_default();
+        if !selector.is_empty() {
+            parts.push(format!("{field}: {selector}"));
+        }
+    }
+    if parts.is_empty() { "(every port)".to_string() } else { parts.join(" ") }
+}
+
+/// A cluster policy's rules, in the order they decide.
+fn tiered_rules_table(policy: &Value) {
+    let mut rows = Vec::new();
+    for direction in ["ingress", "egress"] {
+        for (i, rule) in policy[direction].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
+            let remotes = rule["remotes"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .map(|r| match r["type"].as_str() {
+                    Some("networks") => scalar(&r["networks"]),
+                    _ => selectors(r),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let protocols = rule["protocols"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .map(|p| {
+                    let port = match &p["port"] {
+                        Value::Object(range) => format!("{}-{}", scalar(&range["from"]), scalar(&range["to"])),
+                        port => scalar(port),
+                    };
+                    match &p["protocol"] {
+                        Value::Null => port,
+                        proto if p["port"].is_null() => scalar(proto),
+                        proto => format!("{}/{port}", scalar(proto)),
+                    }
+                })
+                .collect::<Vec<_>>();
+            let protocols = if protocols.is_empty() { "any".to_string() } else { protocols.join(",") };
+            rows.push(vec![
+                direction.to_string(),
+                i.to_string(),
+                scalar(&rule["name"]),
+                scalar(&rule["action"]),
+                remotes,
+                protocols,
+            ]);
+        }
+    }
+    print_rows(&["DIRECTION", "#", "NAME", "ACTION", "REMOTES", "PROTOCOLS"], rows);
 }
 
 fn rules_table(sg: &Value) {

@@ -143,6 +143,7 @@ impl Fixture {
             "projects" => weft_model::Kind::Project,
             "ports" => weft_model::Kind::Port,
             "virtual-networks" => weft_model::Kind::VirtualNetwork,
+            "cluster-policies" => weft_model::Kind::ClusterPolicy,
             _ => weft_model::Kind::SecurityGroup,
         };
         let resource = weft_model::Resource::from_json(kind, body).unwrap();
@@ -151,6 +152,7 @@ impl Fixture {
             weft_model::Resource::Port(p) => self.client.create(&p).await.map(|p| p.revision),
             weft_model::Resource::SecurityGroup(g) => self.client.create(&g).await.map(|g| g.revision),
             weft_model::Resource::VirtualNetwork(n) => self.client.create(&n).await.map(|n| n.revision),
+            weft_model::Resource::ClusterPolicy(p) => self.client.create(&p).await.map(|p| p.revision),
         };
         created.unwrap().unwrap_or_default()
     }
