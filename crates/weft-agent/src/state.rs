@@ -217,6 +217,7 @@ mod tests {
             named_ports: Arc::new(BTreeMap::new()),
             ingress: Isolation::Open,
             egress: Isolation::Open,
+            policies: Default::default(),
         }
     }
 

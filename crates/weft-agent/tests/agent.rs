@@ -228,6 +228,7 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
         named_ports: Default::default(),
         ingress: weft_compiler::Isolation::Open,
         egress: weft_compiler::Isolation::Open,
+        policies: Default::default(),
     };
     let progress = weft_agent::Progress {
         ports: std::sync::Arc::new([(("shop".to_string(), "db-0".to_string()), local)].into()),

@@ -25,7 +25,7 @@ use common::{PATIENCE, config, spawn, temp_dir};
 /// open until the agent goes.
 #[derive(Debug, Clone)]
 enum Step {
-    Send(v1::ControllerMessage),
+    Send(Box<v1::ControllerMessage>),
     Fail(Status),
 }
 
@@ -122,6 +122,7 @@ fn port(name: &str, n: u8) -> (Uuid, PortPolicy) {
         named_ports: Default::default(),
         ingress: Isolation::Open,
         egress: Isolation::Open,
+        policies: Default::default(),
     };
     (Uuid::from_u128(u128::from(n)), policy)
 }
@@ -132,13 +133,18 @@ fn span(ports: &[(&str, u8)]) -> NodeSpan {
 
 /// A snapshot at `revision`, in as many parts as it takes (one, for these spans).
 fn snapshot(revision: i64, ports: &[(&str, u8)]) -> Vec<Step> {
-    weft_proto::snapshot(revision, &span(ports), 1 << 20).into_iter().map(Step::Send).collect()
+    weft_proto::snapshot(revision, &span(ports), 1 << 20).into_iter().map(|m| Step::Send(Box::new(m))).collect()
 }
 
 /// A delta adding a port, at `revision`; `last` false leaves the update open.
 fn adding(revision: i64, name: &str, n: u8, last: bool) -> Step {
     let delta = SpanDelta { ports_upserted: [port(name, n)].into(), ..SpanDelta::default() };
-    Step::Send(v1::ControllerMessage { revision, snapshot: false, last, delta: Some(weft_proto::to_proto(&delta)) })
+    Step::Send(Box::new(v1::ControllerMessage {
+        revision,
+        snapshot: false,
+        last,
+        delta: Some(weft_proto::to_proto(&delta)),
+    }))
 }
 
 async fn run_until(scripts: Vec<Vec<Step>>, done: impl Fn(&[Vec<String>]) -> bool) -> (Vec<Vec<String>>, usize) {
@@ -171,7 +177,8 @@ async fn an_update_cut_off_before_its_last_part_is_never_applied() {
 async fn an_error_in_the_middle_of_a_snapshot_keeps_the_last_span_until_a_whole_one_comes() {
     let mut parts = weft_proto::snapshot(2, &span(&[("a", 1), ("b", 2)]), 1 << 20);
     parts[0].last = false;
-    let first = [snapshot(1, &[("a", 1)]), vec![Step::Send(parts[0].clone()), Step::Fail(Status::internal("oops"))]];
+    let first =
+        [snapshot(1, &[("a", 1)]), vec![Step::Send(Box::new(parts[0].clone())), Step::Fail(Status::internal("oops"))]];
     let second = snapshot(3, &[("b", 2)]);
     let (applied, opened) = run_until(vec![first.concat(), second], |a| a.len() >= 2).await;
     assert_eq!(applied, [vec!["a"], vec!["b"]]);

@@ -61,6 +61,29 @@ pub struct SideExplanation {
     /// What that rule was written from (kube-manager: the NetworkPolicy and its entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<weft_model::RuleOrigin>,
+    /// The tiered cluster policy rule that decided (DESIGN.md §11): accept or deny in either
+    /// tier, or a baseline pass (allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiered: Option<TieredExplanation>,
+    /// The admin rule that passed this side to its security groups (which then decided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<TieredExplanation>,
+}
+
+/// A tiered cluster policy's rule.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TieredExplanation {
+    /// admin or baseline.
+    pub tier: String,
+    /// The cluster policy's name.
+    pub policy: String,
+    /// The rule's position among the policy's rules of this direction, from 0.
+    pub rule: u16,
+    /// The rule's name (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule_name: String,
+    /// accept, deny or pass.
+    pub action: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -181,6 +204,28 @@ fn verdict(side: Side) -> &'static str {
         Side::Allowed { .. } => "allowed",
         Side::Denied => "denied",
         Side::Refused => "refused",
+        Side::Tiered { action: weft_model::PolicyAction::Deny, .. } => "denied",
+        Side::Tiered { .. } => "allowed",
+    }
+}
+
+fn tiered_explanation(
+    compiler: &Compiler,
+    by: weft_compiler::TieredRuleRef,
+    direction: Direction,
+    action: weft_model::PolicyAction,
+) -> TieredExplanation {
+    let policy = compiler.cluster().cluster_policy(&by.policy);
+    let rules = policy.map(|p| match direction {
+        Direction::Ingress => &p.ingress,
+        Direction::Egress => &p.egress,
+    });
+    TieredExplanation {
+        tier: policy.map(|p| p.tier.to_string()).unwrap_or_default(),
+        policy: policy.map_or_else(|| by.policy.to_string(), |p| p.name.clone()),
+        rule: by.rule,
+        rule_name: rules.and_then(|r| r.get(usize::from(by.rule))).map(|r| r.name.clone()).unwrap_or_default(),
+        action: action.to_string(),
     }
 }
 
@@ -232,6 +277,7 @@ fn side_explanation(
     port: (Uuid, String),
     direction: Direction,
     side: Side,
+    passed: Option<weft_compiler::TieredRuleRef>,
 ) -> SideExplanation {
     let mut isolated_by: Vec<String> =
         view.isolated_by(&port.0, direction).unwrap_or_default().iter().map(|g| group_name(compiler, g)).collect();
@@ -243,7 +289,12 @@ fn side_explanation(
         }
         _ => (None, None, None),
     };
-    SideExplanation { port: port.1, verdict: verdict(side).into(), isolated_by, group, rule, origin }
+    let tiered = match side {
+        Side::Tiered { by, action } => Some(tiered_explanation(compiler, by, direction, action)),
+        _ => None,
+    };
+    let passed = passed.map(|by| tiered_explanation(compiler, by, direction, weft_model::PolicyAction::Pass));
+    SideExplanation { port: port.1, verdict: verdict(side).into(), isolated_by, group, rule, origin, tiered, passed }
 }
 
 pub async fn explain(
@@ -267,21 +318,22 @@ pub async fn explain(
                 .collect();
             let view = compiler.view_of(&ports);
             let e = view.explain(&src, &dst, &l4.packet(src_addr, dst_addr));
-            let side =
-                |end: &Endpoint, name: Option<String>, direction, decided: Option<Side>| match (end, name, decided) {
-                    (Endpoint::Port(id), Some(name), Some(s)) => {
-                        Some(side_explanation(compiler, &view, (*id, name), direction, s))
-                    }
-                    _ => None,
-                };
+            let side = |end: &Endpoint, name: Option<String>, direction, decided: Option<Side>, passed| match (
+                end, name, decided,
+            ) {
+                (Endpoint::Port(id), Some(name), Some(s)) => {
+                    Some(side_explanation(compiler, &view, (*id, name), direction, s, passed))
+                }
+                _ => None,
+            };
             Ok(ExplainResponse {
                 revision,
                 allowed: e.allowed,
                 always: e.always.map(|a| {
                     serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
                 }),
-                egress: side(&src, src_name, Direction::Egress, e.egress),
-                ingress: side(&dst, dst_name, Direction::Ingress, e.ingress),
+                egress: side(&src, src_name, Direction::Egress, e.egress, e.egress_passed),
+                ingress: side(&dst, dst_name, Direction::Ingress, e.ingress, e.ingress_passed),
             })
         })
         .ok_or_else(not_loaded)??;

@@ -192,3 +192,45 @@ async fn a_batch_writes_cluster_policies_by_name(pool: PgPool) {
         list["items"].as_array().unwrap().iter().map(|p| (p["name"].clone(), p["priority"].clone())).collect();
     assert_eq!(names, [(json!("a"), json!(2))]);
 }
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn explain_names_the_tier_policy_and_rule_that_decided(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let r = api.call(Method::POST, "/v1/projects", Some(json!({"name": "a", "labels": {"tenant": "a"}}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for (name, ip, app) in [("web", "10.0.0.1", "web"), ("db", "10.0.0.2", "db")] {
+        let port = json!({"name": name, "project": "a", "node": "node-1", "ips": [ip], "labels": {"app": app}, "security_groups": []});
+        let r = api.call(Method::POST, "/v1/ports", Some(port)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let admin = json!({
+        "name": "db-guard", "tier": "admin", "priority": 1,
+        "subject": {"ports": {"matchLabels": {"app": "db"}}},
+        "ingress": [
+            {"name": "sql", "action": "pass", "remotes": [{"type": "selector", "ports": {"matchLabels": {"app": "web"}}}],
+             "protocols": [{"protocol": "tcp", "port": 5432}]},
+            {"name": "nothing-else", "action": "deny", "remotes": [{"type": "selector"}]}
+        ]
+    });
+    let r = api.call(Method::POST, "/v1/cluster-policies", Some(admin)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    api.until_ready().await;
+    let revision = api.revision().await;
+    let explain =
+        |port: u16| json!({"from": "a/web", "to": "a/db", "protocol": "tcp", "port": port, "revision": revision});
+
+    let denied = api.call(Method::POST, "/v1/explain", Some(explain(22))).await;
+    assert_eq!(denied.status, StatusCode::OK, "{}", denied.body);
+    assert_eq!(denied.body["allowed"], false);
+    assert_eq!(denied.body["ingress"]["verdict"], "denied");
+    assert_eq!(
+        denied.body["ingress"]["tiered"],
+        json!({"tier": "admin", "policy": "db-guard", "rule": 1, "rule_name": "nothing-else", "action": "deny"})
+    );
+    // Passed to the security groups: none isolates db, so it is open, and the pass is named.
+    let passed = api.call(Method::POST, "/v1/explain", Some(explain(5432))).await;
+    assert_eq!(passed.body["allowed"], true, "{}", passed.body);
+    assert_eq!(passed.body["ingress"]["verdict"], "open");
+    assert_eq!(passed.body["ingress"]["passed"]["rule_name"], "sql");
+    assert!(passed.body["ingress"].get("tiered").is_none(), "{}", passed.body);
+}

@@ -6,13 +6,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use uuid::Uuid;
-use weft_model::{Direction, Port, PortMatch, Remote, SecurityGroup};
+use weft_model::{Direction, PolicyRemote, Port, PortMatch, Remote, SecurityGroup, Tier, TieredRule};
 
 use crate::cidr;
 use crate::cluster::{Cluster, Dangling};
 use crate::compiled::{
-    AddressSet, CompiledGroup, CompiledRule, Family, Isolation, L4Match, NodeSpan, PortPolicy, RemoteMatch, Selection,
-    SetDefinition, SetId, SetMembers,
+    AddressSet, CompiledGroup, CompiledPolicy, CompiledRule, CompiledTieredRule, Family, Isolation, L4Match, NodeSpan,
+    PortPolicy, RemoteMatch, Selection, SetDefinition, SetId, SetMembers, TieredMatch,
 };
 use crate::fast::{FastMap, FastSet};
 
@@ -41,20 +41,33 @@ pub(crate) struct GroupOutput {
     pub(crate) sets: Vec<(SetId, SetDefinition)>,
 }
 
+/// A tiered policy compiled once, with the sets its rules name.
+pub(crate) struct PolicyOutput {
+    pub(crate) policy: Arc<CompiledPolicy>,
+    pub(crate) sets: Vec<(SetId, SetDefinition)>,
+}
+
 /// Ports of one project with the same labels and the same explicit groups have the same
-/// applied groups: computed once per class, shared by its ports (a dense cluster has few).
+/// applied groups and tiered policies: computed once per class, shared by its ports (a dense
+/// cluster has few).
 struct Class {
     applied: BTreeSet<Uuid>,
     ingress: Isolation,
     egress: Isolation,
+    policies: Arc<Vec<Uuid>>,
     ports: Vec<Uuid>,
 }
 
 /// A node's ports (id, port, class) and the classes they fall in.
 type NodePorts<'a> = (Vec<(Uuid, &'a Port, usize)>, BTreeSet<usize>);
 
-/// A node's groups and sets, shared by every node whose ports fall in the same classes.
-type Tables = (Arc<BTreeMap<Uuid, Arc<CompiledGroup>>>, Arc<BTreeMap<SetId, Arc<AddressSet>>>);
+/// A node's groups, sets and tiered policies, shared by every node whose ports fall in the
+/// same classes.
+type Tables = (
+    Arc<BTreeMap<Uuid, Arc<CompiledGroup>>>,
+    Arc<BTreeMap<SetId, Arc<AddressSet>>>,
+    Arc<BTreeMap<Uuid, Arc<CompiledPolicy>>>,
+);
 
 pub fn compile(cluster: &Cluster) -> Compiled {
     let mut out = Compiled { dangling: cluster.rejected.clone(), ..Compiled::default() };
@@ -93,7 +106,8 @@ pub fn compile(cluster: &Cluster) -> Compiled {
             applied.extend(selected.filter(|(_, s)| s.matches(&port.labels)).map(|(g, _)| *g));
             let (ingress, egress) =
                 (isolation(cluster, &applied, Direction::Ingress), isolation(cluster, &applied, Direction::Egress));
-            classes.push(Class { applied, ingress, egress, ports: Vec::new() });
+            let policies = Arc::new(cluster.cluster_policy_ids_of(port));
+            classes.push(Class { applied, ingress, egress, policies, ports: Vec::new() });
             classes.len() - 1
         });
         classes[class].ports.push(*id);
@@ -114,16 +128,29 @@ pub fn compile(cluster: &Cluster) -> Compiled {
     }
     let index = Index::new(cluster, &classes, &members);
     let mut groups: BTreeMap<Uuid, GroupOutput> = BTreeMap::new();
+    let mut policies: BTreeMap<Uuid, PolicyOutput> = BTreeMap::new();
     let mut sets: BTreeMap<SetId, Arc<AddressSet>> = BTreeMap::new();
     let mut tables: FastMap<Vec<usize>, Tables> = FastMap::default();
     let mut named_ports: NamedPortsIntern = FastMap::default();
     for (node, (ports, node_classes)) in by_node {
         let key: Vec<usize> = node_classes.into_iter().collect();
-        let (group_table, set_table) = tables
+        let (group_table, set_table, policy_table) = tables
             .entry(key)
             .or_insert_with_key(|key| {
                 let mut group_table = BTreeMap::new();
                 let mut set_table = BTreeMap::new();
+                let mut policy_table = BTreeMap::new();
+                let mut define =
+                    |set_table: &mut BTreeMap<SetId, Arc<AddressSet>>, set_id: SetId, definition: &SetDefinition| {
+                        set_table.entry(set_id).or_insert_with(|| {
+                            Arc::clone(sets.entry(set_id).or_insert_with(|| {
+                                Arc::new(AddressSet {
+                                    definition: definition.clone(),
+                                    members: index.members_of(definition),
+                                })
+                            }))
+                        });
+                    };
                 let isolating = |i: &'_ Isolation| match i {
                     Isolation::Isolated(groups) => Arc::clone(groups),
                     Isolation::Open => Arc::default(),
@@ -142,18 +169,21 @@ pub fn compile(cluster: &Cluster) -> Compiled {
                         });
                         group_table.insert(g, Arc::clone(&compiled.group));
                         for (set_id, definition) in &compiled.sets {
-                            set_table.entry(*set_id).or_insert_with(|| {
-                                Arc::clone(sets.entry(*set_id).or_insert_with(|| {
-                                    Arc::new(AddressSet {
-                                        definition: definition.clone(),
-                                        members: index.members_of(definition),
-                                    })
-                                }))
-                            });
+                            define(&mut set_table, *set_id, definition);
+                        }
+                    }
+                    for &p in class.policies.iter() {
+                        if policy_table.contains_key(&p) {
+                            continue;
+                        }
+                        let compiled = policies.entry(p).or_insert_with(|| compile_policy(cluster, p));
+                        policy_table.insert(p, Arc::clone(&compiled.policy));
+                        for (set_id, definition) in &compiled.sets {
+                            define(&mut set_table, *set_id, definition);
                         }
                     }
                 }
-                (Arc::new(group_table), Arc::new(set_table))
+                (Arc::new(group_table), Arc::new(set_table), Arc::new(policy_table))
             })
             .clone();
         let span = NodeSpan {
@@ -163,6 +193,7 @@ pub fn compile(cluster: &Cluster) -> Compiled {
                 .collect(),
             groups: group_table,
             sets: set_table,
+            policies: policy_table,
         };
         match node {
             Some(node) => {
@@ -205,6 +236,7 @@ fn port_policy<'a>(
         ),
         ingress: class.ingress.clone(),
         egress: class.egress.clone(),
+        policies: Arc::clone(&class.policies),
     }
 }
 
@@ -323,6 +355,101 @@ pub(crate) fn compile_group(cluster: &Cluster, id: Uuid) -> (GroupOutput, Vec<Da
     sets.sort();
     sets.dedup();
     (GroupOutput { group: Arc::new(compiled), sets }, dangling)
+}
+
+/// A tiered policy's rules, each an ordered entry with the alternatives it matches, and the
+/// sets they name. A policy that is not known compiles to no rules.
+pub(crate) fn compile_policy(cluster: &Cluster, id: Uuid) -> PolicyOutput {
+    let mut sets = Vec::new();
+    let Some(policy) = cluster.cluster_policies.get(&id) else {
+        let empty =
+            CompiledPolicy { name: String::new(), tier: Tier::Admin, priority: 0, ingress: vec![], egress: vec![] };
+        return PolicyOutput { policy: Arc::new(empty), sets };
+    };
+    let mut set_for = |definition: SetDefinition| {
+        let set = SetId::of(&definition);
+        sets.push((set, definition));
+        set
+    };
+    let mut rules = |rules: &[TieredRule], d: Direction| -> Vec<CompiledTieredRule> {
+        rules
+            .iter()
+            .map(|r| CompiledTieredRule {
+                name: r.name.clone(),
+                action: r.action,
+                matches: tiered_matches(r, d, &mut set_for),
+            })
+            .collect()
+    };
+    let ingress = rules(&policy.ingress, Direction::Ingress);
+    let egress = rules(&policy.egress, Direction::Egress);
+    let compiled =
+        CompiledPolicy { name: policy.name.clone(), tier: policy.tier, priority: policy.priority, ingress, egress };
+    sets.sort();
+    sets.dedup();
+    PolicyOutput { policy: Arc::new(compiled), sets }
+}
+
+/// Protocols a port name without a protocol can stand for: the named port's own decides.
+const NAMED_PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
+
+/// A tiered rule's alternatives: one per remote (per network of a networks remote) and
+/// protocol entry. A port name on egress is resolved per destination, into a set of
+/// (address, port) pairs of the remote's ports, for each protocol it can stand for.
+fn tiered_matches(
+    rule: &TieredRule,
+    d: Direction,
+    set_for: &mut dyn FnMut(SetDefinition) -> SetId,
+) -> Vec<TieredMatch> {
+    let mut out = Vec::new();
+    for remote in &rule.remotes {
+        let selections: Vec<Selection> = match remote {
+            PolicyRemote::Selector { ports, projects } => vec![Selection::Selector {
+                project: String::new(),
+                ports: ports.clone(),
+                projects: Some(projects.clone()),
+            }],
+            PolicyRemote::Networks { networks } => {
+                networks.iter().map(|n| Selection::Cidr { cidr: *n, except: Vec::new() }).collect()
+            }
+        };
+        for selection in selections {
+            let addresses = |set_for: &mut dyn FnMut(SetDefinition) -> SetId| {
+                RemoteMatch::Set(set_for(SetDefinition::Addresses(selection.clone())))
+            };
+            if rule.protocols.is_empty() {
+                out.push(TieredMatch { protocol: None, l4: L4Match::All, remote: addresses(set_for) });
+                continue;
+            }
+            for entry in &rule.protocols {
+                let protocol = entry.protocol.and_then(|p| p.number());
+                let l4 = match &entry.port {
+                    None => L4Match::All,
+                    Some(PortMatch::Single(n)) => L4Match::Ranges(vec![(*n as u16, *n as u16)]),
+                    Some(PortMatch::Range { from, to }) => L4Match::Ranges(vec![(*from as u16, *to as u16)]),
+                    Some(PortMatch::Named(name)) if d == Direction::Ingress => L4Match::Named(name.clone()),
+                    Some(PortMatch::Named(name)) => {
+                        let stands_for = protocol.map_or(NAMED_PORT_PROTOCOLS.to_vec(), |p| vec![p]);
+                        for protocol in stands_for {
+                            let set = set_for(SetDefinition::NamedPorts {
+                                selection: selection.clone(),
+                                name: name.clone(),
+                                protocol,
+                            });
+                            out.push(TieredMatch {
+                                protocol: Some(protocol),
+                                l4: L4Match::All,
+                                remote: RemoteMatch::Pairs(set),
+                            });
+                        }
+                        continue;
+                    }
+                };
+                out.push(TieredMatch { protocol, l4, remote: addresses(set_for) });
+            }
+        }
+    }
+    out
 }
 
 /// What a rule's remote selects; `None` when it names a group that is not known.

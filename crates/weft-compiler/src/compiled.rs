@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use weft_model::{LabelSelector, NamedPort};
+use weft_model::{LabelSelector, NamedPort, PolicyAction, Tier};
 
 /// Which address families a rule covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -157,6 +157,45 @@ pub struct CompiledGroup {
     pub egress: Vec<CompiledRule>,
 }
 
+/// What one alternative of a tiered rule matches: a tiered rule matches when any of its
+/// alternatives does (one per remote and protocol entry it lists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TieredMatch {
+    /// IP protocol number; `None` for any.
+    pub protocol: Option<u8>,
+    pub l4: L4Match,
+    pub remote: RemoteMatch,
+}
+
+/// One rule of a tiered policy, in its place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledTieredRule {
+    /// As the policy names it (may be empty); explain and flows show it with its position.
+    pub name: String,
+    pub action: PolicyAction,
+    pub matches: Vec<TieredMatch>,
+}
+
+/// A tiered cluster policy (DESIGN.md §11), shared by every port it applies to. Its rules of
+/// each direction decide in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub tier: Tier,
+    pub priority: i64,
+    pub ingress: Vec<CompiledTieredRule>,
+    pub egress: Vec<CompiledTieredRule>,
+}
+
+impl CompiledPolicy {
+    pub fn rules(&self, direction: weft_model::Direction) -> &[CompiledTieredRule] {
+        match direction {
+            weft_model::Direction::Ingress => &self.ingress,
+            weft_model::Direction::Egress => &self.egress,
+        }
+    }
+}
+
 /// One direction of a port: open (no group isolates it) or the groups whose rules allow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -188,6 +227,14 @@ pub struct PortPolicy {
     pub named_ports: Arc<BTreeMap<String, NamedPort>>,
     pub ingress: Isolation,
     pub egress: Isolation,
+    /// The tiered policies whose subject selects the port, in the order they decide: admin
+    /// before baseline, then by priority, then by name. Shared by every port they select alike.
+    #[serde(default, skip_serializing_if = "no_policies")]
+    pub policies: Arc<Vec<Uuid>>,
+}
+
+fn no_policies(policies: &Arc<Vec<Uuid>>) -> bool {
+    policies.is_empty()
 }
 
 /// Everything one node needs, and nothing else. Groups and sets are shared between the spans
@@ -198,6 +245,9 @@ pub struct NodeSpan {
     pub ports: BTreeMap<Uuid, PortPolicy>,
     pub groups: Arc<BTreeMap<Uuid, Arc<CompiledGroup>>>,
     pub sets: Arc<BTreeMap<SetId, Arc<AddressSet>>>,
+    /// The tiered policies the ports' `policies` name.
+    #[serde(default)]
+    pub policies: Arc<BTreeMap<Uuid, Arc<CompiledPolicy>>>,
 }
 
 impl std::str::FromStr for SetId {

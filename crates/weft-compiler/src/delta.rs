@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::compiled::{AddressSet, CompiledGroup, NodeSpan, PortPolicy, SetId, SetMembers};
+use crate::compiled::{AddressSet, CompiledGroup, CompiledPolicy, NodeSpan, PortPolicy, SetId, SetMembers};
 
 /// Members added to and removed from one set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,10 @@ pub struct SpanDelta {
     /// Shared by every node the same set change goes to.
     pub sets_changed: BTreeMap<SetId, Arc<MemberDelta>>,
     pub sets_dropped: BTreeSet<SetId>,
+    #[serde(default)]
+    pub policies_upserted: BTreeMap<Uuid, Arc<CompiledPolicy>>,
+    #[serde(default)]
+    pub policies_removed: BTreeSet<Uuid>,
 }
 
 impl SpanDelta {
@@ -133,6 +137,14 @@ pub fn diff(old: &NodeSpan, new: &NodeSpan) -> SpanDelta {
         }
         d.groups_removed = old.groups.keys().filter(|id| !new.groups.contains_key(id)).copied().collect();
     }
+    if !Arc::ptr_eq(&old.policies, &new.policies) {
+        for (id, p) in new.policies.iter() {
+            if old.policies.get(id) != Some(p) {
+                d.policies_upserted.insert(*id, Arc::clone(p));
+            }
+        }
+        d.policies_removed = old.policies.keys().filter(|id| !new.policies.contains_key(id)).copied().collect();
+    }
     if !Arc::ptr_eq(&old.sets, &new.sets) {
         for (id, s) in new.sets.iter() {
             match old.sets.get(id) {
@@ -170,6 +182,13 @@ impl NodeSpan {
         }
         for (id, g) in &d.groups_upserted {
             groups.insert(*id, Arc::clone(g));
+        }
+        let policies = Arc::make_mut(&mut self.policies);
+        for id in &d.policies_removed {
+            policies.remove(id);
+        }
+        for (id, p) in &d.policies_upserted {
+            policies.insert(*id, Arc::clone(p));
         }
         let sets = Arc::make_mut(&mut self.sets);
         for id in &d.sets_dropped {

@@ -9,7 +9,7 @@ use weft_model::Direction;
 
 use crate::compile::Compiled;
 use crate::compiled::{NodeSpan, PortPolicy};
-use crate::eval::{self, Packet, Side};
+use crate::eval::{self, Packet, Side, TieredRuleRef};
 
 /// One end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,10 @@ pub struct Explanation {
     pub egress: Option<Side>,
     /// The destination port's ingress decision; `None` when the destination is not a port.
     pub ingress: Option<Side>,
+    /// The admin rule that passed the source's egress to its security groups, if one did.
+    pub egress_passed: Option<TieredRuleRef>,
+    /// The admin rule that passed the destination's ingress to its security groups, if one did.
+    pub ingress_passed: Option<TieredRuleRef>,
 }
 
 impl Compiled {
@@ -72,7 +76,14 @@ impl Compiled {
     /// The verdict for `packet` from `src` to `dst`: the source's egress and the destination's
     /// ingress must both allow it, each as its own node enforces it.
     pub fn explain(&self, src: &Endpoint, dst: &Endpoint, packet: &Packet) -> Explanation {
-        let always = |reason| Explanation { allowed: true, always: Some(reason), egress: None, ingress: None };
+        let always = |reason| Explanation {
+            allowed: true,
+            always: Some(reason),
+            egress: None,
+            ingress: None,
+            egress_passed: None,
+            ingress_passed: None,
+        };
         if let (Endpoint::Port(a), Endpoint::Port(b)) = (src, dst)
             && a == b
         {
@@ -94,12 +105,19 @@ impl Compiled {
             return always(AlwaysAllowed::OwnNode);
         }
         let decide = |e: &Endpoint, direction| match e {
-            Endpoint::Port(id) => self.locate(id).map(|(_, span, port)| eval::side(span, port, direction, packet)),
+            Endpoint::Port(id) => self.locate(id).map(|(_, span, port)| eval::decide(span, port, direction, packet)),
             _ => None,
         };
         let egress = decide(src, Direction::Egress);
         let ingress = decide(dst, Direction::Ingress);
-        let allowed = egress.is_none_or(Side::allows) && ingress.is_none_or(Side::allows);
-        Explanation { allowed, always: None, egress, ingress }
+        let allowed = egress.is_none_or(|d| d.side.allows()) && ingress.is_none_or(|d| d.side.allows());
+        Explanation {
+            allowed,
+            always: None,
+            egress: egress.map(|d| d.side),
+            ingress: ingress.map(|d| d.side),
+            egress_passed: egress.and_then(|d| d.passed),
+            ingress_passed: ingress.and_then(|d| d.passed),
+        }
     }
 }

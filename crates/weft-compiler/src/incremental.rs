@@ -29,9 +29,10 @@ use weft_model::{Direction, LabelSelector, Labels, NamedPort, ObjectRef, Port, P
 
 use crate::cidr;
 use crate::cluster::{Change, Cluster, Dangling};
-use crate::compile::{Compiled, compile_group, isolation};
+use crate::compile::{Compiled, compile_group, compile_policy, isolation};
 use crate::compiled::{
-    AddressSet, CompiledGroup, Isolation, NodeSpan, PortPolicy, Selection, SetDefinition, SetId, SetMembers,
+    AddressSet, CompiledGroup, CompiledPolicy, Isolation, NodeSpan, PortPolicy, Selection, SetDefinition, SetId,
+    SetMembers,
 };
 use crate::delta::{Deltas, MemberDelta, NodeName, SharedSetChange, SpanDelta};
 use crate::eval::Packet;
@@ -57,6 +58,8 @@ struct Class {
     applied: BTreeSet<Uuid>,
     ingress: Isolation,
     egress: Isolation,
+    /// The tiered policies that select its ports, in the order they decide.
+    policies: Arc<Vec<Uuid>>,
     ports: FastMap<Uuid, Placed>,
     /// How many of its ports each node has.
     nodes: FastMap<NodeId, u32>,
@@ -99,6 +102,14 @@ struct GroupState {
     nodes: FastSet<NodeId>,
 }
 
+/// A tiered policy compiled, with the sets its rules name and the nodes whose span holds it.
+#[derive(Debug)]
+struct PolicyState {
+    compiled: Arc<CompiledPolicy>,
+    sets: Vec<SetId>,
+    nodes: FastSet<NodeId>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Member {
     Address(IpAddr),
@@ -110,7 +121,7 @@ struct SetState {
     set: Arc<AddressSet>,
     /// Members more than one port contributes, and how many more.
     extra: FastMap<Member, u32>,
-    /// How many groups name it.
+    /// How many groups and tiered policies name it.
     groups: u32,
     /// How many of each node's groups name it.
     nodes: FastMap<NodeId, u32>,
@@ -129,8 +140,10 @@ struct NodeState {
     ports: BTreeMap<Uuid, PortPolicy>,
     /// How many of the node's classes isolate with each group.
     groups: BTreeMap<Uuid, u32>,
-    /// How many of the node's groups name each set.
+    /// How many of the node's groups and tiered policies name each set.
     sets: BTreeMap<SetId, u32>,
+    /// How many of the node's classes each tiered policy selects.
+    policies: BTreeMap<Uuid, u32>,
 }
 
 /// What a node had, for everything touched during one batch, as it was before the batch.
@@ -140,6 +153,7 @@ struct Touched {
     groups: BTreeMap<Uuid, Option<Arc<CompiledGroup>>>,
     /// Whether the node had the set.
     sets: BTreeMap<SetId, bool>,
+    policies: BTreeMap<Uuid, Option<Arc<CompiledPolicy>>>,
 }
 
 #[derive(Debug)]
@@ -154,6 +168,9 @@ pub struct Compiler {
     group_classes: FastMap<Uuid, BTreeSet<ClassId>>,
     groups: FastMap<Uuid, GroupState>,
     rule_refs: FastMap<GroupKey, BTreeSet<Uuid>>,
+    policies: FastMap<Uuid, PolicyState>,
+    /// The classes each tiered policy selects.
+    policy_classes: FastMap<Uuid, BTreeSet<ClassId>>,
     sets: FastMap<SetId, SetState>,
     sets_by_group: FastMap<Uuid, BTreeSet<SetId>>,
     sets_by_project: FastMap<String, BTreeSet<SetId>>,
@@ -202,6 +219,8 @@ impl Compiler {
             group_classes: FastMap::default(),
             groups: FastMap::default(),
             rule_refs: FastMap::default(),
+            policies: FastMap::default(),
+            policy_classes: FastMap::default(),
             sets: FastMap::default(),
             sets_by_group: FastMap::default(),
             sets_by_project: FastMap::default(),
@@ -302,6 +321,9 @@ impl Compiler {
                 node.groups.keys().filter_map(|g| Some((*g, Arc::clone(&self.groups.get(g)?.compiled)))).collect(),
             ),
             sets: Arc::new(node.sets.keys().filter_map(|s| Some((*s, Arc::clone(&self.sets.get(s)?.set)))).collect()),
+            policies: Arc::new(
+                node.policies.keys().filter_map(|p| Some((*p, Arc::clone(&self.policies.get(p)?.compiled)))).collect(),
+            ),
         }
     }
 
@@ -411,10 +433,16 @@ impl Compiler {
                 self.cluster.apply(revision, Change::DeleteGroup(id));
                 self.group_changed(id, old);
             }
-            // Kept for the reference evaluator; the compiled form has no tiers yet (issue 22
-            // lands them in steps), and no source sends these changes until it does.
-            change @ (Change::UpsertClusterPolicy(_) | Change::DeleteClusterPolicy(_)) => {
-                self.cluster.apply(revision, change);
+            Change::UpsertClusterPolicy(p) => {
+                let id = p.id;
+                self.cluster.apply(revision, Change::UpsertClusterPolicy(p));
+                if let Some(id) = id {
+                    self.policy_changed(id);
+                }
+            }
+            Change::DeleteClusterPolicy(id) => {
+                self.cluster.apply(revision, Change::DeleteClusterPolicy(id));
+                self.policy_changed(id);
             }
         }
     }
@@ -550,6 +578,7 @@ impl Compiler {
             named_ports,
             ingress: class.ingress.clone(),
             egress: class.egress.clone(),
+            policies: Arc::clone(&class.policies),
         }
     }
 
@@ -586,6 +615,7 @@ impl Compiler {
             return found;
         }
         let applied = self.cluster.applied(port);
+        let policies = Arc::new(self.cluster.cluster_policy_ids_of(port));
         let class = Class {
             project: port.project.clone(),
             labels: port.labels.clone(),
@@ -594,6 +624,7 @@ impl Compiler {
             ingress: isolation(&self.cluster, &applied, Direction::Ingress),
             egress: isolation(&self.cluster, &applied, Direction::Egress),
             applied,
+            policies,
             ports: FastMap::default(),
             nodes: FastMap::default(),
         };
@@ -611,6 +642,9 @@ impl Compiler {
         }
         for g in &class.applied {
             self.group_classes.entry(*g).or_default().insert(id);
+        }
+        for p in class.policies.iter() {
+            self.policy_classes.entry(*p).or_default().insert(id);
         }
         self.classes[id] = Some(class);
         id
@@ -632,6 +666,9 @@ impl Compiler {
         for g in &class.applied {
             remove_from(&mut self.group_classes, g, &id);
         }
+        for p in class.policies.iter() {
+            remove_from(&mut self.policy_classes, p, &id);
+        }
         self.free_classes.push(id);
     }
 
@@ -648,56 +685,45 @@ impl Compiler {
         }
         if (before == 0) != (after == 0) {
             let groups = c.isolating();
+            let policies = Arc::clone(&c.policies);
             for g in groups {
                 self.node_group_add(node, g, if after > 0 { 1 } else { -1 });
+            }
+            for p in policies.iter() {
+                self.node_policy_add(node, *p, if after > 0 { 1 } else { -1 });
             }
         }
     }
 
+    fn node_policy_add(&mut self, node: NodeId, policy: Uuid, delta: i32) {
+        let Some(entered) = count_add(&mut self.nodes[node].policies, policy, delta) else { return };
+        let Some(state) = self.policies.get_mut(&policy) else { return };
+        if self.tracking {
+            let had = (!entered).then(|| Arc::clone(&state.compiled));
+            self.touched.entry(node).or_default().policies.entry(policy).or_insert(had);
+        }
+        let sets = enter_or_leave(&mut state.nodes, node, entered, &state.sets);
+        self.swap_sets(&[node], if entered { &sets } else { &[] }, if entered { &[] } else { &sets });
+    }
+
     fn node_group_add(&mut self, node: NodeId, group: Uuid, delta: i32) {
-        let counts = &mut self.nodes[node].groups;
-        let count = counts.entry(group).or_insert(0);
-        let before = *count;
-        *count = count.saturating_add_signed(delta);
-        let after = *count;
-        if after == 0 {
-            counts.remove(&group);
-        }
-        if (before == 0) == (after == 0) {
-            return;
-        }
+        let Some(entered) = count_add(&mut self.nodes[node].groups, group, delta) else { return };
         let Some(state) = self.groups.get_mut(&group) else { return };
         if self.tracking {
-            let had = (before > 0).then(|| Arc::clone(&state.compiled));
+            let had = (!entered).then(|| Arc::clone(&state.compiled));
             self.touched.entry(node).or_default().groups.entry(group).or_insert(had);
         }
-        if after > 0 {
-            state.nodes.insert(node);
-        } else {
-            state.nodes.remove(&node);
-        }
-        for set in state.sets.clone() {
-            self.node_set_add(node, set, if after > 0 { 1 } else { -1 });
-        }
+        let sets = enter_or_leave(&mut state.nodes, node, entered, &state.sets);
+        self.swap_sets(&[node], if entered { &sets } else { &[] }, if entered { &[] } else { &sets });
     }
 
     fn node_set_add(&mut self, node: NodeId, set: SetId, delta: i32) {
-        let counts = &mut self.nodes[node].sets;
-        let count = counts.entry(set).or_insert(0);
-        let before = *count;
-        *count = count.saturating_add_signed(delta);
-        let after = *count;
-        if after == 0 {
-            counts.remove(&set);
-        }
-        if (before == 0) == (after == 0) {
-            return;
-        }
+        let Some(entered) = count_add(&mut self.nodes[node].sets, set, delta) else { return };
         if self.tracking {
-            self.touched.entry(node).or_default().sets.entry(set).or_insert(before > 0);
+            self.touched.entry(node).or_default().sets.entry(set).or_insert(!entered);
         }
         if let Some(state) = self.sets.get_mut(&set) {
-            if after > 0 {
+            if entered {
                 *state.nodes.entry(node).or_insert(0) += 1;
             } else {
                 state.nodes.remove(&node);
@@ -778,18 +804,13 @@ impl Compiler {
         if new.compiled != old.compiled || new.sets != old.sets {
             let (new_sets, holders): (Vec<SetId>, Vec<NodeId>) =
                 (new.sets.clone(), new.nodes.iter().copied().collect());
-            for node in holders {
-                if self.tracking {
+            if self.tracking {
+                for node in &holders {
                     let had = Some(Arc::clone(&old.compiled));
-                    self.touched.entry(node).or_default().groups.entry(id).or_insert(had);
-                }
-                for set in &new_sets {
-                    self.node_set_add(node, *set, 1);
-                }
-                for set in &old.sets {
-                    self.node_set_add(node, *set, -1);
+                    self.touched.entry(*node).or_default().groups.entry(id).or_insert(had);
                 }
             }
+            self.swap_sets(&holders, &new_sets, &old.sets);
         }
         self.release_group(id, &old);
     }
@@ -802,14 +823,7 @@ impl Compiler {
                 remove_from(&mut self.rule_refs, key, &id);
             }
         }
-        for set in &state.sets {
-            if let Some(s) = self.sets.get_mut(set) {
-                s.groups -= 1;
-                if s.groups == 0 {
-                    self.unreferenced.insert(*set);
-                }
-            }
-        }
+        self.release_sets(&state.sets);
     }
 
     /// Brings one class up to date with group `group`: whether it applies, and the class's
@@ -871,6 +885,130 @@ impl Compiler {
             let old = policy.clone();
             policy.ingress = ingress.clone();
             policy.egress = egress.clone();
+            if self.tracking {
+                self.touched.entry(node).or_default().ports.entry(id).or_insert(Some(old));
+            }
+        }
+    }
+
+    // ---- tiered policies ----
+
+    /// A policy written or deleted: compiled again, and the classes it selected or may select
+    /// now brought up to date (the classes it selected are indexed, so a subject that changed
+    /// leaves none behind).
+    fn policy_changed(&mut self, id: Uuid) {
+        let new = self.cluster.cluster_policies.get(&id).cloned();
+        if new.is_some() {
+            self.recompile_policy(id);
+        }
+        // The classes it selected, and those it may select now: the classes of the projects
+        // its subject's project selector matches (a project not known has no labels).
+        let mut candidates: BTreeSet<ClassId> = self.policy_classes.get(&id).cloned().unwrap_or_default();
+        if let Some(policy) = &new {
+            let no_labels = Labels::new();
+            for (project, classes) in &self.classes_by_project {
+                let labels = self.cluster.project_by_name(project).map_or(&no_labels, |p| &p.labels);
+                if policy.subject.projects.matches(labels) {
+                    candidates.extend(
+                        classes.iter().copied().filter(|c| policy.subject.ports.matches(&self.class(*c).labels)),
+                    );
+                }
+            }
+        }
+        for class in candidates {
+            self.refresh_policies(class);
+        }
+        if new.is_none()
+            && let Some(state) = self.policies.remove(&id)
+        {
+            debug_assert!(state.nodes.is_empty());
+            self.release_sets(&state.sets);
+        }
+    }
+
+    /// Compiles a tiered policy again and moves the nodes that hold it to its new sets.
+    fn recompile_policy(&mut self, id: Uuid) {
+        let output = compile_policy(&self.cluster, id);
+        let sets: Vec<SetId> = output.sets.iter().map(|(s, _)| *s).collect();
+        for (set, definition) in output.sets {
+            self.reference_set(set, definition);
+        }
+        let state = PolicyState { compiled: output.policy, sets, nodes: FastSet::default() };
+        let Some(mut old) = self.policies.insert(id, state) else { return };
+        let nodes = std::mem::take(&mut old.nodes);
+        let new = self.policies.get_mut(&id).expect("just inserted");
+        new.nodes = nodes;
+        if new.compiled != old.compiled || new.sets != old.sets {
+            let (new_sets, holders): (Vec<SetId>, Vec<NodeId>) =
+                (new.sets.clone(), new.nodes.iter().copied().collect());
+            if self.tracking {
+                for node in &holders {
+                    let had = Some(Arc::clone(&old.compiled));
+                    self.touched.entry(*node).or_default().policies.entry(id).or_insert(had);
+                }
+            }
+            self.swap_sets(&holders, &new_sets, &old.sets);
+        }
+        self.release_sets(&old.sets);
+    }
+
+    /// The nodes that hold a group or policy compiled anew take its new sets and let go of
+    /// its old ones (new first: a set in both never leaves and comes back).
+    fn swap_sets(&mut self, holders: &[NodeId], new_sets: &[SetId], old_sets: &[SetId]) {
+        for node in holders {
+            for set in new_sets {
+                self.node_set_add(*node, *set, 1);
+            }
+            for set in old_sets {
+                self.node_set_add(*node, *set, -1);
+            }
+        }
+    }
+
+    /// One fewer group or policy names each of `sets`.
+    fn release_sets(&mut self, sets: &[SetId]) {
+        for set in sets {
+            if let Some(s) = self.sets.get_mut(set) {
+                s.groups -= 1;
+                if s.groups == 0 {
+                    self.unreferenced.insert(*set);
+                }
+            }
+        }
+    }
+
+    /// Brings a class's tiered policies (which, in what order) up to date.
+    fn refresh_policies(&mut self, class: ClassId) {
+        let c = self.class(class);
+        let now = self.cluster.cluster_policy_ids_for(&c.project, &c.labels);
+        if now == *c.policies {
+            return;
+        }
+        let now = Arc::new(now);
+        let old = std::mem::replace(&mut self.class_mut(class).policies, Arc::clone(&now));
+        let (old_ids, new_ids): (BTreeSet<Uuid>, BTreeSet<Uuid>) =
+            (old.iter().copied().collect(), now.iter().copied().collect());
+        for p in old_ids.difference(&new_ids) {
+            remove_from(&mut self.policy_classes, p, &class);
+        }
+        for p in new_ids.difference(&old_ids) {
+            self.policy_classes.entry(*p).or_default().insert(class);
+        }
+        let c = self.class(class);
+        let nodes: Vec<NodeId> = c.nodes.keys().copied().collect();
+        let ports: Vec<(Uuid, NodeId)> = c.ports.iter().map(|(id, p)| (*id, p.node)).collect();
+        for node in nodes {
+            for p in new_ids.difference(&old_ids) {
+                self.node_policy_add(node, *p, 1);
+            }
+            for p in old_ids.difference(&new_ids) {
+                self.node_policy_add(node, *p, -1);
+            }
+        }
+        for (id, node) in ports {
+            let Some(policy) = self.nodes[node].ports.get_mut(&id) else { continue };
+            let old = policy.clone();
+            policy.policies = Arc::clone(&now);
             if self.tracking {
                 self.touched.entry(node).or_default().ports.entry(id).or_insert(Some(old));
             }
@@ -1122,6 +1260,15 @@ impl Compiler {
                 self.change_members(members, now);
             }
         }
+        // Policies select ports by their project's labels too.
+        if !self.cluster.cluster_policies.is_empty() {
+            for name in &names {
+                let classes: Vec<ClassId> = self.classes_by_project.get(name).into_iter().flatten().copied().collect();
+                for class in classes {
+                    self.refresh_policies(class);
+                }
+            }
+        }
     }
 
     // ---- the end of a batch ----
@@ -1159,6 +1306,18 @@ impl Compiler {
                     }
                     (Some(_), None) => {
                         d.groups_removed.insert(*group);
+                    }
+                    _ => {}
+                }
+            }
+            for (policy, before) in &t.policies {
+                let now = node.policies.contains_key(policy).then(|| self.policies.get(policy)).flatten();
+                match (before, now) {
+                    (_, Some(now)) if before.as_ref() != Some(&now.compiled) => {
+                        d.policies_upserted.insert(*policy, Arc::clone(&now.compiled));
+                    }
+                    (Some(_), None) => {
+                        d.policies_removed.insert(*policy);
                     }
                     _ => {}
                 }
@@ -1252,6 +1411,30 @@ fn refs_of(project: &str, explicit: Option<&[String]>) -> BTreeSet<GroupKey> {
         .flatten()
         .filter_map(|r| weft_model::member_group(project, r).ok().map(|name| (project.to_string(), name.to_string())))
         .collect()
+}
+
+/// Moves a node's count of one group, policy or set by `delta`: `Some(true)` when it entered
+/// the node's span (the count left zero), `Some(false)` when it left (the count reached zero).
+fn count_add<K: Ord + Copy>(counts: &mut BTreeMap<K, u32>, key: K, delta: i32) -> Option<bool> {
+    let count = counts.entry(key).or_insert(0);
+    let before = *count;
+    *count = count.saturating_add_signed(delta);
+    let after = *count;
+    if after == 0 {
+        counts.remove(&key);
+    }
+    ((before == 0) != (after == 0)).then_some(after > 0)
+}
+
+/// Records that a group or policy entered or left a node's span, and gives the sets it names
+/// (which enter or leave with it).
+fn enter_or_leave(nodes: &mut FastSet<NodeId>, node: NodeId, entered: bool, sets: &[SetId]) -> Vec<SetId> {
+    if entered {
+        nodes.insert(node);
+    } else {
+        nodes.remove(&node);
+    }
+    sets.to_vec()
 }
 
 fn remove_from<K, V>(index: &mut FastMap<K, BTreeSet<V>>, key: &K, value: &V)

@@ -1,4 +1,5 @@
-//! weft's ACL compiler: projects (with labels), ports and security groups in; per node, the
+//! weft's ACL compiler: projects (with labels), ports, security groups and tiered cluster
+//! policies in; per node, the
 //! compiled form of DESIGN.md §5 out, implementing the semantics of §4. Pure: no I/O, no async.
 //!
 //! ```text
@@ -33,9 +34,12 @@ pub mod view;
 
 pub use cluster::{Change, Cluster, Dangling};
 pub use compile::{Compiled, compile};
-pub use compiled::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
+pub use compiled::{
+    AddressSet, CompiledGroup, CompiledPolicy, CompiledRule, CompiledTieredRule, Family, Isolation, NodeSpan,
+    PortPolicy, SetId, TieredMatch,
+};
 pub use delta::{Deltas, MemberDelta, NodeName, SharedSetChange, SpanDelta, diff};
-pub use eval::{Packet, Side};
+pub use eval::{Decision, Packet, Side, TieredRuleRef};
 pub use explain::{AlwaysAllowed, Endpoint, Explanation};
 pub use incremental::Compiler;
 pub use view::PolicyView;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
-use weft_model::{Port, Project, SecurityGroup};
+use weft_model::{ClusterPolicy, Port, Project, SecurityGroup};
 
 use crate::cluster::{Change, Cluster};
 use crate::eval::Packet;
@@ -87,6 +87,53 @@ fn arb_rule() -> impl Strategy<Value = serde_json::Value> {
     })
 }
 
+/// A tiered rule of one direction (DESIGN.md §11): an action, remotes, protocols.
+fn arb_tiered_rule(egress: bool) -> impl Strategy<Value = serde_json::Value> {
+    let action = prop_oneof![Just("accept"), Just("deny"), Just("pass")];
+    let selector = (arb_selector(), arb_project_selector())
+        .prop_map(|(ports, projects)| json!({"type": "selector", "ports": ports, "projects": projects}));
+    let networks = prop_oneof![
+        Just(json!({"type": "networks", "networks": ["10.0.0.0/29"]})),
+        Just(json!({"type": "networks", "networks": ["fd00::/125", "192.0.2.0/24"]})),
+        Just(json!({"type": "networks", "networks": ["0.0.0.0/0"]})),
+    ];
+    let remote = if egress { prop_oneof![2 => selector, 1 => networks].boxed() } else { selector.boxed() };
+    let protocol = prop_oneof![
+        Just(json!({"protocol": "tcp", "port": 80})),
+        Just(json!({"protocol": "tcp", "port": {"from": 8000, "to": 8100}})),
+        Just(json!({"protocol": "udp", "port": 53})),
+        Just(json!({"protocol": "tcp"})),
+        Just(json!({"protocol": "sctp"})),
+        Just(json!({"protocol": "tcp", "port": "http"})),
+        Just(json!({"port": "dns"})),
+        Just(json!({"port": "http"})),
+    ];
+    (action, prop::collection::vec(remote, 1..3), prop::collection::vec(protocol, 0..3)).prop_map(
+        |(action, remotes, mut protocols)| {
+            // A port name never goes with networks (the CRD refuses it); keep inputs valid.
+            if remotes.iter().any(|r| r["type"] == "networks") {
+                protocols.retain(|p| !p["port"].is_string());
+            }
+            json!({"name": format!("{action}-rule"), "action": action, "remotes": remotes, "protocols": protocols})
+        },
+    )
+}
+
+fn arb_cluster_policy() -> impl Strategy<Value = serde_json::Value> {
+    (
+        prop_oneof![Just("admin"), Just("baseline")],
+        0..3i64,
+        arb_selector(),
+        arb_project_selector(),
+        prop::collection::vec(arb_tiered_rule(false), 0..3),
+        prop::collection::vec(arb_tiered_rule(true), 0..3),
+    )
+        .prop_map(|(tier, priority, ports, projects, ingress, egress)| {
+            json!({"tier": tier, "priority": priority, "subject": {"ports": ports, "projects": projects},
+                   "ingress": ingress, "egress": egress})
+        })
+}
+
 #[derive(Debug, Clone)]
 struct Scenario {
     changes: Vec<Change>,
@@ -118,7 +165,8 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         // Names the previous port's address too: an address two ports claim.
         prop::bool::weighted(0.1),
     );
-    (projects, prop::collection::vec(group, 0..7), prop::collection::vec(port, 1..8)).prop_map(|(envs, groups, ports)| {
+    let policies = prop::collection::vec(arb_cluster_policy(), 0..4);
+    (projects, prop::collection::vec(group, 0..7), prop::collection::vec(port, 1..8), policies).prop_map(|(envs, groups, ports, policies)| {
         let mut changes = Vec::new();
         for (i, (name, env)) in PROJECTS.iter().zip(envs).enumerate() {
             let p = Project { id: Some(id(1, i)), name: name.to_string(), labels: [("env".to_string(), env.to_string())].into(), ..Default::default() };
@@ -141,6 +189,13 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
             g["id"] = json!(id(2, i));
             let g: SecurityGroup = serde_json::from_value(g).expect("generated group decodes");
             changes.push(Change::UpsertGroup(g));
+        }
+        for (i, mut policy) in policies.into_iter().enumerate() {
+            policy["name"] = json!(format!("cp{i}"));
+            policy["id"] = json!(id(5, i));
+            let policy: ClusterPolicy = serde_json::from_value(policy).expect("generated policy decodes");
+            assert_eq!(policy.validate(), Ok(()), "generated policies are valid: {policy:?}");
+            changes.push(Change::UpsertClusterPolicy(policy));
         }
         let count = ports.len();
         for (i, (project, node, app, tier, dual, groups, named, borrows)) in ports.into_iter().enumerate() {
@@ -320,6 +375,10 @@ proptest! {
             Change::UpsertGroup(g) => Some((g.id.unwrap_or_default(), g.clone())),
             _ => None,
         }).collect();
+        let mut policies: BTreeMap<Uuid, ClusterPolicy> = scenario.changes.iter().filter_map(|c| match c {
+            Change::UpsertClusterPolicy(p) => Some((p.id.unwrap_or_default(), p.clone())),
+            _ => None,
+        }).collect();
         let latest_port = |changes: &[Change], port: Uuid| changes.iter().rev().find_map(|c| match c {
             Change::UpsertPort(p) if p.id == Some(port) => Some(p.clone()),
             _ => None,
@@ -362,6 +421,40 @@ proptest! {
                 1 => {
                     groups.remove(&id(2, i));
                     changes.push(Change::DeleteGroup(id(2, i)));
+                }
+                // A tiered policy reordered, edited, its subject changed, or deleted.
+                7 if !policies.is_empty() => {
+                    let Some(mut p) = policies.values().nth(i % policies.len()).cloned() else { continue };
+                    let pid = p.id.unwrap_or_default();
+                    match i % 4 {
+                        0 => {
+                            policies.remove(&pid);
+                            changes.push(Change::DeleteClusterPolicy(pid));
+                            continue;
+                        }
+                        1 => p.priority = (p.priority + 1) % 3,
+                        2 => {
+                            for rule in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                                rule.action = match rule.action {
+                                    weft_model::PolicyAction::Accept => weft_model::PolicyAction::Deny,
+                                    weft_model::PolicyAction::Deny => weft_model::PolicyAction::Pass,
+                                    weft_model::PolicyAction::Pass => weft_model::PolicyAction::Accept,
+                                };
+                            }
+                            p.ingress.pop();
+                        }
+                        _ => {
+                            p.subject.ports = app
+                                .map(|a| serde_json::from_value(json!({"matchLabels": {"app": a}})).expect("selector"))
+                                .unwrap_or_default();
+                            p.tier = match p.tier {
+                                weft_model::Tier::Admin => weft_model::Tier::Baseline,
+                                weft_model::Tier::Baseline => weft_model::Tier::Admin,
+                            };
+                        }
+                    }
+                    policies.insert(pid, p.clone());
+                    changes.push(Change::UpsertClusterPolicy(p));
                 }
                 // A project relabelled: project selectors now match other projects.
                 2 => {

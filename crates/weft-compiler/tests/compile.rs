@@ -281,3 +281,101 @@ fn incremental_deltas_are_the_same_bytes_on_every_controller() {
     let own = pod.node.as_deref().unwrap();
     assert!(deltas.nodes[own].ports_upserted.contains_key(&pod.id.unwrap()));
 }
+
+fn cluster_policy(body: serde_json::Value) -> (Uuid, Change) {
+    let mut p: weft_model::ClusterPolicy = serde_json::from_value(body).unwrap();
+    let id = Uuid::new_v4();
+    p.id = Some(id);
+    (id, Change::UpsertClusterPolicy(p))
+}
+
+/// DESIGN.md §11 on the walk-through: an admin deny overrides the app's own allow, an admin
+/// pass hands the decision to the NetworkPolicies (and explain says which passed), a baseline
+/// policy decides only where no NetworkPolicy isolates; each decision names its tier, policy
+/// and rule, in the incremental compiler as from scratch, and a node gets only the policies
+/// of its own ports.
+#[test]
+fn tiered_policies_decide_in_order_and_explain_names_the_rule() {
+    let (mut c, [ui, app, db, _redis]) = yelb();
+    let base = changes_of(&c);
+    let mut rev = 100;
+    let mut apply = |c: &mut Cluster, change: Change| {
+        rev += 1;
+        c.apply(rev, change.clone());
+        change
+    };
+    let (no_db, p) = cluster_policy(json!({
+        "name": "no-db-from-appserver", "tier": "admin", "priority": 10,
+        "subject": {"ports": {"matchLabels": {"app": "yelb-db"}}},
+        "ingress": [
+            {"name": "pass-5432", "action": "pass", "remotes": [{"type": "selector"}],
+             "protocols": [{"protocol": "tcp", "port": 5432}]},
+            {"name": "deny-rest", "action": "deny", "remotes": [{"type": "selector"}]}
+        ]
+    }));
+    let mut changes = vec![apply(&mut c, p)];
+    let (baseline, p) = cluster_policy(json!({
+        "name": "egress-default", "tier": "baseline", "priority": 5, "subject": {},
+        "egress": [{"name": "no-outside", "action": "deny",
+                    "remotes": [{"type": "networks", "networks": ["198.51.100.0/24"]}]}]
+    }));
+    changes.push(apply(&mut c, p));
+    let compiled = compile(&c);
+    let (app_e, db_e, ui_e) = (Endpoint::Port(app), Endpoint::Port(db), Endpoint::Port(ui));
+    let outside = Endpoint::Address("198.51.100.7".parse().unwrap());
+
+    // 5432 passes the admin tier; the NetworkPolicy allows the appserver.
+    let e = compiled.explain(&app_e, &db_e, &tcp("10.32.1.11", "10.32.2.10", 5432));
+    assert!(e.allowed, "{e:?}");
+    assert!(matches!(e.ingress, Some(weft_compiler::Side::Allowed { .. })), "{e:?}");
+    assert_eq!(e.ingress_passed, Some(weft_compiler::TieredRuleRef { policy: no_db, rule: 0 }));
+    // Anything else to the db is denied by the admin rule, before the NetworkPolicies.
+    let e = compiled.explain(&ui_e, &db_e, &ping("10.32.1.10", "10.32.2.10"));
+    assert_eq!(
+        e.ingress,
+        Some(weft_compiler::Side::Tiered {
+            by: weft_compiler::TieredRuleRef { policy: no_db, rule: 1 },
+            action: weft_model::PolicyAction::Deny
+        })
+    );
+    assert!(!e.allowed);
+    // Egress is isolated by no NetworkPolicy: the baseline decides it.
+    let e = compiled.explain(&ui_e, &outside, &tcp("10.32.1.10", "198.51.100.7", 443));
+    assert_eq!(
+        e.egress,
+        Some(weft_compiler::Side::Tiered {
+            by: weft_compiler::TieredRuleRef { policy: baseline, rule: 0 },
+            action: weft_model::PolicyAction::Deny
+        })
+    );
+    let e = compiled.explain(&ui_e, &app_e, &tcp("10.32.1.10", "10.32.1.11", 4567));
+    assert!(e.allowed && e.egress == Some(weft_compiler::Side::Open), "no baseline rule matches: {e:?}");
+
+    // node-1 holds no port the admin policy selects: it gets only the baseline policy.
+    let node1: Vec<Uuid> = compiled.spans["node-1"].policies.keys().copied().collect();
+    let node2: std::collections::BTreeSet<Uuid> = compiled.spans["node-2"].policies.keys().copied().collect();
+    assert_eq!(node1, [baseline]);
+    assert_eq!(node2, [no_db, baseline].into());
+    let db_policy = &compiled.spans["node-2"].ports[&db];
+    assert_eq!(*db_policy.policies, [no_db, baseline], "admin before baseline");
+
+    // The incremental compiler, fed the same, says the same.
+    let mut incremental = weft_compiler::Compiler::new();
+    incremental.load(1, base);
+    incremental.apply(2, changes);
+    assert_eq!(incremental.snapshot().spans, compiled.spans);
+}
+
+/// The changes that build what [`yelb`] built, in order.
+fn changes_of(c: &Cluster) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::new();
+    out.extend(c.project_by_name("k8s-default").cloned().map(Change::UpsertProject));
+    out.extend(c.ports().map(|(_, p)| Change::UpsertPort(p.clone())));
+    let groups: Vec<SecurityGroup> =
+        ["default-deny", "yelb-ui-in", "yelb-appserver-in", "yelb-db-in", "redis-server-in"]
+            .iter()
+            .filter_map(|name| c.resolve_group("k8s-default", name).and_then(|id| c.group(&id)).cloned())
+            .collect();
+    out.extend(groups.into_iter().map(Change::UpsertGroup));
+    out
+}

@@ -239,6 +239,11 @@ impl TieredRule {
                                 v.error(format!("1 to {MAX_TIERED_ITEMS} networks, got {}", networks.len()))
                             });
                         }
+                        v.at("networks", |v| {
+                            for (j, network) in networks.iter().enumerate() {
+                                v.check(j, crate::rule::canonical_net(network));
+                            }
+                        });
                     }
                 });
             }

@@ -12,10 +12,10 @@ use prost::Message;
 use uuid::Uuid;
 use weft_compiler::compiled::{L4Match, RemoteMatch, SetMembers};
 use weft_compiler::{
-    AddressSet, CompiledGroup, CompiledRule, Deltas, Family, Isolation, MemberDelta, NodeSpan, PortPolicy, SetId,
-    SpanDelta,
+    AddressSet, CompiledGroup, CompiledPolicy, CompiledRule, CompiledTieredRule, Deltas, Family, Isolation,
+    MemberDelta, NodeSpan, PortPolicy, SetId, SpanDelta, TieredMatch,
 };
-use weft_model::{NamedPort, Protocol};
+use weft_model::{NamedPort, PolicyAction, Protocol, Tier};
 
 use crate::{Encoded, v1};
 
@@ -110,6 +110,7 @@ fn port(id: &Uuid, p: &PortPolicy) -> v1::PortPolicy {
             .collect(),
         ingress: Some(isolation(&p.ingress)),
         egress: Some(isolation(&p.egress)),
+        policies: p.policies.iter().map(Uuid::to_string).collect(),
     }
 }
 
@@ -135,13 +136,26 @@ fn parse_port(p: &v1::PortPolicy) -> Result<(Uuid, PortPolicy), ConvertError> {
             named_ports: Arc::new(named_ports),
             ingress: parse_isolation(p.ingress.as_ref())?,
             egress: parse_isolation(p.egress.as_ref())?,
+            policies: Arc::new(p.policies.iter().map(|id| parse_uuid("port.policies", id)).collect::<Result<_, _>>()?),
         },
     ))
 }
 
 fn rule(r: &CompiledRule) -> v1::Rule {
+    let mut out = rule_match(r.protocol, &r.l4, &r.remote);
+    out.rule = r.rule.to_string();
+    out.set_family(match r.family {
+        Family::Both => v1::Family::Both,
+        Family::V4 => v1::Family::V4,
+        Family::V6 => v1::Family::V6,
+    });
+    out
+}
+
+/// What a rule matches (protocol, port, remote), in a `Rule` of every family and no rule id.
+fn rule_match(protocol: Option<u8>, l4: &L4Match, remote: &RemoteMatch) -> v1::Rule {
     use v1::rule::{L4, Remote};
-    let l4 = match &r.l4 {
+    let l4 = match l4 {
         L4Match::All => L4::All(v1::Empty {}),
         L4Match::Ranges(ranges) => L4::Ranges(v1::PortRanges {
             ranges: ranges
@@ -154,27 +168,30 @@ fn rule(r: &CompiledRule) -> v1::Rule {
             L4::Icmp(v1::Icmp { r#type: u32::from(*icmp_type), code: code.map(u32::from) })
         }
     };
-    let remote = match &r.remote {
+    let remote = match remote {
         RemoteMatch::Any => Remote::Any(v1::Empty {}),
         RemoteMatch::Set(s) => Remote::Set(s.to_string()),
         RemoteMatch::Pairs(s) => Remote::Pairs(s.to_string()),
     };
-    let mut out = v1::Rule {
-        rule: r.rule.to_string(),
-        family: 0,
-        protocol: r.protocol.map(u32::from),
-        l4: Some(l4),
-        remote: Some(remote),
-    };
-    out.set_family(match r.family {
-        Family::Both => v1::Family::Both,
-        Family::V4 => v1::Family::V4,
-        Family::V6 => v1::Family::V6,
-    });
-    out
+    v1::Rule { rule: String::new(), family: 0, protocol: protocol.map(u32::from), l4: Some(l4), remote: Some(remote) }
 }
 
 fn parse_rule(r: &v1::Rule) -> Result<CompiledRule, ConvertError> {
+    let (protocol, l4, remote) = parse_rule_match(r)?;
+    Ok(CompiledRule {
+        rule: parse_uuid("rule.rule", &r.rule)?,
+        family: match r.family() {
+            v1::Family::Both => Family::Both,
+            v1::Family::V4 => Family::V4,
+            v1::Family::V6 => Family::V6,
+        },
+        protocol,
+        l4,
+        remote,
+    })
+}
+
+fn parse_rule_match(r: &v1::Rule) -> Result<(Option<u8>, L4Match, RemoteMatch), ConvertError> {
     use v1::rule::{L4, Remote};
     let narrow = |field, n: u32| u8::try_from(n).map_err(|e| invalid(field, e));
     let port = |n: u32| u16::try_from(n).map_err(|e| invalid("rule.ranges", e));
@@ -194,17 +211,78 @@ fn parse_rule(r: &v1::Rule) -> Result<CompiledRule, ConvertError> {
         Remote::Set(s) => RemoteMatch::Set(parse_set("rule.remote.set", s)?),
         Remote::Pairs(s) => RemoteMatch::Pairs(parse_set("rule.remote.pairs", s)?),
     };
-    Ok(CompiledRule {
-        rule: parse_uuid("rule.rule", &r.rule)?,
-        family: match r.family() {
-            v1::Family::Both => Family::Both,
-            v1::Family::V4 => Family::V4,
-            v1::Family::V6 => Family::V6,
+    Ok((r.protocol.map(|p| narrow("rule.protocol", p)).transpose()?, l4, remote))
+}
+
+fn policy(id: &Uuid, p: &CompiledPolicy) -> v1::Policy {
+    let rules = |rules: &[CompiledTieredRule]| {
+        rules
+            .iter()
+            .map(|r| {
+                let mut out = v1::TieredRule {
+                    name: r.name.clone(),
+                    action: 0,
+                    matches: r.matches.iter().map(|m| rule_match(m.protocol, &m.l4, &m.remote)).collect(),
+                };
+                out.set_action(match r.action {
+                    PolicyAction::Accept => v1::PolicyAction::Accept,
+                    PolicyAction::Deny => v1::PolicyAction::Deny,
+                    PolicyAction::Pass => v1::PolicyAction::Pass,
+                });
+                out
+            })
+            .collect()
+    };
+    let mut out = v1::Policy {
+        id: id.to_string(),
+        name: p.name.clone(),
+        tier: 0,
+        priority: p.priority,
+        ingress: rules(&p.ingress),
+        egress: rules(&p.egress),
+    };
+    out.set_tier(match p.tier {
+        Tier::Admin => v1::PolicyTier::Admin,
+        Tier::Baseline => v1::PolicyTier::Baseline,
+    });
+    out
+}
+
+fn parse_policy(p: &v1::Policy) -> Result<(Uuid, CompiledPolicy), ConvertError> {
+    let rules = |rules: &[v1::TieredRule]| -> Result<Vec<CompiledTieredRule>, ConvertError> {
+        rules
+            .iter()
+            .map(|r| {
+                let action = match v1::PolicyAction::try_from(r.action) {
+                    Ok(v1::PolicyAction::Accept) => PolicyAction::Accept,
+                    Ok(v1::PolicyAction::Deny) => PolicyAction::Deny,
+                    Ok(v1::PolicyAction::Pass) => PolicyAction::Pass,
+                    Err(_) => return Err(invalid("policy.rule.action", format!("unknown action {}", r.action))),
+                };
+                let matches = r
+                    .matches
+                    .iter()
+                    .map(|m| parse_rule_match(m).map(|(protocol, l4, remote)| TieredMatch { protocol, l4, remote }))
+                    .collect::<Result<_, _>>()?;
+                Ok(CompiledTieredRule { name: r.name.clone(), action, matches })
+            })
+            .collect()
+    };
+    let tier = match v1::PolicyTier::try_from(p.tier) {
+        Ok(v1::PolicyTier::Admin) => Tier::Admin,
+        Ok(v1::PolicyTier::Baseline) => Tier::Baseline,
+        Err(_) => return Err(invalid("policy.tier", format!("unknown tier {}", p.tier))),
+    };
+    Ok((
+        parse_uuid("policy.id", &p.id)?,
+        CompiledPolicy {
+            name: p.name.clone(),
+            tier,
+            priority: p.priority,
+            ingress: rules(&p.ingress)?,
+            egress: rules(&p.egress)?,
         },
-        protocol: r.protocol.map(|p| narrow("rule.protocol", p)).transpose()?,
-        l4,
-        remote,
-    })
+    ))
 }
 
 fn group(id: &Uuid, g: &CompiledGroup) -> v1::Group {
@@ -298,6 +376,8 @@ pub fn to_proto(d: &SpanDelta) -> v1::SpanDelta {
         sets_defined: d.sets_defined.iter().map(|(id, s)| set(id, s)).collect(),
         sets_changed: d.sets_changed.iter().map(|(id, m)| set_change(id, m)).collect(),
         sets_dropped: d.sets_dropped.iter().map(SetId::to_string).collect(),
+        policies_upserted: d.policies_upserted.iter().map(|(id, p)| policy(id, p)).collect(),
+        policies_removed: d.policies_removed.iter().map(Uuid::to_string).collect(),
     }
 }
 
@@ -343,6 +423,13 @@ pub fn from_proto(d: &v1::SpanDelta) -> Result<SpanDelta, ConvertError> {
     for id in &d.sets_dropped {
         out.sets_dropped.insert(parse_set("sets_dropped", id)?);
     }
+    for p in &d.policies_upserted {
+        let (id, policy) = parse_policy(p)?;
+        out.policies_upserted.insert(id, Arc::new(policy));
+    }
+    for id in &d.policies_removed {
+        out.policies_removed.insert(parse_uuid("policies_removed", id)?);
+    }
     Ok(out)
 }
 
@@ -380,6 +467,12 @@ pub fn snapshot_with(revision: i64, span: &NodeSpan, max_bytes: usize, mut emit:
     }
     for (id, g) in span.groups.iter() {
         current.groups_upserted.push(group(id, g));
+        if full(&current) {
+            flush(&mut current, &mut held);
+        }
+    }
+    for (id, p) in span.policies.iter() {
+        current.policies_upserted.push(policy(id, p));
         if full(&current) {
             flush(&mut current, &mut held);
         }

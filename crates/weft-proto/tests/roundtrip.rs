@@ -112,3 +112,47 @@ fn a_field_from_a_newer_peer_is_ignored_both_ways() {
     bytes.extend_from_slice(future);
     assert_eq!(v1::ControllerMessage::decode(bytes.as_slice()).unwrap(), message, "controller to agent");
 }
+
+/// Tiered cluster policies travel whole: each port's ordered list, each policy's rules with
+/// their actions and alternatives (selectors, networks, ranges, port names resolved per
+/// destination), in a snapshot and in the delta that reorders one.
+#[test]
+fn tiered_policies_round_trip_in_snapshots_and_deltas() {
+    let mut compiler = cluster();
+    let policy = |name: &str, tier: &str, priority: i64| -> weft_model::ClusterPolicy {
+        let mut p: weft_model::ClusterPolicy = serde_json::from_value(serde_json::json!({
+            "name": name, "tier": tier, "priority": priority, "subject": {},
+            "ingress": [{"name": "same", "action": "pass", "remotes": [{"type": "selector", "projects": {"matchLabels": {"env": "x"}}}],
+                         "protocols": [{"protocol": "tcp", "port": {"from": 8000, "to": 8100}}, {"port": "http"}]},
+                        {"action": "deny", "remotes": [{"type": "selector"}]}],
+            "egress": [{"name": "dns", "action": "accept", "remotes": [{"type": "selector"}], "protocols": [{"port": "dns"}]},
+                       {"name": "metadata", "action": "deny", "remotes": [{"type": "networks", "networks": ["169.254.169.254/32", "fd00:ec2::254/128"]}]}]
+        }))
+        .unwrap();
+        p.id = Some(uuid::Uuid::from_u128(u128::from(priority as u64) + 77));
+        p
+    };
+    compiler.apply(
+        2,
+        [Change::UpsertClusterPolicy(policy("a", "admin", 1)), Change::UpsertClusterPolicy(policy("b", "baseline", 2))],
+    );
+    let span = compiler.span("node-1");
+    assert_eq!(span.policies.len(), 2);
+    assert!(span.ports.values().all(|p| p.policies.len() == 2));
+    assert_eq!(receive(&snapshot(2, &span, 300)), span);
+
+    let mut reordered = policy("a", "admin", 1);
+    reordered.tier = weft_model::Tier::Baseline;
+    reordered.priority = 9;
+    let deltas = compiler.apply(3, [Change::UpsertClusterPolicy(reordered)]);
+    let encoder = DeltaEncoder::new(&deltas);
+    let delta = deltas.for_node("node-1");
+    assert_eq!(delta.policies_upserted.len(), 1, "{delta:?}");
+    let encoded = prost::Message::encode_to_vec(encoder.for_node("node-1").unwrap());
+    let message = v1::ControllerMessage::decode(encoded.as_slice()).unwrap();
+    let received = from_proto(&message.delta.unwrap_or_default()).unwrap();
+    assert_eq!(received, delta);
+    let mut applied = span.clone();
+    applied.apply(&received);
+    assert_eq!(applied, compiler.span("node-1"));
+}

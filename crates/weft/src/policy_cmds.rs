@@ -115,7 +115,13 @@ pub fn trace_lines(answer: &serde_json::Value, from: &str, to: &str, what: &str)
         let Some(port) = side["port"].as_str() else { continue };
         let isolated: Vec<&str> =
             side["isolated_by"].as_array().map(|a| a.iter().filter_map(|g| g.as_str()).collect()).unwrap_or_default();
+        let tiered = &side["tiered"];
         let line = match side["verdict"].as_str().unwrap_or_default() {
+            _ if tiered.is_object() => {
+                let verdict = if tiered["action"] == "deny" { "denied" } else { "allowed" };
+                let how = if tiered["action"] == "pass" { ", a pass: the baseline tier allows" } else { "" };
+                format!("{verdict} by {}{how}", tiered_rule_text(tiered))
+            }
             "open" => "open: no policy isolates it this way".to_string(),
             "allowed" => format!(
                 "allowed by {} (rule {}{}); isolated by {}",
@@ -127,8 +133,23 @@ pub fn trace_lines(answer: &serde_json::Value, from: &str, to: &str, what: &str)
             _ => format!("denied: isolated by {}, and no rule of theirs allows it", isolated.join(", ")),
         };
         lines.push(format!("  {direction} of {port}: {line}"));
+        if side["passed"].is_object() {
+            lines.push(format!("    passed to its security groups by {}", tiered_rule_text(&side["passed"])));
+        }
     }
     lines
+}
+
+/// A tiered rule as `admin cluster policy db-guard, rule 1 (nothing-else): deny`.
+fn tiered_rule_text(rule: &serde_json::Value) -> String {
+    let name = rule["rule_name"].as_str().filter(|n| !n.is_empty()).map(|n| format!(" ({n})")).unwrap_or_default();
+    format!(
+        "{} cluster policy {}, rule {}{name}: {}",
+        rule["tier"].as_str().unwrap_or("?"),
+        rule["policy"].as_str().unwrap_or("?"),
+        rule["rule"],
+        rule["action"].as_str().unwrap_or("?")
+    )
 }
 
 /// A rule's origin as `NetworkPolicy default/yelb-db-in [0]`, when it has one.
@@ -138,7 +159,27 @@ fn origin_text(origin: &serde_json::Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::port_and_protocol;
+    use super::{port_and_protocol, trace_lines};
+
+    #[test]
+    fn a_trace_names_the_tiered_rule_that_decided_or_passed() {
+        let answer = serde_json::json!({
+            "revision": 7, "allowed": false,
+            "egress": {"port": "a/web", "verdict": "open", "isolated_by": [],
+                       "passed": {"tier": "admin", "policy": "guard", "rule": 0, "rule_name": "sql", "action": "pass"}},
+            "ingress": {"port": "a/db", "verdict": "denied", "isolated_by": [],
+                        "tiered": {"tier": "admin", "policy": "db-guard", "rule": 1, "rule_name": "nothing-else", "action": "deny"}}
+        });
+        assert_eq!(
+            trace_lines(&answer, "a/web", "a/db", "tcp/22"),
+            [
+                "a/web -> a/db tcp/22: denied (revision 7)",
+                "  egress of a/web: open: no policy isolates it this way",
+                "    passed to its security groups by admin cluster policy guard, rule 0 (sql): pass",
+                "  ingress of a/db: denied by admin cluster policy db-guard, rule 1 (nothing-else): deny",
+            ]
+        );
+    }
 
     #[test]
     fn ports_name_their_protocol_or_take_the_default() {

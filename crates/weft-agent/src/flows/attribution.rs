@@ -77,7 +77,9 @@ impl Attribution {
             let decision = match eval::side(&self.span, port, direction, &packet) {
                 eval::Side::Open => Decision::Open,
                 eval::Side::Allowed { group, rule } => Decision::Rule(RuleRef { group, rule }),
-                eval::Side::Denied | eval::Side::Refused => Decision::Unknown,
+                // Named as not known until flow records carry a tiered rule (issue 22 adds it
+                // with kube-manager's part).
+                eval::Side::Denied | eval::Side::Refused | eval::Side::Tiered { .. } => Decision::Unknown,
             };
             Some((*id, decision))
         };
@@ -110,6 +112,7 @@ mod tests {
             named_ports: Default::default(),
             ingress: side(ingress),
             egress: side(egress),
+            policies: Default::default(),
         }
     }
 
@@ -133,6 +136,7 @@ mod tests {
             .into(),
             groups: Arc::new(groups.into_iter().collect()),
             sets: Default::default(),
+            policies: Default::default(),
         }
     }
 

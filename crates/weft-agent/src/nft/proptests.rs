@@ -163,10 +163,11 @@ fn build(raw: &RawSpan) -> NodeSpan {
                 named_ports: Arc::new(named_ports),
                 ingress: isolation(ingress),
                 egress: isolation(egress),
+                policies: Default::default(),
             },
         );
     }
-    NodeSpan { ports, groups: Arc::new(groups), sets: Arc::new(sets) }
+    NodeSpan { ports, groups: Arc::new(groups), sets: Arc::new(sets), policies: Default::default() }
 }
 
 proptest! {

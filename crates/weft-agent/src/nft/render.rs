@@ -719,6 +719,7 @@ mod tests {
             named_ports: Default::default(),
             ingress: Isolation::Isolated(std::sync::Arc::new(groups.to_vec())),
             egress: Isolation::Open,
+            policies: Default::default(),
         }
     }
 
@@ -758,6 +759,7 @@ mod tests {
             .into(),
             groups: std::sync::Arc::new([(alone, group(alone_rules)), (shared, group(shared_rules))].into()),
             sets: std::sync::Arc::new([(cidr, std::sync::Arc::new(set))].into()),
+            policies: Default::default(),
         };
         let table = render(&span);
         let folded: Vec<&Element> = table.sets["fold-in-4"].elements.iter().collect();
@@ -807,6 +809,7 @@ mod tests {
             ports,
             groups: std::sync::Arc::new([(Uuid::from_u128(7), std::sync::Arc::new(group))].into()),
             sets: Default::default(),
+            policies: Default::default(),
         };
         let table = render(&span);
         let bound: Vec<&Element> = table.sets[IFACES].elements.iter().collect();
@@ -840,6 +843,26 @@ mod tests {
         assert!(table.sets["spoof-4"].elements.is_empty());
         assert_eq!(table.chains[REFUSED_CHAIN].rules.len(), 1);
         assert_eq!(crate::datapath::problems(&span).len(), 1);
+    }
+
+    /// Until the datapath renders tiered policies (issue 22), an agent holding one says so
+    /// with every ack: realization never reports one enforced that is not.
+    #[test]
+    fn a_tiered_policy_the_datapath_does_not_enforce_yet_is_a_problem() {
+        let policy = weft_compiler::CompiledPolicy {
+            name: "tenancy".into(),
+            tier: weft_model::Tier::Admin,
+            priority: 1,
+            ingress: vec![],
+            egress: vec![],
+        };
+        let span = NodeSpan {
+            policies: std::sync::Arc::new([(Uuid::from_u128(9), std::sync::Arc::new(policy))].into()),
+            ..NodeSpan::default()
+        };
+        let problems = crate::datapath::problems(&span);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("cluster policy tenancy (admin tier): not enforced"), "{problems:?}");
     }
 
     #[test]

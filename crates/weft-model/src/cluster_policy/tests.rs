@@ -59,6 +59,7 @@ fn the_limits_of_the_crd_are_errors_naming_their_field() {
         {"protocol": "udp", "port": 70000}
     ]);
     body["egress"][1]["name"] = json!("n".repeat(101));
+    body["egress"][0]["remotes"][0]["networks"] = json!(["169.254.169.254/16"]);
     let got = errors(&policy(body));
     let at = |pointer: &str| got.iter().any(|(p, _)| p == pointer);
     for pointer in [
@@ -71,10 +72,11 @@ fn the_limits_of_the_crd_are_errors_naming_their_field() {
         "/egress/1/protocols/1/protocol",
         "/egress/1/protocols/2/port",
         "/egress/1/protocols/3/port",
+        "/egress/0/remotes/0/networks/0",
     ] {
         assert!(at(pointer), "an error at {pointer}: {got:?}");
     }
-    assert_eq!(got.len(), 9, "{got:?}");
+    assert_eq!(got.len(), 10, "{got:?}");
     // A port name alone is the named port's protocol.
     let mut body = tenancy();
     body["egress"][1]["protocols"] = json!([{"port": "dns"}]);
