@@ -58,19 +58,10 @@ pub fn refused_interfaces(span: &NodeSpan) -> BTreeMap<Uuid, String> {
 }
 
 /// What the agent reports with its ack: each refused interface and each address it
-/// dispatches to no port, named by its port; and each tiered cluster policy of its span,
-/// which this agent's datapath does not enforce yet (DESIGN.md §11; issue 22 lands the
-/// nftables part after the compiler's): said, so that realization never reports a policy
-/// enforced that is not.
+/// dispatches to no port, named by its port.
 pub fn problems(span: &NodeSpan) -> Vec<String> {
     let refused = refused_interfaces(span);
     let mut out = Vec::new();
-    for policy in span.policies.values() {
-        out.push(format!(
-            "cluster policy {} ({} tier): not enforced by this agent's datapath yet; its ports follow their security groups only",
-            policy.name, policy.tier
-        ));
-    }
     for (id, port) in &span.ports {
         if let Some(why) = refused.get(id) {
             out.push(format!("port {}/{}: interface refused: {why}", port.project, port.name));

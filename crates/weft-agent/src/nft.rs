@@ -330,7 +330,7 @@ impl Datapath for NftDatapath {
             (report.commands, report.netlink) = self.reconcile(new)?;
         }
         self.in_step = true;
-        if delta.is_none_or(conntrack::may_revoke) {
+        if delta.is_none_or(|d| conntrack::may_revoke(d, new)) {
             report.conntrack_rechecked = true;
             self.cutter.request(new, report.full);
         }

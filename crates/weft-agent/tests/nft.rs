@@ -15,6 +15,8 @@ use weft_agent::nft::{self, NftDatapath};
 use weft_compiler::{Change, Compiler, NodeSpan};
 use weft_testkit::Netns;
 
+mod common;
+
 fn port(n: u64, name: &str, node: &str, ips: &[&str], app: &str) -> Change {
     let mut p: weft_model::Port = serde_json::from_value(json!({
         "name": name, "project": "shop", "node": node, "ips": ips, "labels": {"app": app}, "security_groups": [],
@@ -359,22 +361,9 @@ fn denied_packets_are_sampled_with_their_port_and_tuple_at_a_bounded_rate() {
 /// The shop on node-1 in the kernel, web wired into the node as a pod, and a client beyond the
 /// node routed to it (and the node routing 10.96.0.0/12, where a cluster's DNS would be,
 /// through the client).
-/// A pod of the shop on `node`: a namespace of its own, wired to the node as the agent wires
-/// one (its port's interface, its address).
+/// A pod of the shop on `node`.
 fn shop_pod(node: &Netns, name: &str, address: &str) -> Netns {
-    let pod = Netns::new(name);
-    let (addresses, interface, path) =
-        ([address.parse().unwrap()], weft_model::default_interface("shop", name), pod.path());
-    let wiring = weft_agent::link::PodWiring {
-        node_netns: Some(node.name()),
-        pod_netns: &path,
-        host_interface: &interface,
-        ifname: "eth0",
-        addresses: &addresses,
-        mtu: None,
-    };
-    weft_agent::link::wire(&wiring).unwrap();
-    pod
+    common::pod(node, "shop", name, address)
 }
 
 fn web_and_a_client(tag: &str) -> (Netns, Netns, Netns, NftDatapath) {

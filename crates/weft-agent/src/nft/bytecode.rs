@@ -34,6 +34,8 @@ const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 
 const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
+const NFTA_META_SREG: u16 = 3;
+const NFT_META_MARK: u32 = 3;
 const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
@@ -80,6 +82,7 @@ pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
 pub(super) const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 pub(super) const NFT_JUMP: i32 = -3;
+const NFT_RETURN: i32 = -5;
 
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_IPV6: u8 = 10;
@@ -124,6 +127,8 @@ enum Kind {
     Ifname,
     TcpFlags,
     CtState,
+    /// The packet's mark: a host-endian 32-bit word.
+    Mark,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +232,7 @@ fn value(kind: Kind, v: &Right) -> Result<Vec<u8>, String> {
         },
         (Kind::TcpFlags, _) => vec![flags(&|n| tcp_flag_bit(n).map(u32::from))? as u8],
         (Kind::CtState, _) => flags(&ct_state_bit)?.to_ne_bytes().to_vec(),
+        (Kind::Mark, Right::Number(n)) => u32::try_from(*n).map_err(|_| bad())?.to_ne_bytes().to_vec(),
         _ => return Err(bad()),
     })
 }
@@ -308,12 +314,25 @@ impl Program {
 
     /// reg1 = (reg1 & mask) ^ 0, over the mask's length.
     fn mask(&mut self, mask: &[u8]) {
+        self.bitwise(mask, &ZEROS[..mask.len().min(ZEROS.len())]);
+    }
+
+    /// reg1 = (reg1 & mask) ^ xor, over the mask's length.
+    fn bitwise(&mut self, mask: &[u8], xor: &[u8]) {
         self.expr("bitwise", |d| {
             u32_attr(d, NFTA_BITWISE_SREG, NFT_REG_1);
             u32_attr(d, NFTA_BITWISE_DREG, NFT_REG_1);
             u32_attr(d, NFTA_BITWISE_LEN, mask.len() as u32);
             data_attr(d, NFTA_BITWISE_MASK, mask);
-            data_attr(d, NFTA_BITWISE_XOR, &ZEROS[..mask.len().min(ZEROS.len())]);
+            data_attr(d, NFTA_BITWISE_XOR, xor);
+        });
+    }
+
+    /// The packet's mark into reg1 (a host-endian 32-bit word, as the kernel keeps it).
+    fn load_mark(&mut self) {
+        self.expr("meta", |d| {
+            u32_attr(d, NFTA_META_KEY, NFT_META_MARK);
+            u32_attr(d, NFTA_META_DREG, NFT_REG_1);
         });
     }
 
@@ -384,6 +403,11 @@ impl Program {
                 self.load(&f, NFT_REG_1);
                 Ok(f)
             }
+            Left::MarkBits(bits) => {
+                self.load_mark();
+                self.mask(&bits.to_ne_bytes());
+                Ok(Slot { load: Load::Meta(NFT_META_MARK), len: 4, kind: Kind::Mark, needs: None })
+            }
         }
     }
 
@@ -440,6 +464,15 @@ impl Program {
             Stmt::Accept => self.verdict(NF_ACCEPT, None),
             Stmt::Drop => self.verdict(NF_DROP, None),
             Stmt::Jump(target) => self.verdict(NFT_JUMP, Some(target)),
+            Stmt::Return => self.verdict(NFT_RETURN, None),
+            Stmt::Mark { and, xor } => {
+                self.load_mark();
+                self.bitwise(&and.to_ne_bytes(), &xor.to_ne_bytes());
+                self.expr("meta", |d| {
+                    u32_attr(d, NFTA_META_KEY, NFT_META_MARK);
+                    u32_attr(d, NFTA_META_SREG, NFT_REG_1);
+                });
+            }
             // No flags, no port range: nft's own encoding of a plain `masquerade`.
             Stmt::Masquerade => self.expr("masq", |_| {}),
             // Rate in packets a second, as nft writes `limit rate N/second burst B packets`.

@@ -15,16 +15,35 @@ use super::ctnetlink::{Flow, TrackedFlow};
 use super::netlink::Socket;
 
 /// Whether a delta can take an allowance away. Pure additions (new members, new sets, new
-/// ports) cannot, and those are most deltas: the conntrack table is not read for them.
-pub fn may_revoke(delta: &SpanDelta) -> bool {
+/// ports) cannot, and those are most deltas: the conntrack table is not read for them. The
+/// exception is a member added to a set a tiered policy's deny or pass rule names (DESIGN.md
+/// §11): it takes from that member what a later rule allowed. `new` is the span the delta
+/// makes.
+pub fn may_revoke(delta: &SpanDelta, new: &NodeSpan) -> bool {
     !delta.groups_upserted.is_empty()
         || !delta.groups_removed.is_empty()
+        || !delta.policies_upserted.is_empty()
+        || !delta.policies_removed.is_empty()
         || !delta.sets_dropped.is_empty()
-        || delta.sets_changed.values().any(|m| {
-            !m.removed_addresses.is_empty() || !m.removed_prefixes.is_empty() || !m.removed_pairs.is_empty()
+        || delta.sets_changed.iter().any(|(id, m)| {
+            !m.removed_addresses.is_empty()
+                || !m.removed_prefixes.is_empty()
+                || !m.removed_pairs.is_empty()
+                || (!(m.added_addresses.is_empty() && m.added_prefixes.is_empty() && m.added_pairs.is_empty())
+                    && restricts(new, id))
         })
         // A port that changes may have become isolated; a removed one has no policy to keep.
         || !delta.ports_upserted.is_empty()
+}
+
+/// Whether a deny or pass rule of the span's tiered policies names the set.
+fn restricts(span: &NodeSpan, set: &weft_compiler::SetId) -> bool {
+    span.policies.values().flat_map(|p| p.ingress.iter().chain(&p.egress)).any(|rule| {
+        rule.action != weft_model::PolicyAction::Accept
+            && rule.matches.iter().any(|m| {
+                matches!(m.remote, weft_compiler::compiled::RemoteMatch::Set(s) | weft_compiler::compiled::RemoteMatch::Pairs(s) if s == *set)
+            })
+    })
 }
 
 /// The local port at each address of a span.

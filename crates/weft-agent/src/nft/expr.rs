@@ -30,6 +30,8 @@ pub enum Left {
     Concat(Vec<Field>),
     /// A field under a mask of flag names: `tcp flags & (fin|syn|rst|ack)`.
     Masked(Field, &'static [&'static str]),
+    /// The packet's mark under a mask of bits: `meta mark & 0x01000000`.
+    MarkBits(u32),
 }
 
 /// The right side of a match.
@@ -71,6 +73,14 @@ pub enum Stmt {
     Accept,
     Drop,
     Jump(String),
+    /// Back to the chain that jumped here.
+    Return,
+    /// `meta mark set meta mark & and ^ xor`: clears (`and` without the bit) or sets (`xor`
+    /// with it) bits of the packet's mark, keeping the others.
+    Mark {
+        and: u32,
+        xor: u32,
+    },
     /// Source NAT to the address of the interface the packet leaves by (a nat chain's).
     Masquerade,
     /// Matches while packets come at most `per_second` a second (and `burst` at once): a
@@ -104,6 +114,7 @@ impl Left {
             Left::Field(f) => f.to_json(),
             Left::Concat(fields) => json!({"concat": fields.iter().map(|f| f.to_json()).collect::<Vec<_>>()}),
             Left::Masked(f, names) => json!({"&": [f.to_json(), names]}),
+            Left::MarkBits(bits) => json!({"&": [{"meta": {"key": "mark"}}, bits]}),
         }
     }
 }
@@ -139,6 +150,11 @@ impl Stmt {
             Stmt::Accept => json!({"accept": null}),
             Stmt::Drop => json!({"drop": null}),
             Stmt::Jump(target) => json!({"jump": {"target": target}}),
+            Stmt::Return => json!({"return": null}),
+            Stmt::Mark { and, xor } => {
+                let mark = json!({"meta": {"key": "mark"}});
+                json!({"mangle": {"key": mark, "value": {"^": [{"&": [mark, and]}, xor]}}})
+            }
             Stmt::Masquerade => json!({"masquerade": null}),
             Stmt::Limit { per_second, burst } => {
                 json!({"limit": {"rate": per_second, "burst": burst, "per": "second"}})

@@ -10,8 +10,11 @@ use proptest::prelude::*;
 use uuid::Uuid;
 use weft_compiler::compiled::{L4Match, RemoteMatch};
 use weft_compiler::compiled::{Selection, SetDefinition, SetMembers};
-use weft_compiler::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
-use weft_model::{NamedPort, Protocol};
+use weft_compiler::{
+    AddressSet, CompiledGroup, CompiledPolicy, CompiledRule, CompiledTieredRule, Family, Isolation, NodeSpan,
+    PortPolicy, SetId, TieredMatch,
+};
+use weft_model::{NamedPort, PolicyAction, Protocol, Tier};
 
 use super::render::{delta_commands, render, set_name, set_shape};
 use super::ruleset::{Command, Ruleset};
@@ -76,16 +79,37 @@ fn rule(raw: RawRule, n: usize) -> CompiledRule {
 
 /// (family, protocol, l4, remote, detail), each an index into the choices of `rule`.
 type RawRule = (u8, u8, u8, usize, usize);
-/// (port, addresses, ingress groups, egress groups, named ports).
-type RawPort = (usize, Vec<usize>, Option<Vec<usize>>, Option<Vec<usize>>, usize);
+/// (port, addresses, ingress groups, egress groups, named ports, tiered policies).
+type RawPort = (usize, Vec<usize>, Option<Vec<usize>>, Option<Vec<usize>>, usize, Vec<usize>);
 /// (group, ingress rules, egress rules).
 type RawGroup = (usize, Vec<RawRule>, Vec<RawRule>);
+/// A tiered rule: its action (0 accept, 1 deny, 2 pass) and what it matches.
+type RawTieredRule = (u8, Vec<RawRule>);
+/// (policy, admin, ingress rules, egress rules).
+type RawPolicy = (usize, bool, Vec<RawTieredRule>, Vec<RawTieredRule>);
 
 #[derive(Debug, Clone)]
 struct RawSpan {
     ports: Vec<RawPort>,
     groups: Vec<RawGroup>,
+    policies: Vec<RawPolicy>,
     members: Vec<Vec<usize>>,
+}
+
+fn arb_tiered_rule() -> impl Strategy<Value = RawTieredRule> {
+    (0u8..3, prop::collection::vec(arb_rule(), 1..3))
+}
+
+fn tiered_rule((action, matches): &RawTieredRule, n: usize) -> CompiledTieredRule {
+    let action = [PolicyAction::Accept, PolicyAction::Deny, PolicyAction::Pass][*action as usize];
+    let matches = matches
+        .iter()
+        .map(|raw| {
+            let r = rule(*raw, n);
+            TieredMatch { protocol: r.protocol, l4: r.l4, remote: r.remote }
+        })
+        .collect();
+    CompiledTieredRule { name: format!("r{n}"), action, matches }
 }
 
 fn arb_span() -> impl Strategy<Value = RawSpan> {
@@ -95,15 +119,23 @@ fn arb_span() -> impl Strategy<Value = RawSpan> {
         prop::option::of(prop::collection::vec(0usize..4, 0..3)),
         prop::option::of(prop::collection::vec(0usize..4, 0..3)),
         0usize..3,
+        prop::collection::vec(0usize..3, 0..3),
     );
     let group = (0usize..4, prop::collection::vec(arb_rule(), 0..4), prop::collection::vec(arb_rule(), 0..3));
+    let policy = (
+        0usize..3,
+        any::<bool>(),
+        prop::collection::vec(arb_tiered_rule(), 0..3),
+        prop::collection::vec(arb_tiered_rule(), 0..3),
+    );
     (
         prop::collection::vec(port, 0..5),
         prop::collection::vec(group, 0..4),
+        prop::collection::vec(policy, 0..3),
         // Up to 6 members: sets of more than 4 are named sets, smaller ones are written inline.
         prop::collection::vec(prop::collection::vec(0usize..6, 0..7), 6),
     )
-        .prop_map(|(ports, groups, members)| RawSpan { ports, groups, members })
+        .prop_map(|(ports, groups, policies, members)| RawSpan { ports, groups, policies, members })
 }
 
 fn build(raw: &RawSpan) -> NodeSpan {
@@ -120,6 +152,19 @@ fn build(raw: &RawSpan) -> NodeSpan {
         let group = CompiledGroup { project: "p".into(), name: format!("g{g}"), ingress, egress };
         groups.insert(id(2, *g), Arc::new(group));
     }
+    let mut policies = BTreeMap::new();
+    for (p, admin, ingress, egress) in &raw.policies {
+        let ingress: Vec<CompiledTieredRule> = ingress.iter().enumerate().map(|(n, r)| tiered_rule(r, n)).collect();
+        let egress: Vec<CompiledTieredRule> = egress.iter().enumerate().map(|(n, r)| tiered_rule(r, n)).collect();
+        for m in ingress.iter().chain(&egress).flat_map(|r| &r.matches) {
+            if let RemoteMatch::Set(s) | RemoteMatch::Pairs(s) = m.remote {
+                referenced.insert(s);
+            }
+        }
+        let tier = if *admin { Tier::Admin } else { Tier::Baseline };
+        let policy = CompiledPolicy { name: format!("cp{p}"), tier, priority: *p as i64, ingress, egress };
+        policies.insert(id(4, *p), Arc::new(policy));
+    }
     let sets = referenced
         .iter()
         .map(|s| {
@@ -135,7 +180,7 @@ fn build(raw: &RawSpan) -> NodeSpan {
             *claims.entry(a).or_default() += 1;
         }
     }
-    for (p, addresses, ingress, egress, named) in &raw.ports {
+    for (p, addresses, ingress, egress, named, tiered) in &raw.ports {
         // An address two ports name is refused to both (the compiler's contested address,
         // dispatched to no one).
         let (refused_addresses, addresses): (Vec<IpAddr>, Vec<IpAddr>) =
@@ -163,11 +208,21 @@ fn build(raw: &RawSpan) -> NodeSpan {
                 named_ports: Arc::new(named_ports),
                 ingress: isolation(ingress),
                 egress: isolation(egress),
-                policies: Default::default(),
+                policies: Arc::new(port_policies(tiered, &policies)),
             },
         );
     }
-    NodeSpan { ports, groups: Arc::new(groups), sets: Arc::new(sets), policies: Default::default() }
+    NodeSpan { ports, groups: Arc::new(groups), sets: Arc::new(sets), policies: Arc::new(policies) }
+}
+
+/// A port's policies as the compiler lists them: those the span holds, admin first, then by
+/// priority (here the policy's number), each once.
+fn port_policies(picked: &[usize], policies: &BTreeMap<Uuid, Arc<CompiledPolicy>>) -> Vec<Uuid> {
+    let mut out: Vec<(Tier, i64, Uuid)> =
+        picked.iter().map(|p| id(4, *p)).filter_map(|p| policies.get(&p).map(|c| (c.tier, c.priority, p))).collect();
+    out.sort();
+    out.dedup();
+    out.into_iter().map(|(_, _, p)| p).collect()
 }
 
 proptest! {
@@ -218,6 +273,28 @@ proptest! {
         prop_assert_eq!(table, render(&b));
     }
 
+    #[test]
+    fn a_policy_changing_tier_or_rules_rewrites_what_it_must(
+        raw in arb_span(),
+        which in 0usize..3,
+        admin in any::<bool>(),
+        ingress in prop::collection::vec(arb_tiered_rule(), 0..3),
+    ) {
+        // The same ports, naming the same policies: only a policy changes, which decides how
+        // its ports' chains ask it (the admin tier or the baseline, each way it has rules).
+        let a = build(&raw);
+        let mut changed = raw.clone();
+        if let Some(policy) = changed.policies.get_mut(which) {
+            policy.1 = admin;
+            policy.2 = ingress;
+        }
+        let b = build(&changed);
+        let delta = weft_compiler::diff(&a, &b);
+        let mut table = render(&a);
+        table.apply(&delta_commands(&a, &b, &delta)).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(table, render(&b));
+    }
+
     /// The conntrack pass is skipped after a change `may_revoke` calls harmless: then every
     /// flow the old span allowed, the new one allows too, or a connection would outlive its
     /// allowance (issue 19, item 8). Checked for any two spans, and for a set that gains members
@@ -234,7 +311,7 @@ proptest! {
         grown.members[set].extend(picks);
         for b in [build(&other), build(&grown)] {
             let delta = weft_compiler::diff(&a, &b);
-            if super::conntrack::may_revoke(&delta) {
+            if super::conntrack::may_revoke(&delta, &b) {
                 continue;
             }
             let (before, after) = (super::conntrack::ports_by_address(&a), super::conntrack::ports_by_address(&b));
@@ -290,9 +367,11 @@ proptest! {
                     Command::AddSet { name, .. } | Command::DeleteSet { name, .. }
                     | Command::AddElements { name, .. } | Command::DeleteElements { name, .. } => own(name),
                     Command::AddChain { name, .. } | Command::FlushChain { name } | Command::DeleteChain { name } => {
-                        name.starts_with('g') || name.starts_with('p')
+                        name.starts_with('g') || name.starts_with('p') || name.starts_with('t')
                     }
-                    Command::AddRule { chain, .. } => chain.starts_with('g') || chain.starts_with('p'),
+                    Command::AddRule { chain, .. } => {
+                        chain.starts_with('g') || chain.starts_with('p') || chain.starts_with('t')
+                    }
                     Command::DeleteTable => false,
                 };
                 prop_assert!(fine, "{:?}", c);
@@ -304,8 +383,9 @@ proptest! {
 #[test]
 fn rules_name_their_content() {
     let span = build(&RawSpan {
-        ports: vec![(0, vec![0], Some(vec![0]), None, 1)],
+        ports: vec![(0, vec![0], Some(vec![0]), None, 1, vec![])],
         groups: vec![(0, vec![(0, 1, 1, 1, 0)], vec![])],
+        policies: vec![],
         members: vec![vec![1]; 6],
     });
     let table = render(&span);

@@ -19,6 +19,22 @@
 //!                                                          rate-limited per port)
 //! ```
 //!
+//! A port selected by tiered cluster policies (DESIGN.md §11) has a chain in each direction
+//! its policies have rules in, isolated by a group or not:
+//!
+//! ```text
+//! pi-<port>:  [meta mark &= ~bit]          (when more than one admin policy)
+//!             jump ti-<admin policy 1>      accept: accept; deny: drop; pass: mark |= bit, return
+//!             mark & bit == 0 jump ti-<admin policy 2> …
+//!             meta mark &= ~bit             (no bit is left on the packet)
+//!             isolated: the groups' rules (never folded: the folded set accepts before the
+//!                       admin tier), sample, counter drop
+//!             open:     jump ti-<baseline policy> …   (pass: accept), then back: allowed
+//! ```
+//!
+//! Policy chains (`ti-`/`te-<policy>`) are shared by every port a policy selects, as group
+//! chains are: the kernel's rule count grows with rules plus ports.
+//!
 //! Egress and ingress are two base chains on the forward hook: `accept` in a group chain ends
 //! only its own base chain, so a packet between two local ports passes the sender's egress and
 //! then the receiver's ingress, each decided by the same shared group chains. A port open in a
@@ -32,7 +48,10 @@ use std::net::IpAddr;
 
 use uuid::Uuid;
 use weft_compiler::compiled::{L4Match, RemoteMatch, SetMembers};
-use weft_compiler::{AddressSet, CompiledGroup, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId};
+use weft_compiler::{
+    AddressSet, CompiledGroup, CompiledPolicy, CompiledRule, Family, Isolation, NodeSpan, PortPolicy, SetId,
+};
+use weft_model::{PolicyAction, Tier};
 
 use super::expr::{Field, Left, Op, Right, Stmt};
 use super::ruleset::{Chain, Element, Hook, Rule, Ruleset, Set, SetKind, fnv1a64};
@@ -59,6 +78,15 @@ const PORTED: [u8; 3] = [6, 17, 132];
 enum Dir {
     In,
     Out,
+}
+
+impl Dir {
+    fn direction(self) -> weft_model::Direction {
+        match self {
+            Dir::In => weft_model::Direction::Ingress,
+            Dir::Out => weft_model::Direction::Egress,
+        }
+    }
 }
 
 const V4_V6: [bool; 2] = [false, true];
@@ -132,6 +160,29 @@ fn denied_sample(port: Uuid, dir: Dir) -> Vec<Stmt> {
             snaplen: DENIED_SAMPLE_BYTES,
         },
     ]
+}
+
+/// The bit of the packet's mark an admin pass sets in one direction (DESIGN.md §11): the
+/// policy's shared chain sets it and returns, and the port's chain skips the rest of the admin
+/// tier while it is set. One bit per direction, because a packet between two ports of one node
+/// crosses both; each port chain clears its bit before the tier and after it, so none is left
+/// on a packet. Bits of the high byte: kube-proxy's are 0x4000 and 0x8000.
+pub const PASS_MARK_EGRESS: u32 = 0x0100_0000;
+pub const PASS_MARK_INGRESS: u32 = 0x0200_0000;
+
+fn pass_bit(dir: Dir) -> u32 {
+    match dir {
+        Dir::In => PASS_MARK_INGRESS,
+        Dir::Out => PASS_MARK_EGRESS,
+    }
+}
+
+/// A tiered policy's chain in one direction, shared by every port it selects.
+fn policy_chain(policy: Uuid, dir: Dir) -> String {
+    match dir {
+        Dir::In => format!("ti-{}", policy.simple()),
+        Dir::Out => format!("te-{}", policy.simple()),
+    }
 }
 
 fn group_chain(group: Uuid, dir: Dir) -> String {
@@ -352,11 +403,83 @@ pub fn render(span: &NodeSpan) -> Ruleset {
             out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: lines.rules.clone() });
         }
     }
+    for (id, policy) in span.policies.iter() {
+        render_policy(&mut out, *id, policy, &span.sets);
+    }
     for (id, port) in &span.ports {
-        render_port(&mut out, *id, port, &rules);
+        render_port(&mut out, *id, port, &rules, &span.policies);
     }
     render_port_globals(&mut out, span);
     out
+}
+
+type Policies = BTreeMap<Uuid, std::sync::Arc<CompiledPolicy>>;
+
+/// A tiered policy's chains: per direction it has rules in, each rule's alternatives in order,
+/// with the rule's verdict. Accept accepts (the whole direction: an accept in a chain jumped
+/// to ends its base chain), deny drops, and pass sets the direction's mark bit and returns in
+/// the admin tier (the port's chain then skips the rest of the tier) and accepts in the
+/// baseline tier (DESIGN.md §11: a baseline pass allows).
+fn render_policy(out: &mut Ruleset, id: Uuid, policy: &CompiledPolicy, sets: &Sets) {
+    for dir in [Dir::In, Dir::Out] {
+        let rules = policy.rules(dir.direction());
+        if rules.is_empty() {
+            continue;
+        }
+        let mut chain = Chain::default();
+        for rule in rules {
+            let bit = pass_bit(dir);
+            let verdict = match (rule.action, policy.tier) {
+                (PolicyAction::Accept, _) | (PolicyAction::Pass, Tier::Baseline) => vec![Stmt::Counter, Stmt::Accept],
+                (PolicyAction::Deny, _) => vec![Stmt::Counter, Stmt::Drop],
+                (PolicyAction::Pass, Tier::Admin) => {
+                    vec![Stmt::Counter, Stmt::Mark { and: !bit, xor: bit }, Stmt::Return]
+                }
+            };
+            for m in &rule.matches {
+                let compiled = CompiledRule {
+                    rule: Uuid::nil(),
+                    family: Family::Both,
+                    protocol: m.protocol,
+                    l4: m.l4.clone(),
+                    remote: m.remote.clone(),
+                };
+                for v6 in V4_V6 {
+                    chain.rules.extend(rule_lines(&compiled, dir, v6, sets, &verdict).into_iter().map(Rule::new));
+                }
+            }
+        }
+        out.chains.insert(policy_chain(id, dir), chain);
+    }
+}
+
+/// A port's tiered policies that have rules in a direction, admin ones and baseline ones, in
+/// the order they decide.
+fn port_tiers(port: &PortPolicy, dir: Dir, policies: &Policies) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut admin = Vec::new();
+    let mut baseline = Vec::new();
+    for id in port.policies.iter() {
+        let Some(policy) = policies.get(id) else { continue };
+        if policy.rules(dir.direction()).is_empty() {
+            continue;
+        }
+        match policy.tier {
+            Tier::Admin => admin.push(*id),
+            Tier::Baseline => baseline.push(*id),
+        }
+    }
+    (admin, baseline)
+}
+
+/// Whether a port has a chain in a direction (and its addresses a dispatch entry to it): when a
+/// group isolates it, or a tiered policy with rules that way selects it.
+fn has_port_chain(port: &PortPolicy, dir: Dir, policies: &Policies) -> bool {
+    let isolation = if dir == Dir::In { &port.ingress } else { &port.egress };
+    if matches!(isolation, Isolation::Isolated(_)) {
+        return true;
+    }
+    let (admin, baseline) = port_tiers(port, dir, policies);
+    !admin.is_empty() || !baseline.is_empty()
 }
 
 /// Fewer groups than this (per half) render on one thread: a thread costs more than they do.
@@ -371,6 +494,9 @@ struct GroupLines {
     /// Of a group in place: the rules that fold (see `fold_boxes`), as boxes for the folded
     /// sets.
     folds: Vec<FoldBox>,
+    /// The same rules as kernel rules, for the ports that cannot fold them: the folded sets
+    /// accept before the dispatch, so before an admin tier that could deny.
+    unfolded: Vec<Rule>,
 }
 
 /// Each group's kernel rules in each direction it has rules in.
@@ -498,14 +624,17 @@ fn render_group(
             continue;
         }
         let per_rule: Vec<Vec<Vec<Stmt>>> =
-            rules.iter().map(|r| V4_V6.iter().flat_map(|v6| rule_lines(r, dir, *v6, sets)).collect()).collect();
+            rules.iter().map(|r| V4_V6.iter().flat_map(|v6| rule_lines(r, dir, *v6, sets, ALLOW)).collect()).collect();
         let count = per_rule.iter().map(Vec::len).sum();
         let mut lines = GroupLines { in_place: in_place(count, users, id, dir), ..GroupLines::default() };
         for (rule, stmts) in rules.iter().zip(per_rule) {
             // Only a group in place folds: a chain of its own keeps its rules, which folded
             // would cost an element per rule and port.
             match lines.in_place.then(|| fold_boxes(rule, sets)).flatten() {
-                Some(boxes) => lines.folds.extend(boxes),
+                Some(boxes) => {
+                    lines.folds.extend(boxes);
+                    lines.unfolded.extend(stmts.into_iter().map(Rule::new));
+                }
                 None => lines.rules.extend(stmts.into_iter().map(Rule::new)),
             }
         }
@@ -513,10 +642,13 @@ fn render_group(
     }
 }
 
-/// One compiled rule for one family, as kernel rules. Several port ranges (or "any protocol"
+/// A security group rule's verdict.
+const ALLOW: &[Stmt] = &[Stmt::Counter, Stmt::Accept];
+
+/// One compiled rule for one family, as kernel rules, each ending with `verdict`. Several port ranges (or "any protocol"
 /// with ports) become several rules rather than an anonymous set: the kernel's cost of
 /// creating anonymous sets grows with the square of their number in one transaction.
-fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<Stmt>> {
+fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets, verdict: &[Stmt]) -> Vec<Vec<Stmt>> {
     if !rule.family.has(v6) {
         return Vec::new();
     }
@@ -595,18 +727,45 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets) -> Vec<Vec<S
         for tail in tails {
             let mut line = base.clone();
             line.extend(tail);
-            line.push(Stmt::Counter);
-            line.push(Stmt::Accept);
+            line.extend_from_slice(verdict);
             lines.push(line);
         }
     }
     lines
 }
 
-fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, rules: &GroupRules) {
+/// A port's chain in each direction it has one: its admin tier, then its groups where they
+/// isolate it (ending in the sampled drop), else its baseline tier (ending in a return: what
+/// no rule decided is allowed).
+fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, rules: &GroupRules, policies: &Policies) {
     for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
-        let Isolation::Isolated(groups) = isolation else { continue };
+        let (admin, baseline) = port_tiers(port, dir, policies);
+        if admin.is_empty() && baseline.is_empty() && matches!(isolation, Isolation::Open) {
+            continue;
+        }
         let mut chain = Chain::default();
+        let bit = pass_bit(dir);
+        let clear = || Rule::new(vec![Stmt::Mark { and: !bit, xor: 0 }]);
+        if admin.len() > 1 {
+            chain.rules.push(clear());
+        }
+        for (i, p) in admin.iter().enumerate() {
+            // After the first, a policy is asked only if no pass came before it.
+            let mut jump = if i == 0 { vec![] } else { vec![matches(Left::MarkBits(bit), Right::Number(0))] };
+            jump.push(Stmt::Jump(policy_chain(*p, dir)));
+            chain.rules.push(Rule::new(jump));
+        }
+        if !admin.is_empty() {
+            chain.rules.push(clear());
+        }
+        let Isolation::Isolated(groups) = isolation else {
+            chain.rules.extend(baseline.iter().map(|p| Rule::new(vec![Stmt::Jump(policy_chain(*p, dir))])));
+            out.chains.insert(port_chain(id, dir), chain);
+            continue;
+        };
+        // Folded rules accept before the dispatch, so before this port's admin tier: a port
+        // with one has its groups' rules written out instead.
+        let can_fold = admin.is_empty();
         let mut folds = Vec::new();
         for g in groups.iter() {
             // A group the span does not hold, or with no rules this way, allows nothing (and
@@ -615,7 +774,11 @@ fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, rules: &GroupRule
                 None => {}
                 Some(lines) if lines.in_place => {
                     chain.rules.extend(lines.rules.iter().cloned());
-                    folds.extend_from_slice(&lines.folds);
+                    if can_fold {
+                        folds.extend_from_slice(&lines.folds);
+                    } else {
+                        chain.rules.extend(lines.unfolded.iter().cloned());
+                    }
                 }
                 Some(_) => chain.rules.push(Rule::new(vec![Stmt::Jump(group_chain(*g, dir))])),
             }
@@ -643,6 +806,13 @@ fn render_port_globals(out: &mut Ruleset, span: &NodeSpan) {
     for group in span.groups.values() {
         for rule in &group.ingress {
             if let L4Match::Named(n) = &rule.l4 {
+                names.insert(n);
+            }
+        }
+    }
+    for policy in span.policies.values() {
+        for m in policy.ingress.iter().flat_map(|r| &r.matches) {
+            if let L4Match::Named(n) = &m.l4 {
                 names.insert(n);
             }
         }
@@ -675,8 +845,8 @@ fn render_port_globals(out: &mut Ruleset, span: &NodeSpan) {
             if bound && let Some(s) = out.sets.get_mut(&spoof_set(v6)) {
                 s.elements.insert(Element::IfaceAddr(iface.clone(), *addr));
             }
-            for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
-                if matches!(isolation, Isolation::Isolated(_))
+            for dir in [Dir::In, Dir::Out] {
+                if has_port_chain(port, dir, &span.policies)
                     && let Some(s) = out.sets.get_mut(&dispatch_map(dir, v6))
                 {
                     s.elements.insert(Element::Jump(*addr, port_chain(*id, dir)));
@@ -843,26 +1013,6 @@ mod tests {
         assert!(table.sets["spoof-4"].elements.is_empty());
         assert_eq!(table.chains[REFUSED_CHAIN].rules.len(), 1);
         assert_eq!(crate::datapath::problems(&span).len(), 1);
-    }
-
-    /// Until the datapath renders tiered policies (issue 22), an agent holding one says so
-    /// with every ack: realization never reports one enforced that is not.
-    #[test]
-    fn a_tiered_policy_the_datapath_does_not_enforce_yet_is_a_problem() {
-        let policy = weft_compiler::CompiledPolicy {
-            name: "tenancy".into(),
-            tier: weft_model::Tier::Admin,
-            priority: 1,
-            ingress: vec![],
-            egress: vec![],
-        };
-        let span = NodeSpan {
-            policies: std::sync::Arc::new([(Uuid::from_u128(9), std::sync::Arc::new(policy))].into()),
-            ..NodeSpan::default()
-        };
-        let problems = crate::datapath::problems(&span);
-        assert_eq!(problems.len(), 1);
-        assert!(problems[0].starts_with("cluster policy tenancy (admin tier): not enforced"), "{problems:?}");
     }
 
     #[test]

@@ -53,3 +53,21 @@ impl Running {
 pub fn temp_dir() -> weft_testkit::TempDir {
     weft_testkit::TempDir::new("weft-agent-test")
 }
+
+/// A pod of `project` on `node`: a namespace of its own, wired to the node as the agent wires
+/// one (its port's derived interface, its address).
+pub fn pod(node: &weft_testkit::Netns, project: &str, name: &str, address: &str) -> weft_testkit::Netns {
+    let pod = weft_testkit::Netns::new(name);
+    let (addresses, interface, path) =
+        ([address.parse().unwrap()], weft_model::default_interface(project, name), pod.path());
+    let wiring = weft_agent::link::PodWiring {
+        node_netns: Some(node.name()),
+        pod_netns: &path,
+        host_interface: &interface,
+        ifname: "eth0",
+        addresses: &addresses,
+        mtu: None,
+    };
+    weft_agent::link::wire(&wiring).unwrap();
+    pod
+}

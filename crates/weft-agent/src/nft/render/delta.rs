@@ -11,8 +11,8 @@ use weft_compiler::compiled::{RemoteMatch, SetMembers};
 use weft_compiler::{MemberDelta, NodeSpan, SetId, SpanDelta};
 
 use super::{
-    GroupRules, V4_V6, group_chain, group_users, port_groups, render_group, render_port, render_port_globals,
-    render_set, set_kind, set_name, set_shape, skeleton,
+    GroupRules, V4_V6, group_chain, group_users, port_groups, render_group, render_policy, render_port,
+    render_port_globals, render_set, set_kind, set_name, set_shape, skeleton,
 };
 use crate::nft::ruleset::{Chain, Command, Element, Ruleset};
 
@@ -20,6 +20,7 @@ use crate::nft::ruleset::{Chain, Command, Element, Ruleset};
 #[derive(Default)]
 struct Touched {
     groups: BTreeSet<Uuid>,
+    policies: BTreeSet<Uuid>,
     ports: BTreeSet<Uuid>,
     sets: BTreeSet<SetId>,
     globals: bool,
@@ -53,9 +54,14 @@ fn render_touched(span: &NodeSpan, touched: &Touched) -> Ruleset {
             out.chains.insert(group_chain(*id, *dir), Chain { hook: None, rules: lines.rules.clone() });
         }
     }
+    for id in &touched.policies {
+        if let Some(policy) = span.policies.get(id) {
+            render_policy(&mut out, *id, policy, &span.sets);
+        }
+    }
     for id in &touched.ports {
         if let Some(port) = span.ports.get(id) {
-            render_port(&mut out, *id, port, &rules);
+            render_port(&mut out, *id, port, &rules, &span.policies);
         }
     }
     if touched.globals {
@@ -76,6 +82,7 @@ fn render_touched(span: &NodeSpan, touched: &Touched) -> Ruleset {
 pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<Command> {
     let mut touched = Touched::default();
     touched.groups.extend(delta.groups_upserted.keys().chain(&delta.groups_removed));
+    touched.policies.extend(delta.policies_upserted.keys().chain(&delta.policies_removed));
     touched.ports.extend(delta.ports_upserted.keys().chain(&delta.ports_removed));
     touched.sets.extend(delta.sets_defined.keys().chain(&delta.sets_dropped));
     // Rules follow their sets' shapes (named per family, or inlined): a set arriving, leaving,
@@ -100,6 +107,26 @@ pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<
                 touched.groups.insert(*id);
             }
         }
+        for (id, policy) in old.policies.iter().chain(new.policies.iter()) {
+            let uses = policy.ingress.iter().chain(&policy.egress).flat_map(|r| &r.matches).any(|m| match m.remote {
+                RemoteMatch::Set(s) | RemoteMatch::Pairs(s) => reshaped.contains(&s),
+                RemoteMatch::Any => false,
+            });
+            if uses {
+                touched.policies.insert(*id);
+            }
+        }
+    }
+    // A port's chain jumps to its policies' chains, and how depends on each policy's tier and
+    // on whether it has rules each way: every port of a touched policy is touched.
+    if !touched.policies.is_empty() {
+        for span in [old, new] {
+            for (id, port) in span.ports.iter() {
+                if port.policies.iter().any(|p| touched.policies.contains(p)) {
+                    touched.ports.insert(*id);
+                }
+            }
+        }
     }
     // A port's chain holds its groups' rules or jumps to their chains, and which one depends
     // on how many local ports each group has: the groups of a port that changed are touched,
@@ -120,7 +147,7 @@ pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<
             }
         }
     }
-    touched.globals = !touched.ports.is_empty() || !touched.groups.is_empty();
+    touched.globals = !touched.ports.is_empty() || !touched.groups.is_empty() || !touched.policies.is_empty();
     let before = render_touched(old, &touched);
     let after = render_touched(new, &touched);
     let mut commands = before.diff(&after);
