@@ -1,4 +1,5 @@
-//! kube-manager against a cluster: watchers on Namespaces, Pods and NetworkPolicies keep a
+//! kube-manager against a cluster: watchers on Namespaces, Pods, NetworkPolicies and
+//! ClusterNetworkPolicies keep a
 //! copy of the cluster (and one on Nodes passes their pod CIDRs on, [`crate::nodes`]); once all three have listed, the config service is reconciled to its
 //! translation in full; after that each watch event reconciles only the objects it touched,
 //! against a mirror of what the config service holds, with the events that arrived together
@@ -25,6 +26,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use weft_client::Client;
 
+use crate::cnp::ClusterNetworkPolicy;
 use crate::index::{ClusterIndex, Input, PartialWork};
 use crate::lease::{self, LeaseConfig};
 use crate::reconcile::{self, Mirror};
@@ -173,7 +175,12 @@ async fn manage_objects(
             watch::<Namespace>(kube).map(|e| e.map(Input::Namespace)),
             watch::<Pod>(kube).map(|e| e.map(|e| Input::Pod(Box::new(e)))),
         ),
-        watch::<NetworkPolicy>(kube).map(|e| e.map(Input::Policy)),
+        futures::stream::select(
+            watch::<NetworkPolicy>(kube).map(|e| e.map(Input::Policy)),
+            // A cluster without the CRD answers 404 to this list: the watch retries with its
+            // backoff, and nothing waits for it (DESIGN.md §11).
+            watch::<ClusterNetworkPolicy>(kube).map(|e| e.map(|e| Input::ClusterPolicy(Box::new(e)))),
+        ),
     );
     tokio::pin!(inputs);
     let mut m = Manager {

@@ -116,6 +116,35 @@ pub struct PortRange {
     pub end: i64,
 }
 
+impl kube::Resource for ClusterNetworkPolicy {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "ClusterNetworkPolicy".into()
+    }
+
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "policy.networking.k8s.io".into()
+    }
+
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1alpha2".into()
+    }
+
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "clusternetworkpolicies".into()
+    }
+
+    fn meta(&self) -> &meta::ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut meta::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 /// The weft name of a ClusterNetworkPolicy: cluster-scoped, so the cluster's prefix keeps two
 /// clusters' policies of one name apart.
 pub fn policy_name(name: &str, o: &Options) -> String {

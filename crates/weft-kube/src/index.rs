@@ -9,7 +9,10 @@
 //! - a namespace that goes asks for a full one (its project goes with what is in it);
 //! - a namespace that arrives after its pods and policies pulls them in (they were left out
 //!   as orphans until it came);
-//! - any other event marks only its object changed.
+//! - any other event marks only its object changed;
+//! - ClusterNetworkPolicies are reconciled once their watch has listed, and never wait for it
+//!   (a cluster without the CRD never lists them): until then weft's cluster policies are left
+//!   as they are.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,15 +21,17 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 
+use crate::cnp::ClusterNetworkPolicy;
 use crate::reconcile::{Desired, Scope};
 use crate::translate::{Options, Problem, ProblemKind};
 
-/// One watch event, of any of the three kinds.
+/// One watch event, of any of the kinds watched.
 #[derive(Debug)]
 pub enum Input {
     Namespace(Event<Namespace>),
     Pod(Box<Event<Pod>>),
     Policy(Event<NetworkPolicy>),
+    ClusterPolicy(Box<Event<ClusterNetworkPolicy>>),
 }
 
 /// The objects changed since the last reconciliation, by (namespace, name).
@@ -35,11 +40,21 @@ pub struct Changed {
     pub namespaces: BTreeSet<String>,
     pub pods: BTreeSet<(String, String)>,
     pub policies: BTreeSet<(String, String)>,
+    /// ClusterNetworkPolicies, by name.
+    pub cluster_policies: BTreeSet<String>,
+    /// Every ClusterNetworkPolicy: their watch listed (again), and weft's cluster policies are
+    /// compared with all of them, and only them (the rest of the cluster needs no full
+    /// reconciliation for it).
+    pub all_cluster_policies: bool,
 }
 
 impl Changed {
     pub fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.pods.is_empty() && self.policies.is_empty()
+        self.namespaces.is_empty()
+            && self.pods.is_empty()
+            && self.policies.is_empty()
+            && self.cluster_policies.is_empty()
+            && !self.all_cluster_policies
     }
 
     /// Whether `problem` is about one of these objects.
@@ -49,8 +64,10 @@ impl Changed {
             ProblemKind::Namespace => self.namespaces.contains(&problem.name),
             ProblemKind::Pod => self.pods.contains(&key()),
             ProblemKind::NetworkPolicy => self.policies.contains(&key()),
-            // Not watched yet (issue 22 lands the watch next): never a changed object's.
-            ProblemKind::ClusterNetworkPolicy | ProblemKind::Weft(_) => false,
+            ProblemKind::ClusterNetworkPolicy => {
+                self.all_cluster_policies || self.cluster_policies.contains(&problem.name)
+            }
+            ProblemKind::Weft(_) => false,
         }
     }
 }
@@ -70,6 +87,7 @@ pub struct ClusterIndex {
     namespaces: Watched<Namespace>,
     pods: Watched<Pod>,
     policies: Watched<NetworkPolicy>,
+    cluster_policies: Watched<ClusterNetworkPolicy>,
     changed: Changed,
     full: bool,
 }
@@ -87,6 +105,7 @@ impl ClusterIndex {
             namespaces: Watched::default(),
             pods: Watched::default(),
             policies: Watched::default(),
+            cluster_policies: Watched::default(),
             changed: Changed::default(),
             full: true,
         }
@@ -123,10 +142,17 @@ impl ClusterIndex {
                 Absorbed::Listed => self.full = true,
                 Absorbed::Nothing => {}
             },
+            Input::ClusterPolicy(e) => match self.cluster_policies.absorb(*e) {
+                Absorbed::Changed((_, name), _) => {
+                    self.changed.cluster_policies.insert(name);
+                }
+                Absorbed::Listed => self.changed.all_cluster_policies = true,
+                Absorbed::Nothing => {}
+            },
         }
     }
 
-    /// Whether all three watches have listed (before that, nothing is reconciled).
+    /// Whether the namespaced watches have listed (before that, nothing is reconciled).
     pub fn listed(&self) -> bool {
         self.namespaces.listed && self.pods.listed && self.policies.listed
     }
@@ -151,7 +177,19 @@ impl ClusterIndex {
     /// Call [`ClusterIndex::full_done`] once it is written.
     pub fn desired_all(&mut self, o: &Options) -> Desired {
         self.changed = Changed::default();
-        Desired::of(self.namespaces.objects.values(), self.pods.objects.values(), self.policies.objects.values(), o)
+        let mut desired = Desired::of(
+            self.namespaces.objects.values(),
+            self.pods.objects.values(),
+            self.policies.objects.values(),
+            o,
+        );
+        if self.cluster_policies.listed {
+            desired.cluster_policies = Some(Default::default());
+            for cnp in self.cluster_policies.objects.values() {
+                desired.add_cluster_policy(cnp, o);
+            }
+        }
+        desired
     }
 
     /// A full reconciliation was written.
@@ -175,6 +213,8 @@ impl ClusterIndex {
             projects: namespaces.iter().map(|ns| project(ns)).collect(),
             ports: changed.pods.iter().map(|(ns, name)| (project(ns), name.clone())).collect(),
             groups: changed.policies.iter().map(|(ns, name)| (project(ns), name.clone())).collect(),
+            cluster_policies: changed.cluster_policies.iter().map(|name| crate::cnp::policy_name(name, o)).collect(),
+            all_cluster_policies: changed.all_cluster_policies,
         };
         let mut desired = Desired::default();
         for name in &namespaces {
@@ -196,6 +236,19 @@ impl ClusterIndex {
                 desired.add_policy(np, &known, o);
             }
         }
+        if changed.all_cluster_policies {
+            desired.cluster_policies = Some(Default::default());
+            for cnp in self.cluster_policies.objects.values() {
+                desired.add_cluster_policy(cnp, o);
+            }
+        } else if !changed.cluster_policies.is_empty() {
+            desired.cluster_policies = Some(Default::default());
+            for name in &changed.cluster_policies {
+                if let Some(cnp) = self.cluster_policies.objects.get(&(String::new(), name.clone())) {
+                    desired.add_cluster_policy(cnp, o);
+                }
+            }
+        }
         PartialWork { desired, scope, changed }
     }
 
@@ -208,8 +261,10 @@ impl ClusterIndex {
             ProblemKind::NetworkPolicy => {
                 ("networking.k8s.io/v1", self.policies.objects.get(&key).and_then(|o| o.metadata.uid.clone()))
             }
-            // Not watched yet: no uid to refer to.
-            ProblemKind::ClusterNetworkPolicy => ("policy.networking.k8s.io/v1alpha2", None),
+            ProblemKind::ClusterNetworkPolicy => (
+                "policy.networking.k8s.io/v1alpha2",
+                self.cluster_policies.objects.get(&key).and_then(|o| o.metadata.uid.clone()),
+            ),
             ProblemKind::Weft(_) => return None,
         };
         Some(ObjectReference {
@@ -351,6 +406,55 @@ mod tests {
         assert_eq!(desired.projects.keys().collect::<Vec<_>>(), ["k8s-a"]);
         index.full_done();
         assert!(!index.has_work(), "what changed went into the full reconciliation");
+    }
+
+    fn cnp(name: &str, priority: i64) -> ClusterNetworkPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}")},
+            "spec": {"tier": "Admin", "priority": priority, "subject": {"namespaces": {}},
+                     "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]},
+        }))
+        .expect("a cluster network policy")
+    }
+
+    /// ClusterNetworkPolicies never hold the rest up (a cluster without their CRD never lists
+    /// them), are left alone until listed, and a listing of them compares all of weft's with
+    /// all of them, without a full reconciliation of the rest.
+    #[test]
+    fn cluster_network_policies_wait_for_nothing_and_are_left_alone_until_listed() {
+        let o = Options::default();
+        let mut index = listed(&[namespace("a")], &[], &[]);
+        index.want_full();
+        let desired = index.desired_all(&o);
+        index.full_done();
+        assert!(desired.cluster_policies.is_none(), "not listed: weft's are left as they are");
+
+        index.take(Input::ClusterPolicy(Box::new(Event::Init)));
+        index.take(Input::ClusterPolicy(Box::new(Event::InitApply(cnp("tenancy", 1)))));
+        index.take(Input::ClusterPolicy(Box::new(Event::InitDone)));
+        assert!(index.has_work() && !index.wants_full(), "a listing of them is no full reconciliation");
+        let work = index.desired_changed(&o);
+        assert!(work.scope.all_cluster_policies);
+        let policies = work.desired.cluster_policies.expect("known now");
+        assert_eq!(policies.keys().collect::<Vec<_>>(), ["k8s-cnp-tenancy"]);
+
+        index.take(Input::ClusterPolicy(Box::new(Event::Apply(cnp("tenancy", 2)))));
+        let work = index.desired_changed(&o);
+        assert!(!work.scope.all_cluster_policies);
+        assert_eq!(work.scope.cluster_policies, BTreeSet::from(["k8s-cnp-tenancy".to_string()]));
+        assert_eq!(work.desired.cluster_policies.unwrap()["k8s-cnp-tenancy"].priority, 2);
+        index.take(Input::ClusterPolicy(Box::new(Event::Delete(cnp("tenancy", 2)))));
+        let work = index.desired_changed(&o);
+        assert_eq!(work.desired.cluster_policies.map(|p| p.len()), Some(0), "deleted: in scope, not desired");
+        let problem = Problem {
+            kind: ProblemKind::ClusterNetworkPolicy,
+            namespace: None,
+            name: "tenancy".into(),
+            detail: String::new(),
+        };
+        assert!(work.changed.touches(&problem));
+        index.take(Input::ClusterPolicy(Box::new(Event::Apply(cnp("tenancy", 2)))));
+        assert_eq!(index.reference(&problem).and_then(|r| r.uid), Some("uid-tenancy".to_string()));
     }
 
     #[test]

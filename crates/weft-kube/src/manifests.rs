@@ -1,5 +1,6 @@
 //! A directory of Kubernetes manifests in place of a cluster: YAML or JSON files, several
-//! documents each (`---`), `List`s of items. Namespaces, Pods and NetworkPolicies are read;
+//! documents each (`---`), `List`s of items. Namespaces, Pods, NetworkPolicies and
+//! ClusterNetworkPolicies are read;
 //! other kinds (Deployments, Services...) are counted and left alone. A namespace that
 //! objects name but no manifest declares exists, as it would in a cluster (`default`).
 //! [`follow`] reconciles the config service with the directory whenever it changes.
@@ -31,6 +32,7 @@ pub struct Manifests {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub policies: Vec<NetworkPolicy>,
+    pub cluster_policies: Vec<crate::cnp::ClusterNetworkPolicy>,
     /// Objects of other kinds, by kind.
     pub skipped: Vec<String>,
 }
@@ -104,6 +106,7 @@ fn add(value: serde_yaml::Value, m: &mut Manifests) -> Result<(), String> {
         ("v1", "Namespace") => m.namespaces.push(decode(value, &kind)?),
         ("v1", "Pod") => m.pods.push(decode(value, &kind)?),
         ("networking.k8s.io/v1", "NetworkPolicy") => m.policies.push(decode(value, &kind)?),
+        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => m.cluster_policies.push(decode(value, &kind)?),
         _ => m.skipped.push(kind),
     }
     Ok(())
@@ -121,7 +124,12 @@ pub fn desired(dir: &Path, options: &Options) -> Result<Desired, ManifestError> 
     if !manifests.skipped.is_empty() {
         tracing::debug!(kinds = ?manifests.skipped, "manifests of other kinds left alone");
     }
-    let desired = Desired::of(&manifests.namespaces, &manifests.pods, &manifests.policies, options);
+    let mut desired = Desired::of(&manifests.namespaces, &manifests.pods, &manifests.policies, options);
+    // The directory is the whole cluster: its cluster policies are known, none included.
+    desired.cluster_policies = Some(Default::default());
+    for cnp in &manifests.cluster_policies {
+        desired.add_cluster_policy(cnp, options);
+    }
     for problem in &desired.problems {
         tracing::warn!(%problem, "left out: weft cannot represent it");
     }

@@ -36,7 +36,11 @@ impl Default for KubeMetrics {
         let reconcile_errors = Counter::default();
         let problems = Gauge::default();
         let leader = Gauge::default();
-        registry.register("watch_events", "Watch events taken in (Namespaces, Pods, NetworkPolicies)", events.clone());
+        registry.register(
+            "watch_events",
+            "Watch events taken in (Namespaces, Pods, NetworkPolicies, ClusterNetworkPolicies)",
+            events.clone(),
+        );
         registry.register("reconciles", "Reconciliations written to the config service", reconciles.clone());
         registry.register("reconcile_seconds", "Time a reconciliation takes", reconcile_seconds.clone());
         registry.register(

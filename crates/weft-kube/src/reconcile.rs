@@ -13,7 +13,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use weft_client::{BatchOp, Client, ClientError, Target};
-use weft_model::{DEFAULT_GROUP, Kind, Port, Project, SecurityGroup, VirtualNetwork};
+use weft_model::{ClusterPolicy, DEFAULT_GROUP, Kind, Port, Project, SecurityGroup, VirtualNetwork};
 
 use crate::translate::{self, OWNER_ANNOTATION, Options, Problem, ProblemKind};
 
@@ -27,6 +27,10 @@ pub struct Desired {
     /// By (project, name).
     pub ports: BTreeMap<Key, Port>,
     pub groups: BTreeMap<Key, SecurityGroup>,
+    /// The cluster's tiered policies by weft name; `None` while they are not known (their
+    /// watch has not listed, or the cluster has no ClusterNetworkPolicy CRD): the config
+    /// service's are then left as they are.
+    pub cluster_policies: Option<BTreeMap<String, ClusterPolicy>>,
     /// What weft cannot represent, left out.
     pub problems: Vec<Problem>,
     /// Pods and policies left out because their namespace is not among those translated:
@@ -96,6 +100,18 @@ impl Desired {
     }
 }
 
+impl Desired {
+    /// Adds a ClusterNetworkPolicy's translation (and makes the cluster's policies known).
+    pub fn add_cluster_policy(&mut self, cnp: &crate::cnp::ClusterNetworkPolicy, o: &Options) {
+        let (policy, problems) = crate::cnp::cluster_network_policy(cnp, o);
+        self.problems.extend(problems);
+        let policies = self.cluster_policies.get_or_insert_default();
+        if let Some(p) = policy {
+            policies.insert(p.name.clone(), p);
+        }
+    }
+}
+
 fn orphan(kind: ProblemKind, meta: &ObjectMeta) -> Problem {
     Problem {
         kind,
@@ -111,6 +127,7 @@ pub struct Current {
     pub projects: Vec<Project>,
     pub ports: Vec<Port>,
     pub groups: Vec<SecurityGroup>,
+    pub cluster_policies: Vec<ClusterPolicy>,
 }
 
 /// The writes that make `current` what `desired` says.
@@ -139,7 +156,7 @@ fn owned_by(annotations: &BTreeMap<String, String>, owner: &str) -> bool {
 fn content(object: &impl Serialize) -> serde_json::Value {
     let mut v = serde_json::to_value(object).unwrap_or_default();
     if let Some(map) = v.as_object_mut() {
-        for key in ["id", "revision", "created_at", "updated_at"] {
+        for key in ["id", "revision", "created_at", "updated_at", "status"] {
             map.remove(key);
         }
         if let Some(rules) = map.get_mut("rules").and_then(|r| r.as_array_mut()) {
@@ -268,6 +285,15 @@ pub fn plan_with(
     plan.deleted = deletes.len() + port_deletes.len();
     plan.operations.splice(first_port..first_port, port_deletes);
     plan.operations.extend(deletes);
+    if let Some(wanted) = &desired.cluster_policies {
+        let wanted: BTreeMap<Key, ClusterPolicy> =
+            wanted.iter().map(|(name, p)| ((String::new(), name.clone()), p.clone())).collect();
+        let current_policies =
+            stored(&current.cluster_policies, |p| ((String::new(), p.name.clone()), &p.annotations, p.revision));
+        let policy_deletes = kind_plan(&mut plan, Kind::ClusterPolicy, &wanted, current_policies, o, owner);
+        plan.deleted += policy_deletes.len();
+        plan.operations.extend(policy_deletes);
+    }
     // A project goes with everything in it; one that holds what another owner wrote stays
     // (its project-made `default` group aside).
     let foreign: BTreeSet<&str> = current
@@ -461,6 +487,7 @@ pub async fn list(client: &Client) -> Result<Current, ClientError> {
         projects: client.list_all::<Project>(&everything).await?,
         ports: client.list_all::<Port>(&everything).await?,
         groups: client.list_all::<SecurityGroup>(&everything).await?,
+        cluster_policies: client.list_all::<ClusterPolicy>(&everything).await?,
     })
 }
 
@@ -587,6 +614,10 @@ pub struct Scope {
     pub projects: BTreeSet<String>,
     pub ports: BTreeSet<Key>,
     pub groups: BTreeSet<Key>,
+    /// By weft name.
+    pub cluster_policies: BTreeSet<String>,
+    /// Every cluster policy the config service holds.
+    pub all_cluster_policies: bool,
 }
 
 /// What the config service holds, as last listed and then written by this kube-manager, so
@@ -596,6 +627,7 @@ pub struct Mirror {
     projects: BTreeMap<String, Project>,
     ports: BTreeMap<Key, Port>,
     groups: BTreeMap<Key, SecurityGroup>,
+    cluster_policies: BTreeMap<String, ClusterPolicy>,
     /// The port that holds each address: a pod's change is checked against every port, not
     /// only those the change names.
     addresses: HashMap<IpAddr, Key>,
@@ -606,6 +638,7 @@ impl From<Current> for Mirror {
         let mut mirror = Mirror {
             projects: c.projects.into_iter().map(|p| (p.name.clone(), p)).collect(),
             groups: c.groups.into_iter().map(|g| ((g.project.clone(), g.name.clone()), g)).collect(),
+            cluster_policies: c.cluster_policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
             ..Mirror::default()
         };
         for port in c.ports {
@@ -622,11 +655,16 @@ impl Mirror {
             projects: scope.projects.iter().filter_map(|p| self.projects.get(p)).cloned().collect(),
             ports: scope.ports.iter().filter_map(|k| self.ports.get(k)).cloned().collect(),
             groups: scope.groups.iter().filter_map(|k| self.groups.get(k)).cloned().collect(),
+            cluster_policies: if scope.all_cluster_policies {
+                self.cluster_policies.values().cloned().collect()
+            } else {
+                scope.cluster_policies.iter().filter_map(|n| self.cluster_policies.get(n)).cloned().collect()
+            },
         }
     }
 
     pub fn len(&self) -> usize {
-        self.projects.len() + self.ports.len() + self.groups.len()
+        self.projects.len() + self.ports.len() + self.groups.len() + self.cluster_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -676,6 +714,12 @@ impl Mirror {
                         self.groups.insert((g.project.clone(), g.name.clone()), g);
                     }
                 }
+                BatchOp::Create { kind: Kind::ClusterPolicy, .. }
+                | BatchOp::Replace { kind: Kind::ClusterPolicy, .. } => {
+                    if let Some(p) = decode::<ClusterPolicy>(result) {
+                        self.cluster_policies.insert(p.name.clone(), p);
+                    }
+                }
                 BatchOp::Delete { kind, target, cascade } => {
                     let name = target.name.clone().unwrap_or_default();
                     let key = (target.project.clone().unwrap_or_default(), name.clone());
@@ -695,6 +739,9 @@ impl Mirror {
                         }
                         Kind::SecurityGroup => {
                             self.groups.remove(&key);
+                        }
+                        Kind::ClusterPolicy => {
+                            self.cluster_policies.remove(&name);
                         }
                         _ => {}
                     }
@@ -741,6 +788,7 @@ mod tests {
     #[test]
     fn a_gone_namespace_takes_its_ports_then_its_project_unless_another_owner_is_in_it() {
         let current = Current {
+            cluster_policies: vec![],
             projects: vec![ours(json!({"name": "k8s-a"})), ours(json!({"name": "k8s-b"}))],
             ports: vec![
                 ours(json!({"name": "web", "project": "k8s-a"})),
@@ -758,6 +806,54 @@ mod tests {
         // Named as the Kubernetes object it comes from: the namespace b.
         assert_eq!((plan.conflicts[0].kind, plan.conflicts[0].namespace.as_deref()), (ProblemKind::Namespace, None));
         assert_eq!(plan.conflicts[0].name, "b");
+    }
+
+    fn cluster_policy(name: &str, priority: i64, owned: bool) -> ClusterPolicy {
+        let body = json!({"name": name, "tier": "admin", "priority": priority, "subject": {}});
+        if owned { ours(body) } else { theirs(body) }
+    }
+
+    /// Cluster policies: what the cluster has is created or replaced (the status the config
+    /// service serves is no difference), what it has no more is deleted if this kube-manager
+    /// wrote it, and a name another owner took is reported; while the cluster's are not
+    /// known, nothing is touched.
+    #[test]
+    fn cluster_policies_follow_the_cluster_and_are_left_alone_while_not_known() {
+        let mut served = cluster_policy("k8s-cnp-same", 1, true);
+        served.status = Some(weft_model::ClusterPolicyStatus { ties: vec!["k8s-cnp-other".into()] });
+        served.revision = Some(7);
+        let current = Current {
+            cluster_policies: vec![
+                served,
+                cluster_policy("k8s-cnp-changed", 1, true),
+                cluster_policy("k8s-cnp-gone", 1, true),
+                cluster_policy("manual", 1, false),
+                cluster_policy("k8s-cnp-taken", 1, false),
+            ],
+            ..Current::default()
+        };
+        let mut desired = Desired::default();
+        let o = Options::default();
+        assert!(plan(&desired, &current, &o).is_empty(), "not known: left alone");
+        desired.cluster_policies = Some(
+            [
+                cluster_policy("k8s-cnp-same", 1, true),
+                cluster_policy("k8s-cnp-changed", 2, true),
+                cluster_policy("k8s-cnp-new", 1, true),
+                cluster_policy("k8s-cnp-taken", 1, true),
+            ]
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect(),
+        );
+        let plan = plan(&desired, &current, &o);
+        assert_eq!(op_names(&plan), ["replace k8s-cnp-changed", "create k8s-cnp-new", "delete k8s-cnp-gone"]);
+        assert_eq!(plan.conflicts.len(), 1);
+        assert_eq!(
+            (plan.conflicts[0].kind, plan.conflicts[0].name.as_str()),
+            (ProblemKind::ClusterNetworkPolicy, "taken"),
+            "named as the ClusterNetworkPolicy it comes from"
+        );
     }
 
     /// An address belongs to one port (issue 17): a pod whose address another port holds is
@@ -778,6 +874,7 @@ mod tests {
                                 "ips": ips, "security_groups": []}))
         };
         let current = Current {
+            cluster_policies: vec![],
             projects: vec![ours(json!({"name": "k8s-a"})), network_project.clone()],
             ports: vec![pod("n1", &["10.244.0.1"])],
             groups: vec![],
@@ -808,6 +905,7 @@ mod tests {
         let project = ours::<Project>(json!({"name": "k8s-a"}));
         let port = |name: &str, ip: &str| ours::<Port>(json!({"name": name, "project": "k8s-a", "ips": [ip]}));
         let current = Current {
+            cluster_policies: vec![],
             projects: vec![project.clone()],
             ports: vec![
                 theirs(json!({"name": "manual", "project": "k8s-a", "ips": ["10.0.0.1"]})),
@@ -835,7 +933,12 @@ mod tests {
     #[test]
     fn a_policy_named_default_takes_over_the_default_group_of_its_project_and_gives_it_back() {
         let made = SecurityGroup { revision: Some(3), ..SecurityGroup::default_for("k8s-a") };
-        let current = Current { projects: vec![ours(json!({"name": "k8s-a"}))], ports: vec![], groups: vec![made] };
+        let current = Current {
+            projects: vec![ours(json!({"name": "k8s-a"}))],
+            ports: vec![],
+            groups: vec![made],
+            cluster_policies: vec![],
+        };
         let mut desired = Desired::default();
         desired.projects.insert("k8s-a".into(), ours(json!({"name": "k8s-a"})));
         let policy: SecurityGroup = ours(json!({"name": "default", "project": "k8s-a", "selector": {}}));
@@ -847,6 +950,7 @@ mod tests {
 
         // The policy is gone: the group is put back as the config service made it.
         let current = Current {
+            cluster_policies: vec![],
             projects: current.projects,
             ports: vec![],
             groups: vec![SecurityGroup { revision: Some(4), ..policy }],

@@ -107,6 +107,10 @@ impl Options {
             weft_model::Kind::Project => (ProblemKind::Namespace, None, namespace(name)),
             weft_model::Kind::Port => (ProblemKind::Pod, Some(namespace(project)), name.to_string()),
             weft_model::Kind::SecurityGroup => (ProblemKind::NetworkPolicy, Some(namespace(project)), name.to_string()),
+            weft_model::Kind::ClusterPolicy => {
+                let cnp = name.strip_prefix(&format!("{}cnp-", self.project_prefix)).unwrap_or(name);
+                (ProblemKind::ClusterNetworkPolicy, None, cnp.to_string())
+            }
             other => (ProblemKind::Weft(other), Some(project.to_string()), name.to_string()),
         };
         Problem { kind, namespace, name, detail }

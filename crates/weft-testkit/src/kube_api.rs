@@ -38,6 +38,7 @@ const RESOURCES: &[(&str, &str, &str, bool)] = &[
     ("api/v1", "nodes", "Node", false),
     ("api/v1", "events", "Event", true),
     ("apis/networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", true),
+    ("apis/policy.networking.k8s.io/v1alpha2", "clusternetworkpolicies", "ClusterNetworkPolicy", false),
     ("apis/coordination.k8s.io/v1", "leases", "Lease", true),
     ("apis/events.k8s.io/v1", "events", "Event", true),
 ];
@@ -70,6 +71,8 @@ struct State {
     watches: HashMap<ResourcePath, usize>,
     /// Every (API group, resource, verb) a client called, in RBAC's terms.
     calls: std::collections::BTreeSet<(String, String, &'static str)>,
+    /// Resource types answered 404, as a cluster without their CRD answers.
+    hidden: std::collections::BTreeSet<ResourcePath>,
 }
 
 #[derive(Debug)]
@@ -226,8 +229,20 @@ impl FakeKube {
     where
         K: kube::Resource<DynamicType = ()> + Serialize,
     {
+        self.apply_json::<K>(serde_json::to_value(object).expect("a Kubernetes object serializes"))
+    }
+
+    /// Serves resources of type `K` no more: 404, as a cluster without their CRD answers.
+    pub fn hide<K: kube::Resource<DynamicType = ()>>(&self) {
+        self.state().hidden.insert(resource_of::<K>());
+    }
+
+    /// [`FakeKube::apply`] for an object written as JSON (a type with no Rust model).
+    pub fn apply_json<K>(&self, mut value: Value) -> u64
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
         let resource = resource_of::<K>();
-        let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");
         value["apiVersion"] = json!(K::api_version(&()));
         value["kind"] = json!(K::kind(&()));
         let mut state = self.state();
@@ -333,6 +348,9 @@ impl FakeKube {
             return failure(StatusCode::NOT_FOUND, "NotFound", format!("the fake does not serve {prefix}/{plural}"));
         };
         let resource = format!("{prefix}/{plural}");
+        if self.state().hidden.contains(&resource) {
+            return failure(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find {resource}"));
+        }
         let api_version = prefix.trim_start_matches("api/").trim_start_matches("apis/").to_string();
         let key = |name: &str| (namespace.unwrap_or("").to_string(), name.to_string());
         if namespaced && name.is_some() && namespace.is_none() {

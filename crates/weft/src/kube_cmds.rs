@@ -13,8 +13,8 @@ use crate::common::{ClientArgs, Output};
 
 #[derive(Debug, Args)]
 pub struct KubeArgs {
-    /// Read Kubernetes manifests (Namespaces, Pods, NetworkPolicies; YAML or JSON, several
-    /// documents a file) from this directory instead of a cluster.
+    /// Read Kubernetes manifests (Namespaces, Pods, NetworkPolicies, ClusterNetworkPolicies;
+    /// YAML or JSON, several documents a file) from this directory instead of a cluster.
     #[arg(long, env = "WEFT_KUBE_MANIFESTS")]
     pub manifests: Option<PathBuf>,
     /// Reconcile once, print the revision at which the config service matched, and exit.

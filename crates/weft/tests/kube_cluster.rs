@@ -218,3 +218,81 @@ async fn a_nodes_pod_cidr_is_its_block_and_its_pods_get_their_addresses_from_it(
     s.fake.delete::<Node>(None, "n1");
     s.until("n1's block given up", &["km-1"], async || blocks_of_n1().await == json!([])).await;
 }
+
+fn cluster_network_policy(name: &str, priority: i64) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {
+            "tier": "Admin", "priority": priority,
+            "subject": {"namespaces": {"matchLabels": {"tenant": "a"}}},
+            "ingress": [
+                {"name": "same-tenant", "action": "Pass", "from": [{"namespaces": {"matchLabels": {"tenant": "a"}}}]},
+                {"name": "others", "action": "Deny", "from": [{"namespaces": {}}]}
+            ],
+            "egress": [
+                {"name": "to-nodes", "action": "Accept", "to": [{"nodes": {"matchLabels": {}}}]}
+            ]
+        }
+    })
+}
+
+/// A ClusterNetworkPolicy becomes one cluster policy (DESIGN.md §11), kept current through
+/// watch events; what weft cannot represent of it (a `nodes` peer, not supported yet) is a
+/// warning Event on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_network_policy_is_followed_and_what_weft_cannot_say_is_an_event_on_it() {
+    use weft_kube::cnp::ClusterNetworkPolicy;
+    let s = KubeCluster::new("km-cnp").await;
+    s.fake.apply(&namespace("x", json!({"tenant": "a"})));
+    s.fake.apply(&pod("x", "a", "10.0.0.1"));
+    s.fake.apply_json::<ClusterNetworkPolicy>(cluster_network_policy("tenancy", 10));
+    let _km = s.manager("km-1");
+    s.until_converged("the first sync", &["km-1"]).await;
+    let policy = s.client.get::<weft_model::ClusterPolicy>(&weft_client::Key::Name("k8s-cnp-tenancy".into())).await;
+    let policy = policy.expect("the cluster policy is there");
+    assert_eq!((policy.tier, policy.priority, policy.ingress.len()), (weft_model::Tier::Admin, 10, 2));
+    assert!(policy.egress.is_empty(), "the rule whose only peer is unsupported accepts nothing: {policy:?}");
+    let warned = async || {
+        s.fake.list::<Event>().iter().any(|e| {
+            let about = e.regarding.as_ref();
+            about.and_then(|r| r.kind.as_deref()) == Some("ClusterNetworkPolicy")
+                && about.and_then(|r| r.name.as_deref()) == Some("tenancy")
+                && about.and_then(|r| r.uid.as_deref()).is_some()
+                && e.note.as_deref().is_some_and(|n| n.contains("nodes"))
+        })
+    };
+    s.until("the event on the ClusterNetworkPolicy", &["km-1"], warned).await;
+
+    // Reordered, then deleted: each a watch event.
+    s.fake.apply_json::<ClusterNetworkPolicy>(cluster_network_policy("tenancy", 3));
+    s.until_converged("the new priority", &["km-1"]).await;
+    let policy = s.client.get::<weft_model::ClusterPolicy>(&weft_client::Key::Name("k8s-cnp-tenancy".into())).await;
+    assert_eq!(policy.unwrap().priority, 3);
+    assert!(s.fake.delete::<ClusterNetworkPolicy>(None, "tenancy"));
+    s.until_converged("the policy gone", &["km-1"]).await;
+    let left = s.client.list_all::<weft_model::ClusterPolicy>(&Default::default()).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A cluster without the ClusterNetworkPolicy CRD answers 404 to its list: kube-manager
+/// still follows everything else, and leaves the cluster policies it wrote before as they are
+/// (it cannot tell that the cluster has none).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_crd_the_rest_is_followed_and_cluster_policies_are_left_alone() {
+    use weft_kube::cnp::ClusterNetworkPolicy;
+    let s = KubeCluster::new("km-nocrd").await;
+    let owned = weft_kube::cnp::cluster_network_policy(
+        &serde_json::from_value(cluster_network_policy("earlier", 1)).unwrap(),
+        &weft_kube::Options::default(),
+    )
+    .0
+    .unwrap();
+    s.client.create(&owned).await.unwrap();
+    s.fake.hide::<ClusterNetworkPolicy>();
+    s.fake.apply(&namespace("x", json!({})));
+    s.fake.apply(&pod("x", "a", "10.0.0.1"));
+    let _km = s.manager("km-1");
+    s.until("the pod's port", &["km-1"], async || s.port_names().await == ["k8s-x/a"]).await;
+    let left = s.client.list_all::<weft_model::ClusterPolicy>(&Default::default()).await.unwrap();
+    assert_eq!(left.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["k8s-cnp-earlier"]);
+}

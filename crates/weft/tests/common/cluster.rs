@@ -96,12 +96,16 @@ impl KubeCluster {
 
     /// As [`KubeCluster::converged`], for a kube-manager run with options `o`.
     pub async fn converged_with(&self, o: &Options) -> bool {
-        let desired = Desired::of(
+        let mut desired = Desired::of(
             &self.fake.list::<Namespace>(),
             &self.fake.list::<Pod>(),
             &self.fake.list::<NetworkPolicy>(),
             o,
         );
+        desired.cluster_policies = Some(Default::default());
+        for cnp in self.fake.list::<weft_kube::cnp::ClusterNetworkPolicy>() {
+            desired.add_cluster_policy(&cnp, o);
+        }
         let current = weft_kube::reconcile::list(&self.client).await.unwrap();
         weft_kube::plan(&desired, &current, o).is_empty()
     }
