@@ -678,18 +678,11 @@ fn cases() -> Vec<Case> {
 
 /// The 9x9 matrix `weft reach` prints, by `ns/pod`.
 fn reach(cluster: &KubeCluster, protocol: &str, port: u16) -> BTreeSet<(String, String)> {
-    let port = port.to_string();
-    let mut args = vec!["reach", "--protocol", protocol, "-o", "json"];
-    if protocol != "icmp" {
-        args.extend(["--port", &port]);
-    }
-    let out = cluster.server.weft(&args);
-    assert!(out.status.success(), "weft reach: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let name = |e: &Value| e.as_str().unwrap().trim_start_matches("k8s-").to_string();
-    let endpoints: BTreeSet<String> = v["endpoints"].as_array().unwrap().iter().map(name).collect();
+    let (endpoints, allowed) = cluster.reach(protocol, port);
+    let name = |e: &String| e.trim_start_matches("k8s-").to_string();
+    let endpoints: BTreeSet<String> = endpoints.iter().map(name).collect();
     assert_eq!(endpoints, all_pods().into_iter().collect(), "the endpoints are the nine pods");
-    v["allowed"].as_array().unwrap().iter().map(|p| (name(&p[0]), name(&p[1]))).collect()
+    allowed.iter().map(|(from, to)| (name(from), name(to))).collect()
 }
 
 fn base_namespace(ns: &str) -> Namespace {

@@ -128,6 +128,22 @@ impl KubeCluster {
         names
     }
 
+    /// What `weft reach -o json` answers for one protocol and port (no port for icmp): the
+    /// endpoints, and every pair it allows, by weft port name.
+    pub fn reach(&self, protocol: &str, port: u16) -> (Vec<String>, std::collections::BTreeSet<(String, String)>) {
+        let port = port.to_string();
+        let mut args = vec!["reach", "--protocol", protocol, "-o", "json"];
+        if protocol != "icmp" {
+            args.extend(["--port", &port]);
+        }
+        let out = self.server.weft(&args);
+        assert!(out.status.success(), "weft reach: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let name = |e: &serde_json::Value| e.as_str().unwrap().to_string();
+        let endpoints = v["endpoints"].as_array().unwrap().iter().map(name).collect();
+        (endpoints, v["allowed"].as_array().unwrap().iter().map(|p| (name(&p[0]), name(&p[1]))).collect())
+    }
+
     pub fn holder(&self) -> Option<String> {
         self.fake.list::<Lease>().first().and_then(|l| l.spec.as_ref()?.holder_identity.clone())
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod browser;
 pub mod cluster;
+pub mod cnp;
 pub mod lab;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
