@@ -19,6 +19,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::body;
 use crate::cache::Lookup;
+use crate::cluster_status;
 use crate::problem::{ApiError, ApiResult};
 
 /// Routes of one kind: `/v1/<kind>`, `/v1/<kind>/{id}` (or name, for a kind that belongs to no
@@ -125,28 +126,16 @@ pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
-/// An object as served: a cluster policy with its status (among `places`, every policy's).
-fn served_json(object: &StoredObject, places: &[weft_store::PolicyPlace]) -> ApiResult<String> {
+/// An object as served: a cluster policy with its status.
+fn served_json(object: &StoredObject, context: &cluster_status::Context) -> String {
     if object.kind != Kind::ClusterPolicy {
-        return Ok(object.to_json());
+        return object.to_json();
     }
-    #[derive(Deserialize)]
-    struct Name {
-        name: String,
-    }
-    let name: Name = serde_json::from_str(&object.body).map_err(|e| {
-        tracing::error!(id = %object.id, error = %e, "stored object without a name");
-        ApiError::internal()
-    })?;
-    Ok(crate::cluster_status::with_status(object.to_json(), &crate::cluster_status::status_of(places, &name.name)))
+    cluster_status::with_status(object.to_json(), &context.status_of(object.id, object.revision))
 }
 
-fn object_response(status: StatusCode, object: &StoredObject, places: &[weft_store::PolicyPlace]) -> Response {
-    let json = match served_json(object, places) {
-        Ok(json) => json,
-        Err(e) => return e.into_response(),
-    };
-    let mut response = json_response(status, json);
+fn object_response(status: StatusCode, object: &StoredObject, context: &cluster_status::Context) -> Response {
+    let mut response = json_response(status, served_json(object, context));
     response.headers_mut().insert(header::ETAG, etag(object.revision));
     if status == StatusCode::CREATED
         && let Ok(location) = HeaderValue::from_str(&format!("/v1/{}/{}", object.kind.plural(), object.id))
@@ -217,13 +206,17 @@ async fn list(
         e => e.into(),
     })?;
     let mut body = String::with_capacity(page.items.iter().map(|o| o.body.len() + 160).sum::<usize>() + 64);
-    let places = if kind == Kind::ClusterPolicy { state.store.cluster_policy_places().await? } else { Vec::new() };
+    let context = if kind == Kind::ClusterPolicy {
+        cluster_status::Context::read(&state, state.store.cluster_policy_places().await?).await?
+    } else {
+        cluster_status::Context::default()
+    };
     body.push_str("{\"items\":[");
     for (i, item) in page.items.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&served_json(item, &places)?);
+        body.push_str(&served_json(item, &context));
     }
     body.push_str(&format!("],\"revision\":{revision}"));
     if let Some(token) = &page.continue_token {
@@ -244,8 +237,8 @@ async fn get_one(
     if kind == Kind::ClusterPolicy {
         // Served with a status computed from the other policies: from the database, both.
         let object = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
-        let places = state.store.cluster_policy_places().await?;
-        return Ok(object_response(StatusCode::OK, &object, &places));
+        let context = cluster_status::Context::read(&state, state.store.cluster_policy_places().await?).await?;
+        return Ok(object_response(StatusCode::OK, &object, &context));
     }
     // The cache answers once it has applied everything this process has committed.
     let committed_here = *state.store.local_commits().borrow();
@@ -271,7 +264,7 @@ async fn get_one(
     if !may_read(&caller, owner(&object)?.as_deref()) {
         return Err(not_found(kind, &key));
     }
-    Ok(object_response(StatusCode::OK, &object, &[]))
+    Ok(object_response(StatusCode::OK, &object, &cluster_status::Context::default()))
 }
 
 fn not_found(kind: Kind, key: &ObjectKey) -> ApiError {
@@ -291,7 +284,8 @@ async fn create(
     let mut object = op_create(&mut txn, &caller, kind, value).await?;
     let places = places_in(&mut txn, kind).await?;
     object.revision = txn.commit().await?;
-    Ok(object_response(StatusCode::CREATED, &object, &places))
+    let context = cluster_status::Context::read(&state, places).await?;
+    Ok(object_response(StatusCode::CREATED, &object, &context))
 }
 
 /// PUT replaces the object with the body; PATCH merges the body into it (RFC 7396).
@@ -321,7 +315,8 @@ async fn update(
     };
     let places = places_in(&mut txn, kind).await?;
     object.revision = txn.commit().await?;
-    Ok(object_response(StatusCode::OK, &object, &places))
+    let context = cluster_status::Context::read(&state, places).await?;
+    Ok(object_response(StatusCode::OK, &object, &context))
 }
 
 async fn delete(

@@ -31,7 +31,7 @@ async fn an_admin_writes_reads_and_deletes_a_cluster_policy_by_name(pool: PgPool
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_string();
     assert_eq!(r.headers[header::LOCATION], format!("/v1/cluster-policies/{id}").as_str());
-    assert_eq!(r.body["status"], json!({"ties": []}));
+    assert_eq!(r.body["status"], json!({"ties": [], "nodes": 0, "applied": 0}), "no port: no node holds it");
     let etag = r.headers[header::ETAG].to_str().unwrap().to_string();
 
     let by_name = api.call(Method::GET, "/v1/cluster-policies/tenancy", None).await;
@@ -228,6 +228,12 @@ async fn explain_names_the_tier_policy_and_rule_that_decided(pool: PgPool) {
         json!({"tier": "admin", "policy": "db-guard", "rule": 1, "rule_name": "nothing-else", "action": "deny"})
     );
     // Passed to the security groups: none isolates db, so it is open, and the pass is named.
+    // Its status: node-1 holds it (db is there), and no agent has applied it.
+    let served = api.call(Method::GET, "/v1/cluster-policies/db-guard", None).await;
+    assert_eq!(
+        (served.body["status"]["nodes"].as_u64(), served.body["status"]["applied"].as_u64()),
+        (Some(1), Some(0))
+    );
     let passed = api.call(Method::POST, "/v1/explain", Some(explain(5432))).await;
     assert_eq!(passed.body["allowed"], true, "{}", passed.body);
     assert_eq!(passed.body["ingress"]["verdict"], "open");

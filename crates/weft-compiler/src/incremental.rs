@@ -304,6 +304,19 @@ impl Compiler {
         names
     }
 
+    /// The nodes whose span holds tiered policy `id`, in order.
+    pub fn policy_nodes(&self, id: &Uuid) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .policies
+            .get(id)
+            .into_iter()
+            .flat_map(|p| p.nodes.iter())
+            .filter_map(|n| self.nodes[*n].name.as_deref())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// One node's span now (empty for a node with no ports): what a newly connected agent is
     /// sent. Groups and sets are shared with the compiler's own state, not copied.
     pub fn span(&self, node: &str) -> NodeSpan {

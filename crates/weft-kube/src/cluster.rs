@@ -154,9 +154,12 @@ async fn manage(kube: &kube::Client, weft: &Client, config: &ClusterConfig) {
         }
         manage_objects(kube, weft, config, events_out).await
     };
+    // The ClusterNetworkPolicies' conditions, written back while this kube-manager leads.
+    let statuses = crate::cnp_status::follow(kube.clone(), weft.clone(), config.options.clone());
     tokio::select! {
         _ = objects => {}
         _ = nodes => {}
+        _ = statuses => {}
     }
 }
 

@@ -27,6 +27,10 @@ pub struct ClusterNetworkPolicy {
     pub metadata: meta::ObjectMeta,
     #[serde(default)]
     pub spec: Spec,
+    /// As the API server holds it; kube-manager writes its conditions
+    /// ([`crate::cnp_status`]).
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod cnp;
+pub mod cnp_status;
 pub mod index;
 pub mod lease;
 pub mod manifests;

@@ -820,7 +820,8 @@ mod tests {
     #[test]
     fn cluster_policies_follow_the_cluster_and_are_left_alone_while_not_known() {
         let mut served = cluster_policy("k8s-cnp-same", 1, true);
-        served.status = Some(weft_model::ClusterPolicyStatus { ties: vec!["k8s-cnp-other".into()] });
+        served.status =
+            Some(weft_model::ClusterPolicyStatus { ties: vec!["k8s-cnp-other".into()], nodes: 2, applied: 1 });
         served.revision = Some(7);
         let current = Current {
             cluster_policies: vec![

@@ -180,6 +180,13 @@ pub struct ClusterPolicyStatus {
     /// not be the one meant.
     #[serde(default)]
     pub ties: Vec<String>,
+    /// The nodes whose span holds the policy (those of the ports it selects), as the server
+    /// answering knows it.
+    #[serde(default)]
+    pub nodes: u64,
+    /// Of those, how many have applied its last change.
+    #[serde(default)]
+    pub applied: u64,
 }
 
 impl ClusterPolicy {

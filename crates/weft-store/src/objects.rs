@@ -169,6 +169,7 @@ impl Store {
 /// A cluster policy's place among the others: its status's ties are computed from these.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PolicyPlace {
+    pub id: Uuid,
     pub name: String,
     pub tier: String,
     pub priority: i64,
@@ -176,7 +177,7 @@ pub struct PolicyPlace {
 
 /// Every cluster policy's place, in name order. Cluster policies are few (a cluster's
 /// administrators write them), so every response that reports ties reads them all.
-const POLICY_PLACES: &str = "SELECT name, body->>'tier' AS tier, (body->>'priority')::bigint AS priority \
+const POLICY_PLACES: &str = "SELECT id, name, body->>'tier' AS tier, (body->>'priority')::bigint AS priority \
      FROM objects WHERE kind = 'cluster-policy' ORDER BY name";
 
 impl Store {

@@ -337,6 +337,11 @@ impl FakeKube {
             ["apis", group, version, rest @ ..] => (format!("apis/{group}/{version}"), rest),
             _ => return failure(StatusCode::NOT_FOUND, "NotFound", format!("no route {path}")),
         };
+        // `.../<name>/status`: the status subresource (a merge patch of `status` alone).
+        let (rest, subresource) = match rest {
+            [head @ .., "status"] if head.len() == 2 || head.len() == 4 => (head, Some("status")),
+            _ => (rest, None),
+        };
         let (namespace, plural, name) = match rest {
             [plural] => (None, *plural, None),
             [plural, name] => (None, *plural, Some(*name)),
@@ -377,7 +382,28 @@ impl FakeKube {
             _ => "unknown",
         };
         let group = prefix.strip_prefix("apis/").and_then(|g| g.split('/').next()).unwrap_or("").to_string();
-        self.state().calls.insert((group, plural.to_string(), verb));
+        let rbac_resource = match subresource {
+            Some(sub) => format!("{plural}/{sub}"),
+            None => plural.to_string(),
+        };
+        self.state().calls.insert((group, rbac_resource, verb));
+        if subresource.is_some() {
+            let Some(name) = name.filter(|_| method == Method::PATCH) else {
+                return failure(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{method} {path}"));
+            };
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return failure(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
+            };
+            let mut state = self.state();
+            let Some(mut object) = state.objects.get(&resource).and_then(|o| o.get(&key(name))).cloned() else {
+                return failure(StatusCode::NOT_FOUND, "NotFound", format!("{plural} \"{name}\" not found"));
+            };
+            // Only the status changes through the subresource, as the API server has it.
+            let mut status = object.get("status").cloned().unwrap_or(json!({}));
+            weft_model::merge_patch(&mut status, &patch["status"]);
+            object["status"] = status;
+            return axum::Json(state.write(&self.shared, &resource, "MODIFIED", object)).into_response();
+        }
         match (method, name) {
             (Method::GET, None) if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
                 self.watch(&resource, (&api_version, kind), namespace, &query)

@@ -185,7 +185,7 @@ fn columns(kind: Kind) -> Vec<(&'static str, &'static str)> {
             ("SUBJECT", "subject"),
             ("INGRESS", "ingress"),
             ("EGRESS", "egress"),
-            ("TIED-WITH", "status"),
+            ("STATUS", "status"),
         ],
     }
 }
@@ -201,7 +201,13 @@ fn cell(kind: Kind, field: &str, value: &Value) -> String {
         },
         (Kind::ClusterPolicy, "ingress" | "egress") => value.as_array().map_or(0, Vec::len).to_string(),
         (Kind::ClusterPolicy, "subject") => selectors(value),
-        (Kind::ClusterPolicy, "status") => scalar(&value["ties"]),
+        (Kind::ClusterPolicy, "status") => {
+            let applied = format!("applied on {}/{} nodes", scalar(&value["applied"]), scalar(&value["nodes"]));
+            match value["ties"].as_array().filter(|t| !t.is_empty()) {
+                Some(_) => format!("{applied}; tied with {}", scalar(&value["ties"])),
+                None => applied,
+            }
+        }
         (Kind::VirtualNetwork, "subnets") => value
             .as_array()
             .map(|a| a.iter().map(|s| scalar(&s["cidr"])).collect::<Vec<_>>().join(","))

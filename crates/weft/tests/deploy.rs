@@ -284,6 +284,9 @@ async fn kube_managers_rbac_grants_exactly_what_it_calls() {
         json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "not-a-cidr"}}]},
             {"from": [{"ipBlock": {"cidr": "nor-this"}}]}]}),
     ));
+    // A ClusterNetworkPolicy, whose conditions kube-manager writes.
+    cluster.fake.apply_json::<weft_kube::cnp::ClusterNetworkPolicy>(json!({"metadata": {"name": "c"},
+        "spec": {"tier": "Baseline", "priority": 1, "subject": {"namespaces": {}}}}));
     // A node with a pod CIDR, as the deployment's pod network sees it.
     cluster.fake.apply(
         &serde_json::from_value::<k8s_openapi::api::core::v1::Node>(
@@ -308,6 +311,9 @@ async fn kube_managers_rbac_grants_exactly_what_it_calls() {
         events.len() == 1 && events[0].series.as_ref().is_some_and(|s| s.count == 2)
     };
     cluster.until("both problems reported, the second as a patch", &["km-1"], events).await;
+    let conditions =
+        async || cluster.fake.list::<weft_kube::cnp::ClusterNetworkPolicy>().iter().any(|c| c.status.is_some());
+    cluster.until("the cluster network policy's conditions", &["km-1"], conditions).await;
     // A clean stop releases the lease (an update).
     Command::new("kill").args(["-TERM", &km.0.id().to_string()]).status().unwrap();
     km.0.wait().unwrap();

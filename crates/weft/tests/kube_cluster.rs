@@ -262,6 +262,24 @@ async fn a_cluster_network_policy_is_followed_and_what_weft_cannot_say_is_an_eve
         })
     };
     s.until("the event on the ClusterNetworkPolicy", &["km-1"], warned).await;
+    // Its conditions: node-1 holds it (pod a is there) and has no agent to apply it; no tie.
+    let condition = |kind: &str| {
+        let cnp =
+            s.fake.list::<ClusterNetworkPolicy>().into_iter().find(|c| c.metadata.name.as_deref() == Some("tenancy"));
+        let conditions = cnp.and_then(|c| c.status).map(|st| st["conditions"].clone()).unwrap_or_default();
+        conditions.as_array().into_iter().flatten().find(|c| c["type"] == kind).cloned()
+    };
+    // (Written every few seconds: the first may come before the policy is in weft.)
+    let pending = async || condition("Enforced").is_some_and(|c| c["reason"] == "Pending");
+    s.until("the conditions on the ClusterNetworkPolicy", &["km-1"], pending).await;
+    let enforced = condition("Enforced").unwrap();
+    assert_eq!(
+        (enforced["status"].as_str(), enforced["reason"].as_str()),
+        (Some("False"), Some("Pending")),
+        "{enforced}"
+    );
+    assert_eq!(enforced["message"], "applied on 0 of 1 nodes");
+    assert_eq!(condition("PriorityTie").unwrap()["status"], "False");
 
     // Reordered, then deleted: each a watch event.
     s.fake.apply_json::<ClusterNetworkPolicy>(cluster_network_policy("tenancy", 3));

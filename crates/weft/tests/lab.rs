@@ -694,6 +694,13 @@ async fn cluster_network_policy_conformance_with_real_packets() {
             lab.delete_group(&project, &name).await;
         }
     }
+    // The last case's policy is still there: its status says which nodes hold it and that
+    // their agents applied it.
+    lab.converge().await;
+    let left: weft_model::ClusterPolicy =
+        lab.client.get(&weft_client::Key::Name("k8s-cnp-allow-dns".into())).await.unwrap();
+    let status = left.status.unwrap();
+    assert_eq!((status.nodes, status.applied), (1, 1), "gryffindor's pod is on n1, whose agent applied it");
     assert!(checked >= 40, "{checked} probes checked");
     assert!(
         failures.is_empty(),
