@@ -70,16 +70,19 @@ pub struct SideExplanation {
     pub passed: Option<TieredExplanation>,
 }
 
-/// A tiered cluster policy's rule.
+/// A tiered cluster policy's rule. Cluster policies are an admin's: a project's token is told
+/// the tier and the action, not which policy or rule.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TieredExplanation {
     /// admin or baseline.
     pub tier: String,
-    /// The cluster policy's name.
-    pub policy: String,
-    /// The rule's position among the policy's rules of this direction, from 0.
-    pub rule: u16,
-    /// The rule's name (may be empty).
+    /// The cluster policy's name (admins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The rule's position among the policy's rules of this direction, from 0 (admins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u16>,
+    /// The rule's name (admins only; may be empty).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rule_name: String,
     /// accept, deny or pass.
@@ -214,17 +217,19 @@ fn tiered_explanation(
     by: weft_compiler::TieredRuleRef,
     direction: Direction,
     action: weft_model::PolicyAction,
+    admin: bool,
 ) -> TieredExplanation {
     let policy = compiler.cluster().cluster_policy(&by.policy);
     let rules = policy.map(|p| match direction {
         Direction::Ingress => &p.ingress,
         Direction::Egress => &p.egress,
     });
+    let rule_name = rules.and_then(|r| r.get(usize::from(by.rule))).map(|r| r.name.clone()).unwrap_or_default();
     TieredExplanation {
         tier: policy.map(|p| p.tier.to_string()).unwrap_or_default(),
-        policy: policy.map_or_else(|| by.policy.to_string(), |p| p.name.clone()),
-        rule: by.rule,
-        rule_name: rules.and_then(|r| r.get(usize::from(by.rule))).map(|r| r.name.clone()).unwrap_or_default(),
+        policy: admin.then(|| policy.map_or_else(|| by.policy.to_string(), |p| p.name.clone())),
+        rule: admin.then_some(by.rule),
+        rule_name: if admin { rule_name } else { String::new() },
         action: action.to_string(),
     }
 }
@@ -278,6 +283,7 @@ fn side_explanation(
     direction: Direction,
     side: Side,
     passed: Option<weft_compiler::TieredRuleRef>,
+    admin: bool,
 ) -> SideExplanation {
     let mut isolated_by: Vec<String> =
         view.isolated_by(&port.0, direction).unwrap_or_default().iter().map(|g| group_name(compiler, g)).collect();
@@ -290,10 +296,10 @@ fn side_explanation(
         _ => (None, None, None),
     };
     let tiered = match side {
-        Side::Tiered { by, action } => Some(tiered_explanation(compiler, by, direction, action)),
+        Side::Tiered { by, action } => Some(tiered_explanation(compiler, by, direction, action, admin)),
         _ => None,
     };
-    let passed = passed.map(|by| tiered_explanation(compiler, by, direction, weft_model::PolicyAction::Pass));
+    let passed = passed.map(|by| tiered_explanation(compiler, by, direction, weft_model::PolicyAction::Pass, admin));
     SideExplanation { port: port.1, verdict: verdict(side).into(), isolated_by, group, rule, origin, tiered, passed }
 }
 
@@ -322,7 +328,7 @@ pub async fn explain(
                 end, name, decided,
             ) {
                 (Endpoint::Port(id), Some(name), Some(s)) => {
-                    Some(side_explanation(compiler, &view, (*id, name), direction, s, passed))
+                    Some(side_explanation(compiler, &view, (*id, name), direction, s, passed, caller.is_admin()))
                 }
                 _ => None,
             };

@@ -239,4 +239,8 @@ async fn explain_names_the_tier_policy_and_rule_that_decided(pool: PgPool) {
     assert_eq!(passed.body["ingress"]["verdict"], "open");
     assert_eq!(passed.body["ingress"]["passed"]["rule_name"], "sql");
     assert!(passed.body["ingress"].get("tiered").is_none(), "{}", passed.body);
+    // A project's token is told the tier and the action, not which cluster policy or rule.
+    let reader = api.store.create_token(Role::Reader, Some("a"), "", None).await.unwrap().secret;
+    let denied = api.as_token(&reader, Method::POST, "/v1/explain", Some(explain(22))).await;
+    assert_eq!(denied.body["ingress"]["tiered"], json!({"tier": "admin", "action": "deny"}), "{}", denied.body);
 }

@@ -140,16 +140,14 @@ pub fn trace_lines(answer: &serde_json::Value, from: &str, to: &str, what: &str)
     lines
 }
 
-/// A tiered rule as `admin cluster policy db-guard, rule 1 (nothing-else): deny`.
+/// A tiered rule as `admin cluster policy db-guard, rule 1 (nothing-else): deny`, or, to a
+/// project's token (not told which), `an admin cluster policy: deny`.
 fn tiered_rule_text(rule: &serde_json::Value) -> String {
+    let tier = rule["tier"].as_str().unwrap_or("?");
+    let action = rule["action"].as_str().unwrap_or("?");
+    let Some(policy) = rule["policy"].as_str() else { return format!("an {tier} cluster policy: {action}") };
     let name = rule["rule_name"].as_str().filter(|n| !n.is_empty()).map(|n| format!(" ({n})")).unwrap_or_default();
-    format!(
-        "{} cluster policy {}, rule {}{name}: {}",
-        rule["tier"].as_str().unwrap_or("?"),
-        rule["policy"].as_str().unwrap_or("?"),
-        rule["rule"],
-        rule["action"].as_str().unwrap_or("?")
-    )
+    format!("{tier} cluster policy {policy}, rule {}{name}: {action}", rule["rule"])
 }
 
 /// A rule's origin as `NetworkPolicy default/yelb-db-in [0]`, when it has one.
@@ -178,6 +176,13 @@ mod tests {
                 "    passed to its security groups by admin cluster policy guard, rule 0 (sql): pass",
                 "  ingress of a/db: denied by admin cluster policy db-guard, rule 1 (nothing-else): deny",
             ]
+        );
+        // A project's token is not told which policy.
+        let answer = serde_json::json!({"revision": 7, "allowed": false, "ingress": {"port": "a/db", "verdict": "denied",
+            "isolated_by": [], "tiered": {"tier": "admin", "action": "deny"}}});
+        assert_eq!(
+            trace_lines(&answer, "a/web", "a/db", "tcp/22")[1],
+            "  ingress of a/db: denied by an admin cluster policy: deny"
         );
     }
 
