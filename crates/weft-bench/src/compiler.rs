@@ -267,3 +267,75 @@ impl std::fmt::Display for ChangeFigures {
         )
     }
 }
+
+/// The full compile with tiered policies (`per_tier` admin and as many baseline, issue 22's
+/// shape: [`synthetic::cluster_policies`]) beside the compile without them, interleaved in one
+/// run, the median of `runs` each.
+#[derive(Debug)]
+pub struct TieredReport {
+    pub per_tier: usize,
+    pub runs: usize,
+    pub without: Duration,
+    pub with: Duration,
+    /// Tiered policies per port, on average, and per node's span.
+    pub policies_per_port: f64,
+    pub policies_per_node: f64,
+}
+
+pub fn tiered(shape: &Shape, per_tier: usize, runs: usize) -> TieredReport {
+    let base = synthetic::cluster(shape);
+    let mut plain = Cluster::new();
+    let mut tiered = Cluster::new();
+    for (rev, change) in base.into_iter().enumerate() {
+        plain.apply(rev as i64 + 1, change.clone());
+        tiered.apply(rev as i64 + 1, change);
+    }
+    for change in synthetic::cluster_policies(per_tier, false) {
+        tiered.apply(tiered.revision() + 1, change);
+    }
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        std::hint::black_box(compile(&plain));
+        without.push(started.elapsed());
+        let started = Instant::now();
+        last = Some(compile(&tiered));
+        with.push(started.elapsed());
+    }
+    let compiled = last.unwrap_or_default();
+    let ports: usize = compiled.spans.values().map(|s| s.ports.len()).sum();
+    let listed: usize = compiled.spans.values().flat_map(|s| s.ports.values()).map(|p| p.policies.len()).sum();
+    let per_node: usize = compiled.spans.values().map(|s| s.policies.len()).sum();
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    TieredReport {
+        per_tier,
+        runs: runs.max(1),
+        without: median(without),
+        with: median(with),
+        policies_per_port: listed as f64 / ports.max(1) as f64,
+        policies_per_node: per_node as f64 / compiled.spans.len().max(1) as f64,
+    }
+}
+
+impl std::fmt::Display for TieredReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        writeln!(
+            f,
+            "  tiered policies      {} admin + {} baseline: {:.1} per port, {:.1} per node's span",
+            self.per_tier, self.per_tier, self.policies_per_port, self.policies_per_node
+        )?;
+        writeln!(
+            f,
+            "  full compile         {:.0} ms without them, {:.0} ms with them = {:.2}x (median of {})",
+            ms(self.without),
+            ms(self.with),
+            ms(self.with) / ms(self.without).max(1e-9),
+            self.runs
+        )
+    }
+}

@@ -36,6 +36,9 @@ pub struct DatapathConfig {
     pub binary: PathBuf,
     /// Where to write the full apply's transaction (nft JSON), to run nft on by hand.
     pub dump: Option<PathBuf>,
+    /// Tiered cluster policies selecting every port (half admin, half baseline), added to the
+    /// span; the full apply without them is timed too (0: none).
+    pub cluster_policies: usize,
 }
 
 /// Median and best of repeated timings.
@@ -79,6 +82,8 @@ pub struct DatapathReport {
     pub kernel: Timing,
     /// `NftDatapath::apply` of the whole span on an empty namespace, as the agent does it.
     pub full_apply: Timing,
+    /// With cluster policies: how many the span holds, and the full apply without them.
+    pub tiered: Option<(usize, Timing)>,
     pub member_add: Timing,
     pub member_remove: Timing,
     pub member_commands: usize,
@@ -206,7 +211,15 @@ fn set_elements(span: &NodeSpan) -> usize {
 pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> {
     let runs = config.runs.max(1);
     let mut compiler = Compiler::new();
-    compiler.load(1, heavy_node(config.ports, config.rules));
+    let mut changes = heavy_node(config.ports, config.rules);
+    let without = (config.cluster_policies > 0).then(|| {
+        let mut plain = Compiler::new();
+        plain.load(1, changes.clone());
+        plain.span(NODE)
+    });
+    let per_tier = config.cluster_policies / 2;
+    changes.extend(synthetic::cluster_policies(per_tier, true));
+    compiler.load(1, changes);
     let span = compiler.span(NODE);
     let rendered = nft::render(&span);
 
@@ -236,17 +249,25 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
         socket.send(&batch).map_err(|e| BenchError::Other(format!("the kernel refused the batch: {}", e.error)))?;
         kernel.push(started.elapsed());
     }
-    let mut full = Vec::new();
-    for _ in 0..runs {
-        let mut datapath = NftDatapath::new(Some(netns.0.clone()));
-        nft::delete_table(Some(&netns.0)).map_err(other)?;
-        let started = Instant::now();
-        datapath.apply(&NodeSpan::default(), &span, None).map_err(other)?;
-        full.push(started.elapsed());
-        if !datapath.last.netlink {
-            return Err(BenchError::Other("the full apply did not go over netlink".into()));
+    let full_apply = |span: &NodeSpan| -> Result<Timing, BenchError> {
+        let mut full = Vec::new();
+        for _ in 0..runs {
+            let mut datapath = NftDatapath::new(Some(netns.0.clone()));
+            nft::delete_table(Some(&netns.0)).map_err(other)?;
+            let started = Instant::now();
+            datapath.apply(&NodeSpan::default(), span, None).map_err(other)?;
+            full.push(started.elapsed());
+            if !datapath.last.netlink {
+                return Err(BenchError::Other("the full apply did not go over netlink".into()));
+            }
         }
-    }
+        Ok(Timing::of(full))
+    };
+    let tiered = match &without {
+        Some(plain) => Some((span.policies.len(), full_apply(plain)?)),
+        None => None,
+    };
+    let full = full_apply(&span)?;
 
     // One pod joining (and then leaving) a set node-0 uses: a pod labelled app=app0 in the
     // namespace of one of node-0's pods, placed on another node.
@@ -317,7 +338,8 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
         render: Timing::of(render_times),
         encode: Timing::of(encode_times),
         kernel: Timing::of(kernel),
-        full_apply: Timing::of(full),
+        full_apply: full,
+        tiered,
         member_add: Timing::of(adds),
         member_remove: Timing::of(removes),
         member_commands,
@@ -406,6 +428,12 @@ impl std::fmt::Display for DatapathReport {
             self.ports, self.groups, self.rules, self.sets, self.set_elements
         )?;
         writeln!(f, "  kernel table         {} rules in {} chains", self.kernel_rules, self.kernel_chains)?;
+        if let Some((policies, without)) = &self.tiered {
+            writeln!(
+                f,
+                "  tiered policies      {policies} selecting every port; the full apply without them: {without}"
+            )?;
+        }
         writeln!(f, "  full apply           {}   (target <= 100 ms), of which:", self.full_apply)?;
         writeln!(f, "    render             {}", self.render)?;
         writeln!(f, "    diff + encode      {}", self.encode)?;

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use weft_client::{Client, Key};
 use weft_compiler::{Change, synthetic};
-use weft_model::{Port, Resource};
+use weft_model::{ClusterPolicy, Port, Resource};
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{self, AgentMessage, agent_message};
 use weft_store::Store;
@@ -31,6 +31,10 @@ pub struct FanoutConfig {
     /// Writes of each kind timed after the snapshots.
     pub writes: usize,
     pub weft_exe: PathBuf,
+    /// Tiered cluster policies of each tier stored with the cluster
+    /// ([`synthetic::cluster_policies`]); with some, admin policies are also added, changed and
+    /// reordered, each write timed to every affected agent's ack.
+    pub cluster_policies: usize,
 }
 
 #[derive(Debug)]
@@ -109,10 +113,10 @@ pub async fn fanout(config: FanoutConfig) -> Result<FanoutReport, BenchError> {
 
 /// Stores the synthetic cluster straight through the store (as the API would, without HTTP),
 /// several transactions at a time.
-async fn seed(store: &Store, shape: &synthetic::Shape) -> Result<(), BenchError> {
+async fn seed(store: &Store, shape: &synthetic::Shape, cluster_policies: usize) -> Result<(), BenchError> {
     let mut projects = Vec::new();
     let mut rest = Vec::new();
-    for change in synthetic::cluster(shape) {
+    for change in synthetic::cluster(shape).into_iter().chain(synthetic::cluster_policies(cluster_policies, false)) {
         match change {
             Change::UpsertProject(mut p) => {
                 p.id = None;
@@ -128,6 +132,10 @@ async fn seed(store: &Store, shape: &synthetic::Shape) -> Result<(), BenchError>
                     r.id = None;
                 }
                 rest.push(Resource::SecurityGroup(g));
+            }
+            Change::UpsertClusterPolicy(mut p) => {
+                p.id = None;
+                rest.push(Resource::ClusterPolicy(p));
             }
             _ => {}
         }
@@ -244,7 +252,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
     store.migrate().await?;
     tracing::info!("storing the synthetic cluster");
     let started = Instant::now();
-    seed(&store, shape).await?;
+    seed(&store, shape, config.cluster_policies).await?;
     let mut credentials = Vec::with_capacity(config.agents);
     for i in 0..config.agents {
         credentials.push(store.create_node(&format!("node-{i}")).await?);
@@ -299,7 +307,11 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
         let (server_rss_mib, server_peak_at_snapshots_mib) = crate::rss_mib(Some(pid));
 
         let mut writes = Vec::new();
-        for kind in ["pod relabelled", "pod added (platform)"] {
+        let mut kinds = vec!["pod relabelled", "pod added (platform)"];
+        if config.cluster_policies > 0 {
+            kinds.extend(["admin policy added", "admin policy changed", "admin policy reordered"]);
+        }
+        for kind in kinds {
             let mut latencies = Vec::with_capacity(config.writes);
             let mut reached = 0;
             for w in 0..config.writes {
@@ -311,6 +323,35 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
                         let key = Key::Named { project: format!("k8s-ns{ns}"), name: "pod-0".into() };
                         let port: Port = client.patch(&key, &json!({"labels": {"app": "app1"}}), None).await?;
                         port.revision
+                    }
+                    "admin policy added" | "admin policy changed" | "admin policy reordered" => {
+                        let n = config.cluster_policies;
+                        // Reorders come in pairs on one policy: moved last, then back.
+                        let which = if kind == "admin policy reordered" { (w / 2) % n } else { w % n };
+                        let key = Key::Name(format!("admin-{which}"));
+                        let mut policy: ClusterPolicy = client.get(&key).await?;
+                        policy.status = None;
+                        match kind {
+                            "admin policy added" => {
+                                policy.name = format!("admin-added-{w}");
+                                policy.priority = 999;
+                                client.create(&policy).await?.revision
+                            }
+                            "admin policy changed" => {
+                                // The ssh rule's port: every port the policy selects is
+                                // asked another question.
+                                if let Some(p) = policy.ingress[0].protocols.first_mut() {
+                                    p.port = Some(weft_model::PortMatch::Single(2200 + w as i64));
+                                }
+                                client.replace(&key, &policy, None).await?.revision
+                            }
+                            _ => {
+                                // Last in the tier, then back: every port it selects lists its
+                                // policies in another order.
+                                policy.priority = if w % 2 == 0 { 1000 } else { (which % 1000) as i64 };
+                                client.replace(&key, &policy, None).await?.revision
+                            }
+                        }
                     }
                     _ => {
                         let ns = ns / shape.selected_namespace_every * shape.selected_namespace_every;

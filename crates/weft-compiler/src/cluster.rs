@@ -166,6 +166,27 @@ impl Cluster {
         out
     }
 
+    /// The tiered policies in the order they decide, with their subjects' project selectors
+    /// told apart once: what choosing many classes' policies reads ([`PolicyChooser`]).
+    pub(crate) fn policy_chooser(&self) -> PolicyChooser<'_> {
+        let mut ordered: Vec<&ClusterPolicy> = self.cluster_policies.values().collect();
+        ordered.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        let mut selectors: Vec<&weft_model::LabelSelector> = Vec::new();
+        let mut policies = Vec::with_capacity(ordered.len());
+        for p in ordered {
+            let Some(id) = p.id else { continue };
+            let index = match selectors.iter().position(|s| **s == p.subject.projects) {
+                Some(i) => i,
+                None => {
+                    selectors.push(&p.subject.projects);
+                    selectors.len() - 1
+                }
+            };
+            policies.push((id, index, &p.subject.ports));
+        }
+        PolicyChooser { cluster: self, policies, selectors }
+    }
+
     /// The ids of [`Cluster::cluster_policies_of`].
     pub fn cluster_policy_ids_of(&self, port: &Port) -> Vec<Uuid> {
         self.cluster_policy_ids_for(&port.project, &port.labels)
@@ -274,5 +295,73 @@ impl Cluster {
     /// The groups of applied(P) that isolate direction `d`.
     pub fn isolating(&self, applied: &BTreeSet<Uuid>, d: Direction) -> Vec<Uuid> {
         applied.iter().copied().filter(|g| self.groups.get(g).is_some_and(|g| g.policy_types.contains(&d))).collect()
+    }
+}
+
+/// Chooses the tiered policies of ports: a cluster has few policies (and fewer distinct
+/// project selectors among their subjects) and many classes of ports, so each project
+/// selector is matched once per project, and each class reads only its project's candidates,
+/// in order.
+pub(crate) struct PolicyChooser<'a> {
+    cluster: &'a Cluster,
+    /// (policy, its project selector's index, its ports selector), in the order they decide.
+    policies: Vec<(Uuid, usize, &'a weft_model::LabelSelector)>,
+    selectors: Vec<&'a weft_model::LabelSelector>,
+}
+
+impl<'a> PolicyChooser<'a> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The policies whose project selector matches `project` (a project not known has no
+    /// labels), in order, with their ports selectors.
+    pub(crate) fn of_project(&self, project: &str) -> Vec<(Uuid, &'a weft_model::LabelSelector)> {
+        let no_labels = Labels::new();
+        let labels = self.cluster.project_by_name(project).map_or(&no_labels, |p| &p.labels);
+        let matched: Vec<bool> = self.selectors.iter().map(|s| s.matches(labels)).collect();
+        self.policies.iter().filter(|(_, s, _)| matched[*s]).map(|(id, _, ports)| (*id, *ports)).collect()
+    }
+}
+
+/// The tiered policies in the order they decide, owned, with their subjects' project selectors
+/// told apart: what the incremental compiler keeps between changes of policies
+/// ([`PolicyOrder::of_project`]).
+#[derive(Debug, Default)]
+pub(crate) struct PolicyOrder {
+    /// (policy, its project selector's index, its ports selector).
+    policies: Vec<(Uuid, usize, weft_model::LabelSelector)>,
+    selectors: Vec<weft_model::LabelSelector>,
+}
+
+/// A project's tiered policies: those whose project selector matches it, in order, and
+/// whether they select every port of it (then its classes share one list).
+#[derive(Debug)]
+pub(crate) struct ProjectChoice {
+    pub(crate) candidates: Vec<(Uuid, weft_model::LabelSelector)>,
+    pub(crate) every_port: bool,
+}
+
+impl PolicyOrder {
+    pub(crate) fn of(cluster: &Cluster) -> PolicyOrder {
+        let chooser = cluster.policy_chooser();
+        PolicyOrder {
+            policies: chooser.policies.iter().map(|(id, s, ports)| (*id, *s, (*ports).clone())).collect(),
+            selectors: chooser.selectors.iter().map(|s| (*s).clone()).collect(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    pub(crate) fn of_project(&self, cluster: &Cluster, project: &str) -> ProjectChoice {
+        let no_labels = Labels::new();
+        let labels = cluster.project_by_name(project).map_or(&no_labels, |p| &p.labels);
+        let matched: Vec<bool> = self.selectors.iter().map(|s| s.matches(labels)).collect();
+        let candidates: Vec<(Uuid, weft_model::LabelSelector)> =
+            self.policies.iter().filter(|(_, s, _)| matched[*s]).map(|(id, _, ports)| (*id, ports.clone())).collect();
+        let every_port = candidates.iter().all(|(_, ports)| ports.is_empty());
+        ProjectChoice { candidates, every_port }
     }
 }

@@ -58,6 +58,14 @@ struct Class {
     ports: Vec<Uuid>,
 }
 
+/// A project's tiered policies: those whose project selector matches it, in order, and
+/// whether they select every port of it (a namespaces subject: its classes share one list).
+struct ProjectPolicies<'a> {
+    candidates: Vec<(Uuid, &'a weft_model::LabelSelector)>,
+    every_port: bool,
+    all: Arc<Vec<Uuid>>,
+}
+
 /// A node's ports (id, port, class) and the classes they fall in.
 type NodePorts<'a> = (Vec<(Uuid, &'a Port, usize)>, BTreeSet<usize>);
 
@@ -83,6 +91,10 @@ pub fn compile(cluster: &Cluster) -> Compiled {
         }
     }
     let projects: FastSet<&str> = cluster.project_by_name.keys().map(String::as_str).collect();
+    // Tiered policies: each project's candidates once, each distinct list shared by its classes.
+    let chooser = cluster.policy_chooser();
+    let mut project_policies: FastMap<&str, ProjectPolicies> = FastMap::default();
+    let mut policy_lists: FastMap<Vec<Uuid>, Arc<Vec<Uuid>>> = FastMap::default();
     let contested = cluster.contested_addresses();
     for (address, ports) in &contested {
         out.dangling.push(Dangling::ContestedAddress { address: *address, ports: ports.clone() });
@@ -106,7 +118,28 @@ pub fn compile(cluster: &Cluster) -> Compiled {
             applied.extend(selected.filter(|(_, s)| s.matches(&port.labels)).map(|(g, _)| *g));
             let (ingress, egress) =
                 (isolation(cluster, &applied, Direction::Ingress), isolation(cluster, &applied, Direction::Egress));
-            let policies = Arc::new(cluster.cluster_policy_ids_of(port));
+            let policies = if chooser.is_empty() {
+                Arc::default()
+            } else {
+                let of_project = project_policies.entry(port.project.as_str()).or_insert_with(|| {
+                    let candidates = chooser.of_project(&port.project);
+                    let every_port = candidates.iter().all(|(_, ports)| ports.is_empty());
+                    let list: Vec<Uuid> = candidates.iter().map(|(id, _)| *id).collect();
+                    let all = Arc::clone(policy_lists.entry(list).or_insert_with_key(|list| Arc::new(list.clone())));
+                    ProjectPolicies { candidates, every_port, all }
+                });
+                if of_project.every_port {
+                    Arc::clone(&of_project.all)
+                } else {
+                    let list: Vec<Uuid> = of_project
+                        .candidates
+                        .iter()
+                        .filter(|(_, ports)| ports.matches(&port.labels))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    Arc::clone(policy_lists.entry(list).or_insert_with_key(|list| Arc::new(list.clone())))
+                }
+            };
             classes.push(Class { applied, ingress, egress, policies, ports: Vec::new() });
             classes.len() - 1
         });
@@ -120,6 +153,8 @@ pub fn compile(cluster: &Cluster) -> Compiled {
     drop(class_of);
     drop(selecting);
     drop(projects);
+    drop(project_policies);
+    drop(policy_lists);
     let mut members: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
     for (c, class) in classes.iter().enumerate() {
         for g in &class.applied {
@@ -140,6 +175,7 @@ pub fn compile(cluster: &Cluster) -> Compiled {
                 let mut group_table = BTreeMap::new();
                 let mut set_table = BTreeMap::new();
                 let mut policy_table = BTreeMap::new();
+                let mut seen_lists: FastSet<*const Vec<Uuid>> = FastSet::default();
                 let mut define =
                     |set_table: &mut BTreeMap<SetId, Arc<AddressSet>>, set_id: SetId, definition: &SetDefinition| {
                         set_table.entry(set_id).or_insert_with(|| {
@@ -171,6 +207,10 @@ pub fn compile(cluster: &Cluster) -> Compiled {
                         for (set_id, definition) in &compiled.sets {
                             define(&mut set_table, *set_id, definition);
                         }
+                    }
+                    // Classes share their lists: each distinct one is read once per table.
+                    if !seen_lists.insert(Arc::as_ptr(&class.policies)) {
+                        continue;
                     }
                     for &p in class.policies.iter() {
                         if policy_table.contains_key(&p) {
@@ -503,17 +543,20 @@ impl<'a> Index<'a> {
         names
     }
 
-    /// The ports a selection picks, each with the addresses of it that count.
-    fn selected(&self, selection: &Selection) -> Vec<(&'a Port, Vec<IpAddr>)> {
+    /// The ports a selection picks, each with the addresses of it that count (borrowed: a set
+    /// of a tenth of 100,000 pods is 10,000 of them).
+    fn selected(&self, selection: &Selection) -> Vec<(&'a Port, std::borrow::Cow<'a, [IpAddr]>)> {
+        use std::borrow::Cow;
         let cluster = self.cluster;
         let in_project = |project: &str| self.ports_by_project.get(project).into_iter().flatten().copied();
+        let all = |p: &'a Port| (p, Cow::Borrowed(p.ips.as_slice()));
         match selection {
-            Selection::All => cluster.ports().map(|(_, p)| (p, p.ips.clone())).collect(),
+            Selection::All => cluster.ports().map(|(_, p)| all(p)).collect(),
             Selection::Cidr { cidr, except } => cluster
                 .ports()
                 .filter_map(|(_, p)| {
                     let ips: Vec<IpAddr> = p.ips.iter().copied().filter(|a| cidr::contains(cidr, except, a)).collect();
-                    (!ips.is_empty()).then_some((p, ips))
+                    (!ips.is_empty()).then_some((p, Cow::Owned(ips)))
                 })
                 .collect(),
             Selection::GroupMembers { group } => self
@@ -523,7 +566,7 @@ impl<'a> Index<'a> {
                 .flatten()
                 .flat_map(|c| &self.classes[*c].ports)
                 .filter_map(|id| cluster.port(id))
-                .map(|p| (p, p.ips.clone()))
+                .map(all)
                 .collect(),
             Selection::Selector { project, ports, projects } => {
                 let projects = match projects {
@@ -534,7 +577,7 @@ impl<'a> Index<'a> {
                     .iter()
                     .flat_map(|name| in_project(name))
                     .filter(|p| ports.matches(&p.labels))
-                    .map(|p| (p, p.ips.clone()))
+                    .map(all)
                     .collect()
             }
         }
@@ -546,7 +589,11 @@ impl<'a> Index<'a> {
                 SetMembers::Prefixes(cidr::subtract(*cidr, except))
             }
             SetDefinition::Addresses(selection) => {
-                SetMembers::Addresses(self.selected(selection).into_iter().flat_map(|(_, ips)| ips).collect())
+                let mut addresses: Vec<IpAddr> =
+                    self.selected(selection).iter().flat_map(|(_, ips)| ips.iter().copied()).collect();
+                addresses.sort_unstable();
+                addresses.dedup();
+                SetMembers::Addresses(addresses.into_iter().collect())
             }
             SetDefinition::NamedPorts { selection, name, protocol } => SetMembers::Pairs(
                 self.selected(selection)
@@ -554,7 +601,7 @@ impl<'a> Index<'a> {
                     .filter_map(|(p, ips)| {
                         let np = p.named_ports.get(name)?;
                         (np.protocol.number() == Some(*protocol))
-                            .then(|| ips.into_iter().map(move |a| (a, np.port as u16)))
+                            .then(|| ips.to_vec().into_iter().map(move |a| (a, np.port as u16)))
                     })
                     .flatten()
                     .collect(),

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use weft_model::{Direction, LabelSelector, Labels, NamedPort, ObjectRef, Port, Project, SecurityGroup};
 
 use crate::cidr;
-use crate::cluster::{Change, Cluster, Dangling};
+use crate::cluster::{Change, Cluster, Dangling, PolicyOrder, ProjectChoice};
 use crate::compile::{Compiled, compile_group, compile_policy, isolation};
 use crate::compiled::{
     AddressSet, CompiledGroup, CompiledPolicy, Isolation, NodeSpan, PortPolicy, Selection, SetDefinition, SetId,
@@ -171,6 +171,12 @@ pub struct Compiler {
     policies: FastMap<Uuid, PolicyState>,
     /// The classes each tiered policy selects.
     policy_classes: FastMap<Uuid, BTreeSet<ClassId>>,
+    /// What choosing a class's tiered policies reads, kept until a policy changes (a project's
+    /// choice, until its labels do): the policies in order, each project's candidates, and
+    /// each distinct list once (the classes of a project share theirs).
+    policy_order: Option<PolicyOrder>,
+    policy_choices: FastMap<String, Arc<ProjectChoice>>,
+    policy_lists: FastMap<Vec<Uuid>, Arc<Vec<Uuid>>>,
     sets: FastMap<SetId, SetState>,
     sets_by_group: FastMap<Uuid, BTreeSet<SetId>>,
     sets_by_project: FastMap<String, BTreeSet<SetId>>,
@@ -221,6 +227,9 @@ impl Compiler {
             rule_refs: FastMap::default(),
             policies: FastMap::default(),
             policy_classes: FastMap::default(),
+            policy_order: None,
+            policy_choices: FastMap::default(),
+            policy_lists: FastMap::default(),
             sets: FastMap::default(),
             sets_by_group: FastMap::default(),
             sets_by_project: FastMap::default(),
@@ -628,7 +637,7 @@ impl Compiler {
             return found;
         }
         let applied = self.cluster.applied(port);
-        let policies = Arc::new(self.cluster.cluster_policy_ids_of(port));
+        let policies = self.policies_for(&port.project.clone(), &port.labels.clone());
         let class = Class {
             project: port.project.clone(),
             labels: port.labels.clone(),
@@ -906,10 +915,37 @@ impl Compiler {
 
     // ---- tiered policies ----
 
+    /// The tiered policies that select a port with `labels` in `project`, in order: one shared
+    /// list for each distinct one.
+    fn policies_for(&mut self, project: &str, labels: &Labels) -> Arc<Vec<Uuid>> {
+        let order = self.policy_order.get_or_insert_with(|| PolicyOrder::of(&self.cluster));
+        if order.is_empty() {
+            return Arc::clone(self.policy_lists.entry(Vec::new()).or_default());
+        }
+        let choice = match self.policy_choices.get(project) {
+            Some(choice) => Arc::clone(choice),
+            None => {
+                let choice = Arc::new(order.of_project(&self.cluster, project));
+                self.policy_choices.insert(project.to_string(), Arc::clone(&choice));
+                choice
+            }
+        };
+        let list: Vec<Uuid> = choice
+            .candidates
+            .iter()
+            .filter(|(_, ports)| choice.every_port || ports.matches(labels))
+            .map(|(id, _)| *id)
+            .collect();
+        Arc::clone(self.policy_lists.entry(list).or_insert_with_key(|list| Arc::new(list.clone())))
+    }
+
     /// A policy written or deleted: compiled again, and the classes it selected or may select
     /// now brought up to date (the classes it selected are indexed, so a subject that changed
     /// leaves none behind).
     fn policy_changed(&mut self, id: Uuid) {
+        self.policy_order = None;
+        self.policy_choices.clear();
+        self.policy_lists.clear();
         let new = self.cluster.cluster_policies.get(&id).cloned();
         if new.is_some() {
             self.recompile_policy(id);
@@ -993,11 +1029,11 @@ impl Compiler {
     /// Brings a class's tiered policies (which, in what order) up to date.
     fn refresh_policies(&mut self, class: ClassId) {
         let c = self.class(class);
-        let now = self.cluster.cluster_policy_ids_for(&c.project, &c.labels);
-        if now == *c.policies {
+        let (project, labels) = (c.project.clone(), c.labels.clone());
+        let now = self.policies_for(&project, &labels);
+        if now == self.class(class).policies {
             return;
         }
-        let now = Arc::new(now);
         let old = std::mem::replace(&mut self.class_mut(class).policies, Arc::clone(&now));
         let (old_ids, new_ids): (BTreeSet<Uuid>, BTreeSet<Uuid>) =
             (old.iter().copied().collect(), now.iter().copied().collect());
@@ -1275,6 +1311,9 @@ impl Compiler {
         }
         // Policies select ports by their project's labels too.
         if !self.cluster.cluster_policies.is_empty() {
+            for name in &names {
+                self.policy_choices.remove(name);
+            }
             for name in &names {
                 let classes: Vec<ClassId> = self.classes_by_project.get(name).into_iter().flatten().copied().collect();
                 for class in classes {

@@ -71,7 +71,12 @@ pub fn cluster(shape: &Shape) -> Vec<Change> {
     let mut pod = 0;
     for ns in 0..shape.namespaces {
         let project = format!("k8s-ns{ns}");
-        let mut labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), format!("ns{ns}"))]);
+        // `bucket` splits the namespaces in tenths, for the tiered policies' selectors
+        // ([`cluster_policies`]); no security group reads it.
+        let mut labels = BTreeMap::from([
+            ("kubernetes.io/metadata.name".to_string(), format!("ns{ns}")),
+            ("bucket".to_string(), format!("b{}", ns % 10)),
+        ]);
         if ns % shape.selected_namespace_every == 0 {
             labels.insert("team".into(), "platform".into());
         }
@@ -134,6 +139,44 @@ pub fn cluster(shape: &Shape) -> Vec<Change> {
         changes.push(Change::UpsertGroup(group(from_team, id(3, base + 2), base + 2)));
     }
     changes
+}
+
+/// `per_tier` admin and as many baseline tiered policies (DESIGN.md §11), as issue 22's
+/// benchmark asks: each with a subject selecting a tenth of the namespaces (every namespace
+/// when `everywhere`) and three rules (two ingress, one egress) whose peers select another
+/// tenth each, the admin ones denying, passing and accepting, the baseline ones accepting and
+/// denying. Priorities differ within a tier: no ties.
+pub fn cluster_policies(per_tier: usize, everywhere: bool) -> Vec<Change> {
+    use weft_model::ClusterPolicy;
+    let mut out = Vec::with_capacity(2 * per_tier);
+    for (t, tier) in ["admin", "baseline"].into_iter().enumerate() {
+        for i in 0..per_tier {
+            let bucket = |k: usize| json!({"matchLabels": {"bucket": format!("b{}", (i + k) % 10)}});
+            let subject = if everywhere { json!({}) } else { json!({"projects": bucket(0)}) };
+            let (first, second, third) =
+                if tier == "admin" { ("deny", "pass", "accept") } else { ("accept", "deny", "deny") };
+            let body = json!({
+                "name": format!("{tier}-{i}"), "tier": tier, "priority": i % 1000, "subject": subject,
+                "ingress": [
+                    {"name": "ssh", "action": first,
+                     "remotes": [{"type": "selector", "ports": {"matchLabels": {"app": "app1"}}, "projects": bucket(1)}],
+                     "protocols": [{"protocol": "tcp", "port": 22}]},
+                    {"name": "web", "action": second, "remotes": [{"type": "selector", "projects": bucket(3)}],
+                     "protocols": [{"protocol": "tcp", "port": 80}]}
+                ],
+                "egress": [
+                    {"name": "dns", "action": third,
+                     "remotes": [{"type": "selector", "ports": {"matchLabels": {"app": "app0"}}, "projects": bucket(7)}],
+                     "protocols": [{"protocol": "udp", "port": 53}]}
+                ]
+            });
+            let mut policy: ClusterPolicy =
+                serde_json::from_value(body).unwrap_or_else(|e| panic!("synthetic cluster policy: {e}"));
+            policy.id = Some(id(5, (t * per_tier + i) as u64));
+            out.push(Change::UpsertClusterPolicy(policy));
+        }
+    }
+    out
 }
 
 /// The dense case: one namespace, `pods` pods, `policies` policies that each select every pod.

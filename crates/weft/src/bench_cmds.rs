@@ -27,6 +27,10 @@ pub enum BenchCommand {
         /// Writes of each kind timed.
         #[arg(long, default_value_t = 100)]
         writes: usize,
+        /// Tiered cluster policies of each tier stored with the cluster; admin policies are
+        /// then also added, changed and reordered, timed as the other writes (0: none).
+        #[arg(long, default_value_t = 0)]
+        cluster_policies: usize,
     },
     /// The CNI plugin (as root): pods wired through weft-cni (beside this binary) against a
     /// real agent on nftables in namespaces of the bench's own: ADD, ADD to an allowed peer's
@@ -87,6 +91,10 @@ pub enum BenchCommand {
         /// Write the full apply's transaction (nft JSON) here, to time `nft -j -f` on by hand.
         #[arg(long)]
         dump: Option<PathBuf>,
+        /// Tiered cluster policies (half admin, half baseline) selecting every port, added to
+        /// the span; the full apply without them is timed too.
+        #[arg(long, default_value_t = 0)]
+        cluster_policies: usize,
     },
     /// Real packets between two pods on two nodes (network namespaces; root): new TCP
     /// connections a second and bulk throughput with no table, conntrack only, weft's table for
@@ -156,6 +164,10 @@ pub enum BenchCommand {
         /// Changes of each kind to time after the full compile (realistic shape only; 0: none).
         #[arg(long, default_value_t = 0)]
         changes: usize,
+        /// Tiered cluster policies of each tier (realistic shape only): the full compile with
+        /// them beside the compile without, same run (0: none).
+        #[arg(long, default_value_t = 0)]
+        cluster_policies: usize,
     },
 }
 
@@ -173,7 +185,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
-        BenchCommand::Datapath { ports, rules, runs, rss_namespaces, dump } => {
+        BenchCommand::Datapath { ports, rules, runs, rss_namespaces, dump, cluster_policies } => {
             let config = weft_bench::datapath::DatapathConfig {
                 ports,
                 rules,
@@ -181,6 +193,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 rss_namespaces,
                 binary: std::env::current_exe().context("cannot find the weft binary")?,
                 dump,
+                cluster_policies,
             };
             let report = tokio::task::spawn_blocking(move || weft_bench::datapath::run_bench(&config)).await??;
             print!("{report}");
@@ -222,13 +235,14 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             print!("{}", weft_bench::kube::run(config).await?);
             Ok(())
         }
-        BenchCommand::Fanout { database_url, agents, namespaces, pods_per_namespace, writes } => {
+        BenchCommand::Fanout { database_url, agents, namespaces, pods_per_namespace, writes, cluster_policies } => {
             let config = weft_bench::fanout::FanoutConfig {
                 database_url,
                 agents,
                 shape: weft_compiler_shape(namespaces, pods_per_namespace, agents),
                 writes,
                 weft_exe: std::env::current_exe().context("the weft executable")?,
+                cluster_policies,
             };
             print!("{}", weft_bench::fanout::fanout(config).await?);
             Ok(())
@@ -241,6 +255,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             dense_pods,
             dense_policies,
             changes,
+            cluster_policies,
         } => {
             let workload = if shape == "dense" {
                 weft_bench::compiler::Workload::Dense { pods: dense_pods, policies: dense_policies, nodes }
@@ -255,6 +270,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 _ => None,
             };
             print!("{}", weft_bench::compiler::run(&workload));
+            if let (weft_bench::compiler::Workload::Realistic(shape), true) = (&workload, cluster_policies > 0) {
+                print!("{}", weft_bench::compiler::tiered(shape, cluster_policies, 5));
+            }
             if let Some(report) = incremental {
                 print!("{report}");
             }

@@ -19,21 +19,22 @@
 //!                                                          rate-limited per port)
 //! ```
 //!
-//! A port selected by tiered cluster policies (DESIGN.md §11) has a chain in each direction
-//! its policies have rules in, isolated by a group or not:
+//! Tiered cluster policies (DESIGN.md §11): each base chain asks, before its folded sets and
+//! its dispatch, `ip saddr vmap @admin-out-4` (`daddr`, `admin-in-4` for ingress), which sends
+//! a port's address to the chain of its list of admin policies; what the tier does not decide
+//! comes back and goes on as before. A port with baseline policies and no group isolating it
+//! has a port chain that jumps to its list's baseline chain.
 //!
 //! ```text
-//! pi-<port>:  [meta mark &= ~bit]          (when more than one admin policy)
-//!             jump ti-<admin policy 1>      accept: accept; deny: drop; pass: mark |= bit, return
-//!             mark & bit == 0 jump ti-<admin policy 2> …
-//!             meta mark &= ~bit             (no bit is left on the packet)
-//!             isolated: the groups' rules (never folded: the folded set accepts before the
-//!                       admin tier), sample, counter drop
-//!             open:     jump ti-<baseline policy> …   (pass: accept), then back: allowed
+//! ta<i|e>-<list>:  [meta mark &= ~bit]       (when more than one admin policy)
+//!                  jump ti-<policy 1>        accept: accept; deny: drop; pass: mark |= bit, return
+//!                  mark & bit == 0 jump ti-<policy 2> …
+//!                  meta mark &= ~bit         (no bit is left on a packet)
+//! tb<i|e>-<list>:  jump ti-<policy> …        (a baseline pass accepts)
 //! ```
 //!
-//! Policy chains (`ti-`/`te-<policy>`) are shared by every port a policy selects, as group
-//! chains are: the kernel's rule count grows with rules plus ports.
+//! Policy chains (`ti-`/`te-<policy>`) and list chains are shared by every port that uses
+//! them: kernel rules grow with rules plus ports.
 //!
 //! Egress and ingress are two base chains on the forward hook: `accept` in a group chain ends
 //! only its own base chain, so a packet between two local ports passes the sender's egress and
@@ -199,6 +200,15 @@ fn dispatch_map(dir: Dir, v6: bool) -> String {
     }
 }
 
+/// The map that sends a local address to its port's admin-tier chain (DESIGN.md §11), asked
+/// before the folded sets and the dispatch: an admin deny comes before any allow.
+fn admin_map(dir: Dir, v6: bool) -> String {
+    match dir {
+        Dir::In => format!("admin-in-{}", fam(v6)),
+        Dir::Out => format!("admin-out-{}", fam(v6)),
+    }
+}
+
 /// The folded set of a direction and family: the rules of groups written in place that fold
 /// (see `fold_boxes`), as (local address, remote range, protocol, port range) boxes.
 fn fold_set(dir: Dir, v6: bool) -> String {
@@ -266,6 +276,7 @@ fn skeleton(out: &mut Ruleset) {
     for dir in [Dir::In, Dir::Out] {
         for v6 in V4_V6 {
             out.sets.insert(dispatch_map(dir, v6), Set { kind: SetKind::Dispatch { v6 }, elements: BTreeSet::new() });
+            out.sets.insert(admin_map(dir, v6), Set { kind: SetKind::Dispatch { v6 }, elements: BTreeSet::new() });
         }
     }
     out.sets.insert(IFACES.to_string(), Set { kind: SetKind::Iface, elements: BTreeSet::new() });
@@ -340,8 +351,12 @@ fn skeleton(out: &mut Ruleset) {
         Rule::new(vec![matches(Left::Concat(key), set_ref(&fold_set(dir, v6))), Stmt::Counter, Stmt::Accept])
     };
     for v6 in V4_V6 {
+        // The admin tier first (a jump: what it does not decide comes back), then the folded
+        // rules and the dispatch to the port's chain.
+        egress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "saddr"), map: admin_map(Dir::Out, v6) }]));
         egress.push(folded(Dir::Out, v6));
         egress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "saddr"), map: dispatch_map(Dir::Out, v6) }]));
+        ingress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "daddr"), map: admin_map(Dir::In, v6) }]));
         ingress.push(folded(Dir::In, v6));
         ingress.push(Rule::new(vec![Stmt::Vmap { key: ip_field(v6, "daddr"), map: dispatch_map(Dir::In, v6) }]));
     }
@@ -409,6 +424,7 @@ pub fn render(span: &NodeSpan) -> Ruleset {
     for (id, port) in &span.ports {
         render_port(&mut out, *id, port, &rules, &span.policies);
     }
+    render_tier_lists(&mut out, span);
     render_port_globals(&mut out, span);
     out
 }
@@ -453,6 +469,53 @@ fn render_policy(out: &mut Ruleset, id: Uuid, policy: &CompiledPolicy, sets: &Se
     }
 }
 
+/// The chain that asks one tier's policies of a list (a port's, in order) in one direction:
+/// `ta`/`tb` (admin, baseline), `i`/`e`, and 64 bits of the list's hash.
+fn tier_list_chain(tier: Tier, dir: Dir, list: &[Uuid]) -> String {
+    let bytes: Vec<u8> = list.iter().flat_map(|id| *id.as_bytes()).collect();
+    let t = if tier == Tier::Admin { 'a' } else { 'b' };
+    let d = if dir == Dir::In { 'i' } else { 'e' };
+    format!("t{t}{d}-{:016x}", fnv1a64(&bytes))
+}
+
+/// The tier-list chains every port of the span jumps to: the admin one asks its policies in
+/// order, each after the first only while no pass came (the direction's mark bit clear), and
+/// clears the bit before and after, so none is left on a packet; the baseline one asks its
+/// policies in order (a pass there accepts).
+fn render_tier_lists(out: &mut Ruleset, span: &NodeSpan) {
+    for port in span.ports.values() {
+        for dir in [Dir::In, Dir::Out] {
+            let (admin, baseline) = port_tiers(port, dir, &span.policies);
+            if !admin.is_empty() {
+                let name = tier_list_chain(Tier::Admin, dir, &admin);
+                out.chains.entry(name).or_insert_with(|| {
+                    let bit = pass_bit(dir);
+                    let clear = || Rule::new(vec![Stmt::Mark { and: !bit, xor: 0 }]);
+                    let mut chain = Chain::default();
+                    if admin.len() > 1 {
+                        chain.rules.push(clear());
+                    }
+                    for (i, p) in admin.iter().enumerate() {
+                        let mut jump =
+                            if i == 0 { vec![] } else { vec![matches(Left::MarkBits(bit), Right::Number(0))] };
+                        jump.push(Stmt::Jump(policy_chain(*p, dir)));
+                        chain.rules.push(Rule::new(jump));
+                    }
+                    chain.rules.push(clear());
+                    chain
+                });
+            }
+            if !baseline.is_empty() {
+                let name = tier_list_chain(Tier::Baseline, dir, &baseline);
+                out.chains.entry(name).or_insert_with(|| Chain {
+                    hook: None,
+                    rules: baseline.iter().map(|p| Rule::new(vec![Stmt::Jump(policy_chain(*p, dir))])).collect(),
+                });
+            }
+        }
+    }
+}
+
 /// A port's tiered policies that have rules in a direction, admin ones and baseline ones, in
 /// the order they decide.
 fn port_tiers(port: &PortPolicy, dir: Dir, policies: &Policies) -> (Vec<Uuid>, Vec<Uuid>) {
@@ -472,14 +535,10 @@ fn port_tiers(port: &PortPolicy, dir: Dir, policies: &Policies) -> (Vec<Uuid>, V
 }
 
 /// Whether a port has a chain in a direction (and its addresses a dispatch entry to it): when a
-/// group isolates it, or a tiered policy with rules that way selects it.
+/// group isolates it, or a baseline policy with rules that way selects it.
 fn has_port_chain(port: &PortPolicy, dir: Dir, policies: &Policies) -> bool {
     let isolation = if dir == Dir::In { &port.ingress } else { &port.egress };
-    if matches!(isolation, Isolation::Isolated(_)) {
-        return true;
-    }
-    let (admin, baseline) = port_tiers(port, dir, policies);
-    !admin.is_empty() || !baseline.is_empty()
+    matches!(isolation, Isolation::Isolated(_)) || !port_tiers(port, dir, policies).1.is_empty()
 }
 
 /// Fewer groups than this (per half) render on one thread: a thread costs more than they do.
@@ -494,9 +553,6 @@ struct GroupLines {
     /// Of a group in place: the rules that fold (see `fold_boxes`), as boxes for the folded
     /// sets.
     folds: Vec<FoldBox>,
-    /// The same rules as kernel rules, for the ports that cannot fold them: the folded sets
-    /// accept before the dispatch, so before an admin tier that could deny.
-    unfolded: Vec<Rule>,
 }
 
 /// Each group's kernel rules in each direction it has rules in.
@@ -631,10 +687,7 @@ fn render_group(
             // Only a group in place folds: a chain of its own keeps its rules, which folded
             // would cost an element per rule and port.
             match lines.in_place.then(|| fold_boxes(rule, sets)).flatten() {
-                Some(boxes) => {
-                    lines.folds.extend(boxes);
-                    lines.unfolded.extend(stmts.into_iter().map(Rule::new));
-                }
+                Some(boxes) => lines.folds.extend(boxes),
                 None => lines.rules.extend(stmts.into_iter().map(Rule::new)),
             }
         }
@@ -739,33 +792,22 @@ fn rule_lines(rule: &CompiledRule, dir: Dir, v6: bool, sets: &Sets, verdict: &[S
 /// no rule decided is allowed).
 fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, rules: &GroupRules, policies: &Policies) {
     for (dir, isolation) in [(Dir::In, &port.ingress), (Dir::Out, &port.egress)] {
-        let (admin, baseline) = port_tiers(port, dir, policies);
-        if admin.is_empty() && baseline.is_empty() && matches!(isolation, Isolation::Open) {
+        // The admin tier is asked before this chain (`admin_map`); the baseline tier, from it,
+        // where no group isolates the port. Each tier's policies are asked in a chain of their
+        // list's, shared by every port of that list (`render_tier_lists`): kernel rules grow
+        // with policies plus ports.
+        let (_, baseline) = port_tiers(port, dir, policies);
+        if baseline.is_empty() && matches!(isolation, Isolation::Open) {
             continue;
         }
         let mut chain = Chain::default();
-        let bit = pass_bit(dir);
-        let clear = || Rule::new(vec![Stmt::Mark { and: !bit, xor: 0 }]);
-        if admin.len() > 1 {
-            chain.rules.push(clear());
-        }
-        for (i, p) in admin.iter().enumerate() {
-            // After the first, a policy is asked only if no pass came before it.
-            let mut jump = if i == 0 { vec![] } else { vec![matches(Left::MarkBits(bit), Right::Number(0))] };
-            jump.push(Stmt::Jump(policy_chain(*p, dir)));
-            chain.rules.push(Rule::new(jump));
-        }
-        if !admin.is_empty() {
-            chain.rules.push(clear());
-        }
         let Isolation::Isolated(groups) = isolation else {
-            chain.rules.extend(baseline.iter().map(|p| Rule::new(vec![Stmt::Jump(policy_chain(*p, dir))])));
+            if !baseline.is_empty() {
+                chain.rules.push(Rule::new(vec![Stmt::Jump(tier_list_chain(Tier::Baseline, dir, &baseline))]));
+            }
             out.chains.insert(port_chain(id, dir), chain);
             continue;
         };
-        // Folded rules accept before the dispatch, so before this port's admin tier: a port
-        // with one has its groups' rules written out instead.
-        let can_fold = admin.is_empty();
         let mut folds = Vec::new();
         for g in groups.iter() {
             // A group the span does not hold, or with no rules this way, allows nothing (and
@@ -774,11 +816,7 @@ fn render_port(out: &mut Ruleset, id: Uuid, port: &PortPolicy, rules: &GroupRule
                 None => {}
                 Some(lines) if lines.in_place => {
                     chain.rules.extend(lines.rules.iter().cloned());
-                    if can_fold {
-                        folds.extend_from_slice(&lines.folds);
-                    } else {
-                        chain.rules.extend(lines.unfolded.iter().cloned());
-                    }
+                    folds.extend_from_slice(&lines.folds);
                 }
                 Some(_) => chain.rules.push(Rule::new(vec![Stmt::Jump(group_chain(*g, dir))])),
             }
@@ -850,6 +888,12 @@ fn render_port_globals(out: &mut Ruleset, span: &NodeSpan) {
                     && let Some(s) = out.sets.get_mut(&dispatch_map(dir, v6))
                 {
                     s.elements.insert(Element::Jump(*addr, port_chain(*id, dir)));
+                }
+                let (admin, _) = port_tiers(port, dir, &span.policies);
+                if !admin.is_empty()
+                    && let Some(s) = out.sets.get_mut(&admin_map(dir, v6))
+                {
+                    s.elements.insert(Element::Jump(*addr, tier_list_chain(Tier::Admin, dir, &admin)));
                 }
             }
             for (name, np) in port.named_ports.iter() {

@@ -12,7 +12,7 @@ use weft_compiler::{MemberDelta, NodeSpan, SetId, SpanDelta};
 
 use super::{
     GroupRules, V4_V6, group_chain, group_users, port_groups, render_group, render_policy, render_port,
-    render_port_globals, render_set, set_kind, set_name, set_shape, skeleton,
+    render_port_globals, render_set, render_tier_lists, set_kind, set_name, set_shape, skeleton,
 };
 use crate::nft::ruleset::{Chain, Command, Element, Ruleset};
 
@@ -68,6 +68,9 @@ fn render_touched(span: &NodeSpan, touched: &Touched) -> Ruleset {
         let mut globals = Ruleset::default();
         skeleton(&mut globals);
         render_port_globals(&mut globals, span);
+        // Tier-list chains are shared by ports: all of them, on both sides, so that one a
+        // touched port stops using is deleted only when no port uses it any more.
+        render_tier_lists(&mut out, span);
         // The folded sets hold the touched ports' elements only (both sides of the diff do).
         for (name, set) in globals.sets {
             out.sets.entry(name).or_insert(set);
