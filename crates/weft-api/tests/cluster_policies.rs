@@ -244,3 +244,14 @@ async fn explain_names_the_tier_policy_and_rule_that_decided(pool: PgPool) {
     let denied = api.as_token(&reader, Method::POST, "/v1/explain", Some(explain(22))).await;
     assert_eq!(denied.body["ingress"]["tiered"], json!({"tier": "admin", "action": "deny"}), "{}", denied.body);
 }
+
+/// The example README shows is a policy the API takes.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn the_readme_example_is_accepted(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cluster-policy/no-metadata.yaml");
+    let body: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let r = api.call(Method::POST, "/v1/cluster-policies", Some(body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["egress"][1]["protocols"], json!([{"port": "dns"}]));
+}
