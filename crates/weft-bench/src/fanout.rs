@@ -365,9 +365,22 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
                 let answered = Instant::now();
                 let revision = revision.ok_or_else(|| other("a write without a revision"))?;
                 let deadline = Instant::now() + Duration::from_secs(60);
-                while !client.realization(revision).await?.complete {
+                loop {
+                    let realization = client.realization(revision).await?;
+                    if realization.complete {
+                        break;
+                    }
                     if Instant::now() > deadline {
-                        return Err(other(format!("revision {revision} not realized within 60 s")));
+                        // What is behind, and what the simulated agents acked: where to look.
+                        let acked = seen.acks.lock().unwrap_or_else(|e| e.into_inner()).get(&revision).map_or(0, Vec::len);
+                        let behind: Vec<String> =
+                            realization.nodes.iter().filter(|n| n["done"] == false).take(3).map(|n| n.to_string()).collect();
+                        return Err(other(format!(
+                            "{kind}: revision {revision} not realized within 60 s (compiled {}; {} laggards, {acked} acks heard; e.g. {})",
+                            realization.compiled,
+                            realization.laggards.len(),
+                            behind.join(" ")
+                        )));
                     }
                     // (The latency comes from the agents' own clocks; this only says when to
                     // stop waiting, so it need not poll hard.)
