@@ -149,19 +149,15 @@ impl Cluster {
         }
     }
 
-    /// The tiered policies whose subject selects `port`, in the order they decide: admin
-    /// before baseline, then by priority, then by name (DESIGN.md §11).
+    /// The tiered policies whose subject selects `port` (a project not known has no labels),
+    /// in the order they decide: admin before baseline, then by priority, then by name
+    /// (DESIGN.md §11). The reference evaluator's reading; the compilers choose through
+    /// [`PolicyChooser`] and [`PolicyOrder`].
     pub fn cluster_policies_of(&self, port: &Port) -> Vec<&ClusterPolicy> {
-        self.cluster_policies_for(&port.project, &port.labels)
-    }
-
-    /// The tiered policies whose subject selects a port with `labels` in `project` (a project
-    /// that is not known has no labels), in the order they decide.
-    pub fn cluster_policies_for(&self, project: &str, labels: &Labels) -> Vec<&ClusterPolicy> {
         let no_labels = Labels::new();
-        let project_labels = self.project_by_name(project).map_or(&no_labels, |p| &p.labels);
+        let project_labels = self.project_by_name(&port.project).map_or(&no_labels, |p| &p.labels);
         let mut out: Vec<&ClusterPolicy> =
-            self.cluster_policies.values().filter(|c| c.subject.selects(labels, project_labels)).collect();
+            self.cluster_policies.values().filter(|c| c.subject.selects(&port.labels, project_labels)).collect();
         out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         out
     }
@@ -185,16 +181,6 @@ impl Cluster {
             policies.push((id, index, &p.subject.ports));
         }
         PolicyChooser { cluster: self, policies, selectors }
-    }
-
-    /// The ids of [`Cluster::cluster_policies_of`].
-    pub fn cluster_policy_ids_of(&self, port: &Port) -> Vec<Uuid> {
-        self.cluster_policy_ids_for(&port.project, &port.labels)
-    }
-
-    /// The ids of [`Cluster::cluster_policies_for`].
-    pub fn cluster_policy_ids_for(&self, project: &str, labels: &Labels) -> Vec<Uuid> {
-        self.cluster_policies_for(project, labels).into_iter().filter_map(|p| p.id).collect()
     }
 
     pub fn cluster_policy(&self, id: &Uuid) -> Option<&ClusterPolicy> {

@@ -637,7 +637,7 @@ impl Compiler {
             return found;
         }
         let applied = self.cluster.applied(port);
-        let policies = self.policies_for(&port.project.clone(), &port.labels.clone());
+        let policies = self.policies_for(&port.project, &port.labels);
         let class = Class {
             project: port.project.clone(),
             labels: port.labels.clone(),
@@ -811,10 +811,7 @@ impl Compiler {
                     .collect()
             })
             .unwrap_or_default();
-        let sets: Vec<SetId> = output.sets.iter().map(|(s, _)| *s).collect();
-        for (set, definition) in output.sets {
-            self.reference_set(set, definition);
-        }
+        let sets = self.reference_sets(output.sets);
         for key in &refs {
             self.rule_refs.entry(key.clone()).or_default().insert(id);
         }
@@ -978,10 +975,7 @@ impl Compiler {
     /// Compiles a tiered policy again and moves the nodes that hold it to its new sets.
     fn recompile_policy(&mut self, id: Uuid) {
         let output = compile_policy(&self.cluster, id);
-        let sets: Vec<SetId> = output.sets.iter().map(|(s, _)| *s).collect();
-        for (set, definition) in output.sets {
-            self.reference_set(set, definition);
-        }
+        let sets = self.reference_sets(output.sets);
         let state = PolicyState { compiled: output.policy, sets, nodes: FastSet::default() };
         let Some(mut old) = self.policies.insert(id, state) else { return };
         let nodes = std::mem::take(&mut old.nodes);
@@ -1012,6 +1006,15 @@ impl Compiler {
                 self.node_set_add(*node, *set, -1);
             }
         }
+    }
+
+    /// One more group or policy names each of `sets`; their ids.
+    fn reference_sets(&mut self, sets: Vec<(SetId, SetDefinition)>) -> Vec<SetId> {
+        let ids = sets.iter().map(|(s, _)| *s).collect();
+        for (set, definition) in sets {
+            self.reference_set(set, definition);
+        }
+        ids
     }
 
     /// One fewer group or policy names each of `sets`.
