@@ -32,10 +32,21 @@ use crate::nft::{DENIED_SAMPLES_GROUP, Socket};
 /// A packet a port's policy dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeniedSample {
-    pub port: Uuid,
+    pub by: DeniedBy,
     /// Dropped by the port's ingress (else its egress).
     pub ingress: bool,
     pub packet: PacketHeader,
+}
+
+/// What dropped a sampled packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeniedBy {
+    /// The port's chain: its groups isolate it and none of their rules allows the packet.
+    Port(Uuid),
+    /// A tiered cluster policy's deny rule (its place among the policy's rules of the
+    /// direction). Policy chains are shared by ports: the port is the one holding the packet's
+    /// local address (the destination for ingress, the source for egress).
+    Tiered { policy: Uuid, tier: weft_model::Tier, rule: u16 },
 }
 
 /// A DNS query a port sent.
@@ -93,15 +104,29 @@ pub fn decode(message: &[u8]) -> Option<Sample> {
         let src_port = header.ports.map(|(s, _)| s);
         return Some(Sample::Dns(DnsQuery { src: header.src, server: header.dst, name, qtype, src_port }));
     }
-    let rest = prefix.strip_prefix(crate::nft::DENIED_PREFIX)?;
-    let (way, port) = rest.split_once(':')?;
+    let (tiered, rest) = match prefix.strip_prefix(crate::nft::TIERED_DENIED_PREFIX) {
+        Some(rest) => (true, rest),
+        None => (false, prefix.strip_prefix(crate::nft::DENIED_PREFIX)?),
+    };
+    let (way, what) = rest.split_once(':')?;
     let ingress = match way {
         "i" => true,
         "e" => false,
         _ => return None,
     };
-    let port = Uuid::parse_str(port).ok()?;
-    Some(Sample::Denied(DeniedSample { port, ingress, packet: packet(payload)? }))
+    let by = if tiered {
+        let (tier, what) = what.split_once(':')?;
+        let tier = match tier {
+            "a" => weft_model::Tier::Admin,
+            "b" => weft_model::Tier::Baseline,
+            _ => return None,
+        };
+        let (policy, rule) = what.split_once(':')?;
+        DeniedBy::Tiered { policy: Uuid::parse_str(policy).ok()?, tier, rule: rule.parse().ok()? }
+    } else {
+        DeniedBy::Port(Uuid::parse_str(what).ok()?)
+    };
+    Some(Sample::Denied(DeniedSample { by, ingress, packet: packet(payload)? }))
 }
 
 /// The question of a DNS query: its name and record type. None for a response, a message
@@ -393,10 +418,12 @@ pub fn now_ms() -> i64 {
 /// Most records in one report.
 const REPORT_RECORDS: usize = 256;
 
-/// The records of one report: denied samples as they are (they name their port), DNS
-/// queries under the local port that holds their source address (one no port holds, say a
-/// port just gone, is left out), connections once for each local side, with what decided
-/// there in the span `attribution` holds.
+/// The records of one report: denied samples under the port that dropped them (a port
+/// chain's name their port; a tiered rule's, under the local port holding the packet's
+/// address on that side, left out when none does), DNS queries under the local port that
+/// holds their source address (one no port holds, say a port just gone, is left out),
+/// connections once for each local side, with what decided there in the span `attribution`
+/// holds.
 pub fn records(samples: Vec<Timed>, attribution: &attribution::Attribution) -> v1::FlowReport {
     let mut report = v1::FlowReport::default();
     for (sample, at_ms) in samples {
@@ -404,8 +431,17 @@ pub fn records(samples: Vec<Timed>, attribution: &attribution::Attribution) -> v
             Sample::Connection(c) => report.connections.extend(connection_records(&c, at_ms, attribution)),
             Sample::Denied(d) => {
                 let p = d.packet;
+                let (port, tiered) = match d.by {
+                    DeniedBy::Port(port) => (port, None),
+                    DeniedBy::Tiered { policy, tier, rule } => {
+                        let local = if d.ingress { &p.dst } else { &p.src };
+                        let Some(port) = attribution.port_of(local) else { continue };
+                        let by = weft_compiler::eval::TieredRuleRef { policy, rule };
+                        (port, Some(tiered_ref(by, tier, weft_model::PolicyAction::Deny)))
+                    }
+                };
                 report.denied.push(v1::DeniedRecord {
-                    port: d.port.to_string(),
+                    port: port.to_string(),
                     ingress: d.ingress,
                     src: weft_proto::encode_address(&p.src),
                     dst: weft_proto::encode_address(&p.dst),
@@ -415,6 +451,7 @@ pub fn records(samples: Vec<Timed>, attribution: &attribution::Attribution) -> v
                     icmp_type: p.icmp.map(|(t, _)| u32::from(t)),
                     icmp_code: p.icmp.map(|(_, c)| u32::from(c)),
                     at_ms,
+                    tiered,
                 });
             }
             Sample::Dns(q) => {
@@ -446,10 +483,13 @@ fn connection_records(
         .into_iter()
         .filter_map(|(side, is_ingress)| {
             let (port, decision) = side?;
-            let (group, rule, isolated) = match decision {
-                attribution::Decision::Open => (String::new(), String::new(), false),
-                attribution::Decision::Rule(r) => (r.group.to_string(), r.rule.to_string(), true),
-                attribution::Decision::Unknown => (String::new(), String::new(), true),
+            let (group, rule, isolated, tiered) = match decision {
+                attribution::Decision::Open => (String::new(), String::new(), false, None),
+                attribution::Decision::Rule(r) => (r.group.to_string(), r.rule.to_string(), true, None),
+                attribution::Decision::Unknown => (String::new(), String::new(), true, None),
+                attribution::Decision::Tiered { by, tier, action } => {
+                    (String::new(), String::new(), false, Some(tiered_ref(by, tier, action)))
+                }
             };
             Some(v1::ConnectionRecord {
                 port: port.to_string(),
@@ -473,9 +513,23 @@ fn connection_records(
                     packets_received: n.packets_received,
                     bytes_received: n.bytes_received,
                 }),
+                tiered,
             })
         })
         .collect()
+}
+
+fn tiered_ref(
+    by: weft_compiler::eval::TieredRuleRef,
+    tier: weft_model::Tier,
+    action: weft_model::PolicyAction,
+) -> v1::TieredRuleRef {
+    v1::TieredRuleRef {
+        policy: by.policy.to_string(),
+        rule: u32::from(by.rule),
+        tier: weft_proto::encode_tier(tier),
+        action: weft_proto::encode_action(action),
+    }
 }
 
 /// Reads the port chains' drop counters (by port id and direction), blocking; None where the
@@ -664,7 +718,7 @@ mod tests {
         let Some(Sample::Denied(sample)) = decode(&message(&format!("weft:D:i:{}", port.simple()), &ipv4_udp())) else {
             panic!("not a denied sample")
         };
-        assert_eq!(sample.port, port);
+        assert_eq!(sample.by, DeniedBy::Port(port));
         assert!(sample.ingress);
         let p = sample.packet;
         assert_eq!((p.src.to_string(), p.dst.to_string()), ("10.32.0.12".into(), "10.32.0.10".into()));
@@ -674,6 +728,49 @@ mod tests {
         assert!(decode(&message("weft:D:i:nope", &ipv4_udp())).is_none());
         assert!(decode(&message(&format!("weft:D:x:{}", port.simple()), &ipv4_udp())).is_none());
         assert!(decode(&[2, 0]).is_none());
+    }
+
+    #[test]
+    fn a_tiered_denied_sample_names_its_policy_and_rule_and_goes_under_the_port_holding_its_address() {
+        let policy = Uuid::from_u64_pair(7, 7);
+        let prefix = crate::nft::tiered_denied_prefix(policy, weft_model::Tier::Baseline, false, 2);
+        let Some(Sample::Denied(sample)) = decode(&message(&prefix, &ipv4_udp())) else {
+            panic!("not a denied sample")
+        };
+        let by = DeniedBy::Tiered { policy, tier: weft_model::Tier::Baseline, rule: 2 };
+        assert_eq!((sample.by, sample.ingress), (by, false));
+        assert!(decode(&message(&format!("weft:T:e:b:{}", policy.simple()), &ipv4_udp())).is_none(), "no rule");
+        assert!(decode(&message(&format!("weft:T:e:b:{}:x", policy.simple()), &ipv4_udp())).is_none());
+        assert!(decode(&message(&format!("weft:T:e:c:{}:1", policy.simple()), &ipv4_udp())).is_none());
+        // Egress: the port holding the source address (10.32.0.12) dropped it.
+        let web = Uuid::from_u64_pair(2, 12);
+        let span = weft_compiler::NodeSpan { ports: [(web, port_at("10.32.0.12"))].into(), ..Default::default() };
+        let attribution = attribution::Attribution::of(std::sync::Arc::new(span));
+        let report = records(vec![(Sample::Denied(sample.clone()), 5)], &attribution);
+        let d = &report.denied[0];
+        assert_eq!((d.port.as_str(), d.ingress), (web.to_string().as_str(), false));
+        let tiered = d.tiered.as_ref().expect("the tiered rule");
+        assert_eq!((tiered.policy.as_str(), tiered.rule), (policy.to_string().as_str(), 2));
+        assert_eq!(weft_proto::parse_tier(tiered.tier), Some(weft_model::Tier::Baseline));
+        assert_eq!(weft_proto::parse_action(tiered.action), Some(weft_model::PolicyAction::Deny));
+        // Ingress of the same packet: its destination is no local port, so no record.
+        let inbound = DeniedSample { ingress: true, ..sample };
+        assert!(records(vec![(Sample::Denied(inbound), 5)], &attribution).denied.is_empty());
+    }
+
+    fn port_at(address: &str) -> weft_compiler::PortPolicy {
+        weft_compiler::PortPolicy {
+            project: "p".into(),
+            name: address.into(),
+            addresses: vec![address.parse().unwrap()],
+            refused_addresses: vec![],
+            interface: "weft0".into(),
+            instance: None,
+            named_ports: Default::default(),
+            ingress: weft_compiler::Isolation::Open,
+            egress: weft_compiler::Isolation::Open,
+            policies: Default::default(),
+        }
     }
 
     #[test]

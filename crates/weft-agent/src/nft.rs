@@ -47,7 +47,8 @@ pub use nat::{NAT_CHAIN, NAT_TABLE};
 pub use netlink::Socket;
 pub use render::{
     DENIED_PREFIX, DENIED_SAMPLES_BURST, DENIED_SAMPLES_GROUP, DENIED_SAMPLES_PER_SECOND, DNS_QUERIES_GROUP,
-    DNS_QUERY_PREFIX, conntrack_floor, delta_commands, denied_prefix, render,
+    DNS_QUERY_PREFIX, TIERED_DENIED_PREFIX, conntrack_floor, delta_commands, denied_prefix, render,
+    tiered_denied_prefix,
 };
 pub use ruleset::{Command, Ruleset, TABLE};
 

@@ -247,7 +247,13 @@ async fn samples_are_reported_to_the_controller_under_their_ports(pool: PgPool) 
         ports: Some((40000, 5432)),
         icmp: None,
     };
-    samples.send(vec![(Sample::Denied(DeniedSample { port: db, ingress: true, packet }), 7)]).await.unwrap();
+    samples
+        .send(vec![(
+            Sample::Denied(DeniedSample { by: weft_agent::flows::DeniedBy::Port(db), ingress: true, packet }),
+            7,
+        )])
+        .await
+        .unwrap();
     let query = DnsQuery {
         src: "10.0.0.1".parse().unwrap(),
         server: "10.96.0.10".parse().unwrap(),

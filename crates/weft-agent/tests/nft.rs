@@ -340,7 +340,7 @@ fn denied_packets_are_sampled_with_their_port_and_tuple_at_a_bounded_rate() {
         + 1;
     assert!(samples.len() <= allowed, "{} samples of {SENT} packets sent in {sending:?}", samples.len());
     for s in &samples {
-        assert_eq!((s.port, s.ingress), (web_id, true));
+        assert_eq!((s.by, s.ingress), (weft_agent::flows::DeniedBy::Port(web_id), true));
         let p = s.packet;
         assert_eq!((p.src.to_string(), p.dst.to_string()), ("192.0.2.2".into(), "10.9.0.1".into()));
         assert_eq!((p.protocol, p.ports), (17, Some((40000, 5432))));

@@ -127,17 +127,24 @@ fn cluster() -> Vec<Change> {
     ]
 }
 
+/// The compiler of [`cluster`], node-1's span, and the node (a namespace of its own, which
+/// forwards) with the span applied by its datapath.
+fn node_of_the_cluster(name: &str) -> (Compiler, NodeSpan, Netns, NftDatapath) {
+    let mut compiler = Compiler::new();
+    compiler.load(1, cluster());
+    let span = compiler.span("node-1");
+    let node = Netns::new(name);
+    let mut datapath = NftDatapath::new(Some(node.0.clone()));
+    datapath.apply(&NodeSpan::default(), &span, None).unwrap();
+    weft_agent::netns::sysctl(Some(node.name()), "net.ipv4.ip_forward", "1").unwrap();
+    (compiler, span, node, datapath)
+}
+
 #[ignore = "needs root (network namespaces, nftables): scripts/test.sh runs it when run as root"]
 #[test]
 fn tiers_decide_real_packets_in_order_and_a_revoked_connection_is_cut() {
     weft_testkit::require_root();
-    let mut compiler = Compiler::new();
-    compiler.load(1, cluster());
-    let span = compiler.span("node-1");
-    let node = Netns::new("tiers");
-    let mut datapath = NftDatapath::new(Some(node.0.clone()));
-    datapath.apply(&NodeSpan::default(), &span, None).unwrap();
-    weft_agent::netns::sysctl(Some(node.name()), "net.ipv4.ip_forward", "1").unwrap();
+    let (mut compiler, span, node, mut datapath) = node_of_the_cluster("tiers");
     node.ip(&["link", "add", "underlay", "type", "veth", "peer", "name", "underlay-peer"]);
     node.ip(&["addr", "add", "192.0.2.1/24", "dev", "underlay"]);
     node.ip(&["link", "set", "underlay", "up"]);
@@ -197,4 +204,50 @@ fn tiers_decide_real_packets_in_order_and_a_revoked_connection_is_cut() {
     let rendered: std::collections::BTreeSet<String> = nft::render(&after).chains.keys().cloned().collect();
     assert_eq!(chains, rendered);
     drop(kept);
+}
+
+/// A tiered deny's drops are sampled (DESIGN.md §10) naming the policy, its tier and the
+/// rule; policy chains are shared by ports, so the report puts each sample under the local
+/// port that holds the packet's address on the side that dropped it.
+#[ignore = "needs root (network namespaces, nftables): scripts/test.sh runs it when run as root"]
+#[test]
+fn a_tiered_denys_drops_are_sampled_naming_the_policy_and_rule_under_the_port_that_dropped() {
+    use weft_agent::flows::{DeniedBy, Sample, SampleReader, attribution::Attribution};
+    weft_testkit::require_root();
+    let (_compiler, span, node, _datapath) = node_of_the_cluster("tiersamp");
+    let (web, _db, other) =
+        (pod(&node, "web", "10.9.0.1"), pod(&node, "db", "10.9.0.3"), pod(&node, "other", "10.9.0.4"));
+    listen(&web, "10.9.0.1:80");
+    let mut reader = SampleReader::open(Some(node.name()), false).unwrap();
+    // web -> db:2222: web-deny (policy 4, admin) drops it on web's egress, its rule 0.
+    // other -> web:80: quarantine (policy 5, baseline) drops it on web's ingress, its rule 0.
+    assert!(!reaches(&web, "10.9.0.3:2222", DENIED_WAIT));
+    assert!(!reaches(&other, "10.9.0.1:80", DENIED_WAIT));
+    let mut samples = Vec::new();
+    weft_testkit::eventually_blocking("both drops sampled", Duration::from_secs(10), || {
+        reader
+            .next(|s| {
+                if let Sample::Denied(d) = s {
+                    samples.push(d);
+                }
+            })
+            .unwrap();
+        let ways: std::collections::BTreeSet<bool> = samples.iter().map(|d| d.ingress).collect();
+        if ways.len() == 2 { Ok(()) } else { Err(format!("{samples:?}")) }
+    });
+    let egress = samples.iter().find(|d| !d.ingress).unwrap();
+    let by = DeniedBy::Tiered { policy: Uuid::from_u64_pair(5, 4), tier: weft_model::Tier::Admin, rule: 0 };
+    assert_eq!(egress.by, by);
+    assert_eq!((egress.packet.src.to_string(), egress.packet.dst.to_string()), ("10.9.0.1".into(), "10.9.0.3".into()));
+    let ingress = samples.iter().find(|d| d.ingress).unwrap();
+    let by = DeniedBy::Tiered { policy: Uuid::from_u64_pair(5, 5), tier: weft_model::Tier::Baseline, rule: 0 };
+    assert_eq!(ingress.by, by);
+    // Both under web: the egress drop by its source, the ingress one by its destination.
+    let attribution = Attribution::of(std::sync::Arc::new(span));
+    let timed = vec![(Sample::Denied(egress.clone()), 1), (Sample::Denied(ingress.clone()), 2)];
+    let report = weft_agent::flows::records(timed, &attribution);
+    let web_id = Uuid::from_u64_pair(2, 1).to_string();
+    let placed: Vec<(&str, bool, u32)> =
+        report.denied.iter().map(|d| (d.port.as_str(), d.ingress, d.tiered.as_ref().unwrap().rule)).collect();
+    assert_eq!(placed, [(web_id.as_str(), false, 0), (web_id.as_str(), true, 0)]);
 }

@@ -163,6 +163,14 @@ fn redacted(caller: &Caller, mut flow: Flow) -> Flow {
         SideDecision::Denied { .. } => SideDecision::Denied { isolated_by: vec![] },
         other => other,
     };
+    // Cluster policies are an admin's: on either side, a project's token is told the tier and
+    // the action of a tiered rule that decided, as explain tells it.
+    let tiered = |d: SideDecision| match d {
+        SideDecision::Tiered { rule } => SideDecision::Tiered { rule: rule.redacted() },
+        other => other,
+    };
+    flow.egress = flow.egress.map(tiered);
+    flow.ingress = flow.ingress.map(tiered);
     if foreign(&flow.src) {
         flow.src = weft_model::flow::FlowEndpoint::outside(flow.src.address);
         flow.egress = flow.egress.map(hide);
@@ -193,6 +201,7 @@ fn decided_by(flow: &Flow, name: &str) -> bool {
             rule.group_name == name || rule.origin.as_ref().is_some_and(|o| o.name == name)
         }
         SideDecision::Denied { isolated_by } => isolated_by.iter().any(|g| g.name == name),
+        SideDecision::Tiered { rule } => rule.policy_name.as_deref() == Some(name),
         SideDecision::Open | SideDecision::AllowedUnknown => false,
     })
 }

@@ -404,3 +404,76 @@ async fn a_project_reader_sees_other_projects_in_the_graph_as_one_group_without_
     let to_db = edges.iter().find(|e| e["service"] == 5432).unwrap();
     assert_eq!(to_db["ingress"][0]["group_name"], "db-in", "{}", r.body);
 }
+
+/// Traffic a tiered cluster policy decided (DESIGN.md §11): an admin is told the tier, the
+/// policy and the rule, in the flows and in the graph, and finds the flows by the policy's
+/// name; a project's reader is told the tier and the action only, as explain tells it, and
+/// cannot find them by the policy's name.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_tiered_rules_flows_name_it_to_an_admin_and_only_its_tier_and_action_to_a_project(pool: PgPool) {
+    use serde_json::json;
+    use weft_model::flow::FlowTieredRule;
+    let api = Api::new(pool).await;
+    let r = api.call(Method::POST, "/v1/projects", Some(json!({"name": "b"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let port = json!({"name": "x", "project": "b", "node": "n1", "ips": ["10.0.1.1"], "labels": {"app": "x"}});
+    let r = api.call(Method::POST, "/v1/ports", Some(port)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let x = Uuid::parse_str(r.body["id"].as_str().unwrap()).unwrap();
+    api.until_ready().await;
+    let revision = api.revision().await;
+    let r = api.call(Method::GET, &format!("/v1/reach?protocol=tcp&port=80&revision={revision}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let policy = Uuid::from_u128(77);
+    let rule = FlowTieredRule {
+        tier: weft_model::Tier::Admin,
+        action: weft_model::PolicyAction::Deny,
+        policy: Some(policy),
+        policy_name: Some("no-metadata".into()),
+        rule: Some(0),
+        rule_name: Some("metadata".into()),
+    };
+    let mut dropped = flow(
+        FlowEndpoint { port: Some(x), ..end("10.0.1.1", "b", "x", "x") },
+        FlowEndpoint::outside("169.254.169.254".parse().unwrap()),
+        6,
+        Some(80),
+        SideDecision::Open,
+    );
+    (dropped.kind, dropped.verdict) = (FlowKind::Denied, Verdict::Denied);
+    dropped.egress = Some(SideDecision::Tiered { rule: rule.clone() });
+    dropped.ingress = None;
+    api.store.insert_flows(&[dropped]).await.unwrap();
+    let now = chrono::Utc::now();
+    let minute = now - chrono::Duration::seconds(now.timestamp().rem_euclid(60));
+    let row = weft_store::flows::MinuteRow {
+        remote: Some("169.254.169.254".into()),
+        protocol: 6,
+        service: Some(80),
+        denied: true,
+        sampled: 2,
+        policy: Some(policy),
+        policy_rule: Some(0),
+        tiered: Some(weft_store::flows::Json(rule)),
+        ..weft_store::flows::MinuteRow::empty(minute, "n1", x, "b", false)
+    };
+    api.store.replace_flow_minute(minute, "n1", &[row]).await.unwrap();
+
+    // The admin: all of it, and the flow by its policy's name.
+    let full = json!({"decision": "tiered", "rule": {"tier": "admin", "action": "deny", "policy": policy,
+                      "policy_name": "no-metadata", "rule": 0, "rule_name": "metadata"}});
+    let r = api.call(Method::GET, "/v1/flows?policy=no-metadata", None).await;
+    assert_eq!(r.body["items"][0]["egress"], full, "{}", r.body);
+    let r = api.call(Method::GET, "/v1/flows/graph?project=b", None).await;
+    let edge = &r.body["edges"][0];
+    assert_eq!((edge["egress"][0].clone(), edge["verdict"].as_str()), (full, Some("denied")), "{}", r.body);
+    // b's reader: the tier and the action, nothing that names the policy.
+    let reader = api.store.create_token(Role::Reader, Some("b"), "", None).await.unwrap().secret;
+    let told = json!({"decision": "tiered", "rule": {"tier": "admin", "action": "deny"}});
+    let r = api.as_token(&reader, Method::GET, "/v1/flows", None).await;
+    assert_eq!(r.body["items"][0]["egress"], told, "{}", r.body);
+    assert_eq!(names(&api, &reader, "?policy=no-metadata").await, Vec::<String>::new());
+    let r = api.as_token(&reader, Method::GET, "/v1/flows/graph?project=b", None).await;
+    assert_eq!(r.body["edges"][0]["egress"][0], told, "{}", r.body);
+    assert!(!r.body.to_string().contains("metadata"), "{}", r.body);
+}

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use weft_compiler::Compiler;
 use weft_model::Direction;
 use weft_model::flow::{
-    DnsQuestion, Flow, FlowCounters, FlowEndpoint, FlowGroup, FlowKind, FlowRule, SideDecision, Verdict,
+    DnsQuestion, Flow, FlowCounters, FlowEndpoint, FlowGroup, FlowKind, FlowRule, FlowTieredRule, SideDecision, Verdict,
 };
 use weft_proto::v1;
 use weft_store::flows::MinuteRow;
@@ -61,10 +61,23 @@ const RECORD_BYTES: usize = std::mem::size_of::<FlowRecord>() + 64;
 const MINUTE_MS: i64 = 60_000;
 
 /// What a rollup row is summed by: all but its counts.
-type RowKey = (uuid::Uuid, bool, Option<String>, i32, Option<i32>, bool, Option<Uuid>, Option<Uuid>, bool);
+type RowKey = (
+    uuid::Uuid,
+    bool,
+    Option<String>,
+    i32,
+    Option<i32>,
+    bool,
+    Option<Uuid>,
+    Option<Uuid>,
+    bool,
+    Option<Uuid>,
+    Option<i32>,
+);
 
 fn row_key(r: &MinuteRow) -> RowKey {
-    (r.port, r.ingress, r.remote.clone(), r.protocol, r.service, r.denied, r.grp, r.rule, r.isolated)
+    let rule = (r.grp, r.rule, r.isolated, r.policy, r.policy_rule);
+    (r.port, r.ingress, r.remote.clone(), r.protocol, r.service, r.denied, rule.0, rule.1, rule.2, rule.3, rule.4)
 }
 
 fn add(sum: &mut MinuteRow, r: &MinuteRow) {
@@ -105,6 +118,11 @@ fn rows(node: &str, w: &v1::FlowWindow, compiler: &Compiler, names: &Names) -> V
         row.grp = Uuid::parse_str(&a.group).ok();
         row.rule = Uuid::parse_str(&a.rule).ok();
         row.isolated = a.isolated;
+        if let Some(by) = a.tiered.as_ref().and_then(tiered_ref) {
+            row.policy = Some(by.policy);
+            row.policy_rule = Some(i32::from(by.rule));
+            row.tiered = Some(weft_store::flows::Json(by.named(compiler, a.ingress)));
+        }
         row.started = count(a.started);
         row.ended = count(a.ended);
         row.packets_sent = count(a.packets_sent);
@@ -134,6 +152,8 @@ struct Names {
     rules: HashMap<(Uuid, Uuid), (String, Option<String>)>,
     /// By (port, ingress): the groups that isolated it, joined by ", ".
     isolating: HashMap<(Uuid, bool), String>,
+    /// By (policy, ingress, rule): a tiered policy's rule.
+    tiered: HashMap<(Uuid, bool, u16), FlowTieredRule>,
 }
 
 /// Names kept at most, each way; past it they start again (a window rolled up then asks the
@@ -144,6 +164,20 @@ impl Names {
     /// Notes what decided `record` by the names its flow half gave it (no second lookup).
     fn note(&mut self, record: &FlowRecord, half: &Flow) {
         let side = |ingress: bool| if ingress { half.ingress.as_ref() } else { half.egress.as_ref() };
+        let tiered = match &record.what {
+            Observed::Connection(Connection { allowed_by: AllowedBy::Tiered(by), ingress, .. })
+            | Observed::Denied { tiered: Some(by), ingress, .. } => Some((by.policy, *ingress, by.rule)),
+            _ => None,
+        };
+        if let Some(key) = tiered {
+            if let Some(SideDecision::Tiered { rule }) = side(key.1) {
+                if self.tiered.len() >= NAMES_KEPT {
+                    self.tiered.clear();
+                }
+                self.tiered.insert(key, rule.clone());
+            }
+            return;
+        }
         match &record.what {
             Observed::Connection(c @ Connection { allowed_by: AllowedBy::Rule { group, rule }, .. }) => {
                 if let Some(SideDecision::Allowed { rule: r }) = side(c.ingress) {
@@ -183,6 +217,14 @@ fn isolating_names(compiler: &Compiler, port: Uuid, ingress: bool) -> String {
 /// came ([`Names`]), else as the compiler has it now. A past minute then says what decided
 /// then, whatever the policy became.
 fn named(compiler: &Compiler, names: &Names, row: &mut MinuteRow) {
+    if let (Some(policy), Some(rule)) = (row.policy, row.policy_rule.and_then(|r| u16::try_from(r).ok())) {
+        // Noted when its records came, else named as the compiler has it now (the row has
+        // the node's tier and action already).
+        if let Some(noted) = names.tiered.get(&(policy, row.ingress, rule)) {
+            row.tiered = Some(weft_store::flows::Json(noted.clone()));
+        }
+        return;
+    }
     if row.denied {
         let noted = names.isolating.get(&(row.port, row.ingress)).cloned();
         row.isolated_by = Some(noted.unwrap_or_else(|| isolating_names(compiler, row.port, row.ingress)));
@@ -214,8 +256,17 @@ pub struct FlowRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
-    /// A packet the port's policy dropped.
-    Denied { ingress: bool, src: IpAddr, dst: IpAddr, protocol: u8, ports: Option<(u16, u16)>, icmp: Option<(u8, u8)> },
+    /// A packet the port's policy dropped: its groups (they isolate it and no rule allows the
+    /// packet), or a tiered policy's deny rule (policy, rule).
+    Denied {
+        ingress: bool,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: u8,
+        ports: Option<(u16, u16)>,
+        icmp: Option<(u8, u8)>,
+        tiered: Option<TieredBy>,
+    },
     /// A DNS query the port sent (from its source port).
     Dns { server: IpAddr, name: String, qtype: u16, src_port: Option<u16> },
     /// A connection the port made (`ingress` false) or took, as it began or ended.
@@ -251,6 +302,38 @@ pub enum AllowedBy {
     /// The port is isolated, and its node cannot tell by which rule (the connection began
     /// before the port was isolated).
     Unknown,
+    /// A tiered policy's rule: accepted, or (baseline) passed.
+    Tiered(TieredBy),
+}
+
+/// A tiered policy's rule that decided, as the node's span had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TieredBy {
+    pub policy: Uuid,
+    pub rule: u16,
+    pub tier: weft_model::Tier,
+    pub action: weft_model::PolicyAction,
+}
+
+impl TieredBy {
+    /// What the node said decided, named as the compiler has the policy now: with its rule's
+    /// name when the rule is still in that place with that action, else by the policy's id
+    /// (and name, while it exists) and the rule's place, as enforced then.
+    fn named(&self, compiler: &Compiler, ingress: bool) -> FlowTieredRule {
+        let policy = compiler.cluster().cluster_policy(&self.policy);
+        let rule = policy.and_then(|p| {
+            let rules = if ingress { &p.ingress } else { &p.egress };
+            rules.get(usize::from(self.rule)).filter(|r| r.action == self.action && p.tier == self.tier)
+        });
+        FlowTieredRule {
+            tier: self.tier,
+            action: self.action,
+            policy: Some(self.policy),
+            policy_name: policy.map(|p| p.name.clone()),
+            rule: Some(self.rule),
+            rule_name: rule.map(|r| r.name.clone()),
+        }
+    }
 }
 
 /// The newest records, up to a capacity, and the nodes' windows of the last hour.
@@ -523,6 +606,16 @@ fn flow_rule(compiler: &Compiler, group: Uuid, rule: Uuid) -> SideDecision {
     }
 }
 
+/// A tiered rule as a record names it; None when malformed.
+fn tiered_ref(r: &v1::TieredRuleRef) -> Option<TieredBy> {
+    Some(TieredBy {
+        policy: Uuid::parse_str(&r.policy).ok()?,
+        rule: u16::try_from(r.rule).ok()?,
+        tier: weft_proto::parse_tier(r.tier)?,
+        action: weft_proto::parse_action(r.action)?,
+    })
+}
+
 /// The groups that isolate `port` one way: none of their rules allowed what it dropped.
 fn isolated_by(compiler: &Compiler, port: Uuid, ingress: bool) -> SideDecision {
     let cluster = compiler.cluster();
@@ -552,6 +645,7 @@ fn half(compiler: &Compiler, record: &FlowRecord) -> Option<Flow> {
                     AllowedBy::Open => SideDecision::Open,
                     AllowedBy::Rule { group, rule } => flow_rule(compiler, group, rule),
                     AllowedBy::Unknown => SideDecision::AllowedUnknown,
+                    AllowedBy::Tiered(by) => SideDecision::Tiered { rule: by.named(compiler, c.ingress) },
                 };
                 Flow {
                     kind: FlowKind::Connection,
@@ -565,19 +659,23 @@ fn half(compiler: &Compiler, record: &FlowRecord) -> Option<Flow> {
                     ..blank(compiler, record, c.src, c.dst, c.protocol, c.ports, c.icmp)
                 }
             }
-            Observed::Denied { ingress, src, dst, protocol, ports, icmp } => {
+            Observed::Denied { ingress, src, dst, protocol, ports, icmp, tiered } => {
                 let mut flow = Flow {
                     kind: FlowKind::Denied,
                     verdict: Verdict::Denied,
                     ..blank(compiler, record, *src, *dst, *protocol, *ports, *icmp)
                 };
+                let decision = match tiered {
+                    Some(by) => SideDecision::Tiered { rule: by.named(compiler, *ingress) },
+                    None => isolated_by(compiler, record.port, *ingress),
+                };
                 if *ingress {
-                    flow.ingress = Some(isolated_by(compiler, record.port, true));
+                    flow.ingress = Some(decision);
                     if flow.src.node.as_deref() == Some(record.node.as_str()) {
                         flow.egress = Some(SideDecision::AllowedUnknown);
                     }
                 } else {
-                    flow.egress = Some(isolated_by(compiler, record.port, false));
+                    flow.egress = Some(decision);
                 }
                 flow
             }
@@ -681,9 +779,13 @@ pub async fn write(
 fn connection(c: &v1::ConnectionRecord) -> Option<Connection> {
     let byte = |v: Option<u32>| v.map(u8::try_from).transpose().ok();
     let port = |v: Option<u32>| v.map(u16::try_from).transpose().ok();
-    let allowed_by = match (c.group.is_empty(), c.rule.is_empty(), c.isolated) {
-        (true, true, false) => AllowedBy::Open,
-        (true, true, true) => AllowedBy::Unknown,
+    let allowed_by = match (c.group.is_empty(), c.rule.is_empty(), c.isolated, &c.tiered) {
+        // A record that says a deny let it through is malformed.
+        (true, true, _, Some(t)) => {
+            AllowedBy::Tiered(tiered_ref(t).filter(|by| by.action != weft_model::PolicyAction::Deny)?)
+        }
+        (true, true, false, None) => AllowedBy::Open,
+        (true, true, true, None) => AllowedBy::Unknown,
         _ => AllowedBy::Rule { group: Uuid::parse_str(&c.group).ok()?, rule: Uuid::parse_str(&c.rule).ok()? },
     };
     Some(Connection {
@@ -711,6 +813,11 @@ fn denied(d: &v1::DeniedRecord) -> Option<Observed> {
         (Some(t), Some(c)) => Some((t, c)),
         _ => None,
     };
+    // A tiered drop is a deny rule's, or the record is malformed.
+    let tiered = match &d.tiered {
+        Some(t) => Some(tiered_ref(t).filter(|by| by.action == weft_model::PolicyAction::Deny)?),
+        None => None,
+    };
     Some(Observed::Denied {
         ingress: d.ingress,
         src: weft_proto::parse_address(&d.src).ok()?,
@@ -718,6 +825,7 @@ fn denied(d: &v1::DeniedRecord) -> Option<Observed> {
         protocol: u8::try_from(d.protocol).ok()?,
         ports,
         icmp,
+        tiered,
     })
 }
 

@@ -406,12 +406,7 @@ async fn the_route_table_streams_each_nodes_blocks_through_its_underlay(pool: Pg
     )
     .await;
     create(&store, Kind::Port, json!({"name": "pod-1", "project": "shop", "node": "node-1", "network": "pods"})).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
+    let mut client = agent_client(&control).await;
     let request = |node: &str| v1::RoutesRequest { node: node.into(), credential: credential.clone() };
     let mut tables = client.routes(request("node-1")).await.unwrap().into_inner();
     let expected = v1::Route {
@@ -466,6 +461,7 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
         icmp_type: None,
         icmp_code: None,
         at_ms: 1,
+        tiered: None,
     };
     let (group, rule) = (uuid::Uuid::from_u128(7), |s: &str| match s {
         "a" => uuid::Uuid::from_u128(8).to_string(),
@@ -521,12 +517,7 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
             ..Default::default()
         }],
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = weft_proto::v1::agent_client::AgentClient::new(channel);
+    let mut client = agent_client(&control).await;
     let receipt = client.flows(tokio_stream::iter(vec![report("node-1", &credential)])).await.unwrap().into_inner();
     assert_eq!((receipt.accepted, receipt.refused), (3, 5));
     // Written to the flow log as flows: none of their other halves comes (node-2 says
@@ -588,6 +579,129 @@ async fn a_nodes_flow_reports_are_kept_only_for_its_own_ports(pool: PgPool) {
     let ended = tokio::time::timeout(PATIENCE, held).await;
     assert!(ended.is_ok(), "the open stream ended with the controller");
     drop(open);
+}
+
+/// Flows a tiered cluster policy decided (DESIGN.md §10, §11): a drop of its deny rule and a
+/// connection its accept let through name the tier, the policy and the rule, as the live
+/// flows and as the minute's rollup; a record that says a deny let a connection through is
+/// refused.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_tiered_rules_drops_and_connections_name_its_tier_policy_and_rule(pool: PgPool) {
+    use weft_model::flow::{FlowKind, FlowTieredRule, SideDecision};
+    use weft_model::{PolicyAction, Tier};
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    create(
+        &store,
+        Kind::ClusterPolicy,
+        json!({"name": "guard", "tier": "admin", "priority": 5, "subject": {},
+               "egress": [{"name": "no-db", "action": "deny", "remotes": [{"type": "networks", "networks": ["10.0.0.2/32"]}]},
+                          {"name": "web-out", "action": "accept", "remotes": [{"type": "networks", "networks": ["0.0.0.0/0"]}]}]}),
+    )
+    .await;
+    let key = weft_store::ObjectKey::Name { project: None, name: "guard".into() };
+    let policy = store.get(Kind::ClusterPolicy, &key).await.unwrap().unwrap().id;
+    let key = weft_store::ObjectKey::Name { project: Some("shop".into()), name: "web-1".into() };
+    let web = store.get(Kind::Port, &key).await.unwrap().unwrap().id.to_string();
+    let credential = store.create_node("node-1").await.unwrap();
+    let control = start(&store).await;
+    status_until_loaded(&control).await;
+    let address = |s: &str| weft_proto::encode_address(&s.parse().unwrap());
+    let by = |rule: u32, action: PolicyAction| v1::TieredRuleRef {
+        policy: policy.to_string(),
+        rule,
+        tier: weft_proto::encode_tier(Tier::Admin),
+        action: weft_proto::encode_action(action),
+    };
+    let denied = v1::DeniedRecord {
+        port: web.clone(),
+        ingress: false,
+        src: address("10.0.0.1"),
+        dst: address("10.0.0.2"),
+        protocol: 6,
+        src_port: Some(40000),
+        dst_port: Some(5432),
+        at_ms: 1,
+        tiered: Some(by(0, PolicyAction::Deny)),
+        ..Default::default()
+    };
+    let connection = |rule, action| v1::ConnectionRecord {
+        port: web.clone(),
+        ingress: false,
+        src: address("10.0.0.1"),
+        dst: address("192.0.2.9"),
+        protocol: 6,
+        src_port: Some(40001),
+        dst_port: Some(443),
+        at_ms: 2,
+        tiered: Some(by(rule, action)),
+        ..Default::default()
+    };
+    let window = v1::FlowWindow {
+        start_ms: 15_000,
+        end_ms: 30_000,
+        closed: true,
+        aggregates: vec![v1::FlowAggregate {
+            port: web.clone(),
+            remote: address("10.0.0.2"),
+            protocol: 6,
+            service: Some(5432),
+            denied: true,
+            sampled: 1,
+            tiered: Some(by(0, PolicyAction::Deny)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let report = v1::FlowReport {
+        node: "node-1".into(),
+        credential,
+        denied: vec![denied],
+        connections: vec![connection(1, PolicyAction::Accept), connection(0, PolicyAction::Deny)],
+        windows: vec![window],
+        ..Default::default()
+    };
+    let mut client = agent_client(&control).await;
+    let receipt = client.flows(tokio_stream::iter(vec![report])).await.unwrap().into_inner();
+    assert_eq!((receipt.accepted, receipt.refused), (2, 1), "a deny that let a connection through is refused");
+    let rule = |rule: u16, name: &str, action| FlowTieredRule {
+        tier: Tier::Admin,
+        action,
+        policy: Some(policy),
+        policy_name: Some("guard".into()),
+        rule: Some(rule),
+        rule_name: Some(name.into()),
+    };
+    let written = weft_testkit::eventually("the records in the flow log", PATIENCE, async || {
+        let flows = store.flows(&weft_store::flows::FlowQuery { limit: 10, ..Default::default() }).await.unwrap();
+        if flows.len() >= 2 { Ok(flows) } else { Err(flows.len()) }
+    })
+    .await;
+    let dropped = written.iter().find(|f| f.kind == FlowKind::Denied).expect("the drop");
+    assert_eq!(dropped.egress, Some(SideDecision::Tiered { rule: rule(0, "no-db", PolicyAction::Deny) }));
+    assert_eq!(dropped.verdict, weft_model::flow::Verdict::Denied);
+    let allowed = written.iter().find(|f| f.kind == FlowKind::Connection).expect("the connection");
+    assert_eq!(allowed.egress, Some(SideDecision::Tiered { rule: rule(1, "web-out", PolicyAction::Accept) }));
+    let epoch = chrono::DateTime::from_timestamp_millis(0).unwrap();
+    let rolled = weft_testkit::eventually("the minute's rollup written", PATIENCE, async || {
+        let rows = store.flow_minutes(None, None, epoch, epoch + chrono::Duration::minutes(1)).await.unwrap();
+        if rows.is_empty() { Err("none yet") } else { Ok(rows) }
+    })
+    .await;
+    assert_eq!((rolled[0].policy, rolled[0].policy_rule, rolled[0].denied), (Some(policy), Some(0), true));
+    assert_eq!(rolled[0].tiered.as_ref().map(|t| t.0.clone()), Some(rule(0, "no-db", PolicyAction::Deny)));
+    assert_eq!(rolled[0].isolated_by, None, "no group isolated it");
+    tokio::time::timeout(PATIENCE, control.shutdown()).await.expect("the controller stopped");
+}
+
+/// A plain client of the controller's agent service.
+async fn agent_client(control: &Control) -> weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.local_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    weft_proto::v1::agent_client::AgentClient::new(channel)
 }
 
 /// Waits until the controller has loaded the configuration.

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::cluster_policy::{PolicyAction, Tier};
 use crate::rule::RuleOrigin;
 
 /// What was seen.
@@ -67,6 +68,53 @@ pub struct FlowRule {
     pub origin: Option<RuleOrigin>,
 }
 
+/// A tiered cluster policy's rule (DESIGN.md §11), as a flow names it: what it did, in which
+/// tier, and, to an admin, which policy and rule it was. A project's token is told the tier
+/// and the action only, as explain tells it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FlowTieredRule {
+    pub tier: Tier,
+    /// accept or deny, or pass (a baseline pass allows).
+    pub action: PolicyAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_name: Option<String>,
+    /// The rule's place among the policy's rules of the side's direction, from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
+}
+
+impl FlowTieredRule {
+    /// What a project's token is told of it: the tier and the action.
+    pub fn redacted(self) -> FlowTieredRule {
+        FlowTieredRule { policy: None, policy_name: None, rule: None, rule_name: None, ..self }
+    }
+
+    pub fn denies(&self) -> bool {
+        self.action == PolicyAction::Deny
+    }
+}
+
+impl std::fmt::Display for FlowTieredRule {
+    /// `admin policy no-metadata rule 0 (deny-metadata): deny`, or `admin policy: deny`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} policy", self.tier)?;
+        if let Some(name) = &self.policy_name {
+            write!(f, " {name}")?;
+        }
+        if let Some(rule) = self.rule {
+            write!(f, " rule {rule}")?;
+        }
+        if let Some(name) = self.rule_name.as_ref().filter(|n| !n.is_empty()) {
+            write!(f, " ({name})")?;
+        }
+        write!(f, ": {}", self.action)
+    }
+}
+
 /// A security group, as a flow names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowGroup {
@@ -88,6 +136,19 @@ pub enum SideDecision {
     AllowedUnknown,
     /// Dropped: the port is isolated this way by these groups, and none of their rules allows it.
     Denied { isolated_by: Vec<FlowGroup> },
+    /// A tiered cluster policy's rule decided: accepted, denied, or (baseline) passed.
+    Tiered { rule: FlowTieredRule },
+}
+
+impl SideDecision {
+    /// Whether it dropped the traffic.
+    pub fn denies(&self) -> bool {
+        match self {
+            SideDecision::Denied { .. } => true,
+            SideDecision::Tiered { rule } => rule.denies(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -218,34 +218,57 @@ fn policy(id: &Uuid, p: &CompiledPolicy) -> v1::Policy {
     let rules = |rules: &[CompiledTieredRule]| {
         rules
             .iter()
-            .map(|r| {
-                let mut out = v1::TieredRule {
-                    name: r.name.clone(),
-                    action: 0,
-                    matches: r.matches.iter().map(|m| rule_match(m.protocol, &m.l4, &m.remote)).collect(),
-                };
-                out.set_action(match r.action {
-                    PolicyAction::Accept => v1::PolicyAction::Accept,
-                    PolicyAction::Deny => v1::PolicyAction::Deny,
-                    PolicyAction::Pass => v1::PolicyAction::Pass,
-                });
-                out
+            .map(|r| v1::TieredRule {
+                name: r.name.clone(),
+                action: encode_action(r.action),
+                matches: r.matches.iter().map(|m| rule_match(m.protocol, &m.l4, &m.remote)).collect(),
             })
             .collect()
     };
-    let mut out = v1::Policy {
+    v1::Policy {
         id: id.to_string(),
         name: p.name.clone(),
-        tier: 0,
+        tier: encode_tier(p.tier),
         priority: p.priority,
         ingress: rules(&p.ingress),
         egress: rules(&p.egress),
-    };
-    out.set_tier(match p.tier {
+    }
+}
+
+/// A tier as the protocol's enum value.
+pub fn encode_tier(tier: Tier) -> i32 {
+    match tier {
         Tier::Admin => v1::PolicyTier::Admin,
         Tier::Baseline => v1::PolicyTier::Baseline,
-    });
-    out
+    }
+    .into()
+}
+
+/// The tier of an enum value; None for one this side does not know.
+pub fn parse_tier(value: i32) -> Option<Tier> {
+    match v1::PolicyTier::try_from(value).ok()? {
+        v1::PolicyTier::Admin => Some(Tier::Admin),
+        v1::PolicyTier::Baseline => Some(Tier::Baseline),
+    }
+}
+
+/// An action as the protocol's enum value.
+pub fn encode_action(action: PolicyAction) -> i32 {
+    match action {
+        PolicyAction::Accept => v1::PolicyAction::Accept,
+        PolicyAction::Deny => v1::PolicyAction::Deny,
+        PolicyAction::Pass => v1::PolicyAction::Pass,
+    }
+    .into()
+}
+
+/// The action of an enum value; None for one this side does not know.
+pub fn parse_action(value: i32) -> Option<PolicyAction> {
+    match v1::PolicyAction::try_from(value).ok()? {
+        v1::PolicyAction::Accept => Some(PolicyAction::Accept),
+        v1::PolicyAction::Deny => Some(PolicyAction::Deny),
+        v1::PolicyAction::Pass => Some(PolicyAction::Pass),
+    }
 }
 
 fn parse_policy(p: &v1::Policy) -> Result<(Uuid, CompiledPolicy), ConvertError> {
@@ -253,12 +276,8 @@ fn parse_policy(p: &v1::Policy) -> Result<(Uuid, CompiledPolicy), ConvertError> 
         rules
             .iter()
             .map(|r| {
-                let action = match v1::PolicyAction::try_from(r.action) {
-                    Ok(v1::PolicyAction::Accept) => PolicyAction::Accept,
-                    Ok(v1::PolicyAction::Deny) => PolicyAction::Deny,
-                    Ok(v1::PolicyAction::Pass) => PolicyAction::Pass,
-                    Err(_) => return Err(invalid("policy.rule.action", format!("unknown action {}", r.action))),
-                };
+                let action = parse_action(r.action)
+                    .ok_or_else(|| invalid("policy.rule.action", format!("unknown action {}", r.action)))?;
                 let matches = r
                     .matches
                     .iter()
@@ -268,11 +287,7 @@ fn parse_policy(p: &v1::Policy) -> Result<(Uuid, CompiledPolicy), ConvertError> 
             })
             .collect()
     };
-    let tier = match v1::PolicyTier::try_from(p.tier) {
-        Ok(v1::PolicyTier::Admin) => Tier::Admin,
-        Ok(v1::PolicyTier::Baseline) => Tier::Baseline,
-        Err(_) => return Err(invalid("policy.tier", format!("unknown tier {}", p.tier))),
-    };
+    let tier = parse_tier(p.tier).ok_or_else(|| invalid("policy.tier", format!("unknown tier {}", p.tier)))?;
     Ok((
         parse_uuid("policy.id", &p.id)?,
         CompiledPolicy {

@@ -3,8 +3,8 @@
 //! the retention.
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
-use weft_model::flow::{Flow, Verdict};
+pub use sqlx::types::Json;
+use weft_model::flow::{Flow, FlowTieredRule, Verdict};
 
 use crate::Store;
 use crate::error::Result;
@@ -142,6 +142,11 @@ pub struct MinuteRow {
     pub group_name: Option<String>,
     pub origin: Option<String>,
     pub isolated_by: Option<String>,
+    /// A tiered policy's rule that decided (migrations/0013): the policy, the rule's place, and
+    /// what the node enforced, by name as it was when the window was rolled up.
+    pub policy: Option<uuid::Uuid>,
+    pub policy_rule: Option<i32>,
+    pub tiered: Option<Json<FlowTieredRule>>,
 }
 
 impl MinuteRow {
@@ -173,6 +178,9 @@ impl MinuteRow {
             group_name: None,
             origin: None,
             isolated_by: None,
+            policy: None,
+            policy_rule: None,
+            tiered: None,
         }
     }
 }
@@ -191,17 +199,18 @@ impl Store {
             sqlx::query(
                 "INSERT INTO flow_minutes (minute, node, port, project, ingress, remote, remote_port, \
                  remote_project, protocol, service, denied, grp, rule, isolated, started, ended, packets_sent, \
-                 bytes_sent, packets_received, bytes_received, sampled, dropped, group_name, origin, isolated_by) \
+                 bytes_sent, packets_received, bytes_received, sampled, dropped, group_name, origin, isolated_by, \
+                 policy, policy_rule, tiered) \
                  SELECT $1, $2, port, project, ingress, remote::inet, remote_port, remote_project, protocol, service, \
                  denied, grp, rule, isolated, started, ended, packets_sent, bytes_sent, packets_received, \
-                 bytes_received, sampled, dropped, group_name, origin, isolated_by \
+                 bytes_received, sampled, dropped, group_name, origin, isolated_by, policy, policy_rule, tiered \
                  FROM UNNEST($3::uuid[], $4::text[], $5::bool[], $6::text[], $7::uuid[], $8::text[], $9::int[], \
                  $10::int[], $11::bool[], $12::uuid[], $13::uuid[], $14::bool[], $15::bigint[], $16::bigint[], \
                  $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], \
-                 $23::text[], $24::text[], $25::text[]) \
+                 $23::text[], $24::text[], $25::text[], $26::uuid[], $27::int[], $28::jsonb[]) \
                  AS t(port, project, ingress, remote, remote_port, remote_project, protocol, service, denied, grp, \
                  rule, isolated, started, ended, packets_sent, bytes_sent, packets_received, bytes_received, \
-                 sampled, dropped, group_name, origin, isolated_by)",
+                 sampled, dropped, group_name, origin, isolated_by, policy, policy_rule, tiered)",
             )
             .bind(minute)
             .bind(node)
@@ -228,6 +237,9 @@ impl Store {
             .bind(rows.iter().map(|r| r.group_name.clone()).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.origin.clone()).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.isolated_by.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.policy).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.policy_rule).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.tiered.clone()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         }
@@ -247,7 +259,8 @@ impl Store {
         let rows = sqlx::query_as(
             "SELECT minute, node, port, project, ingress, host(remote) AS remote, remote_port, remote_project, \
              protocol, service, denied, grp, rule, isolated, started, ended, packets_sent, bytes_sent, \
-             packets_received, bytes_received, sampled, dropped, group_name, origin, isolated_by FROM flow_minutes \
+             packets_received, bytes_received, sampled, dropped, group_name, origin, isolated_by, policy, \
+             policy_rule, tiered FROM flow_minutes \
              WHERE minute >= $1 AND minute < $2 \
              AND ($3::text IS NULL OR project = $3 OR remote_project = $3) \
              AND ($4::uuid IS NULL OR grp = $4) \

@@ -34,6 +34,9 @@ fn row(minute: chrono::DateTime<chrono::Utc>, project: &str, started: i64) -> Mi
         group_name: Some("db-in".into()),
         origin: Some("NetworkPolicy shop/db-in [0]".into()),
         isolated_by: None,
+        policy: None,
+        policy_rule: None,
+        tiered: None,
     }
 }
 
@@ -54,13 +57,31 @@ async fn a_nodes_minute_is_replaced_whole_and_read_by_project_and_group(pool: Pg
         port: uuid::Uuid::from_u128(5),
         ..row(minute, "shop", 0)
     };
-    store.replace_flow_minute(minute, "n1", &[row(minute, "shop", 5), denied.clone()]).await.unwrap();
+    // And a tiered policy's deny, named as it was.
+    let policy = uuid::Uuid::from_u128(8);
+    let tiered = MinuteRow {
+        port: uuid::Uuid::from_u128(6),
+        isolated: false,
+        policy: Some(policy),
+        policy_rule: Some(2),
+        tiered: Some(sqlx::types::Json(weft_model::flow::FlowTieredRule {
+            tier: weft_model::Tier::Admin,
+            action: weft_model::PolicyAction::Deny,
+            policy: Some(policy),
+            policy_name: Some("no-metadata".into()),
+            rule: Some(2),
+            rule_name: Some("metadata".into()),
+        })),
+        ..denied.clone()
+    };
+    let written = [row(minute, "shop", 5), denied.clone(), tiered.clone()];
+    store.replace_flow_minute(minute, "n1", &written).await.unwrap();
     let rows = store.flow_minutes(Some("shop"), None, minute, next).await.unwrap();
-    assert_eq!(rows, vec![row(minute, "shop", 5), denied], "replaced, not added");
-    assert_eq!(store.flow_minutes(Some("other"), None, minute, next).await.unwrap().len(), 2, "the remote's project");
+    assert_eq!(rows, written, "replaced, not added");
+    assert_eq!(store.flow_minutes(Some("other"), None, minute, next).await.unwrap().len(), 3, "the remote's project");
     assert!(store.flow_minutes(Some("third"), None, minute, next).await.unwrap().is_empty());
     let group = Some(uuid::Uuid::from_u128(3));
     assert_eq!(store.flow_minutes(None, group, minute, next).await.unwrap().len(), 1);
     assert!(store.flow_minutes(None, None, next, next + chrono::Duration::minutes(1)).await.unwrap().is_empty());
-    assert_eq!(store.prune_flow_minutes(next).await.unwrap(), 2);
+    assert_eq!(store.prune_flow_minutes(next).await.unwrap(), 3);
 }

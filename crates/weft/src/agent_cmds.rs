@@ -269,7 +269,7 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
             weft_agent::flows::follow(sample_netns.as_deref(), !no_dns_names, metrics, stopped_reader, |sample| {
                 match &sample {
                     weft_agent::flows::Sample::Denied(s) => tracing::debug!(
-                        port = %s.port, ingress = s.ingress, src = %s.packet.src, dst = %s.packet.dst,
+                        by = ?s.by, ingress = s.ingress, src = %s.packet.src, dst = %s.packet.dst,
                         protocol = s.packet.protocol, ports = ?s.packet.ports, icmp = ?s.packet.icmp, "denied"
                     ),
                     weft_agent::flows::Sample::Dns(q) => {

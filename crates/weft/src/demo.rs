@@ -181,6 +181,13 @@ impl Narrator {
     }
 }
 
+/// The last lines of a log, for an error that says why.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -301,13 +308,21 @@ async fn walk(stack: &mut Stack, n: &mut Narrator) -> anyhow::Result<()> {
     stack.server = Some(server);
     let url = format!("http://127.0.0.1:{rest}");
     stack.record.url = url.clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A first start initialises the private PostgreSQL (initdb, then pg_ctl's own wait of up
+    // to 60 s), which on a loaded machine has taken longer than a minute: the wait is long,
+    // and ends at once when the server exits, with what its log says.
+    let deadline = Instant::now() + Duration::from_secs(180);
     let anonymous = weft_client::Client::new(&url, None, None)?;
+    let log = dir.join("server.log");
     while !anonymous.ready().await.unwrap_or(false) {
+        if let Some(status) = stack.server.as_mut().and_then(|s| s.try_wait().ok().flatten()) {
+            anyhow::bail!("weft server exited ({status}) before it was ready; {}:\n{}", log.display(), log_tail(&log));
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "weft server did not become ready (see {})",
-            dir.join("server.log").display()
+            "weft server did not become ready within 180 s; {}:\n{}",
+            log.display(),
+            log_tail(&log)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -434,6 +434,7 @@ pub fn flow_line(f: &weft_model::flow::Flow) -> String {
                 let groups: Vec<String> = isolated_by.iter().map(|g| g.name.clone()).collect();
                 format!("{name}: isolated by {}", groups.join(", "))
             }
+            SideDecision::Tiered { rule } => format!("{name}: {rule}"),
         })
     };
     let decided: Vec<String> = [side("egress", &f.egress), side("ingress", &f.ingress)].into_iter().flatten().collect();

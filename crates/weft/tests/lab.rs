@@ -708,6 +708,31 @@ async fn cluster_network_policy_conformance_with_real_packets() {
         failures.len(),
         failures.join("\n")
     );
+    // What the tiers decided reaches `weft flows` (DESIGN.md §10): drops a deny rule sampled
+    // and connections an accept let through, each naming its tier, policy and rule.
+    let tiered = |f: &Value, action: &str| {
+        ["egress", "ingress"].iter().any(|side| {
+            let d = &f[side];
+            d["decision"] == "tiered"
+                && d["rule"]["action"] == action
+                && d["rule"]["rule"].is_u64()
+                && d["rule"]["policy_name"].as_str().is_some_and(|n| n.starts_with("k8s-"))
+        })
+    };
+    weft_testkit::eventually("tiered drops and accepts in weft flows", Duration::from_secs(20), async || {
+        let out = lab.server().weft(&["flows", "-o", "json", "--last", "2000"]);
+        assert!(out.status.success(), "weft flows: {}", String::from_utf8_lossy(&out.stderr));
+        let all: Vec<Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let denied = all.iter().any(|f| f["verdict"] == "denied" && tiered(f, "deny"));
+        let accepted = all.iter().any(|f| f["verdict"] == "allowed" && tiered(f, "accept"));
+        if denied && accepted {
+            Ok(())
+        } else {
+            Err(format!("{} flows; denied {denied}, accepted {accepted}", all.len()))
+        }
+    })
+    .await;
     let name = lab.name.clone();
     drop(lab);
     assert!(leftovers(&name).is_empty(), "weft lab down left {:?}", leftovers(&name));

@@ -67,6 +67,27 @@ async fn yelb(server: &Server, db_url: &str) {
         },
         weft_store::flows::MinuteRow { started: 30, ..row("yelb-ui", false, ("10.47.0.2", "yelb-appserver"), 6, 4567) },
         weft_store::flows::MinuteRow { started: 30, ..row("yelb-appserver", true, ("10.47.0.1", "yelb-ui"), 6, 4567) },
+        // The metadata service, which an admin's cluster policy denies (DESIGN.md §11).
+        weft_store::flows::MinuteRow {
+            remote: Some("169.254.169.254".into()),
+            remote_port: None,
+            remote_project: None,
+            protocol: 6,
+            service: Some(80),
+            denied: true,
+            sampled: 2,
+            policy: Some(uuid::Uuid::from_u128(9)),
+            policy_rule: Some(0),
+            tiered: Some(weft_store::flows::Json(weft_model::flow::FlowTieredRule {
+                tier: weft_model::Tier::Admin,
+                action: weft_model::PolicyAction::Deny,
+                policy: Some(uuid::Uuid::from_u128(9)),
+                policy_name: Some("no-metadata".into()),
+                rule: Some(0),
+                rule_name: Some("metadata".into()),
+            })),
+            ..weft_store::flows::MinuteRow::empty(minute, "n1", id("yelb-ui"), "k8s-default", false)
+        },
     ];
     store.replace_flow_minute(minute, "n1", &rows).await.unwrap();
 }
@@ -128,6 +149,15 @@ async fn the_page_shows_the_denied_and_the_allowed_edge_and_the_rule_behind_a_cl
         .unwrap();
     let said = ingress.text().await.unwrap();
     assert!(said.contains("DENIED: isolated by") && said.contains("np-yelb-db-in"), "{said}");
+    // The edge to the metadata service names the admin policy's rule that dropped it.
+    c.find(Locator::Css(&label("app=yelb-ui->outside"))).await.unwrap().click().await.unwrap();
+    let egress = c
+        .wait()
+        .for_element(Locator::Css(r#"[data-service="TCP/80"] [data-testid="egress"] [data-testid="decision"]"#))
+        .await
+        .unwrap();
+    let said = egress.text().await.unwrap();
+    assert!(said.contains("admin policy no-metadata rule 0 (metadata): DENIED"), "{said}");
     c.close().await.unwrap();
     drop(driver);
     drop(server);

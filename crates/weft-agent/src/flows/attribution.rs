@@ -17,7 +17,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 use weft_compiler::NodeSpan;
 use weft_compiler::eval::{self, Packet};
-use weft_model::Direction;
+use weft_model::{Direction, PolicyAction, Tier};
 
 use crate::nft::ConnectionTuple;
 
@@ -38,6 +38,8 @@ pub enum Decision {
     /// The port is isolated and none of its rules in force allows the connection: it began
     /// under rules that have changed since.
     Unknown,
+    /// A tiered cluster policy's rule accepted it (or, in the baseline tier, passed it).
+    Tiered { by: eval::TieredRuleRef, tier: Tier, action: PolicyAction },
 }
 
 /// A local port, and what decided its side of a connection.
@@ -77,9 +79,15 @@ impl Attribution {
             let decision = match eval::side(&self.span, port, direction, &packet) {
                 eval::Side::Open => Decision::Open,
                 eval::Side::Allowed { group, rule } => Decision::Rule(RuleRef { group, rule }),
-                // Named as not known until flow records carry a tiered rule (issue 22 adds it
-                // with kube-manager's part).
-                eval::Side::Denied | eval::Side::Refused | eval::Side::Tiered { .. } => Decision::Unknown,
+                eval::Side::Tiered { by, action: action @ (PolicyAction::Accept | PolicyAction::Pass) } => {
+                    let tier = self.span.policies.get(&by.policy).map_or(Tier::Admin, |p| p.tier);
+                    Decision::Tiered { by, tier, action }
+                }
+                // Conntrack confirmed it, so the rules it began under let it through: those in
+                // force would not (a deny, or no rule of an isolated port), and have changed.
+                eval::Side::Denied | eval::Side::Refused | eval::Side::Tiered { action: PolicyAction::Deny, .. } => {
+                    Decision::Unknown
+                }
             };
             Some((*id, decision))
         };
@@ -172,6 +180,48 @@ mod tests {
         assert_eq!(attribution.decide(&open), (None, Some((cache, Decision::Open))));
         // Neither side local: nothing to say.
         assert_eq!(attribution.decide(&tuple("192.0.2.9", "192.0.2.8", 6, Some(80), None)), (None, None));
+    }
+
+    #[test]
+    fn a_tiered_rule_that_accepted_or_passed_in_the_baseline_tier_decided_and_one_that_denies_is_not_known() {
+        use weft_compiler::compiled::{CompiledPolicy, CompiledTieredRule, TieredMatch};
+        let rule = |action, port: u16| CompiledTieredRule {
+            name: String::new(),
+            action,
+            matches: vec![TieredMatch {
+                protocol: Some(6),
+                l4: L4Match::Ranges(vec![(port, port)]),
+                remote: RemoteMatch::Any,
+            }],
+        };
+        let policy = |tier, egress| CompiledPolicy { name: "p".into(), tier, priority: 1, ingress: vec![], egress };
+        let (admin, baseline) = (Uuid::from_u128(71), Uuid::from_u128(72));
+        let mut span = span();
+        span.policies = Arc::new(
+            [
+                (
+                    admin,
+                    Arc::new(policy(Tier::Admin, vec![rule(PolicyAction::Deny, 22), rule(PolicyAction::Accept, 80)])),
+                ),
+                (baseline, Arc::new(policy(Tier::Baseline, vec![rule(PolicyAction::Pass, 443)]))),
+            ]
+            .into(),
+        );
+        // cache (open) has both policies.
+        let cache = Uuid::from_u128(104);
+        let mut port = span.ports[&cache].clone();
+        port.policies = Arc::new(vec![admin, baseline]);
+        span.ports.insert(cache, port);
+        let attribution = Attribution::of(Arc::new(span));
+        let from_cache = |dport| attribution.decide(&tuple("10.9.0.4", "192.0.2.9", 6, Some(dport), None)).0;
+        let tiered = |policy, tier, rule, action| {
+            Some((cache, Decision::Tiered { by: eval::TieredRuleRef { policy, rule }, tier, action }))
+        };
+        let (accept, pass) = (PolicyAction::Accept, PolicyAction::Pass);
+        assert_eq!(from_cache(80), tiered(admin, Tier::Admin, 1, accept), "the admin accept, its second egress rule");
+        assert_eq!(from_cache(443), tiered(baseline, Tier::Baseline, 0, pass), "a baseline pass allows");
+        assert_eq!(from_cache(22), Some((cache, Decision::Unknown)), "denied now: it began under other rules");
+        assert_eq!(from_cache(8080), Some((cache, Decision::Open)));
     }
 
     #[test]

@@ -32,6 +32,12 @@ struct Key {
     group: String,
     rule: String,
     isolated: bool,
+    /// A tiered policy's rule: (policy, rule, tier, action).
+    tiered: Option<(String, u32, i32, i32)>,
+}
+
+fn tiered_key(r: &Option<v1::TieredRuleRef>) -> Option<(String, u32, i32, i32)> {
+    r.as_ref().map(|t| (t.policy.clone(), t.rule, t.tier, t.action))
 }
 
 /// The windows of a node: the open one, the last closed ones, and those closed and not sent.
@@ -108,6 +114,7 @@ impl Windows {
                 group: c.group.clone(),
                 rule: c.rule.clone(),
                 isolated: c.isolated,
+                tiered: tiered_key(&c.tiered),
             };
             let at = self.open_at(c.at_ms);
             let Some(entry) = at.entry(key) else { continue };
@@ -134,10 +141,15 @@ impl Windows {
                 denied: true,
                 group: String::new(),
                 rule: String::new(),
-                isolated: true,
+                isolated: d.tiered.is_none(),
+                tiered: tiered_key(&d.tiered),
             };
             let at = self.open_at(d.at_ms);
-            at.drops.entry((d.port.clone(), d.ingress)).or_default().1 += 1;
+            // A port chain's drops are counted by its counter against its samples; a tiered
+            // rule's chain is shared by ports, its counter no port's.
+            if d.tiered.is_none() {
+                at.drops.entry((d.port.clone(), d.ingress)).or_default().1 += 1;
+            }
             if let Some(entry) = at.entry(key) {
                 entry.sampled += 1;
             }
@@ -212,6 +224,12 @@ impl Open {
                     group: k.group.clone(),
                     rule: k.rule.clone(),
                     isolated: k.isolated,
+                    tiered: k.tiered.as_ref().map(|(policy, rule, tier, action)| v1::TieredRuleRef {
+                        policy: policy.clone(),
+                        rule: *rule,
+                        tier: *tier,
+                        action: *action,
+                    }),
                     ..Default::default()
                 };
                 Some(e.insert(aggregate))

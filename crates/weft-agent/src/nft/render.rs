@@ -153,14 +153,34 @@ pub fn denied_prefix(port: Uuid, ingress: bool) -> String {
 /// The rule before a port chain's drop that samples what it drops. Apart from the drop:
 /// `limit` is a match, and in the drop rule it would let packets over the rate through.
 fn denied_sample(port: Uuid, dir: Dir) -> Vec<Stmt> {
+    sample_to(denied_prefix(port, dir == Dir::In))
+}
+
+fn sample_to(prefix: String) -> Vec<Stmt> {
     vec![
         Stmt::Limit { per_second: DENIED_SAMPLES_PER_SECOND, burst: DENIED_SAMPLES_BURST },
-        Stmt::Log {
-            group: DENIED_SAMPLES_GROUP,
-            prefix: denied_prefix(port, dir == Dir::In),
-            snaplen: DENIED_SAMPLE_BYTES,
-        },
+        Stmt::Log { group: DENIED_SAMPLES_GROUP, prefix, snaplen: DENIED_SAMPLE_BYTES },
     ]
+}
+
+/// What a tiered deny rule's samples start with; then `<i|e>:<a|b>:<policy id>:<rule>`.
+pub const TIERED_DENIED_PREFIX: &str = "weft:T:";
+
+/// The log prefix of a tiered deny rule's samples: `weft:T:<i|e>:<a|b>:<policy id>:<rule>`
+/// (the tier, admin or baseline; the rule by its place among the policy's rules of the
+/// direction). Policy chains are shared by ports, so the prefix cannot name the port: the
+/// agent's reader finds it by the packet's local address ([`crate::flows`]).
+pub fn tiered_denied_prefix(policy: Uuid, tier: Tier, ingress: bool, rule: usize) -> String {
+    let t = if tier == Tier::Admin { 'a' } else { 'b' };
+    format!("{TIERED_DENIED_PREFIX}{}:{t}:{}:{rule}", if ingress { 'i' } else { 'e' }, policy.simple())
+}
+
+/// The chain a tiered deny rule jumps to: it samples what it drops (at the rate a port chain
+/// does, per rule and direction), then drops. A chain of its own because `limit` is a match:
+/// in the rule that drops, it would let packets over the rate through.
+fn tiered_deny_chain(policy: Uuid, dir: Dir, rule: usize) -> String {
+    let d = if dir == Dir::In { 'i' } else { 'e' };
+    format!("td{d}-{}-{rule}", policy.simple())
 }
 
 /// The bit of the packet's mark an admin pass sets in one direction (DESIGN.md §11): the
@@ -443,11 +463,18 @@ fn render_policy(out: &mut Ruleset, id: Uuid, policy: &CompiledPolicy, sets: &Se
             continue;
         }
         let mut chain = Chain::default();
-        for rule in rules {
+        for (index, rule) in rules.iter().enumerate() {
             let bit = pass_bit(dir);
             let verdict = match (rule.action, policy.tier) {
                 (PolicyAction::Accept, _) | (PolicyAction::Pass, Tier::Baseline) => vec![Stmt::Counter, Stmt::Accept],
-                (PolicyAction::Deny, _) => vec![Stmt::Counter, Stmt::Drop],
+                (PolicyAction::Deny, _) => {
+                    let name = tiered_deny_chain(id, dir, index);
+                    let sample = sample_to(tiered_denied_prefix(id, policy.tier, dir == Dir::In, index));
+                    let drop = vec![Stmt::Counter, Stmt::Drop];
+                    out.chains
+                        .insert(name.clone(), Chain { hook: None, rules: vec![Rule::new(sample), Rule::new(drop)] });
+                    vec![Stmt::Jump(name)]
+                }
                 (PolicyAction::Pass, Tier::Admin) => {
                     vec![Stmt::Counter, Stmt::Mark { and: !bit, xor: bit }, Stmt::Return]
                 }

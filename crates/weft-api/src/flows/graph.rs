@@ -51,6 +51,10 @@ pub enum EdgeDecision {
     Denied {
         isolated_by: Vec<String>,
     },
+    /// A tiered cluster policy's rule; to a project's token, its tier and action only.
+    Tiered {
+        rule: weft_model::flow::FlowTieredRule,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -111,6 +115,9 @@ fn group_of(
 /// a row written without them, as the policy in force has it.
 fn decision(compiler: &Compiler, row: &MinuteRow) -> EdgeDecision {
     let cluster = compiler.cluster();
+    if let Some(rule) = &row.tiered {
+        return EdgeDecision::Tiered { rule: rule.0.clone() };
+    }
     if row.denied {
         if let Some(names) = &row.isolated_by {
             let isolated_by = names.split(", ").filter(|n| !n.is_empty()).map(str::to_string).collect();
@@ -212,6 +219,8 @@ pub fn build(
                 EdgeDecision::Denied { isolated_by: vec![] }
             }
             EdgeDecision::Allowed { .. } if redact && row.project != project => EdgeDecision::AllowedUnknown,
+            // Cluster policies are an admin's: a project's token is told tier and action.
+            EdgeDecision::Tiered { rule } if redact => EdgeDecision::Tiered { rule: rule.redacted() },
             d => d,
         };
         if row.ingress {

@@ -114,7 +114,7 @@ fn complete(f: &Flow) -> bool {
     if f.protocol == 17 && f.dst_port == Some(53) && !f.ended && f.dns.is_none() && f.src.port.is_some() {
         return false;
     }
-    let egress_denied = matches!(f.egress, Some(SideDecision::Denied { .. }));
+    let egress_denied = f.egress.as_ref().is_some_and(SideDecision::denies);
     let egress = f.src.port.is_none() || f.egress.is_some();
     let ingress = f.dst.port.is_none() || f.ingress.is_some() || egress_denied;
     egress && ingress
@@ -124,7 +124,7 @@ fn complete(f: &Flow) -> bool {
 /// pass), the DNS question, the counters, both nodes.
 fn merge(a: Flow, b: Flow) -> Flow {
     let side = |x: Option<SideDecision>, y: Option<SideDecision>| match (x, y) {
-        (Some(d @ SideDecision::Denied { .. }), _) | (_, Some(d @ SideDecision::Denied { .. })) => Some(d),
+        (Some(d), _) | (_, Some(d)) if d.denies() => Some(d),
         (Some(SideDecision::AllowedUnknown), Some(other)) | (Some(other), _) => Some(other),
         (None, other) => other,
     };
