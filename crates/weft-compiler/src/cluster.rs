@@ -315,8 +315,9 @@ impl<'a> PolicyChooser<'a> {
 /// ([`PolicyOrder::of_project`]).
 #[derive(Debug, Default)]
 pub(crate) struct PolicyOrder {
-    /// (policy, its project selector's index, its ports selector).
-    policies: Vec<(Uuid, usize, weft_model::LabelSelector)>,
+    /// (policy, its project selector's index, its ports selector: shared with every project's
+    /// choice, which would otherwise copy it for each project it may select).
+    policies: Vec<(Uuid, usize, std::sync::Arc<weft_model::LabelSelector>)>,
     selectors: Vec<weft_model::LabelSelector>,
 }
 
@@ -324,7 +325,7 @@ pub(crate) struct PolicyOrder {
 /// whether they select every port of it (then its classes share one list).
 #[derive(Debug)]
 pub(crate) struct ProjectChoice {
-    pub(crate) candidates: Vec<(Uuid, weft_model::LabelSelector)>,
+    pub(crate) candidates: Vec<(Uuid, std::sync::Arc<weft_model::LabelSelector>)>,
     pub(crate) every_port: bool,
 }
 
@@ -332,7 +333,11 @@ impl PolicyOrder {
     pub(crate) fn of(cluster: &Cluster) -> PolicyOrder {
         let chooser = cluster.policy_chooser();
         PolicyOrder {
-            policies: chooser.policies.iter().map(|(id, s, ports)| (*id, *s, (*ports).clone())).collect(),
+            policies: chooser
+                .policies
+                .iter()
+                .map(|(id, s, ports)| (*id, *s, std::sync::Arc::new((*ports).clone())))
+                .collect(),
             selectors: chooser.selectors.iter().map(|s| (*s).clone()).collect(),
         }
     }
@@ -345,8 +350,12 @@ impl PolicyOrder {
         let no_labels = Labels::new();
         let labels = cluster.project_by_name(project).map_or(&no_labels, |p| &p.labels);
         let matched: Vec<bool> = self.selectors.iter().map(|s| s.matches(labels)).collect();
-        let candidates: Vec<(Uuid, weft_model::LabelSelector)> =
-            self.policies.iter().filter(|(_, s, _)| matched[*s]).map(|(id, _, ports)| (*id, ports.clone())).collect();
+        let candidates: Vec<(Uuid, std::sync::Arc<weft_model::LabelSelector>)> = self
+            .policies
+            .iter()
+            .filter(|(_, s, _)| matched[*s])
+            .map(|(id, _, ports)| (*id, std::sync::Arc::clone(ports)))
+            .collect();
         let every_port = candidates.iter().all(|(_, ports)| ports.is_empty());
         ProjectChoice { candidates, every_port }
     }

@@ -233,8 +233,26 @@ pub struct PortPolicy {
     pub policies: Arc<Vec<Uuid>>,
 }
 
+/// A port's tiered policies in the order they decide, shared by the ports that have the same.
+pub type PolicyList = Arc<Vec<Uuid>>;
+
 fn no_policies(policies: &Arc<Vec<Uuid>>) -> bool {
     policies.is_empty()
+}
+
+impl PortPolicy {
+    /// Whether `other` is this port with another list of tiered policies at most.
+    pub fn same_but_policies(&self, other: &PortPolicy) -> bool {
+        self.project == other.project
+            && self.name == other.name
+            && self.addresses == other.addresses
+            && self.refused_addresses == other.refused_addresses
+            && self.interface == other.interface
+            && self.instance == other.instance
+            && self.named_ports == other.named_ports
+            && self.ingress == other.ingress
+            && self.egress == other.egress
+    }
 }
 
 /// Everything one node needs, and nothing else. Groups and sets are shared between the spans

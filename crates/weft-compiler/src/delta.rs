@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::compiled::{AddressSet, CompiledGroup, CompiledPolicy, NodeSpan, PortPolicy, SetId, SetMembers};
+use crate::compiled::{AddressSet, CompiledGroup, CompiledPolicy, NodeSpan, PolicyList, PortPolicy, SetId, SetMembers};
 
 /// Members added to and removed from one set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,11 @@ pub struct SpanDelta {
     pub policies_upserted: BTreeMap<Uuid, Arc<CompiledPolicy>>,
     #[serde(default)]
     pub policies_removed: BTreeSet<Uuid>,
+    /// Every port of the node whose list of tiered policies is the first of a pair, and that
+    /// is not upserted, has the second instead: a policy added or reordered changes the lists
+    /// of thousands of ports and nothing else of them, and they share a few lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists_replaced: Vec<(PolicyList, PolicyList)>,
 }
 
 impl SpanDelta {
@@ -170,6 +175,16 @@ pub fn diff(old: &NodeSpan, new: &NodeSpan) -> SpanDelta {
 impl NodeSpan {
     /// Applies a delta, as an agent does.
     pub fn apply(&mut self, d: &SpanDelta) {
+        if !d.lists_replaced.is_empty() {
+            for (id, port) in self.ports.iter_mut() {
+                if d.ports_upserted.contains_key(id) {
+                    continue;
+                }
+                if let Some((_, to)) = d.lists_replaced.iter().find(|(from, _)| *from == port.policies) {
+                    port.policies = Arc::clone(to);
+                }
+            }
+        }
         for id in &d.ports_removed {
             self.ports.remove(id);
         }

@@ -2,7 +2,7 @@
 //! snapshot, DeltaEncoder) and what the agent reads (from_proto). A round trip gives back
 //! exactly what went in (tested).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -91,6 +91,35 @@ fn parse_isolation(i: Option<&v1::Isolation>) -> Result<Isolation, ConvertError>
     }
 }
 
+/// The policy lists of one message being built: each distinct list (by its shared `Arc`) once
+/// in the message's `policy_lists`, named by a number from 1.
+#[derive(Debug, Default)]
+struct Lists {
+    numbers: HashMap<*const Vec<Uuid>, u32>,
+}
+
+impl Lists {
+    /// `p` as the message `into` has it: its list named, the list put in the message's table
+    /// the first time.
+    fn port(&mut self, into: &mut v1::SpanDelta, id: &Uuid, p: &PortPolicy) -> v1::PortPolicy {
+        let mut out = port(id, p);
+        if !p.policies.is_empty() {
+            out.policy_list = self.number(into, &p.policies);
+        }
+        out
+    }
+
+    /// The number of `list` in the message `into`, put in its table the first time.
+    fn number(&mut self, into: &mut v1::SpanDelta, list: &Arc<Vec<Uuid>>) -> u32 {
+        let next = self.numbers.len() as u32 + 1;
+        *self.numbers.entry(Arc::as_ptr(list)).or_insert_with(|| {
+            into.policy_lists.push(v1::PolicyList { id: next, policies: list.iter().map(Uuid::to_string).collect() });
+            next
+        })
+    }
+}
+
+/// A port without its list of policies ([`Lists::port`] names it).
 fn port(id: &Uuid, p: &PortPolicy) -> v1::PortPolicy {
     v1::PortPolicy {
         id: id.to_string(),
@@ -110,11 +139,30 @@ fn port(id: &Uuid, p: &PortPolicy) -> v1::PortPolicy {
             .collect(),
         ingress: Some(isolation(&p.ingress)),
         egress: Some(isolation(&p.egress)),
-        policies: p.policies.iter().map(Uuid::to_string).collect(),
+        policies: Vec::new(),
+        policy_list: 0,
     }
 }
 
-fn parse_port(p: &v1::PortPolicy) -> Result<(Uuid, PortPolicy), ConvertError> {
+/// The policy lists of a message, by the number its ports name them with: each parsed once
+/// and shared by its ports.
+fn parse_lists(d: &v1::SpanDelta) -> Result<HashMap<u32, Arc<Vec<Uuid>>>, ConvertError> {
+    d.policy_lists
+        .iter()
+        .map(|l| {
+            let ids = l.policies.iter().map(|id| parse_uuid("policy_lists.policies", id)).collect::<Result<_, _>>()?;
+            Ok((l.id, Arc::new(ids)))
+        })
+        .collect()
+}
+
+fn parse_port(p: &v1::PortPolicy, lists: &HashMap<u32, Arc<Vec<Uuid>>>) -> Result<(Uuid, PortPolicy), ConvertError> {
+    let policies = match p.policy_list {
+        0 => Arc::new(p.policies.iter().map(|id| parse_uuid("port.policies", id)).collect::<Result<_, _>>()?),
+        n => {
+            Arc::clone(lists.get(&n).ok_or_else(|| invalid("port.policy_list", format!("no list {n} in the message")))?)
+        }
+    };
     let named_ports: BTreeMap<String, NamedPort> = p
         .named_ports
         .iter()
@@ -136,7 +184,7 @@ fn parse_port(p: &v1::PortPolicy) -> Result<(Uuid, PortPolicy), ConvertError> {
             named_ports: Arc::new(named_ports),
             ingress: parse_isolation(p.ingress.as_ref())?,
             egress: parse_isolation(p.egress.as_ref())?,
-            policies: Arc::new(p.policies.iter().map(|id| parse_uuid("port.policies", id)).collect::<Result<_, _>>()?),
+            policies,
         },
     ))
 }
@@ -383,8 +431,7 @@ fn parse_set_change(c: &v1::SetChange) -> Result<(SetId, MemberDelta), ConvertEr
 
 /// A span delta as the protocol carries it.
 pub fn to_proto(d: &SpanDelta) -> v1::SpanDelta {
-    v1::SpanDelta {
-        ports_upserted: d.ports_upserted.iter().map(|(id, p)| port(id, p)).collect(),
+    let mut out = v1::SpanDelta {
         ports_removed: d.ports_removed.iter().map(Uuid::to_string).collect(),
         groups_upserted: d.groups_upserted.iter().map(|(id, g)| group(id, g)).collect(),
         groups_removed: d.groups_removed.iter().map(Uuid::to_string).collect(),
@@ -393,15 +440,27 @@ pub fn to_proto(d: &SpanDelta) -> v1::SpanDelta {
         sets_dropped: d.sets_dropped.iter().map(SetId::to_string).collect(),
         policies_upserted: d.policies_upserted.iter().map(|(id, p)| policy(id, p)).collect(),
         policies_removed: d.policies_removed.iter().map(Uuid::to_string).collect(),
+        ..Default::default()
+    };
+    let mut lists = Lists::default();
+    for (id, p) in &d.ports_upserted {
+        let port = lists.port(&mut out, id, p);
+        out.ports_upserted.push(port);
     }
+    for (from, to) in &d.lists_replaced {
+        let replacement = v1::ListReplacement { from: lists.number(&mut out, from), to: lists.number(&mut out, to) };
+        out.lists_replaced.push(replacement);
+    }
+    out
 }
 
 /// A span delta read from the protocol. A set changed twice in one delta (a snapshot split
 /// across messages adds members in parts) has its changes merged.
 pub fn from_proto(d: &v1::SpanDelta) -> Result<SpanDelta, ConvertError> {
     let mut out = SpanDelta::default();
+    let lists = parse_lists(d)?;
     for p in &d.ports_upserted {
-        let (id, policy) = parse_port(p)?;
+        let (id, policy) = parse_port(p, &lists)?;
         out.ports_upserted.insert(id, policy);
     }
     for id in &d.ports_removed {
@@ -445,6 +504,11 @@ pub fn from_proto(d: &v1::SpanDelta) -> Result<SpanDelta, ConvertError> {
     for id in &d.policies_removed {
         out.policies_removed.insert(parse_uuid("policies_removed", id)?);
     }
+    let list =
+        |n: u32| lists.get(&n).cloned().ok_or_else(|| invalid("lists_replaced", format!("no list {n} in the message")));
+    for r in &d.lists_replaced {
+        out.lists_replaced.push((list(r.from)?, list(r.to)?));
+    }
     Ok(out)
 }
 
@@ -465,7 +529,10 @@ pub fn snapshot_with(revision: i64, span: &NodeSpan, max_bytes: usize, mut emit:
     let mut held: Option<v1::ControllerMessage> = None;
     let mut current = v1::SpanDelta::default();
     // A message is emitted once the next exists, so that the last can be marked `last`.
-    let mut flush = |current: &mut v1::SpanDelta, held: &mut Option<v1::ControllerMessage>| {
+    // Each message its own table of lists.
+    let mut lists = Lists::default();
+    let mut flush = |current: &mut v1::SpanDelta, held: &mut Option<v1::ControllerMessage>, lists: &mut Lists| {
+        *lists = Lists::default();
         let delta = std::mem::take(current);
         let message = v1::ControllerMessage { revision, snapshot: first, last: false, delta: Some(delta) };
         first = false;
@@ -475,21 +542,22 @@ pub fn snapshot_with(revision: i64, span: &NodeSpan, max_bytes: usize, mut emit:
     };
     let full = |current: &v1::SpanDelta| current.encoded_len() >= max_bytes;
     for (id, p) in &span.ports {
-        current.ports_upserted.push(port(id, p));
+        let p = lists.port(&mut current, id, p);
+        current.ports_upserted.push(p);
         if full(&current) {
-            flush(&mut current, &mut held);
+            flush(&mut current, &mut held, &mut lists);
         }
     }
     for (id, g) in span.groups.iter() {
         current.groups_upserted.push(group(id, g));
         if full(&current) {
-            flush(&mut current, &mut held);
+            flush(&mut current, &mut held, &mut lists);
         }
     }
     for (id, p) in span.policies.iter() {
         current.policies_upserted.push(policy(id, p));
         if full(&current) {
-            flush(&mut current, &mut held);
+            flush(&mut current, &mut held, &mut lists);
         }
     }
     for (id, s) in span.sets.iter() {
@@ -499,7 +567,7 @@ pub fn snapshot_with(revision: i64, span: &NodeSpan, max_bytes: usize, mut emit:
         let first_part = parts.next().unwrap_or_else(|| s.members.clone());
         current.sets_defined.push(set(id, &AddressSet { definition: s.definition.clone(), members: first_part }));
         if full(&current) {
-            flush(&mut current, &mut held);
+            flush(&mut current, &mut held, &mut lists);
         }
         for part in parts {
             let added = match part {
@@ -508,10 +576,10 @@ pub fn snapshot_with(revision: i64, span: &NodeSpan, max_bytes: usize, mut emit:
                 SetMembers::Pairs(p) => MemberDelta { added_pairs: p, ..MemberDelta::default() },
             };
             current.sets_changed.push(set_change(id, &added));
-            flush(&mut current, &mut held);
+            flush(&mut current, &mut held, &mut lists);
         }
     }
-    flush(&mut current, &mut held);
+    flush(&mut current, &mut held, &mut lists);
     if let Some(mut last) = held {
         last.last = true;
         emit(last);

@@ -150,8 +150,31 @@ fn tiered_policies_round_trip_in_snapshots_and_deltas() {
     assert_eq!(delta.policies_upserted.len(), 1, "{delta:?}");
     let encoded = prost::Message::encode_to_vec(encoder.for_node("node-1").unwrap());
     let message = v1::ControllerMessage::decode(encoded.as_slice()).unwrap();
-    let received = from_proto(&message.delta.unwrap_or_default()).unwrap();
+    let proto = message.delta.unwrap_or_default();
+    // Every port's list changed, and nothing else of them: one replacement of the old list
+    // by the new, not a port each.
+    assert!(proto.ports_upserted.is_empty(), "{proto:?}");
+    assert_eq!((proto.lists_replaced.len(), proto.policy_lists.len()), (1, 2), "{proto:?}");
+    let received = from_proto(&proto).unwrap();
     assert_eq!(received, delta);
+    // A replacement naming a list the message does not hold is refused.
+    let mut unlisted = proto.clone();
+    unlisted.policy_lists.clear();
+    assert!(from_proto(&unlisted).is_err());
+    // And a port whose list changed with something else is sent whole, naming its list in
+    // the message's table.
+    let mut moved = compiler.cluster().port(&synthetic::pod_id(0)).cloned().unwrap();
+    moved.labels.insert("x".into(), "y".into());
+    let mut again = policy("c", "admin", 3);
+    again.subject = serde_json::from_value(serde_json::json!({"ports": {"matchLabels": {"x": "y"}}})).unwrap();
+    let node = moved.node.clone().unwrap();
+    let deltas = compiler.apply(4, [Change::UpsertPort(moved), Change::UpsertClusterPolicy(again)]);
+    let encoded = prost::Message::encode_to_vec(DeltaEncoder::new(&deltas).for_node(&node).unwrap());
+    let proto = v1::ControllerMessage::decode(encoded.as_slice()).unwrap().delta.unwrap_or_default();
+    assert_eq!(proto.ports_upserted.len(), 1, "{proto:?}");
+    let named = proto.ports_upserted[0].policy_list;
+    assert!(proto.policy_lists.iter().any(|l| l.id == named && l.policies.len() == 3), "{proto:?}");
+    assert_eq!(from_proto(&proto).unwrap(), deltas.for_node(&node));
     let mut applied = span.clone();
     applied.apply(&received);
     assert_eq!(applied, compiler.span("node-1"));

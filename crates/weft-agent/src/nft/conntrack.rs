@@ -32,8 +32,10 @@ pub fn may_revoke(delta: &SpanDelta, new: &NodeSpan) -> bool {
                 || (!(m.added_addresses.is_empty() && m.added_prefixes.is_empty() && m.added_pairs.is_empty())
                     && restricts(new, id))
         })
-        // A port that changes may have become isolated; a removed one has no policy to keep.
+        // A port that changes may have become isolated; a removed one has no policy to keep;
+        // a new list of tiered policies may deny what the old one let through.
         || !delta.ports_upserted.is_empty()
+        || !delta.lists_replaced.is_empty()
 }
 
 /// Whether a deny or pass rule of the span's tiered policies names the set.

@@ -87,6 +87,10 @@ pub fn delta_commands(old: &NodeSpan, new: &NodeSpan, delta: &SpanDelta) -> Vec<
     touched.groups.extend(delta.groups_upserted.keys().chain(&delta.groups_removed));
     touched.policies.extend(delta.policies_upserted.keys().chain(&delta.policies_removed));
     touched.ports.extend(delta.ports_upserted.keys().chain(&delta.ports_removed));
+    if !delta.lists_replaced.is_empty() {
+        let replaced = |p: &weft_compiler::PortPolicy| delta.lists_replaced.iter().any(|(from, _)| *from == p.policies);
+        touched.ports.extend(old.ports.iter().filter(|(_, p)| replaced(p)).map(|(id, _)| *id));
+    }
     touched.sets.extend(delta.sets_defined.keys().chain(&delta.sets_dropped));
     // Rules follow their sets' shapes (named per family, or inlined): a set arriving, leaving,
     // or gaining its first (losing its last) member of a family re-renders the rules using it.
