@@ -510,7 +510,13 @@ fn tier_list_chain(tier: Tier, dir: Dir, list: &[Uuid]) -> String {
 /// clears the bit before and after, so none is left on a packet; the baseline one asks its
 /// policies in order (a pass there accepts).
 fn render_tier_lists(out: &mut Ruleset, span: &NodeSpan) {
+    // Ports share their lists: each distinct one is looked at once (a delta renders these on
+    // both sides whenever a port changes, and 500 ports of one list cost a member join 10 ms).
+    let mut seen = std::collections::HashSet::new();
     for port in span.ports.values() {
+        if !seen.insert(std::sync::Arc::as_ptr(&port.policies)) {
+            continue;
+        }
         for dir in [Dir::In, Dir::Out] {
             let (admin, baseline) = port_tiers(port, dir, &span.policies);
             if !admin.is_empty() {
@@ -559,13 +565,6 @@ fn port_tiers(port: &PortPolicy, dir: Dir, policies: &Policies) -> (Vec<Uuid>, V
         }
     }
     (admin, baseline)
-}
-
-/// Whether a port has a chain in a direction (and its addresses a dispatch entry to it): when a
-/// group isolates it, or a baseline policy with rules that way selects it.
-fn has_port_chain(port: &PortPolicy, dir: Dir, policies: &Policies) -> bool {
-    let isolation = if dir == Dir::In { &port.ingress } else { &port.egress };
-    matches!(isolation, Isolation::Isolated(_)) || !port_tiers(port, dir, policies).1.is_empty()
 }
 
 /// Fewer groups than this (per half) render on one thread: a thread costs more than they do.
@@ -889,6 +888,9 @@ fn render_port_globals(out: &mut Ruleset, span: &NodeSpan) {
         }
     }
     let refused = crate::datapath::refused_interfaces(span);
+    // By (list, ingress): whether its baseline tier has policies, and its admin tier's chain.
+    type Tiers = std::collections::HashMap<(*const Vec<Uuid>, bool), (bool, Option<String>)>;
+    let mut tiers = Tiers::new();
     for (id, port) in &span.ports {
         let iface = port.interface.clone();
         // A refused interface is not bound: traffic through it is not taken as the port's
@@ -911,16 +913,26 @@ fn render_port_globals(out: &mut Ruleset, span: &NodeSpan) {
                 s.elements.insert(Element::IfaceAddr(iface.clone(), *addr));
             }
             for dir in [Dir::In, Dir::Out] {
-                if has_port_chain(port, dir, &span.policies)
+                // Ports share their lists: each distinct one's tiers once (see render_tier_lists).
+                let (baseline, admin) = tiers
+                    .entry((std::sync::Arc::as_ptr(&port.policies), dir == Dir::In))
+                    .or_insert_with(|| {
+                        let (admin, baseline) = port_tiers(port, dir, &span.policies);
+                        (!baseline.is_empty(), (!admin.is_empty()).then(|| tier_list_chain(Tier::Admin, dir, &admin)))
+                    })
+                    .clone();
+                // A port has a chain that way (and its addresses a dispatch entry to it) when a
+                // group isolates it, or a baseline policy with rules that way selects it.
+                let isolation = if dir == Dir::In { &port.ingress } else { &port.egress };
+                if (baseline || matches!(isolation, Isolation::Isolated(_)))
                     && let Some(s) = out.sets.get_mut(&dispatch_map(dir, v6))
                 {
                     s.elements.insert(Element::Jump(*addr, port_chain(*id, dir)));
                 }
-                let (admin, _) = port_tiers(port, dir, &span.policies);
-                if !admin.is_empty()
+                if let Some(chain) = admin
                     && let Some(s) = out.sets.get_mut(&admin_map(dir, v6))
                 {
-                    s.elements.insert(Element::Jump(*addr, tier_list_chain(Tier::Admin, dir, &admin)));
+                    s.elements.insert(Element::Jump(*addr, chain));
                 }
             }
             for (name, np) in port.named_ports.iter() {
