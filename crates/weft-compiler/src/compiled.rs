@@ -241,17 +241,31 @@ fn no_policies(policies: &Arc<Vec<Uuid>>) -> bool {
 }
 
 impl PortPolicy {
-    /// Whether `other` is this port with another list of tiered policies at most.
+    /// Whether `other` is this port with another list of tiered policies at most. Every field
+    /// is named (a field added to the port must be added here, or this does not compile): a
+    /// change this missed would reach agents as a list replaced, and the rest of it not at all.
     pub fn same_but_policies(&self, other: &PortPolicy) -> bool {
-        self.project == other.project
-            && self.name == other.name
-            && self.addresses == other.addresses
-            && self.refused_addresses == other.refused_addresses
-            && self.interface == other.interface
-            && self.instance == other.instance
-            && self.named_ports == other.named_ports
-            && self.ingress == other.ingress
-            && self.egress == other.egress
+        let PortPolicy {
+            project,
+            name,
+            addresses,
+            refused_addresses,
+            interface,
+            instance,
+            named_ports,
+            ingress,
+            egress,
+            policies: _,
+        } = self;
+        *project == other.project
+            && *name == other.name
+            && *addresses == other.addresses
+            && *refused_addresses == other.refused_addresses
+            && *interface == other.interface
+            && *instance == other.instance
+            && *named_ports == other.named_ports
+            && *ingress == other.ingress
+            && *egress == other.egress
     }
 }
 

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use weft_model::{Direction, LabelSelector, Labels, NamedPort, ObjectRef, Port, Project, SecurityGroup};
 
 use crate::cidr;
-use crate::cluster::{Change, Cluster, Dangling, PolicyOrder, ProjectChoice};
+use crate::cluster::{Change, Cluster, Dangling, PolicyLists};
 use crate::compile::{Compiled, compile_group, compile_policy, isolation};
 use crate::compiled::{
     AddressSet, CompiledGroup, CompiledPolicy, Isolation, NodeSpan, PortPolicy, Selection, SetDefinition, SetId,
@@ -156,38 +156,6 @@ struct Touched {
     policies: BTreeMap<Uuid, Option<Arc<CompiledPolicy>>>,
 }
 
-/// The caches that choose a port's tiered policies, borrowed apart from the rest of the
-/// compiler (a class's project and labels are read while they are filled).
-struct PolicyCaches<'a> {
-    order: &'a mut Option<PolicyOrder>,
-    choices: &'a mut FastMap<String, Arc<ProjectChoice>>,
-    lists: &'a mut FastMap<Vec<Uuid>, Arc<Vec<Uuid>>>,
-}
-
-impl PolicyCaches<'_> {
-    fn list(&mut self, cluster: &Cluster, project: &str, labels: &Labels) -> Arc<Vec<Uuid>> {
-        let order = self.order.get_or_insert_with(|| PolicyOrder::of(cluster));
-        if order.is_empty() {
-            return Arc::clone(self.lists.entry(Vec::new()).or_default());
-        }
-        let choice = match self.choices.get(project) {
-            Some(choice) => Arc::clone(choice),
-            None => {
-                let choice = Arc::new(order.of_project(cluster, project));
-                self.choices.insert(project.to_string(), Arc::clone(&choice));
-                choice
-            }
-        };
-        let list: Vec<Uuid> = choice
-            .candidates
-            .iter()
-            .filter(|(_, ports)| choice.every_port || ports.matches(labels))
-            .map(|(id, _)| *id)
-            .collect();
-        Arc::clone(self.lists.entry(list).or_insert_with_key(|list| Arc::new(list.clone())))
-    }
-}
-
 #[derive(Debug)]
 pub struct Compiler {
     cluster: Cluster,
@@ -204,11 +172,8 @@ pub struct Compiler {
     /// The classes each tiered policy selects.
     policy_classes: FastMap<Uuid, BTreeSet<ClassId>>,
     /// What choosing a class's tiered policies reads, kept until a policy changes (a project's
-    /// choice, until its labels do): the policies in order, each project's candidates, and
-    /// each distinct list once (the classes of a project share theirs).
-    policy_order: Option<PolicyOrder>,
-    policy_choices: FastMap<String, Arc<ProjectChoice>>,
-    policy_lists: FastMap<Vec<Uuid>, Arc<Vec<Uuid>>>,
+    /// choice, until its labels do).
+    policy_lists: PolicyLists,
     /// Loading changed policies whose classes are brought up to date at the end.
     policies_unsettled: bool,
     sets: FastMap<SetId, SetState>,
@@ -261,9 +226,7 @@ impl Compiler {
             rule_refs: FastMap::default(),
             policies: FastMap::default(),
             policy_classes: FastMap::default(),
-            policy_order: None,
-            policy_choices: FastMap::default(),
-            policy_lists: FastMap::default(),
+            policy_lists: PolicyLists::default(),
             policies_unsettled: false,
             sets: FastMap::default(),
             sets_by_group: FastMap::default(),
@@ -689,7 +652,7 @@ impl Compiler {
             return found;
         }
         let applied = self.cluster.applied(port);
-        let policies = self.policies_for(&port.project, &port.labels);
+        let policies = self.policy_lists.list(&self.cluster, &port.project, &port.labels);
         let class = Class {
             project: port.project.clone(),
             labels: port.labels.clone(),
@@ -964,17 +927,6 @@ impl Compiler {
 
     // ---- tiered policies ----
 
-    /// The tiered policies that select a port with `labels` in `project`, in order: one shared
-    /// list for each distinct one.
-    fn policies_for(&mut self, project: &str, labels: &Labels) -> Arc<Vec<Uuid>> {
-        let mut caches = PolicyCaches {
-            order: &mut self.policy_order,
-            choices: &mut self.policy_choices,
-            lists: &mut self.policy_lists,
-        };
-        caches.list(&self.cluster, project, labels)
-    }
-
     /// A policy written or deleted: compiled again, and, when which ports it selects or where
     /// it stands among the others may have changed (added, deleted, another subject, tier,
     /// priority or name), the classes it selected or may select now brought up to date (the
@@ -986,14 +938,11 @@ impl Compiler {
         if new.is_some() {
             self.recompile_policy(id);
         }
-        let placed = |p: &weft_model::ClusterPolicy| (p.subject.clone(), p.tier, p.priority, p.name.clone());
         let relisted = match (&old, &new) {
-            (Some(o), Some(n)) => placed(o) != placed(n),
+            (Some(o), Some(n)) => o.subject != n.subject || o.order_key() != n.order_key(),
             _ => true,
         };
         if relisted {
-            self.policy_order = None;
-            self.policy_choices.clear();
             self.policy_lists.clear();
             // A deletion is brought up to date at once, loading or not: the classes let go of
             // the policy before its state goes.
@@ -1104,12 +1053,7 @@ impl Compiler {
     /// Brings a class's tiered policies (which, in what order) up to date.
     fn refresh_policies(&mut self, class: ClassId) {
         let c = self.classes[class].as_ref().expect("live class id");
-        let mut caches = PolicyCaches {
-            order: &mut self.policy_order,
-            choices: &mut self.policy_choices,
-            lists: &mut self.policy_lists,
-        };
-        let now = caches.list(&self.cluster, &c.project, &c.labels);
+        let now = self.policy_lists.list(&self.cluster, &c.project, &c.labels);
         if now == self.class(class).policies {
             return;
         }
@@ -1395,7 +1339,7 @@ impl Compiler {
         // Policies select ports by their project's labels too.
         if !self.cluster.cluster_policies.is_empty() {
             for name in &names {
-                self.policy_choices.remove(name);
+                self.policy_lists.forget_project(name);
             }
             for name in &names {
                 let classes: Vec<ClassId> = self.classes_by_project.get(name).into_iter().flatten().copied().collect();
@@ -1439,23 +1383,24 @@ impl Compiler {
                 }
             }
             // A list replaced on the agent is replaced for every port of the node that had it
-            // and is not sent whole: so when all of those move to the same new list; else the
-            // ports are sent whole.
+            // and is not sent whole: so when those are exactly the ports moved, all to the same
+            // new list; else the ports are sent whole.
             for (old_list, moved) in relisted {
                 let to = moved[0].1;
-                let others_keep_it = || {
-                    node.ports.iter().any(|(id, p)| {
-                        let had = match t.ports.get(id) {
-                            Some(Some(before)) => &before.policies,
-                            Some(None) => return false,
-                            None => &p.policies,
-                        };
-                        had.as_slice() == old_list
-                            && !d.ports_upserted.contains_key(id)
-                            && !moved.iter().any(|(m, _)| m == id)
-                    })
+                let holders = || {
+                    node.ports
+                        .iter()
+                        .filter(|(id, p)| {
+                            let had = match t.ports.get(id) {
+                                Some(Some(before)) => &before.policies,
+                                Some(None) => return false,
+                                None => &p.policies,
+                            };
+                            had.as_slice() == old_list && !d.ports_upserted.contains_key(id)
+                        })
+                        .count()
                 };
-                if moved.iter().all(|(_, l)| l == &to) && !others_keep_it() {
+                if moved.iter().all(|(_, l)| l == &to) && holders() == moved.len() {
                     d.lists_replaced.push((Arc::new(old_list.to_vec()), Arc::clone(to)));
                 } else {
                     for (port, _) in moved {

@@ -119,9 +119,11 @@ fn rows(node: &str, w: &v1::FlowWindow, compiler: &Compiler, names: &Names) -> V
         row.rule = Uuid::parse_str(&a.rule).ok();
         row.isolated = a.isolated;
         if let Some(by) = a.tiered.as_ref().and_then(tiered_ref) {
+            // Named as its records were when they came, else as the compiler has it now.
+            let noted = names.tiered.get(&(by.policy, a.ingress, by.rule)).cloned();
             row.policy = Some(by.policy);
             row.policy_rule = Some(i32::from(by.rule));
-            row.tiered = Some(weft_store::flows::Json(by.named(compiler, a.ingress)));
+            row.tiered = Some(weft_store::flows::Json(noted.unwrap_or_else(|| by.named(compiler, a.ingress))));
         }
         row.started = count(a.started);
         row.ended = count(a.ended);
@@ -217,12 +219,8 @@ fn isolating_names(compiler: &Compiler, port: Uuid, ingress: bool) -> String {
 /// came ([`Names`]), else as the compiler has it now. A past minute then says what decided
 /// then, whatever the policy became.
 fn named(compiler: &Compiler, names: &Names, row: &mut MinuteRow) {
-    if let (Some(policy), Some(rule)) = (row.policy, row.policy_rule.and_then(|r| u16::try_from(r).ok())) {
-        // Noted when its records came, else named as the compiler has it now (the row has
-        // the node's tier and action already).
-        if let Some(noted) = names.tiered.get(&(policy, row.ingress, rule)) {
-            row.tiered = Some(weft_store::flows::Json(noted.clone()));
-        }
+    // A tiered policy's row is named where it is made ([`rows`]).
+    if row.tiered.is_some() {
         return;
     }
     if row.denied {

@@ -147,21 +147,25 @@ fn port(id: &Uuid, p: &PortPolicy) -> v1::PortPolicy {
 /// The policy lists of a message, by the number its ports name them with: each parsed once
 /// and shared by its ports.
 fn parse_lists(d: &v1::SpanDelta) -> Result<HashMap<u32, Arc<Vec<Uuid>>>, ConvertError> {
-    d.policy_lists
-        .iter()
-        .map(|l| {
-            let ids = l.policies.iter().map(|id| parse_uuid("policy_lists.policies", id)).collect::<Result<_, _>>()?;
-            Ok((l.id, Arc::new(ids)))
-        })
-        .collect()
+    let mut lists = HashMap::new();
+    for l in &d.policy_lists {
+        let ids = l.policies.iter().map(|id| parse_uuid("policy_lists.policies", id)).collect::<Result<_, _>>()?;
+        if lists.insert(l.id, Arc::new(ids)).is_some() {
+            return Err(invalid("policy_lists.id", format!("list {} twice in the message", l.id)));
+        }
+    }
+    Ok(lists)
+}
+
+/// The list numbered `n` in the message, for `field`.
+fn listed(lists: &HashMap<u32, Arc<Vec<Uuid>>>, n: u32, field: &'static str) -> Result<Arc<Vec<Uuid>>, ConvertError> {
+    lists.get(&n).cloned().ok_or_else(|| invalid(field, format!("no list {n} in the message")))
 }
 
 fn parse_port(p: &v1::PortPolicy, lists: &HashMap<u32, Arc<Vec<Uuid>>>) -> Result<(Uuid, PortPolicy), ConvertError> {
     let policies = match p.policy_list {
         0 => Arc::new(p.policies.iter().map(|id| parse_uuid("port.policies", id)).collect::<Result<_, _>>()?),
-        n => {
-            Arc::clone(lists.get(&n).ok_or_else(|| invalid("port.policy_list", format!("no list {n} in the message")))?)
-        }
+        n => listed(lists, n, "port.policy_list")?,
     };
     let named_ports: BTreeMap<String, NamedPort> = p
         .named_ports
@@ -504,10 +508,8 @@ pub fn from_proto(d: &v1::SpanDelta) -> Result<SpanDelta, ConvertError> {
     for id in &d.policies_removed {
         out.policies_removed.insert(parse_uuid("policies_removed", id)?);
     }
-    let list =
-        |n: u32| lists.get(&n).cloned().ok_or_else(|| invalid("lists_replaced", format!("no list {n} in the message")));
     for r in &d.lists_replaced {
-        out.lists_replaced.push((list(r.from)?, list(r.to)?));
+        out.lists_replaced.push((listed(&lists, r.from, "lists_replaced")?, listed(&lists, r.to, "lists_replaced")?));
     }
     Ok(out)
 }

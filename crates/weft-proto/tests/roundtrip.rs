@@ -161,6 +161,10 @@ fn tiered_policies_round_trip_in_snapshots_and_deltas() {
     let mut unlisted = proto.clone();
     unlisted.policy_lists.clear();
     assert!(from_proto(&unlisted).is_err());
+    // So is a message that numbers two lists alike (which one would a port get?).
+    let mut twice = proto.clone();
+    twice.policy_lists[1].id = twice.policy_lists[0].id;
+    assert!(from_proto(&twice).is_err());
     // And a port whose list changed with something else is sent whole, naming its list in
     // the message's table.
     let mut moved = compiler.cluster().port(&synthetic::pod_id(0)).cloned().unwrap();
