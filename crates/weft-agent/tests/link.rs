@@ -57,7 +57,7 @@ fn a_wired_pod_reaches_the_node_through_its_gateway_and_leaves_nothing_when_remo
     // The node's own address on lo, and no default route: the case proxy ARP fails in.
     node.ip(&["link", "set", "lo", "up"]);
     node.ip(&["addr", "add", "10.99.0.1/32", "dev", "lo"]);
-    node.ip(&["-6", "addr", "add", "fd99::1/128", "dev", "lo"]);
+    node.ip(&["-6", "addr", "add", "fd99::1/128", "dev", "lo", "nodad"]);
     let addresses: Vec<IpAddr> = vec!["10.32.0.5".parse().unwrap(), "fd32::5".parse().unwrap()];
     let path = pod.path();
     let wired = link::wire(&wiring(&node, &path, &addresses)).unwrap();
