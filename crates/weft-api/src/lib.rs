@@ -108,6 +108,19 @@ impl AppState {
     pub fn new(store: Store, policy: Arc<dyn PolicyView>, revisions: watch::Receiver<i64>, config: Config) -> AppState {
         let cache = Arc::new(cache::ObjectCache::default());
         cache.spawn_follower(store.clone(), revisions.clone());
+        AppState::with_cache(store, policy, revisions, cache, config)
+    }
+
+    /// [`AppState::new`] with an object cache that something else keeps current: the
+    /// server's compiler follower feeds it ([`cache::ObjectCache::feed`]), so that the
+    /// configuration is read from the database once.
+    pub fn with_cache(
+        store: Store,
+        policy: Arc<dyn PolicyView>,
+        revisions: watch::Receiver<i64>,
+        cache: Arc<cache::ObjectCache>,
+        config: Config,
+    ) -> AppState {
         let metrics = Arc::new(metrics::Metrics::new(config.compile_seconds));
         AppState {
             policy,

@@ -389,8 +389,8 @@ pub async fn realization(
                 .with_compiler(|c, _| {
                     c.cluster()
                         .ports()
-                        .filter(|(_, p)| p.project == project)
-                        .filter_map(|(_, p)| p.node.clone())
+                        .filter(|(_, p)| *p.project == *project)
+                        .filter_map(|(_, p)| p.node.as_deref().map(str::to_string))
                         .collect()
                 })
                 .unwrap_or_default();

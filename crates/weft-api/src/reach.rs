@@ -256,7 +256,7 @@ fn endpoint(
     // by address it is an address outside the caller's view, whose side is not explained
     // (issue 17: a tenant learns nothing of another's ports and policy).
     let (id, port) = if let Some((project, name)) = text.split_once('/') {
-        let found = compiler.cluster().ports().find(|(_, p)| p.project == project && p.name == name);
+        let found = compiler.cluster().ports().find(|(_, p)| &*p.project == project && &*p.name == name);
         found
             .filter(|(_, p)| caller.can_read(&p.project))
             .ok_or_else(|| ApiError::invalid_parameter(field, format!("no port {text}")))?
@@ -400,7 +400,7 @@ pub async fn reach(
         let mut selected: Vec<Selected> = compiler
             .cluster()
             .ports()
-            .filter(|(_, p)| query.project.as_ref().is_none_or(|name| &p.project == name))
+            .filter(|(_, p)| query.project.as_deref().is_none_or(|name| &*p.project == name))
             .filter(|(_, p)| selector.as_ref().is_none_or(|s| s.matches(&p.labels)))
             .filter(|(_, p)| caller.can_read(&p.project))
             .filter_map(|(id, p)| {

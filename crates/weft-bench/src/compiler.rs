@@ -180,14 +180,18 @@ pub fn incremental(shape: &Shape, samples: usize) -> IncrementalReport {
             let pod = (ns * shape.pods_per_namespace + i % shape.pods_per_namespace) % pods;
             let change = match k {
                 0 => {
-                    let mut p = compiler.cluster().port(&synthetic::pod_id(pod)).cloned().unwrap_or_default();
-                    p.id = Some(uuid::Uuid::new_v4());
+                    let mut p = compiler
+                        .cluster()
+                        .port(&synthetic::pod_id(pod))
+                        .map(|p| p.to_port(uuid::Uuid::new_v4()))
+                        .unwrap_or_default();
                     p.name = format!("new-{i}");
                     p.ips = vec![synthetic::pod_address(pods + 10 + k * samples + i)];
                     Change::UpsertPort(p)
                 }
                 1 => {
-                    let mut p = compiler.cluster().port(&synthetic::pod_id(pod)).cloned().unwrap_or_default();
+                    let id = synthetic::pod_id(pod);
+                    let mut p = compiler.cluster().port(&id).map(|p| p.to_port(id)).unwrap_or_default();
                     let app = if p.labels.get("app").map(String::as_str) == Some("app0") { "app1" } else { "app0" };
                     p.labels.insert("app".into(), app.into());
                     Change::UpsertPort(p)

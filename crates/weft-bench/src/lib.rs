@@ -16,6 +16,7 @@ pub mod datapath;
 pub mod fanout;
 pub mod ipam;
 pub mod kube;
+pub mod memory;
 pub mod packets;
 
 /// A process's resident set and its peak (`/proc/<pid>/status`: VmRSS, VmHWM), in MiB.

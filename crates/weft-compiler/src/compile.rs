@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use uuid::Uuid;
-use weft_model::{Direction, PolicyRemote, Port, PortMatch, Remote, SecurityGroup, Tier, TieredRule};
+use weft_model::{Direction, PolicyRemote, PortMatch, Remote, SecurityGroup, Tier, TieredRule};
 
 use crate::cidr;
-use crate::cluster::{Cluster, Dangling};
+use crate::cluster::{Cluster, Dangling, PortRecord};
 use crate::compiled::{
     AddressSet, CompiledGroup, CompiledPolicy, CompiledRule, CompiledTieredRule, Family, Isolation, L4Match, NodeSpan,
     PortPolicy, RemoteMatch, Selection, SetDefinition, SetId, SetMembers, TieredMatch,
@@ -67,7 +67,7 @@ struct ProjectPolicies<'a> {
 }
 
 /// A node's ports (id, port, class) and the classes they fall in.
-type NodePorts<'a> = (Vec<(Uuid, &'a Port, usize)>, BTreeSet<usize>);
+type NodePorts<'a> = (Vec<(Uuid, &'a PortRecord, usize)>, BTreeSet<usize>);
 
 /// A node's groups, sets and tiered policies, shared by every node whose ports fall in the
 /// same classes.
@@ -79,7 +79,7 @@ type Tables = (
 
 pub fn compile(cluster: &Cluster) -> Compiled {
     let mut out = Compiled { dangling: cluster.rejected.clone(), ..Compiled::default() };
-    let mut class_of: FastMap<(&str, &weft_model::Labels, Option<&Vec<String>>), usize> = FastMap::default();
+    let mut class_of: FastMap<(&str, &weft_model::Labels, Option<&[String]>), usize> = FastMap::default();
     let mut classes: Vec<Class> = Vec::new();
     let mut by_node: BTreeMap<Option<&str>, NodePorts> = BTreeMap::new();
     // What Cluster::applied scans for each port, gathered once: each project's groups that
@@ -103,10 +103,10 @@ pub fn compile(cluster: &Cluster) -> Compiled {
         for reference in port.security_groups.iter().flatten() {
             out.dangling.extend(cluster.port_reference_problem(*id, &port.project, reference));
         }
-        if !projects.contains(port.project.as_str()) {
-            out.dangling.push(Dangling::Project { object: *id, project: port.project.clone() });
+        if !projects.contains(&*port.project) {
+            out.dangling.push(Dangling::Project { object: *id, project: port.project.to_string() });
         }
-        let key = (port.project.as_str(), &port.labels, port.security_groups.as_ref());
+        let key = (&*port.project, &*port.labels, port.security_groups.as_deref());
         let class = *class_of.entry(key).or_insert_with(|| {
             let mut applied: BTreeSet<Uuid> = port
                 .security_groups
@@ -114,14 +114,14 @@ pub fn compile(cluster: &Cluster) -> Compiled {
                 .flatten()
                 .filter_map(|reference| cluster.resolve_member_group(&port.project, reference))
                 .collect();
-            let selected = selecting.get(port.project.as_str()).into_iter().flatten();
+            let selected = selecting.get(&*port.project).into_iter().flatten();
             applied.extend(selected.filter(|(_, s)| s.matches(&port.labels)).map(|(g, _)| *g));
             let (ingress, egress) =
                 (isolation(cluster, &applied, Direction::Ingress), isolation(cluster, &applied, Direction::Egress));
             let policies = if chooser.is_empty() {
                 Arc::default()
             } else {
-                let of_project = project_policies.entry(port.project.as_str()).or_insert_with(|| {
+                let of_project = project_policies.entry(&*port.project).or_insert_with(|| {
                     let candidates = chooser.of_project(&port.project);
                     let every_port = candidates.iter().all(|(_, ports)| ports.is_empty());
                     let list: Vec<Uuid> = candidates.iter().map(|(id, _)| *id).collect();
@@ -166,7 +166,6 @@ pub fn compile(cluster: &Cluster) -> Compiled {
     let mut policies: BTreeMap<Uuid, PolicyOutput> = BTreeMap::new();
     let mut sets: BTreeMap<SetId, Arc<AddressSet>> = BTreeMap::new();
     let mut tables: FastMap<Vec<usize>, Tables> = FastMap::default();
-    let mut named_ports: NamedPortsIntern = FastMap::default();
     for (node, (ports, node_classes)) in by_node {
         let key: Vec<usize> = node_classes.into_iter().collect();
         let (group_table, set_table, policy_table) = tables
@@ -229,7 +228,7 @@ pub fn compile(cluster: &Cluster) -> Compiled {
         let span = NodeSpan {
             ports: ports
                 .iter()
-                .map(|(id, port, class)| (*id, port_policy(port, &classes[*class], &contested, &mut named_ports)))
+                .map(|(id, port, class)| (*id, port_policy(port, &classes[*class], &contested)))
                 .collect(),
             groups: group_table,
             sets: set_table,
@@ -253,27 +252,17 @@ pub(crate) fn isolation(cluster: &Cluster, applied: &BTreeSet<Uuid>, d: Directio
     if groups.is_empty() { Isolation::Open } else { Isolation::Isolated(Arc::new(groups)) }
 }
 
-/// One shared copy of each distinct `named_ports` map.
-type NamedPortsIntern<'a> =
-    FastMap<&'a BTreeMap<String, weft_model::NamedPort>, Arc<BTreeMap<String, weft_model::NamedPort>>>;
-
-fn port_policy<'a>(
-    port: &'a Port,
-    class: &Class,
-    contested: &BTreeMap<std::net::IpAddr, Vec<Uuid>>,
-    named_ports: &mut NamedPortsIntern<'a>,
-) -> PortPolicy {
+fn port_policy(port: &PortRecord, class: &Class, contested: &BTreeMap<std::net::IpAddr, Vec<Uuid>>) -> PortPolicy {
     let (addresses, refused_addresses) = split_claims(&port.ips, |a| contested.contains_key(a));
     PortPolicy {
-        project: port.project.clone(),
-        name: port.name.clone(),
+        project: port.project.to_string(),
+        name: port.name.to_string(),
         addresses,
         refused_addresses,
         interface: port.effective_interface(),
-        instance: port.instance.clone(),
-        named_ports: Arc::clone(
-            named_ports.entry(&port.named_ports).or_insert_with(|| Arc::new(port.named_ports.clone())),
-        ),
+        instance: port.instance.as_deref().map(str::to_string),
+        // Shared by the ports that define the same (the cluster holds one of each).
+        named_ports: Arc::clone(&port.named_ports),
         ingress: class.ingress.clone(),
         egress: class.egress.clone(),
         policies: Arc::clone(&class.policies),
@@ -519,15 +508,15 @@ struct Index<'a> {
     classes: &'a [Class],
     /// The classes each group applies to.
     members: &'a BTreeMap<Uuid, Vec<usize>>,
-    ports_by_project: BTreeMap<&'a str, Vec<&'a Port>>,
+    ports_by_project: BTreeMap<&'a str, Vec<&'a PortRecord>>,
     projects_matching: std::cell::RefCell<BTreeMap<weft_model::LabelSelector, Arc<Vec<String>>>>,
 }
 
 impl<'a> Index<'a> {
     fn new(cluster: &'a Cluster, classes: &'a [Class], members: &'a BTreeMap<Uuid, Vec<usize>>) -> Self {
-        let mut ports_by_project: BTreeMap<&str, Vec<&Port>> = BTreeMap::new();
+        let mut ports_by_project: BTreeMap<&str, Vec<&PortRecord>> = BTreeMap::new();
         for (_, p) in cluster.ports() {
-            ports_by_project.entry(p.project.as_str()).or_default().push(p);
+            ports_by_project.entry(&*p.project).or_default().push(p);
         }
         Index { cluster, classes, members, ports_by_project, projects_matching: Default::default() }
     }
@@ -545,11 +534,11 @@ impl<'a> Index<'a> {
 
     /// The ports a selection picks, each with the addresses of it that count (borrowed: a set
     /// of a tenth of 100,000 pods is 10,000 of them).
-    fn selected(&self, selection: &Selection) -> Vec<(&'a Port, std::borrow::Cow<'a, [IpAddr]>)> {
+    fn selected(&self, selection: &Selection) -> Vec<(&'a PortRecord, std::borrow::Cow<'a, [IpAddr]>)> {
         use std::borrow::Cow;
         let cluster = self.cluster;
         let in_project = |project: &str| self.ports_by_project.get(project).into_iter().flatten().copied();
-        let all = |p: &'a Port| (p, Cow::Borrowed(p.ips.as_slice()));
+        let all = |p: &'a PortRecord| (p, Cow::Borrowed(&p.ips[..]));
         match selection {
             Selection::All => cluster.ports().map(|(_, p)| all(p)).collect(),
             Selection::Cidr { cidr, except } => cluster

@@ -25,10 +25,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use uuid::Uuid;
-use weft_model::{Direction, LabelSelector, Labels, NamedPort, ObjectRef, Port, Project, SecurityGroup};
+use weft_model::{Direction, LabelSelector, Labels, NamedPort, ObjectRef, Project, SecurityGroup};
 
 use crate::cidr;
-use crate::cluster::{Change, Cluster, Dangling, PolicyLists};
+use crate::cluster::{Change, Cluster, Dangling, PolicyLists, PortRecord};
 use crate::compile::{Compiled, compile_group, compile_policy, isolation};
 use crate::compiled::{
     AddressSet, CompiledGroup, CompiledPolicy, Isolation, NodeSpan, PortPolicy, Selection, SetDefinition, SetId,
@@ -51,9 +51,10 @@ type GroupKey = (String, String);
 /// Ports with the same applied groups.
 #[derive(Debug)]
 struct Class {
-    project: String,
-    labels: Labels,
-    explicit: Option<Vec<String>>,
+    /// Shared with its ports' records (interned by the cluster).
+    project: Arc<str>,
+    labels: Arc<Labels>,
+    explicit: Option<Box<[String]>>,
     hash: u64,
     applied: BTreeSet<Uuid>,
     ingress: Isolation,
@@ -87,7 +88,7 @@ fn isolating_groups(ingress: &Isolation, egress: &Isolation) -> BTreeSet<Uuid> {
 #[derive(Debug)]
 struct Placed {
     node: NodeId,
-    ips: Vec<IpAddr>,
+    ips: Box<[IpAddr]>,
     named_ports: Arc<BTreeMap<String, NamedPort>>,
 }
 
@@ -185,9 +186,7 @@ pub struct Compiler {
     /// Project names by label, to find the projects a new project selector matches.
     projects_by_label: FastMap<(String, String), BTreeSet<String>>,
     nodes: Vec<NodeState>,
-    node_ids: FastMap<Option<String>, NodeId>,
-    named_ports: FastMap<BTreeMap<String, NamedPort>, Arc<BTreeMap<String, NamedPort>>>,
-    named_ports_swept_at: usize,
+    node_ids: FastMap<Option<Arc<str>>, NodeId>,
     /// Whether deltas are being recorded (not while loading a snapshot).
     tracking: bool,
     touched: BTreeMap<NodeId, Touched>,
@@ -237,8 +236,6 @@ impl Compiler {
             projects_by_label: FastMap::default(),
             nodes: vec![NodeState::default()],
             node_ids,
-            named_ports: FastMap::default(),
-            named_ports_swept_at: 0,
             tracking: false,
             touched: BTreeMap::new(),
             journals: BTreeMap::new(),
@@ -284,6 +281,67 @@ impl Compiler {
         for class in live {
             self.refresh_policies(class);
         }
+    }
+
+    /// The compiler taken apart into its structures, named, for `weft bench memory` to drop
+    /// one at a time and count what each held. Every field is named: one added later is
+    /// counted too, or this does not compile.
+    #[cfg(feature = "synthetic")]
+    pub fn into_parts(self) -> Vec<(&'static str, Box<dyn std::any::Any + Send>)> {
+        let Compiler {
+            cluster,
+            classes,
+            free_classes,
+            class_index,
+            class_of_port,
+            classes_by_project,
+            classes_by_ref,
+            group_classes,
+            groups,
+            rule_refs,
+            policies,
+            policy_classes,
+            policy_lists,
+            policies_unsettled: _,
+            sets,
+            sets_by_group,
+            sets_by_project,
+            sets_everywhere,
+            project_selectors,
+            project_selectors_by_project,
+            projects_by_label,
+            nodes,
+            node_ids,
+            tracking: _,
+            touched,
+            journals,
+            unreferenced,
+            claimed,
+            contested,
+        } = self;
+        let Cluster { projects, project_by_name, ports, groups: input_groups, group_by_name, cluster_policies, .. } =
+            cluster;
+        fn part<T: Send + 'static>(name: &'static str, value: T) -> (&'static str, Box<dyn std::any::Any + Send>) {
+            (name, Box::new(value))
+        }
+        vec![
+            part("input: ports", ports),
+            part("input: projects", (projects, project_by_name)),
+            part("input: security groups", (input_groups, group_by_name)),
+            part("input: cluster policies", cluster_policies),
+            part("nodes: port policies and counts", nodes),
+            part("classes", (classes, free_classes, class_index)),
+            part("class of each port", class_of_port),
+            part("class indexes", (classes_by_project, classes_by_ref, group_classes)),
+            part("compiled groups", (groups, rule_refs)),
+            part("compiled tiered policies", (policies, policy_classes, policy_lists)),
+            part("address sets", sets),
+            part("set indexes", (sets_by_group, sets_by_project, sets_everywhere)),
+            part("project selectors", (project_selectors, project_selectors_by_project, projects_by_label)),
+            part("node names", node_ids),
+            part("address claims", (claimed, contested)),
+            part("batch journal", (touched, journals, unreferenced)),
+        ]
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -342,7 +400,7 @@ impl Compiler {
     /// One node's span now (empty for a node with no ports): what a newly connected agent is
     /// sent. Groups and sets are shared with the compiler's own state, not copied.
     pub fn span(&self, node: &str) -> NodeSpan {
-        match self.node_ids.get(&Some(node.to_string())) {
+        match self.node_ids.get(&Some(Arc::from(node))) {
             Some(id) => self.span_of(*id),
             None => NodeSpan::default(),
         }
@@ -383,7 +441,7 @@ impl Compiler {
                 out.extend(self.cluster.port_reference_problem(*id, &port.project, reference));
             }
             if self.cluster.project_by_name(&port.project).is_none() {
-                out.push(Dangling::Project { object: *id, project: port.project.clone() });
+                out.push(Dangling::Project { object: *id, project: port.project.to_string() });
             }
         }
         for group in self.groups.values().filter(|g| !g.nodes.is_empty()) {
@@ -416,9 +474,9 @@ impl Compiler {
         for id in ports {
             let Some(port) = self.cluster.port(id) else { continue };
             match &port.node {
-                Some(name) if !view.spans.contains_key(name) => {
+                Some(name) if !view.spans.contains_key(&**name) => {
                     let node = self.node_ids.get(&port.node).copied().unwrap_or(UNPLACED);
-                    view.spans.insert(name.clone(), self.span_of(node));
+                    view.spans.insert(name.to_string(), self.span_of(node));
                 }
                 None if view.unplaced.ports.is_empty() => view.unplaced = self.span_of(UNPLACED),
                 _ => {}
@@ -486,7 +544,7 @@ impl Compiler {
 
     // ---- ports ----
 
-    fn port_changed(&mut self, id: Uuid, old: Option<Port>) {
+    fn port_changed(&mut self, id: Uuid, old: Option<PortRecord>) {
         let new = self.cluster.ports.get(&id).cloned();
         let others = self.reclaim(id, old.as_ref().map_or(&[], |p| &p.ips), new.as_ref().map_or(&[], |p| &p.ips));
         let old_place = old.as_ref().and_then(|port| {
@@ -500,7 +558,7 @@ impl Compiler {
         // back.
         match (&new, new_place) {
             (Some(port), Some((class, node))) => {
-                let placed = Placed { node, ips: port.ips.clone(), named_ports: self.intern(&port.named_ports) };
+                let placed = Placed { node, ips: port.ips.clone(), named_ports: Arc::clone(&port.named_ports) };
                 self.class_mut(class).ports.insert(id, placed);
                 self.class_of_port.insert(id, class);
                 self.class_node_add(class, node, 1);
@@ -578,7 +636,7 @@ impl Compiler {
         others
     }
 
-    fn node_id(&mut self, node: &Option<String>) -> NodeId {
+    fn node_id(&mut self, node: &Option<Arc<str>>) -> NodeId {
         if let Some(id) = self.node_ids.get(node) {
             return *id;
         }
@@ -588,31 +646,18 @@ impl Compiler {
         id
     }
 
-    /// One shared copy of each distinct named-ports map (the pods of a deployment have one).
-    fn intern(&mut self, named_ports: &BTreeMap<String, NamedPort>) -> Arc<BTreeMap<String, NamedPort>> {
-        match self.named_ports.get(named_ports) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                let shared = Arc::new(named_ports.clone());
-                self.named_ports.insert(named_ports.clone(), Arc::clone(&shared));
-                shared
-            }
-        }
-    }
-
-    fn policy(&mut self, port: &Port, class: ClassId) -> PortPolicy {
+    fn policy(&mut self, port: &PortRecord, class: ClassId) -> PortPolicy {
         let (addresses, refused_addresses) =
             crate::compile::split_claims(&port.ips, |a| self.contested.contains_key(a));
-        let named_ports = self.intern(&port.named_ports);
         let class = self.class(class);
         PortPolicy {
-            project: port.project.clone(),
-            name: port.name.clone(),
+            project: port.project.to_string(),
+            name: port.name.to_string(),
             addresses,
             refused_addresses,
             interface: port.effective_interface(),
-            instance: port.instance.clone(),
-            named_ports,
+            instance: port.instance.as_deref().map(str::to_string),
+            named_ports: Arc::clone(&port.named_ports),
             ingress: class.ingress.clone(),
             egress: class.egress.clone(),
             policies: Arc::clone(&class.policies),
@@ -641,8 +686,8 @@ impl Compiler {
     }
 
     /// The class of ports like `port`, created when it is the first.
-    fn class_for(&mut self, port: &Port) -> ClassId {
-        let hash = hash_of(&(&port.project, &port.labels, &port.security_groups));
+    fn class_for(&mut self, port: &PortRecord) -> ClassId {
+        let hash = hash_of(&(&*port.project, &*port.labels, port.security_groups.as_deref()));
         if let Some(found) = self.class_index.get(&hash).and_then(|ids| {
             ids.iter().copied().find(|id| {
                 let c = self.class(*id);
@@ -654,8 +699,8 @@ impl Compiler {
         let applied = self.cluster.applied(port);
         let policies = self.policy_lists.list(&self.cluster, &port.project, &port.labels);
         let class = Class {
-            project: port.project.clone(),
-            labels: port.labels.clone(),
+            project: Arc::clone(&port.project),
+            labels: Arc::clone(&port.labels),
             explicit: port.security_groups.clone(),
             hash,
             ingress: isolation(&self.cluster, &applied, Direction::Ingress),
@@ -673,7 +718,7 @@ impl Compiler {
             }
         };
         self.class_index.entry(hash).or_default().push(id);
-        self.classes_by_project.entry(class.project.clone()).or_default().insert(id);
+        self.classes_by_project.entry(class.project.to_string()).or_default().insert(id);
         for key in refs_of(&class.project, class.explicit.as_deref()) {
             self.classes_by_ref.entry(key).or_default().insert(id);
         }
@@ -696,7 +741,7 @@ impl Compiler {
                 self.class_index.remove(&class.hash);
             }
         }
-        remove_from(&mut self.classes_by_project, &class.project, &id);
+        remove_from(&mut self.classes_by_project, &*class.project, &id);
         for key in refs_of(&class.project, class.explicit.as_deref()) {
             remove_from(&mut self.classes_by_ref, &key, &id);
         }
@@ -1179,7 +1224,7 @@ impl Compiler {
             classes
                 .into_iter()
                 .flat_map(|c| self.class(c).ports.values())
-                .map(|p| (p.ips.as_slice(), &*p.named_ports))
+                .map(|p| (&p.ips[..], &*p.named_ports))
                 .collect()
         };
         let matching_in = |project: &str, ports: &LabelSelector| -> Vec<ClassId> {
@@ -1193,7 +1238,7 @@ impl Compiler {
         };
         match selection {
             Selection::All | Selection::Cidr { .. } => {
-                self.cluster.ports.values().map(|p| (p.ips.as_slice(), &p.named_ports)).collect()
+                self.cluster.ports.values().map(|p| (&p.ips[..], &*p.named_ports)).collect()
             }
             Selection::GroupMembers { group } => {
                 in_classes(self.group_classes.get(group).into_iter().flatten().copied().collect())
@@ -1239,7 +1284,7 @@ impl Compiler {
     }
 
     /// Adds (or removes) what a port contributes to every set that selects it.
-    fn contribute(&mut self, port: &Port, class: ClassId, add: bool) {
+    fn contribute(&mut self, port: &PortRecord, class: ClassId, add: bool) {
         let mut sets: Vec<SetId> = Vec::new();
         for g in &self.class(class).applied {
             sets.extend(self.sets_by_group.get(g).into_iter().flatten().copied());
@@ -1251,8 +1296,8 @@ impl Compiler {
             }
             _ => true,
         };
-        sets.extend(self.sets_by_project.get(&port.project).into_iter().flatten().filter(|s| selected(s)));
-        for selector in self.project_selectors_by_project.get(&port.project).into_iter().flatten() {
+        sets.extend(self.sets_by_project.get(&*port.project).into_iter().flatten().filter(|s| selected(s)));
+        for selector in self.project_selectors_by_project.get(&*port.project).into_iter().flatten() {
             let ps = &self.project_selectors[selector];
             sets.extend(ps.sets.iter().filter(|s| selected(s)));
         }
@@ -1480,11 +1525,6 @@ impl Compiler {
                 self.drop_set(set);
             }
         }
-        // Forget named-port maps no port uses any more, now and then.
-        if self.named_ports.len() > 2 * self.named_ports_swept_at.max(64) {
-            self.named_ports.retain(|_, shared| Arc::strong_count(shared) > 1);
-            self.named_ports_swept_at = self.named_ports.len();
-        }
     }
 
     fn drop_set(&mut self, set: SetId) {
@@ -1550,9 +1590,10 @@ fn enter_or_leave(nodes: &mut FastSet<NodeId>, node: NodeId, entered: bool, sets
     sets.to_vec()
 }
 
-fn remove_from<K, V>(index: &mut FastMap<K, BTreeSet<V>>, key: &K, value: &V)
+fn remove_from<K, Q, V>(index: &mut FastMap<K, BTreeSet<V>>, key: &Q, value: &V)
 where
-    K: std::hash::Hash + Eq,
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
     V: Ord,
 {
     if let Some(values) = index.get_mut(key) {

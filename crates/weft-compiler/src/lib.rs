@@ -32,7 +32,7 @@ mod reference;
 pub mod synthetic;
 pub mod view;
 
-pub use cluster::{Change, Cluster, Dangling};
+pub use cluster::{Change, Cluster, Dangling, PortRecord};
 pub use compile::{Compiled, compile};
 pub use compiled::{
     AddressSet, CompiledGroup, CompiledPolicy, CompiledRule, CompiledTieredRule, Family, Isolation, NodeSpan,

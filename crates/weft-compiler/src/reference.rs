@@ -5,11 +5,11 @@ use std::net::IpAddr;
 
 use uuid::Uuid;
 use weft_model::{
-    Direction, Ethertype, ObjectRef, PolicyAction, PolicyRemote, Port, PortMatch, Remote, Rule, SecurityGroup, Tier,
+    Direction, Ethertype, ObjectRef, PolicyAction, PolicyRemote, PortMatch, Remote, Rule, SecurityGroup, Tier,
     TieredRule,
 };
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, PortRecord};
 use crate::eval::{Packet, is_neighbour_discovery};
 use crate::explain::Endpoint;
 
@@ -47,8 +47,8 @@ pub fn allowed(c: &Cluster, src: &Endpoint, dst: &Endpoint, packet: &Packet) -> 
 
 /// Whether P names G explicitly, as a member: a port is a member only of its own project's
 /// groups, whatever else it names.
-fn names(port: &Port, g: &SecurityGroup) -> bool {
-    g.project == port.project
+fn names(port: &PortRecord, g: &SecurityGroup) -> bool {
+    *g.project == *port.project
         && port
             .security_groups
             .iter()
@@ -58,12 +58,12 @@ fn names(port: &Port, g: &SecurityGroup) -> bool {
 
 /// applied(P) = the groups P names explicitly, plus every group of P's project whose selector
 /// matches P's labels.
-fn applied<'a>(c: &'a Cluster, port: &Port) -> Vec<&'a SecurityGroup> {
+fn applied<'a>(c: &'a Cluster, port: &PortRecord) -> Vec<&'a SecurityGroup> {
     c.groups
         .values()
         .filter(|g| {
             names(port, g)
-                || (g.project == port.project && g.selector.as_ref().is_some_and(|s| s.matches(&port.labels)))
+                || (*g.project == *port.project && g.selector.as_ref().is_some_and(|s| s.matches(&port.labels)))
         })
         .collect()
 }
@@ -103,7 +103,7 @@ fn tier_decides(
     c: &Cluster,
     policies: &[&weft_model::ClusterPolicy],
     tier: Tier,
-    port: &Port,
+    port: &PortRecord,
     d: Direction,
     packet: &Packet,
     other: &Endpoint,
@@ -131,7 +131,7 @@ fn tier_decides(
 fn tiered_rule_matches(
     c: &Cluster,
     rule: &TieredRule,
-    port: &Port,
+    port: &PortRecord,
     d: Direction,
     packet: &Packet,
     other: &Endpoint,
@@ -164,7 +164,7 @@ fn rule_matches(
     c: &Cluster,
     g: &SecurityGroup,
     rule: &Rule,
-    port: &Port,
+    port: &PortRecord,
     d: Direction,
     packet: &Packet,
     other: &Endpoint,
@@ -195,12 +195,19 @@ fn rule_matches(
 /// Whether the packet's destination port is `m`. A named port is resolved against P on
 /// ingress, against the destination on egress (so only destinations that are known ports can
 /// match one).
-fn port_matches(c: &Cluster, m: &PortMatch, port: &Port, d: Direction, packet: &Packet, other: &Endpoint) -> bool {
+fn port_matches(
+    c: &Cluster,
+    m: &PortMatch,
+    port: &PortRecord,
+    d: Direction,
+    packet: &Packet,
+    other: &Endpoint,
+) -> bool {
     match m {
         PortMatch::Single(n) => packet.port.is_some_and(|x| i64::from(x) == *n),
         PortMatch::Range { from, to } => packet.port.is_some_and(|x| (*from..=*to).contains(&i64::from(x))),
         PortMatch::Named(name) => {
-            let target: Option<&Port> = match d {
+            let target: Option<&PortRecord> = match d {
                 Direction::Ingress => Some(port),
                 Direction::Egress => match other {
                     Endpoint::Port(id) => c.ports.get(id),
@@ -230,7 +237,7 @@ fn remote_contains(c: &Cluster, g: &SecurityGroup, remote: &Remote, addr: &IpAdd
         Remote::Selector { ports, projects } => owners().any(|q| {
             ports.matches(&q.labels)
                 && match projects {
-                    None => q.project == g.project,
+                    None => *q.project == *g.project,
                     Some(sel) => c.project_by_name(&q.project).is_some_and(|p| sel.matches(&p.labels)),
                 }
         }),

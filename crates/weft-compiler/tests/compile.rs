@@ -264,8 +264,7 @@ fn incremental_deltas_are_the_same_bytes_on_every_controller() {
     }
     // A pod in a namespace the platform policies select joins their set on every node whose
     // span references it: one shared set change, not one copy per node.
-    let mut pod = a.cluster().port(&synthetic::pod_id(0)).cloned().unwrap();
-    pod.id = Some(Uuid::new_v4());
+    let mut pod = a.cluster().port(&synthetic::pod_id(0)).unwrap().to_port(Uuid::new_v4());
     pod.name = "extra".into();
     pod.ips = vec!["10.200.0.1".parse().unwrap()];
     let deltas = a.apply(1000, [Change::UpsertPort(pod.clone())]);
@@ -370,7 +369,7 @@ fn tiered_policies_decide_in_order_and_explain_names_the_rule() {
 fn changes_of(c: &Cluster) -> Vec<Change> {
     let mut out: Vec<Change> = Vec::new();
     out.extend(c.project_by_name("k8s-default").cloned().map(Change::UpsertProject));
-    out.extend(c.ports().map(|(_, p)| Change::UpsertPort(p.clone())));
+    out.extend(c.ports().map(|(id, p)| Change::UpsertPort(p.to_port(*id))));
     let groups: Vec<SecurityGroup> =
         ["default-deny", "yelb-ui-in", "yelb-appserver-in", "yelb-db-in", "redis-server-in"]
             .iter()

@@ -586,10 +586,10 @@ fn endpoint(compiler: &Compiler, address: IpAddr) -> FlowEndpoint {
         Some((id, p)) => FlowEndpoint {
             address,
             port: Some(id),
-            project: Some(p.project.clone()),
-            name: Some(p.name.clone()),
-            labels: p.labels.clone(),
-            node: p.node.clone(),
+            project: Some(p.project.to_string()),
+            name: Some(p.name.to_string()),
+            labels: weft_model::Labels::clone(&p.labels),
+            node: p.node.as_deref().map(str::to_string),
         },
         None => FlowEndpoint::outside(address),
     }

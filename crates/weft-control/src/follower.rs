@@ -53,11 +53,12 @@ pub(crate) async fn run(
     hub: Arc<Hub>,
     horizon: watch::Receiver<i64>,
     mut shutdown: watch::Receiver<bool>,
+    mut observer: Option<crate::Observer>,
 ) {
     hub.following.store(true, std::sync::atomic::Ordering::Relaxed);
     let _following = Following(Arc::clone(&hub));
     let mut loading: Option<Loading> = None;
-    let sink = |event: Event<'_>| match event {
+    let mut compile = |event: Event<'_>| match event {
         Event::Reset => {
             loading = Some(Loading { compiler: Compiler::new(), objects: 0, started: Instant::now() });
             Next::Continue
@@ -82,6 +83,12 @@ pub(crate) async fn run(
             apply(&hub, revision, changes.iter().filter_map(|c| to_change(c.op, &c.object)).collect())
         }
         Event::Advanced(revision) => advance(&hub, revision),
+    };
+    let sink = |event: Event<'_>| {
+        if let Some(observe) = observer.as_mut() {
+            observe(&event);
+        }
+        compile(event)
     };
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 use weft_compiler::view::Waiting;
 use weft_compiler::{Compiler, Deltas, NodeName, PolicyView};
-use weft_proto::DeltaEncoder;
+use weft_proto::{DeltaEncoder, SnapshotEncoder};
 
 /// How many recent updates are kept by default for sessions that are behind; a session further
 /// behind than this (a slow or stuck agent) gets a fresh snapshot instead.
@@ -87,6 +87,8 @@ pub struct Hub {
     /// Whether the change-log follower that feeds this hub is running (it clears this when it
     /// ends, also by a panic): readiness says so when it is not.
     pub(crate) following: std::sync::atomic::AtomicBool,
+    /// Snapshots with each set's encoding shared while in flight.
+    pub(crate) snapshots: SnapshotEncoder,
     /// How long the compiler takes over each revision's changes (a metric).
     pub compile_seconds: prometheus_client::metrics::histogram::Histogram,
 }
@@ -101,6 +103,7 @@ impl Hub {
             included_through: std::sync::atomic::AtomicI64::new(0),
             ring_updates: ring_updates.max(1),
             following: std::sync::atomic::AtomicBool::new(false),
+            snapshots: SnapshotEncoder::default(),
             compile_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
             ),

@@ -98,6 +98,10 @@ pub struct Control {
 /// What the flows a controller holds in memory may take by default (`--flow-memory`).
 pub const FLOW_MEMORY: usize = 256 << 20;
 
+/// What else follows the change log through a [`Follower`]: told each event before the
+/// compiler takes it.
+pub type Observer = Box<dyn FnMut(&weft_store::follow::Event<'_>) + Send>;
+
 /// A compiler kept current from the change log: what the controller serves agents from
 /// ([`Encoding::ForAgents`]), and what an API process answers explain, reach and realization
 /// from ([`Encoding::None`] when no controller runs there: nothing is encoded for agents).
@@ -113,9 +117,22 @@ impl Follower {
     /// process: each costs a LISTEN connection and a horizon query per round); a critical
     /// task ([`Follower::death`]).
     pub fn start(store: Store, horizon: watch::Receiver<i64>, ring_updates: usize, encoding: Encoding) -> Follower {
+        Follower::start_with(store, horizon, ring_updates, encoding, None)
+    }
+
+    /// [`Follower::start`], also telling `observer` every event it reads, before the compiler
+    /// takes it: the process's other follower of the store (the API's object cache) reads
+    /// through this one, and the database is read once.
+    pub fn start_with(
+        store: Store,
+        horizon: watch::Receiver<i64>,
+        ring_updates: usize,
+        encoding: Encoding,
+        observer: Option<Observer>,
+    ) -> Follower {
         let hub = Arc::new(Hub::new(ring_updates, encoding));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = follower::run(store, Arc::clone(&hub), horizon, shutdown_rx.clone());
+        let task = follower::run(store, Arc::clone(&hub), horizon, shutdown_rx.clone(), observer);
         let (_, death) = supervise::spawn_critical(
             "the change-log follower",
             async move {

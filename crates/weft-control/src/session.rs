@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
-use weft_proto::{Encoded, snapshot_with, v1};
+use weft_proto::{Encoded, v1};
 use weft_store::Store;
 
 use crate::hub::Hub;
@@ -169,9 +169,9 @@ async fn send(
                     }
                     continue;
                 };
-                // Encoded as built: what waits to be sent is bytes, not decoded structures.
-                let mut messages = Vec::new();
-                snapshot_with(revision, &span, SNAPSHOT_MESSAGE_BYTES, |m| messages.push(Encoded::of(&m)));
+                // Encoded as built: what waits to be sent is bytes, not decoded structures, and
+                // each set's bytes are shared with the other snapshots in flight.
+                let messages = hub.snapshots.encode(revision, &span, SNAPSHOT_MESSAGE_BYTES);
                 drop(span);
                 for message in messages {
                     if outbound.send(Ok(message)).await.is_err() {

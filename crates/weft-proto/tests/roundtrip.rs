@@ -4,7 +4,7 @@
 
 use prost::Message;
 use weft_compiler::{Change, Compiler, NodeSpan, synthetic};
-use weft_proto::{DeltaEncoder, from_proto, snapshot, v1};
+use weft_proto::{DeltaEncoder, Encoded, SnapshotEncoder, from_proto, snapshot, v1};
 
 fn cluster() -> Compiler {
     let shape = synthetic::Shape {
@@ -50,12 +50,56 @@ fn a_snapshot_in_small_messages_rebuilds_the_span() {
     assert_eq!(checked, 5);
 }
 
+/// Decodes encoded messages (their pieces concatenated, as sent).
+fn decode(messages: &[Encoded]) -> Vec<v1::ControllerMessage> {
+    messages.iter().map(|m| v1::ControllerMessage::decode(m.encode_to_vec().as_slice()).unwrap()).collect()
+}
+
+#[test]
+fn snapshots_encoded_with_shared_sets_rebuild_each_span_and_share_each_sets_bytes() {
+    let compiler = cluster();
+    let encoder = SnapshotEncoder::default();
+    let nodes: Vec<String> = compiler.nodes().map(str::to_string).collect();
+    let spans: Vec<NodeSpan> = nodes.iter().map(|n| compiler.span(n)).collect();
+    for max_bytes in [300, 1 << 20] {
+        // All encoded before any is dropped, as when agents connect at once.
+        let encoded: Vec<Vec<Encoded>> = spans.iter().map(|s| encoder.encode(9, s, max_bytes)).collect();
+        for (span, messages) in spans.iter().zip(&encoded) {
+            let decoded = decode(messages);
+            assert!(decoded[0].snapshot && decoded.iter().skip(1).all(|m| !m.snapshot));
+            assert!(decoded.last().unwrap().last && decoded.iter().rev().skip(1).all(|m| !m.last), "{max_bytes}");
+            assert!(decoded.iter().all(|m| m.revision == 9));
+            assert_eq!(receive(&decoded), *span, "max {max_bytes}");
+            if max_bytes > 300 {
+                assert_eq!(messages.len(), 1, "one message when it fits");
+            }
+        }
+        // A set two nodes hold is one allocation in both messages.
+        let pieces = |messages: &Vec<Encoded>| -> Vec<*const u8> {
+            messages.iter().flat_map(|m| m.0.iter().map(|b| b.as_ptr())).collect()
+        };
+        let (a, b) = (pieces(&encoded[0]), pieces(&encoded[1]));
+        assert!(a.iter().any(|p| b.contains(p)), "no piece shared between two nodes' snapshots");
+    }
+    // A set that changed is encoded again, though a message holding its old piece is still
+    // in flight (pod 0's namespace is one the platform rules admit: every node holds its set).
+    let mut compiler = compiler;
+    let in_flight = encoder.encode(10, &compiler.span(&nodes[0]), 1 << 20);
+    let mut pod = compiler.cluster().port(&synthetic::pod_id(0)).unwrap().to_port(uuid::Uuid::new_v4());
+    pod.name = "extra".into();
+    pod.ips = vec!["10.200.0.9".parse().unwrap()];
+    compiler.apply(11, [Change::UpsertPort(pod)]);
+    let span = compiler.span(&nodes[0]);
+    let after = encoder.encode(11, &span, 1 << 20);
+    assert_eq!(receive(&decode(&after)), span);
+    drop(in_flight);
+}
+
 #[test]
 fn shared_pieces_decode_to_each_nodes_own_delta() {
     let mut compiler = cluster();
     // A pod added to a namespace the platform policies select: a set change many nodes share.
-    let mut pod = compiler.cluster().port(&synthetic::pod_id(0)).cloned().unwrap();
-    pod.id = Some(uuid::Uuid::new_v4());
+    let mut pod = compiler.cluster().port(&synthetic::pod_id(0)).unwrap().to_port(uuid::Uuid::new_v4());
     pod.name = "extra".into();
     pod.ips = vec!["10.200.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
     let deltas = compiler.apply(2, [Change::UpsertPort(pod)]);
@@ -167,7 +211,7 @@ fn tiered_policies_round_trip_in_snapshots_and_deltas() {
     assert!(from_proto(&twice).is_err());
     // And a port whose list changed with something else is sent whole, naming its list in
     // the message's table.
-    let mut moved = compiler.cluster().port(&synthetic::pod_id(0)).cloned().unwrap();
+    let mut moved = compiler.cluster().port(&synthetic::pod_id(0)).unwrap().to_port(synthetic::pod_id(0));
     moved.labels.insert("x".into(), "y".into());
     let mut again = policy("c", "admin", 3);
     again.subject = serde_json::from_value(serde_json::json!({"ports": {"matchLabels": {"x": "y"}}})).unwrap();

@@ -144,7 +144,17 @@ async fn serve_with_database(
     // Encoded updates are for agents: a process without a controller keeps only which nodes
     // each revision concerns, for realization.
     let encoding = if config.role.control() { Encoding::ForAgents } else { Encoding::None };
-    let follower = Follower::start(store.clone(), horizon.clone(), weft_control::RING_UPDATES, encoding);
+    // The API's object cache reads what the compiler's follower reads: one snapshot of the
+    // database at start, not two.
+    let cache = Arc::new(weft_api::cache::ObjectCache::default());
+    let observer: Option<weft_control::Observer> = match config.role.api() {
+        true => {
+            let mut feed = cache.feed();
+            Some(Box::new(move |event: &weft_store::follow::Event<'_>| feed.take(event)))
+        }
+        false => None,
+    };
+    let follower = Follower::start_with(store.clone(), horizon.clone(), weft_control::RING_UPDATES, encoding, observer);
     let control = match config.role.control() {
         true => {
             let mut settings = weft_control::Config::new(config.grpc_listen);
@@ -189,7 +199,8 @@ async fn serve_with_database(
         secure_cookies: config.tls.is_some(),
         ..Config::default()
     };
-    let result = serve_api(config, store.clone(), (Arc::clone(&follower.hub), horizon), api, shutdown, died).await;
+    let result =
+        serve_api(config, store.clone(), (Arc::clone(&follower.hub), horizon, cache), api, shutdown, died).await;
     if let Some(control) = control {
         control.shutdown().await;
     }
@@ -203,7 +214,7 @@ async fn serve_with_database(
 async fn serve_api(
     config: &ServerConfig,
     store: Store,
-    (policy, horizon): (Arc<weft_control::Hub>, watch::Receiver<i64>),
+    (policy, horizon, cache): (Arc<weft_control::Hub>, watch::Receiver<i64>, Arc<weft_api::cache::ObjectCache>),
     api: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     died: impl Future<Output = String> + Send + 'static,
@@ -213,7 +224,7 @@ async fn serve_api(
     } else {
         tracing::warn!("authentication is OFF (--insecure-no-auth): anyone who reaches the API can change everything");
     }
-    let state = AppState::new(store.clone(), policy, horizon, api);
+    let state = AppState::with_cache(store.clone(), policy, horizon, cache, api);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (compactor, compactor_death) = weft_control::supervise::spawn_critical(
         "the change-log compactor",

@@ -141,19 +141,30 @@ pub struct StoredObject {
     pub body: String,
 }
 
+/// An object as served ([`StoredObject::to_json`]) from its parts: the server-assigned fields
+/// (id, revision, created and updated) first, then the stored body.
+pub fn served_json(
+    id: Uuid,
+    revision: i64,
+    (created_at, updated_at): (DateTime<Utc>, DateTime<Utc>),
+    body: &str,
+) -> String {
+    let rest = body.trim_start().strip_prefix('{').unwrap_or("}").trim_start();
+    let sep = if rest.starts_with('}') { "" } else { "," };
+    format!(
+        "{{\"id\":\"{}\",\"revision\":{},\"created_at\":\"{}\",\"updated_at\":\"{}\"{sep}{rest}",
+        id,
+        revision,
+        created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        updated_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
+}
+
 impl StoredObject {
     /// The object as served: the server-assigned fields first, then the body, without
     /// decoding and re-encoding the body.
     pub fn to_json(&self) -> String {
-        let rest = self.body.trim_start().strip_prefix('{').unwrap_or("}").trim_start();
-        let sep = if rest.starts_with('}') { "" } else { "," };
-        format!(
-            "{{\"id\":\"{}\",\"revision\":{},\"created_at\":\"{}\",\"updated_at\":\"{}\"{sep}{rest}",
-            self.id,
-            self.revision,
-            self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            self.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        )
+        served_json(self.id, self.revision, (self.created_at, self.updated_at), &self.body)
     }
 
     /// Decodes the object into its model type with the server-assigned fields filled in.

@@ -145,6 +145,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         burst: usize,
     },
+    /// Where the server's memory is: the compiler's structures and the API's object cache
+    /// loaded from the synthetic cluster, each counted by the allocator, and every node's
+    /// snapshot encoded.
+    Memory {
+        #[arg(long, default_value_t = 25_000)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 4)]
+        pods_per_namespace: usize,
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Tiered cluster policies of each tier stored with the cluster (0: none).
+        #[arg(long, default_value_t = 0)]
+        cluster_policies: usize,
+    },
     /// The ACL compiler on a synthetic cluster: full compile time and memory.
     Compiler {
         /// `realistic` (DESIGN.md §8's shape; Antrea's benchmark scale by default) or `dense`.
@@ -245,6 +259,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 cluster_policies,
             };
             print!("{}", weft_bench::fanout::fanout(config).await?);
+            Ok(())
+        }
+        BenchCommand::Memory { namespaces, pods_per_namespace, nodes, cluster_policies } => {
+            let shape = weft_compiler_shape(namespaces, pods_per_namespace, nodes);
+            print!("{}", weft_bench::memory::run(&shape, cluster_policies)?);
             Ok(())
         }
         BenchCommand::Compiler {

@@ -100,14 +100,14 @@ fn group_of(
         return (OUTSIDE.to_string(), OUTSIDE.to_string(), None);
     };
     // A project token learns nothing of another project's ports: they are one group.
-    if redact && p.project != project {
+    if redact && &*p.project != project {
         return (OTHER_PROJECTS.to_string(), OTHER_PROJECTS.to_string(), None);
     }
-    let label = p.labels.get(key).cloned().unwrap_or_else(|| p.name.clone());
-    if p.project == project {
+    let label = p.labels.get(key).cloned().unwrap_or_else(|| p.name.to_string());
+    if &*p.project == project {
         (format!("{key}={label}"), label, None)
     } else {
-        (format!("{}/{key}={label}", p.project), label, Some(p.project.clone()))
+        (format!("{}/{key}={label}", p.project), label, Some(p.project.to_string()))
     }
 }
 
@@ -171,7 +171,7 @@ pub fn build(
             row: 0,
         });
         // Another project's port is named to no project token: not in the group's list either.
-        let shown = port.and_then(|id| compiler.cluster().port(&id)).filter(|p| !redact || p.project == project);
+        let shown = port.and_then(|id| compiler.cluster().port(&id)).filter(|p| !redact || &*p.project == project);
         if let Some(name) = shown.map(|p| format!("{}/{}", p.project, p.name))
             && !entry.ports.contains(&name)
         {
