@@ -46,6 +46,10 @@ pub struct Metrics {
     agent_connected: Family<NodeLabels, Gauge>,
     /// Revisions between the configuration and what the node has realized.
     agent_lag: Family<NodeLabels, Gauge>,
+    /// The bytes the process holds, and the bytes of memory its allocator keeps for them
+    /// (jemalloc's `stats.allocated` and `stats.resident`: the `weft` binary's allocator).
+    heap_allocated: Gauge,
+    heap_resident: Gauge,
     pub registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
@@ -97,6 +101,17 @@ impl Metrics {
             server.register("compile_seconds", "Time the compiler takes over one revision's changes", compile_seconds);
         }
         server.register("agents_connected", "Nodes with an agent connected to a controller", agents_connected.clone());
+        let (heap_allocated, heap_resident) = (Gauge::default(), Gauge::default());
+        server.register(
+            "heap_allocated_bytes",
+            "Bytes the process holds (jemalloc stats.allocated)",
+            heap_allocated.clone(),
+        );
+        server.register(
+            "heap_resident_bytes",
+            "Bytes of memory the allocator keeps, held or not yet returned (jemalloc stats.resident)",
+            heap_resident.clone(),
+        );
         server.register(
             "agent_connected",
             "Whether the node's agent is connected (1) or not (0)",
@@ -120,6 +135,8 @@ impl Metrics {
             agents_connected,
             agent_connected,
             agent_lag,
+            heap_allocated,
+            heap_resident,
         }
     }
 
@@ -137,6 +154,10 @@ impl Metrics {
         self.controller_revision.set(compiled);
         self.controller_lag.set((config - compiled).max(0));
         self.controller_delay.set(delay);
+        let _ = tikv_jemalloc_ctl::epoch::advance();
+        let as_gauge = |bytes: Result<usize, _>| bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        self.heap_allocated.set(as_gauge(tikv_jemalloc_ctl::stats::allocated::read()));
+        self.heap_resident.set(as_gauge(tikv_jemalloc_ctl::stats::resident::read()));
         match state.store.list_nodes().await {
             Ok(nodes) => {
                 self.agent_connected.clear();

@@ -62,6 +62,10 @@ pub struct FanoutReport {
     pub server_peak_at_snapshots_mib: f64,
     /// And at the end, after the writes.
     pub server_peak_rss_mib: f64,
+    /// The server's heap as its allocator counts it (held, resident; MiB): loaded, and when the
+    /// last snapshot arrived.
+    pub server_heap_loaded: (f64, f64),
+    pub server_heap_after_snapshots: (f64, f64),
     pub writes: Vec<WriteFigures>,
 }
 
@@ -88,6 +92,14 @@ impl std::fmt::Display for FanoutReport {
             self.server_rss_mib,
             self.server_peak_at_snapshots_mib,
             self.server_peak_rss_mib
+        )?;
+        writeln!(
+            f,
+            "  server heap          {:.0} MiB held ({:.0} resident) loaded, {:.0} MiB held ({:.0} resident) after the snapshots",
+            self.server_heap_loaded.0,
+            self.server_heap_loaded.1,
+            self.server_heap_after_snapshots.0,
+            self.server_heap_after_snapshots.1
         )?;
         for w in &self.writes {
             writeln!(
@@ -234,6 +246,20 @@ async fn agent(
     Ok(())
 }
 
+/// The server's heap as its metrics say (jemalloc's held and resident bytes), in MiB; zeros
+/// when they cannot be read.
+async fn heap_mib(client: &Client) -> (f64, f64) {
+    let text = client.metrics().await.unwrap_or_default();
+    let gauge = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |b| b / (1 << 20) as f64)
+    };
+    (gauge("weft_api_server_heap_allocated_bytes"), gauge("weft_api_server_heap_resident_bytes"))
+}
+
 fn free_port() -> Result<u16, BenchError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0").map_err(other)?.local_addr().map_err(other)?.port())
 }
@@ -288,6 +314,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
         }
         let loaded = started.elapsed();
         let server_loaded_rss_mib = crate::rss_mib(Some(pid)).0;
+        let server_heap_loaded = heap_mib(&client).await;
 
         tracing::info!(agents = config.agents, "connecting the agents");
         let seen = Arc::new(Seen::default());
@@ -305,6 +332,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
         tokio::time::timeout(Duration::from_secs(300), synced).await.map_err(|_| other("snapshots took over 300 s"))?;
         let snapshots = started.elapsed();
         let (server_rss_mib, server_peak_at_snapshots_mib) = crate::rss_mib(Some(pid));
+        let server_heap_after_snapshots = heap_mib(&client).await;
 
         let mut writes = Vec::new();
         let mut kinds = vec!["pod relabelled", "pod added (platform)"];
@@ -414,6 +442,8 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
             server_rss_mib,
             server_peak_at_snapshots_mib,
             server_peak_rss_mib: crate::rss_mib(Some(pid)).1,
+            server_heap_loaded,
+            server_heap_after_snapshots,
             writes,
         })
     }

@@ -295,6 +295,16 @@ impl Client {
         Ok(self.request(Method::GET, "/readyz").send().await?.status().is_success())
     }
 
+    /// The server's metrics, as Prometheus text.
+    pub async fn metrics(&self) -> Result<String> {
+        let response = self.request(Method::GET, "/metrics").send().await?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            return Err(ClientError::Unexpected { status, detail: response.text().await.unwrap_or_default() });
+        }
+        Ok(response.text().await?)
+    }
+
     pub async fn info(&self) -> Result<Info> {
         self.send(self.request(Method::GET, "/v1/info")).await
     }

@@ -52,6 +52,10 @@ pub struct Config {
     /// What the flows held in memory may take (estimated): the newest records and the last
     /// hour of the nodes' windows, half each.
     pub flow_memory: usize,
+    /// How many snapshots may be on their way at once ([`session::SnapshotSlots`]), and how
+    /// long an agent that does not ack its snapshot holds its slot.
+    pub snapshots_in_flight: usize,
+    pub snapshot_slot_timeout: Duration,
 }
 
 impl Config {
@@ -66,6 +70,8 @@ impl Config {
             flow_retention: Duration::from_secs(3600),
             flow_rollup_retention: Duration::from_secs(7 * 86_400),
             flow_memory: FLOW_MEMORY,
+            snapshots_in_flight: session::SNAPSHOTS_IN_FLIGHT,
+            snapshot_slot_timeout: session::SNAPSHOT_SLOT_TIMEOUT,
         }
     }
 }
@@ -190,6 +196,10 @@ impl Control {
         let retention = (config.flow_retention, config.flow_rollup_retention);
         tokio::spawn(flows::write(Arc::clone(&flows), store.clone(), retention, shutdown_rx.clone()));
         let service = Service {
+            snapshot_slots: Arc::new(session::SnapshotSlots::new(
+                config.snapshots_in_flight,
+                config.snapshot_slot_timeout,
+            )),
             flows: Arc::clone(&flows),
             statuses,
             routes,
@@ -299,6 +309,7 @@ async fn end_deleted_nodes(store: Store, sessions: Sessions, mut shutdown: watch
 
 struct Service {
     statuses: Arc<session::StatusWriter>,
+    snapshot_slots: Arc<session::SnapshotSlots>,
     /// The route table every agent is served, kept current by [`route_feed`].
     /// None until the table was first read: an agent is never told there are no routes.
     routes: watch::Receiver<Option<Arc<v1::RouteTable>>>,
@@ -423,6 +434,7 @@ impl Agent for Service {
             hub: Arc::clone(&self.hub),
             store: self.store.clone(),
             statuses: Arc::clone(&self.statuses),
+            snapshot_slots: Arc::clone(&self.snapshot_slots),
         };
         let (sessions, shutdown) = (Arc::clone(&self.sessions), self.shutdown.clone());
         tokio::spawn(async move {

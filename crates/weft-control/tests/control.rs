@@ -48,9 +48,21 @@ async fn shop(store: &Store) {
 }
 
 async fn start(store: &Store) -> Control {
+    start_with(store, |_| {}).await
+}
+
+/// A controller polling often, configured further by `configure`.
+async fn start_with(store: &Store, configure: impl FnOnce(&mut Config)) -> Control {
     let mut config = Config::new("127.0.0.1:0".parse().unwrap());
     config.poll = Duration::from_millis(50);
+    configure(&mut config);
     Control::start(store.clone(), config).await.unwrap()
+}
+
+/// The shop, and the credentials of node-1 and node-2.
+async fn shop_on_two_nodes(store: &Store) -> (String, String) {
+    shop(store).await;
+    (store.create_node("node-1").await.unwrap(), store.create_node("node-2").await.unwrap())
 }
 
 /// An agent as far as the protocol goes: it applies what it receives to a span in memory.
@@ -249,13 +261,8 @@ async fn a_node_joins_with_a_token_within_its_limits_and_gets_its_own_credential
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn a_stuck_agent_never_delays_the_others_and_catches_up_with_a_snapshot(pool: PgPool) {
     let store = Store::from_pool(pool);
-    shop(&store).await;
-    let one = store.create_node("node-1").await.unwrap();
-    let two = store.create_node("node-2").await.unwrap();
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap());
-    config.poll = Duration::from_millis(50);
-    config.ring_updates = 4;
-    let control = Control::start(store.clone(), config).await.unwrap();
+    let (one, two) = shop_on_two_nodes(&store).await;
+    let control = start_with(&store, |c| c.ring_updates = 4).await;
     let mut stuck = TestAgent::connect(control.local_addr, "node-1", &one).await.unwrap();
     let mut live = TestAgent::connect(control.local_addr, "node-2", &two).await.unwrap();
     assert!(stuck.next_update().await.1);
@@ -283,6 +290,34 @@ async fn a_stuck_agent_never_delays_the_others_and_catches_up_with_a_snapshot(po
     }
     assert!(snapshots >= 1);
     assert_eq!(stuck.span, expected_span(&store, "node-1").await);
+    control.shutdown().await;
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn snapshots_wait_for_a_slot_that_an_ack_or_a_timeout_gives_back(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let (one, two) = shop_on_two_nodes(&store).await;
+    let control = start_with(&store, |c| {
+        c.snapshots_in_flight = 1;
+        c.snapshot_slot_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut first = TestAgent::connect(control.local_addr, "node-1", &one).await.unwrap();
+    let (revision, snapshot) = first.next_update().await;
+    assert!(snapshot);
+    // The one slot is node-1's until it acks: node-2's snapshot waits.
+    let mut second = TestAgent::connect(control.local_addr, "node-2", &two).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), second.next_update()).await;
+    assert!(waited.is_err(), "node-2 got its snapshot while node-1's held the only slot");
+    first.ack(revision).await;
+    assert!(second.next_update().await.1);
+    assert_eq!(second.span, expected_span(&store, "node-2").await);
+    // node-2 never acks: node-1, connecting again, gets its snapshot once the slot's time is up
+    // (without the timeout it would wait for ever, and `next_update` gives up after PATIENCE).
+    drop(first);
+    let mut again = TestAgent::connect(control.local_addr, "node-1", &one).await.unwrap();
+    assert!(again.next_update().await.1);
+    assert_eq!(again.span, expected_span(&store, "node-1").await);
     control.shutdown().await;
 }
 
