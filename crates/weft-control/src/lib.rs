@@ -101,6 +101,14 @@ pub struct Control {
     death: supervise::Death,
 }
 
+/// How many streams being opened use the database at once (each authenticates its agent's
+/// credential, and a span's stream records the connection). When 5,000 agents connected at
+/// once, each took a connection of the pool for itself: the pool's waiters timed out and
+/// retried, and so did the agents, while status writes and the change log's horizon waited
+/// behind them (`weft bench fanout --agents 5000`: no snapshot within 300 s). Waiting here
+/// instead costs nothing, and leaves the rest of the pool to everything else.
+const HELLOS_AT_ONCE: usize = 8;
+
 /// What the flows a controller holds in memory may take by default (`--flow-memory`).
 pub const FLOW_MEMORY: usize = 256 << 20;
 
@@ -196,6 +204,7 @@ impl Control {
         let retention = (config.flow_retention, config.flow_rollup_retention);
         tokio::spawn(flows::write(Arc::clone(&flows), store.clone(), retention, shutdown_rx.clone()));
         let service = Service {
+            hellos: Arc::new(tokio::sync::Semaphore::new(HELLOS_AT_ONCE)),
             snapshot_slots: Arc::new(session::SnapshotSlots::new(
                 config.snapshots_in_flight,
                 config.snapshot_slot_timeout,
@@ -309,6 +318,8 @@ async fn end_deleted_nodes(store: Store, sessions: Sessions, mut shutdown: watch
 
 struct Service {
     statuses: Arc<session::StatusWriter>,
+    /// Streams being opened that may use the database now ([`HELLOS_AT_ONCE`]).
+    hellos: Arc<tokio::sync::Semaphore>,
     snapshot_slots: Arc<session::SnapshotSlots>,
     /// The route table every agent is served, kept current by [`route_feed`].
     /// None until the table was first read: an agent is never told there are no routes.
@@ -388,6 +399,19 @@ fn unavailable(e: StoreError) -> Status {
     Status::unavailable("the controller cannot reach its database; retry")
 }
 
+impl Service {
+    /// Waits for the database's turn of a stream being opened ([`HELLOS_AT_ONCE`]).
+    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        self.hellos.acquire().await.map_err(|_| Status::unavailable("the controller is stopping"))
+    }
+
+    /// The node a credential is, when it is one (admitted as [`Service::admit`] says).
+    async fn authenticate(&self, credential: &str) -> Result<Option<String>, Status> {
+        let _admitted = self.admit().await?;
+        patiently(|| self.store.authenticate_node(credential)).await.map_err(unavailable)
+    }
+}
+
 #[tonic::async_trait]
 impl Agent for Service {
     type SyncStream = ReceiverStream<Result<Encoded, Status>>;
@@ -399,6 +423,8 @@ impl Agent for Service {
             Some(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Hello(hello)) }) => hello,
             _ => return Err(Status::failed_precondition("the first message on a stream is hello")),
         };
+        // Admitted a few at a time: the database's pool serves everything else too.
+        let admitted = self.admit().await?;
         let Some(node) = patiently(|| self.store.authenticate_node(&hello.credential)).await.map_err(unavailable)?
         else {
             tracing::warn!(peer = %peer, claimed = %hello.node, "refused an agent: unknown node credential");
@@ -414,6 +440,7 @@ impl Agent for Service {
         patiently(|| self.store.node_connected(&node, &self.controller, &peer, &hello.agent_version, &underlay))
             .await
             .map_err(unavailable)?;
+        drop(admitted);
         tracing::info!(node = %node, peer = %peer, last_revision = hello.last_revision, version = %hello.agent_version, "agent connected");
         if hello.agent_version != env!("CARGO_PKG_VERSION") {
             // A mixed cluster mid-upgrade works (docs/operations.md); an agent left behind is
@@ -451,7 +478,7 @@ impl Agent for Service {
 
     async fn routes(&self, request: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
         let v1::RoutesRequest { node, credential } = request.into_inner();
-        let Some(known) = patiently(|| self.store.authenticate_node(&credential)).await.map_err(unavailable)? else {
+        let Some(known) = self.authenticate(&credential).await? else {
             return Err(Status::unauthenticated("unknown node credential"));
         };
         if known != node {
@@ -483,8 +510,7 @@ impl Agent for Service {
         let Some(first) = inbound.message().await? else {
             return Ok(Response::new(v1::FlowReceipt::default()));
         };
-        let Some(known) = patiently(|| self.store.authenticate_node(&first.credential)).await.map_err(unavailable)?
-        else {
+        let Some(known) = self.authenticate(&first.credential).await? else {
             return Err(Status::unauthenticated("unknown node credential"));
         };
         if known != first.node {
