@@ -50,7 +50,7 @@ struct Entry {
 
 impl Entry {
     fn identity(&self) -> Option<Identity> {
-        serde_json::from_str(&self.body).ok()
+        Identity::of(&self.body).ok()
     }
 
     /// Its name key, read from its body.
@@ -59,10 +59,8 @@ impl Entry {
     }
 
     fn served(&self, id: Uuid) -> CachedObject {
-        let owner = match (self.kind, self.identity()) {
-            (Kind::ClusterPolicy, _) | (_, None) => None,
-            (_, Some(i)) => Some(i.project.unwrap_or(i.name)),
-        };
+        // (Only objects with an identity are cached.)
+        let owner = self.identity().and_then(|i| i.owner(self.kind));
         CachedObject {
             json: weft_store::served_json(id, self.revision, (self.created_at, self.updated_at), &self.body),
             revision: self.revision,
@@ -94,10 +92,26 @@ pub struct ObjectCache {
     state: RwLock<State>,
 }
 
+/// What a stored body says of whose it is.
 #[derive(serde::Deserialize)]
-struct Identity {
+pub(crate) struct Identity {
     name: String,
     project: Option<String>,
+}
+
+impl Identity {
+    pub(crate) fn of(body: &str) -> serde_json::Result<Identity> {
+        serde_json::from_str(body)
+    }
+
+    /// The project that owns an object of `kind` (a project owns itself); `None`: the
+    /// cluster's.
+    pub(crate) fn owner(self, kind: Kind) -> Option<String> {
+        match kind {
+            Kind::ClusterPolicy => None,
+            _ => Some(self.project.unwrap_or(self.name)),
+        }
+    }
 }
 
 impl ObjectCache {
@@ -124,7 +138,7 @@ impl ObjectCache {
 
     /// Applies a put, unless the cache already holds a newer state of the object.
     fn put(state: &mut State, object: &StoredObject) {
-        let Ok(identity) = serde_json::from_str::<Identity>(&object.body) else {
+        let Ok(identity) = Identity::of(&object.body) else {
             tracing::warn!(id = %object.id, "cannot cache an object without a name");
             return;
         };

@@ -10,7 +10,6 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
 use uuid::Uuid;
 use weft_model::{Kind, LabelSelector, Resource, Validator};
 use weft_store::{ListQuery, ObjectKey, StoredObject, Txn};
@@ -82,19 +81,11 @@ fn named_key((project, name): (String, String)) -> ApiResult<ObjectKey> {
 /// The project that owns a stored object (a project owns itself); `None` for what belongs to
 /// the cluster (a cluster policy), which only an admin reads.
 pub(crate) fn owner(object: &StoredObject) -> ApiResult<Option<String>> {
-    #[derive(Deserialize)]
-    struct Owner {
-        name: String,
-        project: Option<String>,
-    }
-    let o: Owner = serde_json::from_str(&object.body).map_err(|e| {
+    let identity = crate::cache::Identity::of(&object.body).map_err(|e| {
         tracing::error!(id = %object.id, error = %e, "stored object without a name");
         ApiError::internal()
     })?;
-    Ok(match object.kind {
-        Kind::ClusterPolicy => None,
-        _ => Some(o.project.unwrap_or(o.name)),
-    })
+    Ok(identity.owner(object.kind))
 }
 
 /// Whether the caller may read what `owner` owns ([`owner`]).

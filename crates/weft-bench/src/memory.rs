@@ -95,23 +95,10 @@ fn stored(changes: Vec<Change>) -> Result<Vec<StoredObject>, BenchError> {
             Change::UpsertClusterPolicy(p) => Resource::ClusterPolicy(p),
             _ => continue,
         };
-        let id = match &resource {
-            Resource::Project(p) => p.id,
-            Resource::Port(p) => p.id,
-            Resource::SecurityGroup(g) => g.id,
-            Resource::ClusterPolicy(p) => p.id,
-            Resource::VirtualNetwork(v) => v.id,
-        }
-        .ok_or_else(|| other("a synthetic object without an id"))?;
+        let id = resource.id().ok_or_else(|| other("a synthetic object without an id"))?;
         resource.clear_meta();
-        let body = match &resource {
-            Resource::Project(p) => serde_json::to_string(p),
-            Resource::Port(p) => serde_json::to_string(p),
-            Resource::SecurityGroup(g) => serde_json::to_string(g),
-            Resource::ClusterPolicy(p) => serde_json::to_string(p),
-            Resource::VirtualNetwork(v) => serde_json::to_string(v),
-        }
-        .map_err(other)?;
+        // (Resource serialises as the object it holds, as the store writes a body.)
+        let body = serde_json::to_string(&resource).map_err(other)?;
         out.push(StoredObject {
             id,
             kind: resource.kind(),

@@ -437,7 +437,7 @@ impl<'a> PolicyChooser<'a> {
 pub(crate) struct PolicyLists {
     order: Option<PolicyOrder>,
     choices: FastMap<String, Arc<ProjectChoice>>,
-    lists: FastMap<Vec<Uuid>, Arc<Vec<Uuid>>>,
+    lists: Interner<Vec<Uuid>>,
 }
 
 /// The tiered policies in the order they decide, with their subjects' project selectors told
@@ -482,7 +482,7 @@ impl PolicyLists {
     pub(crate) fn list(&mut self, cluster: &Cluster, project: &str, labels: &Labels) -> Arc<Vec<Uuid>> {
         let order = self.order.get_or_insert_with(|| PolicyOrder::of(cluster));
         if order.policies.is_empty() {
-            return Arc::clone(self.lists.entry(Vec::new()).or_default());
+            return self.lists.get(&Vec::new(), Arc::default);
         }
         let choice = match self.choices.get(project) {
             Some(choice) => Arc::clone(choice),
@@ -498,7 +498,7 @@ impl PolicyLists {
                     .collect();
                 let every_port = candidates.iter().all(|(_, ports)| ports.is_empty()).then(|| {
                     let all: Vec<Uuid> = candidates.iter().map(|(id, _)| *id).collect();
-                    Arc::clone(self.lists.entry(all).or_insert_with_key(|all| Arc::new(all.clone())))
+                    self.lists.get(&all, || Arc::new(all.clone()))
                 });
                 let choice = Arc::new(ProjectChoice { candidates, every_port });
                 self.choices.insert(project.to_string(), Arc::clone(&choice));
@@ -510,6 +510,6 @@ impl PolicyLists {
         }
         let list: Vec<Uuid> =
             choice.candidates.iter().filter(|(_, ports)| ports.matches(labels)).map(|(id, _)| *id).collect();
-        Arc::clone(self.lists.entry(list).or_insert_with_key(|list| Arc::new(list.clone())))
+        self.lists.get(&list, || Arc::new(list.clone()))
     }
 }

@@ -556,6 +556,10 @@ impl Resource {
         })
     }
 
+    pub fn id(&self) -> Option<Uuid> {
+        each_resource!(self, r => r.id)
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Resource::Project(_) => Kind::Project,

@@ -7,7 +7,7 @@ mod convert;
 
 pub use convert::{
     ConvertError, DeltaEncoder, SnapshotEncoder, address as encode_address, encode_action, encode_tier, from_proto,
-    parse_action, parse_address, parse_prefix, parse_tier, prefix as encode_prefix, snapshot, snapshot_with, to_proto,
+    parse_action, parse_address, parse_prefix, parse_tier, prefix as encode_prefix, snapshot, to_proto,
 };
 
 /// The messages and the agent's client.

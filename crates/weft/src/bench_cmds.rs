@@ -149,12 +149,8 @@ pub enum BenchCommand {
     /// loaded from the synthetic cluster, each counted by the allocator, and every node's
     /// snapshot encoded.
     Memory {
-        #[arg(long, default_value_t = 25_000)]
-        namespaces: usize,
-        #[arg(long, default_value_t = 4)]
-        pods_per_namespace: usize,
-        #[arg(long, default_value_t = 1_000)]
-        nodes: usize,
+        #[command(flatten)]
+        size: ClusterSize,
         /// Tiered cluster policies of each tier stored with the cluster (0: none).
         #[arg(long, default_value_t = 0)]
         cluster_policies: usize,
@@ -164,12 +160,8 @@ pub enum BenchCommand {
         /// `realistic` (DESIGN.md §8's shape; Antrea's benchmark scale by default) or `dense`.
         #[arg(long, default_value = "realistic", value_parser = ["realistic", "dense"])]
         shape: String,
-        #[arg(long, default_value_t = 25_000)]
-        namespaces: usize,
-        #[arg(long, default_value_t = 4)]
-        pods_per_namespace: usize,
-        #[arg(long, default_value_t = 1_000)]
-        nodes: usize,
+        #[command(flatten)]
+        size: ClusterSize,
         /// Dense shape: pods, and policies that each select every pod.
         #[arg(long, default_value_t = 10_000)]
         dense_pods: usize,
@@ -183,6 +175,24 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         cluster_policies: usize,
     },
+}
+
+/// The realistic synthetic cluster's size (DESIGN.md §8's shape; Antrea's benchmark scale by
+/// default).
+#[derive(Debug, clap::Args)]
+pub struct ClusterSize {
+    #[arg(long, default_value_t = 25_000)]
+    namespaces: usize,
+    #[arg(long, default_value_t = 4)]
+    pods_per_namespace: usize,
+    #[arg(long, default_value_t = 1_000)]
+    nodes: usize,
+}
+
+impl ClusterSize {
+    fn shape(&self) -> weft_bench::compiler::Shape {
+        weft_compiler_shape(self.namespaces, self.pods_per_namespace, self.nodes)
+    }
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -261,25 +271,15 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             print!("{}", weft_bench::fanout::fanout(config).await?);
             Ok(())
         }
-        BenchCommand::Memory { namespaces, pods_per_namespace, nodes, cluster_policies } => {
-            let shape = weft_compiler_shape(namespaces, pods_per_namespace, nodes);
-            print!("{}", weft_bench::memory::run(&shape, cluster_policies)?);
+        BenchCommand::Memory { size, cluster_policies } => {
+            print!("{}", weft_bench::memory::run(&size.shape(), cluster_policies)?);
             Ok(())
         }
-        BenchCommand::Compiler {
-            shape,
-            namespaces,
-            pods_per_namespace,
-            nodes,
-            dense_pods,
-            dense_policies,
-            changes,
-            cluster_policies,
-        } => {
+        BenchCommand::Compiler { shape, size, dense_pods, dense_policies, changes, cluster_policies } => {
             let workload = if shape == "dense" {
-                weft_bench::compiler::Workload::Dense { pods: dense_pods, policies: dense_policies, nodes }
+                weft_bench::compiler::Workload::Dense { pods: dense_pods, policies: dense_policies, nodes: size.nodes }
             } else {
-                weft_bench::compiler::Workload::Realistic(weft_compiler_shape(namespaces, pods_per_namespace, nodes))
+                weft_bench::compiler::Workload::Realistic(size.shape())
             };
             // The incremental compiler first, so that the memory it reports is its own.
             let incremental = match (&workload, changes > 0) {
