@@ -17,7 +17,7 @@ use crate::problem::{ApiError, ApiResult};
 use crate::resources::{json_response, op_create, op_delete, op_patch, op_replace};
 
 /// Operations in one batch at most.
-pub const MAX_OPERATIONS: usize = 10_000;
+pub const MAX_OPERATIONS: usize = weft_model::MAX_BATCH_OPERATIONS;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::ApiError;
 
-/// Request bodies above this many bytes get 413. A security group of 4,096 rules fits.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Request bodies above this many bytes get 413.
+pub const MAX_BODY_BYTES: usize = weft_model::MAX_REQUEST_BYTES;
 
 pub fn bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {

@@ -182,6 +182,30 @@ pub struct ChangeEvent {
     pub error: Option<Problem>,
 }
 
+/// `operations` in order, split into the batches the API takes: at most
+/// [`weft_model::MAX_BATCH_OPERATIONS`] operations each and a body under
+/// [`weft_model::MAX_REQUEST_BYTES`]. An operation too large alone is a batch of its own, for
+/// the API to refuse by name.
+pub fn batches(operations: &[BatchOp]) -> Vec<&[BatchOp]> {
+    // `{"operations":[` ... `]}`, and room to spare.
+    const FRAME: usize = 64;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, FRAME);
+    for (i, op) in operations.iter().enumerate() {
+        let size = serde_json::to_vec(op).map_or(0, |v| v.len()) + 1;
+        let full = i - start == weft_model::MAX_BATCH_OPERATIONS || bytes + size > weft_model::MAX_REQUEST_BYTES;
+        if full && i > start {
+            out.push(&operations[start..i]);
+            (start, bytes) = (i, FRAME);
+        }
+        bytes += size;
+    }
+    if start < operations.len() {
+        out.push(&operations[start..]);
+    }
+    out
+}
+
 /// A write inside `POST /v1/batch`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -385,6 +409,7 @@ impl Client {
         }
     }
 
+    /// One batch: one transaction. [`batches`] splits operations into batches the API takes.
     pub async fn batch(&self, operations: &[BatchOp]) -> Result<BatchResult> {
         self.send(self.request(Method::POST, "/v1/batch").json(&serde_json::json!({ "operations": operations }))).await
     }
@@ -657,6 +682,31 @@ mod tests {
             serde_json::to_value(&op).unwrap(),
             serde_json::json!({"op": "patch", "kind": "project", "id": id, "patch": {"labels": {}}})
         );
+    }
+
+    #[test]
+    fn batches_stay_within_the_apis_limits_and_keep_the_order() {
+        let body = |ops: &[BatchOp]| serde_json::to_vec(&serde_json::json!({ "operations": ops })).unwrap().len();
+        // 5,000 operations of about 1 KiB: under the count limit, over the size limit.
+        let large: Vec<BatchOp> = (0..5_000)
+            .map(|i| BatchOp::Create {
+                kind: Kind::Port,
+                object: serde_json::json!({"name": format!("p{i}"), "description": "x".repeat(1_000)}),
+            })
+            .collect();
+        assert!(body(&large) > weft_model::MAX_REQUEST_BYTES);
+        let split = batches(&large);
+        assert!(split.len() >= 2, "{} batches", split.len());
+        assert!(split.iter().all(|b| body(b) <= weft_model::MAX_REQUEST_BYTES && !b.is_empty()));
+        assert_eq!(split.concat().len(), large.len());
+        assert!(std::ptr::eq(split[0].as_ptr(), large.as_ptr()), "in order, from the first");
+        // Small ones: split by count.
+        let small: Vec<BatchOp> = (0..25_000)
+            .map(|i| BatchOp::Delete { kind: Kind::Port, target: Target::id(Uuid::from_u128(i)), cascade: false })
+            .collect();
+        let lengths: Vec<usize> = batches(&small).iter().map(|b| b.len()).collect();
+        assert_eq!(lengths, [10_000, 10_000, 5_000]);
+        assert!(batches(&[]).is_empty());
     }
 
     #[test]

@@ -17,9 +17,6 @@ use weft_model::{ClusterPolicy, DEFAULT_GROUP, Kind, Port, Project, SecurityGrou
 
 use crate::translate::{self, OWNER_ANNOTATION, Options, Problem, ProblemKind};
 
-/// The most operations one batch takes (the API's limit).
-const BATCH_OPERATIONS: usize = 10_000;
-
 /// What the config service should hold for a cluster.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
@@ -494,7 +491,7 @@ pub async fn list(client: &Client) -> Result<Current, ClientError> {
 /// Applies a plan in batches, recording what was written in `mirror`.
 async fn apply(client: &Client, plan: Plan, mirror: &mut Mirror) -> Result<Outcome, ClientError> {
     let mut revision = None;
-    for chunk in plan.operations.chunks(BATCH_OPERATIONS) {
+    for chunk in weft_client::batches(&plan.operations) {
         let result = client.batch(chunk).await?;
         mirror.record(chunk, &result);
         revision = Some(result.revision);

@@ -35,6 +35,13 @@ pub use validation::{FieldError, ValidationErrors, Validator};
 /// Entries in a list field (subnets, ports of a rule, except prefixes, groups of a port).
 pub const MAX_LIST_LEN: usize = 256;
 
+/// The REST API's request bodies take at most this many bytes (a security group of 4,096
+/// rules fits); clients split what they send to stay under it.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Operations in one batch (`POST /v1/batch`) at most.
+pub const MAX_BATCH_OPERATIONS: usize = 10_000;
+
 /// A reference to a project-scoped object: `name` (in the referrer's project) or
 /// `project/name` (Tungsten Fabric's fq_name, in another project).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
