@@ -7,6 +7,7 @@
 //! Callers hold the network row's lock, so allocations on one network are serialised and never
 //! collide; the primary key of `ip_allocations` enforces it regardless.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -19,10 +20,26 @@ use crate::error::{ConflictKind, Result, StoreError};
 /// How many held addresses one read brings.
 const PAGE: i64 = 256;
 
+/// What a transaction that holds a network's row locked has read of its IPAM state and
+/// may use again: nobody else claims blocks or moves cursors on that network until it ends.
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    /// A node's blocks on a network, in order, with whether the cluster assigned each.
+    blocks: HashMap<(Uuid, String), Vec<(IpNet, bool)>>,
+    /// Where a subnet's next allocation starts (None: at its start).
+    cursors: HashMap<(Uuid, IpNet), Option<IpNet>>,
+    /// Cursors moved and not written yet: written once each, before the transaction commits
+    /// or forgets what it knows ([`Known::write`]).
+    moved: HashMap<(Uuid, IpNet), IpNet>,
+    /// The blocks claimed in a subnet, by first and last address, in order.
+    claimed: HashMap<(Uuid, IpNet), Vec<(u128, u128)>>,
+}
+
 /// One address from each family the network has subnets of (IPv4 first); on a network split
 /// into node blocks, from the blocks of the port's `node`.
 pub(crate) async fn allocate(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    known: &mut Known,
     network_id: Uuid,
     vn: &VirtualNetwork,
     node: Option<&str>,
@@ -41,7 +58,7 @@ pub(crate) async fn allocate(
             continue;
         }
         let found = match (&vn.node_blocks, node) {
-            (Some(blocks), Some(node)) => from_blocks(tx, network_id, &family, blocks, node, grace).await?,
+            (Some(blocks), Some(node)) => from_blocks(tx, known, network_id, &family, blocks, node, grace).await?,
             (Some(_), None) => {
                 return Err(StoreError::invalid(
                     "/node",
@@ -51,7 +68,7 @@ pub(crate) async fn allocate(
             (None, _) => {
                 let mut found = None;
                 for subnet in family {
-                    if let Some(a) = allocate_in(tx, network_id, subnet, grace).await? {
+                    if let Some(a) = allocate_in(tx, known, network_id, subnet, grace).await? {
                         found = Some(a);
                         break;
                     }
@@ -88,18 +105,28 @@ pub(crate) async fn allocate(
 /// blocks of this family: then only those ([`assign`]).
 async fn from_blocks(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    known: &mut Known,
     network_id: Uuid,
     family: &[&Subnet],
     blocks: &weft_model::NodeBlocks,
     node: &str,
     grace: Duration,
 ) -> Result<Option<IpAddr>> {
-    let held: Vec<(IpNet, bool)> =
-        sqlx::query_as("SELECT block, assigned FROM ip_blocks WHERE network_id = $1 AND node = $2 ORDER BY block")
+    let key = (network_id, node.to_string());
+    let held = match known.blocks.get(&key) {
+        Some(held) => held.clone(),
+        None => {
+            let held: Vec<(IpNet, bool)> = sqlx::query_as(
+                "SELECT block, assigned FROM ip_blocks WHERE network_id = $1 AND node = $2 ORDER BY block",
+            )
             .bind(network_id)
             .bind(node)
             .fetch_all(&mut **tx)
             .await?;
+            known.blocks.insert(key.clone(), held.clone());
+            held
+        }
+    };
     let in_family = |block: &IpNet| family.iter().any(|s| s.cidr.contains(block));
     let assigned = held.iter().any(|(b, assigned)| *assigned && in_family(b));
     let in_block = |block: IpNet| {
@@ -108,7 +135,7 @@ async fn from_blocks(
     };
     let usable = held.into_iter().filter(|(_, a)| *a || !assigned).map(|(b, _)| b);
     for block in usable.filter_map(in_block) {
-        if let Some(a) = allocate_in(tx, network_id, &block, grace).await? {
+        if let Some(a) = allocate_in(tx, known, network_id, &block, grace).await? {
             return Ok(Some(a));
         }
     }
@@ -116,11 +143,15 @@ async fn from_blocks(
         return Ok(None);
     }
     for subnet in family {
-        let Some(block) = claim_block(tx, network_id, subnet, blocks.prefix_for(&subnet.cidr), node).await? else {
+        let Some(block) = claim_block(tx, known, network_id, subnet, blocks.prefix_for(&subnet.cidr), node).await?
+        else {
             continue;
         };
+        let held = known.blocks.entry(key.clone()).or_default();
+        held.push((block, false));
+        held.sort();
         if let Some(block) = in_block(block)
-            && let Some(a) = allocate_in(tx, network_id, &block, grace).await?
+            && let Some(a) = allocate_in(tx, known, network_id, &block, grace).await?
         {
             return Ok(Some(a));
         }
@@ -133,19 +164,25 @@ async fn from_blocks(
 /// only when a node needs a new block.
 async fn claim_block(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    known: &mut Known,
     network_id: Uuid,
     subnet: &Subnet,
     prefix: u8,
     node: &str,
 ) -> Result<Option<IpNet>> {
-    let claimed: Vec<IpNet> =
-        sqlx::query_scalar("SELECT block FROM ip_blocks WHERE network_id = $1 AND block <<= $2 ORDER BY block")
-            .bind(network_id)
-            .bind(subnet.cidr)
-            .fetch_all(&mut **tx)
-            .await?;
-    let claimed: Vec<(u128, u128)> = claimed.iter().map(|b| (to_u128(b.network()), to_u128(b.broadcast()))).collect();
-    let Some(start) = free_block(&subnet.cidr, prefix, &claimed) else { return Ok(None) };
+    let claimed = match known.claimed.entry((network_id, subnet.cidr)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let claimed: Vec<IpNet> =
+                sqlx::query_scalar("SELECT block FROM ip_blocks WHERE network_id = $1 AND block <<= $2 ORDER BY block")
+                    .bind(network_id)
+                    .bind(subnet.cidr)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            e.insert(claimed.iter().map(|b| (to_u128(b.network()), to_u128(b.broadcast()))).collect())
+        }
+    };
+    let Some(start) = free_block(&subnet.cidr, prefix, claimed) else { return Ok(None) };
     let v4 = matches!(subnet.cidr, IpNet::V4(_));
     let block =
         IpNet::new(from_u128(v4, start), prefix).map_err(|e| StoreError::invalid("/node_blocks", e.to_string()))?;
@@ -155,6 +192,8 @@ async fn claim_block(
         .bind(node)
         .execute(&mut **tx)
         .await?;
+    claimed.push((to_u128(block.network()), to_u128(block.broadcast())));
+    claimed.sort_unstable();
     Ok(Some(block))
 }
 
@@ -186,6 +225,7 @@ fn free_block(cidr: &IpNet, prefix: u8, claimed: &[(u128, u128)]) -> Option<u128
 /// the cursor moves past it.
 async fn allocate_in(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    known: &mut Known,
     network_id: Uuid,
     subnet: &Subnet,
     grace: Duration,
@@ -193,12 +233,19 @@ async fn allocate_in(
     let v4 = matches!(subnet.cidr, IpNet::V4(_));
     let (first, last) = host_range(&subnet.cidr);
     let gateway = subnet.gateway.map(to_u128);
-    let cursor: Option<IpNet> =
-        sqlx::query_scalar("SELECT next FROM ipam_cursors WHERE network_id = $1 AND subnet = $2")
-            .bind(network_id)
-            .bind(subnet.cidr)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let cursor = match known.cursors.get(&(network_id, subnet.cidr)) {
+        Some(cursor) => *cursor,
+        None => {
+            let cursor: Option<IpNet> =
+                sqlx::query_scalar("SELECT next FROM ipam_cursors WHERE network_id = $1 AND subnet = $2")
+                    .bind(network_id)
+                    .bind(subnet.cidr)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            known.cursors.insert((network_id, subnet.cidr), cursor);
+            cursor
+        }
+    };
     let start = cursor.map(|c| to_u128(c.addr())).filter(|c| (first..=last).contains(c)).unwrap_or(first);
     let mut rounds = vec![(start, last)];
     if start > first {
@@ -220,15 +267,9 @@ async fn allocate_in(
             let held: Vec<u128> = held.iter().map(|n| to_u128(n.addr())).collect();
             match scan(candidate, to, gateway, &held, held.len() < PAGE as usize) {
                 Scan::Free(a) => {
-                    let next = if a >= last { first } else { a + 1 };
-                    sqlx::query(
-                        "INSERT INTO ipam_cursors (network_id, subnet, next) VALUES ($1, $2, $3)                          ON CONFLICT (network_id, subnet) DO UPDATE SET next = EXCLUDED.next",
-                    )
-                    .bind(network_id)
-                    .bind(subnet.cidr)
-                    .bind(IpNet::from(from_u128(v4, next)))
-                    .execute(&mut **tx)
-                    .await?;
+                    let next = IpNet::from(from_u128(v4, if a >= last { first } else { a + 1 }));
+                    known.cursors.insert((network_id, subnet.cidr), Some(next));
+                    known.moved.insert((network_id, subnet.cidr), next);
                     return Ok(Some(from_u128(v4, a)));
                 }
                 Scan::From(next) => candidate = next,
@@ -237,6 +278,32 @@ async fn allocate_in(
         }
     }
     Ok(None)
+}
+
+impl Known {
+    /// Writes the cursors moved since the last write, in one statement.
+    pub(crate) async fn write(&mut self, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> Result<()> {
+        if self.moved.is_empty() {
+            return Ok(());
+        }
+        let (mut networks, mut subnets, mut nexts) = (Vec::new(), Vec::new(), Vec::new());
+        for ((network, subnet), next) in self.moved.drain() {
+            networks.push(network);
+            subnets.push(subnet);
+            nexts.push(next);
+        }
+        sqlx::query(
+            "INSERT INTO ipam_cursors (network_id, subnet, next) \
+             SELECT * FROM unnest($1::uuid[], $2::cidr[], $3::inet[]) \
+             ON CONFLICT (network_id, subnet) DO UPDATE SET next = EXCLUDED.next",
+        )
+        .bind(networks)
+        .bind(subnets)
+        .bind(nexts)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// What one page of held addresses says about `[candidate, to]`.

@@ -1,8 +1,9 @@
 //! Reads and writes of objects. A [`Txn`] is one API request (or one batch): every write in it
 //! is validated and checked against what is stored, and `commit` gives it one revision.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -67,6 +68,26 @@ pub struct Txn {
     /// Taken once per transaction: every write in it has the same timestamp, as it has the
     /// same revision.
     now: DateTime<Utc>,
+    /// What this transaction has looked up, so that a batch of thousands of ports on one
+    /// network asks once, not per port.
+    known: Known,
+}
+
+/// What a transaction has read and may read again without asking: ids of objects found by
+/// name, the networks it holds locked, and IPAM's state of those networks (no other
+/// transaction allocates on a network while this one holds its row). Forgotten whole at
+/// every replace and delete, which may change what a name leads to or what a network says;
+/// creates only add names. There are no savepoints: a failed statement ends the transaction,
+/// so nothing here can outlive what it was read from.
+#[derive(Debug, Default)]
+struct Known {
+    /// By (kind, scope, name), only found ones.
+    ids: HashMap<(Kind, Uuid, String), Uuid>,
+    /// Whether a network is shared, by id.
+    shared: HashMap<Uuid, bool>,
+    /// Networks locked (`FOR NO KEY UPDATE`) by this transaction, as read then.
+    locked_networks: HashMap<Uuid, Arc<VirtualNetwork>>,
+    ipam: ipam::Known,
 }
 
 impl Store {
@@ -74,7 +95,15 @@ impl Store {
     pub async fn begin(&self) -> Result<Txn> {
         // PostgreSQL keeps microseconds: round here so that what a write returns equals what a read gives.
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-        Ok(Txn { store: self.clone(), tx: self.pool.begin().await?, revision: None, seq: 0, locked: None, now })
+        Ok(Txn {
+            store: self.clone(),
+            tx: self.pool.begin().await?,
+            revision: None,
+            seq: 0,
+            locked: None,
+            now,
+            known: Known::default(),
+        })
     }
 
     /// Reads one object.
@@ -310,6 +339,7 @@ impl Txn {
         mut resource: Resource,
         if_match: Option<i64>,
     ) -> Result<StoredObject> {
+        self.forget().await?;
         let current = self.lock(kind, key).await?;
         check_if_match(&current.object, if_match)?;
         if resource.kind() != kind {
@@ -383,6 +413,7 @@ impl Txn {
     /// Deletes an object. A project or network with children needs `cascade`; an object that
     /// others still reference cannot be deleted.
     pub async fn delete(&mut self, kind: Kind, key: &ObjectKey, cascade: bool, if_match: Option<i64>) -> Result<()> {
+        self.forget().await?;
         let current = self.lock(kind, key).await?;
         check_if_match(&current.object, if_match)?;
         let id = current.object.id;
@@ -502,13 +533,21 @@ impl Txn {
     }
 
     /// Commits, and returns the transaction's revision; one that wrote nothing has none (0).
-    pub async fn commit(self) -> Result<i64> {
+    pub async fn commit(mut self) -> Result<i64> {
+        self.known.ipam.write(&mut self.tx).await?;
         self.tx.commit().await?;
         let revision = self.revision.unwrap_or(0);
         if revision > 0 {
             self.store.committed(revision);
         }
         Ok(revision)
+    }
+
+    /// Forgets what the transaction knew ([`Known`]), having written what it had not yet.
+    async fn forget(&mut self) -> Result<()> {
+        self.known.ipam.write(&mut self.tx).await?;
+        self.known = Known::default();
+        Ok(())
     }
 
     async fn lock(&mut self, kind: Kind, key: &ObjectKey) -> Result<ObjectRow> {
@@ -633,11 +672,7 @@ impl Txn {
     }
 
     async fn project_id(&mut self, name: &str) -> Result<Option<Uuid>> {
-        Ok(sqlx::query_scalar("SELECT id FROM objects WHERE kind = 'project' AND scope = $1 AND name = $2")
-            .bind(Uuid::nil())
-            .bind(name)
-            .fetch_optional(&mut *self.tx)
-            .await?)
+        self.lookup(Kind::Project, Uuid::nil(), name).await
     }
 
     async fn require_project(&mut self, name: &str) -> Result<Uuid> {
@@ -647,12 +682,21 @@ impl Txn {
     }
 
     async fn lookup(&mut self, kind: Kind, scope: Uuid, name: &str) -> Result<Option<Uuid>> {
-        Ok(sqlx::query_scalar("SELECT id FROM objects WHERE kind = $1 AND scope = $2 AND name = $3")
-            .bind(kind.as_str())
-            .bind(scope)
-            .bind(name)
-            .fetch_optional(&mut *self.tx)
-            .await?)
+        let key = (kind, scope, name.to_string());
+        if let Some(id) = self.known.ids.get(&key) {
+            return Ok(Some(*id));
+        }
+        let id: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM objects WHERE kind = $1 AND scope = $2 AND name = $3")
+                .bind(kind.as_str())
+                .bind(scope)
+                .bind(name)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        if let Some(id) = id {
+            self.known.ids.insert(key, id);
+        }
+        Ok(id)
     }
 
     /// Resolves `name` or `project/name` to an object id, or an invalid-field error at `pointer`.
@@ -688,12 +732,20 @@ impl Txn {
             other => other?,
         };
         if foreign {
-            let shared: Option<bool> =
-                sqlx::query_scalar("SELECT (body->>'shared')::boolean FROM objects WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *self.tx)
-                    .await?;
-            if shared != Some(true) {
+            let shared = match self.known.shared.get(&id) {
+                Some(shared) => *shared,
+                None => {
+                    let shared: Option<bool> =
+                        sqlx::query_scalar("SELECT (body->>'shared')::boolean FROM objects WHERE id = $1")
+                            .bind(id)
+                            .fetch_one(&mut *self.tx)
+                            .await?;
+                    let shared = shared == Some(true);
+                    self.known.shared.insert(id, shared);
+                    shared
+                }
+            };
+            if !shared {
                 return Err(not_shared());
             }
         }
@@ -770,12 +822,20 @@ impl Txn {
         };
         let project = port.project.clone();
         let network_id = self.resolve_network(project_id, &project, &network).await?;
-        let body: String = sqlx::query_scalar("SELECT body::text FROM objects WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(network_id)
-            .fetch_one(&mut *self.tx)
-            .await?;
-        let vn: VirtualNetwork =
-            serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id: network_id, source })?;
+        let vn = match self.known.locked_networks.get(&network_id) {
+            Some(vn) => Arc::clone(vn),
+            None => {
+                let body: String = sqlx::query_scalar("SELECT body::text FROM objects WHERE id = $1 FOR NO KEY UPDATE")
+                    .bind(network_id)
+                    .fetch_one(&mut *self.tx)
+                    .await?;
+                let vn: Arc<VirtualNetwork> = Arc::new(
+                    serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id: network_id, source })?,
+                );
+                self.known.locked_networks.insert(network_id, Arc::clone(&vn));
+                vn
+            }
+        };
         // A port keeps its addresses across writes, unless it moves to another node of a
         // network whose addresses are per node (they would be routed to the old one).
         if port.ips.is_empty()
@@ -787,7 +847,8 @@ impl Txn {
         }
         if port.ips.is_empty() {
             let grace = self.store.address_reuse_grace;
-            port.ips = ipam::allocate(&mut self.tx, network_id, &vn, port.node.as_deref(), grace).await?;
+            port.ips = ipam::allocate(&mut self.tx, &mut self.known.ipam, network_id, &vn, port.node.as_deref(), grace)
+                .await?;
         } else {
             for (i, ip) in port.ips.iter().enumerate() {
                 if !vn.subnets.iter().any(|s| s.cidr.contains(ip)) {

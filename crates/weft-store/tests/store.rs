@@ -297,20 +297,26 @@ async fn ipam_hands_out_first_free_addresses_concurrently(pool: PgPool) {
     assert_eq!(invalid_pointers(e), ["/ips/0"]);
 }
 
-#[sqlx::test(migrator = "weft_store::MIGRATOR")]
-async fn a_node_the_cluster_assigned_blocks_gets_its_addresses_only_from_them(pool: PgPool) {
-    let store = Store::from_pool(pool);
+/// Projects `k8s-cluster` and `k8s-a`, and the shared network `k8s-cluster/pods` of `cidr` in
+/// /24 blocks per node.
+async fn pod_network(store: &Store, cidr: &str) {
     for p in ["k8s-cluster", "k8s-a"] {
-        project(&store, p).await;
+        project(store, p).await;
     }
     create(
-        &store,
+        store,
         Kind::VirtualNetwork,
         json!({"name": "pods", "project": "k8s-cluster", "shared": true, "node_blocks": {"ipv4": 24},
-               "subnets": [{"cidr": "10.244.0.0/16"}]}),
+               "subnets": [{"cidr": cidr}]}),
     )
     .await
     .unwrap();
+}
+
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_node_the_cluster_assigned_blocks_gets_its_addresses_only_from_them(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    pod_network(&store, "10.244.0.0/16").await;
     let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let pod = |name: &str, node: &str| json!({"name": name, "project": "k8s-a", "network": "k8s-cluster/pods", "node": node, "security_groups": []});
@@ -456,6 +462,60 @@ async fn a_shared_network_gives_each_node_its_own_blocks(pool: PgPool) {
     let n3 = port_ips(&store, pod("c0", "n3")).await.unwrap();
     assert!("10.244.1.0/24".parse::<ipnet::IpNet>().unwrap().contains(&n3[0]), "{n3:?}");
     assert_ne!(n3[0], ip("10.244.1.1"), "the released address waits out its grace period");
+}
+
+/// A batch is one transaction, which keeps what it read of the network and its blocks and
+/// cursors (issue 23): it must hand out what as many transactions would, keep its cursors for
+/// the next one, and read again after a write that may change what it knew.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn one_transaction_of_many_ports_allocates_as_one_transaction_each_would(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    pod_network(&store, "10.244.0.0/22").await;
+    let pod = |name: &str, node: &str| {
+        resource(
+            Kind::Port,
+            json!({"name": name, "project": "k8s-a", "network": "k8s-cluster/pods", "node": node, "security_groups": []}),
+        )
+    };
+    let ips = |o: weft_store::StoredObject| match o.decode().unwrap() {
+        Resource::Port(p) => p.ips,
+        _ => panic!("not a port"),
+    };
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut txn = store.begin().await.unwrap();
+    let mut n1 = Vec::new();
+    for i in 0..300 {
+        n1.extend(ips(txn.create(pod(&format!("a{i}"), "n1")).await.unwrap()));
+        if i == 0 {
+            // n2's first pod claims the next block, between n1's.
+            assert_eq!(ips(txn.create(pod("b0", "n2")).await.unwrap()), [ip("10.244.1.1")]);
+        }
+        if i == 100 {
+            // A replace forgets what the transaction knew, having written its cursors.
+            let mut b0 = pod("b0", "n2");
+            if let Resource::Port(p) = &mut b0 {
+                p.labels.insert("app".into(), "db".into());
+            }
+            txn.replace(Kind::Port, &by_name(Some("k8s-a"), "b0"), b0, None).await.unwrap();
+        }
+    }
+    assert_eq!(ips(txn.create(pod("b1", "n2")).await.unwrap()), [ip("10.244.1.2")]);
+    txn.commit().await.unwrap();
+    // n1's first block in order, then a block of its own past n2's.
+    let expected: Vec<IpAddr> =
+        (1..=254).map(|i| ip(&format!("10.244.0.{i}"))).chain((1..=46).map(|i| ip(&format!("10.244.2.{i}")))).collect();
+    assert_eq!(n1, expected);
+    // The next transaction goes on from the cursors the batch left.
+    assert_eq!(
+        port_ips(
+            &store,
+            json!({"name": "a300", "project": "k8s-a", "network": "k8s-cluster/pods",
+        "node": "n1", "security_groups": []})
+        )
+        .await
+        .unwrap(),
+        [ip("10.244.2.47")]
+    );
 }
 
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
