@@ -47,22 +47,25 @@ macro_rules! flows_sql {
 impl Store {
     /// Appends flows to the log in one statement.
     pub async fn insert_flows(&self, flows: &[Flow]) -> Result<()> {
-        if flows.is_empty() {
-            return Ok(());
+        // A statement at most this many flows: a connection's buffers keep the size of the
+        // largest message it sent, for the pool's life (issue 23 measured 32 connections
+        // holding some 230 MiB after a minute of 8,000 flows a second sent 4,000 at a time).
+        const FLOWS_PER_STATEMENT: usize = 500;
+        for chunk in flows.chunks(FLOWS_PER_STATEMENT) {
+            let at: Vec<i64> = chunk.iter().map(|f| f.at_ms).collect();
+            let projects: Vec<Json<Vec<String>>> = chunk.iter().map(|f| Json(f.projects())).collect();
+            let bodies: Vec<Json<&Flow>> = chunk.iter().map(Json).collect();
+            sqlx::query(
+                "INSERT INTO flow_events (at, projects, flow) \
+                 SELECT to_timestamp(at / 1000.0), ARRAY(SELECT jsonb_array_elements_text(p)), f \
+                 FROM UNNEST($1::bigint[], $2::jsonb[], $3::jsonb[]) AS t(at, p, f)",
+            )
+            .bind(at)
+            .bind(projects)
+            .bind(bodies)
+            .execute(&self.pool)
+            .await?;
         }
-        let at: Vec<i64> = flows.iter().map(|f| f.at_ms).collect();
-        let projects: Vec<Json<Vec<String>>> = flows.iter().map(|f| Json(f.projects())).collect();
-        let bodies: Vec<Json<&Flow>> = flows.iter().map(Json).collect();
-        sqlx::query(
-            "INSERT INTO flow_events (at, projects, flow) \
-             SELECT to_timestamp(at / 1000.0), ARRAY(SELECT jsonb_array_elements_text(p)), f \
-             FROM UNNEST($1::bigint[], $2::jsonb[], $3::jsonb[]) AS t(at, p, f)",
-        )
-        .bind(at)
-        .bind(projects)
-        .bind(bodies)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 
