@@ -5,7 +5,9 @@
 //!
 //! The large span comes from the realistic synthetic cluster (DESIGN.md §8), sized so that one
 //! node holds `ports` ports, with policies of CIDR, port-range and selector rules added to the
-//! namespaces of that node's pods until its span holds at least `rules` rules.
+//! namespaces of that node's pods until its span holds at least `rules` rules. The cluster is
+//! 20 nodes, or `cluster_pods` pods over as many nodes as give the node its `ports` (110 ports
+//! of a 150,000-pod cluster: Kubernetes' limits).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,6 +41,10 @@ pub struct DatapathConfig {
     /// Tiered cluster policies selecting every port (half admin, half baseline), added to the
     /// span; the full apply without them is timed too (0: none).
     pub cluster_policies: usize,
+    /// The measured node as one of a cluster of this many pods (4 a namespace), with as many
+    /// nodes as give it `ports` ports; its span is also the one the agent's memory is measured
+    /// with. None: a cluster of 20 nodes, and the memory with `rss_namespaces`.
+    pub cluster_pods: Option<usize>,
 }
 
 /// Median and best of repeated timings.
@@ -136,10 +142,14 @@ pub(crate) fn run(cmd: &mut Command) -> Result<(), BenchError> {
 pub(crate) const NODE: &str = "node-0";
 
 /// The synthetic cluster sized so that `node-0` has `ports` ports, plus policies in the
-/// namespaces of its pods that bring its span to at least `rules` rules.
-pub(crate) fn heavy_node(ports: usize, rules: usize) -> Vec<Change> {
-    let nodes = 20;
-    let shape = Shape { namespaces: ports * nodes / 4, pods_per_namespace: 4, nodes, ..Shape::antrea() };
+/// namespaces of its pods that bring its span to at least `rules` rules: 20 nodes, or
+/// `cluster_pods` pods over as many nodes as that takes.
+pub(crate) fn heavy_node(ports: usize, rules: usize, cluster_pods: Option<usize>) -> Vec<Change> {
+    let (namespaces, nodes) = match cluster_pods {
+        Some(pods) => (pods.div_ceil(4), pods.div_ceil(ports.max(1))),
+        None => (ports * 20 / 4, 20),
+    };
+    let shape = Shape { namespaces, pods_per_namespace: 4, nodes, ..Shape::antrea() };
     let mut changes = synthetic::cluster(&shape);
     let mut base = Compiler::new();
     base.load(1, changes.clone());
@@ -189,7 +199,7 @@ pub(crate) fn heavy_node(ports: usize, rules: usize) -> Vec<Change> {
 /// The measured node's span (for profiling the render alone).
 pub fn heavy_span(ports: usize, rules: usize) -> NodeSpan {
     let mut compiler = Compiler::new();
-    compiler.load(1, heavy_node(ports, rules));
+    compiler.load(1, heavy_node(ports, rules, None));
     compiler.span(NODE)
 }
 
@@ -211,7 +221,7 @@ fn set_elements(span: &NodeSpan) -> usize {
 pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> {
     let runs = config.runs.max(1);
     let mut compiler = Compiler::new();
-    let mut changes = heavy_node(config.ports, config.rules);
+    let mut changes = heavy_node(config.ports, config.rules, config.cluster_pods);
     let without = (config.cluster_policies > 0).then(|| {
         let mut plain = Compiler::new();
         plain.load(1, changes.clone());
@@ -347,25 +357,29 @@ pub fn run_bench(config: &DatapathConfig) -> Result<DatapathReport, BenchError> 
         state_append: Timing::of(appends),
         state_rewrite: Timing::of(rewrites),
         state_bytes: span_bytes,
-        rss: agent_rss(config)?,
+        rss: agent_rss(config, &span)?,
     })
 }
 
 /// A real agent process started from a state dir holding node-0's span of the large cluster
-/// (no controller answers it): its memory once it enforces that span.
-fn agent_rss(config: &DatapathConfig) -> Result<RssFigures, BenchError> {
-    let shape = Shape { namespaces: config.rss_namespaces, ..Shape::antrea() };
-    let span = {
-        let mut compiler = Compiler::new();
-        compiler.load(1, synthetic::cluster(&shape));
-        compiler.span(NODE)
+/// (no controller answers it): its memory once it enforces that span. With `cluster_pods`,
+/// that span is the measured one.
+fn agent_rss(config: &DatapathConfig, measured: &NodeSpan) -> Result<RssFigures, BenchError> {
+    let (span, cluster_pods) = match config.cluster_pods {
+        Some(pods) => (measured.clone(), pods),
+        None => {
+            let shape = Shape { namespaces: config.rss_namespaces, ..Shape::antrea() };
+            let mut compiler = Compiler::new();
+            compiler.load(1, synthetic::cluster(&shape));
+            (compiler.span(NODE), shape.namespaces * shape.pods_per_namespace)
+        }
     };
     let dir = std::env::temp_dir().join(format!("weft-bench-agent-{}", std::process::id()));
     let result = measure_agent(&config.binary, &dir, &span);
     let _ = std::fs::remove_dir_all(&dir);
     let (rss_mib, peak_mib) = result?;
     Ok(RssFigures {
-        cluster_pods: shape.namespaces * shape.pods_per_namespace,
+        cluster_pods,
         span_ports: span.ports.len(),
         span_set_members: set_elements(&span),
         rss_mib,

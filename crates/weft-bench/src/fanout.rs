@@ -2,11 +2,17 @@
 //! holds the synthetic cluster of DESIGN.md §8. Figures: how long until every agent that
 //! connects at once has its snapshot, the server's memory, and the time from a REST write's
 //! answer to the ack of every agent it concerns.
+//!
+//! Once its snapshot is in, each simulated agent also reports what its node's datapath saw on
+//! the `Flows` stream, as a real agent does: connections of its ports begun and ended (each
+//! allowed by the first ingress rule of the port's first group), a DNS query for every other
+//! connection, and the node's 15-second windows; so the server's memory counts its flow store
+//! and its time counts taking them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +41,12 @@ pub struct FanoutConfig {
     /// ([`synthetic::cluster_policies`]); with some, admin policies are also added, changed and
     /// reordered, each write timed to every affected agent's ack.
     pub cluster_policies: usize,
+    /// New connections each port makes a minute, reported on the agents' flow streams (0:
+    /// no flow reports)...
+    pub connections_per_port_minute: f64,
+    /// ...for at least this long from the snapshots on (the writes happen meanwhile); the
+    /// memory after the writes is read then.
+    pub flows_for: Duration,
 }
 
 #[derive(Debug)]
@@ -66,7 +78,28 @@ pub struct FanoutReport {
     /// last snapshot arrived.
     pub server_heap_loaded: (f64, f64),
     pub server_heap_after_snapshots: (f64, f64),
+    /// After the writes, with the agents still connected and reporting flows: RSS, and the
+    /// heap held and resident.
+    pub server_rss_after_writes_mib: f64,
+    pub server_heap_after_writes: (f64, f64),
+    /// The heap once every agent has gone (what connections held is given back).
+    pub server_heap_after_agents_left: (f64, f64),
     pub writes: Vec<WriteFigures>,
+    pub flows: FlowFigures,
+}
+
+/// What the simulated agents reported on their flow streams, and what the server said of it.
+#[derive(Debug, Default)]
+pub struct FlowFigures {
+    pub connections_per_port_minute: f64,
+    /// Records sent (connections begun and ended, DNS queries) and windows sent.
+    pub records: u64,
+    pub windows: u64,
+    /// The server's receipts: records kept, and refused (none should be).
+    pub accepted: u64,
+    pub refused: u64,
+    /// How long the agents reported.
+    pub seconds: f64,
 }
 
 impl std::fmt::Display for FanoutReport {
@@ -101,6 +134,29 @@ impl std::fmt::Display for FanoutReport {
             self.server_heap_after_snapshots.0,
             self.server_heap_after_snapshots.1
         )?;
+        writeln!(
+            f,
+            "  server memory        {:.0} MiB after the writes (heap {:.0} MiB held, {:.0} resident); heap once the agents left {:.0} MiB held ({:.0} resident)",
+            self.server_rss_after_writes_mib,
+            self.server_heap_after_writes.0,
+            self.server_heap_after_writes.1,
+            self.server_heap_after_agents_left.0,
+            self.server_heap_after_agents_left.1
+        )?;
+        let fl = &self.flows;
+        if fl.connections_per_port_minute > 0.0 {
+            writeln!(
+                f,
+                "  flows                {} records ({:.0} a second) and {} windows over {:.0} s at {} new connections a port a minute: {} kept, {} refused",
+                fl.records,
+                fl.records as f64 / fl.seconds.max(1e-9),
+                fl.windows,
+                fl.seconds,
+                fl.connections_per_port_minute,
+                fl.accepted,
+                fl.refused
+            )?;
+        }
         for w in &self.writes {
             writeln!(
                 f,
@@ -181,6 +237,203 @@ struct Seen {
     all_synced: Notify,
     /// The run is over: streams ending now are the server stopping.
     finished: std::sync::atomic::AtomicBool,
+    /// Tells the agents to close their streams and go.
+    leave: tokio::sync::watch::Sender<bool>,
+    agents_left: AtomicUsize,
+    all_left: Notify,
+    flow_records: AtomicU64,
+    flow_windows: AtomicU64,
+    flows_accepted: AtomicU64,
+    flows_refused: AtomicU64,
+}
+
+/// A port of a simulated agent's node, as its snapshot said: what its flow records name.
+#[derive(Debug, Clone)]
+struct LocalPort {
+    id: String,
+    address: Vec<u8>,
+    /// The group and rule that let its ingress connections in (the first of each).
+    allowed_by: Option<(String, String)>,
+}
+
+/// The node's ports, from its snapshot's messages.
+#[derive(Debug, Default)]
+struct SnapshotPorts {
+    ports: Vec<v1::PortPolicy>,
+    /// A group's first ingress rule, by group id.
+    first_rule: HashMap<String, String>,
+}
+
+impl SnapshotPorts {
+    fn take(&mut self, delta: v1::SpanDelta) {
+        self.ports.extend(delta.ports_upserted);
+        for g in delta.groups_upserted {
+            if let Some(rule) = g.ingress.first() {
+                self.first_rule.insert(g.id, rule.rule.clone());
+            }
+        }
+    }
+
+    fn local_ports(self) -> Vec<LocalPort> {
+        self.ports
+            .into_iter()
+            .filter_map(|p| {
+                let address = p.addresses.first()?.to_vec();
+                let allowed_by = p.ingress.as_ref().and_then(|i| i.groups.first()).and_then(|g| {
+                    let rule = self.first_rule.get(g)?;
+                    Some((g.clone(), rule.clone()))
+                });
+                Some(LocalPort { id: p.id, address, allowed_by })
+            })
+            .collect()
+    }
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Connection `id` from `remote` to port 8080 of `port`, as it began or ended (with its
+/// counters), allowed by what let the port's ingress connections in.
+fn connection_record(port: &LocalPort, id: u32, remote: Vec<u8>, at_ms: i64, ended: bool) -> v1::ConnectionRecord {
+    let (group, rule) = port.allowed_by.clone().unwrap_or_default();
+    v1::ConnectionRecord {
+        port: port.id.clone(),
+        ingress: true,
+        src: remote,
+        dst: port.address.clone(),
+        protocol: 6,
+        src_port: Some(32_768 + id % 28_000),
+        dst_port: Some(8080),
+        at_ms,
+        isolated: !group.is_empty(),
+        group,
+        rule,
+        ended,
+        id,
+        counters: ended.then_some(v1::Counters {
+            packets_sent: 10,
+            bytes_sent: 1_200,
+            packets_received: 8,
+            bytes_received: 9_000,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A window's length (DESIGN.md §10).
+const WINDOW_MS: i64 = 15_000;
+
+/// Reports the node's flows, a report a second, until told to leave; adds the receipt to
+/// `seen`. Connections come from remote addresses outside the cluster's pods (10.255/16) to
+/// port 8080 and last about five seconds.
+async fn report_flows(
+    channel: tonic::transport::Channel,
+    node: String,
+    credential: String,
+    ports: Vec<LocalPort>,
+    per_port_minute: f64,
+    seen: Arc<Seen>,
+) -> Result<(), BenchError> {
+    if ports.is_empty() || per_port_minute <= 0.0 {
+        return Ok(());
+    }
+    let mut leave = seen.leave.subscribe();
+    let (tx, rx) = mpsc::channel::<v1::FlowReport>(4);
+    let mut client = AgentClient::new(channel);
+    let receipt = tokio::spawn(async move { client.flows(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let per_second = ports.len() as f64 * per_port_minute / 60.0;
+    let mut owed = 0.0;
+    let mut next_id = 0u32;
+    // Connections begun, oldest first: (id, port index, remote, began at).
+    let mut open: std::collections::VecDeque<(u32, usize, Vec<u8>, i64)> = Default::default();
+    // The open window's counts per port: (started, ended).
+    let mut window: HashMap<usize, (u64, u64)> = HashMap::new();
+    let mut window_start = now_ms() / WINDOW_MS * WINDOW_MS;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = leave.wait_for(|l| *l) => break,
+        }
+        let now = now_ms();
+        let mut report = v1::FlowReport::default();
+        if first {
+            (report.node, report.credential, first) = (node.clone(), credential.clone(), false);
+        }
+        owed += per_second;
+        let rule_of = |i: usize| ports[i].allowed_by.clone().unwrap_or_default();
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let i = next_id as usize % ports.len();
+            let remote = vec![10, 255, (next_id >> 8) as u8, next_id as u8];
+            report.connections.push(connection_record(&ports[i], next_id, remote.clone(), now, false));
+            if next_id.is_multiple_of(2) {
+                report.dns.push(v1::DnsRecord {
+                    port: ports[i].id.clone(),
+                    server: vec![10, 96, 0, 10],
+                    name: format!("svc-{}.bench.svc.cluster.local", next_id % 100),
+                    qtype: 1,
+                    at_ms: now,
+                    src_port: Some(40_000 + next_id % 20_000),
+                });
+            }
+            window.entry(i).or_default().0 += 1;
+            open.push_back((next_id, i, remote, now));
+            next_id = next_id.wrapping_add(1);
+        }
+        while open.front().is_some_and(|(_, _, _, at)| now - at >= 5_000) {
+            let Some((id, i, remote, _)) = open.pop_front() else { break };
+            report.connections.push(connection_record(&ports[i], id, remote, now, true));
+            window.entry(i).or_default().1 += 1;
+        }
+        if now >= window_start + WINDOW_MS {
+            let aggregates = std::mem::take(&mut window)
+                .into_iter()
+                .map(|(i, (started, ended))| {
+                    let (group, rule) = rule_of(i);
+                    v1::FlowAggregate {
+                        port: ports[i].id.clone(),
+                        ingress: true,
+                        remote: vec![10, 255, 0, 0],
+                        protocol: 6,
+                        service: Some(8080),
+                        isolated: !group.is_empty(),
+                        group,
+                        rule,
+                        started,
+                        ended,
+                        packets_sent: 10 * ended,
+                        bytes_sent: 1_200 * ended,
+                        packets_received: 8 * ended,
+                        bytes_received: 9_000 * ended,
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            report.windows.push(v1::FlowWindow {
+                start_ms: window_start,
+                end_ms: window_start + WINDOW_MS,
+                closed: true,
+                aggregates,
+                ..Default::default()
+            });
+            window_start += WINDOW_MS;
+            seen.flow_windows.fetch_add(1, Ordering::Relaxed);
+        }
+        let records = report.connections.len() + report.dns.len();
+        if tx.send(report).await.is_err() {
+            break;
+        }
+        seen.flow_records.fetch_add(records as u64, Ordering::Relaxed);
+    }
+    drop(tx);
+    let receipt = receipt.await.map_err(other)?.map_err(other)?.into_inner();
+    seen.flows_accepted.fetch_add(receipt.accepted, Ordering::Relaxed);
+    seen.flows_refused.fetch_add(receipt.refused, Ordering::Relaxed);
+    Ok(())
 }
 
 async fn agent(
@@ -189,15 +442,16 @@ async fn agent(
     credential: String,
     seen: Arc<Seen>,
     total: usize,
+    per_port_minute: f64,
 ) -> Result<(), BenchError> {
     // A thousand connections at once can overflow the listen backlog: like a real agent, a
     // simulated one tries again (with backoff) until its stream is open.
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).map_err(other)?;
     let mut attempt = 0u32;
-    let (tx, mut inbound) = loop {
+    let (tx, mut inbound, channel) = loop {
         let opened = async {
-            let mut client =
-                AgentClient::new(endpoint.connect().await.map_err(other)?).max_decoding_message_size(256 << 20);
+            let channel = endpoint.connect().await.map_err(other)?;
+            let mut client = AgentClient::new(channel.clone()).max_decoding_message_size(256 << 20);
             let (tx, rx) = mpsc::channel(16);
             let hello = v1::Hello {
                 node: node.clone(),
@@ -210,7 +464,7 @@ async fn agent(
             let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
             let inbound =
                 client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(other)?.into_inner();
-            Ok::<_, BenchError>((tx, inbound))
+            Ok::<_, BenchError>((tx, inbound, channel))
         }
         .await;
         match opened {
@@ -225,8 +479,21 @@ async fn agent(
     };
     let mut bytes = 0;
     let mut synced = false;
-    while let Some(message) = inbound.message().await.map_err(other)? {
+    let mut snapshot = SnapshotPorts::default();
+    let mut flows = None;
+    let mut leave = seen.leave.subscribe();
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => match message.map_err(other)? {
+                Some(message) => message,
+                None => break,
+            },
+            _ = leave.wait_for(|l| *l) => break,
+        };
         bytes += prost::Message::encoded_len(&message);
+        if !synced && let Some(delta) = message.delta {
+            snapshot.take(delta);
+        }
         if !message.last {
             continue;
         }
@@ -239,11 +506,24 @@ async fn agent(
             if seen.snapshots.fetch_add(1, Ordering::AcqRel) + 1 == total {
                 seen.all_synced.notify_one();
             }
+            let ports = std::mem::take(&mut snapshot).local_ports();
+            let (channel, node, credential, seen) =
+                (channel.clone(), node.clone(), credential.clone(), Arc::clone(&seen));
+            flows = Some(tokio::spawn(report_flows(channel, node, credential, ports, per_port_minute, seen)));
         } else {
             seen.acks.lock().unwrap_or_else(|e| e.into_inner()).entry(message.revision).or_default().push(now);
         }
     }
-    Ok(())
+    drop((tx, inbound));
+    let reported = match flows {
+        Some(flows) => flows.await.map_err(other).and_then(|r| r),
+        None => Ok(()),
+    };
+    drop(channel);
+    if seen.agents_left.fetch_add(1, Ordering::AcqRel) + 1 == total {
+        seen.all_left.notify_one();
+    }
+    reported
 }
 
 /// The server's heap as its metrics say (jemalloc's held and resident bytes), in MiB; zeros
@@ -322,8 +602,9 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
         let synced = seen.all_synced.notified();
         for (i, credential) in credentials.into_iter().enumerate() {
             let (grpc, seen, total) = (format!("127.0.0.1:{grpc}"), Arc::clone(&seen), config.agents);
+            let per_port_minute = config.connections_per_port_minute;
             tokio::spawn(async move {
-                let result = agent(grpc, format!("node-{i}"), credential, Arc::clone(&seen), total).await;
+                let result = agent(grpc, format!("node-{i}"), credential, Arc::clone(&seen), total, per_port_minute).await;
                 if let (Err(e), false) = (result, seen.finished.load(Ordering::Acquire)) {
                     tracing::warn!(agent = i, error = %e, "simulated agent failed");
                 }
@@ -331,6 +612,7 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
         }
         tokio::time::timeout(Duration::from_secs(300), synced).await.map_err(|_| other("snapshots took over 300 s"))?;
         let snapshots = started.elapsed();
+        let flows_from = Instant::now();
         let (server_rss_mib, server_peak_at_snapshots_mib) = crate::rss_mib(Some(pid));
         let server_heap_after_snapshots = heap_mib(&client).await;
 
@@ -429,8 +711,34 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
                 writes: config.writes,
             });
         }
+        if config.connections_per_port_minute > 0.0 {
+            // The run's length, not a wait for a condition: the flow store fills meanwhile.
+            tokio::time::sleep_until((flows_from + config.flows_for).into()).await;
+        }
+        let flows_for = flows_from.elapsed();
+        let (server_rss_after_writes_mib, _) = crate::rss_mib(Some(pid));
+        let server_heap_after_writes = heap_mib(&client).await;
+        // Every agent closes its streams (its flow stream's receipt counted); then what the
+        // server still holds of them.
+        let left = seen.all_left.notified();
+        seen.leave.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(60), left)
+            .await
+            .map_err(|_| other("the agents did not all leave within 60 s"))?;
+        let server_heap_after_agents_left = heap_mib(&client).await;
         seen.finished.store(true, Ordering::Release);
         let snapshot_bytes = seen.snapshot_bytes.load(Ordering::Relaxed);
+        let flows = FlowFigures {
+            connections_per_port_minute: config.connections_per_port_minute,
+            records: seen.flow_records.load(Ordering::Relaxed),
+            windows: seen.flow_windows.load(Ordering::Relaxed),
+            accepted: seen.flows_accepted.load(Ordering::Relaxed),
+            refused: seen.flows_refused.load(Ordering::Relaxed),
+            seconds: flows_for.as_secs_f64(),
+        };
+        if flows.refused > 0 {
+            return Err(other(format!("the server refused {} of the simulated agents' flow records", flows.refused)));
+        }
         Ok(FanoutReport {
             description,
             seeded,
@@ -444,7 +752,11 @@ async fn fanout_on(config: &FanoutConfig, db: &ScratchDatabase) -> Result<Fanout
             server_peak_rss_mib: crate::rss_mib(Some(pid)).1,
             server_heap_loaded,
             server_heap_after_snapshots,
+            server_rss_after_writes_mib,
+            server_heap_after_writes,
+            server_heap_after_agents_left,
             writes,
+            flows,
         })
     }
     .await;

@@ -3,17 +3,24 @@
 //! between them. Figures: the initial sync (start to the config service holding the whole
 //! translation), the latency from a policy's watch event to its write committed in the
 //! config service, and a burst of pod changes taken in batches.
+//!
+//! By default the pods' addresses come as with weft's CNI (DESIGN.md §9): kube-manager has a
+//! pod network, the cluster's Nodes carry no podCIDR, and a pod's port is written as soon as
+//! the pod is scheduled, weft claiming each node's block and its IPAM giving the port its
+//! addresses; the initial sync includes all of it. `--addresses status` measures the other
+//! way, pods whose addresses another plugin already gave (`status.podIPs`).
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 use tokio::sync::watch;
 use weft_client::Client;
+use weft_kube::translate::PodNetwork;
 use weft_kube::{ClusterConfig, Options, Progress};
-use weft_model::{Port, SecurityGroup};
+use weft_model::{NodeBlocks, Port, SecurityGroup};
 use weft_store::admin::ScratchDatabase;
 use weft_testkit::kube_api::FakeKube;
 
@@ -29,7 +36,24 @@ pub struct KubeBenchConfig {
     pub changes: usize,
     /// Pods changed at once for the burst figure.
     pub burst: usize,
+    /// Nodes the pods are spread over (round-robin).
+    pub nodes: usize,
+    /// Where pods' addresses come from.
+    pub addresses: Addresses,
 }
+
+/// Where the synthetic pods' addresses come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addresses {
+    /// weft's IPAM, from per-node blocks of this pod network (IPv4, /24 blocks), as with
+    /// weft-cni: the pods are scheduled and have no address yet.
+    Ipam,
+    /// The pods' `status.podIPs`, given by another plugin; kube-manager has no pod network.
+    Status,
+}
+
+/// The pod network of the IPAM runs: 65,536 /24 blocks, room for 5,000 nodes and more.
+const POD_NETWORK: &str = "10.0.0.0/8";
 
 #[derive(Debug)]
 pub struct KubeReport {
@@ -49,16 +73,27 @@ fn namespace(i: usize) -> Namespace {
     .unwrap_or_default()
 }
 
-fn pod(ns: usize, i: usize, generation: usize) -> Pod {
-    let n = ns * 1_000 + i;
-    let ip = format!("10.{}.{}.{}", 64 + n / 65_536, (n / 256) % 256, n % 256);
+fn node(i: usize) -> Node {
+    serde_json::from_value(json!({"metadata": {"name": format!("node{i}")}, "spec": {}})).unwrap_or_default()
+}
+
+/// Pod `i` of namespace `ns`: the `n`th pod of the cluster, on node `n % nodes`.
+fn pod(config: &KubeBenchConfig, ns: usize, i: usize, n: usize, generation: usize) -> Pod {
+    let status = match config.addresses {
+        // Scheduled, not wired yet: weft's IPAM gives the address.
+        Addresses::Ipam => json!({"phase": "Pending"}),
+        Addresses::Status => {
+            let ip = format!("10.{}.{}.{}", 64 + n / 65_536, (n / 256) % 256, n % 256);
+            json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]})
+        }
+    };
     serde_json::from_value(json!({
         "metadata": {"name": format!("pod{i}"), "namespace": format!("ns{ns}"),
             "labels": {"app": format!("app{}", i % 4), "tier": if i.is_multiple_of(2) { "front" } else { "back" },
                 "generation": generation.to_string()}},
-        "spec": {"nodeName": format!("node{}", n % 1_000), "containers": [{"name": "c", "image": "i",
+        "spec": {"nodeName": format!("node{}", n % config.nodes.max(1)), "containers": [{"name": "c", "image": "i",
             "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}]}]},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+        "status": status
     }))
     .unwrap_or_default()
 }
@@ -107,13 +142,16 @@ async fn run_on(config: &KubeBenchConfig, db: &ScratchDatabase) -> Result<KubeRe
     for ns in 0..config.namespaces {
         fake.apply(&namespace(ns));
     }
+    for i in 0..config.nodes {
+        fake.apply(&node(i));
+    }
     let mut pods = 0;
     'pods: for ns in 0..config.namespaces {
         for i in 0..pods_per_namespace {
             if pods == config.pods {
                 break 'pods;
             }
-            fake.apply(&pod(ns, i, 0));
+            fake.apply(&pod(config, ns, i, pods, 0));
             pods += 1;
         }
     }
@@ -131,8 +169,12 @@ async fn run_on(config: &KubeBenchConfig, db: &ScratchDatabase) -> Result<KubeRe
     let kube_config = kube::Config::new(format!("http://{api_addr}").parse().map_err(other)?);
     let kube = kube::Client::try_from(kube_config).map_err(other)?;
     let (progress_tx, mut progress) = watch::channel(Progress::default());
+    let pod_network = (config.addresses == Addresses::Ipam).then(|| PodNetwork {
+        subnets: vec![POD_NETWORK.parse().expect("a CIDR")],
+        blocks: NodeBlocks { ipv4: 24, ipv6: 80 },
+    });
     let cluster = ClusterConfig {
-        options: Options::default(),
+        options: Options { pod_network, ..Options::default() },
         lease: None,
         resync: Duration::from_secs(3_600),
         instance: "bench".into(),
@@ -147,11 +189,16 @@ async fn run_on(config: &KubeBenchConfig, db: &ScratchDatabase) -> Result<KubeRe
     until(&mut progress, |p| p.full >= 1).await?;
     let initial_sync = started.elapsed();
     let everything = Default::default();
-    let ports = weft.list_all::<Port>(&everything).await?.len();
+    let listed = weft.list_all::<Port>(&everything).await?;
+    let ports = listed.len();
     let groups = weft.list_all::<SecurityGroup>(&everything).await?.len();
     if ports != pods {
         return Err(other(format!("the config service holds {ports} ports, not {pods}")));
     }
+    if let Some(bare) = listed.iter().find(|p| p.ips.is_empty()) {
+        return Err(other(format!("port {}/{} has no address", bare.project, bare.name)));
+    }
+    drop(listed);
 
     // Changes paced 20 a second, as policy edits come; a burst is the figure after.
     let mut latencies = Vec::with_capacity(config.changes);
@@ -171,7 +218,7 @@ async fn run_on(config: &KubeBenchConfig, db: &ScratchDatabase) -> Result<KubeRe
     let burst = config.burst.min(pods);
     let at = Instant::now();
     for n in 0..burst {
-        fake.apply(&pod(n / pods_per_namespace, n % pods_per_namespace, 1));
+        fake.apply(&pod(config, n / pods_per_namespace, n % pods_per_namespace, n, 1));
     }
     let events = before.events + burst as u64;
     let after = until(&mut progress, |p| p.events >= events && p.partial > before.partial).await?;
@@ -199,9 +246,16 @@ impl fmt::Display for KubeReport {
         let c = &self.config;
         writeln!(
             f,
-            "kube-manager: {} namespaces, {} pods, {} policies (fake API server over HTTP, weft server in process)",
-            c.namespaces, c.pods, c.policies
+            "kube-manager: {} namespaces, {} pods on {} nodes, {} policies (fake API server over HTTP, weft server in process)",
+            c.namespaces, c.pods, c.nodes, c.policies
         )?;
+        match c.addresses {
+            Addresses::Ipam => writeln!(
+                f,
+                "  addresses: weft's IPAM on the pod network {POD_NETWORK}, a /24 block per node claimed as pods come (as with weft-cni)"
+            )?,
+            Addresses::Status => writeln!(f, "  addresses: the pods' status.podIPs (no pod network)")?,
+        }
         writeln!(
             f,
             "{:<58} {:>9.2} s   ({} objects in the config service)",

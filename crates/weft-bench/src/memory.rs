@@ -37,6 +37,19 @@ pub struct MemoryReport {
     pub snapshots_held: usize,
     /// Bytes held by the program when the compiler and the cache were loaded.
     pub loaded: usize,
+    pub flows: Option<FlowStoreFigures>,
+}
+
+/// The controller's flow store fed what the nodes would report, as the controller takes it
+/// (`FlowLog::take`, the writer's `due` and `minutes_due` each second, their output dropped).
+#[derive(Debug)]
+pub struct FlowStoreFigures {
+    /// What the store may take, as configured (`--flow-memory`), and what it held after.
+    pub budget: usize,
+    pub held: usize,
+    pub seconds: usize,
+    pub records: usize,
+    pub windows: usize,
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -72,6 +85,17 @@ impl std::fmt::Display for MemoryReport {
             self.largest_snapshot as f64 / 1024.0,
             mib(self.snapshots_held)
         )?;
+        if let Some(fl) = &self.flows {
+            writeln!(
+                f,
+                "  flow store           {} records and {} windows ({} s of every port's connections): {:.1} MiB held, against a budget of {:.0} MiB",
+                fl.records,
+                fl.windows,
+                fl.seconds,
+                mib(fl.held),
+                mib(fl.budget)
+            )?;
+        }
         Ok(())
     }
 }
@@ -111,7 +135,21 @@ fn stored(changes: Vec<Change>) -> Result<Vec<StoredObject>, BenchError> {
     Ok(out)
 }
 
-pub fn run(shape: &synthetic::Shape, cluster_policies: usize) -> Result<MemoryReport, BenchError> {
+/// What the flow store is fed: `seconds` of every port taking `per_port_minute` new
+/// connections a minute (begun, ended five seconds later, a DNS query every other one) and
+/// each node's 15-second windows, with a store of `budget` bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowLoad {
+    pub seconds: usize,
+    pub per_port_minute: f64,
+    pub budget: usize,
+}
+
+pub fn run(
+    shape: &synthetic::Shape,
+    cluster_policies: usize,
+    flow_load: Option<FlowLoad>,
+) -> Result<MemoryReport, BenchError> {
     let description = format!(
         "{} namespaces, {} pods, {} policies on {} nodes{}",
         shape.namespaces,
@@ -169,6 +207,8 @@ pub fn run(shape: &synthetic::Shape, cluster_policies: usize) -> Result<MemoryRe
     let snapshots_held = allocated().saturating_sub(at);
     drop(in_flight);
 
+    let flows = flow_load.map(|load| flow_store(&compiler, load));
+
     let mut parts = vec![("API object cache".to_string(), cache_bytes)];
     drop(feed);
     drop(cache);
@@ -188,5 +228,99 @@ pub fn run(shape: &synthetic::Shape, cluster_policies: usize) -> Result<MemoryRe
         largest_snapshot,
         snapshots_held,
         loaded,
+        flows,
     })
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Feeds a flow store as [`FlowLoad`] says and counts what it holds then.
+fn flow_store(compiler: &Compiler, load: FlowLoad) -> FlowStoreFigures {
+    use weft_proto::v1;
+    let mut by_node: std::collections::BTreeMap<String, Vec<(String, Vec<u8>)>> = Default::default();
+    for (id, port) in compiler.cluster().ports() {
+        let (Some(node), Some(ip)) = (port.node.as_deref(), port.ips.first()) else { continue };
+        by_node.entry(node.to_string()).or_default().push((id.to_string(), weft_proto::encode_address(ip)));
+    }
+    let at = allocated();
+    let log = weft_control::flows::FlowLog::new(load.budget);
+    let (mut records, mut windows) = (0, 0);
+    let start = now_ms() / 15_000 * 15_000;
+    let mut owed: std::collections::BTreeMap<&str, f64> = Default::default();
+    let mut next_id = 0u32;
+    for second in 0..load.seconds {
+        // Simulated time: the store keys windows by their own times, and records by theirs.
+        let now = start + second as i64 * 1_000;
+        for (node, ports) in &by_node {
+            let mut report = v1::FlowReport::default();
+            let due = owed.entry(node.as_str()).or_default();
+            *due += ports.len() as f64 * load.per_port_minute / 60.0;
+            let mut n = 0usize;
+            while *due >= 1.0 {
+                *due -= 1.0;
+                let (port, address) = &ports[n % ports.len()];
+                let id = next_id;
+                next_id = next_id.wrapping_add(1);
+                n += 1;
+                for (ended, at_ms) in [(false, now), (true, now + 5_000)] {
+                    report.connections.push(v1::ConnectionRecord {
+                        port: port.clone(),
+                        ingress: true,
+                        src: vec![10, 255, (id >> 8) as u8, id as u8],
+                        dst: address.clone(),
+                        protocol: 6,
+                        src_port: Some(32_768 + id % 28_000),
+                        dst_port: Some(8080),
+                        at_ms,
+                        ended,
+                        id,
+                        ..Default::default()
+                    });
+                }
+                if id.is_multiple_of(2) {
+                    report.dns.push(v1::DnsRecord {
+                        port: port.clone(),
+                        server: vec![10, 96, 0, 10],
+                        name: format!("svc-{}.bench.svc.cluster.local", id % 100),
+                        qtype: 1,
+                        at_ms: now,
+                        src_port: Some(40_000 + id % 20_000),
+                    });
+                }
+            }
+            if (now + 1_000) % 15_000 == 0 {
+                let aggregates = ports
+                    .iter()
+                    .map(|(port, _)| v1::FlowAggregate {
+                        port: port.clone(),
+                        ingress: true,
+                        remote: vec![10, 255, 0, 0],
+                        protocol: 6,
+                        service: Some(8080),
+                        started: 1,
+                        ended: 1,
+                        ..Default::default()
+                    })
+                    .collect();
+                report.windows.push(v1::FlowWindow {
+                    start_ms: now + 1_000 - 15_000,
+                    end_ms: now + 1_000,
+                    closed: true,
+                    aggregates,
+                    ..Default::default()
+                });
+                windows += 1;
+            }
+            records += report.connections.len() + report.dns.len();
+            log.take(node, report, compiler);
+        }
+        drop(log.due());
+        drop(log.minutes_due());
+    }
+    let held = allocated().saturating_sub(at);
+    drop(log);
+    FlowStoreFigures { budget: load.budget, held, seconds: load.seconds, records, windows }
 }

@@ -193,7 +193,7 @@ fn build_lab() -> Result<Lab, BenchError> {
 /// node of the same cluster the client; the server's ingress is isolated and allows the client
 /// on the connection and bulk ports by one rule.
 fn spans(ports: usize, rules: usize) -> Result<[NodeSpan; 2], BenchError> {
-    let mut changes = heavy_node(ports, rules);
+    let mut changes = heavy_node(ports, rules, None);
     let mut project: weft_model::Project =
         serde_json::from_value(json!({"name": PROJECT})).map_err(|e| BenchError::Other(e.to_string()))?;
     project.id = Some(Uuid::from_u64_pair(11, 0));

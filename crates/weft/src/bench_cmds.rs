@@ -31,6 +31,14 @@ pub enum BenchCommand {
         /// then also added, changed and reordered, timed as the other writes (0: none).
         #[arg(long, default_value_t = 0)]
         cluster_policies: usize,
+        /// New connections each pod takes a minute, reported (begun, ended, a DNS query for
+        /// every other one, 15 s windows) on each simulated agent's flow stream; 0: none.
+        #[arg(long, default_value_t = 2.0)]
+        connections_per_port_minute: f64,
+        /// How long the agents report flows (from their snapshots on; the writes happen
+        /// meanwhile) before the server's memory is read.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        flows_for: Duration,
     },
     /// The CNI plugin (as root): pods wired through weft-cni (beside this binary) against a
     /// real agent on nftables in namespaces of the bench's own: ADD, ADD to an allowed peer's
@@ -95,6 +103,11 @@ pub enum BenchCommand {
         /// the span; the full apply without them is timed too.
         #[arg(long, default_value_t = 0)]
         cluster_policies: usize,
+        /// The measured node as one of a cluster of this many pods, with as many nodes as
+        /// give it `--ports` ports (`--ports 110 --cluster-pods 150000 --rules 0`: Kubernetes'
+        /// limits); the agent's memory is then measured with that node's span.
+        #[arg(long)]
+        cluster_pods: Option<usize>,
     },
     /// Real packets between two pods on two nodes (network namespaces; root): new TCP
     /// connections a second and bulk throughput with no table, conntrack only, weft's table for
@@ -144,6 +157,13 @@ pub enum BenchCommand {
         /// Pods changed at once.
         #[arg(long, default_value_t = 1_000)]
         burst: usize,
+        /// Nodes the pods are spread over.
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Where pods' addresses come from: `ipam` (weft's, from per-node blocks, as with
+        /// weft-cni) or `status` (given by another plugin).
+        #[arg(long, default_value = "ipam", value_parser = ["ipam", "status"])]
+        addresses: String,
     },
     /// Where the server's memory is: the compiler's structures and the API's object cache
     /// loaded from the synthetic cluster, each counted by the allocator, and every node's
@@ -154,6 +174,14 @@ pub enum BenchCommand {
         /// Tiered cluster policies of each tier stored with the cluster (0: none).
         #[arg(long, default_value_t = 0)]
         cluster_policies: usize,
+        /// Seconds of flow records (every port taking `--connections-per-port-minute` new
+        /// connections a minute) fed to a flow store of `--flow-memory` (0: none).
+        #[arg(long, default_value_t = 0)]
+        flow_seconds: usize,
+        #[arg(long, default_value_t = 2.0)]
+        connections_per_port_minute: f64,
+        #[arg(long, default_value = "256MiB", value_parser = crate::server_cmds::parse_size)]
+        flow_memory: usize,
     },
     /// The ACL compiler on a synthetic cluster: full compile time and memory.
     Compiler {
@@ -209,7 +237,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
-        BenchCommand::Datapath { ports, rules, runs, rss_namespaces, dump, cluster_policies } => {
+        BenchCommand::Datapath { ports, rules, runs, rss_namespaces, dump, cluster_policies, cluster_pods } => {
             let config = weft_bench::datapath::DatapathConfig {
                 ports,
                 rules,
@@ -218,6 +246,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 binary: std::env::current_exe().context("cannot find the weft binary")?,
                 dump,
                 cluster_policies,
+                cluster_pods,
             };
             let report = tokio::task::spawn_blocking(move || weft_bench::datapath::run_bench(&config)).await??;
             print!("{report}");
@@ -254,12 +283,34 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             print!("{}", weft_bench::ipam::run(config).await?);
             Ok(())
         }
-        BenchCommand::Kube { database_url, namespaces, pods, policies, changes, burst } => {
-            let config = weft_bench::kube::KubeBenchConfig { database_url, namespaces, pods, policies, changes, burst };
+        BenchCommand::Kube { database_url, namespaces, pods, policies, changes, burst, nodes, addresses } => {
+            let addresses = match addresses.as_str() {
+                "status" => weft_bench::kube::Addresses::Status,
+                _ => weft_bench::kube::Addresses::Ipam,
+            };
+            let config = weft_bench::kube::KubeBenchConfig {
+                database_url,
+                namespaces,
+                pods,
+                policies,
+                changes,
+                burst,
+                nodes,
+                addresses,
+            };
             print!("{}", weft_bench::kube::run(config).await?);
             Ok(())
         }
-        BenchCommand::Fanout { database_url, agents, namespaces, pods_per_namespace, writes, cluster_policies } => {
+        BenchCommand::Fanout {
+            database_url,
+            agents,
+            namespaces,
+            pods_per_namespace,
+            writes,
+            cluster_policies,
+            connections_per_port_minute,
+            flows_for,
+        } => {
             let config = weft_bench::fanout::FanoutConfig {
                 database_url,
                 agents,
@@ -267,12 +318,19 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 writes,
                 weft_exe: std::env::current_exe().context("the weft executable")?,
                 cluster_policies,
+                connections_per_port_minute,
+                flows_for,
             };
             print!("{}", weft_bench::fanout::fanout(config).await?);
             Ok(())
         }
-        BenchCommand::Memory { size, cluster_policies } => {
-            print!("{}", weft_bench::memory::run(&size.shape(), cluster_policies)?);
+        BenchCommand::Memory { size, cluster_policies, flow_seconds, connections_per_port_minute, flow_memory } => {
+            let flows = (flow_seconds > 0).then_some(weft_bench::memory::FlowLoad {
+                seconds: flow_seconds,
+                per_port_minute: connections_per_port_minute,
+                budget: flow_memory,
+            });
+            print!("{}", weft_bench::memory::run(&size.shape(), cluster_policies, flows)?);
             Ok(())
         }
         BenchCommand::Compiler { shape, size, dense_pods, dense_policies, changes, cluster_policies } => {

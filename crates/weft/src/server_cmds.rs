@@ -72,7 +72,7 @@ pub struct ServerArgs {
 }
 
 /// Parses `256MiB`, `1GiB`, `512KiB` (or plain bytes): at least 1 MiB.
-fn parse_size(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: usize = number.parse().map_err(|_| format!("{s:?} is not a size like 256MiB or 1GiB"))?;
