@@ -288,7 +288,7 @@ pub(crate) fn selector(s: &meta::LabelSelector) -> Result<LabelSelector, String>
             Ok(Requirement { key: r.key.clone(), operator, values: r.values.clone().unwrap_or_default() })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(LabelSelector { match_labels: s.match_labels.clone().unwrap_or_default(), match_expressions })
+    Ok(LabelSelector { match_labels: s.match_labels.clone().unwrap_or_default().into(), match_expressions })
 }
 
 /// NetworkPolicy → security group of the same name in its namespace's project: its pod

@@ -29,7 +29,7 @@ pub use resource::{
 pub use rule::{
     Direction, Ethertype, IcmpMatch, PortMatch, Protocol, Remote, Rule, RuleOrigin, canonical_net, port_number,
 };
-pub use selector::{LabelSelector, Labels, Operator, Requirement};
+pub use selector::{LabelSelector, Labels, MatchLabels, Operator, Requirement};
 pub use validation::{FieldError, ValidationErrors, Validator};
 
 /// Entries in a list field (subnets, ports of a rule, except prefixes, groups of a port).

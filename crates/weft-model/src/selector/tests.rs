@@ -9,7 +9,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 #[test]
 fn parses_the_kubernetes_syntax() {
     let s = LabelSelector::parse("app=db, tier in (a,b),!legacy,env!=prod,zone notin (x), present,k==v").unwrap();
-    assert_eq!(s.match_labels, labels(&[("app", "db"), ("k", "v")]));
+    assert_eq!(s.match_labels, labels(&[("app", "db"), ("k", "v")]).into());
     let ops: Vec<_> = s.match_expressions.iter().map(|r| (r.key.as_str(), r.operator, r.values.clone())).collect();
     assert_eq!(
         ops,
@@ -50,7 +50,7 @@ fn matching_follows_kubernetes() {
 #[test]
 fn validation_reports_pointers() {
     let s = LabelSelector {
-        match_labels: labels(&[("Bad Key", "v")]),
+        match_labels: labels(&[("Bad Key", "v")]).into(),
         match_expressions: vec![
             Requirement { key: "a".into(), operator: Operator::In, values: vec![] },
             Requirement { key: "b".into(), operator: Operator::Exists, values: vec!["x".into()] },
@@ -110,4 +110,23 @@ proptest! {
         let parsed = LabelSelector::parse(&text).unwrap();
         prop_assert_eq!(parsed.matches(&l), s.matches(&l), "{}", text);
     }
+}
+
+#[test]
+fn match_labels_read_and_write_as_the_map_they_replace() {
+    let text = r#"{"tier":"db","app":"web","app":"api"}"#;
+    let compact: MatchLabels = serde_json::from_str(text).unwrap();
+    let map: BTreeMap<String, String> = serde_json::from_str(text).unwrap();
+    // The last value of a key given twice, keys in order: as the BTreeMap has it.
+    assert_eq!(serde_json::to_string(&compact).unwrap(), serde_json::to_string(&map).unwrap());
+    assert_eq!(compact, MatchLabels::from(map.clone()));
+    assert_eq!(compact.iter().collect::<Vec<_>>(), map.iter().collect::<Vec<_>>());
+    assert_eq!(compact.get("app").map(String::as_str), Some("api"));
+    assert_eq!(compact.get("nope"), None);
+    let mut more = compact.clone();
+    assert_eq!(more.insert("app".into(), "db".into()).as_deref(), Some("api"));
+    assert_eq!(more.insert("zone".into(), "a".into()), None);
+    assert_eq!(more.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["app", "tier", "zone"]);
+    assert!(serde_json::from_str::<MatchLabels>(r#"{"app": 1}"#).is_err());
+    assert!(serde_json::from_str::<MatchLabels>("[]").is_err());
 }
