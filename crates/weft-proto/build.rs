@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .extern_path(".weft.agent.v1.ControllerMessage", "crate::Encoded")
         .extern_path(".weft.agent.v1", "crate::v1")
+        .codec_path("crate::LeanCodec")
         .out_dir(&server)
         .compile_fds(fds)?;
     Ok(())

@@ -16,6 +16,48 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/client/weft.agent.v1.rs"));
 }
 
+/// The codec of the controller's side: protobuf, as tonic's own, with smaller stream buffers.
+///
+/// tonic encodes a stream's messages into one buffer until it holds 32 KiB (its default
+/// yield threshold) and keeps that buffer, grown to its largest, for the stream's life; a
+/// stream's decode buffer starts at 8 KiB. With thousands of agents connected, each with its
+/// streams, that is memory held per agent (issue 23: about 100 KiB per connected agent in
+/// all). The controller's messages are at most `SNAPSHOT_MESSAGE_BYTES` (16 KiB) for a
+/// snapshot, mostly far less; an agent's are acks and flow reports. So a stream's encoder
+/// yields after each snapshot-sized message and both buffers start small.
+#[derive(Debug, Clone)]
+pub struct LeanCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Default for LeanCodec<T, U> {
+    fn default() -> Self {
+        LeanCodec(std::marker::PhantomData)
+    }
+}
+
+/// Initial capacity of a stream's buffers, and the bytes encoded before the encoder yields.
+fn lean_buffer() -> tonic::codec::BufferSettings {
+    tonic::codec::BufferSettings::new(2 * 1024, 16 * 1024)
+}
+
+impl<T, U> tonic::codec::Codec for LeanCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(lean_buffer())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(lean_buffer())
+    }
+}
+
 /// The controller's side of the service, sending `Encoded` messages.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod server {
