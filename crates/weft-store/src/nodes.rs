@@ -178,6 +178,17 @@ impl Store {
         // with it, or will be, and a block still holding one is released when its node is
         // deleted again (a node of the same name may come back and take it up). Blocks the
         // cluster assigned stay: they are the Kubernetes Node's, withdrawn when it goes.
+        let mut tx = self.pool.begin().await?;
+        // The networks' rows first, as allocations take them: a transaction giving one of the
+        // node's pods an address in a block of its own has committed before the block is
+        // looked at (and the next statement sees its address), and none starts meanwhile.
+        sqlx::query(
+            "SELECT 1 FROM objects WHERE id IN (SELECT network_id FROM ip_blocks WHERE node = $1) \
+             ORDER BY id FOR NO KEY UPDATE",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
         let deleted: Option<String> = sqlx::query_scalar(
             "WITH d AS (DELETE FROM nodes WHERE name = $1 RETURNING name), \
              b AS (DELETE FROM ip_blocks k WHERE k.node = $1 AND NOT k.assigned AND NOT EXISTS \
@@ -186,8 +197,9 @@ impl Store {
         )
         .bind(name)
         .bind(NODES_CHANNEL)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(deleted.is_some())
     }
 

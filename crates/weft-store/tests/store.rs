@@ -518,6 +518,68 @@ async fn one_transaction_of_many_ports_allocates_as_one_transaction_each_would(p
     );
 }
 
+/// A node deleted while a transaction gives one of its pods an address in the node's empty
+/// block: the deletion waits for it, and the block, now holding an address, stays the node's
+/// (another node taking it would put two nodes' pods behind one route).
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_node_deleted_while_its_pod_gets_an_address_keeps_the_block_that_holds_it(pool: PgPool) {
+    let store = Store::from_pool(pool.clone());
+    pod_network(&store, "10.244.0.0/22").await;
+    store.create_node("n1").await.unwrap();
+    let pod = |name: &str, node: &str| {
+        resource(
+            Kind::Port,
+            json!({"name": name, "project": "k8s-a", "network": "k8s-cluster/pods", "node": node, "security_groups": []}),
+        )
+    };
+    // n1's block, empty again.
+    create(
+        &store,
+        Kind::Port,
+        json!({"name": "a0", "project": "k8s-a", "network": "k8s-cluster/pods",
+        "node": "n1", "security_groups": []}),
+    )
+    .await
+    .unwrap();
+    let mut txn = store.begin().await.unwrap();
+    txn.delete(Kind::Port, &by_name(Some("k8s-a"), "a0"), false, None).await.unwrap();
+    txn.commit().await.unwrap();
+    let mut txn = store.begin().await.unwrap();
+    txn.create(pod("a1", "n1")).await.unwrap();
+    let deleting = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete_node("n1").await }
+    });
+    // The deletion waits on the network's row (a condition, polled).
+    let waiting = async {
+        loop {
+            let waits: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waits > 0 || deleting.is_finished() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await.expect("the deletion started");
+    assert!(!deleting.is_finished(), "the deletion did not wait for the allocation");
+    txn.commit().await.unwrap();
+    assert!(deleting.await.unwrap().unwrap());
+    // n1's block holds a1's address: n2 gets the next one.
+    let n2 = port_ips(
+        &store,
+        json!({"name": "b0", "project": "k8s-a", "network": "k8s-cluster/pods",
+        "node": "n2", "security_groups": []}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n2, ["10.244.1.1".parse::<IpAddr>().unwrap()]);
+}
+
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn ipam_reports_exhaustion(pool: PgPool) {
     let store = Store::from_pool(pool);
