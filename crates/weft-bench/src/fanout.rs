@@ -249,11 +249,11 @@ struct Seen {
 
 /// A port of a simulated agent's node, as its snapshot said: what its flow records name.
 #[derive(Debug, Clone)]
-struct LocalPort {
-    id: String,
-    address: Vec<u8>,
+pub(crate) struct LocalPort {
+    pub(crate) id: String,
+    pub(crate) address: Vec<u8>,
     /// The group and rule that let its ingress connections in (the first of each).
-    allowed_by: Option<(String, String)>,
+    pub(crate) allowed_by: Option<(String, String)>,
 }
 
 /// The node's ports, from its snapshot's messages.
@@ -289,14 +289,20 @@ impl SnapshotPorts {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Connection `id` from `remote` to port 8080 of `port`, as it began or ended (with its
 /// counters), allowed by what let the port's ingress connections in.
-fn connection_record(port: &LocalPort, id: u32, remote: Vec<u8>, at_ms: i64, ended: bool) -> v1::ConnectionRecord {
+pub(crate) fn connection_record(
+    port: &LocalPort,
+    id: u32,
+    remote: Vec<u8>,
+    at_ms: i64,
+    ended: bool,
+) -> v1::ConnectionRecord {
     let (group, rule) = port.allowed_by.clone().unwrap_or_default();
     v1::ConnectionRecord {
         port: port.id.clone(),

@@ -232,23 +232,20 @@ pub fn run(
     })
 }
 
-fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Feeds a flow store as [`FlowLoad`] says and counts what it holds then.
 fn flow_store(compiler: &Compiler, load: FlowLoad) -> FlowStoreFigures {
+    use crate::fanout::{LocalPort, connection_record};
     use weft_proto::v1;
-    let mut by_node: std::collections::BTreeMap<String, Vec<(String, Vec<u8>)>> = Default::default();
+    let mut by_node: std::collections::BTreeMap<String, Vec<LocalPort>> = Default::default();
     for (id, port) in compiler.cluster().ports() {
         let (Some(node), Some(ip)) = (port.node.as_deref(), port.ips.first()) else { continue };
-        by_node.entry(node.to_string()).or_default().push((id.to_string(), weft_proto::encode_address(ip)));
+        let local = LocalPort { id: id.to_string(), address: weft_proto::encode_address(ip), allowed_by: None };
+        by_node.entry(node.to_string()).or_default().push(local);
     }
     let at = allocated();
     let log = weft_control::flows::FlowLog::new(load.budget);
     let (mut records, mut windows) = (0, 0);
-    let start = now_ms() / 15_000 * 15_000;
+    let start = crate::fanout::now_ms() / 15_000 * 15_000;
     let mut owed: std::collections::BTreeMap<&str, f64> = Default::default();
     let mut next_id = 0u32;
     for second in 0..load.seconds {
@@ -261,28 +258,17 @@ fn flow_store(compiler: &Compiler, load: FlowLoad) -> FlowStoreFigures {
             let mut n = 0usize;
             while *due >= 1.0 {
                 *due -= 1.0;
-                let (port, address) = &ports[n % ports.len()];
+                let local = &ports[n % ports.len()];
                 let id = next_id;
                 next_id = next_id.wrapping_add(1);
                 n += 1;
                 for (ended, at_ms) in [(false, now), (true, now + 5_000)] {
-                    report.connections.push(v1::ConnectionRecord {
-                        port: port.clone(),
-                        ingress: true,
-                        src: vec![10, 255, (id >> 8) as u8, id as u8],
-                        dst: address.clone(),
-                        protocol: 6,
-                        src_port: Some(32_768 + id % 28_000),
-                        dst_port: Some(8080),
-                        at_ms,
-                        ended,
-                        id,
-                        ..Default::default()
-                    });
+                    let remote = vec![10, 255, (id >> 8) as u8, id as u8];
+                    report.connections.push(connection_record(local, id, remote, at_ms, ended));
                 }
                 if id.is_multiple_of(2) {
                     report.dns.push(v1::DnsRecord {
-                        port: port.clone(),
+                        port: local.id.clone(),
                         server: vec![10, 96, 0, 10],
                         name: format!("svc-{}.bench.svc.cluster.local", id % 100),
                         qtype: 1,
@@ -294,8 +280,8 @@ fn flow_store(compiler: &Compiler, load: FlowLoad) -> FlowStoreFigures {
             if (now + 1_000) % 15_000 == 0 {
                 let aggregates = ports
                     .iter()
-                    .map(|(port, _)| v1::FlowAggregate {
-                        port: port.clone(),
+                    .map(|local| v1::FlowAggregate {
+                        port: local.id.clone(),
                         ingress: true,
                         remote: vec![10, 255, 0, 0],
                         protocol: 6,
