@@ -422,11 +422,17 @@ pub(crate) async fn op_create(
     kind: Kind,
     value: serde_json::Value,
 ) -> ApiResult<StoredObject> {
+    let resource = creatable(caller, kind, value)?;
+    Ok(txn.create(resource).await?)
+}
+
+/// The resource a create asks for, if the caller may create it.
+pub(crate) fn creatable(caller: &Caller, kind: Kind, value: serde_json::Value) -> ApiResult<Resource> {
     require_cluster_admin(caller, kind)?;
     let resource = decode(kind, value)?;
     require_write(caller, kind, resource.project().unwrap_or(resource.name()))?;
     require_admin_fields(caller, &resource, None)?;
-    Ok(txn.create(resource).await?)
+    Ok(resource)
 }
 
 pub(crate) async fn op_replace(

@@ -339,6 +339,96 @@ async fn batch_is_all_or_nothing_with_one_revision(pool: PgPool) {
     assert_eq!(r.pointers(), ["/operations/0"]);
 }
 
+/// A batch's creates of one kind in a row go in together (Txn::create_all): each is still
+/// checked as on its own, and the one that fails is named by its position.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_batchs_creates_go_in_together_and_the_one_that_fails_is_named(pool: PgPool) {
+    let api = Api::new(pool).await;
+    let port = |name: &str, extra: Value| {
+        let mut object = json!({"name": name, "project": "p"});
+        object.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"op": "create", "kind": "port", "object": object})
+    };
+    let batch = |operations: Vec<Value>| json!({ "operations": operations });
+    let setup = batch(vec![
+        json!({"op": "create", "kind": "project", "object": {"name": "p"}}),
+        json!({"op": "create", "kind": "project", "object": {"name": "q"}}),
+        json!({"op": "create", "kind": "virtual-network", "object": {"name": "n", "project": "p", "subnets": [{"cidr": "10.1.0.0/29", "gateway": "10.1.0.1"}]}}),
+    ]);
+    assert_eq!(api.call(Method::POST, "/v1/batch", Some(setup)).await.status, StatusCode::OK);
+    let before = api.revision().await;
+
+    let refused = [
+        (
+            vec![port("a", json!({})), port("b", json!({})), port("a", json!({}))],
+            StatusCode::CONFLICT,
+            None,
+            "port p/a already exists",
+        ),
+        (
+            vec![port("a", json!({})), port("b", json!({"security_groups": ["nope"]}))],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("/operations/1/object/security_groups/0"),
+            "does not exist",
+        ),
+        (
+            vec![
+                port("a", json!({})),
+                json!({"op": "create", "kind": "port", "object": {"name": "c", "project": "gone"}}),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("/operations/1/object/project"),
+            "does not exist",
+        ),
+        (
+            vec![port("a", json!({"ips": ["10.9.0.1"]})), port("b", json!({"ips": ["10.9.0.1"]}))],
+            StatusCode::CONFLICT,
+            None,
+            "10.9.0.1",
+        ),
+        (
+            vec![
+                port("a", json!({"node": "n1", "interface": "weft9"})),
+                port("b", json!({"node": "n1", "interface": "weft9"})),
+            ],
+            StatusCode::CONFLICT,
+            None,
+            "weft9",
+        ),
+    ];
+    for (operations, status, pointer, detail) in refused {
+        let r = api.call(Method::POST, "/v1/batch", Some(batch(operations))).await;
+        assert_eq!(r.status, status, "{}", r.body);
+        if let Some(pointer) = pointer {
+            assert_eq!(r.pointers(), [pointer], "{}", r.body);
+        }
+        assert!(r.body.to_string().contains(detail), "{}", r.body);
+        assert_eq!(api.changes_after(before).await, 0, "nothing of a refused batch stays");
+    }
+
+    // IPAM hands the ports of one batch distinct addresses, and none a port of the batch
+    // names for itself, even one written after them.
+    let mut operations: Vec<Value> = (0..4).map(|i| port(&format!("auto-{i}"), json!({"network": "n"}))).collect();
+    operations.push(port("named", json!({"network": "n", "ips": ["10.1.0.3"]})));
+    // A group's rule may name a group created after it in the same batch.
+    operations.push(json!({"op": "create", "kind": "security-group", "object": {"name": "g1", "project": "p", "rules": [{"direction": "ingress", "remote": {"type": "security_group", "security_group": "g2"}}]}}));
+    operations.push(json!({"op": "create", "kind": "security-group", "object": {"name": "g2", "project": "p"}}));
+    let r = api.call(Method::POST, "/v1/batch", Some(batch(operations))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mut addresses: Vec<String> = r.body["results"].as_array().unwrap()[..5]
+        .iter()
+        .map(|result| result["object"]["ips"][0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addresses[4], "10.1.0.3");
+    addresses.sort();
+    assert_eq!(addresses, ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]);
+    let r = api.call(Method::DELETE, "/v1/security-groups/p/g2", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "g1's rule holds g2: {}", r.body);
+    // The network is full now: the next port says so.
+    let r = api.call(Method::POST, "/v1/batch", Some(batch(vec![port("late", json!({"network": "n"}))]))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+}
+
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn lists_page_and_select(pool: PgPool) {
     let api = Api::new(pool).await;

@@ -7,7 +7,7 @@
 //! Callers hold the network row's lock, so allocations on one network are serialised and never
 //! collide; the primary key of `ip_allocations` enforces it regardless.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -33,6 +33,35 @@ pub(crate) struct Known {
     moved: HashMap<(Uuid, IpNet), IpNet>,
     /// The blocks claimed in a subnet, by first and last address, in order.
     claimed: HashMap<(Uuid, IpNet), Vec<(u128, u128)>>,
+    /// What the last read of a subnet's (or block's) held addresses found, with what this
+    /// transaction took since: the next allocation there reads nothing while its candidate is
+    /// in the window. A batch of a node's 30 pods reads its block once, not 30 times.
+    windows: HashMap<(Uuid, IpNet), Window>,
+    /// Addresses ports of this transaction name themselves ([`Known::taken`]), by family
+    /// (IPv4 or not) and number: a window read before their rows are written must not hand
+    /// them out.
+    reserved: BTreeSet<(bool, u128)>,
+    /// Blocks claimed and not written yet, by network, with their node: written together
+    /// with the cursors ([`Known::write`]); until then nobody else reads them (the network's
+    /// row is locked) and this transaction knows them (`blocks`, `claimed`).
+    new_blocks: Vec<(Uuid, IpNet, String)>,
+}
+
+/// A range of a subnet whose held addresses are all known.
+#[derive(Debug)]
+struct Window {
+    from: u128,
+    until: u128,
+    /// In order.
+    held: Vec<u128>,
+}
+
+impl Window {
+    fn take(&mut self, address: u128) {
+        if let Err(at) = self.held.binary_search(&address) {
+            self.held.insert(at, address);
+        }
+    }
 }
 
 /// One address from each family the network has subnets of (IPv4 first); on a network split
@@ -98,6 +127,120 @@ pub(crate) async fn allocate(
         }
     }
     Ok(addresses)
+}
+
+/// Reads at once what allocations for ports on `nodes` of a network split into node blocks
+/// will need: the nodes' blocks, their cursors, and the addresses held in them. A batch of
+/// ports spread over 5,000 nodes asked each node's blocks, cursor and addresses in turn.
+pub(crate) async fn prefetch(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    known: &mut Known,
+    network_id: Uuid,
+    vn: &VirtualNetwork,
+    nodes: Vec<String>,
+    grace: Duration,
+) -> Result<()> {
+    let Some(node_blocks) = &vn.node_blocks else { return Ok(()) };
+    let nodes: Vec<String> =
+        nodes.into_iter().filter(|n| !known.blocks.contains_key(&(network_id, n.clone()))).collect();
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(String, IpNet, bool)> = sqlx::query_as(
+        "SELECT node, block, assigned FROM ip_blocks WHERE network_id = $1 AND node = ANY($2) ORDER BY node, block",
+    )
+    .bind(network_id)
+    .bind(&nodes)
+    .fetch_all(&mut **tx)
+    .await?;
+    for node in &nodes {
+        known.blocks.entry((network_id, node.clone())).or_default();
+    }
+    let mut blocks = Vec::new();
+    for (node, block, assigned) in rows {
+        if let Some(held) = known.blocks.get_mut(&(network_id, node)) {
+            held.push((block, assigned));
+        }
+        blocks.push(block);
+    }
+    // A node with no block yet gets one of each family now, as its first port would.
+    for node in nodes {
+        if known.blocks.get(&(network_id, node.clone())).is_some_and(|held| !held.is_empty()) {
+            continue;
+        }
+        for v4 in [true, false] {
+            for subnet in vn.subnets.iter().filter(|s| matches!(s.cidr, IpNet::V4(_)) == v4) {
+                let prefix = node_blocks.prefix_for(&subnet.cidr);
+                if let Some(block) = claim_block(tx, known, network_id, subnet, prefix, &node).await? {
+                    known.blocks.entry((network_id, node.clone())).or_default().push((block, false));
+                    blocks.push(block);
+                    break;
+                }
+            }
+        }
+    }
+    let unknown: Vec<IpNet> =
+        blocks.iter().copied().filter(|b| !known.cursors.contains_key(&(network_id, *b))).collect();
+    if !unknown.is_empty() {
+        let cursors: HashMap<IpNet, IpNet> =
+            sqlx::query_as("SELECT subnet, next FROM ipam_cursors WHERE network_id = $1 AND subnet = ANY($2::cidr[])")
+                .bind(network_id)
+                .bind(&unknown)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .collect();
+        for block in unknown {
+            known.cursors.insert((network_id, block), cursors.get(&block).copied());
+        }
+    }
+    // Small blocks are read whole: a window over each.
+    let small: Vec<IpNet> = blocks
+        .into_iter()
+        .filter(|b| b.max_prefix_len() - b.prefix_len() <= 12 && !known.windows.contains_key(&(network_id, *b)))
+        .collect();
+    if small.is_empty() {
+        return Ok(());
+    }
+    let (firsts, lasts): (Vec<IpNet>, Vec<IpNet>) =
+        small.iter().map(|b| (IpNet::from(b.network()), IpNet::from(b.broadcast()))).unzip();
+    let held: Vec<IpNet> = sqlx::query_scalar(
+        // LATERAL: a range scan of each index per block, whatever the planner thinks of
+        // the arrays' sizes.
+        "SELECT x.address FROM unnest($2::inet[], $3::inet[]) AS r(lo, hi), LATERAL ( \
+           SELECT a.address FROM ip_allocations a WHERE a.network_id = $1 AND a.address >= r.lo AND a.address <= r.hi \
+           UNION ALL SELECT p.address FROM port_addresses p WHERE p.address >= r.lo AND p.address <= r.hi \
+           UNION ALL SELECT d.address FROM ip_released d WHERE d.network_id = $1 AND d.address >= r.lo \
+                 AND d.address <= r.hi AND d.released_at > now() - make_interval(secs => $4)) x \
+        ",
+    )
+    .bind(network_id)
+    .bind(&firsts)
+    .bind(&lasts)
+    .bind(grace.as_secs_f64())
+    .fetch_all(&mut **tx)
+    .await?;
+    let starts: std::collections::BTreeMap<(bool, u128), IpNet> =
+        small.iter().map(|b| ((b.network().is_ipv4(), to_u128(b.network())), *b)).collect();
+    let mut by_block: HashMap<IpNet, Vec<u128>> = HashMap::new();
+    for address in held {
+        let a = (address.addr().is_ipv4(), to_u128(address.addr()));
+        if let Some((_, block)) = starts.range(..=a).next_back()
+            && block.contains(&address.addr())
+        {
+            by_block.entry(*block).or_default().push(a.1);
+        }
+    }
+    for block in small {
+        let (first, last) = host_range(&block);
+        let v4 = matches!(block, IpNet::V4(_));
+        let mut in_block = by_block.remove(&block).unwrap_or_default();
+        in_block.extend(known.reserved.range((v4, first)..=(v4, last)).map(|(_, a)| *a));
+        in_block.sort_unstable();
+        in_block.dedup();
+        known.windows.insert((network_id, block), Window { from: first, until: last, held: in_block });
+    }
+    Ok(())
 }
 
 /// An address from one of `node`'s blocks of this family, claiming a new block from the
@@ -186,12 +329,7 @@ async fn claim_block(
     let v4 = matches!(subnet.cidr, IpNet::V4(_));
     let block =
         IpNet::new(from_u128(v4, start), prefix).map_err(|e| StoreError::invalid("/node_blocks", e.to_string()))?;
-    sqlx::query("INSERT INTO ip_blocks (network_id, block, node) VALUES ($1, $2, $3)")
-        .bind(network_id)
-        .bind(block)
-        .bind(node)
-        .execute(&mut **tx)
-        .await?;
+    known.new_blocks.push((network_id, block, node.to_string()));
     claimed.push((to_u128(block.network()), to_u128(block.broadcast())));
     claimed.sort_unstable();
     Ok(Some(block))
@@ -251,9 +389,24 @@ async fn allocate_in(
     if start > first {
         rounds.push((first, start - 1));
     }
+    let key = (network_id, subnet.cidr);
     for (from, to) in rounds {
         let mut candidate = from;
         loop {
+            if let Some(window) = known.windows.get_mut(&key)
+                && (window.from..=window.until).contains(&candidate)
+            {
+                let until = window.until.min(to);
+                if let Scan::Free(a) = scan(candidate, until, gateway, &window.held, true) {
+                    window.take(a);
+                    known.advance(key, v4, if a >= last { first } else { a + 1 });
+                    return Ok(Some(from_u128(v4, a)));
+                }
+                if until >= to {
+                    break;
+                }
+                candidate = until + 1;
+            }
             let held: Vec<IpNet> = sqlx::query_scalar(
                 "SELECT address FROM ip_allocations WHERE network_id = $1 AND address >= $2 AND address <= $3                  UNION SELECT address FROM port_addresses WHERE address >= $2 AND address <= $3                  UNION SELECT address FROM ip_released WHERE network_id = $1 AND address >= $2 AND address <= $3                        AND released_at > now() - make_interval(secs => $4)                  ORDER BY 1 LIMIT $5",
             )
@@ -264,12 +417,18 @@ async fn allocate_in(
             .bind(PAGE)
             .fetch_all(&mut **tx)
             .await?;
-            let held: Vec<u128> = held.iter().map(|n| to_u128(n.addr())).collect();
-            match scan(candidate, to, gateway, &held, held.len() < PAGE as usize) {
+            let mut held: Vec<u128> = held.iter().map(|n| to_u128(n.addr())).collect();
+            let complete = held.len() < PAGE as usize;
+            let until = if complete { to } else { held.last().copied().unwrap_or(to).min(to) };
+            held.extend(known.reserved.range((v4, candidate)..=(v4, until)).map(|(_, a)| *a));
+            held.sort_unstable();
+            held.dedup();
+            let found = scan(candidate, to, gateway, &held, complete);
+            let window = known.windows.entry(key).insert_entry(Window { from: candidate, until, held }).into_mut();
+            match found {
                 Scan::Free(a) => {
-                    let next = IpNet::from(from_u128(v4, if a >= last { first } else { a + 1 }));
-                    known.cursors.insert((network_id, subnet.cidr), Some(next));
-                    known.moved.insert((network_id, subnet.cidr), next);
+                    window.take(a);
+                    known.advance(key, v4, if a >= last { first } else { a + 1 });
                     return Ok(Some(from_u128(v4, a)));
                 }
                 Scan::From(next) => candidate = next,
@@ -281,8 +440,44 @@ async fn allocate_in(
 }
 
 impl Known {
+    fn advance(&mut self, key: (Uuid, IpNet), v4: bool, next: u128) {
+        let next = IpNet::from(from_u128(v4, next));
+        self.cursors.insert(key, Some(next));
+        self.moved.insert(key, next);
+    }
+
+    /// Addresses this transaction claims otherwise than by allocating them (ports that name
+    /// their own): nothing may hand them out, though their rows are not written yet.
+    pub(crate) fn taken(&mut self, addresses: impl IntoIterator<Item = IpAddr>) {
+        for address in addresses {
+            let a = to_u128(address);
+            self.reserved.insert((address.is_ipv4(), a));
+            for ((_, range), window) in &mut self.windows {
+                if range.contains(&address) && (window.from..=window.until).contains(&a) {
+                    window.take(a);
+                }
+            }
+        }
+    }
+
     /// Writes the cursors moved since the last write, in one statement.
     pub(crate) async fn write(&mut self, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> Result<()> {
+        if !self.new_blocks.is_empty() {
+            let (mut networks, mut blocks, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
+            for (network, block, node) in self.new_blocks.drain(..) {
+                networks.push(network);
+                blocks.push(block);
+                nodes.push(node);
+            }
+            sqlx::query(
+                "INSERT INTO ip_blocks (network_id, block, node) SELECT * FROM unnest($1::uuid[], $2::cidr[], $3::text[])",
+            )
+            .bind(networks)
+            .bind(blocks)
+            .bind(nodes)
+            .execute(&mut **tx)
+            .await?;
+        }
         if self.moved.is_empty() {
             return Ok(());
         }

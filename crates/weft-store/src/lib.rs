@@ -84,7 +84,7 @@ where
     }
 }
 pub use error::{ConflictKind, Result, StoreError};
-pub use objects::{ListPage, ListQuery, MAX_PAGE, PolicyPlace, Snapshot, Txn};
+pub use objects::{CreateFailed, ListPage, ListQuery, MAX_PAGE, PolicyPlace, Snapshot, Txn};
 
 /// The migrations in the workspace's `migrations/` folder, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

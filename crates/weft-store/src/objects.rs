@@ -23,6 +23,23 @@ macro_rules! object_columns {
     };
 }
 
+/// What the insert of [`Txn::insert_all`] gives back per object written: the revision, its
+/// id and project, the addresses it claimed and got, and whether it got its interface.
+type InsertedRow = (i64, Uuid, Option<Uuid>, Vec<ipnet::IpNet>, bool);
+
+/// A create of [`Txn::create_all`] that failed: its position among them, and why.
+#[derive(Debug)]
+pub struct CreateFailed {
+    pub index: usize,
+    pub error: StoreError,
+}
+
+impl CreateFailed {
+    fn at(index: usize) -> impl Fn(StoreError) -> CreateFailed {
+        move |error| CreateFailed { index, error }
+    }
+}
+
 /// An object row with its owning project, as read inside a transaction.
 #[derive(Debug, Clone)]
 pub(crate) struct ObjectRow {
@@ -303,32 +320,87 @@ fn push_selector(q: &mut QueryBuilder<Postgres>, selector: &LabelSelector) {
 
 impl Txn {
     /// Creates an object.
-    pub async fn create(&mut self, mut resource: Resource) -> Result<StoredObject> {
-        resource.validate().map_err(StoreError::Invalid)?;
-        resource.clear_meta();
-        let id = Uuid::new_v4();
-        match &mut resource {
-            Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
-            Resource::SecurityGroup(sg) => assign_rule_ids(sg),
-            Resource::Port(port) => {
-                if port.security_groups.is_none() {
-                    port.security_groups = Some(vec![weft_model::DEFAULT_GROUP.to_string()]);
-                }
-                if port.network.is_some() {
-                    let project_id = self.require_project(&port.project.clone()).await?;
-                    self.prepare_port_addresses(project_id, port, None).await?;
+    pub async fn create(&mut self, resource: Resource) -> Result<StoredObject> {
+        let created = self.create_all(vec![resource]).await.map_err(|f| f.error)?;
+        created.into_iter().next().ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Creates objects, each checked as [`Txn::create`] checks one, in a few statements
+    /// whatever their number: kube-manager's batches are thousands of ports, and a statement
+    /// or more per object made its sync of 150,000 pods take minutes. What one of them refers
+    /// to must exist before, except the groups a group's rules name; the first that fails is
+    /// named by its position.
+    pub async fn create_all(
+        &mut self,
+        mut resources: Vec<Resource>,
+    ) -> std::result::Result<Vec<StoredObject>, CreateFailed> {
+        if resources.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, resource) in resources.iter_mut().enumerate() {
+            resource.validate().map_err(|e| CreateFailed::at(i)(StoreError::Invalid(e)))?;
+            resource.clear_meta();
+            match resource {
+                Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
+                Resource::SecurityGroup(sg) => assign_rule_ids(sg),
+                Resource::Port(port) => {
+                    if port.security_groups.is_none() {
+                        port.security_groups = Some(vec![weft_model::DEFAULT_GROUP.to_string()]);
+                    }
                 }
             }
         }
-        let (object, project_id) = self.insert(id, &resource).await?;
-        self.write_refs(id, project_id, &resource, false).await?;
-        if let (Resource::Port(port), Some(project_id)) = (&resource, project_id) {
-            self.hold_port_addresses(project_id, id, port).await?;
+        // A port on a network has its addresses before its row is written.
+        let networked: Vec<(Kind, Uuid, String)> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Port(port) if port.network.is_some() => {
+                    Some((Kind::Project, Uuid::nil(), port.project.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        self.prefetch(networked).await.map_err(CreateFailed::at(0))?;
+        // Addresses ports name go to them, even to those written after the others' allocations.
+        self.known.ipam.taken(
+            resources
+                .iter()
+                .flat_map(|r| match r {
+                    Resource::Port(port) => port.ips.as_slice(),
+                    _ => &[],
+                })
+                .copied(),
+        );
+        self.prefetch_allocations(&resources).await.map_err(CreateFailed::at(0))?;
+        for (i, resource) in resources.iter_mut().enumerate() {
+            if let Resource::Port(port) = resource
+                && port.network.is_some()
+            {
+                let project_id = self.require_project(&port.project.clone()).await.map_err(CreateFailed::at(i))?;
+                self.prepare_port_addresses(project_id, port, None).await.map_err(CreateFailed::at(i))?;
+            }
         }
-        if let Resource::Project(project) = &resource {
-            Box::pin(self.create(Resource::SecurityGroup(SecurityGroup::default_for(&project.name)))).await?;
+        let ids: Vec<Uuid> = resources.iter().map(|_| Uuid::new_v4()).collect();
+        let (objects, project_ids) = self.insert_all(&ids, &resources).await?;
+        let written: Vec<(Uuid, Option<Uuid>, &Resource)> =
+            ids.iter().zip(&project_ids).zip(&resources).map(|((id, p), r)| (*id, *p, r)).collect();
+        self.write_refs(&written, false).await?;
+        self.hold_port_addresses(&written).await?;
+        let projects: Vec<usize> =
+            (0..resources.len()).filter(|&i| matches!(resources[i], Resource::Project(_))).collect();
+        if !projects.is_empty() {
+            let groups = projects
+                .iter()
+                .filter_map(|&i| match &resources[i] {
+                    Resource::Project(p) => Some(Resource::SecurityGroup(SecurityGroup::default_for(&p.name))),
+                    _ => None,
+                })
+                .collect();
+            Box::pin(self.create_all(groups))
+                .await
+                .map_err(|f| CreateFailed { index: projects.get(f.index).copied().unwrap_or(0), error: f.error })?;
         }
-        Ok(object)
+        Ok(objects)
     }
 
     /// Replaces an object's body. The name and project cannot change.
@@ -397,9 +469,10 @@ impl Txn {
         .fetch_one(&mut *self.tx)
         .await?;
         self.revision = Some(revision);
-        self.write_refs(id, current.project_id, &resource, true).await?;
-        if let (Resource::Port(port), Some(project_id)) = (&resource, current.project_id) {
-            self.hold_port_addresses(project_id, id, port).await?;
+        let written = [(id, current.project_id, &resource)];
+        self.write_refs(&written, true).await.map_err(|f| f.error)?;
+        self.hold_port_addresses(&written).await.map_err(|f| f.error)?;
+        if let Resource::Port(port) = &resource {
             self.claim(id, port).await?;
         }
         Ok(StoredObject { id, kind, revision, created_at: current.object.created_at, updated_at: self.now, body })
@@ -601,74 +674,110 @@ impl Txn {
         }
     }
 
-    /// Inserts an object and its change-log row in one statement. The project is looked up by
-    /// name in the same statement: no row back means it does not exist.
-    async fn insert(&mut self, id: Uuid, resource: &Resource) -> Result<(StoredObject, Option<Uuid>)> {
-        let kind = resource.kind();
-        let body = body_of(resource);
-        let project_source = match resource.project() {
-            // A project's own row: no owner, the nil scope.
-            None => "(SELECT NULL::uuid AS id, $9::text AS unused) p",
-            Some(_) => {
-                "(SELECT id, $9::text AS unused FROM objects WHERE kind = 'project' \
-                 AND scope = '00000000-0000-0000-0000-000000000000' AND name = $9) p"
+    /// Inserts objects, their change-log rows and ports' claims in one statement. Each
+    /// object's project is looked up by name in the same statement: an object that comes
+    /// back without a row either names no project or has a taken name.
+    async fn insert_all(
+        &mut self,
+        ids: &[Uuid],
+        resources: &[Resource],
+    ) -> std::result::Result<(Vec<StoredObject>, Vec<Option<Uuid>>), CreateFailed> {
+        let bodies: Vec<String> = resources.iter().map(body_of).collect();
+        let labels: Vec<String> = resources.iter().map(|r| labels_json(r).to_string()).collect();
+        let first_seq = self.seq;
+        let seqs: Vec<i32> = (0..resources.len()).map(|i| first_seq + i as i32).collect();
+        // A port's claims (migrations/0003_port_claims.sql) go in with it: a port created on
+        // its own is one round trip, as before claims existed (a bulk load of 100,000 pods
+        // took a third longer with a statement of their own).
+        let (mut claimed, mut claimants) = (Vec::new(), Vec::new());
+        let (mut nodes, mut interfaces, mut bound_ports) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, resource) in ids.iter().zip(resources) {
+            if let Resource::Port(port) = resource {
+                for ip in &port.ips {
+                    claimed.push(ipnet::IpNet::from(*ip));
+                    claimants.push(*id);
+                }
+                if let Some(node) = &port.node {
+                    nodes.push(node.clone());
+                    interfaces.push(port.effective_interface());
+                    bound_ports.push(*id);
+                }
             }
-        };
-        // A port's claims (migrations/0003_port_claims.sql) go in with it, in the same
-        // statement: a port created is one round trip, as before claims existed (a bulk load of
-        // 100,000 pods took a third longer with a statement of their own).
-        let port = match resource {
-            Resource::Port(port) => Some(port),
-            _ => None,
-        };
-        let claims = if port.is_some() {
-            ", a AS (INSERT INTO port_addresses (address, port_id) SELECT unnest($10::inet[]), $2 FROM o \
-                   ON CONFLICT DO NOTHING RETURNING address), \
-             i AS (INSERT INTO port_interfaces (node, interface, port_id) SELECT $11, $12, $2 FROM o \
-                   WHERE $11::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1) \
-             SELECT r.revision, o.project_id, ARRAY(SELECT address FROM a), \
-                    $11::text IS NULL OR EXISTS (SELECT 1 FROM i) FROM r, o"
-        } else {
-            " SELECT r.revision, o.project_id, ARRAY[]::inet[], true FROM r, o"
-        };
-        let sql = format!(
+        }
+        let rows: Vec<InsertedRow> = sqlx::query_as(
             "WITH r AS (SELECT COALESCE($1::bigint, nextval('revisions')) AS revision), \
+             i AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int4[]) \
+                   AS i(id, kind, project, name, labels, body, seq)), \
+             p AS (SELECT i.id, p.id AS project_id FROM i LEFT JOIN objects p ON p.kind = 'project' \
+                   AND p.scope = '00000000-0000-0000-0000-000000000000' AND p.name = i.project \
+                   WHERE i.project IS NULL OR p.id IS NOT NULL), \
              o AS (INSERT INTO objects (id, kind, project_id, scope, name, labels, body, revision, created_at, updated_at) \
-                   SELECT $2, $3, p.id, COALESCE(p.id, '00000000-0000-0000-0000-000000000000'), $4, $5, $6::json, \
-                          r.revision, $7, $7 FROM r, {project_source} RETURNING project_id), \
+                   SELECT i.id, i.kind, p.project_id, COALESCE(p.project_id, '00000000-0000-0000-0000-000000000000'), \
+                          i.name, i.labels::jsonb, i.body::json, r.revision, $9, $9 FROM r, i JOIN p USING (id) \
+                   ON CONFLICT DO NOTHING RETURNING id, project_id), \
              c AS (INSERT INTO changes (revision, seq, kind, id, op, body, created_at, updated_at) \
-                   SELECT r.revision, $8, $3, $2, 'put', $6::json, $7, $7 FROM r, o){claims}"
-        );
-        let seq = self.seq;
-        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(self.revision)
-            .bind(id)
-            .bind(kind.as_str())
-            .bind(resource.name())
-            .bind(labels_json(resource))
-            .bind(&body)
-            .bind(self.now)
-            .bind(seq)
-            .bind(resource.project().unwrap_or_default());
-        if let Some(port) = port {
-            query = query
-                .bind(port.ips.iter().map(|ip| ipnet::IpNet::from(*ip)).collect::<Vec<_>>())
-                .bind(port.node.clone())
-                .bind(port.node.as_ref().map(|_| port.effective_interface()));
+                   SELECT r.revision, i.seq, i.kind, i.id, 'put', i.body::json, $9, $9 FROM r, i JOIN o USING (id)), \
+             a AS (INSERT INTO port_addresses (address, port_id) \
+                   SELECT x.address, x.port_id FROM unnest($10::inet[], $11::uuid[]) AS x(address, port_id) \
+                   JOIN o ON o.id = x.port_id ON CONFLICT DO NOTHING RETURNING address, port_id), \
+             f AS (INSERT INTO port_interfaces (node, interface, port_id) \
+                   SELECT x.node, x.interface, x.port_id FROM unnest($12::text[], $13::text[], $14::uuid[]) \
+                   AS x(node, interface, port_id) JOIN o ON o.id = x.port_id ON CONFLICT DO NOTHING RETURNING port_id) \
+             SELECT r.revision, o.id, o.project_id, COALESCE(h.held, ARRAY[]::inet[]), f.port_id IS NOT NULL \
+             FROM r, o LEFT JOIN (SELECT port_id, array_agg(address) AS held FROM a GROUP BY port_id) h \
+                  ON h.port_id = o.id \
+             LEFT JOIN f ON f.port_id = o.id",
+        )
+        .bind(self.revision)
+        .bind(ids)
+        .bind(resources.iter().map(|r| r.kind().as_str()).collect::<Vec<_>>())
+        .bind(resources.iter().map(|r| r.project()).collect::<Vec<_>>())
+        .bind(resources.iter().map(|r| r.name()).collect::<Vec<_>>())
+        .bind(&labels)
+        .bind(&bodies)
+        .bind(&seqs)
+        .bind(self.now)
+        .bind(&claimed)
+        .bind(&claimants)
+        .bind(&nodes)
+        .bind(&interfaces)
+        .bind(&bound_ports)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| CreateFailed::at(0)(StoreError::from_db(e, || describe(&resources[0]))))?;
+        let written: HashMap<Uuid, (Option<Uuid>, Vec<ipnet::IpNet>, bool)> =
+            rows.iter().map(|(_, id, project, held, bound)| (*id, (*project, held.clone(), *bound))).collect();
+        let mut objects = Vec::with_capacity(resources.len());
+        let mut project_ids = Vec::with_capacity(resources.len());
+        let revision = rows.first().map(|r| r.0);
+        for (i, ((id, resource), body)) in ids.iter().zip(resources).zip(bodies).enumerate() {
+            let (Some(revision), Some((project_id, held, bound))) = (revision, written.get(id)) else {
+                let error = match resource.project() {
+                    Some(project) if self.project_id(project).await.map_err(CreateFailed::at(i))?.is_none() => {
+                        StoreError::invalid("/project", format!("project {project:?} does not exist"))
+                    }
+                    _ => {
+                        StoreError::conflict(ConflictKind::Duplicate, format!("{} already exists", describe(resource)))
+                    }
+                };
+                return Err(CreateFailed::at(i)(error));
+            };
+            if let Resource::Port(port) = resource {
+                check_claims(port, held, *bound || port.node.is_none()).map_err(CreateFailed::at(i))?;
+            }
+            objects.push(StoredObject {
+                id: *id,
+                kind: resource.kind(),
+                revision,
+                created_at: self.now,
+                updated_at: self.now,
+                body,
+            });
+            project_ids.push(*project_id);
         }
-        let row: Option<(i64, Option<Uuid>, Vec<ipnet::IpNet>, bool)> =
-            query.fetch_optional(&mut *self.tx).await.map_err(|e| StoreError::from_db(e, || describe(resource)))?;
-        let Some((revision, project_id, held, bound)) = row else {
-            let project = resource.project().unwrap_or_default();
-            return Err(StoreError::invalid("/project", format!("project {project:?} does not exist")));
-        };
-        if let Some(port) = port {
-            check_claims(port, &held, bound)?;
-        }
-        self.revision = Some(revision);
-        self.next_seq(1);
-        let object = StoredObject { id, kind, revision, created_at: self.now, updated_at: self.now, body };
-        Ok((object, project_id))
+        self.revision = revision.or(self.revision);
+        self.next_seq(resources.len() as i32);
+        Ok((objects, project_ids))
     }
 
     async fn project_id(&mut self, name: &str) -> Result<Option<Uuid>> {
@@ -752,64 +861,198 @@ impl Txn {
         Ok(id)
     }
 
-    /// Rewrites the references an object holds (to networks and security groups).
-    async fn write_refs(
-        &mut self,
-        id: Uuid,
-        project_id: Option<Uuid>,
-        resource: &Resource,
-        replace: bool,
-    ) -> Result<()> {
-        let (Some(project_id), Some(project)) = (project_id, resource.project()) else {
+    /// Finds the ids of objects in one query, for lookups to come ([`Known`]): what is not
+    /// found is looked up again, one by one, by whoever needs it (and then fails).
+    async fn prefetch(&mut self, mut wanted: Vec<(Kind, Uuid, String)>) -> Result<()> {
+        wanted.retain(|key| !self.known.ids.contains_key(key));
+        wanted.sort();
+        wanted.dedup();
+        if wanted.len() < 2 {
+            // One lookup is one query either way, and nothing needs it yet.
             return Ok(());
+        }
+        let kinds: Vec<&str> = wanted.iter().map(|(k, _, _)| k.as_str()).collect();
+        let scopes: Vec<Uuid> = wanted.iter().map(|(_, s, _)| *s).collect();
+        let names: Vec<&str> = wanted.iter().map(|(_, _, n)| n.as_str()).collect();
+        let found: Vec<(String, Uuid, String, Uuid)> = sqlx::query_as(
+            "SELECT o.kind, o.scope, o.name, o.id FROM unnest($1::text[], $2::uuid[], $3::text[]) AS k(kind, scope, name) \
+             JOIN objects o ON o.kind = k.kind AND o.scope = k.scope AND o.name = k.name",
+        )
+        .bind(&kinds)
+        .bind(&scopes)
+        .bind(&names)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for (kind, scope, name, id) in found {
+            if let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind) {
+                self.known.ids.insert((kind, scope, name), id);
+            }
+        }
+        Ok(())
+    }
+
+    /// What an object refers to, as keys for [`Txn::prefetch`]: those in its own project,
+    /// and those in projects this transaction knows already.
+    fn references(&self, project_id: Uuid, resource: &Resource, into: &mut Vec<(Kind, Uuid, String)>) {
+        let project = resource.project().unwrap_or_default();
+        let mut add = |kind: Kind, reference: &str| {
+            let Ok(r) = ObjectRef::parse(reference) else { return };
+            let scope = match r.project {
+                Some(p) if p != project => match self.known.ids.get(&(Kind::Project, Uuid::nil(), p.to_string())) {
+                    Some(id) => *id,
+                    None => return,
+                },
+                _ => project_id,
+            };
+            into.push((kind, scope, r.name.to_string()));
         };
-        let project = project.to_string();
-        let mut targets = BTreeSet::new();
         match resource {
-            Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
             Resource::SecurityGroup(sg) => {
-                for (i, rule) in sg.rules.iter().enumerate() {
+                for rule in &sg.rules {
                     if let Remote::SecurityGroup { security_group } = &rule.remote {
-                        // Another project's group is neither checked nor held: whether it
-                        // exists is none of this project's business, and a rule of this
-                        // project must not keep the other from deleting it (issue 17). The
-                        // compiler matches nothing while it does not exist.
-                        if ObjectRef::parse(security_group).is_ok_and(|r| r.project.is_some_and(|p| p != project)) {
-                            continue;
-                        }
-                        let pointer = format!("/rules/{i}/remote/security_group");
-                        targets.insert(
-                            self.resolve(Kind::SecurityGroup, project_id, &project, security_group, &pointer).await?,
-                        );
+                        add(Kind::SecurityGroup, security_group);
                     }
                 }
             }
             Resource::Port(port) => {
                 if let Some(network) = &port.network {
-                    targets.insert(self.resolve_network(project_id, &project, network).await?);
+                    add(Kind::VirtualNetwork, network);
                 }
-                for (i, g) in port.security_groups.iter().flatten().enumerate() {
-                    let pointer = format!("/security_groups/{i}");
-                    targets.insert(self.resolve(Kind::SecurityGroup, project_id, &project, g, &pointer).await?);
+                for g in port.security_groups.iter().flatten() {
+                    add(Kind::SecurityGroup, g);
                 }
             }
+            Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
         }
-        let targets: Vec<Uuid> = targets.into_iter().collect();
-        let sql = if replace {
+    }
+
+    /// Writes the references objects hold (to networks and security groups); `replace`
+    /// (of one object) rewrites them.
+    async fn write_refs(
+        &mut self,
+        objects: &[(Uuid, Option<Uuid>, &Resource)],
+        replace: bool,
+    ) -> std::result::Result<(), CreateFailed> {
+        let mut wanted = Vec::new();
+        for (_, project_id, resource) in objects {
+            if let Some(project_id) = project_id {
+                self.references(*project_id, resource, &mut wanted);
+            }
+        }
+        self.prefetch(wanted).await.map_err(CreateFailed::at(0))?;
+        let (mut from, mut to) = (Vec::new(), Vec::new());
+        for (i, (id, project_id, resource)) in objects.iter().enumerate() {
+            let (Some(project_id), Some(project)) = (*project_id, resource.project()) else {
+                continue;
+            };
+            let project = project.to_string();
+            let mut targets = BTreeSet::new();
+            match resource {
+                Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
+                Resource::SecurityGroup(sg) => {
+                    for (r, rule) in sg.rules.iter().enumerate() {
+                        if let Remote::SecurityGroup { security_group } = &rule.remote {
+                            // Another project's group is neither checked nor held: whether it
+                            // exists is none of this project's business, and a rule of this
+                            // project must not keep the other from deleting it (issue 17). The
+                            // compiler matches nothing while it does not exist.
+                            if ObjectRef::parse(security_group).is_ok_and(|r| r.project.is_some_and(|p| p != project)) {
+                                continue;
+                            }
+                            let pointer = format!("/rules/{r}/remote/security_group");
+                            let target = self
+                                .resolve(Kind::SecurityGroup, project_id, &project, security_group, &pointer)
+                                .await
+                                .map_err(CreateFailed::at(i))?;
+                            targets.insert(target);
+                        }
+                    }
+                }
+                Resource::Port(port) => {
+                    if let Some(network) = &port.network {
+                        let target =
+                            self.resolve_network(project_id, &project, network).await.map_err(CreateFailed::at(i))?;
+                        targets.insert(target);
+                    }
+                    for (g, group) in port.security_groups.iter().flatten().enumerate() {
+                        let pointer = format!("/security_groups/{g}");
+                        let target = self
+                            .resolve(Kind::SecurityGroup, project_id, &project, group, &pointer)
+                            .await
+                            .map_err(CreateFailed::at(i))?;
+                        targets.insert(target);
+                    }
+                }
+            }
+            from.extend(std::iter::repeat_n(*id, targets.len()));
+            to.extend(targets);
+        }
+        let ids: Vec<Uuid> = objects.iter().map(|(id, _, _)| *id).collect();
+        let query = if replace {
             // The deleted and the inserted keys are disjoint, so one statement can do both.
-            "WITH gone AS (DELETE FROM refs WHERE from_id = $1 AND NOT to_id = ANY($2)) \
-             INSERT INTO refs (from_id, to_id) SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING"
-        } else if targets.is_empty() {
+            sqlx::query(
+                "WITH gone AS (DELETE FROM refs WHERE from_id = ANY($3) AND NOT to_id = ANY($2)) \
+                 INSERT INTO refs (from_id, to_id) SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&from)
+            .bind(&to)
+            .bind(&ids)
+        } else if to.is_empty() {
             return Ok(());
         } else {
-            "INSERT INTO refs (from_id, to_id) SELECT $1, unnest($2::uuid[])"
+            sqlx::query("INSERT INTO refs (from_id, to_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])")
+                .bind(&from)
+                .bind(&to)
         };
-        sqlx::query(sql)
-            .bind(id)
-            .bind(&targets)
+        query
             .execute(&mut *self.tx)
             .await
-            .map_err(|e| StoreError::from_db(e, || describe(resource)))?;
+            .map_err(|e| CreateFailed::at(0)(StoreError::from_db(e, || describe(objects[0].2))))?;
+        Ok(())
+    }
+
+    /// A network's row, locked until the transaction ends: allocations on it are serialised.
+    async fn lock_network(&mut self, network_id: Uuid) -> Result<Arc<VirtualNetwork>> {
+        if let Some(vn) = self.known.locked_networks.get(&network_id) {
+            return Ok(Arc::clone(vn));
+        }
+        let body: String = sqlx::query_scalar("SELECT body::text FROM objects WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(network_id)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        let vn: Arc<VirtualNetwork> =
+            Arc::new(serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id: network_id, source })?);
+        self.known.locked_networks.insert(network_id, Arc::clone(&vn));
+        Ok(vn)
+    }
+
+    /// Reads at once what the allocations of ports to come will need on networks split into
+    /// node blocks ([`ipam::prefetch`]). What cannot be resolved here is left to each port,
+    /// which then fails with its own error.
+    async fn prefetch_allocations(&mut self, resources: &[Resource]) -> Result<()> {
+        let mut nodes: HashMap<(&str, &str), Vec<String>> = HashMap::new();
+        for resource in resources {
+            if let Resource::Port(port) = resource
+                && let (Some(network), Some(node), true) = (&port.network, &port.node, port.ips.is_empty())
+            {
+                nodes.entry((port.project.as_str(), network.as_str())).or_default().push(node.clone());
+            }
+        }
+        let mut by_network: HashMap<Uuid, (Arc<VirtualNetwork>, Vec<String>)> = HashMap::new();
+        for ((project, network), nodes) in nodes {
+            let Some(project_id) = self.project_id(project).await? else { continue };
+            let Ok(network_id) = self.resolve_network(project_id, project, network).await else { continue };
+            let vn = self.lock_network(network_id).await?;
+            if vn.node_blocks.is_some() {
+                by_network.entry(network_id).or_insert_with(|| (vn, Vec::new())).1.extend(nodes);
+            }
+        }
+        let grace = self.store.address_reuse_grace;
+        for (network_id, (vn, mut nodes)) in by_network {
+            nodes.sort();
+            nodes.dedup();
+            ipam::prefetch(&mut self.tx, &mut self.known.ipam, network_id, &vn, nodes, grace).await?;
+        }
         Ok(())
     }
 
@@ -822,20 +1065,7 @@ impl Txn {
         };
         let project = port.project.clone();
         let network_id = self.resolve_network(project_id, &project, &network).await?;
-        let vn = match self.known.locked_networks.get(&network_id) {
-            Some(vn) => Arc::clone(vn),
-            None => {
-                let body: String = sqlx::query_scalar("SELECT body::text FROM objects WHERE id = $1 FOR NO KEY UPDATE")
-                    .bind(network_id)
-                    .fetch_one(&mut *self.tx)
-                    .await?;
-                let vn: Arc<VirtualNetwork> = Arc::new(
-                    serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id: network_id, source })?,
-                );
-                self.known.locked_networks.insert(network_id, Arc::clone(&vn));
-                vn
-            }
-        };
+        let vn = self.lock_network(network_id).await?;
         // A port keeps its addresses across writes, unless it moves to another node of a
         // network whose addresses are per node (they would be routed to the old one).
         if port.ips.is_empty()
@@ -868,29 +1098,49 @@ impl Txn {
         Ok(())
     }
 
-    /// Records the port's addresses as held on its network, once the port row exists.
-    async fn hold_port_addresses(&mut self, project_id: Uuid, port_id: Uuid, port: &Port) -> Result<()> {
-        let Some(network) = &port.network else {
+    /// Records ports' addresses as held on their networks, once the ports' rows exist.
+    async fn hold_port_addresses(
+        &mut self,
+        objects: &[(Uuid, Option<Uuid>, &Resource)],
+    ) -> std::result::Result<(), CreateFailed> {
+        let (mut networks, mut addresses, mut ports) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (id, project_id, resource)) in objects.iter().enumerate() {
+            let (Resource::Port(port), Some(project_id)) = (resource, project_id) else { continue };
+            let Some(network) = &port.network else { continue };
+            let network_id =
+                self.resolve_network(*project_id, &port.project, network).await.map_err(CreateFailed::at(i))?;
+            for ip in &port.ips {
+                networks.push(network_id);
+                addresses.push(ipnet::IpNet::from(*ip));
+                ports.push(*id);
+            }
+        }
+        if ports.is_empty() {
             return Ok(());
-        };
-        let network_id = self.resolve_network(project_id, &port.project, network).await?;
-        let held: Vec<IpAddr> = sqlx::query_scalar(
-            "INSERT INTO ip_allocations (network_id, address, port_id) SELECT $1, unnest($2::inet[]), $3 \
-             ON CONFLICT DO NOTHING RETURNING address",
+        }
+        let held: std::collections::HashSet<(Uuid, IpAddr)> = sqlx::query_as(
+            "INSERT INTO ip_allocations (network_id, address, port_id) \
+             SELECT * FROM unnest($1::uuid[], $2::inet[], $3::uuid[]) \
+             ON CONFLICT DO NOTHING RETURNING port_id, address",
         )
-        .bind(network_id)
-        .bind(port.ips.iter().map(|ip| ipnet::IpNet::from(*ip)).collect::<Vec<_>>())
-        .bind(port_id)
+        .bind(&networks)
+        .bind(&addresses)
+        .bind(&ports)
         .fetch_all(&mut *self.tx)
-        .await?
+        .await
+        .map_err(|e| CreateFailed::at(0)(e.into()))?
         .into_iter()
-        .map(|n: ipnet::IpNet| n.addr())
+        .map(|(port, address): (Uuid, ipnet::IpNet)| (port, address.addr()))
         .collect();
-        if let Some(taken) = port.ips.iter().find(|ip| !held.contains(ip)) {
-            return Err(StoreError::conflict(
-                ConflictKind::AddressInUse,
-                format!("address {taken} on network {network:?} is already held by another port"),
-            ));
+        for (i, (id, _, resource)) in objects.iter().enumerate() {
+            let Resource::Port(port) = resource else { continue };
+            let Some(network) = &port.network else { continue };
+            if let Some(taken) = port.ips.iter().find(|ip| !held.contains(&(*id, **ip))) {
+                return Err(CreateFailed::at(i)(StoreError::conflict(
+                    ConflictKind::AddressInUse,
+                    format!("address {taken} on network {network:?} is already held by another port"),
+                )));
+            }
         }
         Ok(())
     }

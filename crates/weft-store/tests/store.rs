@@ -518,6 +518,55 @@ async fn one_transaction_of_many_ports_allocates_as_one_transaction_each_would(p
     );
 }
 
+/// Ports created together (`Txn::create_all`, a batch's creates) over many nodes: the nodes'
+/// blocks, cursors and held addresses are read at once, and each port gets what it would
+/// have got on its own: no held, released or claimed address, a new block for a new node.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn ports_created_together_over_many_nodes_get_what_each_would_alone(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    pod_network(&store, "10.244.0.0/22").await;
+    let body = |name: &str, node: &str| json!({"name": name, "project": "k8s-a", "network": "k8s-cluster/pods", "node": node, "security_groups": []});
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    for name in ["a0", "a1", "a2"] {
+        port_ips(&store, body(name, "n1")).await.unwrap();
+    }
+    // a1's address is released (and within its grace), 10.244.0.4 another port's claim.
+    let mut txn = store.begin().await.unwrap();
+    txn.delete(Kind::Port, &by_name(Some("k8s-a"), "a1"), false, None).await.unwrap();
+    txn.commit().await.unwrap();
+    create(
+        &store,
+        Kind::Port,
+        json!({"name": "fixed", "project": "k8s-a", "ips": ["10.244.0.4"], "security_groups": []}),
+    )
+    .await
+    .unwrap();
+    let mut ports: Vec<Resource> = ["n1", "n2", "n1", "n3", "n2", "n1"]
+        .iter()
+        .enumerate()
+        .map(|(i, node)| resource(Kind::Port, body(&format!("b{i}"), node)))
+        .collect();
+    // A port of the batch naming its address in n2's block-to-be keeps it.
+    let mut named = body("named", "n2");
+    named["ips"] = json!(["10.244.1.2"]);
+    ports.push(resource(Kind::Port, named));
+    let mut txn = store.begin().await.unwrap();
+    let created = txn.create_all(ports).await.unwrap();
+    txn.commit().await.unwrap();
+    let got: Vec<Vec<IpAddr>> = created
+        .into_iter()
+        .map(|o| match o.decode().unwrap() {
+            Resource::Port(p) => p.ips,
+            _ => panic!("not a port"),
+        })
+        .collect();
+    let expected = ["10.244.0.5", "10.244.1.1", "10.244.0.6", "10.244.2.1", "10.244.1.3", "10.244.0.7", "10.244.1.2"];
+    assert_eq!(got, expected.map(|a| vec![ip(a)]));
+    // The blocks and cursors were written: the next port of n3 goes on from them.
+    assert_eq!(port_ips(&store, body("c0", "n3")).await.unwrap(), [ip("10.244.2.2")]);
+    assert_eq!(port_ips(&store, body("c1", "n2")).await.unwrap(), [ip("10.244.1.4")]);
+}
+
 /// A node deleted while a transaction gives one of its pods an address in the node's empty
 /// block: the deletion waits for it, and the block, now holding an address, stays the node's
 /// (another node taking it would put two nodes' pods behind one route).
