@@ -350,12 +350,12 @@ async fn api_on(config: &ApiBenchConfig, db: &BenchDb) -> Result<ApiReport, Benc
         let ops: Vec<weft_client::BatchOp> = (start..(start + BATCH).min(config.ports))
             .map(|i| weft_client::BatchOp::Create {
                 kind: weft_model::Kind::Port,
-                object: json!({
+                object: weft_client::object(&json!({
                     "name": format!("pod-{i:06}"), "project": "bench", "node": format!("node-{}", i % 50),
                     "ips": [format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)],
                     "labels": {"app": format!("app-{}", i % 1000), "tier": TIERS[i % 3], "pod-template-hash": "abc123"},
                     "security_groups": [],
-                }),
+                })),
             })
             .collect();
         client.batch(&ops).await?;
@@ -424,9 +424,11 @@ async fn writes_under_reach(client: &Client, base: &str, duration: Duration) -> 
     let ops: Vec<weft_client::BatchOp> = (0..500)
         .map(|i| weft_client::BatchOp::Create {
             kind: weft_model::Kind::Port,
-            object: json!({"name": format!("p{i}"), "project": "reach", "node": format!("node-{}", i % 50),
+            object: weft_client::object(
+                &json!({"name": format!("p{i}"), "project": "reach", "node": format!("node-{}", i % 50),
                 "ips": [format!("10.250.{}.{}", i / 250, i % 250 + 1)], "labels": {"app": format!("a{}", i % 20)},
                 "security_groups": []}),
+            ),
         })
         .collect();
     client.batch(&ops).await?;

@@ -201,8 +201,7 @@ fn kind_plan<T: Serialize>(
     for (key, object) in wanted {
         match current.remove(key) {
             None => {
-                plan.operations
-                    .push(BatchOp::Create { kind, object: serde_json::to_value(object).unwrap_or_default() });
+                plan.operations.push(BatchOp::Create { kind, object: weft_client::object(object) });
                 plan.created += 1;
             }
             Some(Stored { annotations, .. }) if !owned_by(annotations, owner) => plan.conflicts.push(o.problem(
@@ -218,7 +217,7 @@ fn kind_plan<T: Serialize>(
                 if content(have) != content(object) {
                     plan.operations.push(BatchOp::Replace {
                         kind,
-                        object: serde_json::to_value(object).unwrap_or_default(),
+                        object: weft_client::object(object),
                         if_match: revision,
                     });
                     plan.updated += 1;
@@ -273,9 +272,17 @@ pub fn plan_with(
     // replaces (which may give some up), then creates. Nothing refers to a port.
     // Creates that ask for addresses go before those IPAM gives some to, so that no allocation
     // takes an address a pod already has.
-    plan.operations[first_port..].sort_by_key(|op| match op {
+    plan.operations[first_port..].sort_by_cached_key(|op| match op {
         BatchOp::Create { object, .. } => {
-            if object.get("ips").and_then(|ips| ips.as_array()).is_some_and(|ips| !ips.is_empty()) { 1 } else { 2 }
+            #[derive(serde::Deserialize)]
+            struct Ips {
+                #[serde(default)]
+                ips: Vec<serde::de::IgnoredAny>,
+            }
+            match serde_json::from_str::<Ips>(object.get()) {
+                Ok(Ips { ips }) if !ips.is_empty() => 1,
+                _ => 2,
+            }
         }
         _ => 0,
     });
@@ -458,7 +465,7 @@ fn default_groups(
         if content(have.object) != content(&want) {
             plan.operations.push(BatchOp::Replace {
                 kind: Kind::SecurityGroup,
-                object: serde_json::to_value(&want).unwrap_or_default(),
+                object: weft_client::object(&want),
                 if_match: have.revision,
             });
             plan.updated += 1;
@@ -764,12 +771,17 @@ mod tests {
         serde_json::from_value(v).expect("a valid object")
     }
 
+    fn name_of(object: &weft_client::Object) -> String {
+        let value: serde_json::Value = serde_json::from_str(object.get()).expect("JSON");
+        value["name"].as_str().unwrap_or("").to_string()
+    }
+
     fn op_names(plan: &Plan) -> Vec<String> {
         plan.operations
             .iter()
             .map(|op| match op {
-                BatchOp::Create { object, .. } => format!("create {}", object["name"].as_str().unwrap_or("")),
-                BatchOp::Replace { object, .. } => format!("replace {}", object["name"].as_str().unwrap_or("")),
+                BatchOp::Create { object, .. } => format!("create {}", name_of(object)),
+                BatchOp::Replace { object, .. } => format!("replace {}", name_of(object)),
                 BatchOp::Delete { target, cascade, .. } => {
                     format!(
                         "delete {}{}",
@@ -957,7 +969,7 @@ mod tests {
         let given_back = plan(&desired, &current, &Options::default());
         assert_eq!(op_names(&given_back), ["replace default"]);
         let BatchOp::Replace { object, .. } = &given_back.operations[0] else { unreachable!() };
-        let restored: SecurityGroup = serde_json::from_value(object.clone()).expect("a group");
+        let restored: SecurityGroup = serde_json::from_str(object.get()).expect("a group");
         assert_eq!(content(&restored), content(&SecurityGroup::default_for("k8s-a")));
         // And left alone from then on.
         let current = Current { groups: vec![restored], ..current };

@@ -54,18 +54,19 @@ struct Change {
     resource: ResourcePath,
     namespace: String,
     kind: &'static str,
-    object: Value,
+    object: Arc<Value>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     revision: u64,
-    objects: BTreeMap<ResourcePath, BTreeMap<ObjectKey, Value>>,
+    /// Shared with history and lists' snapshots: a list of 150,000 pods copies pointers.
+    objects: BTreeMap<ResourcePath, BTreeMap<ObjectKey, Arc<Value>>>,
     history: Vec<Change>,
     /// Watches from a resourceVersion older than this get 410 Expired.
     compacted: u64,
     /// The rest of chunked lists, by continue token: (revision, items).
-    continues: HashMap<String, (u64, Vec<Value>)>,
+    continues: HashMap<String, (u64, Vec<Arc<Value>>)>,
     next_token: u64,
     lists: HashMap<ResourcePath, usize>,
     watches: HashMap<ResourcePath, usize>,
@@ -141,20 +142,21 @@ impl State {
         self.revision += 1;
         object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
         let key = Self::key_of(&object);
-        self.objects.entry(resource.to_string()).or_default().insert(key.clone(), object.clone());
-        self.record(shared, resource, key.0, kind, object.clone());
-        object
+        let stored = Arc::new(object);
+        self.objects.entry(resource.to_string()).or_default().insert(key.clone(), Arc::clone(&stored));
+        self.record(shared, resource, key.0, kind, Arc::clone(&stored));
+        Arc::unwrap_or_clone(stored)
     }
 
     fn remove(&mut self, shared: &Shared, resource: &str, key: &ObjectKey) -> Option<Value> {
-        let mut object = self.objects.get_mut(resource)?.remove(key)?;
+        let mut object = Arc::unwrap_or_clone(self.objects.get_mut(resource)?.remove(key)?);
         self.revision += 1;
         object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
-        self.record(shared, resource, key.0.clone(), "DELETED", object.clone());
+        self.record(shared, resource, key.0.clone(), "DELETED", Arc::new(object.clone()));
         Some(object)
     }
 
-    fn record(&mut self, shared: &Shared, resource: &str, namespace: String, kind: &'static str, object: Value) {
+    fn record(&mut self, shared: &Shared, resource: &str, namespace: String, kind: &'static str, object: Arc<Value>) {
         let change = Change { revision: self.revision, resource: resource.to_string(), namespace, kind, object };
         self.history.push(change.clone());
         // Sent under the lock, so watchers see changes in revision order; no receiver is fine.
@@ -274,7 +276,7 @@ impl FakeKube {
     pub fn list<K: kube::Resource<DynamicType = ()> + DeserializeOwned>(&self) -> Vec<K> {
         let state = self.state();
         let objects = state.objects.get(&resource_of::<K>());
-        objects.into_iter().flat_map(|o| o.values()).filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
+        objects.into_iter().flat_map(|o| o.values()).filter_map(|v| K::deserialize(&**v).ok()).collect()
     }
 
     /// The current resourceVersion.
@@ -395,7 +397,9 @@ impl FakeKube {
                 return failure(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
             };
             let mut state = self.state();
-            let Some(mut object) = state.objects.get(&resource).and_then(|o| o.get(&key(name))).cloned() else {
+            let Some(mut object) =
+                state.objects.get(&resource).and_then(|o| o.get(&key(name))).map(|v| Value::clone(v))
+            else {
                 return failure(StatusCode::NOT_FOUND, "NotFound", format!("{plural} \"{name}\" not found"));
             };
             // Only the status changes through the subresource, as the API server has it.
@@ -441,7 +445,8 @@ impl FakeKube {
                     return failure(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
                 };
                 let mut state = self.state();
-                let Some(old) = state.objects.get(&resource).and_then(|o| o.get(&key(name))).cloned() else {
+                let Some(old) = state.objects.get(&resource).and_then(|o| o.get(&key(name))).map(|v| Value::clone(v))
+                else {
                     return failure(StatusCode::NOT_FOUND, "NotFound", format!("{plural} \"{name}\" not found"));
                 };
                 let given = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
@@ -464,7 +469,9 @@ impl FakeKube {
                     return failure(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
                 };
                 let mut state = self.state();
-                let Some(mut object) = state.objects.get(&resource).and_then(|o| o.get(&key(name))).cloned() else {
+                let Some(mut object) =
+                    state.objects.get(&resource).and_then(|o| o.get(&key(name))).map(|v| Value::clone(v))
+                else {
                     return failure(StatusCode::NOT_FOUND, "NotFound", format!("{plural} \"{name}\" not found"));
                 };
                 weft_model::merge_patch(&mut object, &patch);
@@ -501,7 +508,7 @@ impl FakeKube {
                     .into_iter()
                     .flat_map(|o| o.iter())
                     .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| Arc::clone(v))
                     .collect();
                 (state.revision, items)
             }
@@ -516,10 +523,16 @@ impl FakeKube {
             metadata["remainingItemCount"] = json!(rest.len());
             state.continues.insert(token, (revision, rest));
         }
-        axum::Json(
-            json!({"kind": format!("{kind}List"), "apiVersion": api_version, "metadata": metadata, "items": items}),
-        )
-        .into_response()
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct List<'a> {
+            kind: String,
+            api_version: &'a str,
+            metadata: Value,
+            items: Vec<&'a Value>,
+        }
+        let items = items.iter().map(|v| &**v).collect();
+        axum::Json(List { kind: format!("{kind}List"), api_version, metadata, items }).into_response()
     }
 
     fn watch(

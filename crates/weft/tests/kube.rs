@@ -327,7 +327,7 @@ async fn reach_and_trace_explain_the_yelb_policies() {
     let many: Vec<weft_client::BatchOp> = (0..501)
         .map(|i| weft_client::BatchOp::Create {
             kind: weft_model::Kind::Port,
-            object: json!({"name": format!("p{i}"), "project": "ops", "ips": [format!("10.8.{}.{}", i / 200, i % 200 + 1)]}),
+            object: weft_client::object(&json!({"name": format!("p{i}"), "project": "ops", "ips": [format!("10.8.{}.{}", i / 200, i % 200 + 1)]})),
         })
         .collect();
     s.client.batch(&many).await.unwrap();
