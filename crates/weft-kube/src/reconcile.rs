@@ -274,14 +274,10 @@ pub fn plan_with(
     // takes an address a pod already has.
     plan.operations[first_port..].sort_by_cached_key(|op| match op {
         BatchOp::Create { object, .. } => {
-            #[derive(serde::Deserialize)]
-            struct Ips {
-                #[serde(default)]
-                ips: Vec<serde::de::IgnoredAny>,
-            }
-            match serde_json::from_str::<Ips>(object.get()) {
-                Ok(Ips { ips }) if !ips.is_empty() => 1,
-                _ => 2,
+            if names_addresses(object) {
+                1
+            } else {
+                2
             }
         }
         _ => 0,
@@ -495,13 +491,70 @@ pub async fn list(client: &Client) -> Result<Current, ClientError> {
     })
 }
 
-/// Applies a plan in batches, recording what was written in `mirror`.
+/// Whether a port, as a batch carries it, names its addresses.
+fn names_addresses(port: &weft_client::Object) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Ips {
+        #[serde(default)]
+        ips: Vec<serde::de::IgnoredAny>,
+    }
+    serde_json::from_str::<Ips>(port.get()).is_ok_and(|p| !p.ips.is_empty())
+}
+
+/// Batches of one plan in flight at once, where they may be ([`independent`]).
+const IN_FLIGHT: usize = 2;
+
+/// What makes batches independent of one another: creates only, of one kind, and for ports,
+/// all naming their addresses or none. Such batches may go in concurrently, in any order:
+/// nothing kube-manager creates refers to an object of its own kind, and ports that take
+/// their addresses from IPAM queue on the network's lock. Anything else (a replace or delete,
+/// or ports that name addresses beside ports given some) waits for what comes before it.
+fn independent(batch: &[BatchOp]) -> Option<(Kind, bool)> {
+    let class = |op: &BatchOp| match op {
+        BatchOp::Create { kind: Kind::Port, object } => Some((Kind::Port, names_addresses(object))),
+        BatchOp::Create { kind, .. } => Some((*kind, false)),
+        _ => None,
+    };
+    let first = class(batch.first()?)?;
+    batch.iter().all(|op| class(op) == Some(first)).then_some(first)
+}
+
+/// One batch, with its result.
+async fn send<'a>(
+    client: &Client,
+    chunk: &'a [BatchOp],
+) -> (&'a [BatchOp], Result<weft_client::BatchResult, ClientError>) {
+    (chunk, client.batch(chunk).await)
+}
+
+/// Applies a plan in batches, recording what was written in `mirror`. Independent batches
+/// in a row go [`IN_FLIGHT`] at a time: while the config service writes one, the next is
+/// encoded, sent and decoded (the initial sync of 150,000 pods is some 40 batches).
 async fn apply(client: &Client, plan: Plan, mirror: &mut Mirror) -> Result<Outcome, ClientError> {
+    use futures::StreamExt;
     let mut revision = None;
-    for chunk in weft_client::batches(&plan.operations) {
-        let result = client.batch(chunk).await?;
-        mirror.record(chunk, &result);
-        revision = Some(result.revision);
+    let chunks = weft_client::batches(&plan.operations);
+    let mut next = 0;
+    while next < chunks.len() {
+        let class = independent(chunks[next]);
+        let mut end = next + 1;
+        while class.is_some() && end < chunks.len() && independent(chunks[end]) == class {
+            end += 1;
+        }
+        let mut batches = chunks[next..end].iter();
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        loop {
+            while in_flight.len() < IN_FLIGHT
+                && let Some(chunk) = batches.next()
+            {
+                in_flight.push_back(send(client, chunk));
+            }
+            let Some((chunk, result)) = in_flight.next().await else { break };
+            let result = result?;
+            mirror.record(chunk, &result);
+            revision = revision.max(Some(result.revision));
+        }
+        next = end;
     }
     let revision = match revision {
         Some(r) => r,
@@ -769,6 +822,26 @@ mod tests {
 
     fn theirs<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).expect("a valid object")
+    }
+
+    /// Batches go in concurrently only when nothing in one can depend on another.
+    #[test]
+    fn only_batches_of_creates_of_one_kind_are_independent() {
+        let create =
+            |kind: Kind, object: serde_json::Value| BatchOp::Create { kind, object: weft_client::object(&object) };
+        let group = |name: &str| create(Kind::SecurityGroup, json!({"name": name, "project": "p"}));
+        let port = |ips: &[&str]| create(Kind::Port, json!({"name": "x", "project": "p", "ips": ips}));
+        assert_eq!(independent(&[group("a"), group("b")]), Some((Kind::SecurityGroup, false)));
+        assert_eq!(independent(&[port(&[]), port(&[])]), Some((Kind::Port, false)));
+        assert_eq!(independent(&[port(&["10.0.0.1"])]), Some((Kind::Port, true)));
+        assert_eq!(independent(&[port(&["10.0.0.1"]), port(&[])]), None, "named and allocated addresses");
+        assert_eq!(independent(&[group("a"), port(&[])]), None, "two kinds");
+        let replace =
+            BatchOp::Replace { kind: Kind::SecurityGroup, object: weft_client::object(&json!({})), if_match: None };
+        assert_eq!(independent(&[group("a"), replace]), None);
+        let delete = BatchOp::Delete { kind: Kind::Port, target: Target::named(Some("p"), "x"), cascade: false };
+        assert_eq!(independent(&[delete]), None);
+        assert_eq!(independent(&[]), None);
     }
 
     fn name_of(object: &weft_client::Object) -> String {
