@@ -534,14 +534,12 @@ async fn apply(client: &Client, plan: Plan, mirror: &mut Mirror) -> Result<Outco
     use futures::StreamExt;
     let mut revision = None;
     let chunks = weft_client::batches(&plan.operations);
-    let mut next = 0;
-    while next < chunks.len() {
-        let class = independent(chunks[next]);
-        let mut end = next + 1;
-        while class.is_some() && end < chunks.len() && independent(chunks[end]) == class {
-            end += 1;
-        }
-        let mut batches = chunks[next..end].iter();
+    let classes: Vec<Option<(Kind, bool)>> = chunks.iter().map(|chunk| independent(chunk)).collect();
+    let mut waves = chunks.as_slice();
+    for wave in classes.chunk_by(|a, b| a.is_some() && a == b) {
+        let (this, rest) = waves.split_at(wave.len());
+        waves = rest;
+        let mut batches = this.iter();
         let mut in_flight = futures::stream::FuturesOrdered::new();
         loop {
             while in_flight.len() < IN_FLIGHT
@@ -554,7 +552,6 @@ async fn apply(client: &Client, plan: Plan, mirror: &mut Mirror) -> Result<Outco
             mirror.record(chunk, &result);
             revision = revision.max(Some(result.revision));
         }
-        next = end;
     }
     let revision = match revision {
         Some(r) => r,

@@ -66,6 +66,11 @@ impl Kind {
     pub fn from_plural(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.plural() == s)
     }
+
+    /// The kind [`Kind::as_str`] names.
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 impl std::fmt::Display for Kind {

@@ -185,7 +185,7 @@ impl Store {
                 op: if op == "delete" { ChangeOp::Delete } else { ChangeOp::Put },
                 object: StoredObject {
                     id,
-                    kind: Kind::ALL.into_iter().find(|k| k.as_str() == kind).ok_or_else(|| {
+                    kind: Kind::from_name(&kind).ok_or_else(|| {
                         StoreError::Database(sqlx::Error::Decode(format!("unknown kind {kind:?}").into()))
                     })?,
                     revision,

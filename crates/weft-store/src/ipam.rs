@@ -204,22 +204,7 @@ pub(crate) async fn prefetch(
     }
     let (firsts, lasts): (Vec<IpNet>, Vec<IpNet>) =
         small.iter().map(|b| (IpNet::from(b.network()), IpNet::from(b.broadcast()))).unzip();
-    let held: Vec<IpNet> = sqlx::query_scalar(
-        // LATERAL: a range scan of each index per block, whatever the planner thinks of
-        // the arrays' sizes.
-        "SELECT x.address FROM unnest($2::inet[], $3::inet[]) AS r(lo, hi), LATERAL ( \
-           SELECT a.address FROM ip_allocations a WHERE a.network_id = $1 AND a.address >= r.lo AND a.address <= r.hi \
-           UNION ALL SELECT p.address FROM port_addresses p WHERE p.address >= r.lo AND p.address <= r.hi \
-           UNION ALL SELECT d.address FROM ip_released d WHERE d.network_id = $1 AND d.address >= r.lo \
-                 AND d.address <= r.hi AND d.released_at > now() - make_interval(secs => $4)) x \
-        ",
-    )
-    .bind(network_id)
-    .bind(&firsts)
-    .bind(&lasts)
-    .bind(grace.as_secs_f64())
-    .fetch_all(&mut **tx)
-    .await?;
+    let held = held_between(tx, network_id, &firsts, &lasts, grace, i64::MAX).await?;
     let starts: std::collections::BTreeMap<(bool, u128), IpNet> =
         small.iter().map(|b| ((b.network().is_ipv4(), to_u128(b.network())), *b)).collect();
     let mut by_block: HashMap<IpNet, Vec<u128>> = HashMap::new();
@@ -234,11 +219,8 @@ pub(crate) async fn prefetch(
     for block in small {
         let (first, last) = host_range(&block);
         let v4 = matches!(block, IpNet::V4(_));
-        let mut in_block = by_block.remove(&block).unwrap_or_default();
-        in_block.extend(known.reserved.range((v4, first)..=(v4, last)).map(|(_, a)| *a));
-        in_block.sort_unstable();
-        in_block.dedup();
-        known.windows.insert((network_id, block), Window { from: first, until: last, held: in_block });
+        let window = known.window(v4, first, last, by_block.remove(&block).unwrap_or_default());
+        known.windows.insert((network_id, block), window);
     }
     Ok(())
 }
@@ -407,24 +389,14 @@ async fn allocate_in(
                 }
                 candidate = until + 1;
             }
-            let held: Vec<IpNet> = sqlx::query_scalar(
-                "SELECT address FROM ip_allocations WHERE network_id = $1 AND address >= $2 AND address <= $3                  UNION SELECT address FROM port_addresses WHERE address >= $2 AND address <= $3                  UNION SELECT address FROM ip_released WHERE network_id = $1 AND address >= $2 AND address <= $3                        AND released_at > now() - make_interval(secs => $4)                  ORDER BY 1 LIMIT $5",
-            )
-            .bind(network_id)
-            .bind(IpNet::from(from_u128(v4, candidate)))
-            .bind(IpNet::from(from_u128(v4, to)))
-            .bind(grace.as_secs_f64())
-            .bind(PAGE)
-            .fetch_all(&mut **tx)
-            .await?;
-            let mut held: Vec<u128> = held.iter().map(|n| to_u128(n.addr())).collect();
+            let (lo, hi) = (IpNet::from(from_u128(v4, candidate)), IpNet::from(from_u128(v4, to)));
+            let held = held_between(tx, network_id, &[lo], &[hi], grace, PAGE).await?;
+            let held: Vec<u128> = held.iter().map(|n| to_u128(n.addr())).collect();
             let complete = held.len() < PAGE as usize;
             let until = if complete { to } else { held.last().copied().unwrap_or(to).min(to) };
-            held.extend(known.reserved.range((v4, candidate)..=(v4, until)).map(|(_, a)| *a));
-            held.sort_unstable();
-            held.dedup();
-            let found = scan(candidate, to, gateway, &held, complete);
-            let window = known.windows.entry(key).insert_entry(Window { from: candidate, until, held }).into_mut();
+            let window = known.window(v4, candidate, until, held);
+            let found = scan(candidate, to, gateway, &window.held, complete);
+            let window = known.windows.entry(key).insert_entry(window).into_mut();
             match found {
                 Scan::Free(a) => {
                     window.take(a);
@@ -439,7 +411,45 @@ async fn allocate_in(
     Ok(None)
 }
 
+/// The addresses held in each range `lo[i]..=hi[i]` of a network, at most `limit` a range in
+/// order (duplicates possible): allocated on it, claimed by any port, or released on it
+/// within `grace`. A range scan of each index per range (LATERAL), whatever the planner
+/// thinks of the arrays' sizes.
+async fn held_between(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    network_id: Uuid,
+    lo: &[IpNet],
+    hi: &[IpNet],
+    grace: Duration,
+    limit: i64,
+) -> Result<Vec<IpNet>> {
+    Ok(sqlx::query_scalar(
+        "SELECT x.address FROM unnest($2::inet[], $3::inet[]) AS r(lo, hi), LATERAL ( \
+           SELECT h.address FROM ( \
+             SELECT a.address FROM ip_allocations a WHERE a.network_id = $1 AND a.address >= r.lo AND a.address <= r.hi \
+             UNION ALL SELECT p.address FROM port_addresses p WHERE p.address >= r.lo AND p.address <= r.hi \
+             UNION ALL SELECT d.address FROM ip_released d WHERE d.network_id = $1 AND d.address >= r.lo \
+                   AND d.address <= r.hi AND d.released_at > now() - make_interval(secs => $4)) h \
+           ORDER BY 1 LIMIT $5) x",
+    )
+    .bind(network_id)
+    .bind(lo)
+    .bind(hi)
+    .bind(grace.as_secs_f64())
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 impl Known {
+    /// A window over `from..=until` holding `held` and what this transaction reserved there.
+    fn window(&self, v4: bool, from: u128, until: u128, mut held: Vec<u128>) -> Window {
+        held.extend(self.reserved.range((v4, from)..=(v4, until)).map(|(_, a)| *a));
+        held.sort_unstable();
+        held.dedup();
+        Window { from, until, held }
+    }
+
     fn advance(&mut self, key: (Uuid, IpNet), v4: bool, next: u128) {
         let next = IpNet::from(from_u128(v4, next));
         self.cursors.insert(key, Some(next));

@@ -49,9 +49,7 @@ pub(crate) struct ObjectRow {
 
 fn from_row(row: &sqlx::postgres::PgRow) -> Result<ObjectRow> {
     let kind: String = row.try_get("kind")?;
-    let kind = Kind::ALL
-        .into_iter()
-        .find(|k| k.as_str() == kind)
+    let kind = Kind::from_name(&kind)
         .ok_or_else(|| StoreError::Database(sqlx::Error::Decode(format!("unknown object kind {kind:?}").into())))?;
     Ok(ObjectRow {
         object: StoredObject {
@@ -376,7 +374,7 @@ impl Txn {
             if let Resource::Port(port) = resource
                 && port.network.is_some()
             {
-                let project_id = self.require_project(&port.project.clone()).await.map_err(CreateFailed::at(i))?;
+                let project_id = self.require_project(&port.project).await.map_err(CreateFailed::at(i))?;
                 self.prepare_port_addresses(project_id, port, None).await.map_err(CreateFailed::at(i))?;
             }
         }
@@ -386,16 +384,16 @@ impl Txn {
             ids.iter().zip(&project_ids).zip(&resources).map(|((id, p), r)| (*id, *p, r)).collect();
         self.write_refs(&written, false).await?;
         self.hold_port_addresses(&written).await?;
-        let projects: Vec<usize> =
-            (0..resources.len()).filter(|&i| matches!(resources[i], Resource::Project(_))).collect();
-        if !projects.is_empty() {
-            let groups = projects
-                .iter()
-                .filter_map(|&i| match &resources[i] {
-                    Resource::Project(p) => Some(Resource::SecurityGroup(SecurityGroup::default_for(&p.name))),
-                    _ => None,
-                })
-                .collect();
+        // Each project comes with its default group.
+        let (projects, groups): (Vec<usize>, Vec<Resource>) = resources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Resource::Project(p) => Some((i, Resource::SecurityGroup(SecurityGroup::default_for(&p.name)))),
+                _ => None,
+            })
+            .unzip();
+        if !groups.is_empty() {
             Box::pin(self.create_all(groups))
                 .await
                 .map_err(|f| CreateFailed { index: projects.get(f.index).copied().unwrap_or(0), error: f.error })?;
@@ -745,11 +743,11 @@ impl Txn {
         .fetch_all(&mut *self.tx)
         .await
         .map_err(|e| CreateFailed::at(0)(StoreError::from_db(e, || describe(&resources[0]))))?;
+        let revision = rows.first().map(|r| r.0);
         let written: HashMap<Uuid, (Option<Uuid>, Vec<ipnet::IpNet>, bool)> =
-            rows.iter().map(|(_, id, project, held, bound)| (*id, (*project, held.clone(), *bound))).collect();
+            rows.into_iter().map(|(_, id, project, held, bound)| (id, (project, held, bound))).collect();
         let mut objects = Vec::with_capacity(resources.len());
         let mut project_ids = Vec::with_capacity(resources.len());
-        let revision = rows.first().map(|r| r.0);
         for (i, ((id, resource), body)) in ids.iter().zip(resources).zip(bodies).enumerate() {
             let (Some(revision), Some((project_id, held, bound))) = (revision, written.get(id)) else {
                 let error = match resource.project() {
@@ -884,7 +882,7 @@ impl Txn {
         .fetch_all(&mut *self.tx)
         .await?;
         for (kind, scope, name, id) in found {
-            if let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind) {
+            if let Some(kind) = Kind::from_name(&kind) {
                 self.known.ids.insert((kind, scope, name), id);
             }
         }
@@ -895,34 +893,16 @@ impl Txn {
     /// and those in projects this transaction knows already.
     fn references(&self, project_id: Uuid, resource: &Resource, into: &mut Vec<(Kind, Uuid, String)>) {
         let project = resource.project().unwrap_or_default();
-        let mut add = |kind: Kind, reference: &str| {
-            let Ok(r) = ObjectRef::parse(reference) else { return };
+        for (kind, reference, _) in held_references(resource) {
+            let Ok(r) = ObjectRef::parse(reference) else { continue };
             let scope = match r.project {
                 Some(p) if p != project => match self.known.ids.get(&(Kind::Project, Uuid::nil(), p.to_string())) {
                     Some(id) => *id,
-                    None => return,
+                    None => continue,
                 },
                 _ => project_id,
             };
             into.push((kind, scope, r.name.to_string()));
-        };
-        match resource {
-            Resource::SecurityGroup(sg) => {
-                for rule in &sg.rules {
-                    if let Remote::SecurityGroup { security_group } = &rule.remote {
-                        add(Kind::SecurityGroup, security_group);
-                    }
-                }
-            }
-            Resource::Port(port) => {
-                if let Some(network) = &port.network {
-                    add(Kind::VirtualNetwork, network);
-                }
-                for g in port.security_groups.iter().flatten() {
-                    add(Kind::SecurityGroup, g);
-                }
-            }
-            Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
         }
     }
 
@@ -945,44 +925,13 @@ impl Txn {
             let (Some(project_id), Some(project)) = (*project_id, resource.project()) else {
                 continue;
             };
-            let project = project.to_string();
             let mut targets = BTreeSet::new();
-            match resource {
-                Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
-                Resource::SecurityGroup(sg) => {
-                    for (r, rule) in sg.rules.iter().enumerate() {
-                        if let Remote::SecurityGroup { security_group } = &rule.remote {
-                            // Another project's group is neither checked nor held: whether it
-                            // exists is none of this project's business, and a rule of this
-                            // project must not keep the other from deleting it (issue 17). The
-                            // compiler matches nothing while it does not exist.
-                            if ObjectRef::parse(security_group).is_ok_and(|r| r.project.is_some_and(|p| p != project)) {
-                                continue;
-                            }
-                            let pointer = format!("/rules/{r}/remote/security_group");
-                            let target = self
-                                .resolve(Kind::SecurityGroup, project_id, &project, security_group, &pointer)
-                                .await
-                                .map_err(CreateFailed::at(i))?;
-                            targets.insert(target);
-                        }
-                    }
-                }
-                Resource::Port(port) => {
-                    if let Some(network) = &port.network {
-                        let target =
-                            self.resolve_network(project_id, &project, network).await.map_err(CreateFailed::at(i))?;
-                        targets.insert(target);
-                    }
-                    for (g, group) in port.security_groups.iter().flatten().enumerate() {
-                        let pointer = format!("/security_groups/{g}");
-                        let target = self
-                            .resolve(Kind::SecurityGroup, project_id, &project, group, &pointer)
-                            .await
-                            .map_err(CreateFailed::at(i))?;
-                        targets.insert(target);
-                    }
-                }
+            for (kind, reference, field) in held_references(resource) {
+                let target = match kind {
+                    Kind::VirtualNetwork => self.resolve_network(project_id, project, reference).await,
+                    _ => self.resolve(kind, project_id, project, reference, &field).await,
+                };
+                targets.insert(target.map_err(CreateFailed::at(i))?);
             }
             from.extend(std::iter::repeat_n(*id, targets.len()));
             to.extend(targets);
@@ -1215,6 +1164,41 @@ impl Txn {
         }
         Ok(())
     }
+}
+
+/// What an object refers to and holds (references keep the target from being deleted): the
+/// kind, the reference as written, and the field's pointer. Another project's group named by
+/// a rule is neither checked nor held: whether it exists is none of this project's business,
+/// and a rule of this project must not keep the other from deleting it (issue 17); the
+/// compiler matches nothing while it does not exist.
+fn held_references(resource: &Resource) -> Vec<(Kind, &str, String)> {
+    let project = resource.project().unwrap_or_default();
+    let mut held = Vec::new();
+    match resource {
+        Resource::SecurityGroup(sg) => {
+            for (r, rule) in sg.rules.iter().enumerate() {
+                if let Remote::SecurityGroup { security_group } = &rule.remote
+                    && !ObjectRef::parse(security_group).is_ok_and(|r| r.project.is_some_and(|p| p != project))
+                {
+                    held.push((
+                        Kind::SecurityGroup,
+                        security_group.as_str(),
+                        format!("/rules/{r}/remote/security_group"),
+                    ));
+                }
+            }
+        }
+        Resource::Port(port) => {
+            if let Some(network) = &port.network {
+                held.push((Kind::VirtualNetwork, network.as_str(), "/network".to_string()));
+            }
+            for (g, group) in port.security_groups.iter().flatten().enumerate() {
+                held.push((Kind::SecurityGroup, group.as_str(), format!("/security_groups/{g}")));
+            }
+        }
+        Resource::Project(_) | Resource::VirtualNetwork(_) | Resource::ClusterPolicy(_) => {}
+    }
+    held
 }
 
 /// Whether a port got what it claims: every address (`held`) and its interface (`bound`).
