@@ -1,8 +1,8 @@
 //! Generates the agent protocol's Rust code from proto/ with protox (pure Rust: no protoc).
 //!
 //! Two generations of the same file: the client side as usual, and the server side with
-//! `ControllerMessage` replaced by `crate::Encoded`, bytes the controller encoded once and
-//! sends to every agent that needs them.
+//! `ControllerMessage` and `RouteTable` replaced by `crate::Encoded`, bytes the controller
+//! encoded once and sends to every agent that needs them.
 
 use std::path::PathBuf;
 
@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .extern_path(".weft.agent.v1.ControllerMessage", "crate::Encoded")
+        .extern_path(".weft.agent.v1.RouteTable", "crate::Encoded")
         .extern_path(".weft.agent.v1", "crate::v1")
         .codec_path("crate::LeanCodec")
         .out_dir(&server)

@@ -52,12 +52,14 @@ async fn session(config: &Config, node_netns: Option<String>, uses: Uses) -> Res
         .or_else(|| config.state_dir.credential())
         .ok_or_else(|| AgentError::NoCredential(config.node.clone()))?;
     let mut client = AgentClient::new(crate::channel(config).await?);
-    let request = v1::RoutesRequest { node: config.node.clone(), credential };
+    let request = v1::RoutesRequest { node: config.node.clone(), credential, incremental: true };
     let mut tables = client.routes(request).await.map_err(AgentError::Stream)?.into_inner();
+    let mut follower = weft_proto::RouteFollower::default();
     // The cluster networks masqueraded by this session: the table is set again only when
     // they change (and once per session, in case it was changed behind the agent's back).
     let mut masqueraded: Option<Vec<ipnet::IpNet>> = None;
-    while let Some(table) = tables.message().await.map_err(AgentError::Stream)? {
+    while let Some(part) = tables.message().await.map_err(AgentError::Stream)? {
+        let Some(table) = follower.take(part) else { continue };
         if uses.masquerade {
             let networks = cluster(&table);
             if masqueraded.as_ref() != Some(&networks) {
@@ -148,6 +150,7 @@ mod tests {
                 v1::Route { destination: vec![1, 2, 3], prefix: 24, node: "n2".into(), via: vec![] },
             ],
             cluster: vec![],
+            ..Default::default()
         };
         let mut got: Vec<String> = wanted(&table, "n1").iter().map(|(n, v)| format!("{n} via {v}")).collect();
         got.sort();
@@ -168,6 +171,7 @@ mod tests {
                 prefix(&[1, 2, 3], 8),
                 prefix(&[10, 0, 0, 0], 40),
             ],
+            ..Default::default()
         };
         let got: Vec<String> = cluster(&table).iter().map(|p| p.to_string()).collect();
         assert_eq!(got, ["10.244.0.0/16", "10.245.0.0/16"]);

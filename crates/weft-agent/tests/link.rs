@@ -247,6 +247,7 @@ async fn pod_traffic_leaving_the_cluster_is_masqueraded_as_the_table_says_and_po
     let cluster = |nets: &[&str]| weft_proto::v1::RouteTable {
         routes: vec![],
         cluster: nets.iter().map(|n| weft_proto::encode_prefix(&n.parse().unwrap())).collect(),
+        ..Default::default()
     };
     let span = weft_compiler::Compiler::new().span("node-1");
     let (addr, _spans, tables) =

@@ -75,7 +75,7 @@ impl Agent for Service {
         Err(Status::unimplemented("no flows here"))
     }
 
-    type RoutesStream = ReceiverStream<Result<v1::RouteTable, Status>>;
+    type RoutesStream = ReceiverStream<Result<weft_proto::Encoded, Status>>;
 
     async fn routes(&self, _: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
         Err(Status::unimplemented("no routes here"))

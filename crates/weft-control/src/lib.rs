@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::server::agent_server::{Agent, AgentServer};
-use weft_proto::{Encoded, v1};
+use weft_proto::{Encoded, EncodedRoutes, RouteVersions, v1};
 use weft_store::{Store, StoreError, patiently};
 
 pub use hub::{Encoding, Hub, RING_UPDATES};
@@ -321,9 +321,10 @@ struct Service {
     /// Streams being opened that may use the database now ([`HELLOS_AT_ONCE`]).
     hellos: Arc<tokio::sync::Semaphore>,
     snapshot_slots: Arc<session::SnapshotSlots>,
-    /// The route table every agent is served, kept current by [`route_feed`].
-    /// None until the table was first read: an agent is never told there are no routes.
-    routes: watch::Receiver<Option<Arc<v1::RouteTable>>>,
+    /// The route table every agent is served, encoded once for all, kept current by
+    /// [`route_feed`]. None until the table was first read: an agent is never told there are
+    /// no routes.
+    routes: watch::Receiver<Option<Arc<EncodedRoutes>>>,
     flows: Arc<flows::FlowLog>,
     store: Store,
     hub: Arc<Hub>,
@@ -341,10 +342,11 @@ const ROUTES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// changed. A read that fails keeps the last table (agents keep their routes).
 async fn route_feed(
     store: Store,
-    routes: watch::Sender<Option<Arc<v1::RouteTable>>>,
+    routes: watch::Sender<Option<Arc<EncodedRoutes>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut read_at: Option<(i64, String)> = None;
+    let mut versions = RouteVersions::new(session::SNAPSHOT_MESSAGE_BYTES);
     loop {
         let version = match (store.current_revision().await, store.route_fingerprint().await) {
             (Ok(revision), Ok(underlay)) => Some((revision, underlay)),
@@ -370,14 +372,11 @@ async fn route_feed(
                         })
                         .collect(),
                     cluster: cluster.iter().map(weft_proto::encode_prefix).collect(),
+                    ..Default::default()
                 };
-                routes.send_if_modified(|current| {
-                    let changed = current.as_deref() != Some(&table);
-                    if changed {
-                        *current = Some(Arc::new(table));
-                    }
-                    changed
-                });
+                if let Some(next) = versions.next(table) {
+                    routes.send_replace(Some(Arc::new(next)));
+                }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "cannot read the route table; agents keep the last one"),
         }
@@ -474,10 +473,10 @@ impl Agent for Service {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    type RoutesStream = ReceiverStream<Result<v1::RouteTable, Status>>;
+    type RoutesStream = ReceiverStream<Result<Encoded, Status>>;
 
     async fn routes(&self, request: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
-        let v1::RoutesRequest { node, credential } = request.into_inner();
+        let v1::RoutesRequest { node, credential, incremental } = request.into_inner();
         let Some(known) = self.authenticate(&credential).await? else {
             return Err(Status::unauthenticated("unknown node credential"));
         };
@@ -488,12 +487,22 @@ impl Agent for Service {
         let mut routes = self.routes.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            // The version this stream sent last: the next is sent as changes when it follows.
+            let mut sent: Option<u64> = None;
             loop {
                 let table = routes.borrow_and_update().clone();
-                if let Some(table) = table
-                    && tx.send(Ok((*table).clone())).await.is_err()
-                {
-                    return;
+                if let Some(table) = table {
+                    let messages = match (&table.changes, sent) {
+                        _ if !incremental => std::slice::from_ref(&table.whole),
+                        (Some(changes), Some(sent)) if sent + 1 == table.version => changes.as_slice(),
+                        _ => table.parts.as_slice(),
+                    };
+                    for message in messages {
+                        if tx.send(Ok(Encoded(vec![message.clone()]))).await.is_err() {
+                            return;
+                        }
+                    }
+                    sent = Some(table.version);
                 }
                 tokio::select! {
                     changed = routes.changed() => if changed.is_err() { return },

@@ -442,7 +442,8 @@ async fn the_route_table_streams_each_nodes_blocks_through_its_underlay(pool: Pg
     .await;
     create(&store, Kind::Port, json!({"name": "pod-1", "project": "shop", "node": "node-1", "network": "pods"})).await;
     let mut client = agent_client(&control).await;
-    let request = |node: &str| v1::RoutesRequest { node: node.into(), credential: credential.clone() };
+    let request =
+        |node: &str| v1::RoutesRequest { node: node.into(), credential: credential.clone(), incremental: false };
     let mut tables = client.routes(request("node-1")).await.unwrap().into_inner();
     let expected = v1::Route {
         destination: vec![10, 244, 0, 0],
@@ -466,6 +467,91 @@ async fn the_route_table_streams_each_nodes_blocks_through_its_underlay(pool: Pg
     assert_eq!(table.cluster, [v1::Prefix { address: vec![10, 244, 0, 0], length: 16 }]);
     let refused = client.routes(request("node-2")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    control.shutdown().await;
+}
+
+/// At thousands of nodes a route table is larger than any message the controller otherwise
+/// sends: an agent that asks for `incremental` gets it in parts of at most about 16 KiB, then
+/// only what changed; put together, they are the table an agent of before gets whole each time.
+#[sqlx::test(migrator = "weft_store::MIGRATOR")]
+async fn a_large_route_table_comes_in_parts_then_changes_to_an_agent_that_asks(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    shop(&store).await;
+    create(
+        &store,
+        Kind::VirtualNetwork,
+        json!({"name": "pods", "project": "shop", "node_blocks": {"ipv4": 24}, "subnets": [{"cidr": "10.128.0.0/9"}]}),
+    )
+    .await;
+    // A node with its block and underlay address: a route.
+    let join = async |n: usize| {
+        let node = format!("node-{n}");
+        let credential = store.create_node(&node).await.unwrap();
+        let block: ipnet::IpNet = format!("10.{}.{}.0/24", 128 + n / 256, n % 256).parse().unwrap();
+        store.assign_node_blocks("shop/pods", &node, &[block]).await.unwrap();
+        let underlay: std::net::IpAddr = format!("198.18.{}.{}", n / 256, n % 256).parse().unwrap();
+        store.node_connected(&node, "elsewhere", "198.18.255.1:1", "test", &[underlay]).await.unwrap();
+        credential
+    };
+    // 800 nodes' blocks, some 22 KiB of routes.
+    const NODES: usize = 800;
+    let credential = join(0).await;
+    for n in 1..NODES {
+        join(n).await;
+    }
+    let control = start(&store).await;
+    let mut client = agent_client(&control).await;
+    let request =
+        |incremental| v1::RoutesRequest { node: "node-0".into(), credential: credential.clone(), incremental };
+    // The controller reads the table every 2 s: the first one in may be from before the blocks.
+    let mut whole = client.routes(request(false)).await.unwrap().into_inner();
+    let whole_with = async |whole: &mut tonic::Streaming<v1::RouteTable>, routes: usize| {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let table = whole.message().await.unwrap().unwrap();
+                assert!(!table.continued && !table.changes && table.withdrawn.is_empty());
+                if table.routes.len() == routes {
+                    return table;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    };
+    let table = whole_with(&mut whole, NODES).await;
+    assert!(prost::Message::encoded_len(&table) > 20 << 10);
+
+    let mut incremental = client.routes(request(true)).await.unwrap().into_inner();
+    let mut follower = weft_proto::RouteFollower::default();
+    // The messages of the next update, and the table the agent then has.
+    let mut update = async || {
+        tokio::time::timeout(PATIENCE, async {
+            let mut messages = Vec::new();
+            loop {
+                let part = incremental.message().await.unwrap().unwrap();
+                assert!(prost::Message::encoded_len(&part) <= weft_control::SNAPSHOT_MESSAGE_BYTES);
+                messages.push(part.clone());
+                if let Some(table) = follower.take(part) {
+                    return (messages, table);
+                }
+            }
+        })
+        .await
+        .unwrap()
+    };
+    let (parts, followed) = update().await;
+    assert_eq!(parts.len(), 2);
+    assert_eq!(followed, table);
+
+    // A node more: a route more, all that the agent that asked for changes is sent.
+    join(NODES).await;
+    let table = whole_with(&mut whole, NODES + 1).await;
+    let (changes, followed) = update().await;
+    assert_eq!(followed, table);
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].changes);
+    assert_eq!(changes[0].routes.len(), 1);
+    assert_eq!(changes[0].routes[0].node, format!("node-{NODES}"));
     control.shutdown().await;
 }
 

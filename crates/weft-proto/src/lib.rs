@@ -4,11 +4,13 @@
 use bytes::{Buf, BufMut, Bytes};
 
 mod convert;
+mod routes;
 
 pub use convert::{
     ConvertError, DeltaEncoder, SnapshotEncoder, address as encode_address, encode_action, encode_tier, from_proto,
     parse_action, parse_address, parse_prefix, parse_tier, prefix as encode_prefix, snapshot, to_proto,
 };
+pub use routes::{EncodedRoutes, RouteFollower, RouteVersions};
 
 /// The messages and the agent's client.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]

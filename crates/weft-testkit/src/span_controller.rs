@@ -62,15 +62,32 @@ impl Agent for Controller {
         Err(Status::unimplemented("no flows here"))
     }
 
-    type RoutesStream = ReceiverStream<Result<v1::RouteTable, Status>>;
+    type RoutesStream = ReceiverStream<Result<Encoded, Status>>;
 
-    async fn routes(&self, _: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
+    async fn routes(&self, request: Request<v1::RoutesRequest>) -> Result<Response<Self::RoutesStream>, Status> {
         let Some(mut tables) = self.tables.clone() else { return Err(Status::unimplemented("no routes here")) };
+        let incremental = request.into_inner().incremental;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            // As the controller sends them: changes after the first, to an agent that asks.
+            let mut versions = weft_proto::RouteVersions::new(16 << 10);
+            let mut first = true;
             loop {
                 let table = tables.borrow_and_update().clone();
-                if tx.send(Ok(table)).await.is_err() || tables.changed().await.is_err() {
+                if let Some(table) = versions.next(table) {
+                    let messages = match table.changes {
+                        _ if !incremental => vec![table.whole],
+                        Some(changes) if !first => changes,
+                        _ => table.parts,
+                    };
+                    first = false;
+                    for message in messages {
+                        if tx.send(Ok(Encoded(vec![message]))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if tables.changed().await.is_err() {
                     return;
                 }
             }
