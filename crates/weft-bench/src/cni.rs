@@ -207,6 +207,7 @@ async fn measure(config: &CniBenchConfig, node: &Netns, dir: &Path) -> Result<Cn
         backoff: (Duration::from_millis(20), Duration::from_millis(200)),
         metrics: None,
         underlay: Vec::new(),
+        connection: Default::default(),
     };
     let (progress_tx, mut progress) = watch::channel(Progress::default());
     let (stop, stopped) = watch::channel(false);

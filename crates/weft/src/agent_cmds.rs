@@ -227,6 +227,7 @@ pub async fn run(args: AgentArgs, ca: Option<PathBuf>) -> anyhow::Result<()> {
         backoff: (Duration::from_millis(200), Duration::from_secs(30)),
         metrics: metrics_listen.map(|_| std::sync::Arc::new(weft_agent::metrics::AgentMetrics::default())),
         underlay,
+        connection: Default::default(),
     };
     if let (Some(addr), Some(metrics)) = (metrics_listen, config.metrics.clone()) {
         let netns = netns.clone();

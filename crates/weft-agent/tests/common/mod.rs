@@ -22,6 +22,7 @@ pub fn config(addr: SocketAddr, dir: &std::path::Path, join_token: Option<String
         backoff: (Duration::from_millis(20), Duration::from_millis(200)),
         metrics: None,
         underlay: Vec::new(),
+        connection: Default::default(),
     }
 }
 
