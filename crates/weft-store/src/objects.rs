@@ -706,9 +706,9 @@ impl Txn {
             "WITH r AS (SELECT COALESCE($1::bigint, nextval('revisions')) AS revision), \
              i AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int4[]) \
                    AS i(id, kind, project, name, labels, body, seq)), \
-             p AS (SELECT i.id, p.id AS project_id FROM i LEFT JOIN objects p ON p.kind = 'project' \
-                   AND p.scope = '00000000-0000-0000-0000-000000000000' AND p.name = i.project \
-                   WHERE i.project IS NULL OR p.id IS NOT NULL), \
+             p AS (SELECT i.id, p.id AS project_id FROM i LEFT JOIN LATERAL (SELECT id FROM objects \
+                   WHERE kind = 'project' AND scope = '00000000-0000-0000-0000-000000000000' AND name = i.project \
+                   LIMIT 1) p ON true WHERE i.project IS NULL OR p.id IS NOT NULL), \
              o AS (INSERT INTO objects (id, kind, project_id, scope, name, labels, body, revision, created_at, updated_at) \
                    SELECT i.id, i.kind, p.project_id, COALESCE(p.project_id, '00000000-0000-0000-0000-000000000000'), \
                           i.name, i.labels::jsonb, i.body::json, r.revision, $9, $9 FROM r, i JOIN p USING (id) \
@@ -873,8 +873,8 @@ impl Txn {
         let scopes: Vec<Uuid> = wanted.iter().map(|(_, s, _)| *s).collect();
         let names: Vec<&str> = wanted.iter().map(|(_, _, n)| n.as_str()).collect();
         let found: Vec<(String, Uuid, String, Uuid)> = sqlx::query_as(
-            "SELECT o.kind, o.scope, o.name, o.id FROM unnest($1::text[], $2::uuid[], $3::text[]) AS k(kind, scope, name) \
-             JOIN objects o ON o.kind = k.kind AND o.scope = k.scope AND o.name = k.name",
+            "SELECT k.kind, k.scope, k.name, o.id FROM unnest($1::text[], $2::uuid[], $3::text[]) AS k(kind, scope, name), \
+             LATERAL (SELECT id FROM objects WHERE kind = k.kind AND scope = k.scope AND name = k.name LIMIT 1) o",
         )
         .bind(&kinds)
         .bind(&scopes)
