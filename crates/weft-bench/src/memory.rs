@@ -197,7 +197,7 @@ pub fn run(
     let at = allocated();
     let mut in_flight = Vec::with_capacity(nodes.len());
     for node in &nodes {
-        let messages = encoder.encode(revision, &compiler.span(node), weft_control::SNAPSHOT_MESSAGE_BYTES);
+        let messages = encoder.encode(revision, &compiler.span(node), weft_control::MESSAGE_BYTES);
         let bytes: usize = messages.iter().map(prost::Message::encoded_len).sum();
         snapshots += 1;
         snapshot_bytes += bytes;

@@ -29,7 +29,7 @@ use weft_proto::{Encoded, EncodedRoutes, RouteVersions, v1};
 use weft_store::{Store, StoreError, patiently};
 
 pub use hub::{Encoding, Hub, RING_UPDATES};
-pub use session::SNAPSHOT_MESSAGE_BYTES;
+pub use session::MESSAGE_BYTES;
 
 /// How often the controller tells the database which agents it still holds.
 const SEEN_EVERY: Duration = Duration::from_secs(10);
@@ -346,7 +346,7 @@ async fn route_feed(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut read_at: Option<(i64, String)> = None;
-    let mut versions = RouteVersions::new(session::SNAPSHOT_MESSAGE_BYTES);
+    let mut versions = RouteVersions::new(session::MESSAGE_BYTES);
     loop {
         let version = match (store.current_revision().await, store.route_fingerprint().await) {
             (Ok(revision), Ok(underlay)) => Some((revision, underlay)),

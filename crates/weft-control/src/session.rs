@@ -14,13 +14,15 @@ use weft_store::Store;
 
 use crate::hub::Hub;
 
-/// Snapshot messages stay under about this size. Small on purpose: the gRPC stack encodes each
-/// message whole into its stream's buffer, and the buffer keeps the largest size it grew to
-/// for as long as the stream lives. With messages of up to 1 MiB, 1,000 connected agents
-/// kept 243 MiB of such buffers after their snapshots (the server's heap, 635 -> 878 MiB);
-/// with 16 KiB, 101 MiB (`weft bench fanout`), in the same snapshot time (each set's parts
-/// are encoded once for all the snapshots in flight: `weft_proto::SnapshotEncoder`).
-pub const SNAPSHOT_MESSAGE_BYTES: usize = 16 << 10;
+/// Snapshot messages and route table parts stay under about this size. Small on purpose: the
+/// gRPC stack encodes each message whole into its stream's buffer, and the buffer keeps the
+/// largest size it grew to for as long as the stream lives. With messages of up to 1 MiB,
+/// 1,000 connected agents kept 243 MiB of such buffers after their snapshots (the server's
+/// heap, 635 -> 878 MiB); with 16 KiB, 101 MiB (`weft bench fanout`), in the same snapshot
+/// time (each set's parts are encoded once for all the snapshots in flight:
+/// `weft_proto::SnapshotEncoder`). At 5,000 agents a heap profile still found 35 KiB an agent
+/// in these buffers (the span's stream and the route table's): hence 4 KiB.
+pub const MESSAGE_BYTES: usize = 4 << 10;
 
 /// How many snapshots a controller sends at once by default ([`SnapshotSlots`]).
 pub const SNAPSHOTS_IN_FLIGHT: usize = 64;
@@ -208,7 +210,7 @@ async fn send(
                 };
                 // Encoded as built: what waits to be sent is bytes, not decoded structures, and
                 // each set's bytes are shared with the other snapshots in flight.
-                let messages = hub.snapshots.encode(revision, &span, SNAPSHOT_MESSAGE_BYTES);
+                let messages = hub.snapshots.encode(revision, &span, MESSAGE_BYTES);
                 drop(span);
                 for message in messages {
                     if outbound.send(Ok(message)).await.is_err() {

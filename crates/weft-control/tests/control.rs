@@ -471,7 +471,7 @@ async fn the_route_table_streams_each_nodes_blocks_through_its_underlay(pool: Pg
 }
 
 /// At thousands of nodes a route table is larger than any message the controller otherwise
-/// sends: an agent that asks for `incremental` gets it in parts of at most about 16 KiB, then
+/// sends: an agent that asks for `incremental` gets it in parts of at most about 4 KiB, then
 /// only what changed; put together, they are the table an agent of before gets whole each time.
 #[sqlx::test(migrator = "weft_store::MIGRATOR")]
 async fn a_large_route_table_comes_in_parts_then_changes_to_an_agent_that_asks(pool: PgPool) {
@@ -493,8 +493,8 @@ async fn a_large_route_table_comes_in_parts_then_changes_to_an_agent_that_asks(p
         store.node_connected(&node, "elsewhere", "198.18.255.1:1", "test", &[underlay]).await.unwrap();
         credential
     };
-    // 800 nodes' blocks, some 22 KiB of routes.
-    const NODES: usize = 800;
+    // 400 nodes' blocks, some 10 KiB of routes: over two messages' worth.
+    const NODES: usize = 400;
     let credential = join(0).await;
     for n in 1..NODES {
         join(n).await;
@@ -519,7 +519,7 @@ async fn a_large_route_table_comes_in_parts_then_changes_to_an_agent_that_asks(p
         .unwrap()
     };
     let table = whole_with(&mut whole, NODES).await;
-    assert!(prost::Message::encoded_len(&table) > 20 << 10);
+    assert!(prost::Message::encoded_len(&table) > 2 * weft_control::MESSAGE_BYTES);
 
     let mut incremental = client.routes(request(true)).await.unwrap().into_inner();
     let mut follower = weft_proto::RouteFollower::default();
@@ -529,7 +529,7 @@ async fn a_large_route_table_comes_in_parts_then_changes_to_an_agent_that_asks(p
             let mut messages = Vec::new();
             loop {
                 let part = incremental.message().await.unwrap().unwrap();
-                assert!(prost::Message::encoded_len(&part) <= weft_control::SNAPSHOT_MESSAGE_BYTES);
+                assert!(prost::Message::encoded_len(&part) <= weft_control::MESSAGE_BYTES);
                 messages.push(part.clone());
                 if let Some(table) = follower.take(part) {
                     return (messages, table);
@@ -540,7 +540,7 @@ async fn a_large_route_table_comes_in_parts_then_changes_to_an_agent_that_asks(p
         .unwrap()
     };
     let (parts, followed) = update().await;
-    assert_eq!(parts.len(), 2);
+    assert!(parts.len() >= 3, "{} parts", parts.len());
     assert_eq!(followed, table);
 
     // A node more: a route more, all that the agent that asked for changes is sent.

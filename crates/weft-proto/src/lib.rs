@@ -24,9 +24,9 @@ pub mod v1 {
 /// yield threshold) and keeps that buffer, grown to its largest, for the stream's life; a
 /// stream's decode buffer starts at 8 KiB. With thousands of agents connected, each with its
 /// streams, that is memory held per agent (issue 23: about 100 KiB per connected agent in
-/// all). The controller's messages are at most `SNAPSHOT_MESSAGE_BYTES` (16 KiB) for a
-/// snapshot, mostly far less; an agent's are acks and flow reports. So a stream's encoder
-/// yields after each snapshot-sized message and both buffers start small.
+/// all). The controller's messages are at most `weft_control::MESSAGE_BYTES` (4 KiB) for a
+/// snapshot or a route table, mostly far less; an agent's are acks and flow reports. So a
+/// stream's encoder yields after each such message and both buffers start small.
 #[derive(Debug, Clone)]
 pub struct LeanCodec<T, U>(std::marker::PhantomData<(T, U)>);
 
@@ -38,7 +38,7 @@ impl<T, U> Default for LeanCodec<T, U> {
 
 /// Initial capacity of a stream's buffers, and the bytes encoded before the encoder yields.
 fn lean_buffer() -> tonic::codec::BufferSettings {
-    tonic::codec::BufferSettings::new(2 * 1024, 16 * 1024)
+    tonic::codec::BufferSettings::new(1024, 4 * 1024)
 }
 
 impl<T, U> tonic::codec::Codec for LeanCodec<T, U>

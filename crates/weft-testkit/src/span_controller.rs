@@ -70,7 +70,7 @@ impl Agent for Controller {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             // As the controller sends them: changes after the first, to an agent that asks.
-            let mut versions = weft_proto::RouteVersions::new(16 << 10);
+            let mut versions = weft_proto::RouteVersions::new(4 << 10);
             let mut first = true;
             loop {
                 let table = tables.borrow_and_update().clone();
