@@ -85,6 +85,7 @@ impl Node {
             backoff: (Duration::from_millis(20), Duration::from_millis(200)),
             metrics: None,
             underlay: Vec::new(),
+            connection: Default::default(),
         };
         let (progress_tx, progress) = watch::channel(Progress::default());
         let (stop, stopped) = watch::channel(false);
