@@ -492,12 +492,7 @@ impl Agent for Service {
             loop {
                 let table = routes.borrow_and_update().clone();
                 if let Some(table) = table {
-                    let messages = match (&table.changes, sent) {
-                        _ if !incremental => std::slice::from_ref(&table.whole),
-                        (Some(changes), Some(sent)) if sent + 1 == table.version => changes.as_slice(),
-                        _ => table.parts.as_slice(),
-                    };
-                    for message in messages {
+                    for message in table.messages(incremental, sent) {
                         if tx.send(Ok(Encoded(vec![message.clone()]))).await.is_err() {
                             return;
                         }

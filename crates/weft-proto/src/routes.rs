@@ -29,6 +29,19 @@ pub struct EncodedRoutes {
     pub changes: Option<Vec<Bytes>>,
 }
 
+impl EncodedRoutes {
+    /// What a stream is sent of this version: the table whole to an agent that did not ask
+    /// for `incremental`; else the changes when the stream's last version (`sent`) is the one
+    /// before, and the parts when it is not (a stream's first table, or versions it missed).
+    pub fn messages(&self, incremental: bool, sent: Option<u64>) -> &[Bytes] {
+        match (&self.changes, sent) {
+            _ if !incremental => std::slice::from_ref(&self.whole),
+            (Some(changes), Some(sent)) if sent + 1 == self.version => changes,
+            _ => &self.parts,
+        }
+    }
+}
+
 /// A route's identity in a table: what a withdrawal names.
 type RouteKey = (Vec<u8>, u32, String);
 
@@ -226,6 +239,20 @@ mod tests {
         let mut agent = RouteFollower::default();
         followed(&mut agent, &first.parts);
         assert_eq!(followed(&mut agent, &changes), vec![after]);
+    }
+
+    #[test]
+    fn a_stream_is_sent_changes_only_from_the_version_before() {
+        let mut versions = RouteVersions::new(16 << 10);
+        let next = |versions: &mut RouteVersions, routes| {
+            versions.next(table(routes, 1)).unwrap_or_else(|| panic!("no version"))
+        };
+        let (_, _, third) = (next(&mut versions, 10), next(&mut versions, 11), next(&mut versions, 12));
+        let changes = third.changes.clone().unwrap_or_default();
+        assert_eq!(third.messages(false, Some(2)), std::slice::from_ref(&third.whole), "an agent of before: whole");
+        assert_eq!(third.messages(true, None), third.parts.as_slice(), "a stream's first table: parts");
+        assert_eq!(third.messages(true, Some(2)), changes.as_slice());
+        assert_eq!(third.messages(true, Some(1)), third.parts.as_slice(), "a version missed: parts");
     }
 
     #[test]

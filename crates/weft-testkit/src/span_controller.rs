@@ -71,21 +71,16 @@ impl Agent for Controller {
         tokio::spawn(async move {
             // As the controller sends them: changes after the first, to an agent that asks.
             let mut versions = weft_proto::RouteVersions::new(4 << 10);
-            let mut first = true;
+            let mut sent = None;
             loop {
                 let table = tables.borrow_and_update().clone();
                 if let Some(table) = versions.next(table) {
-                    let messages = match table.changes {
-                        _ if !incremental => vec![table.whole],
-                        Some(changes) if !first => changes,
-                        _ => table.parts,
-                    };
-                    first = false;
-                    for message in messages {
-                        if tx.send(Ok(Encoded(vec![message]))).await.is_err() {
+                    for message in table.messages(incremental, sent) {
+                        if tx.send(Ok(Encoded(vec![message.clone()]))).await.is_err() {
                             return;
                         }
                     }
+                    sent = Some(table.version);
                 }
                 if tables.changed().await.is_err() {
                     return;
