@@ -396,8 +396,12 @@ impl Cluster {
     }
 
     /// The groups of applied(P) that isolate direction `d`.
-    pub fn isolating(&self, applied: &BTreeSet<Uuid>, d: Direction) -> Vec<Uuid> {
-        applied.iter().copied().filter(|g| self.groups.get(g).is_some_and(|g| g.policy_types.contains(&d))).collect()
+    pub fn isolating<'a>(&self, applied: impl IntoIterator<Item = &'a Uuid>, d: Direction) -> Vec<Uuid> {
+        applied
+            .into_iter()
+            .copied()
+            .filter(|g| self.groups.get(g).is_some_and(|g| g.policy_types.contains(&d)))
+            .collect()
     }
 }
 

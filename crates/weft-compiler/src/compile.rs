@@ -247,7 +247,7 @@ pub fn compile(cluster: &Cluster) -> Compiled {
 }
 
 /// A port's isolation in direction `d`, given its applied groups.
-pub(crate) fn isolation(cluster: &Cluster, applied: &BTreeSet<Uuid>, d: Direction) -> Isolation {
+pub(crate) fn isolation<'a>(cluster: &Cluster, applied: impl IntoIterator<Item = &'a Uuid>, d: Direction) -> Isolation {
     let groups = cluster.isolating(applied, d);
     if groups.is_empty() { Isolation::Open } else { Isolation::Isolated(Arc::new(groups)) }
 }

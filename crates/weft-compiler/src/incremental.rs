@@ -28,7 +28,7 @@ use uuid::Uuid;
 use weft_model::{Direction, LabelSelector, Labels, NamedPort, ObjectRef, Project, SecurityGroup};
 
 use crate::cidr;
-use crate::cluster::{Change, Cluster, Dangling, PolicyLists, PortRecord};
+use crate::cluster::{Change, Cluster, Dangling, Interner, PolicyLists, PortRecord};
 use crate::compile::{Compiled, compile_group, compile_policy, isolation};
 use crate::compiled::{
     AddressSet, CompiledGroup, CompiledPolicy, Isolation, NodeSpan, PortPolicy, Selection, SetDefinition, SetId,
@@ -37,7 +37,7 @@ use crate::compiled::{
 use crate::delta::{Deltas, MemberDelta, NodeName, SharedSetChange, SpanDelta};
 use crate::eval::Packet;
 use crate::explain::{Endpoint, Explanation};
-use crate::fast::{FastMap, FastSet, hash_of};
+use crate::fast::{FastMap, FastSet, SmallMap, hash_of};
 
 type ClassId = usize;
 type NodeId = usize;
@@ -48,7 +48,9 @@ const UNPLACED: NodeId = 0;
 /// A (project, name) group reference, resolved against the referring object's project.
 type GroupKey = (String, String);
 
-/// Ports with the same applied groups.
+/// Ports with the same applied groups. Kept small (a class per pod is common: a StatefulSet's
+/// pods, the benchmarks' synthetic pods): its groups an exactly sized sorted slice, its
+/// isolation shared with the classes that have the same, its ports and nodes small maps.
 #[derive(Debug)]
 struct Class {
     /// Shared with its ports' records (interned by the cluster).
@@ -56,14 +58,15 @@ struct Class {
     labels: Arc<Labels>,
     explicit: Option<Box<[String]>>,
     hash: u64,
-    applied: BTreeSet<Uuid>,
+    /// Sorted.
+    applied: Box<[Uuid]>,
     ingress: Isolation,
     egress: Isolation,
     /// The tiered policies that select its ports, in the order they decide.
     policies: Arc<Vec<Uuid>>,
-    ports: FastMap<Uuid, Placed>,
+    ports: SmallMap<Uuid, Placed>,
     /// How many of its ports each node has.
-    nodes: FastMap<NodeId, u32>,
+    nodes: SmallMap<NodeId, u32>,
 }
 
 impl Class {
@@ -160,7 +163,10 @@ struct Touched {
 #[derive(Debug)]
 pub struct Compiler {
     cluster: Cluster,
-    classes: Vec<Option<Class>>,
+    /// Boxed: the vector doubles as it grows, and an empty slot costs a pointer, not a class.
+    classes: Vec<Option<Box<Class>>>,
+    /// Each isolation held once, shared by the classes (and their ports' policies) that have it.
+    isolations: Interner<Vec<Uuid>>,
     free_classes: Vec<ClassId>,
     class_index: FastMap<u64, Vec<ClassId>>,
     class_of_port: FastMap<Uuid, ClassId>,
@@ -215,6 +221,7 @@ impl Compiler {
         Compiler {
             cluster: Cluster::new(),
             classes: Vec::new(),
+            isolations: Interner::default(),
             free_classes: Vec::new(),
             class_index: FastMap::default(),
             class_of_port: FastMap::default(),
@@ -291,6 +298,7 @@ impl Compiler {
         let Compiler {
             cluster,
             classes,
+            isolations,
             free_classes,
             class_index,
             class_of_port,
@@ -330,7 +338,7 @@ impl Compiler {
             part("input: security groups", (input_groups, group_by_name)),
             part("input: cluster policies", cluster_policies),
             part("nodes: port policies and counts", nodes),
-            part("classes", (classes, free_classes, class_index)),
+            part("classes", (classes, isolations, free_classes, class_index)),
             part("class of each port", class_of_port),
             part("class indexes", (classes_by_project, classes_by_ref, group_classes)),
             part("compiled groups", (groups, rule_refs)),
@@ -677,6 +685,14 @@ impl Compiler {
 
     // ---- classes ----
 
+    /// A class's isolation in direction `d`, shared with the classes that have the same.
+    fn isolation(&mut self, applied: &[Uuid], d: Direction) -> Isolation {
+        match isolation(&self.cluster, applied, d) {
+            Isolation::Isolated(groups) => Isolation::Isolated(self.isolations.get(&groups, || Arc::clone(&groups))),
+            Isolation::Open => Isolation::Open,
+        }
+    }
+
     fn class(&self, id: ClassId) -> &Class {
         self.classes[id].as_ref().expect("live class id")
     }
@@ -696,20 +712,20 @@ impl Compiler {
         }) {
             return found;
         }
-        let applied = self.cluster.applied(port);
+        let applied: Box<[Uuid]> = self.cluster.applied(port).into_iter().collect();
         let policies = self.policy_lists.list(&self.cluster, &port.project, &port.labels);
-        let class = Class {
+        let class = Box::new(Class {
             project: Arc::clone(&port.project),
             labels: Arc::clone(&port.labels),
             explicit: port.security_groups.clone(),
             hash,
-            ingress: isolation(&self.cluster, &applied, Direction::Ingress),
-            egress: isolation(&self.cluster, &applied, Direction::Egress),
+            ingress: self.isolation(&applied, Direction::Ingress),
+            egress: self.isolation(&applied, Direction::Egress),
             applied,
             policies,
-            ports: FastMap::default(),
-            nodes: FastMap::default(),
-        };
+            ports: SmallMap::default(),
+            nodes: SmallMap::default(),
+        });
         let id = match self.free_classes.pop() {
             Some(id) => id,
             None => {
@@ -717,7 +733,10 @@ impl Compiler {
                 self.classes.len() - 1
             }
         };
-        self.class_index.entry(hash).or_default().push(id);
+        // Exactly sized: a hash shared by two classes is rare.
+        let same_hash = self.class_index.entry(hash).or_insert_with(|| Vec::with_capacity(1));
+        same_hash.reserve_exact(1);
+        same_hash.push(id);
         self.classes_by_project.entry(class.project.to_string()).or_default().insert(id);
         for key in refs_of(&class.project, class.explicit.as_deref()) {
             self.classes_by_ref.entry(key).or_default().insert(id);
@@ -758,7 +777,7 @@ impl Compiler {
     /// the node's span when its count crosses zero.
     fn class_node_add(&mut self, class: ClassId, node: NodeId, delta: i32) {
         let c = self.class_mut(class);
-        let count = c.nodes.entry(node).or_insert(0);
+        let count = c.nodes.get_or_insert_with(node, || 0);
         let before = *count;
         *count = count.saturating_add_signed(delta);
         let after = *count;
@@ -910,17 +929,21 @@ impl Compiler {
     fn reclassify(&mut self, class: ClassId, group: Uuid) {
         let c = self.class(class);
         let now = self.cluster.applies(group, &c.project, &c.labels, c.explicit.as_deref());
-        let before = c.applied.contains(&group);
+        let before = c.applied.binary_search(&group).is_ok();
         if !now && !before {
             return;
         }
         if now != before {
             let c = self.class_mut(class);
-            if now {
-                c.applied.insert(group);
-            } else {
-                c.applied.remove(&group);
+            let mut applied = c.applied.to_vec();
+            match (now, applied.binary_search(&group)) {
+                (true, Err(at)) => applied.insert(at, group),
+                (false, Ok(at)) => {
+                    applied.remove(at);
+                }
+                _ => {}
             }
+            c.applied = applied.into_boxed_slice();
             if now {
                 self.group_classes.entry(group).or_default().insert(class);
             } else {
@@ -939,9 +962,11 @@ impl Compiler {
                 self.change_members(members, now);
             }
         }
+        let applied = std::mem::take(&mut self.class_mut(class).applied);
+        let (ingress, egress) =
+            (self.isolation(&applied, Direction::Ingress), self.isolation(&applied, Direction::Egress));
+        self.class_mut(class).applied = applied;
         let c = self.class(class);
-        let ingress = isolation(&self.cluster, &c.applied, Direction::Ingress);
-        let egress = isolation(&self.cluster, &c.applied, Direction::Egress);
         if ingress == c.ingress && egress == c.egress {
             return;
         }
