@@ -187,7 +187,8 @@ impl PortInterners {
 pub struct Cluster {
     pub(crate) projects: BTreeMap<Uuid, Project>,
     pub(crate) project_by_name: BTreeMap<String, Uuid>,
-    pub(crate) ports: BTreeMap<Uuid, PortRecord>,
+    /// Shared with the nodes' state of the compiler that keeps them (`HeldPort`).
+    pub(crate) ports: BTreeMap<Uuid, Arc<PortRecord>>,
     pub(crate) interners: PortInterners,
     pub(crate) groups: BTreeMap<Uuid, SecurityGroup>,
     pub(crate) group_by_name: BTreeMap<(String, String), Uuid>,
@@ -232,7 +233,7 @@ impl Cluster {
                     return;
                 };
                 let record = self.interners.record(p);
-                self.ports.insert(id, record);
+                self.ports.insert(id, Arc::new(record));
             }
             Change::DeletePort(id) => {
                 self.ports.remove(&id);
@@ -305,7 +306,7 @@ impl Cluster {
     }
 
     pub fn port(&self, id: &Uuid) -> Option<&PortRecord> {
-        self.ports.get(id)
+        self.ports.get(id).map(|p| &**p)
     }
 
     pub fn group(&self, id: &Uuid) -> Option<&SecurityGroup> {
@@ -313,7 +314,7 @@ impl Cluster {
     }
 
     pub fn ports(&self) -> impl Iterator<Item = (&Uuid, &PortRecord)> {
-        self.ports.iter()
+        self.ports.iter().map(|(id, p)| (id, &**p))
     }
 
     pub fn project_by_name(&self, name: &str) -> Option<&Project> {
