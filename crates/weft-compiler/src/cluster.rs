@@ -103,6 +103,30 @@ impl PortRecord {
         }
     }
 
+    /// The policy sent for the port: its addresses (those it alone claims, and those another
+    /// port claims too, [`crate::compile::split_claims`]) and what the compiler decided.
+    pub(crate) fn policy(
+        &self,
+        (addresses, refused_addresses): (Vec<IpAddr>, Vec<IpAddr>),
+        ingress: &crate::compiled::Isolation,
+        egress: &crate::compiled::Isolation,
+        policies: &crate::compiled::PolicyList,
+    ) -> crate::compiled::PortPolicy {
+        crate::compiled::PortPolicy {
+            project: self.project.to_string(),
+            name: self.name.to_string(),
+            addresses,
+            refused_addresses,
+            interface: self.effective_interface(),
+            instance: self.instance.as_deref().map(str::to_string),
+            // Shared by the ports that define the same (the cluster holds one of each).
+            named_ports: Arc::clone(&self.named_ports),
+            ingress: ingress.clone(),
+            egress: egress.clone(),
+            policies: Arc::clone(policies),
+        }
+    }
+
     /// The port as the model has it, with what the compiler keeps (no annotations, network,
     /// MAC or timestamps): for tests and benchmarks that change a port they read here.
     pub fn to_port(&self, id: Uuid) -> Port {

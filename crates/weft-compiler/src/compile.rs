@@ -253,20 +253,8 @@ pub(crate) fn isolation<'a>(cluster: &Cluster, applied: impl IntoIterator<Item =
 }
 
 fn port_policy(port: &PortRecord, class: &Class, contested: &BTreeMap<std::net::IpAddr, Vec<Uuid>>) -> PortPolicy {
-    let (addresses, refused_addresses) = split_claims(&port.ips, |a| contested.contains_key(a));
-    PortPolicy {
-        project: port.project.to_string(),
-        name: port.name.to_string(),
-        addresses,
-        refused_addresses,
-        interface: port.effective_interface(),
-        instance: port.instance.as_deref().map(str::to_string),
-        // Shared by the ports that define the same (the cluster holds one of each).
-        named_ports: Arc::clone(&port.named_ports),
-        ingress: class.ingress.clone(),
-        egress: class.egress.clone(),
-        policies: Arc::clone(&class.policies),
-    }
+    let claims = split_claims(&port.ips, |a| contested.contains_key(a));
+    port.policy(claims, &class.ingress, &class.egress, &class.policies)
 }
 
 /// A port's addresses: those it alone claims, and those another port claims too. Exactly

@@ -158,20 +158,7 @@ impl HeldPort {
     }
 
     fn to_policy(&self) -> PortPolicy {
-        let (addresses, refused_addresses) = self.addresses();
-        let r = &self.record;
-        PortPolicy {
-            project: r.project.to_string(),
-            name: r.name.to_string(),
-            addresses,
-            refused_addresses,
-            interface: r.effective_interface(),
-            instance: r.instance.as_deref().map(str::to_string),
-            named_ports: Arc::clone(&r.named_ports),
-            ingress: self.ingress.clone(),
-            egress: self.egress.clone(),
-            policies: Arc::clone(&self.policies),
-        }
+        self.record.policy(self.addresses(), &self.ingress, &self.egress, &self.policies)
     }
 
     /// Whether the policies made of the two differ in their lists of tiered policies at most
