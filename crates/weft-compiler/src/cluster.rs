@@ -103,30 +103,6 @@ impl PortRecord {
         }
     }
 
-    /// The policy sent for the port: its addresses (those it alone claims, and those another
-    /// port claims too, [`crate::compile::split_claims`]) and what the compiler decided.
-    pub(crate) fn policy(
-        &self,
-        (addresses, refused_addresses): (Vec<IpAddr>, Vec<IpAddr>),
-        ingress: &crate::compiled::Isolation,
-        egress: &crate::compiled::Isolation,
-        policies: &crate::compiled::PolicyList,
-    ) -> crate::compiled::PortPolicy {
-        crate::compiled::PortPolicy {
-            project: self.project.to_string(),
-            name: self.name.to_string(),
-            addresses,
-            refused_addresses,
-            interface: self.effective_interface(),
-            instance: self.instance.as_deref().map(str::to_string),
-            // Shared by the ports that define the same (the cluster holds one of each).
-            named_ports: Arc::clone(&self.named_ports),
-            ingress: ingress.clone(),
-            egress: egress.clone(),
-            policies: Arc::clone(policies),
-        }
-    }
-
     /// The port as the model has it, with what the compiler keeps (no annotations, network,
     /// MAC or timestamps): for tests and benchmarks that change a port they read here.
     pub fn to_port(&self, id: Uuid) -> Port {
@@ -211,8 +187,7 @@ impl PortInterners {
 pub struct Cluster {
     pub(crate) projects: BTreeMap<Uuid, Project>,
     pub(crate) project_by_name: BTreeMap<String, Uuid>,
-    /// Shared with the nodes' state of the compiler that keeps them (`HeldPort`).
-    pub(crate) ports: BTreeMap<Uuid, Arc<PortRecord>>,
+    pub(crate) ports: BTreeMap<Uuid, PortRecord>,
     pub(crate) interners: PortInterners,
     pub(crate) groups: BTreeMap<Uuid, SecurityGroup>,
     pub(crate) group_by_name: BTreeMap<(String, String), Uuid>,
@@ -257,7 +232,7 @@ impl Cluster {
                     return;
                 };
                 let record = self.interners.record(p);
-                self.ports.insert(id, Arc::new(record));
+                self.ports.insert(id, record);
             }
             Change::DeletePort(id) => {
                 self.ports.remove(&id);
@@ -330,7 +305,7 @@ impl Cluster {
     }
 
     pub fn port(&self, id: &Uuid) -> Option<&PortRecord> {
-        self.ports.get(id).map(|p| &**p)
+        self.ports.get(id)
     }
 
     pub fn group(&self, id: &Uuid) -> Option<&SecurityGroup> {
@@ -338,7 +313,7 @@ impl Cluster {
     }
 
     pub fn ports(&self) -> impl Iterator<Item = (&Uuid, &PortRecord)> {
-        self.ports.iter().map(|(id, p)| (id, &**p))
+        self.ports.iter()
     }
 
     pub fn project_by_name(&self, name: &str) -> Option<&Project> {
@@ -421,12 +396,8 @@ impl Cluster {
     }
 
     /// The groups of applied(P) that isolate direction `d`.
-    pub fn isolating<'a>(&self, applied: impl IntoIterator<Item = &'a Uuid>, d: Direction) -> Vec<Uuid> {
-        applied
-            .into_iter()
-            .copied()
-            .filter(|g| self.groups.get(g).is_some_and(|g| g.policy_types.contains(&d)))
-            .collect()
+    pub fn isolating(&self, applied: &BTreeSet<Uuid>, d: Direction) -> Vec<Uuid> {
+        applied.iter().copied().filter(|g| self.groups.get(g).is_some_and(|g| g.policy_types.contains(&d))).collect()
     }
 }
 

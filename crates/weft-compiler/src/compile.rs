@@ -247,14 +247,26 @@ pub fn compile(cluster: &Cluster) -> Compiled {
 }
 
 /// A port's isolation in direction `d`, given its applied groups.
-pub(crate) fn isolation<'a>(cluster: &Cluster, applied: impl IntoIterator<Item = &'a Uuid>, d: Direction) -> Isolation {
+pub(crate) fn isolation(cluster: &Cluster, applied: &BTreeSet<Uuid>, d: Direction) -> Isolation {
     let groups = cluster.isolating(applied, d);
     if groups.is_empty() { Isolation::Open } else { Isolation::Isolated(Arc::new(groups)) }
 }
 
 fn port_policy(port: &PortRecord, class: &Class, contested: &BTreeMap<std::net::IpAddr, Vec<Uuid>>) -> PortPolicy {
-    let claims = split_claims(&port.ips, |a| contested.contains_key(a));
-    port.policy(claims, &class.ingress, &class.egress, &class.policies)
+    let (addresses, refused_addresses) = split_claims(&port.ips, |a| contested.contains_key(a));
+    PortPolicy {
+        project: port.project.to_string(),
+        name: port.name.to_string(),
+        addresses,
+        refused_addresses,
+        interface: port.effective_interface(),
+        instance: port.instance.as_deref().map(str::to_string),
+        // Shared by the ports that define the same (the cluster holds one of each).
+        named_ports: Arc::clone(&port.named_ports),
+        ingress: class.ingress.clone(),
+        egress: class.egress.clone(),
+        policies: Arc::clone(&class.policies),
+    }
 }
 
 /// A port's addresses: those it alone claims, and those another port claims too. Exactly

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use weft_model::{Direction, LabelSelector, Labels, NamedPort, ObjectRef, Project, SecurityGroup};
 
 use crate::cidr;
-use crate::cluster::{Change, Cluster, Dangling, Interner, PolicyLists, PortRecord};
+use crate::cluster::{Change, Cluster, Dangling, PolicyLists, PortRecord};
 use crate::compile::{Compiled, compile_group, compile_policy, isolation};
 use crate::compiled::{
     AddressSet, CompiledGroup, CompiledPolicy, Isolation, NodeSpan, PortPolicy, Selection, SetDefinition, SetId,
@@ -37,7 +37,7 @@ use crate::compiled::{
 use crate::delta::{Deltas, MemberDelta, NodeName, SharedSetChange, SpanDelta};
 use crate::eval::Packet;
 use crate::explain::{Endpoint, Explanation};
-use crate::fast::{FastMap, FastSet, SmallMap, hash_of};
+use crate::fast::{FastMap, FastSet, hash_of};
 
 type ClassId = usize;
 type NodeId = usize;
@@ -48,9 +48,7 @@ const UNPLACED: NodeId = 0;
 /// A (project, name) group reference, resolved against the referring object's project.
 type GroupKey = (String, String);
 
-/// Ports with the same applied groups. Kept small (a class per pod is common: a StatefulSet's
-/// pods, the benchmarks' synthetic pods): its groups an exactly sized sorted slice, its
-/// isolation shared with the classes that have the same, its ports and nodes small maps.
+/// Ports with the same applied groups.
 #[derive(Debug)]
 struct Class {
     /// Shared with its ports' records (interned by the cluster).
@@ -58,15 +56,14 @@ struct Class {
     labels: Arc<Labels>,
     explicit: Option<Box<[String]>>,
     hash: u64,
-    /// Sorted.
-    applied: Box<[Uuid]>,
+    applied: BTreeSet<Uuid>,
     ingress: Isolation,
     egress: Isolation,
     /// The tiered policies that select its ports, in the order they decide.
     policies: Arc<Vec<Uuid>>,
-    ports: SmallMap<Uuid, Placed>,
+    ports: FastMap<Uuid, Placed>,
     /// How many of its ports each node has.
-    nodes: SmallMap<NodeId, u32>,
+    nodes: FastMap<NodeId, u32>,
 }
 
 impl Class {
@@ -138,61 +135,10 @@ struct ProjectSelector {
     sets: BTreeSet<SetId>,
 }
 
-/// A port's policy as its node's state keeps it: its record (shared with the cluster) and what
-/// the compiler decided of it; the [`PortPolicy`] sent is made from it when a span or a delta
-/// is. A `PortPolicy` kept for each port, with its own copies of the port's names and
-/// addresses, took 70 MiB at 150,000 pods (`weft bench memory`).
-#[derive(Debug, Clone)]
-struct HeldPort {
-    record: Arc<PortRecord>,
-    /// Its addresses that another port names too (`PortPolicy::refused_addresses`).
-    refused: Box<[IpAddr]>,
-    ingress: Isolation,
-    egress: Isolation,
-    policies: crate::compiled::PolicyList,
-}
-
-impl HeldPort {
-    fn addresses(&self) -> (Vec<IpAddr>, Vec<IpAddr>) {
-        crate::compile::split_claims(&self.record.ips, |a| self.refused.contains(a))
-    }
-
-    fn to_policy(&self) -> PortPolicy {
-        self.record.policy(self.addresses(), &self.ingress, &self.egress, &self.policies)
-    }
-
-    /// Whether the policies made of the two differ in their lists of tiered policies at most
-    /// ([`PortPolicy::same_but_policies`]): the record's fields a policy is made of, and the
-    /// decisions. Every field is named: one added must be compared, or this does not compile.
-    fn same_but_policies(&self, other: &HeldPort) -> bool {
-        let HeldPort { record, refused, ingress, egress, policies: _ } = self;
-        let (a, b) = (&**record, &*other.record);
-        let PortRecord { name, project, labels: _, node: _, ips, interface, instance, security_groups: _, named_ports } =
-            a;
-        let same_record = Arc::ptr_eq(record, &other.record);
-        let records = same_record
-            || (*name == b.name
-                && *project == b.project
-                && (*interface == b.interface || a.effective_interface() == b.effective_interface())
-                && *instance == b.instance
-                && *named_ports == b.named_ports);
-        let addresses =
-            (same_record || *ips == b.ips) && *refused == other.refused || self.addresses() == other.addresses();
-        records && addresses && *ingress == other.ingress && *egress == other.egress
-    }
-}
-
-/// Equal when the policies made of them are.
-impl PartialEq for HeldPort {
-    fn eq(&self, other: &HeldPort) -> bool {
-        self.policies == other.policies && self.same_but_policies(other)
-    }
-}
-
 #[derive(Debug, Default)]
 struct NodeState {
     name: Option<Arc<str>>,
-    ports: BTreeMap<Uuid, HeldPort>,
+    ports: BTreeMap<Uuid, PortPolicy>,
     /// How many of the node's classes isolate with each group.
     groups: BTreeMap<Uuid, u32>,
     /// How many of the node's groups and tiered policies name each set.
@@ -204,7 +150,7 @@ struct NodeState {
 /// What a node had, for everything touched during one batch, as it was before the batch.
 #[derive(Debug, Default)]
 struct Touched {
-    ports: BTreeMap<Uuid, Option<HeldPort>>,
+    ports: BTreeMap<Uuid, Option<PortPolicy>>,
     groups: BTreeMap<Uuid, Option<Arc<CompiledGroup>>>,
     /// Whether the node had the set.
     sets: BTreeMap<SetId, bool>,
@@ -214,10 +160,7 @@ struct Touched {
 #[derive(Debug)]
 pub struct Compiler {
     cluster: Cluster,
-    /// Boxed: the vector doubles as it grows, and an empty slot costs a pointer, not a class.
-    classes: Vec<Option<Box<Class>>>,
-    /// Each isolation held once, shared by the classes (and their ports' policies) that have it.
-    isolations: Interner<Vec<Uuid>>,
+    classes: Vec<Option<Class>>,
     free_classes: Vec<ClassId>,
     class_index: FastMap<u64, Vec<ClassId>>,
     class_of_port: FastMap<Uuid, ClassId>,
@@ -272,7 +215,6 @@ impl Compiler {
         Compiler {
             cluster: Cluster::new(),
             classes: Vec::new(),
-            isolations: Interner::default(),
             free_classes: Vec::new(),
             class_index: FastMap::default(),
             class_of_port: FastMap::default(),
@@ -349,7 +291,6 @@ impl Compiler {
         let Compiler {
             cluster,
             classes,
-            isolations,
             free_classes,
             class_index,
             class_of_port,
@@ -389,7 +330,7 @@ impl Compiler {
             part("input: security groups", (input_groups, group_by_name)),
             part("input: cluster policies", cluster_policies),
             part("nodes: port policies and counts", nodes),
-            part("classes", (classes, isolations, free_classes, class_index)),
+            part("classes", (classes, free_classes, class_index)),
             part("class of each port", class_of_port),
             part("class indexes", (classes_by_project, classes_by_ref, group_classes)),
             part("compiled groups", (groups, rule_refs)),
@@ -468,7 +409,7 @@ impl Compiler {
     fn span_of(&self, id: NodeId) -> NodeSpan {
         let node = &self.nodes[id];
         NodeSpan {
-            ports: node.ports.iter().map(|(id, p)| (*id, p.to_policy())).collect(),
+            ports: node.ports.clone(),
             groups: Arc::new(
                 node.groups.keys().filter_map(|g| Some((*g, Arc::clone(&self.groups.get(g)?.compiled)))).collect(),
             ),
@@ -603,7 +544,7 @@ impl Compiler {
 
     // ---- ports ----
 
-    fn port_changed(&mut self, id: Uuid, old: Option<Arc<PortRecord>>) {
+    fn port_changed(&mut self, id: Uuid, old: Option<PortRecord>) {
         let new = self.cluster.ports.get(&id).cloned();
         let others = self.reclaim(id, old.as_ref().map_or(&[], |p| &p.ips), new.as_ref().map_or(&[], |p| &p.ips));
         let old_place = old.as_ref().and_then(|port| {
@@ -705,19 +646,25 @@ impl Compiler {
         id
     }
 
-    fn policy(&mut self, port: &Arc<PortRecord>, class: ClassId) -> HeldPort {
-        let refused: Box<[IpAddr]> = port.ips.iter().filter(|a| self.contested.contains_key(a)).copied().collect();
+    fn policy(&mut self, port: &PortRecord, class: ClassId) -> PortPolicy {
+        let (addresses, refused_addresses) =
+            crate::compile::split_claims(&port.ips, |a| self.contested.contains_key(a));
         let class = self.class(class);
-        HeldPort {
-            record: Arc::clone(port),
-            refused,
+        PortPolicy {
+            project: port.project.to_string(),
+            name: port.name.to_string(),
+            addresses,
+            refused_addresses,
+            interface: port.effective_interface(),
+            instance: port.instance.as_deref().map(str::to_string),
+            named_ports: Arc::clone(&port.named_ports),
             ingress: class.ingress.clone(),
             egress: class.egress.clone(),
             policies: Arc::clone(&class.policies),
         }
     }
 
-    fn set_port(&mut self, node: NodeId, id: Uuid, policy: Option<HeldPort>) {
+    fn set_port(&mut self, node: NodeId, id: Uuid, policy: Option<PortPolicy>) {
         let ports = &mut self.nodes[node].ports;
         let old = match &policy {
             Some(p) => ports.insert(id, p.clone()),
@@ -729,14 +676,6 @@ impl Compiler {
     }
 
     // ---- classes ----
-
-    /// A class's isolation in direction `d`, shared with the classes that have the same.
-    fn isolation(&mut self, applied: &[Uuid], d: Direction) -> Isolation {
-        match isolation(&self.cluster, applied, d) {
-            Isolation::Isolated(groups) => Isolation::Isolated(self.isolations.get(&groups, || Arc::clone(&groups))),
-            Isolation::Open => Isolation::Open,
-        }
-    }
 
     fn class(&self, id: ClassId) -> &Class {
         self.classes[id].as_ref().expect("live class id")
@@ -757,20 +696,20 @@ impl Compiler {
         }) {
             return found;
         }
-        let applied: Box<[Uuid]> = self.cluster.applied(port).into_iter().collect();
+        let applied = self.cluster.applied(port);
         let policies = self.policy_lists.list(&self.cluster, &port.project, &port.labels);
-        let class = Box::new(Class {
+        let class = Class {
             project: Arc::clone(&port.project),
             labels: Arc::clone(&port.labels),
             explicit: port.security_groups.clone(),
             hash,
-            ingress: self.isolation(&applied, Direction::Ingress),
-            egress: self.isolation(&applied, Direction::Egress),
+            ingress: isolation(&self.cluster, &applied, Direction::Ingress),
+            egress: isolation(&self.cluster, &applied, Direction::Egress),
             applied,
             policies,
-            ports: SmallMap::default(),
-            nodes: SmallMap::default(),
-        });
+            ports: FastMap::default(),
+            nodes: FastMap::default(),
+        };
         let id = match self.free_classes.pop() {
             Some(id) => id,
             None => {
@@ -778,10 +717,7 @@ impl Compiler {
                 self.classes.len() - 1
             }
         };
-        // Exactly sized: a hash shared by two classes is rare.
-        let same_hash = self.class_index.entry(hash).or_insert_with(|| Vec::with_capacity(1));
-        same_hash.reserve_exact(1);
-        same_hash.push(id);
+        self.class_index.entry(hash).or_default().push(id);
         self.classes_by_project.entry(class.project.to_string()).or_default().insert(id);
         for key in refs_of(&class.project, class.explicit.as_deref()) {
             self.classes_by_ref.entry(key).or_default().insert(id);
@@ -822,7 +758,7 @@ impl Compiler {
     /// the node's span when its count crosses zero.
     fn class_node_add(&mut self, class: ClassId, node: NodeId, delta: i32) {
         let c = self.class_mut(class);
-        let count = c.nodes.get_or_insert_with(node, || 0);
+        let count = c.nodes.entry(node).or_insert(0);
         let before = *count;
         *count = count.saturating_add_signed(delta);
         let after = *count;
@@ -974,21 +910,17 @@ impl Compiler {
     fn reclassify(&mut self, class: ClassId, group: Uuid) {
         let c = self.class(class);
         let now = self.cluster.applies(group, &c.project, &c.labels, c.explicit.as_deref());
-        let before = c.applied.binary_search(&group).is_ok();
+        let before = c.applied.contains(&group);
         if !now && !before {
             return;
         }
         if now != before {
             let c = self.class_mut(class);
-            let mut applied = c.applied.to_vec();
-            match (now, applied.binary_search(&group)) {
-                (true, Err(at)) => applied.insert(at, group),
-                (false, Ok(at)) => {
-                    applied.remove(at);
-                }
-                _ => {}
+            if now {
+                c.applied.insert(group);
+            } else {
+                c.applied.remove(&group);
             }
-            c.applied = applied.into_boxed_slice();
             if now {
                 self.group_classes.entry(group).or_default().insert(class);
             } else {
@@ -1007,11 +939,9 @@ impl Compiler {
                 self.change_members(members, now);
             }
         }
-        let applied = std::mem::take(&mut self.class_mut(class).applied);
-        let (ingress, egress) =
-            (self.isolation(&applied, Direction::Ingress), self.isolation(&applied, Direction::Egress));
-        self.class_mut(class).applied = applied;
         let c = self.class(class);
+        let ingress = isolation(&self.cluster, &c.applied, Direction::Ingress);
+        let egress = isolation(&self.cluster, &c.applied, Direction::Egress);
         if ingress == c.ingress && egress == c.egress {
             return;
         }
@@ -1489,7 +1419,7 @@ impl Compiler {
                         relisted.entry(b.policies.as_slice()).or_default().push((*port, &now.policies));
                     }
                     (_, Some(now)) if before.as_ref() != Some(now) => {
-                        d.ports_upserted.insert(*port, now.to_policy());
+                        d.ports_upserted.insert(*port, now.clone());
                     }
                     (Some(_), None) => {
                         d.ports_removed.insert(*port);
@@ -1520,7 +1450,7 @@ impl Compiler {
                 } else {
                     for (port, _) in moved {
                         if let Some(now) = node.ports.get(&port) {
-                            d.ports_upserted.insert(port, now.to_policy());
+                            d.ports_upserted.insert(port, now.clone());
                         }
                     }
                 }

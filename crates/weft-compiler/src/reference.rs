@@ -210,7 +210,7 @@ fn port_matches(
             let target: Option<&PortRecord> = match d {
                 Direction::Ingress => Some(port),
                 Direction::Egress => match other {
-                    Endpoint::Port(id) => c.port(id),
+                    Endpoint::Port(id) => c.ports.get(id),
                     _ => None,
                 },
             };

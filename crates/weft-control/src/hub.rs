@@ -12,7 +12,7 @@ use weft_proto::{DeltaEncoder, SnapshotEncoder};
 /// How many recent updates are kept by default for sessions that are behind; a session further
 /// behind than this (a slow or stuck agent) gets a fresh snapshot instead.
 pub const RING_UPDATES: usize = 4096;
-/// And how many bytes they may hold in memory (estimated, `DeltaEncoder::held_bytes`).
+/// And how many bytes of them, at most.
 pub const RING_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Default)]
@@ -52,9 +52,7 @@ impl Update {
 
     fn size(&self) -> usize {
         match self {
-            // What it holds, not what it sends: a set change to every node is one piece and
-            // 5,000 references, sent as 5,000 copies.
-            Update::Encoded(e) => e.held_bytes(),
+            Update::Encoded(e) => e.messages().map(|(_, m)| prost::Message::encoded_len(m)).sum(),
             Update::Nodes(nodes) => nodes.iter().map(|n| n.len() + 16).sum(),
         }
     }

@@ -682,13 +682,7 @@ fn member_count(members: &SetMembers) -> usize {
 #[derive(Debug, Default)]
 pub struct DeltaEncoder {
     messages: BTreeMap<Arc<str>, Encoded>,
-    /// What it holds, estimated: every piece once, and each node's entry and references.
-    held_bytes: usize,
 }
-
-/// What a node's entry in a [`DeltaEncoder`] takes beside its pieces: the map's slot (its
-/// B-tree nodes about two thirds full) and the message's vector.
-const NODE_ENTRY_BYTES: usize = 96;
 
 impl DeltaEncoder {
     pub fn new(deltas: &Deltas) -> Self {
@@ -698,16 +692,9 @@ impl DeltaEncoder {
                 v1::ControllerMessage { revision: deltas.revision, snapshot: false, last: true, delta }.encode_to_vec(),
             )
         };
-        let mut held_bytes = 0;
         for (node, d) in &deltas.nodes {
-            let own = header(Some(to_proto(d)));
-            held_bytes += own.len();
-            messages.insert(Arc::clone(node), Encoded(vec![own]));
+            messages.insert(Arc::clone(node), Encoded(vec![header(Some(to_proto(d)))]));
         }
-        // One header for every node that gets set changes only: a change to a set that all
-        // 5,000 nodes hold would otherwise be 5,000 copies of the same few bytes.
-        let set_header = header(None);
-        held_bytes += set_header.len();
         for (id, change) in &deltas.sets {
             let piece = Bytes::from(
                 v1::ControllerMessage {
@@ -719,23 +706,11 @@ impl DeltaEncoder {
                 }
                 .encode_to_vec(),
             );
-            held_bytes += piece.len();
             for node in &change.nodes {
-                messages
-                    .entry(Arc::clone(node))
-                    .or_insert_with(|| Encoded(vec![set_header.clone()]))
-                    .0
-                    .push(piece.clone());
+                messages.entry(Arc::clone(node)).or_insert_with(|| Encoded(vec![header(None)])).0.push(piece.clone());
             }
         }
-        let references: usize = messages.values().map(|m| m.0.capacity()).sum();
-        held_bytes += messages.len() * NODE_ENTRY_BYTES + references * std::mem::size_of::<Bytes>();
-        DeltaEncoder { messages, held_bytes }
-    }
-
-    /// What it holds in memory, estimated (the pieces shared between nodes counted once).
-    pub fn held_bytes(&self) -> usize {
-        self.held_bytes
+        DeltaEncoder { messages }
     }
 
     /// The nodes that get something, and what.

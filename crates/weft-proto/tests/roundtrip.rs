@@ -115,22 +115,9 @@ fn shared_pieces_decode_to_each_nodes_own_delta() {
         assert!(message.last && !message.snapshot);
         assert_eq!(from_proto(&message.delta.unwrap_or_default()).unwrap(), deltas.for_node(node), "node {node}");
     }
-    // The set change is one piece of bytes, shared; so is the header of the nodes that get
-    // set changes only.
+    // The set change is one piece of bytes, shared.
     let pieces: Vec<_> = audience.iter().map(|n| encoder.for_node(n).unwrap().0.last().unwrap().as_ptr()).collect();
     assert!(pieces.windows(2).any(|w| w[0] == w[1]));
-    let set_only: Vec<_> = audience
-        .iter()
-        .filter(|n| !deltas.nodes.contains_key(&***n))
-        .map(|n| encoder.for_node(n).unwrap().0[0].as_ptr())
-        .collect();
-    assert!(set_only.len() > 1 && set_only.windows(2).all(|w| w[0] == w[1]), "one header for them all");
-    // What the encoder holds counts a shared piece once, and each node's references: less
-    // than the copies it sends, more than the references alone.
-    let sent: usize = encoder.messages().map(|(_, m)| prost::Message::encoded_len(m)).sum();
-    let references = encoder.messages().map(|(_, m)| m.0.len()).sum::<usize>() * std::mem::size_of::<bytes::Bytes>();
-    assert!(encoder.held_bytes() > references, "{} held", encoder.held_bytes());
-    assert!(encoder.held_bytes() < sent + audience.len() * 200, "{} held, {sent} sent", encoder.held_bytes());
 }
 
 #[test]
